@@ -1,0 +1,90 @@
+"""Checks: one module, one job, symbols out.
+
+A check is a class with a ``name``, a catalog of the ``symbols`` it may emit
+(name -> description) and a ``run(message, context)`` method returning
+symbols or a :class:`~gateway.symbols.Report`. It knows nothing about the
+milter. Built-in checks are listed in :data:`BUILTIN`; a site's own check is
+enabled in gateway.toml as ``"package.module:ClassName"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from gateway.config import Config
+from gateway.message import Message
+from gateway.symbols import Report, Symbol, failure_symbol_name
+
+# name -> "module:Class"; imported on demand so a disabled check costs nothing.
+BUILTIN: dict[str, str] = {
+    "headers": "gateway.checks.headers:HeaderSanityCheck",
+    "size": "gateway.checks.size:SizeCheck",
+    "lists": "gateway.checks.lists:ListsCheck",
+}
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What a check may know besides the message: the facts reported by the
+    checks it ``requires`` (keyed by check name)."""
+
+    facts: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+
+
+class Check:
+    """Base class for checks. Subclasses set ``name`` and ``symbols``."""
+
+    name: ClassVar[str]
+    symbols: ClassVar[Mapping[str, str]] = {}
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def run(self, message: Message, context: CheckContext) -> Iterable[Symbol] | Report:
+        raise NotImplementedError
+
+    def symbol(self, name: str, evidence: str = "", score: float = 0.0) -> Symbol:
+        """A symbol from this check's catalog (its description filled in)."""
+        return Symbol(name=name, score=score, description=self.symbols[name], evidence=evidence)
+
+    @classmethod
+    def failure_symbol(cls) -> str:
+        return failure_symbol_name(cls.name)
+
+    def close(self) -> None:
+        """Release connections or files; called when the pipeline shuts down."""
+
+
+class UnknownCheck(LookupError):
+    pass
+
+
+def resolve_check(spec: str) -> type[Check]:
+    """The class for a built-in check name or a ``module:Class`` spec."""
+    target = BUILTIN.get(spec, spec)
+    if ":" not in target:
+        known = ", ".join(sorted(BUILTIN))
+        raise UnknownCheck(f"unknown check {spec!r} (built-in checks: {known})")
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        cls = getattr(module, class_name)
+    except (ImportError, AttributeError) as exc:
+        raise UnknownCheck(f"cannot load check {spec!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Check)):
+        raise UnknownCheck(f"{spec!r} is not a gateway Check class")
+    return cls
+
+
+def catalog(check_classes: Iterable[type[Check]]) -> dict[str, str]:
+    """Every symbol the given checks can emit, failure symbols included."""
+    symbols: dict[str, str] = {}
+    for cls in check_classes:
+        symbols.update(cls.symbols)
+        symbols[cls.failure_symbol()] = f"the {cls.name} check failed or timed out"
+    return symbols

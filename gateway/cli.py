@@ -1,0 +1,84 @@
+"""The ``gateway`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from gateway.schema import ConfigError
+
+log = logging.getLogger("gateway")
+
+
+class UsageError(Exception):
+    """A problem the user can fix, reported as one line without a traceback."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"gateway: {line}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="Inbound mail filtering gateway (Postfix milter)."
+    )
+    parser.add_argument(
+        "--config",
+        help="config file (default: /etc/gateway/gateway.toml "
+        "if it exists, else embedded defaults)",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--config",
+            default=argparse.SUPPRESS,
+            help="config file (overrides the global --config)",
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    from gateway.commands import check, run
+
+    run_parser = command("run", run.main, "run the milter in the foreground until SIGTERM")
+    run_parser.add_argument("--socket", help="override milter.socket")
+
+    check_parser = command(
+        "check", check.main, "score message files offline and explain the verdicts"
+    )
+    check.add_arguments(check_parser)
+
+    config_parser = commands.add_parser("config", help="configuration tools")
+    config_commands = config_parser.add_subparsers(title="config commands", metavar="COMMAND")
+    config_check = config_commands.add_parser(
+        "check", help="validate the config and rules files", description="validate the config"
+    )
+    config_check.add_argument("--config", default=argparse.SUPPRESS)
+    from gateway.commands import configcheck
+
+    config_check.set_defaults(handler=configcheck.main)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""gateway.toml: sections, embedded defaults and validation.
+
+Every key has a default, so the gateway runs on one machine with no file at
+all. A file only lists what differs. Problems are reported one line each,
+``gateway.toml: milter.socket: expected unix:/path or inet:port@host``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from gateway.paths import DEFAULT_CONFIG, DEFAULT_RULES
+from gateway.schema import (
+    ConfigError,
+    load_section,
+    non_negative,
+    positive,
+    setting,
+    suggest_key,
+)
+
+Action = Literal["accept", "quarantine", "reject", "tempfail"]
+ACTIONS: tuple[Action, ...] = ("accept", "quarantine", "reject", "tempfail")
+
+_SOCKET = re.compile(r"^(unix|local):/.+$|^inet6?:\d{1,5}(@.+)?$")
+
+
+def socket_problem(value: str) -> str | None:
+    if _SOCKET.match(value):
+        return None
+    return "expected unix:/path or inet:port@host"
+
+
+def _octal_mode(value: str) -> str | None:
+    if re.fullmatch(r"0?[0-7]{3}", value):
+        return None
+    return f'expected an octal mode such as "660", got {value!r}'
+
+
+def _networks(values: list[str]) -> str | None:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return f"{value!r} is not an IP address or network (e.g. 198.51.100.0/24)"
+    return None
+
+
+def _addresses(values: list[str]) -> str | None:
+    for value in values:
+        if not value or " " in value or value.count("@") > 1:
+            return f"{value!r} is not an address, @domain or domain"
+    return None
+
+
+def _default_checks() -> list[str]:
+    return ["headers", "size", "lists"]
+
+
+@dataclass(frozen=True)
+class MilterSection:
+    socket: str = setting(
+        "unix:/run/gateway/milter.sock",
+        socket_problem,
+        "where Postfix connects: unix:/path or inet:port@host",
+    )
+    socket_mode: str = setting("660", _octal_mode, "permissions of a unix socket (octal)")
+    socket_group: str = setting("", doc="group of a unix socket, e.g. postfix (default: ours)")
+    on_error: Literal["tempfail", "accept"] = setting(
+        "tempfail", doc="answer when the gateway itself fails on a message"
+    )
+    timeout: int = setting(600, positive, "seconds libmilter waits on the MTA")
+
+
+@dataclass(frozen=True)
+class PipelineSection:
+    checks: list[str] = field(
+        default_factory=_default_checks, metadata={"doc": "enabled checks, by name or module:Class"}
+    )
+    budget: float = setting(10.0, positive, "seconds all checks of one message may take")
+    threads: int = setting(32, positive, "threads running I/O-bound checks")
+    workers: int = setting(
+        0, non_negative, "worker processes evaluating messages (0 = in the milter)"
+    )
+    spool_threshold: int = setting(
+        1024 * 1024, positive, "bytes above which a message spills to a temp file"
+    )
+    spool_dir: str = setting("", doc="directory for spilled messages (default: system temp)")
+
+
+@dataclass(frozen=True)
+class PolicySection:
+    rules: list[str] = setting([str(DEFAULT_RULES)], doc="rules files, later ones override")
+
+
+@dataclass(frozen=True)
+class ListsSection:
+    allow_senders: list[str] = setting([], _addresses, "addresses, @domains or domains")
+    block_senders: list[str] = setting([], _addresses, "addresses, @domains or domains")
+    allow_ips: list[str] = setting([], _networks, "client IPs or networks")
+    block_ips: list[str] = setting([], _networks, "client IPs or networks")
+
+
+@dataclass(frozen=True)
+class SizeSection:
+    max_bytes: int = setting(50 * 1024 * 1024, positive, "messages above this get SIZE_EXCEEDED")
+
+
+@dataclass(frozen=True)
+class LoggingSection:
+    level: Literal["debug", "info", "warning", "error"] = setting("info")
+
+
+SECTIONS: dict[str, type] = {
+    "milter": MilterSection,
+    "pipeline": PipelineSection,
+    "policy": PolicySection,
+    "lists": ListsSection,
+    "size": SizeSection,
+    "logging": LoggingSection,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    milter: MilterSection = field(default_factory=MilterSection)
+    pipeline: PipelineSection = field(default_factory=PipelineSection)
+    policy: PolicySection = field(default_factory=PolicySection)
+    lists: ListsSection = field(default_factory=ListsSection)
+    size: SizeSection = field(default_factory=SizeSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    source: str = "<embedded defaults>"
+
+
+def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config:
+    """Parse and validate TOML text; raise ConfigError listing every problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
+    errors: list[str] = []
+    sections = {}
+    for name, table in data.items():
+        if name not in SECTIONS:
+            errors.append(f"{source}: [{name}]: unknown section{suggest_key(name, SECTIONS)}")
+            continue
+        sections[name] = load_section(SECTIONS[name], table, f"{source}: {name}", errors)
+    if "policy" in sections and base_dir is not None:
+        policy: PolicySection = sections["policy"]
+        resolved = [str((base_dir / p).resolve()) for p in policy.rules]
+        sections["policy"] = PolicySection(rules=resolved)
+    if errors:
+        raise ConfigError(errors)
+    return Config(source=source, **sections)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load ``path``, or the default file if it exists, else embedded defaults.
+
+    An explicitly named file must exist; the default path is optional.
+    """
+    if path is None:
+        if not DEFAULT_CONFIG.exists():
+            return Config()
+        path = DEFAULT_CONFIG
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc}"]) from None
+    return parse_config(text, str(path), base_dir=path.parent)

@@ -1,0 +1,34 @@
+"""One structured log line per message."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from gateway.message import Envelope
+from gateway.policy import Verdict
+
+log = logging.getLogger("gateway.message")
+
+
+def message_record(envelope: Envelope, verdict: Verdict, size: int, millis: float) -> dict:
+    return {
+        "queue_id": envelope.queue_id,
+        "client_ip": envelope.client_ip,
+        "helo": envelope.helo,
+        "from": envelope.mail_from,
+        "rcpt": list(envelope.rcpt_to),
+        "size": size,
+        "action": verdict.action,
+        "score": round(verdict.score, 2),
+        "reason": verdict.reason,
+        "symbols": {s.name: round(s.score, 2) for s in verdict.symbols},
+        "failed_checks": list(verdict.failed_checks),
+        "check_ms": dict(verdict.check_millis),
+        "total_ms": round(millis, 2),
+    }
+
+
+def log_verdict(envelope: Envelope, verdict: Verdict, size: int, millis: float) -> None:
+    record = message_record(envelope, verdict, size, millis)
+    log.info("%s", json.dumps(record, separators=(",", ":"), ensure_ascii=False))

@@ -1,0 +1,234 @@
+"""The one parsed message object every check reads.
+
+The milter adapter (or ``gateway check``) builds a :class:`Message` once per
+message: the SMTP envelope, the raw bytes as received and a lazily parsed
+``email`` view. Checks never re-parse the raw bytes on their own; they ask
+this object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import email.policy
+import io
+import os
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from email.message import Message as EmailMessage
+from pathlib import Path
+from types import MappingProxyType
+from typing import BinaryIO
+
+# Raw messages larger than this spill from memory to a temporary file, so a
+# 25 MB message is held once on disk rather than several times in RAM.
+DEFAULT_SPOOL_THRESHOLD = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the SMTP session said about a message, as Postfix reported it."""
+
+    mail_from: str = ""
+    rcpt_to: tuple[str, ...] = ()
+    client_ip: str | None = None
+    client_name: str | None = None
+    helo: str | None = None
+    queue_id: str | None = None
+    # Postfix macros of interest ({tls_version}, {cipher}, {auth_authen}, ...),
+    # stored without braces.
+    macros: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def sender_domain(self) -> str:
+        """Domain of MAIL FROM, lower-cased; empty for the null sender."""
+        return domain_of(self.mail_from)
+
+    @property
+    def tls_version(self) -> str | None:
+        return self.macros.get("tls_version") or None
+
+    @property
+    def tls_cipher(self) -> str | None:
+        return self.macros.get("cipher") or None
+
+    @property
+    def auth_user(self) -> str | None:
+        return self.macros.get("auth_authen") or None
+
+    def with_queue_id(self, queue_id: str | None) -> Envelope:
+        return replace(self, queue_id=queue_id)
+
+
+def domain_of(address: str) -> str:
+    """The domain part of an address, lower-cased, without a trailing dot."""
+    address = address.strip().strip("<>")
+    if "@" not in address:
+        return ""
+    return address.rsplit("@", 1)[1].rstrip(".").lower()
+
+
+class RawSpool:
+    """Append-only buffer for a message's raw bytes.
+
+    Keeps small messages in memory and moves to a named temporary file once
+    ``threshold`` bytes are exceeded. The file has a path, so a worker
+    process can read a large message without it being copied through a pipe.
+    """
+
+    def __init__(self, threshold: int = DEFAULT_SPOOL_THRESHOLD, directory: str | None = None):
+        self._threshold = threshold
+        self._directory = directory
+        self._buffer: io.BytesIO | None = io.BytesIO()
+        self._file: BinaryIO | None = None
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def path(self) -> str | None:
+        """Path of the spill file, or None while the bytes are in memory."""
+        return self._file.name if self._file is not None else None
+
+    def write(self, data: bytes) -> None:
+        if self._file is None and self._size + len(data) > self._threshold:
+            self._spill()
+        target = self._file if self._file is not None else self._buffer
+        assert target is not None
+        target.write(data)
+        self._size += len(data)
+
+    def _spill(self) -> None:
+        assert self._buffer is not None
+        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the spool
+            prefix="gateway-msg-", dir=self._directory, delete=False
+        )
+        handle.write(self._buffer.getvalue())
+        self._file = handle
+        self._buffer = None
+
+    def freeze(self) -> RawContent:
+        """Finish writing; return read-only access to the bytes."""
+        if self._file is not None:
+            self._file.flush()
+            self._file.close()
+            return RawContent(path=Path(self._file.name), size=self._size, owned=True)
+        assert self._buffer is not None
+        return RawContent(data=self._buffer.getvalue(), size=self._size)
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            _unlink_quietly(self._file.name)
+            self._file = None
+        self._buffer = io.BytesIO()
+        self._size = 0
+
+
+class RawContent:
+    """Read-only raw message bytes, in memory or in a file."""
+
+    def __init__(
+        self,
+        data: bytes | None = None,
+        path: Path | None = None,
+        size: int | None = None,
+        owned: bool = False,
+    ):
+        if (data is None) == (path is None):
+            raise ValueError("RawContent needs exactly one of data or path")
+        self._data = data
+        self._path = path
+        self._owned = owned
+        self.size = (
+            size
+            if size is not None
+            else (
+                len(data) if data is not None else os.path.getsize(path)  # type: ignore[arg-type]
+            )
+        )
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def in_memory(self) -> bool:
+        return self._data is not None
+
+    def open(self) -> BinaryIO:
+        """A fresh binary stream over the bytes (callers close it)."""
+        if self._data is not None:
+            return io.BytesIO(self._data)
+        assert self._path is not None
+        return open(self._path, "rb")
+
+    def bytes(self) -> bytes:
+        """The whole message as bytes. Reads the file each call when spooled:
+        call it only where a check genuinely needs all bytes at once."""
+        if self._data is not None:
+            return self._data
+        assert self._path is not None
+        return self._path.read_bytes()
+
+    def chunks(self, size: int = 64 * 1024) -> Iterator[bytes]:
+        with self.open() as stream:
+            while block := stream.read(size):
+                yield block
+
+    def release(self) -> None:
+        """Remove the spill file if this object owns it."""
+        if self._owned and self._path is not None:
+            _unlink_quietly(str(self._path))
+            self._owned = False
+
+
+class Message:
+    """One message: envelope, raw bytes and a lazily parsed email view."""
+
+    def __init__(self, envelope: Envelope, raw: RawContent):
+        self.envelope = envelope
+        self.raw = raw
+        self._parsed: EmailMessage | None = None
+        self._parse_lock = threading.Lock()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, envelope: Envelope | None = None) -> Message:
+        return cls(envelope or Envelope(), RawContent(data=data))
+
+    @property
+    def size(self) -> int:
+        return self.raw.size
+
+    @property
+    def email(self) -> EmailMessage:
+        """The parsed message (``compat32`` policy: it never raises on broken
+        headers, and defects are recorded on the object instead)."""
+        if self._parsed is None:
+            with self._parse_lock:
+                if self._parsed is None:
+                    with self.raw.open() as stream:
+                        self._parsed = email.message_from_binary_file(
+                            stream, policy=email.policy.compat32
+                        )
+        return self._parsed
+
+    def header(self, name: str) -> str | None:
+        """First value of a header, as a str (undecoded RFC 2047), or None."""
+        value = self.email.get(name)
+        return None if value is None else str(value)
+
+    def headers(self, name: str) -> list[str]:
+        return [str(v) for v in self.email.get_all(name, [])]
+
+    def release(self) -> None:
+        self.raw.release()
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

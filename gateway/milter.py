@@ -1,0 +1,286 @@
+"""pymilter adapter: Postfix's milter protocol in, a verdict applied out.
+
+This module knows the milter protocol and nothing about scoring: it collects
+the envelope, headers and body into one :class:`~gateway.message.Message`,
+hands it to an evaluator at end of message and applies the verdict.
+
+Every callback is guarded. pymilter sends no reply at all when a callback
+raises, and Postfix then waits for its milter timeout (300 s by default)
+before giving up; a guarded callback logs the traceback and answers with
+the configured failure action instead. Callbacks Postfix does not wait on
+(``@noreply``) remember the failure and the end-of-message callback
+answers for them.
+"""
+
+from __future__ import annotations
+
+import functools
+import grp
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import Milter
+
+from gateway.config import Config
+from gateway.evaluator import Evaluator
+from gateway.headers import OWN_HEADERS, verdict_headers
+from gateway.logline import log_verdict
+from gateway.message import Envelope, RawSpool
+from gateway.policy import SmtpReply, Verdict
+
+log = logging.getLogger("gateway.milter")
+
+# Postfix macros kept on the envelope (sent by default at these stages).
+CONNECT_MACROS = ("{daemon_name}", "{daemon_port}")
+HELO_MACROS = ("{tls_version}", "{cipher}", "{cipher_bits}", "{cert_subject}", "{cert_issuer}")
+MAIL_MACROS = ("{auth_type}", "{auth_authen}", "{auth_author}")
+
+_OWN_HEADERS_LOWER = {h.lower() for h in OWN_HEADERS}
+
+
+@dataclass
+class Runtime:
+    """What every connection shares; a connection takes a snapshot at start."""
+
+    config: Config
+    evaluator: Evaluator
+
+
+def guarded(callback: Callable[..., int]) -> Callable[..., int]:
+    """Never let an exception escape a milter callback."""
+
+    @functools.wraps(callback)
+    def wrapper(self: GatewayMilter, *args: Any) -> int:
+        try:
+            return callback(self, *args)
+        except Exception as exc:
+            log.exception(
+                "milter %s callback failed (queue id %s)", callback.__name__, self.queue_id or "-"
+            )
+            self.failure = f"{callback.__name__}: {type(exc).__name__}: {exc}"
+            if callback.__name__ in _NOREPLY_CALLBACKS:
+                return Milter.CONTINUE  # answered at end of message
+            return self.failure_response()
+
+    return wrapper
+
+
+_NOREPLY_CALLBACKS = {"connect", "hello", "envfrom", "envrcpt", "header", "eoh", "body"}
+
+
+@Milter.header_leading_space
+class GatewayMilter(Milter.Base):
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.config = runtime.config  # snapshot: a reload never changes a message half-way
+        self.client_ip: str | None = None
+        self.client_name: str | None = None
+        self.helo: str | None = None
+        self.connect_macros: dict[str, str] = {}
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        spool = getattr(self, "spool", None)
+        if spool is not None:
+            spool.discard()
+        self.mail_from = ""
+        self.rcpt_to: list[str] = []
+        self.macros: dict[str, str] = dict(self.connect_macros)
+        self.spool = RawSpool(
+            self.config.pipeline.spool_threshold, self.config.pipeline.spool_dir or None
+        )
+        self.own_header_counts: dict[str, int] = {}
+        self.queue_id: str | None = None
+        self.failure: str | None = None
+
+    def _collect(self, names: tuple[str, ...], into: dict[str, str]) -> None:
+        for name in names:
+            value = self.getsymval(name)
+            if value:
+                into[name.strip("{}")] = value
+
+    # -- callbacks Postfix does not wait on -----------------------------------
+
+    @Milter.noreply
+    @guarded
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        if isinstance(hostaddr, tuple) and hostaddr:
+            self.client_ip = str(hostaddr[0])
+        self.client_name = hostname
+        self._collect(CONNECT_MACROS, self.connect_macros)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded
+    def hello(self, hostname: str) -> int:
+        self.helo = hostname
+        self._collect(HELO_MACROS, self.connect_macros)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded
+    def envfrom(self, mail_from: str, *params: str) -> int:
+        self._reset_message()
+        self.mail_from = mail_from.strip().strip("<>")
+        self._collect(MAIL_MACROS, self.macros)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded
+    def envrcpt(self, rcpt: str, *params: str) -> int:
+        self.rcpt_to.append(rcpt.strip().strip("<>"))
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @Milter.decode("bytes")
+    @guarded
+    def header(self, name: str, value: bytes) -> int:
+        # With header_leading_space the value arrives exactly as sent (leading
+        # space and folding intact): DKIM's "simple" canonicalization needs it.
+        value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        self.spool.write(name.encode("ascii", "surrogateescape") + b":" + value + b"\r\n")
+        lower = name.lower()
+        if lower in _OWN_HEADERS_LOWER:
+            self.own_header_counts[lower] = self.own_header_counts.get(lower, 0) + 1
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded
+    def eoh(self) -> int:
+        self.spool.write(b"\r\n")
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded
+    def body(self, chunk: bytes) -> int:
+        self.spool.write(chunk)
+        return Milter.CONTINUE
+
+    # -- callbacks that answer -------------------------------------------------
+
+    @guarded
+    def eom(self) -> int:
+        self.queue_id = self.getsymval("{i}") or None
+        if self.failure is not None:
+            return self.failure_response()
+        envelope = Envelope(
+            mail_from=self.mail_from,
+            rcpt_to=tuple(self.rcpt_to),
+            client_ip=self.client_ip,
+            client_name=self.client_name,
+            helo=self.helo,
+            queue_id=self.queue_id,
+            macros=MappingProxyType(dict(self.macros)),
+        )
+        raw = self.spool.freeze()
+        started = time.perf_counter()
+        try:
+            verdict = self.runtime.evaluator.evaluate(envelope, raw)
+            log_verdict(envelope, verdict, raw.size, (time.perf_counter() - started) * 1000)
+            return self.apply(verdict)
+        finally:
+            raw.release()
+            self._reset_message()
+
+    def abort(self) -> int:
+        try:
+            self._reset_message()
+        except Exception:
+            log.exception("milter abort callback failed")
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        try:
+            self.spool.discard()
+        except Exception:
+            log.exception("milter close callback failed")
+        return Milter.CONTINUE
+
+    # -- applying a verdict ----------------------------------------------------
+
+    def apply(self, verdict: Verdict) -> int:
+        if verdict.action == "reject":
+            self.reply(verdict.reply or SmtpReply("550", "5.7.1", "Rejected"))
+            return Milter.REJECT
+        if verdict.action == "tempfail":
+            self.reply(verdict.reply or SmtpReply("451", "4.7.1", "Try again later"))
+            return Milter.TEMPFAIL
+        for lower, count in self.own_header_counts.items():
+            name = next(h for h in OWN_HEADERS if h.lower() == lower)
+            for index in range(count, 0, -1):
+                self.chgheader(name, index, None)
+        # With header_leading_space negotiated, values are sent verbatim.
+        lead = " " if self._protocol & Milter.P_HDR_LEADSPC else ""
+        for name, value in verdict_headers(verdict):
+            self.addheader(name, lead + value)
+        if verdict.action == "quarantine":
+            self.quarantine(verdict.reason)
+        return Milter.ACCEPT
+
+    def failure_response(self) -> int:
+        if self.config.milter.on_error == "accept":
+            log.error(
+                "passing message %s through unfiltered after an error: %s",
+                self.queue_id or "-",
+                self.failure,
+            )
+            return Milter.ACCEPT
+        self.reply(SmtpReply("451", "4.3.0", "Temporary failure in mail filter, try again later"))
+        return Milter.TEMPFAIL
+
+    def reply(self, reply: SmtpReply) -> None:
+        self.setreply(reply.code, reply.status, smtp_safe(reply.text))
+
+
+def smtp_safe(text: str, limit: int = 400) -> str:
+    """Printable ASCII on one line, '%' doubled for libmilter, clipped."""
+    text = re.sub(r"[^\x20-\x7e]", "?", " ".join(text.split()))
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text.replace("%", "%%")
+
+
+def serve(runtime: Runtime) -> None:
+    """Run the milter in the foreground until SIGTERM (libmilter handles it)."""
+    import milter  # the C extension under pymilter
+
+    socket = runtime.config.milter.socket
+    Milter.factory = lambda: GatewayMilter(runtime)
+    milter.set_connect_callback(Milter.connect_callback)
+    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    milter.set_close_callback(Milter.close_callback)
+    if socket.startswith(("unix:", "local:")):
+        os.makedirs(os.path.dirname(socket.split(":", 1)[1]), exist_ok=True)
+    milter.setconn(socket)
+    milter.settimeout(runtime.config.milter.timeout)
+    milter.register(
+        "gateway",
+        data=lambda ctx: ctx.getpriv().data(),
+        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+        negotiate=Milter.negotiate_callback,
+    )
+    milter.opensocket(True)
+    if socket.startswith(("unix:", "local:")):
+        _set_socket_access(socket.split(":", 1)[1], runtime.config)
+    log.info("gateway milter listening on %s", socket)
+    milter.main()
+
+
+def _set_socket_access(path: str, config: Config) -> None:
+    """Let Postfix (another user) connect: mode and group from config."""
+    os.chmod(path, int(config.milter.socket_mode, 8))
+    if config.milter.socket_group:
+        os.chown(path, -1, grp.getgrnam(config.milter.socket_group).gr_gid)

@@ -1,0 +1,57 @@
+"""Symbols: the named findings every check reports and every verdict lists."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+SYMBOL_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """One finding: a name, a score, what it means and what triggered it.
+
+    ``score`` is the check's own suggestion; the policy replaces it with the
+    score from the rules files when one is configured.
+    """
+
+    name: str
+    score: float = 0.0
+    description: str = ""
+    evidence: str = ""
+
+    def __post_init__(self) -> None:
+        if not SYMBOL_NAME.match(self.name):
+            raise ValueError(f"symbol name {self.name!r} must be UPPER_SNAKE_CASE")
+
+    def rescored(self, score: float) -> Symbol:
+        return replace(self, score=score)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "score": round(self.score, 3),
+            "description": self.description,
+            "evidence": self.evidence,
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one check returns: its symbols plus machine-readable facts.
+
+    Facts are for other parts (a later check, the headers, the quarantine
+    record), e.g. ``{"spam_probability": 0.97}``; symbols are for the score.
+    """
+
+    symbols: tuple[Symbol, ...] = ()
+    facts: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def failure_symbol_name(check_name: str) -> str:
+    """``clamav`` -> ``CLAMAV_FAIL``: the symbol for a check that did not run."""
+    return re.sub(r"[^A-Z0-9]+", "_", check_name.upper()).strip("_") + "_FAIL"
