@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    from gateway.commands import check, run
+    from gateway.commands import check, demo, run
 
     run_parser = command("run", run.main, "run the milter in the foreground until SIGTERM")
     run_parser.add_argument("--socket", help="override milter.socket")
@@ -68,15 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_arguments(check_parser)
 
+    demo_parser = command("demo", demo.main,
+                          "send sample messages through a private Postfix with the gateway")
+    demo.add_arguments(demo_parser)
+
     config_parser = commands.add_parser("config", help="configuration tools")
     config_commands = config_parser.add_subparsers(title="config commands", metavar="COMMAND")
     config_check = config_commands.add_parser(
         "check", help="validate the config and rules files", description="validate the config"
     )
     config_check.add_argument("--config", default=argparse.SUPPRESS)
-    from gateway.commands import configcheck
+    from gateway.commands import configcheck, configshow
 
     config_check.set_defaults(handler=configcheck.main)
+    config_show = config_commands.add_parser(
+        "show", help="print the effective config (defaults included) as TOML",
+        description="print the effective config as TOML")
+    config_show.add_argument("--config", default=argparse.SUPPRESS)
+    config_show.set_defaults(handler=configshow.main)
     return parser
 
 

@@ -65,12 +65,14 @@ def _default_checks() -> list[str]:
 @dataclass(frozen=True)
 class MilterSection:
     socket: str = setting(
-        "unix:/run/gateway/milter.sock",
+        # Inside Postfix's queue directory, so a chrooted smtpd (Debian's
+        # default) reaches it as unix:/gateway/milter.sock.
+        "unix:/var/spool/postfix/gateway/milter.sock",
         socket_problem,
         "where Postfix connects: unix:/path or inet:port@host",
     )
     socket_mode: str = setting("660", _octal_mode, "permissions of a unix socket (octal)")
-    socket_group: str = setting("", doc="group of a unix socket, e.g. postfix (default: ours)")
+    socket_group: str = setting("postfix", doc="group of a unix socket (\"\" = ours)")
     on_error: Literal["tempfail", "accept"] = setting(
         "tempfail", doc="answer when the gateway itself fails on a message"
     )

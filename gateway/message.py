@@ -19,7 +19,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from email.message import Message as EmailMessage
 from pathlib import Path
-from types import MappingProxyType
 from typing import BinaryIO
 
 # Raw messages larger than this spill from memory to a temporary file, so a
@@ -39,7 +38,7 @@ class Envelope:
     queue_id: str | None = None
     # Postfix macros of interest ({tls_version}, {cipher}, {auth_authen}, ...),
     # stored without braces.
-    macros: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    macros: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def sender_domain(self) -> str:

@@ -22,7 +22,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 import Milter
@@ -143,8 +142,10 @@ class GatewayMilter(Milter.Base):
     def header(self, name: str, value: bytes) -> int:
         # With header_leading_space the value arrives exactly as sent (leading
         # space and folding intact): DKIM's "simple" canonicalization needs it.
+        # An MTA that cannot do that strips one space; put it back.
+        separator = b":" if self._protocol & Milter.P_HDR_LEADSPC else b": "
         value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        self.spool.write(name.encode("ascii", "surrogateescape") + b":" + value + b"\r\n")
+        self.spool.write(name.encode("ascii", "surrogateescape") + separator + value + b"\r\n")
         lower = name.lower()
         if lower in _OWN_HEADERS_LOWER:
             self.own_header_counts[lower] = self.own_header_counts.get(lower, 0) + 1
@@ -176,7 +177,7 @@ class GatewayMilter(Milter.Base):
             client_name=self.client_name,
             helo=self.helo,
             queue_id=self.queue_id,
-            macros=MappingProxyType(dict(self.macros)),
+            macros=dict(self.macros),
         )
         raw = self.spool.freeze()
         started = time.perf_counter()
@@ -282,5 +283,13 @@ def serve(runtime: Runtime) -> None:
 def _set_socket_access(path: str, config: Config) -> None:
     """Let Postfix (another user) connect: mode and group from config."""
     os.chmod(path, int(config.milter.socket_mode, 8))
-    if config.milter.socket_group:
-        os.chown(path, -1, grp.getgrnam(config.milter.socket_group).gr_gid)
+    group = config.milter.socket_group
+    if not group:
+        return
+    try:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+    except KeyError:
+        log.warning("milter.socket_group: no group %r here; socket left in our own group", group)
+    except PermissionError:
+        log.warning("milter.socket_group: cannot give the socket to group %r (run as a member "
+                    "of it, e.g. Group=%s in the systemd unit)", group, group)

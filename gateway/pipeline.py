@@ -45,7 +45,7 @@ class CheckRun:
 class PipelineResult:
     symbols: tuple[Symbol, ...]
     runs: tuple[CheckRun, ...]
-    facts: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+    facts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def failed_checks(self) -> list[str]:
@@ -171,7 +171,7 @@ class Pipeline:
         return PipelineResult(
             symbols=tuple(symbols),
             runs=tuple(runs[c.name] for c in self.checks),
-            facts=MappingProxyType({name: report.facts for name, report in reports.items()}),
+            facts={name: dict(report.facts) for name, report in reports.items()},
         )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Any
 
 SYMBOL_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -49,7 +48,7 @@ class Report:
     """
 
     symbols: tuple[Symbol, ...] = ()
-    facts: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    facts: Mapping[str, Any] = field(default_factory=dict)
 
 
 def failure_symbol_name(check_name: str) -> str:

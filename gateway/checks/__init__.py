@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, ClassVar
 
 from gateway.config import Config
@@ -32,7 +31,7 @@ class CheckContext:
     """What a check may know besides the message: the facts reported by the
     checks it ``requires`` (keyed by check name)."""
 
-    facts: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+    facts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 class Check:

@@ -53,7 +53,7 @@ class Sink:
             self._handler,
             hostname="127.0.0.1",
             port=self._port,
-            server_kwargs={"data_size_limit": 0},
+            data_size_limit=0,
         )
 
     @property

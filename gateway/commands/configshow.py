@@ -1,0 +1,42 @@
+"""``gateway config show``: the effective configuration as commented TOML."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from gateway.commands.common import config_from
+from gateway.config import SECTIONS, Config
+
+
+def main(args: argparse.Namespace) -> int:
+    print(render(config_from(args)))
+    return 0
+
+
+def render(config: Config) -> str:
+    lines = [f"# effective configuration from {config.source}"]
+    for name in SECTIONS:
+        section = getattr(config, name)
+        lines.append(f"\n[{name}]")
+        for field in dataclasses.fields(section):
+            doc = field.metadata.get("doc")
+            if doc:
+                lines.append(f"# {doc}")
+            lines.append(f"{field.name} = {_toml(getattr(section, field.name))}")
+    return "\n".join(lines)
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot render {value!r} as TOML")

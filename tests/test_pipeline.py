@@ -1,0 +1,86 @@
+import time
+
+from gateway.checks import BUILTIN, catalog, resolve_check
+from gateway.config import Config, PipelineSection
+from gateway.message import Message
+from gateway.paths import DEFAULT_RULES
+from gateway.pipeline import Pipeline
+from gateway.policy import load_rules
+from tests.plugins import BoomCheck, DependentCheck, FactsCheck, MarkerCheck, SlowCheck
+
+CONFIG = Config()
+
+
+def run(checks, raw=b"Subject: x\r\n\r\nbody\r\n", budget=2.0):
+    pipeline = Pipeline([c(CONFIG) for c in checks], budget=budget, threads=4)
+    try:
+        return pipeline.run(Message.from_bytes(raw))
+    finally:
+        pipeline.close()
+
+
+def test_a_check_that_raises_yields_its_fail_symbol():
+    result = run([BoomCheck, MarkerCheck], b"Subject: x\r\n\r\nTRIGGER-MARKER\r\n")
+    names = [s.name for s in result.symbols]
+    assert names == ["BOOM_FAIL", "TEST_MARKER"]
+    assert result.failed_checks == ["boom"]
+    (boom,) = [s for s in result.symbols if s.name == "BOOM_FAIL"]
+    assert boom.evidence == "RuntimeError: boom: deliberate test failure"
+
+
+def test_a_check_over_budget_times_out_and_the_rest_still_report():
+    started = time.monotonic()
+    result = run([SlowCheck, MarkerCheck], b"Subject: x\r\n\r\nTRIGGER-MARKER\r\n", budget=0.3)
+    assert time.monotonic() - started < 1.5
+    assert {s.name for s in result.symbols} == {"SLOW_FAIL", "TEST_MARKER"}
+    assert result.failed_checks == ["slow"]
+    (slow,) = [r for r in result.runs if r.name == "slow"]
+    assert slow.status == "timeout"
+    assert "0.3s budget" in slow.error
+
+
+def test_dependent_check_sees_the_facts_it_requires():
+    result = run([DependentCheck, FactsCheck])
+    (seen,) = result.symbols
+    assert seen.name == "TEST_SIZE_SEEN"
+    assert seen.evidence == str(len(b"Subject: x\r\n\r\nbody\r\n"))
+    assert result.failed_checks == []
+
+
+def test_dependent_of_a_timed_out_check_is_skipped_not_dropped():
+    class SlowFacts(SlowCheck):
+        name = "facts"
+
+    result = run([SlowFacts, DependentCheck], budget=0.2)
+    assert {r.name: r.status for r in result.runs} == {"facts": "timeout", "dependent": "skipped"}
+    assert {s.name for s in result.symbols} == {"FACTS_FAIL", "DEPENDENT_FAIL"}
+
+
+def test_io_bound_checks_run_concurrently():
+    class SlowA(SlowCheck):
+        name = "slow_a"
+
+    class SlowB(SlowCheck):
+        name = "slow_b"
+
+    started = time.monotonic()
+    result = run([SlowA, SlowB], budget=5.0)
+    assert time.monotonic() - started < 5.0  # 2 x 3 s sequentially would be 6 s
+    assert [s.name for s in result.symbols] == ["TEST_SLOW_DONE", "TEST_SLOW_DONE"]
+
+
+def test_every_builtin_symbol_has_a_default_score():
+    rules = load_rules([DEFAULT_RULES])
+    symbols = catalog(resolve_check(name) for name in BUILTIN)
+    unscored = sorted(set(symbols) - set(rules.scores))
+    assert unscored == []
+
+
+def test_unknown_check_is_a_config_error():
+    config = Config(pipeline=PipelineSection(checks=["headers", "nope"]))
+    try:
+        Pipeline.from_config(config)
+    except Exception as exc:
+        assert "unknown check 'nope' (built-in checks:" in str(exc)
+    else:
+        raise AssertionError("unknown check accepted")
