@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    from gateway.commands import check, demo, run
+    from gateway.commands import check, demo, run, symbols
 
     run_parser = command("run", run.main, "run the milter in the foreground until SIGTERM")
     run_parser.add_argument("--socket", help="override milter.socket")
@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         "check", check.main, "score message files offline and explain the verdicts"
     )
     check.add_arguments(check_parser)
+
+    symbols_parser = command("symbols", symbols.main,
+                             "list the symbols checks can emit, with scores and actions")
+    symbols.add_arguments(symbols_parser)
 
     demo_parser = command("demo", demo.main,
                           "send sample messages through a private Postfix with the gateway")

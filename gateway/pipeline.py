@@ -164,7 +164,7 @@ class Pipeline:
                 symbols.append(
                     Symbol(
                         name=check.failure_symbol(),
-                        description=f"the {check.name} check did not complete",
+                        description=check.failure_description(),
                         evidence=run.error,
                     )
                 )

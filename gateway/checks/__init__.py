@@ -55,6 +55,15 @@ class Check:
     def failure_symbol(cls) -> str:
         return failure_symbol_name(cls.name)
 
+    @classmethod
+    def failure_description(cls) -> str:
+        return f"the {cls.name} check failed or timed out"
+
+    @classmethod
+    def catalog(cls) -> dict[str, str]:
+        """Every symbol this check can emit, its failure symbol included."""
+        return {**cls.symbols, cls.failure_symbol(): cls.failure_description()}
+
     def close(self) -> None:
         """Release connections or files; called when the pipeline shuts down."""
 
@@ -84,6 +93,5 @@ def catalog(check_classes: Iterable[type[Check]]) -> dict[str, str]:
     """Every symbol the given checks can emit, failure symbols included."""
     symbols: dict[str, str] = {}
     for cls in check_classes:
-        symbols.update(cls.symbols)
-        symbols[cls.failure_symbol()] = f"the {cls.name} check failed or timed out"
+        symbols.update(cls.catalog())
     return symbols
