@@ -68,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_arguments(check_parser)
 
+    from gateway.commands import classifier
+
+    train_parser = command("train", classifier.train_main,
+                           "train a spam model from your own ham and spam")
+    classifier.add_train_arguments(train_parser)
+    evaluate_parser = command("evaluate", classifier.evaluate_main,
+                              "measure a spam model on labelled mail")
+    classifier.add_evaluate_arguments(evaluate_parser)
+    model_parser = commands.add_parser("model", help="list, promote or roll back spam models",
+                                       description="the model store")
+    classifier.add_model_arguments(model_parser)
+
     symbols_parser = command("symbols", symbols.main,
                              "list the symbols checks can emit, with scores and actions")
     symbols.add_arguments(symbols_parser)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -59,7 +59,7 @@ def _addresses(values: list[str]) -> str | None:
 
 
 def _default_checks() -> list[str]:
-    return ["headers", "size", "lists"]
+    return ["headers", "size", "lists", "bayes"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,15 @@ class SizeSection:
 
 
 @dataclass(frozen=True)
+class ClassifierSection:
+    model: str = setting("", doc="model folder (default: the store's current model, "
+                         "else the shipped models/default)")
+    store: str = setting("/var/lib/gateway/models", doc="model store for train/promote/rollback")
+    reload_interval: float = setting(2.0, positive,
+                                     "seconds between checks for a newly promoted model")
+
+
+@dataclass(frozen=True)
 class LoggingSection:
     level: Literal["debug", "info", "warning", "error"] = setting("info")
 
@@ -124,6 +133,7 @@ SECTIONS: dict[str, type] = {
     "policy": PolicySection,
     "lists": ListsSection,
     "size": SizeSection,
+    "classifier": ClassifierSection,
     "logging": LoggingSection,
 }
 
@@ -135,6 +145,7 @@ class Config:
     policy: PolicySection = field(default_factory=PolicySection)
     lists: ListsSection = field(default_factory=ListsSection)
     size: SizeSection = field(default_factory=SizeSection)
+    classifier: ClassifierSection = field(default_factory=ClassifierSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     source: str = "<embedded defaults>"
 
@@ -152,13 +163,25 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
             errors.append(f"{source}: [{name}]: unknown section{suggest_key(name, SECTIONS)}")
             continue
         sections[name] = load_section(SECTIONS[name], table, f"{source}: {name}", errors)
-    if "policy" in sections and base_dir is not None:
-        policy: PolicySection = sections["policy"]
-        resolved = [str((base_dir / p).resolve()) for p in policy.rules]
-        sections["policy"] = PolicySection(rules=resolved)
+    if base_dir is not None:
+        _resolve_paths(sections, base_dir)
     if errors:
         raise ConfigError(errors)
     return Config(source=source, **sections)
+
+
+def _resolve_paths(sections: dict, base_dir: Path) -> None:
+    """Relative paths in a config file are relative to that file."""
+    if "policy" in sections:
+        rules = [str((base_dir / p).resolve()) for p in sections["policy"].rules]
+        sections["policy"] = PolicySection(rules=rules)
+    if "classifier" in sections:
+        classifier = sections["classifier"]
+        sections["classifier"] = replace(
+            classifier,
+            model=str((base_dir / classifier.model).resolve()) if classifier.model else "",
+            store=str((base_dir / classifier.store).resolve()),
+        )
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -59,7 +59,14 @@ def postfix(lab_dir: Path, sink: Sink, milter_socket: Path) -> Iterator[PostfixI
     instance.stop()
 
 
+SPINE_CHECKS = '[pipeline]\nchecks = ["headers", "size", "lists"]\n'
+
+
 def milter_config(socket: Path, extra: str = "") -> str:
+    """Milter config for tests: the spine's checks only, unless ``extra``
+    sets [pipeline] itself (the classifier has tests of its own)."""
+    if "[pipeline]" not in extra:
+        extra = SPINE_CHECKS + extra
     return f'[milter]\nsocket = "unix:{socket}"\nsocket_mode = "666"\n{extra}'
 
 

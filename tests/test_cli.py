@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import MESSAGES, PROJECT_ROOT
+import pytest
+
+from tests.conftest import MESSAGES, PROJECT_ROOT, SPINE_CHECKS
 
 
 def gateway(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess[str]:
@@ -20,8 +22,16 @@ def gateway(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess
     )
 
 
-def test_check_json_explains_the_verdict():
-    result = gateway("check", "--json", str(MESSAGES / "missing_headers.eml"))
+@pytest.fixture
+def spine(tmp_path: Path) -> str:
+    """A config with the spine's checks only, for exact expectations."""
+    config = tmp_path / "spine.toml"
+    config.write_text(SPINE_CHECKS)
+    return str(config)
+
+
+def test_check_json_explains_the_verdict(spine):
+    result = gateway("check", "--config", spine, "--json", str(MESSAGES / "missing_headers.eml"))
     assert result.returncode == 0, result.stderr
     (line,) = result.stdout.splitlines()
     record = json.loads(line)
@@ -62,12 +72,12 @@ def test_check_envelope_flags_reach_the_checks(tmp_path: Path):
     )
     record = json.loads(result.stdout)
     assert record["action"] == "reject"
-    assert {s["name"] for s in record["symbols"]} == {"BLOCKLIST_SENDER", "BLOCKLIST_IP"}
+    assert {s["name"] for s in record["symbols"]} >= {"BLOCKLIST_SENDER", "BLOCKLIST_IP"}
     assert record["reply"].startswith("550 5.7.1 Rejected: ")
 
 
-def test_check_text_output_is_a_table():
-    result = gateway("check", str(MESSAGES / "missing_headers.eml"))
+def test_check_text_output_is_a_table(spine):
+    result = gateway("check", "--config", spine, str(MESSAGES / "missing_headers.eml"))
     lines = result.stdout.splitlines()
     assert lines[0].endswith("ACCEPT (score 1.5, required 6; score 1.5 < quarantine threshold 6)")
     assert lines[1].split() == [
@@ -87,7 +97,17 @@ def test_check_reports_a_missing_file_in_one_line_and_goes_on():
     result = gateway("check", "--json", "/no/such.eml", str(MESSAGES / "ham_plain.eml"))
     assert result.returncode == 1
     assert result.stderr == "gateway: /no/such.eml: no such file or directory\n"
-    assert json.loads(result.stdout)["action"] == "accept"
+    assert json.loads(result.stdout)["file"].endswith("ham_plain.eml")
+
+
+def test_check_json_carries_the_spam_probability():
+    result = gateway("check", "--json", str(MESSAGES / "missing_headers.eml"),
+                     str(MESSAGES / "ham_plain.eml"))
+    spammy, plain = (json.loads(line) for line in result.stdout.splitlines())
+    assert spammy["spam_probability"] > 0.7 > plain["spam_probability"]
+    (band,) = [s for s in spammy["symbols"] if s["name"].startswith("BAYES_")]
+    assert band["evidence"].startswith(f"p={spammy['spam_probability']:.4f}, model nb-")
+    assert spammy["action"] == "quarantine"
 
 
 def test_bad_config_is_one_line_per_problem_without_traceback(tmp_path: Path):
@@ -108,7 +128,7 @@ def test_bad_config_is_one_line_per_problem_without_traceback(tmp_path: Path):
 def test_config_check_accepts_the_embedded_defaults():
     result = gateway("config", "check")
     assert result.returncode == 0, result.stderr
-    assert "checks: headers, size, lists" in result.stdout
+    assert "checks: headers, size, lists, bayes" in result.stdout
     assert "thresholds: quarantine 6, reject 15" in result.stdout
 
 

@@ -178,7 +178,8 @@ def test_worker_processes_give_the_same_verdicts(postfix, sink, gateway_milter):
     send(postfix, raw + b"x" * 4096 + b"\r\n")  # spilled: goes to the worker by path
     delivery = sink.find(tag)
     assert delivery is not None
-    assert delivery.header("X-Spam-Status") == "No, score=0.0 required=6.0 tests=none"
+    status = delivery.header("X-Spam-Status")
+    assert status.startswith("No, score=") and "tests=BAYES_" in status  # classifier ran
     tag, raw = tagged()
     with pytest.raises(smtplib.SMTPDataError) as caught:
         send(postfix, raw, mail_from="bulk@spammer.example")

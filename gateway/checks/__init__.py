@@ -23,6 +23,7 @@ BUILTIN: dict[str, str] = {
     "headers": "gateway.checks.headers:HeaderSanityCheck",
     "size": "gateway.checks.size:SizeCheck",
     "lists": "gateway.checks.lists:ListsCheck",
+    "bayes": "gateway.checks.bayes:BayesCheck",
 }
 
 

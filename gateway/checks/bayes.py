@@ -1,0 +1,134 @@
+"""The naive-Bayes spam classifier as a check: one BAYES_* band symbol.
+
+The model in use is the ``[classifier] model`` folder if set, else the
+model store's current model, else the shipped ``models/default``. A watcher
+thread looks for a newly promoted model every ``reload_interval`` seconds
+and swaps it in atomically: a message is scored by one model from start to
+end, connections are never dropped, and a corrupt or mismatched model is
+refused with one log line while the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from gateway.checks import Check, CheckContext
+from gateway.classifier.model import BAND_DESCRIPTIONS, BANDS, ModelError, SpamModel, band
+from gateway.classifier.model import load_model as load_model_dir
+from gateway.classifier.store import ModelStore
+from gateway.config import Config
+from gateway.message import Message
+from gateway.paths import MODELS_DIR
+from gateway.schema import ConfigError
+from gateway.symbols import Report
+
+log = logging.getLogger("gateway.classifier")
+
+SHIPPED_MODEL = MODELS_DIR / "default"
+
+
+def model_location(config: Config) -> Path:
+    """The model folder the config selects (explicit, store's current, shipped)."""
+    if config.classifier.model:
+        return Path(config.classifier.model)
+    current = ModelStore(config.classifier.store).current_path()
+    if current is not None and current.exists():
+        return current
+    return SHIPPED_MODEL
+
+
+def decision_probability(scores: dict[str, float], quarantine: float) -> float:
+    """The lowest spam probability whose band alone reaches the quarantine
+    threshold under these scores (1.0 if no band does)."""
+    lower = 0.0
+    for upper, name in BANDS:
+        if scores.get(name, 0.0) >= quarantine:
+            return lower
+        lower = upper
+    return 1.0
+
+
+class ModelHolder:
+    """The model in use, swapped atomically when the selected folder changes."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.location = model_location(config)
+        try:
+            self.model: SpamModel = load_model_dir(self.location)
+        except ModelError as exc:
+            raise ConfigError([f"classifier: {exc}"]) from None
+        self._signature = self._current_signature()
+        self._refused: tuple | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        log.info("classifier: using model %s from %s", self.model.version, self.location)
+
+    def start_watching(self) -> None:
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="model-watch", daemon=True)
+            self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _current_signature(self) -> tuple:
+        location = model_location(self.config)
+        try:
+            real = os.path.realpath(location)
+            meta = Path(real) / "model.json"
+            return (real, meta.stat().st_mtime_ns)
+        except OSError:
+            return (str(location), None)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.config.classifier.reload_interval):
+            self.check_for_update()
+
+    def check_for_update(self) -> bool:
+        """Load the selected model if it changed; True if a new one is in use."""
+        signature = self._current_signature()
+        if signature == self._signature or signature == self._refused:
+            return False
+        location = Path(signature[0])
+        try:
+            model = load_model_dir(location)
+        except ModelError as exc:
+            self._refused = signature
+            log.error("classifier: refusing new model: %s; still using %s",
+                      exc, self.model.version)
+            return False
+        previous = self.model.version
+        self.model, self.location, self._signature = model, location, signature
+        self._refused = None
+        log.info("classifier: now using model %s (was %s)", model.version, previous)
+        return True
+
+
+class BayesCheck(Check):
+    name = "bayes"
+    symbols = BAND_DESCRIPTIONS
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.holder = ModelHolder(config)
+        self.holder.start_watching()
+
+    def run(self, message: Message, context: CheckContext) -> Report:
+        model = self.holder.model  # one model for the whole message
+        probability, log_odds = model.score(message.email)
+        name = band(probability)
+        return Report(
+            symbols=(self.symbol(name, f"p={probability:.4f}, model {model.version}"),),
+            facts={
+                "spam_probability": probability,
+                "log_odds": log_odds,
+                "model_version": model.version,
+            },
+        )
+
+    def close(self) -> None:
+        self.holder.stop()

@@ -1,0 +1,316 @@
+"""Tokens for the spam classifier, from the parsed message.
+
+The tokens describe what a recipient sees and what a sender chose: subject
+and body words (text/plain and HTML-stripped text/html, in any charset),
+selected headers, the MIME structure and the domains of links. They
+deliberately leave out what describes how a message was *collected* rather
+than what it is (see ``EXCLUDED_HEADERS`` and ``ARTEFACT``): a model that
+learns the collectors' mail hosts or the month a corpus was gathered scores
+well on that corpus and badly on real mail.
+
+Bump ``FEATURE_VERSION`` whenever the tokens change: a model trained on
+other tokens is refused at load time.
+"""
+
+from __future__ import annotations
+
+import codecs
+import html
+import re
+from collections.abc import Iterable, Iterator
+from email.header import decode_header
+from email.message import Message as EmailMessage
+from email.utils import getaddresses, parseaddr
+from functools import lru_cache
+
+FEATURE_VERSION = 2
+
+# Headers never turned into tokens. Delivery and mailbox bookkeeping added
+# at the recipient's side (by the corpus collectors, by fetchmail, by the
+# MUA) and earlier filters' verdicts say nothing about the sender.
+EXCLUDED_HEADERS = frozenset({
+    "delivered-to", "return-path", "x-original-to", "envelope-to", "delivery-date",
+    "x-keywords", "x-status", "status", "x-uid", "x-uidl", "lines", "content-length",
+    "x-original-date", "date", "received", "x-authentication-warning",
+    "x-mime-autoconverted", "x-envelope-to", "x-apparently-to", "x-mdaemon-deliver-to",
+    "x-mdrcpt-to", "x-originally-to", "resent-to",
+})
+# Headers with tokens of their own below; the others get generic value tokens.
+SPECIAL_HEADERS = frozenset({"subject", "from", "to", "cc", "reply-to", "x-mailer",
+                             "user-agent", "message-id"})
+HEADER_VALUE_SPLIT = re.compile(r"[\s;,<>\"=()]+")
+EXCLUDED_HEADER_PREFIXES = ("x-spam", "x-mozilla-", "x-evolution", "x-imap", "x-virus",
+                            "x-gateway")
+
+# Corpus artefacts that leak into any header or body text: the collectors'
+# hosts, and the anonymised recipient addresses the public corpus uses.
+ARTEFACT = re.compile(
+    r"netnoteinc|slashnull|jmason|fetchmail|taint\.org|spamassassin\.taint|"
+    r"yyyy|zzzz|\bjm@|\bjm-",
+    re.IGNORECASE,
+)
+# Calendar words and years: they tell when a corpus was gathered, not what
+# a message is.
+CALENDAR = re.compile(
+    r"^(mon|tue|wed|thu|fri|sat|sun|monday|tuesday|wednesday|thursday|friday|saturday|"
+    r"sunday|jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec|january|february|"
+    r"march|april|june|july|august|september|october|november|december|"
+    r"(19|20)\d\d|\d{1,2}:\d\d(:\d\d)?)$"
+)
+
+URL = re.compile(r"""(?:https?://|www\.)[^\s<>"'()\[\]{}]+""", re.IGNORECASE)
+HREF = re.compile(r"""(?:href|src)\s*=\s*["']?([^"'\s>]+)""", re.IGNORECASE)
+TAG = re.compile(r"<\s*(/?)\s*([a-zA-Z][a-zA-Z0-9]*)[^>]*>", re.DOTALL)
+SCRIPT_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+WORD_EDGES = "\"'`()[]{}<>,.;:!?*|~^-_=+/\\#&"
+INTERESTING_TAGS = frozenset({"font", "table", "img", "a", "form", "input", "script", "iframe",
+                              "center", "b", "map", "area", "style", "object", "embed"})
+
+
+def message_tokens(message: EmailMessage) -> set[str]:
+    """The set of tokens of one parsed message (presence, not counts)."""
+    tokens: set[str] = set()
+    tokens.update(header_tokens(message))
+    tokens.update(body_tokens(message))
+    return {t for t in tokens if not ARTEFACT.search(t)}
+
+
+# -- headers -------------------------------------------------------------------
+
+def header_tokens(message: EmailMessage) -> Iterator[str]:
+    subject = decoded_header(message.get("Subject", ""))
+    for word in words(subject):
+        yield "subject:" + word
+    if subject and subject.upper() == subject and any(c.isalpha() for c in subject):
+        yield "subject:ALLCAPS"
+    if "!" in subject:
+        yield "subject:has!"
+
+    name, address = parseaddr(decoded_header(message.get("From", "")))
+    for word in words(name):
+        yield "from:name:" + word
+    from_domain = address.rpartition("@")[2].lower()
+    if from_domain:
+        yield from domain_tokens("from", from_domain)
+    local = address.partition("@")[0]
+    if any(c.isdigit() for c in local):
+        yield "from:local:digits"
+    if not name:
+        yield "from:noname"
+
+    reply_to = parseaddr(str(message.get("Reply-To", "")))[1].rpartition("@")[2].lower()
+    if reply_to:
+        yield from domain_tokens("replyto", reply_to)
+        if reply_to != from_domain:
+            yield "replyto:differs"
+
+    for field in ("To", "Cc"):
+        count = len(getaddresses([str(v) for v in message.get_all(field, [])]))
+        yield f"{field.lower()}:count:{bucket(count, (0, 1, 2, 5, 10, 50))}"
+
+    for field in ("X-Mailer", "User-Agent"):
+        value = message.get(field)
+        if value is not None:
+            for word in words(str(value))[:6]:
+                yield "mailer:" + word
+
+    hops = sum(1 for v in message.get_all("Received", []) if not ARTEFACT.search(str(v)))
+    yield f"received:hops:{bucket(hops, (0, 1, 2, 3, 5, 8))}"
+
+    message_id = str(message.get("Message-ID", ""))
+    if not message_id:
+        yield "message-id:none"
+    elif "@" not in message_id:
+        yield "message-id:noat"
+
+    for key, value in message.items():
+        key = key.lower()
+        if key in EXCLUDED_HEADERS or key.startswith(EXCLUDED_HEADER_PREFIXES):
+            continue
+        yield "header:" + key
+        if key in SPECIAL_HEADERS:
+            continue
+        # Like SpamAssassin's Bayes: the words of other header values, under
+        # the header's name (list ids, MIME boundaries' style, priorities...).
+        for word in HEADER_VALUE_SPLIT.split(str(value))[:12]:
+            word = word.strip(".:'").lower()
+            if 2 < len(word) <= 30:
+                yield f"h:{key}:{word}"
+
+
+def domain_tokens(prefix: str, domain: str) -> Iterator[str]:
+    domain = domain.strip().strip(".>").lower()
+    yield f"{prefix}:dom:{domain}"
+    registrable = registrable_domain(domain)
+    if registrable != domain:
+        yield f"{prefix}:dom:{registrable}"
+    yield f"{prefix}:tld:{domain.rpartition('.')[2]}"
+
+
+# -- body ----------------------------------------------------------------------
+
+def body_tokens(message: EmailMessage) -> Iterator[str]:
+    kinds: list[str] = []
+    urls: list[str] = []
+    for part in message.walk():
+        content_type = part.get_content_type()
+        if part.is_multipart():
+            kinds.append(content_type)
+            continue
+        filename = part.get_filename()
+        disposition = str(part.get("Content-Disposition", "")).split(";")[0].strip().lower()
+        encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+        if encoding:
+            yield "cte:" + encoding[:20]
+        charset = part.get_content_charset()
+        if charset:
+            yield "charset:" + charset[:20]
+        if filename or disposition == "attachment":
+            kinds.append("attachment")
+            yield "attach:type:" + content_type
+            extension = (filename or "").rpartition(".")[2].lower()
+            if extension and len(extension) <= 5:
+                yield "attach:ext:" + extension
+            continue
+        kinds.append(content_type)
+        if content_type not in ("text/plain", "text/html"):
+            yield "part:" + content_type
+            continue
+        text = part_text(part)
+        if content_type == "text/html":
+            yield from html_structure_tokens(text)
+            urls.extend(HREF.findall(text))
+            text = strip_html(text)
+        urls.extend(URL.findall(text))
+        text = URL.sub(" ", text)
+        yield from words(text)
+
+    yield "structure:" + ",".join(sorted(set(kinds)))[:120]
+    if "text/html" in kinds and "text/plain" not in kinds:
+        yield "structure:html-only"
+    yield f"url:count:{bucket(len(urls), (0, 1, 2, 5, 10, 20))}"
+    for url in urls[:100]:
+        yield from url_tokens(url)
+
+
+def part_text(part: EmailMessage) -> str:
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:  # a broken transfer encoding: fall back to the raw text
+        payload = None
+    if payload is None:
+        raw = part.get_payload()
+        return raw if isinstance(raw, str) else ""
+    return decode_bytes(payload, part.get_content_charset())
+
+
+def decode_bytes(data: bytes, charset: str | None) -> str:
+    if charset:
+        try:
+            codecs.lookup(charset)
+            return data.decode(charset, errors="replace")
+        except (LookupError, UnicodeError, ValueError):
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def html_structure_tokens(markup: str) -> Iterator[str]:
+    seen: set[str] = set()
+    for closing, name in TAG.findall(markup[:200_000]):
+        name = name.lower()
+        if not closing and name in INTERESTING_TAGS and name not in seen:
+            seen.add(name)
+            yield "html:tag:" + name
+
+
+def strip_html(markup: str) -> str:
+    markup = SCRIPT_STYLE.sub(" ", markup)
+    markup = COMMENT.sub(" ", markup)
+    markup = TAG.sub(" ", markup)
+    return html.unescape(markup)
+
+
+def url_tokens(url: str) -> Iterator[str]:
+    url = url.strip().lower()
+    if url.startswith("www."):
+        url = "http://" + url
+    if not url.startswith(("http://", "https://")):
+        if url.startswith("mailto:"):
+            yield "url:mailto"
+        return
+    host = url.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
+    host = host.rpartition("@")[2].split(":", 1)[0].strip(".")
+    if not host:
+        return
+    if re.fullmatch(r"[\d.]+", host):
+        yield "url:ip"
+        return
+    yield "url:host:" + host
+    registrable = registrable_domain(host)
+    if registrable != host:
+        yield "url:dom:" + registrable
+    if url.startswith("https://"):
+        yield "url:https"
+
+
+# -- words ---------------------------------------------------------------------
+
+def words(text: str) -> list[str]:
+    """Lower-cased words of 3 to 20 characters; longer ones become a
+    'skip' token of their first letter and length, like SpamBayes."""
+    out: list[str] = []
+    for raw in text.split():
+        word = raw.strip(WORD_EDGES).lower()
+        if len(word) < 3:
+            continue
+        if CALENDAR.match(word):
+            continue
+        if len(word) > 20:
+            out.append(f"skip:{word[0]}{len(word) // 10 * 10}")
+            continue
+        if "@" in word:
+            out.append("email:" + word.rpartition("@")[2])
+            continue
+        out.append(word)
+    return out
+
+
+def decoded_header(value: object) -> str:
+    """An RFC 2047 encoded header as text; never raises."""
+    text = str(value)
+    if "=?" not in text:
+        return text
+    try:
+        return "".join(
+            decode_bytes(chunk, charset) if isinstance(chunk, bytes) else chunk
+            for chunk, charset in decode_header(text)
+        )
+    except Exception:
+        return text
+
+
+def bucket(value: int, edges: Iterable[int]) -> str:
+    """'0', '1', '2-4', ... : the range of ``edges`` that holds ``value``."""
+    edges = list(edges)
+    for low, high in zip(edges, [*edges[1:], None], strict=True):
+        if high is None or value < high:
+            return str(low) if high is None or high - low == 1 else f"{low}-{high - 1}"
+    return str(edges[-1])
+
+
+@lru_cache(maxsize=65536)
+def registrable_domain(host: str) -> str:
+    """example.co.uk for mail.example.co.uk, via the public suffix list."""
+    psl = _public_suffix_list()
+    return psl.privatesuffix(host) or host
+
+
+@lru_cache(maxsize=1)
+def _public_suffix_list():
+    from publicsuffixlist import PublicSuffixList
+
+    return PublicSuffixList()

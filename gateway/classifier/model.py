@@ -1,0 +1,200 @@
+"""The spam model artifact and the small scorer that uses it.
+
+A model is a folder of three files, none of which is ever unpickled:
+
+- ``model.npz``: per-token log-odds weights (float32), loaded with
+  ``allow_pickle=False``;
+- ``vocabulary.json``: the tokens, in weight order;
+- ``model.json``: metadata (version, creation time, data counts, feature
+  settings, validation figures, calibration, thresholds) and the SHA-256 of
+  the two other files. A file whose checksum or feature version does not
+  match is refused.
+
+The weights are naive Bayes' own, ``log P(token|spam) - log P(token|ham)``;
+a message is the idf weights of its known tokens, L2-normalised, and its
+dot product with the weights plus the prior log-odds is the classifier's
+log-odds, which a logistic calibration turns into a probability. scikit-learn is needed to train, not to score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.classifier.features import FEATURE_VERSION, message_tokens
+
+FORMAT = "gateway-naive-bayes/1"
+WEIGHTS_FILE = "model.npz"
+VOCABULARY_FILE = "vocabulary.json"
+META_FILE = "model.json"
+
+# Probability bands, named like SpamAssassin's BAYES_* rules: the number is
+# the band's lower edge in percent. Finer than SpamAssassin's between 60 and
+# 95%, where a calibrated model's quarantine threshold usually falls.
+BANDS: tuple[tuple[float, str], ...] = (
+    (0.01, "BAYES_00"),
+    (0.05, "BAYES_05"),
+    (0.20, "BAYES_20"),
+    (0.40, "BAYES_40"),
+    (0.60, "BAYES_50"),
+    (0.70, "BAYES_60"),
+    (0.80, "BAYES_70"),
+    (0.90, "BAYES_80"),
+    (0.95, "BAYES_90"),
+    (0.99, "BAYES_95"),
+    (0.999, "BAYES_99"),
+    (math.inf, "BAYES_999"),
+)
+
+
+def _describe_band(lower: float, upper: float) -> str:
+    if upper == math.inf:
+        return f"spam probability {lower:.1%} or more"
+    if lower == 0:
+        return f"spam probability below {upper:.0%}"
+    return f"spam probability {lower:.0%} to {upper:.{1 if upper > 0.99 else 0}%}"
+
+
+BAND_DESCRIPTIONS: dict[str, str] = {
+    name: _describe_band(lower, upper)
+    for (lower, _), (upper, name) in zip([(0.0, ""), *BANDS[:-1]], BANDS, strict=True)
+}
+
+
+def band(probability: float) -> str:
+    for upper, name in BANDS:
+        if probability < upper:
+            return name
+    return BANDS[-1][1]
+
+
+class ModelError(Exception):
+    """A model folder that cannot be used, as one line naming file and reason."""
+
+
+@dataclass(frozen=True)
+class SpamModel:
+    weights: np.ndarray
+    idf: np.ndarray
+    vocabulary: dict[str, int]
+    intercept: float
+    calibration: tuple[float, float]  # p = sigmoid(a * log_odds + b)
+    meta: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", "unknown"))
+
+    def log_odds(self, tokens: Iterable[str]) -> float:
+        """Known tokens weighted by idf, L2-normalised, dotted with the weights."""
+        vocabulary = self.vocabulary
+        indices = [i for i in map(vocabulary.get, tokens) if i is not None]
+        if not indices:
+            return self.intercept
+        idf = self.idf[indices].astype(np.float64)
+        norm = math.sqrt(float(idf @ idf))
+        return self.intercept + float(idf @ self.weights[indices]) / norm
+
+    def probability_of(self, log_odds: float) -> float:
+        a, b = self.calibration
+        z = a * log_odds + b
+        if z >= 0:
+            return 1.0 / (1.0 + math.exp(-z))
+        e = math.exp(z)
+        return e / (1.0 + e)
+
+    def score(self, email_message) -> tuple[float, float]:
+        """(calibrated spam probability, raw log-odds) of a parsed message."""
+        log_odds = self.log_odds(message_tokens(email_message))
+        return self.probability_of(log_odds), log_odds
+
+    # -- files -------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        tokens = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
+        vocabulary_bytes = json.dumps(tokens, ensure_ascii=False).encode("utf-8")
+        (directory / VOCABULARY_FILE).write_bytes(vocabulary_bytes)
+        np.savez_compressed(
+            directory / WEIGHTS_FILE,
+            weights=self.weights.astype(np.float32),
+            idf=self.idf.astype(np.float32),
+            intercept=np.array([self.intercept]),
+            calibration=np.array(self.calibration, dtype=np.float64),
+        )
+        meta = dict(self.meta)
+        meta.update({
+            "format": FORMAT,
+            "feature_version": FEATURE_VERSION,
+            "vocabulary_size": len(tokens),
+            "sha256": {
+                WEIGHTS_FILE: _sha256(directory / WEIGHTS_FILE),
+                VOCABULARY_FILE: hashlib.sha256(vocabulary_bytes).hexdigest(),
+            },
+        })
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def load_model(directory: str | Path) -> SpamModel:
+    """Load and verify a model folder; raise ModelError with one clear line."""
+    directory = Path(directory)
+    meta_path = directory / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{meta_path}: not found (is {directory} a model folder?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{meta_path}: unreadable model metadata: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelError(f"{meta_path}: not a {FORMAT} model")
+    if meta.get("feature_version") != FEATURE_VERSION:
+        raise ModelError(
+            f"{meta_path}: trained with feature version {meta.get('feature_version')}, "
+            f"this gateway computes version {FEATURE_VERSION}: retrain the model"
+        )
+    expected = meta.get("sha256") or {}
+    for name in (WEIGHTS_FILE, VOCABULARY_FILE):
+        path = directory / name
+        if not path.exists():
+            raise ModelError(f"{path}: missing")
+        if _sha256(path) != expected.get(name):
+            raise ModelError(f"{path}: checksum does not match {META_FILE}; refusing the model")
+    try:
+        tokens = json.loads((directory / VOCABULARY_FILE).read_text(encoding="utf-8"))
+        with np.load(directory / WEIGHTS_FILE, allow_pickle=False) as arrays:
+            weights = arrays["weights"].astype(np.float32)
+            idf = arrays["idf"].astype(np.float32)
+            intercept = float(arrays["intercept"][0])
+            a, b = (float(x) for x in arrays["calibration"])
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{directory}: unreadable model files: {exc}") from None
+    if not isinstance(tokens, list) or not len(tokens) == len(weights) == len(idf):
+        raise ModelError(f"{directory}: vocabulary and weights differ in length")
+    if not (np.isfinite(weights).all() and np.isfinite(idf).all() and math.isfinite(intercept)
+            and math.isfinite(a) and math.isfinite(b)):
+        raise ModelError(f"{directory}: model holds non-finite numbers")
+    return SpamModel(
+        weights=weights,
+        idf=idf,
+        vocabulary={token: index for index, token in enumerate(tokens)},
+        intercept=intercept,
+        calibration=(a, b),
+        meta=meta,
+        path=directory,
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
