@@ -24,6 +24,7 @@ def message_record(envelope: Envelope, verdict: Verdict, size: int, millis: floa
         "reason": verdict.reason,
         "symbols": {s.name: round(s.score, 2) for s in verdict.symbols},
         "failed_checks": list(verdict.failed_checks),
+        "spam_probability": verdict.spam_probability,
         "check_ms": dict(verdict.check_millis),
         "total_ms": round(millis, 2),
     }

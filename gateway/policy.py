@@ -60,6 +60,12 @@ class Verdict:
     def is_spam(self) -> bool:
         return self.score >= self.required
 
+    @property
+    def spam_probability(self) -> float | None:
+        """The classifier's calibrated probability, when it ran."""
+        value = self.facts.get("bayes", {}).get("spam_probability")
+        return None if value is None else round(float(value), 4)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "action": self.action,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import smtplib
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -184,3 +187,53 @@ def test_worker_processes_give_the_same_verdicts(postfix, sink, gateway_milter):
     with pytest.raises(smtplib.SMTPDataError) as caught:
         send(postfix, raw, mail_from="bulk@spammer.example")
     assert b"[BLOCKLIST_SENDER]" in caught.value.smtp_error
+
+
+def test_a_promoted_model_is_picked_up_while_mail_flows(postfix, sink, gateway_milter, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.checks.bayes import SHIPPED_MODEL
+    from gateway.classifier.store import ModelStore
+    from gateway.classifier.train import train
+    from tests.conftest import FIXTURES
+
+    store = ModelStore(tmp_path / "store")
+    store.set_current(store.add(SHIPPED_MODEL), "promote", {})
+    # Thresholds out of reach, so every message is delivered with its band.
+    (tmp_path / "high.toml").write_text("[thresholds]\nquarantine = 100.0\nreject = 200.0\n")
+    config = (f'[pipeline]\nchecks = ["bayes"]\n[policy]\nrules = ["{DEFAULT_RULES}", '
+              f'"{tmp_path / "high.toml"}"]\n[classifier]\nstore = "{tmp_path / "store"}"\n'
+              "reload_interval = 0.2\n")
+    gateway_milter(config)
+    (tmp_path / "gateway.toml").write_text(config)
+    # Labels swapped on purpose: this model calls good mail spam.
+    inverted, _ = train([FIXTURES / "corpus" / "spam"], [FIXTURES / "corpus" / "ham"],
+                        folds=5, report=lambda _: None, show_progress=False)
+    inverted.save(tmp_path / "inverted")
+
+    def deliver_one(_: int) -> str:
+        tag, raw = tagged()
+        send(postfix, raw)
+        return tag
+
+    with ThreadPoolExecutor(2) as pool:
+        before = list(pool.map(deliver_one, range(6)))
+        flowing = pool.submit(lambda: [deliver_one(i) for i in range(20)])
+        promoted = subprocess.run(
+            [sys.executable, "-m", "gateway", "model", "promote", str(tmp_path / "inverted"),
+             "--force", "--config", str(tmp_path / "gateway.toml")],
+            capture_output=True, text=True, timeout=60)
+        assert promoted.returncode == 0, promoted.stderr
+        during = flowing.result()
+        time.sleep(0.5)
+        after = list(pool.map(deliver_one, range(3)))
+
+    def score(tag: str) -> float:
+        delivery = sink.find(tag)
+        assert delivery is not None, f"message {tag} was lost"
+        return float(delivery.header("X-Spam-Score"))
+
+    assert all(score(t) <= 0 for t in before)  # the shipped model: good mail
+    for tag in during:
+        score(tag)  # every message sent across the swap was delivered
+    assert all(score(t) >= 6 for t in after)  # the inverted model: "spam"

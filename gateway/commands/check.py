@@ -105,7 +105,7 @@ def _return_path(data: bytes) -> str:
 def verdict_json(file: str, verdict: Verdict) -> dict[str, Any]:
     record: dict[str, Any] = {"file": file}
     record.update(verdict.as_dict())
-    record["spam_probability"] = verdict.facts.get("bayes", {}).get("spam_probability")
+    record["spam_probability"] = verdict.spam_probability
     return record
 
 
