@@ -59,7 +59,7 @@ def _addresses(values: list[str]) -> str | None:
 
 
 def _default_checks() -> list[str]:
-    return ["headers", "size", "lists", "bayes"]
+    return ["headers", "size", "lists", "bayes", "clamav"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,28 @@ class ClassifierSection:
                                      "seconds between checks for a newly promoted model")
 
 
+def _host_port(value: str) -> str | None:
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    if host and port.isdigit() and 0 < int(port) < 65536:
+        return None
+    return f"expected host:port such as 127.0.0.1:3310, got {value!r}"
+
+
+@dataclass(frozen=True)
+class ClamavSection:
+    socket: str = setting("/run/clamav/clamd.ctl", doc="clamd's unix socket (LocalSocket)")
+    address: str = setting("", _host_port, "clamd over TCP as host:port (overrides socket)")
+    on_fail: Literal["tempfail", "accept"] = setting(
+        "tempfail", doc="when clamd is down or errs: make the sender retry, or accept "
+        "with CLAMAV_FAIL in the headers")
+    on_virus: Literal["reject", "quarantine"] = setting("reject", doc="what a virus gets")
+    max_size: int = setting(25 * 1024 * 1024, positive,
+                            "largest message sent to clamd; keep it <= clamd's StreamMaxLength")
+    timeout: float = setting(8.0, positive, "seconds to wait for clamd's answer")
+
+
 @dataclass(frozen=True)
 class LoggingSection:
     level: Literal["debug", "info", "warning", "error"] = setting("info")
@@ -134,6 +156,7 @@ SECTIONS: dict[str, type] = {
     "lists": ListsSection,
     "size": SizeSection,
     "classifier": ClassifierSection,
+    "clamav": ClamavSection,
     "logging": LoggingSection,
 }
 
@@ -146,6 +169,7 @@ class Config:
     lists: ListsSection = field(default_factory=ListsSection)
     size: SizeSection = field(default_factory=SizeSection)
     classifier: ClassifierSection = field(default_factory=ClassifierSection)
+    clamav: ClamavSection = field(default_factory=ClamavSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     source: str = "<embedded defaults>"
 

@@ -28,17 +28,27 @@ log = logging.getLogger("gateway.evaluator")
 class Evaluator(Protocol):
     def evaluate(self, envelope: Envelope, raw: RawContent) -> Verdict: ...
 
+    def startup_problems(self) -> list[str]: ...
+
     def close(self) -> None: ...
 
 
 class LocalEvaluator:
     def __init__(self, config: Config):
         self.config = config
-        self.policy = Policy(load_rules(config.policy.rules))
         self.pipeline = Pipeline.from_config(config)
+        rules = load_rules(config.policy.rules)
+        forced = {}
+        for check in self.pipeline.checks:
+            forced.update(check.forced_actions(config))
+        self.policy = Policy(rules.with_default_forces(forced))
 
     def evaluate(self, envelope: Envelope, raw: RawContent) -> Verdict:
         return self.evaluate_message(Message(envelope, raw))
+
+    def startup_problems(self) -> list[str]:
+        """What the enabled checks find wrong before the first message."""
+        return [p for check in self.pipeline.checks for p in check.startup_problems()]
 
     def evaluate_message(self, message: Message) -> Verdict:
         result = self.pipeline.run(message)
@@ -67,7 +77,9 @@ class PoolEvaluator:
     def __init__(self, config: Config, workers: int):
         # Validate in this process first: a bad rules file should stop start-up
         # with one clear line, not surface later as a broken pool.
-        LocalEvaluator(config).close()
+        probe = LocalEvaluator(config)
+        self.problems = probe.startup_problems()
+        probe.close()
         context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
         self._pool = ProcessPoolExecutor(
             max_workers=workers,
@@ -75,6 +87,9 @@ class PoolEvaluator:
             initializer=_init_worker,
             initargs=(config,),
         )
+
+    def startup_problems(self) -> list[str]:
+        return self.problems
 
     def evaluate(self, envelope: Envelope, raw: RawContent) -> Verdict:
         # A spilled message goes by path, so its bytes are never pickled.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -85,6 +85,11 @@ class Rules:
     scores: Mapping[str, float] = field(default_factory=dict)
     force: Mapping[str, Action] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
+
+    def with_default_forces(self, defaults: Mapping[str, Action]) -> Rules:
+        """These rules, with forced actions that apply unless a rules file
+        forces the same symbol itself."""
+        return replace(self, force=MappingProxyType({**defaults, **self.force}))
 
 
 def load_rules(paths: Iterable[str | Path]) -> Rules:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.lab.clamd import ClamdInstance
 from gateway.lab.milter_process import MilterProcess
 from gateway.lab.postfix import PostfixInstance
 from gateway.lab.sink import Sink
@@ -60,6 +61,25 @@ def postfix(lab_dir: Path, sink: Sink, milter_socket: Path) -> Iterator[PostfixI
 
 
 SPINE_CHECKS = '[pipeline]\nchecks = ["headers", "size", "lists"]\n'
+
+
+@pytest.fixture(scope="session")
+def clamd(lab_dir: Path) -> Iterator[ClamdInstance]:
+    """A real clamd with the project's test signatures, shared by the session."""
+    if shutil.which("clamd") is None:
+        pytest.skip("clamd is not installed (see .ci/run)")
+    with ClamdInstance(lab_dir / "clamd") as running:
+        yield running
+
+
+@pytest.fixture
+def own_clamd(lab_dir: Path, request) -> Iterator[ClamdInstance]:
+    """A clamd of the test's own, free to be killed."""
+    if shutil.which("clamd") is None:
+        pytest.skip("clamd is not installed (see .ci/run)")
+    instance = ClamdInstance(lab_dir / f"clamd-{request.node.name[:40]}")
+    with instance:
+        yield instance
 
 
 def milter_config(socket: Path, extra: str = "") -> str:

@@ -93,16 +93,19 @@ def test_check_text_output_is_a_table(spine):
     ]
 
 
-def test_check_reports_a_missing_file_in_one_line_and_goes_on():
-    result = gateway("check", "--json", "/no/such.eml", str(MESSAGES / "ham_plain.eml"))
+def test_check_reports_a_missing_file_in_one_line_and_goes_on(spine):
+    result = gateway("check", "--config", spine, "--json", "/no/such.eml",
+                     str(MESSAGES / "ham_plain.eml"))
     assert result.returncode == 1
     assert result.stderr == "gateway: /no/such.eml: no such file or directory\n"
     assert json.loads(result.stdout)["file"].endswith("ham_plain.eml")
 
 
-def test_check_json_carries_the_spam_probability():
-    result = gateway("check", "--json", str(MESSAGES / "missing_headers.eml"),
-                     str(MESSAGES / "ham_plain.eml"))
+def test_check_json_carries_the_spam_probability(tmp_path: Path, clamd):
+    config = tmp_path / "gateway.toml"  # every default check, clamd included
+    config.write_text(f'[clamav]\nsocket = "{clamd.socket_path}"\n')
+    result = gateway("check", "--config", str(config), "--json",
+                     str(MESSAGES / "missing_headers.eml"), str(MESSAGES / "ham_plain.eml"))
     spammy, plain = (json.loads(line) for line in result.stdout.splitlines())
     assert spammy["spam_probability"] > 0.7 > plain["spam_probability"]
     (band,) = [s for s in spammy["symbols"] if s["name"].startswith("BAYES_")]
@@ -125,11 +128,25 @@ def test_bad_config_is_one_line_per_problem_without_traceback(tmp_path: Path):
     assert "Traceback" not in result.stderr
 
 
-def test_config_check_accepts_the_embedded_defaults():
-    result = gateway("config", "check")
+def test_config_check_accepts_a_working_setup(tmp_path: Path, clamd):
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[clamav]\nsocket = "{clamd.socket_path}"\n')
+    result = gateway("config", "check", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    assert "checks: headers, size, lists, bayes" in result.stdout
+    assert "checks: headers, size, lists, bayes, clamav" in result.stdout
     assert "thresholds: quarantine 6, reject 15" in result.stdout
+    assert result.stderr == ""
+
+
+def test_config_check_says_when_clamd_is_missing(tmp_path: Path):
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[clamav]\nsocket = "{tmp_path}/no-clamd.sock"\n')
+    result = gateway("config", "check", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"gateway: warning: clamav: not answering, clamd at {tmp_path}/no-clamd.sock: cannot "
+        f"connect to {tmp_path}/no-clamd.sock: No such file or directory; messages are "
+        "answered 4xx until it does\n")
 
 
 def test_run_with_an_unusable_socket_says_so(tmp_path: Path):

@@ -13,7 +13,7 @@ import socket
 import Milter
 import pytest
 
-from gateway.config import Config, MilterSection
+from gateway.config import Config, MilterSection, PipelineSection
 from gateway.evaluator import LocalEvaluator
 from gateway.milter import GatewayMilter, Runtime, smtp_safe
 from tests.conftest import fixture_message
@@ -108,8 +108,9 @@ def test_failure_in_a_noreply_callback_is_answered_at_end_of_message(monkeypatch
 
 
 def test_envelope_and_bytes_reach_the_evaluator():
-    evaluator = RecordingEvaluator(Config())
-    ctx, rc = session(Runtime(Config(), evaluator), fixture_message("ham_plain.eml"))
+    config = Config(pipeline=PipelineSection(checks=["headers", "size", "lists"]))
+    evaluator = RecordingEvaluator(config)
+    ctx, rc = session(Runtime(config, evaluator), fixture_message("ham_plain.eml"))
     assert rc == Milter.ACCEPT
     assert [name for name, _ in ctx.added] == ["X-Spam-Status", "X-Spam-Score", "X-Gateway-Symbols"]
     envelope, raw = evaluator.seen

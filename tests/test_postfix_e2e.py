@@ -150,8 +150,9 @@ def test_check_that_raises_tempfails_when_configured(postfix, sink, gateway_milt
     assert sink.find(tag, timeout=1) is None
 
 
-def test_large_message_passes_through_the_spool(postfix, sink, gateway_milter, tmp_path):
-    gateway_milter(f'[pipeline]\nspool_threshold = 65536\nspool_dir = "{tmp_path}"\n')
+def test_large_message_passes_through_the_spool(postfix, sink, gateway_milter, tmp_path, clamd):
+    gateway_milter(f'[pipeline]\nspool_threshold = 65536\nspool_dir = "{tmp_path}"\n'
+                   f'[clamav]\nsocket = "{clamd.socket_path}"\n')
     tag, raw = tagged()
     body = b"".join(b"line %06d of a long message\r\n" % i for i in range(100_000))  # ~3 MB
     send(postfix, raw + body)
@@ -174,9 +175,10 @@ def test_a_second_message_on_one_connection_is_judged_on_its_own(postfix, sink, 
     assert sink.find(tag_bad, timeout=1) is None
 
 
-def test_worker_processes_give_the_same_verdicts(postfix, sink, gateway_milter):
+def test_worker_processes_give_the_same_verdicts(postfix, sink, gateway_milter, clamd):
     gateway_milter('[pipeline]\nworkers = 2\nspool_threshold = 1024\n'
-                   '[lists]\nblock_senders = ["spammer.example"]\n')
+                   '[lists]\nblock_senders = ["spammer.example"]\n'
+                   f'[clamav]\nsocket = "{clamd.socket_path}"\n')
     tag, raw = tagged()
     send(postfix, raw + b"x" * 4096 + b"\r\n")  # spilled: goes to the worker by path
     delivery = sink.find(tag)

@@ -24,6 +24,7 @@ BUILTIN: dict[str, str] = {
     "size": "gateway.checks.size:SizeCheck",
     "lists": "gateway.checks.lists:ListsCheck",
     "bayes": "gateway.checks.bayes:BayesCheck",
+    "clamav": "gateway.checks.clamav:ClamavCheck",
 }
 
 
@@ -61,9 +62,20 @@ class Check:
         return f"the {cls.name} check failed or timed out"
 
     @classmethod
+    def forced_actions(cls, config: Config) -> dict[str, str]:
+        """Actions this check's own settings force (e.g. [clamav] on_fail);
+        a [force] entry in a rules file overrides them."""
+        return {}
+
+    @classmethod
     def catalog(cls) -> dict[str, str]:
         """Every symbol this check can emit, its failure symbol included."""
         return {**cls.symbols, cls.failure_symbol(): cls.failure_description()}
+
+    def startup_problems(self) -> list[str]:
+        """Problems worth a line at start-up (a peer that does not answer);
+        the check still runs and reports per message."""
+        return []
 
     def close(self) -> None:
         """Release connections or files; called when the pipeline shuts down."""

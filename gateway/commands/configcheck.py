@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from gateway.commands.common import config_from
 from gateway.evaluator import LocalEvaluator
@@ -18,6 +19,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"  checks: {', '.join(c.name for c in evaluator.pipeline.checks)}")
         print(f"  rules: {', '.join(rules.sources)}")
         print(f"  thresholds: quarantine {rules.quarantine:g}, reject {rules.reject:g}")
+        problems = evaluator.startup_problems()
+        for problem in problems:
+            print(f"gateway: warning: {problem}", file=sys.stderr)
     finally:
         evaluator.close()
-    return 0
+    return 1 if problems else 0

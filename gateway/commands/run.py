@@ -27,6 +27,8 @@ def main(args: argparse.Namespace) -> int:
         )
     setup_logging(config.logging.level)
     evaluator = build_evaluator(config)
+    for problem in evaluator.startup_problems():
+        log.warning("%s", problem)
     try:
         serve(Runtime(config=config, evaluator=evaluator))
     except (OSError, libmilter.error) as exc:
