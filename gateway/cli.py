@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        description="the model store")
     classifier.add_model_arguments(model_parser)
 
+    from gateway.commands import quarantine
+
+    quarantine_parser = commands.add_parser(
+        "quarantine", help="list, show, release, delete or purge quarantined mail",
+        description="the quarantine")
+    quarantine.add_arguments(quarantine_parser)
+
     symbols_parser = command("symbols", symbols.main,
                              "list the symbols checks can emit, with scores and actions")
     symbols.add_arguments(symbols_parser)

@@ -144,6 +144,49 @@ class ClamavSection:
     timeout: float = setting(8.0, positive, "seconds to wait for clamd's answer")
 
 
+DEFAULT_RETENTION = {"held": 30, "released": 7, "deleted": 1, "expired": 30}
+RETENTION_STATES = tuple(DEFAULT_RETENTION)
+
+
+def _retention(value: dict[str, int]) -> str | None:
+    for key, days in value.items():
+        if key not in RETENTION_STATES:
+            return f"unknown state {key!r} (states: {', '.join(RETENTION_STATES)})"
+        if days < 0:
+            return f"{key}: days must be 0 or more"
+    return None
+
+
+def _quarantine_url(value: str) -> str | None:
+    if value == "" or value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        return None
+    return "expected sqlite:////path/to/file.db, postgresql://user@host/db, or \"\""
+
+
+@dataclass(frozen=True)
+class QuarantineSection:
+    url: str = setting("sqlite:////var/lib/gateway/quarantine.db", _quarantine_url,
+                       "where held mail is kept (\"\" = Postfix's hold queue)")
+    node: str = setting("", doc="this gateway's name in shared quarantines (default: hostname)")
+    keep_rejected_days: int = setting(0, non_negative,
+                                      "keep copies of rejected mail this many days (0 = off)")
+    retention: dict[str, int] = setting(
+        DEFAULT_RETENTION, _retention,
+        "days per state before a held message expires or a record is removed")
+    purge_interval: float = setting(3600.0, positive, "seconds between automatic purges")
+
+    def retention_days(self) -> dict[str, int]:
+        """The retention table, with defaults for the states not listed."""
+        return {**DEFAULT_RETENTION, **self.retention}
+
+
+@dataclass(frozen=True)
+class ReleaseSection:
+    smtp: str = setting("127.0.0.1:10026", _host_port,
+                        "Postfix listener that re-injects released mail without the milter")
+    timeout: float = setting(60.0, positive, "seconds for the re-injection")
+
+
 @dataclass(frozen=True)
 class LoggingSection:
     level: Literal["debug", "info", "warning", "error"] = setting("info")
@@ -157,6 +200,8 @@ SECTIONS: dict[str, type] = {
     "size": SizeSection,
     "classifier": ClassifierSection,
     "clamav": ClamavSection,
+    "quarantine": QuarantineSection,
+    "release": ReleaseSection,
     "logging": LoggingSection,
 }
 
@@ -170,6 +215,8 @@ class Config:
     size: SizeSection = field(default_factory=SizeSection)
     classifier: ClassifierSection = field(default_factory=ClassifierSection)
     clamav: ClamavSection = field(default_factory=ClamavSection)
+    quarantine: QuarantineSection = field(default_factory=QuarantineSection)
+    release: ReleaseSection = field(default_factory=ReleaseSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     source: str = "<embedded defaults>"
 

@@ -11,7 +11,8 @@ from gateway.policy import Verdict
 log = logging.getLogger("gateway.message")
 
 
-def message_record(envelope: Envelope, verdict: Verdict, size: int, millis: float) -> dict:
+def message_record(envelope: Envelope, verdict: Verdict, size: int, millis: float,
+                   notes: dict[str, str] | None = None) -> dict:
     return {
         "queue_id": envelope.queue_id,
         "client_ip": envelope.client_ip,
@@ -27,9 +28,11 @@ def message_record(envelope: Envelope, verdict: Verdict, size: int, millis: floa
         "spam_probability": verdict.spam_probability,
         "check_ms": dict(verdict.check_millis),
         "total_ms": round(millis, 2),
+        **(notes or {}),
     }
 
 
-def log_verdict(envelope: Envelope, verdict: Verdict, size: int, millis: float) -> None:
-    record = message_record(envelope, verdict, size, millis)
+def log_verdict(envelope: Envelope, verdict: Verdict, size: int, millis: float,
+                notes: dict[str, str] | None = None) -> None:
+    record = message_record(envelope, verdict, size, millis, notes)
     log.info("%s", json.dumps(record, separators=(",", ":"), ensure_ascii=False))

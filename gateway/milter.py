@@ -15,11 +15,12 @@ answers for them.
 from __future__ import annotations
 
 import functools
+import gc
 import grp
 import logging
 import os
 import re
-import time
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,11 +28,10 @@ from typing import Any
 import Milter
 
 from gateway.config import Config
-from gateway.evaluator import Evaluator
+from gateway.decider import Decider, Decision
 from gateway.headers import OWN_HEADERS, verdict_headers
-from gateway.logline import log_verdict
 from gateway.message import Envelope, RawSpool
-from gateway.policy import SmtpReply, Verdict
+from gateway.policy import SmtpReply
 
 log = logging.getLogger("gateway.milter")
 
@@ -41,6 +41,7 @@ HELO_MACROS = ("{tls_version}", "{cipher}", "{cipher_bits}", "{cert_subject}", "
 MAIL_MACROS = ("{auth_type}", "{auth_authen}", "{auth_author}")
 
 _OWN_HEADERS_LOWER = {h.lower() for h in OWN_HEADERS}
+LISTEN_BACKLOG = 1024
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Runtime:
     """What every connection shares; a connection takes a snapshot at start."""
 
     config: Config
-    evaluator: Evaluator
+    decider: Decider
 
 
 def guarded(callback: Callable[..., int]) -> Callable[..., int]:
@@ -180,11 +181,8 @@ class GatewayMilter(Milter.Base):
             macros=dict(self.macros),
         )
         raw = self.spool.freeze()
-        started = time.perf_counter()
         try:
-            verdict = self.runtime.evaluator.evaluate(envelope, raw)
-            log_verdict(envelope, verdict, raw.size, (time.perf_counter() - started) * 1000)
-            return self.apply(verdict)
+            return self.apply(self.runtime.decider.decide(envelope, raw))
         finally:
             raw.release()
             self._reset_message()
@@ -205,23 +203,24 @@ class GatewayMilter(Milter.Base):
 
     # -- applying a verdict ----------------------------------------------------
 
-    def apply(self, verdict: Verdict) -> int:
-        if verdict.action == "reject":
-            self.reply(verdict.reply or SmtpReply("550", "5.7.1", "Rejected"))
-            return Milter.REJECT
-        if verdict.action == "tempfail":
-            self.reply(verdict.reply or SmtpReply("451", "4.7.1", "Try again later"))
-            return Milter.TEMPFAIL
+    def apply(self, decision: Decision) -> int:
+        """Tell Postfix what was decided."""
+        if decision.outcome in ("reject", "tempfail"):
+            assert decision.reply is not None
+            self.reply(decision.reply)
+            return Milter.REJECT if decision.outcome == "reject" else Milter.TEMPFAIL
+        if decision.outcome == "discard":  # safely in the quarantine
+            return Milter.DISCARD
         for lower, count in self.own_header_counts.items():
             name = next(h for h in OWN_HEADERS if h.lower() == lower)
             for index in range(count, 0, -1):
                 self.chgheader(name, index, None)
         # With header_leading_space negotiated, values are sent verbatim.
         lead = " " if self._protocol & Milter.P_HDR_LEADSPC else ""
-        for name, value in verdict_headers(verdict):
+        for name, value in verdict_headers(decision.verdict):
             self.addheader(name, lead + value)
-        if verdict.action == "quarantine":
-            self.quarantine(verdict.reason)
+        if decision.outcome == "hold":
+            self.quarantine(decision.verdict.reason)
         return Milter.ACCEPT
 
     def failure_response(self) -> int:
@@ -267,6 +266,9 @@ def serve(runtime: Runtime) -> None:
         os.makedirs(os.path.dirname(socket.split(":", 1)[1]), exist_ok=True)
     milter.setconn(socket)
     milter.settimeout(runtime.config.milter.timeout)
+    # libmilter's own listen backlog is small; a burst of SMTP sessions would
+    # find the socket refusing connections and Postfix would answer 4xx.
+    milter.setbacklog(LISTEN_BACKLOG)
     milter.register(
         "gateway",
         data=lambda ctx: ctx.getpriv().data(),
@@ -277,7 +279,31 @@ def serve(runtime: Runtime) -> None:
     if socket.startswith(("unix:", "local:")):
         _set_socket_access(socket.split(":", 1)[1], runtime.config)
     log.info("gateway milter listening on %s", socket)
-    milter.main()
+    collector = _collect_garbage_off_callback_threads()
+    try:
+        milter.main()
+    finally:
+        collector.set()
+
+
+def _collect_garbage_off_callback_threads() -> threading.Event:
+    """Run Python's cyclic garbage collector on a thread of its own.
+
+    Left automatic, a collection can start on a pymilter callback thread and
+    run finalizers (of sqlite3 or psycopg connections, say) that call
+    PyGILState_Ensure, which crashes on those threads (see gateway.decider).
+    """
+    gc.disable()
+    stop = threading.Event()
+
+    def collect() -> None:
+        rounds = 0
+        while not stop.wait(0.5):
+            rounds += 1
+            gc.collect(2 if rounds % 60 == 0 else 0)
+
+    threading.Thread(target=collect, name="gc", daemon=True).start()
+    return stop
 
 
 def _set_socket_access(path: str, config: Config) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.lab.clamd import ClamdInstance
 from gateway.lab.milter_process import MilterProcess
-from gateway.lab.postfix import PostfixInstance
+from gateway.lab.postfix import PostfixInstance, free_port
 from gateway.lab.sink import Sink
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -52,9 +52,8 @@ def postfix(lab_dir: Path, sink: Sink, milter_socket: Path) -> Iterator[PostfixI
         pytest.skip("a private Postfix instance needs root")
     if shutil.which("postfix") is None:
         pytest.skip("postfix is not installed (see .ci/run)")
-    instance = PostfixInstance(
-        lab_dir / "postfix", relay_port=sink.port, milter=f"unix:{milter_socket}"
-    )
+    instance = PostfixInstance(lab_dir / "postfix", relay_port=sink.port,
+                               milter=f"unix:{milter_socket}", reinject_port=free_port())
     instance.start()
     yield instance
     instance.stop()
@@ -84,9 +83,12 @@ def own_clamd(lab_dir: Path, request) -> Iterator[ClamdInstance]:
 
 def milter_config(socket: Path, extra: str = "") -> str:
     """Milter config for tests: the spine's checks only, unless ``extra``
-    sets [pipeline] itself (the classifier has tests of its own)."""
+    sets [pipeline] itself (the classifier has tests of its own), and a
+    quarantine of its own next to the socket, unless ``extra`` names one."""
     if "[pipeline]" not in extra:
         extra = SPINE_CHECKS + extra
+    if "[quarantine]" not in extra:
+        extra += f'[quarantine]\nurl = "sqlite:///{socket.parent}/quarantine.db"\n'
     return f'[milter]\nsocket = "unix:{socket}"\nsocket_mode = "666"\n{extra}'
 
 

@@ -18,6 +18,7 @@ from gateway.config import ClamavSection, Config, PipelineSection
 from gateway.evaluator import LocalEvaluator
 from gateway.lab.clamd import ClamdInstance
 from gateway.message import Message
+from gateway.quarantine.store import Filters, QuarantineStore
 from tests.conftest import FIXTURES, send
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
@@ -167,14 +168,16 @@ def test_eicar_is_rejected_with_550_naming_the_signature(postfix, sink, gateway_
 
 
 @pytest.mark.postfix
-def test_eicar_is_quarantined_when_configured(postfix, sink, gateway_milter, clamd):
-    gateway_milter(milter_with_clamav(clamd, 'on_virus = "quarantine"\n'))
-    held_before = set(postfix.queue_ids("hold"))
+def test_eicar_is_quarantined_when_configured(postfix, sink, gateway_milter, clamd, tmp_path):
+    url = f"sqlite:///{tmp_path}/quarantine.db"
+    gateway_milter(milter_with_clamav(clamd, 'on_virus = "quarantine"\n')
+                   + f'[quarantine]\nurl = "{url}"\n')
     tag = uuid.uuid4().hex
     send(postfix, with_attachment("eicar.com", EICAR, tag))
     assert sink.find(tag, timeout=2) is None
-    held = set(postfix.queue_ids("hold")) - held_before
-    assert len(held) == 1
+    (record,) = QuarantineStore(url).list(Filters(symbol="CLAMAV_VIRUS"))
+    assert record.subject == f"the file you asked for {tag}"
+    assert record.reason == "forced by CLAMAV_VIRUS"
 
 
 @pytest.mark.postfix

@@ -97,7 +97,7 @@ def test_tampered_weights_are_refused(trained: Path, tmp_path: Path):
         parts = dict(arrays)
     parts["weights"] = parts["weights"] * 2
     np.savez_compressed(target / "model.npz", **parts)
-    with pytest.raises(ModelError, match="model.npz: checksum does not match model.json"):
+    with pytest.raises(ModelError, match=r"model\.npz: checksum does not match model\.json"):
         load_model(target)
 
 
@@ -106,7 +106,7 @@ def test_tampered_vocabulary_is_refused(trained: Path, tmp_path: Path):
     tokens = json.loads((target / "vocabulary.json").read_text())
     tokens[0], tokens[1] = tokens[1], tokens[0]
     (target / "vocabulary.json").write_text(json.dumps(tokens))
-    with pytest.raises(ModelError, match="vocabulary.json: checksum does not match"):
+    with pytest.raises(ModelError, match=r"vocabulary\.json: checksum does not match"):
         load_model(target)
 
 
@@ -127,12 +127,12 @@ def test_other_feature_version_is_refused(trained: Path, tmp_path: Path):
     meta = json.loads((target / "model.json").read_text())
     meta["feature_version"] = 0
     (target / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelError, match="trained with feature version 0.*retrain the model"):
+    with pytest.raises(ModelError, match=r"trained with feature version 0.*retrain the model"):
         load_model(target)
 
 
 def test_not_a_model_folder(tmp_path: Path):
-    with pytest.raises(ModelError, match="model.json: not found"):
+    with pytest.raises(ModelError, match=r"model\.json: not found"):
         load_model(tmp_path)
 
 
@@ -149,7 +149,7 @@ STRANGE = {
     "binary garbage": bytes(range(256)) * 40,
     "no headers": b"just a body without any header line at all and http://198.51.100.7/x",
     "empty": b"",
-    "utf-16 html": "Subject: w\r\nContent-Type: text/html; charset=utf-16\r\n\r\n".encode()
+    "utf-16 html": b"Subject: w\r\nContent-Type: text/html; charset=utf-16\r\n\r\n"
                    + "<p>caf\u00e9 <a href='http://ex\u00e4mple.org/'>x</a></p>".encode("utf-16"),
 }
 
@@ -249,7 +249,8 @@ def test_train_into_the_store_then_promote_and_roll_back(tmp_path: Path):
     assert [e["action"] for e in history] == ["promote", "promote"]
     assert history[0]["forced"] is True
     assert history[1]["forced"] is False and history[1]["previous"] == first
-    assert history[1]["evaluation"]["candidate"]["fpr"] <= history[1]["evaluation"]["current"]["fpr"]
+    evaluation = history[1]["evaluation"]
+    assert evaluation["candidate"]["fpr"] <= evaluation["current"]["fpr"]
 
     result = gateway("model", "rollback", "--config", str(config))
     assert result.returncode == 0, result.stderr

@@ -14,6 +14,7 @@ import Milter
 import pytest
 
 from gateway.config import Config, MilterSection, PipelineSection
+from gateway.decider import Decider
 from gateway.evaluator import LocalEvaluator
 from gateway.milter import GatewayMilter, Runtime, smtp_safe
 from tests.conftest import fixture_message
@@ -62,6 +63,10 @@ class FakeContext:
         self.quarantined = reason
 
 
+def runtime_for(config: Config, evaluator) -> Runtime:
+    return Runtime(config, Decider(evaluator, keeper=None, threads=2))
+
+
 def session(runtime: Runtime, message: bytes, queue_id: str = "QID42"):
     ctx = FakeContext({"{i}": queue_id})
     milter = GatewayMilter(runtime)
@@ -82,7 +87,7 @@ def session(runtime: Runtime, message: bytes, queue_id: str = "QID42"):
 
 
 def test_evaluator_failure_tempfails_with_a_clear_reply():
-    runtime = Runtime(Config(), ExplodingEvaluator())
+    runtime = runtime_for(Config(), ExplodingEvaluator())
     ctx, rc = session(runtime, fixture_message("ham_plain.eml"))
     assert rc == Milter.TEMPFAIL
     assert ctx.reply == ("451", "4.3.0", "Temporary failure in mail filter, try again later")
@@ -90,13 +95,13 @@ def test_evaluator_failure_tempfails_with_a_clear_reply():
 
 def test_evaluator_failure_passes_mail_when_configured():
     config = Config(milter=MilterSection(on_error="accept"))
-    _, rc = session(Runtime(config, ExplodingEvaluator()), fixture_message("ham_plain.eml"))
+    _, rc = session(runtime_for(config, ExplodingEvaluator()), fixture_message("ham_plain.eml"))
     assert rc == Milter.ACCEPT
 
 
 def test_failure_in_a_noreply_callback_is_answered_at_end_of_message(monkeypatch):
     evaluator = RecordingEvaluator(Config())
-    runtime = Runtime(Config(), evaluator)
+    runtime = runtime_for(Config(), evaluator)
     monkeypatch.setattr(
         "gateway.milter.RawSpool.write",
         lambda self, data: (_ for _ in ()).throw(OSError("disk full")),
@@ -110,7 +115,7 @@ def test_failure_in_a_noreply_callback_is_answered_at_end_of_message(monkeypatch
 def test_envelope_and_bytes_reach_the_evaluator():
     config = Config(pipeline=PipelineSection(checks=["headers", "size", "lists"]))
     evaluator = RecordingEvaluator(config)
-    ctx, rc = session(Runtime(config, evaluator), fixture_message("ham_plain.eml"))
+    ctx, rc = session(runtime_for(config, evaluator), fixture_message("ham_plain.eml"))
     assert rc == Milter.ACCEPT
     assert [name for name, _ in ctx.added] == ["X-Spam-Status", "X-Spam-Score", "X-Gateway-Symbols"]
     envelope, raw = evaluator.seen

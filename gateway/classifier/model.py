@@ -13,7 +13,8 @@ A model is a folder of three files, none of which is ever unpickled:
 The weights are naive Bayes' own, ``log P(token|spam) - log P(token|ham)``;
 a message is the idf weights of its known tokens, L2-normalised, and its
 dot product with the weights plus the prior log-odds is the classifier's
-log-odds, which a logistic calibration turns into a probability. scikit-learn is needed to train, not to score.
+log-odds, which a logistic calibration turns into a probability.
+scikit-learn is needed to train, not to score.
 """
 
 from __future__ import annotations

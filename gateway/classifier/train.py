@@ -92,7 +92,7 @@ def stratified_split(labels: np.ndarray, fraction: float,
     for label in (0, 1):
         indices = np.flatnonzero(labels == label)
         rng.shuffle(indices)
-        cut = int(round(len(indices) * fraction))
+        cut = round(len(indices) * fraction)
         held.append(indices[:cut])
         train.append(indices[cut:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(held))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import logging
 
 import milter as libmilter
@@ -11,8 +12,11 @@ import milter as libmilter
 from gateway.cli import UsageError
 from gateway.commands.common import config_from, setup_logging
 from gateway.config import socket_problem
+from gateway.decider import Decider
 from gateway.evaluator import build_evaluator
 from gateway.milter import Runtime, serve
+from gateway.quarantine.keeper import Keeper
+from gateway.quarantine.store import QuarantineError
 
 log = logging.getLogger("gateway")
 
@@ -26,14 +30,23 @@ def main(args: argparse.Namespace) -> int:
             config, milter=dataclasses.replace(config.milter, socket=args.socket)
         )
     setup_logging(config.logging.level)
+    faulthandler.enable()  # a crash in a C extension leaves a Python traceback in the log
     evaluator = build_evaluator(config)
     for problem in evaluator.startup_problems():
         log.warning("%s", problem)
+    keeper = Keeper(config) if config.quarantine.url else None
+    if keeper is not None:
+        try:
+            keeper.store()
+        except QuarantineError as exc:  # messages to quarantine get 4xx until it works
+            log.error("quarantine: %s; quarantined mail is answered 4xx until it works", exc)
+        keeper.start_purging()
+    decider = Decider(evaluator, keeper, config.pipeline.threads)
     try:
-        serve(Runtime(config=config, evaluator=evaluator))
+        serve(Runtime(config=config, decider=decider))
     except (OSError, libmilter.error) as exc:
         raise UsageError(f"milter.socket {config.milter.socket}: {exc}") from None
     finally:
-        evaluator.close()
+        decider.close()
     log.info("gateway milter stopped")
     return 0

@@ -17,7 +17,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from gateway.paths import PROJECT_ROOT
+
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
+RELEASE_LISTENER = PROJECT_ROOT / "deploy" / "postfix" / "master.cf"
 
 MASTER_CF = """\
 {listen} inet n - n - - smtpd
@@ -135,12 +138,10 @@ class PostfixInstance:
         (self.config_dir / "main.cf").write_text("\n".join(lines) + "\n")
         reinject = ""
         if self.reinject_port:
-            # The release path: a listener without milters, like Amavis's 10025.
-            reinject = (
-                f"127.0.0.1:{self.reinject_port} inet n - n - - smtpd\n"
-                "  -o smtpd_milters=\n  -o non_smtpd_milters=\n"
-                "  -o smtpd_relay_restrictions=permit_mynetworks,reject\n"
-            )
+            # The release path, exactly as documented for production.
+            lines = [line for line in RELEASE_LISTENER.read_text().splitlines()
+                     if line.strip() and not line.startswith("#")]
+            reinject = "\n".join(lines).replace("10026", str(self.reinject_port)) + "\n"
         (self.config_dir / "master.cf").write_text(
             MASTER_CF.format(listen=f"127.0.0.1:{self.smtp_port}", reinject=reinject)
         )

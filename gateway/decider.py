@@ -1,0 +1,95 @@
+"""From a received message to what the MTA should be told.
+
+The decider evaluates the message (pipeline and policy, via an evaluator),
+keeps it in the quarantine when the verdict says so, and returns a
+:class:`Decision`: the verdict plus the one thing the milter must do
+(accept, hold, discard, reject or tempfail) and the reply text.
+
+All of this runs on ordinary Python threads of the decider's own pool, never
+on pymilter's callback threads: pymilter gives each connection a thread
+state of its own, outside Python's PyGILState bookkeeping, and any C code
+that calls PyGILState_Ensure there (sqlite3 and psycopg callbacks and
+finalizers among them) takes the GIL twice and crashes the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.evaluator import Evaluator
+from gateway.logline import log_verdict
+from gateway.message import Envelope, RawContent
+from gateway.policy import SmtpReply, Verdict
+from gateway.quarantine.keeper import Keeper
+from gateway.quarantine.store import QuarantineError
+
+log = logging.getLogger("gateway.decider")
+
+Outcome = Literal["accept", "hold", "discard", "reject", "tempfail"]
+
+STORE_FAILED = SmtpReply("451", "4.3.0", "Temporary failure storing the message, try again later")
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    # accept: deliver with our headers; hold: Postfix's hold queue; discard:
+    # kept in our quarantine, Postfix drops its copy; reject / tempfail: reply.
+    outcome: Outcome
+    reply: SmtpReply | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+class Decider:
+    def __init__(self, evaluator: Evaluator, keeper: Keeper | None, threads: int = 16):
+        self.evaluator = evaluator
+        self.keeper = keeper
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decide")
+
+    def decide(self, envelope: Envelope, raw: RawContent) -> Decision:
+        """Decide on a pool thread; the caller waits (without the GIL)."""
+        return self._pool.submit(self._decide, envelope, raw).result()
+
+    def _decide(self, envelope: Envelope, raw: RawContent) -> Decision:
+        started = time.perf_counter()
+        verdict = self.evaluator.evaluate(envelope, raw)
+        decision = self._act(verdict, envelope, raw)
+        log_verdict(envelope, verdict, raw.size, (time.perf_counter() - started) * 1000,
+                    decision.notes)
+        return decision
+
+    def _act(self, verdict: Verdict, envelope: Envelope, raw: RawContent) -> Decision:
+        if verdict.action == "reject":
+            notes = {}
+            if self.keeper is not None and (kept := self.keeper.keep_rejected(envelope, raw,
+                                                                              verdict)):
+                notes["quarantine_id"] = kept
+            reply = verdict.reply or SmtpReply("550", "5.7.1", "Rejected")
+            return Decision(verdict, "reject", reply, notes)
+        if verdict.action == "tempfail":
+            return Decision(verdict, "tempfail",
+                            verdict.reply or SmtpReply("451", "4.7.1", "Try again later"))
+        if verdict.action == "quarantine":
+            if self.keeper is None:
+                return Decision(verdict, "hold", notes={"held_by": "postfix"})
+            # Committed to the store before Postfix may drop its copy; if the
+            # store fails, Postfix keeps the message and the sender retries.
+            try:
+                identifier = self.keeper.hold(envelope, raw, verdict)
+            except QuarantineError as exc:
+                log.error("quarantine: cannot store message %s, answering 4xx: %s",
+                          envelope.queue_id or "-", exc)
+                return Decision(verdict, "tempfail", STORE_FAILED,
+                                {"quarantine_error": str(exc)})
+            return Decision(verdict, "discard", notes={"quarantine_id": identifier})
+        return Decision(verdict, "accept")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.evaluator.close()
+        if self.keeper is not None:
+            self.keeper.close()

@@ -1,0 +1,1 @@
+"""The quarantine: where held (and, optionally, rejected) mail waits for an analyst."""

@@ -1,0 +1,87 @@
+"""The quarantine's tables (SQLAlchemy Core), identical on SQLite and PostgreSQL.
+
+The Alembic migrations in ``migrations/versions`` create and change these
+tables; this module is what the code queries. Keep both in step: a new
+column here needs a new migration there.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+messages = Table(
+    "messages", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("node", String(255), nullable=False),
+    Column("queue_id", String(32)),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False),      # held, released, deleted, expired
+    Column("action", String(16), nullable=False),     # quarantine, reject
+    Column("client_ip", String(64)),
+    Column("client_name", Text),
+    Column("helo", Text),
+    Column("sender", Text, nullable=False),
+    Column("header_from", Text),
+    Column("header_to", Text),
+    Column("subject", Text),
+    Column("header_date", Text),
+    Column("message_id", Text),
+    Column("score", Float, nullable=False),
+    Column("required", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("failed_checks", Text, nullable=False),    # JSON list
+    Column("size", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("raw", LargeBinary),                       # NULL once deleted or expired
+    Index("ix_messages_created", "created"),
+    Index("ix_messages_state", "state"),
+    Index("ix_messages_sender", "sender"),
+)
+
+recipients = Table(
+    "recipients", metadata,
+    Column("message", String(32), ForeignKey("messages.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("address", Text, nullable=False),
+    Index("ix_recipients_address", "address"),
+)
+
+symbols = Table(
+    "symbols", metadata,
+    Column("message", String(32), ForeignKey("messages.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("evidence", Text, nullable=False),
+    Index("ix_symbols_name", "name"),
+)
+
+events = Table(
+    "events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message", String(32), ForeignKey("messages.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+    Index("ix_events_message", "message"),
+)

@@ -1,0 +1,437 @@
+"""The quarantine store: SQLite on one machine, PostgreSQL for several nodes.
+
+Message bytes live in the database, next to their record. One transaction
+writes both, so a record never points at a missing file and a message never
+lies on disk without a record; every node sharing a PostgreSQL quarantine can
+show and release every message; and the database's own commit (fsync'd WAL
+on SQLite with ``synchronous=FULL``, PostgreSQL's commit) is the durability
+point the milter waits for before it lets Postfix discard the message.
+PostgreSQL compresses large values out of line (TOAST); 25 MB is no strain.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import getpass
+import hashlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Engine,
+    and_,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.message import Envelope, RawContent
+from gateway.policy import Verdict
+from gateway.quarantine.schema import events, messages, recipients, symbols
+
+STATES = ("held", "released", "deleted", "expired")
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+class QuarantineError(Exception):
+    """A store operation that failed, as one line."""
+
+
+@dataclass(frozen=True)
+class Event:
+    time: datetime
+    actor: str
+    action: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    node: str
+    queue_id: str | None
+    created: datetime
+    updated: datetime
+    state: str
+    action: str
+    client_ip: str | None
+    client_name: str | None
+    helo: str | None
+    sender: str
+    recipients: tuple[str, ...]
+    header_from: str | None
+    header_to: str | None
+    subject: str | None
+    header_date: str | None
+    message_id: str | None
+    score: float
+    required: float
+    reason: str
+    failed_checks: tuple[str, ...]
+    size: int
+    sha256: str
+    symbols: tuple[dict[str, Any], ...]
+    events: tuple[Event, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "action": self.action,
+            "node": self.node,
+            "queue_id": self.queue_id,
+            "created": self.created.isoformat(timespec="seconds"),
+            "updated": self.updated.isoformat(timespec="seconds"),
+            "sender": self.sender,
+            "recipients": list(self.recipients),
+            "client_ip": self.client_ip,
+            "client_name": self.client_name,
+            "helo": self.helo,
+            "from": self.header_from,
+            "to": self.header_to,
+            "subject": self.subject,
+            "date": self.header_date,
+            "message_id": self.message_id,
+            "score": self.score,
+            "required": self.required,
+            "reason": self.reason,
+            "symbols": list(self.symbols),
+            "failed_checks": list(self.failed_checks),
+            "size": self.size,
+            "sha256": self.sha256,
+            "events": [
+                {"time": e.time.isoformat(timespec="seconds"), "actor": e.actor,
+                 "action": e.action, "detail": e.detail}
+                for e in self.events
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Filters:
+    sender: str | None = None
+    recipient: str | None = None
+    symbol: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    action: str | None = None
+    state: str | None = None
+    limit: int = 1000
+
+
+def engine_url(url: str) -> str:
+    """Config URLs name the database; SQLAlchemy also wants the driver."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def actor() -> str:
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class QuarantineStore:
+    def __init__(self, url: str, node: str | None = None):
+        self.url = url
+        self.node = node or socket.gethostname()
+        try:
+            self.engine = _engine(url)
+            self._migrate()
+        except (SQLAlchemyError, OSError) as exc:
+            raise QuarantineError(f"quarantine.url {_safe(url)}: {_first_line(exc)}") from None
+
+    # -- schema ------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        """Bring the schema to the newest migration. Nodes sharing PostgreSQL
+        take an advisory lock so that only one migrates at a time."""
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
+        settings = AlembicConfig()
+        settings.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(4711)"))
+            settings.attributes["connection"] = connection
+            command.upgrade(settings, "head")
+
+    # -- writing -----------------------------------------------------------------------
+
+    def put(self, envelope: Envelope, raw: RawContent, verdict: Verdict,
+            action: str | None = None) -> str:
+        """Store a message and its record in one committed transaction."""
+        data = raw.bytes()
+        head = email.message_from_bytes(data.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n",
+                                        policy=email.policy.compat32)
+        identifier = uuid.uuid4().hex[:20]
+        stamp = now()
+        row = {
+            "id": identifier,
+            "node": self.node,
+            "queue_id": envelope.queue_id,
+            "created": stamp,
+            "updated": stamp,
+            "state": "held",
+            "action": action or verdict.action,
+            "client_ip": envelope.client_ip,
+            "client_name": envelope.client_name,
+            "helo": envelope.helo,
+            "sender": envelope.mail_from,
+            "header_from": _header(head, "From"),
+            "header_to": _header(head, "To"),
+            "subject": _header(head, "Subject"),
+            "header_date": _header(head, "Date"),
+            "message_id": _header(head, "Message-ID"),
+            "score": verdict.score,
+            "required": verdict.required,
+            "reason": verdict.reason,
+            "failed_checks": json.dumps(list(verdict.failed_checks)),
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "raw": data,
+        }
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(messages), row)
+                connection.execute(insert(recipients), [
+                    {"message": identifier, "position": i, "address": address}
+                    for i, address in enumerate(envelope.rcpt_to)
+                ] or [{"message": identifier, "position": 0, "address": ""}])
+                if verdict.symbols:
+                    connection.execute(insert(symbols), [
+                        {"message": identifier, "position": i, "name": s.name,
+                         "score": s.score, "description": s.description,
+                         "evidence": s.evidence}
+                        for i, s in enumerate(verdict.symbols)
+                    ])
+                what = "quarantined" if row["action"] == "quarantine" else "kept-rejected"
+                _event(connection, identifier, "gateway", what, verdict.reason)
+        except SQLAlchemyError as exc:
+            raise QuarantineError(f"cannot store message: {_first_line(exc)}") from None
+        return identifier
+
+    def change_state(self, identifier: str, state: str, who: str, what: str, detail: str = "",
+                     drop_body: bool = False) -> None:
+        values: dict[str, Any] = {"state": state, "updated": now()}
+        if drop_body:
+            values["raw"] = None
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(messages).where(messages.c.id == identifier).values(**values))
+            if result.rowcount == 0:
+                raise QuarantineError(f"no quarantined message {identifier!r}")
+            _event(connection, identifier, who, what, detail)
+
+    def record_event(self, identifier: str, who: str, what: str, detail: str) -> None:
+        with self.engine.begin() as connection:
+            _event(connection, identifier, who, what, detail)
+
+    def purge(self, retention: Mapping[str, int], rejected_days: int,
+              at: datetime | None = None) -> dict[str, int]:
+        """Expire held messages past their days (the body goes, the record
+        stays for the audit trail), then remove records past theirs."""
+        at = at or now()
+        counts = {"expired": 0, "removed": 0}
+        with self.engine.begin() as connection:
+            for action, days in (("quarantine", retention.get("held", 30)),
+                                 ("reject", rejected_days)):
+                cutoff = at - timedelta(days=days)
+                stale = connection.execute(
+                    select(messages.c.id).where(and_(
+                        messages.c.state == "held", messages.c.action == action,
+                        messages.c.created < cutoff))).scalars().all()
+                for identifier in stale:
+                    connection.execute(update(messages).where(messages.c.id == identifier)
+                                       .values(state="expired", raw=None, updated=at))
+                    _event(connection, identifier, "gateway", "expired",
+                           f"held longer than {days} days")
+                counts["expired"] += len(stale)
+            for state in ("released", "deleted", "expired"):
+                cutoff = at - timedelta(days=retention.get(state, 30))
+                gone = connection.execute(
+                    select(messages.c.id).where(and_(
+                        messages.c.state == state, messages.c.updated < cutoff))
+                ).scalars().all()
+                if gone:
+                    for table, column in ((events, events.c.message),
+                                          (symbols, symbols.c.message),
+                                          (recipients, recipients.c.message)):
+                        connection.execute(delete(table).where(column.in_(gone)))
+                    connection.execute(delete(messages).where(messages.c.id.in_(gone)))
+                counts["removed"] += len(gone)
+        return counts
+
+    # -- reading -----------------------------------------------------------------------
+
+    def get(self, identifier: str) -> Record:
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(*_record_columns()).where(
+                    (messages.c.id == identifier) | (messages.c.queue_id == identifier))
+                .order_by(messages.c.created.desc())).first()
+            if row is None:
+                raise QuarantineError(f"no quarantined message {identifier!r}")
+            return self._records(connection, [row], with_events=True)[0]
+
+    def raw(self, identifier: str) -> bytes | None:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(messages.c.raw).where(messages.c.id == identifier)).scalar()
+
+    def list(self, filters: Filters = Filters()) -> list[Record]:
+        query = select(*_record_columns())
+        conditions = []
+        if filters.sender:
+            conditions.append(messages.c.sender.ilike(_like(filters.sender), escape="\\"))
+        if filters.recipient:
+            conditions.append(exists().where(and_(
+                recipients.c.message == messages.c.id,
+                recipients.c.address.ilike(_like(filters.recipient), escape="\\"))))
+        if filters.symbol:
+            conditions.append(exists().where(and_(
+                symbols.c.message == messages.c.id, symbols.c.name == filters.symbol.upper())))
+        if filters.since:
+            conditions.append(messages.c.created >= filters.since)
+        if filters.until:
+            conditions.append(messages.c.created < filters.until)
+        if filters.action:
+            conditions.append(messages.c.action == filters.action)
+        if filters.state:
+            conditions.append(messages.c.state == filters.state)
+        if conditions:
+            query = query.where(and_(*conditions))
+        query = query.order_by(messages.c.created.desc()).limit(filters.limit)
+        with self.engine.connect() as connection:
+            return self._records(connection, connection.execute(query).all())
+
+    def count(self) -> int:
+        with self.engine.connect() as connection:
+            return connection.execute(select(func.count()).select_from(messages)).scalar_one()
+
+    def _records(self, connection: Connection, rows: Iterable[Any],
+                 with_events: bool = False) -> list[Record]:
+        rows = list(rows)
+        ids = [row.id for row in rows]
+        if not ids:
+            return []
+        rcpts: dict[str, list[str]] = {i: [] for i in ids}
+        for m, address in connection.execute(
+                select(recipients.c.message, recipients.c.address)
+                .where(recipients.c.message.in_(ids)).order_by(recipients.c.position)):
+            if address:
+                rcpts[m].append(address)
+        syms: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        for s in connection.execute(
+                select(symbols).where(symbols.c.message.in_(ids))
+                .order_by(symbols.c.position)):
+            syms[s.message].append({"name": s.name, "score": s.score,
+                                    "description": s.description, "evidence": s.evidence})
+        audit: dict[str, list[Event]] = {i: [] for i in ids}
+        if with_events:
+            for e in connection.execute(select(events).where(events.c.message.in_(ids))
+                                        .order_by(events.c.id)):
+                audit[e.message].append(Event(_utc(e.time), e.actor, e.action, e.detail))
+        return [
+            Record(
+                id=row.id, node=row.node, queue_id=row.queue_id, created=_utc(row.created),
+                updated=_utc(row.updated), state=row.state, action=row.action,
+                client_ip=row.client_ip, client_name=row.client_name, helo=row.helo,
+                sender=row.sender, recipients=tuple(rcpts[row.id]),
+                header_from=row.header_from, header_to=row.header_to, subject=row.subject,
+                header_date=row.header_date, message_id=row.message_id, score=row.score,
+                required=row.required, reason=row.reason,
+                failed_checks=tuple(json.loads(row.failed_checks)), size=row.size,
+                sha256=row.sha256, symbols=tuple(syms[row.id]),
+                events=tuple(audit[row.id]),
+            )
+            for row in rows
+        ]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _engine(url: str) -> Engine:
+    url = engine_url(url)
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if str(path) not in ("", ":memory:"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(connection, _record):  # durable and concurrent
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _record_columns():
+    return [c for c in messages.c if c.name != "raw"]
+
+
+def _event(connection: Connection, identifier: str, who: str, what: str, detail: str) -> None:
+    connection.execute(insert(events), {"message": identifier, "time": now(), "actor": who,
+                                        "action": what, "detail": detail})
+
+
+def _header(head: email.message.Message, name: str) -> str | None:
+    value = head.get(name)
+    if value is None:
+        return None
+    from gateway.classifier.features import decoded_header
+
+    return " ".join(decoded_header(value).split())[:998]
+
+
+def _like(text_: str) -> str:
+    escaped = text_.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _first_line(exc: Exception) -> str:
+    original = getattr(exc, "orig", None) or exc
+    return str(original).strip().splitlines()[0] if str(original).strip() else type(exc).__name__
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
