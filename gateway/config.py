@@ -187,6 +187,62 @@ class ReleaseSection:
     timeout: float = setting(60.0, positive, "seconds for the re-injection")
 
 
+def _ip_addresses(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            return f"{value!r} is not an IP address"
+    return None
+
+
+@dataclass(frozen=True)
+class DnsSection:
+    nameservers: tuple[str, ...] = setting((), _ip_addresses,
+                                           "DNS servers to ask (default: /etc/resolv.conf's)")
+    port: int = setting(53, positive, "their port")
+    timeout: float = setting(2.0, positive, "seconds to wait for one server's answer")
+    lifetime: float = setting(3.0, positive, "seconds one lookup may take in all")
+    failure_ttl: float = setting(10.0, positive,
+                                 "seconds a DNS failure is remembered (no retry before)")
+    cache_size: int = setting(50000, positive, "answers kept in the cache")
+
+
+def _actions_by_domain(value: dict[str, str]) -> str | None:
+    for domain, action in value.items():
+        if action not in ("reject", "quarantine"):
+            return f"{domain}: expected \"reject\" or \"quarantine\", got {action!r}"
+    return None
+
+
+def _default_authserv_id() -> str:
+    import socket
+
+    return socket.getfqdn() or "localhost"
+
+
+@dataclass(frozen=True)
+class AuthSection:
+    authserv_id: str = setting("", doc="our name in Authentication-Results (default: FQDN)")
+    dmarc_reject: Literal["reject", "quarantine"] = setting(
+        "reject", doc="what a DMARC failure under p=reject gets")
+    dmarc_reject_domains: dict[str, str] = setting(
+        {}, _actions_by_domain, "per From domain: \"reject\" or \"quarantine\" for p=reject")
+    trusted_arc_sealers: tuple[str, ...] = setting(
+        (), doc="ARC sealers (d= of ARC-Seal) whose passing chain may override a DMARC failure")
+    local_names: tuple[str, ...] = setting(
+        (), doc="our own host names and IPs: a HELO claiming one of them is forged")
+    helo_forged_action: Literal["score", "reject"] = setting(
+        "score", doc="HELO claiming to be us: a score, or reject")
+    require_tls_from: tuple[str, ...] = setting(
+        (), doc="sender domains whose mail must arrive over TLS")
+    require_tls_action: Literal["reject", "tempfail", "quarantine"] = setting(
+        "tempfail", doc="what plaintext mail from those domains gets")
+
+    def server_id(self) -> str:
+        return self.authserv_id or _default_authserv_id()
+
+
 @dataclass(frozen=True)
 class LoggingSection:
     level: Literal["debug", "info", "warning", "error"] = setting("info")
@@ -202,6 +258,8 @@ SECTIONS: dict[str, type] = {
     "clamav": ClamavSection,
     "quarantine": QuarantineSection,
     "release": ReleaseSection,
+    "dns": DnsSection,
+    "auth": AuthSection,
     "logging": LoggingSection,
 }
 
@@ -217,6 +275,8 @@ class Config:
     clamav: ClamavSection = field(default_factory=ClamavSection)
     quarantine: QuarantineSection = field(default_factory=QuarantineSection)
     release: ReleaseSection = field(default_factory=ReleaseSection)
+    dns: DnsSection = field(default_factory=DnsSection)
+    auth: AuthSection = field(default_factory=AuthSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     source: str = "<embedded defaults>"
 
