@@ -7,6 +7,7 @@ all. A file only lists what differs. Problems are reported one line each,
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import tomllib
@@ -59,7 +60,8 @@ def _addresses(values: list[str]) -> str | None:
 
 
 def _default_checks() -> list[str]:
-    return ["headers", "size", "lists", "bayes", "clamav"]
+    return ["headers", "size", "lists", "spf", "dkim", "arc", "dmarc", "sender", "iprev",
+            "tls", "bayes", "clamav"]
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,7 @@ def _actions_by_domain(value: dict[str, str]) -> str | None:
     return None
 
 
+@functools.cache
 def _default_authserv_id() -> str:
     import socket
 

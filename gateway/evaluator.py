@@ -14,9 +14,11 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
+from gateway import authresults
 from gateway.config import Config
 from gateway.message import Envelope, Message, RawContent
 from gateway.pipeline import Pipeline
@@ -42,6 +44,7 @@ class LocalEvaluator:
         for check in self.pipeline.checks:
             forced.update(check.forced_actions(config))
         self.policy = Policy(rules.with_default_forces(forced))
+        self.authserv_id = config.auth.server_id()
 
     def evaluate(self, envelope: Envelope, raw: RawContent) -> Verdict:
         return self.evaluate_message(Message(envelope, raw))
@@ -52,7 +55,9 @@ class LocalEvaluator:
 
     def evaluate_message(self, message: Message) -> Verdict:
         result = self.pipeline.run(message)
-        return self.policy.decide(result, reference=message.envelope.queue_id)
+        verdict = self.policy.decide(result, reference=message.envelope.queue_id)
+        header = authresults.build(self.authserv_id, verdict.facts)
+        return replace(verdict, authentication_results=header) if header else verdict
 
     def close(self) -> None:
         self.pipeline.close()

@@ -7,6 +7,7 @@ working.
 
 from __future__ import annotations
 
+from gateway import authresults
 from gateway.policy import Verdict
 
 # Headers the gateway owns. Copies arriving with a message are removed before
@@ -29,6 +30,13 @@ def verdict_headers(verdict: Verdict) -> list[tuple[str, str]]:
     if verdict.is_spam:
         headers.append(("X-Spam-Flag", "YES"))
     return headers
+
+
+def authentication_results_header(verdict: Verdict) -> tuple[str, str] | None:
+    """Our Authentication-Results, folded; goes at the top of the header."""
+    if not verdict.authentication_results:
+        return None
+    return (authresults.HEADER, fold(verdict.authentication_results, sep=";"))
 
 
 def fold(value: str, sep: str = ",", width: int = 76) -> str:

@@ -27,9 +27,10 @@ from typing import Any
 
 import Milter
 
+from gateway import authresults
 from gateway.config import Config
 from gateway.decider import Decider, Decision
-from gateway.headers import OWN_HEADERS, verdict_headers
+from gateway.headers import OWN_HEADERS, authentication_results_header, verdict_headers
 from gateway.message import Envelope, RawSpool
 from gateway.policy import SmtpReply
 
@@ -41,6 +42,7 @@ HELO_MACROS = ("{tls_version}", "{cipher}", "{cipher_bits}", "{cert_subject}", "
 MAIL_MACROS = ("{auth_type}", "{auth_authen}", "{auth_author}")
 
 _OWN_HEADERS_LOWER = {h.lower() for h in OWN_HEADERS}
+_AUTH_RESULTS = authresults.HEADER.lower()
 LISTEN_BACKLOG = 1024
 
 
@@ -79,6 +81,7 @@ class GatewayMilter(Milter.Base):
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
         self.config = runtime.config  # snapshot: a reload never changes a message half-way
+        self.authserv_id = self.config.auth.server_id()
         self.client_ip: str | None = None
         self.client_name: str | None = None
         self.helo: str | None = None
@@ -95,7 +98,9 @@ class GatewayMilter(Milter.Base):
         self.spool = RawSpool(
             self.config.pipeline.spool_threshold, self.config.pipeline.spool_dir or None
         )
-        self.own_header_counts: dict[str, int] = {}
+        # Incoming headers to delete before ours are added: (name, occurrence).
+        self.header_counts: dict[str, int] = {}
+        self.removals: list[tuple[str, int]] = []
         self.queue_id: str | None = None
         self.failure: str | None = None
 
@@ -148,8 +153,12 @@ class GatewayMilter(Milter.Base):
         value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         self.spool.write(name.encode("ascii", "surrogateescape") + separator + value + b"\r\n")
         lower = name.lower()
-        if lower in _OWN_HEADERS_LOWER:
-            self.own_header_counts[lower] = self.own_header_counts.get(lower, 0) + 1
+        if lower in _OWN_HEADERS_LOWER or lower == _AUTH_RESULTS:
+            occurrence = self.header_counts[lower] = self.header_counts.get(lower, 0) + 1
+            # Ours, or an Authentication-Results forged under our authserv-id.
+            if lower != _AUTH_RESULTS or authresults.claims(
+                    value.decode("utf-8", "replace"), self.authserv_id):
+                self.removals.append((name, occurrence))
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -211,12 +220,14 @@ class GatewayMilter(Milter.Base):
             return Milter.REJECT if decision.outcome == "reject" else Milter.TEMPFAIL
         if decision.outcome == "discard":  # safely in the quarantine
             return Milter.DISCARD
-        for lower, count in self.own_header_counts.items():
-            name = next(h for h in OWN_HEADERS if h.lower() == lower)
-            for index in range(count, 0, -1):
-                self.chgheader(name, index, None)
+        # Last occurrence first, so the earlier ones keep their numbers.
+        for name, occurrence in sorted(self.removals, key=lambda r: (r[0].lower(), -r[1])):
+            self.chgheader(name, occurrence, None)
         # With header_leading_space negotiated, values are sent verbatim.
         lead = " " if self._protocol & Milter.P_HDR_LEADSPC else ""
+        auth = authentication_results_header(decision.verdict)
+        if auth is not None:
+            self.addheader(auth[0], lead + auth[1], 0)  # at the top (RFC 8601)
         for name, value in verdict_headers(decision.verdict):
             self.addheader(name, lead + value)
         if decision.outcome == "hold":

@@ -69,6 +69,12 @@ class Pipeline:
                     ]
                 )
         self.checks = checks
+        # What each check waits for: its requirements, and the wanted checks
+        # that are enabled.
+        self.dependencies = {
+            c.name: tuple(c.requires) + tuple(w for w in c.wants if w in names)
+            for c in checks
+        }
         self.budget = budget
         self._pool = (
             ThreadPoolExecutor(threads, thread_name_prefix="check")
@@ -117,12 +123,14 @@ class Pipeline:
                 runs[check.name] = CheckRun(check.name, "ok", millis)
 
         while pending or running:
-            ready = [c for c in pending if all(r in runs for r in c.requires)]
+            ready = [c for c in pending
+                     if all(r in runs for r in self.dependencies[c.name])]
             for check in ready:
                 pending.remove(check)
                 context = CheckContext(
                     facts=MappingProxyType(
-                        {r: reports[r].facts for r in check.requires if r in reports}
+                        {r: reports[r].facts for r in self.dependencies[check.name]
+                         if r in reports}
                     )
                 )
                 if getattr(check, "io_bound", False) and self._pool is not None:

@@ -55,6 +55,7 @@ class Verdict:
     forced_by: str | None = None
     check_millis: Mapping[str, float] = field(default_factory=dict)
     facts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    authentication_results: str | None = None
 
     @property
     def is_spam(self) -> bool:

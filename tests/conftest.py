@@ -81,6 +81,30 @@ def own_clamd(lab_dir: Path, request) -> Iterator[ClamdInstance]:
         yield instance
 
 
+@pytest.fixture(scope="session")
+def keys():
+    from tests.authlab import make_keys
+
+    return make_keys()
+
+
+@pytest.fixture(scope="session")
+def knot(lab_dir: Path, keys):
+    """A real authoritative DNS server (knotd) with the test zones."""
+    from gateway.lab.dns import KnotServer
+    from tests.authlab import build_zones
+
+    if shutil.which("knotd") is None:
+        pytest.skip("knotd is not installed (see .ci/run)")
+    with KnotServer(lab_dir / "knot", build_zones(keys)) as server:
+        yield server
+
+
+def dns_config(knot) -> str:
+    """TOML pointing the gateway at the test DNS server, never the machine's."""
+    return f'[dns]\nnameservers = ["127.0.0.1"]\nport = {knot.port}\n'
+
+
 def milter_config(socket: Path, extra: str = "") -> str:
     """Milter config for tests: the spine's checks only, unless ``extra``
     sets [pipeline] itself (the classifier has tests of its own), and a

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MESSAGES, PROJECT_ROOT, SPINE_CHECKS
+from tests.conftest import MESSAGES, PROJECT_ROOT, SPINE_CHECKS, dns_config
 
 
 def gateway(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess[str]:
@@ -101,9 +101,9 @@ def test_check_reports_a_missing_file_in_one_line_and_goes_on(spine):
     assert json.loads(result.stdout)["file"].endswith("ham_plain.eml")
 
 
-def test_check_json_carries_the_spam_probability(tmp_path: Path, clamd):
-    config = tmp_path / "gateway.toml"  # every default check, clamd included
-    config.write_text(f'[clamav]\nsocket = "{clamd.socket_path}"\n')
+def test_check_json_carries_the_spam_probability(tmp_path: Path, clamd, knot):
+    config = tmp_path / "gateway.toml"  # every default check, clamd and DNS included
+    config.write_text(f'[clamav]\nsocket = "{clamd.socket_path}"\n' + dns_config(knot))
     result = gateway("check", "--config", str(config), "--json",
                      str(MESSAGES / "missing_headers.eml"), str(MESSAGES / "ham_plain.eml"))
     spammy, plain = (json.loads(line) for line in result.stdout.splitlines())
@@ -128,19 +128,20 @@ def test_bad_config_is_one_line_per_problem_without_traceback(tmp_path: Path):
     assert "Traceback" not in result.stderr
 
 
-def test_config_check_accepts_a_working_setup(tmp_path: Path, clamd):
+def test_config_check_accepts_a_working_setup(tmp_path: Path, clamd, knot):
     config = tmp_path / "gateway.toml"
-    config.write_text(f'[clamav]\nsocket = "{clamd.socket_path}"\n')
+    config.write_text(f'[clamav]\nsocket = "{clamd.socket_path}"\n' + dns_config(knot))
     result = gateway("config", "check", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    assert "checks: headers, size, lists, bayes, clamav" in result.stdout
+    assert "checks: headers, size, lists, spf, dkim, arc, dmarc, sender, iprev, tls, bayes, " \
+        "clamav" in result.stdout
     assert "thresholds: quarantine 6, reject 15" in result.stdout
     assert result.stderr == ""
 
 
-def test_config_check_says_when_clamd_is_missing(tmp_path: Path):
+def test_config_check_says_when_clamd_is_missing(tmp_path: Path, knot):
     config = tmp_path / "gateway.toml"
-    config.write_text(f'[clamav]\nsocket = "{tmp_path}/no-clamd.sock"\n')
+    config.write_text(f'[clamav]\nsocket = "{tmp_path}/no-clamd.sock"\n' + dns_config(knot))
     result = gateway("config", "check", "--config", str(config))
     assert result.returncode == 1
     assert result.stderr == (

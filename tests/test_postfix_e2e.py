@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.paths import DEFAULT_RULES
-from tests.conftest import fixture_message, send
+from tests.conftest import dns_config, fixture_message, send
 
 pytestmark = pytest.mark.postfix
 
@@ -150,12 +150,13 @@ def test_check_that_raises_tempfails_when_configured(postfix, sink, gateway_milt
     assert sink.find(tag, timeout=1) is None
 
 
-def test_large_message_passes_through_the_spool(postfix, sink, gateway_milter, tmp_path, clamd):
+def test_large_message_passes_through_the_spool(postfix, sink, gateway_milter, tmp_path, clamd,
+                                                 knot):
     gateway_milter(f'[pipeline]\nspool_threshold = 65536\nspool_dir = "{tmp_path}"\n'
-                   f'[clamav]\nsocket = "{clamd.socket_path}"\n')
+                   f'[clamav]\nsocket = "{clamd.socket_path}"\n' + dns_config(knot))
     tag, raw = tagged()
     body = b"".join(b"line %06d of a long message\r\n" % i for i in range(100_000))  # ~3 MB
-    send(postfix, raw + body)
+    send(postfix, raw + body, mail_from="alice@good.test")
     delivery = sink.find(tag, timeout=60)
     assert delivery is not None
     assert delivery.data.endswith(body)
@@ -175,16 +176,18 @@ def test_a_second_message_on_one_connection_is_judged_on_its_own(postfix, sink, 
     assert sink.find(tag_bad, timeout=1) is None
 
 
-def test_worker_processes_give_the_same_verdicts(postfix, sink, gateway_milter, clamd):
+def test_worker_processes_give_the_same_verdicts(postfix, sink, gateway_milter, clamd, knot):
     gateway_milter('[pipeline]\nworkers = 2\nspool_threshold = 1024\n'
                    '[lists]\nblock_senders = ["spammer.example"]\n'
-                   f'[clamav]\nsocket = "{clamd.socket_path}"\n')
+                   f'[clamav]\nsocket = "{clamd.socket_path}"\n' + dns_config(knot))
     tag, raw = tagged()
-    send(postfix, raw + b"x" * 4096 + b"\r\n")  # spilled: goes to the worker by path
+    # Spilled to a file: goes to the worker by path.
+    send(postfix, raw + b"x" * 4096 + b"\r\n", mail_from="alice@good.test")
     delivery = sink.find(tag)
     assert delivery is not None
     status = delivery.header("X-Spam-Status")
-    assert status.startswith("No, score=") and "tests=BAYES_" in status  # classifier ran
+    assert status.startswith("No, score=") and "BAYES_" in status  # classifier ran
+    assert "SPF_PASS" in status  # and the authentication checks, in the worker
     tag, raw = tagged()
     with pytest.raises(smtplib.SMTPDataError) as caught:
         send(postfix, raw, mail_from="bulk@spammer.example")

@@ -25,13 +25,20 @@ BUILTIN: dict[str, str] = {
     "lists": "gateway.checks.lists:ListsCheck",
     "bayes": "gateway.checks.bayes:BayesCheck",
     "clamav": "gateway.checks.clamav:ClamavCheck",
+    "spf": "gateway.checks.spf:SpfCheck",
+    "dkim": "gateway.checks.dkim:DkimCheck",
+    "arc": "gateway.checks.arc:ArcCheck",
+    "dmarc": "gateway.checks.dmarc:DmarcCheck",
+    "sender": "gateway.checks.sender:SenderCheck",
+    "iprev": "gateway.checks.iprev:IprevCheck",
+    "tls": "gateway.checks.tls:TlsCheck",
 }
 
 
 @dataclass(frozen=True)
 class CheckContext:
     """What a check may know besides the message: the facts reported by the
-    checks it ``requires`` (keyed by check name)."""
+    checks it ``requires`` or ``wants`` (keyed by check name)."""
 
     facts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -42,6 +49,8 @@ class Check:
     name: ClassVar[str]
     symbols: ClassVar[Mapping[str, str]] = {}
     requires: ClassVar[tuple[str, ...]] = ()
+    # Checks whose facts are used when they are enabled, but not required.
+    wants: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Config):
         self.config = config
@@ -55,7 +64,12 @@ class Check:
 
     @classmethod
     def failure_symbol(cls) -> str:
-        return failure_symbol_name(cls.name)
+        """``<CHECK>_FAIL``; ``<CHECK>_CHECK_FAIL`` where the first is already
+        one of the check's results (SPF_FAIL is SPF's hard fail)."""
+        name = failure_symbol_name(cls.name)
+        if name in cls.symbols:
+            name = name.removesuffix("_FAIL") + "_CHECK_FAIL"
+        return name
 
     @classmethod
     def failure_description(cls) -> str:

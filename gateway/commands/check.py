@@ -106,6 +106,7 @@ def verdict_json(file: str, verdict: Verdict) -> dict[str, Any]:
     record: dict[str, Any] = {"file": file}
     record.update(verdict.as_dict())
     record["spam_probability"] = verdict.spam_probability
+    record["authentication_results"] = verdict.authentication_results
     return record
 
 

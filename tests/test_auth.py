@@ -1,0 +1,521 @@
+"""Sender authentication against a real authoritative DNS server (knotd) on
+loopback, and a misbehaving one (dnslib) for failures."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gateway.config import AuthSection, Config, DnsSection, PipelineSection
+from gateway.dmarc import PslDiscovery, aligned, parse_record
+from gateway.dns import Resolver
+from gateway.evaluator import LocalEvaluator
+from gateway.lab.dns import FaultServer
+from gateway.message import Envelope, Message
+from gateway.policy import Verdict
+from tests.authlab import (
+    GOOD_IP,
+    MISMATCH_IP,
+    NO_PTR_IP,
+    OTHER_IP,
+    Keys,
+    arc_seal,
+    message,
+    sign,
+)
+
+AUTH_CHECKS = ["spf", "dkim", "arc", "dmarc", "sender", "iprev", "tls"]
+AUTHSERV = "mx.gateway.test"
+
+
+def auth_config(port: int, **auth) -> Config:
+    return Config(
+        pipeline=PipelineSection(checks=AUTH_CHECKS, budget=4.0),
+        dns=DnsSection(nameservers=("127.0.0.1",), port=port, timeout=0.5, lifetime=1.0),
+        auth=AuthSection(authserv_id=AUTHSERV, **auth),
+    )
+
+
+_evaluators: dict[str, LocalEvaluator] = {}
+
+
+@pytest.fixture
+def check(knot):
+    """check(raw, mail_from, ip, helo, **auth settings) -> Verdict."""
+
+    def run(raw: bytes, mail_from: str = "alice@good.test", ip: str | None = GOOD_IP,
+            helo: str = "mail.good.test", macros: dict | None = None, port: int | None = None,
+            **auth) -> Verdict:
+        config = auth_config(port or knot.port, **auth)
+        evaluator = _evaluators.get(repr(config))
+        if evaluator is None:
+            evaluator = _evaluators[repr(config)] = LocalEvaluator(config)
+        envelope = Envelope(mail_from=mail_from, rcpt_to=("bob@example.net",), client_ip=ip,
+                            helo=helo, macros=macros or {})
+        return evaluator.evaluate_message(Message.from_bytes(raw, envelope))
+
+    return run
+
+
+def names(verdict: Verdict) -> set[str]:
+    return {s.name for s in verdict.symbols}
+
+
+def evidence(verdict: Verdict, name: str) -> str:
+    return next(s.evidence for s in verdict.symbols if s.name == name)
+
+
+def spf(verdict: Verdict) -> str:
+    return verdict.facts["spf"]["result"]
+
+
+# -- SPF ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("mail_from", "ip", "expected"), [
+    ("alice@good.test", GOOD_IP, "pass"),
+    ("alice@good.test", OTHER_IP, "fail"),
+    ("a@softfail.test", GOOD_IP, "softfail"),
+    ("a@neutral.test", GOOD_IP, "neutral"),
+    ("a@nospf.test", GOOD_IP, "none"),
+    ("a@syntax.test", GOOD_IP, "permerror"),
+    ("a@twospf.test", GOOD_IP, "permerror"),
+    ("a@include.test", GOOD_IP, "pass"),
+    ("a@include.test", OTHER_IP, "fail"),
+    ("a@redirect.test", GOOD_IP, "pass"),
+    ("a@amech.test", GOOD_IP, "pass"),
+    ("a@mxmech.test", GOOD_IP, "pass"),
+    ("a@ptrmech.test", GOOD_IP, "pass"),
+    ("a@ptrmech.test", MISMATCH_IP, "fail"),
+    ("a@cidr.test", "198.51.100.5", "pass"),
+    ("a@cidr.test", MISMATCH_IP, "fail"),
+    ("a@cidr.test", "2001:db8::5", "pass"),
+    ("a@exists.test", GOOD_IP, "pass"),
+    ("a@exists.test", MISMATCH_IP, "fail"),
+    ("a@limit.test", GOOD_IP, "permerror"),
+    ("a@void.test", GOOD_IP, "permerror"),
+])
+def test_spf_results(check, mail_from, ip, expected):
+    verdict = check(message(), mail_from=mail_from, ip=ip)
+    assert spf(verdict) == expected
+    assert f"SPF_{expected.upper()}" in names(verdict)
+    assert evidence(verdict, f"SPF_{expected.upper()}").startswith(
+        f"{mail_from.split('@')[1]}: {expected}")
+
+
+def test_spf_lookup_limit_says_why(check):
+    verdict = check(message(), mail_from="a@limit.test")
+    assert "Too many DNS lookups" in evidence(verdict, "SPF_PERMERROR")
+
+
+def test_spf_checks_helo_for_bounces(check):
+    verdict = check(message(), mail_from="", helo="mail.good.test")
+    assert verdict.facts["spf"]["identity"] == "helo"
+    assert spf(verdict) == "pass"
+    assert "spf=pass smtp.helo=mail.good.test" in verdict.authentication_results
+
+
+def test_spf_without_client_ip_is_not_guessed(check):
+    verdict = check(message(), ip=None)
+    assert not any(n.startswith("SPF_") for n in names(verdict))
+    assert "spf=" not in (verdict.authentication_results or "")
+
+
+# -- DKIM ---------------------------------------------------------------------------
+
+def dkim_results(verdict: Verdict) -> list[tuple[str, str, str]]:
+    return [(s["domain"], s["selector"], s["result"])
+            for s in verdict.facts["dkim"]["signatures"]]
+
+
+def test_dkim_rsa_2048_passes(check, keys):
+    verdict = check(sign(message(), "good.test", "s2048", keys.rsa))
+    assert dkim_results(verdict) == [("good.test", "s2048", "pass")]
+    assert "DKIM_PASS" in names(verdict)
+
+
+def test_dkim_ed25519_passes(check, keys):
+    verdict = check(sign(message(), "good.test", "sed", keys.ed25519,
+                         algorithm=b"ed25519-sha256"))
+    assert dkim_results(verdict) == [("good.test", "sed", "pass")]
+    assert verdict.facts["dkim"]["signatures"][0]["algorithm"] == "ed25519-sha256"
+
+
+def test_dkim_broken_by_a_body_change(check, keys):
+    signed = sign(message(), "good.test", "s2048", keys.rsa)
+    verdict = check(signed.replace(b"tomorrow", b"TOMORROW"))
+    assert dkim_results(verdict) == [("good.test", "s2048", "fail")]
+    assert "body hash mismatch" in evidence(verdict, "DKIM_FAIL")
+
+
+def test_dkim_broken_by_a_header_change(check, keys):
+    signed = sign(message(subject="invoice"), "good.test", "s2048", keys.rsa)
+    verdict = check(signed.replace(b"Subject: invoice", b"Subject: INVOICE"))
+    assert dkim_results(verdict) == [("good.test", "s2048", "fail")]
+    assert "signature does not verify" in evidence(verdict, "DKIM_FAIL")
+
+
+def test_dkim_two_signatures_one_good_one_bad(check, keys):
+    raw = sign(message(), "good.test", "s2048", keys.rsa)
+    raw = sign(raw, "good.test", "other", keys.rsa)  # wrong key for that selector
+    verdict = check(raw)
+    assert sorted(dkim_results(verdict)) == [("good.test", "other", "fail"),
+                                             ("good.test", "s2048", "pass")]
+    assert {"DKIM_PASS", "DKIM_FAIL"} <= names(verdict)
+    assert verdict.facts["dmarc"]["result"] == "pass"  # one aligned pass is enough
+    assert verdict.authentication_results.count("dkim=") == 2
+
+
+def test_dkim_unsigned(check):
+    verdict = check(message())
+    assert dkim_results(verdict) == []
+    assert "DKIM_NONE" in names(verdict)
+    assert "dkim=none" in verdict.authentication_results
+
+
+def test_dkim_rsa_sha1_does_not_pass(check, keys):
+    verdict = check(sign(message(), "good.test", "s2048", keys.rsa, algorithm=b"rsa-sha1"))
+    assert dkim_results(verdict) == [("good.test", "s2048", "policy")]
+    assert "RFC 8301" in evidence(verdict, "DKIM_POLICY")
+    assert verdict.facts["dmarc"]["dkim_aligned"] is False
+
+
+@pytest.mark.parametrize(("selector", "reason"), [
+    ("nokey", "no key at nokey._domainkey.good.test"),
+    ("revoked", "key revoked"),
+    ("broken", "bad key"),
+    ("small", "too small"),
+])
+def test_dkim_key_problems_are_permerrors(check, keys, selector, reason):
+    key = keys.small if selector == "small" else keys.rsa
+    verdict = check(sign(message(), "good.test", selector, key))
+    assert dkim_results(verdict) == [("good.test", selector, "permerror")]
+    assert reason in evidence(verdict, "DKIM_PERMERROR")
+
+
+def test_dkim_length_limited_signature_is_marked(check, keys):
+    signed = sign(message(), "good.test", "s2048", keys.rsa, length=True)
+    verdict = check(signed + b"-- \r\nAppended by someone else: click here\r\n")
+    assert dkim_results(verdict) == [("good.test", "s2048", "pass")]
+    assert "DKIM_PARTIAL_BODY" in names(verdict)
+    untouched = check(sign(message(), "good.test", "s2048", keys.rsa, length=True))
+    assert "DKIM_PARTIAL_BODY" not in names(untouched)
+
+
+def test_dkim_malformed_signature_is_neutral(check):
+    raw = b"DKIM-Signature: v=1; a=rsa-sha256; d=good.test; s=s2048; h=from\r\n" + message()
+    verdict = check(raw)
+    assert dkim_results(verdict)[0][2] == "neutral"
+    assert "DKIM_NEUTRAL" in names(verdict)
+
+
+# -- DMARC --------------------------------------------------------------------------
+
+def dmarc(verdict: Verdict) -> str:
+    return verdict.facts["dmarc"]["result"]
+
+
+def test_dmarc_pass_through_aligned_spf(check):
+    verdict = check(message())
+    assert dmarc(verdict) == "pass"
+    assert verdict.facts["dmarc"]["spf_aligned"] is True
+    assert verdict.action == "accept"
+
+
+def test_dmarc_pass_through_aligned_dkim_alone(check, keys):
+    verdict = check(sign(message(), "good.test", "s2048", keys.rsa), ip=OTHER_IP)
+    assert spf(verdict) == "fail"
+    assert dmarc(verdict) == "pass"
+    assert verdict.facts["dmarc"]["dkim_domain"] == "good.test"
+
+
+def test_dmarc_spf_pass_but_unaligned_fails(check):
+    verdict = check(message(from_header="q@quarantine.test"), mail_from="bounce@good.test")
+    assert spf(verdict) == "pass"
+    assert dmarc(verdict) == "fail"
+    assert "DMARC_POLICY_QUARANTINE" in names(verdict)
+    assert verdict.action == "quarantine"
+
+
+def test_dmarc_relaxed_alignment_accepts_a_subdomain(check):
+    verdict = check(message(), mail_from="bounces@sub.good.test")
+    assert spf(verdict) == "pass"
+    assert dmarc(verdict) == "pass"
+
+
+def test_dmarc_strict_spf_alignment_refuses_a_subdomain(check):
+    verdict = check(message(from_header="s@strict.test"), mail_from="b@bounce.strict.test")
+    assert spf(verdict) == "pass"
+    assert dmarc(verdict) == "fail"
+    assert verdict.action == "reject"
+
+
+def test_dmarc_strict_dkim_alignment_refuses_a_subdomain(check, keys):
+    raw = sign(message(from_header="s@strict.test"), "sub.strict.test", "s2048", keys.rsa)
+    verdict = check(raw, mail_from="b@bounce.strict.test", ip=OTHER_IP)
+    assert dkim_results(verdict) == [("sub.strict.test", "s2048", "pass")]
+    assert dmarc(verdict) == "fail"
+    aligned_parent = check(sign(message(from_header="s@strict.test"), "strict.test", "s2048",
+                                keys.rsa), mail_from="b@bounce.strict.test", ip=OTHER_IP)
+    assert dmarc(aligned_parent) == "pass"
+
+
+def test_dmarc_reject_is_a_550_naming_dmarc(check):
+    verdict = check(message(), ip=OTHER_IP)
+    assert dmarc(verdict) == "fail"
+    assert "DMARC_POLICY_REJECT" in names(verdict)
+    assert verdict.action == "reject"
+    assert str(verdict.reply).startswith("550 5.7.1 Rejected: DMARC policy of the sender's "
+                                         "domain says reject: good.test: p=reject")
+    assert "dmarc=fail header.from=good.test policy.dmarc=reject" in \
+        verdict.authentication_results
+
+
+def test_dmarc_reject_downgraded_to_quarantine_by_config(check):
+    verdict = check(message(), ip=OTHER_IP, dmarc_reject="quarantine")
+    assert "DMARC_REJECT_DOWNGRADED" in names(verdict)
+    assert verdict.action == "quarantine"
+
+
+def test_dmarc_reject_downgraded_per_domain(check):
+    downgraded = check(message(), ip=OTHER_IP,
+                       dmarc_reject_domains={"good.test": "quarantine"})
+    assert downgraded.action == "quarantine"
+    other = check(message(from_header="s@strict.test"), mail_from="s@strict.test",
+                  ip=OTHER_IP, dmarc_reject_domains={"good.test": "quarantine"})
+    assert other.action == "reject"
+
+
+def test_dmarc_p_none_only_reports(check):
+    verdict = check(message(from_header="m@monitor.test"), ip=OTHER_IP,
+                    mail_from="m@monitor.test")
+    assert dmarc(verdict) == "fail"
+    assert "DMARC_POLICY_NONE" in names(verdict)
+    assert verdict.action == "accept"
+
+
+def test_dmarc_without_record(check):
+    verdict = check(message(from_header="n@nodmarc.test"), mail_from="n@nodmarc.test",
+                    ip=OTHER_IP)
+    assert dmarc(verdict) == "none"
+    assert "DMARC_NA" in names(verdict)
+
+
+def test_dmarc_sp_applies_to_subdomains(check):
+    parent = check(message(from_header="x@sp.test"), mail_from="x@sp.test", ip=OTHER_IP)
+    assert "DMARC_POLICY_NONE" in names(parent)  # p=none for sp.test itself
+    child = check(message(from_header="x@mail.sp.test"), mail_from="x@mail.sp.test",
+                  ip=OTHER_IP)
+    assert verdict_policy(child) == ("reject", "reject")  # sp=reject for its subdomains
+    assert child.facts["dmarc"]["found_at"] == "sp.test"
+
+
+def verdict_policy(verdict: Verdict) -> tuple[str, str]:
+    return verdict.facts["dmarc"]["policy"], verdict.facts["dmarc"]["applied"]
+
+
+def test_dmarc_subdomain_inherits_sp_quarantine(check):
+    verdict = check(message(from_header="x@sub.good.test"), mail_from="x@sub.good.test",
+                    ip=OTHER_IP)
+    assert verdict_policy(verdict) == ("quarantine", "quarantine")
+    assert verdict.action == "quarantine"
+
+
+def test_dmarc_junk_txt_beside_a_valid_record_is_ignored(check):
+    verdict = check(message(from_header="j@junk.test"), mail_from="j@junk.test", ip=OTHER_IP)
+    assert verdict_policy(verdict) == ("reject", "reject")
+
+
+def test_dmarc_two_records_mean_no_policy(check):
+    verdict = check(message(from_header="t@twice.test"), mail_from="t@twice.test", ip=OTHER_IP)
+    assert dmarc(verdict) == "none"
+
+
+def test_dmarc_invalid_p_with_rua_is_p_none(check):
+    verdict = check(message(from_header="b@badp.test"), mail_from="b@badp.test", ip=OTHER_IP)
+    assert verdict_policy(verdict) == ("none", "none")
+
+
+def test_dmarc_pct_50_applies_to_about_half(check):
+    applied = {"reject": 0, "quarantine": 0}
+    for index in range(200):
+        raw = message(from_header="p@pct.test", subject=f"sample {index}")
+        verdict = check(raw, mail_from="p@pct.test", ip=OTHER_IP)
+        applied[verdict.facts["dmarc"]["applied"]] += 1
+        if verdict.facts["dmarc"]["applied"] == "quarantine":
+            assert "DMARC_SAMPLED_OUT" in names(verdict)
+    assert 70 <= applied["reject"] <= 130, applied
+    again = check(message(from_header="p@pct.test", subject="sample 7"),
+                  mail_from="p@pct.test", ip=OTHER_IP)
+    first = check(message(from_header="p@pct.test", subject="sample 7"),
+                  mail_from="p@pct.test", ip=OTHER_IP)
+    assert again.action == first.action  # the same message always samples the same way
+
+
+def test_dmarc_needs_exactly_one_from_domain(check):
+    raw = b"From: a@good.test\r\n" + message(from_header="b@quarantine.test")
+    verdict = check(raw)
+    assert "DMARC_PERMERROR" in names(verdict)
+
+
+def test_dmarc_record_parsing():
+    record = parse_record("v=DMARC1; p=reject; sp=none; adkim=s; pct=30; rua=mailto:x@y")
+    assert (record.policy, record.subdomain_policy, record.adkim, record.aspf, record.pct) == \
+        ("reject", "none", "s", "r", 30)
+    assert parse_record("v=DMARC1; p=quarantine; pct=250").pct == 100
+    with pytest.raises(ValueError):
+        parse_record("v=DMARC1; p=maybe")
+    with pytest.raises(ValueError):
+        parse_record("v=spf1 -all")
+
+
+@pytest.mark.parametrize(("identifier", "from_domain", "mode", "expected"), [
+    ("mail.example.co.uk", "example.co.uk", "r", True),
+    ("a.example.com", "b.example.com", "r", True),     # siblings align (relaxed)
+    ("example.com", "mail.example.com", "r", True),
+    ("a.co.uk", "b.co.uk", "r", False),                # different organizations
+    ("co.uk", "example.co.uk", "r", False),            # a public suffix is no parent
+    ("com", "example.com", "r", False),
+    ("mail.example.com", "example.com", "s", False),
+    ("EXAMPLE.com.", "example.com", "s", True),
+])
+def test_relaxed_and_strict_alignment_use_the_public_suffix_list(identifier, from_domain,
+                                                                 mode, expected):
+    discovery = PslDiscovery(Resolver(DnsSection(nameservers=("127.0.0.1",))))
+    assert aligned(identifier, from_domain, mode, discovery) is expected
+
+
+# -- ARC ----------------------------------------------------------------------------
+
+def forwarded(keys: Keys) -> bytes:
+    """Signed by good.test, changed by a mailing list, sealed by forwarder.test."""
+    original = sign(message(subject="list post"), "good.test", "s2048", keys.rsa)
+    changed = original.replace(b"see you tomorrow.", b"see you tomorrow.\r\n-- \r\nlist footer")
+    return arc_seal(changed, "forwarder.test", keys.arc, "mx.forwarder.test",
+                    "dkim=pass header.d=good.test; spf=pass smtp.mailfrom=good.test")
+
+
+def test_arc_chain_passes_and_names_its_sealer(check, keys):
+    verdict = check(forwarded(keys), mail_from="list@forwarder.test", ip=OTHER_IP)
+    assert verdict.facts["arc"]["result"] == "pass"
+    assert verdict.facts["arc"]["sealer"] == "forwarder.test"
+    assert "ARC_PASS" in names(verdict)
+
+
+def test_arc_chain_broken_after_sealing(check, keys):
+    raw = forwarded(keys).replace(b"list footer", b"list footer, edited")
+    verdict = check(raw, mail_from="list@forwarder.test", ip=OTHER_IP)
+    assert verdict.facts["arc"]["result"] == "fail"
+
+
+def test_arc_none(check):
+    assert check(message()).facts["arc"]["result"] == "none"
+
+
+def test_trusted_arc_sealer_overrides_dmarc_failure(check, keys):
+    trusted = check(forwarded(keys), mail_from="list@forwarder.test", ip=OTHER_IP,
+                    trusted_arc_sealers=("forwarder.test",))
+    assert dmarc(trusted) == "fail"
+    assert "DMARC_ARC_OVERRIDE" in names(trusted)
+    assert trusted.action == "accept"
+    assert 'reason="overridden by trusted ARC"' in trusted.authentication_results
+    untrusted = check(forwarded(keys), mail_from="list@forwarder.test", ip=OTHER_IP)
+    assert "DMARC_POLICY_REJECT" in names(untrusted)
+    assert untrusted.action == "reject"
+
+
+# -- sender verification ------------------------------------------------------------
+
+@pytest.mark.parametrize(("mail_from", "symbol", "action"), [
+    ("x@missing.good.test", "SENDER_DOMAIN_NXDOMAIN", "reject"),
+    ("x@nullmx.test", "SENDER_NULL_MX", "reject"),
+    ("x@nomail.test", "SENDER_NO_MAIL_HOST", "reject"),
+])
+def test_sender_domains_that_take_no_mail_are_rejected(check, mail_from, symbol, action):
+    verdict = check(message(from_header=mail_from), mail_from=mail_from, ip=OTHER_IP)
+    assert symbol in names(verdict)
+    assert verdict.action == action
+    assert verdict.reply.code == "550" and "Sender address rejected" in verdict.reply.text
+
+
+def test_sender_domain_with_only_an_address_is_fine(check):
+    verdict = check(message(from_header="x@aonly.test"), mail_from="x@aonly.test")
+    assert not any(n.startswith("SENDER_") for n in names(verdict))
+
+
+@pytest.mark.parametrize(("ip", "result"), [
+    (GOOD_IP, "pass"), (MISMATCH_IP, "fail"), (NO_PTR_IP, "permerror"),
+])
+def test_iprev(check, ip, result):
+    verdict = check(message(), ip=ip)
+    assert verdict.facts["iprev"]["result"] == result
+    assert f"IPREV_{result.upper()}" in names(verdict)
+    assert f"iprev={result} policy.iprev={ip}" in verdict.authentication_results
+
+
+@pytest.mark.parametrize(("helo", "symbol"), [
+    ("localhost", "HELO_INVALID"),
+    ("mail_server.good.test", "HELO_INVALID"),
+    ("[999.1.1.1]", "HELO_INVALID"),
+    ("[198.51.100.10]", None),
+    ("mail.good.test", None),
+    (AUTHSERV, "HELO_CLAIMS_OURS"),
+])
+def test_helo_checks(check, helo, symbol):
+    found = {n for n in names(check(message(), helo=helo)) if n.startswith("HELO_")}
+    assert found == ({symbol} if symbol else set())
+
+
+def test_helo_claiming_to_be_us_can_be_rejected(check):
+    verdict = check(message(), helo=AUTHSERV, helo_forged_action="reject")
+    assert verdict.action == "reject"
+
+
+def test_require_tls_per_sender_domain(check):
+    plain = check(message(), require_tls_from=("good.test",))
+    assert "TLS_REQUIRED_MISSING" in names(plain)
+    assert plain.action == "tempfail"
+    secure = check(message(), require_tls_from=("good.test",),
+                   macros={"tls_version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"})
+    assert "TLS_REQUIRED_MISSING" not in names(secure)
+    assert secure.facts["tls"] == {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"}
+
+
+def test_authentication_results_for_a_good_message(check, keys):
+    verdict = check(sign(message(), "good.test", "s2048", keys.rsa))
+    header = verdict.authentication_results
+    assert header.startswith(f"{AUTHSERV}; spf=pass smtp.mailfrom=alice@good.test; dkim=pass")
+    assert "header.d=good.test" in header and "header.s=s2048" in header
+    assert "dmarc=pass header.from=good.test policy.dmarc=reject" in header
+    assert "iprev=pass policy.iprev=198.51.100.10 (mail.good.test)" in header
+
+
+# -- DNS failures ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["drop", "servfail", "refused", "truncate"])
+def test_broken_dns_gives_temperrors_within_the_budget(check, keys, mode):
+    with FaultServer(mode, delay=5.0) as broken:
+        raw = sign(message(subject=f"dns {mode}"), "good.test", "s2048", keys.rsa)
+        started = time.monotonic()
+        verdict = check(raw, port=broken.port)
+        first = time.monotonic() - started
+        assert first < 4.5  # the per-message budget, not 20 s per lookup
+        assert spf(verdict) == "temperror"
+        assert dkim_results(verdict) == [("good.test", "s2048", "temperror")]
+        assert dmarc(verdict) == "temperror"
+        assert verdict.facts["iprev"]["result"] == "temperror"
+        assert "SENDER_DOMAIN_TEMPFAIL" in names(verdict)
+        assert verdict.action == "tempfail"  # the sender domain could not be verified
+        assert verdict.failed_checks == ()  # the checks ran; DNS failed, and they said so
+        started = time.monotonic()
+        check(raw.replace(b"dns", b"again"), port=broken.port)
+        assert time.monotonic() - started < 0.5  # failures are cached: no second timeout
+
+
+def test_pipelines_with_other_dns_servers_do_not_mix(check):
+    """pyspf looks up through one module-level function; each SPF check must
+    still ask its own resolver."""
+    with FaultServer("servfail") as broken:
+        assert spf(check(message(subject="to the broken server"), port=broken.port)) == \
+            "temperror"
+    assert spf(check(message(subject="to the working server"))) == "pass"
