@@ -3,8 +3,12 @@ loopback, and a misbehaving one (dnslib) for failures."""
 
 from __future__ import annotations
 
+import email
+import smtplib
 import time
+import uuid
 
+import dkim
 import pytest
 
 from gateway.config import AuthSection, Config, DnsSection, PipelineSection
@@ -24,6 +28,7 @@ from tests.authlab import (
     message,
     sign,
 )
+from tests.conftest import dns_config, send
 
 AUTH_CHECKS = ["spf", "dkim", "arc", "dmarc", "sender", "iprev", "tls"]
 AUTHSERV = "mx.gateway.test"
@@ -519,3 +524,52 @@ def test_pipelines_with_other_dns_servers_do_not_mix(check):
         assert spf(check(message(subject="to the broken server"), port=broken.port)) == \
             "temperror"
     assert spf(check(message(subject="to the working server"))) == "pass"
+
+
+# -- through the real Postfix -----------------------------------------------------------
+
+def auth_milter(knot) -> str:
+    return (f'[pipeline]\nchecks = {AUTH_CHECKS!r}\n'.replace("'", '"')
+            + dns_config(knot) + f'[auth]\nauthserv_id = "{AUTHSERV}"\n')
+
+
+@pytest.mark.postfix
+def test_dmarc_reject_through_postfix_is_a_550_naming_dmarc(postfix, sink, gateway_milter, knot):
+    gateway_milter(auth_milter(knot))
+    tag = uuid.uuid4().hex
+    raw = message(from_header="ceo@strict.test", subject=tag)
+    with pytest.raises(smtplib.SMTPDataError) as caught:
+        send(postfix, raw, mail_from="alice@good.test")  # SPF passes, but for good.test
+    assert caught.value.smtp_code == 550
+    assert b"DMARC policy of the sender's domain says reject" in caught.value.smtp_error
+    assert b"[DMARC_POLICY_REJECT]" in caught.value.smtp_error
+    assert sink.find(tag, timeout=1) is None
+
+
+@pytest.mark.postfix
+def test_passing_mail_through_postfix_gets_our_authentication_results(postfix, sink,
+                                                                     gateway_milter, knot, keys):
+    gateway_milter(auth_milter(knot))
+    tag = uuid.uuid4().hex
+    raw = message(subject=tag, extra="Authentication-Results: other.example; spf=pass\r\n")
+    forged = f"Authentication-Results: {AUTHSERV.upper()}; dkim=pass header.d=bank.example\r\n"
+    signed = dkim.sign(raw, b"s2048", b"good.test", keys.rsa.private_pem,
+                       canonicalize=(b"simple", b"simple"),
+                       include_headers=[b"from", b"to", b"subject", b"date"]) + raw
+    send(postfix, forged.encode() + signed, mail_from="alice@good.test")
+    delivery = sink.find(tag)
+    assert delivery is not None
+    results = email.message_from_bytes(delivery.data).get_all("Authentication-Results")
+    ours = [" ".join(r.split()) for r in results if r.strip().startswith(AUTHSERV)]
+    assert len(ours) == 1  # the forged one is gone, ours is there
+    assert ours[0] == (
+        f"{AUTHSERV}; spf=pass smtp.mailfrom=alice@good.test; dkim=pass "
+        f"header.b={ours[0].split('header.b=')[1].split()[0]} header.d=good.test "
+        "header.a=rsa-sha256 header.s=s2048; dmarc=pass header.from=good.test "
+        "policy.dmarc=reject; arc=none; iprev=pass policy.iprev=127.0.0.1 "
+        "(localhost.good.test)")
+    assert any(r.strip().startswith("other.example") for r in results)  # not ours: kept
+    assert b"bank.example" not in delivery.data
+    # simple/simple DKIM passed: the milter saw the headers byte for byte.
+    assert delivery.data.index(b"Authentication-Results: " + AUTHSERV.encode()) < \
+        delivery.data.index(b"Received:")
