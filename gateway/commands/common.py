@@ -19,3 +19,5 @@ def setup_logging(level: str = "info") -> None:
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Alembic narrates every schema check at INFO; only its problems matter here.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
