@@ -16,6 +16,9 @@ from gateway.message import Message
 from gateway.symbols import Report
 
 
+ARC_HEADERS = ("ARC-Seal", "ARC-Message-Signature", "ARC-Authentication-Results")
+
+
 class ArcTempError(Exception):
     pass
 
@@ -51,6 +54,10 @@ class ArcCheck(Check):
         self.lookup = dkimpy_txt(shared_resolver(config))
 
     def run(self, message: Message, context: CheckContext) -> Report:
+        if not any(message.header(h) is not None for h in ARC_HEADERS):
+            return Report(symbols=(self.symbol("ARC_NONE", "0 instance(s)"),),
+                          facts={"result": "none", "sealer": "", "instances": 0,
+                                 "reason": "Message is not ARC signed"})
         try:
             cv, instances, reason = dkim.arc_verify(message.raw.bytes(), dnsfunc=self.lookup)
         except ArcTempError as exc:

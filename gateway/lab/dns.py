@@ -189,3 +189,56 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+class SyntheticServer:
+    """Answers for any domain, for benchmarks over real-world mail: every
+    domain has an MX, SPF allowing loopback, a p=none DMARC record and no
+    DKIM keys; every address and name resolves to 127.0.0.1 / localhost."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.queries = 0
+        server = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                from dnslib import MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSRecord
+
+                data, sock = self.request
+                server.queries += 1
+                request = DNSRecord.parse(data)
+                reply = request.reply()
+                name = str(request.q.qname).rstrip(".").lower()
+                qtype = QTYPE[request.q.qtype]
+                if "._domainkey." in name:
+                    reply.header.rcode = RCODE.NXDOMAIN
+                elif qtype == "TXT" and name.startswith("_dmarc."):
+                    reply.add_answer(RR(name, QTYPE.TXT, rdata=TXT("v=DMARC1; p=none"), ttl=300))
+                elif qtype == "TXT":
+                    reply.add_answer(RR(name, QTYPE.TXT, ttl=300,
+                                        rdata=TXT("v=spf1 ip4:127.0.0.1 ~all")))
+                elif qtype == "MX":
+                    reply.add_answer(RR(name, QTYPE.MX, rdata=MX(f"mx.{name}", 10), ttl=300))
+                elif qtype == "A":
+                    reply.add_answer(RR(name, QTYPE.A, rdata=A("127.0.0.1"), ttl=300))
+                elif qtype == "PTR":
+                    reply.add_answer(RR(name, QTYPE.PTR, rdata=PTR("localhost."), ttl=300))
+                sock.sendto(reply.pack(), self.client_address)
+
+        self._server = socketserver.ThreadingUDPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+
+    def start(self) -> SyntheticServer:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> SyntheticServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

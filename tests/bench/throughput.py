@@ -18,6 +18,7 @@ about speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import smtplib
@@ -36,8 +37,11 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from gateway.lab.clamd import ClamdInstance  # noqa: E402
+from gateway.lab.dns import SyntheticServer  # noqa: E402
 from gateway.lab.milter_process import MilterProcess  # noqa: E402
 from gateway.lab.postfix import PostfixInstance, free_port  # noqa: E402
+from gateway.quarantine.store import QuarantineError, QuarantineStore  # noqa: E402
 
 DEFAULT_CORPUS = PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin"
 FALLBACK_CORPUS = PROJECT_ROOT / "tests" / "fixtures"
@@ -148,6 +152,13 @@ def wait_delivered(dump_dir: Path, run_id: str, expected: int, timeout: float = 
         time.sleep(0.2)
 
 
+def quarantined(url: str) -> int:
+    try:
+        return QuarantineStore(url).count()
+    except QuarantineError:
+        return 0
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -161,8 +172,12 @@ def main() -> int:
     parser.add_argument("-c", "--concurrency", default="1,10,50")
     parser.add_argument("--rounds", type=int, default=2,
                         help="runs of each mode per concurrency (alternating)")
-    parser.add_argument("--gateway-config", type=Path,
-                        help="extra TOML for the gateway (e.g. to enable more checks)")
+    parser.add_argument("--checks", choices=("all", "spine"), default="all",
+                        help="every default check (with a private clamd and a synthetic DNS "
+                             "server), or only the spine's header/size/list checks")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="gateway pipeline.workers (scoring processes)")
+    parser.add_argument("--gateway-config", type=Path, help="extra TOML for the gateway")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root for the private Postfix instances")
@@ -170,7 +185,8 @@ def main() -> int:
     messages = load_messages(args.corpus, args.messages)
     levels = [int(c) for c in args.concurrency.split(",")]
     print(f"bench: {len(messages)} messages from {args.corpus}, concurrency {levels}, "
-          f"{args.rounds} round(s) each", flush=True)
+          f"{args.rounds} round(s) each, gateway checks: {args.checks}, "
+          f"workers: {args.workers}", flush=True)
 
     root = Path(tempfile.mkdtemp(prefix="gateway-bench-", dir="/tmp"))
     os.chmod(root, 0o755)
@@ -182,7 +198,21 @@ def main() -> int:
         ["smtp-sink", "-u", "postfix", "-d", f"{dump_dir}/%H%M%S.", f"127.0.0.1:{sink_port}",
          "1024"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     socket = root / "milter" / "milter.sock"
+    services = contextlib.ExitStack()
     extra = args.gateway_config.read_text() if args.gateway_config else ""
+    store_url = f"sqlite:///{root}/quarantine.db"
+    if args.checks == "spine":
+        extra += '[pipeline]\nchecks = ["headers", "size", "lists"]\n'
+    else:
+        clamd = services.enter_context(ClamdInstance(root / "clamd"))
+        dns = services.enter_context(SyntheticServer())
+        extra += (f'[clamav]\nsocket = "{clamd.socket_path}"\n'
+                  f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns.port}\n')
+    extra += f'[quarantine]\nurl = "{store_url}"\n'
+    if "[pipeline]" in extra:
+        extra = extra.replace("[pipeline]\n", f"[pipeline]\nworkers = {args.workers}\n", 1)
+    else:
+        extra += f"[pipeline]\nworkers = {args.workers}\n"
     milter = MilterProcess(
         root / "milter",
         f'[milter]\nsocket = "unix:{socket}"\nsocket_mode = "666"\n{extra}',
@@ -209,12 +239,15 @@ def main() -> int:
             for round_index in range(args.rounds):
                 for mode, instance in instances.items():
                     run_id = uuid.uuid4().hex[:12]
+                    stored_before = quarantined(store_url)
                     pid = {"gateway": milter.process.pid, "pymilter": reference.pid}.get(mode)
                     cpu_before = process_tree_cpu(pid) if pid else 0.0
                     seconds, latencies, accepted, refused = send_all(
                         instance.smtp_port, messages, concurrency, run_id)
                     cpu = process_tree_cpu(pid) - cpu_before if pid else 0.0
                     held = len(instance.queue_ids("hold"))
+                    if mode == "gateway":
+                        held += quarantined(store_url) - stored_before
                     delivered = wait_delivered(dump_dir, run_id, accepted - held)
                     if delivered + held < accepted:
                         problems += 1
@@ -231,6 +264,7 @@ def main() -> int:
         for instance in instances.values():
             instance.stop()
         milter.stop()
+        services.close()
         reference.terminate()
         reference.wait()
         sink.terminate()
