@@ -84,3 +84,29 @@ def test_unknown_check_is_a_config_error():
         assert "unknown check 'nope' (built-in checks:" in str(exc)
     else:
         raise AssertionError("unknown check accepted")
+
+
+def test_sequential_pipeline_stops_starting_checks_once_the_budget_is_spent():
+    class SlowFirst(SlowCheck):
+        name = "slow_first"
+
+    pipeline = Pipeline([SlowFirst(CONFIG), MarkerCheck(CONFIG)], budget=1.0, parallel=False)
+    try:
+        result = pipeline.run(Message.from_bytes(b"Subject: x\r\n\r\nTRIGGER-MARKER\r\n"))
+    finally:
+        pipeline.close()
+    assert {r.name: r.status for r in result.runs} == {"slow_first": "ok", "marker": "timeout"}
+    assert [s.name for s in result.symbols] == ["TEST_SLOW_DONE", "MARKER_FAIL"]
+    assert result.failed_checks == ["marker"]
+
+
+def test_sequential_is_the_default_and_runs_everything_in_budget():
+    config = Config()
+    assert config.pipeline.parallel is False
+    pipeline = Pipeline([FactsCheck(config), DependentCheck(config)], budget=2.0,
+                        parallel=False)
+    try:
+        result = pipeline.run(Message.from_bytes(b"Subject: x\r\n\r\nbody\r\n"))
+    finally:
+        pipeline.close()
+    assert [s.name for s in result.symbols] == ["TEST_SIZE_SEEN"]

@@ -15,7 +15,6 @@ from gateway.dns import DnsTempError, NoRecords, NxDomain, Resolver, shared_reso
 from gateway.message import Message
 from gateway.symbols import Report
 
-
 ARC_HEADERS = ("ARC-Seal", "ARC-Message-Signature", "ARC-Authentication-Results")
 
 

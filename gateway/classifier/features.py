@@ -28,19 +28,39 @@ FEATURE_VERSION = 2
 # Headers never turned into tokens. Delivery and mailbox bookkeeping added
 # at the recipient's side (by the corpus collectors, by fetchmail, by the
 # MUA) and earlier filters' verdicts say nothing about the sender.
-EXCLUDED_HEADERS = frozenset({
-    "delivered-to", "return-path", "x-original-to", "envelope-to", "delivery-date",
-    "x-keywords", "x-status", "status", "x-uid", "x-uidl", "lines", "content-length",
-    "x-original-date", "date", "received", "x-authentication-warning",
-    "x-mime-autoconverted", "x-envelope-to", "x-apparently-to", "x-mdaemon-deliver-to",
-    "x-mdrcpt-to", "x-originally-to", "resent-to",
-})
+EXCLUDED_HEADERS = frozenset(
+    {
+        "delivered-to",
+        "return-path",
+        "x-original-to",
+        "envelope-to",
+        "delivery-date",
+        "x-keywords",
+        "x-status",
+        "status",
+        "x-uid",
+        "x-uidl",
+        "lines",
+        "content-length",
+        "x-original-date",
+        "date",
+        "received",
+        "x-authentication-warning",
+        "x-mime-autoconverted",
+        "x-envelope-to",
+        "x-apparently-to",
+        "x-mdaemon-deliver-to",
+        "x-mdrcpt-to",
+        "x-originally-to",
+        "resent-to",
+    }
+)
 # Headers with tokens of their own below; the others get generic value tokens.
-SPECIAL_HEADERS = frozenset({"subject", "from", "to", "cc", "reply-to", "x-mailer",
-                             "user-agent", "message-id"})
+SPECIAL_HEADERS = frozenset(
+    {"subject", "from", "to", "cc", "reply-to", "x-mailer", "user-agent", "message-id"}
+)
 HEADER_VALUE_SPLIT = re.compile(r"[\s;,<>\"=()]+")
-EXCLUDED_HEADER_PREFIXES = ("x-spam", "x-mozilla-", "x-evolution", "x-imap", "x-virus",
-                            "x-gateway")
+EXCLUDED_HEADER_PREFIXES = ("x-spam", "x-mozilla-", "x-evolution", "x-imap", "x-virus", "x-gateway")
 
 # Corpus artefacts that leak into any header or body text: the collectors'
 # hosts, and the anonymised recipient addresses the public corpus uses.
@@ -52,9 +72,46 @@ ARTEFACT = re.compile(
 # Calendar words and years: they tell when a corpus was gathered, not what
 # a message is.
 CALENDAR_WORDS = frozenset(
-    "mon tue wed thu fri sat sun monday tuesday wednesday thursday friday saturday sunday "
-    "jan feb mar apr may jun jul aug sep sept oct nov dec january february march april "
-    "june july august september october november december".split()
+    [
+        "mon",
+        "tue",
+        "wed",
+        "thu",
+        "fri",
+        "sat",
+        "sun",
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "may",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "january",
+        "february",
+        "march",
+        "april",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
+    ]
 )
 CLOCK_TIME = re.compile(r"\d{1,2}:\d\d(?::\d\d)?")
 
@@ -67,14 +124,32 @@ def is_calendar(word: str) -> bool:
         return True
     return ":" in word and CLOCK_TIME.fullmatch(word) is not None
 
+
 URL = re.compile(r"""(?:https?://|www\.)[^\s<>"'()\[\]{}]+""", re.IGNORECASE)
 HREF = re.compile(r"""(?:href|src)\s*=\s*["']?([^"'\s>]+)""", re.IGNORECASE)
 TAG = re.compile(r"<\s*(/?)\s*([a-zA-Z][a-zA-Z0-9]*)[^>]*>", re.DOTALL)
 SCRIPT_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 WORD_EDGES = "\"'`()[]{}<>,.;:!?*|~^-_=+/\\#&"
-INTERESTING_TAGS = frozenset({"font", "table", "img", "a", "form", "input", "script", "iframe",
-                              "center", "b", "map", "area", "style", "object", "embed"})
+INTERESTING_TAGS = frozenset(
+    {
+        "font",
+        "table",
+        "img",
+        "a",
+        "form",
+        "input",
+        "script",
+        "iframe",
+        "center",
+        "b",
+        "map",
+        "area",
+        "style",
+        "object",
+        "embed",
+    }
+)
 
 
 def message_tokens(message: EmailMessage) -> set[str]:
@@ -90,6 +165,7 @@ def message_tokens(message: EmailMessage) -> set[str]:
 
 
 # -- headers -------------------------------------------------------------------
+
 
 def header_tokens(message: EmailMessage) -> Iterator[str]:
     subject = decoded_header(message.get("Subject", ""))
@@ -162,6 +238,7 @@ def domain_tokens(prefix: str, domain: str) -> Iterator[str]:
 
 
 # -- body ----------------------------------------------------------------------
+
 
 def body_tokens(message: EmailMessage) -> Iterator[str]:
     kinds: list[str] = []
@@ -271,6 +348,7 @@ def url_tokens(url: str) -> Iterator[str]:
 
 
 # -- words ---------------------------------------------------------------------
+
 
 def words(text: str) -> list[str]:
     """Lower-cased words of 3 to 20 characters; longer ones become a
