@@ -18,7 +18,7 @@ not vouched for. ed25519-sha256 (RFC 8463) works through PyNaCl.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import re
 from dataclasses import asdict, dataclass
 
@@ -135,7 +135,7 @@ def verify_signature(signer: dkim.DKIM, index: int, resolver: Resolver) -> Signa
         return result("permerror", str(exc), partial)
     except dkim.DKIMException as exc:
         return result("neutral", str(exc), partial)
-    except (ValueError, TypeError, base64.binascii.Error) as exc:
+    except (ValueError, TypeError, binascii.Error) as exc:
         return result("neutral", f"cannot verify: {exc}", partial)
     if not verified:
         return result("fail", "signature does not verify", partial)

@@ -12,7 +12,6 @@ stays in the store for ``rollback``.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.audit import actor
 from gateway.classifier.model import META_FILE, ModelError, load_model
 
 
@@ -111,7 +111,7 @@ class ModelStore:
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
             "action": action,
             "version": version,
-            "user": _user(),
+            "user": actor(),
             **details,
         }
         history = self.history()
@@ -132,10 +132,3 @@ class ModelStore:
             if version != current and (self.versions_dir / version).is_dir():
                 return version
         return None
-
-
-def _user() -> str:
-    try:
-        return os.environ.get("SUDO_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())

@@ -7,6 +7,7 @@ import json
 import sys
 from datetime import UTC, datetime, timedelta
 
+from gateway.audit import actor
 from gateway.cli import UsageError
 from gateway.commands.common import config_from
 from gateway.config import Config
@@ -17,7 +18,6 @@ from gateway.quarantine.store import (
     QuarantineError,
     QuarantineStore,
     Record,
-    actor,
 )
 
 

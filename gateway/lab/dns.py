@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import socketserver
 import subprocess
 import threading
@@ -135,66 +134,8 @@ zone:
         self.stop()
 
 
-class FaultServer:
-    """Answers every UDP query according to ``mode``: "drop", "delay",
-    "servfail", "refused" or "truncate" (TC bit, and no TCP service)."""
-
-    def __init__(self, mode: str = "drop", delay: float = 2.0):
-        self.mode = mode
-        self.delay = delay
-        self.port = free_port()
-        self.queries = 0
-        server = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                from dnslib import RCODE, DNSRecord
-
-                data, sock = self.request
-                server.queries += 1
-                request = DNSRecord.parse(data)
-                if server.mode == "drop":
-                    return
-                if server.mode == "delay":
-                    time.sleep(server.delay)
-                reply = request.reply()
-                if server.mode == "servfail":
-                    reply.header.rcode = RCODE.SERVFAIL
-                elif server.mode == "refused":
-                    reply.header.rcode = RCODE.REFUSED
-                elif server.mode == "truncate":
-                    reply.header.tc = 1
-                sock.sendto(reply.pack(), self.client_address)
-
-        self._server = socketserver.ThreadingUDPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-
-    def start(self) -> FaultServer:
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FaultServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (queries there are refused)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class SyntheticServer:
-    """Answers for any domain, for benchmarks over real-world mail: every
-    domain has an MX, SPF allowing loopback, a p=none DMARC record and no
-    DKIM keys; every address and name resolves to 127.0.0.1 / localhost."""
+class _UdpServer:
+    """A threaded UDP DNS server on a free loopback port; subclasses answer."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -203,33 +144,21 @@ class SyntheticServer:
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
-                from dnslib import MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSRecord
+                from dnslib import DNSRecord
 
                 data, sock = self.request
                 server.queries += 1
-                request = DNSRecord.parse(data)
-                reply = request.reply()
-                name = str(request.q.qname).rstrip(".").lower()
-                qtype = QTYPE[request.q.qtype]
-                if "._domainkey." in name:
-                    reply.header.rcode = RCODE.NXDOMAIN
-                elif qtype == "TXT" and name.startswith("_dmarc."):
-                    reply.add_answer(RR(name, QTYPE.TXT, rdata=TXT("v=DMARC1; p=none"), ttl=300))
-                elif qtype == "TXT":
-                    reply.add_answer(RR(name, QTYPE.TXT, ttl=300,
-                                        rdata=TXT("v=spf1 ip4:127.0.0.1 ~all")))
-                elif qtype == "MX":
-                    reply.add_answer(RR(name, QTYPE.MX, rdata=MX(f"mx.{name}", 10), ttl=300))
-                elif qtype == "A":
-                    reply.add_answer(RR(name, QTYPE.A, rdata=A("127.0.0.1"), ttl=300))
-                elif qtype == "PTR":
-                    reply.add_answer(RR(name, QTYPE.PTR, rdata=PTR("localhost."), ttl=300))
-                sock.sendto(reply.pack(), self.client_address)
+                reply = server.answer(DNSRecord.parse(data))
+                if reply is not None:
+                    sock.sendto(reply.pack(), self.client_address)
 
         self._server = socketserver.ThreadingUDPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
 
-    def start(self) -> SyntheticServer:
+    def answer(self, request):  # -> dnslib.DNSRecord | None (None: no reply at all)
+        raise NotImplementedError
+
+    def start(self):
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -237,8 +166,60 @@ class SyntheticServer:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> SyntheticServer:
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FaultServer(_UdpServer):
+    """Answers every UDP query according to ``mode``: "drop", "delay",
+    "servfail", "refused" or "truncate" (TC bit, and no TCP service)."""
+
+    def __init__(self, mode: str = "drop", delay: float = 2.0):
+        super().__init__()
+        self.mode = mode
+        self.delay = delay
+
+    def answer(self, request):
+        from dnslib import RCODE
+
+        if self.mode == "drop":
+            return None
+        if self.mode == "delay":
+            time.sleep(self.delay)
+        reply = request.reply()
+        if self.mode == "servfail":
+            reply.header.rcode = RCODE.SERVFAIL
+        elif self.mode == "refused":
+            reply.header.rcode = RCODE.REFUSED
+        elif self.mode == "truncate":
+            reply.header.tc = 1
+        return reply
+
+
+class SyntheticServer(_UdpServer):
+    """Answers for any domain, for benchmarks over real-world mail: every
+    domain has an MX, SPF allowing loopback, a p=none DMARC record and no
+    DKIM keys; every address and name resolves to 127.0.0.1 / localhost."""
+
+    def answer(self, request):
+        from dnslib import MX, PTR, QTYPE, RCODE, RR, TXT, A
+
+        reply = request.reply()
+        name = str(request.q.qname).rstrip(".").lower()
+        qtype = QTYPE[request.q.qtype]
+        if "._domainkey." in name:
+            reply.header.rcode = RCODE.NXDOMAIN
+        elif qtype == "TXT" and name.startswith("_dmarc."):
+            reply.add_answer(RR(name, QTYPE.TXT, rdata=TXT("v=DMARC1; p=none"), ttl=300))
+        elif qtype == "TXT":
+            reply.add_answer(RR(name, QTYPE.TXT, rdata=TXT("v=spf1 ip4:127.0.0.1 ~all"), ttl=300))
+        elif qtype == "MX":
+            reply.add_answer(RR(name, QTYPE.MX, rdata=MX(f"mx.{name}", 10), ttl=300))
+        elif qtype == "A":
+            reply.add_answer(RR(name, QTYPE.A, rdata=A("127.0.0.1"), ttl=300))
+        elif qtype == "PTR":
+            reply.add_answer(RR(name, QTYPE.PTR, rdata=PTR("localhost."), ttl=300))
+        return reply

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import email
 import email.policy
-import getpass
 import hashlib
 import json
-import os
 import socket
 import uuid
 from collections.abc import Iterable, Mapping
@@ -140,13 +138,6 @@ def engine_url(url: str) -> str:
     if url.startswith(("postgresql://", "postgres://")):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
-
-
-def actor() -> str:
-    try:
-        return os.environ.get("SUDO_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
 
 
 def now() -> datetime:
