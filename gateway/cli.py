@@ -58,7 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    from gateway.commands import check, demo, run, symbols
+    from gateway.commands import (
+        check,
+        classifier,
+        configcheck,
+        configshow,
+        demo,
+        quarantine,
+        run,
+        symbols,
+    )
 
     run_parser = command("run", run.main, "run the milter in the foreground until SIGTERM")
     run_parser.add_argument("--socket", help="override milter.socket")
@@ -67,8 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
         "check", check.main, "score message files offline and explain the verdicts"
     )
     check.add_arguments(check_parser)
-
-    from gateway.commands import classifier
 
     train_parser = command("train", classifier.train_main,
                            "train a spam model from your own ham and spam")
@@ -79,8 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     model_parser = commands.add_parser("model", help="list, promote or roll back spam models",
                                        description="the model store")
     classifier.add_model_arguments(model_parser)
-
-    from gateway.commands import quarantine
 
     quarantine_parser = commands.add_parser(
         "quarantine", help="list, show, release, delete or purge quarantined mail",
@@ -101,8 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate the config and rules files", description="validate the config"
     )
     config_check.add_argument("--config", default=argparse.SUPPRESS)
-    from gateway.commands import configcheck, configshow
-
     config_check.set_defaults(handler=configcheck.main)
     config_show = config_commands.add_parser(
         "show", help="print the effective config (defaults included) as TOML",
