@@ -372,3 +372,11 @@ def test_two_nodes_share_one_postgres_quarantine(postfix, sink, lab_dir, tmp_pat
         for _, milter, instance in nodes:
             instance.stop()
             milter.stop()
+
+
+def test_an_envelope_that_is_not_utf8_is_stored_readably(store):
+    sender = b"j\xf6rg@example.org".decode("utf-8", "surrogateescape")  # as pymilter passes it
+    identifier = put(store, "latin1", sender=sender, rcpts=(sender,))
+    record = store.get(identifier)
+    assert record.sender == "j\ufffdrg@example.org"
+    assert record.recipients == ("j\ufffdrg@example.org",)

@@ -189,9 +189,9 @@ class QuarantineStore:
             "state": "held",
             "action": action or verdict.action,
             "client_ip": envelope.client_ip,
-            "client_name": envelope.client_name,
-            "helo": envelope.helo,
-            "sender": envelope.mail_from,
+            "client_name": _text(envelope.client_name),
+            "helo": _text(envelope.helo),
+            "sender": _text(envelope.mail_from),
             "header_from": _header(head, "From"),
             "header_to": _header(head, "To"),
             "subject": _header(head, "Subject"),
@@ -209,7 +209,7 @@ class QuarantineStore:
             with self.engine.begin() as connection:
                 connection.execute(insert(messages), row)
                 connection.execute(insert(recipients), [
-                    {"message": identifier, "position": i, "address": address}
+                    {"message": identifier, "position": i, "address": _text(address)}
                     for i, address in enumerate(envelope.rcpt_to)
                 ] or [{"message": identifier, "position": 0, "address": ""}])
                 if verdict.symbols:
@@ -402,6 +402,14 @@ def _header(head: email.message.Message, name: str) -> str | None:
     from gateway.classifier.features import decoded_header
 
     return " ".join(decoded_header(value).split())[:998]
+
+
+def _text(value: str | None) -> str | None:
+    """Envelope strings as the database can store them: bytes that were not
+    UTF-8 (kept by pymilter as surrogates) become U+FFFD."""
+    if value is None:
+        return None
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _like(text_: str) -> str:
