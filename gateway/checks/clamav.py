@@ -47,30 +47,28 @@ class _SendAllSocket(socket.socket):
         return len(data)
 
 
+def _connect(client, family: int, address, label: str) -> None:
+    """pyclamd's ``_init_socket`` with a complete-send socket, keeping the
+    reason of a failed connect (pyclamd replaces it with "Unable to scan
+    stream")."""
+    client.clamd_socket = _SendAllSocket(family, socket.SOCK_STREAM)
+    client.clamd_socket.settimeout(client.timeout)
+    try:
+        client.clamd_socket.connect(address)
+    except OSError as exc:
+        client.connect_error = f"cannot connect to {label}: {exc.strerror or exc}"
+        raise pyclamd.ConnectionError(client.connect_error) from None
+    client.connect_error = None
+
+
 class _UnixClient(pyclamd.ClamdUnixSocket):
     def _init_socket(self):
-        self.clamd_socket = _SendAllSocket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.clamd_socket.settimeout(self.timeout)
-        try:
-            self.clamd_socket.connect(self.unix_socket)
-        except OSError as exc:
-            # pyclamd replaces this with "Unable to scan stream": keep the reason.
-            self.connect_error = f"cannot connect to {self.unix_socket}: {exc.strerror or exc}"
-            raise pyclamd.ConnectionError(self.connect_error) from None
-        self.connect_error = None
+        _connect(self, socket.AF_UNIX, self.unix_socket, self.unix_socket)
 
 
 class _NetworkClient(pyclamd.ClamdNetworkSocket):
     def _init_socket(self):
-        self.clamd_socket = _SendAllSocket(socket.AF_INET, socket.SOCK_STREAM)
-        self.clamd_socket.settimeout(self.timeout)
-        try:
-            self.clamd_socket.connect((self.host, self.port))
-        except OSError as exc:
-            # pyclamd replaces this with "Unable to scan stream": keep the reason.
-            self.connect_error = f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}"
-            raise pyclamd.ConnectionError(self.connect_error) from None
-        self.connect_error = None
+        _connect(self, socket.AF_INET, (self.host, self.port), f"{self.host}:{self.port}")
 
 
 class ClamavCheck(Check):
