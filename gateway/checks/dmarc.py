@@ -9,7 +9,6 @@ as a reject or downgraded to quarantine.
 
 from __future__ import annotations
 
-import hashlib
 from email.utils import getaddresses
 
 from gateway.checks import Check, CheckContext
@@ -59,10 +58,13 @@ class DmarcCheck(Check):
         from_domain = domains.pop()
         spf = context.facts.get("spf", {})
         dkim = context.facts.get("dkim", {})
-        key = (message.header("Message-ID") or "").encode() + message.raw.bytes()[-4096:]
+        # pct sampling keys on the message itself (not its bytes: a 25 MB
+        # message need not be read again), so a re-check samples the same way.
+        key = "\n".join([message.header("Message-ID") or "", message.header("Date") or "",
+                          senders[0], message.header("Subject") or "",
+                          str(message.size)]).encode("utf-8", "surrogateescape")
         outcome = evaluate(from_domain, spf.get("result"), spf.get("domain", ""),
-                           list(dkim.get("signatures", [])), self.discovery,
-                           hashlib.sha256(key).digest())
+                           list(dkim.get("signatures", [])), self.discovery, key)
         symbols = self._symbols(outcome, context.facts.get("arc", {}))
         facts = {"result": outcome.result, "from_domain": from_domain,
                  "policy": outcome.policy, "applied": outcome.applied,
