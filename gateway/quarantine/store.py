@@ -237,10 +237,6 @@ class QuarantineStore:
                 raise QuarantineError(f"no quarantined message {identifier!r}")
             _event(connection, identifier, who, what, detail)
 
-    def record_event(self, identifier: str, who: str, what: str, detail: str) -> None:
-        with self.engine.begin() as connection:
-            _event(connection, identifier, who, what, detail)
-
     def purge(self, retention: Mapping[str, int], rejected_days: int,
               at: datetime | None = None) -> dict[str, int]:
         """Expire held messages past their days (the body goes, the record
