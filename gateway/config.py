@@ -141,7 +141,7 @@ class ClamavSection:
     address: str = setting("", _host_port, "clamd over TCP as host:port (overrides socket)")
     on_fail: Literal["tempfail", "accept"] = setting(
         "tempfail", doc="when clamd is down or errs: make the sender retry, or accept "
-        "with CLAMAV_FAIL in the headers")
+        "with CLAMAV_ERROR in the headers")
     on_virus: Literal["reject", "quarantine"] = setting("reject", doc="what a virus gets")
     max_size: int = setting(25 * 1024 * 1024, positive,
                             "largest message sent to clamd; keep it <= clamd's StreamMaxLength")

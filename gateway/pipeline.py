@@ -8,7 +8,7 @@ between threads costs more CPU than it saves (measured: 0.35x bare Postfix
 sequential, 0.25x parallel, every check on). A sequential check that starts
 before the budget is spent runs to its own timeout (DNS lifetime, clamd
 timeout); the ones after it are not started. A
-check that raises, times out or never gets to run yields its ``<NAME>_FAIL``
+check that raises, times out or never gets to run yields its ``<NAME>_ERROR``
 symbol and is listed in ``failed_checks``: nothing is silently dropped.
 
 The GIL keeps all of this on one core. Spreading messages over both cores

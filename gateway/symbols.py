@@ -52,5 +52,7 @@ class Report:
 
 
 def failure_symbol_name(check_name: str) -> str:
-    """``clamav`` -> ``CLAMAV_FAIL``: the symbol for a check that did not run."""
-    return re.sub(r"[^A-Z0-9]+", "_", check_name.upper()).strip("_") + "_FAIL"
+    """``clamav`` -> ``CLAMAV_ERROR``: the symbol for a check that did not
+    finish (it raised, or ran out of time). No check result ends in
+    ``_ERROR`` alone, so it never reads like one (``DMARC_ERROR`` would)."""
+    return re.sub(r"[^A-Z0-9]+", "_", check_name.upper()).strip("_") + "_ERROR"

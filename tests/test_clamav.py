@@ -117,7 +117,7 @@ def test_dead_clamd_fails_the_check_never_passes_it_clean(own_clamd):
             assert verdict.action == "tempfail"
             assert verdict.failed_checks == ("clamav",)
             (symbol,) = verdict.symbols
-            assert symbol.name == "CLAMAV_FAIL"
+            assert symbol.name == "CLAMAV_ERROR"
             assert "cannot connect to" in symbol.evidence
             assert str(verdict.reply).startswith("451 4.7.1 ")
     finally:
@@ -132,7 +132,7 @@ def test_dead_clamd_with_on_fail_accept_marks_the_message(own_clamd):
     finally:
         evaluator.close()
     assert verdict.action == "accept"
-    assert [s.name for s in verdict.symbols] == ["CLAMAV_FAIL"]
+    assert [s.name for s in verdict.symbols] == ["CLAMAV_ERROR"]
     assert verdict.failed_checks == ("clamav",)
 
 
@@ -190,7 +190,7 @@ def test_dead_clamd_tempfails_through_postfix_and_nothing_is_lost(postfix, sink,
     with pytest.raises(smtplib.SMTPDataError) as caught:
         send(postfix, clean)
     assert caught.value.smtp_code == 451
-    assert b"[CLAMAV_FAIL]" in caught.value.smtp_error
+    assert b"[CLAMAV_ERROR]" in caught.value.smtp_error
     own_clamd.start()  # the sender retries later, and then it goes through
     send(postfix, clean)
     delivery = sink.find(tag)

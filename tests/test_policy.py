@@ -64,11 +64,11 @@ def test_most_severe_forced_action_wins():
 
 
 def test_tempfail_reply_is_4xx():
-    policy = Policy(Rules(force={"CLAMAV_FAIL": "tempfail"}))
-    verdict = policy.decide(result(sym("CLAMAV_FAIL")), "Q9")
+    policy = Policy(Rules(force={"CLAMAV_ERROR": "tempfail"}))
+    verdict = policy.decide(result(sym("CLAMAV_ERROR")), "Q9")
     assert verdict.reply is not None
     assert (verdict.reply.code, verdict.reply.status) == ("451", "4.7.1")
-    assert "CLAMAV_FAIL" in verdict.reply.text and "Q9" in verdict.reply.text
+    assert "CLAMAV_ERROR" in verdict.reply.text and "Q9" in verdict.reply.text
 
 
 def test_spam_reject_reply_names_the_score():
@@ -77,7 +77,7 @@ def test_spam_reject_reply_names_the_score():
 
 
 def test_failed_checks_are_carried_into_the_verdict():
-    verdict = POLICY.decide(result(sym("CLAMAV_FAIL"), failed=("clamav",)))
+    verdict = POLICY.decide(result(sym("CLAMAV_ERROR"), failed=("clamav",)))
     assert verdict.failed_checks == ("clamav",)
 
 

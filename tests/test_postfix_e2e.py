@@ -28,7 +28,7 @@ def local_rules(
     if force_marker:
         lines.append(f'TEST_MARKER = "{force_marker}"')
     if force_boom:
-        lines.append(f'BOOM_FAIL = "{force_boom}"')
+        lines.append(f'BOOM_ERROR = "{force_boom}"')
     path = directory / "local.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -134,7 +134,7 @@ def test_check_that_raises_gives_a_fail_symbol_by_default(postfix, sink, gateway
     send(postfix, raw)
     delivery = sink.find(tag)
     assert delivery is not None
-    assert "BOOM_FAIL" in delivery.header("X-Spam-Status")
+    assert "BOOM_ERROR" in delivery.header("X-Spam-Status")
 
 
 def test_check_that_raises_tempfails_when_configured(postfix, sink, gateway_milter, tmp_path):
@@ -146,7 +146,7 @@ def test_check_that_raises_tempfails_when_configured(postfix, sink, gateway_milt
     with pytest.raises(smtplib.SMTPDataError) as caught:
         send(postfix, raw)
     assert caught.value.smtp_code == 451
-    assert b"[BOOM_FAIL]" in caught.value.smtp_error
+    assert b"[BOOM_ERROR]" in caught.value.smtp_error
     assert sink.find(tag, timeout=1) is None
 
 

@@ -64,12 +64,8 @@ class Check:
 
     @classmethod
     def failure_symbol(cls) -> str:
-        """``<CHECK>_FAIL``; ``<CHECK>_CHECK_FAIL`` where the first is already
-        one of the check's results (SPF_FAIL is SPF's hard fail)."""
-        name = failure_symbol_name(cls.name)
-        if name in cls.symbols:
-            name = name.removesuffix("_FAIL") + "_CHECK_FAIL"
-        return name
+        """``<CHECK>_ERROR``: the check did not finish on this message."""
+        return failure_symbol_name(cls.name)
 
     @classmethod
     def failure_description(cls) -> str:

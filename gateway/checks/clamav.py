@@ -5,7 +5,7 @@ The raw message is streamed to clamd in chunks straight from the spool (a
 and archive handling sees attachments, zips and nested zips.
 
 Nothing is ever marked clean without a scan: clamd down, slow or answering
-an error raises, which the pipeline turns into ``CLAMAV_FAIL`` (and, with
+an error raises, which the pipeline turns into ``CLAMAV_ERROR`` (and, with
 ``on_fail = "tempfail"``, a 4xx so the sender retries). A message too large
 to scan gets ``CLAMAV_OVERSIZE``, not silence.
 """
@@ -123,7 +123,7 @@ class ClamavCheck(Check):
         else:
             return []
         then = ("messages are answered 4xx until it does" if self.settings.on_fail ==
-                    "tempfail" else "messages pass unscanned, marked CLAMAV_FAIL, until it does")
+                    "tempfail" else "messages pass unscanned, marked CLAMAV_ERROR, until it does")
         return [f"clamav: not answering, {reason}; {then}"]
 
     def _where(self) -> str:
