@@ -1,0 +1,490 @@
+"""Mail text helpers shared by the checks, the classifier and the quarantine.
+
+Header fields, RFC 2047 encoded words, addresses and domains: every input
+here is written by a sender, so every function is linear in its input or
+capped, and none of them raises on content. Python's own address parser
+(``email.utils.getaddresses``) recurses on nested comments and groups and
+raises ``RecursionError`` on a few kilobytes of ``((((`` or ``::::``; it is
+only called here after a cheap check that it cannot, and checks that decide
+(DMARC) use :func:`parse_mailboxes`, an iterative RFC 5322 parser of our own.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from email.header import decode_header
+from email.utils import getaddresses, parseaddr
+from functools import lru_cache
+
+import idna
+
+# Defaults of the [limits] settings that the helpers here apply.
+DEFAULT_ENCODED_WORDS = 200
+DEFAULT_COMMENT_DEPTH = 10
+# Python's address parser recurses once per group (':') and per comment
+# level; beyond this many, the iterative parser is used instead.
+_STDLIB_SAFE_NESTING = 50
+_ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
+
+
+# -- header fields -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeaderField:
+    name: str  # as sent, without whitespace before the colon
+    value: str  # compat32-style: first line stripped on the left, folding kept
+
+
+@dataclass(frozen=True)
+class HeaderBlock:
+    fields: tuple[HeaderField, ...]
+    too_many: int = 0  # fields beyond the limit (dropped)
+    too_long: tuple[tuple[str, int], ...] = ()  # (name, length) of truncated fields
+
+
+_FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
+
+
+def parse_header_block(lines: Iterable[bytes], max_fields: int,
+                       max_length: int) -> HeaderBlock:
+    """The header fields of a message from its raw lines, up to the blank line.
+
+    Like Postfix and unlike Python's ``compat32`` parser, a field name may be
+    followed by white space before the colon (RFC 5322 obs-syntax:
+    ``From : x``): MUAs show such a field, so the checks must see it. A line
+    that is neither a field nor a continuation ends the header block, as in
+    Postfix. At most ``max_fields`` fields are kept, each cut to
+    ``max_length`` bytes.
+    """
+    fields: list[HeaderField] = []
+    too_long: list[tuple[str, int]] = []
+    dropped = 0
+    name: str | None = None
+    parts: list[bytes] = []
+    size = 0
+
+    def finish() -> None:
+        nonlocal dropped
+        if name is None:
+            return
+        if len(fields) >= max_fields:
+            dropped += 1
+            return
+        raw = b"".join(parts)
+        if size > max_length:
+            too_long.append((name, size))
+            raw = raw[:max_length]
+        value = raw.decode("utf-8", "replace").lstrip(" \t").rstrip("\r\n")
+        fields.append(HeaderField(name, value))
+
+    for number, line in enumerate(lines):
+        if line in (b"\r\n", b"\n", b""):
+            break
+        if line[:1] in (b" ", b"\t"):
+            if name is not None and size <= max_length:
+                parts.append(line)
+            size += len(line)
+            continue
+        if number == 0 and line.startswith(b"From "):  # an mbox From_ line
+            continue
+        head, colon, rest = line.partition(b":")
+        label = head.rstrip(b" \t").decode("ascii", "replace")
+        if not colon or not _FIELD_NAME.match(label):
+            break  # the body starts here
+        finish()
+        name, parts, size = label, [rest], len(rest)
+    finish()
+    return HeaderBlock(tuple(fields), dropped, tuple(too_long))
+
+
+# -- RFC 2047 ------------------------------------------------------------------
+
+
+def decoded_header(value: object, max_words: int = DEFAULT_ENCODED_WORDS) -> str:
+    """An RFC 2047 encoded header as text; never raises.
+
+    Only the first ``max_words`` encoded words are decoded (Python's decoder
+    slows down sharply on tens of thousands); the rest is kept as sent.
+    """
+    text = str(value)
+    if "=?" not in text:
+        return text
+    tail = ""
+    if max_words >= 0:
+        for count, match in enumerate(_ENCODED_WORD.finditer(text), 1):
+            if count > max_words:
+                text, tail = text[: match.start()], text[match.start():]
+                break
+    try:
+        decoded = "".join(
+            decode_bytes(chunk, charset) if isinstance(chunk, bytes) else chunk
+            for chunk, charset in decode_header(text)
+        )
+    except Exception:
+        decoded = text
+    return decoded + tail
+
+
+def count_encoded_words(text: str) -> int:
+    return sum(1 for _ in _ENCODED_WORD.finditer(text))
+
+
+def decode_bytes(data: bytes, charset: str | None) -> str:
+    if charset:
+        try:
+            codecs.lookup(charset)
+            return data.decode(charset, errors="replace")
+        except (LookupError, UnicodeError, ValueError):
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+# -- comments --------------------------------------------------------------------
+
+
+def comment_depth(text: str) -> int:
+    """The deepest nesting of RFC 5322 comments, skipping quoted strings."""
+    depth = deepest = 0
+    quoted = escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif quoted:
+            quoted = char != '"'
+        elif char == '"' and depth == 0:
+            quoted = True
+        elif char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")" and depth:
+            depth -= 1
+    return deepest
+
+
+def _stdlib_safe(text: str) -> bool:
+    """Whether Python's address parser cannot recurse too deep on ``text``."""
+    return (text.count(":") < _STDLIB_SAFE_NESTING
+            and text.count("(") < _STDLIB_SAFE_NESTING)
+
+
+def safe_getaddresses(values: list[str]) -> list[tuple[str, str]]:
+    """``email.utils.getaddresses`` where it is safe, else the iterative parser
+    (same shape of answer; the names may differ on such input)."""
+    if all(_stdlib_safe(v) for v in values):
+        try:
+            return getaddresses(values)
+        except (RecursionError, ValueError, IndexError):
+            pass
+    found: list[tuple[str, str]] = []
+    for value in values:
+        found.extend((m.display, m.address) for m in parse_mailboxes(value).mailboxes)
+    return found
+
+
+def safe_parseaddr(value: str) -> tuple[str, str]:
+    """``email.utils.parseaddr``, bounded like :func:`safe_getaddresses`."""
+    if _stdlib_safe(value):
+        try:
+            return parseaddr(value)
+        except (RecursionError, ValueError, IndexError):
+            pass
+    mailboxes = parse_mailboxes(value).mailboxes
+    return (mailboxes[0].display, mailboxes[0].address) if mailboxes else ("", "")
+
+
+# -- addresses -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    display: str
+    address: str  # local@domain as written, or "" when there is no addr-spec
+
+    @property
+    def domain(self) -> str:
+        """The domain, lower-cased, without a trailing dot ("" if none)."""
+        if "@" not in self.address:
+            return ""
+        return self.address.rpartition("@")[2].strip().strip("[]").rstrip(".").lower()
+
+
+@dataclass(frozen=True)
+class MailboxList:
+    mailboxes: tuple[Mailbox, ...]
+    problems: tuple[str, ...] = ()  # why the list is not a clean RFC 5322 one
+    # Domains written where only a display name belongs (``a@x.test <b@y.test>``
+    # without quotes): a reader's MUA may show them as the author.
+    phrase_domains: tuple[str, ...] = ()
+
+
+_SPECIALS = '()<>[]:;@\\,."'
+
+
+def _tokens(text: str, max_depth: int) -> Iterator[tuple[str, str]]:
+    """(kind, text) tokens: atom, quoted, literal, special; comments skipped.
+
+    Iterative; comments nested deeper than ``max_depth`` are still skipped
+    whole but reported as a ("toodeep", "") token.
+    """
+    index, length = 0, len(text)
+    while index < length:
+        char = text[index]
+        if char in " \t\r\n":
+            index += 1
+        elif char == "(":
+            depth, deepest = 0, 0
+            while index < length:
+                c = text[index]
+                if c == "\\":
+                    index += 1
+                elif c == "(":
+                    depth += 1
+                    deepest = max(deepest, depth)
+                elif c == ")":
+                    depth -= 1
+                    if depth == 0:
+                        index += 1
+                        break
+                index += 1
+            if deepest > max_depth:
+                yield "toodeep", ""
+            if depth > 0:
+                yield "unclosed", "("
+        elif char == '"':
+            end = _closing_quote(text, index + 1)
+            if end < 0:  # read on as if the quote were not there, as a MUA may
+                yield "unclosed", '"'
+                index += 1
+                continue
+            yield "quoted", re.sub(r"\\(.)", r"\1", text[index + 1:end], flags=re.DOTALL)
+            index = end + 1
+        elif char == "[":
+            end = text.find("]", index)
+            if end < 0:
+                yield "unclosed", "["
+                yield "literal", text[index:]
+                return
+            yield "literal", text[index:end + 1]
+            index = end + 1
+        elif char in _SPECIALS:
+            yield "special", char
+            index += 1
+        else:
+            start = index
+            while index < length and text[index] not in _SPECIALS and \
+                    text[index] not in " \t\r\n":
+                index += 1
+            yield "atom", text[start:index]
+
+
+def parse_mailboxes(value: str, max_comment_depth: int = DEFAULT_COMMENT_DEPTH) -> MailboxList:
+    """An address list (From, To, Cc, ...) as mailboxes, never raising.
+
+    Groups are flattened into their members; comments are skipped. What is
+    not a clean RFC 5322 address list is kept as far as it can be read and
+    listed in ``problems``, so a caller can decide how much to trust it.
+    """
+    problems: list[str] = []
+    mailboxes: list[Mailbox] = []
+    phrase_domains: list[str] = []
+    current: list[tuple[str, str]] = []
+
+    def flush() -> None:
+        if current:
+            mailbox, phrase_domain, problem = _mailbox(current)
+            if mailbox is not None:
+                mailboxes.append(mailbox)
+            if phrase_domain:
+                phrase_domains.append(phrase_domain)
+            if problem:
+                problems.append(problem)
+            current.clear()
+
+    angle = False
+    for kind, text in _tokens(value, max_comment_depth):
+        if kind == "toodeep":
+            problems.append(f"comments nested deeper than {max_comment_depth}")
+            continue
+        if kind == "unclosed":
+            problems.append(f"unclosed {text}")
+            continue
+        if kind == "special" and not angle:
+            if text == ",":
+                flush()
+                continue
+            if text == ":":
+                if ("special", "@") in current:  # not a group name: an address
+                    problems.append("':' after an address")
+                    flush()
+                else:  # a group's name ends: its members follow
+                    current.clear()
+                continue
+            if text == ";":
+                flush()
+                continue
+        if kind == "special" and text == "<":
+            angle = True
+        elif kind == "special" and text == ">":
+            angle = False
+        current.append((kind, text))
+    flush()
+    return MailboxList(tuple(mailboxes), tuple(dict.fromkeys(problems)),
+                       tuple(dict.fromkeys(phrase_domains)))
+
+
+def _mailbox(tokens: list[tuple[str, str]]) -> tuple[Mailbox | None, str, str]:
+    """One mailbox from its tokens: (mailbox, domain seen in the phrase, problem)."""
+    opens = [i for i, t in enumerate(tokens) if t == ("special", "<")]
+    if opens:
+        start = opens[-1]
+        end = next((i for i in range(start + 1, len(tokens))
+                    if tokens[i] == ("special", ">")), len(tokens))
+        phrase, inner = tokens[:start], tokens[start + 1:end]
+        # A source route (<@a,@b:x@y>) keeps only what follows its colon.
+        if ("special", ":") in inner:
+            inner = inner[len(inner) - inner[::-1].index(("special", ":")):]
+        address = _join(inner)
+        problem = "" if end < len(tokens) else "unclosed <"
+        if len(opens) > 1:
+            problem = "more than one <"
+        phrase_domain = ""
+        if ("special", "@") in phrase:
+            phrase_domain = _domain_after_at(phrase)
+            problem = problem or "unquoted @ in a display name"
+        display = " ".join(text for kind, text in phrase if kind in ("atom", "quoted")
+                           or text == ".")
+        if "@" not in address:
+            return (Mailbox(display, address) if address else None, phrase_domain,
+                    problem or "no addr-spec in <>")
+        return Mailbox(display, address), phrase_domain, problem
+    address = _join(tokens)
+    if not address:
+        return None, "", ""
+    if "@" not in address:
+        return None, "", f"not an address: {address[:40]!r}"
+    if any(kind == "quoted" for kind, _ in tokens[_last_at(tokens):]):
+        return Mailbox("", address), "", "quoted text in a domain"
+    return Mailbox("", address), "", ""
+
+
+def _closing_quote(text: str, index: int) -> int:
+    """Index of the quote closing a quoted string that starts at ``index``."""
+    length = len(text)
+    while index < length:
+        char = text[index]
+        if char == "\\":
+            index += 2
+        elif char == '"':
+            return index
+        else:
+            index += 1
+    return -1
+
+
+def _join(tokens: list[tuple[str, str]]) -> str:
+    out = []
+    for kind, text in tokens:
+        if kind == "quoted":
+            out.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        else:
+            out.append(text)
+    return "".join(out)
+
+
+def _last_at(tokens: list[tuple[str, str]]) -> int:
+    for index in range(len(tokens) - 1, -1, -1):
+        if tokens[index] == ("special", "@"):
+            return index
+    return len(tokens)
+
+
+def _domain_after_at(tokens: list[tuple[str, str]]) -> str:
+    at = _last_at(tokens)
+    domain: list[str] = []
+    for kind, text in tokens[at + 1:]:
+        if kind in ("atom", "literal") or text == ".":
+            domain.append(text)
+        else:
+            break
+    return "".join(domain).strip("[]").rstrip(".").lower()
+
+
+@dataclass(frozen=True)
+class Authors:
+    """Who a message says it is from: every domain a reader may take for the
+    author's (RFC 7489 6.6.1 evaluates each and applies the strictest)."""
+
+    domains: tuple[str, ...]  # lower case, as written (convert with ascii_domain)
+    fields: int  # number of From fields
+    mailboxes: int
+    problems: tuple[str, ...] = ()
+
+
+def author_domains(from_values: list[str],
+                   max_comment_depth: int = DEFAULT_COMMENT_DEPTH) -> Authors:
+    """The author domains of a message from its From field values.
+
+    Every mailbox of every From field counts, and so does a domain written
+    as ``user@domain`` in an unquoted display name, because a reader's MUA
+    may show it as the sender.
+    """
+    domains: list[str] = []
+    problems: list[str] = []
+    count = 0
+    for value in from_values:
+        parsed = parse_mailboxes(value, max_comment_depth)
+        count += len(parsed.mailboxes)
+        domains.extend(m.domain for m in parsed.mailboxes if m.domain)
+        domains.extend(parsed.phrase_domains)
+        problems.extend(parsed.problems)
+    return Authors(tuple(dict.fromkeys(domains)), len(from_values), count,
+                   tuple(dict.fromkeys(problems)))
+
+
+# -- domains ---------------------------------------------------------------------
+
+
+class DomainError(ValueError):
+    """A name that cannot be a DNS domain (RFC 1035 / IDNA)."""
+
+
+def ascii_domain(domain: str) -> str:
+    """The domain in A-labels (``bänk.test`` -> ``xn--bnk-qla.test``), lower
+    case, no trailing dot; raises DomainError when it cannot be a domain name
+    (empty labels, a label over 63 octets, invalid IDNA)."""
+    name = domain.strip().rstrip(".").lower()
+    if not name:
+        raise DomainError("empty domain")
+    if not name.isascii():
+        try:
+            name = idna.encode(name, uts46=True, transitional=False).decode("ascii")
+        except (idna.IDNAError, UnicodeError) as exc:
+            raise DomainError(f"{domain!r} is not a valid internationalised domain: {exc}") \
+                from None
+    labels = name.split(".")
+    if len(name) > 253 or any(not label or len(label) > 63 for label in labels):
+        raise DomainError(f"{domain!r} is not a valid domain name")
+    return name
+
+
+@lru_cache(maxsize=65536)
+def registrable_domain(host: str) -> str:
+    """example.co.uk for mail.example.co.uk, via the public suffix list."""
+    psl = _public_suffix_list()
+    return psl.privatesuffix(host) or host
+
+
+@lru_cache(maxsize=1)
+def _public_suffix_list():
+    from publicsuffixlist import PublicSuffixList
+
+    return PublicSuffixList()
