@@ -60,7 +60,7 @@ def _addresses(values: list[str]) -> str | None:
 
 
 def _default_checks() -> list[str]:
-    return ["headers", "size", "lists", "spf", "dkim", "arc", "dmarc", "sender", "iprev",
+    return ["limits", "headers", "size", "lists", "spf", "dkim", "arc", "dmarc", "sender", "iprev",
             "tls", "bayes", "clamav"]
 
 
@@ -97,6 +97,29 @@ class PipelineSection:
         1024 * 1024, positive, "bytes above which a message spills to a temp file"
     )
     spool_dir: str = setting("", doc="directory for spilled messages (default: system temp)")
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    """How much of a message the parsers look at. Mail beyond a limit is
+    still scored (on what fits) and gets a symbol saying which limit."""
+
+    mime_depth: int = setting(30, positive, "nesting of multipart and message/* parts "
+                              "(deeper parts are not opened: MIME_TOO_DEEP)")
+    mime_parts: int = setting(500, positive, "MIME parts looked at (MIME_TOO_MANY_PARTS)")
+    header_count: int = setting(500, positive, "header fields per header block "
+                                "(HEADERS_TOO_MANY)")
+    header_length: int = setting(16384, positive, "bytes of one header field, folded lines "
+                                 "included (HEADER_TOO_LONG)")
+    mime_parameters: int = setting(64, positive, "parameters of one Content-* field "
+                                   "(MIME_TOO_MANY_PARAMETERS)")
+    encoded_words: int = setting(200, positive, "RFC 2047 encoded words decoded per header "
+                                 "(TOO_MANY_ENCODED_WORDS)")
+    address_comment_depth: int = setting(10, positive, "nesting of (comments) in an address "
+                                         "field (ADDRESS_UNPARSEABLE)")
+    urls: int = setting(1000, positive, "URLs taken from the text (URLS_TOO_MANY)")
+    text_bytes: int = setting(2 * 1024 * 1024, positive, "decoded text of all parts given to "
+                              "the classifier (TEXT_TRUNCATED)")
 
 
 @dataclass(frozen=True)
@@ -257,6 +280,7 @@ SECTIONS: dict[str, type] = {
     "milter": MilterSection,
     "pipeline": PipelineSection,
     "policy": PolicySection,
+    "limits": LimitsSection,
     "lists": ListsSection,
     "size": SizeSection,
     "classifier": ClassifierSection,
@@ -274,6 +298,7 @@ class Config:
     milter: MilterSection = field(default_factory=MilterSection)
     pipeline: PipelineSection = field(default_factory=PipelineSection)
     policy: PolicySection = field(default_factory=PolicySection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
     lists: ListsSection = field(default_factory=ListsSection)
     size: SizeSection = field(default_factory=SizeSection)
     classifier: ClassifierSection = field(default_factory=ClassifierSection)

@@ -47,7 +47,7 @@ class LocalEvaluator:
         self.authserv_id = config.auth.server_id()
 
     def evaluate(self, envelope: Envelope, raw: RawContent) -> Verdict:
-        return self.evaluate_message(Message(envelope, raw))
+        return self.evaluate_message(Message(envelope, raw, self.config.limits))
 
     def startup_problems(self) -> list[str]:
         """What the enabled checks find wrong before the first message."""

@@ -9,8 +9,6 @@ this object.
 from __future__ import annotations
 
 import contextlib
-import email
-import email.policy
 import io
 import os
 import tempfile
@@ -21,9 +19,15 @@ from email.message import Message as EmailMessage
 from pathlib import Path
 from typing import BinaryIO
 
+from gateway import mime
+from gateway.config import LimitsSection
+from gateway.mail import HeaderBlock, parse_header_block
+from gateway.mime import Excess
+
 # Raw messages larger than this spill from memory to a temporary file, so a
 # 25 MB message is held once on disk rather than several times in RAM.
 DEFAULT_SPOOL_THRESHOLD = 1024 * 1024
+DEFAULT_LIMITS = LimitsSection()
 
 
 @dataclass(frozen=True)
@@ -186,18 +190,32 @@ class RawContent:
             self._owned = False
 
 
-class Message:
-    """One message: envelope, raw bytes and a lazily parsed email view."""
+@dataclass(frozen=True)
+class ParseProblem:
+    """A parse limit the message went past: a symbol name and what it saw."""
 
-    def __init__(self, envelope: Envelope, raw: RawContent):
+    symbol: str
+    evidence: str
+
+
+class Message:
+    """One message: envelope, raw bytes, its header fields and a lazily
+    parsed email view, both bounded by ``[limits]``."""
+
+    def __init__(self, envelope: Envelope, raw: RawContent,
+                 limits: LimitsSection | None = None):
         self.envelope = envelope
         self.raw = raw
+        self.limits = limits or DEFAULT_LIMITS
         self._parsed: EmailMessage | None = None
+        self._excess: Excess | None = None
+        self._fields: HeaderBlock | None = None
         self._parse_lock = threading.Lock()
 
     @classmethod
-    def from_bytes(cls, data: bytes, envelope: Envelope | None = None) -> Message:
-        return cls(envelope or Envelope(), RawContent(data=data))
+    def from_bytes(cls, data: bytes, envelope: Envelope | None = None,
+                   limits: LimitsSection | None = None) -> Message:
+        return cls(envelope or Envelope(), RawContent(data=data), limits)
 
     @property
     def size(self) -> int:
@@ -206,23 +224,69 @@ class Message:
     @property
     def email(self) -> EmailMessage:
         """The parsed message (``compat32`` policy: it never raises on broken
-        headers, and defects are recorded on the object instead)."""
+        headers, and defects are recorded on the object instead), within the
+        ``[limits]`` (see :mod:`gateway.mime`)."""
         if self._parsed is None:
             with self._parse_lock:
                 if self._parsed is None:
-                    with self.raw.open() as stream:
-                        self._parsed = email.message_from_binary_file(
-                            stream, policy=email.policy.compat32
-                        )
+                    self._parsed, self._excess = mime.parse(self.raw.chunks(), self.limits)
         return self._parsed
 
+    @property
+    def fields(self) -> HeaderBlock:
+        """The top-level header fields, read from the raw bytes. Unlike the
+        email view, these include obs-syntax fields such as ``From : x``."""
+        if self._fields is None:
+            with self._parse_lock:
+                if self._fields is None:
+                    with self.raw.open() as stream:
+                        self._fields = parse_header_block(
+                            stream, self.limits.header_count, self.limits.header_length)
+        return self._fields
+
     def header(self, name: str) -> str | None:
-        """First value of a header, as a str (undecoded RFC 2047), or None."""
-        value = self.email.get(name)
-        return None if value is None else str(value)
+        """First value of a header field, as a str (undecoded RFC 2047), or None."""
+        wanted = name.lower()
+        return next((f.value for f in self.fields.fields if f.name.lower() == wanted), None)
 
     def headers(self, name: str) -> list[str]:
-        return [str(v) for v in self.email.get_all(name, [])]
+        """Every value of a header field, in order."""
+        wanted = name.lower()
+        return [f.value for f in self.fields.fields if f.name.lower() == wanted]
+
+    def parse_problems(self) -> list[ParseProblem]:
+        """The limits this message went past (parses it if not done yet)."""
+        self.email  # noqa: B018 - the parse fills self._excess
+        assert self._excess is not None
+        excess, limits, block = self._excess, self.limits, self.fields
+        problems: list[ParseProblem] = []
+        if excess.unopened:
+            problems.append(ParseProblem(
+                "MIME_TOO_DEEP", f"{excess.unopened} part(s) nested deeper than "
+                f"{limits.mime_depth} levels not opened"))
+        if excess.dropped_parts:
+            problems.append(ParseProblem(
+                "MIME_TOO_MANY_PARTS", f"{excess.dropped_parts} part(s) beyond the first "
+                f"{limits.mime_parts} not looked at"))
+        dropped = max(excess.dropped_fields, block.too_many)
+        if dropped:
+            problems.append(ParseProblem(
+                "HEADERS_TOO_MANY", f"{dropped} header field(s) beyond {limits.header_count} "
+                "per header block ignored"))
+        long_fields = dict(block.too_long)
+        for name, length in excess.long_fields:
+            long_fields.setdefault(name, length)
+        if long_fields:
+            shown = ", ".join(f"{name} ({length} bytes)"
+                              for name, length in list(long_fields.items())[:5])
+            problems.append(ParseProblem(
+                "HEADER_TOO_LONG", f"cut to {limits.header_length} bytes: {shown}"))
+        if excess.many_parameters:
+            names = ", ".join(dict.fromkeys(excess.many_parameters))
+            problems.append(ParseProblem(
+                "MIME_TOO_MANY_PARAMETERS", f"{names}: cut after {limits.mime_parameters} "
+                "parameters"))
+        return problems
 
     def release(self) -> None:
         self.raw.release()

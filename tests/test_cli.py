@@ -133,8 +133,8 @@ def test_config_check_accepts_a_working_setup(tmp_path: Path, clamd, knot):
     config.write_text(f'[clamav]\nsocket = "{clamd.socket_path}"\n' + dns_config(knot))
     result = gateway("config", "check", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    assert "checks: headers, size, lists, spf, dkim, arc, dmarc, sender, iprev, tls, bayes, " \
-        "clamav" in result.stdout
+    assert "checks: limits, headers, size, lists, spf, dkim, arc, dmarc, sender, iprev, tls, " \
+        "bayes, clamav" in result.stdout
     assert "thresholds: quarantine 6, reject 15" in result.stdout
     assert result.stderr == ""
 

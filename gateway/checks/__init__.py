@@ -20,6 +20,7 @@ from gateway.symbols import Report, Symbol, failure_symbol_name
 
 # name -> "module:Class"; imported on demand so a disabled check costs nothing.
 BUILTIN: dict[str, str] = {
+    "limits": "gateway.checks.limits:LimitsCheck",
     "headers": "gateway.checks.headers:HeaderSanityCheck",
     "size": "gateway.checks.size:SizeCheck",
     "lists": "gateway.checks.lists:ListsCheck",

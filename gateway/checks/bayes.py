@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from gateway.checks import Check, CheckContext
+from gateway.classifier.features import TextStats
 from gateway.classifier.model import BAND_DESCRIPTIONS, BANDS, ModelError, SpamModel, band
 from gateway.classifier.model import load_model as load_model_dir
 from gateway.classifier.store import ModelStore
@@ -110,7 +111,11 @@ class ModelHolder:
 
 class BayesCheck(Check):
     name = "bayes"
-    symbols = BAND_DESCRIPTIONS
+    symbols = {
+        **BAND_DESCRIPTIONS,
+        "URLS_TOO_MANY": "more URLs than [limits] urls; the classifier read the first ones",
+        "TEXT_TRUNCATED": "more text than [limits] text_bytes; the classifier read the start",
+    }
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -119,10 +124,17 @@ class BayesCheck(Check):
 
     def run(self, message: Message, context: CheckContext) -> Report:
         model = self.holder.model  # one model for the whole message
-        probability, log_odds = model.score(message.email)
-        name = band(probability)
+        stats = TextStats()
+        limits = message.limits
+        probability, log_odds = model.score(message.email, limits, stats)
+        found = [self.symbol(band(probability), f"p={probability:.4f}, model {model.version}")]
+        if stats.urls > limits.urls:
+            found.append(self.symbol("URLS_TOO_MANY", f"{stats.urls} URLs, read {limits.urls}"))
+        if stats.truncated:
+            found.append(self.symbol("TEXT_TRUNCATED", f"read the first {limits.text_bytes} "
+                                     "characters of text"))
         return Report(
-            symbols=(self.symbol(name, f"p={probability:.4f}, model {model.version}"),),
+            symbols=tuple(found),
             facts={
                 "spam_probability": probability,
                 "log_odds": log_odds,

@@ -1,10 +1,17 @@
-"""Header sanity: the fields RFC 5322 requires, present once and parseable."""
+"""Header sanity: the fields RFC 5322 requires, present once and parseable.
+
+Address fields are read with :func:`gateway.mail.parse_mailboxes`, which
+never raises; a From that names no mailbox with a domain, or an address
+field nested past ``[limits] address_comment_depth``, is
+``ADDRESS_UNPARSEABLE``: a reader's MUA may still show an author there.
+"""
 
 from __future__ import annotations
 
 from email.utils import parsedate_tz
 
 from gateway.checks import Check, CheckContext
+from gateway.mail import parse_mailboxes
 from gateway.message import Message
 from gateway.symbols import Symbol
 
@@ -18,7 +25,9 @@ class HeaderSanityCheck(Check):
         "INVALID_DATE": "Date header cannot be parsed",
         "MISSING_MESSAGE_ID": "no Message-ID header",
         "MISSING_SUBJECT": "no Subject header",
+        "ADDRESS_UNPARSEABLE": "an address field cannot be read as RFC 5322 addresses",
     }
+    address_fields = ("From", "Sender", "Reply-To", "To", "Cc")
 
     def run(self, message: Message, context: CheckContext) -> list[Symbol]:
         found: list[Symbol] = []
@@ -27,6 +36,9 @@ class HeaderSanityCheck(Check):
             found.append(self.symbol("MISSING_FROM"))
         elif len(senders) > 1:
             found.append(self.symbol("MULTIPLE_FROM", f"{len(senders)} From headers"))
+        unreadable = self._unreadable_addresses(message)
+        if unreadable:
+            found.append(self.symbol("ADDRESS_UNPARSEABLE", "; ".join(unreadable)))
         date = message.header("Date")
         if date is None:
             found.append(self.symbol("MISSING_DATE"))
@@ -37,6 +49,19 @@ class HeaderSanityCheck(Check):
         if message.header("Subject") is None:
             found.append(self.symbol("MISSING_SUBJECT"))
         return found
+
+    def _unreadable_addresses(self, message: Message) -> list[str]:
+        depth = message.limits.address_comment_depth
+        problems: list[str] = []
+        for name in self.address_fields:
+            for value in message.headers(name):
+                parsed = parse_mailboxes(value, depth)
+                deep = [p for p in parsed.problems if p.startswith("comments nested")]
+                if deep:
+                    problems.append(f"{name}: {deep[0]}")
+                elif name == "From" and not any(m.domain for m in parsed.mailboxes):
+                    problems.append(f"From: no address with a domain in {_clip(value, 60)!r}")
+        return problems[:5]
 
 
 def _clip(text: str, limit: int = 80) -> str:

@@ -29,7 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from gateway.classifier.features import FEATURE_VERSION, message_tokens
+from gateway.classifier.features import (
+    DEFAULT_LIMITS,
+    FEATURE_VERSION,
+    TextStats,
+    message_tokens,
+)
+from gateway.config import LimitsSection
 
 FORMAT = "gateway-naive-bayes/1"
 WEIGHTS_FILE = "model.npz"
@@ -112,9 +118,10 @@ class SpamModel:
         e = math.exp(z)
         return e / (1.0 + e)
 
-    def score(self, email_message) -> tuple[float, float]:
+    def score(self, email_message, limits: LimitsSection = DEFAULT_LIMITS,
+              stats: TextStats | None = None) -> tuple[float, float]:
         """(calibrated spam probability, raw log-odds) of a parsed message."""
-        log_odds = self.log_odds(message_tokens(email_message))
+        log_odds = self.log_odds(message_tokens(email_message, limits, stats))
         return self.probability_of(log_odds), log_odds
 
     # -- files -------------------------------------------------------------------

@@ -16,8 +16,6 @@ Steps, all deterministic for a given seed:
 
 from __future__ import annotations
 
-import email
-import email.policy
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +30,7 @@ from gateway.classifier.corpus import Progress, Sample, content_key, read_corpus
 from gateway.classifier.features import FEATURE_VERSION, message_tokens
 from gateway.classifier.metrics import recall_at_fpr, roc_auc, summarize
 from gateway.classifier.model import SpamModel
+from gateway.mime import parse_bytes
 
 log = logging.getLogger("gateway.train")
 
@@ -49,7 +48,7 @@ class Dataset:
 
 
 def tokenize(raw: bytes) -> frozenset[str]:
-    return frozenset(message_tokens(email.message_from_bytes(raw, policy=email.policy.compat32)))
+    return frozenset(message_tokens(parse_bytes(raw)))
 
 
 def load_dataset(ham: Sequence[str | Path], spam: Sequence[str | Path],

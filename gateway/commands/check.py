@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
                 )
                 status = 1
                 continue
-            message = Message.from_bytes(data, envelope_for(args, data))
+            message = Message.from_bytes(data, envelope_for(args, data), config.limits)
             verdict = evaluator.evaluate_message(message)
             if args.json:
                 print(json.dumps(verdict_json(str(path), verdict), ensure_ascii=False))

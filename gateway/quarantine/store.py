@@ -11,8 +11,7 @@ PostgreSQL compresses large values out of line (TOAST); 25 MB is no strain.
 
 from __future__ import annotations
 
-import email
-import email.policy
+import email.message
 import hashlib
 import json
 import socket
@@ -39,7 +38,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.mail import decoded_header
 from gateway.message import Envelope, RawContent
+from gateway.mime import parse_bytes
 from gateway.policy import Verdict
 from gateway.quarantine.schema import events, messages, recipients, symbols
 
@@ -176,8 +177,7 @@ class QuarantineStore:
             action: str | None = None) -> str:
         """Store a message and its record in one committed transaction."""
         data = raw.bytes()
-        head = email.message_from_bytes(data.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n",
-                                        policy=email.policy.compat32)
+        head = parse_bytes(data.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
         identifier = uuid.uuid4().hex[:20]
         stamp = now()
         row = {
@@ -395,8 +395,6 @@ def _header(head: email.message.Message, name: str) -> str | None:
     value = head.get(name)
     if value is None:
         return None
-    from gateway.classifier.features import decoded_header
-
     return " ".join(decoded_header(value).split())[:998]
 
 
