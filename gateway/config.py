@@ -91,8 +91,14 @@ class PipelineSection:
                              "(lower latency with cold DNS caches, more CPU per message)")
     threads: int = setting(32, positive, "threads for parallel checks, and for deciding")
     workers: int = setting(
-        0, non_negative, "worker processes evaluating messages (0 = in the milter)"
+        0, non_negative, "worker processes running the checks (0 = in the milter, where "
+        "the budget cannot stop a check stuck in C code)"
     )
+    max_workers: int = setting(8, positive, "workers the pool may grow to while all are busy")
+    grace: float = setting(2.0, non_negative, "seconds past the budget before a worker still "
+                           "busy with a message is stopped (BUDGET_EXCEEDED)")
+    worker_max_messages: int = setting(10000, non_negative, "messages a worker checks before "
+                                       "it is replaced (0 = never)")
     spool_threshold: int = setting(
         1024 * 1024, positive, "bytes above which a message spills to a temp file"
     )
@@ -232,6 +238,9 @@ class DnsSection:
     lifetime: float = setting(3.0, positive, "seconds one lookup may take in all")
     failure_ttl: float = setting(10.0, positive,
                                  "seconds a DNS failure is remembered (no retry before)")
+    server_down_after: int = setting(
+        2, positive, "distinct names a server must time out on, answering nothing in "
+        "between, before it is probed and, if silent, skipped for failure_ttl")
     cache_size: int = setting(50000, positive, "answers kept in the cache")
 
 

@@ -9,6 +9,11 @@ from typing import Any
 
 SYMBOL_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
+# Symbols of the pipeline itself, beside those of the checks.
+PIPELINE_SYMBOLS: dict[str, str] = {
+    "BUDGET_EXCEEDED": "the checks of this message did not finish within [pipeline] budget",
+}
+
 
 @dataclass(frozen=True)
 class Symbol:

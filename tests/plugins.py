@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import time
 
 from gateway.checks import Check, CheckContext
@@ -61,3 +63,46 @@ class DependentCheck(Check):
     def run(self, message: Message, context: CheckContext) -> list[Symbol]:
         size = context.facts["facts"]["size"]
         return [self.symbol("TEST_SIZE_SEEN", str(size))]
+
+
+class StuckCheck(Check):
+    """Spins in C code (a catastrophic regular expression) on TRIGGER-STUCK:
+    no Python-level timeout can interrupt it, only stopping the process."""
+
+    name = "stuck"
+    symbols = {"TEST_NOT_STUCK": "the stuck check was not triggered"}
+
+    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
+        if b"TRIGGER-STUCK" in message.raw.bytes():
+            re.match(r"(a+)+$", "a" * 64 + "!")
+        return [self.symbol("TEST_NOT_STUCK")]
+
+
+class CrashCheck(Check):
+    """Ends its process on TRIGGER-CRASH, like a crash in a C extension."""
+
+    name = "crash"
+    symbols = {}
+
+    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
+        if b"TRIGGER-CRASH" in message.raw.bytes():
+            os._exit(3)
+        return []
+
+
+class GateCheck(Check):
+    """On a body line ``WAIT-FOR: /path``, waits until that file exists."""
+
+    name = "gate"
+    symbols = {"TEST_GATE_OPENED": "the file the message waited for appeared"}
+
+    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
+        found = re.search(rb"WAIT-FOR: (\S+)", message.raw.bytes())
+        if found is None:
+            return []
+        path = found.group(1).decode()
+        for _ in range(3000):
+            if os.path.exists(path):
+                return [self.symbol("TEST_GATE_OPENED", path)]
+            time.sleep(0.01)
+        return []

@@ -32,7 +32,7 @@ def test_a_check_over_budget_times_out_and_the_rest_still_report():
     started = time.monotonic()
     result = run([SlowCheck, MarkerCheck], b"Subject: x\r\n\r\nTRIGGER-MARKER\r\n", budget=0.3)
     assert time.monotonic() - started < 1.5
-    assert {s.name for s in result.symbols} == {"SLOW_ERROR", "TEST_MARKER"}
+    assert {s.name for s in result.symbols} == {"SLOW_ERROR", "TEST_MARKER", "BUDGET_EXCEEDED"}
     assert result.failed_checks == ["slow"]
     (slow,) = [r for r in result.runs if r.name == "slow"]
     assert slow.status == "timeout"
@@ -53,7 +53,8 @@ def test_dependent_of_a_timed_out_check_is_skipped_not_dropped():
 
     result = run([SlowFacts, DependentCheck], budget=0.2)
     assert {r.name: r.status for r in result.runs} == {"facts": "timeout", "dependent": "skipped"}
-    assert {s.name for s in result.symbols} == {"FACTS_ERROR", "DEPENDENT_ERROR"}
+    assert {s.name for s in result.symbols} == {"FACTS_ERROR", "DEPENDENT_ERROR",
+                                                "BUDGET_EXCEEDED"}
 
 
 def test_io_bound_checks_run_concurrently():
@@ -96,7 +97,7 @@ def test_sequential_pipeline_stops_starting_checks_once_the_budget_is_spent():
     finally:
         pipeline.close()
     assert {r.name: r.status for r in result.runs} == {"slow_first": "ok", "marker": "timeout"}
-    assert [s.name for s in result.symbols] == ["TEST_SLOW_DONE", "MARKER_ERROR"]
+    assert [s.name for s in result.symbols] == ["TEST_SLOW_DONE", "MARKER_ERROR", "BUDGET_EXCEEDED"]
     assert result.failed_checks == ["marker"]
 
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from gateway.config import Config
 from gateway.message import Message
-from gateway.symbols import Report, Symbol, failure_symbol_name
+from gateway.symbols import PIPELINE_SYMBOLS, Report, Symbol, failure_symbol_name
 
 # name -> "module:Class"; imported on demand so a disabled check costs nothing.
 BUILTIN: dict[str, str] = {
@@ -52,6 +52,9 @@ class Check:
     requires: ClassVar[tuple[str, ...]] = ()
     # Checks whose facts are used when they are enabled, but not required.
     wants: ClassVar[tuple[str, ...]] = ()
+    # Waits on the network (DNS, clamd): may run beside others with
+    # [pipeline] parallel = true.
+    io_bound: ClassVar[bool] = False
 
     def __init__(self, config: Config):
         self.config = config
@@ -114,8 +117,9 @@ def resolve_check(spec: str) -> type[Check]:
 
 
 def catalog(check_classes: Iterable[type[Check]]) -> dict[str, str]:
-    """Every symbol the given checks can emit, failure symbols included."""
-    symbols: dict[str, str] = {}
+    """Every symbol the given checks can emit, failure symbols included, and
+    the pipeline's own."""
+    symbols: dict[str, str] = dict(PIPELINE_SYMBOLS)
     for cls in check_classes:
         symbols.update(cls.catalog())
     return symbols

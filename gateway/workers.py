@@ -1,0 +1,318 @@
+"""Worker processes that run the checks, and the hard per-message deadline.
+
+The milter process keeps the MTA-facing side (pymilter) and the policy; the
+checks of each message run in a worker process of their own, which reports
+each check's result back over a pipe as soon as it has one. Two things
+follow:
+
+- both cores work: parsing, the classifier and RSA run beside the milter's
+  protocol work instead of behind one GIL;
+- a message can be stopped. Python cannot interrupt a thread stuck in C
+  code (a regular expression, a decoder), but a process can be killed. A
+  worker still busy ``[pipeline] budget + grace`` seconds after it got a
+  message is killed and replaced; the message is decided on the checks that
+  had finished, plus ``BUDGET_EXCEEDED`` and an ``<CHECK>_ERROR`` for each
+  one that had not, so an attacker who finds a slow path gets a score, not
+  a pass, and other mail is not held up.
+
+The pool keeps ``[pipeline] workers`` processes and grows to
+``max_workers`` while all are busy (the extra ones retire after a minute
+idle), so a few slow messages cannot queue up the rest. A worker that dies
+on its own (a crash in C code, the OOM killer) is replaced, and its message
+is answered 4xx by the milter so the sender retries: nothing is lost.
+
+Workers come from a fork server started with the modules the checks need,
+so a replacement costs a fork and the model load, not a Python start-up;
+the milter process itself never forks (pymilter runs threads).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from gateway.checks import BUILTIN
+from gateway.config import Config
+from gateway.evaluator import Judge
+from gateway.message import Envelope, Message, RawContent
+from gateway.pipeline import CheckRun, Pipeline, assemble, check_classes
+from gateway.policy import Verdict
+from gateway.schema import ConfigError
+from gateway.symbols import Report
+
+log = logging.getLogger("gateway.workers")
+
+# Extra workers beyond [pipeline] workers retire after this long idle.
+IDLE_RETIREMENT = 60.0
+START_TIMEOUT = 120.0  # a worker loads the model and imports the checks
+
+
+class WorkerFailed(RuntimeError):
+    """A worker died with a message in hand (answered as a temporary failure)."""
+
+
+@dataclass(eq=False)
+class Worker:
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    messages: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or 0
+
+    def stop(self, kill: bool = False) -> None:
+        try:
+            if kill:
+                os.kill(self.pid, signal.SIGKILL)
+            else:
+                self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.process.join(timeout=5.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5.0)
+        self.conn.close()
+
+
+class WorkerPool:
+    def __init__(self, config: Config):
+        self.config = config
+        settings = config.pipeline
+        problems: list[str] = []
+        self.checks = check_classes(config, problems)
+        if problems:
+            raise ConfigError(problems)
+        self.judge = Judge(config, self.checks)
+        self.policy = self.judge.policy
+        self.size = settings.workers
+        self.max_size = max(settings.max_workers, settings.workers)
+        self.hard_limit = settings.budget + settings.grace
+        self.max_messages = settings.worker_max_messages
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(_preload(config))
+        self._lock = threading.Condition()
+        self._idle: list[Worker] = []
+        self._workers: set[Worker] = set()
+        self._starting = 0
+        self._closed = False
+        first, self.problems = self._start_worker()  # a broken config stops start-up here
+        self._add_idle(first)
+        for _ in range(self.size - 1):
+            self._grow()
+        self._reaper = threading.Thread(target=self._retire_idle, name="worker-reaper",
+                                        daemon=True)
+        self._reaper.start()
+
+    def startup_problems(self) -> list[str]:
+        return self.problems
+
+    # -- one message --------------------------------------------------------------
+
+    def evaluate(self, envelope: Envelope, raw: RawContent) -> Verdict:
+        worker = self._acquire()
+        runs: dict[str, CheckRun] = {}
+        reports: dict[str, Report] = {}
+        stopped = ""
+        keep: Worker | None = worker
+        try:
+            # A spilled message goes by path, so its bytes are never pickled.
+            data = raw.bytes() if raw.in_memory else None
+            worker.conn.send((envelope, data, str(raw.path) if raw.path else None))
+            deadline = time.monotonic() + self.hard_limit
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not worker.conn.poll(remaining):
+                    stopped = (f"stopped: still running after {self.hard_limit:g}s "
+                               "([pipeline] budget + grace)")
+                    log.warning("message %s: worker %d still busy after %gs, stopped",
+                                envelope.queue_id or "-", worker.pid, self.hard_limit)
+                    keep = None
+                    self._discard(worker, kill=True)
+                    break
+                kind, *payload = worker.conn.recv()
+                if kind == "check":
+                    run, report = payload
+                    runs[run.name] = run
+                    if report is not None:
+                        reports[run.name] = report
+                elif kind == "done":
+                    break
+        except (EOFError, OSError) as exc:
+            keep = None
+            code = self._discard(worker, kill=True)
+            raise WorkerFailed(f"worker {worker.pid} died ({_exit_reason(code)}) while "
+                               f"checking message {envelope.queue_id or '-'}: "
+                               f"{type(exc).__name__}") from None
+        finally:
+            if keep is not None:
+                self._release(keep)
+        result = assemble(self.checks, runs, reports, self.config.pipeline.budget, stopped)
+        return self.judge.verdict(result, envelope)
+
+    # -- the pool -----------------------------------------------------------------
+
+    def _acquire(self) -> Worker:
+        with self._lock:
+            while True:
+                if self._closed:
+                    raise WorkerFailed("the worker pool is shut down")
+                if self._idle:
+                    return self._idle.pop()
+                if not self._starting and len(self._workers) + self._starting < self.max_size:
+                    self._grow()  # whichever comes first: this one or a freed one
+                self._lock.wait(timeout=1.0)
+
+    def _release(self, worker: Worker) -> None:
+        worker.messages += 1
+        if self.max_messages and worker.messages >= self.max_messages:
+            # Recycled like Postfix's max_use: whatever a long life leaks goes.
+            self._discard(worker)
+            return
+        self._add_idle(worker)
+
+    def _add_idle(self, worker: Worker) -> None:
+        with self._lock:
+            worker.idle_since = time.monotonic()
+            self._workers.add(worker)
+            self._idle.append(worker)
+            self._lock.notify()
+
+    def _discard(self, worker: Worker, kill: bool = False) -> int | None:
+        with self._lock:
+            self._workers.discard(worker)
+            if worker in self._idle:
+                self._idle.remove(worker)
+            short = len(self._workers) + self._starting < self.size and not self._closed
+        worker.stop(kill=kill)
+        if short:
+            self._grow()
+        return worker.process.exitcode
+
+    def _grow(self) -> None:
+        """Start one more worker in the background."""
+        with self._lock:
+            self._starting += 1
+        threading.Thread(target=self._start_in_background, name="worker-start",
+                         daemon=True).start()
+
+    def _start_in_background(self) -> None:
+        try:
+            worker, _ = self._start_worker()
+        except Exception:
+            log.exception("could not start a worker process")
+            with self._lock:
+                self._starting -= 1
+                self._lock.notify_all()
+            return
+        with self._lock:
+            self._starting -= 1
+            if self._closed:
+                worker.stop()
+                return
+        self._add_idle(worker)
+
+    def _start_worker(self) -> tuple[Worker, list[str]]:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=_worker_main, args=(child, self.config),
+                                        name="gateway-worker", daemon=True)
+        process.start()
+        child.close()
+        worker = Worker(process, parent)
+        if not parent.poll(START_TIMEOUT):
+            worker.stop(kill=True)
+            raise WorkerFailed(f"a worker did not start within {START_TIMEOUT:g}s")
+        try:
+            kind, payload = parent.recv()
+        except EOFError:
+            code = process.exitcode
+            worker.stop(kill=True)
+            raise WorkerFailed(f"a worker died while starting ({_exit_reason(code)})") from None
+        if kind == "error":
+            worker.stop(kill=True)
+            raise ConfigError(payload)
+        return worker, payload
+
+    def _retire_idle(self) -> None:
+        while not self._closed:
+            time.sleep(IDLE_RETIREMENT / 4)
+            now = time.monotonic()
+            with self._lock:
+                spare = len(self._workers) - self.size
+                retiring = [w for w in self._idle if now - w.idle_since > IDLE_RETIREMENT]
+                retiring = retiring[:max(spare, 0)]
+                for worker in retiring:
+                    self._idle.remove(worker)
+                    self._workers.discard(worker)
+            for worker in retiring:
+                worker.stop()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            workers = list(self._workers)
+            self._workers.clear()
+            self._idle.clear()
+            self._lock.notify_all()
+        for worker in workers:
+            worker.stop()
+
+
+def _worker_main(conn: Connection, config: Config) -> None:
+    """A worker: build the checks once, then run them on message after message."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the milter decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        pipeline = Pipeline.from_config(config)
+    except ConfigError as exc:
+        conn.send(("error", exc.problems))
+        return
+    conn.send(("ready", [p for check in pipeline.checks for p in check.startup_problems()]))
+
+    def report(run: CheckRun, found: Report | None) -> None:
+        conn.send(("check", run, found))
+
+    try:
+        while True:
+            try:
+                request = conn.recv()
+            except EOFError:
+                return  # the milter went away
+            if request is None:
+                return
+            envelope, data, path = request
+            raw = RawContent(data=data) if data is not None else RawContent(path=Path(path))
+            pipeline.run(Message(envelope, raw, config.limits), observer=report)
+            conn.send(("done",))
+    finally:
+        pipeline.close()
+
+
+def _preload(config: Config) -> list[str]:
+    """Modules the fork server imports once, so that each worker is a fork."""
+    modules = ["gateway.workers", "gateway.mime", "gateway.mail"]
+    for spec in config.pipeline.checks:
+        target = BUILTIN.get(spec, spec)
+        modules.append(target.partition(":")[0])
+    return list(dict.fromkeys(modules))
+
+
+def _exit_reason(code: Any) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,125 @@
+"""The worker pool: same verdicts as in-process, a hard deadline that stops
+checks stuck in C code, crashes answered 4xx, and slow messages that do not
+hold up the rest."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Config, PipelineSection
+from gateway.evaluator import LocalEvaluator
+from gateway.message import Envelope, RawContent
+from gateway.schema import ConfigError
+from gateway.workers import WorkerFailed, WorkerPool
+from tests.conftest import FIXTURES, fixture_message
+
+PLAIN = (b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: hello\r\n"
+         b"Date: Tue, 24 Nov 2026 09:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n\r\n")
+ENVELOPE = Envelope(mail_from="alice@example.org", rcpt_to=("bob@example.net",),
+                    queue_id="Q1")
+
+
+def config(*checks: str, **pipeline) -> Config:
+    settings = {"workers": 1, "max_workers": 3, "budget": 1.0, "grace": 0.5, **pipeline}
+    return Config(pipeline=PipelineSection(checks=list(checks), **settings))
+
+
+@pytest.fixture
+def pool_of(request):
+    pools: list[WorkerPool] = []
+
+    def make(cfg: Config) -> WorkerPool:
+        pool = WorkerPool(cfg)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.close()
+
+
+def body(text: str) -> RawContent:
+    return RawContent(data=PLAIN + text.encode() + b"\r\n")
+
+
+def names(verdict) -> list[str]:
+    return [s.name for s in verdict.symbols]
+
+
+def test_workers_give_the_verdict_the_milter_process_gives(pool_of):
+    cfg = config("limits", "headers", "size", "lists", "bayes")
+    local = LocalEvaluator(cfg)
+    try:
+        spam = next((FIXTURES / "corpus" / "spam").iterdir()).read_bytes()
+        for data in (fixture_message("ham_plain.eml"), fixture_message("missing_headers.eml"),
+                     spam):
+            raw = RawContent(data=data)
+            expected = local.evaluate(ENVELOPE, raw)
+            got = pool_of(cfg).evaluate(ENVELOPE, raw)
+            assert got.action == expected.action
+            assert got.score == expected.score
+            assert got.symbols == expected.symbols
+            assert got.facts == expected.facts
+    finally:
+        local.close()
+
+
+def test_a_check_stuck_in_c_code_is_stopped_and_the_message_decided(pool_of):
+    pool = pool_of(config("tests.plugins:MarkerCheck", "tests.plugins:StuckCheck",
+                          "headers"))
+    verdict = pool.evaluate(ENVELOPE, body("TRIGGER-MARKER TRIGGER-STUCK"))
+    got = names(verdict)
+    # The check that finished before is kept; the stuck one and the one after
+    # it did not finish.
+    assert "TEST_MARKER" in got
+    assert {"STUCK_ERROR", "HEADERS_ERROR", "BUDGET_EXCEEDED"} <= set(got)
+    assert set(verdict.failed_checks) == {"stuck", "headers"}
+    budget = next(s for s in verdict.symbols if s.name == "BUDGET_EXCEEDED")
+    assert "stuck, headers" in budget.evidence
+    # A new worker takes the next message.
+    after = pool.evaluate(ENVELOPE, body("nothing special"))
+    assert "TEST_NOT_STUCK" in names(after)
+    assert after.failed_checks == ()
+
+
+def test_a_worker_that_dies_makes_the_message_a_temporary_failure(pool_of):
+    pool = pool_of(config("tests.plugins:CrashCheck", "headers"))
+    with pytest.raises(WorkerFailed, match=r"died \(exit code 3\) while checking message Q1"):
+        pool.evaluate(ENVELOPE, body("TRIGGER-CRASH"))
+    assert pool.evaluate(ENVELOPE, body("fine")).failed_checks == ()
+
+
+def test_slow_messages_do_not_hold_up_the_others(pool_of, tmp_path: Path):
+    pool = pool_of(config("tests.plugins:GateCheck", budget=30.0, max_workers=4))
+    gate = tmp_path / "open"
+    with ThreadPoolExecutor(4) as threads:
+        slow = [threads.submit(pool.evaluate, ENVELOPE, body(f"WAIT-FOR: {gate}"))
+                for _ in range(2)]
+        # With one worker kept warm and both busy, the pool grows for this one.
+        quick = pool.evaluate(ENVELOPE, body("no waiting"))
+        assert quick.failed_checks == ()
+        assert not any(f.done() for f in slow)
+        gate.touch()
+        assert all("TEST_GATE_OPENED" in names(f.result(timeout=30)) for f in slow)
+
+
+def test_many_messages_at_once_all_get_a_verdict(pool_of):
+    pool = pool_of(config("limits", "headers", workers=2, max_workers=2))
+    barrier = threading.Barrier(8)
+
+    def one(index: int):
+        barrier.wait()
+        return pool.evaluate(ENVELOPE, body(f"message {index}"))
+
+    with ThreadPoolExecutor(8) as threads:
+        verdicts = list(threads.map(one, range(8)))
+    assert all(v.failed_checks == () for v in verdicts)
+
+
+def test_a_broken_check_stops_start_up_with_its_problem():
+    with pytest.raises(ConfigError, match="unknown check 'nope'"):
+        WorkerPool(config("headers", "nope"))
