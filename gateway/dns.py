@@ -3,10 +3,23 @@
 - a positive cache, honouring TTLs (capped);
 - a negative cache for NXDOMAIN and "no such record", for the SOA minimum
   (capped), so a domain without DMARC is not asked again for every message;
-- a failure cache: a lookup that timed out or got SERVFAIL is answered
-  "temporary failure" at once for a few seconds, and a server that timed out
-  is skipped for a few seconds, so a dead DNS server costs one timeout, not
-  one per lookup per message.
+- a failure cache, per name: a lookup that timed out or got SERVFAIL is
+  answered "temporary failure" at once for ``failure_ttl`` seconds. One
+  sender domain whose name servers never answer costs one timeout per name,
+  and never makes other names fail.
+
+A DNS server itself is only taken for dead when it has timed out on
+``server_down_after`` distinct names without answering anything in between
+and then does not answer a probe (``. NS``, which any live server answers at
+once, even if only with REFUSED): then it is skipped for ``failure_ttl``
+seconds, so a dead server costs a few timeouts, not one per lookup per
+message. A live recursive resolver that is slow on some domains is never
+skipped.
+
+Names are converted to A-labels (IDNA, UTS #46) before they are asked for; a
+name that cannot exist in the DNS (an empty label, a label over 63 octets,
+invalid IDNA) is :class:`InvalidName`, a kind of NXDOMAIN: permanent, never
+a temporary failure.
 
 Answers are plain Python values (strings, tuples), easy to hand to pyspf and
 dkimpy. Lookups never apply the resolv.conf search list.
@@ -14,25 +27,32 @@ dkimpy. Lookups never apply the resolv.conf search list.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.query
 import dns.rcode
 import dns.rdatatype
 import dns.resolver
+import idna
 
 from gateway.config import Config, DnsSection
+
+log = logging.getLogger("gateway.dns")
 
 MAX_POSITIVE_TTL = 3600
 MAX_NEGATIVE_TTL = 900
 DEFAULT_NEGATIVE_TTL = 300
+MAX_NAME_LENGTH = 253  # RFC 1035 2.3.4, without the final dot
+MAX_LABEL_LENGTH = 63
 
 
 class DnsError(Exception):
@@ -43,12 +63,40 @@ class NxDomain(DnsError):
     """The name does not exist."""
 
 
+class InvalidName(NxDomain):
+    """The name cannot exist in the DNS: no query is sent."""
+
+
 class NoRecords(DnsError):
     """The name exists but has no records of this type."""
 
 
 class DnsTempError(DnsError):
     """No answer now (timeout, SERVFAIL, REFUSED): try again later."""
+
+
+def dns_name(name: str) -> str:
+    """``name`` as asked for: A-labels, lower case, no final dot; raises
+    InvalidName when it cannot be a DNS name. Labels that are already ASCII
+    are kept as they are (``_dmarc``, ``_domainkey`` are not hostnames)."""
+    text = name.rstrip(".").lower()
+    if not text.isascii():
+        try:
+            text = idna.uts46_remap(text, std3_rules=False, transitional=False)
+            text = ".".join(label if label.isascii() else idna.alabel(label).decode("ascii")
+                            for label in text.rstrip(".").split("."))
+        except (idna.IDNAError, UnicodeError, ValueError) as exc:
+            raise InvalidName(f"{name!r} is not a valid domain name: {exc}") from None
+    if not text:
+        raise InvalidName("empty domain name")
+    if len(text) > MAX_NAME_LENGTH:
+        raise InvalidName(f"{text[:60]}...: longer than {MAX_NAME_LENGTH} octets")
+    for label in text.split("."):
+        if not label:
+            raise InvalidName(f"{text!r}: empty label")
+        if len(label) > MAX_LABEL_LENGTH:
+            raise InvalidName(f"{text[:60]!r}: a label longer than {MAX_LABEL_LENGTH} octets")
+    return text
 
 
 @dataclass(frozen=True)
@@ -58,29 +106,47 @@ class _Entry:
     error: DnsError | None
 
 
+@dataclass
+class _ServerHealth:
+    # Names this server timed out on since it last answered, and when.
+    silent_names: dict[str, float] = field(default_factory=dict)
+    down_until: float = 0.0
+    # Marked down before and not heard from since: the next timeout probes.
+    suspect: bool = False
+    probing: bool = False
+
+
 class Resolver:
     def __init__(self, settings: DnsSection):
         self.settings = settings
-        self._resolver = dns.resolver.Resolver(configure=not settings.nameservers)
-        if settings.nameservers:
-            self._resolver.nameservers = list(settings.nameservers)
-        self._resolver.port = settings.port
-        self._resolver.timeout = settings.timeout
-        self._resolver.lifetime = settings.lifetime
-        self._resolver.search = []
-        self._resolver.use_search_by_default = False
+        configured = dns.resolver.Resolver(configure=not settings.nameservers)
+        servers = list(settings.nameservers) or [str(s) for s in configured.nameservers]
+        self.servers: tuple[str, ...] = tuple(servers)
+        # One dnspython resolver per server, so that a timeout is known to be
+        # that server's and a dead server can be skipped.
+        self._resolvers: dict[str, dns.resolver.Resolver] = {}
+        for server in self.servers:
+            resolver = dns.resolver.Resolver(configure=False)
+            resolver.nameservers = [server]
+            resolver.port = settings.port
+            resolver.timeout = settings.timeout
+            resolver.lifetime = settings.lifetime
+            resolver.search = []
+            resolver.use_search_by_default = False
+            self._resolvers[server] = resolver
+        self._health = {server: _ServerHealth() for server in self.servers}
         self._cache: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._lock = threading.Lock()
-        self._server_down_until = 0.0
         self.queries = 0  # lookups that went to the network (for tests and benchmarks)
 
     # -- public API ------------------------------------------------------------------
 
     def lookup(self, name: str, rdtype: str) -> tuple[Any, ...]:
-        """Records of ``rdtype`` at ``name``; raises NxDomain, NoRecords or
-        DnsTempError. TXT records come back as str (strings joined), MX as
-        (preference, host), A/AAAA/PTR/CNAME/NS as str."""
-        key = (name.lower().rstrip("."), rdtype)
+        """Records of ``rdtype`` at ``name``; raises NxDomain (InvalidName for
+        a name that cannot exist), NoRecords or DnsTempError. TXT records
+        come back as str (strings joined), MX as (preference, host),
+        A/AAAA/PTR/CNAME/NS as str."""
+        key = (dns_name(name), rdtype)
         now = time.monotonic()
         with self._lock:
             entry = self._cache.get(key)
@@ -89,15 +155,13 @@ class Resolver:
                 if entry.error is not None:
                     raise entry.error
                 return entry.values or ()
-            if now < self._server_down_until:
-                raise DnsTempError(f"{key[0]}/{rdtype}: DNS server not answering "
-                                   "(recent timeout)")
         entry = self._query(key[0], rdtype)
-        with self._lock:
-            self._cache[key] = entry
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.settings.cache_size:
-                self._cache.popitem(last=False)
+        if entry.expires > now:
+            with self._lock:
+                self._cache[key] = entry
+                self._cache.move_to_end(key)
+                while len(self._cache) > self.settings.cache_size:
+                    self._cache.popitem(last=False)
         if entry.error is not None:
             raise entry.error
         return entry.values or ()
@@ -118,38 +182,114 @@ class Resolver:
             raise missing
         return found
 
+    def servers_down(self) -> list[str]:
+        """The servers being skipped now (for tests and logs)."""
+        now = time.monotonic()
+        with self._lock:
+            return [s for s, h in self._health.items() if h.down_until > now]
+
     # -- the network -------------------------------------------------------------------
 
     def _query(self, name: str, rdtype: str) -> _Entry:
+        started = time.monotonic()
+        with self._lock:
+            live = [s for s in self.servers if self._health[s].down_until <= started]
+        if not live:
+            # Not cached: the name is not to blame, and the server may be back soon.
+            return _Entry(started, None, DnsTempError(
+                f"{name}/{rdtype}: DNS server {', '.join(self.servers)} not answering "
+                "(skipped after timeouts on several names)"))
         self.queries += 1
-        now = time.monotonic()
-        try:
-            answer = self._resolver.resolve(name, rdtype, search=False,
-                                            raise_on_no_answer=False)
-        except dns.resolver.NXDOMAIN as exc:
-            ttl = _negative_ttl(exc.response(exc.qnames()[0]) if exc.qnames() else None)
-            return _Entry(now + ttl, None, NxDomain(f"{name}: no such domain"))
-        except dns.resolver.LifetimeTimeout:
+        deadline = started + self.settings.lifetime
+        problems: list[str] = []
+        for index, server in enumerate(live):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # Each server but the last gets one timeout; the last what is left.
+            wait = remaining if index == len(live) - 1 else min(self.settings.timeout, remaining)
+            try:
+                answer = self._resolvers[server].resolve(
+                    name, rdtype, search=False, raise_on_no_answer=False, lifetime=wait)
+            except dns.resolver.NXDOMAIN as exc:
+                self._answered(server)
+                ttl = _negative_ttl(exc.response(exc.qnames()[0]) if exc.qnames() else None)
+                return _Entry(time.monotonic() + ttl, None, NxDomain(f"{name}: no such domain"))
+            except dns.resolver.LifetimeTimeout:
+                self._timed_out(server, name)
+                problems.append("DNS timeout")
+                continue
+            except dns.resolver.NoNameservers as exc:
+                self._answered(server)  # it answered, with SERVFAIL or REFUSED
+                problems.append(_why(exc))
+                continue
+            except (dns.exception.DNSException, OSError) as exc:
+                problems.append(f"{type(exc).__name__}: {exc}")
+                continue
+            self._answered(server)
+            now = time.monotonic()
+            if answer.rrset is None:
+                ttl = _negative_ttl(answer.response)
+                return _Entry(now + ttl, None, NoRecords(f"{name}: no {rdtype} records"))
+            values = tuple(_value(rdata, rdtype) for rdata in answer.rrset)
+            ttl = min(max(answer.rrset.ttl, 0), MAX_POSITIVE_TTL)
+            return _Entry(now + ttl, values, None)
+        why = problems[-1] if problems else "DNS timeout"
+        return _Entry(time.monotonic() + self.settings.failure_ttl, None,
+                      DnsTempError(f"{name}/{rdtype}: {why}"))
+
+    # -- server health -----------------------------------------------------------------
+
+    def _answered(self, server: str) -> None:
+        health = self._health[server]
+        if health.silent_names or health.suspect:
             with self._lock:
-                self._server_down_until = time.monotonic() + self.settings.failure_ttl
-            return _Entry(now + self.settings.failure_ttl, None,
-                          DnsTempError(f"{name}/{rdtype}: DNS timeout"))
-        except dns.resolver.NoNameservers as exc:
-            return _Entry(now + self.settings.failure_ttl, None,
-                          DnsTempError(f"{name}/{rdtype}: {_why(exc)}"))
-        except (dns.exception.DNSException, OSError) as exc:
-            return _Entry(now + self.settings.failure_ttl, None,
-                          DnsTempError(f"{name}/{rdtype}: {type(exc).__name__}: {exc}"))
-        if answer.rrset is None:
-            ttl = _negative_ttl(answer.response)
-            return _Entry(now + ttl, None, NoRecords(f"{name}: no {rdtype} records"))
-        values = tuple(_value(rdata, rdtype) for rdata in answer.rrset)
-        ttl = min(max(answer.rrset.ttl, 0), MAX_POSITIVE_TTL)
-        return _Entry(now + ttl, values, None)
+                health.silent_names.clear()
+                health.suspect = False
+
+    def _timed_out(self, server: str, name: str) -> None:
+        now = time.monotonic()
+        window = self.settings.failure_ttl
+        health = self._health[server]
+        with self._lock:
+            health.silent_names[name] = now
+            for old in [n for n, when in health.silent_names.items() if when < now - window]:
+                del health.silent_names[old]
+            needed = 1 if health.suspect else self.settings.server_down_after
+            if health.probing or len(health.silent_names) < needed:
+                return
+            health.probing = True
+        alive = True
+        try:
+            alive = self._probe(server)
+        finally:
+            with self._lock:
+                health.probing = False
+                health.silent_names.clear()
+                if alive:
+                    health.suspect = False
+                else:
+                    health.down_until = time.monotonic() + window
+                    health.suspect = True
+        if not alive:
+            log.warning("DNS server %s did not answer on several names nor a probe; "
+                        "skipping it for %gs", server, window)
+
+    def _probe(self, server: str) -> bool:
+        """Whether the server answers at all: any reply counts, REFUSED included."""
+        query = dns.message.make_query(".", "NS")
+        try:
+            dns.query.udp(query, server, timeout=self.settings.timeout,
+                          port=self.settings.port)
+        except (dns.exception.DNSException, OSError):
+            return False
+        return True
 
 
 def _value(rdata: Any, rdtype: str) -> Any:
     if rdtype in ("TXT", "SPF"):
+        # RFC 6376 3.6.2.2 / RFC 7208 3.3: the strings of one record are
+        # joined with nothing between them.
         return b"".join(rdata.strings).decode("utf-8", "replace")
     if rdtype == "MX":
         return (rdata.preference, rdata.exchange.to_text(omit_final_dot=True).lower())

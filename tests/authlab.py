@@ -153,6 +153,8 @@ def build_zones(keys: Keys) -> list[Zone]:
                    spf="v=spf1 a:v1.void.test a:v2.void.test a:v3.void.test -all"),
         dmarc_zone("forwarder.test", None, spf=f"v=spf1 ip4:{OTHER_IP} -all")
         .txt("arc._domainkey", keys.arc.record()),
+        # An internationalised domain: bänk.test in A-labels, p=reject.
+        dmarc_zone("xn--bnk-qla.test", "v=DMARC1; p=reject", spf=f"v=spf1 ip4:{GOOD_IP} -all"),
         # Sender verification
         Zone("nullmx.test").add("@", "MX", "0 .").txt("@", "v=spf1 -all"),
         Zone("nomail.test").txt("@", "just a TXT record"),

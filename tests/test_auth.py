@@ -515,6 +515,27 @@ def test_broken_dns_gives_temperrors_within_the_budget(check, keys, mode):
         started = time.monotonic()
         check(raw.replace(b"dns", b"again"), port=broken.port)
         assert time.monotonic() - started < 0.5  # failures are cached: no second timeout
+        started = time.monotonic()
+        other = check(message(from_header="n@nodmarc.test", subject=f"other {mode}"),
+                      mail_from="n@nodmarc.test", port=broken.port)
+        assert time.monotonic() - started < 0.5  # a dead server is skipped, or fails at once
+        assert spf(other) == "temperror"
+
+
+def test_one_slow_sender_domain_does_not_make_other_mail_wait(check, knot):
+    """A domain whose name servers never answer (behind a resolver that
+    answers everything else) costs its own messages a timeout, and nobody
+    else anything."""
+    with FaultServer("drop", names=("slow.test",), upstream=knot.port) as dns:
+        slow = check(message(from_header="x@slow.test", subject="from the slow domain"),
+                     mail_from="x@slow.test", port=dns.port)
+        assert spf(slow) == "temperror"
+        assert slow.action == "tempfail"  # its sender domain could not be verified
+        for index in range(3):
+            started = time.monotonic()
+            good = check(message(subject=f"right after the slow one {index}"), port=dns.port)
+            assert (spf(good), dmarc(good), good.action) == ("pass", "pass", "accept")
+            assert time.monotonic() - started < 0.5
 
 
 def test_pipelines_with_other_dns_servers_do_not_mix(check):

@@ -250,32 +250,9 @@ def test_openspf_vector(zones, scenario: Scenario, name: str):
 
 # Each scenario's cases in order, as messages through one check and its one
 # resolver, as the milter runs them: caching across messages must change no result.
-# Scenarios where one case's lookup times out and the cases after it differ:
-CACHE_MISSES = {
-    (suite, description): (
-        "gateway bug (gateway/dns.py): one lookup that times out marks the whole DNS server "
-        "as down for failure_ttl, so every later lookup of any name is a temperror at once; "
-        "after the case whose include: or exp= target does not answer, the next cases' SPF "
-        "records, which the server does answer, are never asked for")
-    for suite in SUITES
-    for description in ("Include mechanism semantics and syntax",
-                        "Semantics of exp and other modifiers")
-}
-
-
-class ServerMarkedDown(AssertionError):
-    """Every case that differed got a temperror because of an earlier timeout."""
-
-
-def scenario_param(scenario: Scenario):
-    reason = CACHE_MISSES.get((scenario.suite, scenario.description))
-    marks = [pytest.mark.xfail(reason=reason, raises=ServerMarkedDown, strict=True)] \
-        if reason else []
-    return pytest.param(scenario, id=f"{scenario.suite}:{scenario.description}", marks=marks)
-
-
-@pytest.mark.parametrize("scenario", [scenario_param(scenario) for suite in SUITES
-                                      for scenario in SCENARIOS[suite]])
+@pytest.mark.parametrize("scenario", [
+    pytest.param(scenario, id=f"{scenario.suite}:{scenario.description}")
+    for suite in SUITES for scenario in SCENARIOS[suite]])
 def test_openspf_scenario_through_one_resolver(zones, scenario: Scenario):
     zones.zone = scenario.zone
     check = spf_check(zones.port)
@@ -286,6 +263,4 @@ def test_openspf_scenario_through_one_resolver(zones, scenario: Scenario):
         facts = run_case(check, case)
         if facts["result"] not in expected_results(case):
             differ[name] = (facts["result"], expected_results(case), facts["explanation"])
-    if differ and all("(recent timeout)" in why for _, _, why in differ.values()):
-        raise ServerMarkedDown(differ)
     assert not differ

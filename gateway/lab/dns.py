@@ -174,17 +174,38 @@ class _UdpServer:
 
 
 class FaultServer(_UdpServer):
-    """Answers every UDP query according to ``mode``: "drop", "delay",
-    "servfail", "refused" or "truncate" (TC bit, and no TCP service)."""
+    """Answers UDP queries according to ``mode``: "drop", "delay",
+    "servfail", "refused" or "truncate" (TC bit, and no TCP service).
 
-    def __init__(self, mode: str = "drop", delay: float = 2.0):
+    With ``names`` (domains; their subdomains included), only queries for
+    those names misbehave; the others are passed to the server on
+    ``upstream`` (a port on 127.0.0.1, e.g. a :class:`KnotServer`'s) and its
+    reply is relayed: one slow domain on an otherwise healthy resolver."""
+
+    def __init__(self, mode: str = "drop", delay: float = 2.0,
+                 names: tuple[str, ...] = (), upstream: int | None = None):
         super().__init__()
         self.mode = mode
         self.delay = delay
+        self.names = tuple(n.lower().rstrip(".") for n in names)
+        self.upstream = upstream
+        self.asked: list[str] = []  # the names queried, in order
+
+    def misbehaves_on(self, qname: str) -> bool:
+        name = qname.lower().rstrip(".")
+        return not self.names or any(name == n or name.endswith("." + n) for n in self.names)
 
     def answer(self, request):
-        from dnslib import RCODE
+        from dnslib import RCODE, DNSRecord
 
+        self.asked.append(str(request.q.qname))
+        if not self.misbehaves_on(str(request.q.qname)):
+            if self.upstream is None:
+                reply = request.reply()
+                reply.header.rcode = RCODE.REFUSED
+                return reply
+            data = request.send("127.0.0.1", self.upstream, timeout=2.0)
+            return DNSRecord.parse(data)
         if self.mode == "drop":
             return None
         if self.mode == "delay":
