@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from gateway.schema import ConfigError
+from gateway.terminal import printable
 
 log = logging.getLogger("gateway")
 
@@ -23,16 +25,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
+    except BrokenPipeError:
+        return _reader_went_away()
     except ConfigError as exc:
         for line in exc.problems:
-            print(f"gateway: {line}", file=sys.stderr)
+            print(printable(f"gateway: {line}"), file=sys.stderr)
         return 2
     except UsageError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
+        print(printable(f"gateway: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+SIGPIPE_STATUS = 128 + 13
+
+
+def _reader_went_away() -> int:
+    """``gateway quarantine list | head``: the reader closed the pipe.
+
+    Exit quietly, with the status a shell reports for a program ended by
+    SIGPIPE. Output still buffered would fail again when Python flushes it at
+    exit, so stdout is pointed at /dev/null first (the recipe in the Python
+    documentation of the signal module).
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (tests)
+        pass
+    return SIGPIPE_STATUS
 
 
 def build_parser() -> argparse.ArgumentParser:

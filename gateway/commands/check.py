@@ -7,7 +7,6 @@ Prints the verdict and a table of symbols with scores and reasons, or with
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterator
 from email.utils import parseaddr
@@ -18,6 +17,7 @@ from gateway.commands.common import config_from, setup_logging
 from gateway.evaluator import LocalEvaluator
 from gateway.message import Envelope, Message
 from gateway.policy import Verdict
+from gateway.terminal import dumps, printable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,22 +45,21 @@ def main(args: argparse.Namespace) -> int:
         if Path(name).exists():
             existing.append(name)
         else:
-            print(f"gateway: {name}: no such file or directory", file=sys.stderr)
+            print(printable(f"gateway: {name}: no such file or directory"), file=sys.stderr)
             status = 1
     try:
         for path in message_files(existing):
             try:
                 data = path.read_bytes()
             except OSError as exc:
-                print(
-                    f"gateway: {path}: cannot read message: {exc.strerror or exc}", file=sys.stderr
-                )
+                print(printable(f"gateway: {path}: cannot read message: {exc.strerror or exc}"),
+                      file=sys.stderr)
                 status = 1
                 continue
             message = Message.from_bytes(data, envelope_for(args, data), config.limits)
             verdict = evaluator.evaluate_message(message)
             if args.json:
-                print(json.dumps(verdict_json(str(path), verdict), ensure_ascii=False))
+                print(dumps(verdict_json(str(path), verdict)))
             else:
                 print_verdict(str(path), verdict)
     finally:
@@ -111,18 +110,23 @@ def verdict_json(file: str, verdict: Verdict) -> dict[str, Any]:
 
 
 def print_verdict(file: str, verdict: Verdict) -> None:
-    print(
+    # Reasons and evidence quote the message (an invalid Date header, an
+    # address): every line goes through printable().
+    def line(text: str) -> None:
+        print(printable(text))
+
+    line(
         f"{file}: {verdict.action.upper()} (score {verdict.score:g}, "
         f"required {verdict.required:g}; {verdict.reason})"
     )
     if verdict.reply:
-        print(f"  SMTP reply: {verdict.reply}")
+        line(f"  SMTP reply: {verdict.reply}")
     if verdict.failed_checks:
-        print(f"  failed checks: {', '.join(verdict.failed_checks)}")
+        line(f"  failed checks: {', '.join(verdict.failed_checks)}")
     if not verdict.symbols:
-        print("  no symbols")
+        line("  no symbols")
         return
     width = max(len(s.name) for s in verdict.symbols)
     for symbol in sorted(verdict.symbols, key=lambda s: (-abs(s.score), s.name)):
         why = symbol.description + (f" ({symbol.evidence})" if symbol.evidence else "")
-        print(f"  {symbol.name:<{width}} {symbol.score:>7.2f}  {why}")
+        line(f"  {symbol.name:<{width}} {symbol.score:>7.2f}  {why}")

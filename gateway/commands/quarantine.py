@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +18,7 @@ from gateway.quarantine.store import (
     QuarantineStore,
     Record,
 )
+from gateway.terminal import dumps, printable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     show = commands.add_parser("show", help="headers, verdict, symbols and history of one")
     show.add_argument("id", help="quarantine id, or the Postfix queue id")
     show.add_argument("--json", action="store_true")
-    show.add_argument("--raw", action="store_true", help="print the original message")
+    show.add_argument("--raw", action="store_true",
+                      help="print the original message, byte for byte (to a pipe or file; "
+                           "a terminal needs --force)")
+    show.add_argument("--force", action="store_true",
+                      help="with --raw: write the raw bytes even to a terminal")
     show.set_defaults(handler=show_main)
 
     send = commands.add_parser("release", help="deliver to the original recipients")
@@ -91,15 +95,16 @@ def list_main(args: argparse.Namespace) -> int:
                                  symbol=args.symbol, since=args.since, until=args.until,
                                  action=args.action, state=args.state, limit=args.limit))
     if args.json:
-        print(json.dumps([r.as_dict() for r in records], indent=2, ensure_ascii=False))
+        print(dumps([r.as_dict() for r in records], indent=2))
         return 0
     if not records:
         print("no messages")
     for r in records:
         names = ",".join(s["name"] for s in r.symbols)
-        print(f"{r.id}  {r.created:%Y-%m-%d %H:%M}  {r.state:<8} {r.action:<10} "
-              f"{r.score:6.1f}  {r.sender or '<>'} -> {','.join(r.recipients)}  "
-              f"{(r.subject or '')[:50]!r}  [{names}]")
+        print(printable(
+            f"{r.id}  {r.created:%Y-%m-%d %H:%M}  {r.state:<8} {r.action:<10} "
+            f"{r.score:6.1f}  {r.sender or '<>'} -> {','.join(r.recipients)}  "
+            f"\"{(r.subject or '')[:50]}\"  [{names}]"))
     return 0
 
 
@@ -110,36 +115,48 @@ def show_main(args: argparse.Namespace) -> int:
         raw = store.raw(record.id)
         if raw is None:
             raise UsageError(f"{record.id}: {record.state}, its content is gone")
+        if sys.stdout.isatty() and not args.force:
+            # The bytes are the sender's: escape sequences in them would reach
+            # the terminal as they are. Like less(1) on a binary file, ask first.
+            raise UsageError(f"{record.id}: --raw writes the sender's bytes unescaped; "
+                             "send them to a pipe or file (| less, > msg.eml), or add --force")
+        sys.stdout.flush()
         sys.stdout.buffer.write(raw)
         return 0
     if args.json:
-        print(json.dumps(record.as_dict(), indent=2, ensure_ascii=False))
+        print(dumps(record.as_dict(), indent=2))
         return 0
     print_record(record)
     return 0
 
 
 def print_record(r: Record) -> None:
-    print(f"id:          {r.id}   (queue id {r.queue_id or '-'}, node {r.node})")
-    print(f"state:       {r.state}   action: {r.action}   held: {r.created:%Y-%m-%d %H:%M:%S %Z}")
-    print(f"verdict:     score {r.score:g} (required {r.required:g}): {r.reason}")
+    # Every line goes through printable(): headers, envelope, client names,
+    # evidence and history details come from the sender, and one of them
+    # must not be able to clear the screen or fake a "state:" line.
+    def line(text: str) -> None:
+        print(printable(text))
+
+    line(f"id:          {r.id}   (queue id {r.queue_id or '-'}, node {r.node})")
+    line(f"state:       {r.state}   action: {r.action}   held: {r.created:%Y-%m-%d %H:%M:%S %Z}")
+    line(f"verdict:     score {r.score:g} (required {r.required:g}): {r.reason}")
     if r.failed_checks:
-        print(f"not run:     {', '.join(r.failed_checks)}")
-    print(f"envelope:    MAIL FROM:<{r.sender}>  RCPT TO: {', '.join(r.recipients)}")
-    print(f"client:      {r.client_name or '-'} [{r.client_ip or '-'}]  HELO {r.helo or '-'}")
+        line(f"not run:     {', '.join(r.failed_checks)}")
+    line(f"envelope:    MAIL FROM:<{r.sender}>  RCPT TO: {', '.join(r.recipients)}")
+    line(f"client:      {r.client_name or '-'} [{r.client_ip or '-'}]  HELO {r.helo or '-'}")
     for label, value in (("From", r.header_from), ("To", r.header_to),
                          ("Subject", r.subject), ("Date", r.header_date),
                          ("Message-ID", r.message_id)):
-        print(f"{label + ':':<13}{value or '-'}")
-    print(f"size:        {r.size} bytes, sha256 {r.sha256[:16]}…")
-    print("symbols:")
+        line(f"{label + ':':<13}{value or '-'}")
+    line(f"size:        {r.size} bytes, sha256 {r.sha256[:16]}…")
+    line("symbols:")
     for s in sorted(r.symbols, key=lambda s: -abs(s["score"])):
         evidence = f" ({s['evidence']})" if s["evidence"] else ""
-        print(f"  {s['name']:<22} {s['score']:>7.2f}  {s['description']}{evidence}")
-    print("history:")
+        line(f"  {s['name']:<22} {s['score']:>7.2f}  {s['description']}{evidence}")
+    line("history:")
     for e in r.events:
         detail = f": {e.detail}" if e.detail else ""
-        print(f"  {e.time:%Y-%m-%d %H:%M:%S}  {e.action} by {e.actor}{detail}")
+        line(f"  {e.time:%Y-%m-%d %H:%M:%S}  {e.action} by {e.actor}{detail}")
 
 
 def release_main(args: argparse.Namespace) -> int:
@@ -152,7 +169,7 @@ def release_main(args: argparse.Namespace) -> int:
                            timeout=config.release.timeout)
     except ReleaseError as exc:
         raise UsageError(f"release: {exc}") from None
-    print(f"{record.id}: released to {', '.join(accepted)}")
+    print(printable(f"{record.id}: released to {', '.join(accepted)}"))
     return 0
 
 
