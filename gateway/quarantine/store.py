@@ -42,6 +42,7 @@ from gateway.mail import decoded_header
 from gateway.message import Envelope, RawContent
 from gateway.mime import parse_bytes
 from gateway.policy import Verdict
+from gateway.quarantine.files import make_private
 from gateway.quarantine.schema import events, messages, recipients, symbols
 
 STATES = ("held", "released", "deleted", "expired")
@@ -367,7 +368,7 @@ def _engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if str(path) not in ("", ":memory:"):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_private(path)  # 0700 directory, 0600 files, before SQLite creates any
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
