@@ -55,7 +55,8 @@ def parse_header_block(lines: Iterable[bytes], max_fields: int,
 
     Like Postfix and unlike Python's ``compat32`` parser, a field name may be
     followed by white space before the colon (RFC 5322 obs-syntax:
-    ``From : x``): MUAs show such a field, so the checks must see it. A line
+    ``From : x``): MUAs show such a field, so the checks must see it, on the
+    first line too (where it is not an mbox ``From_`` separator). A line
     that is neither a field nor a continuation ends the header block, as in
     Postfix. At most ``max_fields`` fields are kept, each cut to
     ``max_length`` bytes.
@@ -89,7 +90,8 @@ def parse_header_block(lines: Iterable[bytes], max_fields: int,
                 parts.append(line)
             size += len(line)
             continue
-        if number == 0 and line.startswith(b"From "):  # an mbox From_ line
+        if number == 0 and line.startswith(b"From ") and \
+                not line[5:].lstrip(b" \t").startswith(b":"):  # an mbox From_ line
             continue
         head, colon, rest = line.partition(b":")
         label = head.rstrip(b" \t").decode("ascii", "replace")
