@@ -12,7 +12,11 @@ the ``[limits]`` applied while it reads:
 - parts beyond ``mime_parts`` are read past but not kept (nor opened);
 - a part's header fields beyond ``header_count`` are dropped, a field longer
   than ``header_length`` is cut, and a ``Content-*`` field is cut after
-  ``mime_parameters`` parameters.
+  ``mime_parameters`` parameters;
+- a ``Content-*`` field whose RFC 2231 parameters the stdlib cannot decode
+  (``name*`` beside ``name*0``, a section number of thousands of digits:
+  every ``get_param`` raises, the parser's own ``get_boundary`` included)
+  loses those parameters.
 
 Within the limits the result is exactly what ``email.message_from_bytes``
 with the ``compat32`` policy gives, so the classifier sees the same tokens
@@ -73,6 +77,7 @@ class BoundedParser(BytesFeedParser):
     def _parse_headers(self, lines: list[str]) -> None:
         super()._parse_headers(self._bounded(lines))  # type: ignore[misc]
         current: EmailMessage = self._cur  # type: ignore[attr-defined]
+        _repair_parameters(current)
         too_deep = len(self._msgstack) > self.limits.mime_depth  # type: ignore[attr-defined]
         too_many = self._parts > self.limits.mime_parts
         if (too_deep or too_many) and current.get_content_maintype() in ("multipart",
@@ -112,6 +117,52 @@ class BoundedParser(BytesFeedParser):
                 lines_of_field = [text[:cut].rstrip("\r\n") + "\n"]
             out.extend(lines_of_field)
         return out
+
+
+def _repair_parameters(part: EmailMessage) -> None:
+    """Drop the RFC 2231 parameters (``name*...``) of each ``Content-*`` field
+    whose parameters make ``get_params`` raise; if that is not enough, keep
+    only the field's first item (the type or disposition)."""
+    seen: set[str] = set()
+    for name in list(part):
+        lower = name.lower()
+        if not lower.startswith("content-") or lower in seen:
+            continue
+        seen.add(lower)
+        value = str(part.get(name, ""))
+        if "*" not in value or _decodes(part, lower):
+            continue
+        items = _split_parameters(value)
+        kept = [items[0], *(p for p in items[1:] if "*" not in p.partition("=")[0])]
+        part.replace_header(name, "; ".join(kept))
+        if not _decodes(part, lower):
+            part.replace_header(name, items[0])
+
+
+def _decodes(part: EmailMessage, header: str) -> bool:
+    try:
+        part.get_params(header=header)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _split_parameters(value: str) -> list[str]:
+    """A field value split at the semicolons outside quoted strings."""
+    items: list[str] = []
+    start, quoted, escaped = 0, False, False
+    for index, char in enumerate(value):
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == ";" and not quoted:
+            items.append(value[start:index].strip())
+            start = index + 1
+    items.append(value[start:].strip())
+    return [items[0], *(item for item in items[1:] if item)]
 
 
 def _nth(text: str, char: str, n: int) -> int:
