@@ -27,6 +27,7 @@ dkimpy. Lookups never apply the resolv.conf search list.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -105,6 +106,14 @@ class _Entry:
     values: tuple[Any, ...] | None
     error: DnsError | None
 
+    def fresh_error(self) -> DnsError:
+        """A new exception like the cached one. Raising the cached object
+        itself would chain every raiser's frames onto its traceback, and the
+        cache would keep every message that met the error alive (measured:
+        44 KB a message, without end)."""
+        assert self.error is not None
+        return copy.copy(self.error).with_traceback(None)
+
 
 @dataclass
 class _ServerHealth:
@@ -153,7 +162,7 @@ class Resolver:
             if entry is not None and entry.expires > now:
                 self._cache.move_to_end(key)
                 if entry.error is not None:
-                    raise entry.error
+                    raise entry.fresh_error()
                 return entry.values or ()
         entry = self._query(key[0], rdtype)
         if entry.expires > now:
@@ -163,7 +172,7 @@ class Resolver:
                 while len(self._cache) > self.settings.cache_size:
                     self._cache.popitem(last=False)
         if entry.error is not None:
-            raise entry.error
+            raise entry.fresh_error()
         return entry.values or ()
 
     def txt(self, name: str) -> list[str]:

@@ -1,0 +1,234 @@
+"""Soak: many messages straight into ``gateway run``; does memory stay flat?
+
+Talks the milter protocol to the gateway itself (tests/milterclient.py), so
+100,000 messages take minutes, not the hour Postfix would: every check on,
+a private clamd, the synthetic DNS server (a fresh sender domain per
+message, like real traffic), a SQLite quarantine. A share of the sessions
+misbehave as abusive clients do: they abort mid-message or hang up without
+a word. RSS of the milter process and of its workers, and its open file
+descriptors, are sampled as it goes and printed as a table (and a PNG plot
+with ``--plot``).
+
+    sudo .venv/bin/python tests/bench/soak.py -n 100000
+    sudo .venv/bin/python tests/bench/soak.py -n 20000 --workers 0 --plot /tmp/soak.png
+
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from gateway.lab.clamd import ClamdInstance  # noqa: E402
+from gateway.lab.dns import SyntheticServer  # noqa: E402
+from gateway.lab.milter_process import MilterProcess  # noqa: E402
+from tests.milterclient import MilterClient, MilterError  # noqa: E402
+
+DEFAULT_CORPUS = PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin"
+FALLBACK_CORPUS = PROJECT_ROOT / "tests" / "fixtures"
+
+
+def load_messages(folder: Path, limit: int) -> list[bytes]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".md"))
+    random.Random(7).shuffle(files)
+    return [p.read_bytes() for p in files[:limit]]
+
+
+def tree(pid: int) -> list[int]:
+    """pid and its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(children.get(current, []))
+    return found
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def open_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def sample(pid: int, done: int) -> dict:
+    family = tree(pid)
+    workers = [p for p in family[1:] if rss_mb(p) > 5]  # skip the fork server's helpers
+    return {"messages": done, "milter_mb": round(rss_mb(pid), 1),
+            "workers_mb": round(sum(rss_mb(p) for p in workers), 1),
+            "all_mb": round(sum(rss_mb(p) for p in family), 1),
+            "processes": len(family), "fds": open_fds(pid)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", "--messages", type=int, default=20000)
+    parser.add_argument("-c", "--concurrency", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--abuse", type=float, default=0.1,
+                        help="share of sessions that abort or hang up mid-message")
+    parser.add_argument("--samples", type=int, default=20, help="RSS samples over the run")
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--plot", type=Path, help="write an RSS/FD plot (PNG) here")
+    parser.add_argument("--json", action="store_true", help="one JSON line per sample")
+    args = parser.parse_args()
+    corpus = args.corpus if args.corpus.exists() else FALLBACK_CORPUS
+    messages = load_messages(corpus, 2000)
+    print(f"soak: {args.messages} messages ({len(messages)} distinct from {corpus}), "
+          f"{args.concurrency} sessions at a time, workers {args.workers}, "
+          f"{args.abuse:.0%} abusive sessions", flush=True)
+
+    root = Path(tempfile.mkdtemp(prefix="gateway-soak-", dir="/tmp"))
+    services = contextlib.ExitStack()
+    samples: list[dict] = []
+    try:
+        clamd = services.enter_context(ClamdInstance(root / "clamd"))
+        dns = services.enter_context(SyntheticServer())
+        socket_path = root / "milter.sock"
+        milter = MilterProcess(root, (
+            f'[milter]\nsocket = "unix:{socket_path}"\nsocket_mode = "600"\n'
+            f'socket_group = ""\n[pipeline]\nworkers = {args.workers}\n'
+            f'[clamav]\nsocket = "{clamd.socket_path}"\n'
+            f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns.port}\n'
+            f'[quarantine]\nurl = "sqlite:///{root}/quarantine.db"\n'),
+            env={"PYTHONPATH": str(PROJECT_ROOT)})
+        services.callback(milter.stop)
+        milter.start()
+        pid = milter.process.pid
+        counter = iter(range(args.messages))
+        lock = threading.Lock()
+        done = [0]
+        outcomes: dict[str, int] = {}
+        every = max(args.messages // args.samples, 1)
+        started = time.monotonic()
+
+        def session(seed: int) -> None:
+            rng = random.Random(seed)
+            client: MilterClient | None = None
+            while True:
+                with lock:
+                    index = next(counter, None)
+                if index is None:
+                    break
+                try:
+                    if client is None:
+                        client = MilterClient(str(socket_path))
+                        client.connect(f"client{index}.example", "127.0.0.1")
+                        client.helo(f"client{index}.example")
+                    raw = messages[index % len(messages)]
+                    sender = f"user{index}@sender{index}.example"
+                    if rng.random() < args.abuse:
+                        client.message(sender, ["rcpt@example.net"], raw[: len(raw) // 2]
+                                       if rng.random() < 0.5 else raw, queue_id=f"S{index}")
+                        kind = "abort" if rng.random() < 0.5 else "hangup"
+                        if kind == "abort":
+                            client.abort()
+                        else:
+                            client.drop()
+                            client = None
+                    else:
+                        kind = client.message(sender, ["rcpt@example.net"], raw,
+                                              queue_id=f"S{index}").action
+                        if rng.random() < 0.2:  # a new session now and then
+                            client.quit()
+                            client = None
+                except (MilterError, OSError) as exc:
+                    kind = f"error: {type(exc).__name__}"
+                    client = None
+                with lock:
+                    outcomes[kind] = outcomes.get(kind, 0) + 1
+                    done[0] += 1
+                    if done[0] % every == 0:
+                        row = sample(pid, done[0])
+                        row["seconds"] = round(time.monotonic() - started, 1)
+                        samples.append(row)
+                        print(json.dumps(row) if args.json else
+                              f"  {row['messages']:>7} msgs {row['seconds']:>7}s  milter "
+                              f"{row['milter_mb']:7.1f} MB  workers {row['workers_mb']:7.1f} MB"
+                              f"  all {row['all_mb']:7.1f} MB  fds {row['fds']:>4}"
+                              f"  processes {row['processes']}", flush=True)
+            if client is not None:
+                with contextlib.suppress(OSError):
+                    client.quit()
+
+        threads = [threading.Thread(target=session, args=(i,)) for i in range(args.concurrency)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+        print(f"soak: {done[0]} messages in {elapsed:.0f}s ({done[0] / elapsed:.0f}/s); "
+              f"outcomes {json.dumps(outcomes, sort_keys=True)}")
+        if samples:
+            early = next((s for s in samples if s["messages"] >= args.messages // 10),
+                         samples[0])
+            last = samples[-1]
+            print(f"soak: all processes {early['all_mb']} MB after {early['messages']} "
+                  f"messages, {last['all_mb']} MB after {last['messages']} "
+                  f"({last['all_mb'] - early['all_mb']:+.1f} MB); milter process "
+                  f"{early['milter_mb']} -> {last['milter_mb']} MB; fds {early['fds']} -> "
+                  f"{last['fds']}")
+        if args.plot and samples:
+            plot(samples, args.plot)
+            print(f"soak: plot written to {args.plot}")
+    finally:
+        services.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def plot(samples: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [s["messages"] for s in samples]
+    figure, memory = plt.subplots(figsize=(8, 4))
+    memory.plot(x, [s["milter_mb"] for s in samples], label="milter RSS (MB)")
+    memory.plot(x, [s["workers_mb"] for s in samples], label="workers RSS (MB)")
+    memory.plot(x, [s["all_mb"] for s in samples], label="all processes RSS (MB)")
+    memory.set_xlabel("messages")
+    memory.set_ylabel("MB")
+    fds = memory.twinx()
+    fds.plot(x, [s["fds"] for s in samples], "k:", label="milter open FDs")
+    fds.set_ylabel("open FDs")
+    memory.legend(loc="upper left")
+    fds.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
