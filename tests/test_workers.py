@@ -63,7 +63,15 @@ def test_workers_give_the_verdict_the_milter_process_gives(pool_of):
             assert got.action == expected.action
             assert got.score == expected.score
             assert got.symbols == expected.symbols
-            assert got.facts == expected.facts
+            # The classifier's float sums may differ in the last bit between
+            # processes (vectorised numpy paths depend on memory alignment).
+            assert got.facts.keys() == expected.facts.keys()
+            for check, facts in expected.facts.items():
+                for key, value in facts.items():
+                    if isinstance(value, float):
+                        assert got.facts[check][key] == pytest.approx(value, rel=1e-9)
+                    else:
+                        assert got.facts[check][key] == value
     finally:
         local.close()
 
