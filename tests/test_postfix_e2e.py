@@ -194,6 +194,35 @@ def test_worker_processes_give_the_same_verdicts(postfix, sink, gateway_milter, 
     assert b"[BLOCKLIST_SENDER]" in caught.value.smtp_error
 
 
+def test_a_message_stuck_in_a_check_is_stopped_and_decided(postfix, sink, gateway_milter):
+    gateway_milter('[pipeline]\nworkers = 1\nbudget = 1.0\ngrace = 0.5\nchecks = ["headers", '
+                   '"tests.plugins:MarkerCheck", "tests.plugins:StuckCheck"]\n')
+    tag, raw = tagged(body_extra="TRIGGER-MARKER TRIGGER-STUCK")
+    send(postfix, raw)  # accepted: 1 (marker) + 3 (budget) + 0 (stuck) < 6
+    delivery = sink.find(tag)
+    assert delivery is not None
+    symbols = delivery.header("X-Gateway-Symbols")
+    assert "TEST_MARKER(1)" in symbols and "BUDGET_EXCEEDED(3)" in symbols
+    assert "STUCK_ERROR" in symbols
+    tag, raw = tagged()  # the next message gets a fresh worker
+    send(postfix, raw)
+    delivery = sink.find(tag)
+    assert delivery is not None
+    assert "TEST_NOT_STUCK" in delivery.header("X-Gateway-Symbols")
+
+
+def test_a_worker_crash_is_a_temporary_failure(postfix, sink, gateway_milter):
+    gateway_milter('[pipeline]\nworkers = 1\nchecks = ["headers", "tests.plugins:CrashCheck"]\n')
+    tag, raw = tagged(body_extra="TRIGGER-CRASH")
+    with pytest.raises(smtplib.SMTPDataError) as caught:
+        send(postfix, raw)
+    assert caught.value.smtp_code == 451
+    assert sink.find(tag, timeout=1) is None
+    tag, raw = tagged()
+    send(postfix, raw)
+    assert sink.find(tag) is not None
+
+
 def test_a_promoted_model_is_picked_up_while_mail_flows(postfix, sink, gateway_milter, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
