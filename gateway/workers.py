@@ -16,8 +16,9 @@ follow:
   a pass, and other mail is not held up.
 
 The pool keeps ``[pipeline] workers`` processes and grows to
-``max_workers`` while all are busy (the extra ones retire after a minute
-idle), so a few slow messages cannot queue up the rest. A worker that dies
+``max_workers`` while every one of them has been busy with one message for
+half a second (the extra ones retire after a minute idle), so a few slow
+messages cannot queue up the rest. A worker that dies
 on its own (a crash in C code, the OOM killer) is replaced, and its message
 is answered 4xx by the milter so the sender retries: nothing is lost.
 
@@ -52,6 +53,10 @@ log = logging.getLogger("gateway.workers")
 
 # Extra workers beyond [pipeline] workers retire after this long idle.
 IDLE_RETIREMENT = 60.0
+# The pool grows only when every worker has been busy with one message for
+# this long: a slow message, not just a busy moment (more processes than
+# cores would not check ordinary mail any faster).
+GROW_AFTER = 0.5
 START_TIMEOUT = 120.0  # a worker loads the model and imports the checks
 
 
@@ -65,6 +70,7 @@ class Worker:
     conn: Connection
     messages: int = 0
     idle_since: float = field(default_factory=time.monotonic)
+    busy_since: float | None = None
 
     @property
     def pid(self) -> int:
@@ -168,10 +174,18 @@ class WorkerPool:
                 if self._closed:
                     raise WorkerFailed("the worker pool is shut down")
                 if self._idle:
-                    return self._idle.pop()
-                if not self._starting and len(self._workers) + self._starting < self.max_size:
+                    worker = self._idle.pop()
+                    worker.busy_since = time.monotonic()
+                    return worker
+                if not self._starting and len(self._workers) < self.max_size and \
+                        self._all_slow():
                     self._grow()  # whichever comes first: this one or a freed one
-                self._lock.wait(timeout=1.0)
+                self._lock.wait(timeout=GROW_AFTER / 5)
+
+    def _all_slow(self) -> bool:
+        now = time.monotonic()
+        return all(w.busy_since is not None and now - w.busy_since > GROW_AFTER
+                   for w in self._workers)
 
     def _release(self, worker: Worker) -> None:
         worker.messages += 1
@@ -184,6 +198,7 @@ class WorkerPool:
     def _add_idle(self, worker: Worker) -> None:
         with self._lock:
             worker.idle_since = time.monotonic()
+            worker.busy_since = None
             self._workers.add(worker)
             self._idle.append(worker)
             self._lock.notify()
