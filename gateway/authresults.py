@@ -8,12 +8,16 @@ milter removes it before adding ours.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import authres
 import authres.arc
 import authres.dmarc
+
+from gateway.mail import DomainError, ascii_domain
 
 HEADER = "Authentication-Results"
 
@@ -68,7 +72,135 @@ def build(authserv_id: str, facts: Mapping[str, Mapping[str, Any]]) -> str | Non
     return str(header).split(":", 1)[1].strip()
 
 
+# -- reading Authentication-Results (RFC 8601 section 2.2) ------------------------------
+
+_TSPECIALS = set('()<>@,;:\\"/[]?=')
+_METHOD = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*(?:/\s*[0-9]+\s*)?=\s*([A-Za-z0-9_-]+)")
+_PROPERTY = re.compile(r'([A-Za-z0-9_-]+)\s*\.\s*([A-Za-z0-9_-]+)\s*=\s*'
+                       r'("(?:[^"\\]|\\.)*"|[^\s"]+)')
+_INSTANCE = re.compile(r"\s*i\s*=\s*([0-9]{1,5})\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    method: str  # lower case: spf, dkim, dmarc, ...
+    result: str  # lower case
+    properties: dict[str, str] = field(default_factory=dict)  # "header.from" -> value
+
+
+@dataclass(frozen=True)
+class ParsedResults:
+    authserv_id: str  # lower case, no trailing dot; "" when there is none
+    results: tuple[MethodResult, ...] = ()
+
+
+def _segments(value: str) -> list[str]:
+    """The value split at ';' outside quoted strings, comments (nested, with
+    quoted-pairs) replaced by a space. Linear; never raises."""
+    segments: list[str] = []
+    current: list[str] = []
+    depth = 0
+    quoted = escaped = False
+    for char in value:
+        if escaped:
+            escaped = False
+            if depth == 0:
+                current.append(char)
+        elif char == "\\":
+            escaped = True
+            if depth == 0:
+                current.append(char)
+        elif depth:
+            if char == "(":
+                depth += 1
+            elif char == ")":
+                depth -= 1
+                if depth == 0:
+                    current.append(" ")
+        elif quoted:
+            current.append(char)
+            quoted = char != '"'
+        elif char == '"':
+            quoted = True
+            current.append(char)
+        elif char == "(":
+            depth = 1
+        elif char == ";":
+            segments.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    segments.append("".join(current))
+    return segments
+
+
+def _value(text: str) -> str:
+    """An RFC 2045 value at the start of ``text``: a quoted string
+    (unescaped) or a token."""
+    text = text.lstrip(" \t\r\n")
+    if text.startswith('"'):
+        out, escaped = [], False
+        for char in text[1:]:
+            if escaped:
+                out.append(char)
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                break
+            else:
+                out.append(char)
+        return "".join(out)
+    end = 0
+    while end < len(text) and text[end] not in _TSPECIALS and text[end] > " " \
+            and text[end] != "\x7f":
+        end += 1
+    return text[:end]
+
+
+def _normal_id(authserv_id: str) -> str:
+    name = authserv_id.strip().rstrip(".").lower()
+    try:
+        return ascii_domain(name)
+    except DomainError:
+        return name
+
+
+def parse(value: str, instance: bool = False) -> ParsedResults:
+    """An Authentication-Results value (or, with ``instance``, an
+    ARC-Authentication-Results one, which starts with ``i=N;``) read as
+    RFC 8601 says: comments and quoting are undone, the authserv-id is the
+    first value, a version number after it is skipped. Never raises."""
+    segments = _segments(value)
+    if instance:
+        segments = segments[1:]
+    if not segments:
+        return ParsedResults("")
+    authserv_id = _normal_id(_value(segments[0]))
+    results = []
+    for segment in segments[1:]:
+        match = _METHOD.match(segment)
+        if not match:
+            continue
+        properties = {}
+        for prop in _PROPERTY.finditer(segment, match.end()):
+            key = f"{prop.group(1).lower()}.{prop.group(2).lower()}"
+            raw = prop.group(3)
+            properties.setdefault(key, _value(raw) if raw.startswith('"') else raw)
+        results.append(MethodResult(match.group(1).lower(), match.group(2).lower(),
+                                    properties))
+    return ParsedResults(authserv_id, tuple(results))
+
+
+def arc_instance(value: str) -> int | None:
+    """The i= of an ARC-Authentication-Results value, None if it has none."""
+    match = _INSTANCE.match(_segments(value)[0])
+    return int(match.group(1)) if match else None
+
+
 def claims(value: str, authserv_id: str) -> bool:
-    """Whether an Authentication-Results value is written under ``authserv_id``."""
-    head = value.strip().split(";", 1)[0].split()
-    return bool(head) and head[0].lower() == authserv_id.lower()
+    """Whether an Authentication-Results value is written under ``authserv_id``,
+    as an RFC 8601 reader (or authres) would take it: ``(x) id;``, ``id(x);``,
+    ``"id";``, ``ID.;`` and ``id 1;`` all name ``id``."""
+    found = parse(value).authserv_id
+    return bool(found) and found == _normal_id(authserv_id)

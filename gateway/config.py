@@ -251,6 +251,13 @@ def _actions_by_domain(value: dict[str, str]) -> str | None:
     return None
 
 
+def _local_parts(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        if not value or "@" in value or any(c.isspace() for c in value):
+            return f"{value!r} is not a local part (write postmaster, not postmaster@domain)"
+    return None
+
+
 @functools.cache
 def _default_authserv_id() -> str:
     import socket
@@ -275,6 +282,12 @@ class AuthSection:
         (), doc="sender domains whose mail must arrive over TLS")
     require_tls_action: Literal["reject", "tempfail", "quarantine"] = setting(
         "tempfail", doc="what plaintext mail from those domains gets")
+    reject_exempt_recipients: tuple[str, ...] = setting(
+        ("postmaster", "abuse"), _local_parts,
+        "local parts never refused for their sender's domain or DMARC when a message is "
+        "for them alone (RFC 5321 4.5.1); [] to refuse them like any other")
+    max_dkim_signatures: int = setting(
+        10, positive, "DKIM signatures verified per message (the rest are not)")
 
     def server_id(self) -> str:
         return self.authserv_id or _default_authserv_id()

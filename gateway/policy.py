@@ -204,11 +204,14 @@ def _reply(
     action: Action, score: float, forced_by: Symbol | None, reference: str | None
 ) -> SmtpReply | None:
     ref = f" (ref {reference})" if reference else ""
+    # Enhanced status codes other than 5.7.1 for symbols that have their own.
+    status_of = {"SENDER_NULL_MX": "5.7.27"}  # RFC 7505 4.2: sender's domain has a null MX
     if action == "reject":
         if forced_by is not None:
             why = forced_by.description or forced_by.name
             detail = f": {forced_by.evidence}" if forced_by.evidence else ""
-            return SmtpReply("550", "5.7.1", f"Rejected: {why}{detail} [{forced_by.name}]{ref}")
+            status = status_of.get(forced_by.name, "5.7.1")
+            return SmtpReply("550", status, f"Rejected: {why}{detail} [{forced_by.name}]{ref}")
         return SmtpReply("550", "5.7.1", f"Rejected as spam, score {score:g}{ref}")
     if action == "tempfail":
         why = f" [{forced_by.name}]" if forced_by is not None else ""

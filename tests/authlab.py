@@ -88,6 +88,11 @@ def dmarc_zone(origin: str, record: str | None, *extra_txt: str, spf: str | None
     return zone
 
 
+def _cut(text: str, first: int, size: int) -> list[str]:
+    """``text`` in strings of ``size`` characters, the first one ``first`` long."""
+    return [text[:first]] + [text[i:i + size] for i in range(first, len(text), size)]
+
+
 def build_zones(keys: Keys) -> list[Zone]:
     good_spf = f"v=spf1 ip4:{GOOD_IP} ip4:127.0.0.1 -all"
     good = (Zone("good.test")
@@ -107,7 +112,13 @@ def build_zones(keys: Keys) -> list[Zone]:
             .txt("sed._domainkey", keys.ed25519.record())
             .txt("revoked._domainkey", "v=DKIM1; k=rsa; p=")
             .txt("broken._domainkey", "v=DKIM1; k=rsa; p=not-base64-at-all!!")
-            .txt("nomx", "v=spf1 -all"))
+            .txt("nomx", "v=spf1 -all")
+            # RFC 6376 3.6.2.2: a key in strings cut anywhere is one key; two
+            # records at one selector are no key at all.
+            .add("split._domainkey", "TXT", " ".join(
+                '"' + part + '"' for part in _cut(keys.rsa.record(), 7, 40)))
+            .txt("two._domainkey", keys.rsa.record())
+            .txt("two._domainkey", keys.rsa_other.record()))
     # 11 DNS-querying mechanisms: one more than RFC 7208 allows.
     limit = dmarc_zone("limit.test", None,
                        spf="v=spf1 " + " ".join(f"a:h{i}.limit.test" for i in range(11)) + " -all")
@@ -153,6 +164,22 @@ def build_zones(keys: Keys) -> list[Zone]:
                    spf="v=spf1 a:v1.void.test a:v2.void.test a:v3.void.test -all"),
         dmarc_zone("forwarder.test", None, spf=f"v=spf1 ip4:{OTHER_IP} -all")
         .txt("arc._domainkey", keys.arc.record()),
+        # DMARC discovery and record parsing (RFC 7489 6.4, 6.6.3), np= and t=.
+        dmarc_zone("bank.test", "v=DMARC1; p=reject", spf=f"v=spf1 ip4:{GOOD_IP} -all")
+        .txt("_dmarc.bad", "v=DMARC1; p=none; reject")
+        .txt("_dmarc.multi", "v=DMARC1; p=none").txt("_dmarc.multi", "v=DMARC1; p=quarantine")
+        .txt("_dmarc.nop", "v=DMARC1; sp=quarantine")
+        .txt("_dmarc.ruaonly", "v=DMARC1; rua=mailto:d@bank.test")
+        .txt("_dmarc.lower", "v=dmarc1; p=none"),
+        dmarc_zone("evil.test", None, spf=f"v=spf1 ip4:{OTHER_IP} -all"),
+        dmarc_zone("spaces.test", "v = DMARC1 ; p = reject"),
+        dmarc_zone("upper.test", "V=DMARC1; P=Reject"),
+        dmarc_zone("stray.test", "v=DMARC1; p=reject; fo"),
+        dmarc_zone("badsp.test", "v=DMARC1; p=reject; sp=bogus"),
+        dmarc_zone("badsprua.test", "v=DMARC1; p=reject; sp=bogus; rua=mailto:d@badsprua.test"),
+        dmarc_zone("np.test", "v=DMARC1; p=reject; sp=none; np=quarantine")
+        .add("real", "A", GOOD_IP),
+        dmarc_zone("testing.test", "v=DMARC1; p=reject; t=y"),
         # An internationalised domain: bänk.test in A-labels, p=reject.
         dmarc_zone("xn--bnk-qla.test", "v=DMARC1; p=reject", spf=f"v=spf1 ip4:{GOOD_IP} -all"),
         # Sender verification

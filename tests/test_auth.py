@@ -11,6 +11,7 @@ import uuid
 import dkim
 import pytest
 
+from gateway import authresults
 from gateway.config import AuthSection, Config, DnsSection, PipelineSection
 from gateway.dmarc import PslDiscovery, aligned, parse_record
 from gateway.dns import Resolver
@@ -51,12 +52,12 @@ def check(knot):
 
     def run(raw: bytes, mail_from: str = "alice@good.test", ip: str | None = GOOD_IP,
             helo: str = "mail.good.test", macros: dict | None = None, port: int | None = None,
-            **auth) -> Verdict:
+            rcpt_to: tuple[str, ...] = ("bob@example.net",), **auth) -> Verdict:
         config = auth_config(port or knot.port, **auth)
         evaluator = _evaluators.get(repr(config))
         if evaluator is None:
             evaluator = _evaluators[repr(config)] = LocalEvaluator(config)
-        envelope = Envelope(mail_from=mail_from, rcpt_to=("bob@example.net",), client_ip=ip,
+        envelope = Envelope(mail_from=mail_from, rcpt_to=rcpt_to, client_ip=ip,
                             helo=helo, macros=macros or {})
         return evaluator.evaluate_message(Message.from_bytes(raw, envelope))
 
@@ -198,6 +199,19 @@ def test_dkim_key_problems_are_permerrors(check, keys, selector, reason):
     assert reason in evidence(verdict, "DKIM_PERMERROR")
 
 
+def test_dkim_key_in_strings_cut_anywhere_is_one_key(check, keys):
+    """RFC 6376 3.6.2.2: the strings of a TXT record are joined with nothing between."""
+    verdict = check(sign(message(), "good.test", "split", keys.rsa))
+    assert dkim_results(verdict) == [("good.test", "split", "pass")]
+
+
+def test_dkim_two_key_records_at_one_selector_are_no_key(check, keys):
+    """RFC 6376 3.6.2.2: several records at one name: results undefined, so none."""
+    verdict = check(sign(message(), "good.test", "two", keys.rsa))
+    assert dkim_results(verdict) == [("good.test", "two", "permerror")]
+    assert "2 TXT records at two._domainkey.good.test" in evidence(verdict, "DKIM_PERMERROR")
+
+
 def test_dkim_length_limited_signature_is_marked(check, keys):
     signed = sign(message(), "good.test", "s2048", keys.rsa, length=True)
     verdict = check(signed + b"-- \r\nAppended by someone else: click here\r\n")
@@ -316,7 +330,8 @@ def test_dmarc_sp_applies_to_subdomains(check):
 
 
 def verdict_policy(verdict: Verdict) -> tuple[str, str]:
-    return verdict.facts["dmarc"]["policy"], verdict.facts["dmarc"]["applied"]
+    """(the policy published for the From domain, the one applied after pct=/t=)."""
+    return verdict.facts["dmarc"]["published_policy"], verdict.facts["dmarc"]["applied"]
 
 
 def test_dmarc_subdomain_inherits_sp_quarantine(check):
@@ -349,6 +364,9 @@ def test_dmarc_pct_50_applies_to_about_half(check):
         applied[verdict.facts["dmarc"]["applied"]] += 1
         if verdict.facts["dmarc"]["applied"] == "quarantine":
             assert "DMARC_SAMPLED_OUT" in names(verdict)
+        # RFC 7489 11.2: policy.dmarc is the policy applied after pct=
+        assert f"policy.dmarc={verdict.facts['dmarc']['applied']}" in \
+            verdict.authentication_results
     assert 70 <= applied["reject"] <= 130, applied
     again = check(message(from_header="p@pct.test", subject="sample 7"),
                   mail_from="p@pct.test", ip=OTHER_IP)
@@ -357,10 +375,118 @@ def test_dmarc_pct_50_applies_to_about_half(check):
     assert again.action == first.action  # the same message always samples the same way
 
 
-def test_dmarc_needs_exactly_one_from_domain(check):
-    raw = b"From: a@good.test\r\n" + message(from_header="b@quarantine.test")
+# RFC 7489 6.6.1: every author domain is evaluated, the strictest result applies.
+# evil.test publishes no DMARC and lets OTHER_IP send: its own part always "passes".
+@pytest.mark.parametrize("header", [
+    "From: ceo@bank.test, x@evil.test\r\n",
+    "From: x@evil.test, ceo@bank.test\r\n",
+    "From: Boss <ceo@bank.test>, \"Evil\" <x@evil.test>\r\n",
+    "From: x@evil.test\r\nFrom: ceo@bank.test\r\n",
+    "From: x@evil.test\r\nFrom : ceo@bank.test\r\n",
+    "From : ceo@bank.test\r\nFrom: x@evil.test\r\n",
+    "From: ceo@bank.test <x@evil.test>\r\n",
+    "From: team: ceo@bank.test, x@evil.test;\r\n",
+], ids=["one field", "bank second", "display names", "two fields", "obs 'From :' second",
+        "obs 'From :' first", "address in display name", "group"])
+def test_dmarc_every_author_domain_counts_and_the_strictest_applies(check, header):
+    raw = header.encode() + message().split(b"\r\n", 1)[1]
+    verdict = check(raw, mail_from="x@evil.test", ip=OTHER_IP)
+    assert spf(verdict) == "pass"
+    assert verdict.facts["dmarc"]["authors"] == {"bank.test": "fail", "evil.test": "none"}
+    assert dmarc(verdict) == "fail" and verdict.facts["dmarc"]["from_domain"] == "bank.test"
+    assert "DMARC_POLICY_REJECT" in names(verdict)
+    assert verdict.action == "reject"
+    assert "strictest of 2 author domains" in evidence(verdict, "DMARC_POLICY_REJECT")
+    assert "dmarc=fail header.from=bank.test policy.dmarc=reject" in \
+        verdict.authentication_results
+
+
+def test_dmarc_two_passing_author_domains_pass(check, keys):
+    raw = sign(message(from_header="a@good.test, b@sub.good.test"), "good.test", "s2048",
+               keys.rsa)
     verdict = check(raw)
+    assert verdict.facts["dmarc"]["authors"] == {"good.test": "pass", "sub.good.test": "pass"}
+    assert dmarc(verdict) == "pass" and verdict.action == "accept"
+
+
+@pytest.mark.parametrize(("header", "why"), [
+    ("From: \"Test User\"\r\n", "no author domain"),
+    ("From: undisclosed-recipients:;\r\n", "no author domain"),
+    ("From: ceo@bank..test\r\n", "not a valid domain name"),
+    ("From: ceo@[192.0.2.1]\r\n", "an address literal is not a domain"),
+])
+def test_dmarc_without_a_usable_author_domain_is_a_permerror(check, header, why):
+    raw = header.encode() + message().split(b"\r\n", 1)[1]
+    verdict = check(raw)
+    assert dmarc(verdict) == "permerror"
     assert "DMARC_PERMERROR" in names(verdict)
+    assert why in evidence(verdict, "DMARC_PERMERROR")
+    assert next(s.score for s in verdict.symbols if s.name == "DMARC_PERMERROR") >= 3.0
+    assert "dmarc=permerror" in verdict.authentication_results
+
+
+def test_dmarc_no_from_field_at_all_is_a_permerror(check):
+    raw = b"\r\n".join(line for line in message().split(b"\r\n")
+                        if not line.startswith(b"From:"))
+    assert dmarc(check(raw)) == "permerror"
+
+
+def test_dmarc_a_utf8_from_domain_is_looked_up_in_a_labels(check):
+    raw = message(from_header="CEO <ceo@bänk.test>")  # raw UTF-8 (RFC 6532)
+    verdict = check(raw)
+    assert verdict.facts["dmarc"]["from_domain"] == "xn--bnk-qla.test"
+    assert verdict_policy(verdict) == ("reject", "reject")
+    assert verdict.action == "reject"
+
+
+# RFC 7489 6.6.3: discovery stops at the first domain with v=DMARC1 records.
+@pytest.mark.parametrize(("author", "result", "symbol"), [
+    ("x@bad.bank.test", "fail", "DMARC_POLICY_NONE"),   # p=none; a stray "reject" ignored
+    ("x@multi.bank.test", "none", "DMARC_NA"),          # two records: no policy at all
+    ("x@nop.bank.test", "none", "DMARC_NA"),            # no p=, no rua=: no policy at all
+    ("x@ruaonly.bank.test", "fail", "DMARC_POLICY_NONE"),  # no p=, a valid rua=: p=none
+    ("x@lower.bank.test", "fail", "DMARC_POLICY_REJECT"),  # v=dmarc1 is not DMARC1: bank.test's
+    ("x@badsp.test", "none", "DMARC_NA"),               # invalid sp=, no rua=: no policy
+    ("x@sub.badsp.test", "none", "DMARC_NA"),
+    ("x@sub.badsprua.test", "fail", "DMARC_POLICY_NONE"),  # invalid sp=, valid rua=: p=none
+])
+def test_dmarc_discovery_stops_at_an_invalid_or_duplicate_record(check, author, result,
+                                                                  symbol):
+    verdict = check(message(from_header=author))
+    assert dmarc(verdict) == result
+    assert symbol in names(verdict)
+    expected_at = {"lower.bank.test": "bank.test", "sub.badsp.test": "badsp.test",
+                   "sub.badsprua.test": "badsprua.test"}
+    domain = author.split("@")[1]
+    assert verdict.facts["dmarc"]["found_at"] == expected_at.get(domain, domain)
+    assert verdict.action == ("reject" if symbol == "DMARC_POLICY_REJECT" else "accept")
+
+
+@pytest.mark.parametrize("author", ["x@spaces.test", "x@upper.test", "x@stray.test"])
+def test_dmarc_records_are_read_with_the_rfc_grammar(check, author):
+    """``v = DMARC1 ; p = reject``, ``V=DMARC1; P=Reject`` and a stray
+    ``; fo`` are all p=reject."""
+    verdict = check(message(from_header=author))
+    assert verdict_policy(verdict) == ("reject", "reject")
+    assert verdict.action == "reject"
+
+
+@pytest.mark.parametrize(("author", "policy"), [
+    ("x@ghost.np.test", "quarantine"),  # does not exist: np=
+    ("x@real.np.test", "none"),         # exists (an A record): sp=
+    ("x@np.test", "reject"),            # the domain itself: p=
+])
+def test_dmarc_np_applies_to_subdomains_that_do_not_exist(check, author, policy):
+    verdict = check(message(from_header=author))
+    assert verdict_policy(verdict) == (policy, policy)
+
+
+def test_dmarc_t_y_asks_for_the_next_milder_policy(check):
+    verdict = check(message(from_header="x@testing.test"))
+    assert verdict_policy(verdict) == ("reject", "quarantine")
+    assert "t=y (testing)" in evidence(verdict, "DMARC_SAMPLED_OUT")
+    assert verdict.action == "quarantine"
+    assert "policy.dmarc=quarantine" in verdict.authentication_results
 
 
 def test_dmarc_record_parsing():
@@ -392,12 +518,16 @@ def test_relaxed_and_strict_alignment_use_the_public_suffix_list(identifier, fro
 
 # -- ARC ----------------------------------------------------------------------------
 
-def forwarded(keys: Keys) -> bytes:
-    """Signed by good.test, changed by a mailing list, sealed by forwarder.test."""
+RECORDED_PASS = ("dkim=pass header.d=good.test; spf=pass smtp.mailfrom=good.test; "
+                 "dmarc=pass header.from=good.test")
+
+
+def forwarded(keys: Keys, recorded: str = RECORDED_PASS) -> bytes:
+    """Signed by good.test, changed by a mailing list, sealed by forwarder.test,
+    which records ``recorded`` in its ARC-Authentication-Results."""
     original = sign(message(subject="list post"), "good.test", "s2048", keys.rsa)
     changed = original.replace(b"see you tomorrow.", b"see you tomorrow.\r\n-- \r\nlist footer")
-    return arc_seal(changed, "forwarder.test", keys.arc, "mx.forwarder.test",
-                    "dkim=pass header.d=good.test; spf=pass smtp.mailfrom=good.test")
+    return arc_seal(changed, "forwarder.test", keys.arc, "mx.forwarder.test", recorded)
 
 
 def test_arc_chain_passes_and_names_its_sealer(check, keys):
@@ -429,6 +559,24 @@ def test_trusted_arc_sealer_overrides_dmarc_failure(check, keys):
     assert untrusted.action == "reject"
 
 
+@pytest.mark.parametrize(("recorded", "why"), [
+    ("dkim=pass header.d=good.test; dmarc=fail header.from=good.test", "recorded dmarc=fail"),
+    ("dkim=pass header.d=good.test; spf=pass smtp.mailfrom=good.test", "recorded dmarc=nothing"),
+    ("dmarc=pass header.from=other.test", "recorded dmarc=pass for other.test"),
+    ("dmarc=pass (looks good) reason=\"x\" header.from=\"other.test\"",
+     "recorded dmarc=pass for other.test"),
+])
+def test_trusted_arc_sealer_overrides_only_what_it_recorded_as_dmarc_pass(check, keys,
+                                                                          recorded, why):
+    """RFC 8617 7.2: the trusted sealer's own ARC-Authentication-Results decide."""
+    verdict = check(forwarded(keys, recorded), mail_from="list@forwarder.test", ip=OTHER_IP,
+                    trusted_arc_sealers=("forwarder.test",))
+    assert verdict.facts["arc"]["result"] == "pass"
+    assert "DMARC_ARC_OVERRIDE" not in names(verdict)
+    assert why in evidence(verdict, "DMARC_POLICY_REJECT")
+    assert verdict.action == "reject"
+
+
 # -- sender verification ------------------------------------------------------------
 
 @pytest.mark.parametrize(("mail_from", "symbol", "action"), [
@@ -441,6 +589,50 @@ def test_sender_domains_that_take_no_mail_are_rejected(check, mail_from, symbol,
     assert symbol in names(verdict)
     assert verdict.action == action
     assert verdict.reply.code == "550" and "Sender address rejected" in verdict.reply.text
+
+
+def test_sender_with_a_null_mx_is_refused_with_5_7_27(check):
+    verdict = check(message(from_header="x@nullmx.test"), mail_from="x@nullmx.test")
+    assert str(verdict.reply).startswith("550 5.7.27 ")  # RFC 7505 4.2
+
+
+def test_an_address_literal_sender_is_not_nxdomain(check):
+    verdict = check(message(from_header="n@nodmarc.test"), mail_from="alice@[192.0.2.1]")
+    assert spf(verdict) == "none"  # RFC 7208 4.3: not a domain name, no lookup
+    assert "SENDER_DOMAIN_NXDOMAIN" not in names(verdict)
+    assert "SENDER_ADDRESS_LITERAL" in names(verdict)
+    assert verdict.facts["sender"]["sender_domain"] == "address literal"
+    assert verdict.action != "reject"
+
+
+@pytest.mark.parametrize("rcpt_to", [("postmaster@example.net",), ("Abuse@example.net",),
+                                     ("<Postmaster>",), ("postmaster@a.test", "abuse@b.test")])
+def test_mail_for_postmaster_or_abuse_alone_is_not_refused(check, rcpt_to):
+    """RFC 5321 4.5.1: postmaster must be reachable, most of all by senders
+    whose own mail setup is broken."""
+    spoofed = check(message(), ip=OTHER_IP, rcpt_to=rcpt_to)
+    assert "DMARC_REJECT_EXEMPT_RCPT" in names(spoofed)
+    assert "DMARC_POLICY_REJECT" not in names(spoofed)
+    assert spoofed.action != "reject"
+    unreplyable = check(message(from_header="x@missing.good.test"),
+                        mail_from="x@missing.good.test", rcpt_to=rcpt_to)
+    assert "SENDER_REJECT_EXEMPT_RCPT" in names(unreplyable)
+    assert "NXDOMAIN" in evidence(unreplyable, "SENDER_REJECT_EXEMPT_RCPT")
+    assert unreplyable.action != "reject"
+
+
+@pytest.mark.parametrize(("rcpt_to", "exempt"), [
+    (("postmaster@example.net", "bob@example.net"), ("postmaster", "abuse")),
+    (("postmaster@example.net",), ()),
+    (("postmaster-owner@example.net",), ("postmaster", "abuse")),
+])
+def test_mail_for_others_too_or_with_the_option_off_is_refused(check, rcpt_to, exempt):
+    spoofed = check(message(), ip=OTHER_IP, rcpt_to=rcpt_to, reject_exempt_recipients=exempt)
+    assert spoofed.action == "reject" and "DMARC_POLICY_REJECT" in names(spoofed)
+    unreplyable = check(message(from_header="x@missing.good.test"),
+                        mail_from="x@missing.good.test", rcpt_to=rcpt_to,
+                        reject_exempt_recipients=exempt)
+    assert unreplyable.action == "reject"
 
 
 def test_sender_domain_with_only_an_address_is_fine(check):
@@ -493,6 +685,57 @@ def test_authentication_results_for_a_good_message(check, keys):
     assert "header.d=good.test" in header and "header.s=s2048" in header
     assert "dmarc=pass header.from=good.test policy.dmarc=reject" in header
     assert "iprev=pass policy.iprev=198.51.100.10 (mail.good.test)" in header
+
+
+# -- forged Authentication-Results -----------------------------------------------------
+
+FORGED = [
+    f"(x) {AUTHSERV}; dkim=pass header.d=bank.example",
+    f"{AUTHSERV}(x); dkim=pass header.d=bank.example",
+    f'"{AUTHSERV}"; dkim=pass header.d=bank.example',
+    f"{AUTHSERV}.; dkim=pass header.d=bank.example",
+    f"{AUTHSERV.upper()} 1; dkim=pass header.d=bank.example",
+    f"\r\n\t{AUTHSERV}\r\n\t; dkim=pass header.d=bank.example",
+    f'(a (nested) "comment") "{AUTHSERV[:4]}\\{AUTHSERV[4:]}"; none',
+    f"{AUTHSERV}",
+]
+NOT_OURS = [
+    "other.example; dkim=pass header.d=bank.example",
+    f"{AUTHSERV}.evil.example; dkim=pass",
+    f"evil.example; dkim=pass header.d={AUTHSERV}",
+    f'evil.example (claims "{AUTHSERV}"); spf=pass',
+    f"x{AUTHSERV}; spf=pass",
+    "",
+]
+
+
+@pytest.mark.parametrize("value", FORGED)
+def test_authentication_results_claiming_our_id_in_any_rfc_8601_form(value):
+    assert authresults.claims(value, AUTHSERV)
+    assert authresults.claims(value, AUTHSERV.upper() + ".")
+
+
+@pytest.mark.parametrize("value", NOT_OURS)
+def test_authentication_results_of_others_are_not_ours(value):
+    assert not authresults.claims(value, AUTHSERV)
+
+
+@pytest.mark.postfix
+def test_forged_authentication_results_in_any_form_are_removed_through_postfix(
+        postfix, sink, gateway_milter, knot):
+    gateway_milter(auth_milter(knot))
+    tag = uuid.uuid4().hex
+    forged = "".join(f"Authentication-Results: {value}\r\n"
+                     for value in FORGED if "\r\n" not in value)
+    forged += "Authentication-Results:\r\n\t(folded) " + AUTHSERV + ";\r\n\tspf=pass\r\n"
+    kept = "Authentication-Results: other.example; spf=pass smtp.mailfrom=x@other.example\r\n"
+    send(postfix, (forged + kept).encode() + message(subject=tag),
+         mail_from="alice@good.test")
+    delivery = sink.find(tag)
+    assert delivery is not None
+    results = email.message_from_bytes(delivery.data).get_all("Authentication-Results")
+    assert [authresults.parse(r).authserv_id for r in results] == [AUTHSERV, "other.example"]
+    assert b"bank.example" not in delivery.data and b"(folded)" not in delivery.data
 
 
 # -- DNS failures ---------------------------------------------------------------------

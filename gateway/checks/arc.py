@@ -2,20 +2,39 @@
 
 The result and the most recent sealer feed DMARC: a passing chain sealed by
 a domain in ``[auth] trusted_arc_sealers`` (a mailing list or forwarder you
-trust to have checked the original) may override a DMARC failure.
+trust to have checked the original) may override a DMARC failure, but only
+when that sealer's own ARC-Authentication-Results say ``dmarc=pass``
+(RFC 8617 7.2: what the sealer recorded is what is trusted), so the facts
+include what it recorded.
+
+ARC fields longer than the DKIM check's limits are refused before dkimpy
+sees them (its b= stripping is quadratic on folded white space): the chain
+is then ``fail``.
 """
 
 from __future__ import annotations
 
+import logging
+
 import dkim
 
+from gateway import authresults
 from gateway.checks import Check, CheckContext
+from gateway.checks.dkim import (
+    MIN_KEY_BITS,
+    install_linear_relaxed_body,
+    select_key_record,
+    signature_header_problem,
+)
 from gateway.config import Config
 from gateway.dns import DnsTempError, NoRecords, NxDomain, Resolver, shared_resolver
 from gateway.message import Message
 from gateway.symbols import Report
 
+log = logging.getLogger("gateway.checks.arc")
+
 ARC_HEADERS = ("ARC-Seal", "ARC-Message-Signature", "ARC-Authentication-Results")
+_ARC_HEADERS_LOWER = tuple(h.lower().encode() for h in ARC_HEADERS)
 
 
 class ArcTempError(Exception):
@@ -23,19 +42,38 @@ class ArcTempError(Exception):
 
 
 def dkimpy_txt(resolver: Resolver):
-    """A dkimpy ``dnsfunc``: the TXT record as bytes, None if there is none;
-    raises on a temporary failure instead of answering "no key"."""
+    """A dkimpy ``dnsfunc``: the key record as bytes, None if there is none
+    (or several: RFC 6376 3.6.2.2); raises on a temporary failure instead of
+    answering "no key"."""
 
     def lookup(name, timeout=5):
+        text = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
         try:
-            records = resolver.txt(name.decode() if isinstance(name, bytes) else name)
-        except (NxDomain, NoRecords):
+            records = resolver.txt(text)
+        except (NxDomain, NoRecords):  # InvalidName included: no key can exist
             return None
         except DnsTempError as exc:
             raise ArcTempError(str(exc)) from None
-        return records[0].encode() if records else None
+        record, _why = select_key_record(records, text)
+        return record.encode() if record is not None else None
 
     return lookup
+
+
+def sealer_results(fields: list[tuple[bytes, bytes]], instance: int) -> authresults.ParsedResults:
+    """What the sealer of ARC set ``instance`` recorded: its
+    ARC-Authentication-Results, read as RFC 8601 says (nothing if there is
+    not exactly one for that instance)."""
+    found = []
+    for name, value in fields:
+        if name.lower() != b"arc-authentication-results":
+            continue
+        text = value.decode("utf-8", "replace")
+        if authresults.arc_instance(text) == instance:
+            found.append(text)
+    if len(found) != 1:
+        return authresults.ParsedResults("")
+    return authresults.parse(found[0], instance=True)
 
 
 class ArcCheck(Check):
@@ -51,6 +89,7 @@ class ArcCheck(Check):
     def __init__(self, config: Config):
         super().__init__(config)
         self.lookup = dkimpy_txt(shared_resolver(config))
+        install_linear_relaxed_body()
 
     def run(self, message: Message, context: CheckContext) -> Report:
         if not any(message.header(h) is not None for h in ARC_HEADERS):
@@ -58,19 +97,48 @@ class ArcCheck(Check):
                           facts={"result": "none", "sealer": "", "instances": 0,
                                  "reason": "Message is not ARC signed"})
         try:
-            cv, instances, reason = dkim.arc_verify(message.raw.bytes(), dnsfunc=self.lookup)
+            return self._verify(message)
         except ArcTempError as exc:
             return Report(symbols=(self.symbol("ARC_TEMPERROR", str(exc)),),
                           facts={"result": "temperror", "reason": str(exc)})
-        result = (cv or b"fail").decode().lower()
-        sealer = ""
+        except Exception as exc:  # message content must never make the check fail
+            log.warning("ARC: cannot verify a chain: %r", exc)
+            return self._failed(f"cannot verify: {type(exc).__name__}: {str(exc)[:80]}")
+
+    def _failed(self, reason: str, instances: int = 0, sealer: str = "") -> Report:
+        evidence = f"{instances} instance(s)" + (f", sealed by {sealer}" if sealer else "")
+        return Report(symbols=(self.symbol("ARC_FAIL", f"{evidence}: {reason}"),),
+                      facts={"result": "fail", "sealer": sealer, "instances": instances,
+                             "reason": reason})
+
+    def _verify(self, message: Message) -> Report:
+        chain = dkim.ARC(message.raw.bytes(), minkey=MIN_KEY_BITS)
+        fields = [(n, v) for n, v in chain.headers if n.lower() in _ARC_HEADERS_LOWER]
+        for name, value in fields:
+            problem = signature_header_problem(value)
+            if problem:
+                return self._failed(f"{name.decode('ascii', 'replace')}: {problem}")
+        try:
+            cv, instances, reason = chain.verify(dnsfunc=self.lookup)
+        except dkim.DKIMException as exc:
+            cv, instances, reason = dkim.CV_Fail, [], str(exc)
+        result = (cv or b"fail").decode("ascii", "replace").lower()
+        sealer, latest = "", 0
         if instances:
-            latest = max(instances, key=lambda i: i.get("instance", 0))
-            sealer = (latest.get("as-domain") or b"").decode("ascii", "replace").lower()
-        symbol = {"pass": "ARC_PASS", "none": "ARC_NONE"}.get(result, "ARC_FAIL")
+            newest = max(instances, key=lambda i: i.get("instance", 0))
+            latest = int(newest.get("instance", 0))
+            sealer = (newest.get("as-domain") or b"").decode("ascii", "replace").lower()
+        if result not in ("pass", "none"):
+            return self._failed(reason, len(instances), sealer)
+        symbol = "ARC_PASS" if result == "pass" else "ARC_NONE"
         evidence = f"{len(instances)} instance(s)" + (f", sealed by {sealer}" if sealer else "")
-        if result == "fail":
-            evidence += f": {reason}"
-        return Report(symbols=(self.symbol(symbol, evidence),),
-                      facts={"result": result if result in ("pass", "none") else "fail",
-                             "sealer": sealer, "instances": len(instances), "reason": reason})
+        facts = {"result": result, "sealer": sealer, "instances": len(instances),
+                 "reason": reason, "sealer_dmarc": "", "sealer_dmarc_from": ""}
+        if result == "pass" and latest:
+            recorded = sealer_results(fields, latest)
+            dmarc = next((r for r in recorded.results if r.method == "dmarc"), None)
+            if dmarc is not None:
+                facts["sealer_dmarc"] = dmarc.result
+                facts["sealer_dmarc_from"] = dmarc.properties.get("header.from", "").lower()
+                evidence += f", which recorded dmarc={dmarc.result}"
+        return Report(symbols=(self.symbol(symbol, evidence),), facts=facts)

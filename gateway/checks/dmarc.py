@@ -5,18 +5,57 @@ the ARC result when the ARC check is enabled. The policy becomes a symbol;
 the symbol becomes an action through config: ``[auth] dmarc_reject`` (and
 ``dmarc_reject_domains`` per From domain) say whether p=reject is honoured
 as a reject or downgraded to quarantine.
+
+Every author domain counts (RFC 7489 6.6.1): each mailbox of each From
+field, ``From :`` fields included, and a ``user@domain`` written in an
+unquoted display name, where a reader's mail program may show it. Each is
+evaluated and the strictest outcome applies, so ``From: ceo@bank.example,
+x@evil.example`` is held to bank.example's policy. A From with no domain at
+all (or only ones that cannot be domain names) is ``permerror``: DMARC can
+pass nothing it cannot name.
 """
 
 from __future__ import annotations
 
-from email.utils import getaddresses
+import ipaddress
+import logging
+from dataclasses import dataclass
 
 from gateway.checks import Check, CheckContext
+from gateway.checks.sender import only_role_recipients
 from gateway.config import Config
 from gateway.dmarc import DmarcResult, PslDiscovery, evaluate
 from gateway.dns import shared_resolver
+from gateway.mail import DomainError, ascii_domain, author_domains
 from gateway.message import Message
 from gateway.symbols import Report, Symbol
+
+log = logging.getLogger("gateway.checks.dmarc")
+
+# At most this many author domains are looked up for one message (each
+# costs up to five lookups); more is itself a finding (DMARC_PERMERROR).
+MAX_AUTHOR_DOMAINS = 10
+
+# How strict each outcome is, to pick the one that applies when a message
+# names several author domains.
+SEVERITY = {
+    "DMARC_PASS": 0, "DMARC_NA": 1, "DMARC_POLICY_NONE": 2, "DMARC_ARC_OVERRIDE": 2,
+    "DMARC_TEMPERROR": 3, "DMARC_PERMERROR": 4, "DMARC_REJECT_EXEMPT_RCPT": 5,
+    "DMARC_POLICY_QUARANTINE": 5, "DMARC_REJECT_DOWNGRADED": 6, "DMARC_POLICY_REJECT": 7,
+}
+
+
+@dataclass(frozen=True)
+class AuthorOutcome:
+    """One author domain's DMARC result and the symbols it comes to."""
+
+    written: str
+    outcome: DmarcResult
+    symbols: tuple[Symbol, ...]
+
+    @property
+    def severity(self) -> int:
+        return max(SEVERITY.get(s.name, 0) for s in self.symbols)
 
 
 class DmarcCheck(Check):
@@ -26,21 +65,24 @@ class DmarcCheck(Check):
     wants = ("arc",)
     symbols = {
         "DMARC_PASS": "DMARC: SPF or DKIM passed aligned with the From domain",
-        "DMARC_NA": "DMARC: the From domain publishes no policy",
+        "DMARC_NA": "DMARC: the From domain publishes no usable policy",
         "DMARC_POLICY_NONE": "DMARC failed; the domain's policy is p=none (monitor only)",
         "DMARC_POLICY_QUARANTINE": "DMARC failed; the sender's domain asks to quarantine",
         "DMARC_POLICY_REJECT": "DMARC policy of the sender's domain says reject",
         "DMARC_REJECT_DOWNGRADED": "DMARC failed under p=reject; quarantined by local choice",
-        "DMARC_SAMPLED_OUT": "DMARC failed but pct= left this message to a milder policy",
-        "DMARC_ARC_OVERRIDE": "DMARC failed, but a trusted ARC sealer vouches for the message",
+        "DMARC_REJECT_EXEMPT_RCPT": "DMARC failed under p=reject; not refused, as the message "
+                                    "is for postmaster@/abuse@ only",
+        "DMARC_SAMPLED_OUT": "DMARC failed but pct= or t=y left this message to a milder policy",
+        "DMARC_ARC_OVERRIDE": "DMARC failed, but a trusted ARC sealer recorded a DMARC pass",
         "DMARC_TEMPERROR": "DMARC could not be checked now (DNS failure)",
-        "DMARC_PERMERROR": "DMARC cannot apply: no single From domain",
+        "DMARC_PERMERROR": "DMARC cannot apply: no author domain that can be checked",
     }
 
     def __init__(self, config: Config):
         super().__init__(config)
         self.discovery = PslDiscovery(shared_resolver(config))
         self.settings = config.auth
+        self.trusted_sealers = {_ascii(s) for s in config.auth.trusted_arc_sealers}
 
     @classmethod
     def forced_actions(cls, config: Config) -> dict[str, str]:
@@ -48,55 +90,103 @@ class DmarcCheck(Check):
                 "DMARC_REJECT_DOWNGRADED": "quarantine"}
 
     def run(self, message: Message, context: CheckContext) -> Report:
-        senders = message.headers("From")
-        addresses = [a for _, a in getaddresses(senders) if "@" in a]
-        domains = {a.rpartition("@")[2].lower().rstrip(".") for a in addresses}
-        if len(senders) != 1 or len(domains) != 1:
-            reason = f"{len(senders)} From header(s), {len(domains)} domain(s)"
+        senders = [_text(value) for value in message.headers("From")]
+        authors = author_domains(senders, self.config.limits.address_comment_depth)
+        if not authors.domains:
+            reason = (f"{authors.fields} From field(s), {authors.mailboxes} mailbox(es), "
+                      "no author domain")
+            if authors.problems:
+                reason += f" ({'; '.join(authors.problems)[:200]})"
             return Report(symbols=(self.symbol("DMARC_PERMERROR", reason),),
-                          facts={"result": "permerror", "reason": reason})
-        from_domain = domains.pop()
+                          facts={"result": "permerror", "reason": reason, "authors": {}})
         spf = context.facts.get("spf", {})
-        dkim = context.facts.get("dkim", {})
+        signatures = list(context.facts.get("dkim", {}).get("signatures", []))
+        arc = context.facts.get("arc", {})
         # pct sampling keys on the message itself (not its bytes: a 25 MB
         # message need not be read again), so a re-check samples the same way.
         key = "\n".join([message.header("Message-ID") or "", message.header("Date") or "",
-                          senders[0], message.header("Subject") or "",
-                          str(message.size)]).encode("utf-8", "surrogateescape")
-        outcome = evaluate(from_domain, spf.get("result"), spf.get("domain", ""),
-                           list(dkim.get("signatures", [])), self.discovery, key)
-        symbols = self._symbols(outcome, context.facts.get("arc", {}))
-        facts = {"result": outcome.result, "from_domain": from_domain,
-                 "policy": outcome.policy, "applied": outcome.applied,
+                         *senders, message.header("Subject") or "",
+                         str(message.size)]).encode("utf-8", "surrogateescape")
+        outcomes = [self._author(domain, spf, signatures, arc, key, message)
+                    for domain in authors.domains[:MAX_AUTHOR_DOMAINS]]
+        chosen = max(outcomes, key=lambda o: o.severity)  # the first of the strictest
+        symbols = list(chosen.symbols)
+        if len(outcomes) > 1:
+            others = ", ".join(f"{o.outcome.from_domain or o.written} {o.outcome.result}"
+                               for o in outcomes)
+            symbols[-1] = self._with_evidence(
+                symbols[-1], f"(strictest of {len(outcomes)} author domains: {others})")
+        if len(authors.domains) > MAX_AUTHOR_DOMAINS:
+            excess = (f"{len(authors.domains)} author domains, only the first "
+                      f"{MAX_AUTHOR_DOMAINS} evaluated")
+            if symbols[0].name == "DMARC_PERMERROR":
+                symbols[0] = self._with_evidence(symbols[0], f"; {excess}")
+            else:
+                symbols.append(self.symbol("DMARC_PERMERROR", excess))
+        outcome = chosen.outcome
+        facts = {"result": outcome.result, "from_domain": outcome.from_domain,
+                 # RFC 7489 11.2 policy.dmarc: the policy applied, after pct= and t=
+                 "policy": outcome.applied if outcome.result == "fail" else outcome.policy,
+                 "published_policy": outcome.policy, "applied": outcome.applied,
                  "spf_aligned": outcome.spf_aligned, "dkim_aligned": outcome.dkim_aligned,
                  "dkim_domain": outcome.aligned_dkim_domain, "found_at": outcome.found_at,
-                 "reason": outcome.reason}
+                 "reason": outcome.reason,
+                 "authors": {o.outcome.from_domain or o.written: o.outcome.result
+                             for o in outcomes}}
         if any(s.name == "DMARC_ARC_OVERRIDE" for s in symbols):
             facts["override"] = "arc"
         return Report(symbols=tuple(symbols), facts=facts)
 
-    def _symbols(self, outcome: DmarcResult, arc: dict) -> list[Symbol]:
+    def _author(self, written: str, spf: dict, signatures: list[dict], arc: dict, key: bytes,
+                message: Message) -> AuthorOutcome:
+        try:
+            domain = ascii_domain(written)
+            if _is_ip_address(domain):
+                raise DomainError(f"{written!r}: an address literal is not a domain")
+        except DomainError as exc:
+            outcome = DmarcResult("permerror", reason=str(exc))
+            return AuthorOutcome(written, outcome, (self.symbol("DMARC_PERMERROR", str(exc)),))
+        try:
+            outcome = evaluate(domain, spf.get("result"), spf.get("domain", ""), signatures,
+                               self.discovery, key)
+            return AuthorOutcome(written, outcome, tuple(self._symbols(outcome, arc, message)))
+        except Exception as exc:  # message content must never make the check fail
+            log.warning("DMARC: cannot evaluate %s: %r", domain, exc)
+            reason = f"{domain}: cannot be evaluated ({type(exc).__name__})"
+            return AuthorOutcome(written, DmarcResult("permerror", domain, reason=reason),
+                                 (self.symbol("DMARC_PERMERROR", reason),))
+
+    def _with_evidence(self, symbol: Symbol, more: str) -> Symbol:
+        return self.symbol(symbol.name, f"{symbol.evidence} {more}".strip())
+
+    def _symbols(self, outcome: DmarcResult, arc: dict, message: Message) -> list[Symbol]:
         domain = outcome.from_domain
         if outcome.result == "pass":
             how = "DKIM " + outcome.aligned_dkim_domain if outcome.dkim_aligned else "SPF"
             return [self.symbol("DMARC_PASS", f"{domain}: aligned {how}")]
         if outcome.result == "none":
-            return [self.symbol("DMARC_NA", domain)]
+            return [self.symbol("DMARC_NA", f"{domain}: {outcome.reason}")]
         if outcome.result == "temperror":
             return [self.symbol("DMARC_TEMPERROR", outcome.reason)]
+        if outcome.result == "permerror":
+            return [self.symbol("DMARC_PERMERROR", outcome.reason)]
         evidence = f"{domain}: p={outcome.policy}, SPF and DKIM not aligned"
-        sealer = arc.get("sealer", "")
-        if (arc.get("result") == "pass" and sealer
-                and sealer in {s.lower() for s in self.settings.trusted_arc_sealers}):
-            return [self.symbol("DMARC_ARC_OVERRIDE",
-                                f"{evidence}; ARC chain sealed by trusted {sealer}")]
+        override = self._arc_override(domain, arc)
+        if override.startswith("ARC chain"):
+            return [self.symbol("DMARC_ARC_OVERRIDE", f"{evidence}; {override}")]
+        if override:
+            evidence += f"; {override}"
         found: list[Symbol] = []
         if outcome.sampled_out:
+            why = "t=y (testing)" if outcome.testing else "pct="
             found.append(self.symbol("DMARC_SAMPLED_OUT",
-                                     f"{domain}: pct= left this message to p={outcome.applied}"))
+                                     f"{domain}: {why} left this message to p={outcome.applied}"))
         if outcome.applied == "reject":
             choice = self.settings.dmarc_reject_domains.get(domain, self.settings.dmarc_reject)
-            if choice == "quarantine":
+            if only_role_recipients(message.envelope.rcpt_to,
+                                    self.settings.reject_exempt_recipients):
+                found.append(self.symbol("DMARC_REJECT_EXEMPT_RCPT", evidence))
+            elif choice == "quarantine":
                 found.append(self.symbol("DMARC_REJECT_DOWNGRADED", evidence))
             else:
                 found.append(self.symbol("DMARC_POLICY_REJECT", evidence))
@@ -105,3 +195,42 @@ class DmarcCheck(Check):
         else:
             found.append(self.symbol("DMARC_POLICY_NONE", evidence))
         return found
+
+    def _arc_override(self, domain: str, arc: dict) -> str:
+        """"ARC chain ..." when a trusted sealer vouches for this domain's DMARC
+        pass (RFC 8617 7.2), else why not (or "" when no trusted sealer sealed)."""
+        sealer = arc.get("sealer", "")
+        if arc.get("result") != "pass" or not sealer or _ascii(sealer) not in self.trusted_sealers:
+            return ""
+        recorded = arc.get("sealer_dmarc") or "nothing"
+        recorded_from = _ascii(arc.get("sealer_dmarc_from", ""))
+        if recorded == "pass" and recorded_from in ("", domain):
+            return f"ARC chain sealed by trusted {sealer}, which recorded dmarc=pass"
+        if recorded == "pass":
+            return (f"trusted ARC sealer {sealer} recorded dmarc=pass for {recorded_from}, "
+                    "not this domain: no override")
+        return f"trusted ARC sealer {sealer} recorded dmarc={recorded}: no override"
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.removeprefix("ipv6:"))
+    except ValueError:
+        return False
+    return True
+
+
+def _ascii(domain: str) -> str:
+    try:
+        return ascii_domain(domain)
+    except DomainError:
+        return domain.strip().rstrip(".").lower()
+
+
+def _text(value: str) -> str:
+    """A header value as text: raw UTF-8 that arrived as surrogate escapes
+    (``ceo@bänk.test``) is read as UTF-8."""
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeError:
+        return value

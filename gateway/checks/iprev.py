@@ -8,6 +8,7 @@ compromised hosts, so a failure adds to the score; it decides nothing alone.
 from __future__ import annotations
 
 import ipaddress
+import logging
 
 import dns.reversename
 
@@ -16,6 +17,8 @@ from gateway.config import Config
 from gateway.dns import DnsTempError, NoRecords, NxDomain, shared_resolver
 from gateway.message import Message
 from gateway.symbols import Report
+
+log = logging.getLogger("gateway.checks.iprev")
 
 MAX_NAMES = 10
 
@@ -40,6 +43,15 @@ class IprevCheck(Check):
             address = ipaddress.ip_address(ip)
         except ValueError:
             return Report(facts={"result": None, "reason": "no client IP to check"})
+        try:
+            return self._check(ip, address)
+        except Exception as exc:  # what DNS answers must never make the check fail
+            log.warning("iprev: cannot check %s: %r", ip, exc)
+            return self._report("permerror", ip, "", f"{ip}: cannot be checked "
+                                f"({type(exc).__name__})")
+
+    def _check(self, ip: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+               ) -> Report:
         reverse = dns.reversename.from_address(str(address)).to_text(omit_final_dot=True)
         try:
             names = list(self.resolver.lookup(reverse, "PTR"))[:MAX_NAMES]

@@ -9,6 +9,7 @@ The 10-lookup and 2-void-lookup limits are pyspf's.
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import spf
@@ -18,6 +19,8 @@ from gateway.config import Config
 from gateway.dns import DnsTempError, NoRecords, NxDomain, Resolver, shared_resolver
 from gateway.message import Message
 from gateway.symbols import Report
+
+log = logging.getLogger("gateway.checks.spf")
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
 
@@ -72,7 +75,32 @@ class SpfCheck(Check):
         identity = "mailfrom" if sender else "helo"
         if not sender and not envelope.helo:
             return Report(facts={"result": None, "reason": "null sender and no HELO"})
-        query = spf.query(i=envelope.client_ip.strip("[]"), s=sender, h=envelope.helo or "",
+        domain = sender.rpartition("@")[2].lower() if sender else (envelope.helo or "").lower()
+        mechanism = explanation = ""
+        if domain.startswith("["):
+            # An address literal is no domain: nothing to look up (RFC 7208 2.3, 4.3).
+            result, explanation = "none", "an address literal is not a domain"
+        else:
+            try:
+                result, explanation, mechanism = self._check(envelope.client_ip, sender,
+                                                             envelope.helo or "")
+            except Exception as exc:  # what a sender writes must never make the check fail
+                log.warning("SPF: cannot check %r: %r", domain[:80], exc)
+                result = "permerror"
+                explanation = f"cannot be checked: {type(exc).__name__}: {str(exc)[:80]}"
+        evidence = f"{domain}: {result}" + (f" ({mechanism})" if mechanism else "")
+        if result in ("temperror", "permerror", "none") and explanation:
+            evidence += f": {explanation}"
+        return Report(
+            symbols=(self.symbol(f"SPF_{result.upper()}", evidence),),
+            facts={"result": result, "identity": identity, "domain": domain,
+                   "sender": sender or f"postmaster@{domain}", "mechanism": mechanism,
+                   "explanation": explanation},
+        )
+
+    def _check(self, client_ip: str, sender: str, helo: str) -> tuple[str, str, str]:
+        """(result, explanation, mechanism) from pyspf."""
+        query = spf.query(i=client_ip.strip("[]"), s=sender, h=helo,
                           timeout=self.config.dns.lifetime,
                           querytime=self.config.pipeline.budget)
         _current.resolver = self.resolver
@@ -82,14 +110,4 @@ class SpfCheck(Check):
             _current.resolver = None
         if result not in RESULTS:
             result = "permerror"
-        domain = sender.rpartition("@")[2].lower() if sender else (envelope.helo or "").lower()
-        mechanism = getattr(query, "mechanism", None) or ""
-        evidence = f"{domain}: {result}" + (f" ({mechanism})" if mechanism else "")
-        if result in ("temperror", "permerror") and explanation:
-            evidence += f": {explanation}"
-        return Report(
-            symbols=(self.symbol(f"SPF_{result.upper()}", evidence),),
-            facts={"result": result, "identity": identity, "domain": domain,
-                   "sender": sender or f"postmaster@{domain}", "mechanism": mechanism,
-                   "explanation": explanation},
-        )
+        return result, explanation or "", getattr(query, "mechanism", None) or ""
