@@ -869,6 +869,7 @@ def header_value(c: Chooser) -> str:
         return " ".join(encoded_word(c) for _ in range(c.choice(COUNTS)))
     if shape == "long":
         return c.choice(("A", " ", "\t", "=?", "(")) * c.choice((100, 998, 17_000, 70_000))
+
     if shape == "folded":
         return "x" + _repeat(c, c.choice(("\r\n w", "\r\n\t", "\r\n \r\n x")))
     if shape == "bytes":
@@ -886,14 +887,19 @@ HEADER_NAMES = ("Subject", "To", "Cc", "Reply-To", "Sender", "X-Mailer", "Commen
                 "Authentication-Results", "MIME-Version", "X-" + "h" * 200)
 
 
+def header_field(c: Chooser) -> str:
+    name = c.choice(HEADER_NAMES)
+    separator = c.choice((": ", ":", " : ", ":\t"))
+    return f"{name}{separator}{header_value(c)}\r\n"
+
+
 def header_fields(c: Chooser) -> str:
-    """Extra header fields (each ending in CRLF)."""
-    fields = []
-    for _ in range(c.choice((0, 1, 2, 5, 30, 700))):
-        name = c.choice(HEADER_NAMES)
-        separator = c.choice((": ", ":", " : ", ":\t"))
-        fields.append(f"{name}{separator}{header_value(c)}\r\n")
-    return "".join(fields)
+    """Extra header fields (each ending in CRLF): a few drawn one by one, or
+    one drawn and repeated hundreds of times."""
+    if c.choice((False, False, False, True)):
+        field = header_field(c)
+        return field * max(1, min(c.choice((40, 700, 3_000)), 400_000 // len(field)))
+    return "".join(header_field(c) for _ in range(c.choice((0, 1, 2, 3, 5, 8))))
 
 
 CTES = ("7bit", "8bit", "base64", "quoted-printable", "x-uuencode", "binary", "bogus", "")
@@ -907,10 +913,13 @@ def leaf(c: Chooser, small: bool = False) -> str:
                              "image/png", "message/delivery-status", "text/rfc822-headers"))
     cte = c.choice(CTES)
     charset = c.choice(CHARSETS)
-    text = c.choice(("wire it today", "<script>x", "<!-- x", "<a href=x", "< " + " " * 5_000,
+    text = c.choice(("wire it today", "<script>x", "<!-- x", "<a href=x", "< " + " " * 50,
                      "=ZZ=\r\n=", "!!!!", "begin 644 x\r\nM}}}\r\n", "+AGE-+ZZ",
-                     "http://a.test/ " * 50, "\x00\xff", "Final-Recipient: x\r\n\r\n"))
+                     "http://a.test/ ", "\x00\xff", "Final-Recipient: x\r\n\r\n",
+                     "<" + "a" * 100 + " ", "\t \t  "))
     body = text if small else (_repeat(c, text) or text)
+    if not small and c.choice((False, False, False, False, True)):  # one huge run
+        body += c.choice(("<", " ", "-", "=", "A")) * c.choice((100_000, 400_000))
     if cte == "base64" and c.boolean():
         body = base64.encodebytes(body.encode("utf-8", "surrogatepass")).decode()
     extra = ""
