@@ -47,10 +47,14 @@ class HeaderBlock:
 
 
 _FIELD_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
+# Fields kept whole however long: the author a reader's MUA shows may follow
+# any length of display name, and a cut that drops it leaves DMARC without an
+# author. Their readers (parse_mailboxes, author_domains) are linear.
+UNCUT_FIELDS = frozenset({"from"})
 
 
-def parse_header_block(lines: Iterable[bytes], max_fields: int,
-                       max_length: int) -> HeaderBlock:
+def parse_header_block(lines: Iterable[bytes], max_fields: int, max_length: int,
+                       uncut: frozenset[str] = UNCUT_FIELDS) -> HeaderBlock:
     """The header fields of a message from its raw lines, up to the blank line.
 
     Like Postfix and unlike Python's ``compat32`` parser, a field name may be
@@ -59,7 +63,7 @@ def parse_header_block(lines: Iterable[bytes], max_fields: int,
     first line too (where it is not an mbox ``From_`` separator). A line
     that is neither a field nor a continuation ends the header block, as in
     Postfix. At most ``max_fields`` fields are kept, each cut to
-    ``max_length`` bytes.
+    ``max_length`` bytes except those named in ``uncut`` (lower case).
     """
     fields: list[HeaderField] = []
     too_long: list[tuple[str, int]] = []
@@ -67,6 +71,7 @@ def parse_header_block(lines: Iterable[bytes], max_fields: int,
     name: str | None = None
     parts: list[bytes] = []
     size = 0
+    whole = False
 
     def finish() -> None:
         nonlocal dropped
@@ -76,7 +81,7 @@ def parse_header_block(lines: Iterable[bytes], max_fields: int,
             dropped += 1
             return
         raw = b"".join(parts)
-        if size > max_length:
+        if size > max_length and not whole:
             too_long.append((name, size))
             raw = raw[:max_length]
         value = raw.decode("utf-8", "replace").lstrip(" \t").rstrip("\r\n")
@@ -86,7 +91,7 @@ def parse_header_block(lines: Iterable[bytes], max_fields: int,
         if line in (b"\r\n", b"\n", b""):
             break
         if line[:1] in (b" ", b"\t"):
-            if name is not None and size <= max_length:
+            if name is not None and (size <= max_length or whole):
                 parts.append(line)
             size += len(line)
             continue
@@ -99,6 +104,7 @@ def parse_header_block(lines: Iterable[bytes], max_fields: int,
             break  # the body starts here
         finish()
         name, parts, size = label, [rest], len(rest)
+        whole = label.lower() in uncut
     finish()
     return HeaderBlock(tuple(fields), dropped, tuple(too_long))
 
