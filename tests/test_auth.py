@@ -460,6 +460,8 @@ def test_dmarc_discovery_stops_at_an_invalid_or_duplicate_record(check, author, 
     domain = author.split("@")[1]
     assert verdict.facts["dmarc"]["found_at"] == expected_at.get(domain, domain)
     assert verdict.action == ("reject" if symbol == "DMARC_POLICY_REJECT" else "accept")
+    if domain == "bad.bank.test":
+        assert "ignored 'reject'" in evidence(verdict, symbol)
 
 
 @pytest.mark.parametrize("author", ["x@spaces.test", "x@upper.test", "x@stray.test"])

@@ -14,6 +14,13 @@ this check walks dkimpy's steps itself and tells them apart:
 A signature whose ``l=`` covers less than the body is marked: whatever
 follows the signed part (a mailing list footer, or an attacker's text) is
 not vouched for. ed25519-sha256 (RFC 8463) works through PyNaCl.
+
+Signatures are written by whoever sends the message, so the work is bounded:
+at most ``[auth] max_dkim_signatures`` are verified, a signature field over
+``MAX_SIGNATURE_HEADER_BYTES`` or ``MAX_SIGNATURE_HEADER_LINES`` is refused
+before dkimpy's quadratic b= regex sees it, dkimpy's quadratic relaxed body
+canonicalization is replaced by :func:`linear_relaxed_body` when the check
+is built, and nothing in a message makes the check raise.
 """
 
 from __future__ import annotations

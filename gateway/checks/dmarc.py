@@ -161,16 +161,18 @@ class DmarcCheck(Check):
 
     def _symbols(self, outcome: DmarcResult, arc: dict, message: Message) -> list[Symbol]:
         domain = outcome.from_domain
+        # What the record had that was ignored or read as a default.
+        noted = f" (record: {outcome.details['record']})" if outcome.details.get("record") else ""
         if outcome.result == "pass":
             how = "DKIM " + outcome.aligned_dkim_domain if outcome.dkim_aligned else "SPF"
-            return [self.symbol("DMARC_PASS", f"{domain}: aligned {how}")]
+            return [self.symbol("DMARC_PASS", f"{domain}: aligned {how}{noted}")]
         if outcome.result == "none":
             return [self.symbol("DMARC_NA", f"{domain}: {outcome.reason}")]
         if outcome.result == "temperror":
             return [self.symbol("DMARC_TEMPERROR", outcome.reason)]
         if outcome.result == "permerror":
             return [self.symbol("DMARC_PERMERROR", outcome.reason)]
-        evidence = f"{domain}: p={outcome.policy}, SPF and DKIM not aligned"
+        evidence = f"{domain}: p={outcome.policy}, SPF and DKIM not aligned{noted}"
         override = self._arc_override(domain, arc)
         if override.startswith("ARC chain"):
             return [self.symbol("DMARC_ARC_OVERRIDE", f"{evidence}; {override}")]
