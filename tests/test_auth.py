@@ -4,6 +4,7 @@ loopback, and a misbehaving one (dnslib) for failures."""
 from __future__ import annotations
 
 import email
+import re
 import smtplib
 import time
 import uuid
@@ -500,6 +501,31 @@ def test_dmarc_record_parsing():
         parse_record("v=DMARC1; p=maybe")
     with pytest.raises(ValueError):
         parse_record("v=spf1 -all")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # (p, sp, np, testing) as read, or the error
+    ("v=DMARC1; p=reject", ("reject", "reject", "reject", False)),
+    ("v=DMARC1;p=reject;sp=none;np=quarantine;t=Y", ("reject", "none", "quarantine", True)),
+    ("v=DMARC1; p=reject; sp=none; np=bogus", ("reject", "none", "none", False)),
+    ("v=DMARC1; p=reject; p=none", ("reject", "reject", "reject", False)),  # the first one
+    ("\tv=DMARC1 ;\tp\t=\tQUARANTINE ;", ("quarantine", "quarantine", "quarantine", False)),
+    ("v=DMARC1; p=bogus; rua=mailto:d@x.test!10m", ("none", "none", "none", False)),
+    ("v=DMARC1; rua=not a uri, mailto:d@x.test", ("none", "none", "none", False)),
+    ("v=DMARC1; p=bogus; rua=not-a-uri", "no valid rua="),
+    ("v=DMARC1; p=reject; sp=", "sp='' is not valid"),
+    ("v=DMARC1", "no p="),
+    ("v=DMARC1x; p=reject", "not a DMARC1 record"),
+    ("x=1; v=DMARC1; p=reject", "not a DMARC1 record"),
+])
+def test_dmarc_record_grammar(text, expected):
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            parse_record(text)
+        return
+    record = parse_record(text)
+    assert (record.policy, record.subdomain_policy, record.nonexistent_policy,
+            record.testing) == expected
 
 
 @pytest.mark.parametrize(("identifier", "from_domain", "mode", "expected"), [
