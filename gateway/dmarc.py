@@ -132,6 +132,7 @@ def parse_record(text: str) -> DmarcRecord:
         # 6.6.3 step 6.1: as if the record said v=DMARC1; p=none.
         problems.append(", ".join(invalid) + ": read as p=none (it has a valid rua=)")
         policy, subdomain = "none", ""
+        tags.pop("np", None)  # as if the record were "v=DMARC1; p=none"
     nonexistent = tags.get("np", "").lower()
     if "np" in tags and nonexistent not in POLICIES:
         problems.append(f"np={tags['np']!r} ignored")
@@ -152,7 +153,7 @@ def parse_record(text: str) -> DmarcRecord:
     testing = tags.get("t", "n").lower() == "y"
     return DmarcRecord(policy=policy, subdomain_policy=subdomain or policy,
                        adkim=alignment["adkim"], aspf=alignment["aspf"], pct=pct, raw=text,
-                       nonexistent_policy=nonexistent if "np" in tags else "",
+                       nonexistent_policy=nonexistent,
                        testing=testing, problems=tuple(problems))
 
 

@@ -511,6 +511,7 @@ def test_dmarc_record_parsing():
     ("v=DMARC1; p=reject; p=none", ("reject", "reject", "reject", False)),  # the first one
     ("\tv=DMARC1 ;\tp\t=\tQUARANTINE ;", ("quarantine", "quarantine", "quarantine", False)),
     ("v=DMARC1; p=bogus; rua=mailto:d@x.test!10m", ("none", "none", "none", False)),
+    ("v=DMARC1; p=bogus; np=reject; rua=mailto:d@x.test", ("none", "none", "none", False)),
     ("v=DMARC1; rua=not a uri, mailto:d@x.test", ("none", "none", "none", False)),
     ("v=DMARC1; p=bogus; rua=not-a-uri", "no valid rua="),
     ("v=DMARC1; p=reject; sp=", "sp='' is not valid"),
