@@ -91,8 +91,8 @@ class PipelineSection:
                              "(lower latency with cold DNS caches, more CPU per message)")
     threads: int = setting(32, positive, "threads for parallel checks, and for deciding")
     workers: int = setting(
-        0, non_negative, "worker processes running the checks (0 = in the milter, where "
-        "the budget cannot stop a check stuck in C code)"
+        2, non_negative, "worker processes running the checks (0 = in the milter, where "
+        "the budget cannot stop a check stuck in C code); about one per core"
     )
     max_workers: int = setting(8, positive, "workers the pool may grow to while all are busy")
     grace: float = setting(2.0, non_negative, "seconds past the budget before a worker still "

@@ -175,7 +175,7 @@ def main() -> int:
     parser.add_argument("--checks", choices=("all", "spine"), default="all",
                         help="every default check (with a private clamd and a synthetic DNS "
                              "server), or only the spine's header/size/list checks")
-    parser.add_argument("--workers", type=int, default=0,
+    parser.add_argument("--workers", type=int, default=2,
                         help="gateway pipeline.workers (scoring processes)")
     parser.add_argument("--gateway-config", type=Path, help="extra TOML for the gateway")
     args = parser.parse_args()
