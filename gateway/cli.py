@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 
+from gateway.commands.common import UsageError
 from gateway.schema import ConfigError
 from gateway.terminal import printable
 
-log = logging.getLogger("gateway")
-
-
-class UsageError(Exception):
-    """A problem the user can fix, reported as one line without a traceback."""
-
+__all__ = ["UsageError", "main"]  # UsageError here for commands written before it moved
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()

@@ -9,6 +9,10 @@ import sys
 from gateway.config import Config, load_config
 
 
+class UsageError(Exception):
+    """A problem the user can fix, reported as one line without a traceback."""
+
+
 def config_from(args: argparse.Namespace) -> Config:
     return load_config(getattr(args, "config", None))
 

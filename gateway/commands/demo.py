@@ -18,7 +18,7 @@ from email.message import EmailMessage
 from email.utils import parseaddr
 from pathlib import Path
 
-from gateway.cli import UsageError
+from gateway.commands.common import UsageError
 from gateway.headers import OWN_HEADERS
 from gateway.lab.clamd import ClamdError, ClamdInstance
 from gateway.lab.milter_process import MilterProcess

@@ -7,8 +7,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from gateway.audit import actor
-from gateway.cli import UsageError
-from gateway.commands.common import config_from
+from gateway.commands.common import UsageError, config_from
 from gateway.config import Config
 from gateway.quarantine.release import ReleaseError, release
 from gateway.quarantine.store import (

@@ -9,8 +9,7 @@ import logging
 
 import milter as libmilter
 
-from gateway.cli import UsageError
-from gateway.commands.common import config_from, setup_logging
+from gateway.commands.common import UsageError, config_from, setup_logging
 from gateway.config import socket_problem
 from gateway.decider import Decider
 from gateway.evaluator import build_evaluator
