@@ -79,6 +79,7 @@ class MilterSection:
         "tempfail", doc="answer when the gateway itself fails on a message"
     )
     timeout: int = setting(600, positive, "seconds libmilter waits on the MTA")
+    threads: int = setting(64, positive, "messages decided at once; more wait their turn")
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class PipelineSection:
     budget: float = setting(10.0, positive, "seconds all checks of one message may take")
     parallel: bool = setting(False, doc="run checks that wait on the network concurrently "
                              "(lower latency with cold DNS caches, more CPU per message)")
-    threads: int = setting(32, positive, "threads for parallel checks, and for deciding")
+    threads: int = setting(32, positive, "threads for checks run in parallel (parallel = true)")
     workers: int = setting(
         2, non_negative, "worker processes running the checks (0 = in the milter, where "
         "the budget cannot stop a check stuck in C code); about one per core"
@@ -99,7 +100,7 @@ class PipelineSection:
                            "busy with a message is stopped (BUDGET_EXCEEDED)")
     worker_max_messages: int = setting(10000, non_negative, "messages a worker checks before "
                                        "it is replaced (0 = never)")
-    spool_threshold: int = setting(
+    spool_threshold: int = setting(  # raw messages larger than this spill to a file
         1024 * 1024, positive, "bytes above which a message spills to a temp file"
     )
     spool_dir: str = setting("", doc="directory for spilled messages (default: system temp)")

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gateway import mime
-from gateway.config import LimitsSection
+from gateway.config import LimitsSection, PipelineSection
 from gateway.mail import HeaderBlock, parse_header_block
 from gateway.mime import Excess
 
 # Raw messages larger than this spill from memory to a temporary file, so a
 # 25 MB message is held once on disk rather than several times in RAM.
-DEFAULT_SPOOL_THRESHOLD = 1024 * 1024
+DEFAULT_SPOOL_THRESHOLD = PipelineSection().spool_threshold
 DEFAULT_LIMITS = LimitsSection()
 
 
@@ -56,10 +56,6 @@ class Envelope:
     @property
     def tls_cipher(self) -> str | None:
         return self.macros.get("cipher") or None
-
-    @property
-    def auth_user(self) -> str | None:
-        return self.macros.get("auth_authen") or None
 
     def with_queue_id(self, queue_id: str | None) -> Envelope:
         return replace(self, queue_id=queue_id)

@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
         except QuarantineError as exc:  # messages to quarantine get 4xx until it works
             log.error("quarantine: %s; quarantined mail is answered 4xx until it works", exc)
         keeper.start_purging()
-    decider = Decider(evaluator, keeper, config.pipeline.threads)
+    decider = Decider(evaluator, keeper, config.milter.threads)
     try:
         serve(Runtime(config=config, decider=decider))
     except (OSError, libmilter.error) as exc:

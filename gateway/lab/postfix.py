@@ -146,12 +146,6 @@ class PostfixInstance:
             MASTER_CF.format(listen=f"127.0.0.1:{self.smtp_port}", reinject=reinject)
         )
 
-    def set_milter(self, milter: str | None) -> None:
-        """Attach or detach the milter; takes effect for new SMTP sessions."""
-        self.milter = milter
-        self.write_config()
-        self._postfix("reload")
-
     # -- life cycle ------------------------------------------------------------
 
     def start(self, timeout: float = 20.0) -> None:
