@@ -106,7 +106,7 @@ class DmarcCheck(Check):
         # message need not be read again), so a re-check samples the same way.
         key = "\n".join([message.header("Message-ID") or "", message.header("Date") or "",
                          *senders, message.header("Subject") or "",
-                         str(message.size)]).encode("utf-8", "surrogateescape")
+                         str(message.size)]).encode("utf-8", "surrogatepass")
         outcomes = [self._author(domain, spf, signatures, arc, key, message)
                     for domain in authors.domains[:MAX_AUTHOR_DOMAINS]]
         chosen = max(outcomes, key=lambda o: o.severity)  # the first of the strictest
