@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         configcheck,
         configshow,
         demo,
+        learn,
         quarantine,
         run,
         symbols,
@@ -104,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser = command("evaluate", classifier.evaluate_main,
                               "measure a spam model on labelled mail")
     classifier.add_evaluate_arguments(evaluate_parser)
+    learn_parser = command("learn", learn.main,
+                           "add labelled mail (files or quarantined messages) to the learned "
+                           "training set that 'train --feedback' uses")
+    learn.add_arguments(learn_parser)
     model_parser = commands.add_parser("model", help="list, promote or roll back spam models",
                                        description="the model store")
     classifier.add_model_arguments(model_parser)

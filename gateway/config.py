@@ -154,6 +154,13 @@ class ClassifierSection:
     store: str = setting("/var/lib/gateway/models", doc="model store for train/promote/rollback")
     reload_interval: float = setting(2.0, positive,
                                      "seconds between checks for a newly promoted model")
+    training_set: str = setting(
+        "", lambda v: _quarantine_url(v) if v else None,
+        "database of the learned training set (gateway learn, train --feedback): "
+        "sqlite:////path or postgresql://... (default: the quarantine's [quarantine] url)")
+
+    def training_set_url(self, quarantine_url: str) -> str:
+        return self.training_set or quarantine_url
 
 
 def _host_port(value: str) -> str | None:

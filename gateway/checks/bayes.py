@@ -1,5 +1,10 @@
 """The naive-Bayes spam classifier as a check: one BAYES_* band symbol.
 
+The band symbol's evidence names the tokens that pushed the probability
+most toward spam (+) and toward ham (-), with their share of the log-odds:
+``p=0.9731, model nb-...; + "click here" +0.41, url:example.biz +0.30; -
+list-id: debian-user -0.52``; the ``tokens`` fact has them for the JSON.
+
 The model in use is the ``[classifier] model`` folder if set, else the
 model store's current model, else the shipped ``models/default``. A watcher
 thread looks for a newly promoted model every ``reload_interval`` seconds
@@ -126,8 +131,9 @@ class BayesCheck(Check):
         model = self.holder.model  # one model for the whole message
         stats = TextStats()
         limits = message.limits
-        probability, log_odds = model.score(message.email, limits, stats)
-        found = [self.symbol(band(probability), f"p={probability:.4f}, model {model.version}")]
+        explanation = model.score_explained(message.email, limits, stats)
+        probability, log_odds = explanation.probability, explanation.log_odds
+        found = [self.symbol(band(probability), explanation.evidence(model.version))]
         if stats.urls > limits.urls:
             found.append(self.symbol("URLS_TOO_MANY", f"{stats.urls} URLs, read {limits.urls}"))
         if stats.truncated:
@@ -139,6 +145,7 @@ class BayesCheck(Check):
                 "spam_probability": probability,
                 "log_odds": log_odds,
                 "model_version": model.version,
+                "tokens": explanation.facts(),
             },
         )
 

@@ -33,7 +33,7 @@ from gateway.mail import (
 # Re-exported for callers that still import them from here.
 __all__ = ["decode_bytes", "decoded_header", "registrable_domain"]
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
 
 # Headers never turned into tokens. Delivery and mailbox bookkeeping added
 # at the recipient's side (by the corpus collectors, by fetchmail, by the
@@ -185,6 +185,7 @@ def message_tokens(message: EmailMessage, limits: LimitsSection = DEFAULT_LIMITS
     tokens: set[str] = set()
     tokens.update(header_tokens(message, limits))
     tokens.update(body_tokens(message, limits, stats if stats is not None else TextStats()))
+    tokens.update(received_tokens(message, limits))
     # One pass over all tokens joined by newlines (no token holds one, so a
     # match never spans two); real mail has no corpus artefacts at all.
     joined = "\n".join(tokens)
@@ -202,8 +203,13 @@ def message_tokens(message: EmailMessage, limits: LimitsSection = DEFAULT_LIMITS
 def header_tokens(message: EmailMessage,
                   limits: LimitsSection = DEFAULT_LIMITS) -> Iterator[str]:
     subject = decoded_header(message.get("Subject", ""), limits.encoded_words)
-    for word in words(subject):
+    subject_words = words(subject)
+    for word in subject_words:
         yield "subject:" + word
+    for pair in bigrams(subject_words):
+        yield "subject:" + pair
+    for token in number_tokens(subject):
+        yield "subject:" + token
     if subject and subject.upper() == subject and any(c.isalpha() for c in subject):
         yield "subject:ALLCAPS"
     if "!" in subject:
@@ -317,14 +323,22 @@ def body_tokens(message: EmailMessage, limits: LimitsSection = DEFAULT_LIMITS,
             text = strip_html(text)
         urls.extend(_capped(URL.finditer(text), limits.urls - len(urls), stats, group=0))
         text = URL.sub(" ", text)
-        yield from words(text)
+        body_words = words(text)
+        yield from body_words
+        yield from bigrams(body_words)
+        yield from number_tokens(text)
 
     yield "structure:" + ",".join(sorted(set(kinds)))[:120]
     if "text/html" in kinds and "text/plain" not in kinds:
         yield "structure:html-only"
     yield f"url:count:{bucket(len(urls), (0, 1, 2, 5, 10, 20))}"
+    domains: set[str] = set()
     for url in urls[:100]:
-        yield from url_tokens(url)
+        for token in url_tokens(url):
+            if token.startswith("url:dom:") or token.startswith("url:host:"):
+                domains.add(token.partition(":")[2].partition(":")[2])
+            yield token
+    yield f"url:domains:{bucket(len(domains), (0, 1, 2, 3, 5, 10))}"
 
 
 def _capped(matches: Iterator[re.Match[str]], room: int, stats: TextStats,
@@ -415,8 +429,11 @@ def url_tokens(url: str) -> Iterator[str]:
         if url.startswith("mailto:"):
             yield "url:mailto"
         return
-    host = url.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
-    host = host.rpartition("@")[2].split(":", 1)[0].strip(".")
+    after_scheme = url.split("://", 1)[1]
+    authority = after_scheme.split("/", 1)[0].split("?", 1)[0]
+    rest = after_scheme[len(authority):][:200]
+    host_port = authority.rpartition("@")[2]
+    host = host_port.split(":", 1)[0].strip(".")
     if not host:
         return
     if re.fullmatch(r"[\d.]+", host):
@@ -428,6 +445,15 @@ def url_tokens(url: str) -> Iterator[str]:
         yield "url:dom:" + registrable
     if url.startswith("https://"):
         yield "url:https"
+    if "@" in authority:
+        yield "url:userinfo"
+    if ":" in host_port:
+        yield "url:port"
+    if "%" in host or host.count(".") > 4:
+        yield "url:odd-host"
+    for piece in URL_PATH_SPLIT.split(rest)[:8]:
+        if 2 < len(piece) <= 20 and not piece.isdigit():
+            yield "url:path:" + piece
 
 
 # -- words ---------------------------------------------------------------------
@@ -458,3 +484,123 @@ def bucket(value: int, edges: Iterable[int]) -> str:
         if high is None or value < high:
             return str(low) if high is None or high - low == 1 else f"{low}-{high - 1}"
     return str(edges[-1])
+
+
+# -- more token kinds ------------------------------------------------------------
+
+
+URL_PATH_SPLIT = re.compile(r"[/?=&.+_;,#~!$:-]+")
+MONEY = re.compile(r"[$\u00a3\u20ac]\s?(\d[\d,]*)")
+PERCENT = re.compile(r"(?<![\d.])\d+(?:\.\d+)?\s?%")
+NUMBER = re.compile(r"(?<![\w.])\d+(?![\w.])")
+
+
+def bigrams(items: list[str]) -> Iterator[str]:
+    """Adjacent word pairs ('click here'), skips and addresses left out."""
+    previous = ""
+    for word in items:
+        if ":" in word:
+            previous = ""
+            continue
+        if previous:
+            yield f"{previous} {word}"
+        previous = word
+
+
+def number_tokens(text: str) -> Iterator[str]:
+    """Amounts of money, percentages and numbers by size, not by value."""
+    for count, match in enumerate(MONEY.finditer(text)):
+        if count >= 50:
+            break
+        digits = match.group(1).replace(",", "")
+        yield f"money:{bucket(len(digits), (1, 3, 4, 6, 7))}"
+    if PERCENT.search(text):
+        yield "number:percent"
+    lengths = set()
+    for count, match in enumerate(NUMBER.finditer(text)):
+        if count >= 200:
+            break
+        lengths.add(min(len(match.group(0)), 12))
+    for length in lengths:
+        yield f"number:digits:{length}"
+
+
+RECEIVED_FROM = re.compile(r"^\s*from\s+(\S{1,100})(?:\s+\(([^()]{0,200})\))?", re.IGNORECASE)
+HOSTNAME = re.compile(r"[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})+")
+IPV4 = re.compile(r"\b(\d{1,3})\.(\d{1,3})\.\d{1,3}\.\d{1,3}\b")
+
+
+def received_tokens(message: EmailMessage, limits: LimitsSection = DEFAULT_LIMITS
+                    ) -> Iterator[str]:
+    """Where the mail started: the 'from' part of the two oldest Received
+    fields (the sender's side; the newest ones are the recipient's own
+    hosts). The HELO name and the reverse-DNS name by registrable domain,
+    an IP literal, 'unknown', a private address, and whether they belong to
+    the From domain."""
+    fields = message.get_all("Received", [])[-2:]
+    _, address = safe_parseaddr(decoded_header(message.get("From", ""), limits.encoded_words))
+    from_domain = registrable_domain(address.rpartition("@")[2].strip().strip(">").lower()) \
+        if "@" in address else ""
+    for position, value in enumerate(reversed(fields)):
+        prefix = "rcvd:origin" if position == 0 else "rcvd:next"
+        match = RECEIVED_FROM.match(str(value)[:400].lower())
+        if match is None:
+            yield prefix + ":no-from"
+            continue
+        helo, comment = match.group(1), match.group(2) or ""
+        helo = helo.strip("[]()")
+        if IPV4.fullmatch(helo):
+            yield prefix + ":helo:ip"
+        elif "." not in helo:
+            yield prefix + ":helo:bare"
+        elif not HOSTNAME.fullmatch(helo.strip(".")):
+            yield prefix + ":helo:odd"
+        else:
+            domain = registrable_domain(helo.strip("."))
+            yield f"{prefix}:helo:{domain}"
+            if from_domain and domain == from_domain:
+                yield prefix + ":from-domain"
+        if "unknown" in comment:
+            yield prefix + ":rdns:unknown"
+        for host in HOSTNAME.findall(comment)[:2]:
+            if not IPV4.fullmatch(host):
+                domain = registrable_domain(host.strip("."))
+                yield f"{prefix}:rdns:{domain}"
+                if from_domain and domain == from_domain:
+                    yield prefix + ":from-domain"
+        ip = IPV4.search(comment) or IPV4.search(helo)
+        if ip:
+            first, second = int(ip.group(1)), int(ip.group(2))
+            if first in (10, 127) or (first == 192 and second == 168) or \
+                    (first == 172 and 16 <= second <= 31):
+                yield prefix + ":ip:private"
+
+
+# -- explanations ----------------------------------------------------------------
+
+_DISPLAY_PREFIXES = (
+    ("subject:", "subject "), ("from:name:", "from name "), ("from:dom:", "from:"),
+    ("replyto:dom:", "reply-to:"), ("url:dom:", "url:"), ("url:host:", "url:"),
+    ("mailer:", "mailer "), ("email:", "address @"),
+)
+
+
+def describe_token(token: str) -> str:
+    """A token as people read it in evidence: words and word pairs quoted
+    ('"click here"'), the others by kind ('url:example.biz',
+    'subject "winner"', 'list-id: debian-user')."""
+    def quoted(text: str) -> str:
+        return '"' + text.replace('"', "'")[:60] + '"'
+
+    if token.startswith("h:"):
+        name, _, value = token[2:].partition(":")
+        return f"{name}: {value[:60]}"
+    for prefix, shown in _DISPLAY_PREFIXES:
+        if token.startswith(prefix):
+            rest = token[len(prefix):]
+            if shown.endswith(" ") and ":" not in rest:
+                return shown + quoted(rest)
+            return shown + rest[:60]
+    if ":" not in token or " " in token:
+        return quoted(token)
+    return token[:80]

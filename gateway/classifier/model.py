@@ -33,6 +33,7 @@ from gateway.classifier.features import (
     DEFAULT_LIMITS,
     FEATURE_VERSION,
     TextStats,
+    describe_token,
     message_tokens,
 )
 from gateway.config import LimitsSection
@@ -82,6 +83,34 @@ def band(probability: float) -> str:
     return BANDS[-1][1]
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """A message's score and the tokens that pushed it most either way.
+
+    A token's contribution is its share of the log-odds, ``idf * weight /
+    norm``: positive toward spam, negative toward ham. The contributions
+    and the intercept add up to ``log_odds``."""
+
+    probability: float
+    log_odds: float
+    spam: tuple[tuple[str, float], ...]  # strongest first
+    ham: tuple[tuple[str, float], ...]
+    known: int  # tokens of the message the model knows
+
+    def evidence(self, version: str) -> str:
+        """'p=0.9731, model nb-...; + "click here" +0.41, url:example.biz ...; - ...'"""
+        text = f"p={self.probability:.4f}, model {version}"
+        for sign, items in (("+", self.spam), ("-", self.ham)):
+            if items:
+                text += f"; {sign} " + ", ".join(
+                    f"{describe_token(token)} {value:+.2f}" for token, value in items)
+        return text
+
+    def facts(self) -> dict[str, Any]:
+        return {"spam": [[t, round(v, 4)] for t, v in self.spam],
+                "ham": [[t, round(v, 4)] for t, v in self.ham], "known": self.known}
+
+
 class ModelError(Exception):
     """A model folder that cannot be used, as one line naming file and reason."""
 
@@ -110,6 +139,26 @@ class SpamModel:
         norm = math.sqrt(float(idf @ idf))
         return self.intercept + float(idf @ self.weights[indices]) / norm
 
+    def contributions(self, tokens: Iterable[str]) -> tuple[float, list[str], np.ndarray]:
+        """(log-odds, known tokens, each one's contribution to the log-odds)."""
+        vocabulary = self.vocabulary
+        known = [t for t in tokens if t in vocabulary]
+        if not known:
+            return self.intercept, [], np.zeros(0)
+        indices = [vocabulary[t] for t in known]
+        idf = self.idf[indices].astype(np.float64)
+        parts = idf * self.weights[indices] / math.sqrt(float(idf @ idf))
+        return self.intercept + float(parts.sum()), known, parts
+
+    def explain(self, tokens: Iterable[str], count: int = 5) -> Explanation:
+        """The score of a token set with the ``count`` tokens that pushed it
+        most toward spam and toward ham."""
+        log_odds, known, parts = self.contributions(tokens)
+        order = np.argsort(parts, kind="stable")
+        spam = tuple((known[i], float(parts[i])) for i in order[::-1][:count] if parts[i] > 0)
+        ham = tuple((known[i], float(parts[i])) for i in order[:count] if parts[i] < 0)
+        return Explanation(self.probability_of(log_odds), log_odds, spam, ham, len(known))
+
     def probability_of(self, log_odds: float) -> float:
         a, b = self.calibration
         z = a * log_odds + b
@@ -123,6 +172,10 @@ class SpamModel:
         """(calibrated spam probability, raw log-odds) of a parsed message."""
         log_odds = self.log_odds(message_tokens(email_message, limits, stats))
         return self.probability_of(log_odds), log_odds
+
+    def score_explained(self, email_message, limits: LimitsSection = DEFAULT_LIMITS,
+                        stats: TextStats | None = None, count: int = 5) -> Explanation:
+        return self.explain(message_tokens(email_message, limits, stats), count)
 
     # -- files -------------------------------------------------------------------
 

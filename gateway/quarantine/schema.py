@@ -85,3 +85,24 @@ events = Table(
     Column("detail", Text, nullable=False),
     Index("ix_events_message", "message"),
 )
+
+# The learned training set (gateway learn, the console's accepted feedback):
+# labelled mail kept whole, so that purging the quarantine never takes a
+# label's message with it. Written by gateway.classifier.trainingset.
+training_messages = Table(
+    "training_messages", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(40), nullable=False, unique=True),   # body digest (de-duplication)
+    Column("sha256", String(64), nullable=False),
+    Column("label", String(8), nullable=False),               # ham, spam
+    Column("source", Text, nullable=False),                   # file path, quarantine:<id>, ...
+    Column("quarantine_id", String(32)),                      # reference, when from there
+    Column("who", Text, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Index("ix_training_messages_label", "label"),
+    Index("ix_training_messages_updated", "updated"),
+)
