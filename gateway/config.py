@@ -228,6 +228,26 @@ class ReleaseSection:
     timeout: float = setting(60.0, positive, "seconds for the re-injection")
 
 
+def _sample(value: float) -> str | None:
+    if value < 0:
+        return f"must be 0 or more, got {value:g}"
+    if value > 1 and not value.is_integer():
+        return f"a fraction is at most 1, a count is a whole number; got {value:g}"
+    return None
+
+
+@dataclass(frozen=True)
+class ReplaySection:
+    """Accepted mail kept for ``gateway replay`` (held and kept-rejected mail
+    is in the quarantine anyway)."""
+
+    keep_accepted_sample: float = setting(
+        0.0, _sample, "accepted messages kept for what-if replays: 0 = none, a fraction "
+        "up to 1 (0.01 = one in a hundred, at random), or a count above 1 (that many, "
+        "the newest)")
+    accepted_retention_days: int = setting(7, positive, "days a kept accepted message stays")
+
+
 def _ip_addresses(values: tuple[str, ...]) -> str | None:
     for value in values:
         try:
@@ -302,8 +322,21 @@ class AuthSection:
 
 
 @dataclass(frozen=True)
-class LoggingSection:
+class LogSection:
     level: Literal["debug", "info", "warning", "error"] = setting("info")
+    format: Literal["text", "json"] = setting(
+        "text", doc="text: time, level, logger, message; json: one JSON object per line "
+        "(for journald, Loki)")
+
+
+def _listen(value: str) -> str | None:
+    return _host_port(value) if value else None
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    listen: str = setting("127.0.0.1:9525", _listen,
+                          "Prometheus /metrics and /health as host:port (\"\" = off)")
 
 
 SECTIONS: dict[str, type] = {
@@ -317,9 +350,12 @@ SECTIONS: dict[str, type] = {
     "clamav": ClamavSection,
     "quarantine": QuarantineSection,
     "release": ReleaseSection,
+    "replay": ReplaySection,
     "dns": DnsSection,
     "auth": AuthSection,
-    "logging": LoggingSection,
+    "log": LogSection,
+    "logging": LogSection,  # the section's name before [log]; still read
+    "metrics": MetricsSection,
 }
 
 
@@ -335,9 +371,11 @@ class Config:
     clamav: ClamavSection = field(default_factory=ClamavSection)
     quarantine: QuarantineSection = field(default_factory=QuarantineSection)
     release: ReleaseSection = field(default_factory=ReleaseSection)
+    replay: ReplaySection = field(default_factory=ReplaySection)
     dns: DnsSection = field(default_factory=DnsSection)
     auth: AuthSection = field(default_factory=AuthSection)
-    logging: LoggingSection = field(default_factory=LoggingSection)
+    log: LogSection = field(default_factory=LogSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     source: str = "<embedded defaults>"
 
 
@@ -354,6 +392,9 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
             errors.append(f"{source}: [{name}]: unknown section{suggest_key(name, SECTIONS)}")
             continue
         sections[name] = load_section(SECTIONS[name], table, f"{source}: {name}", errors)
+    if "logging" in sections:  # [log]'s name before it was [log]
+        old = sections.pop("logging")
+        sections.setdefault("log", old)
     if base_dir is not None:
         _resolve_paths(sections, base_dir)
     if errors:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -30,6 +31,8 @@ from gateway.quarantine.store import QuarantineError
 log = logging.getLogger("gateway.decider")
 
 Outcome = Literal["accept", "hold", "discard", "reject", "tempfail"]
+# Told of every decision (metrics): the envelope, the decision, seconds taken.
+Observer = Callable[[Envelope, "Decision", float], None]
 
 STORE_FAILED = SmtpReply("451", "4.3.0", "Temporary failure storing the message, try again later")
 
@@ -45,9 +48,11 @@ class Decision:
 
 
 class Decider:
-    def __init__(self, evaluator: Evaluator, keeper: Keeper | None, threads: int = 16):
+    def __init__(self, evaluator: Evaluator, keeper: Keeper | None, threads: int = 16,
+                 observer: Observer | None = None):
         self.evaluator = evaluator
         self.keeper = keeper
+        self.observer = observer
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decide")
 
     def decide(self, envelope: Envelope, raw: RawContent) -> Decision:
@@ -58,8 +63,10 @@ class Decider:
         started = time.perf_counter()
         verdict = self.evaluator.evaluate(envelope, raw)
         decision = self._act(verdict, envelope, raw)
-        log_verdict(envelope, verdict, raw.size, (time.perf_counter() - started) * 1000,
-                    decision.notes)
+        seconds = time.perf_counter() - started
+        log_verdict(envelope, verdict, raw.size, seconds * 1000, decision.notes)
+        if self.observer is not None:
+            self.observer(envelope, decision, seconds)
         return decision
 
     def _act(self, verdict: Verdict, envelope: Envelope, raw: RawContent) -> Decision:
@@ -88,8 +95,8 @@ class Decider:
             return Decision(verdict, "discard", notes={"quarantine_id": identifier})
         return Decision(verdict, "accept")
 
-    def close(self) -> None:
+    def close(self, close_keeper: bool = True) -> None:
         self._pool.shutdown(wait=True)
         self.evaluator.close()
-        if self.keeper is not None:
+        if close_keeper and self.keeper is not None:
             self.keeper.close()

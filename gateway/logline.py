@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from gateway.message import Envelope
 from gateway.policy import Verdict
+from gateway.terminal import dumps
 
 log = logging.getLogger("gateway.message")
 
@@ -35,4 +35,5 @@ def message_record(envelope: Envelope, verdict: Verdict, size: int, millis: floa
 def log_verdict(envelope: Envelope, verdict: Verdict, size: int, millis: float,
                 notes: dict[str, str] | None = None) -> None:
     record = message_record(envelope, verdict, size, millis, notes)
-    log.info("%s", json.dumps(record, separators=(",", ":"), ensure_ascii=False))
+    # As text: the JSON after the logger's prefix; as JSON: these fields, merged.
+    log.info("%s", dumps(record, separators=(",", ":")), extra={"fields": record})

@@ -29,10 +29,11 @@ import Milter
 
 from gateway import authresults
 from gateway.config import Config
-from gateway.decider import Decider, Decision
+from gateway.decider import Decision
 from gateway.headers import OWN_HEADERS, authentication_results_header, verdict_headers
 from gateway.message import Envelope, RawSpool
 from gateway.policy import SmtpReply
+from gateway.service import Generation, Service
 
 log = logging.getLogger("gateway.milter")
 
@@ -48,10 +49,16 @@ LISTEN_BACKLOG = 1024
 
 @dataclass
 class Runtime:
-    """What every connection shares; a connection takes a snapshot at start."""
+    """What every connection shares: the service, whose current generation
+    (configuration, evaluator, decider) a message takes at MAIL FROM and
+    keeps until it is answered, whatever reloads happen meanwhile."""
 
-    config: Config
-    decider: Decider
+    service: Service
+    sessions: Callable[[int], None] | None = None  # +1 / -1 per SMTP session, for metrics
+
+    @property
+    def config(self) -> Config:
+        return self.service.current.config
 
 
 def guarded(callback: Callable[..., int]) -> Callable[..., int]:
@@ -62,9 +69,10 @@ def guarded(callback: Callable[..., int]) -> Callable[..., int]:
         try:
             return callback(self, *args)
         except Exception as exc:
-            log.exception(
-                "milter %s callback failed (queue id %s)", callback.__name__, self.queue_id or "-"
-            )
+            # One line for the log reader; the traceback for whoever debugs.
+            log.error("milter %s callback failed on message %s: %s: %s", callback.__name__,
+                      self.queue_id or self.last_queue_id or "-", type(exc).__name__, exc)
+            log.debug("traceback of the failed %s callback", callback.__name__, exc_info=True)
             self.failure = f"{callback.__name__}: {type(exc).__name__}: {exc}"
             if callback.__name__ in _NOREPLY_CALLBACKS:
                 return Milter.CONTINUE  # answered at end of message
@@ -80,29 +88,46 @@ _NOREPLY_CALLBACKS = {"connect", "hello", "envfrom", "envrcpt", "header", "eoh",
 class GatewayMilter(Milter.Base):
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
-        self.config = runtime.config  # snapshot: a reload never changes a message half-way
+        self.generation: Generation | None = None
+        self.config = runtime.config
         self.authserv_id = self.config.auth.server_id()
+        self.last_queue_id: str | None = None
         self.client_ip: str | None = None
         self.client_name: str | None = None
         self.helo: str | None = None
         self.connect_macros: dict[str, str] = {}
         self._reset_message()
 
+    def _take_generation(self) -> None:
+        """The configuration this message is judged under, from MAIL FROM on."""
+        self._drop_generation()
+        self.generation = self.runtime.service.current.acquire()
+        self.config = self.generation.config
+        self.authserv_id = self.config.auth.server_id()
+
+    def _drop_generation(self) -> None:
+        generation, self.generation = self.generation, None
+        if generation is not None:
+            generation.release()
+
     def _reset_message(self) -> None:
         spool = getattr(self, "spool", None)
         if spool is not None:
             spool.discard()
+        self._drop_generation()
         self.mail_from = ""
         self.rcpt_to: list[str] = []
         self.macros: dict[str, str] = dict(self.connect_macros)
-        self.spool = RawSpool(
-            self.config.pipeline.spool_threshold, self.config.pipeline.spool_dir or None
-        )
+        self.spool = self._new_spool()
         # Incoming headers to delete before ours are added: (name, occurrence).
         self.header_counts: dict[str, int] = {}
         self.removals: list[tuple[str, int]] = []
         self.queue_id: str | None = None
         self.failure: str | None = None
+
+    def _new_spool(self) -> RawSpool:
+        settings = self.config.pipeline
+        return RawSpool(settings.spool_threshold, settings.spool_dir or None)
 
     def _collect(self, names: tuple[str, ...], into: dict[str, str]) -> None:
         for name in names:
@@ -115,6 +140,9 @@ class GatewayMilter(Milter.Base):
     @Milter.noreply
     @guarded
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        if self.runtime.sessions is not None:
+            self.runtime.sessions(+1)
+            self._counted = True
         if isinstance(hostaddr, tuple) and hostaddr:
             self.client_ip = str(hostaddr[0])
         self.client_name = hostname
@@ -132,6 +160,8 @@ class GatewayMilter(Milter.Base):
     @guarded
     def envfrom(self, mail_from: str, *params: str) -> int:
         self._reset_message()
+        self._take_generation()
+        self.spool = self._new_spool()  # under this message's configuration
         self.mail_from = mail_from.strip().strip("<>")
         self._collect(MAIL_MACROS, self.macros)
         return Milter.CONTINUE
@@ -177,7 +207,7 @@ class GatewayMilter(Milter.Base):
 
     @guarded
     def eom(self) -> int:
-        self.queue_id = self.getsymval("{i}") or None
+        self.queue_id = self.last_queue_id = self.getsymval("{i}") or None
         if self.failure is not None:
             return self.failure_response()
         envelope = Envelope(
@@ -190,8 +220,11 @@ class GatewayMilter(Milter.Base):
             macros=dict(self.macros),
         )
         raw = self.spool.freeze()
+        if self.generation is None:  # end of message without MAIL FROM
+            self._take_generation()
+        assert self.generation is not None
         try:
-            return self.apply(self.runtime.decider.decide(envelope, raw))
+            return self.apply(self.generation.decider.decide(envelope, raw))
         finally:
             raw.release()
             self._reset_message()
@@ -206,6 +239,10 @@ class GatewayMilter(Milter.Base):
     def close(self) -> int:
         try:
             self.spool.discard()
+            self._drop_generation()
+            if getattr(self, "_counted", False) and self.runtime.sessions is not None:
+                self._counted = False
+                self.runtime.sessions(-1)
         except Exception:
             log.exception("milter close callback failed")
         return Milter.CONTINUE

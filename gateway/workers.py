@@ -123,6 +123,13 @@ class WorkerPool:
     def startup_problems(self) -> list[str]:
         return self.problems
 
+    def worker_pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in self._workers if w.process.is_alive()]
+
+    def starting(self) -> int:
+        return self._starting
+
     # -- one message --------------------------------------------------------------
 
     def evaluate(self, envelope: Envelope, raw: RawContent) -> Verdict:

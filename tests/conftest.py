@@ -113,6 +113,8 @@ def milter_config(socket: Path, extra: str = "") -> str:
         extra = SPINE_CHECKS + extra
     if "[quarantine]" not in extra:
         extra += f'[quarantine]\nurl = "sqlite:///{socket.parent}/quarantine.db"\n'
+    if "[metrics]" not in extra:  # the default port may be taken by a real gateway
+        extra += '[metrics]\nlisten = ""\n'
     return f'[milter]\nsocket = "unix:{socket}"\nsocket_mode = "666"\n{extra}'
 
 

@@ -1,4 +1,9 @@
-"""``gateway run``: the milter, in the foreground, until SIGTERM."""
+"""``gateway run``: the milter, in the foreground, until SIGTERM.
+
+By default this process is a small supervisor (see :mod:`gateway.supervisor`)
+that owns the signals and runs the milter as its child: SIGHUP reloads the
+configuration without a restart, SIGTERM stops after the messages in flight.
+"""
 
 from __future__ import annotations
 
@@ -6,46 +11,130 @@ import argparse
 import dataclasses
 import faulthandler
 import logging
-
-import milter as libmilter
+import os
+import threading
 
 from gateway.commands.common import UsageError, config_from, setup_logging
-from gateway.config import socket_problem
-from gateway.decider import Decider
-from gateway.evaluator import build_evaluator
-from gateway.milter import Runtime, serve
-from gateway.quarantine.keeper import Keeper
-from gateway.quarantine.store import QuarantineError
+from gateway.config import Config, load_config, socket_problem
+from gateway.supervisor import CONTROL_FD_FLAG, supervise
 
 log = logging.getLogger("gateway")
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", help="override milter.socket")
+    parser.add_argument("--no-supervisor", action="store_true",
+                        help="run the milter in this process: no reload on SIGHUP "
+                        "(libmilter stops on it)")
+    parser.add_argument(CONTROL_FD_FLAG, dest="control_fd", type=int, help=argparse.SUPPRESS)
+
+
 def main(args: argparse.Namespace) -> int:
+    config = _config(args)  # a broken config stops here, before anything starts
+    if args.control_fd is None and not args.no_supervisor:
+        argv = []
+        if getattr(args, "config", None):
+            argv += ["--config", args.config]
+        if args.socket:
+            argv += ["--socket", args.socket]
+        return supervise(argv)
+    return serve_milter(config, args)
+
+
+def _config(args: argparse.Namespace) -> Config:
     config = config_from(args)
     if args.socket:
         if problem := socket_problem(args.socket):
             raise UsageError(f"--socket: {problem}")
         config = dataclasses.replace(
-            config, milter=dataclasses.replace(config.milter, socket=args.socket)
-        )
-    setup_logging(config.logging.level)
+            config, milter=dataclasses.replace(config.milter, socket=args.socket))
+    return config
+
+
+def serve_milter(config: Config, args: argparse.Namespace) -> int:
+    import milter as libmilter
+
+    from gateway.metrics import Metrics
+    from gateway.milter import Runtime, serve
+    from gateway.service import Service
+
+    setup_logging(config.log.level, config.log.format)
     faulthandler.enable()  # a crash in a C extension leaves a Python traceback in the log
-    evaluator = build_evaluator(config)
-    for problem in evaluator.startup_problems():
-        log.warning("%s", problem)
-    keeper = Keeper(config) if config.quarantine.url else None
-    if keeper is not None:
-        try:
-            keeper.store()
-        except QuarantineError as exc:  # messages to quarantine get 4xx until it works
-            log.error("quarantine: %s; quarantined mail is answered 4xx until it works", exc)
-        keeper.start_purging()
-    decider = Decider(evaluator, keeper, config.milter.threads)
+    metrics = Metrics(config.quarantine.node)
+
+    def load(path: str | None) -> Config:
+        loaded = load_config(path)
+        return dataclasses.replace(loaded, milter=config.milter)  # --socket stays
+
+    service = Service(config, getattr(args, "config", None), load, observer=metrics.observe)
+    service.listeners.append(metrics.reload)
+    _wire_metrics(metrics, service)
+    server = _start_metrics(config, metrics, service)
+    if args.control_fd is not None:
+        _listen_for_reloads(args.control_fd, service)
+    runtime = Runtime(service=service, sessions=metrics.session)
     try:
-        serve(Runtime(config=config, decider=decider))
+        serve(runtime)
     except (OSError, libmilter.error) as exc:
         raise UsageError(f"milter.socket {config.milter.socket}: {exc}") from None
     finally:
-        decider.close()
+        if server is not None:
+            server.stop()
+        service.close()
     log.info("gateway milter stopped")
     return 0
+
+
+def _listen_for_reloads(fd: int, service) -> None:
+    """Each byte from the supervisor is a reload request; end of file means
+    the supervisor is gone, and the milter stops too."""
+
+    def listen() -> None:
+        while True:
+            try:
+                data = os.read(fd, 64)
+            except OSError:
+                data = b""
+            if not data:
+                import milter as libmilter
+
+                log.warning("supervisor gone: stopping the milter")
+                libmilter.stop()
+                return
+            log.info("reload requested (SIGHUP)")
+            service.reload()
+
+    threading.Thread(target=listen, name="reload", daemon=True).start()
+
+
+def _wire_metrics(metrics, service) -> None:
+    def store_counts() -> dict[str, int]:
+        keeper = service.current.keeper
+        return {} if keeper is None else keeper.store().count_by_state()
+
+    def released() -> int:
+        return store_counts().get("released", 0)
+
+    def processes() -> list[int]:
+        pool = service.current.evaluator
+        return [os.getpid(), *getattr(pool, "worker_pids", lambda: [])()]
+
+    metrics.store_counts = store_counts
+    metrics.released = released
+    metrics.processes = processes
+
+
+def _start_metrics(config: Config, metrics, service):
+    from gateway.health import health_problems
+    from gateway.metrics import MetricsServer
+
+    if not config.metrics.listen:
+        return None
+    try:
+        server = MetricsServer(config.metrics.listen, metrics, lambda: health_problems(service))
+    except OSError as exc:
+        log.error("metrics: cannot listen on %s: %s; no /metrics or /health until restart",
+                  config.metrics.listen, exc.strerror or exc)
+        return None
+    log.info("metrics and health on http://%s/metrics and /health", config.metrics.listen)
+    return server.start()

@@ -320,6 +320,13 @@ class QuarantineStore:
         with self.engine.connect() as connection:
             return connection.execute(select(func.count()).select_from(messages)).scalar_one()
 
+    def count_by_state(self) -> dict[str, int]:
+        """Records per state, every state present (for metrics and doctor)."""
+        query = select(messages.c.state, func.count()).group_by(messages.c.state)
+        with self.engine.connect() as connection:
+            counts = dict(connection.execute(query).all())
+        return {state: int(counts.get(state, 0)) for state in STATES}
+
     def _records(self, connection: Connection, rows: Iterable[Any],
                  with_events: bool = False) -> list[Record]:
         rows = list(rows)

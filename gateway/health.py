@@ -1,0 +1,52 @@
+"""Is the milter able to do its job? What ``/health`` answers.
+
+Each problem is one line saying what and how bad; no problems means healthy.
+Checked: worker processes alive (or starting), clamd answering a PING when
+the ClamAV check is enabled, the quarantine store answering a query when
+one is configured.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from gateway.service import Service
+
+
+def health_problems(service: Service) -> list[str]:
+    generation = service.current
+    config = generation.config
+    problems: list[str] = []
+    pool = generation.evaluator
+    if hasattr(pool, "worker_pids") and not pool.worker_pids() and not pool.starting():
+        problems.append("workers: no worker process is running or starting")
+    if "clamav" in config.pipeline.checks:
+        problem = _clamd_problem(config.clamav.address, config.clamav.socket)
+        if problem:
+            problems.append(problem)
+    if generation.keeper is not None:
+        try:
+            generation.keeper.store().count()
+        except Exception as exc:
+            problems.append(f"quarantine: {exc}")
+    return problems
+
+
+def _clamd_problem(address: str, path: str, timeout: float = 2.0) -> str | None:
+    where = address or path
+    try:
+        if address:
+            host, _, port = address.rpartition(":")
+            connection = socket.create_connection((host, int(port)), timeout=timeout)
+        else:
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            connection.settimeout(timeout)
+            connection.connect(path)
+        with connection:
+            connection.sendall(b"zPING\0")
+            answer = connection.recv(64)
+    except OSError as exc:
+        return f"clamd at {where}: {exc.strerror or exc}"
+    if not answer.startswith(b"PONG"):
+        return f"clamd at {where}: answered {answer[:30]!r} to PING"
+    return None

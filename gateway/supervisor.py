@@ -1,0 +1,88 @@
+"""``gateway run`` as two processes: a small supervisor, and the milter.
+
+libmilter runs a thread of its own that waits for SIGHUP, SIGTERM and
+SIGINT and *stops the milter* on any of them, and every thread in a
+process may be the one a signal is delivered to. A reload on SIGHUP inside
+the milter process would race libmilter for the signal. So the process
+systemd starts (and admins signal) is this supervisor, which imports
+nothing heavy and owns the signals:
+
+- SIGHUP: asks the milter to reload, through a pipe (never a signal);
+- SIGTERM / SIGINT: passed on to the milter, which stops once in-flight
+  messages are answered; then the supervisor exits with its status;
+- the milter dying on its own (a crash in C code): started again after a
+  short pause, the way systemd's Restart= would, but without dropping the
+  supervisor's PID (and without losing mail: while it is down, Postfix's
+  ``milter_default_action = tempfail`` makes senders retry).
+
+A milter that fails while starting (a bad config, a socket in use) is not
+restarted: the supervisor exits with its status, so the error reaches the
+admin at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+# A milter that ran at least this long was serving: restart it if it dies.
+STARTED_AFTER = 10.0
+RESTART_PAUSE = 1.0
+CONTROL_FD_FLAG = "--control-fd"
+
+
+def supervise(argv: Sequence[str]) -> int:
+    """Run ``gateway run ARGV --control-fd N`` as a child until told to stop."""
+    stopping = False
+    reload_read, reload_write = os.pipe()
+    os.set_inheritable(reload_read, True)
+    child: subprocess.Popen[bytes] | None = None
+
+    def on_reload(_signum, _frame) -> None:
+        with contextlib.suppress(OSError):
+            os.write(reload_write, b"R")
+
+    def on_stop(signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM if signum != signal.SIGINT else signal.SIGINT)
+
+    signal.signal(signal.SIGHUP, on_reload)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    command = [sys.executable, "-m", "gateway", "run", *argv,
+               CONTROL_FD_FLAG, str(reload_read)]
+    while True:
+        started = time.monotonic()
+        child = subprocess.Popen(command, pass_fds=(reload_read,))
+        status = _wait(child)
+        if stopping:
+            return status
+        if time.monotonic() - started < STARTED_AFTER:
+            return status  # did not get to serve: a config or socket problem
+        print(f"gateway: the milter process ended ({_describe(status)}); starting it again",
+              file=sys.stderr, flush=True)
+        time.sleep(RESTART_PAUSE)
+
+
+def _wait(child: subprocess.Popen[bytes]) -> int:
+    while True:
+        try:
+            return child.wait()
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            continue
+
+
+def _describe(status: int) -> str:
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exit status {status}"
