@@ -43,6 +43,7 @@ if hasattr(prometheus_client, "disable_created_metrics"):
     prometheus_client.disable_created_metrics()
 
 ACTIONS = ("accept", "add_header", "quarantine", "reject", "tempfail")
+FAILURE_KINDS = ("dns_temperror", "clamd", "budget_exceeded", "content")
 SCORE_BUCKETS = (-10, -5, -1, 0, 1, 2, 4, 6, 8, 10, 15, 20, 30, 50)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
                    10)
@@ -95,6 +96,9 @@ class Metrics:
             self.messages.labels(self.node, action)
         for outcome in ("ok", "refused"):
             self.reloads.labels(self.node, outcome)
+        for kind in FAILURE_KINDS:
+            self.failures.labels(self.node, kind)
+        self.accepted_with_failure.labels(self.node)
         self._model_version = ""
         self._labels = labels
         self.store_counts: Callable[[], dict[str, int]] | None = None

@@ -4,6 +4,7 @@ JSON log lines, the supervisor — through the private Postfix."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import smtplib
 import threading
@@ -157,6 +158,12 @@ def test_metrics_count_what_was_sent_per_action(postfix, sink, gateway_milter, t
     assert metric(text, "gateway_process_resident_bytes", process="milter") > 10e6
     status, body = scrape(port, "/health")
     assert status == 200 and json.loads(body) == {"ok": True, "problems": []}
+    # Every series the shipped Grafana dashboard queries is there.
+    dashboard = (Path(__file__).parent.parent / "deploy/grafana/gateway.json").read_text()
+    queried = set(re.findall(r"(gateway_[a-z_]+)", dashboard))
+    exposed = set(re.findall(r"^(gateway_[a-z_]+)", text, re.MULTILINE))
+    queried.discard("gateway_model_info")  # appears once the classifier has run (not here)
+    assert queried and queried <= exposed
 
 
 def test_health_says_what_is_wrong(postfix, gateway_milter, own_clamd):
