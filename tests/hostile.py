@@ -630,6 +630,14 @@ def html_many_links(count: int = 5_000) -> bytes:
                         "html-many-links")
 
 
+@hostile()
+def text_digits(size: int = 200_000) -> bytes:
+    """runs of 200,000 digits, with and without '%', '$' and '.'"""
+    digits = "9" * size
+    return message(f"{digits}\r\n$ {digits}\r\n{digits}.{digits} %\r\n{digits}x%\r\n",
+                   tag="text-digits")
+
+
 @hostile("TEXT_TRUNCATED")
 def text_huge(size: int = 3_000_000) -> bytes:
     """3 MB of text in one part"""
@@ -877,10 +885,14 @@ def header_value(c: Chooser) -> str:
     if shape == "address":
         return address_list(c)
     if shape == "params":
-        return "text/plain" + _repeat(c, c.choice(('; a="b;c"', ";x*0*=''%41", ";;", "; q=1")))
+        return "text/plain" + _repeat(c, c.choice(PARAMETERS))
     return c.choice(("hello", "", " ", "a\x00b", "\x1b[31mred", "wire transfer"))
 
 
+PARAMETERS = ('; a="b;c"', ";x*0*=''%41", ";;", "; q=1", "; charset*=utf-8''%41",
+              "; charset*0=a", "; name*9" + "9" * 4_400 + "=x", "; filename*=''",
+              '; boundary="b"', "; boundary*0=b", "; boundary*=c", '; name="=?utf-8?q?a?="',
+              "; name*1*=%FF", "; =", "; a=", "; *=x")
 HEADER_NAMES = ("Subject", "To", "Cc", "Reply-To", "Sender", "X-Mailer", "Comments",
                 "Content-Type", "Content-Disposition", "Content-Transfer-Encoding",
                 "DKIM-Signature", "ARC-Seal", "Received", "X-Spam-Status", "List-Id",
@@ -919,14 +931,15 @@ def leaf(c: Chooser, small: bool = False) -> str:
                      "<" + "a" * 100 + " ", "\t \t  "))
     body = text if small else (_repeat(c, text) or text)
     if not small and c.choice((False, False, False, False, True)):  # one huge run
-        body += c.choice(("<", " ", "-", "=", "A")) * c.choice((100_000, 400_000))
+        body += c.choice(("<", " ", "-", "=", "A", "9", "$1", "@")) * c.choice((100_000, 400_000))
     if cte == "base64" and c.boolean():
         body = base64.encodebytes(body.encode("utf-8", "surrogatepass")).decode()
     extra = ""
     if c.boolean():
         extra = f"Content-Disposition: attachment; filename=\"{c.choice(('a.exe', ';;', ''))}\""\
                 "\r\n"
-    return (f"Content-Type: {content_type}; charset=\"{charset}\"\r\n"
+    parameters = "".join(c.choice(PARAMETERS) for _ in range(c.choice((0, 0, 1, 2, 3))))
+    return (f"Content-Type: {content_type}; charset=\"{charset}\"{parameters}\r\n"
             f"Content-Transfer-Encoding: {cte}\r\n{extra}\r\n{body}\r\n")
 
 
@@ -960,7 +973,8 @@ def mime_tree(c: Chooser, depth: int = 0) -> str:
             child = "\r\nSubject: digested\r\n\r\nbody\r\n"
         children.append(f"--{boundary}\r\n{child}")
     close = c.choice((f"--{boundary}--\r\n", "", f"--{boundary}\r\n"))
-    return (f'Content-Type: multipart/{subtype}; boundary="{boundary}"\r\n\r\n'
+    parameters = "".join(c.choice(PARAMETERS) for _ in range(c.choice((0, 0, 1, 2))))
+    return (f'Content-Type: multipart/{subtype}; boundary="{boundary}"{parameters}\r\n\r\n'
             + "".join(children) + close)
 
 
@@ -1027,15 +1041,12 @@ def mime_tree_strategy():
     return draw_tree()
 
 
-def cycle(seed: int = 0):
-    """Endless (name, raw, spoofs): every builder in turn, then as many
-    generated messages, and so on (the fuzz benchmark's stream)."""
-    chooser = RandomChooser(seed)
-    builders = list(BUILDERS.values())
-    index = 0
-    while True:
-        for item in builders:
-            yield item.name, item.build(), item.spoofs
-            raw, spoofs = generated_message(chooser)
-            yield f"generated-{index}", raw, spoofs
-            index += 1
+def nth(index: int, seed: int = 0) -> tuple[str, bytes, bool]:
+    """The ``index``-th message of the fuzz benchmark's stream, as (name, raw,
+    spoofs): even ones are the builders in turn, odd ones generated (each
+    from its own seed, so any one can be rebuilt alone)."""
+    if index % 2 == 0:
+        item = list(BUILDERS.values())[index // 2 % len(BUILDERS)]
+        return item.name, item.build(), item.spoofs
+    raw, spoofs = generated_message(RandomChooser(seed * 1_000_003 + index))
+    return f"generated-{seed}-{index}", raw, spoofs
