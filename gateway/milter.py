@@ -143,8 +143,10 @@ class GatewayMilter(Milter.Base):
         if self.runtime.sessions is not None:
             self.runtime.sessions(+1)
             self._counted = True
-        if isinstance(hostaddr, tuple) and hostaddr:
+        if isinstance(hostaddr, tuple) and hostaddr:  # (address, port) for inet families
             self.client_ip = str(hostaddr[0])
+        elif isinstance(hostaddr, str) and hostaddr:
+            self.client_ip = hostaddr
         self.client_name = hostname
         self._collect(CONNECT_MACROS, self.connect_macros)
         return Milter.CONTINUE
@@ -249,24 +251,47 @@ class GatewayMilter(Milter.Base):
 
     # -- applying a verdict ----------------------------------------------------
 
+    # -- negotiation ------------------------------------------------------------
+
+    def negotiate(self, opts: list[int]) -> int:
+        """Take what the MTA offers, and do without what it does not.
+
+        Never a 4xx per message for a missing capability (pymilter raises
+        DisabledAction from an action the MTA did not offer): without
+        ADDHDRS no headers are added (the verdict still applies); without
+        CHGHDRS forged copies of our headers cannot be removed (ours are
+        added above them); without QUARANTINE, mail to hold in the MTA's
+        hold queue (``[quarantine] url = ""``) is rejected instead, so the
+        sender learns of it. Each gap is logged once per process.
+        """
+        answer = super().negotiate(opts)
+        missing = [name for name, flag in CAPABILITIES.items() if not self._actions & flag]
+        if missing:
+            _log_missing_once(missing)
+        return answer
+
     def apply(self, decision: Decision) -> int:
-        """Tell Postfix what was decided."""
+        """Tell the MTA what was decided."""
+        if decision.outcome == "hold" and not self._actions & Milter.QUARANTINE:
+            decision = Decision(decision.verdict, "reject", HOLD_IMPOSSIBLE, decision.notes)
         if decision.outcome in ("reject", "tempfail"):
             assert decision.reply is not None
             self.reply(decision.reply)
             return Milter.REJECT if decision.outcome == "reject" else Milter.TEMPFAIL
         if decision.outcome == "discard":  # safely in the quarantine
             return Milter.DISCARD
-        # Last occurrence first, so the earlier ones keep their numbers.
-        for name, occurrence in sorted(self.removals, key=lambda r: (r[0].lower(), -r[1])):
-            self.chgheader(name, occurrence, None)
-        # With header_leading_space negotiated, values are sent verbatim.
-        lead = " " if self._protocol & Milter.P_HDR_LEADSPC else ""
-        auth = authentication_results_header(decision.verdict)
-        if auth is not None:
-            self.addheader(auth[0], lead + auth[1], 0)  # at the top (RFC 8601)
-        for name, value in verdict_headers(decision.verdict):
-            self.addheader(name, lead + value)
+        if self._actions & Milter.CHGHDRS:
+            # Last occurrence first, so the earlier ones keep their numbers.
+            for name, occurrence in sorted(self.removals, key=lambda r: (r[0].lower(), -r[1])):
+                self.chgheader(name, occurrence, None)
+        if self._actions & Milter.ADDHDRS:
+            # With header_leading_space negotiated, values are sent verbatim.
+            lead = " " if self._protocol & Milter.P_HDR_LEADSPC else ""
+            auth = authentication_results_header(decision.verdict)
+            if auth is not None:
+                self.addheader(auth[0], lead + auth[1], 0)  # at the top (RFC 8601)
+            for name, value in verdict_headers(decision.verdict):
+                self.addheader(name, lead + value)
         if decision.outcome == "hold":
             self.quarantine(decision.verdict.reason)
         return Milter.ACCEPT
@@ -284,6 +309,27 @@ class GatewayMilter(Milter.Base):
 
     def reply(self, reply: SmtpReply) -> None:
         self.setreply(reply.code, reply.status, smtp_safe(reply.text))
+
+
+# What each negotiated action is used for (docs/install.md lists them too).
+CAPABILITIES = {
+    "ADDHDRS (add X-Spam-* and Authentication-Results)": Milter.ADDHDRS,
+    "CHGHDRS (remove forged copies of those headers)": Milter.CHGHDRS,
+    "QUARANTINE (hold mail in the MTA's queue when [quarantine] url is empty)":
+        Milter.QUARANTINE,
+}
+HOLD_IMPOSSIBLE = SmtpReply("550", "5.7.1", "Rejected: held for review, but this mail "
+                            "server cannot hold mail")
+_missing_logged: set[str] = set()
+_missing_lock = threading.Lock()
+
+
+def _log_missing_once(missing: list[str]) -> None:
+    with _missing_lock:
+        new = [name for name in missing if name not in _missing_logged]
+        _missing_logged.update(new)
+    if new:
+        log.warning("the MTA does not offer %s: doing without (logged once)", "; ".join(new))
 
 
 def smtp_safe(text: str, limit: int = 400) -> str:

@@ -7,16 +7,24 @@ session cannot do on demand.
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import socket
 
 import Milter
 import pytest
+from Milter.testctx import TestCtx as MilterTestCtx
 
-from gateway.config import Config, MilterSection, PipelineSection
+from gateway.config import (
+    Config,
+    ListsSection,
+    MilterSection,
+    PipelineSection,
+    QuarantineSection,
+)
 from gateway.decider import Decider
 from gateway.evaluator import LocalEvaluator
 from gateway.milter import GatewayMilter, Runtime, smtp_safe
+from gateway.service import Generation
 from tests.conftest import fixture_message
 
 
@@ -34,63 +42,54 @@ class RecordingEvaluator(LocalEvaluator):
         return super().evaluate(envelope, raw)
 
 
-class FakeContext:
-    """The few libmilter context calls the adapter makes, recorded."""
+class Ctx(MilterTestCtx):
+    """pymilter's own test context, with the MTA's offered actions settable
+    and the quarantine action recorded instead of refused."""
 
-    def __init__(self, macros: dict[str, str]):
-        self.macros = macros
-        self.reply: tuple[str, ...] | None = None
-        self.added: list[tuple[str, str]] = []
-        self.changed: list[tuple[str, int, str | None]] = []
-        self.priv = None
+    def __init__(self, actions: int = Milter.CURR_ACTS):
+        super().__init__()
+        self.offered = [actions, 0, 0, 0]  # no protocol options: every step answers
+        self.quarantined: str | None = None
 
-    def setpriv(self, priv):
-        self.priv = priv
-
-    def getsymval(self, name):
-        return self.macros.get(name)
-
-    def setreply(self, code, status, *text):
-        self.reply = (code, status, *text)
-
-    def addheader(self, name, value, index):
-        self.added.append((name, value))
-
-    def chgheader(self, name, index, value):
-        self.changed.append((name, index, value))
+    def _negotiate(self):
+        MilterTestCtx.default_opts = list(self.offered)
+        try:
+            return super()._negotiate()
+        finally:
+            MilterTestCtx.default_opts = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
 
     def quarantine(self, reason):
+        if not self._body:
+            raise OSError("quarantine not called from eom()")
         self.quarantined = reason
 
 
 def runtime_for(config: Config, evaluator) -> Runtime:
-    return Runtime(config, Decider(evaluator, keeper=None, threads=2))
+    return Runtime(FixedService(Generation(config, evaluator,
+                                           Decider(evaluator, keeper=None, threads=2),
+                                           keeper=None, number=1)))
 
 
-def session(runtime: Runtime, message: bytes, queue_id: str = "QID42"):
-    ctx = FakeContext({"{i}": queue_id})
-    milter = GatewayMilter(runtime)
-    milter._setctx(ctx)  # protocol 0: no negotiation, every callback answers
-    assert milter.connect("mail.example.org", socket.AF_INET, ("198.51.100.7", 4711)) == 0
-    milter.hello("mail.example.org")
-    milter.envfrom_bytes(b"<alice@example.org>")
-    milter.envrcpt_bytes(b"<bob@example.net>")
-    head, _, body = message.replace(b"\r\n", b"\n").partition(b"\n\n")
-    for line in head.split(b"\n"):
-        name, _, value = line.partition(b":")
-        milter.header_bytes(name.decode(), value.lstrip())  # as sent without LEADSPC
-    milter.eoh()
-    stream = io.BytesIO(body.replace(b"\n", b"\r\n"))
-    while chunk := stream.read(64):
-        milter.body(chunk)
-    return ctx, milter.eom()
+class FixedService:
+    def __init__(self, generation: Generation):
+        self.current = generation
+
+
+def session(runtime: Runtime, message: bytes, queue_id: str = "QID42",
+            actions: int = Milter.CURR_ACTS) -> tuple[Ctx, int]:
+    ctx = Ctx(actions)
+    ctx._setsymval("{i}", queue_id)
+    Milter.factory = lambda: GatewayMilter(runtime)
+    assert ctx._connect("mail.example.org", "mail.example.org", "198.51.100.7") == Milter.CONTINUE
+    rc = ctx._feedFile(io.BytesIO(message), "alice@example.org", "bob@example.net")
+    return ctx, rc
 
 
 def test_evaluator_failure_tempfails_with_a_clear_reply():
     runtime = runtime_for(Config(), ExplodingEvaluator())
     ctx, rc = session(runtime, fixture_message("ham_plain.eml"))
     assert rc == Milter.TEMPFAIL
-    assert ctx.reply == ("451", "4.3.0", "Temporary failure in mail filter, try again later")
+    assert ctx._reply == ("451", "4.3.0", "Temporary failure in mail filter, try again later")
 
 
 def test_evaluator_failure_passes_mail_when_configured():
@@ -108,7 +107,7 @@ def test_failure_in_a_noreply_callback_is_answered_at_end_of_message(monkeypatch
     )
     ctx, rc = session(runtime, fixture_message("ham_plain.eml"))
     assert rc == Milter.TEMPFAIL
-    assert ctx.reply is not None and ctx.reply[0] == "451"
+    assert ctx._reply is not None and ctx._reply[0] == "451"
     assert not hasattr(evaluator, "seen")  # never scored a half-received message
 
 
@@ -117,7 +116,8 @@ def test_envelope_and_bytes_reach_the_evaluator():
     evaluator = RecordingEvaluator(config)
     ctx, rc = session(runtime_for(config, evaluator), fixture_message("ham_plain.eml"))
     assert rc == Milter.ACCEPT
-    assert [name for name, _ in ctx.added] == ["X-Spam-Status", "X-Spam-Score", "X-Gateway-Symbols"]
+    assert [name for name in ctx._msg if name.startswith("X-")][-3:] == [
+        "X-Spam-Status", "X-Spam-Score", "X-Gateway-Symbols"]
     envelope, raw = evaluator.seen
     assert envelope.client_ip == "198.51.100.7"
     assert envelope.helo == "mail.example.org"
@@ -125,7 +125,35 @@ def test_envelope_and_bytes_reach_the_evaluator():
     assert envelope.rcpt_to == ("bob@example.net",)
     assert envelope.queue_id == "QID42"
     assert b"Subject: Lunch on Thursday\r\n" in raw
-    assert raw.endswith(b"\r\nAlice\r\n")
+    assert raw.rstrip().endswith(b"Alice")
+
+
+def test_an_mta_without_header_actions_gets_the_verdict_without_headers():
+    config = Config(pipeline=PipelineSection(checks=["headers", "size", "lists"]))
+    offered = Milter.CURR_ACTS & ~Milter.ADDHDRS & ~Milter.CHGHDRS
+    forged = b"X-Spam-Status: No, forged\r\n" + fixture_message("ham_plain.eml")
+    ctx, rc = session(runtime_for(config, LocalEvaluator(config)), forged, actions=offered)
+    assert rc == Milter.ACCEPT  # not 451 for a missing action
+    assert not ctx._headerschanged
+
+
+def test_an_mta_without_quarantine_rejects_what_it_cannot_hold():
+    config = Config(pipeline=PipelineSection(checks=["headers", "size", "lists"]),
+                    lists=ListsSection(block_senders=[]),
+                    quarantine=QuarantineSection(url=""))
+    evaluator = QuarantiningEvaluator(config)
+    ctx, rc = session(runtime_for(config, evaluator), fixture_message("ham_plain.eml"),
+                      actions=Milter.CURR_ACTS & ~Milter.QUARANTINE)
+    assert rc == Milter.REJECT
+    assert ctx._reply[:2] == ("550", "5.7.1") and "cannot hold" in ctx._reply[2]
+    ctx, rc = session(runtime_for(config, evaluator), fixture_message("ham_plain.eml"))
+    assert rc == Milter.ACCEPT and ctx.quarantined  # held where the MTA can
+
+
+class QuarantiningEvaluator(LocalEvaluator):
+    def evaluate(self, envelope, raw):
+        verdict = super().evaluate(envelope, raw)
+        return dataclasses.replace(verdict, action="quarantine", reason="test")
 
 
 @pytest.mark.parametrize(
