@@ -7,8 +7,12 @@ the affected messages a 4xx, never the gateway, and never a message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
+import random
 import threading
+import time
 
 from gateway.config import Config
 from gateway.message import Envelope, RawContent
@@ -17,6 +21,11 @@ from gateway.quarantine.store import QuarantineError, QuarantineStore
 
 log = logging.getLogger("gateway.quarantine")
 
+# Accepted mail kept for replay: copies waiting for the writer thread, and how
+# often the newest-N sample is cut back to N.
+SAMPLE_QUEUE = 64
+TRIM_EVERY = 10
+
 
 class Keeper:
     def __init__(self, config: Config):
@@ -24,6 +33,11 @@ class Keeper:
         self._store: QuarantineStore | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.replay = config.replay
+        self._samples: queue.Queue | None = None
+        self._sample_writer: threading.Thread | None = None
+        self.samples_dropped = 0
+        self._complained = 0.0
 
     def store(self) -> QuarantineStore:
         with self._lock:
@@ -48,6 +62,59 @@ class Keeper:
                       envelope.queue_id or "-", exc)
             return None
 
+    def sample_accepted(self, envelope: Envelope, raw: RawContent, verdict: Verdict) -> None:
+        """Keep a copy of an accepted message for ``gateway replay`` when
+        ``[replay] keep_accepted_sample`` asks for one. The message never
+        waits for it: a background thread writes the copies, and a copy is
+        dropped (and counted) when that thread falls behind."""
+        share = self.replay.keep_accepted_sample
+        if share <= 0 or (share <= 1 and random.random() >= share):
+            return
+        try:
+            data = raw.bytes()
+        except OSError as exc:  # a spilled message whose file went away
+            self._complain(f"could not read accepted message {envelope.queue_id or '-'}: {exc}")
+            return
+        with self._lock:
+            if self._samples is None:
+                self._samples = queue.Queue(SAMPLE_QUEUE)
+                self._sample_writer = threading.Thread(
+                    target=self._write_samples, args=(self._samples,),
+                    name="replay-sample", daemon=True)
+                self._sample_writer.start()
+        try:
+            self._samples.put_nowait((envelope, data, verdict))
+        except queue.Full:
+            self.samples_dropped += 1
+            self._complain(f"{self.samples_dropped} accepted messages not kept for replay "
+                           "so far: the store is slower than the mail")
+
+    def _write_samples(self, samples: queue.Queue) -> None:
+        written = 0
+        while True:
+            item = samples.get()
+            try:
+                if item is not None:
+                    self.store().put_sample(*item)
+                    written += 1
+                count = self.replay.keep_accepted_sample
+                # "the newest N": cut back every few messages, when idle, and at the end
+                if count > 1 and (item is None or samples.empty() or written % TRIM_EVERY == 0):
+                    self.store().trim_samples(int(count))
+            except QuarantineError as exc:
+                self._complain(str(exc))
+            except Exception as exc:  # a sample is never worth the writer thread
+                log.error("replay sample: %s: %s", type(exc).__name__, exc)
+                log.debug("replay sample", exc_info=True)
+            if item is None:
+                return
+
+    def _complain(self, problem: str) -> None:
+        """One log line a minute at most: a sample is not worth a flood."""
+        if time.monotonic() - self._complained > 60:
+            self._complained = time.monotonic()
+            log.warning("replay sample: %s", problem)
+
     def start_purging(self) -> None:
         threading.Thread(target=self._purge_loop, name="quarantine-purge", daemon=True).start()
 
@@ -59,6 +126,7 @@ class Keeper:
                 if any(counts.values()):
                     log.info("quarantine: purged: %s expired, %s records removed",
                              counts["expired"], counts["removed"])
+                self.store().purge_samples(self.replay.accepted_retention_days)
             except QuarantineError as exc:
                 log.error("quarantine: purge failed: %s", exc)
             except Exception:
@@ -66,5 +134,9 @@ class Keeper:
 
     def close(self) -> None:
         self._stop.set()
+        if self._samples is not None and self._sample_writer is not None:
+            with contextlib.suppress(queue.Full):  # the writer finishes what is queued
+                self._samples.put(None, timeout=1)
+            self._sample_writer.join(timeout=5)
         if self._store is not None:
             self._store.close()

@@ -106,3 +106,31 @@ training_messages = Table(
     Index("ix_training_messages_label", "label"),
     Index("ix_training_messages_updated", "updated"),
 )
+
+# Accepted mail kept for ``gateway replay`` ([replay] keep_accepted_sample):
+# the message and its envelope, so that proposed rules or a proposed model
+# can be tried on ordinary mail too. Never released or listed with the
+# quarantine; removed after [replay] accepted_retention_days.
+replay_samples = Table(
+    "replay_samples", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("node", String(255), nullable=False),
+    Column("queue_id", String(32)),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("client_ip", String(64)),
+    Column("client_name", Text),
+    Column("helo", Text),
+    Column("sender", Text, nullable=False),
+    Column("recipients", Text, nullable=False),       # JSON list
+    Column("macros", Text, nullable=False),           # JSON object: TLS, SASL macros
+    Column("header_from", Text),
+    Column("subject", Text),
+    Column("message_id", Text),
+    Column("action", String(16), nullable=False),     # the verdict when it arrived
+    Column("score", Float, nullable=False),
+    Column("symbols", Text, nullable=False),          # JSON list of {name, score}
+    Column("size", Integer, nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Index("ix_replay_samples_created", "created"),
+    Index("ix_replay_samples_queue_id", "queue_id"),
+)

@@ -16,7 +16,7 @@ import hashlib
 import json
 import socket
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,7 +43,7 @@ from gateway.message import Envelope, RawContent
 from gateway.mime import parse_bytes
 from gateway.policy import Verdict
 from gateway.quarantine.files import make_private
-from gateway.quarantine.schema import events, messages, recipients, symbols
+from gateway.quarantine.schema import events, messages, recipients, replay_samples, symbols
 
 STATES = ("held", "released", "deleted", "expired")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -133,6 +133,21 @@ class Filters:
     action: str | None = None
     state: str | None = None
     limit: int = 1000
+
+
+@dataclass(frozen=True)
+class StoredMail:
+    """A kept message with its envelope, as ``gateway replay`` reads it."""
+
+    kind: str  # "quarantine", "reject" (a kept copy), "accept" (an accepted sample)
+    id: str
+    created: datetime
+    envelope: Envelope
+    action: str  # the verdict when it arrived
+    score: float
+    subject: str | None
+    message_id: str | None
+    raw: bytes
 
 
 def engine_url(url: str) -> str:
@@ -365,6 +380,154 @@ class QuarantineStore:
             )
             for row in rows
         ]
+
+    # -- accepted mail kept for replay ([replay] keep_accepted_sample) -------------------
+
+    def put_sample(self, envelope: Envelope, data: bytes, verdict: Verdict) -> str:
+        """Keep an accepted message for ``gateway replay``."""
+        head = parse_bytes(data.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+        identifier = uuid.uuid4().hex[:20]
+        row = {
+            "id": identifier,
+            "node": self.node,
+            "queue_id": envelope.queue_id,
+            "created": now(),
+            "client_ip": envelope.client_ip,
+            "client_name": _text(envelope.client_name),
+            "helo": _text(envelope.helo),
+            "sender": _text(envelope.mail_from),
+            "recipients": json.dumps([_text(r) for r in envelope.rcpt_to]),
+            "macros": json.dumps({k: _text(v) for k, v in envelope.macros.items()}),
+            "header_from": _header(head, "From"),
+            "subject": _header(head, "Subject"),
+            "message_id": _header(head, "Message-ID"),
+            "action": verdict.action,
+            "score": verdict.score,
+            "symbols": json.dumps([{"name": s.name, "score": s.score} for s in verdict.symbols]),
+            "size": len(data),
+            "raw": data,
+        }
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(replay_samples), row)
+        except SQLAlchemyError as exc:
+            raise QuarantineError(f"cannot keep an accepted message: {_first_line(exc)}") \
+                from None
+        return identifier
+
+    def trim_samples(self, keep: int) -> int:
+        """Remove all but the newest ``keep`` accepted messages."""
+        newest = (select(replay_samples.c.id).order_by(replay_samples.c.created.desc())
+                  .limit(keep).scalar_subquery())
+        try:
+            with self.engine.begin() as connection:
+                return connection.execute(
+                    delete(replay_samples).where(replay_samples.c.id.not_in(newest))).rowcount
+        except SQLAlchemyError as exc:
+            raise QuarantineError(f"cannot trim the accepted sample: {_first_line(exc)}") \
+                from None
+
+    def purge_samples(self, days: int, at: datetime | None = None) -> int:
+        """Remove accepted messages kept longer than ``days``."""
+        cutoff = (at or now()) - timedelta(days=days)
+        try:
+            with self.engine.begin() as connection:
+                return connection.execute(
+                    delete(replay_samples).where(replay_samples.c.created < cutoff)).rowcount
+        except SQLAlchemyError as exc:
+            raise QuarantineError(f"cannot purge the accepted sample: {_first_line(exc)}") \
+                from None
+
+    def count_samples(self) -> int:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(func.count()).select_from(replay_samples)).scalar_one()
+
+    def stored_mail(self, since: datetime | None = None,
+                    kinds: Iterable[str] = ("quarantine", "reject", "accept"),
+                    ) -> Iterator[StoredMail]:
+        """Every kept message whose bytes are still there, oldest first: held
+        and released mail, kept copies of rejected mail, accepted samples.
+        The bytes are read one message at a time."""
+        kinds = tuple(kinds)
+        found: list[tuple[datetime, str, str]] = []
+        with self.engine.connect() as connection:
+            quarantine_kinds = [k for k in kinds if k in ("quarantine", "reject")]
+            if quarantine_kinds:
+                query = select(messages.c.created, messages.c.id, messages.c.action).where(
+                    and_(messages.c.raw.is_not(None), messages.c.action.in_(quarantine_kinds)))
+                if since is not None:
+                    query = query.where(messages.c.created >= since)
+                found += [(_utc(c), i, a) for c, i, a in connection.execute(query)]
+            if "accept" in kinds:
+                query = select(replay_samples.c.created, replay_samples.c.id)
+                if since is not None:
+                    query = query.where(replay_samples.c.created >= since)
+                found += [(_utc(c), i, "accept") for c, i in connection.execute(query)]
+        for _created, identifier, kind in sorted(found):
+            item = self._stored(identifier, kind)
+            if item is not None:
+                yield item
+
+    def _stored(self, identifier: str, kind: str) -> StoredMail | None:
+        with self.engine.connect() as connection:
+            if kind == "accept":
+                row = connection.execute(select(replay_samples).where(
+                    replay_samples.c.id == identifier)).first()
+                if row is None:
+                    return None
+                envelope = Envelope(
+                    mail_from=row.sender, rcpt_to=tuple(json.loads(row.recipients)),
+                    client_ip=row.client_ip, client_name=row.client_name, helo=row.helo,
+                    queue_id=row.queue_id, macros=json.loads(row.macros))
+                return StoredMail(kind, row.id, _utc(row.created), envelope, row.action,
+                                  row.score, row.subject, row.message_id, bytes(row.raw))
+            row = connection.execute(select(messages).where(
+                messages.c.id == identifier)).first()
+            if row is None or row.raw is None:
+                return None
+            rcpts = connection.execute(
+                select(recipients.c.address).where(recipients.c.message == identifier)
+                .order_by(recipients.c.position)).scalars().all()
+            envelope = Envelope(
+                mail_from=row.sender, rcpt_to=tuple(r for r in rcpts if r),
+                client_ip=row.client_ip, client_name=row.client_name, helo=row.helo,
+                queue_id=row.queue_id)
+            return StoredMail(row.action, row.id, _utc(row.created), envelope, row.action,
+                              row.score, row.subject, row.message_id, bytes(row.raw))
+
+    # -- looking a message up (gateway trace) ---------------------------------------------
+
+    def find(self, identifier: str) -> list[Record]:
+        """Records whose id, queue id or Message-ID (with or without <>) is
+        ``identifier``, with their history, newest first."""
+        bare = identifier.strip().strip("<>")
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(*_record_columns()).where(
+                    (messages.c.id == identifier) | (messages.c.queue_id == identifier)
+                    | messages.c.message_id.in_([bare, f"<{bare}>"]))
+                .order_by(messages.c.created.desc()).limit(100)).all()
+            return self._records(connection, rows, with_events=True)
+
+    def find_samples(self, identifier: str) -> list[dict[str, Any]]:
+        """Accepted messages kept for replay, by id, queue id or Message-ID."""
+        bare = identifier.strip().strip("<>")
+        columns = [c for c in replay_samples.c if c.name != "raw"]
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(*columns).where(
+                    (replay_samples.c.id == identifier) | (replay_samples.c.queue_id == identifier)
+                    | replay_samples.c.message_id.in_([bare, f"<{bare}>"]))
+                .order_by(replay_samples.c.created.desc()).limit(100)).all()
+        return [{
+            "id": row.id, "node": row.node, "queue_id": row.queue_id,
+            "created": _utc(row.created).isoformat(timespec="seconds"),
+            "client_ip": row.client_ip, "helo": row.helo, "sender": row.sender,
+            "recipients": json.loads(row.recipients), "from": row.header_from,
+            "subject": row.subject, "message_id": row.message_id, "action": row.action,
+            "score": row.score, "symbols": json.loads(row.symbols), "size": row.size,
+        } for row in rows]
 
     def close(self) -> None:
         self.engine.dispose()
