@@ -241,9 +241,13 @@ def _tokens(text: str, max_depth: int) -> Iterator[tuple[str, str]]:
     """(kind, text) tokens: atom, quoted, literal, special; comments skipped.
 
     Iterative; comments nested deeper than ``max_depth`` are still skipped
-    whole but reported as a ("toodeep", "") token.
+    whole but reported as a ("toodeep", "") token. Once a quote is found not
+    to close, no later one can (each later quote was an escaped character
+    of that search, whose scan from there on is the same), so none is
+    searched for again: the tokenizer stays linear.
     """
     index, length = 0, len(text)
+    quotes_close = True
     while index < length:
         char = text[index]
         if char in " \t\r\n":
@@ -268,8 +272,9 @@ def _tokens(text: str, max_depth: int) -> Iterator[tuple[str, str]]:
             if depth > 0:
                 yield "unclosed", "("
         elif char == '"':
-            end = _closing_quote(text, index + 1)
+            end = _closing_quote(text, index + 1) if quotes_close else -1
             if end < 0:  # read on as if the quote were not there, as a MUA may
+                quotes_close = False
                 yield "unclosed", '"'
                 index += 1
                 continue

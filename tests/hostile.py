@@ -211,6 +211,12 @@ def from_unclosed_comments(depth: int = 5_000) -> bytes:
     return message(from_=f"{SPOOFED} " + "(" * depth, tag="from-unclosed-comments")
 
 
+@hostile("HEADER_TOO_LONG")
+def from_escaped_quotes(count: int = 50_000) -> bytes:
+    """a From of 50,000 '"\\' (quotes that never close) before the address"""
+    return message(from_='"\\' * count + f" <{SPOOFED}>", tag="from-escaped-quotes")
+
+
 @hostile()
 def from_colons(count: int = 5_000) -> bytes:
     """a From of 5,000 colons (group names) before the address"""

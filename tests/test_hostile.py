@@ -395,3 +395,25 @@ def test_spoof_behind_a_long_display_name_is_rejected_like_a_plain_one(evaluator
         _, verdict = evaluate(evaluator, "long-name", raw)
         assert verdict.action == "reject", verdict.symbols
         assert "DMARC_POLICY_REJECT" in names(verdict)
+
+
+def test_unclosed_quotes_are_scanned_once(monkeypatch):
+    """After a quote that never closes, each later quote was searched for its
+    closing one to the end of the field again: '"\\' * 8,000 took 1.8 s, a
+    From of Postfix's 100 KB header limit over a minute."""
+    from gateway import mail
+
+    scanned = []
+    search = mail._closing_quote
+
+    def counting(text: str, index: int) -> int:
+        end = search(text, index)
+        scanned.append((end if end >= 0 else len(text)) - index)
+        return end
+
+    monkeypatch.setattr(mail, "_closing_quote", counting)
+    value = '"\\' * 20_000 + f" <{hostile.SPOOFED}>"
+    parsed = parse_mailboxes(value)
+    assert sum(scanned) <= 2 * len(value)
+    assert [m.address for m in parsed.mailboxes] == [hostile.SPOOFED]
+    assert "unclosed \"" in parsed.problems
