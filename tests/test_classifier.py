@@ -423,3 +423,15 @@ def test_hyperparameters_are_chosen_inside_each_training_fold(monkeypatch):
     splits = repeated_folds(data.labels, 4, 2, 3, data.groups)
     assert seen == [len(train_index) for train_index, _ in splits]
     assert [f["n_ham"] + f["n_spam"] for f in cv["per_fold"]] == [len(t) for _, t in splits]
+
+
+def test_evaluate_can_cross_validate_the_procedure():
+    result = gateway("evaluate", "--cross-validate", "--repeats", "1", "--ham", str(HAM),
+                     "--spam", str(SPAM), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["folds"] == 5 and len(report["per_fold"]) == 5
+    assert report["figures"]["auc"]["n"] == 5
+    assert "cross-validation fold 1/5" in result.stderr
+    result = gateway("evaluate", "--ham", str(HAM), "--spam", str(SPAM), "--feedback")
+    assert result.returncode == 2 and "--feedback goes with --cross-validate" in result.stderr

@@ -316,7 +316,8 @@ def cross_validate(matrix: TokenMatrix, labels: np.ndarray, groups: np.ndarray |
     test_fraction = 1 / (folds - 1)
     return {
         "method": f"nested repeated stratified cross-validation, {folds} folds x {repeats} "
-                  f"repeats (seed {seed}); hyperparameters and calibration chosen by "
+                  f"repeat{'s' if repeats != 1 else ''} (seed {seed}); hyperparameters and "
+                  "calibration chosen by "
                   f"{inner_folds}-fold cross-validation inside each outer training fold",
         "folds": folds, "repeats": repeats, "seed": seed, "inner_folds": inner_folds,
         "interval": "95%, Nadeau-Bengio corrected resampled t",
