@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         configcheck,
         configshow,
         demo,
+        doctor,
         learn,
         quarantine,
         run,
@@ -125,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser = command("demo", demo.main,
                           "send sample messages through a private Postfix with the gateway")
     demo.add_arguments(demo_parser)
+
+    doctor_parser = command("doctor", doctor.main,
+                            "check this gateway's setup: config, clamd, DNS, store, model, "
+                            "Postfix, file modes")
+    doctor.add_arguments(doctor_parser)
 
     config_parser = commands.add_parser("config", help="configuration tools")
     config_commands = config_parser.add_subparsers(title="config commands", metavar="COMMAND")
