@@ -88,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         doctor,
         learn,
         quarantine,
+        replay,
         run,
         symbols,
+        trace,
     )
 
     run_parser = command("run", run.main, "run the milter in the foreground until SIGTERM")
@@ -131,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "check this gateway's setup: config, clamd, DNS, store, model, "
                             "Postfix, file modes")
     doctor.add_arguments(doctor_parser)
+    replay_parser = command("replay", replay.main,
+                            "re-score kept mail under proposed rules or model: what would "
+                            "change")
+    replay.add_arguments(replay_parser)
+    trace_parser = command("trace", trace.main,
+                           "what the gateway did with a message, from its logs and store")
+    trace.add_arguments(trace_parser)
 
     config_parser = commands.add_parser("config", help="configuration tools")
     config_commands = config_parser.add_subparsers(title="config commands", metavar="COMMAND")
