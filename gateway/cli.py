@@ -32,8 +32,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(printable(f"gateway: {exc}"), file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        if (hint := missing_extra(exc.name)) is None:
+            raise
+        print(printable(f"gateway: {hint}"), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+# Modules of the optional extras (pyproject.toml); scoring mail needs none.
+EXTRAS = {"sklearn": "train", "scipy": "train", "matplotlib": "train",
+          "psycopg": "postgres", "aiosmtpd": "demo", "dnslib": "demo"}
+
+
+def missing_extra(module: str | None) -> str | None:
+    """One line naming the extra that brings ``module``, if one does."""
+    top = (module or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    return f"this needs {top}, from the [{extra}] extra: pip install 'gateway[{extra}]'"
 
 
 SIGPIPE_STATUS = 128 + 13
@@ -86,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         configshow,
         demo,
         doctor,
+        init,
         learn,
         quarantine,
         replay,
@@ -140,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     trace_parser = command("trace", trace.main,
                            "what the gateway did with a message, from its logs and store")
     trace.add_arguments(trace_parser)
+    init_parser = command("init", init.main,
+                          "write /etc/gateway/gateway.toml, create the gateway user and "
+                          "directories")
+    init.add_arguments(init_parser)
 
     config_parser = commands.add_parser("config", help="configuration tools")
     config_commands = config_parser.add_subparsers(title="config commands", metavar="COMMAND")
