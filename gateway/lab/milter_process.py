@@ -1,7 +1,16 @@
-"""Run ``gateway run`` as a child process, for tests, benchmarks and the demo."""
+"""Run ``gateway run`` as a child process, for tests, benchmarks and the demo.
+
+``gateway run`` starts processes of its own: the milter under its
+supervisor, the forkserver and worker processes of the checks, the
+multiprocessing resource tracker. It is started in a process group of its
+own, and :meth:`MilterProcess.stop` ends the whole group once the main
+process is gone, so nothing outlives a test or the demo, whatever state
+the gateway was in.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -48,10 +57,12 @@ class MilterProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                start_new_session=True,  # its own process group: see stop()
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self._end_group()
                 raise RuntimeError(
                     f"gateway run exited with {self.process.returncode}: {self.log()[-2000:]}"
                 )
@@ -62,18 +73,38 @@ class MilterProcess:
         raise RuntimeError(f"gateway run did not open {socket_path}: {self.log()[-2000:]}")
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        # libmilter notices the stop request only when its accept loop wakes
-        # (up to 5 s); a connection wakes it at once.
-        time.sleep(0.05)
-        _accepts(self.socket_path)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        """SIGTERM and wait (SIGKILL after ``timeout``); then end whatever
+        is left of its process group. Returns its exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            # libmilter notices the stop request only when its accept loop wakes
+            # (up to 5 s); a connection wakes it at once.
+            time.sleep(0.05)
+            _accepts(self.socket_path)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._end_group()
+        return self.process.returncode
+
+    def _end_group(self, grace: float = 5.0) -> None:
+        """SIGTERM to every process left in the gateway's process group (a
+        milter child, a forkserver, workers, the resource tracker), SIGKILL
+        to those still there after ``grace`` seconds."""
+        assert self.process is not None
+        group = self.process.pid  # start_new_session: the group's id is its pid
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+            if not group_members(group):
+                return
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, sig)
+            deadline = time.monotonic() + wait
+            while group_members(group) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def log(self) -> str:
         try:
@@ -86,6 +117,23 @@ class MilterProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def group_members(group: int) -> list[int]:
+    """Live processes (not zombies) in process group ``group``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        # after "pid (comm)": state, ppid, pgrp, ...
+        if int(fields[2]) == group and fields[0] not in (b"Z", b"X"):
+            members.append(int(entry))
+    return members
 
 
 def _accepts(path: Path) -> bool:
