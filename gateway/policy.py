@@ -6,6 +6,8 @@ overriding earlier ones) hold:
     [thresholds]  quarantine = 6.0, reject = 15.0
     [scores]      SYMBOL = 2.5          (replaces the check's own score)
     [force]       SYMBOL = "reject"     (accept | quarantine | reject | tempfail)
+    [release]     SYMBOL = "admin"      (who may release held mail carrying it:
+                                         "admin" or "analyst"; see gateway.quarantine.release)
 
 A forced symbol decides regardless of the score. When several are forced,
 the most severe wins: reject > tempfail > quarantine > accept. So an
@@ -86,6 +88,7 @@ class Rules:
     scores: Mapping[str, float] = field(default_factory=dict)
     force: Mapping[str, Action] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
+    release: Mapping[str, str] = field(default_factory=dict)
 
     def with_default_forces(self, defaults: Mapping[str, Action]) -> Rules:
         """These rules, with forced actions that apply unless a rules file
@@ -98,6 +101,7 @@ def load_rules(paths: Iterable[str | Path]) -> Rules:
     thresholds: dict[str, float] = {"quarantine": 6.0, "reject": 15.0}
     scores: dict[str, float] = {}
     force: dict[str, Action] = {}
+    release: dict[str, str] = {}
     errors: list[str] = []
     sources = []
     for path in map(Path, paths):
@@ -111,6 +115,7 @@ def load_rules(paths: Iterable[str | Path]) -> Rules:
             errors.append(f"{path}: cannot read rules file: {exc}")
             continue
         _merge_rules(data, str(path), thresholds, scores, force, errors)
+        _merge_release(data, str(path), release, errors)
     if thresholds["reject"] < thresholds["quarantine"]:
         errors.append(
             f"{sources[-1] if sources else 'rules'}: thresholds: reject "
@@ -124,11 +129,12 @@ def load_rules(paths: Iterable[str | Path]) -> Rules:
         scores=MappingProxyType(scores),
         force=MappingProxyType(force),
         sources=tuple(sources),
+        release=MappingProxyType(release),
     )
 
 
 def _merge_rules(data, source, thresholds, scores, force, errors) -> None:
-    sections = {"thresholds", "scores", "force"}
+    sections = {"thresholds", "scores", "force", "release"}
     for name in data:
         if name not in sections:
             hint = suggest_key(name, dict.fromkeys(sections))
@@ -156,6 +162,17 @@ def _merge_rules(data, source, thresholds, scores, force, errors) -> None:
             )
         else:
             force[name] = value
+
+
+def _merge_release(data, source, release, errors) -> None:
+    for name, value in data.get("release", {}).items():
+        if not SYMBOL_NAME.match(name):
+            errors.append(f"{source}: release.{name}: symbol names are UPPER_SNAKE_CASE")
+        elif value not in ("admin", "analyst"):
+            errors.append(f"{source}: release.{name}: expected \"admin\" or \"analyst\", "
+                          f"got {value!r}")
+        else:
+            release[name] = value
 
 
 def _is_number(value: object) -> bool:

@@ -268,9 +268,15 @@ def test_train_into_the_store_then_promote_and_roll_back(tmp_path: Path):
     listing = json.loads(gateway("model", "list", "--config", str(config), "--json").stdout)
     assert {v["version"]: v["current"] for v in listing["versions"]} == {first: True,
                                                                          shipped: False}
+    # Before the first promotion there was the shipped model: back to it.
+    result = gateway("model", "rollback", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert f"the shipped model is current again (was {first})" in result.stdout
+    assert store.current_version() is None
+    assert store.history()[-1]["version"] == "shipped"
     result = gateway("model", "rollback", "--config", str(config))
     assert result.returncode == 2
-    assert "no earlier promoted version" in result.stderr
+    assert "nothing to roll back" in result.stderr
 
 
 def test_promotion_refuses_a_model_that_holds_more_good_mail(trained: Path, tmp_path: Path):

@@ -105,7 +105,7 @@ def test_rules_problems_are_listed(tmp_path: Path):
     with pytest.raises(ConfigError) as caught:
         load_rules([bad])
     assert caught.value.problems == [
-        f"{bad}: [extra]: unknown section (known keys: force, scores, thresholds)",
+        f"{bad}: [extra]: unknown section (known keys: force, release, scores, thresholds)",
         f"{bad}: thresholds.quarantin: unknown key (did you mean 'quarantine'?)",
         f"{bad}: scores.lower: symbol names are UPPER_SNAKE_CASE",
         f"{bad}: scores.X: expected a number, got 'a'",

@@ -107,6 +107,16 @@ class ModelStore:
             temporary.unlink()
         os.symlink(Path("versions") / version, temporary)
         os.replace(temporary, self.current_link)  # atomic: readers see old or new
+        self._append_history(action, version, details)
+
+    def clear_current(self, action: str, details: dict[str, Any]) -> None:
+        """Remove the ``current`` link: gateways go back to the shipped model
+        (``models/default``) when they next look."""
+        if self.current_link.is_symlink():
+            self.current_link.unlink()
+        self._append_history(action, "shipped", details)
+
+    def _append_history(self, action: str, version: str, details: dict[str, Any]) -> None:
         entry = {
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
             "action": action,

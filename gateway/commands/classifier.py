@@ -335,7 +335,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     promote.add_argument("--force", action="store_true",
                          help="promote even if worse, or without a held-out set")
     promote.set_defaults(handler=promote_main)
-    rollback = commands.add_parser("rollback", help="go back to the previously promoted version")
+    rollback = commands.add_parser(
+        "rollback", help="go back to the previously promoted version (before the first "
+                         "promotion: the shipped model)")
     rollback.set_defaults(handler=rollback_main)
     for sub in (listing, promote, rollback):
         sub.add_argument("--config", default=argparse.SUPPRESS)
@@ -475,7 +477,12 @@ def rollback_main(args: argparse.Namespace) -> int:
     previous = store.previous_version()
     current = store.current_version()
     if previous is None:
-        raise UsageError(f"rollback: no earlier promoted version in {store.root}")
+        if current is None:
+            raise UsageError(f"rollback: nothing to roll back: no version in {store.root} is "
+                             "current, the shipped model is in use")
+        store.clear_current("rollback", {"previous": current})
+        print(f"the shipped model is current again (was {current})")
+        return 0
     store.set_current(previous, "rollback", {"previous": current})
     print(f"model {previous} is current again (was {current})")
     return 0

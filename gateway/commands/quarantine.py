@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 from gateway.audit import actor
 from gateway.commands.common import UsageError, config_from
 from gateway.config import Config
+from gateway.policy import load_rules
 from gateway.quarantine.release import ReleaseError, release
 from gateway.quarantine.store import (
+    SORTS,
     STATES,
     Filters,
     QuarantineError,
@@ -32,13 +34,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--action", choices=("quarantine", "reject"),
                          help="quarantined, or a kept copy of rejected mail")
     listing.add_argument("--state", choices=STATES)
+    listing.add_argument("--subject", help="subject contains this")
+    listing.add_argument("--min-score", type=float, help="score at least this")
+    listing.add_argument("--max-score", type=float, help="score at most this")
+    listing.add_argument("--node", help="held by this gateway node")
+    listing.add_argument("--sort", choices=SORTS, default="created",
+                         help="order by (default: created, newest first)")
+    listing.add_argument("--ascending", action="store_true", help="smallest or oldest first")
     listing.add_argument("--limit", type=int, default=1000)
+    listing.add_argument("--offset", type=int, default=0, help="skip this many")
     listing.add_argument("--json", action="store_true", help="a JSON array of records")
     listing.set_defaults(handler=list_main)
 
     show = commands.add_parser("show", help="headers, verdict, symbols and history of one")
-    show.add_argument("id", help="quarantine id, or the Postfix queue id")
+    show.add_argument("id", help="quarantine id (or its first characters), or the Postfix "
+                                "queue id")
     show.add_argument("--json", action="store_true")
+    show.add_argument("--text", action="store_true",
+                      help="print the whole decoded text body (escaped), not its first lines")
     show.add_argument("--raw", action="store_true",
                       help="print the original message, byte for byte (to a pipe or file; "
                            "a terminal needs --force)")
@@ -47,13 +60,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     show.set_defaults(handler=show_main)
 
     send = commands.add_parser("release", help="deliver to the original recipients")
-    send.add_argument("id")
-    send.add_argument("--force", action="store_true", help="release again")
+    send.add_argument("ids", nargs="+", metavar="ID",
+                      help="quarantine ids (or their first characters), or queue ids")
+    send.add_argument("--to", action="append", metavar="ADDRESS",
+                      help="only to this original recipient (repeat for more; default: all)")
+    send.add_argument("--force", action="store_true",
+                      help="release again to who already got it; confirm the release of a "
+                           "virus or of a symbol the rules reserve for admins")
     send.add_argument("--reason", default="", help="why, for the audit trail")
     send.set_defaults(handler=release_main)
 
     remove = commands.add_parser("delete", help="discard the message (the record stays)")
-    remove.add_argument("id")
+    remove.add_argument("ids", nargs="+", metavar="ID")
     remove.add_argument("--reason", default="", help="why, for the audit trail")
     remove.set_defaults(handler=delete_main)
 
@@ -92,7 +110,10 @@ def list_main(args: argparse.Namespace) -> int:
     store = open_store(config_from(args))
     records = store.list(Filters(sender=args.sender, recipient=args.recipient,
                                  symbol=args.symbol, since=args.since, until=args.until,
-                                 action=args.action, state=args.state, limit=args.limit))
+                                 action=args.action, state=args.state, limit=args.limit,
+                                 subject=args.subject, min_score=args.min_score,
+                                 max_score=args.max_score, node=args.node, sort=args.sort,
+                                 descending=not args.ascending, offset=args.offset))
     if args.json:
         print(dumps([r.as_dict() for r in records], indent=2))
         return 0
@@ -122,11 +143,55 @@ def show_main(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stdout.buffer.write(raw)
         return 0
+    preview = _preview(store, record)
     if args.json:
-        print(dumps(record.as_dict(), indent=2))
+        shown = record.as_dict()
+        if preview is not None:
+            shown.update({
+                "text": preview.text, "html": preview.html is not None,
+                "attachments": [{"name": a.name, "declared_type": a.declared,
+                                 "detected_type": a.detected, "size": a.size,
+                                 "sha256": a.sha256} for a in preview.attachments],
+                "urls": preview.urls})
+        print(dumps(shown, indent=2))
         return 0
     print_record(record)
+    if preview is not None:
+        print_contents(preview, whole_text=args.text)
     return 0
+
+
+def _preview(store: QuarantineStore, record: Record):
+    from gateway.web.preview import analyse
+
+    raw = store.raw(record.id)
+    return None if raw is None else analyse(bytes(raw))
+
+
+TEXT_LINES = 40
+
+
+def print_contents(preview, whole_text: bool = False) -> None:
+    """The decoded text, attachments and URLs, every line escaped."""
+    if preview.attachments:
+        print("attachments (not opened):")
+        for a in preview.attachments:
+            warning = "  (declared type differs!)" if a.mismatch else ""
+            print(printable(f"  {a.name}  {a.declared}, looks like {a.detected}, "
+                            f"{a.size} bytes, sha256 {a.sha256[:16]}…{warning}"))
+    if preview.urls:
+        print(f"URLs ({len(preview.urls)}):")
+        for url in preview.urls:
+            print(printable(f"  {url}"))
+    lines = preview.text.splitlines()
+    if lines:
+        print("text:" + ("  (words of the HTML part; there is no text part)"
+                         if preview.text_from_html else ""))
+        shown = lines if whole_text else lines[:TEXT_LINES]
+        for line in shown:
+            print(printable(f"  {line}"))
+        if len(lines) > len(shown):
+            print(f"  … {len(lines) - len(shown)} more lines (--text prints them all)")
 
 
 def print_record(r: Record) -> None:
@@ -148,6 +213,8 @@ def print_record(r: Record) -> None:
                          ("Message-ID", r.message_id)):
         line(f"{label + ':':<13}{value or '-'}")
     line(f"size:        {r.size} bytes, sha256 {r.sha256[:16]}…")
+    if r.released_to:
+        line(f"released to: {', '.join(r.released_to)}")
     line("symbols:")
     for s in sorted(r.symbols, key=lambda s: -abs(s["score"])):
         evidence = f" ({s['evidence']})" if s["evidence"] else ""
@@ -155,31 +222,55 @@ def print_record(r: Record) -> None:
     line("history:")
     for e in r.events:
         detail = f": {e.detail}" if e.detail else ""
-        line(f"  {e.time:%Y-%m-%d %H:%M:%S}  {e.action} by {e.actor}{detail}")
+        why = f" (reason: {e.reason})" if e.reason else ""
+        line(f"  {e.time:%Y-%m-%d %H:%M:%S}  {e.action} by {e.actor}{detail}{why}")
 
 
 def release_main(args: argparse.Namespace) -> int:
     config = config_from(args)
     store = open_store(config)
-    record = _get(store, args.id)
-    who = actor() + (f" ({args.reason})" if args.reason else "")
-    try:
-        accepted = release(store, record.id, config.release.smtp, who, force=args.force,
-                           timeout=config.release.timeout)
-    except ReleaseError as exc:
-        raise UsageError(f"release: {exc}") from None
-    print(printable(f"{record.id}: released to {', '.join(accepted)}"))
-    return 0
+    rules = load_rules(config.policy.rules)
+    status = 0
+    for identifier in _unique(args.ids):
+        try:
+            record = _get(store, identifier)
+            done = release(store, record.id, config.release.smtp, actor(), force=args.force,
+                           timeout=config.release.timeout, to=args.to, reason=args.reason,
+                           release_rules=rules.release, server_id=config.auth.server_id())
+        except (UsageError, ReleaseError) as exc:
+            if len(args.ids) == 1:
+                raise UsageError(f"release: {exc}") from None
+            print(printable(f"gateway: release: {exc}"), file=sys.stderr)
+            status = 1
+            continue
+        queued = f" (queued as {done.queue_id})" if done.queue_id else ""
+        refused = f"; refused: {', '.join(done.refused)}" if done.refused else ""
+        print(printable(f"{record.id}: released to {', '.join(done.accepted)}{queued}{refused}"))
+    return status
 
 
 def delete_main(args: argparse.Namespace) -> int:
     store = open_store(config_from(args))
-    record = _get(store, args.id)
-    if record.state == "deleted":
-        raise UsageError(f"{record.id}: already deleted")
-    store.change_state(record.id, "deleted", actor(), "deleted", args.reason, drop_body=True)
-    print(f"{record.id}: deleted (the record stays for the audit trail)")
-    return 0
+    status = 0
+    for identifier in _unique(args.ids):
+        try:
+            record = _get(store, identifier)
+            if record.state == "deleted":
+                raise UsageError(f"{record.id}: already deleted")
+        except UsageError as exc:
+            if len(args.ids) == 1:
+                raise
+            print(printable(f"gateway: delete: {exc}"), file=sys.stderr)
+            status = 1
+            continue
+        store.change_state(record.id, "deleted", actor(), "deleted", "", drop_body=True,
+                           reason=args.reason)
+        print(f"{record.id}: deleted (the record stays for the audit trail)")
+    return status
+
+
+def _unique(ids: list[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
 
 
 def purge_main(args: argparse.Namespace) -> int:
@@ -192,6 +283,6 @@ def purge_main(args: argparse.Namespace) -> int:
 
 def _get(store: QuarantineStore, identifier: str) -> Record:
     try:
-        return store.get(identifier)
+        return store.get(identifier, prefix=True)
     except QuarantineError as exc:
         raise UsageError(str(exc)) from None

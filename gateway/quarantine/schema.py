@@ -8,6 +8,7 @@ column here needs a new migration there.
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -48,6 +50,9 @@ messages = Table(
     Column("size", Integer, nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("raw", LargeBinary),                       # NULL once deleted or expired
+    # The verdict's headers as the milter would have added them (JSON list of
+    # [name, value], Authentication-Results included): a release adds them.
+    Column("verdict_headers", Text),
     Index("ix_messages_created", "created"),
     Index("ix_messages_state", "state"),
     Index("ix_messages_sender", "sender"),
@@ -59,6 +64,8 @@ recipients = Table(
            primary_key=True),
     Column("position", Integer, primary_key=True),
     Column("address", Text, nullable=False),
+    Column("released", DateTime(timezone=True)),      # when a release reached this one
+    Column("release_queue_id", String(32)),           # Postfix's queue id of that release
     Index("ix_recipients_address", "address"),
 )
 
@@ -83,6 +90,7 @@ events = Table(
     Column("actor", Text, nullable=False),
     Column("action", String(32), nullable=False),
     Column("detail", Text, nullable=False),
+    Column("reason", Text),                           # why, as the person gave it
     Index("ix_events_message", "message"),
 )
 
@@ -133,4 +141,117 @@ replay_samples = Table(
     Column("raw", LargeBinary, nullable=False),
     Index("ix_replay_samples_created", "created"),
     Index("ix_replay_samples_queue_id", "queue_id"),
+)
+
+# -- the analysts' console (gateway web) ---------------------------------------------
+# Everything several nodes' consoles share: accounts, sessions, failed logins
+# (the rate limit), the audit trail, the reviewed feedback queue, the
+# recipients' digest links. Written by gateway.web.console.
+
+users = Table(
+    "users", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),               # analyst, admin
+    Column("password", Text, nullable=False),                 # argon2id hash
+    Column("disabled", Boolean, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+    Column("last_login", DateTime(timezone=True)),
+)
+
+web_sessions = Table(
+    "web_sessions", metadata,
+    Column("id", String(64), primary_key=True),               # SHA-256 of the cookie's token
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("seen", DateTime(timezone=True), nullable=False),
+    Column("address", String(64)),
+    Index("ix_web_sessions_user", "user_id"),
+)
+
+login_failures = Table(
+    "login_failures", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("address", String(64), nullable=False),
+    Index("ix_login_failures_time", "time"),
+)
+
+audit = Table(
+    "audit", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("actor", Text, nullable=False),                    # user name, or a recipient
+    Column("action", String(32), nullable=False),
+    Column("target", Text, nullable=False),                   # a quarantine id, a user, ...
+    Column("detail", Text, nullable=False),
+    Column("address", String(64)),                            # the client's IP
+    Index("ix_audit_time", "time"),
+)
+
+# Labels from analysts and recipients wait here for an admin; an accepted one
+# goes into training_messages. A held message with a pending label is kept
+# past its retention until the label is dealt with.
+feedback = Table(
+    "feedback", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message", String(32), nullable=False),            # quarantine id
+    Column("label", String(8), nullable=False),               # ham, spam
+    Column("source", String(16), nullable=False),             # analyst, recipient
+    Column("who", Text, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False),              # pending, accepted, rejected
+    Column("reviewer", Text),
+    Column("reviewed", DateTime(timezone=True)),
+    Column("review_note", Text, nullable=False),
+    Column("training_key", String(40)),                       # training_messages.key
+    Index("ix_feedback_state", "state"),
+    Index("ix_feedback_message", "message"),
+)
+
+# One link per held message and recipient in a digest: the mail carries the
+# id and its HMAC; the row says for whom, until when, and whether it was used.
+digest_links = Table(
+    "digest_links", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("message", String(32), nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("expires", DateTime(timezone=True), nullable=False),
+    Column("used", DateTime(timezone=True)),
+    Column("used_for", String(16)),                           # release, spam
+    UniqueConstraint("message", "recipient", name="uq_digest_links_message_recipient"),
+)
+
+# One row per day a digest run started, whichever node started it.
+digest_runs = Table(
+    "digest_runs", metadata,
+    Column("day", String(10), primary_key=True),              # YYYY-MM-DD, UTC
+    Column("node", String(255), nullable=False),
+    Column("started", DateTime(timezone=True), nullable=False),
+    Column("finished", DateTime(timezone=True)),
+    Column("sent", Integer, nullable=False),
+)
+
+console_settings = Table(
+    "console_settings", metadata,
+    Column("key", String(64), primary_key=True),              # digest_secret, ...
+    Column("value", Text, nullable=False),
+)
+
+# Background work started from the console (training a candidate model).
+console_jobs = Table(
+    "console_jobs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("who", Text, nullable=False),
+    Column("node", String(255), nullable=False),
+    Column("started", DateTime(timezone=True), nullable=False),
+    Column("finished", DateTime(timezone=True)),
+    Column("status", String(16), nullable=False),             # running, done, failed
+    Column("output", Text, nullable=False),
 )

@@ -33,19 +33,30 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.headers import authentication_results_header, verdict_headers
 from gateway.mail import decoded_header
 from gateway.message import Envelope, RawContent
 from gateway.mime import parse_bytes
 from gateway.policy import Verdict
 from gateway.quarantine.files import make_private
-from gateway.quarantine.schema import events, messages, recipients, replay_samples, symbols
+from gateway.quarantine.schema import (
+    events,
+    feedback,
+    messages,
+    recipients,
+    replay_samples,
+    symbols,
+)
 
 STATES = ("held", "released", "deleted", "expired")
+# Orders the list can be sorted by (Filters.sort).
+SORTS = ("created", "score", "sender", "subject", "state", "action", "node", "size")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
@@ -59,6 +70,7 @@ class Event:
     actor: str
     action: str
     detail: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,9 @@ class Record:
     sha256: str
     symbols: tuple[dict[str, Any], ...]
     events: tuple[Event, ...] = field(default=())
+    # Recipients a release has reached, and the verdict's headers as stored.
+    released_to: tuple[str, ...] = ()
+    verdict_headers: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -115,9 +130,10 @@ class Record:
             "failed_checks": list(self.failed_checks),
             "size": self.size,
             "sha256": self.sha256,
-            "events": [
+            "released_to": list(self.released_to),
+            "history": [
                 {"time": e.time.isoformat(timespec="seconds"), "actor": e.actor,
-                 "action": e.action, "detail": e.detail}
+                 "action": e.action, "detail": e.detail, "reason": e.reason}
                 for e in self.events
             ],
         }
@@ -133,6 +149,13 @@ class Filters:
     action: str | None = None
     state: str | None = None
     limit: int = 1000
+    subject: str | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    node: str | None = None
+    sort: str = "created"        # one of SORTS
+    descending: bool = True
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -220,6 +243,7 @@ class QuarantineStore:
             "size": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
             "raw": data,
+            "verdict_headers": json.dumps(_verdict_headers(verdict)),
         }
         try:
             with self.engine.begin() as connection:
@@ -242,7 +266,7 @@ class QuarantineStore:
         return identifier
 
     def change_state(self, identifier: str, state: str, who: str, what: str, detail: str = "",
-                     drop_body: bool = False) -> None:
+                     drop_body: bool = False, reason: str = "") -> None:
         values: dict[str, Any] = {"state": state, "updated": now()}
         if drop_body:
             values["raw"] = None
@@ -251,7 +275,36 @@ class QuarantineStore:
                 update(messages).where(messages.c.id == identifier).values(**values))
             if result.rowcount == 0:
                 raise QuarantineError(f"no quarantined message {identifier!r}")
-            _event(connection, identifier, who, what, detail)
+            _event(connection, identifier, who, what, detail, reason)
+
+    def mark_released(self, identifier: str, to: Iterable[str], queue_id: str | None,
+                      who: str, detail: str, reason: str = "") -> None:
+        """A release reached ``to``: the record is released, those recipients
+        carry the time and Postfix's queue id, the history says by whom."""
+        stamp = now()
+        to = list(to)
+        with self.engine.begin() as connection:
+            result = connection.execute(update(messages).where(messages.c.id == identifier)
+                                        .values(state="released", updated=stamp))
+            if result.rowcount == 0:
+                raise QuarantineError(f"no quarantined message {identifier!r}")
+            if to:
+                connection.execute(
+                    update(recipients).where(and_(recipients.c.message == identifier,
+                                                  recipients.c.address.in_(to)))
+                    .values(released=stamp, release_queue_id=(queue_id or "")[:32] or None))
+            _event(connection, identifier, who, "released", detail, reason)
+
+    def record_event(self, identifier: str, who: str, what: str, detail: str = "",
+                     reason: str = "") -> None:
+        """A line in a message's history that changes nothing else (a failed
+        release, a label)."""
+        try:
+            with self.engine.begin() as connection:
+                _event(connection, identifier, who, what, detail, reason)
+        except SQLAlchemyError as exc:
+            raise QuarantineError(f"cannot record {what} for {identifier}: "
+                                  f"{_first_line(exc)}") from None
 
     def purge(self, retention: Mapping[str, int], rejected_days: int,
               at: datetime | None = None) -> dict[str, int]:
@@ -266,7 +319,7 @@ class QuarantineStore:
                 stale = connection.execute(
                     select(messages.c.id).where(and_(
                         messages.c.state == "held", messages.c.action == action,
-                        messages.c.created < cutoff))).scalars().all()
+                        messages.c.created < cutoff, ~_awaiting_review()))).scalars().all()
                 for identifier in stale:
                     connection.execute(update(messages).where(messages.c.id == identifier)
                                        .values(state="expired", raw=None, updated=at))
@@ -277,7 +330,8 @@ class QuarantineStore:
                 cutoff = at - timedelta(days=retention.get(state, 30))
                 gone = connection.execute(
                     select(messages.c.id).where(and_(
-                        messages.c.state == state, messages.c.updated < cutoff))
+                        messages.c.state == state, messages.c.updated < cutoff,
+                        ~_awaiting_review()))
                 ).scalars().all()
                 if gone:
                     for table, column in ((events, events.c.message),
@@ -290,12 +344,24 @@ class QuarantineStore:
 
     # -- reading -----------------------------------------------------------------------
 
-    def get(self, identifier: str) -> Record:
+    def get(self, identifier: str, prefix: bool = False) -> Record:
+        """The record with this id or Postfix queue id; with ``prefix``, also
+        the one record whose id starts with ``identifier`` (4 characters or
+        more), as ``git`` takes an abbreviated commit."""
         with self.engine.connect() as connection:
             row = connection.execute(
                 select(*_record_columns()).where(
                     (messages.c.id == identifier) | (messages.c.queue_id == identifier))
                 .order_by(messages.c.created.desc())).first()
+            if row is None and prefix and len(identifier) >= 4 and identifier.isalnum():
+                rows = connection.execute(
+                    select(*_record_columns()).where(
+                        messages.c.id.startswith(identifier.lower(), autoescape=True))
+                    .limit(2)).all()
+                if len(rows) > 1:
+                    raise QuarantineError(f"{identifier!r} is the start of several message "
+                                          "ids; give more of it")
+                row = rows[0] if rows else None
             if row is None:
                 raise QuarantineError(f"no quarantined message {identifier!r}")
             return self._records(connection, [row], with_events=True)[0]
@@ -306,30 +372,21 @@ class QuarantineStore:
                 select(messages.c.raw).where(messages.c.id == identifier)).scalar()
 
     def list(self, filters: Filters = Filters()) -> list[Record]:
-        query = select(*_record_columns())
-        conditions = []
-        if filters.sender:
-            conditions.append(messages.c.sender.ilike(_like(filters.sender), escape="\\"))
-        if filters.recipient:
-            conditions.append(exists().where(and_(
-                recipients.c.message == messages.c.id,
-                recipients.c.address.ilike(_like(filters.recipient), escape="\\"))))
-        if filters.symbol:
-            conditions.append(exists().where(and_(
-                symbols.c.message == messages.c.id, symbols.c.name == filters.symbol.upper())))
-        if filters.since:
-            conditions.append(messages.c.created >= filters.since)
-        if filters.until:
-            conditions.append(messages.c.created < filters.until)
-        if filters.action:
-            conditions.append(messages.c.action == filters.action)
-        if filters.state:
-            conditions.append(messages.c.state == filters.state)
-        if conditions:
-            query = query.where(and_(*conditions))
-        query = query.order_by(messages.c.created.desc()).limit(filters.limit)
+        column = messages.c[filters.sort] if filters.sort in SORTS else messages.c.created
+        order = [column.desc() if filters.descending else column.asc()]
+        if column is not messages.c.created:
+            order.append(messages.c.created.desc())
+        query = (select(*_record_columns()).where(_conditions(filters))
+                 .order_by(*order, messages.c.id).offset(max(filters.offset, 0))
+                 .limit(filters.limit))
         with self.engine.connect() as connection:
             return self._records(connection, connection.execute(query).all())
+
+    def count_matching(self, filters: Filters = Filters()) -> int:
+        """How many records the filters match (limit and offset aside)."""
+        query = select(func.count()).select_from(messages).where(_conditions(filters))
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
 
     def count(self) -> int:
         with self.engine.connect() as connection:
@@ -349,11 +406,14 @@ class QuarantineStore:
         if not ids:
             return []
         rcpts: dict[str, list[str]] = {i: [] for i in ids}
-        for m, address in connection.execute(
-                select(recipients.c.message, recipients.c.address)
+        released: dict[str, list[str]] = {i: [] for i in ids}
+        for m, address, when in connection.execute(
+                select(recipients.c.message, recipients.c.address, recipients.c.released)
                 .where(recipients.c.message.in_(ids)).order_by(recipients.c.position)):
             if address:
                 rcpts[m].append(address)
+                if when is not None:
+                    released[m].append(address)
         syms: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
         for s in connection.execute(
                 select(symbols).where(symbols.c.message.in_(ids))
@@ -364,7 +424,8 @@ class QuarantineStore:
         if with_events:
             for e in connection.execute(select(events).where(events.c.message.in_(ids))
                                         .order_by(events.c.id)):
-                audit[e.message].append(Event(_utc(e.time), e.actor, e.action, e.detail))
+                audit[e.message].append(Event(_utc(e.time), e.actor, e.action, e.detail,
+                                              e.reason or ""))
         return [
             Record(
                 id=row.id, node=row.node, queue_id=row.queue_id, created=_utc(row.created),
@@ -377,6 +438,9 @@ class QuarantineStore:
                 failed_checks=tuple(json.loads(row.failed_checks)), size=row.size,
                 sha256=row.sha256, symbols=tuple(syms[row.id]),
                 events=tuple(audit[row.id]),
+                released_to=tuple(released[row.id]),
+                verdict_headers=tuple(
+                    (str(n), str(v)) for n, v in json.loads(row.verdict_headers or "[]")),
             )
             for row in rows
         ]
@@ -557,9 +621,58 @@ def _record_columns():
     return [c for c in messages.c if c.name != "raw"]
 
 
-def _event(connection: Connection, identifier: str, who: str, what: str, detail: str) -> None:
+def _event(connection: Connection, identifier: str, who: str, what: str, detail: str,
+           reason: str = "") -> None:
     connection.execute(insert(events), {"message": identifier, "time": now(), "actor": who,
-                                        "action": what, "detail": detail})
+                                        "action": what, "detail": detail,
+                                        "reason": reason or None})
+
+
+def _conditions(filters: Filters) -> Any:
+    """The WHERE clause of a list or count."""
+    conditions = [true()]
+    if filters.sender:
+        conditions.append(messages.c.sender.ilike(_like(filters.sender), escape="\\"))
+    if filters.recipient:
+        conditions.append(exists().where(and_(
+            recipients.c.message == messages.c.id,
+            recipients.c.address.ilike(_like(filters.recipient), escape="\\"))))
+    if filters.symbol:
+        conditions.append(exists().where(and_(
+            symbols.c.message == messages.c.id, symbols.c.name == filters.symbol.upper())))
+    if filters.subject:
+        conditions.append(messages.c.subject.ilike(_like(filters.subject), escape="\\"))
+    if filters.since:
+        conditions.append(messages.c.created >= filters.since)
+    if filters.until:
+        conditions.append(messages.c.created < filters.until)
+    if filters.action:
+        conditions.append(messages.c.action == filters.action)
+    if filters.state:
+        conditions.append(messages.c.state == filters.state)
+    if filters.min_score is not None:
+        conditions.append(messages.c.score >= filters.min_score)
+    if filters.max_score is not None:
+        conditions.append(messages.c.score <= filters.max_score)
+    if filters.node:
+        conditions.append(messages.c.node == filters.node)
+    return and_(*conditions)
+
+
+def _awaiting_review() -> Any:
+    """A message with a label still in the feedback queue: purging waits."""
+    return exists().where(and_(feedback.c.message == messages.c.id,
+                               feedback.c.state == "pending"))
+
+
+def _verdict_headers(verdict: Verdict) -> list[list[str]]:
+    """The headers the milter adds for this verdict, for a later release."""
+    found = []
+    auth = authentication_results_header(verdict)
+    if auth is not None:
+        found.append(list(auth))
+    found += [list(pair) for pair in verdict_headers(verdict)]
+    return found
 
 
 def _header(head: email.message.Message, name: str) -> str | None:
