@@ -167,7 +167,7 @@ def test_doctor_on_a_healthy_setup_is_all_ticks(setup):
         "store": "ok", "model": "ok", "postfix smtpd_milters": "ok",
         "postfix non_smtpd_milters": "ok", "postfix milter_default_action": "ok",
         "postfix milter_protocol": "ok", "postfix release listener": "ok",
-        "postfix reaches socket": "ok", "store modes": "ok", "config file": "ok",
+        "postfix reaches socket": "ok", "user": "ok", "store modes": "ok", "config file": "ok",
     }
     assert status == 0
     assert re.search(r"schema at \d{4} \(head\)", lines["store"]["text"])
@@ -251,3 +251,20 @@ def test_doctor_stops_at_a_broken_config(tmp_path: Path):
     assert result.stdout == (f"✘ config  {rules}: scores.BAYES_99X: unknown symbol (did you "
                              "mean BAYES_99?) -- fix: correct the symbol name (gateway symbols "
                              "--all lists them)\n")
+
+
+def test_postfix_milter_names_as_a_chrooted_smtpd_sees_them():
+    from gateway.commands.doctor import _milter_entries, _postfix_spec, _same_milter
+
+    ours = "unix:/var/spool/postfix/gateway/milter.sock"
+    spool = Path("/var/spool/postfix")
+    assert _milter_entries("{ unix:/gateway/milter.sock, default_action=accept }, "
+                           "inet:127.0.0.1:8891") == ["unix:/gateway/milter.sock",
+                                                      "inet:127.0.0.1:8891"]
+    assert _same_milter("unix:/gateway/milter.sock", ours, True, spool)
+    assert not _same_milter("unix:/gateway/milter.sock", ours, False, spool)
+    assert _same_milter("unix:/var/spool/postfix/gateway/milter.sock", ours, False, spool)
+    assert _postfix_spec(ours, True, spool) == "unix:/gateway/milter.sock"
+    assert _postfix_spec(ours, False, spool) == ours
+    assert _same_milter("inet:localhost:8899", "inet:8899@127.0.0.1", False, spool)
+    assert not _same_milter("inet:localhost:8898", "inet:8899@127.0.0.1", False, spool)

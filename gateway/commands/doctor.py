@@ -591,6 +591,8 @@ def permission_lines(config: Config, user: str, config_path: str | None) -> list
                           "gateway init --user " + user + " (or useradd --system --home "
                           "/var/lib/gateway --shell /usr/sbin/nologin " + user + ")"))
         owner = None
+    else:
+        lines.append(ok("user", f"{user} (uid {owner.pw_uid}) runs the gateway"))
     url = config.quarantine.url
     if url.startswith("sqlite:///") and Path(url.removeprefix("sqlite:///")).exists():
         lines.append(_store_modes(Path(url.removeprefix("sqlite:///")), owner))
