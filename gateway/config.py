@@ -334,6 +334,17 @@ def _listen(value: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class ScanSection:
+    listen: str = setting("", _listen, "spamd (SPAMC) and rspamd (/checkv2) protocol for "
+                          "MTAs without milter, as host:port (\"\" = off)")
+    allow: list[str] = setting(["127.0.0.1/32", "::1/128"], _networks,
+                               "client addresses allowed to ask")
+    secret: str = setting("", doc="if set, clients must send it in a Secret: header")
+    timeout: float = setting(30.0, positive, "seconds a client may take for each read")
+    max_clients: int = setting(64, positive, "clients served at once (more get a tempfail)")
+
+
+@dataclass(frozen=True)
 class MetricsSection:
     listen: str = setting("127.0.0.1:9525", _listen,
                           "Prometheus /metrics and /health as host:port (\"\" = off)")
@@ -356,6 +367,7 @@ SECTIONS: dict[str, type] = {
     "log": LogSection,
     "logging": LogSection,  # the section's name before [log]; still read
     "metrics": MetricsSection,
+    "scan": ScanSection,
 }
 
 
@@ -376,6 +388,7 @@ class Config:
     auth: AuthSection = field(default_factory=AuthSection)
     log: LogSection = field(default_factory=LogSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    scan: ScanSection = field(default_factory=ScanSection)
     source: str = "<embedded defaults>"
 
 

@@ -72,6 +72,7 @@ def serve_milter(config: Config, args: argparse.Namespace) -> int:
     server = _start_metrics(config, metrics, service)
     if args.control_fd is not None:
         _listen_for_reloads(args.control_fd, service)
+    scanner = _start_scan(config, service)
     runtime = Runtime(service=service, sessions=metrics.session)
     try:
         serve(runtime)
@@ -80,6 +81,8 @@ def serve_milter(config: Config, args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
+        if scanner is not None:
+            scanner.stop()
         service.close()
     log.info("gateway milter stopped")
     return 0
@@ -138,3 +141,29 @@ def _start_metrics(config: Config, metrics, service):
         return None
     log.info("metrics and health on http://%s/metrics and /health", config.metrics.listen)
     return server.start()
+
+
+def _start_scan(config: Config, service):
+    """The spamd / rspamd protocol beside the milter, when [scan] listen is set."""
+    if not config.scan.listen:
+        return None
+    import time
+
+    from gateway.logline import log_verdict
+    from gateway.scan import ScanServer
+
+    def scan(envelope, raw):
+        generation = service.current.acquire()
+        started = time.perf_counter()
+        try:
+            verdict = generation.evaluator.evaluate(envelope, raw)
+        finally:
+            generation.release()
+        log_verdict(envelope, verdict, raw.size, (time.perf_counter() - started) * 1000,
+                    {"via": "scan"})
+        return verdict
+
+    try:
+        return ScanServer(config, scan).start()
+    except OSError as exc:
+        raise UsageError(f"scan.listen {config.scan.listen}: {exc.strerror or exc}") from None
