@@ -43,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Modules of the optional extras (pyproject.toml); scoring mail needs none.
 EXTRAS = {"sklearn": "train", "scipy": "train", "matplotlib": "train",
-          "psycopg": "postgres", "aiosmtpd": "demo", "dnslib": "demo"}
+          "psycopg": "postgres", "aiosmtpd": "demo", "dnslib": "demo",
+          "flask": "web", "werkzeug": "web", "jinja2": "web", "waitress": "web", "nh3": "web",
+          "argon2": "web"}
 
 
 def missing_extra(module: str | None) -> str | None:
@@ -105,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         configshow,
         demo,
         doctor,
+        feedback,
         init,
         learn,
         quarantine,
@@ -112,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         run,
         symbols,
         trace,
+        user,
+        web,
     )
 
     run_parser = command("run", run.main, "run the milter in the foreground until SIGTERM")
@@ -140,6 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
         "quarantine", help="list, show, release, delete or purge quarantined mail",
         description="the quarantine")
     quarantine.add_arguments(quarantine_parser)
+
+    web_parser = command("web", web.main,
+                         "the analysts' console: a web app over the quarantine, on [web] listen")
+    web.add_arguments(web_parser)
+    user_parser = commands.add_parser("user", help="the console's accounts: add, passwd, "
+                                      "disable, enable, role, list",
+                                      description="the console's accounts")
+    user.add_arguments(user_parser)
+    feedback_parser = commands.add_parser(
+        "feedback", help="the reviewed feedback queue: list, accept, reject labels",
+        description="labels from analysts and recipients, waiting for an admin")
+    feedback.add_arguments(feedback_parser)
+    digest_parser = commands.add_parser("digest", help="recipients' digests of held mail",
+                                        description="recipients' digests of held mail")
+    web.add_digest_arguments(digest_parser)
 
     symbols_parser = command("symbols", symbols.main,
                              "list the symbols checks can emit, with scores and actions")

@@ -350,6 +350,52 @@ class MetricsSection:
                           "Prometheus /metrics and /health as host:port (\"\" = off)")
 
 
+def _hour(value: int) -> str | None:
+    return None if 0 <= value <= 23 else f"an hour of the day, 0 to 23, got {value}"
+
+
+def _console_url(value: str) -> str | None:
+    if value == "" or re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        return None
+    return f"expected the console's address such as https://quarantine.example.org, got {value!r}"
+
+
+@dataclass(frozen=True)
+class WebSection:
+    """The analysts' console, ``gateway web`` (behind the site's reverse proxy)."""
+
+    listen: str = setting("127.0.0.1:8025", _host_port, "the console's host:port (HTTP; the "
+                          "reverse proxy in front of it does TLS)")
+    trusted_proxies: tuple[str, ...] = setting(
+        ("127.0.0.1", "::1"), _ip_addresses,
+        "proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (the client's "
+        "address for the login limit, https for Secure cookies)")
+    secure_cookies: Literal["auto", "always"] = setting(
+        "auto", doc="auto: cookies are Secure when the request came over HTTPS (as the "
+        "trusted proxy says); always: Secure even over plain HTTP")
+    session_idle_minutes: int = setting(60, positive, "a session ends after this long unused")
+    session_hours: int = setting(12, positive, "a session ends this long after the login")
+    login_attempts: int = setting(5, positive, "failed logins per account (and 4x per client "
+                                  "address) in 15 minutes before the next ones are refused")
+    page_size: int = setting(50, positive, "messages per page of the list")
+    threads: int = setting(8, positive, "requests served at once")
+
+
+@dataclass(frozen=True)
+class DigestSection:
+    """Recipients' daily digest of their held mail, with links to release or report."""
+
+    enabled: bool = setting(False, doc="send digests (gateway web sends them daily at hour; "
+                            "gateway digest send sends now)")
+    url: str = setting("", _console_url, "the console's address as recipients reach it, "
+                       "for the links (https://...)")
+    sender: str = setting("", doc="From and envelope sender of digests (default: "
+                          "postmaster@ this host's name)")
+    hour: int = setting(7, _hour, "hour of the day (UTC) after which the daily digest goes out")
+    link_days: int = setting(7, positive, "days a digest link works")
+    max_messages: int = setting(100, positive, "messages listed in one digest")
+
+
 SECTIONS: dict[str, type] = {
     "milter": MilterSection,
     "pipeline": PipelineSection,
@@ -368,6 +414,8 @@ SECTIONS: dict[str, type] = {
     "logging": LogSection,  # the section's name before [log]; still read
     "metrics": MetricsSection,
     "scan": ScanSection,
+    "web": WebSection,
+    "digest": DigestSection,
 }
 
 
@@ -389,6 +437,8 @@ class Config:
     log: LogSection = field(default_factory=LogSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     scan: ScanSection = field(default_factory=ScanSection)
+    web: WebSection = field(default_factory=WebSection)
+    digest: DigestSection = field(default_factory=DigestSection)
     source: str = "<embedded defaults>"
 
 

@@ -1,0 +1,762 @@
+"""The console's web app (Flask, Jinja2 templates rendered on the server).
+
+Safety rules every route follows:
+
+- Every page but /login, /static and the recipients' /digest links needs a
+  session; admin pages need an admin. Sessions are server-side (a random
+  token in an HttpOnly, SameSite=Strict cookie, Secure over HTTPS; only its
+  hash in the database), end after ``[web] session_idle_minutes`` unused or
+  ``session_hours`` in all, and when the user is disabled or changes
+  password.
+- Every POST carries the session's CSRF token (compared in constant time);
+  a POST whose Origin is another site is refused as well.
+- Templates autoescape; message content is never marked safe. The one place
+  HTML from a message reaches a browser is /quarantine/<id>/html: sanitized
+  by nh3, served with a Content-Security-Policy that allows no script and
+  no load from anywhere (``sandbox`` included), shown in an
+  ``<iframe sandbox>``.
+- Unknown or malformed ids are 404; any other failure is a plain error page
+  (the traceback goes to the log, never to the browser).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import secrets
+import subprocess
+import sys
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from flask import (
+    Flask,
+    Response,
+    abort,
+    flash,
+    g,
+    get_flashed_messages,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.sessions import SecureCookieSessionInterface
+from werkzeug.exceptions import HTTPException
+
+from gateway.config import Config
+from gateway.policy import load_rules
+from gateway.quarantine.release import ReleaseError, admin_only_symbols, release
+from gateway.quarantine.store import (
+    SORTS,
+    STATES,
+    Filters,
+    QuarantineError,
+    QuarantineStore,
+    Record,
+)
+from gateway.web import charts, preview, stats
+from gateway.web.console import (
+    ROLES,
+    Console,
+    ConsoleError,
+    LoginRefused,
+    constant_equal,
+    password_problem,
+)
+from gateway.web.digest import LinkError, check_link, use_link
+
+log = logging.getLogger("gateway.web")
+HERE = Path(__file__).resolve().parent
+SESSION_COOKIE = "gateway_session"
+ID = re.compile(r"^[0-9a-f]{20}$")
+PUBLIC = ("login", "static", "digest", "health")
+
+# The app's own pages: its stylesheet and script, nothing else.
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+               "frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+# A message's HTML: no script, no load of any kind (images only as data:),
+# no form, no navigation of the page around it, a sandbox of its own.
+MAIL_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+               "form-action 'none'; frame-ancestors 'self'; base-uri 'none'; sandbox")
+DOWNLOAD_POLICY = "default-src 'none'; sandbox"
+
+
+class _NoticeCookies(SecureCookieSessionInterface):
+    """Flask's signed cookie carries only notices (flash) and the login form's
+    token; Secure exactly when the session cookie is."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return _secure()
+
+
+def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
+    app = Flask("gateway.web", root_path=str(HERE), template_folder="templates",
+                static_folder="static")
+    if store is None:
+        store = QuarantineStore(config.quarantine.url, config.quarantine.node or None)
+    console = Console(store, config.web.login_attempts,
+                      timedelta(minutes=config.web.session_idle_minutes),
+                      timedelta(hours=config.web.session_hours))
+    rules = load_rules(config.policy.rules)
+    app.secret_key = console.secret("cookie_secret")
+    app.session_interface = _NoticeCookies()
+    app.config.update(SESSION_COOKIE_NAME="gateway_notice", SESSION_COOKIE_HTTPONLY=True,
+                      SESSION_COOKIE_SAMESITE="Strict", MAX_CONTENT_LENGTH=1024 * 1024,
+                      TEMPLATES_AUTO_RELOAD=False)
+    app.extensions["gateway"] = {"config": config, "store": store, "console": console,
+                                 "rules": rules}
+    trusted = {ipaddress.ip_address(a) for a in config.web.trusted_proxies}
+
+    # -- every request ---------------------------------------------------------------
+
+    @app.before_request
+    def _identify() -> Response | None:
+        _forwarded(trusted, config)
+        g.session = console.session(request.cookies.get(SESSION_COOKIE))
+        g.csp = PAGE_POLICY
+        endpoint = request.endpoint
+        if endpoint is None or endpoint in PUBLIC:  # no such page: 404 for everyone
+            return None
+        if request.method == "POST":
+            _check_origin()
+        if g.session is None:
+            if request.method == "GET":
+                return redirect(url_for("login", next=request.full_path.rstrip("?")))
+            abort(403)
+        if request.method == "POST":
+            token = request.form.get("csrf", "")
+            if not constant_equal(token, g.session.csrf):
+                abort(400, "the form was stale or not from this console (CSRF token); "
+                           "reload the page and try again")
+        return None
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers.setdefault("Content-Security-Policy", g.get("csp", PAGE_POLICY))
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        response.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
+        if request.endpoint != "static":
+            response.headers["Cache-Control"] = "no-store"
+        if _secure():
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
+        return response
+
+    @app.context_processor
+    def _template_globals() -> dict[str, Any]:
+        return {"me": g.session.user if g.get("session") else None,
+                "csrf": g.session.csrf if g.get("session") else "",
+                "notices": get_flashed_messages(with_categories=True),
+                "pending_labels": _pending_labels(console) if g.get("session") and
+                g.session.user.is_admin else 0}
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> tuple[str, int]:
+        g.csp = PAGE_POLICY
+        text = error.description if error.code in (400, 403, 410, 429) else None
+        return render_template("error.html", code=error.code, title=error.name,
+                               text=text), error.code or 500
+
+    @app.errorhandler(Exception)
+    def _failure(error: Exception) -> tuple[str, int]:
+        reference = uuid.uuid4().hex[:8]
+        log.error("web: %s %s failed (ref %s)", request.method, request.path, reference,
+                  exc_info=error)
+        return render_template("error.html", code=500, title="Something went wrong",
+                               text=f"The console could not do that. The details are in its "
+                                    f"log (ref {reference})."), 500
+
+    # -- logging in ------------------------------------------------------------------
+
+    @app.route("/login", methods=["GET", "POST"])
+    def login():
+        problem = None
+        status = 200
+        if request.method == "POST":
+            _check_origin()
+            if not constant_equal(request.form.get("csrf", ""), session.get("login", "-")):
+                abort(400, "the login form was stale; reload the page and try again")
+            name = request.form.get("name", "").strip()
+            try:
+                user = console.authenticate(name, request.form.get("password", ""),
+                                            _address())
+            except LoginRefused as exc:
+                problem, status = str(exc), 429 if exc.retry_after else 401
+                console.log(name[:64] or "?", "login-failed", name[:64], str(exc), _address())
+            else:
+                token, _ = console.open_session(user, _address())
+                console.log(user.name, "login", user.name, "", _address())
+                target = _local(request.args.get("next")) or url_for("dashboard")
+                response = redirect(target)
+                response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict",
+                                    secure=_secure(), path="/")
+                session.pop("login", None)
+                return response
+        session["login"] = secrets.token_urlsafe(24)
+        page = render_template("login.html", problem=problem, login_csrf=session["login"])
+        return page, status
+
+    @app.post("/logout")
+    def logout():
+        token = request.cookies.get(SESSION_COOKIE)
+        if token:
+            console.close_session(token)
+        console.log(g.session.user.name, "logout", g.session.user.name, "", _address())
+        response = redirect(url_for("login"))
+        response.delete_cookie(SESSION_COOKIE, path="/", samesite="Strict", secure=_secure(),
+                               httponly=True)
+        return response
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    # -- dashboard -------------------------------------------------------------------
+
+    @app.get("/")
+    def dashboard():
+        labels, series = stats.held_per_day(store)
+        top = stats.top_symbols(store)
+        states = store.count_by_state()
+        model = stats.model_in_use(config)
+        return render_template(
+            "dashboard.html", states=states, model=model,
+            per_day=charts.stacked_bars("Messages held and kept-rejected per day", labels,
+                                        series),
+            top_chart=charts.horizontal_bars("Top symbols, last 7 days", top),
+            state_chart=charts.horizontal_bars("Quarantine by state", list(states.items())),
+            model_chart=charts.horizontal_bars(
+                "Model figures (cross-validation mean)",
+                [(f["label"], f["mean"] * 100) for f in model.get("figures", [])], unit="%",
+                color=charts.COLORS["bar"], digits=2),
+            labels=console.count_labels(), total=sum(series["quarantine"]) +
+            sum(series["reject"]))
+
+    # -- the list --------------------------------------------------------------------
+
+    @app.get("/quarantine")
+    def listing():
+        filters, problems, form = _filters(request.args, config.web.page_size)
+        for problem in problems:
+            flash(problem, "error")
+        page = filters.offset // filters.limit + 1
+        total = store.count_matching(filters)
+        records = store.list(filters)
+        pages = max(1, -(-total // filters.limit))
+        return render_template(
+            "list.html", records=records, total=total, page=page, pages=pages, form=form,
+            sorts=SORTS, states=STATES, nodes=stats.nodes(store),
+            admin_only={r.id: admin_only_symbols(r, rules.release) for r in records},
+            link=lambda **changes: _link(form, **changes),
+            sort_link=lambda column: _link(form, sort=column, page=None, order=(
+                "asc" if form.get("sort", "created") == column and
+                form.get("order", "desc") == "desc" else "desc")),
+            top=lambda r: sorted(r.symbols, key=lambda s: -s["score"])[:3])
+
+    @app.post("/quarantine/bulk")
+    def bulk():
+        ids = [i for i in request.form.getlist("id") if ID.match(i)][:500]
+        action = request.form.get("action", "")
+        reason = request.form.get("reason", "").strip()[:500]
+        back = _local(request.form.get("back")) or url_for("listing")
+        if not ids:
+            flash("select messages first", "error")
+            return redirect(back)
+        me = g.session.user
+        done, failed = 0, []
+        for identifier in dict.fromkeys(ids):
+            try:
+                record = store.get(identifier)
+                if action == "release":
+                    release(store, record.id, config.release.smtp, me.name,
+                            timeout=config.release.timeout, reason=reason, role=me.role,
+                            confirmed=False, release_rules=rules.release,
+                            server_id=config.auth.server_id())
+                elif action == "delete":
+                    _delete(store, console, record, me.name, reason)
+                elif action in ("spam", "ham"):
+                    console.add_label(record.id, action, "analyst", me.name, reason)
+                else:
+                    abort(400, "unknown action")
+                done += 1
+                console.log(me.name, f"bulk-{action}", record.id, reason, _address())
+            except (QuarantineError, ReleaseError, ConsoleError) as exc:
+                failed.append(str(exc))
+        verb = {"release": "released", "delete": "deleted", "spam": "labelled spam",
+                "ham": "labelled not spam"}[action]
+        if done:
+            flash(f"{done} message{'s' if done != 1 else ''} {verb}"
+                  + (" (labels wait for an admin's review)" if action in ("spam", "ham")
+                     else ""), "ok")
+        for problem in failed[:20]:
+            flash(problem, "error")
+        return redirect(back)
+
+    # -- one message -----------------------------------------------------------------
+
+    @app.get("/quarantine/<identifier>")
+    def message(identifier: str):
+        record = _record(store, identifier)
+        raw = store.raw(record.id)
+        shown = preview.analyse(bytes(raw)) if raw is not None else None
+        sanitized = preview.sanitize_html(shown.html) if shown and shown.html else None
+        dangerous = admin_only_symbols(record, rules.release)
+        return render_template(
+            "message.html", r=record, preview=shown, sanitized=sanitized, dangerous=dangerous,
+            symbols=sorted(record.symbols, key=lambda s: -abs(s["score"])),
+            labels=console.labels(state=None, message=record.id),
+            may_release=raw is not None and (not dangerous or g.session.user.is_admin))
+
+    @app.get("/quarantine/<identifier>/html")
+    def message_html(identifier: str):
+        record = _record(store, identifier)
+        raw = store.raw(record.id)
+        shown = preview.analyse(bytes(raw)) if raw is not None else None
+        if shown is None or shown.html is None:
+            abort(404)
+        clean = preview.sanitize_html(shown.html)
+        g.csp = MAIL_POLICY
+        response = Response(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" "
+            "content=\"no-referrer\"></head><body>" + clean.html + "</body></html>",
+            mimetype="text/html")
+        response.headers["X-Frame-Options"] = "SAMEORIGIN"
+        return response
+
+    @app.get("/quarantine/<identifier>/raw")
+    def message_raw(identifier: str):
+        record = _record(store, identifier)
+        raw = store.raw(record.id)
+        if raw is None:
+            abort(410, f"{record.state}: the message's content is gone")
+        console.log(g.session.user.name, "view-raw", record.id, "", _address())
+        if request.args.get("download"):
+            g.csp = DOWNLOAD_POLICY
+            return Response(bytes(raw), mimetype="application/octet-stream", headers={
+                "Content-Disposition": f'attachment; filename="{record.id}.eml"'})
+        text = bytes(raw).decode("utf-8", "replace")
+        return render_template("raw.html", r=record, text=text)
+
+    @app.get("/quarantine/<identifier>/attachment/<int:index>")
+    def attachment(identifier: str, index: int):
+        record = _record(store, identifier)
+        raw = store.raw(record.id)
+        found = preview.attachment_bytes(bytes(raw), index) if raw is not None else None
+        if found is None:
+            abort(404)
+        part, data = found
+        console.log(g.session.user.name, "download", record.id,
+                    f"attachment {index}: {part.name}", _address())
+        g.csp = DOWNLOAD_POLICY
+        safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", part.name)[:100] or "attachment"
+        return Response(data, mimetype="application/octet-stream", headers={
+            "Content-Disposition": f'attachment; filename="{safe_name}.bin"'})
+
+    @app.post("/quarantine/<identifier>/release")
+    def release_one(identifier: str):
+        record = _record(store, identifier)
+        me = g.session.user
+        chosen = request.form.getlist("rcpt")
+        reason = request.form.get("reason", "").strip()[:500]
+        if not chosen:
+            flash("choose at least one recipient", "error")
+            return redirect(url_for("message", identifier=record.id))
+        try:
+            done = release(store, record.id, config.release.smtp, me.name,
+                           force=request.form.get("again") == "yes",
+                           timeout=config.release.timeout, to=chosen, reason=reason,
+                           role=me.role, confirmed=request.form.get("confirm") == "yes",
+                           release_rules=rules.release, server_id=config.auth.server_id())
+        except ReleaseError as exc:
+            console.log(me.name, "release-refused", record.id, str(exc), _address())
+            flash(str(exc), "error")
+        else:
+            queued = f", queued as {done.queue_id}" if done.queue_id else ""
+            console.log(me.name, "release", record.id,
+                        f"to {', '.join(done.accepted)}{queued}; {reason}".rstrip("; "),
+                        _address())
+            flash(f"released to {', '.join(done.accepted)}{queued}", "ok")
+        return redirect(url_for("message", identifier=record.id))
+
+    @app.post("/quarantine/<identifier>/delete")
+    def delete_one(identifier: str):
+        record = _record(store, identifier)
+        me = g.session.user
+        reason = request.form.get("reason", "").strip()[:500]
+        try:
+            _delete(store, console, record, me.name, reason)
+        except QuarantineError as exc:
+            flash(str(exc), "error")
+        else:
+            console.log(me.name, "delete", record.id, reason, _address())
+            flash("deleted: the content is gone, the record and its history stay", "ok")
+        return redirect(url_for("message", identifier=record.id))
+
+    @app.post("/quarantine/<identifier>/label")
+    def label_one(identifier: str):
+        record = _record(store, identifier)
+        me = g.session.user
+        label = request.form.get("label", "")
+        note = request.form.get("note", "").strip()[:500]
+        try:
+            number, outcome = console.add_label(record.id, label, "analyst", me.name, note)
+        except ConsoleError as exc:
+            flash(str(exc), "error")
+        else:
+            console.log(me.name, "label", record.id, f"{label} (#{number}, {outcome})",
+                        _address())
+            flash(f"labelled {'spam' if label == 'spam' else 'not spam'}: waiting for an "
+                  "admin's review (feedback queue)", "ok")
+        return redirect(url_for("message", identifier=record.id))
+
+    # -- the feedback queue (admins) -------------------------------------------------
+
+    @app.get("/feedback")
+    def feedback_queue():
+        _admin()
+        state = request.args.get("state", "pending")
+        state = state if state in ("pending", "accepted", "rejected", "all") else "pending"
+        return render_template(
+            "feedback.html", items=console.labels(None if state == "all" else state),
+            state=state, counts=console.count_labels(), jobs=console.jobs("train"),
+            learned=_learned_counts(config))
+
+    @app.post("/feedback/<int:number>/review")
+    def review(number: int):
+        _admin()
+        me = g.session.user
+        decision = request.form.get("decision")
+        if decision not in ("accept", "reject"):
+            abort(400, "accept or reject")
+        note = request.form.get("note", "").strip()[:500]
+        try:
+            outcome = console.review(number, decision == "accept", me.name, note,
+                                     config.classifier.training_set_url(config.quarantine.url))
+        except ConsoleError as exc:
+            flash(str(exc), "error")
+        else:
+            console.log(me.name, f"label-{decision}", f"feedback #{number}", note, _address())
+            flash(f"label #{number}: {outcome}", "ok")
+        return redirect(url_for("feedback_queue"))
+
+    @app.post("/feedback/train")
+    def train():
+        _admin()
+        me = g.session.user
+        try:
+            job = console.start_job("train", me.name)
+        except ConsoleError as exc:
+            flash(str(exc), "error")
+            return redirect(url_for("feedback_queue"))
+        console.log(me.name, "train", f"job #{job}", "gateway train --feedback", _address())
+        threading.Thread(target=_train, args=(console, config, job), daemon=True,
+                         name="train").start()
+        flash(f"training a candidate model from the learned set (job #{job}); it is not "
+              "used until it is evaluated and promoted", "ok")
+        return redirect(url_for("feedback_queue"))
+
+    # -- admin -----------------------------------------------------------------------
+
+    @app.get("/admin/users")
+    def users_page():
+        _admin()
+        return render_template("users.html", users=console.users(), roles=ROLES)
+
+    @app.post("/admin/users")
+    def users_add():
+        _admin()
+        me = g.session.user
+        name = request.form.get("name", "").strip()
+        role = request.form.get("role", "")
+        try:
+            console.add_user(name, role, request.form.get("password", ""))
+        except ConsoleError as exc:
+            flash(str(exc), "error")
+        else:
+            console.log(me.name, "user-add", name, role, _address())
+            flash(f"user {name} added ({role})", "ok")
+        return redirect(url_for("users_page"))
+
+    @app.post("/admin/users/<name>")
+    def users_change(name: str):
+        _admin()
+        me = g.session.user
+        action = request.form.get("action", "")
+        try:
+            if action in ("disable", "enable", "analyst") and name == me.name:
+                raise ConsoleError("you cannot disable or demote yourself here")
+            if action == "disable":
+                console.set_disabled(name, True)
+            elif action == "enable":
+                console.set_disabled(name, False)
+            elif action in ROLES:
+                console.set_role(name, action)
+            elif action == "password":
+                console.set_password(name, request.form.get("password", ""))
+            else:
+                abort(400, "unknown action")
+        except ConsoleError as exc:
+            flash(str(exc), "error")
+        else:
+            console.log(me.name, f"user-{action}", name, "", _address())
+            flash(f"user {name}: {action} done", "ok")
+        return redirect(url_for("users_page"))
+
+    @app.get("/admin/lists")
+    def lists_page():
+        _admin()
+        return render_template("lists.html", lists=config.lists, source=config.source)
+
+    @app.get("/admin/audit")
+    def audit_page():
+        _admin()
+        page = _int(request.args.get("page"), 1, 1, 10000)
+        return render_template("audit.html", entries=console.audit_trail(100, (page - 1) * 100),
+                               page=page)
+
+    @app.route("/account", methods=["GET", "POST"])
+    def account():
+        me = g.session.user
+        if request.method == "POST":
+            current = request.form.get("current", "")
+            new = request.form.get("password", "")
+            try:
+                console.authenticate(me.name, current, _address())
+                if new != request.form.get("again", ""):
+                    raise ConsoleError("the two new passwords differ")
+                if (problem := password_problem(new)) is not None:
+                    raise ConsoleError(problem)
+                console.set_password(me.name, new)
+            except ConsoleError as exc:
+                flash(str(exc), "error")
+                return redirect(url_for("account"))
+            console.log(me.name, "password", me.name, "", _address())
+            flash("password changed; log in again", "ok")
+            return redirect(url_for("login"))
+        return render_template("account.html")
+
+    # -- recipients' digest links (no account) -----------------------------------------
+
+    @app.route("/digest/<token>", methods=["GET", "POST"])
+    def digest(token: str):
+        if request.method == "POST":
+            _check_origin()
+        try:
+            link = check_link(console, token)
+        except LinkError as exc:
+            abort(exc.status, str(exc))
+        try:
+            record = store.get(link.message)
+        except QuarantineError:
+            abort(410, "this message is no longer in the quarantine")
+        action = request.values.get("action", "release")
+        action = action if action in ("release", "spam") else "release"
+        if request.method == "GET":
+            return render_template("digest.html", r=record, link=link, action=action,
+                                   done=None)
+        who = f"{link.recipient} (digest link)"
+        try:
+            use_link(console, token, action)
+        except LinkError as exc:
+            abort(exc.status, str(exc))
+        if action == "release":
+            try:
+                done = release(store, record.id, config.release.smtp, who,
+                               timeout=config.release.timeout, to=[link.recipient],
+                               role="recipient", release_rules=rules.release,
+                               server_id=config.auth.server_id())
+            except ReleaseError as exc:
+                console.log(link.recipient, "digest-release-failed", record.id, str(exc),
+                            _address())
+                abort(400, "the message could not be released; ask your mail admin")
+            console.log(link.recipient, "digest-release", record.id,
+                        f"queued as {done.queue_id}" if done.queue_id else "", _address())
+            if request.form.get("not_spam") == "yes":
+                console.add_label(record.id, "ham", "recipient", link.recipient)
+            text = f"The message was released to {link.recipient}."
+        else:
+            console.add_label(record.id, "spam", "recipient", link.recipient)
+            console.log(link.recipient, "digest-spam", record.id, "", _address())
+            text = "Thank you: the message is reported as spam."
+        return render_template("digest.html", r=record, link=link, action=action, done=text)
+
+    return app
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+def _forwarded(trusted: set, config: Config) -> None:
+    """The client's address and scheme as the trusted reverse proxy says."""
+    peer = request.remote_addr or ""
+    g.address, g.https = peer, request.scheme == "https"
+    try:
+        believed = ipaddress.ip_address(peer) in trusted
+    except ValueError:
+        believed = False
+    if believed:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        if forwarded:
+            g.address = forwarded.split(",")[-1].strip()[:64]
+        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower()
+        if proto:
+            g.https = proto == "https"
+    g.always_secure = config.web.secure_cookies == "always"
+
+
+def _secure() -> bool:
+    return bool(g.get("https") or g.get("always_secure"))
+
+
+def _address() -> str:
+    return g.get("address") or request.remote_addr or "?"
+
+
+def _check_origin() -> None:
+    """A browser names the page a POST came from; it must be this console."""
+    origin = request.headers.get("Origin")
+    if origin and origin != "null":
+        if urlsplit(origin).netloc != request.host:
+            abort(403, "this request came from another site")
+    elif origin == "null" and request.endpoint != "digest":
+        abort(403, "this request came from a sandboxed page")
+
+
+def _local(target: str | None) -> str | None:
+    """A redirect target on this console only."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    return target
+
+
+def _admin() -> None:
+    if not g.session.user.is_admin:
+        abort(403, "this page is for admins")
+
+
+def _record(store: QuarantineStore, identifier: str) -> Record:
+    if not ID.match(identifier):
+        abort(404)
+    try:
+        record = store.get(identifier)
+    except QuarantineError:
+        abort(404)
+    if record.id != identifier:  # matched a queue id: not how the console names messages
+        abort(404)
+    return record
+
+
+def _delete(store: QuarantineStore, console: Console, record: Record, who: str,
+            reason: str) -> None:
+    if record.state == "deleted":
+        raise QuarantineError(f"{record.id}: already deleted")
+    store.change_state(record.id, "deleted", who, "deleted", "", drop_body=True, reason=reason)
+
+
+def _pending_labels(console: Console) -> int:
+    try:
+        return console.count_labels()["pending"]
+    except Exception:
+        return 0
+
+
+def _learned_counts(config: Config) -> dict[str, int] | None:
+    from gateway.classifier.trainingset import TrainingSet, TrainingSetError
+
+    try:
+        stored = TrainingSet(config.classifier.training_set_url(config.quarantine.url))
+    except TrainingSetError:
+        return None
+    try:
+        return stored.counts()
+    finally:
+        stored.close()
+
+
+def _train(console: Console, config: Config, job: int) -> None:
+    command = [sys.executable, "-m", "gateway", "train", "--feedback"]
+    if Path(config.source).is_file():
+        command += ["--config", config.source]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=6 * 3600)
+        console.finish_job(job, done.returncode == 0, (done.stdout + done.stderr).strip())
+    except Exception as exc:
+        console.finish_job(job, False, f"{type(exc).__name__}: {exc}")
+
+
+def _int(value: str | None, default: int, low: int, high: int) -> int:
+    try:
+        return min(max(int(value or default), low), high)
+    except ValueError:
+        return default
+
+
+def _float(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"{value!r} is not a number")
+    return number
+
+
+def _date(value: str | None, end: bool = False) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if end and len(value) <= 10:
+        parsed += timedelta(days=1)  # "until 2026-12-01" includes that day
+    return parsed
+
+
+FILTER_FIELDS = ("sender", "recipient", "subject", "symbol", "min_score", "max_score", "since",
+                 "until", "state", "action", "node", "sort", "order", "page")
+
+
+def _filters(args, page_size: int) -> tuple[Filters, list[str], dict[str, str]]:
+    form = {k: args.get(k, "").strip()[:200] for k in FILTER_FIELDS if args.get(k, "").strip()}
+    problems = []
+    values: dict[str, Any] = {}
+    for name in ("min_score", "max_score"):
+        try:
+            values[name] = _float(form.get(name))
+        except ValueError as exc:
+            problems.append(f"{name.replace('_', ' ')}: {exc}")
+            form.pop(name)
+    for name, end in (("since", False), ("until", True)):
+        try:
+            values[name] = _date(form.get(name), end)
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+            form.pop(name)
+    state = form.get("state") if form.get("state") in STATES else None
+    action = form.get("action") if form.get("action") in ("quarantine", "reject") else None
+    sort = form.get("sort") if form.get("sort") in SORTS else "created"
+    page = _int(form.get("page"), 1, 1, 100000)
+    filters = Filters(sender=form.get("sender"), recipient=form.get("recipient"),
+                      subject=form.get("subject"), symbol=form.get("symbol"),
+                      state=state, action=action, node=form.get("node"), sort=sort,
+                      descending=form.get("order", "desc") != "asc", limit=page_size,
+                      offset=(page - 1) * page_size, **values)
+    return filters, problems, form
+
+
+def _link(form: dict[str, str], **changes: Any) -> str:
+    merged = {**form, **{k: v for k, v in changes.items()}}
+    query = {k: v for k, v in merged.items() if v not in (None, "")}
+    return "/quarantine" + ("?" + urlencode(query) if query else "")

@@ -1,0 +1,305 @@
+"""Recipients' self-service: a daily digest of their held mail, with links.
+
+Each recipient with held mail gets one message listing sender, subject,
+score and the main reason of each, and two links per message: release it
+to me, or report it as spam. A link works without an account, and only
+for what it was made for:
+
+- it names one random link id; the URL also carries an HMAC-SHA256 over the
+  id, the message, the recipient and the expiry, under a secret kept in the
+  store's database (every node has the same one), so an id alone or a link
+  altered in any way is refused;
+- the row behind it says for which message and which recipient: a release
+  goes to that recipient and nobody else, whatever the request says;
+- it expires after ``[digest] link_days`` and is marked used by the first
+  action (release or report), in one UPDATE that only one request can win.
+
+Opening a link only shows the message and a button: mail scanners that
+fetch every link in a message cannot release anything. Messages that only
+an admin may release (viruses, ``[release] SYMBOL = "admin"``) and kept
+copies of rejected mail are never listed.
+
+Digests go out through the release listener (``[release] smtp``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import smtplib
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from html import escape
+from typing import Any
+
+from sqlalchemy import and_, exists, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from gateway.config import Config
+from gateway.quarantine.release import admin_only_symbols
+from gateway.quarantine.schema import digest_links, digest_runs, messages, recipients
+from gateway.quarantine.store import QuarantineStore, Record, now
+from gateway.web.console import Console
+
+log = logging.getLogger("gateway.web")
+SECRET = "digest_secret"
+
+
+class LinkError(Exception):
+    """A digest link that does not work, and why (status: 404 or 410)."""
+
+    def __init__(self, message: str, status: int = 404):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Link:
+    id: str
+    message: str
+    recipient: str
+    expires: datetime
+    used: datetime | None
+    used_for: str | None
+
+
+def _signature(secret: bytes, identifier: str, message: str, recipient: str,
+               expires: datetime) -> str:
+    text = f"{identifier}|{message}|{recipient}|{int(expires.timestamp())}"
+    return hmac.new(secret, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def make_link(console: Console, message: str, recipient: str, days: int,
+              at: datetime | None = None) -> str | None:
+    """A link token for this message and recipient; None when one was made
+    before (a message is in one digest per recipient)."""
+    stamp = at or now()
+    expires = (stamp + timedelta(days=days)).replace(microsecond=0)
+    identifier = secrets.token_hex(16)
+    try:
+        with console.engine.begin() as connection:
+            connection.execute(insert(digest_links), {
+                "id": identifier, "message": message, "recipient": recipient,
+                "created": stamp, "expires": expires})
+    except IntegrityError:
+        return None
+    signature = _signature(console.secret(SECRET), identifier, message, recipient, expires)
+    return f"{identifier}.{signature}"
+
+
+def check_link(console: Console, token: str, at: datetime | None = None) -> Link:
+    """The link behind a token, if it may still be used."""
+    identifier, _, signature = token.partition(".")
+    if len(identifier) != 32 or len(signature) != 64 or not identifier.isalnum():
+        raise LinkError("this link is not valid")
+    with console.engine.connect() as connection:
+        row = connection.execute(select(digest_links).where(
+            digest_links.c.id == identifier)).first()
+    if row is None:
+        raise LinkError("this link is not valid")
+    expires = _utc(row.expires)
+    expected = _signature(console.secret(SECRET), row.id, row.message, row.recipient, expires)
+    if not hmac.compare_digest(expected, signature):
+        raise LinkError("this link is not valid")
+    link = Link(row.id, row.message, row.recipient, expires,
+                _utc(row.used) if row.used else None, row.used_for)
+    if link.used is not None:
+        raise LinkError(f"this link was used already ({link.used_for}, "
+                        f"{link.used:%Y-%m-%d %H:%M} UTC)", 410)
+    if (at or now()) >= expires:
+        raise LinkError("this link has expired", 410)
+    return link
+
+
+def use_link(console: Console, token: str, action: str) -> Link:
+    """Mark the link used for ``action``; only one request can."""
+    link = check_link(console, token)
+    with console.engine.begin() as connection:
+        done = connection.execute(update(digest_links).where(and_(
+            digest_links.c.id == link.id, digest_links.c.used.is_(None))).values(
+            used=now(), used_for=action))
+    if done.rowcount != 1:
+        raise LinkError("this link was used already", 410)
+    return link
+
+
+# -- composing and sending ------------------------------------------------------------
+
+def pending(store: QuarantineStore, release_rules: dict[str, str] | None = None,
+            recipient: str | None = None, limit: int = 100) -> dict[str, list[Record]]:
+    """Held mail per recipient that no digest has listed yet."""
+    listed = exists().where(and_(digest_links.c.message == recipients.c.message,
+                                 digest_links.c.recipient == recipients.c.address))
+    query = (select(recipients.c.address, recipients.c.message)
+             .join(messages, messages.c.id == recipients.c.message)
+             .where(and_(messages.c.state == "held", messages.c.action == "quarantine",
+                         messages.c.raw.is_not(None), recipients.c.released.is_(None),
+                         recipients.c.address != "", ~listed))
+             .order_by(recipients.c.address, messages.c.created.desc()))
+    if recipient:
+        query = query.where(recipients.c.address == recipient)
+    wanted: dict[str, list[str]] = {}
+    with store.engine.connect() as connection:
+        for address, message in connection.execute(query):
+            wanted.setdefault(address, [])
+            if len(wanted[address]) < limit:
+                wanted[address].append(message)
+    found: dict[str, list[Record]] = {}
+    for address, ids in wanted.items():
+        records = [store.get(i) for i in ids]
+        records = [r for r in records if not admin_only_symbols(r, release_rules)]
+        if records:
+            found[address] = records
+    return found
+
+
+def compose(config: Config, recipient: str, items: list[tuple[Record, str]],
+            at: datetime) -> EmailMessage:
+    """The digest mail: text and HTML, every message field escaped in the HTML."""
+    base = config.digest.url.rstrip("/")
+    sender = config.digest.sender or f"postmaster@{socket.getfqdn()}"
+    days = config.digest.link_days
+    mail = EmailMessage()
+    mail["From"] = sender
+    mail["To"] = recipient
+    mail["Subject"] = f"Held mail: {len(items)} message{'s' if len(items) != 1 else ''} " \
+                      "waiting for you"
+    mail["Date"] = format_datetime(at)
+    mail["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+    mail["Auto-Submitted"] = "auto-generated"
+    lines = [f"These messages to {recipient} were held by the mail filter as probable spam.",
+             f"Each link works once and for {days} days; it releases the message to you "
+             "only, or reports it as spam.", ""]
+    rows = []
+    for record, token in items:
+        reason = _reason(record)
+        lines += [f"From:    {_one_line(record.header_from or record.sender or '<>')}",
+                  f"Subject: {_one_line(record.subject or '(no subject)')}",
+                  f"Held:    {record.created:%Y-%m-%d %H:%M} UTC, score {record.score:.1f}"
+                  f" ({reason})",
+                  f"Release: {base}/digest/{token}?action=release",
+                  f"Spam:    {base}/digest/{token}?action=spam", ""]
+        rows.append(
+            f"<tr><td>{escape(_one_line(record.header_from or record.sender or '<>'))}</td>"
+            f"<td>{escape(_one_line(record.subject or '(no subject)'))}</td>"
+            f"<td>{record.score:.1f}</td><td>{escape(reason)}</td>"
+            f'<td><a href="{escape(base)}/digest/{token}?action=release">release to me</a> · '
+            f'<a href="{escape(base)}/digest/{token}?action=spam">report spam</a></td></tr>')
+    mail.set_content("\n".join(lines))
+    mail.add_alternative(
+        "<!doctype html><html><body><p>These messages to "
+        f"{escape(recipient)} were held by the mail filter as probable spam. Each link works "
+        f"once and for {days} days.</p><table border=\"1\" cellpadding=\"4\" "
+        "style=\"border-collapse:collapse\"><tr><th>From</th><th>Subject</th><th>Score</th>"
+        f"<th>Why</th><th></th></tr>{''.join(rows)}</table></body></html>", subtype="html")
+    return mail
+
+
+def send_digests(store: QuarantineStore, console: Console, config: Config,
+                 release_rules: dict[str, str] | None = None, recipient: str | None = None,
+                 dry_run: bool = False) -> list[tuple[str, int, str]]:
+    """Send one digest per recipient with unlisted held mail; returns
+    (recipient, messages, outcome) for each."""
+    if not config.digest.url:
+        raise LinkError("[digest] url is not set: the links need the console's address")
+    results = []
+    for address, records in pending(store, release_rules, recipient,
+                                    config.digest.max_messages).items():
+        if dry_run:
+            results.append((address, len(records), "would be sent"))
+            continue
+        stamp = now()
+        items = []
+        for record in records:
+            token = make_link(console, record.id, address, config.digest.link_days, stamp)
+            if token is not None:  # another node listed it meanwhile
+                items.append((record, token))
+        if not items:
+            continue
+        mail = compose(config, address, items, stamp)
+        try:
+            host, _, port = config.release.smtp.rpartition(":")
+            with smtplib.SMTP(host, int(port), timeout=config.release.timeout) as client:
+                client.send_message(mail, from_addr=mail["From"], to_addrs=[address])
+            outcome = "sent"
+        except (smtplib.SMTPException, OSError, UnicodeError) as exc:
+            outcome = f"not sent: {exc}"
+            with console.engine.begin() as connection:  # list them again next time
+                connection.execute(digest_links.delete().where(digest_links.c.id.in_(
+                    [token.split(".")[0] for _, token in items])))
+        console.log("digest", "digest-sent" if outcome == "sent" else "digest-failed",
+                    address, f"{len(items)} messages; {outcome}")
+        results.append((address, len(items), outcome))
+    return results
+
+
+class DailyDigest:
+    """In ``gateway web``: after ``[digest] hour`` each day, the first node to
+    claim the day (a row in digest_runs) sends the digests."""
+
+    def __init__(self, store: QuarantineStore, console: Console, config: Config,
+                 release_rules: dict[str, str] | None = None, interval: float = 300.0):
+        self.store, self.console, self.config = store, console, config
+        self.release_rules = release_rules
+        self.interval = interval
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="digest", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run_once(self, at: datetime | None = None) -> int | None:
+        at = at or now()
+        if at.hour < self.config.digest.hour:
+            return None
+        day = at.date().isoformat()
+        try:
+            with self.console.engine.begin() as connection:
+                connection.execute(insert(digest_runs), {
+                    "day": day, "node": self.store.node, "started": at, "sent": 0})
+        except IntegrityError:
+            return None  # this day's digests are another run's
+        sent = sum(n for _, n, outcome in send_digests(self.store, self.console, self.config,
+                                                       self.release_rules)
+                   if outcome == "sent")
+        with self.console.engine.begin() as connection:
+            connection.execute(update(digest_runs).where(digest_runs.c.day == day).values(
+                finished=now(), sent=sent))
+        log.info("digest: %d messages listed in today's digests", sent)
+        return sent
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.run_once()
+            except (SQLAlchemyError, LinkError) as exc:
+                log.error("digest: %s", exc)
+            except Exception:
+                log.exception("digest failed")
+
+
+def _reason(record: Record) -> str:
+    top = sorted(record.symbols, key=lambda s: -s["score"])[:2]
+    named = ", ".join(s["description"] or s["name"] for s in top if s["score"] > 0)
+    return _one_line(named or record.reason)[:120]
+
+
+def _one_line(text: str) -> str:
+    return "".join(c if c.isprintable() else " " for c in text)[:200]
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def link_summary(link: Link) -> dict[str, Any]:
+    return {"message": link.message, "recipient": link.recipient,
+            "expires": link.expires.isoformat(timespec="seconds")}
