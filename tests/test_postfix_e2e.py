@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 import subprocess
 import sys
@@ -262,12 +263,16 @@ def test_a_promoted_model_is_picked_up_while_mail_flows(postfix, sink, gateway_m
         time.sleep(0.5)
         after = list(pool.map(deliver_one, range(3)))
 
-    def score(tag: str) -> float:
+    def band(tag: str) -> int:
+        """The BAYES_* band the message got (50 for BAYES_50): the model's
+        verdict, whatever the rules score it."""
         delivery = sink.find(tag)
         assert delivery is not None, f"message {tag} was lost"
-        return float(delivery.header("X-Spam-Score"))
+        found = re.search(r"\bBAYES_(\d+)\(", delivery.header("X-Gateway-Symbols"))
+        assert found, delivery.header("X-Gateway-Symbols")
+        return int(found.group(1))
 
-    assert all(score(t) <= 0 for t in before)  # the shipped model: good mail
+    assert all(band(t) <= 50 for t in before)  # the shipped model: not spam
     for tag in during:
-        score(tag)  # every message sent across the swap was delivered
-    assert all(score(t) >= 6 for t in after)  # the inverted model: "spam"
+        band(tag)  # every message sent across the swap was delivered
+    assert all(band(t) >= 70 for t in after)  # the inverted model: "spam"
