@@ -152,6 +152,8 @@ def main() -> int:
                         help="the default rules out of fold on the training set (nested CV)")
     parser.add_argument("--anchor", type=Path, help="classifier_anchor.py --json output, for "
                                                     "the card")
+    parser.add_argument("--anchor-like", type=Path,
+                        help="classifier_anchor.py --repeats 0 --sa-like-gateway --json output")
     parser.add_argument("--write-card", action="store_true", help=f"rewrite {CARD}")
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()
@@ -271,6 +273,8 @@ def main() -> int:
           f"{(after - before) / 1024:.1f} MB (process total {after / 1024:.1f} MB)")
 
     anchor = json.loads(args.anchor.read_text()) if args.anchor else None
+    if anchor is not None and args.anchor_like:
+        anchor["like_gateway"] = json.loads(args.anchor_like.read_text())
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     if args.write_card:

@@ -68,8 +68,10 @@ use strict;
 use warnings;
 use Mail::SpamAssassin;
 
-my ($dir, $train, $test, $min) = @ARGV;
+my ($dir, $train, $test, $min, $ignore) = @ARGV;
 $min //= 200;
+$ignore //= '';
+my $ignored = join('', map { "bayes_ignore_header $_\n" } grep { length } split /,/, $ignore);
 mkdir "$dir/rules";
 open(my $cf, '>', "$dir/rules/bayes.cf") or die "$dir/rules/bayes.cf: $!";
 print $cf <<"CF";
@@ -84,6 +86,7 @@ bayes_learn_to_journal 0
 bayes_min_ham_num $min
 bayes_min_spam_num $min
 body BAYES_ANY eval:check_bayes('0.00', 'undef')
+$ignored
 CF
 close $cf;
 # The registry boundaries (TLDs) Bayes uses to tokenize hosts and URIs.
@@ -149,8 +152,8 @@ def ensure_spamassassin() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "spamassassin"], check=True, env=env)
 
 
-def spamassassin_bayes(train: list[tuple[str, int]], test: list[str], workdir: Path
-                       ) -> np.ndarray:
+def spamassassin_bayes(train: list[tuple[str, int]], test: list[str], workdir: Path,
+                       ignore: tuple[str, ...] = ()) -> np.ndarray:
     """SpamAssassin's Bayes probability for each test file, after learning
     the training files in a fresh database."""
     state = workdir / "state"
@@ -162,8 +165,8 @@ def spamassassin_bayes(train: list[tuple[str, int]], test: list[str], workdir: P
     train_list.write_text("".join(f"{'spam' if label else 'ham'}\t{path}\n"
                                   for path, label in train))
     test_list.write_text("".join(f"{path}\n" for path in test))
-    result = subprocess.run(["perl", str(script), str(state), str(train_list), str(test_list)],
-                            capture_output=True, text=True)
+    result = subprocess.run(["perl", str(script), str(state), str(train_list), str(test_list),
+                             "200", ",".join(ignore)], capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"anchor: SpamAssassin failed: {result.stderr.strip()[-500:]}")
     found = {}
@@ -180,7 +183,16 @@ def main() -> int:
     parser.add_argument("--no-held-back", action="store_true",
                         help="skip the comparison on the held-back 20%%")
     parser.add_argument("--json", type=Path, help="write the figures here (for the card)")
+    parser.add_argument("--sa-like-gateway", action="store_true",
+                        help="SpamAssassin ignores the headers the gateway's tokenizer "
+                             "excludes as collection artefacts (bayes_ignore_header), "
+                             "Received included")
     args = parser.parse_args()
+    ignore: tuple[str, ...] = ()
+    if args.sa_like_gateway:
+        from gateway.classifier.features import EXCLUDED_HEADERS
+
+        ignore = tuple(sorted(EXCLUDED_HEADERS))
     ensure_spamassassin()
     version = subprocess.run(["spamassassin", "--version"], capture_output=True,
                              text=True).stdout.splitlines()[0]
@@ -194,19 +206,21 @@ def main() -> int:
           f"{int(labels.sum())} spam; {args.folds} folds x {args.repeats} repeats, seed {SEED}")
 
     gateway_folds: list[dict[str, float]] = []
-    matrix = TokenMatrix([data.tokens[i] for i in training])
-    cv = cross_validate(matrix, labels, groups, args.folds, args.repeats, SEED, GRID, 4,
-                        decision, report=lambda line: print("gateway " + line, flush=True))
-    gateway_folds = cv["per_fold"]
+    if args.repeats:
+        matrix = TokenMatrix([data.tokens[i] for i in training])
+        cv = cross_validate(matrix, labels, groups, args.folds, args.repeats, SEED, GRID, 4,
+                            decision, report=lambda line: print("gateway " + line, flush=True))
+        gateway_folds = cv["per_fold"]
 
-    splits = repeated_folds(labels, args.folds, args.repeats, SEED, groups)
+    splits = repeated_folds(labels, args.folds, args.repeats, SEED, groups) \
+        if args.repeats else []
     sa_folds: list[dict[str, float]] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="anchor-") as work:
         for number, (train_index, test_index) in enumerate(splits):
             probabilities = spamassassin_bayes(
                 [(sources[i], int(labels[i])) for i in train_index],
-                [sources[i] for i in test_index], Path(work))
+                [sources[i] for i in test_index], Path(work), ignore)
             figures = fold_figures(probabilities, probabilities, labels[test_index],
                                    SA_DECISION)
             sa_folds.append(figures)
@@ -216,27 +230,29 @@ def main() -> int:
                   f"({elapsed:.0f}s, ~{elapsed / (number + 1) * (len(splits) - number - 1):.0f}s "
                   f"left)", flush=True)
         test_fraction = 1 / (args.folds - 1)
-        report: dict[str, Any] = {
-            "spamassassin": version, "folds": args.folds, "repeats": args.repeats, "seed": SEED,
-            "gateway": spreads(gateway_folds, test_fraction, FIGURES),
-            "spamassassin_bayes": spreads(sa_folds, test_fraction, FIGURES),
-            "difference": {key: paired_difference(gateway_folds, sa_folds, key, test_fraction)
-                           for key in FIGURES},
-            "per_fold": {"gateway": gateway_folds, "spamassassin_bayes": sa_folds},
-            "decision": {"gateway": decision, "spamassassin_bayes": SA_DECISION},
-        }
-        print(f"\nsame {len(splits)} folds of the training set; mean (95% interval):")
-        print(f"  {'':<36} {'gateway':<26} {'SpamAssassin Bayes':<26} gateway - SA")
-        for key in FIGURES:
-            label = FIGURE_LABELS[key] if key not in ("fpr", "recall") else {
-                "fpr": "FPR (gw: default rules; SA: p>=0.99)",
-                "recall": "recall (same thresholds)"}[key]
-            digits = 5 if key == "auc" else 4
-            difference = report["difference"][key]
-            print(f"  {label:<36} {format_spread(report['gateway'][key], digits=digits):<26} "
-                  f"{format_spread(report['spamassassin_bayes'][key], digits=digits):<26} "
-                  f"{difference['mean']:+.{digits}f} ({difference['low']:+.{digits}f} to "
-                  f"{difference['high']:+.{digits}f})")
+        report: dict[str, Any] = {"sa_ignores": list(ignore)}
+        if args.repeats:
+            report.update({
+                "spamassassin": version, "folds": args.folds, "repeats": args.repeats, "seed": SEED,
+                "gateway": spreads(gateway_folds, test_fraction, FIGURES),
+                "spamassassin_bayes": spreads(sa_folds, test_fraction, FIGURES),
+                "difference": {key: paired_difference(gateway_folds, sa_folds, key, test_fraction)
+                               for key in FIGURES},
+                "per_fold": {"gateway": gateway_folds, "spamassassin_bayes": sa_folds},
+                "decision": {"gateway": decision, "spamassassin_bayes": SA_DECISION},
+            })
+            print(f"\nsame {len(splits)} folds of the training set; mean (95% interval):")
+            print(f"  {'':<36} {'gateway':<26} {'SpamAssassin Bayes':<26} gateway - SA")
+            for key in FIGURES:
+                label = FIGURE_LABELS[key] if key not in ("fpr", "recall") else {
+                    "fpr": "FPR (gw: default rules; SA: p>=0.99)",
+                    "recall": "recall (same thresholds)"}[key]
+                digits = 5 if key == "auc" else 4
+                difference = report["difference"][key]
+                print(f"  {label:<36} {format_spread(report['gateway'][key], digits=digits):<26} "
+                      f"{format_spread(report['spamassassin_bayes'][key], digits=digits):<26} "
+                      f"{difference['mean']:+.{digits}f} ({difference['low']:+.{digits}f} to "
+                      f"{difference['high']:+.{digits}f})")
 
         if not args.no_held_back:
             from gateway.classifier.metrics import summarize
@@ -252,11 +268,12 @@ def main() -> int:
                 held_labels = data.labels[held]
                 sa = spamassassin_bayes([(sources[i], int(labels[i]))
                                          for i in range(len(training))],
-                                        [data.sources[i] for i in held], Path(work))
+                                        [data.sources[i] for i in held], Path(work), ignore)
                 scores = np.array([model.log_odds(data.tokens[i]) for i in held])
                 gw = summarize(scores, np.array([model.probability_of(s) for s in scores]),
                                held_labels, decision)
                 sa_figures = summarize(sa, sa, held_labels, SA_DECISION)
+                report["spamassassin"] = version
                 report["held_back"] = {"gateway": gw, "spamassassin_bayes": sa_figures}
                 print(f"  {gw['n_ham']} ham, {gw['n_spam']} spam")
                 print(f"  {'':<36} {'gateway':<12} SpamAssassin Bayes")
