@@ -141,7 +141,7 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
     def _headers(response: Response) -> Response:
         response.headers.setdefault("Content-Security-Policy", g.get("csp", PAGE_POLICY))
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
         response.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
@@ -330,6 +330,7 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
             "content=\"no-referrer\"></head><body>" + clean.html + "</body></html>",
             mimetype="text/html")
         response.headers["X-Frame-Options"] = "SAMEORIGIN"
+        response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
     @app.get("/quarantine/<identifier>/raw")

@@ -218,6 +218,7 @@ _STYLE_PROPERTIES = {
 }
 _CSS_LOAD = re.compile(r"(?i)url\s*\(|@import|expression\s*\(|image-set\s*\(|behavior\s*:"
                        r"|-moz-binding|\\")
+_REMOTE_IMAGE = re.compile(r"""(?i)<img\b[^>]*?\bsrc\s*=\s*["']?(?!data:)""")
 _DATA_IMAGE = re.compile(r"(?i)^data:image/(png|gif|jpeg|webp);base64,[a-z0-9+/=\s]+$")
 
 
@@ -251,7 +252,8 @@ def sanitize_html(html: str) -> Sanitized:
                             "object", "svg", "math"},
         url_schemes={"data"}, link_rel="noopener noreferrer nofollow", strip_comments=True,
         filter_style_properties=_STYLE_PROPERTIES)
-    return Sanitized(cleaned, counts["images"], counts["styles"])
+    remote = len(_REMOTE_IMAGE.findall(html))  # removed before the filter sees them
+    return Sanitized(cleaned, max(counts["images"], remote), counts["styles"])
 
 
 class _LinkFinder(HTMLParser):
