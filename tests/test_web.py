@@ -548,3 +548,54 @@ def test_gateway_web_serves_and_stops(tmp_path: Path):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=10)
+
+
+def test_the_daily_digest_goes_out_once_a_day_from_one_node(tmp_path: Path):
+    from gateway.web.digest import DailyDigest
+
+    store = QuarantineStore(f"sqlite:///{tmp_path}/q.db", node="node-a")
+    put(store, "daily", rcpts=("bob@example.net",))
+    with Sink() as sink:
+        config = parse_config(f'[release]\nsmtp = "127.0.0.1:{sink.port}"\n[digest]\n'
+                              'enabled = true\nurl = "https://q.example.org"\nhour = 7\n', "t")
+        nodes = [DailyDigest(QuarantineStore(store.url, node=n), Console(store), config)
+                 for n in ("node-a", "node-b")]
+        morning = datetime(2026, 12, 2, 6, 59, tzinfo=UTC)
+        assert nodes[0].run_once(morning) is None  # before [digest] hour
+        later = morning + timedelta(minutes=5)
+        assert nodes[0].run_once(later) == 1
+        assert nodes[1].run_once(later) is None  # node-a had the day
+        assert nodes[0].run_once(later + timedelta(hours=1)) is None
+        assert len(sink.wait_for(1)) == 1
+        time.sleep(0.2)
+        assert len(sink.deliveries) == 1
+    store.close()
+
+
+def test_the_train_button_runs_gateway_train_feedback_as_a_job(tmp_path: Path):
+    from gateway.config import load_config
+    from gateway.web.app import create_app
+
+    config_file = tmp_path / "gateway.toml"
+    config_file.write_text(f'[quarantine]\nurl = "sqlite:///{tmp_path}/q.db"\n'
+                           f'[classifier]\nstore = "{tmp_path}/models"\n')
+    app = create_app(load_config(config_file))
+    console = app.extensions["gateway"]["console"]
+    console.add_user("ann", "admin", PASSWORD)
+    client = app.test_client()
+    login(client, "ann")
+    client.post("/feedback/train", data={"csrf": csrf_of(client)})
+    again = client.post("/feedback/train", data={"csrf": csrf_of(client)}, follow_redirects=True)
+    (job,) = console.jobs("train")
+    assert job["who"] == "ann"
+    if job["status"] == "running":
+        assert "is running already" in again.text
+    wait = time.monotonic() + 120
+    while console.jobs("train")[0]["status"] == "running" and time.monotonic() < wait:
+        time.sleep(0.2)
+    (job,) = console.jobs("train")
+    assert job["status"] == "failed"  # an empty learned set: nothing to train on
+    assert "learned training set: 0 ham, 0 spam" in job["output"]
+    page = client.get("/feedback")
+    assert f"job #{job['id']} by ann" in page.text
+    app.extensions["gateway"]["store"].close()
