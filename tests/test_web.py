@@ -163,6 +163,23 @@ def test_digest_links_are_signed_bound_expiring_and_single_use(console, store):
         check_link(console, carol, at=datetime.now(UTC) + timedelta(days=8))
 
 
+def test_list_filters_prefixes_and_dashboard_figures_on_either_store(store):
+    from gateway.quarantine.store import Filters
+    from gateway.web import stats
+
+    low = put(store, "low-one", names=("A_LOW",))
+    high = put(store, "high-one", names=("B_HIGH", "CLAMAV_VIRUS"), action="reject")
+    assert [r.id for r in store.list(Filters(subject="HIGH-one"))] == [high]
+    assert [r.id for r in store.list(Filters(sort="subject", descending=False))] == [high, low]
+    assert store.count_matching(Filters(min_score=1, node="node-a")) == 2
+    assert store.get(low[:6], prefix=True).id == low
+    days, series = stats.held_per_day(store)
+    assert len(days) == 14
+    assert series["quarantine"][-1] == 1 and series["reject"][-1] == 1
+    assert dict(stats.top_symbols(store)) == {"A_LOW": 1, "B_HIGH": 1, "CLAMAV_VIRUS": 1}
+    assert stats.nodes(store) == ["node-a"]
+
+
 # -- the web app, through Flask's test client (SQLite) -------------------------------------
 
 def hostile_html_message(tag: str, canary: str = "http://127.0.0.1:9/c") -> bytes:
