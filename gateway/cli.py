@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     run_parser = command("run", run.main, "run the milter in the foreground until SIGTERM")
-    run_parser.add_argument("--socket", help="override milter.socket")
+    run.add_arguments(run_parser)
 
     check_parser = command(
         "check", check.main, "score message files offline and explain the verdicts"
