@@ -93,6 +93,8 @@ class Decider:
                 return Decision(verdict, "tempfail", STORE_FAILED,
                                 {"quarantine_error": str(exc)})
             return Decision(verdict, "discard", notes={"quarantine_id": identifier})
+        if self.keeper is not None:  # a copy for what-if replays, when configured
+            self.keeper.sample_accepted(envelope, raw, verdict)
         return Decision(verdict, "accept")
 
     def close(self, close_keeper: bool = True) -> None:

@@ -15,6 +15,7 @@ def message_record(envelope: Envelope, verdict: Verdict, size: int, millis: floa
                    notes: dict[str, str] | None = None) -> dict:
     return {
         "queue_id": envelope.queue_id,
+        "message_id": verdict.facts.get("headers", {}).get("message_id") or None,
         "client_ip": envelope.client_ip,
         "helo": envelope.helo,
         "from": envelope.mail_from,

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from gateway.config import Config, load_config
 from gateway.decider import Decider, Observer
 from gateway.evaluator import Evaluator, build_evaluator
+from gateway.pipeline import check_classes
 from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.store import QuarantineError
 from gateway.schema import ConfigError
+from gateway.symbolcheck import known_symbols, unknown_symbols
 
 log = logging.getLogger("gateway.service")
 
@@ -82,6 +84,11 @@ def build_generation(config: Config, number: int, keeper: Keeper | None = None,
                      observer: Observer | None = None) -> tuple[Generation, list[str]]:
     """Everything one configuration needs; raises ConfigError when it is
     unusable. ``keeper`` is reused when the quarantine settings did not change."""
+    problems: list[str] = []
+    unknown = unknown_symbols(config.policy.rules,
+                              known_symbols(check_classes(config, problems)))
+    if problems or unknown:
+        raise ConfigError(problems + unknown)
     evaluator = build_evaluator(config)
     problems = evaluator.startup_problems()
     if keeper is None and config.quarantine.url:
@@ -130,6 +137,8 @@ class Service:
                                     "restart", section)
                         config = _keep_section(config, old.config, section)
                 keeper = old.keeper if config.quarantine == old.config.quarantine else None
+                if keeper is not None:
+                    keeper.replay = config.replay
                 generation, problems = build_generation(config, old.number + 1, keeper,
                                                         self._observer)
             except ConfigError as exc:

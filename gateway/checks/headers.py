@@ -13,7 +13,7 @@ from email.utils import parsedate_tz
 from gateway.checks import Check, CheckContext
 from gateway.mail import parse_mailboxes
 from gateway.message import Message
-from gateway.symbols import Symbol
+from gateway.symbols import Report, Symbol
 
 
 class HeaderSanityCheck(Check):
@@ -29,7 +29,7 @@ class HeaderSanityCheck(Check):
     }
     address_fields = ("From", "Sender", "Reply-To", "To", "Cc")
 
-    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
+    def run(self, message: Message, context: CheckContext) -> Report:
         found: list[Symbol] = []
         senders = message.headers("From")
         if not senders:
@@ -48,7 +48,9 @@ class HeaderSanityCheck(Check):
             found.append(self.symbol("MISSING_MESSAGE_ID"))
         if message.header("Subject") is None:
             found.append(self.symbol("MISSING_SUBJECT"))
-        return found
+        # The Message-ID lets `gateway trace` find accepted mail by its log line.
+        message_id = " ".join((message.header("Message-ID") or "").split())[:255]
+        return Report(symbols=tuple(found), facts={"message_id": message_id})
 
     def _unreadable_addresses(self, message: Message) -> list[str]:
         depth = message.limits.address_comment_depth

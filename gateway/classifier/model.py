@@ -153,7 +153,9 @@ class SpamModel:
     def explain(self, tokens: Iterable[str], count: int = 5) -> Explanation:
         """The score of a token set with the ``count`` tokens that pushed it
         most toward spam and toward ham."""
-        log_odds, known, parts = self.contributions(tokens)
+        # Sorted first: a set's order depends on the process's hash seed, and
+        # ties must name the same tokens in every worker.
+        log_odds, known, parts = self.contributions(sorted(tokens))
         order = np.argsort(parts, kind="stable")
         spam = tuple((known[i], float(parts[i])) for i in order[::-1][:count] if parts[i] > 0)
         ham = tuple((known[i], float(parts[i])) for i in order[:count] if parts[i] < 0)

@@ -15,23 +15,19 @@ line per problem on stderr.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import difflib
 import sqlite3
 import sys
 import tomllib
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.checks import BUILTIN, Check, UnknownCheck, catalog, resolve_check
 from gateway.config import SECTIONS, Config, load_config
 from gateway.config import _resolve_paths as resolve_paths
 from gateway.paths import DEFAULT_CONFIG
 from gateway.pipeline import Pipeline, check_classes
 from gateway.policy import Rules, load_rules
 from gateway.schema import ConfigError, load_section
-from gateway.symbols import SYMBOL_NAME
+from gateway.symbolcheck import known_symbols, unknown_symbols
 from gateway.terminal import printable
 
 
@@ -128,46 +124,6 @@ def _load(path: str | None, findings: Findings) -> Config | None:
 
 
 # -- symbols -------------------------------------------------------------------------------
-
-
-def known_symbols(enabled: Iterable[type[Check]]) -> dict[str, str]:
-    """Every symbol a check could emit: the enabled checks and all built-in
-    ones (a rules file may well score the symbols of a check that is off)."""
-    classes = list(enabled)
-    for name in BUILTIN:
-        with contextlib.suppress(UnknownCheck):  # a built-in always resolves
-            classes.append(resolve_check(name))
-    return catalog(classes)
-
-
-def unknown_symbols(paths: Iterable[str | Path], known: Mapping[str, str]) -> list[str]:
-    """A line for each symbol a rules file scores or forces that no check
-    emits, with the closest known name."""
-    problems = []
-    for path in map(Path, paths):
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            continue  # load_rules says why
-        for section in ("scores", "force"):
-            table = data.get(section)
-            if not isinstance(table, Mapping):
-                continue
-            for name in table:
-                if SYMBOL_NAME.match(name) and name not in known:
-                    problems.append(f"{path}: {section}.{name}: unknown symbol"
-                                    f"{_did_you_mean(name, known)}")
-    return problems
-
-
-def _did_you_mean(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
-    if close:
-        return f" (did you mean {close[0]}?)"
-    return " (gateway symbols --all lists them)"
-
-
-# -- the quarantine's URL ------------------------------------------------------------------
 
 
 def quarantine_url_problems(url: str) -> tuple[list[str], list[str]]:

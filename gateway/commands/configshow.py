@@ -17,7 +17,7 @@ def main(args: argparse.Namespace) -> int:
 
 def render(config: Config) -> str:
     lines = [f"# effective configuration from {config.source}"]
-    for name in SECTIONS:
+    for name in (f.name for f in dataclasses.fields(Config) if f.name in SECTIONS):
         section = getattr(config, name)
         lines.append(f"\n[{name}]")
         for field in dataclasses.fields(section):

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from gateway.commands.common import UsageError, config_from, setup_logging
-from gateway.commands.configcheck import known_symbols, unknown_symbols
 from gateway.commands.quarantine import open_store, when
 from gateway.config import Config
 from gateway.evaluator import Judge, LocalEvaluator
@@ -36,6 +35,7 @@ from gateway.message import Message
 from gateway.policy import Verdict, load_rules
 from gateway.quarantine.store import QuarantineError, StoredMail
 from gateway.schema import ConfigError
+from gateway.symbolcheck import known_symbols, unknown_symbols
 from gateway.terminal import dumps, printable
 
 KINDS = {"quarantine": "held", "reject": "kept reject", "accept": "accepted sample"}
