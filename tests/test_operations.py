@@ -263,3 +263,23 @@ def test_a_reload_keeps_the_quarantine_when_its_settings_did_not_change(tmp_path
         assert service.current.keeper is keeper
     finally:
         service.close()
+
+
+def test_rules_naming_an_unknown_symbol_are_refused_at_start_and_on_reload(tmp_path):
+    from gateway.schema import ConfigError
+
+    misspelt = tmp_path / "local.toml"
+    misspelt.write_text("[scores]\nBAYES_99X = 3.0\n")
+    path = tmp_path / "gateway.toml"
+    good = '[pipeline]\nchecks = ["headers"]\nworkers = 0\n[quarantine]\nurl = ""\n'
+    bad = good + f'[policy]\nrules = ["{DEFAULT_RULES}", "{misspelt}"]\n'
+    with pytest.raises(ConfigError, match=r"scores.BAYES_99X: unknown symbol \(did you mean "):
+        Service(parse_config(bad, str(path)), str(path))
+    path.write_text(good)
+    service = Service(parse_config(good, str(path)), str(path))
+    try:
+        path.write_text(bad)
+        assert not service.reload()
+        assert service.reloads["refused"] == 1
+    finally:
+        service.close()
