@@ -147,12 +147,14 @@ def test_an_unusable_url_is_one_clear_line(tmp_path: Path):
 def test_release_sends_original_bytes_to_original_recipients_once(store):
     identifier = put(store, "rel", rcpts=("bob@example.net", "carol@example.net"))
     with Sink() as sink:
-        accepted = release(store, identifier, f"127.0.0.1:{sink.port}", "analyst")
+        accepted = release(store, identifier, f"127.0.0.1:{sink.port}", "analyst").accepted
         (delivery,) = sink.wait_for(1)
         assert accepted == ["bob@example.net", "carol@example.net"]
         assert delivery.rcpt_to == ("bob@example.net", "carol@example.net")
         assert delivery.mail_from == "alice@example.org"
-        assert delivery.data == message("rel")
+        # the original bytes, under the release's own headers (X-Gateway-Released, verdict)
+        assert delivery.data.endswith(message("rel"))
+        assert delivery.data.startswith(b"X-Gateway-Released: by analyst at ")
         assert store.get(identifier).state == "released"
         with pytest.raises(ReleaseError, match="already released"):
             release(store, identifier, f"127.0.0.1:{sink.port}", "analyst")

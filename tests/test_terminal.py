@@ -184,8 +184,10 @@ def test_raw_writes_the_original_bytes_to_a_pipe_or_with_force(hostile_store, ca
 def test_release_escapes_the_recipients_it_names(hostile_store, capsys, monkeypatch):
     config, identifier = hostile_store
     from gateway.commands import quarantine
-    monkeypatch.setattr(quarantine, "release",
-                        lambda *args, **kwargs: ["bob\x07\r\n@example.net", "x\u202e@y"])
+    from gateway.quarantine.release import Released
+
+    monkeypatch.setattr(quarantine, "release", lambda *args, **kwargs: Released(
+        identifier, ["bob\x07\r\n@example.net", "x\u202e@y"], None))
     status, out, _ = run(capsys, "quarantine", "release", identifier, "--config", str(config))
     assert status == 0
     assert_safe(out)
