@@ -22,10 +22,15 @@ def local_rules(
     directory: Path,
     force_marker: str | None = None,
     force_boom: str | None = None,
-    score_marker: float = 1.0,
+    score_marker: float | None = None,
 ) -> Path:
-    """A site rules file layered over the shipped defaults."""
-    lines = ["[scores]", f"TEST_MARKER = {score_marker}", "[force]"]
+    """A site rules file layered over the shipped defaults. It names only the
+    symbols of checks the test enables: the gateway refuses rules that name
+    a symbol no enabled check emits."""
+    lines = ["[scores]"]
+    if score_marker is not None:
+        lines.append(f"TEST_MARKER = {score_marker}")
+    lines.append("[force]")
     if force_marker:
         lines.append(f'TEST_MARKER = "{force_marker}"')
     if force_boom:
