@@ -25,8 +25,8 @@ from gateway.schema import (
     suggest_key,
 )
 
-Action = Literal["accept", "quarantine", "reject", "tempfail"]
-ACTIONS: tuple[Action, ...] = ("accept", "quarantine", "reject", "tempfail")
+Action = Literal["accept", "add_header", "quarantine", "reject", "tempfail"]
+ACTIONS: tuple[Action, ...] = ("accept", "add_header", "quarantine", "reject", "tempfail")
 
 _SOCKET = re.compile(r"^(unix|local):/.+$|^inet6?:\d{1,5}(@.+)?$")
 

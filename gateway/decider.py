@@ -93,6 +93,10 @@ class Decider:
                 return Decision(verdict, "tempfail", STORE_FAILED,
                                 {"quarantine_error": str(exc)})
             return Decision(verdict, "discard", notes={"quarantine_id": identifier})
+        if verdict.action == "add_header":  # delivered, marked as spam
+            from gateway.headers import with_tagged_subject
+
+            verdict = with_tagged_subject(verdict, raw)
         if self.keeper is not None:  # a copy for what-if replays, when configured
             self.keeper.sample_accepted(envelope, raw, verdict)
         return Decision(verdict, "accept")

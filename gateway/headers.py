@@ -2,12 +2,20 @@
 
 ``X-Spam-Status`` keeps SpamAssassin's format, so Sieve and procmail rules
 written for SpamAssassin (``X-Spam-Status: Yes``, ``X-Spam-Flag: YES``) keep
-working.
+working. ``required`` is the score from which mail counts as spam: the
+add_header threshold (Amavis's tag2_level), so mail delivered as
+``add_header`` says ``Yes`` and carries ``X-Spam-Flag: YES``, which the
+recipient's Sieve rule files into Junk. With ``[add_header] subject_tag``
+such mail also gets the tag before its Subject (:func:`with_tagged_subject`).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from gateway import authresults
+from gateway.mail import parse_header_block
+from gateway.message import DEFAULT_LIMITS, RawContent
 from gateway.policy import Verdict
 
 # Headers the gateway owns. Copies arriving with a message are removed before
@@ -30,6 +38,29 @@ def verdict_headers(verdict: Verdict) -> list[tuple[str, str]]:
     if verdict.is_spam:
         headers.append(("X-Spam-Flag", "YES"))
     return headers
+
+
+def with_tagged_subject(verdict: Verdict, raw: RawContent) -> Verdict:
+    """An add_header verdict with the Subject the milter should set: the
+    first Subject field with the tag before it, folding and RFC 2047 words
+    kept as sent (``[SPAM] =?utf-8?q?...?=`` is still one encoded word).
+    A Subject that already starts with the tag, one cut by ``[limits]
+    header_length`` or one that is not UTF-8 is left alone (setting it would
+    lose what was cut or sent); a message without one gets the tag alone."""
+    tag = verdict.subject_tag
+    if verdict.action != "add_header" or not tag:
+        return verdict
+    limits = DEFAULT_LIMITS
+    with raw.open() as stream:
+        block = parse_header_block(stream, limits.header_count, limits.header_length)
+    subject = next((f for f in block.fields if f.name.lower() == "subject"), None)
+    if subject is None:
+        return replace(verdict, tagged_subject=tag)
+    value = subject.value.replace("\r\n", "\n")
+    cut = any(name.lower() == "subject" for name, _length in block.too_long)
+    if cut or "\ufffd" in value or value.startswith(tag):
+        return verdict
+    return replace(verdict, tagged_subject=f"{tag} {value}" if value.strip() else tag)
 
 
 def authentication_results_header(verdict: Verdict) -> tuple[str, str] | None:

@@ -292,6 +292,10 @@ class GatewayMilter(Milter.Base):
                 self.addheader(auth[0], lead + auth[1], 0)  # at the top (RFC 8601)
             for name, value in verdict_headers(decision.verdict):
                 self.addheader(name, lead + value)
+        subject = decision.verdict.tagged_subject  # add_header with [add_header] subject_tag
+        if subject is not None and self._actions & Milter.CHGHDRS:
+            lead = " " if self._protocol & Milter.P_HDR_LEADSPC else ""
+            self.chgheader("Subject", 1, lead + subject)  # Postfix adds one if there is none
         if decision.outcome == "hold":
             self.quarantine(decision.verdict.reason)
         return Milter.ACCEPT

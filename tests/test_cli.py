@@ -79,7 +79,7 @@ def test_check_envelope_flags_reach_the_checks(tmp_path: Path):
 def test_check_text_output_is_a_table(spine):
     result = gateway("check", "--config", spine, str(MESSAGES / "missing_headers.eml"))
     lines = result.stdout.splitlines()
-    assert lines[0].endswith("ACCEPT (score 1.5, required 6; score 1.5 < quarantine threshold 6)")
+    assert lines[0].endswith("ACCEPT (score 1.5, required 4; score 1.5 < add_header threshold 4)")
     assert lines[1].split() == [
         "MISSING_DATE",
         "1.00",

@@ -57,7 +57,7 @@ def test_accepted_mail_reaches_the_sink_with_our_headers(postfix, sink, gateway_
     send(postfix, raw)
     delivery = sink.find(tag)
     assert delivery is not None, postfix.log_tail()
-    assert delivery.header("X-Spam-Status") == "No, score=0.0 required=6.0 tests=none"
+    assert delivery.header("X-Spam-Status") == "No, score=0.0 required=4.0 tests=none"
     assert delivery.header("X-Spam-Score") == "0.0"
     assert delivery.header("X-Gateway-Symbols") == "action=accept; none"
     assert delivery.rcpt_to == ("rcpt@example.net",)
@@ -71,7 +71,7 @@ def test_spam_headers_list_the_symbols(postfix, sink, gateway_milter):
     delivery = sink.find(tag)
     assert delivery is not None
     status = delivery.header("X-Spam-Status")
-    assert status == "No, score=1.5 required=6.0 tests=MISSING_DATE,MISSING_MESSAGE_ID"
+    assert status == "No, score=1.5 required=4.0 tests=MISSING_DATE,MISSING_MESSAGE_ID"
     assert delivery.header("X-Gateway-Symbols") == (
         "action=accept; MISSING_DATE(1) MISSING_MESSAGE_ID(0.5)"
     )
