@@ -637,7 +637,7 @@ def fuzz(lab: Lab, args: argparse.Namespace) -> dict:
         "still_queued_in_postfix": queued,
         "milter_crashes": len(lab.crashes),
         "milter_restarts": len(lab.crashes),
-        "worker_processes_started": len(lab.workers_seen) - lab.workers_at_start,
+        "worker_processes": {"at_start": lab.workers_at_start, "seen": len(lab.workers_seen)},
         "accepted_with_failed_check": len(failed_accepted),
         "accepted_with_silently_failed_check": len(silent),
         "silent_examples": [(i, names.get(i, ""), f) for i, f in silent[:10]],
@@ -772,7 +772,8 @@ def show(summary: dict) -> None:
         ("lost", f"{summary['lost']} {summary['lost_examples'] or ''}"),
         ("still in Postfix's queue", summary["still_queued_in_postfix"]),
         ("milter crashes/restarts", f"{summary['milter_crashes']}/{summary['milter_restarts']}"),
-        ("worker processes started", summary["worker_processes_started"]),
+        ("worker processes seen", f"{summary['worker_processes']['seen']} "
+                                  f"({summary['worker_processes']['at_start']} at start)"),
         ("accepted, a check failed", summary["accepted_with_failed_check"]),
         ("  ... with no penalty", f"{summary['accepted_with_silently_failed_check']} "
                                   f"{summary['silent_examples'] or ''}"),
