@@ -100,6 +100,9 @@ class PipelineSection:
                            "busy with a message is stopped (BUDGET_EXCEEDED)")
     worker_max_messages: int = setting(10000, non_negative, "messages a worker checks before "
                                        "it is replaced (0 = never)")
+    heavy_message_bytes: int = setting(
+        128 * 1024, positive, "messages larger than this may occupy all workers but one, so a "
+        "burst of them leaves a lane for ordinary mail")
     spool_threshold: int = setting(  # raw messages larger than this spill to a file
         1024 * 1024, positive, "bytes above which a message spills to a temp file"
     )

@@ -15,7 +15,9 @@ follow:
   one that had not, so an attacker who finds a slow path gets a score, not
   a pass, and other mail is not held up.
 
-The pool keeps ``[pipeline] workers`` processes and grows to
+Messages over ``[pipeline] heavy_message_bytes`` may occupy all workers but
+one, so a burst of large or crafted messages always leaves a lane for
+ordinary mail. The pool keeps ``[pipeline] workers`` processes and grows to
 ``max_workers`` while every one of them has been busy with one message for
 half a second (the extra ones retire after a minute idle), so a few slow
 messages cannot queue up the rest. A worker that dies
@@ -71,6 +73,7 @@ class Worker:
     messages: int = 0
     idle_since: float = field(default_factory=time.monotonic)
     busy_since: float | None = None
+    heavy: bool = False  # busy with a message over [pipeline] heavy_message_bytes
 
     @property
     def pid(self) -> int:
@@ -105,6 +108,8 @@ class WorkerPool:
         self.max_size = max(settings.max_workers, settings.workers)
         self.hard_limit = settings.budget + settings.grace
         self.max_messages = settings.worker_max_messages
+        self.heavy_bytes = settings.heavy_message_bytes
+        self._heavy_busy = 0
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_preload(config))
         self._lock = threading.Condition()
@@ -133,7 +138,8 @@ class WorkerPool:
     # -- one message --------------------------------------------------------------
 
     def evaluate(self, envelope: Envelope, raw: RawContent) -> Verdict:
-        worker = self._acquire()
+        heavy = raw.size > self.heavy_bytes
+        worker = self._acquire(heavy)
         runs: dict[str, CheckRun] = {}
         reports: dict[str, Report] = {}
         stopped = ""
@@ -175,14 +181,19 @@ class WorkerPool:
 
     # -- the pool -----------------------------------------------------------------
 
-    def _acquire(self) -> Worker:
+    def _acquire(self, heavy: bool = False) -> Worker:
         with self._lock:
             while True:
                 if self._closed:
                     raise WorkerFailed("the worker pool is shut down")
-                if self._idle:
+                # Large messages share all workers but one, so a burst of them
+                # (crafted or not) leaves a lane for ordinary mail.
+                lane_free = not heavy or self._heavy_busy < max(self.size - 1, 1)
+                if self._idle and lane_free:
                     worker = self._idle.pop()
                     worker.busy_since = time.monotonic()
+                    worker.heavy = heavy
+                    self._heavy_busy += heavy
                     return worker
                 if not self._starting and len(self._workers) < self.max_size and \
                         self._all_slow():
@@ -204,14 +215,21 @@ class WorkerPool:
 
     def _add_idle(self, worker: Worker) -> None:
         with self._lock:
+            self._end_busy(worker)
             worker.idle_since = time.monotonic()
-            worker.busy_since = None
             self._workers.add(worker)
             self._idle.append(worker)
-            self._lock.notify()
+            self._lock.notify_all()  # a light waiter may come after a heavy one
+
+    def _end_busy(self, worker: Worker) -> None:
+        if worker.busy_since is not None and worker.heavy:
+            self._heavy_busy -= 1
+        worker.busy_since = None
+        worker.heavy = False
 
     def _discard(self, worker: Worker, kill: bool = False) -> int | None:
         with self._lock:
+            self._end_busy(worker)
             self._workers.discard(worker)
             if worker in self._idle:
                 self._idle.remove(worker)

@@ -131,3 +131,19 @@ def test_many_messages_at_once_all_get_a_verdict(pool_of):
 def test_a_broken_check_stops_start_up_with_its_problem():
     with pytest.raises(ConfigError, match="unknown check 'nope'"):
         WorkerPool(config("headers", "nope"))
+
+
+def test_large_messages_leave_a_lane_for_ordinary_mail(pool_of, tmp_path: Path):
+    pool = pool_of(config("tests.plugins:GateCheck", budget=30.0, workers=2, max_workers=2,
+                          heavy_message_bytes=1000))
+    gate = tmp_path / "open"
+    large = body(f"WAIT-FOR: {gate}\r\n" + "x" * 2000)
+    with ThreadPoolExecutor(4) as threads:
+        held = [threads.submit(pool.evaluate, ENVELOPE, large) for _ in range(3)]
+        # Two workers, three large messages waiting on the gate: one worker is
+        # theirs, the other stays free for small mail.
+        quick = pool.evaluate(ENVELOPE, body("small and quick"))
+        assert quick.failed_checks == ()
+        assert not any(f.done() for f in held)
+        gate.touch()
+        assert all("TEST_GATE_OPENED" in names(f.result(timeout=30)) for f in held)
