@@ -60,8 +60,8 @@ def _addresses(values: list[str]) -> str | None:
 
 
 def _default_checks() -> list[str]:
-    return ["limits", "headers", "size", "lists", "spf", "dkim", "arc", "dmarc", "sender", "iprev",
-            "tls", "bayes", "clamav"]
+    return ["limits", "headers", "size", "lists", "rules", "attachments", "spf", "dkim", "arc",
+            "dmarc", "sender", "iprev", "tls", "dnsbl", "bayes", "clamav"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,13 @@ class LimitsSection:
     urls: int = setting(1000, positive, "URLs taken from the text (URLS_TOO_MANY)")
     text_bytes: int = setting(2 * 1024 * 1024, positive, "decoded text of all parts given to "
                               "the classifier (TEXT_TRUNCATED)")
+    archive_members: int = setting(1000, positive, "entries read from one archive's directory "
+                                   "(more: ATTACHMENT_ARCHIVE_LIMIT)")
+    archive_depth: int = setting(3, positive, "archives inside archives opened "
+                                 "(deeper: ATTACHMENT_ARCHIVE_LIMIT)")
+    archive_bytes: int = setting(16 * 1024 * 1024, positive, "bytes decompressed from the "
+                                 "archives of one message, in all: never more, whatever "
+                                 "they declare (ATTACHMENT_ARCHIVE_LIMIT)")
 
 
 @dataclass(frozen=True)

@@ -611,6 +611,10 @@ def _merge_dnsbl(tables: Any, source: str, built: _Builder) -> None:
                                 f"list, UPPER_SNAKE_CASE (such as \"ZEN\"), got {name!r}")
             continue
         built.dnsbl[name] = {**table, "source": source}
+        if "force" in table:
+            for symbol, value in _forces({name: table["force"]}, f"{source}: dnsbl {name}.force",
+                                         built.errors):
+                built.set_force(symbol, value)
 
 
 def _merge_overlay(key: str, table: Mapping[str, Any], source: str, built: _Builder) -> None:

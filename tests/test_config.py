@@ -17,8 +17,9 @@ def test_embedded_defaults_need_no_file():
     config = Config()
     assert config.milter.socket.startswith("unix:/")
     assert config.policy.rules == [str(DEFAULT_RULES)]
-    assert config.pipeline.checks == ["limits", "headers", "size", "lists", "spf", "dkim", "arc",
-                                      "dmarc", "sender", "iprev", "tls", "bayes", "clamav"]
+    assert config.pipeline.checks == ["limits", "headers", "size", "lists", "rules",
+                                      "attachments", "spf", "dkim", "arc", "dmarc", "sender",
+                                      "iprev", "tls", "dnsbl", "bayes", "clamav"]
 
 
 def test_bad_socket_is_one_clear_line():

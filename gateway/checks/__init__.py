@@ -33,6 +33,9 @@ BUILTIN: dict[str, str] = {
     "sender": "gateway.checks.sender:SenderCheck",
     "iprev": "gateway.checks.iprev:IprevCheck",
     "tls": "gateway.checks.tls:TlsCheck",
+    "rules": "gateway.checks.rules:RulesCheck",
+    "attachments": "gateway.checks.attachments:AttachmentsCheck",
+    "dnsbl": "gateway.checks.dnsbl:DnsblCheck",
 }
 
 
