@@ -155,7 +155,7 @@ class Pipeline:
                     try:
                         report, millis = _timed(check, message, context)
                     except Exception as exc:
-                        finish(check, _failed(check, exc, started), None)
+                        finish(check, _failed(check, exc, started, message), None)
                     else:
                         finish(check, CheckRun(check.name, "ok", millis), report)
             if ready:
@@ -168,7 +168,7 @@ class Pipeline:
                 check, started = running.pop(future)
                 error = future.exception()
                 if error is not None:
-                    finish(check, _failed(check, error, started), None)
+                    finish(check, _failed(check, error, started, message), None)
                 else:
                     report, millis = future.result()
                     finish(check, CheckRun(check.name, "ok", millis), report)
@@ -230,9 +230,14 @@ def assemble(checks: Sequence[Check | type[Check]], runs: Mapping[str, CheckRun]
     )
 
 
-def _failed(check: Check, exc: BaseException, started: float) -> CheckRun:
-    log.warning("check %s failed: %s", check.name, exc,
-                exc_info=(type(exc), exc, exc.__traceback__))
+def _failed(check: Check, exc: BaseException, started: float,
+            message: Message | None = None) -> CheckRun:
+    # One line with the queue id for the log reader (clamd down would
+    # otherwise write a traceback per message); the traceback at debug level.
+    queue_id = (message.envelope.queue_id if message is not None else None) or "-"
+    log.warning("check %s failed on message %s: %s", check.name, queue_id, _describe(exc))
+    log.debug("traceback of check %s", check.name,
+              exc_info=(type(exc), exc, exc.__traceback__))
     return CheckRun(check.name, "error", (time.perf_counter() - started) * 1000, _describe(exc))
 
 

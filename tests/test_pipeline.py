@@ -111,3 +111,17 @@ def test_sequential_is_the_default_and_runs_everything_in_budget():
     finally:
         pipeline.close()
     assert [s.name for s in result.symbols] == ["TEST_SIZE_SEEN"]
+
+
+def test_a_failed_check_logs_one_line_with_the_queue_id(caplog):
+    from gateway.message import Envelope
+
+    pipeline = Pipeline([BoomCheck(CONFIG)], budget=2.0, parallel=False)
+    message = Message.from_bytes(b"Subject: x\r\n\r\nbody\r\n", Envelope(queue_id="QID7"))
+    with caplog.at_level("INFO", logger="gateway.pipeline"):
+        pipeline.run(message)
+    pipeline.close()
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert record.getMessage() == (
+        "check boom failed on message QID7: RuntimeError: boom: deliberate test failure")
+    assert record.exc_info is None  # the traceback only at debug level
