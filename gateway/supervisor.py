@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 # A milter that ran at least this long was serving: restart it if it dies.
 STARTED_AFTER = 10.0
-RESTART_PAUSE = 1.0
+RESTART_PAUSE = 0.3  # a crash loop still cannot spin: it must serve 10 s first
 CONTROL_FD_FLAG = "--control-fd"
 
 
