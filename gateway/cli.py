@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from gateway import supervisor
 from gateway.commands.common import UsageError
 from gateway.schema import ConfigError
 from gateway.terminal import printable
@@ -14,8 +15,11 @@ from gateway.terminal import printable
 __all__ = ["UsageError", "main"]  # UsageError here for commands written before it moved
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if supervisor.wants_supervisor(words):
+        return supervisor.main(words)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2

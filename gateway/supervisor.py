@@ -36,6 +36,46 @@ RESTART_PAUSE = 0.3  # a crash loop still cannot spin: it must serve 10 s first
 CONTROL_FD_FLAG = "--control-fd"
 
 
+def wants_supervisor(argv: Sequence[str]) -> bool:
+    """Whether ``gateway ARGV`` is a plain ``gateway run``: the supervisor
+    then starts before the CLI imports every command (and numpy and
+    SQLAlchemy with them), so it stays small (~15 MB instead of ~60)."""
+    words = list(argv)
+    command = next((w for i, w in enumerate(words) if not w.startswith("-")
+                    and (i == 0 or words[i - 1] != "--config")), None)
+    return (command == "run" and CONTROL_FD_FLAG not in words
+            and not {"--no-supervisor", "-h", "--help"} & set(words))
+
+
+def main(argv: Sequence[str]) -> int:
+    """``gateway [--config F] run [--config F] [--socket S]`` as the supervisor.
+    The config is validated here first, so a broken one is one line and
+    exit 2 before anything starts."""
+    import argparse
+
+    from gateway.config import load_config, socket_problem
+    from gateway.schema import ConfigError
+
+    parser = argparse.ArgumentParser(prog="gateway")
+    parser.add_argument("--config")
+    parser.add_argument("command")
+    parser.add_argument("--socket")
+    args, _ = parser.parse_known_args(list(argv))
+    try:
+        load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"gateway: {line}", file=sys.stderr)
+        return 2
+    if args.socket and (problem := socket_problem(args.socket)):
+        print(f"gateway: --socket: {problem}", file=sys.stderr)
+        return 2
+    child = ["--config", args.config] if args.config else []
+    if args.socket:
+        child += ["--socket", args.socket]
+    return supervise(child)
+
+
 def supervise(argv: Sequence[str]) -> int:
     """Run ``gateway run ARGV --control-fd N`` as a child until told to stop."""
     stopping = False

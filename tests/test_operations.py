@@ -125,8 +125,11 @@ def test_mail_flowing_across_twenty_reloads_sees_no_4xx(postfix, sink, gateway_m
         thread.start()
     try:
         for number in range(2, 22):
+            before = len(sent)
             milter.process.send_signal(signal.SIGHUP)
             wait_for(lambda n=number: f"generation {n} " in log(), what=f"reload {number}")
+            # Mail goes on flowing between one reload and the next.
+            wait_for(lambda b=before: len(sent) > b, what="a message after the reload")
     finally:
         stop.set()
         for thread in threads:
