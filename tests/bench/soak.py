@@ -83,12 +83,16 @@ def open_fds(pid: int) -> int:
 
 
 def sample(pid: int, done: int) -> dict:
+    """``pid`` is gateway run's supervisor; its child is the milter, whose
+    children are the fork server and the workers."""
     family = tree(pid)
-    workers = [p for p in family[1:] if rss_mb(p) > 5]  # skip the fork server's helpers
-    return {"messages": done, "milter_mb": round(rss_mb(pid), 1),
+    milter = family[1] if len(family) > 1 else pid
+    workers = [p for p in family[2:] if rss_mb(p) > 5]  # skip the fork server's helpers
+    return {"messages": done, "supervisor_mb": round(rss_mb(pid), 1),
+            "milter_mb": round(rss_mb(milter), 1),
             "workers_mb": round(sum(rss_mb(p) for p in workers), 1),
             "all_mb": round(sum(rss_mb(p) for p in family), 1),
-            "processes": len(family), "fds": open_fds(pid)}
+            "processes": len(family), "fds": open_fds(milter)}
 
 
 def main() -> int:
@@ -174,7 +178,8 @@ def main() -> int:
                         row["seconds"] = round(time.monotonic() - started, 1)
                         samples.append(row)
                         print(json.dumps(row) if args.json else
-                              f"  {row['messages']:>7} msgs {row['seconds']:>7}s  milter "
+                              f"  {row['messages']:>7} msgs {row['seconds']:>7}s  supervisor "
+                              f"{row['supervisor_mb']:5.1f} MB  milter "
                               f"{row['milter_mb']:7.1f} MB  workers {row['workers_mb']:7.1f} MB"
                               f"  all {row['all_mb']:7.1f} MB  fds {row['fds']:>4}"
                               f"  processes {row['processes']}", flush=True)
