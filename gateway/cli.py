@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         feedback,
         init,
         learn,
+        lists,
         quarantine,
         replay,
         run,
@@ -149,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
         "quarantine", help="list, show, release, delete or purge quarantined mail",
         description="the quarantine")
     quarantine.add_arguments(quarantine_parser)
+    list_parser = commands.add_parser(
+        "list", help="the managed allow and block lists: add, remove, show, expire",
+        description="allow and block lists in the store's database, used by the milter "
+        "within seconds")
+    lists.add_arguments(list_parser)
 
     web_parser = command("web", web.main,
                          "the analysts' console: a web app over the quarantine, on [web] listen")

@@ -150,6 +150,8 @@ class ListsSection:
     block_senders: list[str] = setting([], _addresses, "addresses, @domains or domains")
     allow_ips: list[str] = setting([], _networks, "client IPs or networks")
     block_ips: list[str] = setting([], _networks, "client IPs or networks")
+    refresh: float = setting(5.0, positive, "seconds a worker keeps the managed lists "
+                             "(gateway list) before reading them again from the store")
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ def lists(**entries) -> ListsCheck:
 
 def listed(check: ListsCheck, mail_from: str = "", ip: str | None = None) -> dict[str, str]:
     message = Message.from_bytes(b"\r\n", Envelope(mail_from=mail_from, client_ip=ip))
-    return {s.name: s.evidence for s in check.run(message, CheckContext())}
+    return {s.name: s.evidence for s in symbols_of(check.run(message, CheckContext()))}
 
 
 def test_sender_list_forms():

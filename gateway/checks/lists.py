@@ -1,21 +1,55 @@
 """Local allow and block lists on the envelope sender and the client IP.
 
+Three sources, all used together:
+
+- ``[lists]`` in gateway.toml (read at start and on reload);
+- ``lists`` in a recipient domain's or address's policy (rules files,
+  :mod:`gateway.policy`): they count for that recipient's mail only;
+- the managed entries in the store's database (``gateway list add``, the
+  console; :mod:`gateway.quarantine.lists`), for all mail or for one
+  recipient or recipient domain. Each worker reads them again every
+  ``[lists] refresh`` seconds (and as soon as one expires), so a change
+  applies within seconds, without a reload; the hits are counted per entry
+  and written back at the same pace (for mail the MTA passed, with a queue
+  id: ``gateway check`` counts none).
+
 Sender entries: ``user@example.org`` (that address), ``@example.org`` (any
 address at exactly that domain) or ``example.org`` (that domain and its
 subdomains). IP entries: addresses or networks in CIDR form.
+
+Entries for all mail give symbols as usual; entries for some recipients go
+to the policy as facts (``recipient_symbols``), which judges each
+recipient's mail with its own symbols. The check also reports the envelope's
+recipients (``recipients``), from which the policy finds their domains'
+policies.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 
 from gateway.checks import Check, CheckContext
 from gateway.config import Config
+from gateway.mail import DomainError, ascii_domain
 from gateway.message import Message
-from gateway.symbols import Symbol
+from gateway.policy import load_rules, policy_key
+from gateway.symbols import Report, Symbol
+
+log = logging.getLogger("gateway.checks.lists")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# (symbol, list kind) in the order they are looked at.
+KINDS = (("BLOCKLIST_SENDER", "block-sender"), ("BLOCKLIST_IP", "block-ip"),
+         ("ALLOWLIST_SENDER", "allow-sender"), ("ALLOWLIST_IP", "allow-ip"))
+COMPLAIN_EVERY = 60.0
 
 
 class SenderList:
@@ -37,9 +71,17 @@ class SenderList:
         address = address.strip().strip("<>").lower()
         if not address or "@" not in address:
             return None
+        local, _, domain = address.rpartition("@")
+        domain = domain.rstrip(".")
+        for candidate_domain in _spellings(domain):
+            found = self._match(f"{local}@{candidate_domain}", candidate_domain)
+            if found is not None:
+                return found
+        return None
+
+    def _match(self, address: str, domain: str) -> str | None:
         if address in self.addresses:
             return address
-        domain = address.rsplit("@", 1)[1].rstrip(".")
         if domain in self.exact_domains:
             return "@" + domain
         labels = domain.split(".")
@@ -48,6 +90,19 @@ class SenderList:
             if candidate in self.domains:
                 return candidate
         return None
+
+    def __bool__(self) -> bool:
+        return bool(self.addresses or self.exact_domains or self.domains)
+
+
+def _spellings(domain: str) -> tuple[str, ...]:
+    """The domain as written and in A-labels (entries may be either)."""
+    if domain.isascii():
+        return (domain,)
+    try:
+        return (domain, ascii_domain(domain))
+    except DomainError:
+        return (domain,)
 
 
 class NetworkList:
@@ -68,6 +123,172 @@ class NetworkList:
                 return str(network)
         return None
 
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+
+@dataclass
+class Lists:
+    """The four lists of one source and scope; ``entries`` names a managed
+    entry's id, owner and reason by (kind, value)."""
+
+    lists: dict[str, SenderList | NetworkList]
+    where: str = ""  # "" or " (policy of example.org)"
+    entries: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, allow_senders: Iterable[str] = (), block_senders: Iterable[str] = (),
+           allow_ips: Iterable[str] = (), block_ips: Iterable[str] = (),
+           where: str = "") -> Lists:
+        return cls({"allow-sender": SenderList(allow_senders),
+                    "block-sender": SenderList(block_senders),
+                    "allow-ip": NetworkList(allow_ips), "block-ip": NetworkList(block_ips)},
+                   where)
+
+    def matches(self, sender: str, ip: str | None) -> list[tuple[str, str, int | None]]:
+        """(symbol, evidence, managed entry id or None) of each kind that matches."""
+        found = []
+        for symbol, kind in KINDS:
+            entry = self.lists[kind].match(sender if kind.endswith("sender") else ip)
+            if entry is None:
+                continue
+            managed = self.entries.get((kind, entry))
+            if managed is None:
+                found.append((symbol, f"matched {entry}{self.where}", None))
+            else:
+                identifier, about = managed
+                found.append((symbol, f"matched {entry} (list entry {identifier}{about})",
+                              identifier))
+        return found
+
+
+class ManagedLists:
+    """The store's list entries, read again every ``refresh`` seconds (and
+    when the first of them expires); hits counted here and written back at
+    the same time. A store that cannot be read leaves the entries read last
+    (none at first), with a log line a minute at most."""
+
+    def __init__(self, url: str, refresh: float):
+        self.url = url
+        self.refresh = refresh
+        self._store = None
+        self._global = Lists.of()
+        self._scoped: dict[str, Lists] = {}
+        self._loaded = float("-inf")
+        self._expiry: datetime | None = None
+        self._hits: Counter[int] = Counter()
+        self._lock = threading.Lock()
+        self._loading = threading.Lock()
+        self._flushing = threading.Lock()
+        self._opening = threading.Lock()
+        self._complained = float("-inf")
+        self._flusher: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def current(self) -> tuple[Lists, dict[str, Lists]]:
+        """(the entries for all mail, those by recipient key), fresh enough."""
+        stale = time.monotonic() - self._loaded >= self.refresh or (
+            self._expiry is not None and datetime.now(UTC) >= self._expiry)
+        if stale and self._loading.acquire(blocking=False):
+            try:
+                self._load()
+            finally:
+                self._loading.release()
+        return self._global, self._scoped
+
+    def count(self, identifiers: Iterable[int]) -> None:
+        """Count hits; a thread writes them to the store every ``refresh``
+        seconds (a worker may see no more mail for a long time)."""
+        with self._lock:
+            self._hits.update(identifiers)
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_often, name="list-hits",
+                                                 daemon=True)
+                self._flusher.start()
+
+    def _flush_often(self) -> None:
+        while not self._stop.wait(self.refresh):
+            self._flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._flush()
+        if self._store is not None:
+            self._store.close()
+
+    def _open(self):
+        from gateway.quarantine.store import QuarantineStore
+
+        with self._opening:
+            if self._store is None:
+                if self.url.startswith("sqlite:///"):
+                    path = self.url.removeprefix("sqlite:///")
+                    if path in ("", ":memory:") or not Path(path).exists():
+                        return None  # no store yet: nothing managed (and none created here)
+                self._store = QuarantineStore(self.url, migrate=False)
+            return self._store
+
+    def _flush(self) -> None:
+        with self._flushing:
+            with self._lock:
+                hits, self._hits = self._hits, Counter()
+            if not hits:
+                return
+            try:
+                store = self._open()
+                if store is not None:
+                    store.record_list_hits(hits)
+            except Exception as exc:
+                with self._lock:
+                    self._hits.update(hits)
+                self._complain(f"cannot count list hits: {exc}")
+
+    def _load(self) -> None:
+        self._loaded = time.monotonic()
+        self._flush()
+        store = None
+        try:
+            store = self._open()
+            entries = store.list_entries(active_only=True) if store is not None else []
+        except Exception as exc:  # a store that is down must not stop the mail
+            if store is not None and not _has_lists(store):
+                entries = []  # a schema from before managed lists: there are none yet
+            else:
+                self._complain(f"managed list entries not read again, using the last ones: "
+                               f"{exc}")
+                return
+        grouped: dict[str, dict[str, list[str]]] = {}
+        about: dict[str, dict[tuple[str, str], tuple[int, str]]] = {}
+        for entry in entries:
+            grouped.setdefault(entry.scope, {}).setdefault(entry.kind, []).append(entry.value)
+            note = f", {entry.owner}" + (f": {entry.reason[:80]}" if entry.reason else "")
+            about.setdefault(entry.scope, {})[(entry.kind, entry.value)] = (entry.id, note)
+        built = {}
+        for scope, kinds in grouped.items():
+            lists = Lists.of(kinds.get("allow-sender", ()), kinds.get("block-sender", ()),
+                             kinds.get("allow-ip", ()), kinds.get("block-ip", ()))
+            lists.entries = about[scope]
+            built[scope] = lists
+        self._global = built.pop("", Lists.of())
+        self._scoped = built
+        self._expiry = min((e.expires for e in entries if e.expires is not None), default=None)
+
+    def _complain(self, problem: str) -> None:
+        now = time.monotonic()
+        if now - self._complained >= COMPLAIN_EVERY:
+            self._complained = now
+            log.warning("lists: %s", problem)
+
+
+def _has_lists(store) -> bool:
+    """Whether the store's schema has the managed lists' table (migration 0005)."""
+    from sqlalchemy import inspect
+
+    try:
+        return inspect(store.engine).has_table("list_entries")
+    except Exception:
+        return True  # cannot tell: say so
+
 
 class ListsCheck(Check):
     name = "lists"
@@ -81,20 +302,67 @@ class ListsCheck(Check):
     def __init__(self, config: Config):
         super().__init__(config)
         lists = config.lists
-        self.allow_senders = SenderList(lists.allow_senders)
-        self.block_senders = SenderList(lists.block_senders)
-        self.allow_ips = NetworkList(lists.allow_ips)
-        self.block_ips = NetworkList(lists.block_ips)
+        self.static = Lists.of(lists.allow_senders, lists.block_senders, lists.allow_ips,
+                               lists.block_ips)
+        # Kept for callers that read them one by one.
+        self.allow_senders = self.static.lists["allow-sender"]
+        self.block_senders = self.static.lists["block-sender"]
+        self.allow_ips = self.static.lists["allow-ip"]
+        self.block_ips = self.static.lists["block-ip"]
+        self.policies: dict[str, Lists] = {}
+        for key, overlay in load_rules(config.policy.rules).domains.items():
+            if overlay.lists:
+                self.policies[key] = Lists.of(
+                    **{name: overlay.lists.get(name, ()) for name in
+                       ("allow_senders", "block_senders", "allow_ips", "block_ips")},
+                    where=f" (policy of {key})")
+        url = config.quarantine.url
+        self.managed = ManagedLists(url, lists.refresh) if url else None
 
-    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
+    def run(self, message: Message, context: CheckContext) -> Report:
         envelope = message.envelope
+        sender, ip = envelope.mail_from, envelope.client_ip
+        managed_global, managed_scoped = self.managed.current() if self.managed else (None, {})
+        hits: list[int] = []
         found: list[Symbol] = []
-        for symbol, entry in (
-            ("BLOCKLIST_SENDER", self.block_senders.match(envelope.mail_from)),
-            ("BLOCKLIST_IP", self.block_ips.match(envelope.client_ip)),
-            ("ALLOWLIST_SENDER", self.allow_senders.match(envelope.mail_from)),
-            ("ALLOWLIST_IP", self.allow_ips.match(envelope.client_ip)),
-        ):
-            if entry is not None:
-                found.append(self.symbol(symbol, f"matched {entry}"))
-        return found
+        for lists in (self.static, managed_global):
+            for symbol, evidence, entry in (lists.matches(sender, ip) if lists else ()):
+                if entry is not None:
+                    hits.append(entry)
+                if symbol not in {s.name for s in found}:
+                    found.append(self.symbol(symbol, evidence))
+        recipients = list(envelope.rcpt_to)
+        scoped: dict[str, list[list]] = {}
+        if self.policies or managed_scoped:
+            for recipient in recipients:
+                items = self._scoped(recipient, sender, ip, managed_scoped, hits,
+                                     {s.name for s in found})
+                if items:
+                    scoped[recipient] = items
+        if hits and self.managed is not None and envelope.queue_id:
+            self.managed.count(set(hits))  # one hit per message and entry
+        return Report(symbols=tuple(found), facts={"recipients": recipients,
+                                                   "recipient_symbols": scoped})
+
+    def _scoped(self, recipient: str, sender: str, ip: str | None,
+                managed: Mapping[str, Lists], hits: list[int], known: set[str]) -> list[list]:
+        try:
+            key = policy_key(recipient)
+        except ValueError:
+            return []
+        keys = [key.rpartition("@")[2], key] if "@" in key else [key]
+        items: list[list] = []
+        for scope in keys:
+            for lists in (self.policies.get(scope), managed.get(scope)):
+                for symbol, evidence, entry in (lists.matches(sender, ip) if lists else ()):
+                    if entry is not None:
+                        hits.append(entry)
+                    if symbol not in known:
+                        known = known | {symbol}
+                        items.append([symbol, 0.0, self.symbols[symbol],
+                                      f"{evidence}, for {scope}"])
+        return items
+
+    def close(self) -> None:
+        if self.managed is not None:
+            self.managed.close()

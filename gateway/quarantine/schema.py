@@ -255,3 +255,25 @@ console_jobs = Table(
     Column("status", String(16), nullable=False),             # running, done, failed
     Column("output", Text, nullable=False),
 )
+
+# Managed allow and block lists (gateway list, the console; migration 0005):
+# read by the lists check in every worker, which counts the hits. Entries in
+# gateway.toml's [lists] are not here; they apply as well.
+list_entries = Table(
+    "list_entries", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),               # allow-sender, block-sender,
+                                                              # allow-ip, block-ip
+    Column("value", String(255), nullable=False),             # user@dom, @dom, dom, IP/net
+    Column("scope", String(255), nullable=False),             # "" = all mail; else a
+                                                              # recipient address or domain
+    Column("owner", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+    Column("expires", DateTime(timezone=True)),               # NULL: never
+    Column("hits", Integer, nullable=False),
+    Column("last_hit", DateTime(timezone=True)),
+    UniqueConstraint("kind", "value", "scope", name="uq_list_entries_kind_value_scope"),
+    Index("ix_list_entries_expires", "expires"),
+)

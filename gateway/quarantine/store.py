@@ -11,6 +11,7 @@ PostgreSQL compresses large values out of line (TOAST); 25 MB is no strain.
 
 from __future__ import annotations
 
+import contextlib
 import email.message
 import hashlib
 import json
@@ -44,7 +45,9 @@ from gateway.mail import decoded_header
 from gateway.message import Envelope, RawContent
 from gateway.mime import parse_bytes
 from gateway.policy import Verdict
+from gateway.quarantine import lists
 from gateway.quarantine.files import make_private
+from gateway.quarantine.lists import ListEntry
 from gateway.quarantine.schema import (
     events,
     feedback,
@@ -185,12 +188,15 @@ def now() -> datetime:
 
 
 class QuarantineStore:
-    def __init__(self, url: str, node: str | None = None):
+    def __init__(self, url: str, node: str | None = None, migrate: bool = True):
+        """``migrate=False``: use the schema as it is (a reader in each worker
+        process, which must not race the milter's migration)."""
         self.url = url
         self.node = node or socket.gethostname()
         try:
             self.engine = _engine(url)
-            self._migrate()
+            if migrate:
+                self._migrate()
         except (SQLAlchemyError, OSError) as exc:
             raise QuarantineError(f"quarantine.url {_safe(url)}: {_first_line(exc)}") from None
 
@@ -592,6 +598,58 @@ class QuarantineStore:
             "subject": row.subject, "message_id": row.message_id, "action": row.action,
             "score": row.score, "symbols": json.loads(row.symbols), "size": row.size,
         } for row in rows]
+
+    # -- managed allow and block lists (gateway.quarantine.lists) -----------------------
+
+    def list_entries(self, kind: str | None = None, *, active_only: bool = False,
+                     at: datetime | None = None) -> list[ListEntry]:
+        """Entries, by kind, scope and value; ``active_only``: not expired ``at``."""
+        with self._lists("read the lists") as connection:
+            return lists.select_entries(connection, kind, (at or now()) if active_only else None)
+
+    def add_list_entry(self, kind: str, value: str, *, owner: str, reason: str = "",
+                       scope: str = "", expires: datetime | None = None) -> tuple[ListEntry, bool]:
+        """Add an entry (or renew the same kind, value and scope: owner, reason
+        and expiry replaced, hits kept); (the entry, True if new). Raises
+        ValueError for a value or scope that cannot be an entry."""
+        lists.normalize_value(kind, value)
+        lists.normalize_scope(scope)
+        with self._lists("add a list entry", write=True) as connection:
+            return lists.upsert_entry(connection, kind, value, scope, owner, reason,
+                                      expires, now())
+
+    def get_list_entry(self, identifier: int) -> ListEntry | None:
+        with self._lists("read the lists") as connection:
+            return lists.get_entry(connection, identifier)
+
+    def find_list_entry(self, kind: str, value: str, scope: str = "") -> ListEntry | None:
+        """The entry of this kind, value and scope (values as written or stored)."""
+        value, scope = lists.normalize_value(kind, value), lists.normalize_scope(scope)
+        with self._lists("read the lists") as connection:
+            return lists.find_entry(connection, kind, value, scope)
+
+    def remove_list_entry(self, identifier: int) -> bool:
+        with self._lists("remove a list entry", write=True) as connection:
+            return lists.delete_entry(connection, identifier)
+
+    def expire_list_entries(self, at: datetime | None = None) -> list[ListEntry]:
+        """Remove the entries whose expiry has passed; the removed ones."""
+        with self._lists("expire list entries", write=True) as connection:
+            return lists.delete_expired(connection, at or now())
+
+    def record_list_hits(self, hits: Mapping[int, int], at: datetime | None = None) -> None:
+        """Add to the entries' hit counters (entry id -> messages matched)."""
+        if hits:
+            with self._lists("count list hits", write=True) as connection:
+                lists.add_hits(connection, hits, at or now())
+
+    @contextlib.contextmanager
+    def _lists(self, what: str, write: bool = False) -> Iterator[Connection]:
+        try:
+            with (self.engine.begin() if write else self.engine.connect()) as connection:
+                yield connection
+        except SQLAlchemyError as exc:
+            raise QuarantineError(f"cannot {what}: {_first_line(exc)}") from None
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,0 +1,177 @@
+"""Managed allow and block lists, kept in the store's database.
+
+An entry is a kind (``allow-sender``, ``block-sender``, ``allow-ip``,
+``block-ip``), a value (``user@example.org``, ``@example.org`` or
+``example.org`` for senders; an address or network for IPs), a scope (``""``
+for all mail, else the recipient address or domain whose mail it is for),
+who added it and why, when, until when, and how often it matched.
+
+:class:`~gateway.quarantine.store.QuarantineStore` offers these as methods
+(``list_entries``, ``add_list_entry``, ...); the lists check reads them in
+every worker and counts the hits, ``gateway list`` and the console change
+them. Values are normalised here, so every writer stores the same form.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.engine import Connection
+
+from gateway.mail import DomainError, ascii_domain
+from gateway.quarantine.schema import list_entries
+
+LIST_KINDS = ("allow-sender", "block-sender", "allow-ip", "block-ip")
+MAX_VALUE = 255
+MAX_TEXT = 1000
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    id: int
+    kind: str
+    value: str
+    scope: str  # "" = all mail; else a recipient address or domain
+    owner: str
+    reason: str
+    created: datetime
+    updated: datetime
+    expires: datetime | None
+    hits: int
+    last_hit: datetime | None
+
+    def active(self, at: datetime | None = None) -> bool:
+        return self.expires is None or self.expires > (at or datetime.now(UTC))
+
+    def as_dict(self) -> dict[str, Any]:
+        def stamp(value: datetime | None) -> str | None:
+            return value.isoformat(timespec="seconds") if value else None
+
+        return {"id": self.id, "kind": self.kind, "value": self.value, "for": self.scope or None,
+                "owner": self.owner, "reason": self.reason, "created": stamp(self.created),
+                "updated": stamp(self.updated), "expires": stamp(self.expires),
+                "active": self.active(), "hits": self.hits, "last_hit": stamp(self.last_hit)}
+
+
+def normalize_value(kind: str, value: str) -> str:
+    """The stored form of an entry's value; raises ValueError saying why not."""
+    if kind not in LIST_KINDS:
+        raise ValueError(f"unknown kind {kind!r} (kinds: {', '.join(LIST_KINDS)})")
+    text = value.strip().strip("<>").strip()
+    if kind.endswith("-ip"):
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or network "
+                             "(e.g. 198.51.100.7 or 198.51.100.0/24)") from None
+        if isinstance(network, ipaddress.IPv6Network) and network.prefixlen == 128 and \
+                network.network_address.ipv4_mapped:
+            network = ipaddress.ip_network(network.network_address.ipv4_mapped)
+        return str(network)
+    return normalize_sender(text, value)
+
+
+def normalize_sender(text: str, shown: str | None = None) -> str:
+    """``user@example.org``, ``@example.org`` or ``example.org``, lower case,
+    the domain in A-labels."""
+    shown = shown if shown is not None else text
+    text = text.lower().rstrip(".")
+    if not text or any(c.isspace() for c in text) or text.count("@") > 1 or len(text) > MAX_VALUE:
+        raise ValueError(f"{shown!r} is not an address, @domain or domain")
+    local, at, domain = text.rpartition("@")
+    try:
+        domain = ascii_domain(domain)
+    except DomainError as exc:
+        raise ValueError(f"{shown!r}: {exc}") from None
+    return f"{local}@{domain}" if at else domain
+
+
+def normalize_scope(scope: str | None) -> str:
+    """``""`` (all mail), a recipient address or a recipient domain."""
+    if not scope:
+        return ""
+    text = scope.strip().strip("<>").lower().rstrip(".")
+    if text.startswith("@"):
+        text = text[1:]
+    local, at, _domain = text.rpartition("@")
+    if at and not local:
+        raise ValueError(f"{scope!r} is not a recipient address or domain")
+    return normalize_sender(text, scope)
+
+
+def _entry(row: Any) -> ListEntry:
+    def utc(value: datetime | None) -> datetime | None:
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
+    return ListEntry(row.id, row.kind, row.value, row.scope, row.owner, row.reason,
+                     utc(row.created), utc(row.updated), utc(row.expires), row.hits,
+                     utc(row.last_hit))
+
+
+def select_entries(connection: Connection, kind: str | None = None,
+                   active_at: datetime | None = None) -> list[ListEntry]:
+    query = select(list_entries)
+    if kind is not None:
+        query = query.where(list_entries.c.kind == kind)
+    if active_at is not None:
+        query = query.where(or_(list_entries.c.expires.is_(None),
+                                list_entries.c.expires > active_at))
+    query = query.order_by(list_entries.c.kind, list_entries.c.scope, list_entries.c.value)
+    return [_entry(row) for row in connection.execute(query)]
+
+
+def find_entry(connection: Connection, kind: str, value: str, scope: str) -> ListEntry | None:
+    row = connection.execute(select(list_entries).where(and_(
+        list_entries.c.kind == kind, list_entries.c.value == value,
+        list_entries.c.scope == scope))).first()
+    return _entry(row) if row is not None else None
+
+
+def get_entry(connection: Connection, identifier: int) -> ListEntry | None:
+    row = connection.execute(select(list_entries).where(list_entries.c.id == identifier)).first()
+    return _entry(row) if row is not None else None
+
+
+def upsert_entry(connection: Connection, kind: str, value: str, scope: str, owner: str,
+                 reason: str, expires: datetime | None, at: datetime) -> tuple[ListEntry, bool]:
+    """Add an entry, or renew the same one (kind, value, scope): its owner,
+    reason and expiry are replaced, its hits kept. (entry, True if new)."""
+    value, scope = normalize_value(kind, value), normalize_scope(scope)
+    fields = {"owner": owner[:MAX_TEXT], "reason": reason[:MAX_TEXT], "expires": expires,
+              "updated": at}
+    existing = find_entry(connection, kind, value, scope)
+    if existing is not None:
+        connection.execute(update(list_entries).where(list_entries.c.id == existing.id)
+                           .values(**fields))
+        found = get_entry(connection, existing.id)
+        assert found is not None
+        return found, False
+    result = connection.execute(insert(list_entries).values(
+        kind=kind, value=value, scope=scope, created=at, hits=0, **fields))
+    found = get_entry(connection, result.inserted_primary_key[0])
+    assert found is not None
+    return found, True
+
+
+def delete_entry(connection: Connection, identifier: int) -> bool:
+    return connection.execute(delete(list_entries).where(
+        list_entries.c.id == identifier)).rowcount > 0
+
+
+def delete_expired(connection: Connection, at: datetime) -> list[ListEntry]:
+    gone = [e for e in select_entries(connection) if not e.active(at)]
+    if gone:
+        connection.execute(delete(list_entries).where(
+            list_entries.c.id.in_([e.id for e in gone])))
+    return gone
+
+
+def add_hits(connection: Connection, hits: Mapping[int, int], at: datetime) -> None:
+    for identifier, count in hits.items():
+        connection.execute(update(list_entries).where(list_entries.c.id == identifier)
+                           .values(hits=list_entries.c.hits + count, last_hit=at))

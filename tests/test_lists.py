@@ -1,0 +1,254 @@
+"""Managed allow and block lists: the store's entries, the lists check that
+reads them live, and ``gateway list``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.checks import CheckContext
+from gateway.checks.lists import ListsCheck
+from gateway.config import Config, ListsSection, PipelineSection, PolicySection, QuarantineSection
+from gateway.evaluator import LocalEvaluator
+from gateway.message import Envelope, Message
+from gateway.paths import DEFAULT_RULES
+from gateway.quarantine.lists import normalize_scope, normalize_value
+from gateway.quarantine.store import QuarantineStore
+from tests.conftest import PROJECT_ROOT
+
+RAW = b"From: a@example.org\r\nSubject: hello\r\n\r\nhello\r\n"
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/store.db"
+
+
+@pytest.fixture
+def store(store_url: str):
+    opened = QuarantineStore(store_url)
+    yield opened
+    opened.close()
+
+
+def config_for(url: str, refresh: float = 0.2, rules: list[str] | None = None,
+               **lists) -> Config:
+    return Config(quarantine=QuarantineSection(url=url),
+                  lists=ListsSection(refresh=refresh, **lists),
+                  policy=PolicySection(rules=rules or [str(DEFAULT_RULES)]),
+                  pipeline=PipelineSection(checks=["lists"], workers=0))
+
+
+def symbols(check: ListsCheck, sender: str = "x@spam.example", ip: str | None = None,
+            rcpt: tuple[str, ...] = ("bob@example.org",), queue_id: str | None = "Q1"):
+    message = Message.from_bytes(RAW, Envelope(mail_from=sender, client_ip=ip, rcpt_to=rcpt,
+                                               queue_id=queue_id))
+    return check.run(message, CheckContext())
+
+
+@pytest.mark.parametrize(("kind", "value", "stored"), [
+    ("allow-sender", "News@Shop.EXAMPLE.", "news@shop.example"),
+    ("block-sender", "@Spam.example", "@spam.example"),
+    ("block-sender", "bücher.example", "xn--bcher-kva.example"),
+    ("allow-ip", "198.51.100.7", "198.51.100.7/32"),
+    ("block-ip", "203.0.113.9/24", "203.0.113.0/24"),
+    ("block-ip", "::ffff:192.0.2.1", "192.0.2.1/32"),
+])
+def test_values_are_stored_in_one_form(kind, value, stored):
+    assert normalize_value(kind, value) == stored
+
+
+@pytest.mark.parametrize(("kind", "value", "problem"), [
+    ("allow-ip", "example.org", "'example.org' is not an IP address or network"),
+    ("block-sender", "a b@example.org", "'a b@example.org' is not an address, @domain or domain"),
+    ("block-sender", "x@a..b", "'x@a..b': 'a..b' is not a valid domain name"),
+    ("allow-host", "x", "unknown kind 'allow-host'"),
+])
+def test_values_that_cannot_be_entries(kind, value, problem):
+    with pytest.raises(ValueError) as caught:
+        normalize_value(kind, value)
+    assert str(caught.value).startswith(problem)
+    assert normalize_scope("Bob@Example.ORG") == "bob@example.org"
+    assert normalize_scope("@example.org") == "example.org"
+
+
+def test_an_entry_added_applies_to_the_next_message_without_a_restart(store, store_url):
+    check = ListsCheck(config_for(store_url))
+    try:
+        assert symbols(check).symbols == ()
+        entry, new = store.add_list_entry("block-sender", "spam.example", owner="alice",
+                                          reason="phishing wave")
+        assert new
+        time.sleep(0.25)  # [lists] refresh
+        (found,) = symbols(check).symbols
+        assert (found.name, found.evidence) == (
+            "BLOCKLIST_SENDER", f"matched spam.example (list entry {entry.id}, alice: "
+            "phishing wave)")
+        store.remove_list_entry(entry.id)
+        time.sleep(0.25)
+        assert symbols(check).symbols == ()
+    finally:
+        check.close()
+
+
+def test_hits_are_counted_for_mail_the_mta_passed(store, store_url):
+    entry, _ = store.add_list_entry("allow-ip", "198.51.100.0/24", owner="ops")
+    check = ListsCheck(config_for(store_url))
+    try:
+        for _ in range(3):
+            assert [s.name for s in symbols(check, ip="198.51.100.7").symbols] == [
+                "ALLOWLIST_IP"]
+        symbols(check, ip="198.51.100.7", queue_id=None)  # gateway check: not counted
+        deadline = time.monotonic() + 5
+        while store.get_list_entry(entry.id).hits < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        counted = store.get_list_entry(entry.id)
+        assert counted.hits == 3
+        assert counted.last_hit is not None
+    finally:
+        check.close()
+    assert store.get_list_entry(entry.id).hits == 3
+
+
+def test_an_expired_entry_stops_applying_as_it_expires(store, store_url):
+    soon = datetime.now(UTC) + timedelta(seconds=1.5)
+    store.add_list_entry("block-sender", "spam.example", owner="ops", expires=soon)
+    check = ListsCheck(config_for(store_url, refresh=3600.0))  # the expiry, not the refresh
+    try:
+        assert [s.name for s in symbols(check).symbols] == ["BLOCKLIST_SENDER"]
+        time.sleep(max((soon - datetime.now(UTC)).total_seconds(), 0) + 0.1)
+        assert symbols(check).symbols == ()
+    finally:
+        check.close()
+    assert [e.value for e in store.expire_list_entries()] == ["spam.example"]
+    assert store.list_entries() == []
+
+
+def test_a_recipients_own_entry_counts_for_that_recipient_only(store, store_url):
+    store.add_list_entry("allow-sender", "news@shop.example", owner="bob",
+                         scope="bob@example.org", reason="my newsletter")
+    rules = Path(store_url.removeprefix("sqlite:///")).parent / "local.toml"
+    rules.write_text('[domain."example.net".lists]\nblock_ips = ["203.0.113.0/24"]\n')
+    config = config_for(store_url, rules=[str(DEFAULT_RULES), str(rules)],
+                        allow_senders=["partner.example"])
+    check = ListsCheck(config)
+    try:
+        report = symbols(check, sender="news@shop.example", ip="203.0.113.5",
+                         rcpt=("bob@example.org", "eve@example.org", "joe@example.net"))
+        assert report.symbols == ()
+        assert report.facts["recipients"] == ["bob@example.org", "eve@example.org",
+                                              "joe@example.net"]
+        scoped = report.facts["recipient_symbols"]
+        assert sorted(scoped) == ["bob@example.org", "joe@example.net"]
+        assert [s[0] for s in scoped["bob@example.org"]] == ["ALLOWLIST_SENDER"]
+        assert scoped["joe@example.net"][0][3] == (
+            "matched 203.0.113.0/24 (policy of example.net), for example.net")
+        # The config file's entries still apply, to all mail.
+        assert [s.name for s in symbols(check, sender="a@mx.partner.example").symbols] == [
+            "ALLOWLIST_SENDER"]
+    finally:
+        check.close()
+    evaluator = LocalEvaluator(config)
+    try:
+        def verdict(*rcpt: str):
+            return evaluator.evaluate_message(Message.from_bytes(
+                RAW, Envelope(mail_from="news@shop.example", rcpt_to=rcpt)))
+
+        assert verdict("bob@example.org").score == -20.0
+        assert verdict("eve@example.org").score == 0.0
+        both = verdict("bob@example.org", "joe@example.net")
+        assert both.facts["policy"]["recipients"]["bob@example.org"]["score"] == -20.0
+    finally:
+        evaluator.close()
+
+
+def test_no_store_file_means_no_managed_entries_and_none_is_created(tmp_path: Path):
+    url = f"sqlite:///{tmp_path}/missing/store.db"
+    check = ListsCheck(config_for(url))
+    try:
+        assert symbols(check).symbols == ()
+    finally:
+        check.close()
+    assert not (tmp_path / "missing").exists()
+
+
+# -- gateway list ------------------------------------------------------------------------------
+
+
+def gateway(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args, "--config", str(config)],
+                          capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60)
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, store_url: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'[quarantine]\nurl = "{store_url}"\n[pipeline]\nchecks = ["lists"]\n')
+    return path
+
+
+def test_gateway_list_add_show_remove_expire(config_file: Path, tmp_path: Path):
+    added = gateway("list", "add", "block-sender", "@Spam.Example", "--reason", "wave 12",
+                    "--expires", "30d", "--owner", "alice", config=config_file)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.startswith("added block-sender @spam.example (id 1, alice, ")
+    assert added.stdout.rstrip().endswith(") -- wave 12")
+    scoped = gateway("list", "add", "allow-ip", "198.51.100.0/24", "--for", "Bob@Example.org",
+                     config=config_file)
+    assert "allow-ip 198.51.100.0/24 for bob@example.org (id 2" in scoped.stdout
+    renewed = gateway("list", "add", "block-sender", "@spam.example", "--reason", "wave 13",
+                      "--owner", "bob", config=config_file)
+    assert renewed.stdout.startswith("renewed block-sender @spam.example (id 1, bob, ")
+    # gateway check reads the entries as they are now: no reload, no restart.
+    message = tmp_path / "m.eml"
+    message.write_bytes(RAW)
+    checked = gateway("check", "--json", "--from", "x@spam.example", str(message),
+                      config=config_file)
+    record = json.loads(checked.stdout)
+    assert (record["action"], record["symbols"][0]["name"]) == ("reject", "BLOCKLIST_SENDER")
+    shown = json.loads(gateway("list", "show", "--json", config=config_file).stdout)
+    assert [(e["id"], e["kind"], e["value"], e["for"], e["owner"], e["reason"], e["hits"])
+            for e in shown] == [
+        (2, "allow-ip", "198.51.100.0/24", "bob@example.org", shown[0]["owner"], "", 0),
+        (1, "block-sender", "@spam.example", None, "bob", "wave 13", 0)]
+    assert shown[1]["expires"] is None
+    text = gateway("list", "show", "block-sender", config=config_file).stdout
+    assert text.startswith("block-sender @spam.example (id 1, bob, ")
+    assert ", 0 hits) -- wave 13" in text
+    removed = gateway("list", "remove", "allow-ip", "198.51.100.0/24", "--for",
+                      "bob@example.org", config=config_file)
+    assert removed.stdout.startswith("removed allow-ip 198.51.100.0/24 for bob@example.org")
+    missing = gateway("list", "remove", "--id", "99", config=config_file)
+    assert (missing.returncode, missing.stderr) == (1, "gateway: no list entry id 99\n")
+    expired = gateway("list", "expire", config=config_file)
+    assert expired.stdout == "0 expired entries removed\n"
+
+
+@pytest.mark.parametrize(("args", "problem"), [
+    (["list", "add", "allow-ip", "nope"],
+     "gateway: allow-ip: 'nope' is not an IP address or network (e.g. 198.51.100.7 or "
+     "198.51.100.0/24)\n"),
+    (["list", "add", "allow-sender", "x@example.org", "--expires", "soon"],
+     "gateway: --expires 'soon': expected 30d, 12h, 2w, 90m or a date such as 2027-01-31\n"),
+    (["list", "add", "allow-sender", "x@example.org", "--expires", "2001-01-01"],
+     "gateway: --expires '2001-01-01' is in the past\n"),
+    (["list", "remove"], "gateway: list remove: give KIND VALUE, or --id N\n"),
+])
+def test_gateway_list_problems_are_one_line(config_file: Path, args, problem):
+    result = gateway(*args, config=config_file)
+    assert (result.returncode, result.stderr) == (2, problem)
+
+
+def test_gateway_list_needs_the_store(tmp_path: Path):
+    config = tmp_path / "gateway.toml"
+    config.write_text('[quarantine]\nurl = ""\n')
+    result = gateway("list", "show", config=config)
+    assert result.returncode == 2
+    assert result.stderr == ("gateway: the managed lists live in the store's database, and "
+                             "[quarantine] url is empty; use [lists] in gateway.toml instead\n")
