@@ -134,7 +134,9 @@ class Lists:
 
     lists: dict[str, SenderList | NetworkList]
     where: str = ""  # "" or " (policy of example.org)"
-    entries: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+    # (kind, value) -> (entry id, " owner: reason", expiry)
+    entries: dict[tuple[str, str], tuple[int, str, datetime | None]] = field(
+        default_factory=dict)
 
     @classmethod
     def of(cls, allow_senders: Iterable[str] = (), block_senders: Iterable[str] = (),
@@ -145,8 +147,10 @@ class Lists:
                     "allow-ip": NetworkList(allow_ips), "block-ip": NetworkList(block_ips)},
                    where)
 
-    def matches(self, sender: str, ip: str | None) -> list[tuple[str, str, int | None]]:
-        """(symbol, evidence, managed entry id or None) of each kind that matches."""
+    def matches(self, sender: str, ip: str | None,
+                now: datetime | None = None) -> list[tuple[str, str, int | None]]:
+        """(symbol, evidence, managed entry id or None) of each kind that
+        matches; a managed entry past its expiry does not."""
         found = []
         for symbol, kind in KINDS:
             entry = self.lists[kind].match(sender if kind.endswith("sender") else ip)
@@ -155,97 +159,105 @@ class Lists:
             managed = self.entries.get((kind, entry))
             if managed is None:
                 found.append((symbol, f"matched {entry}{self.where}", None))
-            else:
-                identifier, about = managed
-                found.append((symbol, f"matched {entry} (list entry {identifier}{about})",
-                              identifier))
+                continue
+            identifier, about, expires = managed
+            if expires is not None and expires <= (now or datetime.now(UTC)):
+                continue
+            found.append((symbol, f"matched {entry} (list entry {identifier}{about})",
+                          identifier))
         return found
 
 
 class ManagedLists:
-    """The store's list entries, read again every ``refresh`` seconds (and
-    when the first of them expires); hits counted here and written back at
-    the same time. A store that cannot be read leaves the entries read last
-    (none at first), with a log line a minute at most."""
+    """The store's list entries, as a thread of this process last read them:
+    every ``refresh`` seconds, and as soon as the first of them expires. The
+    thread also writes the hits counted meanwhile. A message never waits on
+    the store, except the first ones of a process, for the first reading,
+    at most ``first_wait`` seconds. A store that cannot be read leaves the
+    entries read last (none at first), with a log line a minute at most."""
 
-    def __init__(self, url: str, refresh: float):
+    def __init__(self, url: str, refresh: float, first_wait: float = 5.0):
         self.url = url
         self.refresh = refresh
+        self.first_wait = first_wait
         self._store = None
-        self._global = Lists.of()
-        self._scoped: dict[str, Lists] = {}
-        self._loaded = float("-inf")
+        self._lists: tuple[Lists, dict[str, Lists]] = (Lists.of(), {})
         self._expiry: datetime | None = None
         self._hits: Counter[int] = Counter()
         self._lock = threading.Lock()
-        self._loading = threading.Lock()
-        self._flushing = threading.Lock()
-        self._opening = threading.Lock()
         self._complained = float("-inf")
-        self._flusher: threading.Thread | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._wake = threading.Event()
         self._stop = threading.Event()
 
     def current(self) -> tuple[Lists, dict[str, Lists]]:
-        """(the entries for all mail, those by recipient key), fresh enough."""
-        stale = time.monotonic() - self._loaded >= self.refresh or (
-            self._expiry is not None and datetime.now(UTC) >= self._expiry)
-        if stale and self._loading.acquire(blocking=False):
-            try:
-                self._load()
-            finally:
-                self._loading.release()
-        return self._global, self._scoped
+        """(the entries for all mail, those by recipient key)."""
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._keep_reading,
+                                                    name="managed-lists", daemon=True)
+                    self._thread.start()
+        if not self._ready.is_set() and not self._ready.wait(self.first_wait):
+            self._complain(f"the store did not answer within {self.first_wait:g}s; "
+                           "deciding without the managed lists for now")
+        expiry = self._expiry
+        if expiry is not None and datetime.now(UTC) >= expiry:
+            self._wake.set()  # entries matched until then are checked one by one
+        return self._lists
 
     def count(self, identifiers: Iterable[int]) -> None:
-        """Count hits; a thread writes them to the store every ``refresh``
-        seconds (a worker may see no more mail for a long time)."""
         with self._lock:
             self._hits.update(identifiers)
-            if self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_often, name="list-hits",
-                                                 daemon=True)
-                self._flusher.start()
-
-    def _flush_often(self) -> None:
-        while not self._stop.wait(self.refresh):
-            self._flush()
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
         self._flush()
         if self._store is not None:
             self._store.close()
 
+    def _keep_reading(self) -> None:
+        while not self._stop.is_set():
+            self._load()
+            self._ready.set()
+            self._flush()
+            wait = self.refresh
+            if self._expiry is not None:
+                left = (self._expiry - datetime.now(UTC)).total_seconds()
+                wait = min(wait, max(left, 0.0) + 0.01)
+            self._wake.wait(wait)
+            self._wake.clear()
+
     def _open(self):
         from gateway.quarantine.store import QuarantineStore
 
-        with self._opening:
-            if self._store is None:
-                if self.url.startswith("sqlite:///"):
-                    path = self.url.removeprefix("sqlite:///")
-                    if path in ("", ":memory:") or not Path(path).exists():
-                        return None  # no store yet: nothing managed (and none created here)
-                self._store = QuarantineStore(self.url, migrate=False)
-            return self._store
+        if self._store is None:
+            if self.url.startswith("sqlite:///"):
+                path = self.url.removeprefix("sqlite:///")
+                if path in ("", ":memory:") or not Path(path).exists():
+                    return None  # no store yet: nothing managed (and none created here)
+            self._store = QuarantineStore(self.url, migrate=False)
+        return self._store
 
     def _flush(self) -> None:
-        with self._flushing:
+        with self._lock:
+            hits, self._hits = self._hits, Counter()
+        if not hits:
+            return
+        try:
+            store = self._open()
+            if store is not None:
+                store.record_list_hits(hits)
+        except Exception as exc:
             with self._lock:
-                hits, self._hits = self._hits, Counter()
-            if not hits:
-                return
-            try:
-                store = self._open()
-                if store is not None:
-                    store.record_list_hits(hits)
-            except Exception as exc:
-                with self._lock:
-                    self._hits.update(hits)
-                self._complain(f"cannot count list hits: {exc}")
+                self._hits.update(hits)
+            self._complain(f"cannot count list hits: {exc}")
 
     def _load(self) -> None:
-        self._loaded = time.monotonic()
-        self._flush()
         store = None
         try:
             store = self._open()
@@ -258,19 +270,20 @@ class ManagedLists:
                                f"{exc}")
                 return
         grouped: dict[str, dict[str, list[str]]] = {}
-        about: dict[str, dict[tuple[str, str], tuple[int, str]]] = {}
+        about: dict[str, dict[tuple[str, str], tuple[int, str, datetime | None]]] = {}
         for entry in entries:
             grouped.setdefault(entry.scope, {}).setdefault(entry.kind, []).append(entry.value)
             note = f", {entry.owner}" + (f": {entry.reason[:80]}" if entry.reason else "")
-            about.setdefault(entry.scope, {})[(entry.kind, entry.value)] = (entry.id, note)
+            about.setdefault(entry.scope, {})[(entry.kind, entry.value)] = (
+                entry.id, note, entry.expires)
         built = {}
         for scope, kinds in grouped.items():
             lists = Lists.of(kinds.get("allow-sender", ()), kinds.get("block-sender", ()),
                              kinds.get("allow-ip", ()), kinds.get("block-ip", ()))
             lists.entries = about[scope]
             built[scope] = lists
-        self._global = built.pop("", Lists.of())
-        self._scoped = built
+        everyone = built.pop("", Lists.of())
+        self._lists = (everyone, built)
         self._expiry = min((e.expires for e in entries if e.expires is not None), default=None)
 
     def _complain(self, problem: str) -> None:

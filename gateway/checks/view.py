@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from email.message import Message as EmailMessage
 
 from gateway.classifier.features import HREF, URL, part_text, strip_html
+from gateway.config import LimitsSection
 from gateway.mail import decoded_header, registrable_domain
 from gateway.message import Message
 
@@ -89,13 +90,70 @@ class Part:
         return self._payload
 
 
-@dataclass
 class MessageView:
-    texts: list[TextPart]
-    links: list[Link]
-    parts: list[Part]
-    urls_seen: int = 0  # URLs found, the ones past [limits] urls included
-    text_truncated: bool = False
+    """The parts (cheap: no decoding), and the text and links of the text
+    parts (decoded on first use). Holds the parsed message, never the
+    :class:`~gateway.message.Message` (the cache's weak key)."""
+
+    def __init__(self, email: EmailMessage, limits: LimitsSection):
+        self._email = email
+        self._limits = limits
+
+    @functools.cached_property
+    def parts(self) -> list[Part]:
+        encoded_words = self._limits.encoded_words
+        return [Part(_content_type(part), file_name(part, encoded_words), _disposition(part),
+                     index, part)
+                for index, part in enumerate(self._email.walk()) if not part.is_multipart()]
+
+    @property
+    def texts(self) -> list[TextPart]:
+        return self._read[0]
+
+    @property
+    def links(self) -> list[Link]:
+        return self._read[1]
+
+    @property
+    def urls_seen(self) -> int:
+        """URLs found, the ones past [limits] urls included."""
+        return self._read[2]
+
+    @property
+    def text_truncated(self) -> bool:
+        return self._read[3]
+
+    @functools.cached_property
+    def _read(self) -> tuple[list[TextPart], list[Link], int, bool]:
+        limits = self._limits
+        texts: list[TextPart] = []
+        found: list[str] = []
+        seen = 0
+        room = limits.text_bytes
+        truncated = False
+        for leaf in self.parts:
+            if not leaf.is_text:
+                continue
+            if room <= 0:
+                truncated = True
+                continue
+            assert leaf._part is not None
+            raw = part_text(leaf._part)
+            if len(raw) > room:
+                raw, truncated = raw[:room], True
+            room -= len(raw)
+            if leaf.content_type == "text/html":
+                text = strip_html(raw)
+                urls = [m.group(1) for m in HREF.finditer(raw)]
+            else:
+                text, urls = raw, []
+            urls += [m.group(0) for m in URL.finditer(text)]
+            seen += len(urls)
+            found.extend(urls[:max(limits.urls - len(found), 0)])
+            texts.append(TextPart(leaf.content_type, raw, text))
+        links = list(dict.fromkeys(link for url in found
+                                   if (link := parse_link(url)) is not None))
+        return texts, links, seen, truncated
 
 
 _views: weakref.WeakKeyDictionary[Message, MessageView] = weakref.WeakKeyDictionary()
@@ -103,50 +161,14 @@ _lock = threading.Lock()
 
 
 def view_of(message: Message) -> MessageView:
-    """The view of ``message``, built on first use."""
+    """The view of ``message``, made on first use and kept while it lives."""
     with _lock:
         view = _views.get(message)
     if view is None:
-        view = _build(message)
+        made = MessageView(message.email, message.limits)  # the parse, outside the lock
         with _lock:
-            view = _views.setdefault(message, view)
+            view = _views.setdefault(message, made)
     return view
-
-
-def _build(message: Message) -> MessageView:
-    limits = message.limits
-    texts: list[TextPart] = []
-    parts: list[Part] = []
-    found: list[str] = []
-    seen = 0
-    room = limits.text_bytes
-    truncated = False
-    for index, part in enumerate(message.email.walk()):
-        if part.is_multipart():
-            continue
-        leaf = Part(_content_type(part), file_name(part, limits.encoded_words),
-                    _disposition(part), index, part)
-        parts.append(leaf)
-        if not leaf.is_text:
-            continue
-        if room <= 0:
-            truncated = True
-            continue
-        raw = part_text(part)
-        if len(raw) > room:
-            raw, truncated = raw[:room], True
-        room -= len(raw)
-        if leaf.content_type == "text/html":
-            text = strip_html(raw)
-            urls = [m.group(1) for m in HREF.finditer(raw)]
-        else:
-            text, urls = raw, []
-        urls += [m.group(0) for m in URL.finditer(text)]
-        seen += len(urls)
-        found.extend(urls[:max(limits.urls - len(found), 0)])
-        texts.append(TextPart(leaf.content_type, raw, text))
-    links = list(dict.fromkeys(link for url in found if (link := parse_link(url)) is not None))
-    return MessageView(texts, links, parts, seen, truncated)
 
 
 def parse_link(url: str) -> Link | None:
