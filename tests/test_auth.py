@@ -311,7 +311,9 @@ def test_dmarc_p_none_only_reports(check):
                     mail_from="m@monitor.test")
     assert dmarc(verdict) == "fail"
     assert "DMARC_POLICY_NONE" in names(verdict)
-    assert verdict.action == "accept"
+    # Delivered, nothing forced by p=none; SPF fail + iprev fail + DMARC_POLICY_NONE
+    # (4.1) reach the add_header tier (the Junk folder), not the quarantine.
+    assert (verdict.action, verdict.forced_by) == ("add_header", None)
 
 
 def test_dmarc_without_record(check):
