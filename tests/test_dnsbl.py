@@ -199,3 +199,12 @@ def test_blocklist_problems_are_config_errors(tmp_path: Path, table, problem):
     with pytest.raises(ConfigError) as caught:
         DnsblCheck(Config(policy=PolicySection(rules=[str(rules)])))
     assert caught.value.problems == [f"{rules}: dnsbl X: {problem}"]
+
+
+def test_every_lookup_survives_the_hostile_corpus(check):
+    from tests import hostile
+
+    for name, case in hostile.BUILDERS.items():
+        envelope = Envelope(mail_from=hostile.SPOOFED, client_ip="198.51.100.7")
+        report = check.run(Message.from_bytes(case.build(), envelope), CheckContext())
+        assert "DNSBL_TEMPERROR" not in {s.name for s in report.symbols}, name

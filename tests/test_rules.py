@@ -118,6 +118,19 @@ def test_header_rules_fire_on_the_decoded_field_and_not_on_a_near_miss(check):
         "SUBJECT_FREE_MONEY": "Subject: Free money"}
 
 
+def test_display_name_rules(tmp_path: Path):
+    check = RulesCheck(rules_config(tmp_path, RULES + """
+[rule.NAME_SAYS_CEO]
+type = "header"
+header = "From:name"
+pattern = '(?i)\\bceo\\b'
+score = 1.0
+"""))
+    assert fired(check, mail(sender='"The CEO" <x@example.org>')) == {
+        "NAME_SAYS_CEO": "From:name: CEO"}
+    assert fired(check, mail(sender="ceo@example.org")) == {}
+
+
 def test_address_and_presence_header_rules(check):
     assert fired(check, mail(sender='"PayPal" <service@paypa1.example>')) == {
         "FROM_BANK_LOOKALIKE": "From:addr: @paypa1."}
@@ -276,3 +289,28 @@ def test_the_view_reads_links_from_text_and_html_within_the_limits():
         ("www.plain.example", "plain.example", ""),
     ]
     assert parse_link("javascript:alert(1)") is None
+
+
+def test_every_rule_kind_survives_the_hostile_corpus(tmp_path: Path):
+    from tests import hostile
+
+    text = RULES + r"""
+[rule.ALL_HEADERS]
+type = "header"
+header = "ALL"
+pattern = 'x{3}'
+score = 0.1
+
+[rule.FROM_NAMES]
+type = "header"
+header = "From:name"
+pattern = '(?i)ceo'
+score = 0.1
+"""
+    check = RulesCheck(rules_config(tmp_path, text))
+    for name, case in hostile.BUILDERS.items():
+        message = Message.from_bytes(case.build(), Envelope(mail_from=hostile.SPOOFED))
+        report = check.run(message, CheckContext())  # raises nothing
+        assert all(s.name in RULES or s.name in ("ALL_HEADERS", "FROM_NAMES",
+                                                 "RULES_INCOMPLETE")
+                   for s in report.symbols), name

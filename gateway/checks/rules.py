@@ -221,7 +221,7 @@ def _header_rule(table, pattern, problems) -> Callable | None:
             if part:
                 depth = message.limits.address_comment_depth
                 mailboxes = [m for v in values for m in parse_mailboxes(v, depth).mailboxes]
-                values = [m.address if part == "addr" else m.display_name for m in mailboxes]
+                values = [m.address if part == "addr" else m.display for m in mailboxes]
             where = field
         if not values:
             return None
@@ -285,7 +285,8 @@ def _mime_rule(table, pattern, problems) -> Callable | None:
 
     def matches(part: Part) -> str | None:
         shown = part.content_type + (f" {part.filename!r}" if part.filename else "")
-        if content_type is not None and content_type.search(part.content_type.encode()) is None:
+        if content_type is not None and content_type.search(
+                part.content_type.encode("utf-8", "surrogatepass")) is None:
             return None
         if filename is not None and filename.search(
                 part.filename.encode("utf-8", "surrogatepass")) is None:
