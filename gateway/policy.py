@@ -111,8 +111,9 @@ class Verdict:
 
     @property
     def is_spam(self) -> bool:
-        return self.score >= self.required or self.action in ("add_header", "quarantine",
-                                                              "reject")
+        """X-Spam-Flag: YES. By the score, as SpamAssassin's ``required``, or
+        because a symbol forced the add_header action."""
+        return self.score >= self.required or self.action == "add_header"
 
     @property
     def spam_probability(self) -> float | None:
