@@ -721,7 +721,8 @@ def _metas(built: _Builder) -> tuple[Meta, ...]:
             built.errors.append(f"{where}.expression: refers to itself")
             continue
         score = table.get("score", 0.0)
-        found[name] = Meta(name, expression, tree, names, str(table.get("description", "")),
+        found[name] = Meta(name, expression, tree, names,
+                           str(table.get("description", "")) or f"meta rule {name}",
                            float(score) if _is_number(score) else 0.0)
     ordered: list[Meta] = []
     state: dict[str, str] = {}
