@@ -45,7 +45,8 @@ class Judge:
         self.authserv_id = config.auth.server_id()
 
     def verdict(self, result: PipelineResult, envelope: Envelope) -> Verdict:
-        verdict = self.policy.decide(result, reference=envelope.queue_id)
+        verdict = self.policy.decide(result, reference=envelope.queue_id,
+                                     recipients=envelope.rcpt_to)
         header = authresults.build(self.authserv_id, verdict.facts)
         return replace(verdict, authentication_results=header) if header else verdict
 

@@ -283,8 +283,8 @@ def _with_headers(raw: bytes, verdict: Verdict, headers_only: bool) -> bytes:
 
 
 def _http_answer(verdict: Verdict) -> bytes:
-    action = {"accept": "no action", "quarantine": "add header", "reject": "reject",
-              "tempfail": "soft reject"}.get(verdict.action, verdict.action)
+    action = {"accept": "no action", "add_header": "add header", "quarantine": "add header",
+              "reject": "reject", "tempfail": "soft reject"}.get(verdict.action, verdict.action)
     payload = {
         "is_skipped": False,
         "score": round(verdict.score, 2),

@@ -27,7 +27,14 @@ def known_symbols(enabled: Iterable[type[Check]]) -> dict[str, str]:
 
 def unknown_symbols(paths: Iterable[str | Path], known: Mapping[str, str]) -> list[str]:
     """A line for each symbol a rules file scores or forces that no check
-    emits, with the closest known name."""
+    emits and no rules file defines (its [rule.*] and [[dnsbl]] symbols),
+    with the closest known name."""
+    from gateway.policy import load_rules
+    from gateway.schema import ConfigError
+
+    paths = list(paths)
+    with contextlib.suppress(ConfigError):  # load_rules reports its own problems
+        known = {**known, **load_rules(paths).defined}
     problems = []
     for path in map(Path, paths):
         try:

@@ -139,7 +139,7 @@ def test_config_check_accepts_a_working_setup(tmp_path: Path, clamd, knot):
     assert result.returncode == 0, result.stderr
     assert "checks: limits, headers, size, lists, rules, attachments, spf, dkim, arc, dmarc, " \
         "sender, iprev, tls, dnsbl, bayes, clamav" in result.stdout
-    assert "thresholds: quarantine 6, reject 15" in result.stdout
+    assert "thresholds: add_header 4, quarantine 6, reject 15" in result.stdout
     assert result.stderr == ""
 
 

@@ -63,7 +63,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"  milter socket: {config.milter.socket}")
     print(f"  checks: {', '.join(findings.checks)}")
     print(f"  rules: {', '.join(rules.sources)}")
-    print(f"  thresholds: quarantine {rules.quarantine:g}, reject {rules.reject:g}")
+    marked = f"add_header {rules.add_header:g}, " if rules.add_header is not None else ""
+    print(f"  thresholds: {marked}quarantine {rules.quarantine:g}, reject {rules.reject:g}")
     print(f"  quarantine: {_safe(config.quarantine.url) or 'Postfix hold queue'}")
     return 0
 

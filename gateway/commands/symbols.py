@@ -9,6 +9,7 @@ import json
 from gateway.checks import BUILTIN, Check, resolve_check
 from gateway.commands.common import config_from
 from gateway.policy import load_rules
+from gateway.symbols import PIPELINE_SYMBOLS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +36,17 @@ def main(args: argparse.Namespace) -> int:
                 "description": description,
                 "enabled": spec in config.pipeline.checks,
             })
+    listed = {row["name"] for row in rows}
+    for name, description in rules.defined.items():  # [rule.*] and [[dnsbl]] symbols
+        if name not in listed:
+            rows.append({"check": "rules", "name": name, "score": rules.scores.get(name, 0.0),
+                         "force": rules.force.get(name), "description": description,
+                         "enabled": True})
+    for name, description in PIPELINE_SYMBOLS.items():
+        if name not in listed:
+            rows.append({"check": "pipeline", "name": name,
+                         "score": rules.scores.get(name, 0.0), "force": rules.force.get(name),
+                         "description": description, "enabled": True})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
