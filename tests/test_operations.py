@@ -293,7 +293,7 @@ def test_symbols_a_rules_file_defines_may_be_scored_and_forced_anywhere(tmp_path
 
     defining = tmp_path / "rules.toml"
     defining.write_text('[rule.SUBJECT_FREE_MONEY]\ntype = "header"\nheader = "Subject"\n'
-                        "pattern = 'free money'\n")
+                        "pattern = 'free money'\nscore = 1.0\n")
     scoring = tmp_path / "local.toml"
     scoring.write_text('[scores]\nSUBJECT_FREE_MONEY = 2.0\n[force]\nSUBJECT_FREE_MONY = '
                        '"quarantine"\n')
