@@ -139,7 +139,8 @@ class WorkerPool:
 
     def evaluate(self, envelope: Envelope, raw: RawContent) -> Verdict:
         heavy = raw.size > self.heavy_bytes
-        worker = self._acquire(heavy)
+        limit = self.hard_limit  # this message's, whatever changes meanwhile
+        worker = self._acquire(heavy, limit)
         runs: dict[str, CheckRun] = {}
         reports: dict[str, Report] = {}
         stopped = ""
@@ -148,14 +149,14 @@ class WorkerPool:
             # A spilled message goes by path, so its bytes are never pickled.
             data = raw.bytes() if raw.in_memory else None
             worker.conn.send((envelope, data, str(raw.path) if raw.path else None))
-            deadline = time.monotonic() + self.hard_limit
+            deadline = time.monotonic() + limit
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not worker.conn.poll(remaining):
-                    stopped = (f"stopped: still running after {self.hard_limit:g}s "
+                    stopped = (f"stopped: still running after {limit:g}s "
                                "([pipeline] budget + grace)")
                     log.warning("message %s: worker %d still busy after %gs, stopped",
-                                envelope.queue_id or "-", worker.pid, self.hard_limit)
+                                envelope.queue_id or "-", worker.pid, limit)
                     keep = None
                     self._discard(worker, kill=True)
                     break
@@ -181,11 +182,18 @@ class WorkerPool:
 
     # -- the pool -----------------------------------------------------------------
 
-    def _acquire(self, heavy: bool = False) -> Worker:
+    def _acquire(self, heavy: bool, limit: float) -> Worker:
+        # A message waits for a worker no longer than it may take to check:
+        # past that the MTA gets a 4xx and retries, rather than its own timeout.
+        give_up = time.monotonic() + limit
         with self._lock:
             while True:
                 if self._closed:
                     raise WorkerFailed("the worker pool is shut down")
+                if time.monotonic() > give_up:
+                    raise WorkerFailed(f"no worker process free within {limit:g}s "
+                                       f"({len(self._workers)} running, {self._starting} "
+                                       "starting)")
                 # Large messages share all workers but one, so a burst of them
                 # (crafted or not) leaves a lane for ordinary mail.
                 lane_free = not heavy or self._heavy_busy < max(self.size - 1, 1)

@@ -5,6 +5,7 @@ hold up the rest."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -147,3 +148,19 @@ def test_large_messages_leave_a_lane_for_ordinary_mail(pool_of, tmp_path: Path):
         assert not any(f.done() for f in held)
         gate.touch()
         assert all("TEST_GATE_OPENED" in names(f.result(timeout=30)) for f in held)
+
+
+def test_a_message_that_finds_no_worker_in_time_is_a_temporary_failure(pool_of, tmp_path):
+    pool = pool_of(config("tests.plugins:GateCheck", budget=30.0, workers=1, max_workers=1))
+    gate = tmp_path / "open"
+    with ThreadPoolExecutor(2) as threads:
+        busy = threads.submit(pool.evaluate, ENVELOPE, body(f"WAIT-FOR: {gate}"))
+        deadline = time.monotonic() + 10
+        while not pool._workers or any(w.busy_since is None for w in pool._workers):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        pool.hard_limit = 0.5  # for messages from now on: wait half a second at most
+        with pytest.raises(WorkerFailed, match=r"no worker process free within 0\.5s"):
+            pool.evaluate(ENVELOPE, body("waits"))
+        gate.touch()
+        assert "TEST_GATE_OPENED" in names(busy.result(timeout=30))
