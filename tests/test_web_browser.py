@@ -151,11 +151,14 @@ def submit_filter(browser, subject: str) -> None:
 
 
 def _stale(element) -> bool:
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import WebDriverException
 
     try:
         element.is_enabled()
-    except StaleElementReferenceException:
+    except WebDriverException:
+        # StaleElementReferenceException, or, while the next page is being
+        # built, chromium's "Node with given id does not belong to the
+        # document": either way the old page is gone.
         return True
     return False
 
