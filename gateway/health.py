@@ -8,8 +8,8 @@ one is configured.
 
 from __future__ import annotations
 
-import socket
-
+from gateway.checks.clamav import clamd_command
+from gateway.config import ClamavSection
 from gateway.service import Service
 
 
@@ -21,7 +21,7 @@ def health_problems(service: Service) -> list[str]:
     if hasattr(pool, "worker_pids") and not pool.worker_pids() and not pool.starting():
         problems.append("workers: no worker process is running or starting")
     if "clamav" in config.pipeline.checks:
-        problem = _clamd_problem(config.clamav.address, config.clamav.socket)
+        problem = _clamd_problem(config.clamav)
         if problem:
             problems.append(problem)
     if generation.keeper is not None:
@@ -32,21 +32,12 @@ def health_problems(service: Service) -> list[str]:
     return problems
 
 
-def _clamd_problem(address: str, path: str, timeout: float = 2.0) -> str | None:
-    where = address or path
+def _clamd_problem(settings: ClamavSection) -> str | None:
+    where = settings.address or settings.socket
     try:
-        if address:
-            host, _, port = address.rpartition(":")
-            connection = socket.create_connection((host, int(port)), timeout=timeout)
-        else:
-            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            connection.settimeout(timeout)
-            connection.connect(path)
-        with connection:
-            connection.sendall(b"zPING\0")
-            answer = connection.recv(64)
+        answer = clamd_command(settings, b"PING", timeout=2.0)
     except OSError as exc:
         return f"clamd at {where}: {exc.strerror or exc}"
-    if not answer.startswith(b"PONG"):
+    if answer != "PONG":
         return f"clamd at {where}: answered {answer[:30]!r} to PING"
     return None

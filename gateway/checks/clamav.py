@@ -18,7 +18,7 @@ import threading
 import pyclamd
 
 from gateway.checks import Check, CheckContext
-from gateway.config import Config
+from gateway.config import ClamavSection, Config
 from gateway.message import Message
 from gateway.symbols import Report
 
@@ -165,3 +165,28 @@ class ClamavCheck(Check):
     def _oversize(self, evidence: str) -> Report:
         return Report(symbols=(self.symbol("CLAMAV_OVERSIZE", evidence),),
                       facts={"scanned": False, "reason": evidence})
+
+
+def clamd_command(settings: ClamavSection, command: bytes, timeout: float | None = None) -> str:
+    """Send one clamd command (PING, VERSION) and return its answer as text;
+    raises OSError. For doctor and /health, which ask clamd, not scan."""
+    if settings.address:
+        host, _, port = settings.address.rpartition(":")
+        connection = socket.create_connection((host, int(port)), timeout or settings.timeout)
+    else:
+        connection = socket.socket(socket.AF_UNIX)
+        connection.settimeout(timeout or settings.timeout)
+        try:
+            connection.connect(settings.socket)
+        except OSError:
+            connection.close()
+            raise
+    with connection:
+        connection.sendall(b"z" + command + b"\0")
+        answer = b""
+        while not answer.endswith(b"\0"):
+            chunk = connection.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.rstrip(b"\0").decode("utf-8", "replace").strip()

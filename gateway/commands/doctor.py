@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from gateway.checks.clamav import clamd_command
 from gateway.commands.configcheck import examine
 from gateway.config import Config
 from gateway.paths import DEFAULT_CONFIG
@@ -155,7 +156,7 @@ def clamd_lines(config: Config, max_age_days: float) -> list[Line]:
     settings = config.clamav
     where = settings.address or settings.socket
     try:
-        answer = clamd_command(config, b"VERSION")
+        answer = clamd_command(config.clamav, b"VERSION")
     except OSError as exc:
         fix = ("systemctl start clamav-daemon (it needs signatures: freshclam)"
                if not settings.address else f"start clamd on {settings.address}")
@@ -182,31 +183,6 @@ def clamd_lines(config: Config, max_age_days: float) -> list[Line]:
                      "check freshclam (systemctl status clamav-freshclam; "
                      "journalctl -u clamav-freshclam)")]
     return [ok("clamd", f"{text} ({age:.1f} days old)")]
-
-
-def clamd_command(config: Config, command: bytes, timeout: float | None = None) -> str:
-    """Send one clamd command, return its answer as text (raises OSError)."""
-    settings = config.clamav
-    if settings.address:
-        host, _, port = settings.address.rpartition(":")
-        connection = socket.create_connection((host, int(port)), timeout or settings.timeout)
-    else:
-        connection = socket.socket(socket.AF_UNIX)
-        connection.settimeout(timeout or settings.timeout)
-        try:
-            connection.connect(settings.socket)
-        except OSError:
-            connection.close()
-            raise
-    with connection:
-        connection.sendall(b"z" + command + b"\0")
-        answer = b""
-        while not answer.endswith(b"\0"):
-            chunk = connection.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-    return answer.rstrip(b"\0").decode("utf-8", "replace").strip()
 
 
 # -- DNS -----------------------------------------------------------------------------------
