@@ -154,28 +154,7 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
         return data.decode("latin-1")
 
 
-# -- comments --------------------------------------------------------------------
-
-
-def comment_depth(text: str) -> int:
-    """The deepest nesting of RFC 5322 comments, skipping quoted strings."""
-    depth = deepest = 0
-    quoted = escaped = False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif quoted:
-            quoted = char != '"'
-        elif char == '"' and depth == 0:
-            quoted = True
-        elif char == "(":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char == ")" and depth:
-            depth -= 1
-    return deepest
+# -- the stdlib address parser, where it is safe ---------------------------------
 
 
 def _stdlib_safe(text: str) -> bool:
