@@ -36,5 +36,14 @@ def message_record(envelope: Envelope, verdict: Verdict, size: int, millis: floa
 def log_verdict(envelope: Envelope, verdict: Verdict, size: int, millis: float,
                 notes: dict[str, str] | None = None) -> None:
     record = message_record(envelope, verdict, size, millis, notes)
-    # As text: the JSON after the logger's prefix; as JSON: these fields, merged.
-    log.info("%s", dumps(record, separators=(",", ":")), extra={"fields": record})
+    # As text: the JSON after the logger's prefix; as JSON: these fields, merged
+    # (then the text is never made: it is rendered only if a formatter asks).
+    log.info("%s", _AsJson(record), extra={"fields": record})
+
+
+class _AsJson:
+    def __init__(self, record: dict):
+        self.record = record
+
+    def __str__(self) -> str:
+        return dumps(self.record, separators=(",", ":"))
