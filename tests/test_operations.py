@@ -197,7 +197,7 @@ def test_log_lines_can_be_pure_json(postfix, sink, gateway_milter):
 def test_the_milter_process_is_restarted_if_it_dies(postfix, sink, gateway_milter):
     import os
 
-    from tests.bench.soak import tree
+    from tests.bench.procs import tree
 
     milter = gateway_milter()
     log = since_start(milter)

@@ -64,6 +64,7 @@ from gateway.lab.postfix import PostfixInstance, free_port  # noqa: E402
 from gateway.quarantine.store import Filters, QuarantineError, QuarantineStore  # noqa: E402
 from gateway.symbols import failure_symbol_name  # noqa: E402
 from tests import hostile  # noqa: E402
+from tests.bench.procs import rss_bytes, tree  # noqa: E402
 
 DEFAULT_CORPUS = PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin"
 FALLBACK_CORPUS = PROJECT_ROOT / "tests" / "fixtures"
@@ -219,35 +220,11 @@ def start_lab(args: argparse.Namespace) -> Lab:
 
 
 def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    found, stack = set(), [pid]
-    while stack:
-        for child in children.get(stack.pop(), ()):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
-
-
-def rss(pid: int) -> int:
-    """Resident set size in bytes (0 if the process is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return set(tree(pid)[1:])
 
 
 def tree_rss(pid: int) -> int:
-    return rss(pid) + sum(rss(child) for child in descendants(pid))
+    return sum(rss_bytes(process) for process in tree(pid))
 
 
 # -- sending -----------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import shutil
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from gateway.lab.clamd import ClamdInstance  # noqa: E402
 from gateway.lab.dns import SyntheticServer  # noqa: E402
 from gateway.lab.milter_process import MilterProcess  # noqa: E402
+from tests.bench.procs import open_fds, rss_bytes, tree  # noqa: E402
 from tests.milterclient import MilterClient, MilterError  # noqa: E402
 
 DEFAULT_CORPUS = PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin"
@@ -47,39 +47,8 @@ def load_messages(folder: Path, limit: int) -> list[bytes]:
     return [p.read_bytes() for p in files[:limit]]
 
 
-def tree(pid: int) -> list[int]:
-    """pid and its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, stack = [], [pid]
-    while stack:
-        current = stack.pop()
-        found.append(current)
-        stack.extend(children.get(current, []))
-    return found
-
-
 def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def open_fds(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
+    return rss_bytes(pid) / 2**20
 
 
 def sample(pid: int, done: int) -> dict:
