@@ -277,3 +277,79 @@ list_entries = Table(
     UniqueConstraint("kind", "value", "scope", name="uq_list_entries_kind_value_scope"),
     Index("ix_list_entries_expires", "expires"),
 )
+
+# -- many nodes, one system (migration 0006) -----------------------------------------
+# The model store when [classifier] store is a database URL: each version's
+# artifact (a tar of the model folder) with its SHA-256 and its card (the
+# folder's model.json), one current pointer, every promotion and rollback.
+# Nodes poll the pointer every [classifier] reload_interval and cache the
+# verified artifact locally (gateway.classifier.store).
+model_versions = Table(
+    "model_versions", metadata,
+    Column("version", String(128), primary_key=True),
+    Column("sha256", String(64), nullable=False),             # of artifact
+    Column("size", Integer, nullable=False),
+    Column("meta", Text, nullable=False),                     # model.json, the card's figures
+    Column("artifact", LargeBinary, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("added_by", Text, nullable=False),
+)
+
+model_current = Table(
+    "model_current", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("version", String(128), ForeignKey("model_versions.version")),  # NULL: shipped
+    Column("sha256", String(64)),
+    Column("changed", DateTime(timezone=True), nullable=False),
+)
+
+model_history = Table(
+    "model_history", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("action", String(16), nullable=False),             # promote, rollback
+    Column("version", String(128), nullable=False),           # "shipped": no stored version
+    Column("user", Text, nullable=False),
+    Column("node", String(255), nullable=False),
+    Column("details", Text, nullable=False),                  # JSON: previous, evaluation, ...
+)
+
+# Jobs that must run on one node at a time, once per period (gateway.jobs):
+# the purge, the daily digest. ``holder`` is the lease on SQLite; on
+# PostgreSQL an advisory lock decides and ``holder`` only says who runs it.
+jobs = Table(
+    "jobs", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(255)),
+    Column("token", String(32)),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("started", DateTime(timezone=True)),
+)
+
+# One row per job and period, written in the transaction that finishes the
+# work: a period with a row is done, one without is not (whoever died).
+job_runs = Table(
+    "job_runs", metadata,
+    Column("job", String(64), primary_key=True),
+    Column("period", String(32), primary_key=True),
+    Column("node", String(255), nullable=False),
+    Column("started", DateTime(timezone=True), nullable=False),
+    Column("finished", DateTime(timezone=True), nullable=False),
+    Column("result", Text, nullable=False),                   # JSON
+    Index("ix_job_runs_finished", "finished"),
+)
+
+# The fleet: each gateway process that serves mail (gateway run) or the
+# console (gateway web) says who it is and what it uses, every heartbeat.
+nodes = Table(
+    "nodes", metadata,
+    Column("name", String(255), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("version", String(32), nullable=False),            # gateway software
+    Column("schema", String(32), nullable=False),             # newest migration it knows
+    Column("model", String(128), nullable=False),             # model version in use
+    Column("pid", Integer, nullable=False),
+    Column("started", DateTime(timezone=True), nullable=False),
+    Column("heartbeat", DateTime(timezone=True), nullable=False),  # the database's clock
+    Column("status", Text, nullable=False),                   # JSON: problems, roles
+)
