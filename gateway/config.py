@@ -163,7 +163,9 @@ class SizeSection:
 class ClassifierSection:
     model: str = setting("", doc="model folder (default: the store's current model, "
                          "else the shipped models/default)")
-    store: str = setting("/var/lib/gateway/models", doc="model store for train/promote/rollback")
+    store: str = setting("/var/lib/gateway/models", doc="model store for train/promote/"
+                         "rollback: a directory, or a database URL (sqlite:////path, "
+                         "postgresql://...) that several nodes share")
     reload_interval: float = setting(2.0, positive,
                                      "seconds between checks for a newly promoted model")
     training_set: str = setting(
@@ -487,7 +489,9 @@ def _resolve_paths(sections: dict, base_dir: Path) -> None:
         sections["classifier"] = replace(
             classifier,
             model=str((base_dir / classifier.model).resolve()) if classifier.model else "",
-            store=str((base_dir / classifier.store).resolve()),
+            store=classifier.store if classifier.store.startswith(
+                ("sqlite:///", "postgresql://", "postgres://"))
+            else str((base_dir / classifier.store).resolve()),
         )
 
 

@@ -188,7 +188,11 @@ def make_directories(config: Config, user: pwd.struct_passwd) -> None:
     if url.startswith("sqlite:///"):
         directories.append((Path(url.removeprefix("sqlite:///")).parent, 0o700,
                             user.pw_uid, user.pw_gid))
-    directories.append((Path(config.classifier.store), 0o700, user.pw_uid, user.pw_gid))
+    from gateway.classifier.store import default_cache, is_database_url
+
+    store = config.classifier.store  # a shared store's models are cached locally
+    directories.append((default_cache() if is_database_url(store) else Path(store), 0o700,
+                        user.pw_uid, user.pw_gid))
     if config.pipeline.spool_dir:
         directories.append((Path(config.pipeline.spool_dir), 0o700, user.pw_uid, user.pw_gid))
     socket = config.milter.socket

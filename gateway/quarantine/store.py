@@ -203,18 +203,7 @@ class QuarantineStore:
     # -- schema ------------------------------------------------------------------------
 
     def _migrate(self) -> None:
-        """Bring the schema to the newest migration. Nodes sharing PostgreSQL
-        take an advisory lock so that only one migrates at a time."""
-        from alembic import command
-        from alembic.config import Config as AlembicConfig
-
-        settings = AlembicConfig()
-        settings.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(4711)"))
-            settings.attributes["connection"] = connection
-            command.upgrade(settings, "head")
+        migrate(self.engine)
 
     # -- writing -----------------------------------------------------------------------
 
@@ -655,7 +644,33 @@ class QuarantineStore:
         self.engine.dispose()
 
 
-def _engine(url: str) -> Engine:
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration. Nodes sharing PostgreSQL
+    take an advisory lock so that only one migrates at a time."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    settings = AlembicConfig()
+    settings.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(4711)"))
+        settings.attributes["connection"] = connection
+        command.upgrade(settings, "head")
+
+
+def schema_head() -> str:
+    """The newest migration this gateway knows (what the node registry shows)."""
+    return max(p.stem.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("0*.py"))
+
+
+def make_engine(url: str, pool_size: int = 10, connect_timeout: float | None = None) -> Engine:
+    """An engine for a store URL: SQLite durable and private, PostgreSQL
+    pooled and pinged (a connection that died with the server is replaced)."""
+    return _engine(url, pool_size, connect_timeout)
+
+
+def _engine(url: str, pool_size: int = 10, connect_timeout: float | None = None) -> Engine:
     url = engine_url(url)
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
@@ -672,7 +687,9 @@ def _engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    arguments = {} if connect_timeout is None else {"connect_timeout": int(connect_timeout)}
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=2 * pool_size,
+                         connect_args=arguments)
 
 
 def _record_columns():
@@ -757,9 +774,19 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def first_line(exc: Exception) -> str:
+    """An exception as one line (a driver's error without its detail lines)."""
+    return _first_line(exc)
+
+
 def _first_line(exc: Exception) -> str:
     original = getattr(exc, "orig", None) or exc
     return str(original).strip().splitlines()[0] if str(original).strip() else type(exc).__name__
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    return _safe(url)
 
 
 def _safe(url: str) -> str:

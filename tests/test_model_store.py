@@ -1,0 +1,181 @@
+"""The model store in the database ([classifier] store = a URL): versions,
+the current pointer, history, the checksum check, the local cache and the
+last good model when the database does not answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from gateway.checks.bayes import SHIPPED_MODEL, BayesCheck, model_location
+from gateway.classifier.model import load_model
+from gateway.classifier.store import (
+    DatabaseModelStore,
+    DirectoryModelStore,
+    ModelStore,
+    StoreError,
+    pack,
+)
+from gateway.config import ClassifierSection, Config, parse_config
+from gateway.lab.postgres import PostgresInstance, postgres_bin
+from gateway.quarantine.schema import model_versions
+from tests.conftest import PROJECT_ROOT
+
+
+def variant(tmp_path: Path, name: str) -> Path:
+    """The shipped model under another version name: it loads, and the store
+    tells it apart (its artifact differs by its model.json)."""
+    target = tmp_path / name
+    shutil.copytree(SHIPPED_MODEL, target)
+    meta = json.loads((target / "model.json").read_text())
+    meta["version"] = name
+    (target / "model.json").write_text(json.dumps(meta))
+    return target
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv("GATEWAY_MODEL_CACHE", str(path))
+    return path
+
+
+def gateway(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
+                          text=True, cwd=PROJECT_ROOT, timeout=120,
+                          env={**os.environ, "GATEWAY_MODEL_CACHE": str(cache)})
+
+
+def test_a_url_makes_a_database_store_and_a_path_a_directory(tmp_path: Path, cache: Path):
+    assert isinstance(ModelStore(f"sqlite:///{tmp_path}/m.db"), DatabaseModelStore)
+    assert isinstance(ModelStore(tmp_path / "models"), DirectoryModelStore)
+    config = parse_config('[classifier]\nstore = "sqlite:////var/lib/gateway/m.db"\n',
+                          "t.toml", base_dir=tmp_path)
+    assert config.classifier.store == "sqlite:////var/lib/gateway/m.db"  # not a path
+
+
+def test_versions_pointer_history_and_rollback_in_the_database(tmp_path: Path, cache: Path):
+    url = f"sqlite:///{tmp_path}/models.db"
+    store = ModelStore(url)
+    assert store.current_path() is None  # nothing promoted: the shipped model
+    first = store.add(variant(tmp_path, "nb-first"))
+    second = store.add(variant(tmp_path, "nb-second"))
+    assert store.add(variant(tmp_path / "again", "nb-first")) == first  # stored once
+    store.set_current(first, "promote", {"forced": True})
+    store.set_current(second, "promote", {"previous": first})
+    path = store.current_path()
+    assert path is not None and path.parent.parent == cache
+    assert load_model(path).version == "nb-second"
+    assert [(v.version, v.current) for v in store.list()] == [("nb-first", False),
+                                                              ("nb-second", True)]
+    assert store.list()[0].meta["version"] == "nb-first"  # the card, without the bytes
+    assert [(e["action"], e["version"]) for e in store.history()] == [
+        ("promote", "nb-first"), ("promote", "nb-second")]
+    assert store.history()[1]["previous"] == "nb-first"
+    assert store.previous_version() == "nb-first"
+    store.set_current(store.previous_version(), "rollback", {})
+    assert load_model(ModelStore(url).current_path()).version == "nb-first"
+    store.clear_current("rollback", {})
+    assert store.current_path() is None
+    assert store.history()[-1]["version"] == "shipped"
+    with pytest.raises(StoreError, match="no model version 'nb-none'"):
+        store.set_current("nb-none", "promote", {})
+
+
+def test_an_artifact_that_fails_its_checksum_is_refused(tmp_path: Path, cache: Path, caplog):
+    url = f"sqlite:///{tmp_path}/models.db"
+    store = ModelStore(url)
+    store.set_current(store.add(variant(tmp_path, "nb-good")), "promote", {})
+    good = store.current_path()
+    bad = store.add(variant(tmp_path, "nb-bad"))
+    store.set_current(bad, "promote", {})
+    # Someone changes the stored bytes after the promotion: the pointer's
+    # checksum no longer matches, and no node uses them.
+    original = pack(variant(tmp_path / "other", "nb-bad"))
+    middle = len(original) // 2
+    tampered = original[:middle] + bytes([original[middle] ^ 1]) + original[middle + 1:]
+    with store.engine.begin() as connection:
+        connection.execute(update(model_versions).where(model_versions.c.version == bad)
+                           .values(artifact=tampered))
+    assert store.current_path() == good
+    assert "does not match the promoted" in caplog.text
+    assert not (cache / "nb-bad").exists()
+
+
+def test_the_bayes_check_loads_and_reloads_from_a_database_store(tmp_path: Path,
+                                                                cache: Path):
+    url = f"sqlite:///{tmp_path}/models.db"
+    store = ModelStore(url)
+    store.set_current(store.add(variant(tmp_path, "nb-one")), "promote", {})
+    check = BayesCheck(Config(classifier=ClassifierSection(store=url, reload_interval=3600)))
+    try:
+        assert check.holder.model.version == "nb-one"
+        store.set_current(store.add(variant(tmp_path, "nb-two")), "promote", {})
+        assert check.holder.check_for_update()
+        assert check.holder.model.version == "nb-two"
+        store.clear_current("rollback", {})
+        assert check.holder.check_for_update()
+        assert check.holder.model.version == load_model(SHIPPED_MODEL).version
+    finally:
+        check.close()
+
+
+def test_model_commands_work_on_a_database_store(tmp_path: Path, cache: Path):
+    url = f"sqlite:///{tmp_path}/models.db"
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[classifier]\nstore = "{url}"\n')
+    promoted = gateway("model", "promote", str(variant(tmp_path, "nb-cli")), "--force",
+                       "--config", str(config), cache=cache)
+    assert promoted.returncode == 0, promoted.stderr
+    listing = json.loads(gateway("model", "list", "--json", "--config", str(config),
+                                 cache=cache).stdout)
+    assert [(v["version"], v["current"]) for v in listing["versions"]] == [("nb-cli", True)]
+    rolled = gateway("model", "rollback", "--config", str(config), cache=cache)
+    assert rolled.returncode == 0, rolled.stderr
+    assert "the shipped model is current again (was nb-cli)" in rolled.stdout
+    assert ModelStore(url).current_version() is None
+
+
+@pytest.fixture
+def postgres(lab_dir: Path, request):
+    if postgres_bin() is None or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL server is not installed (see .ci/run)")
+    if os.geteuid() != 0:
+        pytest.skip("a private PostgreSQL cluster runs as the postgres user: needs root")
+    with PostgresInstance(lab_dir / f"pg-{request.node.name[:30]}") as instance:
+        yield instance
+
+
+def test_without_the_database_a_node_keeps_its_last_good_model(postgres, tmp_path: Path,
+                                                               cache: Path):
+    store = ModelStore(postgres.url)
+    store.set_current(store.add(variant(tmp_path, "nb-kept")), "promote", {})
+    config = Config(classifier=ClassifierSection(store=postgres.url))
+    kept = model_location(config)
+    assert load_model(kept).version == "nb-kept"
+    postgres.stop()
+    try:
+        assert model_location(config) == kept
+        assert not store.health.ok and "model store" in store.health.problem
+        # A restarted node (a new process: nothing in memory) starts on it too.
+        code = ("from gateway.checks.bayes import model_location\n"
+                "from gateway.config import Config, ClassifierSection\n"
+                f"print(model_location(Config(classifier=ClassifierSection(store="
+                f"{postgres.url!r}))))\n")
+        restarted = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                   text=True, cwd=PROJECT_ROOT, timeout=60,
+                                   env={**os.environ, "GATEWAY_MODEL_CACHE": str(cache)})
+        assert restarted.stdout.strip() == str(kept), restarted.stderr
+    finally:
+        postgres.start()
+    store.health.last_failure = 0.0  # no need to wait out the retry pause
+    store.set_current(store.add(variant(tmp_path, "nb-after")), "promote", {})
+    assert load_model(model_location(config)).version == "nb-after"
+    assert store.health.ok
