@@ -4,6 +4,7 @@ hold up the rest."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ from gateway.config import Config, PipelineSection
 from gateway.evaluator import LocalEvaluator
 from gateway.message import Envelope, RawContent
 from gateway.schema import ConfigError
-from gateway.workers import WorkerFailed, WorkerPool
+from gateway.workers import ResultLog, WorkerFailed, WorkerPool
 from tests.conftest import FIXTURES, fixture_message
 
 PLAIN = (b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: hello\r\n"
@@ -164,3 +165,20 @@ def test_a_message_that_finds_no_worker_in_time_is_a_temporary_failure(pool_of, 
             pool.evaluate(ENVELOPE, body("waits"))
         gate.touch()
         assert "TEST_GATE_OPENED" in names(busy.result(timeout=30))
+
+
+def test_the_result_log_keeps_whole_results_and_drops_one_cut_short():
+    """What a killed worker had finished is read back; a frame the kill cut
+    in half, and the previous message's results, are not."""
+    log = ResultLog()
+    try:
+        log.append(("old", "message"))
+        log.restart()
+        log.append(("spf", "ok", 1.5))
+        log.append(("dkim", {"facts": [1, 2, 3]}))
+        whole = log.read()
+        size = os.fstat(log.fd).st_size
+        os.pwrite(log.fd, b"\x00\x00\x10\x00partial", size)  # declares 4 KB, has 7 bytes
+        assert log.read() == whole == [("spf", "ok", 1.5), ("dkim", {"facts": [1, 2, 3]})]
+    finally:
+        log.close()
