@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         init,
         learn,
         lists,
+        nodes,
         quarantine,
         replay,
         run,
@@ -155,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="allow and block lists in the store's database, used by the milter "
         "within seconds")
     lists.add_arguments(list_parser)
+
+    nodes_parser = commands.add_parser(
+        "nodes", help="the gateway nodes sharing the database: version, model, heartbeat; "
+        "the once-only jobs", description="the fleet, from the store's database")
+    nodes_parser.add_argument("--config", default=argparse.SUPPRESS)
+    nodes.add_arguments(nodes_parser)
 
     web_parser = command("web", web.main,
                          "the analysts' console: a web app over the quarantine, on [web] listen")

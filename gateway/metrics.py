@@ -8,7 +8,8 @@ use with its validation figures, SMTP sessions in flight, reloads, and the
 memory of the milter and its workers. ``/health`` answers 200 only while
 the milter serves and what it depends on answers (workers alive, clamd,
 the quarantine store), 503 with the reason otherwise: a load balancer or
-monitor can act on it.
+monitor can act on it. ``gateway_database_up`` says whether the node's
+heartbeat reaches the shared database (see :mod:`gateway.nodes`).
 """
 
 from __future__ import annotations
@@ -127,6 +128,9 @@ class Metrics:
             self.accepted_with_failure.labels(self.node).inc()
         version = verdict.facts.get("bayes", {}).get("model_version")
         if version and version != self._model_version:
+            from gateway.nodes import model_seen
+
+            model_seen(version)  # the node registry shows what scored the mail
             if self._model_version:
                 self.model.remove(self.node, self._model_version)
             self._model_version = version
@@ -176,6 +180,7 @@ class _LiveCollector:
             except Exception as exc:
                 log.warning("metrics: cannot read the quarantine: %s", exc)
             yield released
+        yield from _database_metrics(node)
         if self.metrics.model_figures is not None:
             figures = GaugeMetricFamily("gateway_model_validation",
                                         "Validation figures of the model in use",
@@ -186,6 +191,29 @@ class _LiveCollector:
             except Exception as exc:
                 log.warning("metrics: cannot read the model card: %s", exc)
             yield figures
+
+
+def _database_metrics(node: str):
+    """Whether this node reaches the store's database (its heartbeat, see
+    gateway.nodes): a node that does not keeps serving on its last good
+    model and lists, and these say since when."""
+    import sys
+
+    nodes = sys.modules.get("gateway.nodes")  # no heartbeat, no database figures
+    if nodes is None:
+        return
+    local = nodes.LOCAL
+    up = GaugeMetricFamily("gateway_database_up", "1 while this node's heartbeat reaches the "
+                           "store's database; 0: serving on its last good state",
+                           labels=["node"])
+    up.add_metric([node], 1.0 if local.database_ok else 0.0)
+    yield up
+    if local.last_contact:
+        age = GaugeMetricFamily("gateway_database_last_contact_seconds",
+                                "Seconds since the database last took this node's heartbeat",
+                                labels=["node"])
+        age.add_metric([node], max(0.0, time.time() - local.last_contact))
+        yield age
 
 
 def _rss_bytes(pid: int) -> float:

@@ -540,6 +540,7 @@ class DatabaseModelStore(ModelStore):
                details: dict[str, Any]) -> None:
         """Move the pointer and record it, in the caller's transaction; the
         pointer's row is locked first, so two promotions do not interleave."""
+        from gateway.jobs import insert_ignoring
         from gateway.quarantine.schema import model_current, model_history
 
         stamp = datetime.now(UTC)
@@ -547,12 +548,8 @@ class DatabaseModelStore(ModelStore):
         if connection.dialect.name == "postgresql":
             query = query.with_for_update()
         if connection.execute(query).first() is None:
-            try:
-                with connection.begin_nested():
-                    connection.execute(insert(model_current), {
-                        "id": 1, "version": version, "sha256": sha256, "changed": stamp})
-            except IntegrityError:  # another promotion made the row first
-                connection.execute(query)
+            insert_ignoring(connection, model_current, {"id": 1, "changed": stamp})
+            connection.execute(query)
         connection.execute(update(model_current).where(model_current.c.id == 1).values(
             version=version, sha256=sha256, changed=stamp))
         connection.execute(insert(model_history), {

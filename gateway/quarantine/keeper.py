@@ -25,6 +25,7 @@ log = logging.getLogger("gateway.quarantine")
 # often the newest-N sample is cut back to N.
 SAMPLE_QUEUE = 64
 TRIM_EVERY = 10
+PURGE_JOB = "quarantine-purge"
 
 
 class Keeper:
@@ -38,6 +39,8 @@ class Keeper:
         self._sample_writer: threading.Thread | None = None
         self.samples_dropped = 0
         self._complained = 0.0
+        self._purge = None
+        self._heartbeat = None
 
     def store(self) -> QuarantineStore:
         with self._lock:
@@ -116,24 +119,43 @@ class Keeper:
             log.warning("replay sample: %s", problem)
 
     def start_purging(self) -> None:
-        threading.Thread(target=self._purge_loop, name="quarantine-purge", daemon=True).start()
+        """The node's shared duties: the purge as a job that runs once per
+        ``purge_interval`` on whichever node gets it (see gateway.jobs), and
+        this node's heartbeat in the registry (see gateway.nodes)."""
+        from gateway.jobs import PeriodicJob
+        from gateway.nodes import Heartbeat
 
-    def _purge_loop(self) -> None:
-        while not self._stop.wait(self.settings.purge_interval):
-            try:
-                counts = self.store().purge(self.settings.retention_days(),
-                                            self.settings.keep_rejected_days)
-                if any(counts.values()):
-                    log.info("quarantine: purged: %s expired, %s records removed",
-                             counts["expired"], counts["removed"])
-                self.store().purge_samples(self.replay.accepted_retention_days)
-            except QuarantineError as exc:
-                log.error("quarantine: purge failed: %s", exc)
-            except Exception:
-                log.exception("quarantine: purge failed")
+        self._purge = PeriodicJob(self._jobs, PURGE_JOB, self.settings.purge_interval,
+                                  self.purge_work).start()
+        self._heartbeat = Heartbeat(self.store).start()
+
+    def _jobs(self):
+        from gateway.jobs import JobError, Jobs
+
+        try:
+            store = self.store()
+        except QuarantineError as exc:
+            raise JobError(str(exc)) from None
+        return Jobs(store.engine, store.node)
+
+    def purge_work(self, connection) -> dict[str, int]:
+        """One purge, in the job's transaction: held mail past its days
+        expires, records past theirs go, old accepted samples go."""
+        store = self.store()
+        counts = store.purge(self.settings.retention_days(), self.settings.keep_rejected_days,
+                             connection=connection)
+        counts["samples"] = store.purge_samples(self.replay.accepted_retention_days,
+                                                connection=connection)
+        if counts["expired"] or counts["removed"]:
+            log.info("quarantine: purged: %s expired, %s records removed",
+                     counts["expired"], counts["removed"])
+        return counts
 
     def close(self) -> None:
         self._stop.set()
+        for duty in (self._purge, self._heartbeat):
+            if duty is not None:
+                duty.stop()
         if self._samples is not None and self._sample_writer is not None:
             with contextlib.suppress(queue.Full):  # the writer finishes what is queued
                 self._samples.put(None, timeout=1)

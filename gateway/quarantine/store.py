@@ -302,39 +302,44 @@ class QuarantineStore:
                                   f"{_first_line(exc)}") from None
 
     def purge(self, retention: Mapping[str, int], rejected_days: int,
-              at: datetime | None = None) -> dict[str, int]:
+              at: datetime | None = None, connection: Connection | None = None
+              ) -> dict[str, int]:
         """Expire held messages past their days (the body goes, the record
-        stays for the audit trail), then remove records past theirs."""
+        stays for the audit trail), then remove records past theirs. In one
+        transaction: ``connection``'s when given (a job's, which records the
+        purge as done in the same commit), else its own."""
+        if connection is None:
+            with self.engine.begin() as own:
+                return self.purge(retention, rejected_days, at, own)
         at = at or now()
         counts = {"expired": 0, "removed": 0}
-        with self.engine.begin() as connection:
-            for action, days in (("quarantine", retention.get("held", 30)),
-                                 ("reject", rejected_days)):
-                cutoff = at - timedelta(days=days)
-                stale = connection.execute(
-                    select(messages.c.id).where(and_(
-                        messages.c.state == "held", messages.c.action == action,
-                        messages.c.created < cutoff, ~_awaiting_review()))).scalars().all()
-                for identifier in stale:
-                    connection.execute(update(messages).where(messages.c.id == identifier)
-                                       .values(state="expired", raw=None, updated=at))
-                    _event(connection, identifier, "gateway", "expired",
-                           f"held longer than {days} days")
-                counts["expired"] += len(stale)
-            for state in ("released", "deleted", "expired"):
-                cutoff = at - timedelta(days=retention.get(state, 30))
-                gone = connection.execute(
-                    select(messages.c.id).where(and_(
-                        messages.c.state == state, messages.c.updated < cutoff,
-                        ~_awaiting_review()))
-                ).scalars().all()
-                if gone:
-                    for table, column in ((events, events.c.message),
-                                          (symbols, symbols.c.message),
-                                          (recipients, recipients.c.message)):
-                        connection.execute(delete(table).where(column.in_(gone)))
-                    connection.execute(delete(messages).where(messages.c.id.in_(gone)))
-                counts["removed"] += len(gone)
+        for action, days in (("quarantine", retention.get("held", 30)),
+                             ("reject", rejected_days)):
+            cutoff = at - timedelta(days=days)
+            stale = connection.execute(
+                select(messages.c.id).where(and_(
+                    messages.c.state == "held", messages.c.action == action,
+                    messages.c.created < cutoff, ~_awaiting_review()))).scalars().all()
+            for identifier in stale:
+                connection.execute(update(messages).where(messages.c.id == identifier)
+                                   .values(state="expired", raw=None, updated=at))
+                _event(connection, identifier, "gateway", "expired",
+                       f"held longer than {days} days")
+            counts["expired"] += len(stale)
+        for state in ("released", "deleted", "expired"):
+            cutoff = at - timedelta(days=retention.get(state, 30))
+            gone = connection.execute(
+                select(messages.c.id).where(and_(
+                    messages.c.state == state, messages.c.updated < cutoff,
+                    ~_awaiting_review()))
+            ).scalars().all()
+            if gone:
+                for table, column in ((events, events.c.message),
+                                      (symbols, symbols.c.message),
+                                      (recipients, recipients.c.message)):
+                    connection.execute(delete(table).where(column.in_(gone)))
+                connection.execute(delete(messages).where(messages.c.id.in_(gone)))
+            counts["removed"] += len(gone)
         return counts
 
     # -- reading -----------------------------------------------------------------------
@@ -486,13 +491,17 @@ class QuarantineStore:
             raise QuarantineError(f"cannot trim the accepted sample: {_first_line(exc)}") \
                 from None
 
-    def purge_samples(self, days: int, at: datetime | None = None) -> int:
-        """Remove accepted messages kept longer than ``days``."""
+    def purge_samples(self, days: int, at: datetime | None = None,
+                      connection: Connection | None = None) -> int:
+        """Remove accepted messages kept longer than ``days`` (in
+        ``connection``'s transaction when given)."""
         cutoff = (at or now()) - timedelta(days=days)
+        query = delete(replay_samples).where(replay_samples.c.created < cutoff)
+        if connection is not None:
+            return connection.execute(query).rowcount
         try:
-            with self.engine.begin() as connection:
-                return connection.execute(
-                    delete(replay_samples).where(replay_samples.c.created < cutoff)).rowcount
+            with self.engine.begin() as own:
+                return own.execute(query).rowcount
         except SQLAlchemyError as exc:
             raise QuarantineError(f"cannot purge the accepted sample: {_first_line(exc)}") \
                 from None

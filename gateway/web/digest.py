@@ -30,7 +30,6 @@ import logging
 import secrets
 import smtplib
 import socket
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -38,10 +37,11 @@ from email.utils import format_datetime, make_msgid
 from html import escape
 from typing import Any
 
-from sqlalchemy import and_, exists, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import and_, exists, select, update
+from sqlalchemy.engine import Connection
 
 from gateway.config import Config
+from gateway.jobs import Jobs, PeriodicJob, insert_ignoring
 from gateway.quarantine.release import admin_only_symbols
 from gateway.quarantine.schema import digest_links, digest_runs, messages, recipients
 from gateway.quarantine.store import QuarantineStore, Record, now
@@ -49,6 +49,7 @@ from gateway.web.console import Console
 
 log = logging.getLogger("gateway.web")
 SECRET = "digest_secret"
+DIGEST_JOB = "digest"
 
 
 class LinkError(Exception):
@@ -76,20 +77,23 @@ def _signature(secret: bytes, identifier: str, message: str, recipient: str,
 
 
 def make_link(console: Console, message: str, recipient: str, days: int,
-              at: datetime | None = None) -> str | None:
+              at: datetime | None = None, connection: Connection | None = None) -> str | None:
     """A link token for this message and recipient; None when one was made
-    before (a message is in one digest per recipient)."""
+    before (a message is in one digest per recipient). In ``connection``'s
+    transaction when given: the digest's, which commits once the mail went."""
+    secret = console.secret(SECRET)  # before the transaction: the first call writes it
+    if connection is None:
+        with console.engine.begin() as own:
+            return make_link(console, message, recipient, days, at, own)
     stamp = at or now()
     expires = (stamp + timedelta(days=days)).replace(microsecond=0)
     identifier = secrets.token_hex(16)
-    try:
-        with console.engine.begin() as connection:
-            connection.execute(insert(digest_links), {
-                "id": identifier, "message": message, "recipient": recipient,
-                "created": stamp, "expires": expires})
-    except IntegrityError:
+    made = insert_ignoring(connection, digest_links, {
+        "id": identifier, "message": message, "recipient": recipient,
+        "created": stamp, "expires": expires})
+    if not made:  # that message and recipient have a link (another digest, another node)
         return None
-    signature = _signature(console.secret(SECRET), identifier, message, recipient, expires)
+    signature = _signature(secret, identifier, message, recipient, expires)
     return f"{identifier}.{signature}"
 
 
@@ -214,76 +218,100 @@ def send_digests(store: QuarantineStore, console: Console, config: Config,
         if dry_run:
             results.append((address, len(records), "would be sent"))
             continue
-        stamp = now()
-        items = []
-        for record in records:
-            token = make_link(console, record.id, address, config.digest.link_days, stamp)
-            if token is not None:  # another node listed it meanwhile
-                items.append((record, token))
-        if not items:
+        count, outcome = _send_one(console, config, address, records)
+        if not count:
             continue
-        mail = compose(config, address, items, stamp)
-        try:
-            host, _, port = config.release.smtp.rpartition(":")
-            with smtplib.SMTP(host, int(port), timeout=config.release.timeout) as client:
-                client.send_message(mail, from_addr=mail["From"], to_addrs=[address])
-            outcome = "sent"
-        except (smtplib.SMTPException, OSError, UnicodeError) as exc:
-            outcome = f"not sent: {exc}"
-            with console.engine.begin() as connection:  # list them again next time
-                connection.execute(digest_links.delete().where(digest_links.c.id.in_(
-                    [token.split(".")[0] for _, token in items])))
         console.log("digest", "digest-sent" if outcome == "sent" else "digest-failed",
-                    address, f"{len(items)} messages; {outcome}")
-        results.append((address, len(items), outcome))
+                    address, f"{count} messages; {outcome}")
+        results.append((address, count, outcome))
     return results
 
 
+def _send_one(console: Console, config: Config, address: str, records: list[Record]
+              ) -> tuple[int, str]:
+    """One recipient's digest: its links and the mail in one transaction that
+    commits when the mail server has taken the mail. A node that dies before
+    leaves no links, so the messages are listed by the next digest run; one
+    that dies after committed them, so nobody lists them again. (Between the
+    server's answer and the commit, a few milliseconds, a death would mean
+    the recipient gets that digest twice; never none.)"""
+    stamp = now()
+    console.secret(SECRET)  # made before the transaction, if this is the first digest
+    try:
+        with console.engine.begin() as connection:
+            items = []
+            for record in records:
+                token = make_link(console, record.id, address, config.digest.link_days, stamp,
+                                  connection)
+                if token is not None:  # another node listed it meanwhile
+                    items.append((record, token))
+            if not items:
+                return 0, ""
+            mail = compose(config, address, items, stamp)
+            host, _, port = config.release.smtp.rpartition(":")
+            with smtplib.SMTP(host, int(port), timeout=config.release.timeout) as client:
+                client.send_message(mail, from_addr=mail["From"], to_addrs=[address])
+    except (smtplib.SMTPException, OSError, UnicodeError) as exc:
+        return len(records), f"not sent: {exc}"  # the links rolled back: listed next time
+    return len(items), "sent"
+
+
 class DailyDigest:
-    """In ``gateway web``: after ``[digest] hour`` each day, the first node to
-    claim the day (a row in digest_runs) sends the digests."""
+    """In ``gateway web``: after ``[digest] hour`` each day, one node sends
+    the day's digests, as the job ``digest`` (see gateway.jobs): the first
+    node to look after the hour takes it; if it dies halfway, another node
+    sends the rest (each recipient's digest commits on its own) and the day
+    is done once."""
 
     def __init__(self, store: QuarantineStore, console: Console, config: Config,
                  release_rules: dict[str, str] | None = None, interval: float = 300.0):
         self.store, self.console, self.config = store, console, config
         self.release_rules = release_rules
         self.interval = interval
-        self._stop = threading.Event()
+        self._job: PeriodicJob | None = None
 
     def start(self) -> None:
-        threading.Thread(target=self._loop, name="digest", daemon=True).start()
+        self._job = PeriodicJob(self._jobs, DIGEST_JOB, self.interval, self._send,
+                                piecewise=True, period=self._period).start()
 
     def stop(self) -> None:
-        self._stop.set()
+        if self._job is not None:
+            self._job.stop()
+
+    def _jobs(self) -> Jobs:
+        return Jobs(self.console.engine, self.store.node)
+
+    def _period(self, at: datetime | None = None) -> str | None:
+        """Today (UTC) once [digest] hour has come; None before."""
+        at = at or now()
+        return at.date().isoformat() if at.hour >= self.config.digest.hour else None
 
     def run_once(self, at: datetime | None = None) -> int | None:
-        at = at or now()
-        if at.hour < self.config.digest.hour:
+        """Send the day's digests if due and nobody has; the messages listed,
+        or None when it was not this node's to do."""
+        day = self._period(at)
+        if day is None:
             return None
-        day = at.date().isoformat()
-        try:
-            with self.console.engine.begin() as connection:
-                connection.execute(insert(digest_runs), {
-                    "day": day, "node": self.store.node, "started": at, "sent": 0})
-        except IntegrityError:
-            return None  # this day's digests are another run's
-        sent = sum(n for _, n, outcome in send_digests(self.store, self.console, self.config,
-                                                       self.release_rules)
-                   if outcome == "sent")
+        outcome = self._jobs().run(DIGEST_JOB, day, lambda _: self._send(None, day, at),
+                                   piecewise=True)
+        return outcome.result.get("sent") if outcome.state == "ran" else None
+
+    def _send(self, _connection: None, day: str | None = None,
+              at: datetime | None = None) -> dict[str, Any]:
+        day = day or self._period(at) or (at or now()).date().isoformat()
+        with self.console.engine.begin() as connection:  # the day's row, for the console
+            insert_ignoring(connection, digest_runs, {
+                "day": day, "node": self.store.node, "started": at or now(), "sent": 0})
+        results = send_digests(self.store, self.console, self.config, self.release_rules)
+        sent = sum(n for _, n, outcome in results if outcome == "sent")
+        failed = sum(1 for _, _, outcome in results if outcome != "sent")
         with self.console.engine.begin() as connection:
             connection.execute(update(digest_runs).where(digest_runs.c.day == day).values(
-                finished=now(), sent=sent))
+                node=self.store.node, finished=now(), sent=digest_runs.c.sent + sent))
         log.info("digest: %d messages listed in today's digests", sent)
-        return sent
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.run_once()
-            except (SQLAlchemyError, LinkError) as exc:
-                log.error("digest: %s", exc)
-            except Exception:
-                log.exception("digest failed")
+        # A digest the mail server refused keeps its messages unlisted: the
+        # next day's digest (or gateway digest send) lists them.
+        return {"sent": sent, "recipients": len(results), "failed": failed}
 
 
 def _reason(record: Record) -> str:
