@@ -26,6 +26,11 @@ log = logging.getLogger("gateway.evaluator")
 
 
 class Evaluator(Protocol):
+    # True when evaluating touches no database driver in this process (the
+    # checks run elsewhere): it may then run on pymilter's own threads
+    # (see gateway.decider for why that matters).
+    store_free: bool
+
     def evaluate(self, envelope: Envelope, raw: RawContent) -> Verdict: ...
 
     def startup_problems(self) -> list[str]: ...
@@ -52,6 +57,8 @@ class Judge:
 
 
 class LocalEvaluator:
+    store_free = False  # the lists check reads the store
+
     def __init__(self, config: Config):
         self.config = config
         self.pipeline = Pipeline.from_config(config)

@@ -25,10 +25,12 @@ from gateway.decider import Decider
 from gateway.evaluator import LocalEvaluator
 from gateway.milter import GatewayMilter, Runtime, smtp_safe
 from gateway.service import Generation
-from tests.conftest import fixture_message
+from tests.helpers import fixture_message
 
 
 class ExplodingEvaluator:
+    store_free = True  # decided on the callback thread, like the worker pool
+
     def evaluate(self, envelope, raw):
         raise RuntimeError("evaluator exploded")
 
