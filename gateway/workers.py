@@ -160,6 +160,8 @@ class Worker:
 
 
 class WorkerPool:
+    store_free = True  # the milter's side only sends bytes and applies the policy
+
     def __init__(self, config: Config):
         self.config = config
         settings = config.pipeline
