@@ -3,7 +3,8 @@
 Each line says ✔ (fine), ✘ (a problem, with how to fix it) or - (does not
 apply here, and why): the config and rules, clamd and the age of its
 signatures, each DNS server, the quarantine store and its schema, the spam
-model, Postfix's milter settings, its release listener and whether it can
+model (and whether a shared model store answers), this node's heartbeat in
+the node registry, Postfix's milter settings, its release listener and whether it can
 reach the milter's socket, and the modes of the files that hold mail.
 Exit status 1 if any line is ✘.
 
@@ -112,6 +113,7 @@ def diagnose(args: argparse.Namespace) -> list[Line]:
         lambda: dns_lines(config, args.dns_probe),
         lambda: store_lines(config),
         lambda: model_lines(config),
+        lambda: node_lines(config),
         lambda: postfix_lines(config, postconf),
         lambda: permission_lines(config, args.user, path),
     ]
@@ -309,7 +311,73 @@ def model_lines(config: Config) -> list[Line]:
         digests.items()))
     which = ("the shipped model" if Path(location).resolve() == SHIPPED_MODEL.resolve()
              else str(location))
+    shared = _shared_store_problem(config)
+    if shared:
+        return [fail("model", f"{shared}; this node serves on its last good model, "
+                     f"{model.version} from {which}",
+                     "start the database or correct [classifier] store; promotions reach "
+                     "this node once it answers")]
     return [ok("model", f"{model.version} from {which}: loads, checksums match ({checksum})")]
+
+
+def _shared_store_problem(config: Config) -> str:
+    """Why a database model store does not answer ('' if it does, or is none)."""
+    from gateway.classifier.store import ModelStore, StoreError, is_database_url
+
+    if config.classifier.model or not is_database_url(config.classifier.store):
+        return ""
+    try:
+        ModelStore(config.classifier.store).current_version()
+    except StoreError as exc:
+        return str(exc)
+    return ""
+
+
+# -- the node registry -------------------------------------------------------------------
+
+
+def node_lines(config: Config) -> list[Line]:
+    """This node's heartbeat in the shared registry (see gateway.nodes)."""
+    if not config.quarantine.url:
+        return [skip("node", "quarantine.url is empty: no shared database, no registry")]
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.nodes import fleet
+    from gateway.quarantine.store import engine_url, first_line
+
+    name = config.quarantine.node or socket.gethostname()
+    url = config.quarantine.url
+    if url.startswith("sqlite:///"):  # read-only: the doctor changes nothing
+        target = f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true"
+    else:
+        target = engine_url(url)
+    try:
+        engine = create_engine(target, connect_args={"connect_timeout": 5}
+                               if target.startswith("postgresql") else {})
+        try:
+            with engine.connect() as connection:
+                nodes = fleet(connection)
+        finally:
+            engine.dispose()
+    except (SQLAlchemyError, ModuleNotFoundError) as exc:
+        return [fail("node", f"cannot read the node registry: {first_line(exc)}",
+                     "see the store line above")]
+    others = [n for n in nodes if n.name != name]
+    stale = [n.name for n in others if n.stale]
+    fleet_text = (f"; {len(others)} other node{'s' if len(others) != 1 else ''}"
+                  + (f", stale: {', '.join(stale)} (gateway nodes)" if stale else "")
+                  if others else "")
+    mine = next((n for n in nodes if n.name == name), None)
+    if mine is None:
+        return [fail("node", f"node {name} has not registered{fleet_text}",
+                     "start the gateway (gateway run) on this node; it registers within "
+                     "seconds if it reaches the database")]
+    if mine.stale:
+        return [fail("node", f"node {name}: last heartbeat {mine.age:.0f} s ago{fleet_text}",
+                     "the milter is stopped, hung or cannot reach the database: see its log")]
+    return [ok("node", f"node {name}: heartbeat {mine.age:.0f} s ago, gateway "
+               f"{mine.version}, model {mine.model}{fleet_text}")]
 
 
 # -- Postfix -------------------------------------------------------------------------------

@@ -229,7 +229,7 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
         states = store.count_by_state()
         model = stats.model_in_use(config)
         return render_template(
-            "dashboard.html", states=states, model=model,
+            "dashboard.html", states=states, model=model, fleet=_fleet(store),
             per_day=charts.stacked_bars("Messages held and kept-rejected per day", labels,
                                         series),
             top_chart=charts.horizontal_bars("Top symbols, last 7 days", top),
@@ -691,6 +691,14 @@ def _train(console: Console, config: Config, job: int) -> None:
         console.finish_job(job, done.returncode == 0, (done.stdout + done.stderr).strip())
     except Exception as exc:
         console.finish_job(job, False, f"{type(exc).__name__}: {exc}")
+
+
+def _fleet(store: QuarantineStore) -> list[Any]:
+    """The registered nodes, stale ones marked (see gateway.nodes)."""
+    from gateway.nodes import fleet
+
+    with store.engine.connect() as connection:
+        return fleet(connection)
 
 
 def _int(value: str | None, default: int, low: int, high: int) -> int:
