@@ -177,6 +177,7 @@ class WorkerPool:
         self.max_messages = settings.worker_max_messages
         self.heavy_bytes = settings.heavy_message_bytes
         self._heavy_busy = 0
+        self._light_waiting = 0  # ordinary messages waiting for a worker
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_preload(config))
         self._lock = threading.Condition()
@@ -267,10 +268,18 @@ class WorkerPool:
                     worker.heavy = heavy
                     self._heavy_busy += heavy
                     return worker
+                if self._idle and self._light_waiting:
+                    # Woken for a worker this large message may not take: wake
+                    # the ordinary ones (a freed worker wakes one waiter only).
+                    self._lock.notify_all()
                 if not self._starting and len(self._workers) < self.max_size and \
                         self._all_slow():
                     self._grow()  # whichever comes first: this one or a freed one
-                self._lock.wait(timeout=GROW_AFTER / 5)
+                self._light_waiting += not heavy
+                try:
+                    self._lock.wait(timeout=GROW_AFTER / 5)
+                finally:
+                    self._light_waiting -= not heavy
 
     def _all_slow(self) -> bool:
         now = time.monotonic()
@@ -291,7 +300,9 @@ class WorkerPool:
             worker.idle_since = time.monotonic()
             self._workers.add(worker)
             self._idle.append(worker)
-            self._lock.notify_all()  # a light waiter may come after a heavy one
+            # One waiter, not all: with more sessions than workers, waking
+            # every waiter for each freed worker cost more than the checks.
+            self._lock.notify()
 
     def _end_busy(self, worker: Worker) -> None:
         if worker.busy_since is not None and worker.heavy:
