@@ -441,3 +441,74 @@ def test_evaluate_can_cross_validate_the_procedure():
     assert "cross-validation fold 1/5" in result.stderr
     result = gateway("evaluate", "--ham", str(HAM), "--spam", str(SPAM), "--feedback")
     assert result.returncode == 2 and "--feedback goes with --cross-validate" in result.stderr
+
+
+# -- folder balance and the measured alternatives ------------------------------------
+
+def test_folder_balance_weighs_each_folder_of_a_label_alike():
+    from gateway.classifier.train import folder_weights
+
+    labels = np.array([0] * 90 + [0] * 10 + [1] * 40, dtype=np.int8)
+    groups = np.array([0] * 90 + [1] * 10 + [2] * 40)
+    assert folder_weights(labels, groups, 0.0) is None
+    weights = folder_weights(labels, groups, 1.0)
+    assert weights[:90].sum() == pytest.approx(weights[90:100].sum()) == pytest.approx(50)
+    assert weights[100:] == pytest.approx(np.ones(40))  # one spam folder: unchanged
+    half = folder_weights(labels, groups, 0.5)
+    assert 1 < half[95] / half[0] < weights[95] / weights[0]  # in between
+    assert half[labels == 0].sum() == pytest.approx(100)
+
+
+def test_balancing_makes_a_small_ham_folders_tokens_count():
+    """A token only the small ham folder has (a newsletter's) gets more
+    ham weight when the folders are balanced."""
+    from scipy.sparse import csr_matrix
+
+    from gateway.classifier.train import Settings, fit
+
+    rows = np.zeros((60, 4))
+    rows[:40, 0] = 1  # list mail's word
+    rows[40:45, 1] = 1  # the newsletter's word
+    rows[45:, 2] = 1  # spam's word
+    rows[:, 3] = 1
+    rows[45:50, 1] = 1  # ... which some spam shares
+    labels = np.array([0] * 45 + [1] * 15, dtype=np.int8)
+    groups = np.array([0] * 40 + [1] * 5 + [2] * 15)
+    plain = fit(csr_matrix(rows), labels, Settings(alpha=0.01, min_documents=1), groups)
+    balanced = fit(csr_matrix(rows), labels, Settings(alpha=0.01, min_documents=1, balance=1.0),
+                   groups)
+    assert balanced.weights[1] < plain.weights[1]
+    newsletter = csr_matrix(rows[40:41])
+    assert balanced.log_odds(newsletter)[0] < plain.log_odds(newsletter)[0]
+
+
+def test_fisher_combining_orders_spam_ham_and_doubt():
+    from scipy.stats import chi2
+
+    from gateway.classifier.train import fisher_score, log_chi2_sf_even
+
+    for statistic, half_df in ((3.0, 2), (400.0, 150), (1000.0, 10)):
+        assert log_chi2_sf_even(statistic, half_df) == pytest.approx(
+            chi2.logsf(statistic, 2 * half_df), rel=1e-9)
+    # Where scipy's survival function rounds to 0 (log -inf), the order stays.
+    assert chi2.logsf(2000.0, 20) == -np.inf
+    assert -np.inf < log_chi2_sf_even(2000.0, 10) < log_chi2_sf_even(1000.0, 10)
+    spam, used = fisher_score(np.array([0.99, 0.98, 0.6, 0.95]), 150, 0.346)
+    assert spam > 0 and used.tolist() == [0, 1, 3]  # 0.6 is too weak to count
+    ham, _ = fisher_score(np.array([0.01, 0.02, 0.05]), 150, 0.346)
+    doubt, _ = fisher_score(np.array([0.99, 0.01]), 150, 0.346)
+    assert ham < doubt < spam and abs(doubt) < 1e-9
+    strongest, used = fisher_score(np.array([0.9, 0.999, 0.001, 0.99]), 2, 0.0)
+    assert used.tolist() == [1, 2]  # the two strongest tokens only
+
+
+def test_only_models_the_artifact_can_score_are_written():
+    from gateway.classifier.train import Settings
+
+    with pytest.raises(ValueError, match="cannot be written"):
+        train([HAM], [SPAM], seed=7, repeats=0, report=quiet, show_progress=False,
+              grid=(Settings(alpha=0.01, scorer="fisher"),))
+    model, _ = train([HAM], [SPAM], seed=7, repeats=0, report=quiet, show_progress=False,
+                     grid=(Settings(alpha=0.01, balance=1.0),))
+    assert model.meta["settings"]["balance"] == 1.0
+    assert "weighted by its share" in model.meta["algorithm"]

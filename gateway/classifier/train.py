@@ -18,13 +18,18 @@ Steps, all deterministic for a given seed:
 
 The model is MultinomialNB on token presence weighted by idf and
 L2-normalised per message (Rennie et al. 2003), on the tokens that appear
-in at least ``min_documents`` training messages.
+in at least ``min_documents`` training messages, optionally with each given
+folder of a label weighted as much as the others (``Settings.balance``).
+Other naive-Bayes scorers (Bernoulli, Complement, Fisher's chi-squared
+combining) are here for the benchmarks that measured them
+(tests/bench/classifier_variants.py); the grid does not offer them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,25 +58,64 @@ log = logging.getLogger("gateway.train")
 Report = Callable[[str], None]
 
 
+SCORERS = ("mnb", "complement", "bernoulli", "fisher")
+
+
 @dataclass(frozen=True)
 class Settings:
-    """The hyperparameters chosen by cross-validation."""
+    """The hyperparameters chosen by cross-validation.
+
+    ``scorer`` is how the learned token probabilities become a score:
+
+    - ``mnb``: MultinomialNB on idf-weighted, L2-normalised token presence
+      (Rennie et al. 2003); the log-odds is linear in the tokens;
+    - ``bernoulli``: BernoulliNB on token presence (absent tokens count too);
+    - ``fisher``: BernoulliNB's per-token spam probability
+      ``P(w|spam) / (P(w|spam) + P(w|ham))`` (Graham/Robinson), combined over
+      the message's ``significant`` strongest tokens (those at least
+      ``strength`` away from 0.5) by Fisher's chi-squared method, as
+      SpamAssassin's and SpamBayes' Bayes do. The score is
+      ``log Q(ham evidence) - log Q(spam evidence)``: the same ranking as
+      their ``(1 + S - H) / 2`` where that is not saturated at 0 or 1, and
+      still ordered where it is.
+    """
 
     alpha: float
     min_documents: int = 2  # a token must appear in this many training messages
+    scorer: str = "mnb"
+    significant: int = 150  # fisher: at most this many tokens per message
+    strength: float = 0.346  # fisher: only tokens with |p - 0.5| >= this
+    balance: float = 0.0  # weigh each folder of a label by (its share)^-balance
 
     def describe(self) -> str:
-        return f"alpha {self.alpha:g}, min_df {self.min_documents}"
+        text = f"{self.scorer} alpha {self.alpha:g}, min_df {self.min_documents}"
+        if self.balance:
+            text += f", folders balanced^{self.balance:g}"
+        if self.scorer == "fisher":
+            text += f", {self.significant} tokens |p-0.5| >= {self.strength:g}"
+        return text
 
 
-# Measured on the shared corpus (tests/bench/classifier.py): smaller alphas
-# than 0.003 won, and keeping only the most significant tokens (chi-squared,
-# 20k to 100k of them) never helped, so the grid no longer offers it.
+# Measured on the shared corpus (tests/bench/classifier_variants.py, nested
+# cross-validation; table in models/MODEL_CARD.md): smaller alphas than
+# 0.003 won; keeping only the most significant tokens (chi-squared), the
+# Bernoulli and Complement models and Fisher's combining of the strongest
+# tokens never helped, so the grid offers MultinomialNB alone. Balancing the
+# folders (hard ham, a small folder of newsletters people asked for, against
+# the big folders of list mail) is chosen per training set: it helps there,
+# and an operator's own folders may not need it.
 GRID: tuple[Settings, ...] = tuple(
-    Settings(alpha=alpha, min_documents=min_documents)
+    Settings(alpha=alpha, min_documents=min_documents, balance=balance)
+    for balance in (0.0, 0.5, 1.0)
     for min_documents in (2, 3)
     for alpha in (0.0001, 0.0003, 0.001, 0.003)
 )
+# What the model artifact (model.py) can score: idf-weighted, L2-normalised
+# presence dotted with per-token weights. The other scorers are measured by
+# the benchmarks only.
+SHIPPABLE_SCORERS = ("mnb", "complement")
+NB_CLASS = {"mnb": "MultinomialNB", "complement": "ComplementNB", "bernoulli": "BernoulliNB",
+            "fisher": "BernoulliNB (Fisher-combined)"}
 
 
 @dataclass
@@ -204,14 +248,77 @@ class TokenMatrix:
 @dataclass(frozen=True)
 class NaiveBayes:
     columns: np.ndarray  # the matrix columns (tokens) the model knows
-    weights: np.ndarray  # log P(token|spam) - log P(token|ham)
-    idf: np.ndarray
+    weights: np.ndarray  # mnb, bernoulli: each present token's term of the log-odds
+    idf: np.ndarray  # mnb: idf; others: ones
     intercept: float
     settings: Settings
+    token_probability: np.ndarray | None = None  # fisher: P(spam | token present)
 
     def log_odds(self, rows) -> np.ndarray:
-        weighted = _weigh(rows[:, self.columns], self.idf)
-        return weighted @ self.weights.astype(np.float64) + self.intercept
+        rows = rows[:, self.columns]
+        if self.settings.scorer in ("mnb", "complement"):
+            weighted = _weigh(rows, self.idf)
+            return weighted @ self.weights.astype(np.float64) + self.intercept
+        if self.settings.scorer == "bernoulli":
+            return rows.tocsr() @ self.weights.astype(np.float64) + self.intercept
+        assert self.token_probability is not None
+        rows = rows.tocsr()
+        probability = self.token_probability.astype(np.float64)
+        out = np.empty(rows.shape[0])
+        for i in range(rows.shape[0]):
+            present = rows.indices[rows.indptr[i]:rows.indptr[i + 1]]
+            out[i] = fisher_score(probability[present], self.settings.significant,
+                                  self.settings.strength)[0]
+        return out
+
+
+# log(i!) for the chi-squared survival function of even degrees of freedom.
+_LOG_FACTORIAL = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, 4097)))])
+
+
+def log_chi2_sf_even(statistic: float, half_df: int) -> float:
+    """log Q(statistic, 2 * half_df), the chi-squared survival function for
+    even degrees of freedom, in closed form
+    (``exp(-m) * sum(m**i / i!, i < half_df)``, ``m = statistic / 2``) and in
+    logs, so that the extremes of spam and ham stay ordered instead of
+    rounding to 0 or 1."""
+    m = statistic / 2.0
+    if m <= 0.0:
+        return 0.0
+    i = np.arange(half_df)
+    terms = i * math.log(m) - _LOG_FACTORIAL[:half_df]
+    top = float(terms.max())
+    return min(0.0, -m + top + math.log(float(np.exp(terms - top).sum())))
+
+
+def fisher_select(probability: np.ndarray, significant: int, strength: float) -> np.ndarray:
+    """Positions of the tokens Fisher's method combines: those at least
+    ``strength`` from 0.5, at most ``significant`` of them, strongest
+    first (ties by position, so the choice is deterministic)."""
+    distance = np.abs(probability - 0.5)
+    candidates = np.flatnonzero(distance >= strength)
+    if len(candidates) > significant:
+        order = np.argsort(-distance[candidates], kind="stable")[:significant]
+        candidates = np.sort(candidates[order])
+    return candidates
+
+
+def fisher_score(probability: np.ndarray, significant: int, strength: float
+                 ) -> tuple[float, np.ndarray]:
+    """(score, positions used) of one message's token probabilities by
+    Fisher's chi-squared combining (Robinson; SpamBayes, SpamAssassin):
+    ``log Q(-2 sum ln p, 2n) - log Q(-2 sum ln(1 - p), 2n)``; positive
+    means spam. Both terms test "these tokens are no evidence", one for ham
+    and one for spam, so a message with strong tokens both ways is not
+    pushed to either end."""
+    used = fisher_select(probability, significant, strength)
+    if len(used) == 0:
+        return 0.0, used
+    chosen = np.clip(probability[used].astype(np.float64), 1e-12, 1 - 1e-12)
+    n = len(used)
+    ham = log_chi2_sf_even(-2.0 * float(np.log(chosen).sum()), n)
+    spam = log_chi2_sf_even(-2.0 * float(np.log1p(-chosen).sum()), n)
+    return ham - spam, used
 
 
 def _weigh(rows, idf: np.ndarray):
@@ -222,17 +329,60 @@ def _weigh(rows, idf: np.ndarray):
     return normalize(weighted, norm="l2", copy=False)
 
 
-def fit(rows, labels: np.ndarray, settings: Settings) -> NaiveBayes:
-    from sklearn.naive_bayes import MultinomialNB
+def folder_weights(labels: np.ndarray, groups: np.ndarray | None, balance: float
+                   ) -> np.ndarray | None:
+    """Per-message training weights that give each folder of a label (each
+    ``--ham``/``--spam`` path, the learned set) the same total weight when
+    ``balance`` is 1, and the weight of its size when 0: a small folder of
+    newsletters people asked for then counts as much as a big one of list
+    mail. The weights of a label sum to its number of messages."""
+    if not balance or groups is None:
+        return None
+    weights = np.ones(len(labels))
+    for label in (0, 1):
+        mine = labels == label
+        names, counts = np.unique(groups[mine], return_counts=True)
+        share = dict(zip(names.tolist(), (counts / mine.sum()).tolist(), strict=True))
+        raw = np.array([share[g] for g in groups[mine]]) ** -balance
+        weights[mine] = raw * mine.sum() / raw.sum()
+    return weights
 
+
+def fit(rows, labels: np.ndarray, settings: Settings, groups: np.ndarray | None = None
+        ) -> NaiveBayes:
+    weights_ = folder_weights(labels, groups, settings.balance)
     frequency = np.asarray(rows.sum(axis=0)).ravel()
     columns = np.flatnonzero(frequency >= settings.min_documents)
-    idf = (np.log((1 + rows.shape[0]) / (1 + frequency[columns])) + 1).astype(np.float32)
-    model = MultinomialNB(alpha=settings.alpha)
-    model.fit(_weigh(rows[:, columns], idf), labels)
-    weights = (model.feature_log_prob_[1] - model.feature_log_prob_[0]).astype(np.float32)
-    intercept = float(model.class_log_prior_[1] - model.class_log_prior_[0])
-    return NaiveBayes(columns, weights, idf, intercept, settings)
+    if settings.scorer in ("mnb", "complement"):
+        from sklearn.naive_bayes import ComplementNB, MultinomialNB
+
+        idf = (np.log((1 + rows.shape[0]) / (1 + frequency[columns])) + 1).astype(np.float32)
+        model = (MultinomialNB(alpha=settings.alpha) if settings.scorer == "mnb"
+                 else ComplementNB(alpha=settings.alpha, norm=True))
+        model.fit(_weigh(rows[:, columns], idf), labels, sample_weight=weights_)
+        weights = (model.feature_log_prob_[1] - model.feature_log_prob_[0]).astype(np.float32)
+        intercept = float(model.class_log_prior_[1] - model.class_log_prior_[0])
+        return NaiveBayes(columns, weights, idf, intercept, settings)
+    from sklearn.naive_bayes import BernoulliNB
+
+    model = BernoulliNB(alpha=settings.alpha)
+    model.fit(rows[:, columns], labels, sample_weight=weights_)
+    present = model.feature_log_prob_  # log P(token present | class)
+    absent = np.log1p(-np.exp(present))
+    ones = np.ones(len(columns), dtype=np.float32)
+    if settings.scorer == "bernoulli":
+        weights = ((present[1] - present[0]) - (absent[1] - absent[0])).astype(np.float32)
+        intercept = float(model.class_log_prior_[1] - model.class_log_prior_[0]
+                          + (absent[1] - absent[0]).sum())
+        return NaiveBayes(columns, weights, ones, intercept, settings)
+    if settings.scorer != "fisher":
+        raise ValueError(f"unknown scorer {settings.scorer!r}")
+    # Graham's and Robinson's per-token probability: equal priors, so a token
+    # seen in 1% of spam and 1% of ham is 0.5 whatever the class sizes.
+    spam, ham = np.exp(present[1]), np.exp(present[0])
+    token_probability = (spam / (spam + ham)).astype(np.float32)
+    weights = np.log(token_probability / (1 - token_probability)).astype(np.float32)
+    return NaiveBayes(columns, weights, ones, 0.0, settings, token_probability)
 
 
 def fit_calibration(log_odds: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -257,17 +407,18 @@ def selection_score(scores: np.ndarray, labels: np.ndarray) -> tuple[float, floa
 
 
 def choose_settings(rows, labels: np.ndarray, grid: Sequence[Settings], folds: int,
-                    seed: int, report: Report | None = None
+                    seed: int, report: Report | None = None, groups: np.ndarray | None = None
                     ) -> tuple[Settings, np.ndarray, list[dict[str, Any]]]:
     """The settings with the best out-of-fold selection score on ``rows``
     alone, and their out-of-fold log-odds (for the calibration)."""
-    splits = repeated_folds(labels, folds, 1, seed)
+    splits = repeated_folds(labels, folds, 1, seed, groups)
     best: tuple[tuple[float, float], Settings, np.ndarray] | None = None
     trials = []
     for settings in grid:
         scores = np.zeros(len(labels))
         for train_index, test_index in splits:
-            model = fit(rows[train_index], labels[train_index], settings)
+            model = fit(rows[train_index], labels[train_index], settings,
+                        None if groups is None else groups[train_index])
             scores[test_index] = model.log_odds(rows[test_index])
         score = selection_score(scores, labels)
         trials.append({**asdict(settings), "mean_recall_low_fpr": score[0], "auc": score[1]})
@@ -296,10 +447,12 @@ def cross_validate(matrix: TokenMatrix, labels: np.ndarray, groups: np.ndarray |
     started = time.monotonic()
     for number, (train_index, test_index) in enumerate(splits):
         rows = matrix.rows(train_index)
+        fold_groups = None if groups is None else groups[train_index]
         settings, inner_scores, _ = choose_settings(rows, labels[train_index], grid,
-                                                    inner_folds, seed + number)
+                                                    inner_folds, seed + number,
+                                                    groups=fold_groups)
         calibration = fit_calibration(inner_scores, labels[train_index])
-        model = fit(rows, labels[train_index], settings)
+        model = fit(rows, labels[train_index], settings, fold_groups)
         scores = model.log_odds(matrix.rows(test_index))
         fold_probabilities = probabilities(scores, calibration)
         if on_fold is not None:
@@ -381,9 +534,12 @@ def train(
            f"({inner_folds}-fold cross-validation)")
     all_rows = matrix.matrix
     settings, oof_scores, trials = choose_settings(all_rows, labels, grid, inner_folds, seed,
-                                                   report)
+                                                   report, groups)
+    if settings.scorer not in SHIPPABLE_SCORERS:
+        raise ValueError(f"a {settings.scorer} model cannot be written as a model artifact "
+                         f"(only {', '.join(SHIPPABLE_SCORERS)})")
     calibration = fit_calibration(oof_scores, labels)
-    final = fit(all_rows, labels, settings)
+    final = fit(all_rows, labels, settings, groups)
     vocabulary = {matrix.tokens[c]: i for i, c in enumerate(final.columns)}
     report(f"chose {settings.describe()}; vocabulary {len(vocabulary)} tokens")
 
@@ -413,7 +569,10 @@ def train(
 
     meta = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "algorithm": "scikit-learn MultinomialNB on idf-weighted, L2-normalised token presence",
+        "algorithm": (f"scikit-learn {NB_CLASS[settings.scorer]}"
+                      " on idf-weighted, L2-normalised token presence"
+                      + (f", each folder of a label weighted by its share^-{settings.balance:g}"
+                         if settings.balance else "")),
         "settings": asdict(settings),
         "alpha": settings.alpha,
         "trials": trials,

@@ -187,15 +187,27 @@ def main() -> int:
                         help="SpamAssassin ignores the headers the gateway's tokenizer "
                              "excludes as collection artefacts (bayes_ignore_header), "
                              "Received included")
+    parser.add_argument("--sa-from", type=Path,
+                        help="reuse SpamAssassin's figures from an earlier --json of this "
+                             "bench on the same folds (they do not depend on the gateway's "
+                             "model; the folds' sizes are checked) instead of running it "
+                             "again (~30 minutes)")
     args = parser.parse_args()
+    earlier = json.loads(args.sa_from.read_text()) if args.sa_from else None
     ignore: tuple[str, ...] = ()
     if args.sa_like_gateway:
         from gateway.classifier.features import EXCLUDED_HEADERS
 
         ignore = tuple(sorted(EXCLUDED_HEADERS))
-    ensure_spamassassin()
-    version = subprocess.run(["spamassassin", "--version"], capture_output=True,
-                             text=True).stdout.splitlines()[0]
+    if earlier is not None:
+        if (earlier.get("folds"), earlier.get("repeats"), earlier.get("seed")) != \
+                (args.folds, args.repeats, SEED) or bool(earlier.get("sa_ignores")) != bool(ignore):
+            parser.error(f"{args.sa_from}: other folds or SpamAssassin settings")
+        version = earlier["spamassassin"]
+    else:
+        ensure_spamassassin()
+        version = subprocess.run(["spamassassin", "--version"], capture_output=True,
+                                 text=True).stdout.splitlines()[0]
     data, training, held = corpus()
     labels = data.labels[training]
     groups = data.groups[training]
@@ -218,6 +230,13 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="anchor-") as work:
         for number, (train_index, test_index) in enumerate(splits):
+            if earlier is not None:
+                figures = earlier["per_fold"]["spamassassin_bayes"][number]
+                if (figures["n_ham"], figures["n_spam"]) != (
+                        float((labels[test_index] == 0).sum()), float(labels[test_index].sum())):
+                    raise SystemExit(f"{args.sa_from}: fold {number + 1} is not this fold")
+                sa_folds.append(figures)
+                continue
             probabilities = spamassassin_bayes(
                 [(sources[i], int(labels[i])) for i in train_index],
                 [sources[i] for i in test_index], Path(work), ignore)
@@ -266,13 +285,16 @@ def main() -> int:
                 print("\nheld back (20%): SpamAssassin learns the whole training set ...",
                       flush=True)
                 held_labels = data.labels[held]
-                sa = spamassassin_bayes([(sources[i], int(labels[i]))
-                                         for i in range(len(training))],
-                                        [data.sources[i] for i in held], Path(work), ignore)
                 scores = np.array([model.log_odds(data.tokens[i]) for i in held])
                 gw = summarize(scores, np.array([model.probability_of(s) for s in scores]),
                                held_labels, decision)
-                sa_figures = summarize(sa, sa, held_labels, SA_DECISION)
+                if earlier is not None and "held_back" in earlier:
+                    sa_figures = earlier["held_back"]["spamassassin_bayes"]
+                else:
+                    sa = spamassassin_bayes([(sources[i], int(labels[i]))
+                                             for i in range(len(training))],
+                                            [data.sources[i] for i in held], Path(work), ignore)
+                    sa_figures = summarize(sa, sa, held_labels, SA_DECISION)
                 report["spamassassin"] = version
                 report["held_back"] = {"gateway": gw, "spamassassin_bayes": sa_figures}
                 print(f"  {gw['n_ham']} ham, {gw['n_spam']} spam")
