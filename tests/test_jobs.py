@@ -1,0 +1,206 @@
+"""Jobs that run once per period on one node at a time (gateway.jobs), and
+the node registry (gateway.nodes); SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from gateway.jobs import Jobs, PeriodicJob, period_of
+from gateway.lab.postgres import PostgresInstance, postgres_bin
+from gateway.nodes import Heartbeat, fleet
+from gateway.quarantine.schema import console_settings, job_runs
+from gateway.quarantine.store import QuarantineStore
+from tests.conftest import PROJECT_ROOT
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    opened = QuarantineStore(f"sqlite:///{tmp_path}/q.db", node="node-a")
+    yield opened
+    opened.close()
+
+
+def mark(name: str):
+    """Work that leaves a trace in its transaction: a settings row."""
+    def work(connection):
+        connection.execute(insert(console_settings), {"key": name, "value": "x"})
+        return {"marked": name}
+    return work
+
+
+def marks(store: QuarantineStore) -> list[str]:
+    with store.engine.connect() as connection:
+        return sorted(connection.execute(select(console_settings.c.key)).scalars())
+
+
+def test_a_period_runs_once_whoever_asks(store):
+    a, b = Jobs(store.engine, "node-a"), Jobs(store.engine, "node-b")
+    assert a.run("purge", "P1", mark("one")).state == "ran"
+    again = b.run("purge", "P1", mark("two"))
+    assert (again.state, again.node, again.result) == ("done-before", "node-a",
+                                                       {"marked": "one"})
+    assert b.run("purge", "P2", mark("three")).state == "ran"
+    assert marks(store) == ["one", "three"]
+    assert [(r["period"], r["node"]) for r in a.runs("purge")] == [("P2", "node-b"),
+                                                                   ("P1", "node-a")]
+
+
+def test_work_that_fails_leaves_nothing_and_the_period_open(store):
+    jobs = Jobs(store.engine, "node-a")
+
+    def half_then_fail(connection):
+        mark("half")(connection)
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        jobs.run("purge", "P1", half_then_fail)
+    assert marks(store) == [] and jobs.runs() == []
+    assert jobs.running() == []  # the lease went with it
+    assert Jobs(store.engine, "node-b").run("purge", "P1", mark("whole")).state == "ran"
+    assert marks(store) == ["whole"]
+
+
+def test_one_node_at_a_time_on_sqlite(store):
+    started, finish = threading.Event(), threading.Event()
+
+    def slow(connection):
+        started.set()
+        finish.wait(10)
+        return {}
+
+    first = threading.Thread(target=Jobs(store.engine, "node-a").run,
+                             args=("digest", "D1", slow))
+    first.start()
+    assert started.wait(10)
+    try:
+        assert Jobs(store.engine, "node-b").run("digest", "D1", mark("b")).state == "busy"
+        assert [r["node"] for r in Jobs(store.engine, "x").running()] == ["node-a"]
+    finally:
+        finish.set()
+        first.join()
+    assert Jobs(store.engine, "node-b").run("digest", "D1", mark("b")).state == "done-before"
+
+
+def test_periods_are_wall_clock_intervals():
+    assert period_of(3600, 7200 + 1799) == "1970-01-01T02:00:00"
+    assert period_of(86400, 86400 * 2 + 5) == "1970-01-03T00:00:00"
+
+
+def test_a_periodic_job_runs_at_the_period_start(store):
+    ran = []
+    job = PeriodicJob(lambda: Jobs(store.engine, "node-a"), "tick", 0.5,
+                      lambda c: ran.append(1) or {}).start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(ran) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        job.stop()
+    assert len(ran) >= 2
+    periods = [r["period"] for r in Jobs(store.engine, "x").runs("tick")]
+    assert len(periods) == len(set(periods)) == len(ran)
+
+
+def test_the_registry_shows_each_node_and_its_heartbeat(store):
+    Heartbeat(lambda: store).beat_once()
+    with store.engine.connect() as connection:
+        (node,) = fleet(connection)
+    assert (node.name, node.pid, node.stale) == ("node-a", os.getpid(), False)
+    assert node.age < 5 and node.schema == "0006"
+
+
+# -- PostgreSQL: a node killed mid-job -------------------------------------------------
+
+@pytest.fixture
+def postgres(lab_dir: Path, request):
+    if postgres_bin() is None or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL server is not installed (see .ci/run)")
+    if os.geteuid() != 0:
+        pytest.skip("a private PostgreSQL cluster runs as the postgres user: needs root")
+    with PostgresInstance(lab_dir / f"pg-{request.node.name[:30]}") as instance:
+        yield instance
+
+
+HOLDER = """
+import sys, time
+from sqlalchemy import insert
+from gateway.jobs import Jobs
+from gateway.quarantine.schema import console_settings
+from gateway.quarantine.store import QuarantineStore
+
+store = QuarantineStore(sys.argv[1], node="node-a")
+
+def work(connection):
+    connection.execute(insert(console_settings), {"key": "half", "value": "x"})
+    print("working", flush=True)
+    time.sleep(600)
+
+Jobs(store.engine, "node-a").run("purge", "P1", work)
+"""
+
+
+def test_a_node_killed_mid_job_hands_it_over_at_once(postgres):
+    store = QuarantineStore(postgres.url, node="node-b")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, postgres.url], cwd=PROJECT_ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "working"
+        jobs = Jobs(store.engine, "node-b")
+        assert jobs.run("purge", "P1", mark("b")).state == "busy"
+        assert [r["node"] for r in jobs.running()] == ["node-a"]
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        deadline = time.monotonic() + 10
+        outcome = jobs.run("purge", "P1", mark("whole"))
+        while outcome.state == "busy" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            outcome = jobs.run("purge", "P1", mark("whole"))
+        assert outcome.state == "ran"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert marks(store) == ["whole"]  # nothing of the killed node's half
+    with store.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(job_runs)).scalar() == 1
+    store.close()
+
+
+def test_the_dashboard_lists_the_nodes_and_marks_a_stale_one(tmp_path: Path):
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from gateway.config import parse_config
+    from gateway.nodes import beat
+    from gateway.quarantine.schema import nodes
+    from gateway.web.app import create_app
+    from tests.test_web import PASSWORD, login
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    store = QuarantineStore(url, node="node-a")
+    started = datetime.now(UTC)
+    with store.engine.begin() as connection:
+        beat(connection, "node-a", "nb-aaaa", started)
+        beat(connection, "node-b", "nb-bbbb", started)
+        connection.execute(update(nodes).where(nodes.c.name == "node-b").values(
+            heartbeat=started - timedelta(minutes=5)))
+    app = create_app(parse_config(f'[quarantine]\nurl = "{url}"\n', "t"), store)
+    app.extensions["gateway"]["console"].add_user("ann", "analyst", PASSWORD)
+    client = app.test_client()
+    login(client, "ann")
+    page = client.get("/").text
+    row_a = page[page.index("<td>node-a</td>"):][:600]
+    row_b = page[page.index("<td>node-b</td>"):][:600]
+    assert "nb-aaaa" in row_a and "stale" not in row_a.split("</tr>")[0]
+    assert "nb-bbbb" in row_b and "stale: no heartbeat" in row_b.split("</tr>")[0]
+    store.close()
