@@ -1,15 +1,20 @@
 """Throughput through a real Postfix: bare versus with the gateway attached.
 
-Starts three private Postfix instances on loopback, all relaying to one
+Starts private Postfix instances on loopback, all relaying to one
 smtp-sink: bare, with a pass-through pymilter (what the milter protocol
-alone costs), and with the gateway. Replays N corpus messages
-at each concurrency, alternating the three, checks that every
-accepted message reached the sink (or Postfix's hold queue when the gateway
-quarantined it), and prints msg/s, SMTP transaction latency, the milter's
-CPU per message and the gateway/bare ratio.
+alone costs), and with the gateway; with ``--anchors`` also with rspamd
+alone (its proxy worker as the milter, Bayes in redis trained on the
+corpus) and with clamav-milter + rspamd chained, the usual stack, from
+Debian's packages (installed when missing). Replays N corpus messages at
+each concurrency, alternating the modes, checks that every accepted message
+reached the sink (or Postfix's hold queue when a milter quarantined it), and
+prints msg/s, SMTP transaction latency, the milter's CPU per message, its
+memory and each mode's ratio to bare Postfix in the same rounds.
 
     sudo .venv/bin/python tests/bench/throughput.py -n 1000 -c 1,10,50
     sudo .venv/bin/python tests/bench/throughput.py --gateway-config extra.toml
+    sudo .venv/bin/python tests/bench/throughput.py -n 1000 -c 1,10,50 --rounds 3 --anchors
+    sudo .venv/bin/python tests/bench/throughput.py --anchors --json > figures.jsonl
 
 Needs root (Postfix). Not a test: it prints figures, it asserts nothing
 about speed.
@@ -18,9 +23,12 @@ about speed.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import json
 import os
 import shutil
+import signal
 import smtplib
 import statistics
 import subprocess
@@ -29,6 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parseaddr
@@ -42,22 +51,30 @@ from gateway.lab.dns import SyntheticServer  # noqa: E402
 from gateway.lab.milter_process import MilterProcess  # noqa: E402
 from gateway.lab.postfix import PostfixInstance, free_port  # noqa: E402
 from gateway.quarantine.store import QuarantineError, QuarantineStore  # noqa: E402
+from tests.bench import anchors  # noqa: E402
+from tests.bench.procs import rss_bytes, tree  # noqa: E402
 
 DEFAULT_CORPUS = PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin"
 FALLBACK_CORPUS = PROJECT_ROOT / "tests" / "fixtures"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+ANCHOR_MODES = ("rspamd", "rspamd+clamav-milter")
+JSON_FIELDS = ("mode", "concurrency", "msgs_per_s", "ratio_to_bare", "p50_ms", "p99_ms",
+               "milter_cpu_ms_per_msg", "rss_mb")
 
 
 @dataclass
 class Outcome:
     mode: str
     concurrency: int
+    round_index: int
     sent: int
     accepted: int
     refused: int
     seconds: float
     latencies: list[float]
-    milter_cpu: float | None
+    milter_cpu: float | None  # ms per message, the milter's whole process tree
+    rss_mb: float | None  # the most its process tree held during the run: summed RSS
+    pss_mb: float | None  # and PSS (shared pages split between the processes)
 
     @property
     def rate(self) -> float:
@@ -119,23 +136,87 @@ def send_all(port: int, messages: list[tuple[str, bytes]], concurrency: int,
     return time.perf_counter() - started, latencies, accepted, refused
 
 
-def process_tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its live descendants (pool workers)."""
-    total, children = 0.0, {pid}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+def tree_cpu(roots: list[int]) -> float:
+    """CPU seconds of processes and their live descendants, each with the
+    children it has reaped (a worker replaced during the run still counts)."""
+    total = 0.0
+    for pid in {p for root in roots for p in tree(root)}:
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
             continue
-        if int(stat.parent.name) in children or int(fields[1]) in children:
-            children.add(int(stat.parent.name))
-    for child in children:
-        try:
-            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        total += sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
     return total
+
+
+def tree_rss(roots: list[int]) -> int:
+    """Bytes resident in processes and their descendants (VmRSS summed:
+    pages shared between forked processes count once per process)."""
+    return sum(rss_bytes(pid) for pid in {p for root in roots for p in tree(root)})
+
+
+def tree_pss(roots: list[int]) -> int:
+    """The same processes' proportional set size: each shared page split
+    between the processes that map it, so the sum is what they hold together."""
+    total = 0
+    for pid in {p for root in roots for p in tree(root)}:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+class MemoryPeak:
+    """The most ``roots``' process trees held at once (summed RSS, and PSS),
+    sampled every ``interval`` seconds while the block runs and at its end."""
+
+    def __init__(self, roots: list[int], interval: float = 1.0):
+        self.roots = roots
+        self.interval = interval
+        self.rss = self.pss = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(self.interval):
+            self._measure()
+
+    def _measure(self) -> None:
+        self.rss = max(self.rss, tree_rss(self.roots))
+        self.pss = max(self.pss, tree_pss(self.roots))
+
+    def __enter__(self) -> MemoryPeak:
+        if self.roots:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.roots:
+            self._done.set()
+            self._thread.join()
+            self._measure()
+
+
+def training_sets(corpus: Path, per_class: int) -> tuple[list[Path], list[Path]]:
+    """``per_class`` spam and ham files spread over the corpus's folders
+    (a folder whose name says spam or ham, as in the SpamAssassin corpus)."""
+    spam, ham = [], []
+    for path in sorted(p for p in corpus.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        folders = [part.lower() for part in path.relative_to(corpus).parts[:-1]]
+        if any("spam" in part for part in folders):
+            spam.append(path)
+        elif any("ham" in part for part in folders):
+            ham.append(path)
+
+    def spread(files: list[Path]) -> list[Path]:
+        step = max(1, len(files) // per_class) if per_class else 1
+        return files[::step][:per_class]
+
+    return spread(spam), spread(ham)
 
 
 def count_delivered(dump_dir: Path, run_id: str) -> int:
@@ -178,115 +259,223 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2,
                         help="gateway pipeline.workers (scoring processes)")
     parser.add_argument("--gateway-config", type=Path, help="extra TOML for the gateway")
+    parser.add_argument("--anchors", action="store_true",
+                        help="also rspamd alone and clamav-milter + rspamd (Debian's packages, "
+                             "installed when missing) on the same Postfix, corpus, clamd and DNS")
+    parser.add_argument("--anchor-learn", type=int, default=300, metavar="N",
+                        help="messages of each class rspamd's Bayes learns from the corpus "
+                             "before the runs (it classifies from 200 of each)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the run's folder (configs and logs of Postfix, the milters, "
+                             "rspamd) and print its path")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON line per mode and concurrency on stdout "
+                             "(progress and the table go to stderr)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root for the private Postfix instances")
+    out = sys.stderr if args.json else sys.stdout
+
+    def say(text: str = "") -> None:
+        print(text, file=out, flush=True)
+
+    # SIGTERM ends the bench like Ctrl-C does: through the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.anchors:
+        try:
+            anchors.ensure_packages()
+        except anchors.AnchorError as error:
+            raise SystemExit(f"bench: {error}") from None
 
     messages = load_messages(args.corpus, args.messages)
     levels = [int(c) for c in args.concurrency.split(",")]
-    print(f"bench: {len(messages)} messages from {args.corpus}, concurrency {levels}, "
-          f"{args.rounds} round(s) each, gateway checks: {args.checks}, "
-          f"workers: {args.workers}", flush=True)
+    say(f"bench: {len(messages)} messages from {args.corpus}, concurrency {levels}, "
+        f"{args.rounds} round(s) each, gateway checks: {args.checks}, "
+        f"workers: {args.workers}" + (f", anchors: {', '.join(ANCHOR_MODES)}"
+                                      if args.anchors else ""))
 
     root = Path(tempfile.mkdtemp(prefix="gateway-bench-", dir="/tmp"))
     os.chmod(root, 0o755)
-    dump_dir = root / "sink"
-    dump_dir.mkdir()
-    shutil.chown(dump_dir, "postfix")
-    sink_port = free_port()
-    sink = subprocess.Popen(
-        ["smtp-sink", "-u", "postfix", "-d", f"{dump_dir}/%H%M%S.", f"127.0.0.1:{sink_port}",
-         "1024"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    socket = root / "milter" / "milter.sock"
     services = contextlib.ExitStack()
-    extra = args.gateway_config.read_text() if args.gateway_config else ""
-    store_url = f"sqlite:///{root}/quarantine.db"
-    if args.checks == "spine":
-        extra += '[pipeline]\nchecks = ["headers", "size", "lists"]\n'
-    else:
-        clamd = services.enter_context(ClamdInstance(root / "clamd"))
-        dns = services.enter_context(SyntheticServer())
-        extra += (f'[clamav]\nsocket = "{clamd.socket_path}"\n'
-                  f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns.port}\n')
-    extra += f'[quarantine]\nurl = "{store_url}"\n'
-    if "[pipeline]" in extra:
-        extra = extra.replace("[pipeline]\n", f"[pipeline]\nworkers = {args.workers}\n", 1)
-    else:
-        extra += f"[pipeline]\nworkers = {args.workers}\n"
-    milter = MilterProcess(
-        root / "milter",
-        f'[milter]\nsocket = "unix:{socket}"\nsocket_mode = "666"\n{extra}',
-        env={"PYTHONPATH": str(PROJECT_ROOT)},
-    )
-    reference_socket = root / "passthrough.sock"
-    reference = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("passthrough_milter.py")),
-         f"unix:{reference_socket}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    instances = {
-        "bare": PostfixInstance(root / "bare", relay_port=sink_port),
-        "pymilter": PostfixInstance(root / "passthrough", relay_port=sink_port,
-                                    milter=f"unix:{reference_socket}"),
-        "gateway": PostfixInstance(root / "gateway", relay_port=sink_port,
-                                   milter=f"unix:{socket}"),
-    }
+    instances: dict[str, PostfixInstance] = {}
+    milter_roots: dict[str, Callable[[], list[int]]] = {}
     outcomes: list[Outcome] = []
     problems = 0
     try:
+        dump_dir = root / "sink"
+        dump_dir.mkdir()
+        shutil.chown(dump_dir, "postfix")
+        sink_port = free_port()
+        sink = subprocess.Popen(
+            ["smtp-sink", "-u", "postfix", "-d", f"{dump_dir}/%H%M%S.",
+             f"127.0.0.1:{sink_port}", "1024"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        services.callback(_end, sink)
+        socket = root / "milter" / "milter.sock"
+        extra = args.gateway_config.read_text() if args.gateway_config else ""
+        store_url = f"sqlite:///{root}/quarantine.db"
+        clamd = dns = None
+        if args.checks == "all" or args.anchors:
+            clamd = services.enter_context(ClamdInstance(root / "clamd"))
+            dns = services.enter_context(SyntheticServer())
+        if args.checks == "spine":
+            extra += '[pipeline]\nchecks = ["headers", "size", "lists"]\n'
+        else:
+            extra += (f'[clamav]\nsocket = "{clamd.socket_path}"\n'
+                      f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns.port}\n')
+        extra += f'[quarantine]\nurl = "{store_url}"\n'
+        if "[pipeline]" in extra:
+            extra = extra.replace("[pipeline]\n", f"[pipeline]\nworkers = {args.workers}\n", 1)
+        else:
+            extra += f"[pipeline]\nworkers = {args.workers}\n"
+        milter = MilterProcess(
+            root / "milter",
+            f'[milter]\nsocket = "unix:{socket}"\nsocket_mode = "666"\n{extra}',
+            env={"PYTHONPATH": str(PROJECT_ROOT)},
+        )
+        reference_socket = root / "passthrough.sock"
+        reference = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("passthrough_milter.py")),
+             f"unix:{reference_socket}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        services.callback(_end, reference)
+        instances["bare"] = PostfixInstance(root / "bare", relay_port=sink_port)
+        instances["pymilter"] = PostfixInstance(root / "passthrough", relay_port=sink_port,
+                                                milter=f"unix:{reference_socket}")
+        instances["gateway"] = PostfixInstance(root / "gateway", relay_port=sink_port,
+                                               milter=f"unix:{socket}")
+        milter_roots["pymilter"] = lambda: [reference.pid]
+        services.callback(milter.stop)
         milter.start()
+        milter_roots["gateway"] = lambda: [milter.process.pid]
+        if args.anchors:
+            redis = services.enter_context(anchors.RedisInstance(root / "redis"))
+            say("bench: starting rspamd (its regexps compile for a while on a busy machine)")
+            rspamd = services.enter_context(
+                anchors.RspamdInstance(root / "rspamd", dns_port=dns.port, redis_port=redis.port))
+            if not rspamd.hyperscan_ready():
+                say("bench: rspamd's hyperscan database is not loaded yet; "
+                    "its first runs may be slower")
+            clamav_milter = services.enter_context(
+                anchors.ClamavMilterInstance(root / "clamav-milter", clamd.socket_path))
+            spam, ham = training_sets(args.corpus, args.anchor_learn)
+            learned = rspamd.learn(spam, ham)
+            bayes = rspamd.bayes_answers(spam[:1] + ham[:1])
+            say(f"bench: rspamd Bayes learned {learned['learn_spam']} spam and "
+                f"{learned['learn_ham']} ham from {args.corpus}"
+                + ("" if bayes else "; WARNING: it does not classify yet (fewer than 200 "
+                   "of a class?)"))
+            for error, count in collections.Counter(rspamd.learn_errors).most_common(3):
+                say(f"bench: rspamd did not learn {count}: {error}")
+            instances["rspamd"] = PostfixInstance(root / "rspamd-postfix", relay_port=sink_port,
+                                                  milter=rspamd.milter)
+            # The usual order: the virus scan first, rspamd on what is left.
+            instances["rspamd+clamav-milter"] = PostfixInstance(
+                root / "chain-postfix", relay_port=sink_port,
+                milter=f"{clamav_milter.milter}, {rspamd.milter}")
+            milter_roots["rspamd"] = lambda: [rspamd.process.pid, redis.process.pid]
+            milter_roots["rspamd+clamav-milter"] = lambda: [
+                rspamd.process.pid, redis.process.pid, clamav_milter.process.pid]
         for instance in instances.values():
+            services.callback(instance.stop)
             instance.start()
         for concurrency in levels:
             for round_index in range(args.rounds):
                 for mode, instance in instances.items():
                     run_id = uuid.uuid4().hex[:12]
                     stored_before = quarantined(store_url)
-                    pid = {"gateway": milter.process.pid, "pymilter": reference.pid}.get(mode)
-                    cpu_before = process_tree_cpu(pid) if pid else 0.0
-                    seconds, latencies, accepted, refused = send_all(
-                        instance.smtp_port, messages, concurrency, run_id)
-                    cpu = process_tree_cpu(pid) - cpu_before if pid else 0.0
-                    held = len(instance.queue_ids("hold"))
+                    held_before = len(instance.queue_ids("hold"))
+                    roots = milter_roots[mode]() if mode in milter_roots else []
+                    cpu_before = tree_cpu(roots)
+                    with MemoryPeak(roots) as memory:
+                        seconds, latencies, accepted, refused = send_all(
+                            instance.smtp_port, messages, concurrency, run_id)
+                    cpu = tree_cpu(roots) - cpu_before
+                    held = len(instance.queue_ids("hold")) - held_before
                     if mode == "gateway":
                         held += quarantined(store_url) - stored_before
                     delivered = wait_delivered(dump_dir, run_id, accepted - held)
                     if delivered + held < accepted:
                         problems += 1
-                        print(f"bench: LOST {accepted - delivered - held} of {accepted} "
-                              f"accepted messages ({mode}, c={concurrency})", flush=True)
-                    outcome = Outcome(mode, concurrency, len(messages), accepted, refused,
-                                      seconds, latencies,
-                                      cpu / len(messages) * 1000 if pid else None)
+                        say(f"bench: LOST {accepted - delivered - held} of {accepted} "
+                            f"accepted messages ({mode}, c={concurrency})")
+                    outcome = Outcome(mode, concurrency, round_index, len(messages), accepted,
+                                      refused, seconds, latencies,
+                                      cpu / len(messages) * 1000 if roots else None,
+                                      memory.rss / 2**20 if roots else None,
+                                      memory.pss / 2**20 if roots else None)
                     outcomes.append(outcome)
-                    print(f"  c={concurrency:<3} round {round_index + 1} {mode:<8} "
-                          f"{outcome.rate:7.1f} msg/s  accepted {accepted}, refused {refused}, "
-                          f"delivered {delivered}, held {held}", flush=True)
+                    say(f"  c={concurrency:<3} round {round_index + 1} {mode:<20} "
+                        f"{outcome.rate:7.1f} msg/s  accepted {accepted}, refused {refused}, "
+                        f"delivered {delivered}, held {held}")
+    except anchors.AnchorError as error:
+        raise SystemExit(f"bench: {error}") from None
     finally:
-        for instance in instances.values():
-            instance.stop()
-        milter.stop()
         services.close()
-        reference.terminate()
-        reference.wait()
-        sink.terminate()
-        sink.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            say(f"bench: kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
-    print()
-    print(f"{'conc':>4}  {'mode':<8} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'milter CPU ms/msg':>18} {'x bare':>6}")
-    for concurrency in levels:
-        rows = {}
-        for mode in instances:
-            runs = [o for o in outcomes if o.mode == mode and o.concurrency == concurrency]
-            latencies = [x for o in runs for x in o.latencies]
-            rate = statistics.mean(o.rate for o in runs)
-            cpu = [o.milter_cpu for o in runs if o.milter_cpu is not None]
-            rows[mode] = rate
-            cpu_text = f"{statistics.mean(cpu):.2f}" if cpu else "-"
-            ratio = f"{rate / rows['bare']:.2f}" if mode != "bare" else ""
-            print(f"{concurrency:>4}  {mode:<8} {rate:8.1f} {percentile(latencies, 0.5):8.1f} "
-                  f"{percentile(latencies, 0.99):8.1f} {cpu_text:>18} {ratio:>6}")
+    rows = summarize(outcomes, levels, list(instances))
+    say()
+    say(f"{'conc':>4}  {'mode':<20} {'msg/s':>8} {'x bare':>6} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'milter CPU ms/msg':>18} {'RSS MB':>7} {'PSS MB':>7} {'refused':>7}")
+    for row in rows:
+        cpu = row["milter_cpu_ms_per_msg"]
+        rss, pss = row["rss_mb"], row["pss_mb"]
+        ratio = f"{row['ratio_to_bare']:.2f}" if row["mode"] != "bare" else ""
+        say(f"{row['concurrency']:>4}  {row['mode']:<20} {row['msgs_per_s']:8.1f} {ratio:>6} "
+            f"{row['p50_ms']:8.1f} {row['p99_ms']:8.1f} "
+            f"{'-' if cpu is None else f'{cpu:.2f}':>18} "
+            f"{'-' if rss is None else f'{rss:.0f}':>7} "
+            f"{'-' if pss is None else f'{pss:.0f}':>7} {row['refused']:>7}")
+    if args.json:
+        for row in rows:
+            print(json.dumps({field: row[field] for field in JSON_FIELDS}), flush=True)
     return 1 if problems else 0
+
+
+def summarize(outcomes: list[Outcome], levels: list[int], modes: list[str]) -> list[dict]:
+    """One row per concurrency and mode: the mean rate over the rounds, its
+    ratio to bare Postfix as the mean of each round's ratio to that round's
+    bare run, latency percentiles over all the rounds' messages, the mean
+    CPU per message and the highest RSS."""
+    rows = []
+    for concurrency in levels:
+        bare = {o.round_index: o.rate for o in outcomes
+                if o.mode == "bare" and o.concurrency == concurrency}
+        for mode in modes:
+            runs = [o for o in outcomes if o.mode == mode and o.concurrency == concurrency]
+            if not runs:
+                continue
+            latencies = [x for o in runs for x in o.latencies]
+            cpu = [o.milter_cpu for o in runs if o.milter_cpu is not None]
+            rss = [o.rss_mb for o in runs if o.rss_mb is not None]
+            pss = [o.pss_mb for o in runs if o.pss_mb is not None]
+            ratios = [o.rate / bare[o.round_index] for o in runs if bare.get(o.round_index)]
+            rows.append({
+                "mode": mode,
+                "concurrency": concurrency,
+                "msgs_per_s": round(statistics.mean(o.rate for o in runs), 1),
+                "ratio_to_bare": round(statistics.mean(ratios), 3) if ratios else None,
+                "p50_ms": round(percentile(latencies, 0.5), 1),
+                "p99_ms": round(percentile(latencies, 0.99), 1),
+                "milter_cpu_ms_per_msg": round(statistics.mean(cpu), 2) if cpu else None,
+                "rss_mb": round(max(rss), 1) if rss else None,
+                "pss_mb": round(max(pss), 1) if pss else None,
+                "refused": sum(o.refused for o in runs),
+            })
+    return rows
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 if __name__ == "__main__":
