@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from gateway.lab.postgres import PostgresInstance, postgres_bin
 from sqlalchemy import func, insert, select
 
 from gateway.jobs import Jobs, PeriodicJob, period_of
-from gateway.lab.postgres import PostgresInstance, postgres_bin
 from gateway.nodes import Heartbeat, fleet
 from gateway.quarantine.schema import console_settings, job_runs
 from gateway.quarantine.store import QuarantineStore
@@ -204,3 +204,23 @@ def test_the_dashboard_lists_the_nodes_and_marks_a_stale_one(tmp_path: Path):
     assert "nb-aaaa" in row_a and "stale" not in row_a.split("</tr>")[0]
     assert "nb-bbbb" in row_b and "stale: no heartbeat" in row_b.split("</tr>")[0]
     store.close()
+
+
+def test_a_node_of_an_older_version_uses_a_schema_a_newer_node_migrated(tmp_path: Path,
+                                                                        caplog):
+    """A rolling upgrade: the first upgraded node migrated the shared store;
+    a node still on the old version restarts and keeps working on it."""
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    QuarantineStore(url).close()
+    store = QuarantineStore(url)
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    store.close()
+    reopened = QuarantineStore(url, node="old-node")  # does not refuse, does not migrate
+    assert "newer than this gateway's" in caplog.text
+    Heartbeat(lambda: reopened).beat_once()
+    with reopened.engine.connect() as connection:
+        assert [n.name for n in fleet(connection)] == ["old-node"]
+    reopened.close()

@@ -15,6 +15,7 @@ import contextlib
 import email.message
 import hashlib
 import json
+import logging
 import socket
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -658,12 +659,23 @@ def migrate(engine: Engine) -> None:
     take an advisory lock so that only one migrates at a time."""
     from alembic import command
     from alembic.config import Config as AlembicConfig
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
     settings = AlembicConfig()
     settings.set_main_option("script_location", str(MIGRATIONS))
+    known = {r.revision for r in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(4711)"))
+        current = set(MigrationContext.configure(connection).get_current_heads())
+        if current - known:
+            # A newer gateway on another node migrated it: during a rolling
+            # upgrade this node keeps working on it (migrations only add).
+            logging.getLogger("gateway.quarantine").warning(
+                "the store's schema is at %s, newer than this gateway's %s: using it as "
+                "it is; upgrade this node", ", ".join(sorted(current)), schema_head())
+            return
         settings.attributes["connection"] = connection
         command.upgrade(settings, "head")
 
