@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from gateway.lab.postgres import PostgresInstance, postgres_bin
 from sqlalchemy import func, insert, select
 
 from gateway.jobs import Jobs, PeriodicJob, period_of
+from gateway.lab.postgres import PostgresInstance, postgres_bin
 from gateway.nodes import Heartbeat, fleet
 from gateway.quarantine.schema import console_settings, job_runs
 from gateway.quarantine.store import QuarantineStore
