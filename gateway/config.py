@@ -88,8 +88,8 @@ class PipelineSection:
         default_factory=_default_checks, metadata={"doc": "enabled checks, by name or module:Class"}
     )
     budget: float = setting(10.0, positive, "seconds all checks of one message may take")
-    parallel: bool = setting(False, doc="run checks that wait on the network concurrently "
-                             "(lower latency with cold DNS caches, more CPU per message)")
+    parallel: bool = setting(True, doc="run checks that wait on the network (DNS, clamd) "
+                             "concurrently, so a worker waits for the slowest, not the sum")
     threads: int = setting(32, positive, "threads for checks run in parallel (parallel = true)")
     workers: int = setting(
         2, non_negative, "worker processes running the checks (0 = in the milter, where "

@@ -1,13 +1,14 @@
 """Run the enabled checks of one message under a time budget.
 
-Checks run one after the other in the calling thread, or, with
-``[pipeline] parallel = true``, the ones that wait on the network
-(``io_bound = True``) run concurrently in a thread pool. Sequential is the
-default: with warm DNS caches those checks hardly wait, and handing work
-between threads costs more CPU than it saves (measured: 0.35x bare Postfix
-sequential, 0.25x parallel, every check on). A sequential check that starts
-before the budget is spent runs to its own timeout (DNS lifetime, clamd
-timeout); the ones after it are not started.
+With ``[pipeline] parallel = true`` (the default) the checks that wait on
+the network (``io_bound = True``: DNS, clamd) run concurrently in a thread
+pool, the others in the calling thread, each as soon as the checks it needs
+have finished. A worker process (gateway.workers) is busy with a message for
+as long as its checks take, waiting included, so waiting for the slowest
+lookup rather than for all of them in turn lets the same workers check more
+mail per second. With ``parallel = false`` checks run one after the other:
+a check that starts before the budget is spent runs to its own timeout (DNS
+lifetime, clamd timeout); the ones after it are not started.
 
 A check that raises, times out or never gets to run yields its
 ``<NAME>_ERROR`` symbol and is listed in ``failed_checks``; running out of

@@ -101,9 +101,9 @@ def test_sequential_pipeline_stops_starting_checks_once_the_budget_is_spent():
     assert result.failed_checks == ["marker"]
 
 
-def test_sequential_is_the_default_and_runs_everything_in_budget():
+def test_parallel_is_the_default_and_sequential_runs_everything_in_budget():
     config = Config()
-    assert config.pipeline.parallel is False
+    assert config.pipeline.parallel is True  # network waits overlap in the workers
     pipeline = Pipeline([FactsCheck(config), DependentCheck(config)], budget=2.0,
                         parallel=False)
     try:

@@ -188,6 +188,7 @@ class RspamdInstance:
         self.log_dir = self.root / "log"
         self.log_file = self.log_dir / "rspamd.log"
         self.milter_socket = self.run_dir / "milter.sock"
+        self.learn_errors: list[str] = []
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -274,7 +275,7 @@ class RspamdInstance:
         rspamd's reasons (it declines mail its Bayes already classifies with
         confidence: "all learn conditions denied learning ...")."""
         learned: dict[str, int] = {}
-        self.learn_errors: list[str] = []
+        self.learn_errors = []
         for command, files in (("learn_spam", list(spam)), ("learn_ham", list(ham))):
             learned[command] = 0
             for attempt in range(2):
@@ -305,7 +306,11 @@ class RspamdInstance:
     def bayes_answers(self, files: Iterable[Path]) -> bool:
         """Whether Bayes gives a verdict (BAYES_SPAM or BAYES_HAM) on these
         messages, scanned by the normal worker: it stays silent until it has
-        learned ``min_learns`` (200) messages of each class."""
+        learned ``min_learns`` (200) messages of each class. False without
+        a message to scan."""
+        files = list(files)
+        if not files:
+            return False
         for path in files:
             result = subprocess.run(
                 [_which("rspamc") or "rspamc", "-h", f"127.0.0.1:{self.normal_port}",
