@@ -201,6 +201,42 @@ class MemoryPeak:
             self._measure()
 
 
+class DnsProcess:
+    """The synthetic DNS server in a process of its own, so that its answers
+    do not wait for the bench's sender threads (one GIL): rspamd asks it a
+    dozen questions per message. It ends when the bench does (its stdin
+    closes)."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    def __enter__(self) -> DnsProcess:
+        code = (f"import sys\nsys.path.insert(0, {str(PROJECT_ROOT)!r})\n"
+                f"from {SyntheticServer.__module__} import SyntheticServer\n"
+                "server = SyntheticServer().start()\n"
+                "print(server.port, flush=True)\n"
+                "sys.stdin.read()\n")
+        self.process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, start_new_session=True)
+        line = self.process.stdout.readline()
+        if not line.strip().isdigit():
+            self.__exit__()
+            raise SystemExit("bench: the synthetic DNS server did not start")
+        self.port = int(line)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
 def training_sets(corpus: Path, per_class: int) -> tuple[list[Path], list[Path]]:
     """``per_class`` spam and ham files spread over the corpus's folders
     (a folder whose name says spam or ham, as in the SpamAssassin corpus)."""
@@ -317,7 +353,7 @@ def main() -> int:
         clamd = dns = None
         if args.checks == "all" or args.anchors:
             clamd = services.enter_context(ClamdInstance(root / "clamd"))
-            dns = services.enter_context(SyntheticServer())
+            dns = services.enter_context(DnsProcess())
         if args.checks == "spine":
             extra += '[pipeline]\nchecks = ["headers", "size", "lists"]\n'
         else:
