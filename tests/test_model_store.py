@@ -179,3 +179,21 @@ def test_without_the_database_a_node_keeps_its_last_good_model(postgres, tmp_pat
     store.set_current(store.add(variant(tmp_path, "nb-after")), "promote", {})
     assert load_model(model_location(config)).version == "nb-after"
     assert store.health.ok
+
+
+def test_a_folder_store_moves_into_the_database(tmp_path: Path, cache: Path):
+    folder = DirectoryModelStore(tmp_path / "models")
+    first = folder.add(variant(tmp_path, "nb-old-one"))
+    folder.set_current(folder.add(variant(tmp_path, "nb-old-two")), "promote", {})
+    url = f"sqlite:///{tmp_path}/models.db"
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[classifier]\nstore = "{url}"\n')
+    imported = gateway("model", "import", str(tmp_path / "models"), "--config", str(config),
+                       cache=cache)
+    assert imported.returncode == 0, imported.stderr
+    assert "2 versions imported" in imported.stdout
+    store = ModelStore(url)
+    assert sorted(v.version for v in store.list()) == [first, "nb-old-two"]
+    assert load_model(store.current_path()).version == "nb-old-two"
+    assert [(e["action"], e["from"]) for e in store.history()] == [
+        ("import", str(tmp_path / "models"))]

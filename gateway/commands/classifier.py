@@ -339,7 +339,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "rollback", help="go back to the previously promoted version (before the first "
                          "promotion: the shipped model)")
     rollback.set_defaults(handler=rollback_main)
-    for sub in (listing, promote, rollback):
+    imported = commands.add_parser(
+        "import", help="copy a model store folder's versions and current model into the "
+                       "configured store (moving to a store in the database)")
+    imported.add_argument("folder", type=Path, help="the old store (with versions/)")
+    imported.set_defaults(handler=import_main)
+    for sub in (listing, promote, rollback, imported):
         sub.add_argument("--config", default=argparse.SUPPRESS)
 
 
@@ -485,6 +490,29 @@ def rollback_main(args: argparse.Namespace) -> int:
         return 0
     store.set_current(previous, "rollback", {"previous": current})
     print(f"model {previous} is current again (was {current})")
+    return 0
+
+
+def import_main(args: argparse.Namespace) -> int:
+    """Every version of a folder store into the configured store, and its
+    current model made current there (one history entry, 'import'); the
+    folder's history.json stays where it is."""
+    from gateway.classifier.store import DirectoryModelStore
+
+    config = config_from(args)
+    source = DirectoryModelStore(args.folder)
+    if not source.versions_dir.is_dir():
+        raise UsageError(f"import: {args.folder} has no versions/ folder: not a model store")
+    target = ModelStore(config.classifier.store)
+    try:
+        added = [target.add(v.path) for v in source.list()]
+        current = source.current_version()
+        if current is not None and current != target.current_version():
+            target.set_current(current, "import", {"from": str(args.folder)})
+    except StoreError as exc:
+        raise UsageError(f"import: {exc}") from None
+    print(f"{len(added)} version{'s' if len(added) != 1 else ''} imported into {target.root}"
+          + (f"; {current} is current" if current else "; the shipped model stays current"))
     return 0
 
 
