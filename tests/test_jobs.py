@@ -224,3 +224,89 @@ def test_a_node_of_an_older_version_uses_a_schema_a_newer_node_migrated(tmp_path
     with reopened.engine.connect() as connection:
         assert [n.name for n in fleet(connection)] == ["old-node"]
     reopened.close()
+
+
+DIGEST_NODE = """
+import sys
+from gateway.config import parse_config
+from gateway.quarantine.store import QuarantineStore
+from gateway.web.console import Console
+from gateway.web.digest import DailyDigest
+
+url, port = sys.argv[1], sys.argv[2]
+config = parse_config(f'[release]\\nsmtp = "127.0.0.1:{port}"\\n[digest]\\nenabled = true\\n'
+                      'url = "https://q.example.org"\\nhour = 0\\n', "node-a")
+store = QuarantineStore(url, node="node-a")
+DailyDigest(store, Console(store), config).run_once()
+"""
+
+
+class Stalling:
+    """An SMTP server that takes the first message and never answers the
+    end of the second: the node sending to it is stuck halfway."""
+
+    def __init__(self) -> None:
+        self.accepted: list[str] = []
+        self.stalled = threading.Event()
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        import asyncio
+
+        if self.accepted:
+            self.stalled.set()
+            await asyncio.sleep(3600)
+        self.accepted.extend(envelope.rcpt_tos)
+        return "250 OK"
+
+
+def test_a_node_killed_during_the_digest_leaves_the_rest_to_another(postgres):
+    from aiosmtpd.controller import Controller
+
+    from gateway.config import parse_config
+    from gateway.lab.postfix import free_port
+    from gateway.lab.sink import Sink
+    from gateway.quarantine.schema import digest_links
+    from gateway.web.console import Console
+    from gateway.web.digest import DIGEST_JOB, DailyDigest
+    from tests.test_quarantine import put
+
+    store = QuarantineStore(postgres.url, node="node-b")
+    recipients = ("r1@example.net", "r2@example.net", "r3@example.net")
+    for address in recipients:
+        put(store, address.split("@")[0], rcpts=(address,))
+    handler = Stalling()
+    stalling = Controller(handler, hostname="127.0.0.1", port=free_port())
+    stalling.start()
+    node_a = subprocess.Popen([sys.executable, "-c", DIGEST_NODE, postgres.url,
+                               str(stalling.port)], cwd=PROJECT_ROOT)
+    try:
+        assert handler.stalled.wait(30), "node-a never got to its second digest"
+        node_a.send_signal(signal.SIGKILL)
+        node_a.wait()
+    finally:
+        node_a.kill()
+        node_a.wait()
+    assert handler.accepted == ["r1@example.net"]  # r1's digest went; r2's hung
+    with Sink() as sink:
+        config = parse_config(f'[release]\nsmtp = "127.0.0.1:{sink.port}"\n[digest]\n'
+                              'enabled = true\nurl = "https://q.example.org"\nhour = 0\n', "b")
+        node_b = DailyDigest(store, Console(store), config)
+        deadline = time.monotonic() + 10
+        sent = node_b.run_once()
+        while sent is None and time.monotonic() < deadline:  # node-a's lock going
+            time.sleep(0.2)
+            sent = node_b.run_once()
+        assert sent == 2
+        assert sorted(d.rcpt_to[0] for d in sink.wait_for(2)) == ["r2@example.net",
+                                                                "r3@example.net"]
+        assert node_b.run_once() is None  # the day is done
+        time.sleep(0.3)
+        assert len(sink.deliveries) == 2
+    stalling.stop()
+    with store.engine.connect() as connection:
+        links = connection.execute(select(digest_links.c.recipient)).scalars().all()
+        runs = connection.execute(select(job_runs.c.node).where(
+            job_runs.c.job == DIGEST_JOB)).scalars().all()
+    assert sorted(links) == list(recipients)  # each message listed once, for its recipient
+    assert runs == ["node-b"]
+    store.close()

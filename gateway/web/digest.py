@@ -37,7 +37,7 @@ from email.utils import format_datetime, make_msgid
 from html import escape
 from typing import Any
 
-from sqlalchemy import and_, exists, select, update
+from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.config import Config
@@ -305,9 +305,15 @@ class DailyDigest:
         results = send_digests(self.store, self.console, self.config, self.release_rules)
         sent = sum(n for _, n, outcome in results if outcome == "sent")
         failed = sum(1 for _, _, outcome in results if outcome != "sent")
+        start = datetime.fromisoformat(day).replace(tzinfo=UTC)
         with self.console.engine.begin() as connection:
+            # the day's figure counts the links made that day, by whichever run
+            # (a run that died after some recipients reported nothing itself)
+            listed = connection.execute(select(func.count()).select_from(digest_links).where(
+                and_(digest_links.c.created >= start,
+                     digest_links.c.created < start + timedelta(days=1)))).scalar_one()
             connection.execute(update(digest_runs).where(digest_runs.c.day == day).values(
-                node=self.store.node, finished=now(), sent=digest_runs.c.sent + sent))
+                node=self.store.node, finished=now(), sent=listed))
         log.info("digest: %d messages listed in today's digests", sent)
         # A digest the mail server refused keeps its messages unlisted: the
         # next day's digest (or gateway digest send) lists them.
