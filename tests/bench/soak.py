@@ -5,7 +5,8 @@ Talks the milter protocol to the gateway itself (tests/milterclient.py), so
 a private clamd, the synthetic DNS server (a fresh sender domain per
 message, like real traffic), a SQLite quarantine. A share of the sessions
 misbehave as abusive clients do: they abort mid-message or hang up without
-a word. RSS of the milter process and of its workers, and its open file
+a word. RSS of the milter process and of its workers (and PSS, the memory
+they take together, each shared page counted once), and its open file
 descriptors, are sampled as it goes and printed as a table (and a PNG plot
 with ``--plot``).
 
@@ -34,7 +35,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from gateway.lab.clamd import ClamdInstance  # noqa: E402
 from gateway.lab.dns import SyntheticServer  # noqa: E402
 from gateway.lab.milter_process import MilterProcess  # noqa: E402
-from tests.bench.procs import open_fds, rss_bytes, tree  # noqa: E402
+from tests.bench.procs import open_fds, pss_bytes, rss_bytes, tree  # noqa: E402
 from tests.milterclient import MilterClient, MilterError  # noqa: E402
 
 DEFAULT_CORPUS = PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin"
@@ -61,6 +62,8 @@ def sample(pid: int, done: int) -> dict:
             "milter_mb": round(rss_mb(milter), 1),
             "workers_mb": round(sum(rss_mb(p) for p in workers), 1),
             "all_mb": round(sum(rss_mb(p) for p in family), 1),
+            # What they take together: shared pages counted once.
+            "all_pss_mb": round(sum(pss_bytes(p) for p in family) / 2**20, 1),
             "processes": len(family), "fds": open_fds(milter)}
 
 
@@ -150,7 +153,8 @@ def main() -> int:
                               f"  {row['messages']:>7} msgs {row['seconds']:>7}s  supervisor "
                               f"{row['supervisor_mb']:5.1f} MB  milter "
                               f"{row['milter_mb']:7.1f} MB  workers {row['workers_mb']:7.1f} MB"
-                              f"  all {row['all_mb']:7.1f} MB  fds {row['fds']:>4}"
+                              f"  all {row['all_mb']:7.1f} MB (PSS {row['all_pss_mb']:6.1f})"
+                              f"  fds {row['fds']:>4}"
                               f"  processes {row['processes']}", flush=True)
             if client is not None:
                 with contextlib.suppress(OSError):
@@ -170,7 +174,8 @@ def main() -> int:
             last = samples[-1]
             print(f"soak: all processes {early['all_mb']} MB after {early['messages']} "
                   f"messages, {last['all_mb']} MB after {last['messages']} "
-                  f"({last['all_mb'] - early['all_mb']:+.1f} MB); milter process "
+                  f"({last['all_mb'] - early['all_mb']:+.1f} MB; PSS {early['all_pss_mb']} -> "
+                  f"{last['all_pss_mb']} MB); milter process "
                   f"{early['milter_mb']} -> {last['milter_mb']} MB; fds {early['fds']} -> "
                   f"{last['fds']}")
         if args.plot and samples:
