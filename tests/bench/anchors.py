@@ -72,7 +72,8 @@ def _which(program: str) -> str | None:
 
 
 def _stop(process: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
-    """SIGTERM, SIGKILL after ``timeout``; then whatever is left of its session."""
+    """SIGTERM, SIGKILL after ``timeout``; then whatever is left of its
+    session (each process here starts one: start_new_session=True)."""
     if process is None:
         return
     if process.poll() is None:
@@ -84,8 +85,25 @@ def _stop(process: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> Non
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             process.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)  # its session: start_new_session=True
+    # While a process is left in the group, the group's id cannot be given to
+    # another process: the signal reaches only what this module started.
+    if _group_members(process.pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _group_members(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def _group_members(group: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == group:
+                members.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return members
 
 
 def _wait_for(ready, process: subprocess.Popen[bytes], what: str, timeout: float,
