@@ -310,3 +310,36 @@ def test_a_node_killed_during_the_digest_leaves_the_rest_to_another(postgres):
     assert sorted(links) == list(recipients)  # each message listed once, for its recipient
     assert runs == ["node-b"]
     store.close()
+
+
+def test_two_purges_at_once_expire_each_message_once(postgres):
+    """gateway quarantine purge run by hand while a node's purge job runs:
+    whichever reaches a message second finds it expired already."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from gateway.quarantine.schema import events, messages
+    from gateway.quarantine.store import now
+    from tests.test_quarantine import put
+
+    store = QuarantineStore(postgres.url, node="node-a")
+    ids = [put(store, f"old{i}") for i in range(60)]
+    with store.engine.begin() as connection:
+        connection.execute(update(messages).where(messages.c.id.in_(ids)).values(
+            created=now() - timedelta(days=40)))
+    barrier = threading.Barrier(2)
+
+    def purge(_):
+        barrier.wait()
+        return store.purge({"held": 30}, 0)["expired"]
+
+    with ThreadPoolExecutor(2) as pool:
+        expired = list(pool.map(purge, range(2)))
+    assert sum(expired) == 60
+    with store.engine.connect() as connection:
+        counted = connection.execute(select(events.c.message, func.count()).where(
+            events.c.action == "expired").group_by(events.c.message)).all()
+    assert len(counted) == 60 and {n for _, n in counted} == {1}
+    store.close()

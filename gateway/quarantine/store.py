@@ -322,11 +322,17 @@ class QuarantineStore:
                     messages.c.state == "held", messages.c.action == action,
                     messages.c.created < cutoff, ~_awaiting_review()))).scalars().all()
             for identifier in stale:
-                connection.execute(update(messages).where(messages.c.id == identifier)
-                                   .values(state="expired", raw=None, updated=at))
-                _event(connection, identifier, "gateway", "expired",
-                       f"held longer than {days} days")
-            counts["expired"] += len(stale)
+                # only if still held: a purge run beside this one (gateway
+                # quarantine purge during a node's) waits for this row and
+                # then finds it expired, and records nothing twice
+                done = connection.execute(
+                    update(messages).where(and_(messages.c.id == identifier,
+                                                messages.c.state == "held"))
+                    .values(state="expired", raw=None, updated=at)).rowcount
+                if done:
+                    _event(connection, identifier, "gateway", "expired",
+                           f"held longer than {days} days")
+                    counts["expired"] += 1
         for state in ("released", "deleted", "expired"):
             cutoff = at - timedelta(days=retention.get(state, 30))
             gone = connection.execute(
