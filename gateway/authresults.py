@@ -17,6 +17,7 @@ import authres
 import authres.arc
 import authres.dmarc
 
+from gateway.facts import ArcFacts, DkimFacts, DmarcFacts, IprevFacts, SpfFacts
 from gateway.mail import DomainError, ascii_domain
 
 HEADER = "Authentication-Results"
@@ -25,47 +26,47 @@ HEADER = "Authentication-Results"
 def build(authserv_id: str, facts: Mapping[str, Mapping[str, Any]]) -> str | None:
     """The header's value, or None if no authentication check ran."""
     results: list[authres.core.AuthenticationResult] = []
-    spf = facts.get("spf") or {}
-    if spf.get("result"):
-        if spf.get("identity") == "helo":
+    spf = SpfFacts.of(facts)
+    if spf is not None and spf.result:
+        if spf.identity == "helo":
             results.append(authres.SPFAuthenticationResult(
-                result=spf["result"], smtp_helo=spf.get("domain")))
+                result=spf.result, smtp_helo=spf.domain))
         else:
             results.append(authres.SPFAuthenticationResult(
-                result=spf["result"], smtp_mailfrom=spf.get("sender")))
-    signatures = (facts.get("dkim") or {}).get("signatures")
-    if signatures is not None:
-        if not signatures:
+                result=spf.result, smtp_mailfrom=spf.sender))
+    dkim = DkimFacts.of(facts)
+    if dkim is not None:
+        if not dkim.signatures:
             results.append(authres.core.DKIMAuthenticationResult(result="none"))
-        for signature in signatures:
+        for signature in dkim.signatures:
             properties = []
-            if signature.get("header_b"):
+            if signature.header_b:
                 properties.append(authres.AuthenticationResultProperty(
-                    "header", "b", signature["header_b"][:8]))
+                    "header", "b", signature.header_b[:8]))
             results.append(authres.core.DKIMAuthenticationResult(
-                result=signature["result"],
-                reason=signature.get("reason") or None,
-                header_d=signature.get("domain") or None,
-                header_s=signature.get("selector") or None,
-                header_a=signature.get("algorithm") or None,
+                result=signature.result,
+                reason=signature.reason or None,
+                header_d=signature.domain or None,
+                header_s=signature.selector or None,
+                header_a=signature.algorithm or None,
                 properties=properties or None,
             ))
-    dmarc = facts.get("dmarc") or {}
-    if dmarc.get("result"):
-        reason = "overridden by trusted ARC" if dmarc.get("override") else None
+    dmarc = DmarcFacts.of(facts)
+    if dmarc is not None and dmarc.result:
+        reason = "overridden by trusted ARC" if dmarc.override else None
         results.append(authres.dmarc.DMARCAuthenticationResult(
-            result=dmarc["result"], reason=reason,
-            header_from=dmarc.get("from_domain") or None,
-            policy=dmarc.get("policy") or None))
-    arc = facts.get("arc") or {}
-    if arc.get("result"):
+            result=dmarc.result, reason=reason,
+            header_from=dmarc.from_domain or None,
+            policy=dmarc.policy or None))
+    arc = ArcFacts.of(facts)
+    if arc is not None and arc.result:
         results.append(authres.arc.ARCAuthenticationResult(
-            result=arc["result"], header_as_d=arc.get("sealer") or None))
-    iprev = facts.get("iprev") or {}
-    if iprev.get("result"):
+            result=arc.result, header_as_d=arc.sealer or None))
+    iprev = IprevFacts.of(facts)
+    if iprev is not None and iprev.result:
         results.append(authres.IPRevAuthenticationResult(
-            result=iprev["result"], policy_iprev=iprev.get("ip"),
-            policy_iprev_comment=iprev.get("name") or None))
+            result=iprev.result, policy_iprev=iprev.ip,
+            policy_iprev_comment=iprev.name or None))
     if not results:
         return None
     header = authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=results)

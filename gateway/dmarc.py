@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.dns import DnsTempError, NoRecords, NxDomain, Resolver
+from gateway.facts import SignatureResult
 from gateway.mail import DomainError, ascii_domain, registrable_domain
 
 POLICIES = ("none", "quarantine", "reject")
@@ -278,7 +280,7 @@ def stricter(first: str, second: str) -> str:
 
 
 def evaluate(from_domain: str, spf_result: str | None, spf_domain: str,
-             dkim_signatures: list[dict], discovery: PolicyDiscovery,
+             dkim_signatures: Sequence[SignatureResult], discovery: PolicyDiscovery,
              message_key: bytes) -> DmarcResult:
     """DMARC for one author domain (in A-labels)."""
     try:
@@ -300,9 +302,8 @@ def evaluate(from_domain: str, spf_result: str | None, spf_domain: str,
                 policy = stricter(policy, record.nonexistent_policy)
     spf_ok = spf_result == "pass" and aligned(spf_domain, from_domain, record.aspf, discovery)
     dkim_domain = next(
-        (s["domain"] for s in dkim_signatures
-         if s.get("result") == "pass" and aligned(s.get("domain", ""), from_domain,
-                                                  record.adkim, discovery)), "")
+        (s.domain for s in dkim_signatures
+         if s.result == "pass" and aligned(s.domain, from_domain, record.adkim, discovery)), "")
     found_at = found.found_at or ""
     details = {"record": "; ".join(record.problems)} if record.problems else {}
     if spf_ok or dkim_domain:

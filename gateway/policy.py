@@ -50,6 +50,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.config import ACTIONS, Action
+from gateway.facts import ListsFacts
 from gateway.mail import DomainError, ascii_domain
 from gateway.pipeline import PipelineResult
 from gateway.schema import ConfigError, suggest_key
@@ -832,17 +833,17 @@ class Policy:
         """The verdict on one message. ``recipients``: the envelope's, for the
         domains' and recipients' own policies (default: as the lists check
         reported them)."""
-        listed = result.facts.get("lists")
+        listed = ListsFacts.of(result.facts)
         if recipients is None:
-            recipients = tuple((listed or {}).get("recipients", ()))
+            recipients = tuple(listed.recipients) if listed is not None else ()
             if listed is None and self.rules.domains and not self._warned:
                 self._warned = True
                 log.warning("domain policies are not applied: the recipients are not known "
                             "(the lists check reports them; enable it in [pipeline] checks)")
-        scoped = (listed or {}).get("recipient_symbols") or {}
-        groups: dict[tuple[tuple[str, ...], tuple[tuple, ...]], list[str]] = {}
+        scoped = listed.recipient_symbols if listed is not None else {}
+        groups: dict[tuple[tuple[str, ...], tuple[Symbol, ...]], list[str]] = {}
         for recipient in recipients:
-            extra = tuple(tuple(s) for s in scoped.get(recipient, ()))
+            extra = tuple(scoped.get(recipient, ()))
             groups.setdefault((self._chain(recipient), extra), []).append(recipient)
         if not groups:
             groups[((), ())] = []
@@ -901,9 +902,9 @@ class Policy:
             self._effective[chain] = effective
         return effective
 
-    def _judge(self, result: PipelineResult, rules: _Effective, extra: tuple[tuple, ...],
+    def _judge(self, result: PipelineResult, rules: _Effective, extra: tuple[Symbol, ...],
                reference: str | None) -> Verdict:
-        found = [*result.symbols, *(Symbol(*fields) for fields in extra)]
+        found = [*result.symbols, *extra]
         symbols = [s.rescored(rules.scores[s.name]) if s.name in rules.scores else s
                    for s in found]
         if self.rules.metas:

@@ -48,8 +48,11 @@ class Symbol:
 class Report:
     """What one check returns: its symbols plus machine-readable facts.
 
-    Facts are for other parts (a later check, the headers, the quarantine
-    record), e.g. ``{"spam_probability": 0.97}``; symbols are for the score.
+    Facts are for other parts (a later check, the headers, the policy), e.g.
+    ``{"spam_probability": 0.97}``; symbols are for the score. The built-in
+    checks write them with their class in :mod:`gateway.facts`
+    (``SpfFacts(...).to_json()``) and readers read them back with it; a
+    site's own check may report any JSON-shaped mapping.
     """
 
     symbols: tuple[Symbol, ...] = ()

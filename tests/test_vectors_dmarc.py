@@ -36,6 +36,7 @@ from gateway.config import AuthSection, Config, DnsSection, PipelineSection
 from gateway.dmarc import PslDiscovery, RecordError, aligned, parse_record
 from gateway.dns import Resolver
 from gateway.evaluator import LocalEvaluator
+from gateway.facts import DkimFacts, SignatureResult, SpfFacts
 from gateway.lab.dns import KnotServer, Zone
 from gateway.mail import author_domains
 from gateway.message import Envelope, Message
@@ -147,8 +148,9 @@ def dmarc_facts(port: int, raw: bytes, dkim: tuple[tuple[str, str], ...] | None)
             evaluator.close()
     check = DmarcCheck(config)
     check.discovery = PslDiscovery(Resolver(config.dns))
-    signatures = [{"domain": domain, "result": result} for domain, result in dkim]
-    context = CheckContext(facts={"spf": {}, "dkim": {"signatures": signatures}})
+    signatures = [SignatureResult(domain, "", "", result) for domain, result in dkim]
+    context = CheckContext(facts={"spf": SpfFacts(None).to_json(),
+                                  "dkim": DkimFacts(signatures).to_json()})
     return dict(check.run(message, context).facts)
 
 
@@ -328,17 +330,18 @@ def dmarc_package_dns(lab_dir: Path):
 def test_dmarc_package_policy_case(dmarc_package_dns, case: PolicyCase):
     from_domain = own_domain(case, case.from_domain)
     raw = f"From: <user@{from_domain}>\r\nSubject: vector\r\n\r\nbody\r\n".encode()
-    spf = {}
+    spf = SpfFacts(None)
     if case.spf:
-        spf = {"result": case.spf[1], "domain": own_domain(case, case.spf[0])}
-    signatures = ([{"domain": own_domain(case, case.dkim[0]), "result": case.dkim[1]}]
+        spf = SpfFacts(case.spf[1], domain=own_domain(case, case.spf[0]))
+    signatures = ([SignatureResult(own_domain(case, case.dkim[0]), "", "", case.dkim[1])]
                   if case.dkim else [])
     config = Config(pipeline=PipelineSection(checks=["spf", "dkim", "dmarc"]),
                     dns=dns_config(dmarc_package_dns.port))
     check = DmarcCheck(config)
     check.discovery = PslDiscovery(Resolver(config.dns))
     facts = check.run(Message.from_bytes(raw, Envelope(rcpt_to=("rcpt@example.net",))),
-                      CheckContext(facts={"spf": spf, "dkim": {"signatures": signatures}}))
+                      CheckContext(facts={"spf": spf.to_json(),
+                                          "dkim": DkimFacts(signatures).to_json()}))
     disposition = facts.facts["applied"]
     assert (facts.facts["result"], disposition) == case.expected, (case.test, facts.facts)
     assert facts.facts["found_at"] == own_domain(case, case.found_at)

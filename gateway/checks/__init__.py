@@ -42,7 +42,8 @@ BUILTIN: dict[str, str] = {
 @dataclass(frozen=True)
 class CheckContext:
     """What a check may know besides the message: the facts reported by the
-    checks it ``requires`` or ``wants`` (keyed by check name)."""
+    checks it ``requires`` or ``wants`` (keyed by check name; read a built-in
+    check's with its class, ``SpfFacts.of(context.facts)``)."""
 
     facts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 

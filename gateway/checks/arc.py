@@ -28,6 +28,7 @@ from gateway.checks.dkim import (
 )
 from gateway.config import Config
 from gateway.dns import DnsTempError, NoRecords, NxDomain, Resolver, shared_resolver
+from gateway.facts import ArcFacts
 from gateway.message import Message
 from gateway.symbols import Report
 
@@ -94,13 +95,13 @@ class ArcCheck(Check):
     def run(self, message: Message, context: CheckContext) -> Report:
         if not any(message.header(h) is not None for h in ARC_HEADERS):
             return Report(symbols=(self.symbol("ARC_NONE", "0 instance(s)"),),
-                          facts={"result": "none", "sealer": "", "instances": 0,
-                                 "reason": "Message is not ARC signed"})
+                          facts=ArcFacts("none", sealer="", instances=0,
+                                         reason="Message is not ARC signed").to_json())
         try:
             return self._verify(message)
         except ArcTempError as exc:
             return Report(symbols=(self.symbol("ARC_TEMPERROR", str(exc)),),
-                          facts={"result": "temperror", "reason": str(exc)})
+                          facts=ArcFacts("temperror", reason=str(exc)).to_json())
         except Exception as exc:  # message content must never make the check fail
             log.warning("ARC: cannot verify a chain: %r", exc)
             return self._failed(f"cannot verify: {type(exc).__name__}: {str(exc)[:80]}")
@@ -108,8 +109,8 @@ class ArcCheck(Check):
     def _failed(self, reason: str, instances: int = 0, sealer: str = "") -> Report:
         evidence = f"{instances} instance(s)" + (f", sealed by {sealer}" if sealer else "")
         return Report(symbols=(self.symbol("ARC_FAIL", f"{evidence}: {reason}"),),
-                      facts={"result": "fail", "sealer": sealer, "instances": instances,
-                             "reason": reason})
+                      facts=ArcFacts("fail", sealer=sealer, instances=instances,
+                                     reason=reason).to_json())
 
     def _verify(self, message: Message) -> Report:
         chain = dkim.ARC(message.raw.bytes(), minkey=MIN_KEY_BITS)
@@ -132,13 +133,14 @@ class ArcCheck(Check):
             return self._failed(reason, len(instances), sealer)
         symbol = "ARC_PASS" if result == "pass" else "ARC_NONE"
         evidence = f"{len(instances)} instance(s)" + (f", sealed by {sealer}" if sealer else "")
-        facts = {"result": result, "sealer": sealer, "instances": len(instances),
-                 "reason": reason, "sealer_dmarc": "", "sealer_dmarc_from": ""}
+        sealer_dmarc = sealer_dmarc_from = ""
         if result == "pass" and latest:
             recorded = sealer_results(fields, latest)
             dmarc = next((r for r in recorded.results if r.method == "dmarc"), None)
             if dmarc is not None:
-                facts["sealer_dmarc"] = dmarc.result
-                facts["sealer_dmarc_from"] = dmarc.properties.get("header.from", "").lower()
+                sealer_dmarc = dmarc.result
+                sealer_dmarc_from = dmarc.properties.get("header.from", "").lower()
                 evidence += f", which recorded dmarc={dmarc.result}"
-        return Report(symbols=(self.symbol(symbol, evidence),), facts=facts)
+        facts = ArcFacts(result, sealer=sealer, instances=len(instances), reason=reason,
+                         sealer_dmarc=sealer_dmarc, sealer_dmarc_from=sealer_dmarc_from)
+        return Report(symbols=(self.symbol(symbol, evidence),), facts=facts.to_json())

@@ -47,6 +47,7 @@ from typing import Any
 from gateway.checks import Check, CheckContext
 from gateway.checks.view import view_of
 from gateway.config import Config
+from gateway.facts import AttachmentsFacts
 from gateway.message import Message
 from gateway.policy import load_rules
 from gateway.schema import ConfigError
@@ -231,9 +232,9 @@ class AttachmentsCheck(Check):
         symbols = tuple(self.symbol(symbol, "; ".join(items[:SHOWN]) + (
             f"; and {len(items) - SHOWN} more" if len(items) > SHOWN else ""))
             for symbol, items in findings.found.items())
-        return Report(symbols=symbols, facts={
-            "attachments": inspected,
-            "archive_bytes_read": limits.archive_bytes - findings.budget})
+        return Report(symbols=symbols, facts=AttachmentsFacts(
+            attachments=inspected,
+            archive_bytes_read=limits.archive_bytes - findings.budget).to_json())
 
     # -- names ------------------------------------------------------------------------------
 

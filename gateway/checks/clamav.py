@@ -19,6 +19,7 @@ import pyclamd
 
 from gateway.checks import Check, CheckContext
 from gateway.config import ClamavSection, Config
+from gateway.facts import ClamavFacts
 from gateway.message import Message
 from gateway.symbols import Report
 
@@ -151,20 +152,20 @@ class ClamavCheck(Check):
             reason = getattr(client, "connect_error", None) or str(exc) or type(exc).__name__
             raise ClamdUnavailable(f"{self._where()}: {reason}") from None
         if not answer:
-            return Report(facts={"scanned": True, "infected": False})
+            return Report(facts=ClamavFacts(scanned=True, infected=False).to_json())
         status, detail = next(iter(answer.values()))
         if status == "FOUND":
             if detail.startswith(LIMIT_SIGNATURES):
                 return self._oversize(f"clamd stopped at a scan limit: {detail}")
             return Report(
                 symbols=(self.symbol("CLAMAV_VIRUS", detail),),
-                facts={"scanned": True, "infected": True, "signature": detail},
+                facts=ClamavFacts(scanned=True, infected=True, signature=detail).to_json(),
             )
         raise ClamdUnavailable(f"{self._where()} answered an error: {detail}")
 
     def _oversize(self, evidence: str) -> Report:
         return Report(symbols=(self.symbol("CLAMAV_OVERSIZE", evidence),),
-                      facts={"scanned": False, "reason": evidence})
+                      facts=ClamavFacts(scanned=False, reason=evidence).to_json())
 
 
 def clamd_command(settings: ClamavSection, command: bytes, timeout: float | None = None) -> str:

@@ -29,7 +29,6 @@ import binascii
 import logging
 import re
 import threading
-from dataclasses import asdict, dataclass
 
 import dkim
 import dkim.canonicalization
@@ -46,6 +45,7 @@ from gateway.dns import (
     dns_name,
     shared_resolver,
 )
+from gateway.facts import DkimFacts, SignatureResult
 from gateway.message import Message
 from gateway.symbols import Report, Symbol
 
@@ -119,21 +119,6 @@ def install_linear_relaxed_body() -> None:
             relaxed.canonicalize_body = staticmethod(linear_relaxed_body)
 
 
-@dataclass(frozen=True)
-class SignatureResult:
-    domain: str
-    selector: str
-    algorithm: str
-    result: str
-    reason: str = ""
-    partial_body: bool = False
-    header_b: str = ""  # first bytes of b=, to tell signatures apart in A-R
-
-    def describe(self) -> str:
-        text = f"{self.domain} s={self.selector} a={self.algorithm}: {self.result}"
-        return text + (f" ({self.reason})" if self.reason else "")
-
-
 class DkimCheck(Check):
     name = "dkim"
     io_bound = True
@@ -156,7 +141,7 @@ class DkimCheck(Check):
 
     def run(self, message: Message, context: CheckContext) -> Report:
         if message.header("DKIM-Signature") is None:  # spare dkimpy its own parse
-            return Report(symbols=(self.symbol("DKIM_NONE"),), facts={"signatures": []})
+            return Report(symbols=(self.symbol("DKIM_NONE"),), facts=DkimFacts().to_json())
         try:
             results, unverified = self._verify_all(message)
         except Exception as exc:  # message content must never make the check fail
@@ -181,8 +166,7 @@ class DkimCheck(Check):
                     f"([auth] max_dkim_signatures = {self.max_signatures})")
             symbols[0] = self.symbol(first.name, f"{first.evidence}; {note}".lstrip("; "))
         return Report(symbols=tuple(symbols),
-                      facts={"signatures": [asdict(r) for r in results],
-                             "unverified": unverified})
+                      facts=DkimFacts(results, unverified).to_json())
 
     def _verify_all(self, message: Message) -> tuple[list[SignatureResult], int]:
         signer = dkim.DKIM(message.raw.bytes(), minkey=MIN_KEY_BITS)

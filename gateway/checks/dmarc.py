@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.checks import Check, CheckContext
@@ -26,6 +27,7 @@ from gateway.checks.sender import only_role_recipients
 from gateway.config import Config
 from gateway.dmarc import DmarcResult, PslDiscovery, evaluate
 from gateway.dns import shared_resolver
+from gateway.facts import ArcFacts, DkimFacts, DmarcFacts, SignatureResult, SpfFacts
 from gateway.mail import DomainError, ascii_domain, author_domains
 from gateway.message import Message
 from gateway.symbols import Report, Symbol
@@ -98,10 +100,10 @@ class DmarcCheck(Check):
             if authors.problems:
                 reason += f" ({'; '.join(authors.problems)[:200]})"
             return Report(symbols=(self.symbol("DMARC_PERMERROR", reason),),
-                          facts={"result": "permerror", "reason": reason, "authors": {}})
-        spf = context.facts.get("spf", {})
-        signatures = list(context.facts.get("dkim", {}).get("signatures", []))
-        arc = context.facts.get("arc", {})
+                          facts=DmarcFacts("permerror", reason=reason).to_json())
+        spf = SpfFacts.of(context.facts) or SpfFacts(None)
+        signatures = (DkimFacts.of(context.facts) or DkimFacts()).signatures
+        arc = ArcFacts.of(context.facts)
         # pct sampling keys on the message itself (not its bytes: a 25 MB
         # message need not be read again), so a re-check samples the same way.
         key = "\n".join([message.header("Message-ID") or "", message.header("Date") or "",
@@ -124,21 +126,20 @@ class DmarcCheck(Check):
             else:
                 symbols.append(self.symbol("DMARC_PERMERROR", excess))
         outcome = chosen.outcome
-        facts = {"result": outcome.result, "from_domain": outcome.from_domain,
-                 # RFC 7489 11.2 policy.dmarc: the policy applied, after pct= and t=
-                 "policy": outcome.applied if outcome.result == "fail" else outcome.policy,
-                 "published_policy": outcome.policy, "applied": outcome.applied,
-                 "spf_aligned": outcome.spf_aligned, "dkim_aligned": outcome.dkim_aligned,
-                 "dkim_domain": outcome.aligned_dkim_domain, "found_at": outcome.found_at,
-                 "reason": outcome.reason,
-                 "authors": {o.outcome.from_domain or o.written: o.outcome.result
-                             for o in outcomes}}
-        if any(s.name == "DMARC_ARC_OVERRIDE" for s in symbols):
-            facts["override"] = "arc"
-        return Report(symbols=tuple(symbols), facts=facts)
+        facts = DmarcFacts(
+            outcome.result, from_domain=outcome.from_domain,
+            # RFC 7489 11.2 policy.dmarc: the policy applied, after pct= and t=
+            policy=outcome.applied if outcome.result == "fail" else outcome.policy,
+            published_policy=outcome.policy, applied=outcome.applied,
+            spf_aligned=outcome.spf_aligned, dkim_aligned=outcome.dkim_aligned,
+            dkim_domain=outcome.aligned_dkim_domain, found_at=outcome.found_at,
+            reason=outcome.reason,
+            authors={o.outcome.from_domain or o.written: o.outcome.result for o in outcomes},
+            override="arc" if any(s.name == "DMARC_ARC_OVERRIDE" for s in symbols) else None)
+        return Report(symbols=tuple(symbols), facts=facts.to_json())
 
-    def _author(self, written: str, spf: dict, signatures: list[dict], arc: dict, key: bytes,
-                message: Message) -> AuthorOutcome:
+    def _author(self, written: str, spf: SpfFacts, signatures: Sequence[SignatureResult],
+                arc: ArcFacts | None, key: bytes, message: Message) -> AuthorOutcome:
         try:
             domain = ascii_domain(written)
             if _is_ip_address(domain):
@@ -147,7 +148,7 @@ class DmarcCheck(Check):
             outcome = DmarcResult("permerror", reason=str(exc))
             return AuthorOutcome(written, outcome, (self.symbol("DMARC_PERMERROR", str(exc)),))
         try:
-            outcome = evaluate(domain, spf.get("result"), spf.get("domain", ""), signatures,
+            outcome = evaluate(domain, spf.result, spf.domain or "", signatures,
                                self.discovery, key)
             return AuthorOutcome(written, outcome, tuple(self._symbols(outcome, arc, message)))
         except Exception as exc:  # message content must never make the check fail
@@ -159,7 +160,8 @@ class DmarcCheck(Check):
     def _with_evidence(self, symbol: Symbol, more: str) -> Symbol:
         return self.symbol(symbol.name, f"{symbol.evidence} {more}".strip())
 
-    def _symbols(self, outcome: DmarcResult, arc: dict, message: Message) -> list[Symbol]:
+    def _symbols(self, outcome: DmarcResult, arc: ArcFacts | None,
+                 message: Message) -> list[Symbol]:
         domain = outcome.from_domain
         # What the record had that was ignored or read as a default.
         noted = f" (record: {outcome.details['record']})" if outcome.details.get("record") else ""
@@ -198,14 +200,15 @@ class DmarcCheck(Check):
             found.append(self.symbol("DMARC_POLICY_NONE", evidence))
         return found
 
-    def _arc_override(self, domain: str, arc: dict) -> str:
+    def _arc_override(self, domain: str, arc: ArcFacts | None) -> str:
         """"ARC chain ..." when a trusted sealer vouches for this domain's DMARC
         pass (RFC 8617 7.2), else why not (or "" when no trusted sealer sealed)."""
-        sealer = arc.get("sealer", "")
-        if arc.get("result") != "pass" or not sealer or _ascii(sealer) not in self.trusted_sealers:
+        if arc is None or arc.result != "pass" or not arc.sealer \
+                or _ascii(arc.sealer) not in self.trusted_sealers:
             return ""
-        recorded = arc.get("sealer_dmarc") or "nothing"
-        recorded_from = _ascii(arc.get("sealer_dmarc_from", ""))
+        sealer = arc.sealer
+        recorded = arc.sealer_dmarc or "nothing"
+        recorded_from = _ascii(arc.sealer_dmarc_from or "")
         if recorded == "pass" and recorded_from in ("", domain):
             return f"ARC chain sealed by trusted {sealer}, which recorded dmarc=pass"
         if recorded == "pass":

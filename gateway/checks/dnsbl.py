@@ -49,6 +49,7 @@ from gateway.checks import Check, CheckContext
 from gateway.checks.view import view_of
 from gateway.config import Config
 from gateway.dns import DnsTempError, InvalidName, NoRecords, NxDomain, dns_name, shared_resolver
+from gateway.facts import DnsblFacts
 from gateway.mail import author_domains, registrable_domain
 from gateway.message import Message
 from gateway.policy import load_rules
@@ -346,8 +347,8 @@ class DnsblCheck(Check):
             found.append(self.symbol("DNSBL_REFUSED", "; ".join(refused[:SHOWN])))
         if failed:
             found.append(self.symbol("DNSBL_TEMPERROR", "; ".join(failed[:SHOWN])))
-        return Report(symbols=tuple(found), facts={
-            "listed": listed_facts, "queries": sum(o.queries for o in outcomes.values())})
+        return Report(symbols=tuple(found), facts=DnsblFacts(
+            listed=listed_facts, queries=sum(o.queries for o in outcomes.values())).to_json())
 
 
 def _reversed(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from email.utils import parsedate_tz
 
 from gateway.checks import Check, CheckContext
+from gateway.facts import HeadersFacts
 from gateway.mail import parse_mailboxes
 from gateway.message import Message
 from gateway.symbols import Report, Symbol
@@ -50,7 +51,7 @@ class HeaderSanityCheck(Check):
             found.append(self.symbol("MISSING_SUBJECT"))
         # The Message-ID lets `gateway trace` find accepted mail by its log line.
         message_id = " ".join((message.header("Message-ID") or "").split())[:255]
-        return Report(symbols=tuple(found), facts={"message_id": message_id})
+        return Report(symbols=tuple(found), facts=HeadersFacts(message_id).to_json())
 
     def _unreadable_addresses(self, message: Message) -> list[str]:
         depth = message.limits.address_comment_depth

@@ -15,6 +15,7 @@ import dns.reversename
 from gateway.checks import Check, CheckContext
 from gateway.config import Config
 from gateway.dns import DnsTempError, NoRecords, NxDomain, shared_resolver
+from gateway.facts import IprevFacts
 from gateway.message import Message
 from gateway.symbols import Report
 
@@ -42,7 +43,7 @@ class IprevCheck(Check):
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
-            return Report(facts={"result": None, "reason": "no client IP to check"})
+            return Report(facts=IprevFacts(None, reason="no client IP to check").to_json())
         try:
             return self._check(ip, address)
         except Exception as exc:  # what DNS answers must never make the check fail
@@ -77,4 +78,4 @@ class IprevCheck(Check):
 
     def _report(self, result: str, ip: str, name: str, evidence: str) -> Report:
         return Report(symbols=(self.symbol(f"IPREV_{result.upper()}", evidence),),
-                      facts={"result": result, "ip": ip, "name": name})
+                      facts=IprevFacts(result, ip=ip, name=name).to_json())

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from gateway.checks import Check, CheckContext
 from gateway.config import Config
+from gateway.facts import ListsFacts
 from gateway.mail import DomainError, ascii_domain
 from gateway.message import Message
 from gateway.policy import load_rules, policy_key
@@ -345,7 +346,7 @@ class ListsCheck(Check):
                 if symbol not in {s.name for s in found}:
                     found.append(self.symbol(symbol, evidence))
         recipients = list(envelope.rcpt_to)
-        scoped: dict[str, list[list]] = {}
+        scoped: dict[str, list[Symbol]] = {}
         if self.policies or managed_scoped:
             for recipient in recipients:
                 items = self._scoped(recipient, sender, ip, managed_scoped, hits,
@@ -354,17 +355,17 @@ class ListsCheck(Check):
                     scoped[recipient] = items
         if hits and self.managed is not None and envelope.queue_id:
             self.managed.count(set(hits))  # one hit per message and entry
-        return Report(symbols=tuple(found), facts={"recipients": recipients,
-                                                   "recipient_symbols": scoped})
+        return Report(symbols=tuple(found),
+                      facts=ListsFacts(recipients, recipient_symbols=scoped).to_json())
 
     def _scoped(self, recipient: str, sender: str, ip: str | None,
-                managed: Mapping[str, Lists], hits: list[int], known: set[str]) -> list[list]:
+                managed: Mapping[str, Lists], hits: list[int], known: set[str]) -> list[Symbol]:
         try:
             key = policy_key(recipient)
         except ValueError:
             return []
         keys = [key.rpartition("@")[2], key] if "@" in key else [key]
-        items: list[list] = []
+        items: list[Symbol] = []
         for scope in keys:
             for lists in (self.policies.get(scope), managed.get(scope)):
                 for symbol, evidence, entry in (lists.matches(sender, ip) if lists else ()):
@@ -372,8 +373,7 @@ class ListsCheck(Check):
                         hits.append(entry)
                     if symbol not in known:
                         known = known | {symbol}
-                        items.append([symbol, 0.0, self.symbols[symbol],
-                                      f"{evidence}, for {scope}"])
+                        items.append(self.symbol(symbol, f"{evidence}, for {scope}"))
         return items
 
     def close(self) -> None:

@@ -55,6 +55,7 @@ from typing import Any
 from gateway.checks import Check, CheckContext
 from gateway.checks.view import Link, MessageView, Part, view_of
 from gateway.config import Config
+from gateway.facts import RulesFacts
 from gateway.mail import decoded_header, parse_mailboxes
 from gateway.message import Message
 from gateway.policy import load_rules
@@ -336,5 +337,5 @@ class RulesCheck(Check):
             if evidence is not None:
                 found.append(Symbol(rule.name, rule.score, rule.description, evidence))
         return Report(symbols=tuple(found),
-                      facts={"rules": len(self.rules),
-                             "millis": round((time.monotonic() - started) * 1000, 2)})
+                      facts=RulesFacts(len(self.rules),
+                                       round((time.monotonic() - started) * 1000, 2)).to_json())

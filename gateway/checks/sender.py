@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from gateway.checks import Check, CheckContext
 from gateway.config import Config
 from gateway.dns import DnsTempError, InvalidName, NoRecords, NxDomain, shared_resolver
+from gateway.facts import SenderFacts
 from gateway.message import Message
 from gateway.symbols import Report, Symbol
 
@@ -113,14 +114,14 @@ class SenderCheck(Check):
     def run(self, message: Message, context: CheckContext) -> Report:
         envelope = message.envelope
         found: list[Symbol] = []
-        facts: dict[str, str] = {}
+        facts = SenderFacts()
         domain = envelope.sender_domain
         if domain and is_address_literal(domain):
-            facts["sender_domain"] = "address literal"
+            facts = SenderFacts(sender_domain="address literal")
             found.append(self.symbol("SENDER_ADDRESS_LITERAL", envelope.mail_from[:120]))
         elif domain:
             verdict = self._checked_domain(domain)
-            facts["sender_domain"] = verdict[0] if verdict else "ok"
+            facts = SenderFacts(sender_domain=verdict[0] if verdict else "ok")
             if verdict:
                 name, evidence = verdict
                 if name in UNREPLYABLE and only_role_recipients(
@@ -134,7 +135,7 @@ class SenderCheck(Check):
             elif helo.lower().strip("[]").rstrip(".") in self.ours:
                 found.append(self.symbol("HELO_CLAIMS_OURS",
                                          f"{helo} from {envelope.client_ip}"))
-        return Report(symbols=tuple(found), facts=facts)
+        return Report(symbols=tuple(found), facts=facts.to_json())
 
     def _checked_domain(self, domain: str) -> tuple[str, str] | None:
         try:

@@ -17,6 +17,7 @@ import spf
 from gateway.checks import Check, CheckContext
 from gateway.config import Config
 from gateway.dns import DnsTempError, NoRecords, NxDomain, Resolver, shared_resolver
+from gateway.facts import SpfFacts
 from gateway.message import Message
 from gateway.symbols import Report
 
@@ -70,11 +71,11 @@ class SpfCheck(Check):
     def run(self, message: Message, context: CheckContext) -> Report:
         envelope = message.envelope
         if not envelope.client_ip:
-            return Report(facts={"result": None, "reason": "no client IP to check"})
+            return Report(facts=SpfFacts(None, reason="no client IP to check").to_json())
         sender = envelope.mail_from
         identity = "mailfrom" if sender else "helo"
         if not sender and not envelope.helo:
-            return Report(facts={"result": None, "reason": "null sender and no HELO"})
+            return Report(facts=SpfFacts(None, reason="null sender and no HELO").to_json())
         domain = sender.rpartition("@")[2].lower() if sender else (envelope.helo or "").lower()
         mechanism = explanation = ""
         if domain.startswith("["):
@@ -93,9 +94,9 @@ class SpfCheck(Check):
             evidence += f": {explanation}"
         return Report(
             symbols=(self.symbol(f"SPF_{result.upper()}", evidence),),
-            facts={"result": result, "identity": identity, "domain": domain,
-                   "sender": sender or f"postmaster@{domain}", "mechanism": mechanism,
-                   "explanation": explanation},
+            facts=SpfFacts(result, identity=identity, domain=domain,
+                           sender=sender or f"postmaster@{domain}", mechanism=mechanism,
+                           explanation=explanation).to_json(),
         )
 
     def _check(self, client_ip: str, sender: str, helo: str) -> tuple[str, str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from gateway.checks import Check, CheckContext
 from gateway.config import Config
+from gateway.facts import TlsFacts
 from gateway.message import Message
 from gateway.symbols import Report
 
@@ -30,7 +31,7 @@ class TlsCheck(Check):
 
     def run(self, message: Message, context: CheckContext) -> Report:
         envelope = message.envelope
-        facts = {"version": envelope.tls_version, "cipher": envelope.tls_cipher}
+        facts = TlsFacts(envelope.tls_version, envelope.tls_cipher).to_json()
         domain = envelope.sender_domain
         labels = domain.split(".")
         listed = next((".".join(labels[i:]) for i in range(len(labels))
