@@ -22,6 +22,8 @@ The zone data follows the suites' conventions, as pyspf's driver
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ import pytest
 import spf
 
 from gateway.checks import CheckContext
-from gateway.checks.spf import SpfCheck
+from gateway.checks.spf import SpfCheck, _pyspf_lookup, install_pyspf_lookup
 from gateway.config import Config, DnsSection, PipelineSection
 from gateway.dns import Resolver
 from gateway.message import Envelope, Message
@@ -264,3 +266,15 @@ def test_openspf_scenario_through_one_resolver(zones, scenario: Scenario):
         if facts["result"] not in expected_results(case):
             differ[name] = (facts["result"], expected_results(case), facts["explanation"])
     assert not differ
+
+
+def test_pyspf_looks_up_through_the_gateway_once_a_check_is_built_not_on_import():
+    code = ("import spf; original = spf.DNSLookup; import gateway.checks.spf; "
+            "print(spf.DNSLookup is original)")
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True)
+    assert imported.stdout.strip() == "True"
+    SpfCheck(Config())
+    assert spf.DNSLookup is _pyspf_lookup
+    install_pyspf_lookup()  # idempotent
+    assert spf.DNSLookup is _pyspf_lookup

@@ -1,16 +1,19 @@
 """SPF (RFC 7208, pyspf) on MAIL FROM, or on HELO for bounces (null sender).
 
-pyspf does its DNS through the module-level ``spf.DNSLookup``; it is
-replaced here by a function on the gateway's shared resolver, so SPF gets
-the same timeouts and caches as every other check (pyspf's own default asks
-the system resolver with the search list and waits up to 20 s per lookup).
-The 10-lookup and 2-void-lookup limits are pyspf's.
+pyspf does its DNS through the module-level ``spf.DNSLookup``; when the
+check is built (not when this module is imported, so importing it changes
+nothing for anyone else using pyspf), it is replaced by a function on the
+gateway's shared resolver, so SPF gets the same timeouts and caches as every
+other check (pyspf's own default asks the system resolver with the search
+list and waits up to 20 s per lookup). The 10-lookup and 2-void-lookup
+limits are pyspf's.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import spf
 
@@ -29,9 +32,11 @@ RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerro
 # pyspf looks up through one module-level function; the resolver it should
 # use is the one of the check running on this thread.
 _current = threading.local()
+_install_lock = threading.Lock()
 
 
-def _pyspf_lookup(name, qtype, tcpfallback=True, timeout=None):
+def _pyspf_lookup(name: str, qtype: str, tcpfallback: bool = True,
+                  timeout: float | None = None) -> list[tuple[tuple[str, str], Any]]:
     """spf.DNSLookup, answering from the calling check's resolver."""
     resolver: Resolver | None = getattr(_current, "resolver", None)
     if resolver is None:
@@ -48,7 +53,12 @@ def _pyspf_lookup(name, qtype, tcpfallback=True, timeout=None):
     return [((name, qtype), value) for value in values]
 
 
-spf.DNSLookup = _pyspf_lookup
+def install_pyspf_lookup() -> None:
+    """Make pyspf look up through :func:`_pyspf_lookup`. Called when the
+    check is built; idempotent."""
+    with _install_lock:
+        if spf.DNSLookup is not _pyspf_lookup:
+            spf.DNSLookup = _pyspf_lookup
 
 
 class SpfCheck(Check):
@@ -67,6 +77,7 @@ class SpfCheck(Check):
     def __init__(self, config: Config):
         super().__init__(config)
         self.resolver = shared_resolver(config)
+        install_pyspf_lookup()
 
     def run(self, message: Message, context: CheckContext) -> Report:
         envelope = message.envelope
