@@ -197,3 +197,14 @@ def test_a_folder_store_moves_into_the_database(tmp_path: Path, cache: Path):
     assert load_model(store.current_path()).version == "nb-old-two"
     assert [(e["action"], e["from"]) for e in store.history()] == [
         ("import", str(tmp_path / "models"))]
+
+
+def test_the_cache_keeps_the_newest_models_and_the_one_in_use(tmp_path: Path, cache: Path):
+    url = f"sqlite:///{tmp_path}/models.db"
+    store = ModelStore(url)
+    paths = []
+    for number in range(7):
+        store.set_current(store.add(variant(tmp_path, f"nb-{number}")), "promote", {})
+        paths.append(store.current_path())
+    assert [p.exists() for p in paths] == [False, False] + [True] * 5, paths
+    assert store.last_good() == paths[-1]

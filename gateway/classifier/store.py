@@ -64,6 +64,7 @@ DEFAULT_CACHE = Path("/var/lib/gateway/model-cache")
 # process: every message's worker would otherwise wait for its timeout.
 RETRY_AFTER = 5.0
 CONNECT_TIMEOUT = 3
+CACHE_KEEP = 5  # models kept in a node's cache
 
 
 class StoreError(Exception):
@@ -394,7 +395,19 @@ class DatabaseModelStore(ModelStore):
             raise StoreError(f"model {version}: {exc}; refused") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        self._prune()
         return target
+
+    def _prune(self, keep: int = CACHE_KEEP) -> None:
+        """The cache keeps the newest ``keep`` models (a rollback a few steps
+        back needs no fetch); older ones go, never the one in use."""
+        current = self.last_good()
+        cached = sorted((p for p in self.cache.iterdir()
+                         if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")),
+                        key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for path in cached[keep:]:
+            if current is None or path.name != current.name:
+                shutil.rmtree(path, ignore_errors=True)
 
     # -- reading -------------------------------------------------------------------
 
