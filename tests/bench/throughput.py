@@ -465,6 +465,21 @@ def main() -> int:
             f"{'-' if cpu is None else f'{cpu:.2f}':>18} "
             f"{'-' if rss is None else f'{rss:.0f}':>7} "
             f"{'-' if pss is None else f'{pss:.0f}':>7} {row['refused']:>7}")
+    if args.anchors:
+        say()
+        say("Ratio to bare Postfix in the same rounds (p99 of the SMTP transaction):")
+        say()
+        compared = ["gateway", *ANCHOR_MODES]
+        say("| conc | " + " | ".join(compared) + " |")
+        say("|---" * (len(compared) + 1) + "|")
+        for concurrency in levels:
+            cells = []
+            for mode in compared:
+                row = next((r for r in rows if r["mode"] == mode
+                            and r["concurrency"] == concurrency), None)
+                cells.append("-" if row is None or row["ratio_to_bare"] is None
+                             else f"{row['ratio_to_bare']:.2f}x ({row['p99_ms']:.0f} ms)")
+            say(f"| {concurrency} | " + " | ".join(cells) + " |")
     if args.json:
         for row in rows:
             print(json.dumps({field: row[field] for field in JSON_FIELDS}), flush=True)
