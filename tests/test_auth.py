@@ -17,7 +17,6 @@ from gateway.config import AuthSection, Config, DnsSection, PipelineSection
 from gateway.dmarc import PslDiscovery, aligned, parse_record
 from gateway.dns import Resolver
 from gateway.evaluator import LocalEvaluator
-from gateway.lab.dns import FaultServer
 from gateway.message import Envelope, Message
 from gateway.policy import Verdict
 from tests.authlab import (
@@ -31,6 +30,7 @@ from tests.authlab import (
     sign,
 )
 from tests.conftest import dns_config, send
+from tests.lab.dns import FaultServer
 
 AUTH_CHECKS = ["spf", "dkim", "arc", "dmarc", "sender", "iprev", "tls"]
 AUTHSERV = "mx.gateway.test"

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.config import DnsSection
 from gateway.dns import DnsTempError, InvalidName, NxDomain, Resolver, dns_name
-from gateway.lab.dns import FaultServer
+from tests.lab.dns import FaultServer
 
 
 def resolver(port: int, **settings) -> Resolver:

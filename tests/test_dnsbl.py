@@ -13,9 +13,10 @@ import pytest
 from gateway.checks import CheckContext
 from gateway.checks.dnsbl import DnsblCheck
 from gateway.config import Config, DnsSection, PolicySection
-from gateway.lab.dns import FaultServer, KnotServer, Zone
+from gateway.lab.dns import KnotServer, Zone
 from gateway.message import Envelope, Message
 from gateway.schema import ConfigError
+from tests.lab.dns import FaultServer
 
 V6_LISTED = "2001:db8::1"
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.lab.dns import FaultServer
 from gateway.lab.milter_process import MilterProcess
 from gateway.lab.postfix import PostfixInstance, free_port
 from tests.conftest import PROJECT_ROOT
+from tests.lab.dns import FaultServer
 
 
 def gateway(*args: str) -> subprocess.CompletedProcess[str]:

@@ -24,9 +24,9 @@ from gateway.classifier.store import (
     pack,
 )
 from gateway.config import ClassifierSection, Config, parse_config
-from gateway.lab.postgres import PostgresInstance, postgres_bin
 from gateway.quarantine.schema import model_versions
 from tests.conftest import PROJECT_ROOT
+from tests.lab.postgres import PostgresInstance, postgres_bin
 
 
 def variant(tmp_path: Path, name: str) -> Path:

@@ -35,12 +35,12 @@ from gateway.classifier.store import ModelStore
 from gateway.classifier.train import train
 from gateway.lab.milter_process import MilterProcess
 from gateway.lab.postfix import PostfixInstance, free_port
-from gateway.lab.postgres import PostgresInstance, postgres_bin
 from gateway.message import Envelope, RawContent
 from gateway.paths import DEFAULT_RULES
 from gateway.quarantine.schema import events, job_runs, jobs, messages
 from gateway.quarantine.store import QuarantineStore, now
 from tests.conftest import FIXTURES, PROJECT_ROOT, send
+from tests.lab.postgres import PostgresInstance, postgres_bin
 from tests.test_quarantine import verdict
 
 pytestmark = pytest.mark.postfix

@@ -19,7 +19,6 @@ from alembic.migration import MigrationContext
 
 from gateway.lab.milter_process import MilterProcess
 from gateway.lab.postfix import PostfixInstance, free_port
-from gateway.lab.postgres import PostgresInstance, postgres_bin
 from gateway.lab.sink import Sink
 from gateway.message import Envelope, RawContent
 from gateway.paths import DEFAULT_RULES
@@ -30,6 +29,7 @@ from gateway.quarantine.schema import metadata
 from gateway.quarantine.store import Filters, QuarantineError, QuarantineStore
 from gateway.symbols import Symbol
 from tests.conftest import PROJECT_ROOT, milter_config, send
+from tests.lab.postgres import PostgresInstance, postgres_bin
 
 BODY = "Dear Bob,\r\n\r\nthe minutes are attached; TRIGGER-MARKER.\r\n.leading dot line\r\n"
 

@@ -25,13 +25,13 @@ import pytest
 from gateway.classifier.trainingset import TrainingSet
 from gateway.config import parse_config
 from gateway.lab.postfix import free_port
-from gateway.lab.postgres import PostgresInstance, postgres_bin
 from gateway.lab.sink import Sink
 from gateway.message import Envelope, RawContent
 from gateway.quarantine.store import QuarantineStore
 from gateway.web.console import Console, ConsoleError, LoginRefused
 from gateway.web.digest import LinkError, check_link, make_link, send_digests, use_link
 from tests.conftest import PROJECT_ROOT
+from tests.lab.postgres import PostgresInstance, postgres_bin
 from tests.test_quarantine import put, verdict
 
 PASSWORD = "correct horse battery"

@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterable
@@ -54,7 +55,7 @@ def ensure_packages() -> None:
     missing = [package for program, package in PACKAGES.items() if not _which(program)]
     if not missing:
         return
-    print(f"bench: installing {', '.join(missing)} (apt-get)", flush=True)
+    print(f"bench: installing {', '.join(missing)} (apt-get)", file=sys.stderr, flush=True)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     result = subprocess.run(["apt-get", "install", "-y", "-q", *missing],
                             env=env, capture_output=True, text=True)

@@ -58,13 +58,14 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from gateway.config import PipelineSection  # noqa: E402
 from gateway.lab.clamd import ClamdInstance  # noqa: E402
-from gateway.lab.dns import SyntheticServer, Zone  # noqa: E402
+from gateway.lab.dns import Zone  # noqa: E402
 from gateway.lab.milter_process import MilterProcess  # noqa: E402
 from gateway.lab.postfix import PostfixInstance, free_port  # noqa: E402
 from gateway.quarantine.store import Filters, QuarantineError, QuarantineStore  # noqa: E402
 from gateway.symbols import failure_symbol_name  # noqa: E402
 from tests import hostile  # noqa: E402
 from tests.bench.procs import rss_bytes, tree  # noqa: E402
+from tests.lab.dns import SyntheticServer  # noqa: E402
 
 DEFAULT_CORPUS = PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin"
 FALLBACK_CORPUS = PROJECT_ROOT / "tests" / "fixtures"

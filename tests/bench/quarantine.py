@@ -28,7 +28,6 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from gateway.lab.milter_process import MilterProcess  # noqa: E402
 from gateway.lab.postfix import PostfixInstance, free_port  # noqa: E402
-from gateway.lab.postgres import PostgresInstance  # noqa: E402
 from gateway.message import Envelope, RawContent  # noqa: E402
 from gateway.paths import DEFAULT_RULES  # noqa: E402
 from gateway.pipeline import PipelineResult  # noqa: E402
@@ -36,6 +35,7 @@ from gateway.policy import Policy, Rules  # noqa: E402
 from gateway.quarantine.store import QuarantineStore  # noqa: E402
 from gateway.symbols import Symbol  # noqa: E402
 from tests.bench.throughput import DEFAULT_CORPUS, FALLBACK_CORPUS, load_messages, send_all  # noqa: E402
+from tests.lab.postgres import PostgresInstance  # noqa: E402
 
 
 def write_latency(store: QuarantineStore, messages: list[tuple[str, bytes]],

@@ -33,9 +33,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from gateway.lab.clamd import ClamdInstance  # noqa: E402
-from gateway.lab.dns import SyntheticServer  # noqa: E402
 from gateway.lab.milter_process import MilterProcess  # noqa: E402
 from tests.bench.procs import open_fds, pss_bytes, rss_bytes, tree  # noqa: E402
+from tests.lab.dns import SyntheticServer  # noqa: E402
 from tests.milterclient import MilterClient, MilterError  # noqa: E402
 
 DEFAULT_CORPUS = PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin"
