@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from gateway.jobs import Jobs, PeriodicJob, period_of
+from gateway.lab.postgres import PostgresInstance, postgres_bin
 from gateway.nodes import Heartbeat, fleet
 from gateway.quarantine.schema import console_settings, job_runs
 from gateway.quarantine.store import QuarantineStore
 from tests.conftest import PROJECT_ROOT
-from tests.lab.postgres import PostgresInstance, postgres_bin
 
 
 @pytest.fixture
@@ -342,4 +342,43 @@ def test_two_purges_at_once_expire_each_message_once(postgres):
         counted = connection.execute(select(events.c.message, func.count()).where(
             events.c.action == "expired").group_by(events.c.message)).all()
     assert len(counted) == 60 and {n for _, n in counted} == {1}
+    store.close()
+
+
+def test_gateway_nodes_lists_the_fleet_and_fails_on_a_stale_node(tmp_path: Path):
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from gateway.nodes import beat
+    from gateway.quarantine.schema import nodes
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[quarantine]\nurl = "{url}"\n')
+    store = QuarantineStore(url, node="node-a")
+    started = datetime.now(UTC)
+    with store.engine.begin() as connection:
+        beat(connection, "node-a", "nb-aaaa", started)
+    Jobs(store.engine, "node-a").run("quarantine-purge", "2026-12-01T08:00:00",
+                                     lambda c: {"expired": 0})
+
+    def nodes_command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", "nodes", *args, "--config",
+                               str(config)], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                              timeout=60)
+
+    fine = nodes_command()
+    assert fine.returncode == 0, fine.stderr
+    assert "node-a" in fine.stdout and "nb-aaaa" in fine.stdout and "STALE" not in fine.stdout
+    assert "job quarantine-purge: last period 2026-12-01T08:00:00 done by node-a" in fine.stdout
+    with store.engine.begin() as connection:
+        connection.execute(update(nodes).values(heartbeat=started - timedelta(minutes=2)))
+    stale = nodes_command()
+    assert stale.returncode == 1 and "STALE (no heartbeat)" in stale.stdout
+    forgot = subprocess.run([sys.executable, "-m", "gateway", "nodes", "forget", "node-a",
+                             "--config", str(config)], capture_output=True, text=True,
+                            cwd=PROJECT_ROOT, timeout=60)
+    assert forgot.returncode == 0, forgot.stderr
+    assert "no node has registered" in nodes_command().stdout
     store.close()
