@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from gateway.jobs import Jobs, PeriodicJob, period_of
-from gateway.lab.postgres import PostgresInstance, postgres_bin
 from gateway.nodes import Heartbeat, fleet
 from gateway.quarantine.schema import console_settings, job_runs
 from gateway.quarantine.store import QuarantineStore
 from tests.conftest import PROJECT_ROOT
+from tests.lab.postgres import PostgresInstance, postgres_bin
 
 
 @pytest.fixture
