@@ -119,70 +119,93 @@ class Pipeline:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def run(self, message: Message, observer: Observer | None = None) -> PipelineResult:
-        runs, reports = self._schedule(message, observer)
-        return assemble(self.checks, runs, reports, self.budget)
+        schedule = _Schedule(self, message, observer)
+        schedule.run()
+        return assemble(self.checks, schedule.runs, schedule.reports, self.budget)
 
-    # -- scheduling ---------------------------------------------------------------
 
-    def _schedule(self, message: Message, observer: Observer | None
-                  ) -> tuple[dict[str, CheckRun], dict[str, Report]]:
-        deadline = time.monotonic() + self.budget
-        pending = list(self.checks)
-        running: dict[Future[tuple[Report, float]], tuple[Check, float]] = {}
-        reports: dict[str, Report] = {}
-        runs: dict[str, CheckRun] = {}
 
-        def finish(check: Check, run: CheckRun, report: Report | None) -> None:
-            runs[check.name] = run
-            if report is not None:
-                reports[check.name] = report
-            if observer is not None:
-                observer(run, report)
+class _Schedule:
+    """One message's way through the checks: each starts once the checks it
+    needs have finished; network-bound ones go to the pool (when parallel)
+    before the others run here, so their waiting overlaps this thread's work."""
 
-        while pending or running:
-            ready = [c for c in pending if all(r in runs for r in self.dependencies[c.name])]
-            for check in ready:
-                pending.remove(check)
-                context = self._context(check, reports)
-                if check.io_bound and self._pool is not None:
-                    future = self._pool.submit(_timed, check, message, context)
-                    running[future] = (check, time.perf_counter())
-                elif time.monotonic() >= deadline:
-                    finish(check, CheckRun(check.name, "timeout", 0.0,
-                                           f"not run: the {self.budget:g}s budget was spent"),
-                           None)
-                else:
-                    started = time.perf_counter()
-                    try:
-                        report, millis = _timed(check, message, context)
-                    except Exception as exc:
-                        finish(check, _failed(check, exc, started, message), None)
-                    else:
-                        finish(check, CheckRun(check.name, "ok", millis), report)
-            if ready:
+    def __init__(self, pipeline: Pipeline, message: Message, observer: Observer | None):
+        self.pipeline = pipeline
+        self.message = message
+        self.observer = observer
+        self.deadline = time.monotonic() + pipeline.budget
+        self.pending = list(pipeline.checks)
+        self.running: dict[Future[tuple[Report, float]], tuple[Check, float]] = {}
+        self.runs: dict[str, CheckRun] = {}
+        self.reports: dict[str, Report] = {}
+
+    def run(self) -> None:
+        while self.pending or self.running:
+            if self._start_ready():
                 continue
-            remaining = deadline - time.monotonic()
-            if not running or remaining <= 0:
+            remaining = self.deadline - time.monotonic()
+            if not self.running or remaining <= 0:
                 break
-            done, _ = wait(running, timeout=remaining, return_when=FIRST_COMPLETED)
-            for future in done:
-                check, started = running.pop(future)
-                error = future.exception()
-                if error is not None:
-                    finish(check, _failed(check, error, started, message), None)
+            self._collect(remaining)
+        self._abandon_running()
+
+    def _start_ready(self) -> bool:
+        dependencies = self.pipeline.dependencies
+        ready = [c for c in self.pending if all(r in self.runs for r in dependencies[c.name])]
+        pool = self.pipeline._pool
+        ready.sort(key=lambda c: not (c.io_bound and pool))  # stable: config order kept
+        for check in ready:
+            self.pending.remove(check)
+            context = self._context(check)
+            if check.io_bound and pool is not None:
+                future = pool.submit(_timed, check, self.message, context)
+                self.running[future] = (check, time.perf_counter())
+            elif time.monotonic() >= self.deadline:
+                self._finish(check, CheckRun(
+                    check.name, "timeout", 0.0,
+                    f"not run: the {self.pipeline.budget:g}s budget was spent"), None)
+            else:
+                started = time.perf_counter()
+                try:
+                    report, millis = _timed(check, self.message, context)
+                except Exception as exc:
+                    self._finish(check, _failed(check, exc, started, self.message), None)
                 else:
-                    report, millis = future.result()
-                    finish(check, CheckRun(check.name, "ok", millis), report)
+                    self._finish(check, CheckRun(check.name, "ok", millis), report)
+        return bool(ready)
 
-        for future, (check, started) in running.items():
+    def _collect(self, timeout: float) -> None:
+        done, _ = wait(self.running, timeout=timeout, return_when=FIRST_COMPLETED)
+        for future in done:
+            check, started = self.running.pop(future)
+            error = future.exception()
+            if error is not None:
+                self._finish(check, _failed(check, error, started, self.message), None)
+            else:
+                report, millis = future.result()
+                self._finish(check, CheckRun(check.name, "ok", millis), report)
+
+    def _abandon_running(self) -> None:
+        for future, (check, started) in self.running.items():
             future.cancel()
-            finish(check, CheckRun(check.name, "timeout", (time.perf_counter() - started) * 1000,
-                                   f"timed out after the {self.budget:g}s budget"), None)
-        return runs, reports
+            self._finish(check, CheckRun(
+                check.name, "timeout", (time.perf_counter() - started) * 1000,
+                f"timed out after the {self.pipeline.budget:g}s budget"), None)
+        self.running.clear()
 
-    def _context(self, check: Check, reports: Mapping[str, Report]) -> CheckContext:
+    def _context(self, check: Check) -> CheckContext:
+        """The facts of the checks this one needs or wants, read-only."""
+        needed = self.pipeline.dependencies[check.name]
         return CheckContext(facts=MappingProxyType(
-            {r: reports[r].facts for r in self.dependencies[check.name] if r in reports}))
+            {r: self.reports[r].facts for r in needed if r in self.reports}))
+
+    def _finish(self, check: Check, run: CheckRun, report: Report | None) -> None:
+        self.runs[check.name] = run
+        if report is not None:
+            self.reports[check.name] = report
+        if self.observer is not None:
+            self.observer(run, report)
 
 
 def check_classes(config: Config, problems: list[str]) -> list[type[Check]]:

@@ -125,3 +125,31 @@ def test_a_failed_check_logs_one_line_with_the_queue_id(caplog):
     assert record.getMessage() == (
         "check boom failed on message QID7: RuntimeError: boom: deliberate test failure")
     assert record.exc_info is None  # the traceback only at debug level
+
+
+def test_network_checks_start_before_the_others_run_so_their_waiting_overlaps():
+    """A check listed after a CPU-bound one, but waiting on the network,
+    is already under way when the CPU-bound one runs."""
+    lookup_started = threading.Event()
+
+    class Lookup(Check):
+        name = "lookup"
+        symbols = {"TEST_LOOKUP": "a lookup"}
+        io_bound = True
+
+        def run(self, message, context):
+            lookup_started.set()
+            return [self.symbol("TEST_LOOKUP")]
+
+    class Busy(Check):
+        name = "busy"
+        symbols = {"TEST_LOOKUP_UNDER_WAY": "the lookup had started"}
+
+        def run(self, message, context):
+            if lookup_started.wait(timeout=5):
+                return [self.symbol("TEST_LOOKUP_UNDER_WAY")]
+            return []
+
+    result = run([Busy, Lookup])
+    assert {s.name for s in result.symbols} == {"TEST_LOOKUP_UNDER_WAY", "TEST_LOOKUP"}
+    assert [r.name for r in result.runs] == ["busy", "lookup"]  # reported in config order
