@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import smtplib
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,14 +15,7 @@ from gateway.lab.clamd import ClamdInstance
 from gateway.lab.milter_process import MilterProcess
 from gateway.lab.postfix import PostfixInstance, free_port
 from gateway.lab.sink import Sink
-
-FIXTURES = Path(__file__).parent / "fixtures"
-MESSAGES = FIXTURES / "messages"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def fixture_message(name: str) -> bytes:
-    return (MESSAGES / name).read_bytes()
+from tests.helpers import PROJECT_ROOT, milter_config
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +49,6 @@ def postfix(lab_dir: Path, sink: Sink, milter_socket: Path) -> Iterator[PostfixI
     instance.start()
     yield instance
     instance.stop()
-
-
-SPINE_CHECKS = '[pipeline]\nchecks = ["headers", "size", "lists"]\n'
 
 
 @pytest.fixture(scope="session")
@@ -100,24 +89,6 @@ def knot(lab_dir: Path, keys):
         yield server
 
 
-def dns_config(knot) -> str:
-    """TOML pointing the gateway at the test DNS server, never the machine's."""
-    return f'[dns]\nnameservers = ["127.0.0.1"]\nport = {knot.port}\n'
-
-
-def milter_config(socket: Path, extra: str = "") -> str:
-    """Milter config for tests: the spine's checks only, unless ``extra``
-    sets [pipeline] itself (the classifier has tests of its own), and a
-    quarantine of its own next to the socket, unless ``extra`` names one."""
-    if "[pipeline]" not in extra:
-        extra = SPINE_CHECKS + extra
-    if "[quarantine]" not in extra:
-        extra += f'[quarantine]\nurl = "sqlite:///{socket.parent}/quarantine.db"\n'
-    if "[metrics]" not in extra:  # the default port may be taken by a real gateway
-        extra += '[metrics]\nlisten = ""\n'
-    return f'[milter]\nsocket = "unix:{socket}"\nsocket_mode = "666"\n{extra}'
-
-
 @pytest.fixture
 def gateway_milter(
     lab_dir: Path, milter_socket: Path, postfix: PostfixInstance
@@ -139,14 +110,3 @@ def gateway_milter(
     yield start
     for process in started:
         process.stop()
-
-
-def send(
-    postfix: PostfixInstance,
-    message: bytes,
-    mail_from: str = "sender@example.org",
-    rcpt_to: tuple[str, ...] = ("rcpt@example.net",),
-) -> None:
-    """Send over SMTP; raises smtplib.SMTPDataError on a 4xx/5xx at end of DATA."""
-    with smtplib.SMTP("127.0.0.1", postfix.smtp_port, timeout=30) as client:
-        client.sendmail(mail_from, list(rcpt_to), message)

@@ -29,7 +29,7 @@ from tests.authlab import (
     message,
     sign,
 )
-from tests.conftest import dns_config, send
+from tests.helpers import dns_config, send
 from tests.lab.dns import FaultServer
 
 AUTH_CHECKS = ["spf", "dkim", "arc", "dmarc", "sender", "iprev", "tls"]

@@ -4,7 +4,7 @@ from gateway.checks.lists import ListsCheck
 from gateway.checks.size import SizeCheck
 from gateway.config import Config, ListsSection, SizeSection
 from gateway.message import Envelope, Message
-from tests.conftest import fixture_message
+from tests.helpers import fixture_message
 
 
 def symbols_of(outcome):

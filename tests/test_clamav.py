@@ -19,7 +19,7 @@ from gateway.evaluator import LocalEvaluator
 from gateway.lab.clamd import ClamdInstance
 from gateway.message import Message
 from gateway.quarantine.store import Filters, QuarantineStore
-from tests.conftest import FIXTURES, send
+from tests.helpers import FIXTURES, send
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 TEST_STRING = "GATEWAY-CLAMAV-TEST-STRING-7F3A9C"

@@ -20,7 +20,7 @@ from gateway.classifier.store import ModelStore
 from gateway.classifier.train import GRID, tokenize, train
 from gateway.config import ClassifierSection, Config
 from gateway.message import Message
-from tests.conftest import FIXTURES, MESSAGES, PROJECT_ROOT
+from tests.helpers import FIXTURES, MESSAGES, PROJECT_ROOT
 
 HAM = FIXTURES / "corpus" / "ham"
 SPAM = FIXTURES / "corpus" / "spam"

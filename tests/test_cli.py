@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MESSAGES, PROJECT_ROOT, SPINE_CHECKS, dns_config
+from tests.helpers import MESSAGES, PROJECT_ROOT, SPINE_CHECKS, dns_config
 
 
 def gateway(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.lab.milter_process import MilterProcess, group_members
-from tests.conftest import PROJECT_ROOT, SPINE_CHECKS
+from tests.helpers import PROJECT_ROOT, SPINE_CHECKS
 
 
 @pytest.mark.postfix

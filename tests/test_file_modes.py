@@ -24,7 +24,7 @@ from gateway.pipeline import PipelineResult
 from gateway.policy import Policy, Rules
 from gateway.quarantine.store import QuarantineStore
 from gateway.symbols import Symbol
-from tests.conftest import PROJECT_ROOT, SPINE_CHECKS
+from tests.helpers import PROJECT_ROOT, SPINE_CHECKS
 
 MESSAGE = (b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: private\r\n"
            b"Date: Tue, 24 Nov 2026 09:00:00 +0000\r\nMessage-ID: <m@example.org>\r\n"

@@ -38,7 +38,7 @@ from gateway.policy import Verdict
 from gateway.quarantine.store import QuarantineStore
 from tests import hostile
 from tests.authlab import OTHER_IP
-from tests.conftest import dns_config, fixture_message
+from tests.helpers import dns_config, fixture_message
 
 AUTHSERV = "mx.gateway.test"
 EVERY_CHECK_BUT_CLAMAV = [c for c in PipelineSection().checks if c != "clamav"]

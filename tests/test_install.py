@@ -19,7 +19,7 @@ import pytest
 
 from gateway.commands.init import render
 from gateway.config import SECTIONS, Config, parse_config
-from tests.conftest import FIXTURES, MESSAGES, PROJECT_ROOT
+from tests.helpers import FIXTURES, MESSAGES, PROJECT_ROOT
 
 # Run first in a child Python: the modules of the extras cannot be imported.
 WITHOUT_EXTRAS = """

@@ -19,7 +19,7 @@ from gateway.jobs import Jobs, PeriodicJob, period_of
 from gateway.nodes import Heartbeat, fleet
 from gateway.quarantine.schema import console_settings, job_runs
 from gateway.quarantine.store import QuarantineStore
-from tests.conftest import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT
 from tests.lab.postgres import PostgresInstance, postgres_bin
 
 

@@ -16,7 +16,7 @@ from gateway.classifier.train import Labelled, load_dataset
 from gateway.classifier.trainingset import TrainingSet, TrainingSetError
 from gateway.message import Envelope, RawContent
 from gateway.quarantine.store import MIGRATIONS, QuarantineStore
-from tests.conftest import FIXTURES, PROJECT_ROOT
+from tests.helpers import FIXTURES, PROJECT_ROOT
 from tests.test_quarantine import message, verdict
 
 HAM = FIXTURES / "corpus" / "ham"

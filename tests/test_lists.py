@@ -20,7 +20,7 @@ from gateway.message import Envelope, Message
 from gateway.paths import DEFAULT_RULES
 from gateway.quarantine.lists import normalize_scope, normalize_value
 from gateway.quarantine.store import QuarantineStore
-from tests.conftest import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT
 
 RAW = b"From: a@example.org\r\nSubject: hello\r\n\r\nhello\r\n"
 

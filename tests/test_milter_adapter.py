@@ -25,7 +25,7 @@ from gateway.decider import Decider
 from gateway.evaluator import LocalEvaluator
 from gateway.milter import GatewayMilter, Runtime, smtp_safe
 from gateway.service import Generation
-from tests.conftest import fixture_message
+from tests.helpers import fixture_message
 
 
 class ExplodingEvaluator:

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.lab.milter_process import MilterProcess
 from gateway.paths import DEFAULT_RULES
-from tests.conftest import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT
 
 SCRIPTS = Path(__file__).parent / "miltertest"
 

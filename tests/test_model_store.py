@@ -25,7 +25,7 @@ from gateway.classifier.store import (
 )
 from gateway.config import ClassifierSection, Config, parse_config
 from gateway.quarantine.schema import model_versions
-from tests.conftest import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT
 from tests.lab.postgres import PostgresInstance, postgres_bin
 
 

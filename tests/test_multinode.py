@@ -39,7 +39,7 @@ from gateway.message import Envelope, RawContent
 from gateway.paths import DEFAULT_RULES
 from gateway.quarantine.schema import events, job_runs, jobs, messages
 from gateway.quarantine.store import QuarantineStore, now
-from tests.conftest import FIXTURES, PROJECT_ROOT, send
+from tests.helpers import FIXTURES, PROJECT_ROOT, send
 from tests.lab.postgres import PostgresInstance, postgres_bin
 from tests.test_quarantine import verdict
 

@@ -20,7 +20,7 @@ from gateway.config import Config, PipelineSection, QuarantineSection, parse_con
 from gateway.lab.postfix import free_port
 from gateway.paths import DEFAULT_RULES
 from gateway.service import Service
-from tests.conftest import fixture_message, send
+from tests.helpers import fixture_message, send
 
 pytestmark = pytest.mark.postfix
 

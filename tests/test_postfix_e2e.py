@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.paths import DEFAULT_RULES
-from tests.conftest import dns_config, fixture_message, send
+from tests.helpers import dns_config, fixture_message, send
 
 pytestmark = pytest.mark.postfix
 
@@ -235,7 +235,7 @@ def test_a_promoted_model_is_picked_up_while_mail_flows(postfix, sink, gateway_m
     from gateway.checks.bayes import SHIPPED_MODEL
     from gateway.classifier.store import ModelStore
     from gateway.classifier.train import train
-    from tests.conftest import FIXTURES
+    from tests.helpers import FIXTURES
 
     store = ModelStore(tmp_path / "store")
     store.set_current(store.add(SHIPPED_MODEL), "promote", {})

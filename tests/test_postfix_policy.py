@@ -16,7 +16,7 @@ import pytest
 
 from gateway.paths import DEFAULT_RULES
 from gateway.quarantine.store import QuarantineStore
-from tests.conftest import PROJECT_ROOT, fixture_message, send
+from tests.helpers import PROJECT_ROOT, fixture_message, send
 
 pytestmark = pytest.mark.postfix
 

@@ -28,7 +28,7 @@ from gateway.quarantine.release import ReleaseError, release
 from gateway.quarantine.schema import metadata
 from gateway.quarantine.store import Filters, QuarantineError, QuarantineStore
 from gateway.symbols import Symbol
-from tests.conftest import PROJECT_ROOT, milter_config, send
+from tests.helpers import PROJECT_ROOT, milter_config, send
 from tests.lab.postgres import PostgresInstance, postgres_bin
 
 BODY = "Dear Bob,\r\n\r\nthe minutes are attached; TRIGGER-MARKER.\r\n.leading dot line\r\n"

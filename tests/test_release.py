@@ -25,7 +25,7 @@ from gateway.quarantine.release import RELEASED_HEADER, ReleaseError, release, r
 from gateway.quarantine.store import MIGRATIONS, Filters, QuarantineError, QuarantineStore
 from gateway.schema import ConfigError
 from gateway.symbols import Symbol
-from tests.conftest import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT
 from tests.test_quarantine import message, put
 
 

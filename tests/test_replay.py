@@ -19,7 +19,7 @@ from gateway.message import Envelope, Message, RawContent
 from gateway.policy import Verdict
 from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.store import MIGRATIONS, QuarantineStore, now
-from tests.conftest import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT
 
 
 def gateway(*args: str) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ from gateway.config import Config, PipelineSection, ScanSection, SizeSection
 from gateway.evaluator import LocalEvaluator
 from gateway.lab.postfix import free_port
 from gateway.scan import Request, ScanServer, envelope_of
-from tests.conftest import PROJECT_ROOT, fixture_message
+from tests.helpers import PROJECT_ROOT, fixture_message
 
 CHECKS = ["limits", "headers", "size", "lists", "bayes"]
 RECEIVED = (b"Received: from mail.example.org (mail.example.org [198.51.100.7])\r\n"

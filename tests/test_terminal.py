@@ -25,7 +25,7 @@ from gateway.policy import Policy, Rules
 from gateway.quarantine.store import QuarantineStore
 from gateway.symbols import Symbol
 from gateway.terminal import dumps, printable
-from tests.conftest import PROJECT_ROOT, SPINE_CHECKS
+from tests.helpers import PROJECT_ROOT, SPINE_CHECKS
 
 CLEAR = "\x1b[2J"
 RETITLE = "\x1b]0;pwned\x07"

@@ -14,7 +14,7 @@ from gateway.message import Envelope, RawContent
 from gateway.policy import Verdict
 from gateway.quarantine.store import QuarantineStore
 from gateway.symbols import Symbol
-from tests.conftest import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT
 
 RAW = (b"From: Prize Desk <winner@promo.example>\r\nTo: bob@example.net\r\n"
        b"Subject: You have won\r\nMessage-ID: <prize-1@promo.example>\r\n\r\nClick here\r\n")

@@ -30,7 +30,7 @@ from gateway.message import Envelope, RawContent
 from gateway.quarantine.store import QuarantineStore
 from gateway.web.console import Console, ConsoleError, LoginRefused
 from gateway.web.digest import LinkError, check_link, make_link, send_digests, use_link
-from tests.conftest import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT
 from tests.lab.postgres import PostgresInstance, postgres_bin
 from tests.test_quarantine import put, verdict
 

@@ -34,7 +34,7 @@ from gateway.classifier.trainingset import TrainingSet
 from gateway.config import parse_config
 from gateway.lab.postfix import free_port
 from gateway.quarantine.store import Filters, QuarantineStore
-from tests.conftest import send
+from tests.helpers import send
 from tests.test_quarantine import message, quarantine_config
 from tests.test_web import PASSWORD, hostile_html_message, put_raw
 

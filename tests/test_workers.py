@@ -17,7 +17,7 @@ from gateway.evaluator import LocalEvaluator
 from gateway.message import Envelope, RawContent
 from gateway.schema import ConfigError
 from gateway.workers import ResultLog, WorkerFailed, WorkerPool
-from tests.conftest import FIXTURES, fixture_message
+from tests.helpers import FIXTURES, fixture_message
 
 PLAIN = (b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: hello\r\n"
          b"Date: Tue, 24 Nov 2026 09:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n\r\n")
