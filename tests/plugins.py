@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
+from typing import ClassVar
 
 from gateway.checks import Check, CheckContext
 from gateway.message import Message
@@ -32,14 +34,17 @@ class BoomCheck(Check):
 
 
 class SlowCheck(Check):
-    """Waits longer than any test budget, like a dead network peer."""
+    """Waits like a dead network peer: ``seconds`` (longer than any test
+    budget), or until the test sets ``released``."""
 
     name = "slow"
     io_bound = True
     symbols = {"TEST_SLOW_DONE": "the slow check finished"}
+    seconds = 3.0
+    released: ClassVar[threading.Event] = threading.Event()
 
     def run(self, message: Message, context: CheckContext) -> list[Symbol]:
-        time.sleep(3)
+        self.released.wait(self.seconds)
         return [self.symbol("TEST_SLOW_DONE")]
 
 
@@ -51,7 +56,7 @@ class FactsCheck(Check):
     symbols = {}
 
     def run(self, message: Message, context: CheckContext) -> Report:
-        time.sleep(0.05)
+        time.sleep(0.05)  # some work, so a dependent started too early would not see it
         return Report(facts={"size": message.size})
 
 

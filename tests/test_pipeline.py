@@ -1,11 +1,13 @@
+import threading
 import time
 
-from gateway.checks import BUILTIN, catalog, resolve_check
+from gateway.checks import BUILTIN, Check, CheckContext, catalog, resolve_check
 from gateway.config import Config, PipelineSection
 from gateway.message import Message
 from gateway.paths import DEFAULT_RULES
 from gateway.pipeline import Pipeline
 from gateway.policy import load_rules
+from gateway.symbols import Symbol
 from tests.plugins import BoomCheck, DependentCheck, FactsCheck, MarkerCheck, SlowCheck
 
 CONFIG = Config()
@@ -58,16 +60,26 @@ def test_dependent_of_a_timed_out_check_is_skipped_not_dropped():
 
 
 def test_io_bound_checks_run_concurrently():
-    class SlowA(SlowCheck):
-        name = "slow_a"
+    # Each waits at the barrier for the other: run one after the other, the
+    # first would wait alone until the barrier broke.
+    both_running = threading.Barrier(2, timeout=10.0)
 
-    class SlowB(SlowCheck):
-        name = "slow_b"
+    class Meeting(Check):
+        io_bound = True
+        symbols = {"TEST_MET": "met the other check while both ran"}
 
-    started = time.monotonic()
-    result = run([SlowA, SlowB], budget=5.0)
-    assert time.monotonic() - started < 5.0  # 2 x 3 s sequentially would be 6 s
-    assert [s.name for s in result.symbols] == ["TEST_SLOW_DONE", "TEST_SLOW_DONE"]
+        def run(self, message: Message, context: CheckContext) -> list[Symbol]:
+            both_running.wait()
+            return [self.symbol("TEST_MET")]
+
+    class MeetingA(Meeting):
+        name = "meeting_a"
+
+    class MeetingB(Meeting):
+        name = "meeting_b"
+
+    result = run([MeetingA, MeetingB], budget=30.0)
+    assert [s.name for s in result.symbols] == ["TEST_MET", "TEST_MET"]
 
 
 def test_every_builtin_symbol_has_a_default_score():
@@ -90,8 +102,9 @@ def test_unknown_check_is_a_config_error():
 def test_sequential_pipeline_stops_starting_checks_once_the_budget_is_spent():
     class SlowFirst(SlowCheck):
         name = "slow_first"
+        seconds = 0.4  # past the budget
 
-    pipeline = Pipeline([SlowFirst(CONFIG), MarkerCheck(CONFIG)], budget=1.0, parallel=False)
+    pipeline = Pipeline([SlowFirst(CONFIG), MarkerCheck(CONFIG)], budget=0.2, parallel=False)
     try:
         result = pipeline.run(Message.from_bytes(b"Subject: x\r\n\r\nTRIGGER-MARKER\r\n"))
     finally:

@@ -256,6 +256,15 @@ def test_a_promoted_model_is_picked_up_while_mail_flows(postfix, sink, gateway_m
         send(postfix, raw)
         return tag
 
+    def band(tag: str) -> int:
+        """The BAYES_* band the message got (50 for BAYES_50): the model's
+        verdict, whatever the rules score it."""
+        delivery = sink.find(tag)
+        assert delivery is not None, f"message {tag} was lost"
+        found = re.search(r"\bBAYES_(\d+)\(", delivery.header("X-Gateway-Symbols"))
+        assert found, delivery.header("X-Gateway-Symbols")
+        return int(found.group(1))
+
     with ThreadPoolExecutor(2) as pool:
         before = list(pool.map(deliver_one, range(6)))
         flowing = pool.submit(lambda: [deliver_one(i) for i in range(20)])
@@ -265,17 +274,12 @@ def test_a_promoted_model_is_picked_up_while_mail_flows(postfix, sink, gateway_m
             capture_output=True, text=True, timeout=60)
         assert promoted.returncode == 0, promoted.stderr
         during = flowing.result()
-        time.sleep(0.5)
+        # The watchers look every 0.2 s: wait until a message is scored by
+        # the new model, rather than for a time that may be too short.
+        deadline = time.monotonic() + 30
+        while band(deliver_one(0)) < 70:
+            assert time.monotonic() < deadline, "the promoted model was not picked up in 30 s"
         after = list(pool.map(deliver_one, range(3)))
-
-    def band(tag: str) -> int:
-        """The BAYES_* band the message got (50 for BAYES_50): the model's
-        verdict, whatever the rules score it."""
-        delivery = sink.find(tag)
-        assert delivery is not None, f"message {tag} was lost"
-        found = re.search(r"\bBAYES_(\d+)\(", delivery.header("X-Gateway-Symbols"))
-        assert found, delivery.header("X-Gateway-Symbols")
-        return int(found.group(1))
 
     assert all(band(t) <= 50 for t in before)  # the shipped model: not spam
     for tag in during:
