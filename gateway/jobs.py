@@ -72,8 +72,9 @@ class Outcome:
 def period_of(interval: float, at: float | None = None) -> str:
     """The period a moment falls in: the UTC start of its ``interval``."""
     at = time.time() if at is None else at
-    start = (at // interval) * interval
-    return datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    start = datetime.fromtimestamp((at // interval) * interval, UTC).replace(tzinfo=None)
+    whole = float(interval).is_integer()  # else two periods may share a second
+    return start.isoformat(timespec="seconds" if whole else "milliseconds")
 
 
 def _lock_key(name: str) -> int:

@@ -94,6 +94,8 @@ def test_one_node_at_a_time_on_sqlite(store):
 def test_periods_are_wall_clock_intervals():
     assert period_of(3600, 7200 + 1799) == "1970-01-01T02:00:00"
     assert period_of(86400, 86400 * 2 + 5) == "1970-01-03T00:00:00"
+    # periods shorter than a second, or not whole seconds, are told apart
+    assert period_of(0.5, 1000.2) != period_of(0.5, 1000.7) == "1970-01-01T00:16:40.500"
 
 
 def test_a_periodic_job_runs_at_the_period_start(store):
