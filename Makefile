@@ -11,10 +11,12 @@ run: setup
 
 test: setup
 	$(VENV)/ruff check gateway tests
+	$(VENV)/python -m mypy
 	$(VENV)/python -m pytest -q tests
 
 lint: setup
 	$(VENV)/ruff check gateway tests
+	$(VENV)/python -m mypy
 
 demo: setup
 	$(VENV)/gateway demo

@@ -183,7 +183,7 @@ def parse(value: str, instance: bool = False) -> ParsedResults:
         match = _METHOD.match(segment)
         if not match:
             continue
-        properties = {}
+        properties: dict[str, str] = {}
         for prop in _PROPERTY.finditer(segment, match.end()):
             key = f"{prop.group(1).lower()}.{prop.group(2).lower()}"
             raw = prop.group(3)

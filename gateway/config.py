@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.paths import DEFAULT_CONFIG, DEFAULT_RULES
 from gateway.schema import (
@@ -463,7 +463,7 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
     errors: list[str] = []
-    sections = {}
+    sections: dict[str, Any] = {}
     for name, table in data.items():
         if name not in SECTIONS:
             errors.append(f"{source}: [{name}]: unknown section{suggest_key(name, SECTIONS)}")

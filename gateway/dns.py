@@ -222,7 +222,10 @@ class Resolver:
                     name, rdtype, search=False, raise_on_no_answer=False, lifetime=wait)
             except dns.resolver.NXDOMAIN as exc:
                 self._answered(server)
-                ttl = _negative_ttl(exc.response(exc.qnames()[0]) if exc.qnames() else None)
+                # dnspython's exception methods carry no annotations.
+                qnames = exc.qnames()  # type: ignore[no-untyped-call]
+                ttl = _negative_ttl(
+                    exc.response(qnames[0]) if qnames else None)  # type: ignore[no-untyped-call]
                 return _Entry(time.monotonic() + ttl, None, NxDomain(f"{name}: no such domain"))
             except dns.resolver.LifetimeTimeout:
                 self._timed_out(server, name)

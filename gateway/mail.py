@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from email.header import decode_header
 from email.utils import getaddresses, parseaddr
 from functools import lru_cache
+from typing import Any
 
 import idna
 
@@ -476,7 +477,7 @@ def registrable_domain(host: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _public_suffix_list():
+def _public_suffix_list() -> Any:
     from publicsuffixlist import PublicSuffixList
 
     return PublicSuffixList()

@@ -8,6 +8,7 @@ this object.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import os
@@ -17,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from email.message import Message as EmailMessage
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from gateway import mime
 from gateway.config import LimitsSection, PipelineSection
@@ -81,7 +82,7 @@ class RawSpool:
         self._threshold = threshold
         self._directory = directory
         self._buffer: io.BytesIO | None = io.BytesIO()
-        self._file: BinaryIO | None = None
+        self._file: IO[bytes] | None = None
         self._size = 0
 
     @property
@@ -174,7 +175,7 @@ class RawContent:
         assert self._path is not None
         return self._path.read_bytes()
 
-    def chunks(self, size: int = 64 * 1024) -> Iterator[bytes]:
+    def chunks(self, size: int = 64 * 1024) -> Iterator[builtins.bytes]:
         with self.open() as stream:
             while block := stream.read(size):
                 yield block

@@ -47,7 +47,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from gateway.config import ACTIONS, Action
 from gateway.facts import ListsFacts
@@ -136,6 +136,10 @@ class Verdict:
 
 # -- meta rules ------------------------------------------------------------------------------
 
+# A node of a meta rule's parsed expression: (kind, operands...), e.g.
+# ("and", (("name", "A"), ("not", ("name", "B")))).
+MetaNode = tuple[Any, ...]
+
 _META_TOKEN = re.compile(r"\s*(?:(&&|\|\||>=|<=|==|!=|[!()<>+])|([A-Za-z_][A-Za-z0-9_]*)|"
                          r"(\d+(?:\.\d+)?))")
 
@@ -147,7 +151,7 @@ class Meta:
 
     name: str
     expression: str
-    tree: tuple
+    tree: MetaNode
     names: frozenset[str]
     description: str
     score: float
@@ -156,7 +160,7 @@ class Meta:
         return bool(_evaluate(self.tree, present))
 
 
-def parse_meta(expression: str) -> tuple[tuple, frozenset[str]]:
+def parse_meta(expression: str) -> tuple[MetaNode, frozenset[str]]:
     """The expression's tree and the names it reads; raises ValueError."""
     if len(expression) > META_LENGTH:
         raise ValueError(f"longer than {META_LENGTH} characters")
@@ -200,7 +204,7 @@ class _MetaParser:
         self.index += 1
         return token
 
-    def expression(self, depth: int) -> tuple:
+    def expression(self, depth: int) -> MetaNode:
         if depth > META_DEPTH:
             raise ValueError(f"nested more than {META_DEPTH} levels")
         items = [self.conjunction(depth)]
@@ -209,20 +213,20 @@ class _MetaParser:
             items.append(self.conjunction(depth))
         return items[0] if len(items) == 1 else ("or", tuple(items))
 
-    def conjunction(self, depth: int) -> tuple:
+    def conjunction(self, depth: int) -> MetaNode:
         items = [self.negation(depth)]
         while self.peek() == "&&":
             self.take()
             items.append(self.negation(depth))
         return items[0] if len(items) == 1 else ("and", tuple(items))
 
-    def negation(self, depth: int) -> tuple:
+    def negation(self, depth: int) -> MetaNode:
         if self.peek() == "!":
             self.take()
             return ("not", self.negation(depth + 1))
         return self.comparison(depth)
 
-    def comparison(self, depth: int) -> tuple:
+    def comparison(self, depth: int) -> MetaNode:
         left = self.total(depth)
         if self.peek() in (">", ">=", "<", "<=", "==", "!="):
             operator = self.take()[1]
@@ -232,14 +236,14 @@ class _MetaParser:
             return ("cmp", operator, left, float(value))
         return left
 
-    def total(self, depth: int) -> tuple:
+    def total(self, depth: int) -> MetaNode:
         items = [self.atom(depth)]
         while self.peek() == "+":
             self.take()
             items.append(self.atom(depth))
         return items[0] if len(items) == 1 else ("sum", tuple(items))
 
-    def atom(self, depth: int) -> tuple:
+    def atom(self, depth: int) -> MetaNode:
         kind, value = self.take()
         if kind == "name":
             self.names.add(value)
@@ -259,12 +263,12 @@ _COMPARE = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": floa
             "==": float.__eq__, "!=": float.__ne__}
 
 
-def _evaluate(node: tuple, present: set[str]) -> float:
+def _evaluate(node: MetaNode, present: set[str]) -> float:
     kind = node[0]
     if kind == "name":
         return 1.0 if node[1] in present else 0.0
     if kind == "num":
-        return node[1]
+        return float(node[1])
     if kind == "not":
         return 0.0 if _evaluate(node[1], present) else 1.0
     if kind == "and":
@@ -286,7 +290,8 @@ class Overlay:
     what it changes of the global rules."""
 
     key: str  # "example.org" or "bob@example.org" (A-labels, lower case)
-    thresholds: Mapping[str, float] = field(default_factory=dict)
+    # add_header may be None: no add_header tier for this key.
+    thresholds: Mapping[str, float | None] = field(default_factory=dict)
     scores: Mapping[str, float] = field(default_factory=dict)
     force: Mapping[str, str] = field(default_factory=dict)  # an action, or "score"
     subject_tag: str | None = None
@@ -325,7 +330,9 @@ class Rules:
     def with_default_forces(self, defaults: Mapping[str, str]) -> Rules:
         """These rules, with forced actions that apply unless a rules file
         forces the same symbol itself (or says it is not forced)."""
-        merged = {name: action for name, action in {**defaults, **self.force}.items()
+        # The checks' forced_actions name actions their config sections validated.
+        merged = {name: cast(Action, action)
+                  for name, action in {**defaults, **self.force}.items()
                   if name in self.force or name not in self.unforced}
         return replace(self, force=MappingProxyType(merged))
 
@@ -364,13 +371,13 @@ def load_rules(paths: Iterable[str | Path]) -> Rules:
     """Merge rules files in order, then the domain files beside them; raise
     ConfigError listing every problem."""
     built = _Builder()
-    paths = list(map(Path, paths))
-    for path in paths:
+    files = [Path(p) for p in paths]
+    for path in files:
         built.sources.append(str(path))
         data = _read(path, built.errors)
         if data is not None:
             _merge_file(data, str(path), built)
-    for directory in dict.fromkeys(p.parent / DOMAINS_DIR for p in paths):
+    for directory in dict.fromkeys(p.parent / DOMAINS_DIR for p in files):
         if not directory.is_dir():
             continue
         for path in sorted(directory.glob("*.toml")):
@@ -884,7 +891,8 @@ class Policy:
         thresholds: dict[str, float | None] = {"add_header": rules.add_header,
                                                "quarantine": rules.quarantine,
                                                "reject": rules.reject}
-        scores, force, tag = dict(rules.scores), dict(rules.force), rules.subject_tag
+        scores, tag = dict(rules.scores), rules.subject_tag
+        force: dict[str, str] = dict(rules.force)
         for key in chain:
             overlay = rules.domains[key]
             thresholds.update(overlay.thresholds)

@@ -198,7 +198,7 @@ class ScanServer:
             headers.setdefault(name.strip().lower(), []).append(value.strip())
         if command in ("PING", "SKIP"):
             return Request(command, headers, b"", http)
-        length_text = (headers.get("content-length") or [None])[0]
+        length_text = next(iter(headers.get("content-length") or []), None)
         if length_text is None:
             raise ProtocolError(EX_PROTOCOL, "Content-length is required")
         try:

@@ -15,6 +15,7 @@ is then ``fail``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import dkim
 
@@ -42,12 +43,12 @@ class ArcTempError(Exception):
     pass
 
 
-def dkimpy_txt(resolver: Resolver):
+def dkimpy_txt(resolver: Resolver) -> Callable[..., bytes | None]:
     """A dkimpy ``dnsfunc``: the key record as bytes, None if there is none
     (or several: RFC 6376 3.6.2.2); raises on a temporary failure instead of
     answering "no key"."""
 
-    def lookup(name, timeout=5):
+    def lookup(name: bytes | str, timeout: float = 5) -> bytes | None:
         text = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
         try:
             records = resolver.txt(text)

@@ -40,7 +40,7 @@ import re
 import struct
 import unicodedata
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -358,7 +358,7 @@ class AttachmentsCheck(Check):
         self._content(head, path, member.name, findings, depth + 1, open_archives=opens)
 
     def _reader(self, data: bytes, directory: ZipDirectory, member: ZipMember, path: str,
-                findings: Findings):
+                findings: Findings) -> Callable[[int], bytes | None]:
         """A function reading at most n bytes of the entry, charged to the
         budget; None (and a symbol) when it cannot, or when the entry holds
         more than it declares."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import TYPE_CHECKING, Any
 
 import pyclamd
 
@@ -22,6 +23,9 @@ from gateway.config import ClamavSection, Config
 from gateway.facts import ClamavFacts
 from gateway.message import Message
 from gateway.symbols import Report
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 CHUNK = 64 * 1024
 # clamd reports scan limits it hit (with AlertExceedsMax) as these "viruses":
@@ -43,12 +47,12 @@ class _SendAllSocket(socket.socket):
     of a chunk on a socket with a timeout and corrupt the stream; make every
     send complete."""
 
-    def send(self, data, flags=0):  # type: ignore[override]
+    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
         self.sendall(data, flags)
-        return len(data)
+        return memoryview(data).nbytes
 
 
-def _connect(client, family: int, address, label: str) -> None:
+def _connect(client: Any, family: int, address: str | tuple[str, int], label: str) -> None:
     """pyclamd's ``_init_socket`` with a complete-send socket, keeping the
     reason of a failed connect (pyclamd replaces it with "Unable to scan
     stream")."""
@@ -62,13 +66,13 @@ def _connect(client, family: int, address, label: str) -> None:
     client.connect_error = None
 
 
-class _UnixClient(pyclamd.ClamdUnixSocket):
-    def _init_socket(self):
+class _UnixClient(pyclamd.ClamdUnixSocket):  # type: ignore[misc]  # pyclamd has no types
+    def _init_socket(self) -> None:
         _connect(self, socket.AF_UNIX, self.unix_socket, self.unix_socket)
 
 
-class _NetworkClient(pyclamd.ClamdNetworkSocket):
-    def _init_socket(self):
+class _NetworkClient(pyclamd.ClamdNetworkSocket):  # type: ignore[misc]  # pyclamd has no types
+    def _init_socket(self) -> None:
         _connect(self, socket.AF_INET, (self.host, self.port), f"{self.host}:{self.port}")
 
 
@@ -87,7 +91,7 @@ class ClamavCheck(Check):
 
     @classmethod
     def forced_actions(cls, config: Config) -> dict[str, str]:
-        forced = {"CLAMAV_VIRUS": config.clamav.on_virus}
+        forced: dict[str, str] = {"CLAMAV_VIRUS": config.clamav.on_virus}
         if config.clamav.on_fail == "tempfail":
             forced[cls.failure_symbol()] = "tempfail"
         return forced

@@ -106,8 +106,9 @@ def linear_relaxed_body(body: bytes) -> bytes:
     leaves at most one space before a line end, which a plain replace removes.
     """
     body = _WSP_RUN.sub(b" ", body).replace(b" \r\n", b"\r\n")
-    return dkim.canonicalization.correct_empty_body(
+    canonical: bytes = dkim.canonicalization.correct_empty_body(
         dkim.canonicalization.strip_trailing_lines(body))
+    return canonical
 
 
 def install_linear_relaxed_body() -> None:
@@ -249,7 +250,7 @@ def _verify_signature(signer: dkim.DKIM, index: int, resolver: Resolver) -> Sign
     return result("pass", "", partial)
 
 
-def _covers_part_of_body(signer: dkim.DKIM, sig: dict) -> bool:
+def _covers_part_of_body(signer: dkim.DKIM, sig: dict[bytes, bytes]) -> bool:
     if b"l" not in sig:
         return False
     try:

@@ -40,10 +40,10 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.checks import Check, CheckContext
 from gateway.checks.view import view_of
@@ -59,6 +59,7 @@ from gateway.symbols import SYMBOL_NAME, Report, Symbol
 log = logging.getLogger("gateway.checks.dnsbl")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
 LOOKUPS = {
     "client_ip": "the client's IP address",
     "sender_domain": "the envelope sender's domain",
@@ -148,7 +149,8 @@ def parse_blocklist(table: Mapping[str, Any], errors: list[str]) -> Blocklist | 
                      description or f"{LOOKUPS[lookup]} is listed in {zone}")
 
 
-def _networks_to(table: Any, where: str, errors: list[str], convert, expected: str) -> tuple:
+def _networks_to(table: Any, where: str, errors: list[str], convert: Callable[[Any], T | None],
+                 expected: str) -> tuple[tuple[Network, T], ...]:
     if not isinstance(table, Mapping):
         errors.append(f"{where}: expected a table such as {{ \"127.0.0.2\" = ... }}")
         return ()
@@ -302,7 +304,7 @@ class DnsblCheck(Check):
             self._read(blocklist, shown, query, answers, outcome)
         return outcome
 
-    def _read(self, blocklist: Blocklist, shown: str, query: str, answers: tuple,
+    def _read(self, blocklist: Blocklist, shown: str, query: str, answers: tuple[Any, ...],
               outcome: _Outcome) -> None:
         codes: dict[str, list[str]] = {}
         scores: dict[str, float] = {}

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.checks import Check, CheckContext
 from gateway.config import Config
@@ -43,6 +44,9 @@ from gateway.mail import DomainError, ascii_domain
 from gateway.message import Message
 from gateway.policy import load_rules, policy_key
 from gateway.symbols import Report, Symbol
+
+if TYPE_CHECKING:  # imported when first used: SQLAlchemy only where a store is configured
+    from gateway.quarantine.store import QuarantineStore
 
 log = logging.getLogger("gateway.checks.lists")
 
@@ -67,9 +71,9 @@ class SenderList:
             else:
                 self.domains.add(entry)
 
-    def match(self, address: str) -> str | None:
+    def match(self, address: str | None) -> str | None:
         """The entry that matches ``address``, or None."""
-        address = address.strip().strip("<>").lower()
+        address = (address or "").strip().strip("<>").lower()
         if not address or "@" not in address:
             return None
         local, _, domain = address.rpartition("@")
@@ -152,7 +156,7 @@ class Lists:
                 now: datetime | None = None) -> list[tuple[str, str, int | None]]:
         """(symbol, evidence, managed entry id or None) of each kind that
         matches; a managed entry past its expiry does not."""
-        found = []
+        found: list[tuple[str, str, int | None]] = []
         for symbol, kind in KINDS:
             entry = self.lists[kind].match(sender if kind.endswith("sender") else ip)
             if entry is None:
@@ -181,7 +185,7 @@ class ManagedLists:
         self.url = url
         self.refresh = refresh
         self.first_wait = first_wait
-        self._store = None
+        self._store: QuarantineStore | None = None
         self._lists: tuple[Lists, dict[str, Lists]] = (Lists.of(), {})
         self._expiry: datetime | None = None
         self._hits: Counter[int] = Counter()
@@ -233,7 +237,7 @@ class ManagedLists:
             self._wake.wait(wait)
             self._wake.clear()
 
-    def _open(self):
+    def _open(self) -> QuarantineStore | None:
         from gateway.quarantine.store import QuarantineStore
 
         if self._store is None:
@@ -294,12 +298,12 @@ class ManagedLists:
             log.warning("lists: %s", problem)
 
 
-def _has_lists(store) -> bool:
+def _has_lists(store: QuarantineStore) -> bool:
     """Whether the store's schema has the managed lists' table (migration 0005)."""
     from sqlalchemy import inspect
 
     try:
-        return inspect(store.engine).has_table("list_entries")
+        return bool(inspect(store.engine).has_table("list_entries"))
     except Exception:
         return True  # cannot tell: say so
 

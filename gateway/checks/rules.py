@@ -194,7 +194,14 @@ def _compile(name: str, table: Mapping[str, Any], score: float | None,
                 str(table.get("description", "")) or f"{kind} rule {name}", test)
 
 
-def _header_rule(table, pattern, problems) -> Callable | None:
+# A rule's test: its evidence when it fires on the message, else None.
+RuleTest = Callable[[Message, MessageView], str | None]
+# A rule's pattern under a key of its table (None: absent or invalid).
+PatternOf = Callable[..., Pattern | None]
+
+
+def _header_rule(table: Mapping[str, Any], pattern: PatternOf, problems: list[str]
+                 ) -> RuleTest | None:
     field = table.get("header")
     if not isinstance(field, str) or not field.strip():
         problems.append(".header: a header rule needs the header field's name")
@@ -242,7 +249,7 @@ def _header_text(value: str, message: Message) -> str:
     return text.replace("\r\n", "").replace("\n", "")
 
 
-def _body_rule(found: Pattern, raw: bool) -> Callable:
+def _body_rule(found: Pattern, raw: bool) -> RuleTest:
     def test(message: Message, view: MessageView) -> str | None:
         for part in view.texts:
             hit = found.search(part.raw_utf8 if raw else part.text_utf8)
@@ -253,7 +260,7 @@ def _body_rule(found: Pattern, raw: bool) -> Callable:
     return test
 
 
-def _uri_rule(patterns: Mapping[str, Pattern]) -> Callable:
+def _uri_rule(patterns: Mapping[str, Pattern]) -> RuleTest:
     def test(message: Message, view: MessageView) -> str | None:
         for link in view.links:
             if all(p.search(_link_part(link, key).encode("utf-8", "replace")) is not None
@@ -268,7 +275,8 @@ def _link_part(link: Link, key: str) -> str:
     return {"url": link.url, "host": link.host, "domain": link.domain, "path": link.path}[key]
 
 
-def _mime_rule(table, pattern, problems) -> Callable | None:
+def _mime_rule(table: Mapping[str, Any], pattern: PatternOf, problems: list[str]
+               ) -> RuleTest | None:
     content_type, filename = pattern("content_type"), pattern("filename")
     counts = {}
     for key in ("min_parts", "max_parts"):

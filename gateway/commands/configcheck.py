@@ -20,6 +20,7 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gateway.config import SECTIONS, Config, load_config
 from gateway.config import _resolve_paths as resolve_paths
@@ -116,8 +117,8 @@ def _load(path: str | None, findings: Findings) -> Config | None:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
-    sections = {name: load_section(SECTIONS[name], table, name, [])
-                for name, table in data.items() if name in SECTIONS}
+    sections: dict[str, Any] = {name: load_section(SECTIONS[name], table, name, [])
+                                for name, table in data.items() if name in SECTIONS}
     sections = {name: section for name, section in sections.items()
                 if name in Config.__dataclass_fields__}
     resolve_paths(sections, file.parent)

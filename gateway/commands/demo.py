@@ -160,7 +160,9 @@ def show(name: str, raw: bytes, postfix, sink, store: Path) -> None:
                           local_hostname=LOOPBACK_NAME) as client:
             queue_id = _send(client, sender, "bob@example.net", raw)
     except smtplib.SMTPResponseException as exc:
-        print(f"   SMTP answer: {exc.smtp_code} {exc.smtp_error.decode(errors='replace')}\n")
+        error = exc.smtp_error
+        text = error.decode(errors="replace") if isinstance(error, bytes) else error
+        print(f"   SMTP answer: {exc.smtp_code} {text}\n")
         return
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

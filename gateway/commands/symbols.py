@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from gateway.checks import BUILTIN, Check, resolve_check
 from gateway.commands.common import config_from
@@ -24,7 +25,7 @@ def main(args: argparse.Namespace) -> int:
     specs = list(config.pipeline.checks)
     if args.all:
         specs += [name for name in BUILTIN if name not in specs]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for spec in specs:
         check: type[Check] = resolve_check(spec)
         for name, description in check.catalog().items():

@@ -32,10 +32,13 @@ class _Handler:
         self.arrived = threading.Condition()
 
     async def handle_DATA(self, server: SMTP, session: object, envelope: Envelope) -> str:
+        content = envelope.original_content or envelope.content or b""
         delivery = Delivery(
             mail_from=envelope.mail_from or "",
             rcpt_to=tuple(envelope.rcpt_tos),
-            data=bytes(envelope.original_content or envelope.content or b""),
+            # str only with decode_data=True, which this sink does not ask for
+            data=content.encode("utf-8", "surrogateescape") if isinstance(content, str)
+            else bytes(content),
         )
         with self.arrived:
             self.deliveries.append(delivery)
