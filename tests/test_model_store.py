@@ -173,6 +173,12 @@ def test_without_the_database_a_node_keeps_its_last_good_model(postgres, tmp_pat
                                    text=True, cwd=PROJECT_ROOT, timeout=60,
                                    env={**os.environ, "GATEWAY_MODEL_CACHE": str(cache)})
         assert restarted.stdout.strip() == str(kept), restarted.stderr
+        # ... and gateway doctor says so
+        from gateway.commands.doctor import model_lines
+
+        (line,) = model_lines(config)
+        assert line.status == "fail"
+        assert "this node serves on its last good model, nb-kept" in line.text
     finally:
         postgres.start()
     store.health.last_failure = 0.0  # no need to wait out the retry pause
