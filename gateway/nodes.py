@@ -54,6 +54,7 @@ class LocalState:
 
 LOCAL = LocalState()
 _lock = threading.Lock()
+_running: set[Heartbeat] = set()  # this process's heartbeats (two during a reload)
 
 
 def model_seen(version: str) -> None:
@@ -76,8 +77,14 @@ class Node:
     status: dict[str, Any]
 
     @property
+    def stopped(self) -> bool:
+        """Shut down on purpose (its last heartbeat said so)."""
+        return bool(self.status.get("stopped"))
+
+    @property
     def stale(self) -> bool:
-        return self.age > STALE_AFTER.total_seconds()
+        """Silent too long without having said it stops: dead, hung, or cut off."""
+        return not self.stopped and self.age > STALE_AFTER.total_seconds()
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "host": self.host, "version": self.version,
@@ -85,6 +92,7 @@ class Node:
                 "started": self.started.isoformat(timespec="seconds"),
                 "heartbeat": self.heartbeat.isoformat(timespec="seconds"),
                 "age_seconds": round(self.age, 1), "stale": self.stale,
+                "stopped": self.stopped,
                 "problems": list(self.status.get("problems", []))}
 
 
@@ -97,7 +105,7 @@ def database_now(connection: Connection) -> datetime:
 
 
 def beat(connection: Connection, name: str, model: str, started: datetime,
-         problems: Iterable[str] = ()) -> None:
+         problems: Iterable[str] = (), stopped: bool = False) -> None:
     """Write this node's row (insert or update) with a fresh heartbeat."""
     from gateway.jobs import insert_ignoring
     from gateway.quarantine.store import schema_head
@@ -105,7 +113,8 @@ def beat(connection: Connection, name: str, model: str, started: datetime,
     stamp = database_now(connection)
     values = {"host": socket.gethostname(), "version": gateway.__version__,
               "schema": schema_head(), "model": model or "-", "pid": os.getpid(),
-              "heartbeat": stamp, "status": json.dumps({"problems": list(problems)})}
+              "heartbeat": stamp,
+              "status": json.dumps({"problems": list(problems), "stopped": stopped})}
     insert_ignoring(connection, nodes, {"name": name, "started": started, **values})
     connection.execute(update(nodes).where(nodes.c.name == name).values(
         started=started, **values))
@@ -139,24 +148,37 @@ class Heartbeat:
         self._stop = threading.Event()
 
     def start(self) -> Heartbeat:
+        with _lock:
+            _running.add(self)
         threading.Thread(target=self._loop, name="heartbeat", daemon=True).start()
         return self
 
     def stop(self) -> None:
+        """Stop beating; the last heartbeat of the process (not one replaced
+        on a reload) marks the node stopped, so that a node shut down on
+        purpose is not taken for one that died."""
         self._stop.set()
+        with _lock:
+            _running.discard(self)
+            last = not _running
+        if last:  # at most a few seconds: a database that is away must not hold a shutdown
+            final = threading.Thread(target=self.beat_once, kwargs={"stopped": True},
+                                     name="heartbeat-final", daemon=True)
+            final.start()
+            final.join(3.0)
 
     def _loop(self) -> None:
         self.beat_once()
         while not self._stop.wait(self.interval):
             self.beat_once()
 
-    def beat_once(self) -> bool:
+    def beat_once(self, stopped: bool = False) -> bool:
         """One heartbeat; True if the database took it."""
         try:
             store = self.store()
             with store.engine.begin() as connection:
                 beat(connection, store.node, LOCAL.model, self.started,
-                     LOCAL.problems)
+                     LOCAL.problems, stopped)
         except Exception as exc:  # a heartbeat never takes the node down
             from gateway.quarantine.store import first_line
 

@@ -114,11 +114,22 @@ def test_a_periodic_job_runs_at_the_period_start(store):
 
 
 def test_the_registry_shows_each_node_and_its_heartbeat(store):
-    Heartbeat(lambda: store).beat_once()
+    heartbeat = Heartbeat(lambda: store).start()
+    deadline = time.monotonic() + 5
+    while True:
+        with store.engine.connect() as connection:
+            found = fleet(connection)
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    (node,) = found
+    assert (node.name, node.pid, node.stale, node.stopped) == ("node-a", os.getpid(), False,
+                                                               False)
+    assert node.age < 5 and node.schema == "0006"
+    heartbeat.stop()  # a node shut down on purpose says so, and is not stale later
     with store.engine.connect() as connection:
         (node,) = fleet(connection)
-    assert (node.name, node.pid, node.stale) == ("node-a", os.getpid(), False)
-    assert node.age < 5 and node.schema == "0006"
+    assert node.stopped and not node.stale
 
 
 # -- PostgreSQL: a node killed mid-job -------------------------------------------------

@@ -373,6 +373,9 @@ def node_lines(config: Config) -> list[Line]:
         return [fail("node", f"node {name} has not registered{fleet_text}",
                      "start the gateway (gateway run) on this node; it registers within "
                      "seconds if it reaches the database")]
+    if mine.stopped:
+        return [fail("node", f"node {name} was stopped {mine.age:.0f} s ago{fleet_text}",
+                     "start the gateway (gateway run) on this node")]
     if mine.stale:
         return [fail("node", f"node {name}: last heartbeat {mine.age:.0f} s ago{fleet_text}",
                      "the milter is stopped, hung or cannot reach the database: see its log")]

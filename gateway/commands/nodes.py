@@ -76,7 +76,8 @@ def main(args: argparse.Namespace) -> int:
     else:
         rows = [("NODE", "HOST", "VERSION", "SCHEMA", "MODEL", "HEARTBEAT", "STATE")]
         for node in nodes:
-            state = "STALE (no heartbeat)" if node["stale"] else "ok"
+            state = ("stopped" if node["stopped"] else
+                     "STALE (no heartbeat)" if node["stale"] else "ok")
             if node["problems"]:
                 state += "; " + "; ".join(node["problems"])
             rows.append((node["name"], node["host"], node["version"], node["schema"],
