@@ -214,3 +214,20 @@ def test_the_cache_keeps_the_newest_models_and_the_one_in_use(tmp_path: Path, ca
         paths.append(store.current_path())
     assert [p.exists() for p in paths] == [False, False] + [True] * 5, paths
     assert store.last_good() == paths[-1]
+
+
+def test_train_writes_its_candidate_into_a_database_store(tmp_path: Path, cache: Path):
+    from tests.helpers import FIXTURES
+
+    url = f"sqlite:///{tmp_path}/models.db"
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[classifier]\nstore = "{url}"\n')
+    trained = gateway("train", "--config", str(config), "--ham", str(FIXTURES / "corpus/ham"),
+                      "--spam", str(FIXTURES / "corpus/spam"), "--repeats", "0", "--json",
+                      cache=cache)
+    assert trained.returncode == 0, trained.stderr
+    report = json.loads(trained.stdout)
+    assert report["path"].startswith(f"{url} (candidate")
+    store = ModelStore(url)
+    assert [v.version for v in store.list()] == [report["version"]]
+    assert store.current_version() is None  # a candidate until promoted

@@ -130,10 +130,13 @@ def train_main(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as staging:
             model.save(Path(staging) / "model")
             try:
-                ModelStore(config.classifier.store).add(Path(staging) / "model")
+                store = ModelStore(config.classifier.store)
+                store.add(Path(staging) / "model")
+            except StoreError as exc:  # a database store: the message names it
+                raise UsageError(f"train: {exc}") from None
             except OSError as exc:
                 raise UsageError(f"classifier.store {config.classifier.store}: {exc}") from None
-        where = f"{config.classifier.store} (candidate; promote with "\
+        where = f"{store.root} (candidate; promote with "\
                 f"'gateway model promote {model.version}')"
     if args.json:
         print(json.dumps({"version": model.version, "path": where, **figures}, indent=2))
