@@ -16,6 +16,14 @@ from gateway.lab.milter_process import MilterProcess
 from gateway.lab.postfix import PostfixInstance, free_port
 from gateway.lab.sink import Sink
 from tests.helpers import PROJECT_ROOT, milter_config
+from tests.markers import markers_for
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # postfix, postgres, browser and slow, from what each test needs (tests/markers.py)
+    for item in items:
+        for marker in sorted(markers_for(item)):
+            item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")
