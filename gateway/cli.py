@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # Modules of the optional extras (pyproject.toml); scoring mail needs none.
 EXTRAS = {"sklearn": "train", "scipy": "train", "matplotlib": "train",
-          "psycopg": "postgres", "aiosmtpd": "demo", "dnslib": "demo",
+          "psycopg": "postgres", "aiosmtpd": "demo",
           "flask": "web", "werkzeug": "web", "jinja2": "web", "waitress": "web", "nh3": "web",
           "argon2": "web"}
 
