@@ -5,10 +5,15 @@ loads by itself; a test imports from here, never from conftest.)"""
 from __future__ import annotations
 
 import smtplib
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from gateway.lab.dns import KnotServer
 from gateway.lab.postfix import PostfixInstance
+
+T = TypeVar("T")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MESSAGES = FIXTURES / "messages"
@@ -49,3 +54,15 @@ def send(
     """Send over SMTP; raises smtplib.SMTPDataError on a 4xx/5xx at end of DATA."""
     with smtplib.SMTP("127.0.0.1", postfix.smtp_port, timeout=30) as client:
         client.sendmail(mail_from, list(rcpt_to), message)
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 10.0,
+               what: str = "the condition") -> T:
+    """The first true value of ``condition()``, asked every 20 ms: for what
+    another thread or process makes true; fails the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout:g} s")
+        time.sleep(0.02)
+    return value

@@ -18,9 +18,9 @@ from gateway.config import Config, ListsSection, PipelineSection, PolicySection,
 from gateway.evaluator import LocalEvaluator
 from gateway.message import Envelope, Message
 from gateway.paths import DEFAULT_RULES
-from gateway.quarantine.lists import normalize_scope, normalize_value
+from gateway.quarantine.lists import ListEntry, normalize_scope, normalize_value
 from gateway.quarantine.store import QuarantineStore
-from tests.helpers import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT, wait_until
 
 RAW = b"From: a@example.org\r\nSubject: hello\r\n\r\nhello\r\n"
 
@@ -85,14 +85,12 @@ def test_an_entry_added_applies_to_the_next_message_without_a_restart(store, sto
         entry, new = store.add_list_entry("block-sender", "spam.example", owner="alice",
                                           reason="phishing wave")
         assert new
-        time.sleep(0.25)  # [lists] refresh
-        (found,) = symbols(check).symbols
+        (found,) = wait_until(lambda: symbols(check).symbols, what="the entry applies")
         assert (found.name, found.evidence) == (
             "BLOCKLIST_SENDER", f"matched spam.example (list entry {entry.id}, alice: "
             "phishing wave)")
         store.remove_list_entry(entry.id)
-        time.sleep(0.25)
-        assert symbols(check).symbols == ()
+        wait_until(lambda: symbols(check).symbols == (), what="the removed entry stops")
     finally:
         check.close()
 
@@ -105,10 +103,12 @@ def test_hits_are_counted_for_mail_the_mta_passed(store, store_url):
             assert [s.name for s in symbols(check, ip="198.51.100.7").symbols] == [
                 "ALLOWLIST_IP"]
         symbols(check, ip="198.51.100.7", queue_id=None)  # gateway check: not counted
-        deadline = time.monotonic() + 5
-        while store.get_list_entry(entry.id).hits < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        counted = store.get_list_entry(entry.id)
+
+        def counted_three() -> ListEntry | None:
+            now = store.get_list_entry(entry.id)
+            return now if now.hits >= 3 else None
+
+        counted = wait_until(counted_three, what="three hits counted")
         assert counted.hits == 3
         assert counted.last_hit is not None
     finally:
