@@ -498,7 +498,7 @@ def test_fisher_combining_orders_spam_ham_and_doubt():
     ham, _ = fisher_score(np.array([0.01, 0.02, 0.05]), 150, 0.346)
     doubt, _ = fisher_score(np.array([0.99, 0.01]), 150, 0.346)
     assert ham < doubt < spam and abs(doubt) < 1e-9
-    strongest, used = fisher_score(np.array([0.9, 0.999, 0.001, 0.99]), 2, 0.0)
+    _, used = fisher_score(np.array([0.9, 0.999, 0.001, 0.99]), 2, 0.0)
     assert used.tolist() == [1, 2]  # the two strongest tokens only
 
 
@@ -512,3 +512,60 @@ def test_only_models_the_artifact_can_score_are_written():
                      grid=(Settings(alpha=0.01, balance=1.0),))
     assert model.meta["settings"]["balance"] == 1.0
     assert "weighted by its share" in model.meta["algorithm"]
+
+
+def test_message_id_and_date_give_their_shape_not_their_value():
+    raw = (b"From: a@example.org\r\nMessage-ID: <00c701c200d9$a14bd540$5db8869f@r60qn>\r\n"
+           b"Date: Fri, 02 Aug 2002 15:54:23 -0700 (PDT)\r\nX-MSMail-Priority: Normal\r\n"
+           b"Subject: hi\r\n\r\nhello there\r\n")
+    tokens = tokenize(raw)
+    assert {"msgid:shape:#$#$#", "msgid:domshape:a9a", "date:shape:Aa, 9 Aa 9 9:9:9 -9 (A)",
+            "hname:X-MSMail-Priority", "header:x-msmail-priority"} <= tokens
+    # No id, day, year or zone leaks through the shapes.
+    shapes = [t for t in tokens if t.startswith(("msgid:", "date:"))]
+    assert not any(value in t for t in shapes for value in ("a14bd5", "2002", "Aug", "0700"))
+    spamware = tokenize(raw.replace(b"<00c701c200d9$a14bd540$5db8869f@r60qn>",
+                                    b"PM20003:54:23 PM").replace(b" -0700 (PDT)", b""))
+    assert {"msgid:shape:A9:9:9 A", "date:shape:Aa, 9 Aa 9 9:9:9"} <= spamware
+    assert "date:shape:none" in tokenize(b"From: a@example.org\r\nSubject: x\r\n\r\nbody\r\n")
+
+
+def test_blocks_keep_a_long_body_from_drowning_the_headers():
+    from gateway.classifier.model import SpamModel
+
+    vocabulary = {"subject:winner": 0, **{f"word{i}": i + 1 for i in range(50)}}
+    weights = np.array([3.0] + [0.0] * 50, dtype=np.float32)
+    idf = np.ones(51, dtype=np.float32)
+    block = np.array([0] + [1] * 50)
+    short, long = {"subject:winner", "word0"}, {"subject:winner", *(f"word{i}" for i in range(50))}
+    one_norm = SpamModel(weights, idf, vocabulary, 0.0, (1.0, 0.0), {})
+    apart = SpamModel(weights, idf, vocabulary, 0.0, (1.0, 0.0), {}, block=block)
+    assert one_norm.log_odds(long) < one_norm.log_odds(short) / 4  # diluted by the body
+    assert apart.log_odds(long) == pytest.approx(apart.log_odds(short)) == pytest.approx(3.0)
+    log_odds, _, parts = apart.contributions(sorted(long))
+    assert parts.sum() == pytest.approx(log_odds)  # the evidence still adds up
+
+
+def test_a_blocks_model_scores_as_it_was_trained_and_old_models_still_load(tmp_path: Path):
+    from gateway.classifier.train import Settings, TokenMatrix, fit, load_dataset
+
+    settings = Settings(alpha=0.01, blocks=3)
+    data = load_dataset([HAM], [SPAM], show_progress=False)
+    matrix = TokenMatrix(data.tokens)
+    expected = fit(matrix.matrix, data.labels, settings, data.groups, matrix.blocks).log_odds(
+        matrix.matrix)
+    model, _ = train([HAM], [SPAM], seed=7, repeats=0, report=quiet, show_progress=False,
+                     grid=(settings,))
+    model.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.block is not None and loaded.meta["format"] == "gateway-naive-bayes/2"
+    assert np.allclose([loaded.log_odds(t) for t in data.tokens], expected, atol=1e-4)
+    assert "normalised apart" in loaded.meta["algorithm"]
+
+    plain, _ = train([HAM], [SPAM], seed=7, repeats=0, report=quiet, show_progress=False,
+                     grid=(Settings(alpha=0.01),))
+    plain.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "model.json").read_text())
+    meta["format"] = "gateway-naive-bayes/1"  # as written before blocks
+    (tmp_path / "old" / "model.json").write_text(json.dumps(meta))
+    assert load_model(tmp_path / "old").block is None

@@ -231,7 +231,9 @@ def test_a_wheel_installed_outside_the_tree_scores_with_the_shipped_rules_and_mo
                   str(MESSAGES / "missing_headers.eml"))
     assert checked.returncode == 0, checked.stderr
     assert '"action": "quarantine"' in checked.stdout
-    assert '"name": "BAYES_99"' in checked.stdout and "model nb-" in checked.stdout
+    # The shipped model calls it spam (BAYES_90 or above; the exact band moves
+    # with each retraining).
+    assert '"name": "BAYES_9' in checked.stdout and "model nb-" in checked.stdout
     shown = run("config", "check", "--config", str(config))
     assert shown.returncode == 0, shown.stderr
     site = f"{venv}/lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"

@@ -277,11 +277,12 @@ def test_a_promoted_model_is_picked_up_while_mail_flows(postfix, sink, gateway_m
         # The watchers look every 0.2 s: wait until a message is scored by
         # the new model, rather than for a time that may be too short.
         deadline = time.monotonic() + 30
-        while band(deliver_one(0)) < 70:
+        while band(deliver_one(0)) < 60:
             assert time.monotonic() < deadline, "the promoted model was not picked up in 30 s"
         after = list(pool.map(deliver_one, range(3)))
 
     assert all(band(t) <= 50 for t in before)  # the shipped model: not spam
     for tag in during:
         band(tag)  # every message sent across the swap was delivered
-    assert all(band(t) >= 70 for t in after)  # the inverted model: "spam"
+    # The inverted model (40 fixture messages) says "spam" (60% or more).
+    assert all(band(t) >= 60 for t in after)

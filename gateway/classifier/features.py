@@ -33,7 +33,7 @@ from gateway.mail import (
 # Re-exported for callers that still import them from here.
 __all__ = ["decode_bytes", "decoded_header", "registrable_domain"]
 
-FEATURE_VERSION = 3
+FEATURE_VERSION = 4
 
 # Headers never turned into tokens. Delivery and mailbox bookkeeping added
 # at the recipient's side (by the corpus collectors, by fetchmail, by the
@@ -252,12 +252,14 @@ def header_tokens(message: EmailMessage,
         yield "message-id:none"
     elif "@" not in message_id:
         yield "message-id:noat"
+    yield from shape_tokens(message)
 
-    for key, value in message.items():
-        key = key.lower()
+    for name, value in message.items():
+        key = name.lower()
         if key in EXCLUDED_HEADERS or key.startswith(EXCLUDED_HEADER_PREFIXES):
             continue
         yield "header:" + key
+        yield "hname:" + name[:40]
         if key in SPECIAL_HEADERS:
             continue
         # Like SpamAssassin's Bayes: the words of other header values, under
@@ -266,6 +268,34 @@ def header_tokens(message: EmailMessage,
             word = word.strip(".:'").lower()
             if 2 < len(word) <= 30:
                 yield f"h:{key}:{word}"
+
+
+HEX_RUN = re.compile(r"[0-9A-Fa-f]{6,}")
+SHAPE_RUN = re.compile(r"([0-9]+)|([a-z]+)|([A-Z]+)")
+
+
+def shape(text: str, limit: int = 40) -> str:
+    """How a value is written, not what it says: hexadecimal runs '#',
+    digits '9', lower-case 'a', upper-case 'A', runs collapsed, punctuation
+    kept ('<#.#@a.a>', 'Aa, 9 Aa 9 9:9:9 -9'). Mailers and spamware write
+    their Message-IDs and Dates in shapes of their own; the values (ids,
+    days, zones) would only teach the corpus."""
+    text = HEX_RUN.sub(lambda m: "#" if any(c.isdigit() for c in m.group(0)) else m.group(0),
+                       text[:200])
+    return SHAPE_RUN.sub(lambda m: "9" if m.group(1) else "a" if m.group(2) else "A",
+                         text)[:limit]
+
+
+def shape_tokens(message: EmailMessage) -> Iterator[str]:
+    """The shapes of the Message-ID (left and right of the '@') and of the
+    Date header (which the words exclude as calendar)."""
+    message_id = str(message.get("Message-ID", "")).strip()
+    if message_id:
+        local, _, domain = message_id.strip("<>").partition("@")
+        yield "msgid:shape:" + shape(local)
+        yield "msgid:domshape:" + shape(domain, 20)
+    date = str(message.get("Date", "")).strip()
+    yield "date:shape:" + (shape(date, 60) if date else "none")
 
 
 def domain_tokens(prefix: str, domain: str) -> Iterator[str]:
@@ -574,6 +604,32 @@ def received_tokens(message: EmailMessage, limits: LimitsSection = DEFAULT_LIMIT
             if first in (10, 127) or (first == 192 and second == 168) or \
                     (first == 172 and 16 <= second <= 31):
                 yield prefix + ":ip:private"
+
+
+# -- blocks ----------------------------------------------------------------------
+
+# The model normalises each block of a message's tokens on its own (see
+# train.Settings.blocks): what the headers say, what the text says, and how
+# the message is built. One norm over all tokens lets a long body drown the
+# few header tokens, and a short one inflate them.
+HEADER_KINDS = frozenset({
+    "subject", "from", "replyto", "to", "cc", "mailer", "received", "message-id", "msgid",
+    "date", "header", "hname", "h", "rcvd",
+})
+STRUCTURE_KINDS = frozenset({"url", "html", "cte", "charset", "attach", "part", "structure"})
+BLOCK_HEADER, BLOCK_TEXT, BLOCK_STRUCTURE = 0, 1, 2
+BLOCKS = 3
+
+
+def token_block(token: str) -> int:
+    """The block of a token by its kind (its prefix before ':'): headers,
+    structure (links, HTML, MIME), or text (words, pairs, numbers)."""
+    kind = token.partition(":")[0] if ":" in token else ""
+    if kind in HEADER_KINDS:
+        return BLOCK_HEADER
+    if kind in STRUCTURE_KINDS:
+        return BLOCK_STRUCTURE
+    return BLOCK_TEXT
 
 
 # -- explanations ----------------------------------------------------------------

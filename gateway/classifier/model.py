@@ -2,8 +2,8 @@
 
 A model is a folder of three files, none of which is ever unpickled:
 
-- ``model.npz``: per-token log-odds weights (float32), loaded with
-  ``allow_pickle=False``;
+- ``model.npz``: per-token log-odds weights (float32), idf, and (format 2)
+  each token's block (int8), loaded with ``allow_pickle=False``;
 - ``vocabulary.json``: the tokens, in weight order;
 - ``model.json``: metadata (version, creation time, data counts, feature
   settings, validation figures, calibration, thresholds) and the SHA-256 of
@@ -11,9 +11,11 @@ A model is a folder of three files, none of which is ever unpickled:
   match is refused.
 
 The weights are naive Bayes' own, ``log P(token|spam) - log P(token|ham)``;
-a message is the idf weights of its known tokens, L2-normalised, and its
-dot product with the weights plus the prior log-odds is the classifier's
-log-odds, which a logistic calibration turns into a probability.
+a message is the idf weights of its known tokens, L2-normalised (each
+block apart -- headers, text, structure -- when the model has blocks), and
+its dot product with the weights plus the prior log-odds is the
+classifier's log-odds, which a logistic calibration turns into a
+probability.
 scikit-learn is needed to train, not to score.
 """
 
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from gateway.classifier.features import (
+    BLOCKS,
     DEFAULT_LIMITS,
     FEATURE_VERSION,
     TextStats,
@@ -38,7 +41,9 @@ from gateway.classifier.features import (
 )
 from gateway.config import LimitsSection
 
-FORMAT = "gateway-naive-bayes/1"
+FORMAT = "gateway-naive-bayes/2"
+# /1 had no blocks (one norm per message); it still loads.
+FORMATS = ("gateway-naive-bayes/1", FORMAT)
 WEIGHTS_FILE = "model.npz"
 VOCABULARY_FILE = "vocabulary.json"
 META_FILE = "model.json"
@@ -124,20 +129,30 @@ class SpamModel:
     calibration: tuple[float, float]  # p = sigmoid(a * log_odds + b)
     meta: dict[str, Any]
     path: Path | None = None
+    block: np.ndarray | None = None  # each token's block (features.token_block), or one norm
+
+    def _parts(self, indices: list[int]) -> np.ndarray:
+        """Each known token's share of the log-odds: idf * weight / norm,
+        the norm of the whole message or of the token's block."""
+        idf = self.idf[indices].astype(np.float64)
+        if self.block is None:
+            norm: np.ndarray | float = math.sqrt(float(idf @ idf))
+        else:
+            block = self.block[indices]
+            norm = np.sqrt(np.bincount(block, weights=idf * idf, minlength=BLOCKS))[block]
+        return idf * self.weights[indices] / norm
 
     @property
     def version(self) -> str:
         return str(self.meta.get("version", "unknown"))
 
     def log_odds(self, tokens: Iterable[str]) -> float:
-        """Known tokens weighted by idf, L2-normalised, dotted with the weights."""
+        """Known tokens weighted by idf, L2-normalised (by block), dotted with the weights."""
         vocabulary = self.vocabulary
         indices = [i for i in map(vocabulary.get, tokens) if i is not None]
         if not indices:
             return self.intercept
-        idf = self.idf[indices].astype(np.float64)
-        norm = math.sqrt(float(idf @ idf))
-        return self.intercept + float(idf @ self.weights[indices]) / norm
+        return self.intercept + float(self._parts(indices).sum())
 
     def contributions(self, tokens: Iterable[str]) -> tuple[float, list[str], np.ndarray]:
         """(log-odds, known tokens, each one's contribution to the log-odds)."""
@@ -145,9 +160,7 @@ class SpamModel:
         known = [t for t in tokens if t in vocabulary]
         if not known:
             return self.intercept, [], np.zeros(0)
-        indices = [vocabulary[t] for t in known]
-        idf = self.idf[indices].astype(np.float64)
-        parts = idf * self.weights[indices] / math.sqrt(float(idf @ idf))
+        parts = self._parts([vocabulary[t] for t in known])
         return self.intercept + float(parts.sum()), known, parts
 
     def explain(self, tokens: Iterable[str], count: int = 5) -> Explanation:
@@ -186,13 +199,15 @@ class SpamModel:
         tokens = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
         vocabulary_bytes = json.dumps(tokens, ensure_ascii=False).encode("utf-8")
         (directory / VOCABULARY_FILE).write_bytes(vocabulary_bytes)
-        np.savez_compressed(
-            directory / WEIGHTS_FILE,
-            weights=self.weights.astype(np.float32),
-            idf=self.idf.astype(np.float32),
-            intercept=np.array([self.intercept]),
-            calibration=np.array(self.calibration, dtype=np.float64),
-        )
+        arrays = {
+            "weights": self.weights.astype(np.float32),
+            "idf": self.idf.astype(np.float32),
+            "intercept": np.array([self.intercept]),
+            "calibration": np.array(self.calibration, dtype=np.float64),
+        }
+        if self.block is not None:
+            arrays["block"] = self.block.astype(np.int8)
+        np.savez_compressed(directory / WEIGHTS_FILE, **arrays)
         meta = dict(self.meta)
         meta.update({
             "format": FORMAT,
@@ -216,8 +231,8 @@ def load_model(directory: str | Path) -> SpamModel:
         raise ModelError(f"{meta_path}: not found (is {directory} a model folder?)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{meta_path}: unreadable model metadata: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelError(f"{meta_path}: not a {FORMAT} model")
+    if not isinstance(meta, dict) or meta.get("format") not in FORMATS:
+        raise ModelError(f"{meta_path}: not a {' or '.join(FORMATS)} model")
     if meta.get("feature_version") != FEATURE_VERSION:
         raise ModelError(
             f"{meta_path}: trained with feature version {meta.get('feature_version')}, "
@@ -237,10 +252,14 @@ def load_model(directory: str | Path) -> SpamModel:
             idf = arrays["idf"].astype(np.float32)
             intercept = float(arrays["intercept"][0])
             a, b = (float(x) for x in arrays["calibration"])
+            block = arrays["block"].astype(np.int64) if "block" in arrays.files else None
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
         raise ModelError(f"{directory}: unreadable model files: {exc}") from None
     if not isinstance(tokens, list) or not len(tokens) == len(weights) == len(idf):
         raise ModelError(f"{directory}: vocabulary and weights differ in length")
+    if block is not None and (len(block) != len(weights) or
+                              (len(block) and not 0 <= block.min() <= block.max() < BLOCKS)):
+        raise ModelError(f"{directory}: token blocks do not match the vocabulary")
     if not (np.isfinite(weights).all() and np.isfinite(idf).all() and math.isfinite(intercept)
             and math.isfinite(a) and math.isfinite(b)):
         raise ModelError(f"{directory}: model holds non-finite numbers")
@@ -252,6 +271,7 @@ def load_model(directory: str | Path) -> SpamModel:
         calibration=(a, b),
         meta=meta,
         path=directory,
+        block=block,
     )
 
 

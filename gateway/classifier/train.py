@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from gateway.classifier.corpus import Progress, Sample, content_key, read_corpus
-from gateway.classifier.features import FEATURE_VERSION, message_tokens
+from gateway.classifier.features import BLOCKS, FEATURE_VERSION, message_tokens, token_block
 from gateway.classifier.metrics import (
     FPR_POINTS,
     fold_figures,
@@ -86,11 +86,17 @@ class Settings:
     significant: int = 150  # fisher: at most this many tokens per message
     strength: float = 0.346  # fisher: only tokens with |p - 0.5| >= this
     balance: float = 0.0  # weigh each folder of a label by (its share)^-balance
+    prune: float = 0.0  # keep only tokens whose spam probability is this far from 0.5
+    blocks: int = 1  # 1: one L2 norm per message; 3: one per block (features.token_block)
 
     def describe(self) -> str:
         text = f"{self.scorer} alpha {self.alpha:g}, min_df {self.min_documents}"
         if self.balance:
             text += f", folders balanced^{self.balance:g}"
+        if self.prune:
+            text += f", tokens |p-0.5| >= {self.prune:g}"
+        if self.blocks > 1:
+            text += ", blocks normalised apart"
         if self.scorer == "fisher":
             text += f", {self.significant} tokens |p-0.5| >= {self.strength:g}"
         return text
@@ -98,15 +104,17 @@ class Settings:
 
 # Measured on the shared corpus (tests/bench/classifier_variants.py, nested
 # cross-validation; table in models/MODEL_CARD.md): smaller alphas than
-# 0.003 won; keeping only the most significant tokens (chi-squared), the
-# Bernoulli and Complement models and Fisher's combining of the strongest
-# tokens never helped, so the grid offers MultinomialNB alone. Balancing the
+# 0.003 won; keeping only the most significant tokens (chi-squared or
+# |p - 0.5|), the Bernoulli and Complement models and Fisher's combining of
+# the strongest tokens never helped, so the grid offers MultinomialNB alone.
+# Normalising headers, text and structure apart helped. Balancing the
 # folders (hard ham, a small folder of newsletters people asked for, against
-# the big folders of list mail) is chosen per training set: it helps there,
-# and an operator's own folders may not need it.
+# the big folders of list mail) helps on the same mail but fully balanced
+# (1.0) it lost on newer mail (older-to-newer split), so it stops at 0.5.
 GRID: tuple[Settings, ...] = tuple(
-    Settings(alpha=alpha, min_documents=min_documents, balance=balance)
-    for balance in (0.0, 0.5, 1.0)
+    Settings(alpha=alpha, min_documents=min_documents, balance=balance, blocks=blocks)
+    for blocks in (1, 3)
+    for balance in (0.0, 0.5)
     for min_documents in (2, 3)
     for alpha in (0.0001, 0.0003, 0.001, 0.003)
 )
@@ -235,6 +243,7 @@ class TokenMatrix:
             indices.extend(index.setdefault(token, len(index)) for token in document)
             indptr.append(len(indices))
         self.tokens = list(index)
+        self.blocks = np.array([token_block(t) for t in self.tokens], dtype=np.int8)
         self.matrix = csr_matrix(
             (np.ones(len(indices), dtype=np.float64), np.array(indices, dtype=np.int64),
              np.array(indptr, dtype=np.int64)),
@@ -253,11 +262,12 @@ class NaiveBayes:
     intercept: float
     settings: Settings
     token_probability: np.ndarray | None = None  # fisher: P(spam | token present)
+    block: np.ndarray | None = None  # each column's block, when normalised apart
 
     def log_odds(self, rows) -> np.ndarray:
         rows = rows[:, self.columns]
         if self.settings.scorer in ("mnb", "complement"):
-            weighted = _weigh(rows, self.idf)
+            weighted = _weigh(rows, self.idf, self.block)
             return weighted @ self.weights.astype(np.float64) + self.intercept
         if self.settings.scorer == "bernoulli":
             return rows.tocsr() @ self.weights.astype(np.float64) + self.intercept
@@ -321,12 +331,22 @@ def fisher_score(probability: np.ndarray, significant: int, strength: float
     return ham - spam, used
 
 
-def _weigh(rows, idf: np.ndarray):
-    """idf of each present token, each row divided by its L2 norm."""
+def _weigh(rows, idf: np.ndarray, block: np.ndarray | None = None):
+    """idf of each present token, each row divided by its L2 norm, or each
+    block of a row by that block's L2 norm (``block``: each column's)."""
     from sklearn.preprocessing import normalize
 
     weighted = rows.multiply(idf.astype(np.float64).reshape(1, -1)).tocsr()
-    return normalize(weighted, norm="l2", copy=False)
+    if block is None:
+        return normalize(weighted, norm="l2", copy=False)
+    weighted.sum_duplicates()
+    row_of = np.repeat(np.arange(weighted.shape[0]), np.diff(weighted.indptr))
+    block_of = block[weighted.indices].astype(np.int64)
+    squares = np.zeros((weighted.shape[0], BLOCKS))
+    np.add.at(squares, (row_of, block_of), weighted.data ** 2)
+    norms = np.sqrt(squares[row_of, block_of])
+    weighted.data = weighted.data / np.where(norms > 0, norms, 1.0)
+    return weighted
 
 
 def folder_weights(labels: np.ndarray, groups: np.ndarray | None, balance: float
@@ -348,21 +368,40 @@ def folder_weights(labels: np.ndarray, groups: np.ndarray | None, balance: float
     return weights
 
 
-def fit(rows, labels: np.ndarray, settings: Settings, groups: np.ndarray | None = None
-        ) -> NaiveBayes:
+def significant(rows, labels: np.ndarray, prune: float) -> np.ndarray:
+    """Columns whose spam probability is at least ``prune`` from 0.5, as
+    SpamAssassin's Bayes uses only tokens with ``|p - 0.5| >= 0.346``: Graham's
+    ``p = (s/S) / (s/S + h/H)`` from the share of spam and ham holding the
+    token, shrunk toward 0.5 by Robinson's ``(1/2 + n p) / (1 + n)`` so that a
+    token seen once is not certain."""
+    spam = np.asarray(rows[labels == 1].sum(axis=0)).ravel() / max(int((labels == 1).sum()), 1)
+    ham = np.asarray(rows[labels == 0].sum(axis=0)).ravel() / max(int((labels == 0).sum()), 1)
+    count = np.asarray(rows.sum(axis=0)).ravel()
+    graham = spam / np.maximum(spam + ham, 1e-12)
+    robinson = (0.5 + count * graham) / (1 + count)
+    return np.flatnonzero(np.abs(robinson - 0.5) >= prune)
+
+
+def fit(rows, labels: np.ndarray, settings: Settings, groups: np.ndarray | None = None,
+        blocks: np.ndarray | None = None) -> NaiveBayes:
+    """Fit one model on ``rows``; ``groups`` are the rows' folders (for
+    ``balance``), ``blocks`` the columns' blocks (for ``blocks``)."""
     weights_ = folder_weights(labels, groups, settings.balance)
     frequency = np.asarray(rows.sum(axis=0)).ravel()
     columns = np.flatnonzero(frequency >= settings.min_documents)
+    if settings.prune:
+        columns = columns[significant(rows[:, columns], labels, settings.prune)]
     if settings.scorer in ("mnb", "complement"):
         from sklearn.naive_bayes import ComplementNB, MultinomialNB
 
         idf = (np.log((1 + rows.shape[0]) / (1 + frequency[columns])) + 1).astype(np.float32)
+        block = blocks[columns] if settings.blocks > 1 and blocks is not None else None
         model = (MultinomialNB(alpha=settings.alpha) if settings.scorer == "mnb"
                  else ComplementNB(alpha=settings.alpha, norm=True))
-        model.fit(_weigh(rows[:, columns], idf), labels, sample_weight=weights_)
+        model.fit(_weigh(rows[:, columns], idf, block), labels, sample_weight=weights_)
         weights = (model.feature_log_prob_[1] - model.feature_log_prob_[0]).astype(np.float32)
         intercept = float(model.class_log_prior_[1] - model.class_log_prior_[0])
-        return NaiveBayes(columns, weights, idf, intercept, settings)
+        return NaiveBayes(columns, weights, idf, intercept, settings, block=block)
     from sklearn.naive_bayes import BernoulliNB
 
     model = BernoulliNB(alpha=settings.alpha)
@@ -407,7 +446,8 @@ def selection_score(scores: np.ndarray, labels: np.ndarray) -> tuple[float, floa
 
 
 def choose_settings(rows, labels: np.ndarray, grid: Sequence[Settings], folds: int,
-                    seed: int, report: Report | None = None, groups: np.ndarray | None = None
+                    seed: int, report: Report | None = None, groups: np.ndarray | None = None,
+                    blocks: np.ndarray | None = None
                     ) -> tuple[Settings, np.ndarray, list[dict[str, Any]]]:
     """The settings with the best out-of-fold selection score on ``rows``
     alone, and their out-of-fold log-odds (for the calibration)."""
@@ -418,7 +458,7 @@ def choose_settings(rows, labels: np.ndarray, grid: Sequence[Settings], folds: i
         scores = np.zeros(len(labels))
         for train_index, test_index in splits:
             model = fit(rows[train_index], labels[train_index], settings,
-                        None if groups is None else groups[train_index])
+                        None if groups is None else groups[train_index], blocks)
             scores[test_index] = model.log_odds(rows[test_index])
         score = selection_score(scores, labels)
         trials.append({**asdict(settings), "mean_recall_low_fpr": score[0], "auc": score[1]})
@@ -450,9 +490,9 @@ def cross_validate(matrix: TokenMatrix, labels: np.ndarray, groups: np.ndarray |
         fold_groups = None if groups is None else groups[train_index]
         settings, inner_scores, _ = choose_settings(rows, labels[train_index], grid,
                                                     inner_folds, seed + number,
-                                                    groups=fold_groups)
+                                                    groups=fold_groups, blocks=matrix.blocks)
         calibration = fit_calibration(inner_scores, labels[train_index])
-        model = fit(rows, labels[train_index], settings, fold_groups)
+        model = fit(rows, labels[train_index], settings, fold_groups, matrix.blocks)
         scores = model.log_odds(matrix.rows(test_index))
         fold_probabilities = probabilities(scores, calibration)
         if on_fold is not None:
@@ -534,12 +574,12 @@ def train(
            f"({inner_folds}-fold cross-validation)")
     all_rows = matrix.matrix
     settings, oof_scores, trials = choose_settings(all_rows, labels, grid, inner_folds, seed,
-                                                   report, groups)
+                                                   report, groups, matrix.blocks)
     if settings.scorer not in SHIPPABLE_SCORERS:
         raise ValueError(f"a {settings.scorer} model cannot be written as a model artifact "
                          f"(only {', '.join(SHIPPABLE_SCORERS)})")
     calibration = fit_calibration(oof_scores, labels)
-    final = fit(all_rows, labels, settings, groups)
+    final = fit(all_rows, labels, settings, groups, matrix.blocks)
     vocabulary = {matrix.tokens[c]: i for i, c in enumerate(final.columns)}
     report(f"chose {settings.describe()}; vocabulary {len(vocabulary)} tokens")
 
@@ -572,7 +612,9 @@ def train(
         "algorithm": (f"scikit-learn {NB_CLASS[settings.scorer]}"
                       " on idf-weighted, L2-normalised token presence"
                       + (f", each folder of a label weighted by its share^-{settings.balance:g}"
-                         if settings.balance else "")),
+                         if settings.balance else "")
+                      + (", headers, text and structure normalised apart"
+                         if settings.blocks > 1 else "")),
         "settings": asdict(settings),
         "alpha": settings.alpha,
         "trials": trials,
@@ -603,7 +645,8 @@ def train(
     }
     meta["version"] = "nb-" + _digest(vocabulary, final)[:12]
     model = SpamModel(weights=final.weights, idf=final.idf, vocabulary=vocabulary,
-                      intercept=final.intercept, calibration=calibration, meta=meta)
+                      intercept=final.intercept, calibration=calibration, meta=meta,
+                      block=final.block)
     return model, figures
 
 
@@ -627,4 +670,6 @@ def _digest(vocabulary: dict[str, int], model: NaiveBayes) -> str:
     digest.update(model.weights.astype(np.float32).tobytes())
     digest.update(model.idf.astype(np.float32).tobytes())
     digest.update(np.float64(model.intercept).tobytes())
+    if model.block is not None:
+        digest.update(model.block.astype(np.int8).tobytes())
     return digest.hexdigest()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -31,7 +32,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from gateway.classifier import train as training  # noqa: E402
-from gateway.classifier.features import body_tokens, message_tokens  # noqa: E402
+from gateway.classifier.features import body_tokens, message_tokens, part_text  # noqa: E402
 from gateway.classifier.metrics import (  # noqa: E402
     FPR_POINTS,
     fold_figures,
@@ -62,8 +63,44 @@ def extra_repeat(message) -> Iterator[str]:
             yield "rep6:" + word
 
 
+HTML_TAG = re.compile(r"<\s*([a-zA-Z][a-zA-Z0-9]{0,15})([^>]{0,400})>")
+HTML_ATTRIBUTE = re.compile(r"([a-zA-Z-]{1,20})\s*=")
+HIDDEN = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*[01]px|"
+                    r"color\s*=\s*[\"']?#?(?:fff(?:fff)?|white)\b", re.IGNORECASE)
+
+
+def extra_html(message) -> Iterator[str]:
+    """Every HTML tag and attribute name, and hidden or white text, as
+    structure tokens (tried under one norm for feature version 3: hard ham
+    is HTML too)."""
+    for part in message.walk():
+        if part.get_content_type() != "text/html":
+            continue
+        markup = part_text(part)[:200_000]
+        for name, rest in HTML_TAG.findall(markup):
+            yield "html:tag:" + name.lower()
+            for attribute in HTML_ATTRIBUTE.findall(rest):
+                yield f"html:attr:{name.lower()}.{attribute.lower()}"
+        if HIDDEN.search(markup):
+            yield "html:hidden"
+
+
+def extra_caps(message) -> Iterator[str]:
+    """Words in capitals kept as their own text tokens ('FREE', 'URGENT')."""
+    subject = str(message.get("Subject", ""))
+    texts = [subject] + [part_text(p) for p in message.walk()
+                         if p.get_content_type() == "text/plain"]
+    for text in texts:
+        for raw in text[:100_000].split():
+            word = raw.strip(".,;:!?()[]\"'")
+            if 3 <= len(word) <= 20 and word.isalpha() and word.isupper():
+                yield "caps:" + word
+
+
 EXTRAS: dict[str, Callable[[Any], Iterator[str]]] = {
     "repeat": extra_repeat,
+    "html": extra_html,
+    "caps": extra_caps,
 }
 
 
@@ -95,6 +132,19 @@ def grids() -> dict[str, list[Settings]]:
                       for a in (0.0001, 0.0003, 0.001, 0.003)],
         "mnb-low": [Settings(alpha=a, min_documents=m) for m in (1, 2)
                     for a in (0.00001, 0.00003, 0.0001)],
+        "prune": [Settings(alpha=a, min_documents=2, balance=1.0, prune=x)
+                  for a in (0.0003, 0.001, 0.003) for x in (0.0, 0.1, 0.2, 0.3)],
+        "prune1": [Settings(alpha=a, min_documents=2, balance=1.0, prune=0.1)
+                   for a in (0.0003, 0.001, 0.003)],
+        "prune2": [Settings(alpha=a, min_documents=2, balance=1.0, prune=0.2)
+                   for a in (0.0003, 0.001, 0.003)],
+        "prune0": [Settings(alpha=a, min_documents=2, balance=1.0)
+                   for a in (0.0003, 0.001, 0.003)],
+        "half": [Settings(alpha=a, min_documents=m, balance=b) for b in (0.0, 0.5)
+                 for m in (2, 3) for a in (0.0001, 0.0003, 0.001, 0.003)],
+        "half-blocks": [Settings(alpha=a, min_documents=m, balance=b, blocks=3)
+                        for b in (0.0, 0.5) for m in (2, 3)
+                        for a in (0.0001, 0.0003, 0.001, 0.003)],
         "complement": [Settings(alpha=a, min_documents=m, scorer="complement")
                        for m in (2, 3) for a in (0.0001, 0.0003, 0.001, 0.003)],
         "bernoulli": [Settings(alpha=a, min_documents=m, scorer="bernoulli")
@@ -138,10 +188,11 @@ def nested(matrix: TokenMatrix, labels: np.ndarray, groups: np.ndarray,
         rows = matrix.rows(train_index)
         if len(grid) > 1:
             settings, _, _ = training.choose_settings(rows, labels[train_index], grid, inner,
-                                                      seed + number, None, groups[train_index])
+                                                      seed + number, None, groups[train_index],
+                                                      matrix.blocks)
         else:
             settings = grid[0]
-        model = fit(rows, labels[train_index], settings, groups[train_index])
+        model = fit(rows, labels[train_index], settings, groups[train_index], matrix.blocks)
         scores = model.log_odds(matrix.rows(test_index))
         figures = fold_figures(scores, np.zeros_like(scores), labels[test_index], 2.0)
         per_fold.append(figures)
@@ -166,8 +217,8 @@ def temporal(matrix: TokenMatrix, labels: np.ndarray, folders: list[str],
     rows = matrix.rows(train_index)
     groups = np.array([hash(f) % 1000 for f in folders])[train_index]
     settings, _, _ = training.choose_settings(rows, labels[train_index], grid, inner, seed,
-                                              None, groups)
-    model = fit(rows, labels[train_index], settings, groups)
+                                              None, groups, matrix.blocks)
+    model = fit(rows, labels[train_index], settings, groups, matrix.blocks)
     scores = model.log_odds(matrix.rows(test_index))
     figures = fold_figures(scores, np.zeros_like(scores), labels[test_index], 2.0)
     figures["settings"] = settings.describe()  # type: ignore[assignment]
