@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from gateway.facts import HeadersFacts
 from gateway.message import Envelope
 from gateway.policy import Verdict
 from gateway.terminal import dumps
@@ -13,9 +14,10 @@ log = logging.getLogger("gateway.message")
 
 def message_record(envelope: Envelope, verdict: Verdict, size: int, millis: float,
                    notes: dict[str, str] | None = None) -> dict:
+    headers = HeadersFacts.of(verdict.facts)
     return {
         "queue_id": envelope.queue_id,
-        "message_id": verdict.facts.get("headers", {}).get("message_id") or None,
+        "message_id": (headers.message_id if headers is not None else "") or None,
         "client_ip": envelope.client_ip,
         "helo": envelope.helo,
         "from": envelope.mail_from,
