@@ -130,6 +130,26 @@ def test_many_messages_at_once_all_get_a_verdict(pool_of):
     assert all(v.failed_checks == () for v in verdicts)
 
 
+def concurrently(pool: WorkerPool, count: int) -> list:
+    with ThreadPoolExecutor(count) as threads:
+        return list(threads.map(lambda i: pool.evaluate(ENVELOPE, body(f"m{i}")), range(count)))
+
+
+def test_the_pool_grows_while_messages_queue_for_workers_waiting_on_the_network(pool_of):
+    pool = pool_of(config("tests.plugins:LookupCheck", workers=1, max_workers=4, budget=30.0))
+    verdicts = concurrently(pool, 8)
+    assert all("TEST_LOOKED_UP" in names(v) for v in verdicts)
+    assert len(pool.worker_pids()) > 1
+
+
+def test_the_pool_does_not_grow_when_the_workers_compute(pool_of):
+    """More processes than cores would not check mail any faster."""
+    pool = pool_of(config("tests.plugins:ComputeCheck", workers=1, max_workers=4, budget=30.0))
+    verdicts = concurrently(pool, 8)
+    assert all("TEST_COMPUTED" in names(v) for v in verdicts)
+    assert len(pool.worker_pids()) == 1
+
+
 def test_a_broken_check_stops_start_up_with_its_problem():
     with pytest.raises(ConfigError, match="unknown check 'nope'"):
         WorkerPool(config("headers", "nope"))
