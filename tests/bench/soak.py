@@ -12,6 +12,7 @@ with ``--plot``).
 
     sudo .venv/bin/python tests/bench/soak.py -n 100000
     sudo .venv/bin/python tests/bench/soak.py -n 20000 --workers 0 --plot /tmp/soak.png
+    sudo .venv/bin/python tests/bench/soak.py -n 5000 --abuse 0 --dns-latency 0.02
 
 Prints figures; asserts nothing.
 """
@@ -78,19 +79,23 @@ def main() -> int:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--plot", type=Path, help="write an RSS/FD plot (PNG) here")
     parser.add_argument("--json", action="store_true", help="one JSON line per sample")
+    parser.add_argument("--dns-latency", type=float, default=0.0, metavar="SECONDS",
+                        help="each DNS answer this late, like a resolver that must ask the "
+                        "sender domain's own servers (every message has a new domain)")
     args = parser.parse_args()
     corpus = args.corpus if args.corpus.exists() else FALLBACK_CORPUS
     messages = load_messages(corpus, 2000)
     print(f"soak: {args.messages} messages ({len(messages)} distinct from {corpus}), "
           f"{args.concurrency} sessions at a time, workers {args.workers}, "
-          f"{args.abuse:.0%} abusive sessions", flush=True)
+          f"{args.abuse:.0%} abusive sessions, DNS answers after {args.dns_latency * 1000:g} ms",
+          flush=True)
 
     root = Path(tempfile.mkdtemp(prefix="gateway-soak-", dir="/tmp"))
     services = contextlib.ExitStack()
     samples: list[dict] = []
     try:
         clamd = services.enter_context(ClamdInstance(root / "clamd"))
-        dns = services.enter_context(SyntheticServer())
+        dns = services.enter_context(SyntheticServer(latency=args.dns_latency))
         socket_path = root / "milter.sock"
         milter = MilterProcess(root, (
             f'[milter]\nsocket = "unix:{socket_path}"\nsocket_mode = "600"\n'

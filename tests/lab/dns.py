@@ -105,11 +105,19 @@ class FaultServer(_UdpServer):
 class SyntheticServer(_UdpServer):
     """Answers for any domain, for benchmarks over real-world mail: every
     domain has an MX, SPF allowing loopback, a p=none DMARC record and no
-    DKIM keys; every address and name resolves to 127.0.0.1 / localhost."""
+    DKIM keys; every address and name resolves to 127.0.0.1 / localhost.
+    With ``latency``, each answer comes that many seconds late, like a
+    resolver asking the domain's own servers (answers are sent concurrently)."""
+
+    def __init__(self, latency: float = 0.0):
+        super().__init__()
+        self.latency = latency
 
     def answer(self, request):
         from dnslib import MX, PTR, QTYPE, RCODE, RR, TXT, A
 
+        if self.latency:
+            time.sleep(self.latency)
         reply = request.reply()
         name = str(request.q.qname).rstrip(".").lower()
         qtype = QTYPE[request.q.qtype]
