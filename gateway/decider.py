@@ -28,17 +28,16 @@ from typing import Literal
 from gateway.evaluator import Evaluator
 from gateway.logline import log_verdict
 from gateway.message import Envelope, RawContent
-from gateway.policy import SmtpReply, Verdict
+from gateway.policy import Verdict
 from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.store import QuarantineError
+from gateway.replies import REJECTED, STORE_FAILED, TRY_AGAIN, SmtpReply
 
 log = logging.getLogger("gateway.decider")
 
 Outcome = Literal["accept", "hold", "discard", "reject", "tempfail"]
 # Told of every decision (metrics): the envelope, the decision, seconds taken.
 Observer = Callable[[Envelope, "Decision", float], None]
-
-STORE_FAILED = SmtpReply("451", "4.3.0", "Temporary failure storing the message, try again later")
 
 
 @dataclass(frozen=True)
@@ -92,11 +91,11 @@ class Decider:
             if self.keeper is not None and (kept := self.keeper.keep_rejected(envelope, raw,
                                                                               verdict)):
                 notes["quarantine_id"] = kept
-            reply = verdict.reply or SmtpReply("550", "5.7.1", "Rejected")
+            reply = verdict.reply or REJECTED
             return Decision(verdict, "reject", reply, notes)
         if verdict.action == "tempfail":
             return Decision(verdict, "tempfail",
-                            verdict.reply or SmtpReply("451", "4.7.1", "Try again later"))
+                            verdict.reply or TRY_AGAIN)
         if verdict.action == "quarantine":
             if self.keeper is None:
                 return Decision(verdict, "hold", notes={"held_by": "postfix"})

@@ -19,7 +19,6 @@ import gc
 import grp
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from gateway.config import Config
 from gateway.decider import Decision
 from gateway.headers import OWN_HEADERS, authentication_results_header, verdict_headers
 from gateway.message import Envelope, RawSpool
-from gateway.policy import SmtpReply
+from gateway.replies import FILTER_FAILED, HOLD_IMPOSSIBLE, SmtpReply, smtp_safe
 from gateway.service import Generation, Service
 
 log = logging.getLogger("gateway.milter")
@@ -308,7 +307,7 @@ class GatewayMilter(Milter.Base):
                 self.failure,
             )
             return Milter.ACCEPT
-        self.reply(SmtpReply("451", "4.3.0", "Temporary failure in mail filter, try again later"))
+        self.reply(FILTER_FAILED)
         return Milter.TEMPFAIL
 
     def reply(self, reply: SmtpReply) -> None:
@@ -322,8 +321,6 @@ CAPABILITIES = {
     "QUARANTINE (hold mail in the MTA's queue when [quarantine] url is empty)":
         Milter.QUARANTINE,
 }
-HOLD_IMPOSSIBLE = SmtpReply("550", "5.7.1", "Rejected: held for review, but this mail "
-                            "server cannot hold mail")
 _missing_logged: set[str] = set()
 _missing_lock = threading.Lock()
 
@@ -334,14 +331,6 @@ def _log_missing_once(missing: list[str]) -> None:
         _missing_logged.update(new)
     if new:
         log.warning("the MTA does not offer %s: doing without (logged once)", "; ".join(new))
-
-
-def smtp_safe(text: str, limit: int = 400) -> str:
-    """Printable ASCII on one line, '%' doubled for libmilter, clipped."""
-    text = re.sub(r"[^\x20-\x7e]", "?", " ".join(text.split()))
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return text.replace("%", "%%")
 
 
 def serve(runtime: Runtime) -> None:

@@ -53,6 +53,7 @@ from gateway.config import ACTIONS, Action
 from gateway.facts import ListsFacts
 from gateway.mail import DomainError, ascii_domain
 from gateway.pipeline import PipelineResult
+from gateway.replies import SmtpReply, for_verdict
 from gateway.schema import ConfigError, suggest_key
 from gateway.symbols import SYMBOL_NAME, Symbol
 
@@ -77,16 +78,6 @@ DOMAINS_DIR = "domains"
 SUBJECT_TAG_LENGTH = 64
 META_LENGTH = 2000
 META_DEPTH = 32
-
-
-@dataclass(frozen=True)
-class SmtpReply:
-    code: str  # "550"
-    status: str  # "5.7.1"
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.status} {self.text}"
 
 
 @dataclass(frozen=True)
@@ -948,28 +939,9 @@ class Policy:
             symbols=tuple(symbols),
             failed_checks=tuple(result.failed_checks),
             reason=reason,
-            reply=_reply(action, score, forced_by, reference),  # type: ignore[arg-type]
+            reply=for_verdict(action, score, forced_by, reference),
             forced_by=forced_by.name if forced_by else None,
             check_millis=result.check_millis,
             facts=dict(result.facts),
             subject_tag=rules.subject_tag if action == "add_header" else "",
         )
-
-
-def _reply(
-    action: Action, score: float, forced_by: Symbol | None, reference: str | None
-) -> SmtpReply | None:
-    ref = f" (ref {reference})" if reference else ""
-    # Enhanced status codes other than 5.7.1 for symbols that have their own.
-    status_of = {"SENDER_NULL_MX": "5.7.27"}  # RFC 7505 4.2: sender's domain has a null MX
-    if action == "reject":
-        if forced_by is not None:
-            why = forced_by.description or forced_by.name
-            detail = f": {forced_by.evidence}" if forced_by.evidence else ""
-            status = status_of.get(forced_by.name, "5.7.1")
-            return SmtpReply("550", status, f"Rejected: {why}{detail} [{forced_by.name}]{ref}")
-        return SmtpReply("550", "5.7.1", f"Rejected as spam, score {score:g}{ref}")
-    if action == "tempfail":
-        why = f" [{forced_by.name}]" if forced_by is not None else ""
-        return SmtpReply("451", "4.7.1", f"Temporary failure, please try again later{why}{ref}")
-    return None

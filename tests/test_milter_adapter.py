@@ -23,7 +23,8 @@ from gateway.config import (
 )
 from gateway.decider import Decider
 from gateway.evaluator import LocalEvaluator
-from gateway.milter import GatewayMilter, Runtime, smtp_safe
+from gateway.milter import GatewayMilter, Runtime
+from gateway.replies import smtp_safe
 from gateway.service import Generation
 from tests.helpers import fixture_message
 
