@@ -260,14 +260,19 @@ def test_a_message_held_on_one_node_is_released_from_another(cluster: Cluster, s
     assert after.state == "released"
 
 
-def stale_messages(cluster: Cluster, count: int) -> list[str]:
-    """Held mail 40 days old: the next purge expires it."""
+def stale_messages(cluster: Cluster, count: int, early_in_a_period: bool = False
+                   ) -> list[str]:
+    """Held mail 40 days old, all at once: the next purge expires it. With
+    ``early_in_a_period``, that happens just after a period's purge, so the
+    caller has most of a period before the next one."""
     store = cluster.store()
     try:
         envelope = Envelope(mail_from="old@example.org", rcpt_to=("bob@example.net",),
                             client_ip="198.51.100.7", helo="mail.example.org")
         ids = [store.put(envelope, RawContent(data=message(uuid.uuid4().hex)),
                          verdict("OLD_MARKER")) for _ in range(count)]
+        if early_in_a_period:
+            time.sleep(PURGE_INTERVAL - time.time() % PURGE_INTERVAL + 0.3)
         with store.engine.begin() as connection:
             connection.execute(update(messages).where(messages.c.id.in_(ids)).values(
                 created=now() - timedelta(days=40)))
@@ -324,9 +329,9 @@ def test_the_purge_runs_once_while_three_nodes_race_for_it(cluster: Cluster):
 
 def test_a_node_killed_during_the_purge_leaves_it_to_another_once(cluster: Cluster):
     before = purges_that_expired(cluster)
-    ids = stale_messages(cluster, 40)
     store = cluster.store()
     blocker = store.engine.connect()
+    ids = stale_messages(cluster, 40, early_in_a_period=True)
     try:
         # Hold one of the messages: whichever node purges next stops there,
         # halfway, with part of the purge done in its open transaction.
