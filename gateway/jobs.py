@@ -77,6 +77,16 @@ def period_of(interval: float, at: float | None = None) -> str:
     return start.isoformat(timespec="seconds" if whole else "milliseconds")
 
 
+def _watch_client(connection: Connection) -> None:
+    """PostgreSQL 14+: a statement of this transaction whose client died
+    (a killed node) is stopped within 2 s, and the transaction rolled back,
+    rather than finishing a statement nobody will commit (a purge waiting
+    on a row lock, say)."""
+    if connection.dialect.name == "postgresql" and \
+            (connection.dialect.server_version_info or (0,)) >= (14,):
+        connection.execute(text("SET LOCAL client_connection_check_interval = '2s'"))
+
+
 def _lock_key(name: str) -> int:
     """A stable signed 64-bit advisory-lock key for a job name."""
     digest = hashlib.sha256(f"gateway-job:{name}".encode()).digest()
@@ -111,6 +121,7 @@ class Jobs:
                                      postgres)
                 else:
                     with self.engine.begin() as connection:
+                        _watch_client(connection)
                         result = work(connection)
                         self._finish(connection, name, period, started, result, token,
                                      postgres)
@@ -136,10 +147,6 @@ class Jobs:
             return
         key = _lock_key(name)
         with self.engine.connect() as connection:
-            try:  # PostgreSQL 14+: a query of a client that died stops within 2 s
-                connection.execute(text("SET client_connection_check_interval = '2s'"))
-            except SQLAlchemyError:
-                connection.rollback()
             got = connection.execute(select(func.pg_try_advisory_lock(key))).scalar()
             connection.commit()  # idle, not idle in a transaction, while the job runs
             if not got:
