@@ -48,6 +48,7 @@ from gateway.classifier.train import (  # noqa: E402
     TokenMatrix,
     fit,
 )
+from gateway.mail import safe_parseaddr  # noqa: E402
 from gateway.mime import parse_bytes  # noqa: E402
 from tests.bench.classifier import corpus, folder  # noqa: E402
 
@@ -97,10 +98,39 @@ def extra_caps(message) -> Iterator[str]:
                 yield "caps:" + word
 
 
+TAIL_ID = re.compile(r"(?:\s{2,}|[\s-])[#(\[]?[A-Za-z]*\d[\w-]{2,}[)\]]?\s*$")
+
+
+def extra_envelope(message) -> Iterator[str]:
+    """SpamAssassin-rule-like header facts: a 'Re:' without the headers a
+    reply has, a random id at the end of the Subject, To missing, undisclosed
+    or the sender's own address, a To without a display name."""
+    subject = str(message.get("Subject", ""))
+    if re.match(r"\s*(re|fw|fwd)\s*:", subject, re.IGNORECASE) and not (
+            message.get("In-Reply-To") or message.get("References")):
+        yield "subject:fake-reply"
+    if TAIL_ID.search(subject):
+        yield "subject:tail-id"
+    if subject != subject.rstrip() or "  " in subject.strip():
+        yield "subject:spaces"
+    to = str(message.get("To", ""))
+    if not to.strip():
+        yield "to:missing"
+    elif "undisclosed" in to.lower() or to.strip() in (":;", "undisclosed-recipients:;"):
+        yield "to:undisclosed"
+    name, address = safe_parseaddr(to)
+    _, sender = safe_parseaddr(str(message.get("From", "")))
+    if address and not name:
+        yield "to:noname"
+    if address and address.lower() == sender.lower():
+        yield "to:from"
+
+
 EXTRAS: dict[str, Callable[[Any], Iterator[str]]] = {
     "repeat": extra_repeat,
     "html": extra_html,
     "caps": extra_caps,
+    "envelope": extra_envelope,
 }
 
 
