@@ -231,3 +231,18 @@ def test_train_writes_its_candidate_into_a_database_store(tmp_path: Path, cache:
     store = ModelStore(url)
     assert [v.version for v in store.list()] == [report["version"]]
     assert store.current_version() is None  # a candidate until promoted
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
+def test_what_root_caches_belongs_to_the_gateway_user(tmp_path: Path):
+    """An admin's `sudo gateway model promote` fetches into the node's cache:
+    the gateway user's workers must still write there afterwards."""
+    root = tmp_path / "model-cache"
+    root.mkdir()
+    os.chown(root, 65534, 65534)  # the gateway's user, here nobody
+    url = f"sqlite:///{tmp_path}/models.db"
+    store = DatabaseModelStore(url, cache=root / "key")
+    store.set_current(store.add(variant(tmp_path, "nb-owned")), "promote", {})
+    path = store.current_path()
+    for item in (root / "key", path, path / "model.json", root / "key" / "current"):
+        assert os.lstat(item).st_uid == 65534, item

@@ -356,7 +356,23 @@ class DatabaseModelStore(ModelStore):
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         os.symlink(path.name, temporary)
+        self._hand_over(temporary)
         os.replace(temporary, link)
+
+    def _hand_over(self, path: Path) -> None:
+        """What root (an admin's CLI) makes in the cache belongs to the cache
+        folder's owner, the gateway's user, whose workers write there next."""
+        if os.geteuid() != 0:
+            return
+        try:
+            owner = os.stat(self.cache.parent)
+        except OSError:
+            return
+        if owner.st_uid == 0:
+            return
+        inside = list(path.rglob("*")) if path.is_dir() and not path.is_symlink() else []
+        for item in (path, *inside):
+            os.lchown(item, owner.st_uid, owner.st_gid)
 
     def _fetch(self, version: str, sha256: str) -> Path:
         """The verified, unpacked artifact in the cache (fetched if missing)."""
@@ -380,12 +396,15 @@ class DatabaseModelStore(ModelStore):
         if actual != sha256 or row.sha256 != sha256:
             raise StoreError(f"model {version}: artifact checksum {actual[:16]} does not match "
                              f"the promoted {sha256[:16]}; refused")
-        self.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.cache.is_dir():
+            self.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._hand_over(self.cache)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.cache))
         try:
             unpack(data, staging)
             load_model(staging)  # a model that will not load is refused here, not in a worker
             os.chmod(staging, 0o755)
+            self._hand_over(staging)
             try:
                 staging.rename(target)
             except OSError:  # another process of this host unpacked it meanwhile
