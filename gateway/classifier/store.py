@@ -338,10 +338,13 @@ class DatabaseModelStore(ModelStore):
     def last_good(self) -> Path | None:
         """The model this host last verified from the store (None: shipped)."""
         link = self.cache / "current"
-        if not link.is_symlink():
+        try:
+            if not link.is_symlink():
+                return None
+            path = self.cache / os.readlink(link)
+            return path if path.is_dir() else None
+        except OSError:  # a cache this user may not read: none
             return None
-        path = self.cache / os.readlink(link)
-        return path if path.is_dir() else None
 
     def _remember(self, path: Path | None) -> None:
         """Point the cache's ``current`` link at ``path`` (None: remove it)."""
