@@ -23,8 +23,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,7 +49,6 @@ class LocalState:
     database_problem: str = ""
     last_contact: float = 0.0         # time.time() of the last heartbeat written
     down_since: float = 0.0
-    problems: list[str] = field(default_factory=list)
 
 
 LOCAL = LocalState()
@@ -92,8 +91,7 @@ class Node:
                 "started": self.started.isoformat(timespec="seconds"),
                 "heartbeat": self.heartbeat.isoformat(timespec="seconds"),
                 "age_seconds": round(self.age, 1), "stale": self.stale,
-                "stopped": self.stopped,
-                "problems": list(self.status.get("problems", []))}
+                "stopped": self.stopped}
 
 
 def database_now(connection: Connection) -> datetime:
@@ -105,7 +103,7 @@ def database_now(connection: Connection) -> datetime:
 
 
 def beat(connection: Connection, name: str, model: str, started: datetime,
-         problems: Iterable[str] = (), stopped: bool = False) -> None:
+         stopped: bool = False) -> None:
     """Write this node's row (insert or update) with a fresh heartbeat."""
     from gateway.jobs import insert_ignoring
     from gateway.quarantine.store import schema_head
@@ -114,7 +112,7 @@ def beat(connection: Connection, name: str, model: str, started: datetime,
     values = {"host": socket.gethostname(), "version": gateway.__version__,
               "schema": schema_head(), "model": model or "-", "pid": os.getpid(),
               "heartbeat": stamp,
-              "status": json.dumps({"problems": list(problems), "stopped": stopped})}
+              "status": json.dumps({"stopped": stopped})}
     insert_ignoring(connection, nodes, {"name": name, "started": started, **values})
     connection.execute(update(nodes).where(nodes.c.name == name).values(
         started=started, **values))
@@ -177,8 +175,7 @@ class Heartbeat:
         try:
             store = self.store()
             with store.engine.begin() as connection:
-                beat(connection, store.node, LOCAL.model, self.started,
-                     LOCAL.problems, stopped)
+                beat(connection, store.node, LOCAL.model, self.started, stopped)
         except Exception as exc:  # a heartbeat never takes the node down
             from gateway.quarantine.store import first_line
 

@@ -78,8 +78,6 @@ def main(args: argparse.Namespace) -> int:
         for node in nodes:
             state = ("stopped" if node["stopped"] else
                      "STALE (no heartbeat)" if node["stale"] else "ok")
-            if node["problems"]:
-                state += "; " + "; ".join(node["problems"])
             rows.append((node["name"], node["host"], node["version"], node["schema"],
                          node["model"], _age(node["age_seconds"]), state))
         widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]

@@ -351,5 +351,5 @@ nodes = Table(
     Column("pid", Integer, nullable=False),
     Column("started", DateTime(timezone=True), nullable=False),
     Column("heartbeat", DateTime(timezone=True), nullable=False),  # the database's clock
-    Column("status", Text, nullable=False),                   # JSON: problems, roles
+    Column("status", Text, nullable=False),                   # JSON: {"stopped": bool}
 )
