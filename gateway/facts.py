@@ -41,6 +41,8 @@ def optional() -> Any:
 
 def _plain(value: Any) -> Any:
     """A value as JSON has it: tuples as lists, mappings as dicts."""
+    if value is None or isinstance(value, str | int | float):  # bool is an int
+        return value
     if isinstance(value, JsonShaped):
         return value.to_json()
     if isinstance(value, list | tuple):
@@ -57,17 +59,30 @@ class JsonShaped:
     def to_json(self) -> dict[str, Any]:
         """The facts as the pipeline carries them: a dict of plain values."""
         return {
-            f.name: _plain(value)
-            for f in fields(self)
-            if (value := getattr(self, f.name)) is not None or not f.metadata.get(_OMIT_WHEN_NONE)
+            name: _plain(value)
+            for name, omit_when_none in _layout(type(self))
+            if (value := getattr(self, name)) is not None or not omit_when_none
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
         """The record from its JSON shape; a key this class does not know is
         ignored, a missing one takes the field's default."""
-        known = {f.name for f in fields(cls)}
+        known = {name for name, _ in _layout(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+_LAYOUTS: dict[type[JsonShaped], tuple[tuple[str, bool], ...]] = {}
+
+
+def _layout(cls: type[JsonShaped]) -> tuple[tuple[str, bool], ...]:
+    """Each field's name and whether it is left out while None: read once
+    per class (facts are written for every check of every message)."""
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        layout = tuple((f.name, bool(f.metadata.get(_OMIT_WHEN_NONE))) for f in fields(cls))
+        _LAYOUTS[cls] = layout
+    return layout
 
 
 @dataclass(frozen=True)
