@@ -530,6 +530,26 @@ def test_message_id_and_date_give_their_shape_not_their_value():
     assert "date:shape:none" in tokenize(b"From: a@example.org\r\nSubject: x\r\n\r\nbody\r\n")
 
 
+def test_tokens_fall_in_the_headers_text_or_structure_block():
+    from gateway.classifier.features import (
+        BLOCK_HEADER,
+        BLOCK_STRUCTURE,
+        BLOCK_TEXT,
+        token_block,
+    )
+
+    tokens = tokenize(b"From: Shop <news@example.org>\r\nSubject: Save now\r\n"
+                      b"Message-ID: <1@x.example>\r\nList-Id: <deals.example.org>\r\n\r\n"
+                      b"Click here: http://shop.example.net/deals for 50% off\r\n")
+    blocks = {token: token_block(token) for token in tokens}
+    assert {blocks[t] for t in ("subject:save", "from:dom:example.org", "hname:List-Id",
+                                "h:list-id:deals.example.org", "msgid:shape:9")} == {BLOCK_HEADER}
+    assert {blocks[t] for t in ("click here", "click", "number:percent")} == {BLOCK_TEXT}
+    assert {blocks[t] for t in ("url:host:shop.example.net", "structure:text/plain")} == \
+        {BLOCK_STRUCTURE}
+    assert token_block("odd:word") == BLOCK_TEXT  # an unknown kind reads as text
+
+
 def test_blocks_keep_a_long_body_from_drowning_the_headers():
     from gateway.classifier.model import SpamModel
 

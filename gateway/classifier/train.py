@@ -282,21 +282,19 @@ class NaiveBayes:
         return out
 
 
-# log(i!) for the chi-squared survival function of even degrees of freedom.
-_LOG_FACTORIAL = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, 4097)))])
-
-
 def log_chi2_sf_even(statistic: float, half_df: int) -> float:
     """log Q(statistic, 2 * half_df), the chi-squared survival function for
     even degrees of freedom, in closed form
     (``exp(-m) * sum(m**i / i!, i < half_df)``, ``m = statistic / 2``) and in
     logs, so that the extremes of spam and ham stay ordered instead of
     rounding to 0 or 1."""
+    from scipy.special import gammaln
+
     m = statistic / 2.0
     if m <= 0.0:
         return 0.0
     i = np.arange(half_df)
-    terms = i * math.log(m) - _LOG_FACTORIAL[:half_df]
+    terms = i * math.log(m) - gammaln(i + 1)
     top = float(terms.max())
     return min(0.0, -m + top + math.log(float(np.exp(terms - top).sum())))
 
