@@ -79,6 +79,11 @@ ARTEFACT = re.compile(
     r"yyyy|zzzz|\bjm@|\bjm-",
     re.IGNORECASE,
 )
+# The same words without the regular expression, lower-case: an ASCII
+# message that holds none of them (real mail) skips the case-blind search,
+# which took a third of the classifier's time.
+ARTEFACT_WORDS = ("netnoteinc", "slashnull", "jmason", "fetchmail", "taint.org",
+                  "spamassassin.taint", "yyyy", "zzzz", "jm@", "jm-")
 # Calendar words and years: they tell when a corpus was gathered, not what
 # a message is.
 CALENDAR_WORDS = frozenset(
@@ -189,6 +194,10 @@ def message_tokens(message: EmailMessage, limits: LimitsSection = DEFAULT_LIMITS
     # One pass over all tokens joined by newlines (no token holds one, so a
     # match never spans two); real mail has no corpus artefacts at all.
     joined = "\n".join(tokens)
+    if joined.isascii():  # (case-blind matching beyond ASCII is left to the expression)
+        lowered = joined.lower()
+        if not any(word in lowered for word in ARTEFACT_WORDS):
+            return tokens
     bad = set()
     for match in ARTEFACT.finditer(joined):
         start = joined.rfind("\n", 0, match.start()) + 1
