@@ -126,11 +126,19 @@ def extra_envelope(message) -> Iterator[str]:
         yield "to:from"
 
 
+def extra_trigrams(message) -> Iterator[str]:
+    """Body word triples (phrases: 'click here to', 'to be removed')."""
+    plain = [t for t in body_tokens(message) if ":" not in t and " " not in t]
+    for first, second, third in zip(plain, plain[1:], plain[2:], strict=False):
+        yield f"{first} {second} {third}"
+
+
 EXTRAS: dict[str, Callable[[Any], Iterator[str]]] = {
     "repeat": extra_repeat,
     "html": extra_html,
     "caps": extra_caps,
     "envelope": extra_envelope,
+    "trigrams": extra_trigrams,
 }
 
 
@@ -175,6 +183,7 @@ def grids() -> dict[str, list[Settings]]:
         "half-blocks": [Settings(alpha=a, min_documents=m, balance=b, blocks=3)
                         for b in (0.0, 0.5) for m in (2, 3)
                         for a in (0.0001, 0.0003, 0.001, 0.003)],
+        "fixed": [Settings(alpha=0.0003, min_documents=2, balance=0.5, blocks=3)],
         "complement": [Settings(alpha=a, min_documents=m, scorer="complement")
                        for m in (2, 3) for a in (0.0001, 0.0003, 0.001, 0.003)],
         "bernoulli": [Settings(alpha=a, min_documents=m, scorer="bernoulli")
