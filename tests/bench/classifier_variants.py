@@ -133,12 +133,30 @@ def extra_trigrams(message) -> Iterator[str]:
         yield f"{first} {second} {third}"
 
 
+LIST_HEADERS = ("List-Id", "List-Post", "X-Mailman-Version", "Mailing-List", "X-BeenThere",
+                "X-Loop", "List-Unsubscribe")
+
+
+def extra_via_list(message) -> Iterator[str]:
+    """For mail that came through a list, its structure tokens again under
+    'vialist:': HTML-only mail, links and attachments mean one thing from a
+    sender and another through a list of people."""
+    if not any(message.get(name) for name in LIST_HEADERS):
+        return
+    yield "vialist:yes"
+    for token in body_tokens(message):
+        if token.startswith(("structure:", "url:count:", "url:domains:", "html:", "charset:",
+                             "cte:")):
+            yield "vialist:" + token
+
+
 EXTRAS: dict[str, Callable[[Any], Iterator[str]]] = {
     "repeat": extra_repeat,
     "html": extra_html,
     "caps": extra_caps,
     "envelope": extra_envelope,
     "trigrams": extra_trigrams,
+    "vialist": extra_via_list,
 }
 
 
