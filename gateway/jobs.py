@@ -156,6 +156,7 @@ class Jobs:
                 self._mark_running(name, token)
                 yield token
             finally:
+                self._release_lease(name, token)  # a job that failed runs no more
                 with contextlib.suppress(SQLAlchemyError):
                     connection.execute(select(func.pg_advisory_unlock(key)))
                     connection.commit()
@@ -175,9 +176,11 @@ class Jobs:
         return taken == 1
 
     def _release_lease(self, name: str, token: str) -> None:
+        """The job is nobody's any more (if it was still ours)."""
         with contextlib.suppress(SQLAlchemyError), self.engine.begin() as connection:
             connection.execute(update(jobs).where(jobs.c.name == name, jobs.c.token == token)
-                               .values(holder=None, token=None, lease_until=None))
+                               .values(holder=None, token=None, lease_until=None,
+                                       started=None))
 
     def _mark_running(self, name: str, token: str) -> None:
         """Who runs it now (PostgreSQL: for people; the lock decides)."""

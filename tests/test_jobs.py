@@ -183,6 +183,14 @@ def test_a_node_killed_mid_job_hands_it_over_at_once(postgres):
         holder.kill()
         holder.wait()
     assert marks(store) == ["whole"]  # nothing of the killed node's half
+    assert jobs.running() == []
+
+    def failing(connection):
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):  # a job that failed is not shown running after
+        jobs.run("purge", "P2", failing)
+    assert jobs.running() == [] and [r["period"] for r in jobs.runs()] == ["P1"]
     with store.engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(job_runs)).scalar() == 1
     store.close()
