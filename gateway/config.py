@@ -163,7 +163,8 @@ class SizeSection:
 class ClassifierSection:
     model: str = setting("", doc="model folder (default: the store's current model, "
                          "else the shipped models/default)")
-    store: str = setting("/var/lib/gateway/models", doc="model store for train/promote/"
+    store: str = setting("/var/lib/gateway/models", lambda v: _model_store(v),
+                         doc="model store for train/promote/"
                          "rollback: a directory, or a database URL (sqlite:////path, "
                          "postgresql://...) that several nodes share")
     reload_interval: float = setting(2.0, positive,
@@ -209,6 +210,18 @@ def _retention(value: dict[str, int]) -> str | None:
             return f"unknown state {key!r} (states: {', '.join(RETENTION_STATES)})"
         if days < 0:
             return f"{key}: days must be 0 or more"
+    return None
+
+
+def _model_store(value: str) -> str | None:
+    """A folder, or a database URL; a URL of another kind is a mistake, not a
+    folder named 'postgres:'."""
+    expected = "expected a folder, sqlite:////path/to/file.db or postgresql://user@host/db"
+    if not value:
+        return expected
+    if ("://" in value or value.startswith(("sqlite:", "postgres"))) and not \
+            value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        return expected
     return None
 
 

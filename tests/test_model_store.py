@@ -246,3 +246,14 @@ def test_what_root_caches_belongs_to_the_gateway_user(tmp_path: Path):
     path = store.current_path()
     for item in (root / "key", path, path / "model.json", root / "key" / "current"):
         assert os.lstat(item).st_uid == 65534, item
+
+
+@pytest.mark.parametrize("value", ["postgres:/db.example.org/gateway", "mysql://db/gateway",
+                                   "sqlite://models.db", ""])
+def test_a_store_that_is_neither_a_folder_nor_a_database_url_is_refused(value: str):
+    from gateway.schema import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        parse_config(f'[classifier]\nstore = "{value}"\n', "t.toml")
+    assert refused.value.problems == ["t.toml: classifier.store: expected a folder, "
+                                      "sqlite:////path/to/file.db or postgresql://user@host/db"]
