@@ -79,6 +79,10 @@ GROW_AFTER = 0.5
 # wait for, more processes than cores would not check mail any faster.
 QUEUE_WAIT = 0.05
 IO_WAITING_SHARE = 0.5  # below this share of the time running or runnable
+# ...and while the machine's cores are idle at least this share of the time:
+# workers waiting on a clamd or a DNS server that itself waits for a core
+# are not helped by more workers.
+IDLE_SHARE = 0.25
 DEMAND_WINDOW = 0.25  # seconds between two readings of the workers' demand
 START_TIMEOUT = 120.0  # a worker loads the model and imports the checks
 
@@ -191,6 +195,7 @@ class WorkerPool:
         self._light_waiting = 0  # ordinary messages waiting for a worker
         self._demand: dict[int, float] = {}  # pid -> seconds run or runnable
         self._demand_at = 0.0
+        self._machine_idle = (0, 0)  # the machine's idle and total CPU time, in ticks
         self._waiting_on_network = False
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_preload(config))
@@ -298,16 +303,20 @@ class WorkerPool:
                     self._light_waiting -= not heavy
 
     def _workers_wait_on_network(self) -> bool:
-        """Whether the workers spent most of the last moments neither running
-        nor queued for a core (read from the kernel's scheduler statistics)."""
+        """Whether, over the last moments, the workers spent most of their
+        time neither running nor queued for a core, while the machine had
+        cores to spare (read from the kernel's scheduler statistics)."""
         now = time.monotonic()
         if now - self._demand_at < DEMAND_WINDOW:
             return self._waiting_on_network
         demand = {w.pid: _cpu_demand(w.pid) for w in self._workers}
         shares = [max(demand[pid] - self._demand[pid], 0.0) / (now - self._demand_at)
                   for pid in demand if pid in self._demand and demand[pid] >= 0]
-        self._demand, self._demand_at = demand, now
-        self._waiting_on_network = bool(shares) and \
+        idle, total = _cpu_idle()
+        last_idle, last_total = self._machine_idle
+        idle_share = (idle - last_idle) / (total - last_total) if total > last_total else 0.0
+        self._demand, self._demand_at, self._machine_idle = demand, now, (idle, total)
+        self._waiting_on_network = bool(shares) and idle_share >= IDLE_SHARE and \
             sum(shares) / len(shares) < IO_WAITING_SHARE
         return self._waiting_on_network
 
@@ -505,6 +514,17 @@ def _cpu_demand(pid: int) -> float:
             continue  # a thread that just ended
         total += int(running) + int(waiting)
     return total / 1e9
+
+
+def _cpu_idle() -> tuple[int, int]:
+    """The machine's idle (and I/O wait) time and its total CPU time so far,
+    in clock ticks, from /proc/stat ((0, 0) where it cannot be read)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return fields[3] + fields[4], sum(fields[:8])  # idle + iowait; user..steal
 
 
 def _exit_reason(code: Any) -> str:
