@@ -58,7 +58,7 @@ log = logging.getLogger("gateway.train")
 Report = Callable[[str], None]
 
 
-SCORERS = ("mnb", "complement", "bernoulli", "fisher")
+SCORERS = ("mnb", "complement", "bernoulli", "fisher", "mnb-fisher")
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,8 @@ class Settings:
     - ``mnb``: MultinomialNB on idf-weighted, L2-normalised token presence
       (Rennie et al. 2003); the log-odds is linear in the tokens;
     - ``bernoulli``: BernoulliNB on token presence (absent tokens count too);
+    - ``mnb-fisher``: MultinomialNB's token log-odds as token probabilities
+      (their sigmoid), combined like ``fisher``;
     - ``fisher``: BernoulliNB's per-token spam probability
       ``P(w|spam) / (P(w|spam) + P(w|ham))`` (Graham/Robinson), combined over
       the message's ``significant`` strongest tokens (those at least
@@ -123,7 +125,8 @@ GRID: tuple[Settings, ...] = tuple(
 # the benchmarks only.
 SHIPPABLE_SCORERS = ("mnb", "complement")
 NB_CLASS = {"mnb": "MultinomialNB", "complement": "ComplementNB", "bernoulli": "BernoulliNB",
-            "fisher": "BernoulliNB (Fisher-combined)"}
+            "fisher": "BernoulliNB (Fisher-combined)",
+            "mnb-fisher": "MultinomialNB (Fisher-combined)"}
 
 
 @dataclass
@@ -389,16 +392,21 @@ def fit(rows, labels: np.ndarray, settings: Settings, groups: np.ndarray | None 
     columns = np.flatnonzero(frequency >= settings.min_documents)
     if settings.prune:
         columns = columns[significant(rows[:, columns], labels, settings.prune)]
-    if settings.scorer in ("mnb", "complement"):
+    if settings.scorer in ("mnb", "complement", "mnb-fisher"):
         from sklearn.naive_bayes import ComplementNB, MultinomialNB
 
         idf = (np.log((1 + rows.shape[0]) / (1 + frequency[columns])) + 1).astype(np.float32)
         block = blocks[columns] if settings.blocks > 1 and blocks is not None else None
-        model = (MultinomialNB(alpha=settings.alpha) if settings.scorer == "mnb"
-                 else ComplementNB(alpha=settings.alpha, norm=True))
+        model = (ComplementNB(alpha=settings.alpha, norm=True)
+                 if settings.scorer == "complement" else MultinomialNB(alpha=settings.alpha))
         model.fit(_weigh(rows[:, columns], idf, block), labels, sample_weight=weights_)
         weights = (model.feature_log_prob_[1] - model.feature_log_prob_[0]).astype(np.float32)
         intercept = float(model.class_log_prior_[1] - model.class_log_prior_[0])
+        if settings.scorer == "mnb-fisher":
+            # MultinomialNB's own token log-odds as Graham/Robinson token
+            # probabilities, combined by Fisher's method (not linear).
+            probability = (1 / (1 + np.exp(-weights.astype(np.float64)))).astype(np.float32)
+            return NaiveBayes(columns, weights, idf, intercept, settings, probability, block)
         return NaiveBayes(columns, weights, idf, intercept, settings, block=block)
     from sklearn.naive_bayes import BernoulliNB
 

@@ -202,6 +202,9 @@ def grids() -> dict[str, list[Settings]]:
                         for b in (0.0, 0.5) for m in (2, 3)
                         for a in (0.0001, 0.0003, 0.001, 0.003)],
         "fixed": [Settings(alpha=0.0003, min_documents=2, balance=0.5, blocks=3)],
+        "mnb-fisher": [Settings(alpha=a, min_documents=2, balance=0.5, blocks=3,
+                                scorer="mnb-fisher", significant=k, strength=x)
+                       for a in (0.0003, 0.003) for k in (50, 150, 400) for x in (0.1, 0.346)],
         "complement": [Settings(alpha=a, min_documents=m, scorer="complement")
                        for m in (2, 3) for a in (0.0001, 0.0003, 0.001, 0.003)],
         "bernoulli": [Settings(alpha=a, min_documents=m, scorer="bernoulli")
