@@ -35,6 +35,8 @@ class Evaluator(Protocol):
 
     def startup_problems(self) -> list[str]: ...
 
+    def worker_pids(self) -> list[int]: ...  # the processes running the checks, if others
+
     def close(self) -> None: ...
 
 
@@ -71,6 +73,9 @@ class LocalEvaluator:
     def startup_problems(self) -> list[str]:
         """What the enabled checks find wrong before the first message."""
         return [p for check in self.pipeline.checks for p in check.startup_problems()]
+
+    def worker_pids(self) -> list[int]:
+        return []  # the checks run in the calling process
 
     def evaluate_message(self, message: Message) -> Verdict:
         return self.judge.verdict(self.pipeline.run(message), message.envelope)

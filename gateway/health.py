@@ -11,6 +11,7 @@ from __future__ import annotations
 from gateway.checks.clamav import clamd_command
 from gateway.config import ClamavSection
 from gateway.service import Service
+from gateway.workers import WorkerPool
 
 
 def health_problems(service: Service) -> list[str]:
@@ -18,7 +19,7 @@ def health_problems(service: Service) -> list[str]:
     config = generation.config
     problems: list[str] = []
     pool = generation.evaluator
-    if hasattr(pool, "worker_pids") and not pool.worker_pids() and not pool.starting():
+    if isinstance(pool, WorkerPool) and not pool.worker_pids() and not pool.starting():
         problems.append("workers: no worker process is running or starting")
     if "clamav" in config.pipeline.checks:
         problem = _clamd_problem(config.clamav)

@@ -101,7 +101,8 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, config: Config) -> Pipeline:
-        problems, checks = [], []
+        problems: list[str] = []
+        checks: list[Check] = []
         for check_class in check_classes(config, problems):
             try:
                 checks.append(check_class(config))

@@ -120,7 +120,7 @@ def _wire_metrics(metrics, service) -> None:
 
     def processes() -> list[int]:
         pool = service.current.evaluator
-        return [os.getpid(), *getattr(pool, "worker_pids", lambda: [])()]
+        return [os.getpid(), *pool.worker_pids()]
 
     metrics.store_counts = store_counts
     metrics.released = released
