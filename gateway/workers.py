@@ -144,6 +144,15 @@ def _rebuild_result_log(fd: Any) -> ResultLog:
 
 
 @dataclass(eq=False)
+class _Turn:
+    """A message waiting for a worker: woken when one is handed to it."""
+
+    heavy: bool
+    ready: threading.Condition
+    worker: Worker | None = None
+
+
+@dataclass(eq=False)
 class Worker:
     process: multiprocessing.process.BaseProcess
     conn: Connection
@@ -192,14 +201,15 @@ class WorkerPool:
         self.max_messages = settings.worker_max_messages
         self.heavy_bytes = settings.heavy_message_bytes
         self._heavy_busy = 0
-        self._light_waiting = 0  # ordinary messages waiting for a worker
+        self._queue: list[_Turn] = []  # messages waiting for a worker, in arrival order
         self._demand: dict[int, float] = {}  # pid -> seconds run or runnable
         self._demand_at = 0.0
         self._machine_idle = (0, 0)  # the machine's idle and total CPU time, in ticks
         self._waiting_on_network = False
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_preload(config))
-        self._lock = threading.Condition()
+        self._mutex = threading.RLock()  # re-entered: _grow and _discard take it too
+        self._lock = threading.Condition(self._mutex)
         self._idle: list[Worker] = []
         self._workers: set[Worker] = set()
         self._starting = 0
@@ -267,40 +277,64 @@ class WorkerPool:
     # -- the pool -----------------------------------------------------------------
 
     def _acquire(self, heavy: bool, limit: float) -> Worker:
-        # A message waits for a worker no longer than it may take to check:
-        # past that the MTA gets a 4xx and retries, rather than its own timeout.
+        """A worker for this message: at once if one is idle and nobody came
+        first, else in turn. A message waits no longer than it may take to
+        check: past that the MTA gets a 4xx and retries, rather than its own
+        timeout."""
         arrived = time.monotonic()
         give_up = arrived + limit
         with self._lock:
-            while True:
-                if self._closed:
-                    raise WorkerFailed("the worker pool is shut down")
-                if time.monotonic() > give_up:
-                    raise WorkerFailed(f"no worker process free within {limit:g}s "
-                                       f"({len(self._workers)} running, {self._starting} "
-                                       "starting)")
-                # Large messages share all workers but one, so a burst of them
-                # (crafted or not) leaves a lane for ordinary mail.
-                lane_free = not heavy or self._heavy_busy < max(self.size - 1, 1)
-                if self._idle and lane_free:
-                    worker = self._idle.pop()
-                    worker.busy_since = time.monotonic()
-                    worker.heavy = heavy
-                    self._heavy_busy += heavy
-                    return worker
-                if self._idle and self._light_waiting:
-                    # Woken for a worker this large message may not take: wake
-                    # the ordinary ones (a freed worker wakes one waiter only).
-                    self._lock.notify_all()
-                if not self._starting and len(self._workers) < self.max_size and (
-                        self._all_slow() or (time.monotonic() - arrived > QUEUE_WAIT
-                                             and self._workers_wait_on_network())):
-                    self._grow()  # whichever comes first: this one or a freed one
-                self._light_waiting += not heavy
-                try:
-                    self._lock.wait(timeout=QUEUE_WAIT)
-                finally:
-                    self._light_waiting -= not heavy
+            if self._closed:
+                raise WorkerFailed("the worker pool is shut down")
+            turn = _Turn(heavy, threading.Condition(self._mutex))
+            self._queue.append(turn)
+            self._hand_out()
+            try:
+                while turn.worker is None:
+                    if self._closed:
+                        raise WorkerFailed("the worker pool is shut down")
+                    if time.monotonic() > give_up:
+                        raise WorkerFailed(f"no worker process free within {limit:g}s "
+                                           f"({len(self._workers)} running, "
+                                           f"{self._starting} starting)")
+                    if not self._starting and len(self._workers) < self.max_size and (
+                            self._all_slow() or (time.monotonic() - arrived > QUEUE_WAIT
+                                                 and self._workers_wait_on_network())):
+                        self._grow()  # whichever comes first: this one or a freed one
+                    turn.ready.wait(timeout=QUEUE_WAIT)
+                return turn.worker
+            except BaseException:
+                if turn.worker is not None:  # handed one just as it gave up
+                    self._idle.append(turn.worker)
+                    self._end_busy(turn.worker)
+                    self._hand_out()
+                raise
+            finally:
+                if turn in self._queue:
+                    self._queue.remove(turn)
+
+    def _hand_out(self) -> None:
+        """Give idle workers to waiting messages, first come first served
+        (under the lock). Large messages share all workers but one, so a
+        burst of them (crafted or not) leaves a lane for ordinary mail: one
+        whose lane is full lets the messages behind it go first."""
+        heavy_lanes = max(self.size - 1, 1)
+        for turn in list(self._queue):
+            if not self._idle:
+                return
+            if turn.heavy and self._heavy_busy >= heavy_lanes:
+                continue
+            self._queue.remove(turn)
+            worker = self._idle.pop()
+            worker.busy_since = time.monotonic()
+            worker.heavy = turn.heavy
+            self._heavy_busy += turn.heavy
+            turn.worker = worker
+            turn.ready.notify()
+
+    def _wake_all(self) -> None:
+        for turn in self._queue:
+            turn.ready.notify()
 
     def _workers_wait_on_network(self) -> bool:
         """Whether, over the last moments, the workers spent most of their
@@ -339,9 +373,10 @@ class WorkerPool:
             worker.idle_since = time.monotonic()
             self._workers.add(worker)
             self._idle.append(worker)
-            # One waiter, not all: with more sessions than workers, waking
-            # every waiter for each freed worker cost more than the checks.
-            self._lock.notify()
+            # Straight to the message that waited longest, and only it
+            # awakes: new arrivals do not overtake it, and waking every
+            # waiter for each freed worker cost more than the checks.
+            self._hand_out()
 
     def _end_busy(self, worker: Worker) -> None:
         if worker.busy_since is not None and worker.heavy:
@@ -376,7 +411,7 @@ class WorkerPool:
             log.exception("could not start a worker process")
             with self._lock:
                 self._starting -= 1
-                self._lock.notify_all()
+                self._wake_all()  # a waiting message may grow the pool again
             return
         with self._lock:
             self._starting -= 1
@@ -432,7 +467,7 @@ class WorkerPool:
             workers = list(self._workers)
             self._workers.clear()
             self._idle.clear()
-            self._lock.notify_all()
+            self._wake_all()
         for worker in workers:
             worker.stop()
 

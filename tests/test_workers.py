@@ -17,7 +17,7 @@ from gateway.evaluator import LocalEvaluator
 from gateway.message import Envelope, RawContent
 from gateway.schema import ConfigError
 from gateway.workers import ResultLog, WorkerFailed, WorkerPool
-from tests.helpers import FIXTURES, fixture_message
+from tests.helpers import FIXTURES, fixture_message, wait_until
 
 PLAIN = (b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: hello\r\n"
          b"Date: Tue, 24 Nov 2026 09:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n\r\n")
@@ -148,6 +148,29 @@ def test_the_pool_does_not_grow_when_the_workers_compute(pool_of):
     verdicts = concurrently(pool, 8)
     assert all("TEST_COMPUTED" in names(v) for v in verdicts)
     assert len(pool.worker_pids()) == 1
+
+
+def test_messages_get_a_worker_in_the_order_they_came(pool_of, tmp_path: Path):
+    """A freed worker goes to the message that waited longest, not to one
+    that arrived since (which would stretch the tail under load)."""
+    pool = pool_of(config("tests.plugins:GateCheck", budget=30.0, workers=1, max_workers=1))
+    first_gate, second_gate = tmp_path / "first", tmp_path / "second"
+    with ThreadPoolExecutor(3) as threads:
+        busy = threads.submit(pool.evaluate, ENVELOPE, body(f"WAIT-FOR: {first_gate}"))
+        wait_until(lambda: pool._idle == [] and not pool._queue)
+        first = threads.submit(pool.evaluate, ENVELOPE, body(f"WAIT-FOR: {second_gate}"))
+        wait_until(lambda: len(pool._queue) == 1)
+        later = threads.submit(pool.evaluate, ENVELOPE, body("no waiting"))
+        wait_until(lambda: len(pool._queue) == 2)
+        first_gate.touch()
+        assert "TEST_GATE_OPENED" in names(busy.result(timeout=30))
+        # The worker is the first waiter's (blocked on its gate), not the later one's.
+        wait_until(lambda: len(pool._queue) == 1)
+        time.sleep(0.2)
+        assert not later.done() and not first.done()
+        second_gate.touch()
+        assert "TEST_GATE_OPENED" in names(first.result(timeout=30))
+        assert later.result(timeout=30).failed_checks == ()
 
 
 def test_a_broken_check_stops_start_up_with_its_problem():
