@@ -203,6 +203,7 @@ def plot(samples: list[dict], path: Path) -> None:
     memory.plot(x, [s["milter_mb"] for s in samples], label="milter RSS (MB)")
     memory.plot(x, [s["workers_mb"] for s in samples], label="workers RSS (MB)")
     memory.plot(x, [s["all_mb"] for s in samples], label="all processes RSS (MB)")
+    memory.plot(x, [s["all_pss_mb"] for s in samples], label="all processes PSS (MB)")
     memory.set_xlabel("messages")
     memory.set_ylabel("MB")
     fds = memory.twinx()
