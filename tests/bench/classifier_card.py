@@ -156,13 +156,33 @@ def render(meta: dict[str, Any], results: dict[str, Any], anchor: dict[str, Any]
                 + " vs "
                 + " / ".join(f"{sa['recall_at_fpr'][p]:.4f}" for p in sa["recall_at_fpr"])
                 + ".")
-        like = (anchor.get("like_gateway") or {}).get("held_back")
+        like_cv = anchor.get("like_gateway") or {}
+        if "spamassassin_bayes" in like_cv:
+            add("")
+            add("Like for like: the same folds with SpamAssassin told to ignore the headers the "
+                "gateway excludes as collection artefacts (`bayes_ignore_header` for each, "
+                "`Received` included; `classifier_anchor.py --sa-like-gateway`):")
+            add("")
+            add("| figure | gateway | SpamAssassin Bayes, artefacts ignored | gateway − "
+                "SpamAssassin (paired, 95%) |")
+            add("|---|---|---|---|")
+            for key in ("auc", "recall_at_fpr_0.001", "recall_at_fpr_0.0025",
+                        "recall_at_fpr_0.005"):
+                digits = 5 if key == "auc" else 4
+                difference = like_cv["difference"][key]
+                add(f"| {FIGURE_LABELS.get(key, key)} | "
+                    f"{format_spread(like_cv['gateway'][key], digits=digits)} | "
+                    f"{format_spread(like_cv['spamassassin_bayes'][key], digits=digits)} | "
+                    f"{difference['mean']:+.{digits}f} ({difference['low']:+.{digits}f} to "
+                    f"{difference['high']:+.{digits}f}) |")
+        like = like_cv.get("held_back")
         if like:
             sa = like["spamassassin_bayes"]
             add("")
             add("The same with SpamAssassin told to ignore the headers the gateway excludes as "
                 "collection artefacts (`bayes_ignore_header` for each, `Received` included; "
-                "`classifier_anchor.py --repeats 0 --sa-like-gateway`): AUC "
+                "`classifier_anchor.py --sa-like-gateway`; `--repeats 0` for this part alone), on "
+                "the held-back mail: AUC "
                 f"{sa['auc']:.5f}; spam recall at FPR ≤ 0.1% / 0.25% / 0.5%: "
                 + " / ".join(f"{sa['recall_at_fpr'][p]:.4f}" for p in sa["recall_at_fpr"])
                 + ".")
