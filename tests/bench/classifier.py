@@ -153,7 +153,8 @@ def main() -> int:
     parser.add_argument("--anchor", type=Path, help="classifier_anchor.py --json output, for "
                                                     "the card")
     parser.add_argument("--anchor-like", type=Path,
-                        help="classifier_anchor.py --repeats 0 --sa-like-gateway --json output")
+                        help="classifier_anchor.py --sa-like-gateway --json output (with "
+                             "--repeats 0: the held-back part alone)")
     parser.add_argument("--write-card", action="store_true", help=f"rewrite {CARD}")
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()
