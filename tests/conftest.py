@@ -16,6 +16,7 @@ from gateway.lab.milter_process import MilterProcess
 from gateway.lab.postfix import PostfixInstance, free_port
 from gateway.lab.sink import Sink
 from tests.helpers import PROJECT_ROOT, milter_config
+from tests.lab.postgres import PostgresInstance, postgres_bin
 from tests.markers import markers_for
 
 
@@ -118,3 +119,15 @@ def gateway_milter(
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def postgres(lab_dir: Path, request) -> Iterator[PostgresInstance]:
+    """A private PostgreSQL cluster of the test's own (the store's database
+    for several nodes)."""
+    if postgres_bin() is None or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL server is not installed (see .ci/run)")
+    if os.geteuid() != 0:
+        pytest.skip("a private PostgreSQL cluster runs as the postgres user: needs root")
+    with PostgresInstance(lab_dir / f"pg-{request.node.name[:30]}") as instance:
+        yield instance

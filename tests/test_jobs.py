@@ -4,7 +4,6 @@ the node registry (gateway.nodes); SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from gateway.nodes import Heartbeat, fleet
 from gateway.quarantine.schema import console_settings, job_runs
 from gateway.quarantine.store import QuarantineStore
 from tests.helpers import PROJECT_ROOT
-from tests.lab.postgres import PostgresInstance, postgres_bin
 
 
 @pytest.fixture
@@ -133,16 +131,6 @@ def test_the_registry_shows_each_node_and_its_heartbeat(store):
 
 
 # -- PostgreSQL: a node killed mid-job -------------------------------------------------
-
-@pytest.fixture
-def postgres(lab_dir: Path, request):
-    if postgres_bin() is None or shutil.which("runuser") is None:
-        pytest.skip("PostgreSQL server is not installed (see .ci/run)")
-    if os.geteuid() != 0:
-        pytest.skip("a private PostgreSQL cluster runs as the postgres user: needs root")
-    with PostgresInstance(lab_dir / f"pg-{request.node.name[:30]}") as instance:
-        yield instance
-
 
 HOLDER = """
 import sys, time

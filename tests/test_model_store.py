@@ -26,7 +26,6 @@ from gateway.classifier.store import (
 from gateway.config import ClassifierSection, Config, parse_config
 from gateway.quarantine.schema import model_versions
 from tests.helpers import PROJECT_ROOT
-from tests.lab.postgres import PostgresInstance, postgres_bin
 
 
 def variant(tmp_path: Path, name: str) -> Path:
@@ -141,16 +140,6 @@ def test_model_commands_work_on_a_database_store(tmp_path: Path, cache: Path):
     assert rolled.returncode == 0, rolled.stderr
     assert "the shipped model is current again (was nb-cli)" in rolled.stdout
     assert ModelStore(url).current_version() is None
-
-
-@pytest.fixture
-def postgres(lab_dir: Path, request):
-    if postgres_bin() is None or shutil.which("runuser") is None:
-        pytest.skip("PostgreSQL server is not installed (see .ci/run)")
-    if os.geteuid() != 0:
-        pytest.skip("a private PostgreSQL cluster runs as the postgres user: needs root")
-    with PostgresInstance(lab_dir / f"pg-{request.node.name[:30]}") as instance:
-        yield instance
 
 
 def test_without_the_database_a_node_keeps_its_last_good_model(postgres, tmp_path: Path,

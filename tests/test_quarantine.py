@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import smtplib
 import subprocess
 import sys
@@ -29,7 +28,6 @@ from gateway.quarantine.schema import metadata
 from gateway.quarantine.store import Filters, QuarantineError, QuarantineStore
 from gateway.symbols import Symbol
 from tests.helpers import PROJECT_ROOT, milter_config, send
-from tests.lab.postgres import PostgresInstance, postgres_bin
 
 BODY = "Dear Bob,\r\n\r\nthe minutes are attached; TRIGGER-MARKER.\r\n.leading dot line\r\n"
 
@@ -315,17 +313,6 @@ def test_fifty_parallel_sessions_lose_nothing(postfix, sink, gateway_milter, tmp
 
 
 # -- PostgreSQL: several nodes, one quarantine -----------------------------------------
-
-@pytest.fixture
-def postgres(lab_dir: Path, request):
-    if postgres_bin() is None or shutil.which("runuser") is None:
-        pytest.skip("PostgreSQL server is not installed (see .ci/run)")
-    if os.geteuid() != 0:
-        pytest.skip("a private PostgreSQL cluster runs as the postgres user: needs root")
-    instance = PostgresInstance(lab_dir / f"pg-{request.node.name[:30]}")
-    with instance:
-        yield instance
-
 
 def test_postgres_schema_matches(postgres):
     store = QuarantineStore(postgres.url)
