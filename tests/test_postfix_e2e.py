@@ -246,8 +246,14 @@ def test_a_promoted_model_is_picked_up_while_mail_flows(postfix, sink, gateway_m
               "reload_interval = 0.2\n")
     gateway_milter(config)
     (tmp_path / "gateway.toml").write_text(config)
-    # Labels swapped on purpose: this model calls good mail spam.
-    inverted, _ = train([FIXTURES / "corpus" / "spam"], [FIXTURES / "corpus" / "ham"],
+    # Labels swapped on purpose: this model calls good mail spam, the test's
+    # own message among it (the shipped model hardly knows that short text).
+    mislabelled = tmp_path / "mislabelled"
+    mislabelled.mkdir()
+    for index in range(3):
+        (mislabelled / f"{index}.eml").write_bytes(tagged()[1])
+    inverted, _ = train([FIXTURES / "corpus" / "spam"],
+                        [FIXTURES / "corpus" / "ham", mislabelled],
                         folds=5, report=lambda _: None, show_progress=False)
     inverted.save(tmp_path / "inverted")
 
@@ -274,15 +280,19 @@ def test_a_promoted_model_is_picked_up_while_mail_flows(postfix, sink, gateway_m
             capture_output=True, text=True, timeout=60)
         assert promoted.returncode == 0, promoted.stderr
         during = flowing.result()
-        # The watchers look every 0.2 s: wait until a message is scored by
-        # the new model, rather than for a time that may be too short.
+        # Each worker's watcher looks every 0.2 s: wait until three rounds of
+        # two messages sent at once are all scored by the new model, rather
+        # than for a time that may be too short.
         deadline = time.monotonic() + 30
-        while band(deliver_one(0)) < 60:
+        in_a_row = 0
+        while in_a_row < 3:
+            in_a_row = in_a_row + 1 if all(
+                band(t) >= 70 for t in pool.map(deliver_one, range(2))) else 0
             assert time.monotonic() < deadline, "the promoted model was not picked up in 30 s"
         after = list(pool.map(deliver_one, range(3)))
 
     assert all(band(t) <= 50 for t in before)  # the shipped model: not spam
     for tag in during:
         band(tag)  # every message sent across the swap was delivered
-    # The inverted model (40 fixture messages) says "spam" (60% or more).
-    assert all(band(t) >= 60 for t in after)
+    # The inverted model says "spam" (70% or more).
+    assert all(band(t) >= 70 for t in after), [band(t) for t in after]
