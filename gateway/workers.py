@@ -96,14 +96,16 @@ class ResultLog:
 
     An in-memory file (memfd) shared by the worker, which appends to it,
     and the milter, which reads it only after killing the worker. Frames are
-    a 4-byte length and a pickle; one cut short by the kill is ignored.
+    a 4-byte length and a pickle; one cut short by the kill is ignored. The
+    worker's answer at the end of a message is the same frames (each result
+    pickled once), read with the same :meth:`parse`.
     """
 
     _FRAME = struct.Struct("!I")
 
     def __init__(self, fd: int | None = None):
         self.fd = os.memfd_create("gateway-worker-results", os.MFD_CLOEXEC) if fd is None else fd
-        self._end = 0
+        self._frames = bytearray()  # the worker's copy of what it wrote
 
     def __reduce__(self) -> tuple:
         # Crosses to the worker as a duplicate of the descriptor.
@@ -112,20 +114,28 @@ class ResultLog:
     # -- the worker's side
     def restart(self) -> None:
         os.ftruncate(self.fd, 0)
-        self._end = 0
+        self._frames.clear()
 
     def append(self, item: tuple) -> None:
         data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
         frame = self._FRAME.pack(len(data)) + data
-        os.pwrite(self.fd, frame, self._end)
-        self._end += len(frame)
+        os.pwrite(self.fd, frame, len(self._frames))
+        self._frames += frame
 
-    # -- the milter's side, once the worker is dead
+    def frames(self) -> bytes:
+        """Every result of the message so far, as written."""
+        return bytes(self._frames)
+
+    # -- the milter's side
     def read(self) -> list[tuple]:
-        data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
-        items, at, size = [], 0, self._FRAME.size
+        """What a killed worker had finished."""
+        return self.parse(os.pread(self.fd, os.fstat(self.fd).st_size, 0))
+
+    @classmethod
+    def parse(cls, data: bytes) -> list[tuple]:
+        items, at, size = [], 0, cls._FRAME.size
         while at + size <= len(data):
-            (length,) = self._FRAME.unpack_from(data, at)
+            (length,) = cls._FRAME.unpack_from(data, at)
             if not length or at + size + length > len(data):
                 break
             items.append(pickle.loads(data[at + size:at + size + length]))
@@ -245,7 +255,7 @@ class WorkerPool:
             data = raw.bytes() if raw.in_memory else None
             worker.conn.send((envelope, data, str(raw.path) if raw.path else None))
             if worker.conn.poll(limit):
-                finished = worker.conn.recv()
+                finished = ResultLog.parse(worker.conn.recv_bytes())
             else:
                 stopped = (f"stopped: still running after {limit:g}s "
                            "([pipeline] budget + grace)")
@@ -483,12 +493,8 @@ def _worker_main(conn: Connection, config: Config, results: ResultLog) -> None:
         return
     conn.send(("ready", [p for check in pipeline.checks for p in check.startup_problems()]))
 
-    finished: list[tuple] = []
-
     def report(run: CheckRun, found: Report | None) -> None:
-        item = _encode(run, found)
-        results.append(item)
-        finished.append(item)
+        results.append(_encode(run, found))
 
     try:
         while True:
@@ -501,9 +507,8 @@ def _worker_main(conn: Connection, config: Config, results: ResultLog) -> None:
             envelope, data, path = request
             raw = RawContent(data=data) if data is not None else RawContent(path=Path(path))
             results.restart()
-            finished.clear()
             pipeline.run(Message(envelope, raw, config.limits), observer=report)
-            conn.send(finished)
+            conn.send_bytes(results.frames())
     finally:
         pipeline.close()
 
