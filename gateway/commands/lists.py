@@ -69,17 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _store(args: argparse.Namespace):
+    from gateway.commands.quarantine import open_store
+
     config = config_from(args)
     setup_logging("warning")
-    if not config.quarantine.url:
-        raise UsageError("the managed lists live in the store's database, and [quarantine] "
-                         "url is empty; use [lists] in gateway.toml instead")
-    from gateway.quarantine.store import QuarantineError, QuarantineStore
-
-    try:
-        return QuarantineStore(config.quarantine.url, config.quarantine.node or None)
-    except QuarantineError as exc:
-        raise UsageError(str(exc)) from None
+    return open_store(config, "the managed lists live in the store's database, and "
+                      "[quarantine] url is empty; use [lists] in gateway.toml instead")
 
 
 def expiry(text: str | None, now: datetime | None = None) -> datetime | None:

@@ -96,10 +96,15 @@ def when(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def open_store(config: Config) -> QuarantineStore:
+NO_STORE = ("quarantine.url is empty: quarantined mail is in Postfix's hold queue "
+            "(postqueue -p; postsuper -H to release)")
+
+
+def open_store(config: Config, without_url: str = NO_STORE) -> QuarantineStore:
+    """The store's database, or one line for the user (``without_url`` when
+    ``[quarantine] url`` is empty)."""
     if not config.quarantine.url:
-        raise UsageError("quarantine.url is empty: quarantined mail is in Postfix's hold "
-                         "queue (postqueue -p; postsuper -H to release)")
+        raise UsageError(without_url)
     try:
         return QuarantineStore(config.quarantine.url, config.quarantine.node or None)
     except QuarantineError as exc:
