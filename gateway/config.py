@@ -88,9 +88,11 @@ class PipelineSection:
         default_factory=_default_checks, metadata={"doc": "enabled checks, by name or module:Class"}
     )
     budget: float = setting(10.0, positive, "seconds all checks of one message may take")
-    parallel: bool = setting(True, doc="run checks that wait on the network (DNS, clamd) "
-                             "concurrently, so a worker waits for the slowest, not the sum")
-    threads: int = setting(32, positive, "threads for checks run in parallel (parallel = true)")
+    parallel: bool | Literal["auto"] = setting(
+        "auto", doc="run checks that wait on the network (DNS, clamd) concurrently, so a "
+        "worker waits for the slowest, not the sum: true, false, or \"auto\" (inline while "
+        "they wait under a few milliseconds a message, where threads would only cost CPU)")
+    threads: int = setting(32, positive, "threads for checks run in parallel")
     workers: int = setting(
         2, non_negative, "worker processes running the checks (0 = in the milter, where "
         "the budget cannot stop a check stuck in C code); about one per core"

@@ -124,7 +124,16 @@ def _coerce(hint: Any, value: Any, where: str) -> tuple[str | None, Any]:
 
 
 def _describe(hint: Any) -> str:
-    names = [getattr(a, "__name__", str(a)) for a in get_args(hint) if a is not type(None)]
+    names: list[str] = []
+    for option in get_args(hint):
+        if option is type(None):
+            continue
+        if get_origin(option) is Literal:
+            names.extend(repr(value) for value in get_args(option))
+        elif option is bool:
+            names.append("true or false")
+        else:
+            names.append(getattr(option, "__name__", str(option)))
     return " or ".join(names)
 
 

@@ -58,6 +58,7 @@ from typing import Any
 
 from gateway.checks import BUILTIN
 from gateway.config import Config
+from gateway.cpu import SPARE_CORES, cpu_times
 from gateway.evaluator import Judge
 from gateway.message import Envelope, Message, RawContent
 from gateway.pipeline import CheckRun, Pipeline, assemble, check_classes
@@ -79,10 +80,9 @@ GROW_AFTER = 0.5
 # wait for, more processes than cores would not check mail any faster.
 QUEUE_WAIT = 0.05
 IO_WAITING_SHARE = 0.5  # below this share of the time running or runnable
-# ...and while the machine's cores are idle at least this share of the time:
-# workers waiting on a clamd or a DNS server that itself waits for a core
-# are not helped by more workers.
-IDLE_SHARE = 0.25
+# ...and while the machine's cores are idle at least SPARE_CORES of the time
+# (gateway.cpu): workers waiting on a clamd or a DNS server that itself
+# waits for a core are not helped by more workers.
 DEMAND_WINDOW = 0.25  # seconds between two readings of the workers' demand
 START_TIMEOUT = 120.0  # a worker loads the model and imports the checks
 
@@ -356,11 +356,11 @@ class WorkerPool:
         demand = {w.pid: _cpu_demand(w.pid) for w in self._workers}
         shares = [max(demand[pid] - self._demand[pid], 0.0) / (now - self._demand_at)
                   for pid in demand if pid in self._demand and demand[pid] >= 0]
-        idle, total = _cpu_idle()
+        idle, total = cpu_times()
         last_idle, last_total = self._machine_idle
         idle_share = (idle - last_idle) / (total - last_total) if total > last_total else 0.0
         self._demand, self._demand_at, self._machine_idle = demand, now, (idle, total)
-        self._waiting_on_network = bool(shares) and idle_share >= IDLE_SHARE and \
+        self._waiting_on_network = bool(shares) and idle_share >= SPARE_CORES and \
             sum(shares) / len(shares) < IO_WAITING_SHARE
         return self._waiting_on_network
 
@@ -554,17 +554,6 @@ def _cpu_demand(pid: int) -> float:
             continue  # a thread that just ended
         total += int(running) + int(waiting)
     return total / 1e9
-
-
-def _cpu_idle() -> tuple[int, int]:
-    """The machine's idle (and I/O wait) time and its total CPU time so far,
-    in clock ticks, from /proc/stat ((0, 0) where it cannot be read)."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    return fields[3] + fields[4], sum(fields[:8])  # idle + iowait; user..steal
 
 
 def _exit_reason(code: Any) -> str:

@@ -83,3 +83,11 @@ def test_rules_paths_are_relative_to_the_config_file(tmp_path: Path):
     config = load_config(tmp_path / "gateway.toml")
     assert config.policy.rules == [str(tmp_path / "local.toml")]
     assert config.source == str(tmp_path / "gateway.toml")
+
+
+def test_pipeline_parallel_takes_true_false_or_auto():
+    for text, value in (("true", True), ("false", False), ('"auto"', "auto")):
+        assert parse_config(f"[pipeline]\nparallel = {text}\n", "g.toml").pipeline.parallel == value
+    (problem,) = problems('[pipeline]\nparallel = "sometimes"\n')
+    assert problem == ("gateway.toml: pipeline.parallel: expected true or false or 'auto', "
+                       "got string 'sometimes'")

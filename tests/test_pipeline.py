@@ -14,7 +14,7 @@ CONFIG = Config()
 
 
 def run(checks, raw=b"Subject: x\r\n\r\nbody\r\n", budget=2.0):
-    pipeline = Pipeline([c(CONFIG) for c in checks], budget=budget, threads=4)
+    pipeline = Pipeline([c(CONFIG) for c in checks], budget=budget, threads=4, parallel=True)
     try:
         return pipeline.run(Message.from_bytes(raw))
     finally:
@@ -114,9 +114,9 @@ def test_sequential_pipeline_stops_starting_checks_once_the_budget_is_spent():
     assert result.failed_checks == ["marker"]
 
 
-def test_parallel_is_the_default_and_sequential_runs_everything_in_budget():
+def test_parallel_auto_is_the_default_and_sequential_runs_everything_in_budget():
     config = Config()
-    assert config.pipeline.parallel is True  # network waits overlap in the workers
+    assert config.pipeline.parallel == "auto"
     pipeline = Pipeline([FactsCheck(config), DependentCheck(config)], budget=2.0,
                         parallel=False)
     try:
@@ -166,3 +166,100 @@ def test_network_checks_start_before_the_others_run_so_their_waiting_overlaps():
     result = run([Busy, Lookup])
     assert {s.name for s in result.symbols} == {"TEST_LOOKUP_UNDER_WAY", "TEST_LOOKUP"}
     assert [r.name for r in result.runs] == ["busy", "lookup"]  # reported in config order
+
+
+class _Where(Check):
+    """A network check that notes which thread ran it and waits
+    ``seconds`` (like a DNS answer that takes that long)."""
+
+    name = "where"
+    symbols = {"TEST_WHERE": "ran"}
+    io_bound = True
+    seconds = 0.0
+    threads: list[str] = []
+
+    def run(self, message, context):
+        _Where.threads.append(threading.current_thread().name)
+        time.sleep(_Where.seconds)
+        return [self.symbol("TEST_WHERE")]
+
+
+def _threads_of(pipeline, messages, seconds):
+    _Where.seconds, _Where.threads = seconds, []
+    for _ in range(messages):
+        pipeline.run(Message.from_bytes(b"Subject: x\r\n\r\nbody\r\n"))
+    return ["pool" if name.startswith("check") else "inline" for name in _Where.threads]
+
+
+def test_auto_runs_quick_network_checks_inline_and_slow_ones_in_the_pool():
+    pipeline = Pipeline([_Where(CONFIG)], budget=2.0, parallel="auto")
+    try:
+        assert set(_threads_of(pipeline, 20, 0.0)) == {"inline"}
+        # Waits of 30 ms: the first message measures them, the rest go to the pool.
+        slow = _threads_of(pipeline, 40, 0.03)
+        assert slow[0] == "inline" and slow.count("pool") >= 35
+        assert "inline" in slow[1:]  # every 16th re-measures
+        # Quick again: the probes bring the checks back inline.
+        quick = _threads_of(pipeline, 200, 0.0)
+        assert quick[-20:] == ["inline"] * 20
+    finally:
+        pipeline.close()
+
+
+def test_auto_counts_waiting_not_computing():
+    class Compute(_Where):
+        def run(self, message, context):
+            _Where.threads.append(threading.current_thread().name)
+            deadline = time.thread_time() + 0.01  # 10 ms of CPU, no waiting
+            while time.thread_time() < deadline:
+                pass
+            return [self.symbol("TEST_WHERE")]
+
+    pipeline = Pipeline([Compute(CONFIG)], budget=2.0, parallel="auto")
+    try:
+        assert set(_threads_of(pipeline, 10, 0.0)) == {"inline"}
+    finally:
+        pipeline.close()
+
+
+def test_parallel_true_always_uses_the_pool_and_false_never():
+    for parallel, where in ((True, {"pool"}), (False, {"inline"})):
+        pipeline = Pipeline([_Where(CONFIG)], budget=2.0, parallel=parallel)
+        try:
+            assert set(_threads_of(pipeline, 5, 0.0)) == where
+        finally:
+            pipeline.close()
+
+
+def test_auto_keeps_slow_network_checks_inline_while_the_cores_are_busy():
+    """Waits on a saturated machine are clamd and the resolver queueing for
+    a core: threads would only add CPU."""
+
+    class Cores:
+        idle = 0.0
+
+        def share(self):
+            return Cores.idle
+
+    pipeline = Pipeline([_Where(CONFIG)], budget=2.0, parallel="auto")
+    pipeline.concurrency._idle = Cores()
+    try:
+        assert set(_threads_of(pipeline, 10, 0.03)) == {"inline"}
+        Cores.idle = 0.5
+        assert _threads_of(pipeline, 10, 0.03)[-5:] == ["pool"] * 5
+        Cores.idle = 0.05  # busy again: the next probe brings them back
+        assert _threads_of(pipeline, 40, 0.03)[-10:] == ["inline"] * 10
+    finally:
+        pipeline.close()
+
+
+def test_idle_share_reads_the_machines_cores():
+    from gateway.cpu import IdleShare, cpu_times
+
+    idle, total = cpu_times()
+    assert 0 < idle < total
+    gauge = IdleShare(window=0.0)
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        pass  # one core busy
+    assert 0.0 <= gauge.share() < 1.0  # measured: this core was not idle

@@ -73,6 +73,8 @@ def main() -> int:
     parser.add_argument("-n", "--messages", type=int, default=20000)
     parser.add_argument("-c", "--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--parallel", choices=("auto", "true", "false"), default="auto",
+                        help="[pipeline] parallel: network checks in threads")
     parser.add_argument("--abuse", type=float, default=0.1,
                         help="share of sessions that abort or hang up mid-message")
     parser.add_argument("--samples", type=int, default=20, help="RSS samples over the run")
@@ -100,6 +102,7 @@ def main() -> int:
         milter = MilterProcess(root, (
             f'[milter]\nsocket = "unix:{socket_path}"\nsocket_mode = "600"\n'
             f'socket_group = ""\n[pipeline]\nworkers = {args.workers}\n'
+            f'parallel = {json.dumps(args.parallel) if args.parallel == "auto" else args.parallel}\n'
             f'[clamav]\nsocket = "{clamd.socket_path}"\n'
             f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns.port}\n'
             f'[quarantine]\nurl = "sqlite:///{root}/quarantine.db"\n'),
