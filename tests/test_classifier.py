@@ -589,3 +589,40 @@ def test_a_blocks_model_scores_as_it_was_trained_and_old_models_still_load(tmp_p
     meta["format"] = "gateway-naive-bayes/1"  # as written before blocks
     (tmp_path / "old" / "model.json").write_text(json.dumps(meta))
     assert load_model(tmp_path / "old").block is None
+
+
+def _artefacts_by_expression(tokens: set[str]) -> set[str]:
+    """The reference: every token in which the ARTEFACT expression matches."""
+    from gateway.classifier.features import ARTEFACT
+
+    return {t for t in tokens if ARTEFACT.search(t) is None}
+
+
+@pytest.mark.parametrize("tokens", [
+    {"jm@x", "xjm@y", "a.jm@z", "_jm-a", "JM-x", "fooJM-x", "1jm-a", "ok"},
+    {"TAINT.ORG", "spamassassin.taint.org", "yYyY", "zzzz9", "rcvd:helo:slashnull"},
+    {"café", "JMason", "\u00e9jm@x", "plain"},  # beyond ASCII: the expression itself
+    {"nothing", "to", "drop"},
+])
+def test_corpus_artefacts_are_dropped_as_the_expression_would(tokens):
+    from gateway.classifier.features import without_artefacts
+
+    assert without_artefacts(set(tokens)) == _artefacts_by_expression(tokens)
+
+
+def test_artefacts_are_dropped_from_the_fixture_corpus_as_the_expression_would():
+    from gateway.classifier.features import (
+        body_tokens,
+        header_tokens,
+        received_tokens,
+        without_artefacts,
+    )
+
+    dropped = 0
+    for path in sorted((FIXTURES / "corpus").rglob("*.eml")):
+        email = Message.from_bytes(path.read_bytes()).email
+        tokens = {*header_tokens(email), *body_tokens(email), *received_tokens(email)}
+        kept = without_artefacts(set(tokens))
+        assert kept == _artefacts_by_expression(tokens), path.name
+        dropped += len(tokens) - len(kept)
+    assert dropped > 0  # the public corpus's collectors show up in it

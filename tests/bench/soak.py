@@ -99,10 +99,11 @@ def main() -> int:
         clamd = services.enter_context(ClamdInstance(root / "clamd"))
         dns = services.enter_context(SyntheticServer(latency=args.dns_latency))
         socket_path = root / "milter.sock"
+        parallel = json.dumps(args.parallel) if args.parallel == "auto" else args.parallel
         milter = MilterProcess(root, (
             f'[milter]\nsocket = "unix:{socket_path}"\nsocket_mode = "600"\n'
             f'socket_group = ""\n[pipeline]\nworkers = {args.workers}\n'
-            f'parallel = {json.dumps(args.parallel) if args.parallel == "auto" else args.parallel}\n'
+            f'parallel = {parallel}\n'
             f'[clamav]\nsocket = "{clamd.socket_path}"\n'
             f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns.port}\n'
             f'[quarantine]\nurl = "sqlite:///{root}/quarantine.db"\n'),
