@@ -46,6 +46,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from gateway.cpu import cpu_times  # noqa: E402
 from gateway.lab.clamd import ClamdInstance  # noqa: E402
 from gateway.lab.milter_process import MilterProcess  # noqa: E402
 from gateway.lab.postfix import PostfixInstance, free_port  # noqa: E402
@@ -59,7 +60,7 @@ FALLBACK_CORPUS = PROJECT_ROOT / "tests" / "fixtures"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ANCHOR_MODES = ("rspamd", "rspamd+clamav-milter")
 JSON_FIELDS = ("mode", "concurrency", "msgs_per_s", "ratio_to_bare", "p50_ms", "p99_ms",
-               "milter_cpu_ms_per_msg", "rss_mb")
+               "milter_cpu_ms_per_msg", "rss_mb", "machine_cpu_ms_per_msg")
 
 
 @dataclass
@@ -75,6 +76,10 @@ class Outcome:
     milter_cpu: float | None  # ms per message, the milter's whole process tree
     rss_mb: float | None  # the most its process tree held during the run: summed RSS
     pss_mb: float | None  # and PSS (shared pages split between the processes)
+    # ms per message of every process on the machine (Postfix, the milters,
+    # clamd, the DNS server and this client): with all cores busy, the rate
+    # is at most cores * 1000 / this
+    machine_cpu: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -147,6 +152,12 @@ def tree_cpu(roots: list[int]) -> float:
             continue
         total += sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
     return total
+
+
+def machine_busy() -> float:
+    """CPU seconds all the machine's cores have been busy so far."""
+    idle, total = cpu_times()
+    return (total - idle) / CLOCK_TICKS
 
 
 def tree_rss(roots: list[int]) -> int:
@@ -421,11 +432,12 @@ def main() -> int:
                     stored_before = quarantined(store_url)
                     held_before = len(instance.queue_ids("hold"))
                     roots = milter_roots[mode]() if mode in milter_roots else []
-                    cpu_before = tree_cpu(roots)
+                    cpu_before, machine_before = tree_cpu(roots), machine_busy()
                     with MemoryPeak(roots) as memory:
                         seconds, latencies, accepted, refused = send_all(
                             instance.smtp_port, messages, concurrency, run_id)
                     cpu = tree_cpu(roots) - cpu_before
+                    machine = machine_busy() - machine_before
                     held = len(instance.queue_ids("hold")) - held_before
                     if mode == "gateway":
                         held += quarantined(store_url) - stored_before
@@ -438,7 +450,8 @@ def main() -> int:
                                       refused, seconds, latencies,
                                       cpu / len(messages) * 1000 if roots else None,
                                       memory.rss / 2**20 if roots else None,
-                                      memory.pss / 2**20 if roots else None)
+                                      memory.pss / 2**20 if roots else None,
+                                      machine / len(messages) * 1000)
                     outcomes.append(outcome)
                     say(f"  c={concurrency:<3} round {round_index + 1} {mode:<20} "
                         f"{outcome.rate:7.1f} msg/s  accepted {accepted}, refused {refused}, "
@@ -455,7 +468,8 @@ def main() -> int:
     rows = summarize(outcomes, levels, list(instances))
     say()
     say(f"{'conc':>4}  {'mode':<20} {'msg/s':>8} {'x bare':>6} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'milter CPU ms/msg':>18} {'RSS MB':>7} {'PSS MB':>7} {'refused':>7}")
+        f"{'milter CPU ms/msg':>18} {'RSS MB':>7} {'PSS MB':>7} {'refused':>7} "
+        f"{'machine CPU ms/msg':>18}")
     for row in rows:
         cpu = row["milter_cpu_ms_per_msg"]
         rss, pss = row["rss_mb"], row["pss_mb"]
@@ -464,7 +478,8 @@ def main() -> int:
             f"{row['p50_ms']:8.1f} {row['p99_ms']:8.1f} "
             f"{'-' if cpu is None else f'{cpu:.2f}':>18} "
             f"{'-' if rss is None else f'{rss:.0f}':>7} "
-            f"{'-' if pss is None else f'{pss:.0f}':>7} {row['refused']:>7}")
+            f"{'-' if pss is None else f'{pss:.0f}':>7} {row['refused']:>7} "
+            f"{row['machine_cpu_ms_per_msg']:18.2f}")
     if args.anchors:
         say()
         say("Ratio to bare Postfix in the same rounds (p99 of the SMTP transaction):")
@@ -515,6 +530,7 @@ def summarize(outcomes: list[Outcome], levels: list[int], modes: list[str]) -> l
                 "rss_mb": round(max(rss), 1) if rss else None,
                 "pss_mb": round(max(pss), 1) if pss else None,
                 "refused": sum(o.refused for o in runs),
+                "machine_cpu_ms_per_msg": round(statistics.mean(o.machine_cpu for o in runs), 2),
             })
     return rows
 
