@@ -131,15 +131,6 @@ CALENDAR_WORDS = frozenset(
 CLOCK_TIME = re.compile(r"\d{1,2}:\d\d(?::\d\d)?")
 
 
-def is_calendar(word: str) -> bool:
-    """Month and weekday names, years 19xx/20xx, clock times."""
-    if word in CALENDAR_WORDS:
-        return True
-    if len(word) == 4 and word[:2] in ("19", "20") and word[2:].isdecimal():
-        return True
-    return ":" in word and CLOCK_TIME.fullmatch(word) is not None
-
-
 URL = re.compile(r"""(?:https?://|www\.)[^\s<>"'()\[\]{}]+""", re.IGNORECASE)
 HREF = re.compile(r"""(?:href|src)\s*=\s*["']?([^"'\s>]+)""", re.IGNORECASE)
 # The HTML patterns are written so that no attempt can backtrack more than
@@ -197,33 +188,44 @@ def message_tokens(message: EmailMessage, limits: LimitsSection = DEFAULT_LIMITS
 def without_artefacts(tokens: set[str]) -> set[str]:
     """``tokens`` less those in which ``ARTEFACT`` matches.
 
-    All tokens joined by newlines (no token holds one, so no match spans
-    two) are searched at once. Text in ASCII is searched lower-cased, word
-    by word with ``str.find``: a regular expression of alternatives with no
-    common start is tried at every position, and took a third of the
-    classifier's time on mail that has artefacts."""
+    The tokens in ASCII are searched at once, joined by newlines (no token
+    holds one, so no match spans two), lower-cased and word by word with
+    ``str.find`` (see _artefact_starts); the few others with the
+    expression itself, whose case-blind matching beyond ASCII ('K' for
+    the Kelvin sign) lower-casing would not reproduce."""
     joined = "\n".join(tokens)
-    if not joined.isascii():  # case-blind matching beyond ASCII: the expression's
-        starts = [match.start() for match in ARTEFACT.finditer(joined)]
-    else:
-        lowered = joined.lower()
-        starts = []
-        for word in ARTEFACT_WORDS:
-            at = lowered.find(word)
-            while at >= 0:
-                # \b before a word that starts with a word character
-                if not (word in BOUNDED_ARTEFACT_WORDS and at > 0
-                        and _word_character(lowered[at - 1])):
-                    starts.append(at)
-                at = lowered.find(word, at + 1)
-    if not starts:
-        return tokens
-    bad = set()
-    for at in starts:
+    others: list[str] = []
+    if not joined.isascii():
+        others = [t for t in tokens if not t.isascii()]
+        joined = "\n".join(t for t in tokens if t.isascii())
+    bad = {t for t in others if ARTEFACT.search(t)}
+    for at in _artefact_starts(joined.lower()):
         start = joined.rfind("\n", 0, at) + 1
         end = joined.find("\n", at)
         bad.add(joined[start:end if end >= 0 else len(joined)])
-    return tokens - bad
+    return tokens - bad if bad else tokens
+
+
+def has_artefact(text: str) -> bool:
+    """Whether ``ARTEFACT`` matches in ``text``."""
+    if text.isascii():
+        return next(_artefact_starts(text.lower()), None) is not None
+    return ARTEFACT.search(text) is not None
+
+
+def _artefact_starts(lowered: str) -> Iterator[int]:
+    """Where ``ARTEFACT`` matches in lower-cased ASCII text: each of its
+    words found with ``str.find``. A regular expression of alternatives
+    with no common start is tried at every position, and took a third of
+    the classifier's time on mail that has artefacts."""
+    for word in ARTEFACT_WORDS:
+        at = lowered.find(word)
+        while at >= 0:
+            # \b before a word that starts with a word character
+            if not (word in BOUNDED_ARTEFACT_WORDS and at > 0
+                    and _word_character(lowered[at - 1])):
+                yield at
+            at = lowered.find(word, at + 1)
 
 
 def _word_character(char: str) -> bool:
@@ -277,7 +279,7 @@ def header_tokens(message: EmailMessage,
             for word in words(str(value))[:6]:
                 yield "mailer:" + word
 
-    hops = sum(1 for v in message.get_all("Received", []) if not ARTEFACT.search(str(v)))
+    hops = sum(1 for v in message.get_all("Received", []) if not has_artefact(str(v)))
     yield f"received:hops:{bucket(hops, (0, 1, 2, 3, 5, 8))}"
 
     message_id = str(message.get("Message-ID", ""))
@@ -526,11 +528,16 @@ def words(text: str) -> list[str]:
     """Lower-cased words of 3 to 20 characters; longer ones become a
     'skip' token of their first letter and length, like SpamBayes."""
     out: list[str] = []
+    calendar = CALENDAR_WORDS
     for raw in text.lower().split():
         word = raw.strip(WORD_EDGES)
-        if len(word) < 3 or is_calendar(word):
+        length = len(word)
+        # Calendar words: month and weekday names, years 19xx/20xx, clock times.
+        if length < 3 or word in calendar or (
+                length == 4 and word[:2] in ("19", "20") and word[2:].isdecimal()) or (
+                ":" in word and CLOCK_TIME.fullmatch(word) is not None):
             continue
-        if len(word) > 20:
+        if length > 20:
             out.append(f"skip:{word[0]}{len(word) // 10 * 10}")
             continue
         if "@" in word:
