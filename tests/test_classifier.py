@@ -602,12 +602,16 @@ def _artefacts_by_expression(tokens: set[str]) -> set[str]:
     {"jm@x", "xjm@y", "a.jm@z", "_jm-a", "JM-x", "fooJM-x", "1jm-a", "ok"},
     {"TAINT.ORG", "spamassassin.taint.org", "yYyY", "zzzz9", "rcvd:helo:slashnull"},
     {"café", "JMason", "\u00e9jm@x", "plain"},  # beyond ASCII: the expression itself
+    {"\u212aelvin", "fetchmai\u212a", "jma\u017fon", "\u017flashnull"},  # Kelvin sign, long s
     {"nothing", "to", "drop"},
 ])
 def test_corpus_artefacts_are_dropped_as_the_expression_would(tokens):
-    from gateway.classifier.features import without_artefacts
+    from gateway.classifier.features import ARTEFACT, has_artefact, without_artefacts
 
     assert without_artefacts(set(tokens)) == _artefacts_by_expression(tokens)
+    for token in tokens:
+        assert has_artefact(token) == (ARTEFACT.search(token) is not None), token
+    assert has_artefact(" ".join(tokens)) == (ARTEFACT.search(" ".join(tokens)) is not None)
 
 
 def test_artefacts_are_dropped_from_the_fixture_corpus_as_the_expression_would():

@@ -191,8 +191,9 @@ def without_artefacts(tokens: set[str]) -> set[str]:
     The tokens in ASCII are searched at once, joined by newlines (no token
     holds one, so no match spans two), lower-cased and word by word with
     ``str.find`` (see _artefact_starts); the few others with the
-    expression itself, whose case-blind matching beyond ASCII ('K' for
-    the Kelvin sign) lower-casing would not reproduce."""
+    expression itself, whose case-blind matching beyond ASCII lower-casing
+    would not reproduce (the long s, U+017F, matches 's'; the Kelvin sign
+    which lower-cases to 'k', does not match 'k')."""
     joined = "\n".join(tokens)
     others: list[str] = []
     if not joined.isascii():
