@@ -192,8 +192,8 @@ def without_artefacts(tokens: set[str]) -> set[str]:
     holds one, so no match spans two), lower-cased and word by word with
     ``str.find`` (see _artefact_starts); the few others with the
     expression itself, whose case-blind matching beyond ASCII lower-casing
-    would not reproduce (the long s, U+017F, matches 's'; the Kelvin sign
-    which lower-cases to 'k', does not match 'k')."""
+    would not reproduce (the long s, U+017F, matches 's'; the Kelvin sign,
+    U+212A, lower-cases to 'k' but does not match it)."""
     joined = "\n".join(tokens)
     others: list[str] = []
     if not joined.isascii():
