@@ -12,7 +12,7 @@ lifetime, clamd timeout); the ones after it are not started.
 
 Threads are not free: handing a check to the pool and taking its result
 back costs thread wake-ups and GIL hand-offs, about 0.1 ms of CPU a check,
-0.7 ms a message through Postfix (15% of the gateway's CPU), for nothing
+0.3-0.7 ms a message through Postfix (10-15% of the gateway's CPU), for nothing
 when a local caching resolver and clamd answer in a fraction of a
 millisecond. ``parallel = "auto"`` (the default, :class:`_Concurrency`)
 runs the network checks inline while their waits stay short and in the
