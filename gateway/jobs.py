@@ -93,6 +93,17 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def one_at_a_time(connection: Connection, name: str) -> None:
+    """Make the transactions that call this for ``name`` run one after the
+    other, for a check then a write that must not race (two consoles
+    starting a training run). PostgreSQL: an advisory lock held to the end
+    of the transaction. SQLite lets one writer in at a time, so the caller
+    writes first: the second transaction's write waits for the first to
+    commit, and what it reads after sees the first's row."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(select(func.pg_advisory_xact_lock(_lock_key(name))))
+
+
 class Jobs:
     def __init__(self, engine: Engine, node: str):
         self.engine = engine

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -161,6 +162,35 @@ def test_digest_links_are_signed_bound_expiring_and_single_use(console, store):
     assert caught.value.status == 410
     with pytest.raises(LinkError, match="expired"):
         check_link(console, carol, at=datetime.now(UTC) + timedelta(days=8))
+
+
+def test_two_consoles_starting_a_training_run_at_once_start_one(store):
+    """Two nodes' consoles on one store, both asked at the same instant,
+    round after round: one run starts, the other is told it is running."""
+    consoles = (Console(store), Console(store))
+    for _ in range(8):
+        barrier = threading.Barrier(2)
+        outcomes: list[tuple[str, object]] = []
+
+        def start(console: Console, barrier: threading.Barrier = barrier,
+                  outcomes: list = outcomes) -> None:
+            barrier.wait()
+            try:
+                outcomes.append(("started", console.start_job("train", "ann")))
+            except ConsoleError as exc:
+                outcomes.append(("refused", str(exc)))
+
+        threads = [threading.Thread(target=start, args=(c,)) for c in consoles]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert sorted(kind for kind, _ in outcomes) == ["refused", "started"], outcomes
+        (job,) = [value for kind, value in outcomes if kind == "started"]
+        (refusal,) = [value for kind, value in outcomes if kind == "refused"]
+        assert f"(#{job})" in str(refusal)
+        consoles[0].finish_job(job, True, "done")
+    assert [j["status"] for j in consoles[0].jobs("train", limit=20)] == ["done"] * 8
 
 
 def test_list_filters_prefixes_and_dashboard_figures_on_either_store(store):

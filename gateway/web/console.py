@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from gateway.jobs import one_at_a_time
 from gateway.quarantine.schema import (
     audit,
     console_jobs,
@@ -460,15 +461,21 @@ class Console:
         return bytes.fromhex(value)
 
     def start_job(self, kind: str, who: str) -> int:
+        """A new running job of ``kind``, unless one is running (on any node):
+        its row is written first and the others are looked for after, one
+        transaction at a time, so two consoles asked at once start one."""
         with self.engine.begin() as connection:
-            running = connection.execute(select(console_jobs.c.id).where(and_(
-                console_jobs.c.kind == kind, console_jobs.c.status == "running",
-                console_jobs.c.started > now() - timedelta(hours=6)))).first()
-            if running is not None:
-                raise ConsoleError(f"a {kind} job is running already (#{running.id})")
-            return connection.execute(insert(console_jobs).values(
+            one_at_a_time(connection, f"console-{kind}")
+            identifier = connection.execute(insert(console_jobs).values(
                 kind=kind, who=who, node=self.store.node, started=now(), status="running",
                 output="")).inserted_primary_key[0]
+            running = connection.execute(select(console_jobs.c.id).where(and_(
+                console_jobs.c.kind == kind, console_jobs.c.status == "running",
+                console_jobs.c.id != identifier,
+                console_jobs.c.started > now() - timedelta(hours=6)))).first()
+            if running is not None:  # leaving the block rolls our row back
+                raise ConsoleError(f"a {kind} job is running already (#{running.id})")
+            return int(identifier)
 
     def finish_job(self, identifier: int, ok: bool, output: str) -> None:
         with self.engine.begin() as connection:
