@@ -15,8 +15,8 @@ back costs thread wake-ups and GIL hand-offs, about 0.1 ms of CPU a check,
 0.3-0.7 ms a message through Postfix (10-15% of the gateway's CPU), for nothing
 when a local caching resolver and clamd answer in a fraction of a
 millisecond. ``parallel = "auto"`` (the default, :class:`_Concurrency`)
-runs the network checks inline while their waits stay short and in the
-pool once they grow.
+runs each network check inline while its waits stay short, and in the pool
+once they grow while cores are spare.
 
 A check that raises, times out or never gets to run yields its
 ``<NAME>_ERROR`` symbol and is listed in ``failed_checks``; running out of
@@ -84,42 +84,55 @@ Observer = Callable[[CheckRun, Report | None], None]
 
 
 class _Concurrency:
-    """``parallel = "auto"``: whether a message's network checks go to the
-    thread pool. Messages whose network checks run inline measure how long
-    those checks waited (their wall time less their own CPU time, so time
-    spent parsing or computing does not count). They go to the pool while
-    that wait averages more than ``ABOVE`` seconds a message and the
-    machine has spare cores; on a machine whose cores are all busy the
-    waits are clamd and the resolver queueing for a core, and threads
-    would only add CPU. While they go there, every ``PROBE_EVERY``-th
-    message runs them inline to re-measure (times in the pool include
-    waits for the GIL); an average under ``BELOW``, or busy cores, brings
-    them back inline. A lost update between threads (``workers = 0`` runs
-    messages side by side) only delays a switch."""
+    """``parallel = "auto"``: which network checks of a message go to the
+    thread pool. A network check run inline measures how long it waited
+    (its wall time less its own CPU time, so parsing or computing does not
+    count), as a moving average per check. Handing a check to a thread
+    costs about 0.1 ms of CPU, so a check goes to the pool while its wait
+    averages more than ``ABOVE`` seconds (clamd's scan, slow DNS answers;
+    not a cached answer from a local resolver) and the machine has spare
+    cores: on a machine whose cores are all busy the waits are clamd and
+    the resolver queueing for a core, and threads would only add CPU.
+    Every ``PROBE_EVERY``-th message runs them all inline to measure again
+    (times in the pool include waits for the GIL); a check whose average
+    falls under ``BELOW``, or busy cores, brings it back inline. A lost
+    update between threads (``workers = 0`` runs messages side by side)
+    only delays a switch."""
 
-    ABOVE = 0.005
-    BELOW = 0.002
+    ABOVE = 0.001
+    BELOW = 0.0005
     PROBE_EVERY = 16
     WEIGHT = 0.2  # of the newest measurement in the moving average
     BUSY_CORES = 0.1  # idle share under which the checks come back inline
 
     def __init__(self) -> None:
-        self.wait = 0.0
-        self.pooled = False
+        self.waits: dict[str, float] = {}
+        self.pooled: frozenset[str] = frozenset()
         self._messages = itertools.count()
         self._idle = IdleShare()
 
-    def use_pool(self) -> bool:
-        return self.pooled and next(self._messages) % self.PROBE_EVERY != 0
+    def pooled_for_next(self) -> frozenset[str]:
+        """The checks the next message runs in the pool (none on a probe)."""
+        if self.pooled and next(self._messages) % self.PROBE_EVERY != 0:
+            return self.pooled
+        return frozenset()
 
-    def measured(self, wait: float) -> None:
-        self.wait += self.WEIGHT * (wait - self.wait)
-        if not self.pooled:
-            self.pooled = self.wait > self.ABOVE and self._idle.share() >= SPARE_CORES
-        else:
-            self.pooled = self.wait >= self.BELOW and self._idle.share() >= self.BUSY_CORES
-        log.debug("network checks wait %.1f ms a message: run %s", self.wait * 1000,
-                  "concurrently" if self.pooled else "inline")
+    def measured(self, waits: Mapping[str, float]) -> None:
+        """The waits of the network checks one message ran inline."""
+        if not waits:
+            return
+        for name, seconds in waits.items():
+            average = self.waits.get(name, 0.0)
+            self.waits[name] = average + self.WEIGHT * (seconds - average)
+        idle = self._idle.share()
+        pooled = {name for name, average in self.waits.items()
+                  if (name in self.pooled and average >= self.BELOW and idle >= self.BUSY_CORES)
+                  or (average > self.ABOVE and idle >= SPARE_CORES)}
+        if pooled != self.pooled:
+            log.debug("network checks in threads: %s (waits %s ms)",
+                      ", ".join(sorted(pooled)) or "none",
+                      ", ".join(f"{n} {w * 1000:.1f}" for n, w in sorted(self.waits.items())))
+            self.pooled = frozenset(pooled)
 
 
 class Pipeline:
@@ -150,11 +163,14 @@ class Pipeline:
         )
         self.concurrency = _Concurrency() if parallel == "auto" and self._pool else None
 
-    def _pool_for_next(self) -> ThreadPoolExecutor | None:
-        """The pool this message's network checks go to, or None: inline."""
-        if self.concurrency is not None and not self.concurrency.use_pool():
+    def _pooled_for_next(self) -> frozenset[str] | None:
+        """The network checks the next message runs in the pool: None for
+        all of them (``parallel = true``), else by name."""
+        if self._pool is None:
+            return frozenset()
+        if self.concurrency is None:
             return None
-        return self._pool
+        return self.concurrency.pooled_for_next()
 
     @classmethod
     def from_config(cls, config: Config) -> Pipeline:
@@ -194,8 +210,8 @@ class _Schedule:
         self.observer = observer
         self.deadline = time.monotonic() + pipeline.budget
         self.pending = list(pipeline.checks)
-        self.pool = pipeline._pool_for_next()
-        self.network_wait = 0.0  # of network checks run inline
+        self.pooled = pipeline._pooled_for_next()
+        self.waits: dict[str, float] = {}  # of the network checks run inline
         self.running: dict[Future[tuple[Report, float]], tuple[Check, float]] = {}
         self.runs: dict[str, CheckRun] = {}
         self.reports: dict[str, Report] = {}
@@ -209,18 +225,22 @@ class _Schedule:
                 break
             self._collect(remaining)
         self._abandon_running()
-        if self.pool is None and self.pipeline.concurrency is not None:
-            self.pipeline.concurrency.measured(self.network_wait)
+        if self.pipeline.concurrency is not None:
+            self.pipeline.concurrency.measured(self.waits)
+
+    def _to_pool(self, check: Check) -> bool:
+        return check.io_bound and self.pipeline._pool is not None and (
+            self.pooled is None or check.name in self.pooled)
 
     def _start_ready(self) -> bool:
         dependencies = self.pipeline.dependencies
         ready = [c for c in self.pending if all(r in self.runs for r in dependencies[c.name])]
-        pool = self.pool
-        ready.sort(key=lambda c: not (c.io_bound and pool))  # stable: config order kept
+        pool = self.pipeline._pool
+        ready.sort(key=lambda c: not self._to_pool(c))  # stable: config order kept
         for check in ready:
             self.pending.remove(check)
             context = self._context(check)
-            if check.io_bound and pool is not None:
+            if pool is not None and self._to_pool(check):
                 future = pool.submit(_timed, check, self.message, context)
                 self.running[future] = (check, time.perf_counter())
             elif time.monotonic() >= self.deadline:
@@ -236,8 +256,8 @@ class _Schedule:
                 else:
                     self._finish(check, CheckRun(check.name, "ok", millis), report)
                 if check.io_bound:
-                    self.network_wait += (time.perf_counter() - started
-                                          - (time.thread_time() - cpu))
+                    self.waits[check.name] = (time.perf_counter() - started
+                                              - (time.thread_time() - cpu))
         return bool(ready)
 
     def _collect(self, timeout: float) -> None:

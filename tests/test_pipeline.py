@@ -184,6 +184,23 @@ class _Where(Check):
         return [self.symbol("TEST_WHERE")]
 
 
+class _Cores:
+    """The machine's idle share, as the test sets it (the real one depends
+    on what else runs beside the tests)."""
+
+    def __init__(self, idle: float):
+        self.idle = idle
+
+    def share(self) -> float:
+        return self.idle
+
+
+def _auto(*checks: Check, idle: float = 1.0) -> Pipeline:
+    pipeline = Pipeline(list(checks), budget=2.0, parallel="auto")
+    pipeline.concurrency._idle = _Cores(idle)
+    return pipeline
+
+
 def _threads_of(pipeline, messages, seconds):
     _Where.seconds, _Where.threads = seconds, []
     for _ in range(messages):
@@ -192,7 +209,7 @@ def _threads_of(pipeline, messages, seconds):
 
 
 def test_auto_runs_quick_network_checks_inline_and_slow_ones_in_the_pool():
-    pipeline = Pipeline([_Where(CONFIG)], budget=2.0, parallel="auto")
+    pipeline = _auto(_Where(CONFIG))
     try:
         assert set(_threads_of(pipeline, 20, 0.0)) == {"inline"}
         # Waits of 30 ms: the first message measures them, the rest go to the pool.
@@ -200,7 +217,7 @@ def test_auto_runs_quick_network_checks_inline_and_slow_ones_in_the_pool():
         assert slow[0] == "inline" and slow.count("pool") >= 35
         assert "inline" in slow[1:]  # every 16th re-measures
         # Quick again: the probes bring the checks back inline.
-        quick = _threads_of(pipeline, 200, 0.0)
+        quick = _threads_of(pipeline, 400, 0.0)
         assert quick[-20:] == ["inline"] * 20
     finally:
         pipeline.close()
@@ -215,7 +232,7 @@ def test_auto_counts_waiting_not_computing():
                 pass
             return [self.symbol("TEST_WHERE")]
 
-    pipeline = Pipeline([Compute(CONFIG)], budget=2.0, parallel="auto")
+    pipeline = _auto(Compute(CONFIG))
     try:
         assert set(_threads_of(pipeline, 10, 0.0)) == {"inline"}
     finally:
@@ -235,19 +252,13 @@ def test_auto_keeps_slow_network_checks_inline_while_the_cores_are_busy():
     """Waits on a saturated machine are clamd and the resolver queueing for
     a core: threads would only add CPU."""
 
-    class Cores:
-        idle = 0.0
-
-        def share(self):
-            return Cores.idle
-
-    pipeline = Pipeline([_Where(CONFIG)], budget=2.0, parallel="auto")
-    pipeline.concurrency._idle = Cores()
+    pipeline = _auto(_Where(CONFIG), idle=0.0)
+    cores = pipeline.concurrency._idle
     try:
         assert set(_threads_of(pipeline, 10, 0.03)) == {"inline"}
-        Cores.idle = 0.5
+        cores.idle = 0.5
         assert _threads_of(pipeline, 10, 0.03)[-5:] == ["pool"] * 5
-        Cores.idle = 0.05  # busy again: the next probe brings them back
+        cores.idle = 0.05  # busy again: the next probe brings them back
         assert _threads_of(pipeline, 40, 0.03)[-10:] == ["inline"] * 10
     finally:
         pipeline.close()
@@ -263,3 +274,32 @@ def test_idle_share_reads_the_machines_cores():
     while time.monotonic() < deadline:
         pass  # one core busy
     assert 0.0 <= gauge.share() < 1.0  # measured: this core was not idle
+
+
+def test_auto_sends_only_the_network_checks_that_wait_to_the_pool():
+    """clamd's scan waits a few milliseconds, a cached DNS answer almost
+    nothing: only the scan is worth a thread."""
+    seen: dict[str, list[str]] = {"scan": [], "cached": []}
+
+    def waiting(check_name: str, seconds: float) -> type[Check]:
+        class Waiting(Check):
+            name = check_name
+            symbols = {f"TEST_{check_name.upper()}": "ran"}
+            io_bound = True
+
+            def run(self, message, context):
+                seen[check_name].append(threading.current_thread().name)
+                time.sleep(seconds)
+                return [self.symbol(f"TEST_{check_name.upper()}")]
+
+        return Waiting
+
+    pipeline = _auto(waiting("scan", 0.004)(CONFIG), waiting("cached", 0.0)(CONFIG))
+    try:
+        for _ in range(40):
+            pipeline.run(Message.from_bytes(b"Subject: x\r\n\r\nbody\r\n"))
+    finally:
+        pipeline.close()
+    scan = ["pool" if n.startswith("check") else "inline" for n in seen["scan"]]
+    assert scan[0] == "inline" and scan[-10:].count("pool") >= 9
+    assert all(not n.startswith("check") for n in seen["cached"])
