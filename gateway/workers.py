@@ -58,7 +58,7 @@ from typing import Any
 
 from gateway.checks import BUILTIN
 from gateway.config import Config
-from gateway.cpu import SPARE_CORES, cpu_times
+from gateway.cpu import SPARE_CORES, IdleShare
 from gateway.evaluator import Judge
 from gateway.message import Envelope, Message, RawContent
 from gateway.pipeline import CheckRun, Pipeline, assemble, check_classes
@@ -214,7 +214,7 @@ class WorkerPool:
         self._queue: list[_Turn] = []  # messages waiting for a worker, in arrival order
         self._demand: dict[int, float] = {}  # pid -> seconds run or runnable
         self._demand_at = 0.0
-        self._machine_idle = (0, 0)  # the machine's idle and total CPU time, in ticks
+        self._cores = IdleShare(window=0.0)  # read with each reading of the demand
         self._waiting_on_network = False
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_preload(config))
@@ -356,10 +356,8 @@ class WorkerPool:
         demand = {w.pid: _cpu_demand(w.pid) for w in self._workers}
         shares = [max(demand[pid] - self._demand[pid], 0.0) / (now - self._demand_at)
                   for pid in demand if pid in self._demand and demand[pid] >= 0]
-        idle, total = cpu_times()
-        last_idle, last_total = self._machine_idle
-        idle_share = (idle - last_idle) / (total - last_total) if total > last_total else 0.0
-        self._demand, self._demand_at, self._machine_idle = demand, now, (idle, total)
+        idle_share = self._cores.share()
+        self._demand, self._demand_at = demand, now
         self._waiting_on_network = bool(shares) and idle_share >= SPARE_CORES and \
             sum(shares) / len(shares) < IO_WAITING_SHARE
         return self._waiting_on_network
