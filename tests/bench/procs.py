@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
 
 def tree(pid: int) -> list[int]:
     """``pid`` and its descendants, parents before their children."""
@@ -54,3 +56,16 @@ def open_fds(pid: int) -> int:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return 0
+
+
+def tree_cpu(roots: list[int]) -> float:
+    """CPU seconds of processes and their live descendants, each with the
+    children it has reaped (a worker replaced during the run still counts)."""
+    total = 0.0
+    for pid in {p for root in roots for p in tree(root)}:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+    return total

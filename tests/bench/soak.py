@@ -35,7 +35,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from gateway.lab.clamd import ClamdInstance  # noqa: E402
 from gateway.lab.milter_process import MilterProcess  # noqa: E402
-from tests.bench.procs import open_fds, pss_bytes, rss_bytes, tree  # noqa: E402
+from tests.bench.procs import open_fds, pss_bytes, rss_bytes, tree, tree_cpu  # noqa: E402
 from tests.lab.dns import SyntheticServer  # noqa: E402
 from tests.milterclient import MilterClient, MilterError  # noqa: E402
 
@@ -116,7 +116,7 @@ def main() -> int:
         done = [0]
         outcomes: dict[str, int] = {}
         every = max(args.messages // args.samples, 1)
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), tree_cpu([pid])
 
         def session(seed: int) -> None:
             rng = random.Random(seed)
@@ -175,7 +175,9 @@ def main() -> int:
         for thread in threads:
             thread.join()
         elapsed = time.monotonic() - started
-        print(f"soak: {done[0]} messages in {elapsed:.0f}s ({done[0] / elapsed:.0f}/s); "
+        cpu = (tree_cpu([pid]) - cpu_before) / max(done[0], 1) * 1000
+        print(f"soak: {done[0]} messages in {elapsed:.0f}s ({done[0] / elapsed:.0f}/s), "
+              f"{cpu:.2f} ms of the gateway's CPU a message; "
               f"outcomes {json.dumps(outcomes, sort_keys=True)}")
         if samples:
             early = next((s for s in samples if s["messages"] >= args.messages // 10),

@@ -52,12 +52,11 @@ from gateway.lab.milter_process import MilterProcess  # noqa: E402
 from gateway.lab.postfix import PostfixInstance, free_port  # noqa: E402
 from gateway.quarantine.store import QuarantineError, QuarantineStore  # noqa: E402
 from tests.bench import anchors  # noqa: E402
-from tests.bench.procs import rss_bytes, tree  # noqa: E402
+from tests.bench.procs import CLOCK_TICKS, rss_bytes, tree, tree_cpu  # noqa: E402
 from tests.lab.dns import SyntheticServer  # noqa: E402
 
 DEFAULT_CORPUS = PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin"
 FALLBACK_CORPUS = PROJECT_ROOT / "tests" / "fixtures"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ANCHOR_MODES = ("rspamd", "rspamd+clamav-milter")
 JSON_FIELDS = ("mode", "concurrency", "msgs_per_s", "ratio_to_bare", "p50_ms", "p99_ms",
                "milter_cpu_ms_per_msg", "rss_mb", "machine_cpu_ms_per_msg")
@@ -139,19 +138,6 @@ def send_all(port: int, messages: list[tuple[str, bytes]], concurrency: int,
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(len(messages))))
     return time.perf_counter() - started, latencies, accepted, refused
-
-
-def tree_cpu(roots: list[int]) -> float:
-    """CPU seconds of processes and their live descendants, each with the
-    children it has reaped (a worker replaced during the run still counts)."""
-    total = 0.0
-    for pid in {p for root in roots for p in tree(root)}:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        total += sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
-    return total
 
 
 def machine_busy() -> float:
