@@ -90,8 +90,9 @@ class PipelineSection:
     budget: float = setting(10.0, positive, "seconds all checks of one message may take")
     parallel: bool | Literal["auto"] = setting(
         "auto", doc="run checks that wait on the network (DNS, clamd) concurrently, so a "
-        "worker waits for the slowest, not the sum: true, false, or \"auto\" (inline while "
-        "they wait under a few milliseconds a message, where threads would only cost CPU)")
+        "worker waits for the slowest, not the sum: true, false, or \"auto\" (each in a "
+        "thread only while its waits average over 1 ms and cores are spare; inline, threads "
+        "would only cost CPU)")
     threads: int = setting(32, positive, "threads for checks run in parallel")
     workers: int = setting(
         2, non_negative, "worker processes running the checks (0 = in the milter, where "

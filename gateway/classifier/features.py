@@ -539,7 +539,7 @@ def words(text: str) -> list[str]:
                 ":" in word and CLOCK_TIME.fullmatch(word) is not None):
             continue
         if length > 20:
-            out.append(f"skip:{word[0]}{len(word) // 10 * 10}")
+            out.append(f"skip:{word[0]}{length // 10 * 10}")
             continue
         if "@" in word:
             out.append("email:" + word.rpartition("@")[2])
