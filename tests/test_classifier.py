@@ -20,7 +20,7 @@ from gateway.classifier.store import ModelStore
 from gateway.classifier.train import GRID, tokenize, train
 from gateway.config import ClassifierSection, Config
 from gateway.message import Message
-from tests.helpers import FIXTURES, MESSAGES, PROJECT_ROOT
+from tests.helpers import FIXTURES, MESSAGES, PROJECT_ROOT, wait_until
 
 HAM = FIXTURES / "corpus" / "ham"
 SPAM = FIXTURES / "corpus" / "spam"
@@ -42,6 +42,15 @@ def trained(tmp_path_factory) -> Path:
 
 def copy_model(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
+    return target
+
+
+def another_version(source: Path, target: Path) -> Path:
+    """The same model under another version name (its checksums stay right)."""
+    copy_model(source, target)
+    meta = json.loads((target / "model.json").read_text())
+    meta["version"] = meta["version"] + "-b"
+    (target / "model.json").write_text(json.dumps(meta))
     return target
 
 
@@ -326,6 +335,69 @@ def test_check_uses_the_store_and_reloads_a_promotion(trained: Path, tmp_path: P
         assert check.holder.model.version == inverted.version
     finally:
         check.close()
+
+
+def test_a_worker_started_during_a_promotion_picks_up_the_new_model(trained: Path,
+                                                                     tmp_path: Path,
+                                                                     monkeypatch):
+    """The promotion lands while a starting worker loads the old model: its
+    watcher must still see a change (it used to record the new model's
+    signature beside the old model, and kept the old one for good)."""
+    import gateway.checks.bayes as bayes
+
+    store = ModelStore(tmp_path / "store")
+    first = store.add(trained)
+    store.set_current(first, "promote", {})
+    second = store.add(another_version(trained, tmp_path / "second"))
+    assert second != first
+    load = bayes.load_model_dir
+
+    def load_while_promoting(location):
+        model = load(location)
+        if store.current_version() == first:
+            store.set_current(second, "promote", {})  # lands mid-start
+        return model
+
+    monkeypatch.setattr(bayes, "load_model_dir", load_while_promoting)
+    config = Config(classifier=ClassifierSection(store=str(tmp_path / "store"),
+                                                reload_interval=3600))
+    holder = bayes.ModelHolder(config)
+    monkeypatch.setattr(bayes, "load_model_dir", load)
+    assert holder.model.version == first
+    assert holder.check_for_update()
+    assert holder.model.version == second
+
+
+def test_the_model_watcher_outlives_a_failed_look(trained: Path, tmp_path: Path, monkeypatch,
+                                                  caplog):
+    import gateway.checks.bayes as bayes
+
+    store = ModelStore(tmp_path / "store")
+    first = store.add(trained)
+    store.set_current(first, "promote", {})
+    holder = bayes.ModelHolder(Config(classifier=ClassifierSection(
+        store=str(tmp_path / "store"), reload_interval=0.05)))
+    calls = []
+    original = holder.check_for_update
+
+    def flaky():
+        calls.append(1)
+        if len(calls) <= 2:
+            raise OSError("store not readable")
+        return original()
+
+    monkeypatch.setattr(holder, "check_for_update", flaky)
+    with caplog.at_level("INFO", logger="gateway.classifier"):
+        holder.start_watching()
+        try:
+            second = store.add(another_version(trained, tmp_path / "second"))
+            store.set_current(second, "promote", {})
+            wait_until(lambda: holder.model.version == second, timeout=10)
+        finally:
+            holder.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"classifier: cannot look for a new model (still using {first}): "
+                        "OSError: store not readable"]  # once, not on every look
 
 
 # -- explanations --------------------------------------------------------------------

@@ -62,15 +62,20 @@ class ModelHolder:
 
     def __init__(self, config: Config):
         self.config = config
-        self.location = model_location(config)
+        # The signature first, then the model of its folder: a promotion in
+        # between shows to the watcher as a change. (Read the other way
+        # round, a worker started during a promotion recorded the new
+        # signature beside the old model, and kept that model for good.)
+        self._signature = self._current_signature()
+        self.location = Path(self._signature[0])
         try:
             self.model: SpamModel = load_model_dir(self.location)
         except ModelError as exc:
             raise ConfigError([f"classifier: {exc}"]) from None
-        self._signature = self._current_signature()
         self._refused: tuple | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._watch_failing = False
         log.info("classifier: using model %s from %s", self.model.version, self.location)
 
     def start_watching(self) -> None:
@@ -92,7 +97,17 @@ class ModelHolder:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.config.classifier.reload_interval):
-            self.check_for_update()
+            try:
+                self.check_for_update()
+            except Exception as exc:  # a watcher that ended would keep this model for good
+                if not self._watch_failing:
+                    log.warning("classifier: cannot look for a new model (still using %s): "
+                                "%s: %s", self.model.version, type(exc).__name__, exc)
+                self._watch_failing = True
+            else:
+                if self._watch_failing:
+                    log.info("classifier: looking for new models again")
+                self._watch_failing = False
 
     def check_for_update(self) -> bool:
         """Load the selected model if it changed; True if a new one is in use."""
