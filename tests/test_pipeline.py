@@ -227,7 +227,7 @@ def test_auto_counts_waiting_not_computing():
     class Compute(_Where):
         def run(self, message, context):
             _Where.threads.append(threading.current_thread().name)
-            deadline = time.thread_time() + 0.01  # 10 ms of CPU, no waiting
+            deadline = time.thread_time() + 0.003  # 3 ms of CPU (over ABOVE), no waiting
             while time.thread_time() < deadline:
                 pass
             return [self.symbol("TEST_WHERE")]
