@@ -405,6 +405,7 @@ def test_slow_clients_of_one_address_hold_at_most_its_slots(server):
         assert scanner.slots.held["127.0.0.2"] == 4
 
 
+@pytest.mark.slow  # 12 messages of 300 KB through the checks
 def test_a_message_over_the_limit_streams_to_disk_and_gets_the_size_verdict(server, evaluator):
     seen: list[tuple[int, bool, int]] = []
 
