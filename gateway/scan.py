@@ -164,7 +164,8 @@ class ScanServer:
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in settings.allow]
         self.slots = Slots(settings.max_clients, settings.max_per_client)
         self.refusals = RefusalLog(clock)
-        self._clients: set[_Client] = set()
+        self._clients: set[_Client] = set()  # being served
+        self._tasks: set[asyncio.Task] = set()  # every connection, refused ones included
         self._lingering = 0
         host, _, port = settings.listen.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
@@ -175,6 +176,7 @@ class ScanServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
+        self._failed: BaseException | None = None
         self._thread: threading.Thread | None = None
 
     # -- running ------------------------------------------------------------------
@@ -183,6 +185,8 @@ class ScanServer:
         self._thread = threading.Thread(target=self._run, name="scan", daemon=True)
         self._thread.start()
         self._ready.wait(30)
+        if self._failed is not None:
+            raise self._failed
         log.info("scan protocol (spamd SPAMC, rspamd RSPAMC and /checkv2) on %s",
                  self.settings.listen)
         return self
@@ -203,7 +207,11 @@ class ScanServer:
         loop = self._loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(self._main())
+        except BaseException as exc:
+            self._failed = exc
+            log.exception("scan: the listener stopped")
         finally:
+            self._ready.set()
             loop.close()
 
     async def _main(self) -> None:
@@ -217,7 +225,7 @@ class ScanServer:
         finally:
             server.close()
             reaper.cancel()
-            tasks = [client.task for client in self._clients]
+            tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -241,6 +249,7 @@ class ScanServer:
         task = asyncio.current_task()
         assert task is not None
         client = _Client(address, task, self.clock() + self.settings.timeout)
+        self._tasks.add(task)
         try:
             if not self._allowed(address):
                 self._refuse(writer, client, EX_NOPERM, "not allowed from this address",
@@ -266,7 +275,10 @@ class ScanServer:
             if client.holds_slot:
                 self.slots.release(address)
             client.holds_slot = False
-            await self._close(client, reader, writer)
+            try:
+                await self._close(client, reader, writer)
+            finally:
+                self._tasks.discard(task)
 
     async def _close(self, client: _Client, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
@@ -423,6 +435,7 @@ class ScanServer:
                          f"no free slot within {timeout}")
         elif client.phase == "answer":
             self.refusals.refused(client.address, f"did not read its answer within {timeout}")
+            writer.transport.abort()  # closing would wait for it to read
         else:
             self.refusals.refused(client.address, f"no complete request within {timeout}")
             writer.transport.abort()
