@@ -394,9 +394,11 @@ def test_64_slow_clients_without_the_secret_leave_the_mta_its_answers(server):
 def test_slow_clients_of_one_address_hold_at_most_its_slots(server):
     scanner = server(allow=["127.0.0.0/8"], max_clients=8, max_per_client=4)
     with ExitStack() as stack:
-        for _ in range(64):  # another address, trickling a message that never ends
+        for index in range(64):  # another address, trickling messages that never end,
+            length = 100_000 if index % 2 else 50_000_000  # half of them over [size] max_bytes
             slow = stack.enter_context(connect(scanner, source="127.0.0.2"))
-            slow.sendall(b"CHECK RSPAMC/1.3\r\nContent-length: 100000\r\n\r\nFrom: x\r\n")
+            slow.sendall(f"CHECK RSPAMC/1.3\r\nContent-length: {length}\r\n\r\nFrom: x\r\n"
+                         .encode())
         wait_until(lambda: scanner.open_connections() >= 64, what="64 slow clients connected")
         wait_until(lambda: scanner.slots.held["127.0.0.2"] == 4, what="4 slots taken")
         for _ in range(8):
