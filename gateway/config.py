@@ -369,9 +369,15 @@ class ScanSection:
                           "MTAs without milter, as host:port (\"\" = off)")
     allow: list[str] = setting(["127.0.0.1/32", "::1/128"], _networks,
                                "client addresses allowed to ask")
-    secret: str = setting("", doc="if set, clients must send it in a Secret: header")
-    timeout: float = setting(30.0, positive, "seconds a client may take for each read")
-    max_clients: int = setting(64, positive, "clients served at once (more get a tempfail)")
+    secret: str = setting("", doc="if set, clients must send it in a Secret: header "
+                          "(checked before the message is read)")
+    timeout: float = setting(30.0, positive, "seconds a client has to send its whole request "
+                             "(and again to read the answer)")
+    max_clients: int = setting(64, positive, "requests read and scanned at once; more wait "
+                               "for a slot until their timeout, then get a tempfail")
+    max_per_client: int = setting(32, positive, "of those, from one client address")
+    max_connections: int = setting(256, positive, "connections open at once, those still "
+                                   "sending their request's head included (more are refused)")
 
 
 @dataclass(frozen=True)

@@ -1,157 +1,416 @@
-"""A scan protocol for MTAs without a milter interface (Exim, and anything
-that speaks to SpamAssassin's spamd or rspamd).
+"""The scan listener for MTAs without a milter interface (Exim, and anything
+that speaks to SpamAssassin's spamd or rspamd), on ``[scan] listen`` beside
+the milter. The wire format is in :mod:`gateway.scanproto`.
 
-Served on ``[scan] listen`` beside the milter by ``gateway run``:
+Each request runs the gateway's full pipeline and policy; the answer carries
+the verdict and the MTA applies it (deploy/exim/gateway-acl.conf: reject,
+defer, freeze, add the headers). Nothing is quarantined here: holding mail
+is the MTA's business on this path.
 
-- the spamd protocol, SPAMC/1.x: ``CHECK``, ``SYMBOLS``, ``REPORT``,
-  ``REPORT_IFSPAM``, ``HEADERS``, ``PROCESS``, ``PING`` and ``SKIP``, answered
-  as spamd does (``Spam: True ; 9.2 / 6.0``), so ``spamc`` and Exim's
-  ``spam =`` condition work unchanged;
-- rspamd's HTTP protocol, ``POST /checkv2`` (what Exim's
-  ``spamd_address = … variant=rspamd`` sends), which carries the envelope:
-  ``IP``, ``Helo``, ``From``, ``Rcpt``, ``Queue-Id``, ``Hostname``.
+Hostile clients are expected, and none can take the service from the MTA:
 
-Both run the gateway's full pipeline and policy and return the verdict;
-the MTA applies it (add headers, defer, reject). Nothing is quarantined
-here: that is the MTA's business on this path.
-
-The envelope: from the request's headers where the client sends them (the
-rspamd protocol does, and a SPAMC client may add the same headers), else
-from the top ``Received:`` header the calling MTA added (client IP and
-HELO) and ``Return-Path:``. Without either, SPF, iprev and the HELO checks
-have nothing to check (see docs/install.md).
-
-Hostile clients are expected: a request's header block is capped at 64 KB,
-its body at ``[size] max_bytes``, a client has ``[scan] timeout`` seconds
-for each read, at most ``[scan] max_clients`` are served at once, and only
-addresses in ``[scan] allow`` (loopback by default) are answered, and only
-those with ``[scan] secret`` when one is set (a ``Secret:`` header).
+- only addresses in ``[scan] allow`` are served (checked on connect, before
+  a byte is read), and with ``[scan] secret`` only requests whose head
+  carries it (checked before the message is read);
+- a client has ``[scan] timeout`` seconds for its whole request, however it
+  trickles it (a deadline, not a timeout per read), and again for reading
+  the answer; reading is asynchronous, so a slow client costs a socket and
+  at most 64 KB of head, not a thread;
+- a request holds one of ``[scan] max_clients`` slots from the end of its
+  head until it is answered, and one address at most ``[scan]
+  max_per_client`` of them; others wait for a slot until their deadline;
+- the message streams into a spool that moves to a file past ``[pipeline]
+  spool_threshold`` and keeps at most ``[size] max_bytes`` (the rest is read
+  and dropped, and the verdict sees the size the client declared:
+  SIZE_EXCEEDED);
+- at most ``[scan] max_connections`` connections are open at once;
+- every refusal is logged with the client's address (one line per address
+  and reason a minute, with a count of the ones in between).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import ipaddress
-import json
 import logging
-import re
 import socket
-import socketserver
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 from gateway.config import Config
-from gateway.headers import verdict_headers
-from gateway.message import Envelope, RawContent
+from gateway.message import Envelope, RawContent, RawSpool
 from gateway.policy import Verdict
+from gateway.scanproto import (
+    EX_NOPERM,
+    EX_PROTOCOL,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    MAX_HEAD_BYTES,
+    Head,
+    Protocol,
+    ProtocolError,
+    answer,
+    envelope_of,
+    error_answer,
+    pong,
+    read_header_line,
+    read_request_line,
+)
 
 log = logging.getLogger("gateway.scan")
 
-MAX_HEADER_BYTES = 64 * 1024
-EX_OK, EX_USAGE, EX_DATAERR, EX_NOPERM = 0, 64, 65, 77
-EX_SOFTWARE, EX_TEMPFAIL, EX_PROTOCOL, EX_UNAVAILABLE = 70, 75, 76, 69
-SPAMC_COMMANDS = ("CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "HEADERS", "PROCESS",
-                  "PING", "SKIP", "TELL")
-_RECEIVED_IP = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]")
-_RECEIVED_HELO = re.compile(r"^\s*from\s+(\S+)|\(helo=([^)\s]+)\)", re.IGNORECASE)
-_ENVELOPE_FROM = re.compile(r"\(envelope-from <([^>]*)>\)", re.IGNORECASE)
-
-
-class ProtocolError(Exception):
-    def __init__(self, code: int, text: str):
-        super().__init__(text)
-        self.code = code
-
-
 # Decides one message: (envelope, raw) -> Verdict.
 Scanner = Callable[[Envelope, RawContent], Verdict]
+Clock = Callable[[], float]
+Phase = Literal["head", "slot", "body", "scan", "answer"]
+
+CHUNK = 64 * 1024
+# After a refusal, what the client is still sending is read and dropped for a
+# moment before closing: closing on unread bytes resets the connection, and
+# the client could lose the answer. Bounded: a moment, 64 KB, 64 clients.
+LINGER_SECONDS, LINGER_BYTES, LINGER_CLIENTS = 1.0, 64 * 1024, 64
+LOG_INTERVAL = 60.0  # seconds between two log lines for one address and reason
 
 
-@dataclass(frozen=True)
-class Request:
-    command: str  # a SPAMC command, or "CHECKV2" for rspamd's protocol
-    headers: dict[str, list[str]]
-    body: bytes
-    http: bool = False
+@dataclass(eq=False)
+class _Client:
+    address: str
+    task: asyncio.Task
+    deadline: float
+    phase: Phase = "head"
+    protocol: Protocol = "spamc"
+    expired: bool = False
+    holds_slot: bool = False
+    refused: bool = False
 
-    def header(self, name: str) -> str | None:
-        values = self.headers.get(name.lower())
-        return values[0] if values else None
+
+class Slots:
+    """Requests being read or scanned: at most ``total``, and at most
+    ``per_client`` from one address. Used from the event loop's thread only."""
+
+    def __init__(self, total: int, per_client: int):
+        self.total = total
+        self.per_client = per_client
+        self.held: Counter[str] = Counter()
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def free_for(self, address: str) -> bool:
+        return sum(self.held.values()) < self.total and self.held[address] < self.per_client
+
+    async def acquire(self, address: str) -> None:
+        while not self.free_for(address):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
+        self.held[address] += 1
+
+    def release(self, address: str) -> None:
+        self.held[address] -= 1
+        if self.held[address] <= 0:
+            del self.held[address]
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
-class _Listener(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-    request_queue_size = 128  # a burst of MTA connections must not be refused
+class RefusalLog:
+    """One warning per client address and reason a minute, with how many
+    were refused in between: a flood of refusals cannot flood the log."""
 
-    def __init__(self, address, handler, family: int):
-        self.address_family = family
-        super().__init__(address, handler)
+    def __init__(self, clock: Clock, interval: float = LOG_INTERVAL):
+        self.clock = clock
+        self.interval = interval
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def refused(self, address: str, reason: str) -> None:
+        now = self.clock()
+        key = (address, reason)
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.interval:
+            self._last[key] = (last[0], last[1] + 1)
+            return
+        more = f" ({last[1]} more since the last line)" if last and last[1] else ""
+        log.warning("scan: refused a request from %s: %s%s", address, reason, more)
+        if len(self._last) > 10_000:  # many addresses: forget the old ones
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.interval}
+        self._last[key] = (now, 0)
 
 
 class ScanServer:
-    """The listener; ``scanner`` is asked for a verdict per message."""
+    """The listener; ``scanner`` is asked for a verdict per message. ``clock``
+    is what the deadlines are measured on (tests pass their own)."""
 
-    def __init__(self, config: Config, scanner: Scanner):
+    def __init__(self, config: Config, scanner: Scanner, clock: Clock = time.monotonic,
+                 tick: float = 0.2):
         settings = config.scan
         self.settings = settings
         self.max_body = config.size.max_bytes
+        self.spool_threshold = config.pipeline.spool_threshold
+        self.spool_dir = config.pipeline.spool_dir or None
+        self.authserv_id = config.auth.server_id()
         self.scanner = scanner
+        self.clock = clock
+        self.tick = tick
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in settings.allow]
-        self._slots = threading.BoundedSemaphore(settings.max_clients)
+        self.slots = Slots(settings.max_clients, settings.max_per_client)
+        self.refusals = RefusalLog(clock)
+        self._clients: set[_Client] = set()  # being served
+        self._tasks: set[asyncio.Task] = set()  # every connection, refused ones included
+        self._lingering = 0
         host, _, port = settings.listen.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
-        server = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                server.serve_client(self.request, self.client_address[0])
-
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._server = _Listener((host, int(port)), Handler, family)
-        self.address = self._server.server_address
+        self._socket = socket.create_server((host, int(port)), family=family, backlog=128)
+        self.address = self._socket.getsockname()
+        self._pool = ThreadPoolExecutor(settings.max_clients, thread_name_prefix="scan")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._failed: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- running ------------------------------------------------------------------
 
     def start(self) -> ScanServer:
-        threading.Thread(target=self._server.serve_forever, name="scan", daemon=True).start()
-        log.info("scan protocol (spamd SPAMC, rspamd /checkv2) on %s", self.settings.listen)
+        self._thread = threading.Thread(target=self._run, name="scan", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._failed is not None:
+            raise self._failed
+        log.info("scan protocol (spamd SPAMC, rspamd RSPAMC and /checkv2) on %s",
+                 self.settings.listen)
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        thread, self._thread = self._thread, None
+        if thread is not None and self._loop is not None and self._stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop ended on its own
+                self._loop.call_soon_threadsafe(self._stopping.set)
+            thread.join(30)
+        self._socket.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
-    # -- one client -------------------------------------------------------------
+    def open_connections(self) -> int:
+        return len(self._clients)
 
-    def serve_client(self, connection: socket.socket, address: str) -> None:
-        connection.settimeout(self.settings.timeout)
-        stream = connection.makefile("rb")
-        if not self._slots.acquire(blocking=False):
-            _send(connection, _spamd_error(EX_TEMPFAIL, "too many clients, try again"))
-            return
+    def _run(self) -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as exc:
+            self._failed = exc
+            log.exception("scan: the listener stopped")
+        finally:
+            self._ready.set()
+            loop.close()
+
+    async def _main(self) -> None:
+        self._stopping = asyncio.Event()
+        server = await asyncio.start_server(self._connection, sock=self._socket,
+                                            limit=MAX_HEAD_BYTES)
+        reaper = asyncio.create_task(self._reap())
+        self._ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            server.close()
+            reaper.cancel()
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _reap(self) -> None:
+        """Ends requests past their deadline, measured on ``clock``."""
+        while True:
+            await asyncio.sleep(self.tick)
+            now = self.clock()
+            for client in list(self._clients):
+                if client.phase != "scan" and now >= client.deadline and not client.expired:
+                    client.expired = True
+                    client.task.cancel()
+
+    # -- one client -----------------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if peer else "unknown"
+        task = asyncio.current_task()
+        assert task is not None
+        client = _Client(address, task, self.clock() + self.settings.timeout)
+        self._tasks.add(task)
         try:
             if not self._allowed(address):
-                log.warning("scan: refused a client at %s (not in [scan] allow)", address)
-                _send(connection, _spamd_error(EX_NOPERM, "not allowed from this address"))
-                return
-            try:
-                request = self._read(stream)
-            except ProtocolError as exc:
-                _send(connection, _spamd_error(exc.code, str(exc)))
-                return
-            except (OSError, ValueError):
-                return  # the client went away or stalled: nothing to answer
-            if self.settings.secret and not hmac.compare_digest(
-                    (request.header("Secret") or "").encode(), self.settings.secret.encode()):
-                _send(connection, _answer_error(request, EX_NOPERM, "wrong or missing secret"))
-                return
-            _send(connection, self.answer(request))
+                self._refuse(writer, client, EX_NOPERM, "not allowed from this address",
+                             "not in [scan] allow")
+            elif len(self._clients) >= self.settings.max_connections:
+                self._refuse(writer, client, EX_TEMPFAIL, "too many connections, try again",
+                             f"already {len(self._clients)} connections ([scan] "
+                             "max_connections)")
+            else:
+                self._clients.add(client)
+                await self._serve(client, reader, writer)
+        except asyncio.CancelledError:
+            if not client.expired:
+                raise  # the server is stopping
+            task.uncancel()
+            self._expired(writer, client)
         except OSError:
-            pass
+            pass  # the client went away
+        except Exception:
+            log.exception("scan: serving %s failed", address)
         finally:
-            self._slots.release()
-            stream.close()
+            self._clients.discard(client)
+            if client.holds_slot:
+                self.slots.release(address)
+            client.holds_slot = False
+            try:
+                await self._close(client, reader, writer)
+            finally:
+                self._tasks.discard(task)
+
+    async def _close(self, client: _Client, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        unread = client.refused and (not client.expired or client.phase == "slot")
+        if unread and self._lingering < LINGER_CLIENTS:
+            self._lingering += 1
+            try:
+                writer.write_eof()
+                with contextlib.suppress(OSError, asyncio.TimeoutError):
+                    await asyncio.wait_for(_discard(reader, LINGER_BYTES), LINGER_SECONDS)
+            except OSError:
+                pass
+            finally:
+                self._lingering -= 1
+        writer.close()
+
+    async def _serve(self, client: _Client, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await self._read_head(client, reader)
+        except ProtocolError as exc:
+            self._refuse(writer, client, exc.code, str(exc), str(exc))
+            return
+        if head is None:
+            return  # connected and went away
+        secret = self.settings.secret
+        if secret and not hmac.compare_digest((head.header("Secret") or "").encode(),
+                                              secret.encode()):
+            self._refuse(writer, client, EX_NOPERM, "wrong or missing secret",
+                         "wrong or missing [scan] secret")
+            return
+        if head.command == "TELL":
+            self._refuse(writer, client, EX_UNAVAILABLE, "learning is done with gateway learn",
+                         "TELL (learning is done with gateway learn)")
+            return
+        if not head.has_body:
+            if head.command == "PING":
+                writer.write(pong(head.protocol))
+            await self._drain(client, writer)
+            return
+        try:
+            length = head.content_length()
+        except ProtocolError as exc:
+            self._refuse(writer, client, exc.code, str(exc), str(exc))
+            return
+        client.phase = "slot"
+        await self.slots.acquire(client.address)
+        client.holds_slot = True
+        client.phase = "body"
+        raw = await self._read_body(reader, length)
+        if raw is None:
+            return  # cut short: the client went away
+        try:
+            client.phase = "scan"
+            loop = asyncio.get_running_loop()
+            data = await loop.run_in_executor(self._pool, self._scan, head, raw)
+        finally:
+            raw.release()
+        writer.write(data)
+        await self._drain(client, writer)
+
+    async def _drain(self, client: _Client, writer: asyncio.StreamWriter) -> None:
+        client.phase = "answer"
+        client.deadline = self.clock() + self.settings.timeout
+        await writer.drain()
+        with contextlib.suppress(OSError):
+            writer.write_eof()
+
+    async def _read_head(self, client: _Client, reader: asyncio.StreamReader) -> Head | None:
+        first = await self._line(reader, first=True)
+        if first is None:
+            return None
+        protocol, command = read_request_line(first)
+        client.protocol = protocol
+        headers: dict[str, list[str]] = {}
+        size = len(first)
+        while True:
+            line = await self._line(reader)
+            assert line is not None
+            size += len(line)
+            if size > MAX_HEAD_BYTES:
+                raise ProtocolError(EX_PROTOCOL, "request headers too long")
+            if line in (b"\r\n", b"\n"):
+                return Head(protocol, command, headers)
+            name, value = read_header_line(line)
+            headers.setdefault(name, []).append(value)
+
+    @staticmethod
+    async def _line(reader: asyncio.StreamReader, first: bool = False) -> bytes | None:
+        try:
+            return await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            raise ProtocolError(EX_PROTOCOL, "request line too long" if first
+                                else "request headers too long") from None
+        except asyncio.IncompleteReadError as exc:
+            if first and not exc.partial:
+                return None
+            raise ProtocolError(EX_PROTOCOL, "request cut short in its head") from None
+
+    async def _read_body(self, reader: asyncio.StreamReader, length: int) -> RawContent | None:
+        """The message, kept up to [size] max_bytes (in a file past the spool
+        threshold); the rest is read and dropped. None if it is cut short."""
+        spool = RawSpool(self.spool_threshold, self.spool_dir)
+        remaining = length
+        try:
+            while remaining:
+                chunk = await reader.read(min(CHUNK, remaining))
+                if not chunk:
+                    spool.discard()
+                    return None
+                room = self.max_body - spool.size
+                if room > 0:
+                    spool.write(chunk[:room])
+                remaining -= len(chunk)
+        except BaseException:
+            spool.discard()
+            raise
+        raw = spool.freeze()
+        raw.size = length  # what the checks judge (SIZE_EXCEEDED), kept or not
+        return raw
+
+    def _scan(self, head: Head, raw: RawContent) -> bytes:
+        envelope = envelope_of(head, raw)
+        try:
+            verdict = self.scanner(envelope, raw)
+        except Exception as exc:  # a worker died, the pool is down: the MTA defers
+            log.error("scan: message %s: %s: %s", envelope.queue_id or "-",
+                      type(exc).__name__, exc)
+            return error_answer(head.protocol, EX_TEMPFAIL, "temporary failure, try again")
+        return answer(head, verdict, raw, self.authserv_id)
+
+    # -- refusals -------------------------------------------------------------------
 
     def _allowed(self, address: str) -> bool:
         try:
@@ -162,212 +421,26 @@ class ScanServer:
             ip = ip.ipv4_mapped
         return any(ip in network for network in self.allowed)
 
-    def _read(self, stream) -> Request:
-        first = stream.readline(1024)
-        if not first:
-            raise ValueError("no request")
-        if not first.endswith(b"\n"):
-            raise ProtocolError(EX_PROTOCOL, "request line too long")
-        words = first.decode("latin-1").split()
-        http = len(words) == 3 and words[2].upper().startswith("HTTP/")
-        if http:
-            if words[0].upper() != "POST" or words[1].split("?")[0] not in ("/checkv2",
-                                                                             "/check"):
-                raise ProtocolError(EX_USAGE, f"unsupported HTTP request {words[0]} {words[1]}")
-            command = "CHECKV2"
-        elif len(words) == 2 and words[1].upper().startswith("SPAMC/"):
-            command = words[0].upper()
-            if command not in SPAMC_COMMANDS:
-                raise ProtocolError(EX_PROTOCOL, f"bad command {command!r}")
+    def _refuse(self, writer: asyncio.StreamWriter, client: _Client, code: int, answer_text: str,
+                why: str) -> None:
+        self.refusals.refused(client.address, why)
+        client.refused = True
+        with contextlib.suppress(OSError):
+            writer.write(error_answer(client.protocol, code, answer_text))
+
+    def _expired(self, writer: asyncio.StreamWriter, client: _Client) -> None:
+        timeout = f"{self.settings.timeout:g} s ([scan] timeout)"
+        if client.phase == "slot":
+            self._refuse(writer, client, EX_TEMPFAIL, "too many clients, try again",
+                         f"no free slot within {timeout}")
+        elif client.phase == "answer":
+            self.refusals.refused(client.address, f"did not read its answer within {timeout}")
+            writer.transport.abort()  # closing would wait for it to read
         else:
-            raise ProtocolError(EX_PROTOCOL, "bad request line")
-        headers: dict[str, list[str]] = {}
-        size = len(first)
-        while True:
-            line = stream.readline(MAX_HEADER_BYTES)
-            size += len(line)
-            if size > MAX_HEADER_BYTES:
-                raise ProtocolError(EX_PROTOCOL, "request headers too long")
-            if not line:
-                raise ValueError("headers cut short")
-            if line in (b"\r\n", b"\n"):
-                break
-            name, colon, value = line.decode("latin-1").partition(":")
-            if not colon or not name.strip():
-                raise ProtocolError(EX_PROTOCOL, f"bad header line {line[:40]!r}")
-            headers.setdefault(name.strip().lower(), []).append(value.strip())
-        if command in ("PING", "SKIP"):
-            return Request(command, headers, b"", http)
-        length_text = next(iter(headers.get("content-length") or []), None)
-        if length_text is None:
-            raise ProtocolError(EX_PROTOCOL, "Content-length is required")
-        try:
-            length = int(length_text)
-        except ValueError:
-            raise ProtocolError(EX_PROTOCOL, f"bad Content-length {length_text!r}") from None
-        if length < 0 or length > self.max_body:
-            raise ProtocolError(EX_DATAERR, f"message of {length} bytes is over the "
-                                f"{self.max_body}-byte limit")
-        body = stream.read(length)
-        if len(body) != length:
-            raise ValueError("body cut short")
-        return Request(command, headers, body, http)
-
-    # -- answers ------------------------------------------------------------------
-
-    def answer(self, request: Request) -> bytes:
-        if request.command == "PING":
-            return b"SPAMD/1.5 0 PONG\r\n"
-        if request.command == "SKIP":
-            return b""
-        if request.command == "TELL":
-            return _spamd_error(EX_UNAVAILABLE, "learning is done with gateway learn")
-        envelope = envelope_of(request)
-        try:
-            verdict = self.scanner(envelope, RawContent(data=request.body))
-        except Exception as exc:  # a worker died, the pool is down: the MTA defers
-            log.error("scan: message %s: %s: %s", envelope.queue_id or "-",
-                      type(exc).__name__, exc)
-            return _answer_error(request, EX_TEMPFAIL, "temporary failure, try again")
-        if request.http:
-            return _http_answer(verdict)
-        return _spamd_answer(request, verdict)
+            self.refusals.refused(client.address, f"no complete request within {timeout}")
+            writer.transport.abort()
 
 
-def is_spam(verdict: Verdict) -> bool:
-    """What ``Spam: True`` means here: the gateway would not simply deliver."""
-    return verdict.action in ("quarantine", "reject") or verdict.is_spam
-
-
-def _spamd_answer(request: Request, verdict: Verdict) -> bytes:
-    spam = is_spam(verdict)
-    head = (f"SPAMD/1.1 0 EX_OK\r\nSpam: {'True' if spam else 'False'} ; "
-            f"{verdict.score:.1f} / {verdict.required:.1f}\r\n")
-    command = request.command
-    if command == "CHECK":
-        return (head + "\r\n").encode()
-    if command == "SYMBOLS":
-        body = ",".join(s.name for s in verdict.symbols).encode()
-    elif command == "REPORT" or (command == "REPORT_IFSPAM" and spam):
-        body = report(verdict).encode("utf-8", "replace")
-    elif command == "REPORT_IFSPAM":
-        body = b""
-    elif command == "HEADERS":
-        body = _with_headers(request.body, verdict, headers_only=True)
-    else:  # PROCESS
-        body = _with_headers(request.body, verdict, headers_only=False)
-    return (head + f"Content-length: {len(body)}\r\n\r\n").encode() + body
-
-
-def report(verdict: Verdict) -> str:
-    """SpamAssassin's report layout: score, name and why, one line each."""
-    lines = [f"Action: {verdict.action} ({verdict.reason})", "",
-             " pts rule name              description",
-             "---- ---------------------- " + "-" * 50]
-    for symbol in sorted(verdict.symbols, key=lambda s: -abs(s.score)):
-        why = symbol.description + (f": {symbol.evidence}" if symbol.evidence else "")
-        lines.append(f"{symbol.score:4.1f} {symbol.name:<22} {' '.join(why.split())[:200]}")
-    return "\r\n".join(lines) + "\r\n"
-
-
-def _with_headers(raw: bytes, verdict: Verdict, headers_only: bool) -> bytes:
-    newline = b"\r\n" if b"\r\n" in raw[:2000] else b"\n"
-    separator = newline + newline
-    head, found, body = raw.partition(separator)
-    ours = b"".join(f"{name}: {value}".encode("utf-8", "replace").replace(b"\n", newline)
-                    + newline for name, value in verdict_headers(verdict))
-    if not found:
-        head, body = raw.rstrip(b"\r\n"), b""
-    head = ours + head + newline
-    return head + newline if headers_only else head + newline + body
-
-
-def _http_answer(verdict: Verdict) -> bytes:
-    action = {"accept": "no action", "add_header": "add header", "quarantine": "add header",
-              "reject": "reject", "tempfail": "soft reject"}.get(verdict.action, verdict.action)
-    payload = {
-        "is_skipped": False,
-        "score": round(verdict.score, 2),
-        "required_score": verdict.required,
-        "action": action,
-        "gateway_action": verdict.action,
-        "symbols": {s.name: {"name": s.name, "score": round(s.score, 3),
-                             "description": s.description,
-                             "options": [s.evidence] if s.evidence else []}
-                    for s in verdict.symbols},
-        "messages": {"smtp_message": str(verdict.reply)} if verdict.reply else {},
-    }
-    body = json.dumps(payload).encode()
-    return (b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-
-
-def _spamd_error(code: int, text: str) -> bytes:
-    return f"SPAMD/1.1 {code} {' '.join(text.split())}\r\n\r\n".encode("latin-1", "replace")
-
-
-def _answer_error(request: Request, code: int, text: str) -> bytes:
-    if request.http:
-        status = "403 Forbidden" if code == EX_NOPERM else "503 Service Unavailable"
-        body = json.dumps({"error": text}).encode()
-        return (f"HTTP/1.0 {status}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-    return _spamd_error(code, text)
-
-
-def _send(connection: socket.socket, data: bytes) -> None:
-    if data:
-        connection.sendall(data)
-    with contextlib.suppress(OSError):
-        connection.shutdown(socket.SHUT_WR)
-
-
-# -- the envelope ---------------------------------------------------------------------
-
-
-def envelope_of(request: Request) -> Envelope:
-    """The SMTP envelope from the request's own headers (rspamd's names), else
-    from the message's top Received: header and Return-Path:."""
-    header = request.header
-    ip, helo, mail_from = header("IP"), header("Helo"), header("From")
-    if ip is None or helo is None or mail_from is None:
-        found_ip, found_helo, found_from = _from_message(request.body)
-        ip = ip or found_ip
-        helo = helo or found_helo
-        mail_from = mail_from if mail_from is not None else found_from
-    return Envelope(
-        mail_from=(mail_from or "").strip().strip("<>"),
-        rcpt_to=tuple(r.strip().strip("<>") for r in request.headers.get("rcpt", [])),
-        client_ip=ip.strip("[]") if ip else None,
-        client_name=header("Hostname"),
-        helo=helo,
-        queue_id=header("Queue-Id"),
-    )
-
-
-def _from_message(raw: bytes) -> tuple[str | None, str | None, str | None]:
-    from gateway.mail import parse_header_block
-
-    lines = raw[:MAX_HEADER_BYTES].splitlines(keepends=True)
-    fields = parse_header_block(lines, 200, 8192).fields
-    received = next((f.value for f in fields if f.name.lower() == "received"), "")
-    ip = helo = mail_from = None
-    if received:
-        text = " ".join(received.split())
-        if found := _RECEIVED_IP.search(text):
-            candidate = found.group(1)
-            try:
-                ipaddress.ip_address(candidate)
-                ip = candidate
-            except ValueError:
-                ip = None
-        if found := _RECEIVED_HELO.search(text):
-            exim_helo = re.search(r"\(helo=([^)\s]+)\)", text, re.IGNORECASE)
-            helo = exim_helo.group(1) if exim_helo else found.group(1)
-        if found := _ENVELOPE_FROM.search(text):
-            mail_from = found.group(1)
-    if mail_from is None:
-        path = next((f.value for f in fields if f.name.lower() == "return-path"), None)
-        if path is not None:
-            mail_from = path.strip().strip("<>")
-    return ip, helo, mail_from
+async def _discard(reader: asyncio.StreamReader, limit: int) -> None:
+    while limit > 0 and (chunk := await reader.read(min(CHUNK, limit))):
+        limit -= len(chunk)
