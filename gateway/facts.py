@@ -274,3 +274,12 @@ class DnsblFacts(Facts):
 
     listed: Mapping[str, Sequence[str]] = field(default_factory=dict)  # symbol -> what is listed
     queries: int = 0
+
+
+@dataclass(frozen=True)
+class LinksFacts(Facts):
+    check = "links"
+
+    links: int = 0  # distinct links (a host to go to) in the text, HTML and QR codes
+    qr: Sequence[str] = ()  # what the QR codes of the pictures say
+    pictures: int = 0  # pictures searched for QR codes

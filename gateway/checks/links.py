@@ -1,0 +1,235 @@
+"""Links: where the links of a message really go, and what they pretend.
+
+Every URL of the message comes from the one extractor
+(:mod:`gateway.urls`, through :func:`gateway.checks.view.view_of`): the
+text, the HTML as a browser parses it (links with the text a reader sees,
+pictures, srcset, forms, meta refresh, CSS), and the QR codes of the
+pictures, attached or inline (:mod:`gateway.qr`, within ``[limits]
+images``, ``image_bytes``, ``image_pixels`` and ``image_seconds``). Each
+URL is read as a browser reads it (ada, the WHATWG URL standard), so the
+host judged here is the host a click opens.
+
+- ``LINK_TEXT_MISMATCH``: a link's text shows a URL or a host name
+  (``https://www.paypal.com/login``, ``www.paypal.com``) on another
+  registrable domain than the link's target. Not when the author domain
+  passed DMARC and is the domain shown: that domain's owner sent the
+  message, and a click-tracking redirect of its own is no lie.
+- ``URL_USERINFO_TRICK``: a host name written as the user name in front of
+  the real host (``https://paypal.com@evil.example/`` goes to
+  evil.example).
+- ``URL_IP_LITERAL``: a link to an IP address (browsers also read
+  ``http://3232235777/`` and ``http://0xC0A80001/`` as 192.168.0.1: so
+  does this check).
+- ``URL_SHORTENER``: a link through a public URL shortener
+  (``rules/shorteners.txt`` and ``[links] shorteners``): the reader cannot
+  see where it goes.
+- ``URL_PUNYCODE_MIXED_SCRIPT``: an internationalised host label that
+  mixes scripts (a Cyrillic a in ``paypal.com``) beyond what a
+  language writes (UTS #39, "highly restrictive": one script, or Latin
+  with Han and Japanese kana, with Han and Bopomofo, or with Han and
+  Hangul).
+- ``QR_CODE_URL``: a picture holds a QR code that leads to a URL, named in
+  the evidence (the QR targets are links like the others: every symbol
+  here and ``[[dnsbl]] lookup = "url_host"`` read them).
+- ``QR_SCAN_LIMIT``: pictures past the ``[limits]`` were not searched.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.checks import Check, CheckContext
+from gateway.checks.view import view_of
+from gateway.config import Config
+from gateway.facts import DmarcFacts, LinksFacts
+from gateway.mail import has_public_suffix, registrable_domain
+from gateway.message import Message
+from gateway.paths import RULES_DIR
+from gateway.symbols import Report
+from gateway.urls import TEXT_URL, FoundUrl, Link, parse_link, unicode_host
+
+SHORTENERS = RULES_DIR / "shorteners.txt"
+SHOWN = 3  # examples named in one symbol's evidence
+EVIDENCE_TEXT = 80  # characters of a link's text or URL in the evidence
+# A host name in a link's text: labels of letters, digits and hyphens
+# (any script: a reader sees Unicode), not part of an address or a longer
+# word, ending where a URL may go on.
+SHOWN_HOST = re.compile(r"(?<![\w@.-])((?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,63})"
+                        r"(?=$|[/:?#\s)\]>,;!'\"])")
+# Top-level domains that are also common file extensions: "setup.py" or
+# "photos.zip" in a link's text names a file, not a host (unless the text
+# says www. or a scheme).
+FILE_LIKE = frozenset({"zip", "mov", "py", "sh", "md", "pl", "rs", "ps", "ai", "so", "ml", "pm",
+                       "in", "am", "ac", "cc", "tv", "mp", "sc"})
+# Script sets a language writes in one word (UTS #39 highly restrictive);
+# Han with kana is Japanese (Jpan), with Bopomofo Chinese (Hanb), with
+# Hangul Korean (Kore).
+AUGMENTED = {"Hani": {"Hani", "Hanb", "Jpan", "Kore"}, "Hira": {"Hira", "Jpan"},
+             "Kana": {"Kana", "Jpan"}, "Hang": {"Hang", "Kore"}, "Bopo": {"Bopo", "Hanb"}}
+ANY_SCRIPT = frozenset({"Zyyy", "Zinh"})  # Common and Inherited: digits, hyphens, marks
+
+
+@functools.cache
+def shipped_shorteners(path: Path = SHORTENERS) -> frozenset[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return frozenset()
+    return frozenset(line.strip().lower() for line in lines
+                     if line.strip() and not line.lstrip().startswith("#"))
+
+
+def shown_host(text: str) -> str | None:
+    """The host a link's text shows to a reader, if it shows one: the host of
+    a URL in it, else a host name in it (IDNA-encoded, as a browser would
+    look it up). Text with neither is None."""
+    text = unicodedata.normalize("NFKC", text)
+    for match in TEXT_URL.finditer(text):
+        link = parse_link(match.group(0))
+        if link is not None:
+            return link.host
+    for match in SHOWN_HOST.finditer(text):
+        name = match.group(1).lower()
+        labels = name.split(".")
+        if len(labels) == 2 and labels[-1] in FILE_LIKE:
+            continue
+        link = parse_link("http://" + name)
+        if link is not None and not link.ip and has_public_suffix(link.host):
+            return link.host
+    return None
+
+
+def text_mismatch(found: FoundUrl, link: Link) -> str | None:
+    """The registrable domain a link's text shows when it is not the one its
+    target is on; None when the text shows no host, or the target's."""
+    if not found.text:
+        return None
+    host = shown_host(found.text)
+    if host is None:
+        return None
+    shown = registrable_domain(host)
+    return None if shown == link.domain else shown
+
+
+def mixed_script_label(host: str) -> str | None:
+    """The first internationalised label of ``host`` (in Unicode) that mixes
+    scripts beyond what one language writes; None if there is none."""
+    from fontTools.unicodedata import script_extension
+
+    for label in host.split("."):
+        if not label.startswith("xn--"):
+            continue
+        shown = unicode_host(label)
+        if shown == label:
+            continue  # not valid punycode: ada would not have let it through
+        resolved: set[str] | None = None
+        without_latin: set[str] | None = None
+        for char in shown:
+            scripts = set(script_extension(char)) - ANY_SCRIPT
+            if not scripts:
+                continue
+            augmented = set().union(*(AUGMENTED.get(s, {s}) for s in scripts))
+            resolved = augmented if resolved is None else resolved & augmented
+            if scripts != {"Latn"}:
+                without_latin = augmented if without_latin is None \
+                    else without_latin & augmented
+        if resolved is None or resolved:
+            continue
+        if without_latin and without_latin & {"Jpan", "Hanb", "Kore"}:
+            continue  # Latin with one CJK language's scripts
+        return shown
+    return None
+
+
+@dataclass
+class Findings:
+    found: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, symbol: str, evidence: str) -> None:
+        items = self.found.setdefault(symbol, [])
+        if evidence not in items:
+            items.append(evidence)
+
+
+def _cut(text: str, length: int = EVIDENCE_TEXT) -> str:
+    return text if len(text) <= length else text[:length - 1] + "…"
+
+
+class LinksCheck(Check):
+    name = "links"
+    # An author domain that passed DMARC may show its own domain over its own
+    # click-tracking redirects.
+    wants = ("dmarc",)
+    symbols = {
+        "LINK_TEXT_MISMATCH": "a link's text shows a host or URL on another registrable "
+                              "domain than the link's target",
+        "URL_USERINFO_TRICK": "a link writes a host name as a user name in front of the real "
+                              "host (https://paypal.com@evil.example/ goes to evil.example)",
+        "URL_IP_LITERAL": "a link goes to an IP address instead of a host name",
+        "URL_SHORTENER": "a link goes through a public URL shortener, which hides its target",
+        "URL_PUNYCODE_MIXED_SCRIPT": "a linked host name mixes scripts (Latin with Cyrillic, "
+                                     "say) in one label, as no language writes",
+        "QR_CODE_URL": "a picture holds a QR code that leads to a URL",
+        "QR_SCAN_LIMIT": "pictures past [limits] images, image_bytes, image_pixels or "
+                         "image_seconds were not searched for QR codes",
+    }
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.shorteners = shipped_shorteners() | {
+            d.strip().lower().lstrip("@") for d in config.links.shorteners}
+
+    def run(self, message: Message, context: CheckContext) -> Report:
+        view = view_of(message)
+        dmarc = DmarcFacts.of(context.facts)
+        authenticated = dmarc.from_domain if dmarc is not None and dmarc.result == "pass" \
+            and dmarc.from_domain else None
+        findings = Findings()
+        qr_targets: list[str] = []
+        for found in dict.fromkeys(view.found):
+            link = parse_link(found.url)
+            if found.where == "qr":
+                qr_targets.append(found.url)
+                if link is not None:
+                    findings.add("QR_CODE_URL", f"{_cut(found.text, 40)}: {_cut(link.url)}")
+            if link is None:
+                continue
+            self._judge(found, link, authenticated, findings)
+        scan = view.qr_scan
+        for skipped in scan.skipped:
+            findings.add("QR_SCAN_LIMIT", skipped)
+        symbols = tuple(self.symbol(name, _joined(items)) for name, items in
+                        findings.found.items())
+        return Report(symbols=symbols, facts=LinksFacts(
+            links=len(view.links), qr=qr_targets, pictures=scan.searched).to_json())
+
+    def _judge(self, found: FoundUrl, link: Link, authenticated: str | None,
+               findings: Findings) -> None:
+        shown = text_mismatch(found, link) if found.where == "href" else None
+        if shown is not None and (authenticated is None
+                                  or registrable_domain(authenticated) != shown):
+            findings.add("LINK_TEXT_MISMATCH",
+                         f"text {_cut(found.text)!r} shows {shown}, goes to {link.host}")
+        if link.user and "." in link.user.partition(":")[0]:
+            findings.add("URL_USERINFO_TRICK", f"{_cut(link.url)} goes to {link.host}, not "
+                         f"{_cut(link.user.partition(':')[0], 40)}")
+        if link.ip:
+            findings.add("URL_IP_LITERAL", _cut(found.url) if found.url == link.url
+                         else f"{_cut(found.url)} ({link.host})")
+        if link.host in self.shorteners or link.domain in self.shorteners:
+            findings.add("URL_SHORTENER", _cut(link.url))
+        if "xn--" in link.host:
+            label = mixed_script_label(link.host)
+            if label is not None:
+                findings.add("URL_PUNYCODE_MIXED_SCRIPT", f"{label} in {link.host}")
+
+
+def _joined(items: Iterable[str]) -> str:
+    listed = list(items)
+    shown = "; ".join(listed[:SHOWN])
+    return shown + (f"; and {len(listed) - SHOWN} more" if len(listed) > SHOWN else "")
