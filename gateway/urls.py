@@ -240,6 +240,9 @@ def parse_link(url: str) -> Link | None:
 
 
 CACHED_LENGTH = 2048
+# What is read of a parsed URL (each attribute costs a call into ada).
+PARSED = ("href", "username", "password", "protocol", "hostname", "pathname", "search", "hash",
+          "host_type")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -254,7 +257,7 @@ def _parse(url: str) -> Link | None:
     if text[:4].lower() == "www.":
         text = "http://" + text
     try:
-        parsed = ada_url.parse_url(text)
+        parsed = ada_url.parse_url(text, attributes=PARSED)
     except ValueError:
         return None
     if parsed["protocol"].rstrip(":") not in SCHEMES:

@@ -135,6 +135,18 @@ def test_text_urls_leave_the_sentence_its_punctuation():
         "https://a.example/x", "www.b.example/y", "ftp://c.example/z"]
 
 
+def test_an_attached_web_page_is_read_for_its_links_and_forms():
+    page = (b'<html><form action="https://harvest.example/post.php"><input type=password>'
+            b'</form><a href="https://www.paypal.com.evil.example/">https://www.paypal.com/</a>')
+    raw = mail(pictures=(("Invoice_0423.html", "application/octet-stream", page),
+                         ("drawing.svg", "image/svg+xml",
+                          b'<svg xmlns="http://www.w3.org/2000/svg"><a href="https://svg.example/'
+                          b'x"><text>open</text></a></svg>')))
+    hosts = [link.host for link in view_of(Message.from_bytes(raw)).links]
+    assert hosts == ["harvest.example", "www.paypal.com.evil.example", "svg.example"]
+    assert "LINK_TEXT_MISMATCH" in findings(raw)
+
+
 def test_the_view_counts_urls_past_the_limit_and_keeps_the_first():
     html = "".join(f'<a href="https://h{i}.example/">{i}</a>' for i in range(30))
     view = view_of(Message.from_bytes(mail(html=html), limits=LimitsSection(urls=10)))

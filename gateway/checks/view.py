@@ -31,7 +31,7 @@ from email.message import Message as EmailMessage
 from gateway import qr
 from gateway.classifier.features import part_text, strip_html
 from gateway.config import LimitsSection
-from gateway.mail import decoded_header
+from gateway.mail import decode_bytes, decoded_header
 from gateway.message import Message
 from gateway.urls import FoundUrl, Link, html_urls, parse_link, text_urls
 
@@ -156,9 +156,23 @@ class MessageView:
             else:
                 text = raw
             urls += text_urls(text)
-            read.seen += len(urls)
-            read.found.extend(urls[:max(limits.urls - len(read.found), 0)])
+            read.keep(urls, limits.urls)
             read.texts.append(TextPart(leaf.content_type, raw, text))
+        for leaf in self.parts:
+            # An attached web page (or SVG picture) is opened in a browser by a
+            # click: its links and forms are the message's too. In what is
+            # left of the text budget, after the text parts.
+            if leaf.is_text or not _is_web_page(leaf):
+                continue
+            if room <= 0:
+                read.truncated = True
+                continue
+            charset = leaf._part.get_content_charset() if leaf._part is not None else None
+            page = decode_bytes(leaf.payload()[:room * 4], charset)[:room]
+            room -= len(page)
+            extracted = html_urls(page)
+            read.keep(extracted.found, limits.urls)
+            read.inline_images += extracted.images
         return read
 
     @functools.cached_property
@@ -180,6 +194,20 @@ class _Read:
     inline_images: list[tuple[str, str]] = field(default_factory=list)
     seen: int = 0
     truncated: bool = False
+
+    def keep(self, urls: list[FoundUrl], limit: int) -> None:
+        """Count ``urls`` and keep them up to ``limit`` in all."""
+        self.seen += len(urls)
+        self.found.extend(urls[:max(limit - len(self.found), 0)])
+
+
+WEB_PAGE_TYPES = frozenset({"text/html", "application/xhtml+xml", "image/svg+xml"})
+WEB_PAGE_NAMES = (".htm", ".html", ".shtml", ".xhtml", ".svg")
+
+
+def _is_web_page(part: Part) -> bool:
+    return part.content_type in WEB_PAGE_TYPES or \
+        part.filename.lower().rstrip(". ").endswith(WEB_PAGE_NAMES)
 
 
 def _data_pictures(images: list[tuple[str, str]]) -> Iterator[tuple[str, bytes]]:
