@@ -191,6 +191,15 @@ def test_a_mismatch_shown_by_the_authenticated_author_is_its_own_redirect():
     assert "LINK_TEXT_MISMATCH" in findings(mail(html=html))
 
 
+def test_a_link_to_the_authors_own_domain_is_its_own_click_tracker():
+    html = '<a href="https://clickthru.online.com/Click?q=8c">www.buy.com</a>'
+    own = mail(html=html, sender="ZDNet <Online#3.1999@newsletter.online.com>")
+    other = mail(html=html, sender="ZDNet <alerts@zdnet-news.example>")
+    assert "LINK_TEXT_MISMATCH" not in findings(own)
+    assert findings(other)["LINK_TEXT_MISMATCH"] == (
+        "text 'www.buy.com' shows buy.com, goes to clickthru.online.com")
+
+
 def test_shown_link_reads_urls_www_names_and_hosts_with_paths():
     assert shown_link("Log in at https://www.paypal.com/login now").domain == "paypal.com"
     assert shown_link("www.PayPal.com").domain == "paypal.com"

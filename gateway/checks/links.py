@@ -11,9 +11,11 @@ host judged here is the host a click opens.
 
 - ``LINK_TEXT_MISMATCH``: a link's text shows a URL or a host name
   (``https://www.paypal.com/login``, ``www.paypal.com``) on another
-  registrable domain than the link's target. Not when the author domain
-  passed DMARC and is the domain shown: that domain's owner sent the
-  message, and a click-tracking redirect of its own is no lie.
+  registrable domain than the link's target. Not when the target is on the
+  author's (From) domain, nor when the author domain passed DMARC and is
+  the domain shown: a newsletter's click-tracking redirect is no lie, and
+  a sender that names itself in From is judged by the identity and
+  authentication checks.
 - ``URL_USERINFO_TRICK``: a host name written as the user name in front of
   the real host (``https://paypal.com@evil.example/`` goes to
   evil.example).
@@ -47,7 +49,7 @@ from gateway.checks import Check, CheckContext
 from gateway.checks.view import view_of
 from gateway.config import Config
 from gateway.facts import DmarcFacts, LinksFacts
-from gateway.mail import has_public_suffix, registrable_domain
+from gateway.mail import author_domains, has_public_suffix, registrable_domain
 from gateway.message import Message
 from gateway.paths import RULES_DIR
 from gateway.symbols import Report
@@ -55,6 +57,7 @@ from gateway.urls import TEXT_URL, FoundUrl, Link, parse_link, unicode_host
 
 SHORTENERS = RULES_DIR / "shorteners.txt"
 SHOWN = 3  # examples named in one symbol's evidence
+MAX_AUTHORS = 5  # From domains read (a From with more is its own problem: headers check)
 EVIDENCE_TEXT = 80  # characters of a link's text or URL in the evidence
 # A host name with a path in a link's text ("paypal.com/signin"): labels of
 # letters, digits and hyphens in any script (a reader sees Unicode), not
@@ -181,9 +184,11 @@ class LinksCheck(Check):
 
     def run(self, message: Message, context: CheckContext) -> Report:
         view = view_of(message)
+        authors = frozenset(registrable_domain(d) for d in author_domains(
+            message.headers("From"), message.limits.address_comment_depth).domains[:MAX_AUTHORS])
         dmarc = DmarcFacts.of(context.facts)
-        authenticated = dmarc.from_domain if dmarc is not None and dmarc.result == "pass" \
-            and dmarc.from_domain else None
+        authenticated = registrable_domain(dmarc.from_domain) \
+            if dmarc is not None and dmarc.result == "pass" and dmarc.from_domain else None
         findings = Findings()
         qr_targets: list[str] = []
         for found in dict.fromkeys(view.found):
@@ -194,7 +199,7 @@ class LinksCheck(Check):
                     findings.add("QR_CODE_URL", f"{_cut(found.text, 40)}: {_cut(link.url)}")
             if link is None:
                 continue
-            self._judge(found, link, authenticated, findings)
+            self._judge(found, link, authors, authenticated, findings)
         scan = view.qr_scan
         for skipped in scan.skipped:
             findings.add("QR_SCAN_LIMIT", skipped)
@@ -203,11 +208,13 @@ class LinksCheck(Check):
         return Report(symbols=symbols, facts=LinksFacts(
             links=len(view.links), qr=qr_targets, pictures=scan.searched).to_json())
 
-    def _judge(self, found: FoundUrl, link: Link, authenticated: str | None,
-               findings: Findings) -> None:
+    def _judge(self, found: FoundUrl, link: Link, authors: frozenset[str],
+               authenticated: str | None, findings: Findings) -> None:
         shown = text_mismatch(found, link) if found.where == "href" else None
-        if shown is not None and (authenticated is None
-                                  or registrable_domain(authenticated) != shown):
+        # The author's own redirects are no lie: a link to the From domain
+        # (a newsletter's click tracker), or one showing the author domain
+        # when DMARC says the message is really from it.
+        if shown is not None and link.domain not in authors and shown != authenticated:
             findings.add("LINK_TEXT_MISMATCH",
                          f"text {_cut(found.text)!r} shows {shown}, goes to {link.host}")
         if link.user and "." in link.user.partition(":")[0]:
