@@ -8,6 +8,7 @@ import io
 import itertools
 import random
 import shutil
+import uuid
 from email.message import EmailMessage
 
 import pytest
@@ -353,3 +354,55 @@ def test_qr_targets_and_form_actions_feed_the_url_blocklists(tmp_path, blocklist
     report = check.run(Message.from_bytes(raw), CheckContext())
     assert {s.name: s.evidence for s in report.symbols} == {
         "TEST_DBL": "formgrab.example (127.0.1.4); phish.example (127.0.1.4) in dbl.test"}
+
+
+# -- through Postfix ------------------------------------------------------------------------
+
+
+def _held(url: str, subject: str):
+    from gateway.quarantine.store import Filters, QuarantineStore
+    from tests.helpers import wait_until
+
+    store = QuarantineStore(url)
+    return wait_until(lambda: [r for r in store.list(Filters(subject=subject))],
+                      what=f"the message {subject!r} in the quarantine")
+
+
+def test_a_qr_code_phish_is_held_naming_its_target_through_postfix(
+        postfix, sink, gateway_milter, tmp_path):
+    from tests.helpers import send
+
+    url = f"sqlite:///{tmp_path}/quarantine.db"
+    gateway_milter(f'[pipeline]\nchecks = ["headers", "links"]\n[quarantine]\nurl = "{url}"\n')
+    tag = uuid.uuid4().hex
+    target = "https://www.paypal.com@paypa1-secure.example/login?case=8812"
+    raw = mail(text="Your mailbox is full. Scan the attached code to keep your messages.",
+               subject=f"mailbox {tag}",
+               pictures=(("scan.png", "image/png", qr_png(target)),))
+    send(postfix, raw)
+    (record,) = _held(url, f"mailbox {tag}")
+    assert sink.find(tag, timeout=1) is None
+    evidence = {s["name"]: s["evidence"] for s in record.symbols}
+    assert evidence["QR_CODE_URL"] == f"scan.png: {target}"
+    assert evidence["URL_USERINFO_TRICK"] == (f"{target} goes to paypa1-secure.example, "
+                                              "not www.paypal.com")
+
+
+def test_a_lying_link_is_named_through_postfix(postfix, sink, gateway_milter, tmp_path):
+    from tests.helpers import send
+
+    url = f"sqlite:///{tmp_path}/quarantine.db"
+    gateway_milter(f'[pipeline]\nchecks = ["headers", "links"]\n[quarantine]\nurl = "{url}"\n')
+    tag = uuid.uuid4().hex
+    html = ('<p>Please confirm your details at '
+            '<a href="https://secure-check.example/u/77">https://www.paypal.com/signin</a></p>')
+    send(postfix, mail(html=html, subject=f"confirm {tag}"))
+    (record,) = _held(url, f"confirm {tag}")
+    assert {s["name"]: s["evidence"] for s in record.symbols}["LINK_TEXT_MISMATCH"] == (
+        "text 'https://www.paypal.com/signin' shows paypal.com, goes to secure-check.example")
+    # The same message with an honest link is delivered, the symbol not named.
+    honest = html.replace("https://secure-check.example/u/77", "https://www.paypal.com/signin")
+    send(postfix, mail(html=honest, subject=f"honest {tag}"))
+    delivery = sink.find(f"honest {tag}")
+    assert delivery is not None
+    assert "LINK_TEXT_MISMATCH" not in delivery.header("X-Spam-Status")

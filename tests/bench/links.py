@@ -416,7 +416,7 @@ def main() -> int:
           "needs (95%)  links symbols (share of cases)")
     for technique in techniques:
         tally = attacks[technique.name]
-        shares = ", ".join(f"{name} {count / tally.n:.0%}"
+        shares = ", ".join(f"{name} {count / tally.n:.1%}"
                            for name, count in tally.symbols.most_common())
         print(f"{technique.name:<22} {tally.n:>5}  {rate(tally.held_before, tally.n):<22} "
               f"{rate(tally.held, tally.n):<22} {tally.needed(quarantine, 0.95):>11.1f}  {shares}")
