@@ -111,7 +111,11 @@ def _decode(data: bytes, max_pixels: int) -> list[str]:
     with warnings.catch_warnings():
         # Pillow warns of pictures over its own bomb limit; ours is checked first.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        picture = Image.open(io.BytesIO(data))  # reads the header only
+        try:
+            picture = Image.open(io.BytesIO(data))  # reads the header only
+        except Image.DecompressionBombError:  # Pillow's own limit, twice its warning's
+            raise TooLarge(f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels, past "
+                           f"[limits] image_pixels ({max_pixels})") from None
         width, height = picture.size
         if width * height > max_pixels:
             raise TooLarge(f"{width}x{height} pixels, past [limits] image_pixels "

@@ -406,3 +406,13 @@ def test_a_lying_link_is_named_through_postfix(postfix, sink, gateway_milter, tm
     delivery = sink.find(f"honest {tag}")
     assert delivery is not None
     assert "LINK_TEXT_MISMATCH" not in delivery.header("X-Spam-Status")
+
+
+def test_a_picture_too_large_for_pillow_is_named_not_counted_unreadable():
+    from gateway import qr
+    from tests.hostile import png
+
+    scan = qr.scan([("huge.png", png(100_000, 100_000, b"\0" * 1000))], LimitsSection())
+    assert scan.unreadable == 0
+    assert scan.skipped == ["huge.png: more than 178956970 pixels, past [limits] image_pixels "
+                            "(40000000)"]
