@@ -275,18 +275,6 @@ def _parse(url: str) -> Link | None:
                 _percent_decoded(user))
 
 
-def unicode_host(host: str) -> str:
-    """``host`` as a reader sees it: its IDNA (xn--) labels in Unicode."""
-    if "xn--" not in host:
-        return host
-    import ada_url
-
-    try:
-        return str(ada_url.idna_to_unicode(host)) or host
-    except ValueError:
-        return host
-
-
 def _percent_decoded(text: str) -> str:
     if "%" not in text:
         return text

@@ -18,7 +18,7 @@ from gateway.checks.links import LinksCheck, mixed_script_label, shown_link
 from gateway.checks.view import view_of
 from gateway.config import Config, LimitsSection, LinksSection
 from gateway.facts import DmarcFacts
-from gateway.message import Message
+from gateway.message import Envelope, Message
 from gateway.urls import html_urls, parse_link, srcset, text_urls
 
 
@@ -246,6 +246,51 @@ def test_mixed_scripts_as_uts39_highly_restrictive(label, mixed):
     assert (mixed_script_label(label + ".example") is not None) is mixed
 
 
+def test_a_link_to_a_host_imitating_a_brand_or_our_domain_is_a_lookalike():
+    text = ("https://paypa1-secure.com/login https://www.rnicrosoft.com/ "
+            "https://login.acme-corp.net/ https://paypal.top/x")
+    message = Message.from_bytes(mail(text=text), Envelope(rcpt_to=("bob@acme-corp.com",)))
+    report = LinksCheck(Config()).run(message, CheckContext())
+    assert {s.name: s.evidence for s in report.symbols}["URL_LOOKALIKE_DOMAIN"] == (
+        "paypa1-secure.com imitates paypal.com (brand PayPal): a word added; "
+        "rnicrosoft.com imitates microsoft.com (brand Microsoft): a confusable spelling; "
+        "acme-corp.net imitates acme-corp.com (our domain): another TLD; and 1 more")
+
+
+@pytest.mark.parametrize("text", [
+    "https://www.paypal.com/signin https://login.microsoftonline.com/",  # the brands' own
+    "https://www.mail.com/ https://www.gmx.net/",  # freemail is nobody's lookalike
+    "https://www.yahoo.com.au/ https://www.google.de/",  # brands' country sites
+    "https://paypa1-secure.example/",  # no such top-level domain: nowhere to go
+])
+def test_what_is_no_lookalike_link(text):
+    assert "URL_LOOKALIKE_DOMAIN" not in findings(mail(text=text))
+
+
+def test_the_authors_own_domain_is_left_to_the_identity_check():
+    raw = mail(text="https://www.paypa1-secure.com/login",
+               sender="PayPal <service@paypa1-secure.com>")
+    assert "URL_LOOKALIKE_DOMAIN" not in findings(raw)
+
+
+def test_a_link_speaking_as_a_brand_that_goes_elsewhere_is_a_brand_mismatch():
+    html = ('<p><a href="https://login.evil-host.com/a">Sign in to Microsoft 365</a>'
+            '<a href="https://evil-host.com/b"><img src="cid:logo" alt="PayPal"></a></p>')
+    assert findings(mail(html=html))["URL_BRAND_MISMATCH"] == (
+        "text 'Sign in to Microsoft 365' speaks as Microsoft, goes to login.evil-host.com; "
+        "picture 'PayPal' speaks as PayPal, goes to evil-host.com")
+
+
+@pytest.mark.parametrize("anchor", [
+    '<a href="https://www.deskmod.com/z">Zoom</a>',  # a brand's name alone is a word
+    '<a href="https://news.example.com/x">Microsoft ships a new Xbox</a>',  # a headline
+    '<a href="https://account.microsoft.com/">Sign in to Microsoft 365</a>',  # the brand's
+    '<a href="https://www.paypal.com/"><img alt="PayPal"></a>',
+])
+def test_what_is_no_brand_mismatch(anchor):
+    assert "URL_BRAND_MISMATCH" not in findings(mail(html=f"<p>{anchor}</p>"))
+
+
 # -- QR codes ------------------------------------------------------------------------------
 
 
@@ -375,7 +420,7 @@ def test_a_qr_code_phish_is_held_naming_its_target_through_postfix(
     url = f"sqlite:///{tmp_path}/quarantine.db"
     gateway_milter(f'[pipeline]\nchecks = ["headers", "links"]\n[quarantine]\nurl = "{url}"\n')
     tag = uuid.uuid4().hex
-    target = "https://www.paypal.com@paypa1-secure.example/login?case=8812"
+    target = "https://paypa1-secure.com/login?case=8812"
     raw = mail(text="Your mailbox is full. Scan the attached code to keep your messages.",
                subject=f"mailbox {tag}",
                pictures=(("scan.png", "image/png", qr_png(target)),))
@@ -384,8 +429,8 @@ def test_a_qr_code_phish_is_held_naming_its_target_through_postfix(
     assert sink.find(tag, timeout=1) is None
     evidence = {s["name"]: s["evidence"] for s in record.symbols}
     assert evidence["QR_CODE_URL"] == f"scan.png: {target}"
-    assert evidence["URL_USERINFO_TRICK"] == (f"{target} goes to paypa1-secure.example, "
-                                              "not www.paypal.com")
+    assert evidence["URL_LOOKALIKE_DOMAIN"] == ("paypa1-secure.com imitates paypal.com (brand "
+                                                "PayPal): a word added")
 
 
 def test_a_lying_link_is_named_through_postfix(postfix, sink, gateway_milter, tmp_path):

@@ -48,16 +48,43 @@ from pathlib import Path
 from gateway.checks import Check, CheckContext
 from gateway.checks.view import view_of
 from gateway.config import Config
+from gateway.confusables import mixed_script, name_tokens
 from gateway.facts import DmarcFacts, LinksFacts
+from gateway.lookalike import (
+    DEFAULT_BRANDS,
+    DEFAULT_FREEMAIL,
+    MAX_LABELS,
+    Brand,
+    Brands,
+    DomainIndex,
+    is_freemail,
+    load_brands,
+    load_freemail,
+    registrable,
+    unicode_host,
+)
 from gateway.mail import author_domains, has_public_suffix, registrable_domain
 from gateway.message import Message
 from gateway.paths import RULES_DIR
 from gateway.symbols import Report
-from gateway.urls import TEXT_URL, FoundUrl, Link, parse_link, unicode_host
+from gateway.urls import TEXT_URL, FoundUrl, Link, parse_link
 
 SHORTENERS = RULES_DIR / "shorteners.txt"
 SHOWN = 3  # examples named in one symbol's evidence
 MAX_AUTHORS = 5  # From domains read (a From with more is its own problem: headers check)
+MAX_RECIPIENT_DOMAINS = 50  # envelope recipients whose domains are ours
+MAX_INDEXES = 64  # lookalike indexes kept, one per set of our domains
+# Labels the public suffix list may leave at the front of a registrable
+# domain it does not know (com.be): never a brand's or our name.
+SECOND_LEVEL = frozenset({"com", "co", "net", "org", "gov", "edu", "ac", "or", "ne", "go"})
+# A link's text that names a brand with words of signing in or paying, in
+# a call to action's few words ("Log in to your PayPal account"), claims to
+# lead to the brand; a headline that names it does not.
+CALL_WORDS = 8
+ACCOUNT_WORDS = frozenset({
+    "sign", "signin", "login", "logon", "log", "verify", "verification", "validate", "account",
+    "password", "reset", "unlock", "locked", "suspended", "confirm", "billing", "payment",
+    "invoice", "refund", "wallet", "mfa", "authenticate"})
 EVIDENCE_TEXT = 80  # characters of a link's text or URL in the evidence
 # A host name with a path in a link's text ("paypal.com/signin"): labels of
 # letters, digits and hyphens in any script (a reader sees Unicode), not
@@ -67,12 +94,6 @@ EVIDENCE_TEXT = 80  # characters of a link's text or URL in the evidence
 # click-tracking redirects: 28% of the corpus's hard_ham did.
 SHOWN_HOST_PATH = re.compile(r"(?<![\w@.-])((?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,63})"
                              r"/")
-# Script sets a language writes in one word (UTS #39 highly restrictive);
-# Han with kana is Japanese (Jpan), with Bopomofo Chinese (Hanb), with
-# Hangul Korean (Kore).
-AUGMENTED = {"Hani": {"Hani", "Hanb", "Jpan", "Kore"}, "Hira": {"Hira", "Jpan"},
-             "Kana": {"Kana", "Jpan"}, "Hang": {"Hang", "Kore"}, "Bopo": {"Bopo", "Hanb"}}
-ANY_SCRIPT = frozenset({"Zyyy", "Zinh"})  # Common and Inherited: digits, hyphens, marks
 
 
 @functools.cache
@@ -116,31 +137,13 @@ def text_mismatch(found: FoundUrl, link: Link) -> str | None:
 
 def mixed_script_label(host: str) -> str | None:
     """The first internationalised label of ``host`` (in Unicode) that mixes
-    scripts beyond what one language writes; None if there is none."""
-    from fontTools.unicodedata import script_extension
-
-    for label in host.split("."):
-        if not label.startswith("xn--"):
-            continue
-        shown = unicode_host(label)
-        if shown == label:
-            continue  # not valid punycode: ada would not have let it through
-        resolved: set[str] | None = None
-        without_latin: set[str] | None = None
-        for char in shown:
-            scripts = set(script_extension(char)) - ANY_SCRIPT
-            if not scripts:
-                continue
-            augmented = set().union(*(AUGMENTED.get(s, {s}) for s in scripts))
-            resolved = augmented if resolved is None else resolved & augmented
-            if scripts != {"Latn"}:
-                without_latin = augmented if without_latin is None \
-                    else without_latin & augmented
-        if resolved is None or resolved:
-            continue
-        if without_latin and without_latin & {"Jpan", "Hanb", "Kore"}:
-            continue  # Latin with one CJK language's scripts
-        return shown
+    scripts beyond what one language writes (UTS #39 highly restrictive,
+    :func:`gateway.confusables.mixed_script`); None if there is none."""
+    for label in host.split(".")[-MAX_LABELS:]:
+        if label.startswith("xn--"):
+            shown = unicode_host(label)
+            if shown != label and mixed_script(shown):
+                return shown
     return None
 
 
@@ -172,6 +175,10 @@ class LinksCheck(Check):
         "URL_SHORTENER": "a link goes through a public URL shortener, which hides its target",
         "URL_PUNYCODE_MIXED_SCRIPT": "a linked host name mixes scripts (Latin with Cyrillic, "
                                      "say) in one label, as no language writes",
+        "URL_LOOKALIKE_DOMAIN": "a linked host imitates our domain or a brand's (a confusable "
+                                "spelling, a typo, a word added, another TLD)",
+        "URL_BRAND_MISMATCH": "a link's text or picture speaks as a brand, and the link goes "
+                              "to none of the brand's domains",
         "QR_CODE_URL": "a picture holds a QR code that leads to a URL",
         "QR_SCAN_LIMIT": "pictures past [limits] images, image_bytes, image_pixels or "
                          "image_seconds were not searched for QR codes",
@@ -181,6 +188,25 @@ class LinksCheck(Check):
         super().__init__(config)
         self.shorteners = shipped_shorteners() | {
             d.strip().lower().lstrip("@") for d in config.links.shorteners}
+        self.brands: Brands = load_brands([DEFAULT_BRANDS])
+        self.freemail = load_freemail([DEFAULT_FREEMAIL])
+        self._indexes: dict[frozenset[str], DomainIndex] = {}
+
+    def index(self, org: frozenset[str]) -> DomainIndex:
+        """The domains a link may imitate: ours and the brands', built once
+        per set of our domains. A domain the public suffix list reads as a
+        bare second-level one (amazon.com.be is "com.be") is left out: it
+        would make com.com imitate it."""
+        found = self._indexes.get(org)
+        if found is None:
+            if len(self._indexes) >= MAX_INDEXES:
+                self._indexes.clear()
+            domains = {d: owner for d, owner in self.brands.domains().items()
+                       if d.partition(".")[0] not in SECOND_LEVEL}
+            domains.update({d: "our domain" for d in org if d.partition(".")[0] not in
+                            SECOND_LEVEL})
+            found = self._indexes[org] = DomainIndex(domains)
+        return found
 
     def run(self, message: Message, context: CheckContext) -> Report:
         view = view_of(message)
@@ -189,6 +215,9 @@ class LinksCheck(Check):
         dmarc = DmarcFacts.of(context.facts)
         authenticated = registrable_domain(dmarc.from_domain) \
             if dmarc is not None and dmarc.result == "pass" and dmarc.from_domain else None
+        org = frozenset(registrable(r.strip().strip("<>").rpartition("@")[2])
+                        for r in message.envelope.rcpt_to[:MAX_RECIPIENT_DOMAINS] if "@" in r)
+        seen = _Seen(authors, authenticated, self.index(org))
         findings = Findings()
         qr_targets: list[str] = []
         for found in dict.fromkeys(view.found):
@@ -199,7 +228,7 @@ class LinksCheck(Check):
                     findings.add("QR_CODE_URL", f"{_cut(found.text, 40)}: {_cut(link.url)}")
             if link is None:
                 continue
-            self._judge(found, link, authors, authenticated, findings)
+            self._judge(found, link, seen, findings)
         scan = view.qr_scan
         for skipped in scan.skipped:
             findings.add("QR_SCAN_LIMIT", skipped)
@@ -208,15 +237,33 @@ class LinksCheck(Check):
         return Report(symbols=symbols, facts=LinksFacts(
             links=len(view.links), qr=qr_targets, pictures=scan.searched).to_json())
 
-    def _judge(self, found: FoundUrl, link: Link, authors: frozenset[str],
-               authenticated: str | None, findings: Findings) -> None:
-        shown = text_mismatch(found, link) if found.where == "href" else None
+    def _judge(self, found: FoundUrl, link: Link, seen: _Seen, findings: Findings) -> None:
         # The author's own redirects are no lie: a link to the From domain
         # (a newsletter's click tracker), or one showing the author domain
         # when DMARC says the message is really from it.
-        if shown is not None and link.domain not in authors and shown != authenticated:
-            findings.add("LINK_TEXT_MISMATCH",
-                         f"text {_cut(found.text)!r} shows {shown}, goes to {link.host}")
+        own = link.domain in seen.authors
+        if found.where == "href" and not own:
+            shown = text_mismatch(found, link)
+            if shown is not None and shown != seen.authenticated:
+                findings.add("LINK_TEXT_MISMATCH",
+                             f"text {_cut(found.text)!r} shows {shown}, goes to {link.host}")
+            brand = self._brand_shown(found)
+            if brand is not None and not brand.owns(link.host) and not (
+                    seen.authenticated and brand.owns(seen.authenticated)):
+                what = "picture" if found.alt and found.text == found.alt else "text"
+                findings.add("URL_BRAND_MISMATCH", f"{what} {_cut(found.text)!r} speaks as "
+                             f"{brand.title}, goes to {link.host}")
+        # A link to the author's own domain is the author's business: the
+        # identity check judges that domain (FROM_LOOKALIKE_DOMAIN). Anyone can
+        # have an address at a freemail provider (mail.com is no gmail.com).
+        if not own and not link.ip and has_public_suffix(link.host) and \
+                not is_freemail(link.host, self.freemail):
+            imitation = seen.index.match(link.host)
+            # Brands run sites under country domains no list names all of
+            # (yahoo.com.au, google.de): another TLD counts on generic ones.
+            if imitation is not None and not (imitation.technique == "tld"
+                                              and _country_code(link.host)):
+                findings.add("URL_LOOKALIKE_DOMAIN", imitation.describe())
         if link.user and "." in link.user.partition(":")[0]:
             findings.add("URL_USERINFO_TRICK", f"{_cut(link.url)} goes to {link.host}, not "
                          f"{_cut(link.user.partition(':')[0], 40)}")
@@ -229,6 +276,42 @@ class LinksCheck(Check):
             label = mixed_script_label(link.host)
             if label is not None:
                 findings.add("URL_PUNYCODE_MIXED_SCRIPT", f"{label} in {link.host}")
+
+
+    def _brand_shown(self, found: FoundUrl) -> Brand | None:
+        """The brand a link claims to lead to: whose domain its text shows,
+        whose name its text gives with an account's words ("PayPal login",
+        "Sign in to Microsoft 365"; a brand's name alone, "Zoom", is a word),
+        or whose name its picture's alt text speaks as (a logo)."""
+        shown = shown_link(found.text) if found.text else None
+        owner = self.brands.owner(shown.host) if shown is not None else None
+        if owner is not None:
+            return owner
+        if found.text and found.text != found.alt:
+            words = name_tokens(found.text)
+            if len(words) <= CALL_WORDS and set(words) & ACCOUNT_WORDS:
+                mention = self.brands.mentioned_in(found.text)
+                if mention is not None and set(words) - set(mention.words.split()) & \
+                        ACCOUNT_WORDS:
+                    return mention.brand
+        if found.alt:
+            mention = self.brands.speaking_as(found.alt)
+            if mention is not None:
+                return mention.brand
+        return None
+
+
+def _country_code(host: str) -> bool:
+    return len(host.rstrip(".").rpartition(".")[2]) == 2
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What every link of a message is judged against."""
+
+    authors: frozenset[str]  # the From domains, registrable
+    authenticated: str | None  # the author domain DMARC passed, registrable
+    index: DomainIndex  # the domains a link may imitate
 
 
 def _joined(items: Iterable[str]) -> str:

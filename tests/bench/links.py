@@ -223,6 +223,25 @@ def lookalike_link(method: str) -> Callable[[Carrier, random.Random], bytes]:
     return splice
 
 
+def brand_anchor(carrier: Carrier, rng: random.Random) -> bytes:
+    """A link whose words or logo speak as a brand, to an unknown site."""
+    from gateway.lookalike import DEFAULT_BRANDS, load_brands
+
+    brand = rng.choice(load_brands([DEFAULT_BRANDS]).brands)
+    name = brand.title
+    target = html.escape(attacker_url(rng))
+    if rng.random() < 0.5:
+        words = rng.choice((f"Sign in to {name}", f"Log in to your {name} account",
+                            f"Verify your {name} account", f"{name} login",
+                            f"Reset your {name} password"))
+        anchor = f'<a href="{target}">{html.escape(words)}</a>'
+    else:
+        words = name
+        anchor = f'<a href="{target}"><img src="https://cdn.example.net/logo.png" ' \
+                 f'alt="{html.escape(name)}"></a>'
+    return with_html(carrier, words, f"{rng.choice(NEUTRAL)} {anchor}")
+
+
 def userinfo_trick(carrier: Carrier, rng: random.Random) -> bytes:
     brand = rng.choice(BRAND_DOMAINS)
     url = f"https://{rng.choice(('www.', ''))}{brand}@{attacker_domain(rng)}/{rng.choice(PATHS)}"
@@ -262,6 +281,8 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
     Technique("lying_anchor_sender", "a link whose text shows the sender's own domain goes "
               "elsewhere", "lying_link", lying_anchor(lambda c, rng: c.sender_domain
                                                       or rng.choice(BRAND_DOMAINS))),
+    Technique("brand_anchor", "a link whose words or logo speak as a brand goes elsewhere "
+              "(\"Sign in to Microsoft 365\", a PayPal logo)", "lying_link", brand_anchor),
     Technique("lookalike_digit", "a link to a brand's name with a digit for a letter "
               "(paypa1.com)", "lookalike", lookalike_link("digit")),
     Technique("lookalike_typo", "a link to a brand's name one letter off (paypall.com)",
