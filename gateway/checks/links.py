@@ -210,34 +210,46 @@ class LinksCheck(Check):
 
     def run(self, message: Message, context: CheckContext) -> Report:
         view = view_of(message)
-        authors = frozenset(registrable_domain(d) for d in author_domains(
-            message.headers("From"), message.limits.address_comment_depth).domains[:MAX_AUTHORS])
-        dmarc = DmarcFacts.of(context.facts)
-        authenticated = registrable_domain(dmarc.from_domain) \
-            if dmarc is not None and dmarc.result == "pass" and dmarc.from_domain else None
-        org = frozenset(registrable(r.strip().strip("<>").rpartition("@")[2])
-                        for r in message.envelope.rcpt_to[:MAX_RECIPIENT_DOMAINS] if "@" in r)
-        seen = _Seen(authors, authenticated, self.index(org))
         findings = Findings()
-        qr_targets: list[str] = []
-        for found in dict.fromkeys(view.found):
-            link = parse_link(found.url)
-            if found.where == "qr":
-                qr_targets.append(found.url)
-                if link is not None:
-                    findings.add("QR_CODE_URL", f"{_cut(found.text, 40)}: {_cut(link.url)}")
-            if link is None:
-                continue
-            self._judge(found, link, seen, findings)
+        for judged in self.links_of(message, context):
+            for symbol, evidence in judged.marks:
+                findings.add(symbol, evidence)
         scan = view.qr_scan
         for skipped in scan.skipped:
             findings.add("QR_SCAN_LIMIT", skipped)
         symbols = tuple(self.symbol(name, _joined(items)) for name, items in
                         findings.found.items())
         return Report(symbols=symbols, facts=LinksFacts(
-            links=len(view.links), qr=qr_targets, pictures=scan.searched).to_json())
+            links=len(view.links), qr=[f.url for f in view.found if f.where == "qr"],
+            pictures=scan.searched).to_json())
 
-    def _judge(self, found: FoundUrl, link: Link, seen: _Seen, findings: Findings) -> None:
+    def links_of(self, message: Message, context: CheckContext | None = None
+                 ) -> list[JudgedLink]:
+        """Every distinct URL of the message (:attr:`MessageView.found`), each
+        with what this check finds in it: what the console lists, text
+        beside target, and what :meth:`run` sums up."""
+        facts = context.facts if context is not None else {}
+        authors = frozenset(registrable_domain(d) for d in author_domains(
+            message.headers("From"), message.limits.address_comment_depth).domains[:MAX_AUTHORS])
+        dmarc = DmarcFacts.of(facts)
+        authenticated = registrable_domain(dmarc.from_domain) \
+            if dmarc is not None and dmarc.result == "pass" and dmarc.from_domain else None
+        org = frozenset(registrable(r.strip().strip("<>").rpartition("@")[2])
+                        for r in message.envelope.rcpt_to[:MAX_RECIPIENT_DOMAINS] if "@" in r)
+        seen = _Seen(authors, authenticated, self.index(org))
+        judged = []
+        for found in dict.fromkeys(view_of(message).found):
+            link = parse_link(found.url)
+            marks: list[tuple[str, str]] = []
+            if found.where == "qr" and link is not None:
+                marks.append(("QR_CODE_URL", f"{_cut(found.text, 40)}: {_cut(link.url)}"))
+            if link is not None:
+                marks += self._judge(found, link, seen)
+            judged.append(JudgedLink(found, link, tuple(marks)))
+        return judged
+
+    def _judge(self, found: FoundUrl, link: Link, seen: _Seen) -> list[tuple[str, str]]:
+        marks = []
         # The author's own redirects are no lie: a link to the From domain
         # (a newsletter's click tracker), or one showing the author domain
         # when DMARC says the message is really from it.
@@ -245,14 +257,14 @@ class LinksCheck(Check):
         if found.where == "href" and not own:
             shown = text_mismatch(found, link)
             if shown is not None and shown != seen.authenticated:
-                findings.add("LINK_TEXT_MISMATCH",
-                             f"text {_cut(found.text)!r} shows {shown}, goes to {link.host}")
+                marks.append(("LINK_TEXT_MISMATCH",
+                              f"text {_cut(found.text)!r} shows {shown}, goes to {link.host}"))
             brand = self._brand_shown(found)
             if brand is not None and not brand.owns(link.host) and not (
                     seen.authenticated and brand.owns(seen.authenticated)):
                 what = "picture" if found.alt and found.text == found.alt else "text"
-                findings.add("URL_BRAND_MISMATCH", f"{what} {_cut(found.text)!r} speaks as "
-                             f"{brand.title}, goes to {link.host}")
+                marks.append(("URL_BRAND_MISMATCH", f"{what} {_cut(found.text)!r} speaks as "
+                              f"{brand.title}, goes to {link.host}"))
         # A link to the author's own domain is the author's business: the
         # identity check judges that domain (FROM_LOOKALIKE_DOMAIN). Anyone can
         # have an address at a freemail provider (mail.com is no gmail.com).
@@ -263,20 +275,20 @@ class LinksCheck(Check):
             # (yahoo.com.au, google.de): another TLD counts on generic ones.
             if imitation is not None and not (imitation.technique == "tld"
                                               and _country_code(link.host)):
-                findings.add("URL_LOOKALIKE_DOMAIN", imitation.describe())
+                marks.append(("URL_LOOKALIKE_DOMAIN", imitation.describe()))
         if link.user and "." in link.user.partition(":")[0]:
-            findings.add("URL_USERINFO_TRICK", f"{_cut(link.url)} goes to {link.host}, not "
-                         f"{_cut(link.user.partition(':')[0], 40)}")
+            marks.append(("URL_USERINFO_TRICK", f"{_cut(link.url)} goes to {link.host}, not "
+                          f"{_cut(link.user.partition(':')[0], 40)}"))
         if link.ip:
-            findings.add("URL_IP_LITERAL", _cut(found.url) if found.url == link.url
-                         else f"{_cut(found.url)} ({link.host})")
+            marks.append(("URL_IP_LITERAL", _cut(found.url) if found.url == link.url
+                          else f"{_cut(found.url)} ({link.host})"))
         if link.host in self.shorteners or link.domain in self.shorteners:
-            findings.add("URL_SHORTENER", _cut(link.url))
+            marks.append(("URL_SHORTENER", _cut(link.url)))
         if "xn--" in link.host:
             label = mixed_script_label(link.host)
             if label is not None:
-                findings.add("URL_PUNYCODE_MIXED_SCRIPT", f"{label} in {link.host}")
-
+                marks.append(("URL_PUNYCODE_MIXED_SCRIPT", f"{label} in {link.host}"))
+        return marks
 
     def _brand_shown(self, found: FoundUrl) -> Brand | None:
         """The brand a link claims to lead to: whose domain its text shows,
@@ -303,6 +315,15 @@ class LinksCheck(Check):
 
 def _country_code(host: str) -> bool:
     return len(host.rstrip(".").rpartition(".")[2]) == 2
+
+
+@dataclass(frozen=True)
+class JudgedLink:
+    """A URL of the message, where it goes, and what the check found in it."""
+
+    found: FoundUrl
+    link: Link | None  # None: nowhere a browser would go (javascript:, mailto:, relative)
+    marks: tuple[tuple[str, str], ...]  # (symbol, evidence)
 
 
 @dataclass(frozen=True)
