@@ -8,6 +8,7 @@ import io
 import itertools
 import random
 import shutil
+import smtplib
 import uuid
 from email.message import EmailMessage
 
@@ -439,14 +440,21 @@ def test_a_lying_link_is_named_through_postfix(postfix, sink, gateway_milter, tm
     url = f"sqlite:///{tmp_path}/quarantine.db"
     gateway_milter(f'[pipeline]\nchecks = ["headers", "links"]\n[quarantine]\nurl = "{url}"\n')
     tag = uuid.uuid4().hex
-    html = ('<p>Please confirm your details at '
-            '<a href="https://secure-check.example/u/77">https://www.paypal.com/signin</a></p>')
+    html = ('<p>Please confirm your details at <a href="https://secure-check.example/u/77">'
+            'https://portal.acme-corp.com/signin</a></p>')
     send(postfix, mail(html=html, subject=f"confirm {tag}"))
     (record,) = _held(url, f"confirm {tag}")
     assert {s["name"]: s["evidence"] for s in record.symbols}["LINK_TEXT_MISMATCH"] == (
-        "text 'https://www.paypal.com/signin' shows paypal.com, goes to secure-check.example")
+        "text 'https://portal.acme-corp.com/signin' shows acme-corp.com, goes to "
+        "secure-check.example")
+    # Showing a brand's address as well, it is refused.
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(postfix, mail(html=html.replace("portal.acme-corp.com", "www.paypal.com"),
+                           subject=f"brand {tag}"))
+    assert refused.value.smtp_code == 550
     # The same message with an honest link is delivered, the symbol not named.
-    honest = html.replace("https://secure-check.example/u/77", "https://www.paypal.com/signin")
+    honest = html.replace("https://secure-check.example/u/77",
+                          "https://portal.acme-corp.com/signin")
     send(postfix, mail(html=honest, subject=f"honest {tag}"))
     delivery = sink.find(f"honest {tag}")
     assert delivery is not None
