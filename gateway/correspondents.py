@@ -83,6 +83,7 @@ FLUSH_EVERY = 2.0
 PURGE_EVERY = 3600.0
 COMPLAIN_EVERY = 60.0
 BREAKER_SECONDS = 30.0
+ASKING = 2  # questions to the database at once, per worker
 COUNTS = ("accepted", "held", "released", "spam", "outbound")
 
 
@@ -562,6 +563,7 @@ class MemoryReader:
         self._refreshing = False
         self._broken_until = float("-inf")
         self._complained = float("-inf")
+        self._waiting = 0  # questions asked and not answered yet
         self._lock = threading.Lock()
 
     def sender(self, sender: str, via: str) -> list[Entry] | None:
@@ -615,7 +617,12 @@ class MemoryReader:
     def _ask(self, question: Callable[[Memory], list[Entry]]) -> list[Entry] | None:
         if self.clock() < self._broken_until:
             return None
+        with self._lock:
+            if self._waiting >= ASKING:  # earlier questions still hang: do not queue more
+                return None
+            self._waiting += 1
         future = self._executor().submit(lambda: question(self._open()))
+        future.add_done_callback(self._answered)
         try:
             return future.result(timeout=self.settings.lookup_timeout)
         except FutureTimeout:
@@ -625,6 +632,10 @@ class MemoryReader:
             self._broken(f"cannot read correspondents: {_line(exc)}")
         return None
 
+    def _answered(self, _future: object) -> None:
+        with self._lock:
+            self._waiting -= 1
+
     def _broken(self, problem: str) -> None:
         self._broken_until = self.clock() + BREAKER_SECONDS
         if self.clock() - self._complained >= COMPLAIN_EVERY:
@@ -633,7 +644,7 @@ class MemoryReader:
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None or self._pid != os.getpid():  # a new process: its own
-            self._pool = ThreadPoolExecutor(2, thread_name_prefix="correspondents")
+            self._pool = ThreadPoolExecutor(ASKING + 1, thread_name_prefix="correspondents")
             self._memory = None
             self._pid = os.getpid()
         return self._pool

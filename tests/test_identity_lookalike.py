@@ -101,6 +101,8 @@ def test_hostile_text_is_bounded():
     ("paypa1-alerts.example", "affix"),
     ("paypal.co", "tld"),
     ("paypal.com.account-check.example", "subdomain"),
+    ("paypal-com.net", "dots"),
+    ("paypalcom.info", "dots"),
 ])
 def test_lookalike_techniques(host, technique):
     found = compare(host, "paypal.com")
