@@ -122,6 +122,13 @@ def test_a_lookalike_of_our_domain(check):
     assert "imitates acme.example (our domain)" in found["FROM_LOOKALIKE_DOMAIN"], found
 
 
+def test_our_domain_as_the_leading_labels_of_another(check):
+    found = symbols(check.run(message("IT <it@acme.example.verify-login.com>"),
+                              authenticated(dkim=("verify-login.com",))))
+    assert "verify-login.com imitates acme.example (our domain): written as its subdomain" \
+        in found["FROM_LOOKALIKE_DOMAIN"]
+
+
 def test_a_lookalike_of_a_brand(check):
     found = symbols(check.run(message('"Service" <service@paypa1-alerts.example>'),
                               authenticated(dkim=("paypa1-alerts.example",))))
@@ -151,6 +158,12 @@ def test_a_brand_in_the_subject_counts_only_beside_another_sign(check):
                               CheckContext()))
     assert "subject names PayPal; the sender is not authenticated" in \
         found["BRAND_IMPERSONATION"]
+    for talk in ("Re: boycotting PayPal", "Fwd: PayPal news"):  # a conversation about it
+        assert "BRAND_IMPERSONATION" not in symbols(check.run(
+            message("Team <team@shop.example>", subject=talk), CheckContext()))
+    freemail = symbols(check.run(message("Gordon <gordon@usa.net>", subject="Microsoft buys"),
+                                 authenticated(dkim=("usa.net",))))
+    assert "BRAND_IMPERSONATION" not in freemail
 
 
 def test_reply_to_elsewhere(check):
@@ -348,9 +361,20 @@ def test_a_known_correspondents_name_from_a_stranger(tmp_path, memory):
         same = symbols(check.run(message('"Ann Other" <ann@supplier.example>'),
                                  authenticated(dkim=("supplier.example",))))
         assert "FROM_NAME_IMPERSONATION" not in same and "KNOWN_CORRESPONDENT" in same
+        assert "uses the name of known correspondent ann@supplier.example" in \
+            found["FROM_FREEMAIL_ORG_NAME"]
         colleague = symbols(check.run(message('"Ann Other" <a.other@supplier.example>'),
                                       authenticated(dkim=("supplier.example",))))
         assert "FROM_NAME_IMPERSONATION" not in colleague
+        # Her own new domain, authenticated: someone we know, not an imitation ...
+        moved = symbols(check.run(message('"Ann Other" <ann@other-family.example>'),
+                                  authenticated(dkim=("other-family.example",))))
+        assert "FROM_NAME_IMPERSONATION" not in moved
+        # ... but not a lookalike of her domain, nor an address that cannot authenticate.
+        for author, context in (("ann@supp1ier.example", authenticated(
+                dkim=("supp1ier.example",))), ("ann@other-family.example", CheckContext())):
+            assert "FROM_NAME_IMPERSONATION" in symbols(check.run(
+                message(f'"Ann Other" <{author}>'), context))
     finally:
         check.close()
 

@@ -22,8 +22,8 @@ Symbols, each with evidence naming whom or what it imitates:
   role words only: "PayPal Security") while the message authenticates as
   none of its domains; a brand named in the subject counts when the
   sender is also unauthenticated, freemail or a lookalike;
-- ``FROM_FREEMAIL_ORG_NAME``: a freemail author named as a protected person
-  or as the organisation;
+- ``FROM_FREEMAIL_ORG_NAME``: a freemail author named as a protected person,
+  a known correspondent or the organisation;
 - ``REPLY_TO_DIVERGES`` (and ``REPLY_TO_FREEMAIL``): replies go to another
   registrable domain than the author's (a mailing list's own is fine);
 - ``FIRST_CONTACT`` / ``KNOWN_CORRESPONDENT``: from the correspondent
@@ -39,6 +39,7 @@ Symbols, each with evidence naming whom or what it imitates:
 from __future__ import annotations
 
 import logging
+import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ MAX_NAME = 200
 TITLES = ROLE_WORDS | frozenset(name_tokens(
     "ceo cfo cto coo cio ciso president vice director manager head chief executive officer "
     "finance accounting accounts payroll hr dr mr mrs ms prof sir"))
+_REPLY = re.compile(r"^\s*(?:re|fwd?|aw|wg|sv|vs|tr)\s*(?:\[\d+\])?\s*:", re.IGNORECASE)
 IMITATIONS = ("FROM_NAME_IMPERSONATION", "FROM_LOOKALIKE_DOMAIN", "BRAND_IMPERSONATION",
               "FROM_FREEMAIL_ORG_NAME")
 
@@ -145,6 +147,7 @@ class Author:
     address: str  # lower case
     domain: str  # registrable, U-labels
     name: str  # display name, RFC 2047 decoded, bounded
+    host: str = ""  # the domain as written (lower case): paypal.com.check.example
 
 
 class IdentityCheck(Check):
@@ -158,7 +161,7 @@ class IdentityCheck(Check):
         "BRAND_IMPERSONATION": "a brand's name in the display name (or subject) while the "
                                "message authenticates as none of the brand's domains",
         "FROM_FREEMAIL_ORG_NAME": "a freemail author whose display name is a protected "
-                                  "person's or the organisation's",
+                                  "person's, a known correspondent's or the organisation's",
         "REPLY_TO_DIVERGES": "replies go to another domain than the author's",
         "REPLY_TO_FREEMAIL": "replies go to a freemail address; the author's domain is not "
                              "freemail",
@@ -289,14 +292,23 @@ class IdentityCheck(Check):
                 senders = snapshot.names.get(key)
                 if not senders or author.address in senders:
                     continue
-                domains = {registrable(s.rpartition("@")[2]) for s in senders}
-                if author.domain in domains and via == author.domain:
-                    continue  # another address of the same authenticated organisation
+                # Someone we know writing from a new address of their own
+                # (a personal domain, a new employer) is common; an imitation
+                # comes from freemail, a lookalike or an address that cannot
+                # authenticate.
+                if via == author.domain and not freemail and \
+                        self._lookalike(author, org, snapshot) is None:
+                    continue
                 shown = ", ".join(sorted(senders)[:3])
                 found.append(self.symbol(
                     "FROM_NAME_IMPERSONATION",
                     f"display name {author.name!r} is known correspondent {shown}'s; written "
                     f"from {author.address}"))
+                if freemail:
+                    found.append(self.symbol(
+                        "FROM_FREEMAIL_ORG_NAME",
+                        f"freemail {author.address} uses the name of known correspondent "
+                        f"{shown}"))
                 break
         if freemail and not any(s.name == "FROM_FREEMAIL_ORG_NAME" for s in found):
             named = self._org(org).speaking_as(author.name)
@@ -321,7 +333,7 @@ class IdentityCheck(Check):
         if not domain or domain in org or is_freemail(domain, self.freemail) or \
                 domain in snapshot.known_domains or self.brands.owner(domain) is not None:
             return None
-        return self._domains(org, snapshot).match(domain)
+        return self._domains(org, snapshot).match(author.host or domain)
 
     def _domains(self, org: frozenset[str], snapshot: Snapshot) -> DomainIndex:
         """Ours, the brands' and the known correspondents' domains, rebuilt
@@ -350,15 +362,17 @@ class IdentityCheck(Check):
                     f"message authenticates as {shown}, none of {mention.brand.title}'s "
                     f"domains ({', '.join(mention.brand.domains[:3])}...)")]
         subject = message.header("Subject")
-        weak = not vouching or lookalike is not None or any(
-            is_freemail(a.domain, self.freemail) for a in authors)
-        if subject and weak:
-            text = decoded_header(_text(subject), message.limits.encoded_words)[:MAX_NAME * 2]
+        # A subject may name a brand for any reason (news, a reply about it):
+        # it counts from a sender that cannot authenticate or imitates a
+        # domain, and not in a reply or a forward.
+        weak = not passes or lookalike is not None
+        text = decoded_header(_text(subject), message.limits.encoded_words)[:MAX_NAME * 2] \
+            if subject and weak else ""
+        if text and not _REPLY.match(text):
             mention = self.brands.mentioned_in(text)
             if mention is not None and not any(mention.brand.owns(d) for d in vouching) and \
                     not any(mention.brand.owns(a.domain) for a in authors if a.domain in passes):
-                why = "a lookalike" if lookalike else "freemail" if vouching else \
-                    "not authenticated"
+                why = "a lookalike" if lookalike else "not authenticated"
                 return [self.symbol(
                     "BRAND_IMPERSONATION",
                     f"subject names {mention.brand.title}; the sender is {why} and "
@@ -413,7 +427,7 @@ def _author(mailbox: Mailbox, message: Message) -> Author:
     name = decoded_header(mailbox.display, message.limits.encoded_words)
     name = " ".join(name.split())[:MAX_NAME * 2]
     domain = registrable(mailbox.domain) if mailbox.domain else ""
-    return Author(mailbox.address.strip().lower()[:320], domain, name)
+    return Author(mailbox.address.strip().lower()[:320], domain, name, mailbox.domain[:253])
 
 
 def _authenticated(context: CheckContext) -> list[str]:
