@@ -370,6 +370,13 @@ def test_a_known_correspondents_name_from_a_stranger(tmp_path, memory):
         moved = symbols(check.run(message('"Ann Other" <ann@other-family.example>'),
                                   authenticated(dkim=("other-family.example",))))
         assert "FROM_NAME_IMPERSONATION" not in moved
+        # A known correspondent's domain under another TLD is theirs, or another's:
+        # not an imitation; a confusable spelling of it is.
+        assert "FROM_LOOKALIKE_DOMAIN" not in symbols(check.run(
+            message("Sales <sales@supplier.net>"), authenticated(dkim=("supplier.net",))))
+        assert "supplier.example (a known correspondent's domain)" in symbols(check.run(
+            message("Sales <sales@supp1ier.example>"), authenticated(
+                dkim=("supp1ier.example",))))["FROM_LOOKALIKE_DOMAIN"]
         # ... but not a lookalike of her domain, nor an address that cannot authenticate.
         for author, context in (("ann@supp1ier.example", authenticated(
                 dkim=("supp1ier.example",))), ("ann@other-family.example", CheckContext())):
@@ -520,3 +527,21 @@ def test_correspondents_show_and_forget(tmp_path, memory, capsys):
     assert "1 row(s) removed" in capsys.readouterr().out
     assert memory.show("carol@client.example") == []
     assert gateway(["correspondents", "show", "nobody", "--config", str(path)]) == 2
+
+
+def test_a_reply_to_freemail_even_when_known_correspondents_use_it(tmp_path, memory):
+    memory.add([Observation("pal@gmail.com", "gmail.com", BOB, "outbound", datetime.now(UTC)),
+                Observation("sales@partner.example", "partner.example", BOB, "outbound",
+                            datetime.now(UTC))])
+    check = IdentityCheck(config(tmp_path))
+    try:
+        context = authenticated(dkim=("supplier.example",))
+        free = symbols(check.run(message("Bob <bob@supplier.example>",
+                                          extra="Reply-To: <bob.s@gmail.com>\r\n"), context))
+        assert "REPLY_TO_FREEMAIL" in free
+        known = symbols(check.run(message("Bob <bob@supplier.example>",
+                                           extra="Reply-To: <sales@partner.example>\r\n"),
+                                  context))
+        assert "REPLY_TO_DIVERGES" not in known  # replies to a domain we know
+    finally:
+        check.close()

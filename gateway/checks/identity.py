@@ -184,7 +184,7 @@ class IdentityCheck(Check):
         if reader is None and url is not None and _exists(url):
             reader = MemoryReader(url, settings)
         self.reader = reader
-        self._index: tuple[int, frozenset[str], DomainIndex] | None = None
+        self._index: tuple[int, frozenset[str], DomainIndex, DomainIndex] | None = None
 
     @classmethod
     def forced_actions(cls, config: Config) -> dict[str, str]:
@@ -333,21 +333,31 @@ class IdentityCheck(Check):
         if not domain or domain in org or is_freemail(domain, self.freemail) or \
                 domain in snapshot.known_domains or self.brands.owner(domain) is not None:
             return None
-        return self._domains(org, snapshot).match(author.host or domain)
+        ours, known = self._domains(org, snapshot)
+        host = author.host or domain
+        found = ours.match(host)
+        if found is None:
+            found = known.match(host)
+            # Organisations own their name under several TLDs (python.org,
+            # python.ca): another TLD of a correspondent's is no imitation.
+            if found is not None and found.technique == "tld":
+                found = None
+        return found
 
-    def _domains(self, org: frozenset[str], snapshot: Snapshot) -> DomainIndex:
-        """Ours, the brands' and the known correspondents' domains, rebuilt
+    def _domains(self, org: frozenset[str], snapshot: Snapshot) -> tuple[DomainIndex,
+                                                                        DomainIndex]:
+        """(ours and the brands', the known correspondents') domains, rebuilt
         when the memory's index or the org domains change."""
         cached = self._index
         if cached is not None and cached[0] == id(snapshot) and cached[1] == org:
-            return cached[2]
-        domains = {d: "a known correspondent's domain" for d in snapshot.known_domains
-                   if not is_freemail(d, self.freemail)}
-        domains.update(self.brands.domains())
+            return cached[2], cached[3]
+        domains = dict(self.brands.domains())
         domains.update({d: "our domain" for d in org})
-        index = DomainIndex(domains)
-        self._index = (id(snapshot), org, index)
-        return index
+        ours = DomainIndex(domains)
+        known = DomainIndex({d: "a known correspondent's domain"
+                             for d in snapshot.known_domains if d not in domains})
+        self._index = (id(snapshot), org, ours, known)
+        return ours, known
 
     def _brand(self, message: Message, authors: Sequence[Author], passes: Sequence[str],
                lookalike: Lookalike | None) -> list[Symbol]:
@@ -408,10 +418,10 @@ class IdentityCheck(Check):
         author_free = is_freemail(author.domain, self.freemail)
         for mailbox in mailboxes:
             domain = registrable(mailbox.domain) if mailbox.domain else ""
-            if not domain or domain == author.domain or domain in lists or domain in org or \
-                    domain in snapshot.known_domains:
-                continue
             freemail = is_freemail(domain, self.freemail)
+            if not domain or domain == author.domain or domain in lists or domain in org or \
+                    (domain in snapshot.known_domains and not freemail):
+                continue
             notes = [n for n, on in (("freemail", freemail), ("first contact", first)) if on]
             evidence = (f"Reply-To {mailbox.address.lower()} is on {domain}"
                         f"{' (' + ', '.join(notes) + ')' if notes else ''}, the author "
