@@ -377,9 +377,12 @@ def test_a_known_correspondents_name_from_a_stranger(tmp_path, memory):
         assert "supplier.example (a known correspondent's domain)" in symbols(check.run(
             message("Sales <sales@supp1ier.example>"), authenticated(
                 dkim=("supp1ier.example",))))["FROM_LOOKALIKE_DOMAIN"]
-        # ... but not a lookalike of her domain, nor an address that cannot authenticate.
-        for author, context in (("ann@supp1ier.example", authenticated(
-                dkim=("supp1ier.example",))), ("ann@other-family.example", CheckContext())):
+        # ... but not a lookalike of her domain (another TLD of it counts with her
+        # name), nor an address that cannot authenticate.
+        for author, context in (
+                ("ann@supp1ier.example", authenticated(dkim=("supp1ier.example",))),
+                ("ann@supplier.net", authenticated(dkim=("supplier.net",))),
+                ("ann@other-family.example", CheckContext())):
             assert "FROM_NAME_IMPERSONATION" in symbols(check.run(
                 message(f'"Ann Other" <{author}>'), context))
     finally:

@@ -297,7 +297,7 @@ class IdentityCheck(Check):
                 # comes from freemail, a lookalike or an address that cannot
                 # authenticate.
                 if via == author.domain and not freemail and \
-                        self._lookalike(author, org, snapshot) is None:
+                        self._lookalike(author, org, snapshot, any_tld=True) is None:
                     continue
                 shown = ", ".join(sorted(senders)[:3])
                 found.append(self.symbol(
@@ -327,8 +327,8 @@ class IdentityCheck(Check):
         keys = tuple(dict.fromkeys("".join(name_tokens(n)) for n in names if name_tokens(n)))
         return Brands.of([Brand("organisation", tuple(names), tuple(sorted(org)), keys)])
 
-    def _lookalike(self, author: Author, org: frozenset[str],
-                   snapshot: Snapshot) -> Lookalike | None:
+    def _lookalike(self, author: Author, org: frozenset[str], snapshot: Snapshot,
+                   any_tld: bool = False) -> Lookalike | None:
         domain = author.domain
         if not domain or domain in org or is_freemail(domain, self.freemail) or \
                 domain in snapshot.known_domains or self.brands.owner(domain) is not None:
@@ -339,8 +339,9 @@ class IdentityCheck(Check):
         if found is None:
             found = known.match(host)
             # Organisations own their name under several TLDs (python.org,
-            # python.ca): another TLD of a correspondent's is no imitation.
-            if found is not None and found.technique == "tld":
+            # python.ca): another TLD of a correspondent's domain is no
+            # imitation by itself, only with the correspondent's name.
+            if found is not None and found.technique == "tld" and not any_tld:
                 found = None
         return found
 
