@@ -496,7 +496,7 @@ def test_identity_import_csv_and_ldif(tmp_path, capsys):
     assert "wrote 2 protected people" in capsys.readouterr().out
     settings = parse_config(f'[identity]\nprotected_files = ["{output}"]\n', "t.toml")
     loaded = load_people(settings)
-    assert [(p.name, sorted(p.addresses)) for p in loaded] == [
+    assert [(p.name, sorted(p.addresses)) for p in loaded.people] == [
         ("Jane Doe", ["ceo@acme.example", "jane@acme.example"]),
         ("Finance Team", ["finance@acme.example"])]
     ldif = tmp_path / "export.ldif"
@@ -548,3 +548,13 @@ def test_a_reply_to_freemail_even_when_known_correspondents_use_it(tmp_path, mem
         assert "REPLY_TO_DIVERGES" not in known  # replies to a domain we know
     finally:
         check.close()
+
+
+def test_a_directory_of_protected_people_is_searched_by_name():
+    from gateway.checks.identity import People, Person
+
+    people = People([Person.of(f"Person Number{i}", [f"p{i}@acme.example"])
+                     for i in range(5000)] + [Person.of("Jane Doe", [CEO])])
+    assert [p.name for p in people.named_by("DOE, Jane (CEO)")] == ["Jane Doe"]
+    assert [p.name for p in people.named_by("person number42")] == ["Person Number42"]
+    assert people.named_by("Jane Dough") == []

@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +105,9 @@ class Person:
             return False
         if sorted(tokens) == sorted(self.tokens):
             return True
+        own = sorted(t for t in self.tokens if t not in TITLES)
+        if len(own) >= 2 and sorted(t for t in tokens if t not in TITLES) == own:
+            return True  # "Doe, Jane (CEO)"
         width = len(self.tokens)
         for start in range(len(tokens) - width + 1):
             if tokens[start:start + width] == self.tokens:
@@ -113,7 +116,39 @@ class Person:
         return False
 
 
-def load_people(config: Config) -> tuple[Person, ...]:
+class People:
+    """The protected people, indexed by their name keys: a display name is
+    compared with the few people it may name, not with every one."""
+
+    def __init__(self, people: Iterable[Person]):
+        self.people = tuple(people)
+        self._index: dict[str, list[Person]] = {}
+        for person in self.people:
+            for key in person.keys | {_unordered(person.tokens)}:
+                self._index.setdefault(key, []).append(person)
+
+    def __len__(self) -> int:
+        return len(self.people)
+
+    def __iter__(self) -> Iterator[Person]:
+        return iter(self.people)
+
+    def named_by(self, display: str) -> list[Person]:
+        """The people a display name shows (see :meth:`Person.named_by`)."""
+        tokens = name_tokens(display)
+        keys = set(name_keys(display)) | {_unordered(tokens)}
+        core = tuple(t for t in tokens if t not in TITLES)  # "Jane Doe, CEO"
+        if core and core != tokens:
+            keys |= {"".join(core), _unordered(core)}
+        found = [p for key in keys for p in self._index.get(key, ())]
+        return [p for p in dict.fromkeys(found) if p.named_by(display)]
+
+
+def _unordered(tokens: Sequence[str]) -> str:
+    return "~" + " ".join(sorted(tokens))
+
+
+def load_people(config: Config) -> People:
     """``[[identity.protected]]`` and the tables of ``protected_files``."""
     from gateway.config import _protected
 
@@ -137,7 +172,7 @@ def load_people(config: Config) -> tuple[Person, ...]:
         tables.extend(found)
     if problems:
         raise ConfigError(problems)
-    return tuple(Person.of(t["name"], t.get("addresses", [])) for t in tables)
+    return People(Person.of(t["name"], t.get("addresses", [])) for t in tables)
 
 
 @dataclass(frozen=True)
@@ -274,8 +309,8 @@ class IdentityCheck(Check):
         found = []
         ours = author.domain in org and via == author.domain  # our own, authenticated
         freemail = is_freemail(author.domain, self.freemail)
-        for person in self.people:
-            if person.named_by(author.name) and author.address not in person.addresses:
+        for person in self.people.named_by(author.name):
+            if author.address not in person.addresses:
                 where = f"{person.name} ({', '.join(sorted(person.addresses)) or 'protected'})"
                 if not ours:
                     found.append(self.symbol(
