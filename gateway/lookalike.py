@@ -274,12 +274,15 @@ class DomainIndex:
         if best is None:
             return None
         other, distance = best[0], int(best[1])
-        # The imitated label's length decides: micrsft.com is two edits from
-        # the nine letters of microsoft.com, apxle2.com too many from apple.com.
-        allowed = 2 if len(other) >= TYPO2_MIN else 1 if len(other) >= TYPO_MIN else 0
+        imitated = self._by_label[other][0] if other in self._by_label else self._written[other]
+        # The imitated label's length as written decides (its skeleton may be
+        # longer: m is rn): micrsft.com is two edits from the nine letters of
+        # microsoft.com, apxle2.com too many from apple.com, nmrc.ie none
+        # from the four of hmrc.gov.uk.
+        length = len(split_registrable(imitated)[0])
+        allowed = 2 if length >= TYPO2_MIN else 1 if length >= TYPO_MIN else 0
         if distance == 0 or distance > allowed:
             return None
-        imitated = self._by_label[other][0] if other in self._by_label else self._written[other]
         return imitated, "typo", distance
 
 
