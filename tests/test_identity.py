@@ -558,3 +558,18 @@ def test_a_directory_of_protected_people_is_searched_by_name():
     assert [p.name for p in people.named_by("DOE, Jane (CEO)")] == ["Jane Doe"]
     assert [p.name for p in people.named_by("person number42")] == ["Person Number42"]
     assert people.named_by("Jane Dough") == []
+
+
+def test_doctor_says_where_our_domains_come_from(tmp_path, memory):
+    from gateway.commands.doctor import identity_lines
+
+    memory.add([Observation("carol@client.example", "client.example", BOB, "outbound",
+                            datetime.now(UTC))])
+    learned = config(tmp_path).__class__(
+        quarantine=config(tmp_path).quarantine, identity=config(tmp_path).identity.__class__())
+    (line,) = identity_lines(learned)
+    assert line.status == "ok"
+    assert "org_domains is empty: our domains are learned from the recipients' domains " \
+           "(so far: acme.example)" in line.text
+    (line,) = identity_lines(config(tmp_path))
+    assert "our domains: acme.example; 1 protected people, 42 brands" in line.text
