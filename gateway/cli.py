@@ -109,9 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         classifier,
         configcheck,
         configshow,
+        correspondents,
         demo,
         doctor,
         feedback,
+        identity,
         init,
         learn,
         lists,
@@ -156,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="allow and block lists in the store's database, used by the milter "
         "within seconds")
     lists.add_arguments(list_parser)
+
+    identity_parser = commands.add_parser(
+        "identity", help="protected people for the identity check: import from CSV or LDIF",
+        description="protected people for the identity check")
+    identity.add_arguments(identity_parser)
+    correspondents_parser = commands.add_parser(
+        "correspondents", help="the correspondent memory: show or forget one address",
+        description="who writes to whom, as the identity check remembers it")
+    correspondents.add_arguments(correspondents_parser)
 
     nodes_parser = commands.add_parser(
         "nodes", help="the gateway nodes sharing the database: version, model, heartbeat; "

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from gateway.evaluator import Evaluator
 from gateway.logline import log_verdict
@@ -40,6 +40,14 @@ Outcome = Literal["accept", "hold", "discard", "reject", "tempfail"]
 Observer = Callable[[Envelope, "Decision", float], None]
 
 
+class Learner(Protocol):
+    """Told of every decision, to learn from it (gateway.correspondents)."""
+
+    def observe(self, envelope: Envelope, decision: Decision) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
@@ -52,10 +60,11 @@ class Decision:
 
 class Decider:
     def __init__(self, evaluator: Evaluator, keeper: Keeper | None, threads: int = 16,
-                 observer: Observer | None = None):
+                 observer: Observer | None = None, learner: Learner | None = None):
         self.evaluator = evaluator
         self.keeper = keeper
         self.observer = observer
+        self.learner = learner
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decide")
 
     def decide(self, envelope: Envelope, raw: RawContent) -> Decision:
@@ -83,6 +92,8 @@ class Decider:
         log_verdict(envelope, verdict, raw.size, seconds * 1000, decision.notes)
         if self.observer is not None:
             self.observer(envelope, decision, seconds)
+        if self.learner is not None:
+            self.learner.observe(envelope, decision)
         return decision
 
     def _act(self, verdict: Verdict, envelope: Envelope, raw: RawContent) -> Decision:
@@ -120,5 +131,7 @@ class Decider:
     def close(self, close_keeper: bool = True) -> None:
         self._pool.shutdown(wait=True)
         self.evaluator.close()
+        if self.learner is not None:
+            self.learner.close()
         if close_keeper and self.keeper is not None:
             self.keeper.close()

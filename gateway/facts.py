@@ -277,6 +277,23 @@ class DnsblFacts(Facts):
 
 
 @dataclass(frozen=True)
+class IdentityFacts(Facts):
+    """Who wrote, as the identity check read it: what the correspondent
+    memory learns from once the message is decided (gateway.correspondents)."""
+
+    check = "identity"
+
+    direction: str = "inbound"  # inbound, or outbound: our user writing out
+    author: str | None = optional()  # the one From address, lower case
+    name: str | None = optional()  # its display name, decoded (at most 200 characters)
+    via: str | None = optional()  # the authenticated domain vouching for it (DKIM d=, SPF)
+    recipients: Sequence[str] = ()
+    imitation: bool = False  # an impersonation symbol fired: such mail teaches nothing
+    known: bool = False  # KNOWN_CORRESPONDENT was given
+    history: bool = False  # the correspondent memory was read for this message
+
+
+@dataclass(frozen=True)
 class LinksFacts(Facts):
     check = "links"
 

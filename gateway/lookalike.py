@@ -17,7 +17,8 @@ the links check (link hosts and link texts); every comparison goes through
                   ``securepaypal.net``, ``paypal-alerts.example``);
   ``tld``         the same label under another public suffix (``paypal.co``);
   ``subdomain``   the domain written as leading labels of another
-                  (``paypal.com.account-check.example``).
+                  (``paypal.com.account-check.example``);
+  ``dots``        its dots written as hyphens or left out (``paypal-com.net``).
 
   A subdomain of the domain itself is the domain (``mail.paypal.com``).
 - :class:`Brands` / :func:`load_brands`: ``rules/brands.toml``, brand ->
@@ -69,6 +70,7 @@ TECHNIQUES: dict[str, str] = {
     "affix": "a word added",
     "tld": "another TLD",
     "subdomain": "written as its subdomain",
+    "dots": "its dots written as hyphens",
 }
 
 def _words(text: str) -> list[str]:
@@ -96,7 +98,8 @@ AFFIX_WORDS = frozenset(fold(word) for word in _words("""
 ROLE_WORDS = AFFIX_WORDS | frozenset(fold(word) for word in _words("""
     no reply noreply donotreply do not the from of for and department dept ltd llc gmbh
     plc sa ag co corporation limited team information important urgent action required
-    your center centre service
+    your center centre service payroll finance accounting accounts treasury procurement
+    purchasing sales marketing legal management board executive hr
     """))
 
 
@@ -174,6 +177,7 @@ class DomainIndex:
     def __init__(self, domains: Mapping[str, str]):
         self.owners: dict[str, str] = {}  # registrable -> owner
         self._by_key: dict[str, str] = {}  # fold(registrable) -> registrable
+        self._flat: dict[str, str] = {}  # "paypal-com", "paypalcom" -> registrable
         self._by_label: dict[str, list[str]] = {}  # fold(label) -> registrables
         # Labels by length, folded and as written (lower case): edit distance
         # counts on both, as the skeleton makes an m two letters (rn).
@@ -185,6 +189,8 @@ class DomainIndex:
                 continue
             self.owners[reg] = owner
             self._by_key.setdefault(fold(reg), reg)
+            self._flat.setdefault(fold(reg).replace(".", "-"), reg)
+            self._flat.setdefault(fold(reg).replace(".", ""), reg)
             written = split_registrable(reg)[0]
             label = fold(written)
             for form in {label, written}:
@@ -228,6 +234,9 @@ class DomainIndex:
                     inner = self._by_key.get(".".join(labels[start:start + width]))
                     if inner is not None:
                         return inner, "subdomain", 0
+        flat = self._flat.get(folded)
+        if flat is not None:
+            return flat, "dots", 0
         joined = folded.replace("-", "")
         if joined != folded and joined in self._by_label:
             return self._by_label[joined][0], "hyphen", 0
@@ -265,12 +274,15 @@ class DomainIndex:
         if best is None:
             return None
         other, distance = best[0], int(best[1])
-        # The imitated label's length decides: micrsft.com is two edits from
-        # the nine letters of microsoft.com, apxle2.com too many from apple.com.
-        allowed = 2 if len(other) >= TYPO2_MIN else 1 if len(other) >= TYPO_MIN else 0
+        imitated = self._by_label[other][0] if other in self._by_label else self._written[other]
+        # The imitated label's length as written decides (its skeleton may be
+        # longer: m is rn): micrsft.com is two edits from the nine letters of
+        # microsoft.com, apxle2.com too many from apple.com, nmrc.ie none
+        # from the four of hmrc.gov.uk.
+        length = len(split_registrable(imitated)[0])
+        allowed = 2 if length >= TYPO2_MIN else 1 if length >= TYPO_MIN else 0
         if distance == 0 or distance > allowed:
             return None
-        imitated = self._by_label[other][0] if other in self._by_label else self._written[other]
         return imitated, "typo", distance
 
 

@@ -99,7 +99,9 @@ def build_generation(config: Config, number: int, keeper: Keeper | None = None,
             problems.append(f"quarantine: {exc}; quarantined mail is answered 4xx until "
                             "it works")
         keeper.start_purging()
-    decider = Decider(evaluator, keeper, config.milter.threads, observer)
+    from gateway.correspondents import learner_for
+
+    decider = Decider(evaluator, keeper, config.milter.threads, observer, learner_for(config))
     return Generation(config, evaluator, decider, keeper, number), problems
 
 

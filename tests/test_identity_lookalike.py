@@ -101,6 +101,8 @@ def test_hostile_text_is_bounded():
     ("paypa1-alerts.example", "affix"),
     ("paypal.co", "tld"),
     ("paypal.com.account-check.example", "subdomain"),
+    ("paypal-com.net", "dots"),
+    ("paypalcom.info", "dots"),
 ])
 def test_lookalike_techniques(host, technique):
     found = compare(host, "paypal.com")
@@ -124,6 +126,7 @@ def test_typo_distance_depends_on_length():
     assert compare("apxle2.com", "apple.com") is None  # 5: not two
     assert compare("rnicrosotf.com", "microsoft.com") is not None  # skeleton + swap
     assert compare("micrsft.com", "microsoft.com") is not None  # 9: two edits
+    assert compare("nmrc.ie", "hmrc.gov.uk") is None  # 4 letters, though its skeleton has 5
 
 
 def test_index_names_the_owner_and_prefers_the_listed_domain():

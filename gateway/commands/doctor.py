@@ -113,6 +113,7 @@ def diagnose(args: argparse.Namespace) -> list[Line]:
         lambda: dns_lines(config, args.dns_probe),
         lambda: store_lines(config),
         lambda: model_lines(config),
+        lambda: identity_lines(config),
         lambda: node_lines(config),
         lambda: postfix_lines(config, postconf),
         lambda: permission_lines(config, args.user, path),
@@ -318,6 +319,42 @@ def model_lines(config: Config) -> list[Line]:
                      "start the database or correct [classifier] store; promotions reach "
                      "this node once it answers")]
     return [ok("model", f"{model.version} from {which}: loads, checksums match ({checksum})")]
+
+
+def identity_lines(config: Config) -> list[Line]:
+    """The identity check's lists, and where its idea of "our domains" comes from."""
+    if "identity" not in config.pipeline.checks:
+        return [skip("identity", "the identity check is not enabled")]
+    from gateway.checks.identity import IdentityCheck
+    from gateway.correspondents import Memory, memory_url
+    from gateway.schema import ConfigError
+
+    try:
+        check = IdentityCheck(config, reader=None)
+    except ConfigError as exc:
+        return [fail("identity", "; ".join(exc.problems),
+                     "correct the files named in [identity] brands, freemail or "
+                     "protected_files")]
+    settings = config.identity
+    told = (f"{len(check.people)} protected people, {len(check.brands.brands)} brands, "
+            f"{len(check.freemail)} freemail domains; outbound mail: {settings.outbound}")
+    if settings.org_domains:
+        return [ok("identity", f"our domains: {', '.join(settings.org_domains)}; {told}")]
+    seen: list[str] = []
+    url = memory_url(config.quarantine.url)
+    if url is not None:
+        try:
+            memory = Memory.open(url)
+            try:
+                seen = sorted({e.recipient.rpartition("@")[2] for e in memory.index_rows()})
+            finally:
+                memory.close()
+        except Exception:  # an unreadable store has its own line above
+            seen = []
+    learned = ", ".join(seen[:10]) + (", ..." if len(seen) > 10 else "") if seen else \
+        "none yet"
+    return [ok("identity", f"[identity] org_domains is empty: our domains are learned from "
+               f"the recipients' domains (so far: {learned}); {told}")]
 
 
 def _shared_store_problem(config: Config) -> str:
