@@ -469,3 +469,16 @@ def test_a_picture_too_large_for_pillow_is_named_not_counted_unreadable():
     assert scan.unreadable == 0
     assert scan.skipped == ["huge.png: more than 178956970 pixels, past [limits] image_pixels "
                             "(40000000)"]
+
+
+def test_our_domains_and_brands_come_from_the_identity_settings(tmp_path):
+    from gateway.config import IdentitySection
+
+    brands = tmp_path / "brands.toml"
+    brands.write_text('[brand.acmebank]\nnames = ["Acme Bank"]\ndomains = ["acmebank.com"]\n')
+    config = Config(identity=IdentitySection(org_domains=["example-corp.com"],
+                                             brands=[str(brands)]))
+    text = "https://examp1e-corp.com/hr https://acmebank-secure.com/ https://paypa1.com/"
+    assert findings(mail(text=text), config)["URL_LOOKALIKE_DOMAIN"] == (
+        "examp1e-corp.com imitates example-corp.com (our domain): a confusable spelling; "
+        "acmebank-secure.com imitates acmebank.com (brand Acme Bank): a word added")

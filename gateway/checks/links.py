@@ -51,8 +51,6 @@ from gateway.config import Config
 from gateway.confusables import mixed_script, name_tokens
 from gateway.facts import DmarcFacts, LinksFacts
 from gateway.lookalike import (
-    DEFAULT_BRANDS,
-    DEFAULT_FREEMAIL,
     MAX_LABELS,
     Brand,
     Brands,
@@ -188,8 +186,10 @@ class LinksCheck(Check):
         super().__init__(config)
         self.shorteners = shipped_shorteners() | {
             d.strip().lower().lstrip("@") for d in config.links.shorteners}
-        self.brands: Brands = load_brands([DEFAULT_BRANDS])
-        self.freemail = load_freemail([DEFAULT_FREEMAIL])
+        identity = config.identity  # the brands, freemail and our domains are the same
+        self.brands: Brands = load_brands(identity.brands)
+        self.freemail = load_freemail(identity.freemail, identity.freemail_domains)
+        self.org_domains = frozenset(registrable(d) for d in identity.org_domains)
         self._indexes: dict[frozenset[str], DomainIndex] = {}
 
     def index(self, org: frozenset[str]) -> DomainIndex:
@@ -234,8 +234,9 @@ class LinksCheck(Check):
         dmarc = DmarcFacts.of(facts)
         authenticated = registrable_domain(dmarc.from_domain) \
             if dmarc is not None and dmarc.result == "pass" and dmarc.from_domain else None
-        org = frozenset(registrable(r.strip().strip("<>").rpartition("@")[2])
-                        for r in message.envelope.rcpt_to[:MAX_RECIPIENT_DOMAINS] if "@" in r)
+        org = self.org_domains or frozenset(
+            registrable(r.strip().strip("<>").rpartition("@")[2])
+            for r in message.envelope.rcpt_to[:MAX_RECIPIENT_DOMAINS] if "@" in r)
         seen = _Seen(authors, authenticated, self.index(org))
         judged = []
         for found in dict.fromkeys(view_of(message).found):
