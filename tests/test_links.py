@@ -482,3 +482,45 @@ def test_our_domains_and_brands_come_from_the_identity_settings(tmp_path):
     assert findings(mail(text=text), config)["URL_LOOKALIKE_DOMAIN"] == (
         "examp1e-corp.com imitates example-corp.com (our domain): a confusable spelling; "
         "acmebank-secure.com imitates acmebank.com (brand Acme Bank): a word added")
+
+
+def test_a_link_imitating_a_known_correspondents_domain_is_a_lookalike():
+    from gateway.correspondents import Snapshot
+
+    class Memory:  # the identity check's memory as a worker reads it
+        def snapshot(self):
+            return Snapshot(known_domains=frozenset({"mueller-logistik.de", "gmail.com"}),
+                            read=True)
+
+        def close(self):
+            pass
+
+    check = LinksCheck(Config(), reader=Memory())
+    raw = mail(text="https://mueller-logistlk.de/invoice https://www.mueller-logistik.de/ "
+                    "https://gmall.com/")
+    report = check.run(Message.from_bytes(raw), CheckContext())
+    assert {s.name: s.evidence for s in report.symbols} == {
+        "URL_LOOKALIKE_DOMAIN": "mueller-logistlk.de imitates mueller-logistik.de (a known "
+                                "correspondent's domain): a typo (edit distance 1); "
+                                "gmall.com imitates gmail.com (brand Google): a typo (edit "
+                                "distance 1)"}
+
+
+def test_a_known_correspondent_sending_a_link_trick_is_not_discounted():
+    from gateway.paths import DEFAULT_RULES
+    from gateway.pipeline import PipelineResult
+    from gateway.policy import Policy, load_rules
+    from gateway.symbols import Symbol
+
+    policy = Policy(load_rules([DEFAULT_RULES]))
+
+    def decide(*names: str):
+        symbols = tuple(Symbol(n, 0.0) for n in names)
+        return policy.decide(PipelineResult(symbols=symbols, runs=()))
+
+    tricked = decide("BAYES_00", "KNOWN_CORRESPONDENT", "URL_USERINFO_TRICK")
+    (meta,) = [s for s in tricked.symbols if s.name == "LINK_TRICK_FROM_KNOWN_SENDER"]
+    assert meta.score == 2.0
+    assert tricked.action == "quarantine"  # -2.0 - 2.0 + 8.0 + 2.0
+    assert "LINK_TRICK_FROM_KNOWN_SENDER" not in {
+        s.name for s in decide("KNOWN_CORRESPONDENT", "URL_SHORTENER").symbols}

@@ -46,9 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.checks import Check, CheckContext
+from gateway.checks.identity import _exists
 from gateway.checks.view import view_of
 from gateway.config import Config
 from gateway.confusables import mixed_script, name_tokens
+from gateway.correspondents import MemoryReader, Snapshot, memory_url
 from gateway.facts import DmarcFacts, LinksFacts
 from gateway.lookalike import (
     MAX_LABELS,
@@ -182,7 +184,7 @@ class LinksCheck(Check):
                          "image_seconds were not searched for QR codes",
     }
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, reader: MemoryReader | None = None):
         super().__init__(config)
         self.shorteners = shipped_shorteners() | {
             d.strip().lower().lstrip("@") for d in config.links.shorteners}
@@ -191,6 +193,27 @@ class LinksCheck(Check):
         self.freemail = load_freemail(identity.freemail, identity.freemail_domains)
         self.org_domains = frozenset(registrable(d) for d in identity.org_domains)
         self._indexes: dict[frozenset[str], DomainIndex] = {}
+        # The identity check's correspondent memory: known correspondents'
+        # domains may be imitated too (read every [identity] refresh seconds).
+        url = memory_url(config.quarantine.url)
+        if reader is None and url is not None and "identity" in config.pipeline.checks \
+                and _exists(url):
+            reader = MemoryReader(url, identity)
+        self.reader = reader
+        self._known: tuple[int, DomainIndex] | None = None
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
+    def known(self, snapshot: Snapshot) -> DomainIndex:
+        """Known correspondents' domains (not freemail), rebuilt when the
+        memory's snapshot changes."""
+        if self._known is None or self._known[0] != id(snapshot):
+            self._known = (id(snapshot), DomainIndex({
+                d: "a known correspondent's domain" for d in snapshot.known_domains
+                if not is_freemail(d, self.freemail)}))
+        return self._known[1]
 
     def index(self, org: frozenset[str]) -> DomainIndex:
         """The domains a link may imitate: ours and the brands', built once
@@ -234,10 +257,12 @@ class LinksCheck(Check):
         dmarc = DmarcFacts.of(facts)
         authenticated = registrable_domain(dmarc.from_domain) \
             if dmarc is not None and dmarc.result == "pass" and dmarc.from_domain else None
+        snapshot = self.reader.snapshot() if self.reader is not None else Snapshot()
         org = self.org_domains or frozenset(
             registrable(r.strip().strip("<>").rpartition("@")[2])
-            for r in message.envelope.rcpt_to[:MAX_RECIPIENT_DOMAINS] if "@" in r)
-        seen = _Seen(authors, authenticated, self.index(org))
+            for r in message.envelope.rcpt_to[:MAX_RECIPIENT_DOMAINS] if "@" in r
+        ) | snapshot.recipient_domains
+        seen = _Seen(authors, authenticated, self.index(org), self.known(snapshot))
         judged = []
         for found in dict.fromkeys(view_of(message).found):
             link = parse_link(found.url)
@@ -272,6 +297,8 @@ class LinksCheck(Check):
         if not own and not link.ip and has_public_suffix(link.host) and \
                 not is_freemail(link.host, self.freemail):
             imitation = seen.index.match(link.host)
+            if imitation is None and seen.index.owner(link.host) is None:
+                imitation = seen.known.match(link.host)
             # Brands run sites under country domains no list names all of
             # (yahoo.com.au, google.de): another TLD counts on generic ones.
             if imitation is not None and not (imitation.technique == "tld"
@@ -333,7 +360,8 @@ class _Seen:
 
     authors: frozenset[str]  # the From domains, registrable
     authenticated: str | None  # the author domain DMARC passed, registrable
-    index: DomainIndex  # the domains a link may imitate
+    index: DomainIndex  # ours and the brands': the domains a link may imitate
+    known: DomainIndex  # known correspondents' domains, which it may imitate too
 
 
 def _joined(items: Iterable[str]) -> str:
