@@ -252,3 +252,77 @@ def test_gateway_list_needs_the_store(tmp_path: Path):
     assert result.returncode == 2
     assert result.stderr == ("gateway: the managed lists live in the store's database, and "
                              "[quarantine] url is empty; use [lists] in gateway.toml instead\n")
+
+
+# -- what a rejected sender is told (issue 23, finding 9) ------------------------------------
+
+
+def told(evaluator: LocalEvaluator, sender: str, ip: str | None = None,
+         rcpt: str = "bob@example.org") -> str:
+    """The SMTP reply the sender gets ("None" for mail that is accepted)."""
+    verdict = evaluator.evaluate_message(Message.from_bytes(RAW, Envelope(
+        mail_from=sender, client_ip=ip, rcpt_to=(rcpt,))))
+    return str(verdict.reply)
+
+
+def test_a_rejected_sender_is_never_told_the_entrys_owner_or_reason(store, store_url):
+    store.add_list_entry("block-sender", "spam.example", owner="alice",
+                         reason="ticket 4711: fraud ring")
+    evaluator = LocalEvaluator(config_for(store_url, block_ips=["192.0.2.0/24"]))
+    try:
+        reply = wait_until(lambda: (found := told(evaluator, "x@spam.example")) != "None"
+                           and found, what="the entry applies")
+        assert reply == ("550 5.7.1 Rejected: envelope sender is on the local block list "
+                         "[BLOCKLIST_SENDER]")
+        # gateway.toml's entries too: the sender learns which list, not which entry.
+        assert told(evaluator, "a@ok.example", "192.0.2.1") == (
+            "550 5.7.1 Rejected: client IP is on the local block list [BLOCKLIST_IP]")
+    finally:
+        evaluator.close()
+
+
+def test_a_rejected_sender_is_told_the_entrys_public_reply(store, store_url):
+    store.add_list_entry("block-sender", "spam.example", owner="alice", reason="fraud ring",
+                         reply="Not accepted here")
+    store.add_list_entry("block-ip", "203.0.113.0/24", owner="bob", reason="botnet 7",
+                         scope="joe@example.org",
+                         reply="Refused by example.org; write to postmaster@example.org")
+    evaluator = LocalEvaluator(config_for(store_url))
+    try:
+        reply = wait_until(lambda: (found := told(evaluator, "x@spam.example")) != "None"
+                           and found, what="the entry applies")
+        assert reply == "550 5.7.1 Rejected: Not accepted here [BLOCKLIST_SENDER]"
+        # A recipient's own entry, judged through the policy's facts.
+        assert told(evaluator, "a@ok.example", "203.0.113.9", "joe@example.org") == (
+            "550 5.7.1 Rejected: Refused by example.org; write to postmaster@example.org "
+            "[BLOCKLIST_IP]")
+        assert told(evaluator, "a@ok.example", "203.0.113.9", "eve@example.org") == "None"
+    finally:
+        evaluator.close()
+
+
+@pytest.mark.parametrize(("reply", "problem"), [
+    ("Refusé", "the reply goes to the sender in an SMTP reply: printable ASCII only"),
+    ("x" * 201, "the reply is 201 characters; at most 200"),
+])
+def test_a_reply_that_cannot_go_into_an_smtp_reply_is_refused(store, reply, problem):
+    with pytest.raises(ValueError, match=problem):
+        store.add_list_entry("block-sender", "spam.example", owner="ops", reply=reply)
+    assert store.list_entries() == []
+
+
+def test_gateway_list_add_reply(config_file: Path):
+    added = gateway("list", "add", "block-ip", "203.0.113.0/24", "--reason", "botnet 7",
+                    "--reply", "  Refused;\n write to postmaster@example.org ",
+                    config=config_file)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.rstrip().endswith(
+        "-- botnet 7 (replies: Refused; write to postmaster@example.org)")
+    (shown,) = json.loads(gateway("list", "show", "--json", config=config_file).stdout)
+    assert (shown["reason"], shown["reply"]) == ("botnet 7",
+                                                "Refused; write to postmaster@example.org")
+    refused = gateway("list", "add", "block-ip", "198.51.100.1", "--reply", "Zurückgewiesen",
+                      config=config_file)
+    assert (refused.returncode, refused.stderr) == (
+        2, "gateway: --reply: the reply goes to the sender in an SMTP reply: printable ASCII "
+        "only\n")

@@ -4,7 +4,8 @@ An entry is a kind (``allow-sender``, ``block-sender``, ``allow-ip``,
 ``block-ip``), a value (``user@example.org``, ``@example.org`` or
 ``example.org`` for senders; an address or network for IPs), a scope (``""``
 for all mail, else the recipient address or domain whose mail it is for),
-who added it and why, when, until when, and how often it matched.
+who added it and why (for the site's eyes only), what a rejected sender may
+be told (``reply``, optional), when, until when, and how often it matched.
 
 :class:`~gateway.quarantine.store.QuarantineStore` offers these as methods
 (``list_entries``, ``add_list_entry``, ...); the lists check reads them in
@@ -29,6 +30,7 @@ from gateway.quarantine.schema import list_entries
 LIST_KINDS = ("allow-sender", "block-sender", "allow-ip", "block-ip")
 MAX_VALUE = 255
 MAX_TEXT = 1000
+MAX_REPLY = 200  # the whole SMTP reply line stays well under RFC 5321's 512
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ class ListEntry:
     value: str
     scope: str  # "" = all mail; else a recipient address or domain
     owner: str
-    reason: str
+    reason: str  # internal: shown to the site, never to a sender
+    reply: str  # public: the SMTP reply's text when it rejects ("" = the symbol's)
     created: datetime
     updated: datetime
     expires: datetime | None
@@ -53,7 +56,8 @@ class ListEntry:
             return value.isoformat(timespec="seconds") if value else None
 
         return {"id": self.id, "kind": self.kind, "value": self.value, "for": self.scope or None,
-                "owner": self.owner, "reason": self.reason, "created": stamp(self.created),
+                "owner": self.owner, "reason": self.reason, "reply": self.reply,
+                "created": stamp(self.created),
                 "updated": stamp(self.updated), "expires": stamp(self.expires),
                 "active": self.active(), "hits": self.hits, "last_hit": stamp(self.last_hit)}
 
@@ -91,6 +95,17 @@ def normalize_sender(text: str, shown: str | None = None) -> str:
     return f"{local}@{domain}" if at else domain
 
 
+def normalize_reply(text: str) -> str:
+    """The public reply text as stored: printable ASCII on one line (it goes
+    into an SMTP reply), at most MAX_REPLY characters; raises ValueError."""
+    text = " ".join(text.split())
+    if not all(" " <= c <= "~" for c in text):
+        raise ValueError("the reply goes to the sender in an SMTP reply: printable ASCII only")
+    if len(text) > MAX_REPLY:
+        raise ValueError(f"the reply is {len(text)} characters; at most {MAX_REPLY}")
+    return text
+
+
 def normalize_scope(scope: str | None) -> str:
     """``""`` (all mail), a recipient address or a recipient domain."""
     if not scope:
@@ -109,7 +124,7 @@ def _entry(row: Any) -> ListEntry:
         return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
     return ListEntry(row.id, row.kind, row.value, row.scope, row.owner, row.reason,
-                     utc(row.created), utc(row.updated), utc(row.expires), row.hits,
+                     row.reply, utc(row.created), utc(row.updated), utc(row.expires), row.hits,
                      utc(row.last_hit))
 
 
@@ -138,12 +153,13 @@ def get_entry(connection: Connection, identifier: int) -> ListEntry | None:
 
 
 def upsert_entry(connection: Connection, kind: str, value: str, scope: str, owner: str,
-                 reason: str, expires: datetime | None, at: datetime) -> tuple[ListEntry, bool]:
+                 reason: str, expires: datetime | None, at: datetime,
+                 reply: str = "") -> tuple[ListEntry, bool]:
     """Add an entry, or renew the same one (kind, value, scope): its owner,
-    reason and expiry are replaced, its hits kept. (entry, True if new)."""
+    reason, reply and expiry are replaced, its hits kept. (entry, True if new)."""
     value, scope = normalize_value(kind, value), normalize_scope(scope)
-    fields = {"owner": owner[:MAX_TEXT], "reason": reason[:MAX_TEXT], "expires": expires,
-              "updated": at}
+    fields = {"owner": owner[:MAX_TEXT], "reason": reason[:MAX_TEXT],
+              "reply": normalize_reply(reply), "expires": expires, "updated": at}
     existing = find_entry(connection, kind, value, scope)
     if existing is not None:
         connection.execute(update(list_entries).where(list_entries.c.id == existing.id)
