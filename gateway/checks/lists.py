@@ -345,7 +345,14 @@ class ListsCheck(Check):
         self.allow_ips = self.static.lists["allow-ip"]
         self.block_ips = self.static.lists["block-ip"]
         self.policies: dict[str, Lists] = {}
+        # (where, kind, entries as written): what startup_problems looks at
+        self.written: list[tuple[str, str, Iterable[str]]] = [
+            ("[lists]", "allow-sender", lists.allow_senders),
+            ("[lists]", "block-sender", lists.block_senders)]
         for key, overlay in load_rules(config.policy.rules).domains.items():
+            self.written += [(f"the policy of {key}", kind, overlay.lists.get(name, ()))
+                             for name, kind in (("allow_senders", "allow-sender"),
+                                                ("block_senders", "block-sender"))]
             if overlay.lists:
                 self.policies[key] = Lists.of(
                     **{name: overlay.lists.get(name, ()) for name in
@@ -353,6 +360,24 @@ class ListsCheck(Check):
                     where=f" (policy of {key})")
         url = config.quarantine.url
         self.managed = ManagedLists(url, lists.refresh) if url else None
+
+    def startup_problems(self) -> list[str]:
+        """Entries of [lists] and of domains' policies that can match no
+        sender (a wildcard), or that name a public suffix and so match every
+        sender under it: what ``gateway list add`` refuses."""
+        # SQLAlchemy comes with it: imported here, not in every worker.
+        from gateway.quarantine.lists import public_suffix_problem
+
+        problems = []
+        for where, kind, entries in self.written:
+            for entry in entries:
+                try:
+                    problem = public_suffix_problem(kind, entry)
+                except ValueError as exc:
+                    problem = str(exc)
+                if problem is not None:
+                    problems.append(f"lists: {where}, {kind}: {problem}")
+        return problems
 
     def run(self, message: Message, context: CheckContext) -> Report:
         envelope = message.envelope

@@ -16,6 +16,7 @@ them. Values are normalised here, so every writer stores the same form.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,12 +25,18 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from gateway.mail import DomainError, ascii_domain
+from gateway.mail import DomainError, ascii_domain, is_public_suffix
 from gateway.quarantine.schema import list_entries
 
 LIST_KINDS = ("allow-sender", "block-sender", "allow-ip", "block-ip")
 MAX_VALUE = 255
 MAX_TEXT = 1000
+# Entries are compared as they are: a wildcard would match nothing.
+WILDCARDS = "*%?"
+# RFC 5321's domain (letters, digits, hyphens; in A-labels) and RFC 5322's
+# dot-atom local part: what an envelope address can hold unquoted.
+_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+_LOCAL = re.compile(r"[a-z0-9!#$&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$&'*+/=?^_`{|}~-]+)*")
 MAX_REPLY = 200  # the whole SMTP reply line stays well under RFC 5321's 512
 
 
@@ -82,17 +89,46 @@ def normalize_value(kind: str, value: str) -> str:
 
 def normalize_sender(text: str, shown: str | None = None) -> str:
     """``user@example.org``, ``@example.org`` or ``example.org``, lower case,
-    the domain in A-labels."""
+    the domain in A-labels; raises ValueError for what could match no
+    envelope address (a wildcard, a character no mail domain has)."""
     shown = shown if shown is not None else text
     text = text.lower().rstrip(".")
     if not text or any(c.isspace() for c in text) or text.count("@") > 1 or len(text) > MAX_VALUE:
         raise ValueError(f"{shown!r} is not an address, @domain or domain")
+    if any(c in WILDCARDS for c in text):
+        raise ValueError(f"{shown!r}: entries have no wildcards ({' '.join(WILDCARDS)} match "
+                         "only themselves); example.org is that domain and its subdomains, "
+                         "@example.org exactly that domain")
     local, at, domain = text.rpartition("@")
     try:
         domain = ascii_domain(domain)
     except DomainError as exc:
         raise ValueError(f"{shown!r}: {exc}") from None
+    if not _DOMAIN.fullmatch(domain):
+        raise ValueError(f"{shown!r}: not a mail domain (labels of letters, digits and "
+                         "inner hyphens, such as mail-1.example.org; no _, [ ] or others)")
+    if local and not _LOCAL.fullmatch(local):
+        raise ValueError(f"{shown!r}: {local!r} is not a local part an envelope address "
+                         "can have (RFC 5322 dot-atom)")
     return f"{local}@{domain}" if at else domain
+
+
+class PublicSuffixEntry(ValueError):
+    """A domain entry that names a public suffix (refused unless forced)."""
+
+
+def public_suffix_problem(kind: str, value: str) -> str | None:
+    """Why a domain entry that names a public suffix (``test``, ``@co.uk``)
+    is not a sender's domain, or None; raises ValueError for a value that
+    cannot be an entry at all."""
+    if kind.endswith("-ip"):
+        return None
+    local, exact, domain = normalize_value(kind, value).rpartition("@")
+    if local or not is_public_suffix(domain):
+        return None
+    reach = "no one sends from it" if exact else f"it would match every sender under .{domain}"
+    return (f"{value.strip()!r} names a public suffix, under which anyone registers "
+            f"domains, not one sender's domain: {reach}")
 
 
 def normalize_reply(text: str) -> str:
