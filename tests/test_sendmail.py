@@ -114,6 +114,10 @@ def test_clean_mail_gets_authentication_results_and_spam_headers_and_loses_forge
            + f'[auth]\nauthserv_id = "{AUTHSERV}"\n')
     tag = uuid.uuid4().hex
     forged = (f"Authentication-Results: {AUTHSERV}; spf=pass smtp.mailfrom=ceo@bank.test\r\n"
+              # as a decoding mail program and a person read them (issue 23, finding 10)
+              f"Authentication-Results: =?utf-8?q?{AUTHSERV}?=; dkim=pass header.d=bank.test\r\n"
+              "Authentication-Results: m\u0445.g\u0430teway.test; dmarc=pass "
+              "header.from=bank.test\r\n"
               "X-Spam-Status: No, score=-100 forged\r\nX-Spam-Score: -100\r\n")
     send(sendmail, message(tag, extra_headers=forged))
     delivery = sink.find(tag)
