@@ -270,7 +270,7 @@ list_entries = Table(
     Column("owner", Text, nullable=False),
     Column("reason", Text, nullable=False),                   # internal
     Column("reply", Text, nullable=False, server_default=""),  # public, in the SMTP
-                                                              # reply (0007_list_reply)
+                                                              # reply (0008_list_reply)
     Column("created", DateTime(timezone=True), nullable=False),
     Column("updated", DateTime(timezone=True), nullable=False),
     Column("expires", DateTime(timezone=True)),               # NULL: never

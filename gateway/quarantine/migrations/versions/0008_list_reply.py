@@ -2,16 +2,16 @@
 SMTP reply tells a rejected sender, apart from the owner and reason, which
 stay the site's own.
 
-Revision ID: 0007_list_reply
-Revises: 0006
+Revision ID: 0008_list_reply
+Revises: 0007_identity
 Create Date: 2026-12-07
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_list_reply"
-down_revision = "0006"
+revision = "0008_list_reply"
+down_revision = "0007_identity"
 branch_labels = None
 depends_on = None
 
