@@ -231,7 +231,8 @@ class ListsFacts(Facts):
         # A symbol as a list of its fields: the shape Symbol(*fields) reads.
         return {"recipients": list(self.recipients),
                 "recipient_symbols": {
-                    recipient: [[s.name, s.score, s.description, s.evidence] for s in symbols]
+                    recipient: [[s.name, s.score, s.description, s.evidence,
+                                 *([s.reply] if s.reply else [])] for s in symbols]
                     for recipient, symbols in self.recipient_symbols.items()}}
 
     @classmethod

@@ -482,6 +482,13 @@ def has_public_suffix(host: str) -> bool:
     return _public_suffix_list().privatesuffix(host, accept_unknown=False) is not None
 
 
+def is_public_suffix(domain: str) -> bool:
+    """Whether a domain (A-labels) is a public suffix, under which anyone may
+    register names: com, co.uk, github.io, and an unlisted top-level domain
+    such as test (the list's default rule)."""
+    return bool(_public_suffix_list().is_public(domain))
+
+
 @lru_cache(maxsize=1)
 def _public_suffix_list() -> Any:
     from publicsuffixlist import PublicSuffixList

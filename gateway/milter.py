@@ -286,11 +286,18 @@ class GatewayMilter(Milter.Base):
         if self._actions & Milter.ADDHDRS:
             # With header_leading_space negotiated, values are sent verbatim.
             lead = " " if self._protocol & Milter.P_HDR_LEADSPC else ""
+            ours = verdict_headers(decision.verdict)
+            if self._actions & Milter.CHGHDRS:
+                for name, value in ours:
+                    self.addheader(name, lead + value)
+            else:
+                # Forged copies stay: ours go above them, where readers and
+                # filters look first (an index needs ADDHDRS only).
+                for name, value in reversed(ours):
+                    self.addheader(name, lead + value, 0)
             auth = authentication_results_header(decision.verdict)
             if auth is not None:
                 self.addheader(auth[0], lead + auth[1], 0)  # at the top (RFC 8601)
-            for name, value in verdict_headers(decision.verdict):
-                self.addheader(name, lead + value)
         subject = decision.verdict.tagged_subject  # add_header with [add_header] subject_tag
         if subject is not None and self._actions & Milter.CHGHDRS:
             lead = " " if self._protocol & Milter.P_HDR_LEADSPC else ""

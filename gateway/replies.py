@@ -45,10 +45,13 @@ def for_verdict(action: str, score: float, forced_by: Symbol | None,
     ref = f" (ref {reference})" if reference else ""
     if action == "reject":
         if forced_by is not None:
-            why = forced_by.description or forced_by.name
-            detail = f": {forced_by.evidence}" if forced_by.evidence else ""
+            if forced_by.reply:  # its evidence is for the site's eyes only
+                why = forced_by.reply
+            else:
+                why = forced_by.description or forced_by.name
+                why += f": {forced_by.evidence}" if forced_by.evidence else ""
             status = STATUS_OF.get(forced_by.name, "5.7.1")
-            return SmtpReply("550", status, f"Rejected: {why}{detail} [{forced_by.name}]{ref}")
+            return SmtpReply("550", status, f"Rejected: {why} [{forced_by.name}]{ref}")
         return SmtpReply("550", "5.7.1", f"Rejected as spam, score {score:g}{ref}")
     if action == "tempfail":
         why = f" [{forced_by.name}]" if forced_by is not None else ""

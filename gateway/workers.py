@@ -516,7 +516,7 @@ def _worker_main(conn: Connection, config: Config, results: ResultLog) -> None:
 # every message.
 def _encode(run: CheckRun, report: Report | None) -> tuple:
     found = None if report is None else (
-        tuple((s.name, s.score, s.description, s.evidence) for s in report.symbols),
+        tuple((s.name, s.score, s.description, s.evidence, s.reply) for s in report.symbols),
         dict(report.facts))
     return (run.name, run.status, run.millis, run.error), found
 

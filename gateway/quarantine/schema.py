@@ -268,7 +268,9 @@ list_entries = Table(
     Column("scope", String(255), nullable=False),             # "" = all mail; else a
                                                               # recipient address or domain
     Column("owner", Text, nullable=False),
-    Column("reason", Text, nullable=False),
+    Column("reason", Text, nullable=False),                   # internal
+    Column("reply", Text, nullable=False, server_default=""),  # public, in the SMTP
+                                                              # reply (0008_list_reply)
     Column("created", DateTime(timezone=True), nullable=False),
     Column("updated", DateTime(timezone=True), nullable=False),
     Column("expires", DateTime(timezone=True)),               # NULL: never
