@@ -96,7 +96,10 @@ def supervise(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGHUP, on_reload)
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
-    command = [sys.executable, "-m", "gateway", "run", *argv,
+    # -P: the working directory is not put on sys.path, so a folder named
+    # gateway/ where an admin happens to stand cannot stand in for the
+    # installed package (PYTHONPATH, set on purpose, still counts).
+    command = [sys.executable, "-P", "-m", "gateway", "run", *argv,
                CONTROL_FD_FLAG, str(reload_read)]
     while True:
         started = time.monotonic()
