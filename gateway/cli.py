@@ -18,6 +18,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if supervisor.wants_supervisor(words):
         return supervisor.main(words)
+    if supervisor.serves_milter(words):
+        supervisor.leave_stop_signals_to_libmilter()
     parser = build_parser()
     args = parser.parse_args(words)
     if not hasattr(args, "handler"):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from gateway.config import Config, load_config
 from gateway.decider import Decider, Observer
 from gateway.evaluator import Evaluator, build_evaluator
+from gateway.logs import setup_logging
 from gateway.pipeline import check_classes
 from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.store import QuarantineError
@@ -151,6 +152,10 @@ class Service:
                 return False
             for problem in problems:
                 log.warning("%s", problem)
+            if config.log != old.config.log:
+                setup_logging(config.log.level, config.log.format)
+                log.info("reload: [log] now level %s, format %s", config.log.level,
+                         config.log.format)
             self._current = generation
             old.retire()
             if keeper is None and old.keeper is not None:

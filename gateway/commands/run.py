@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 
+from gateway import __version__
 from gateway.commands.common import UsageError, config_from, setup_logging
 from gateway.config import Config, load_config, socket_problem
 from gateway.supervisor import CONTROL_FD_FLAG, supervise
@@ -37,7 +38,8 @@ def main(args: argparse.Namespace) -> int:
             argv += ["--config", args.config]
         if args.socket:
             argv += ["--socket", args.socket]
-        return supervise(argv)
+        setup_logging(config.log.level, config.log.format)
+        return supervise(argv, getattr(args, "config", None))
     return serve_milter(config, args)
 
 
@@ -74,6 +76,11 @@ def serve_milter(config: Config, args: argparse.Namespace) -> int:
         _listen_for_reloads(args.control_fd, service)
     scanner = _start_scan(config, service)
     runtime = Runtime(service=service, sessions=metrics.session)
+    log.info("gateway %s starting: config %s, checks %s, %s", __version__,
+             getattr(args, "config", None) or "the embedded defaults",
+             ", ".join(config.pipeline.checks),
+             f"{config.pipeline.workers} worker processes" if config.pipeline.workers
+             else "checks in the milter process")
     try:
         serve(runtime)
     except (OSError, libmilter.error) as exc:
