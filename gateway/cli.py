@@ -26,6 +26,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        return _run(args)
+    finally:
+        if os.geteuid() == 0 and _command(words) not in KEEP_OWNERS:
+            _hand_state_over(args)
+
+
+# Commands after which root's files in the state directories stay as they
+# are: init sets owners itself, demo has folders of its own, run and web are
+# services (their units run them as the gateway's user), doctor reports them
+# (and fixes them with --fix-owners).
+KEEP_OWNERS = frozenset({"init", "demo", "run", "web", "doctor"})
+
+
+def _command(words: Sequence[str]) -> str | None:
+    return next((w for i, w in enumerate(words) if not w.startswith("-")
+                 and (i == 0 or words[i - 1] != "--config")), None)
+
+
+def _hand_state_over(args: argparse.Namespace) -> None:
+    """What this command, run as root, created in the state directories goes
+    to their owner, the gateway's user (gateway.ownership)."""
+    from gateway.commands.common import config_from
+    from gateway.ownership import hand_over
+
+    try:
+        hand_over(config_from(args))
+    except Exception as exc:  # the command's own outcome stands
+        print(printable(f"gateway: could not give the state's new files to its owner: "
+                        f"{exc} (gateway doctor shows them)"), file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         status = args.handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return status
