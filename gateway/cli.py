@@ -51,7 +51,11 @@ def _hand_state_over(args: argparse.Namespace) -> None:
     from gateway.ownership import hand_over
 
     try:
-        hand_over(config_from(args))
+        config = config_from(args)
+    except Exception:  # a broken config: the command has said so already
+        return
+    try:
+        hand_over(config)
     except Exception as exc:  # the command's own outcome stands
         print(printable(f"gateway: could not give the state's new files to its owner: "
                         f"{exc} (gateway doctor shows them)"), file=sys.stderr)
