@@ -35,10 +35,10 @@ from gateway.logs import setup_logging
 
 log = logging.getLogger("gateway.supervisor")
 
-# A milter that ran at least this long was serving: restart it if it dies.
-STARTED_AFTER = 10.0
-RESTART_PAUSE = 0.3  # a crash loop still cannot spin: it must serve 10 s first
+RESTART_PAUSE = 0.3
+MAX_RESTART_PAUSE = 10.0  # a crash loop cannot spin: the pause doubles up to this
 CONTROL_FD_FLAG = "--control-fd"
+READY_FD_FLAG = "--ready-fd"
 # What libmilter waits for, in a thread of its own, to stop the milter.
 STOP_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
 
@@ -135,18 +135,32 @@ def supervise(argv: Sequence[str], config_path: str | None = None) -> int:
     # -P: the working directory is not put on sys.path, so a folder named
     # gateway/ where an admin happens to stand cannot stand in for the
     # installed package (PYTHONPATH, set on purpose, still counts).
-    command = [sys.executable, "-P", "-m", "gateway", "run", *argv,
-               CONTROL_FD_FLAG, str(reload_read)]
+    pause = RESTART_PAUSE
     while True:
+        # The child writes a byte here once its socket is open: a milter that
+        # never got there (a config or socket problem) is not restarted, one
+        # that served is, however long a busy machine took to start it.
         started = time.monotonic()
-        child = subprocess.Popen(command, pass_fds=(reload_read,))
+        ready_read, ready_write = os.pipe()
+        os.set_inheritable(ready_write, True)
+        command = [sys.executable, "-P", "-m", "gateway", "run", *argv,
+                   CONTROL_FD_FLAG, str(reload_read), READY_FD_FLAG, str(ready_write)]
+        child = subprocess.Popen(command, pass_fds=(reload_read, ready_write))
+        os.close(ready_write)
         status = _wait(child)
-        if stopping:
+        served = _read_all(ready_read) != b""
+        if stopping or not served:
             return status
-        if time.monotonic() - started < STARTED_AFTER:
-            return status  # did not get to serve: a config or socket problem
         log.error("the milter process ended (%s); starting it again", _describe(status))
-        time.sleep(RESTART_PAUSE)
+        # One that keeps dying soon after it starts is restarted less and less often.
+        quick = time.monotonic() - started < MAX_RESTART_PAUSE
+        pause = min(pause * 2, MAX_RESTART_PAUSE) if quick else RESTART_PAUSE
+        time.sleep(pause)
+
+
+def _read_all(fd: int) -> bytes:
+    with os.fdopen(fd, "rb") as stream:
+        return stream.read()
 
 
 def _reload_logging(config_path: str | None) -> None:

@@ -22,7 +22,8 @@ class Gateway:
     """``gateway run`` as the installed entry point runs it: its own folder,
     not the working directory, on sys.path (``-P``); its log in a file."""
 
-    def __init__(self, tmp_path: Path, cwd: Path, checks: str = '["headers"]'):
+    def __init__(self, tmp_path: Path, cwd: Path, checks: str = '["headers"]',
+                 env: dict[str, str] | None = None):
         self.socket = tmp_path / "milter.sock"
         self.config = tmp_path / "gateway.toml"
         self.config.write_text(milter_config(
@@ -31,7 +32,7 @@ class Gateway:
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-P", "-m", "gateway", "run", "--config", str(self.config)],
-                cwd=cwd, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+                cwd=cwd, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})},
                 stdout=log, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
@@ -91,19 +92,21 @@ def test_sigterm_stops_after_the_message_in_flight_is_answered(tmp_path, started
     # The message waits 3 s in a check; SIGTERM arrives meanwhile. Before,
     # a thread that did not block SIGTERM (numpy's BLAS server) took it and
     # the process died mid-message: Postfix saw the connection close.
-    gateway = Gateway(tmp_path, cwd=tmp_path, checks='["headers", "tests.plugins:SlowCheck"]')
+    marker = tmp_path / "in-flight"
+    gateway = Gateway(tmp_path, cwd=tmp_path, checks='["headers", "tests.plugins:InFlightCheck"]',
+                      env={"GATEWAY_TEST_IN_FLIGHT": str(marker)})
     started.append(gateway)
     gateway.wait_serving()
     answers: list[Outcome] = []
-    client = gateway.session()  # in flight: connected before the stop
-    sending = threading.Thread(target=lambda: answers.append(gateway.send(client=client)))
+    sending = threading.Thread(target=lambda: answers.append(gateway.send()))
     sending.start()
+    wait_until(marker.exists, timeout=60, what="the message reaching the check")
     gateway.process.send_signal(signal.SIGTERM)
     sending.join(timeout=60)
     output = gateway.stop()
     (outcome,) = answers
     assert outcome.action == "accept", output
-    assert ("X-Spam-Status", "No, score=0.0 required=4.0 tests=TEST_SLOW_DONE") \
+    assert ("X-Spam-Status", "No, score=0.0 required=4.0 tests=TEST_IN_FLIGHT_DONE") \
         in outcome.added_headers
     assert gateway.process.returncode == 0, output
     assert "gateway milter stopped" in output
