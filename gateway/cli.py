@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     from gateway.commands import (
+        backup,
         check,
         classifier,
         configcheck,
@@ -168,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_parser = command("run", run.main, "run the milter in the foreground until SIGTERM")
     run.add_arguments(run_parser)
+
+    backup.add_backup_arguments(command(
+        "backup", backup.backup_main, "copy this node's SQLite store and folder model store "
+        "into a new folder, consistently while the gateway runs"))
+    backup.add_restore_arguments(command(
+        "restore", backup.restore_main, "put a backup in place of this node's stores (refuses "
+        "to replace mail without --force)"))
 
     check_parser = command(
         "check", check.main, "score message files offline and explain the verdicts"
