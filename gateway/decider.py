@@ -18,15 +18,17 @@ two thread switches fewer for most messages.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from gateway.evaluator import Evaluator
 from gateway.logline import log_verdict
+from gateway.logs import for_message
 from gateway.message import Envelope, RawContent
 from gateway.policy import Verdict
 from gateway.quarantine.keeper import Keeper
@@ -70,15 +72,20 @@ class Decider:
     def decide(self, envelope: Envelope, raw: RawContent) -> Decision:
         """Decide; the store's work on a pool thread, while the caller waits
         (without the GIL)."""
-        if not self.evaluator.store_free:
-            return self._pool.submit(self._decide, envelope, raw).result()
-        started = time.perf_counter()
-        verdict = self.evaluator.evaluate(envelope, raw)
-        if self.keeper is not None and verdict.action in ("quarantine", "reject"):
-            decision = self._pool.submit(self._act, verdict, envelope, raw).result()
-        else:
-            decision = self._act(verdict, envelope, raw)
-        return self._decided(envelope, raw, decision, started)
+        with for_message(envelope.queue_id):  # every log line about it names it
+            if not self.evaluator.store_free:
+                return self._on_pool(self._decide, envelope, raw)
+            started = time.perf_counter()
+            verdict = self.evaluator.evaluate(envelope, raw)
+            if self.keeper is not None and verdict.action in ("quarantine", "reject"):
+                decision = self._on_pool(self._act, verdict, envelope, raw)
+            else:
+                decision = self._act(verdict, envelope, raw)
+            return self._decided(envelope, raw, decision, started)
+
+    def _on_pool(self, work: Callable[..., Decision], *args: Any) -> Decision:
+        # In this thread's context: the queue id the log lines carry goes along.
+        return self._pool.submit(contextvars.copy_context().run, work, *args).result()
 
     def _decide(self, envelope: Envelope, raw: RawContent) -> Decision:
         started = time.perf_counter()

@@ -54,6 +54,7 @@ class Runtime:
 
     service: Service
     sessions: Callable[[int], None] | None = None  # +1 / -1 per SMTP session, for metrics
+    listening: Callable[[], None] | None = None  # called once the socket is open
 
     @property
     def config(self) -> Config:
@@ -373,6 +374,8 @@ def serve(runtime: Runtime) -> None:
     if socket.startswith(("unix:", "local:")):
         _set_socket_access(socket.split(":", 1)[1], runtime.config)
     log.info("gateway milter listening on %s", socket)
+    if runtime.listening is not None:
+        runtime.listening()
     collector = _collect_garbage_off_callback_threads()
     try:
         milter.main()

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.config import Config, load_config
 from gateway.decider import Decider, Observer
 from gateway.evaluator import Evaluator, build_evaluator
+from gateway.logs import setup_logging
 from gateway.pipeline import check_classes
 from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.store import QuarantineError
@@ -48,6 +50,10 @@ class Generation:
     _retired: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _on_idle: Callable[[Generation], None] | None = None
+
+    @property
+    def users(self) -> int:
+        return self._users
 
     def acquire(self) -> Generation:
         with self._lock:
@@ -151,6 +157,10 @@ class Service:
                 return False
             for problem in problems:
                 log.warning("%s", problem)
+            if config.log != old.config.log:
+                setup_logging(config.log.level, config.log.format)
+                log.info("reload: [log] now level %s, format %s", config.log.level,
+                         config.log.format)
             self._current = generation
             old.retire()
             if keeper is None and old.keeper is not None:
@@ -169,6 +179,16 @@ class Service:
     def _notify(self, outcome: str, why: str) -> None:
         for listener in self.listeners:
             listener(outcome, why)
+
+    def drain(self, timeout: float, clock: Callable[[], float] = time.monotonic,
+              pause: Callable[[float], None] = time.sleep) -> int:
+        """Wait until no message holds a generation (each holds one from MAIL
+        FROM until its session ends), for at most ``timeout`` seconds; the
+        number still in flight then."""
+        deadline = clock() + timeout
+        while (busy := self._current.users) and clock() < deadline:
+            pause(0.05)
+        return busy
 
     def close(self) -> None:
         generation = self._current

@@ -60,6 +60,7 @@ from gateway.checks import BUILTIN
 from gateway.config import Config
 from gateway.cpu import SPARE_CORES, IdleShare
 from gateway.evaluator import Judge
+from gateway.logs import for_message, setup_logging
 from gateway.message import Envelope, Message, RawContent
 from gateway.pipeline import CheckRun, Pipeline, assemble, check_classes
 from gateway.policy import Verdict
@@ -484,6 +485,10 @@ def _worker_main(conn: Connection, config: Config, results: ResultLog) -> None:
     """A worker: build the checks once, then run them on message after message."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the milter decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # The milter blocks SIGTERM for libmilter's sake (gateway.commands.run); a
+    # worker inherits the mask through the fork server, and must die on it.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    setup_logging(config.log.level, config.log.format)  # lines like the milter's
     try:
         pipeline = Pipeline.from_config(config)
     except ConfigError as exc:
@@ -505,8 +510,14 @@ def _worker_main(conn: Connection, config: Config, results: ResultLog) -> None:
             envelope, data, path = request
             raw = RawContent(data=data) if data is not None else RawContent(path=Path(path))
             results.restart()
-            pipeline.run(Message(envelope, raw, config.limits), observer=report)
+            with for_message(envelope.queue_id):
+                pipeline.run(Message(envelope, raw, config.limits), observer=report)
             conn.send_bytes(results.frames())
+    except (BrokenPipeError, ConnectionResetError):
+        log.info("the milter went away; worker %d ends", os.getpid())
+    except Exception:
+        log.exception("worker %d ended on an error", os.getpid())
+        raise SystemExit(1) from None
     finally:
         pipeline.close()
 

@@ -136,3 +136,18 @@ class ComputeCheck(Check):
         while time.thread_time() < until:
             pass
         return [self.symbol("TEST_COMPUTED")]
+
+
+class InFlightCheck(Check):
+    """Writes to the file $GATEWAY_TEST_IN_FLIGHT when a message reaches it,
+    then waits 3 s: a message a test knows is being decided."""
+
+    name = "in_flight"
+    symbols = {"TEST_IN_FLIGHT_DONE": "the in-flight check finished"}
+
+    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
+        if path := os.environ.get("GATEWAY_TEST_IN_FLIGHT"):
+            with open(path, "w") as marker:
+                marker.write("deciding")
+        time.sleep(3.0)
+        return [self.symbol("TEST_IN_FLIGHT_DONE")]
