@@ -16,6 +16,12 @@ host judged here is the host a click opens.
   the domain shown: a newsletter's click-tracking redirect is no lie, and
   a sender that names itself in From is judged by the identity and
   authentication checks.
+- ``URL_BRAND_MISMATCH``: a link claims a brand (its text shows the
+  brand's domain or names it with sign-in words, or its picture's alt text
+  is the brand's name) and goes to none of the brand's domains.
+- ``URL_LOOKALIKE_DOMAIN``: a linked host imitates our domain, a brand's or
+  a known correspondent's (:class:`gateway.lookalike.DomainIndex`, the
+  identity check's lists and memory).
 - ``URL_USERINFO_TRICK``: a host name written as the user name in front of
   the real host (``https://paypal.com@evil.example/`` goes to
   evil.example).
@@ -98,6 +104,7 @@ SHOWN_HOST_PATH = re.compile(r"(?<![\w@.-])((?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[
 
 @functools.cache
 def shipped_shorteners(path: Path = SHORTENERS) -> frozenset[str]:
+    """The shortener domains of ``rules/shorteners.txt`` (one a line)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:
