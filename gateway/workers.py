@@ -25,12 +25,17 @@ killed worker's finished checks still count, it also appends each result as
 it comes to a scratch file it shares with the milter (:class:`ResultLog`, an
 in-memory file), which the milter reads only when it stops the worker.
 
-Messages over ``[pipeline] heavy_message_bytes`` may occupy all workers but
-one, so a burst of large or crafted messages always leaves a lane for
-ordinary mail. The pool keeps ``[pipeline] workers`` processes and grows to
-``max_workers`` while every one of them has been busy with one message for
-half a second, so a few slow messages cannot queue up the rest, or while
-messages queue for workers that mostly wait on the network (the extra ones
+Which waiting message gets a free worker is gateway.lanes': messages over
+``[pipeline] heavy_message_bytes``, and mail from clients whose messages
+lately used more than ``heavy_cpu_seconds`` of a worker's CPU (each
+worker reports what a message cost), may each occupy all workers but one,
+and that costly mail goes after the rest: a client looping crafted
+messages cannot make other mail, large or small, wait for it. The pool
+keeps ``[pipeline] workers`` processes and grows to ``max_workers`` while
+every one of them has been busy with one message for half a second, so a
+few slow messages cannot queue up the rest; while messages queue for
+workers that mostly wait on the network; and while a message waits that a
+worker busy with costly mail would otherwise have taken (the extra ones
 retire after a minute idle). A worker that dies
 on its own (a crash in C code, the OOM killer) is replaced, and its message
 is answered 4xx by the milter so the sender retries: nothing is lost.
@@ -50,16 +55,19 @@ import signal
 import struct
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.checks import BUILTIN
 from gateway.config import Config
 from gateway.cpu import SPARE_CORES, IdleShare
-from gateway.evaluator import Judge
+from gateway.evaluator import Judge, TooBusy
+from gateway.lanes import COSTLY_FOR, CostlyClients, Lane, client_of, lane_of, next_to_go
 from gateway.logs import for_message, setup_logging
 from gateway.message import Envelope, Message, RawContent
 from gateway.pipeline import CheckRun, Pipeline, assemble, check_classes
@@ -90,6 +98,15 @@ START_TIMEOUT = 120.0  # a worker loads the model and imports the checks
 
 class WorkerFailed(RuntimeError):
     """A worker died with a message in hand (answered as a temporary failure)."""
+
+
+class NoWorkerFree(WorkerFailed, TooBusy):
+    """No worker could take the message before its deadline."""
+
+
+# A worker's answer: the CPU seconds the message took in it, then the
+# results as ResultLog frames.
+_CPU_USED = struct.Struct("!d")
 
 
 class ResultLog:
@@ -133,8 +150,8 @@ class ResultLog:
         return self.parse(os.pread(self.fd, os.fstat(self.fd).st_size, 0))
 
     @classmethod
-    def parse(cls, data: bytes) -> list[tuple]:
-        items, at, size = [], 0, cls._FRAME.size
+    def parse(cls, data: bytes, at: int = 0) -> list[tuple]:
+        items, size = [], cls._FRAME.size
         while at + size <= len(data):
             (length,) = cls._FRAME.unpack_from(data, at)
             if not length or at + size + length > len(data):
@@ -158,7 +175,7 @@ def _rebuild_result_log(fd: Any) -> ResultLog:
 class _Turn:
     """A message waiting for a worker: woken when one is handed to it."""
 
-    heavy: bool
+    lane: Lane
     ready: threading.Condition
     worker: Worker | None = None
 
@@ -171,7 +188,7 @@ class Worker:
     messages: int = 0
     idle_since: float = field(default_factory=time.monotonic)
     busy_since: float | None = None
-    heavy: bool = False  # busy with a message over [pipeline] heavy_message_bytes
+    lane: Lane | None = None  # of the message in hand (gateway.lanes)
 
     @property
     def pid(self) -> int:
@@ -194,10 +211,20 @@ class Worker:
             self.results.close()
 
 
+class CpuReading(Protocol):
+    def share(self) -> float: ...  # the machine's idle share (gateway.cpu.IdleShare)
+
+
 class WorkerPool:
+    """``clock``, ``cores`` (the machine's idle share) and ``demand`` (a
+    process's seconds run or runnable) are the readings the pool decides
+    on; tests give their own."""
+
     store_free = True  # the milter's side only sends bytes and applies the policy
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
+                 cores: CpuReading | None = None,
+                 demand: Callable[[int], float] | None = None):
         self.config = config
         settings = config.pipeline
         problems: list[str] = []
@@ -211,11 +238,18 @@ class WorkerPool:
         self.hard_limit = settings.budget + settings.grace
         self.max_messages = settings.worker_max_messages
         self.heavy_bytes = settings.heavy_message_bytes
-        self._heavy_busy = 0
+        self.heavy_cpu = settings.heavy_cpu_seconds
+        # The costly and the large lane each hold at most this many workers.
+        self.lane_limit = max(self.size - 1, 1)
+        self._clock = clock
+        self._costly = CostlyClients(clock)
+        self._busy: Counter[Lane] = Counter()  # workers busy, by the lane of their message
         self._queue: list[_Turn] = []  # messages waiting for a worker, in arrival order
         self._demand: dict[int, float] = {}  # pid -> seconds run or runnable
-        self._demand_at = 0.0
-        self._cores = IdleShare(window=0.0)  # read with each reading of the demand
+        self._demand_at = float("-inf")
+        self._read_demand = demand or _cpu_demand
+        # Read with each reading of the demand.
+        self._cores: CpuReading = cores or IdleShare(window=0.0)
         self._waiting_on_network = False
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_preload(config))
@@ -246,9 +280,9 @@ class WorkerPool:
     # -- one message --------------------------------------------------------------
 
     def evaluate(self, envelope: Envelope, raw: RawContent) -> Verdict:
-        heavy = raw.size > self.heavy_bytes
+        client = client_of(envelope.client_ip)
         limit = self.hard_limit  # this message's, whatever changes meanwhile
-        worker = self._acquire(heavy, limit)
+        worker = self._acquire(client, raw.size, limit)
         stopped = ""
         keep: Worker | None = worker
         try:
@@ -256,18 +290,25 @@ class WorkerPool:
             data = raw.bytes() if raw.in_memory else None
             worker.conn.send((envelope, data, str(raw.path) if raw.path else None))
             if worker.conn.poll(limit):
-                finished = ResultLog.parse(worker.conn.recv_bytes())
+                answer = worker.conn.recv_bytes()
+                (cpu,) = _CPU_USED.unpack_from(answer)
+                if cpu > self.heavy_cpu:
+                    self._costly_mail(client, f"used {cpu:.2f}s of CPU (over [pipeline] "
+                                      f"heavy_cpu_seconds {self.heavy_cpu:g})", envelope)
+                finished = ResultLog.parse(answer, _CPU_USED.size)
             else:
                 stopped = (f"stopped: still running after {limit:g}s "
                            "([pipeline] budget + grace)")
                 log.warning("message %s: worker %d still busy after %gs, stopped",
                             envelope.queue_id or "-", worker.pid, limit)
                 keep = None
+                self._costly_mail(client, "was stopped at the deadline", envelope)
                 self._discard(worker, kill=True, keep_results=True)
                 finished = worker.results.read()
                 worker.results.close()
         except (EOFError, OSError) as exc:
             keep = None
+            self._costly_mail(client, "crashed its worker", envelope)
             code = self._discard(worker, kill=True)
             raise WorkerFailed(f"worker {worker.pid} died ({_exit_reason(code)}) while "
                                f"checking message {envelope.queue_id or '-'}: "
@@ -285,32 +326,43 @@ class WorkerPool:
         result = assemble(self.checks, runs, reports, self.config.pipeline.budget, stopped)
         return self.judge.verdict(result, envelope)
 
+    def _costly_mail(self, client: str | None, what: str, envelope: Envelope) -> None:
+        """Note that this client's message was costly (gateway.lanes)."""
+        with self._lock:
+            known = client in self._costly
+            self._costly.record(client)
+        if client is not None and not known:
+            log.info("client %s: message %s %s: its mail goes after other mail for %gs",
+                     client, envelope.queue_id or "-", what, COSTLY_FOR)
+
     # -- the pool -----------------------------------------------------------------
 
-    def _acquire(self, heavy: bool, limit: float) -> Worker:
+    def _acquire(self, client: str | None, size: int, limit: float) -> Worker:
         """A worker for this message: at once if one is idle and nobody came
-        first, else in turn. A message waits no longer than it may take to
-        check: past that the MTA gets a 4xx and retries, rather than its own
-        timeout."""
-        arrived = time.monotonic()
+        first, else in turn (gateway.lanes). A message waits no longer than
+        it may take to check: past that the MTA gets a 4xx and retries,
+        rather than its own timeout."""
+        arrived = self._clock()
         give_up = arrived + limit
         with self._lock:
             if self._closed:
                 raise WorkerFailed("the worker pool is shut down")
-            turn = _Turn(heavy, threading.Condition(self._mutex))
+            lane = lane_of(client in self._costly, size, self.heavy_bytes)
+            turn = _Turn(lane, threading.Condition(self._mutex))
             self._queue.append(turn)
             self._hand_out()
             try:
                 while turn.worker is None:
                     if self._closed:
                         raise WorkerFailed("the worker pool is shut down")
-                    if time.monotonic() > give_up:
-                        raise WorkerFailed(f"no worker process free within {limit:g}s "
+                    now = self._clock()
+                    if now > give_up:
+                        raise NoWorkerFree(f"no worker process free within {limit:g}s "
                                            f"({len(self._workers)} running, "
-                                           f"{self._starting} starting)")
+                                           f"{self._starting} starting, {lane} lane)")
                     if not self._starting and len(self._workers) < self.max_size and (
-                            self._all_slow() or (time.monotonic() - arrived > QUEUE_WAIT
-                                                 and self._workers_wait_on_network())):
+                            self._all_slow() or self._crowded_out(turn)
+                            or (now - arrived > QUEUE_WAIT and self._workers_wait_on_network())):
                         self._grow()  # whichever comes first: this one or a freed one
                     turn.ready.wait(timeout=QUEUE_WAIT)
                 return turn.worker
@@ -325,23 +377,29 @@ class WorkerPool:
                     self._queue.remove(turn)
 
     def _hand_out(self) -> None:
-        """Give idle workers to waiting messages, first come first served
-        (under the lock). Large messages share all workers but one, so a
-        burst of them (crafted or not) leaves a lane for ordinary mail: one
-        whose lane is full lets the messages behind it go first."""
-        heavy_lanes = max(self.size - 1, 1)
-        for turn in list(self._queue):
-            if not self._idle:
+        """Give idle workers to waiting messages, in the order of
+        gateway.lanes.next_to_go (under the lock): first come first served,
+        but a message whose lane is full lets the ones behind it go first,
+        and costly mail goes last."""
+        while self._idle:
+            turn = next_to_go(self._queue, self._busy, self.lane_limit)
+            if turn is None:
                 return
-            if turn.heavy and self._heavy_busy >= heavy_lanes:
-                continue
             self._queue.remove(turn)
             worker = self._idle.pop()
-            worker.busy_since = time.monotonic()
-            worker.heavy = turn.heavy
-            self._heavy_busy += turn.heavy
+            worker.busy_since = self._clock()
+            worker.lane = turn.lane
+            self._busy[turn.lane] += 1
             turn.worker = worker
             turn.ready.notify()
+
+    def _crowded_out(self, turn: _Turn) -> bool:
+        """Whether this message, not costly, waits while a worker is busy
+        with costly mail: the pool then starts one more (up to max_workers),
+        so costly mail never takes other mail's place. Costly mail itself
+        never grows the pool this way."""
+        return (turn.lane != "costly" and self._busy["costly"] > 0
+                and (turn.lane == "ordinary" or self._busy[turn.lane] < self.lane_limit))
 
     def _wake_all(self) -> None:
         for turn in self._queue:
@@ -351,10 +409,10 @@ class WorkerPool:
         """Whether, over the last moments, the workers spent most of their
         time neither running nor queued for a core, while the machine had
         cores to spare (read from the kernel's scheduler statistics)."""
-        now = time.monotonic()
+        now = self._clock()
         if now - self._demand_at < DEMAND_WINDOW:
             return self._waiting_on_network
-        demand = {w.pid: _cpu_demand(w.pid) for w in self._workers}
+        demand = {w.pid: self._read_demand(w.pid) for w in self._workers}
         shares = [max(demand[pid] - self._demand[pid], 0.0) / (now - self._demand_at)
                   for pid in demand if pid in self._demand and demand[pid] >= 0]
         idle_share = self._cores.share()
@@ -364,7 +422,7 @@ class WorkerPool:
         return self._waiting_on_network
 
     def _all_slow(self) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         return all(w.busy_since is not None and now - w.busy_since > GROW_AFTER
                    for w in self._workers)
 
@@ -379,7 +437,7 @@ class WorkerPool:
     def _add_idle(self, worker: Worker) -> None:
         with self._lock:
             self._end_busy(worker)
-            worker.idle_since = time.monotonic()
+            worker.idle_since = self._clock()
             self._workers.add(worker)
             self._idle.append(worker)
             # Straight to the message that waited longest, and only it
@@ -388,10 +446,10 @@ class WorkerPool:
             self._hand_out()
 
     def _end_busy(self, worker: Worker) -> None:
-        if worker.busy_since is not None and worker.heavy:
-            self._heavy_busy -= 1
+        if worker.lane is not None:
+            self._busy[worker.lane] -= 1
         worker.busy_since = None
-        worker.heavy = False
+        worker.lane = None
 
     def _discard(self, worker: Worker, kill: bool = False,
                  keep_results: bool = False) -> int | None:
@@ -459,7 +517,7 @@ class WorkerPool:
     def _retire_idle(self) -> None:
         while not self._closed:
             time.sleep(IDLE_RETIREMENT / 4)
-            now = time.monotonic()
+            now = self._clock()
             with self._lock:
                 spare = len(self._workers) - self.size
                 retiring = [w for w in self._idle if now - w.idle_since > IDLE_RETIREMENT]
@@ -510,9 +568,12 @@ def _worker_main(conn: Connection, config: Config, results: ResultLog) -> None:
             envelope, data, path = request
             raw = RawContent(data=data) if data is not None else RawContent(path=Path(path))
             results.restart()
+            # Every thread of this process: checks run in threads count too.
+            started = time.process_time()
             with for_message(envelope.queue_id):
                 pipeline.run(Message(envelope, raw, config.limits), observer=report)
-            conn.send_bytes(results.frames())
+            cpu = time.process_time() - started
+            conn.send_bytes(_CPU_USED.pack(cpu) + results.frames())
     except (BrokenPipeError, ConnectionResetError):
         log.info("the milter went away; worker %d ends", os.getpid())
     except Exception:

@@ -151,3 +151,43 @@ class InFlightCheck(Check):
                 marker.write("deciding")
         time.sleep(3.0)
         return [self.symbol("TEST_IN_FLIGHT_DONE")]
+
+
+class SpinCheck(Check):
+    """On a body line ``SPIN-CPU: SECONDS``, computes for that much of its
+    thread's CPU time, like a crafted message that is costly to parse: the
+    same CPU on any machine, however busy."""
+
+    name = "spin"
+    symbols = {"TEST_SPUN": "computed for as long as the message asked"}
+
+    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
+        found = re.search(rb"SPIN-CPU: ([0-9.]+)", message.raw.bytes())
+        if found is None:
+            return []
+        until = time.thread_time() + float(found.group(1))
+        while time.thread_time() < until:
+            pass
+        return [self.symbol("TEST_SPUN")]
+
+
+class HoldCheck(Check):
+    """On a body line ``HOLD: /folder``, says that it runs (a file
+    ``running.*`` in that folder) and keeps its worker until
+    ``/folder/open`` exists: a message in flight for as long as a test wants."""
+
+    name = "hold"
+    symbols = {"TEST_HELD": "held its worker until the test let it go"}
+
+    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
+        found = re.search(rb"HOLD: (\S+)", message.raw.bytes())
+        if found is None:
+            return []
+        folder = found.group(1).decode()
+        with open(os.path.join(folder, f"running.{os.getpid()}.{time.monotonic_ns()}"), "w"):
+            pass
+        for _ in range(6000):
+            if os.path.exists(os.path.join(folder, "open")):
+                return [self.symbol("TEST_HELD", folder)]
+            time.sleep(0.01)
+        return []
