@@ -113,31 +113,6 @@ class GateCheck(Check):
         return []
 
 
-class LookupCheck(Check):
-    """Waits a quarter of a second, like a DNS answer from far away."""
-
-    name = "lookup"
-    io_bound = True
-    symbols = {"TEST_LOOKED_UP": "the lookup answered"}
-
-    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
-        time.sleep(0.25)
-        return [self.symbol("TEST_LOOKED_UP")]
-
-
-class ComputeCheck(Check):
-    """Computes for a twentieth of a second, like a classifier on a long text."""
-
-    name = "compute"
-    symbols = {"TEST_COMPUTED": "the computation finished"}
-
-    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
-        until = time.thread_time() + 0.05
-        while time.thread_time() < until:
-            pass
-        return [self.symbol("TEST_COMPUTED")]
-
-
 class InFlightCheck(Check):
     """Writes to the file $GATEWAY_TEST_IN_FLIGHT when a message reaches it,
     then waits 3 s: a message a test knows is being decided."""
