@@ -134,10 +134,11 @@ def test_a_large_message_is_answered_while_crafted_mail_from_other_clients_is_in
     and a small one after it; then the crafted mail is let go and answered
     too: nothing is lost.
 
-    The crafted messages are sent one at a time, each once it runs:
-    libmilter's worker pool can leave a command that arrives together with
-    another unserved while every one of its threads is held by a message
-    (see the report of this change), which is not what this test is about."""
+    The crafted messages are sent one at a time, each once the one before
+    runs: libmilter's worker pool (Debian's is built with one) can leave a
+    command that comes at the same moment as another unserved until one of
+    its threads is free, and here every thread that holds a message holds
+    it until the test lets it go."""
     hold = tmp_path / "hold"
     hold.mkdir()
     socket_path = tmp_path / "milter.sock"
