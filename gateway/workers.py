@@ -176,6 +176,7 @@ class _Turn:
     """A message waiting for a worker: woken when one is handed to it."""
 
     lane: Lane
+    client: str | None
     ready: threading.Condition
     worker: Worker | None = None
 
@@ -189,6 +190,7 @@ class Worker:
     idle_since: float = field(default_factory=time.monotonic)
     busy_since: float | None = None
     lane: Lane | None = None  # of the message in hand (gateway.lanes)
+    client: str | None = None  # who sent it
 
     @property
     def pid(self) -> int:
@@ -331,9 +333,25 @@ class WorkerPool:
         with self._lock:
             known = client in self._costly
             self._costly.record(client)
+            if client is not None and not known:
+                self._move_to_costly_lane(client)
         if client is not None and not known:
             log.info("client %s: message %s %s: its mail goes after other mail for %gs",
                      client, envelope.queue_id or "-", what, COSTLY_FOR)
+
+    def _move_to_costly_lane(self, client: str) -> None:
+        """The client's other messages, waiting or in a worker, are costly
+        mail from now on: those that came before it was known wait behind
+        other mail too, and those in workers count toward the lane's limit
+        (under the lock)."""
+        for turn in self._queue:
+            if turn.client == client:
+                turn.lane = "costly"
+        for worker in self._workers:
+            if worker.client == client and worker.lane not in (None, "costly"):
+                self._busy[worker.lane] -= 1
+                worker.lane = "costly"
+                self._busy["costly"] += 1
 
     # -- the pool -----------------------------------------------------------------
 
@@ -348,7 +366,7 @@ class WorkerPool:
             if self._closed:
                 raise WorkerFailed("the worker pool is shut down")
             lane = lane_of(client in self._costly, size, self.heavy_bytes)
-            turn = _Turn(lane, threading.Condition(self._mutex))
+            turn = _Turn(lane, client, threading.Condition(self._mutex))
             self._queue.append(turn)
             self._hand_out()
             try:
@@ -388,7 +406,7 @@ class WorkerPool:
             self._queue.remove(turn)
             worker = self._idle.pop()
             worker.busy_since = self._clock()
-            worker.lane = turn.lane
+            worker.lane, worker.client = turn.lane, turn.client
             self._busy[turn.lane] += 1
             turn.worker = worker
             turn.ready.notify()
@@ -449,7 +467,7 @@ class WorkerPool:
         if worker.lane is not None:
             self._busy[worker.lane] -= 1
         worker.busy_since = None
-        worker.lane = None
+        worker.lane = worker.client = None
 
     def _discard(self, worker: Worker, kill: bool = False,
                  keep_results: bool = False) -> int | None:

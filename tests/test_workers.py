@@ -290,10 +290,11 @@ def lanes_config(**pipeline) -> Config:
                   heavy_message_bytes=1000, heavy_cpu_seconds=0.2, **pipeline)
 
 
-def held(folder: Path, padding: int = 0) -> RawContent:
-    """A message that holds its worker until ``folder/open`` exists."""
+def held(folder: Path, padding: int = 0, spin: float = 0.0) -> RawContent:
+    """A message that holds its worker until ``folder/open`` exists (after
+    ``spin`` seconds of CPU)."""
     folder.mkdir(exist_ok=True)
-    return body(f"HOLD: {folder}\r\n" + "x" * padding)
+    return body(f"SPIN-CPU: {spin}\r\nHOLD: {folder}\r\n" + "x" * padding)
 
 
 def running(folder: Path) -> int:
@@ -347,6 +348,34 @@ def test_costly_mail_gets_a_freed_worker_after_other_mail(pool_of, tmp_path: Pat
         (later / "open").touch()
         assert "TEST_HELD" in names(other.result(timeout=60))
         assert costly.result(timeout=60).failed_checks == ()
+
+
+def test_mail_that_came_before_its_client_was_known_costly_waits_behind_other_mail(
+        pool_of, tmp_path: Path):
+    """Two workers: the attacker's costly message and another client's
+    both held; the attacker's next message comes, then another client's.
+    When the costly one ends, its client is known, and the freed worker
+    goes to the other client's message, though the attacker's came first."""
+    pool = pool_of(lanes_config(workers=2, max_workers=2))
+    wait_until(lambda: len(pool.worker_pids()) == 2)
+    costly, other, later = tmp_path / "costly", tmp_path / "other", tmp_path / "later"
+    with ThreadPoolExecutor(4) as threads:
+        spinning = threads.submit(pool.evaluate, ATTACKER, held(costly, spin=0.3))
+        held_other = threads.submit(pool.evaluate, OTHER, held(other))
+        wait_until(lambda: running(costly) == 1 and running(other) == 1)
+        first = threads.submit(pool.evaluate, ATTACKER, body("came first"))
+        wait_until(lambda: len(pool._queue) == 1)
+        second = threads.submit(pool.evaluate, OTHER, held(later))
+        wait_until(lambda: len(pool._queue) == 2)
+        (costly / "open").touch()
+        assert "TEST_SPUN" in names(spinning.result(timeout=60))
+        wait_until(lambda: running(later) == 1, what="the other client's message running")
+        assert not first.done()
+        (other / "open").touch()
+        (later / "open").touch()
+        assert "TEST_HELD" in names(held_other.result(timeout=60))
+        assert "TEST_HELD" in names(second.result(timeout=60))
+        assert first.result(timeout=60).failed_checks == ()
 
 
 def test_the_pool_starts_a_worker_for_mail_that_costly_mail_crowds_out(pool_of, tmp_path: Path):
