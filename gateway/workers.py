@@ -28,7 +28,8 @@ in-memory file), which the milter reads only when it stops the worker.
 Which waiting message gets a free worker is gateway.lanes': messages over
 ``[pipeline] heavy_message_bytes``, and mail from clients whose messages
 lately used more than ``heavy_cpu_seconds`` of a worker's CPU (each
-worker reports what a message cost), may each occupy all workers but one,
+worker reports what a message cost; not of its first message, which also
+pays for loading what the checks need), may each occupy all workers but one,
 and that costly mail goes after the rest: a client looping crafted
 messages cannot make other mail, large or small, wait for it. The pool
 keeps ``[pipeline] workers`` processes and grows to ``max_workers`` while
@@ -294,7 +295,9 @@ class WorkerPool:
             if worker.conn.poll(limit):
                 answer = worker.conn.recv_bytes()
                 (cpu,) = _CPU_USED.unpack_from(answer)
-                if cpu > self.heavy_cpu:
+                # A worker's first message also pays for what the checks load
+                # on first use (the model, the store: 0.25 s of CPU or more).
+                if cpu > self.heavy_cpu and worker.messages:
                     self._costly_mail(client, f"used {cpu:.2f}s of CPU (over [pipeline] "
                                       f"heavy_cpu_seconds {self.heavy_cpu:g})", envelope)
                 finished = ResultLog.parse(answer, _CPU_USED.size)

@@ -302,8 +302,33 @@ def running(folder: Path) -> int:
 
 
 def make_costly(pool: WorkerPool) -> None:
-    """One message from the attacker that costs 0.3 s of CPU in its worker."""
-    assert "TEST_SPUN" in names(pool.evaluate(ATTACKER, body("SPIN-CPU: 0.3")))
+    """Messages from the attacker that cost 0.3 s of CPU each, until one ran
+    in a worker that had checked a message before (a worker's first message
+    is not judged)."""
+    for _ in range(len(pool.worker_pids()) + 1):
+        assert "TEST_SPUN" in names(pool.evaluate(ATTACKER, body("SPIN-CPU: 0.3")))
+        if ATTACKER.client_ip in pool._costly:
+            return
+    raise AssertionError("the attacker's costly messages did not make it costly")
+
+
+def warm_up(pool: WorkerPool, folder: Path) -> None:
+    """One message in each worker at once, so that each has checked one."""
+    count = len(pool.worker_pids())
+    with ThreadPoolExecutor(count) as threads:
+        warming = [threads.submit(pool.evaluate, OTHER, held(folder)) for _ in range(count)]
+        wait_until(lambda: running(folder) == count)
+        (folder / "open").touch()
+        assert all("TEST_HELD" in names(f.result(timeout=60)) for f in warming)
+
+
+def test_a_workers_first_message_is_not_judged_by_its_cpu(pool_of):
+    """It also pays for what the checks load on first use."""
+    pool = pool_of(lanes_config(workers=1, max_workers=1))
+    pool.evaluate(ATTACKER, body("SPIN-CPU: 0.3"))
+    assert ATTACKER.client_ip not in pool._costly
+    pool.evaluate(ATTACKER, body("SPIN-CPU: 0.3"))
+    assert ATTACKER.client_ip in pool._costly
 
 
 def test_a_costly_client_cannot_make_large_mail_from_others_wait(pool_of, tmp_path: Path):
@@ -358,6 +383,7 @@ def test_mail_that_came_before_its_client_was_known_costly_waits_behind_other_ma
     goes to the other client's message, though the attacker's came first."""
     pool = pool_of(lanes_config(workers=2, max_workers=2))
     wait_until(lambda: len(pool.worker_pids()) == 2)
+    warm_up(pool, tmp_path / "warm")
     costly, other, later = tmp_path / "costly", tmp_path / "other", tmp_path / "later"
     with ThreadPoolExecutor(4) as threads:
         spinning = threads.submit(pool.evaluate, ATTACKER, held(costly, spin=0.3))
