@@ -105,9 +105,9 @@ class NoWorkerFree(WorkerFailed, TooBusy):
     """No worker could take the message before its deadline."""
 
 
-# A worker's answer: the CPU seconds the message took in it, then the
-# results as ResultLog frames.
-_CPU_USED = struct.Struct("!d")
+# A worker's answer: the CPU seconds the message took in it and the
+# process's CPU seconds so far, then the results as ResultLog frames.
+_CPU_USED = struct.Struct("!dd")
 
 
 class ResultLog:
@@ -188,6 +188,7 @@ class Worker:
     conn: Connection
     results: ResultLog
     messages: int = 0
+    cpu_at_start: float | None = None  # its CPU seconds as its last message ended
     idle_since: float = field(default_factory=time.monotonic)
     busy_since: float | None = None
     lane: Lane | None = None  # of the message in hand (gateway.lanes)
@@ -219,15 +220,16 @@ class CpuReading(Protocol):
 
 
 class WorkerPool:
-    """``clock``, ``cores`` (the machine's idle share) and ``demand`` (a
-    process's seconds run or runnable) are the readings the pool decides
-    on; tests give their own."""
+    """``clock``, ``cores`` (the machine's idle share), ``demand`` (a
+    process's seconds run or runnable) and ``cpu`` (a process's CPU
+    seconds) are the readings the pool decides on; tests give their own."""
 
     store_free = True  # the milter's side only sends bytes and applies the policy
 
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
                  cores: CpuReading | None = None,
-                 demand: Callable[[int], float] | None = None):
+                 demand: Callable[[int], float] | None = None,
+                 cpu: Callable[[int], float] | None = None):
         self.config = config
         settings = config.pipeline
         problems: list[str] = []
@@ -251,6 +253,8 @@ class WorkerPool:
         self._demand: dict[int, float] = {}  # pid -> seconds run or runnable
         self._demand_at = float("-inf")
         self._read_demand = demand or _cpu_demand
+        self._read_cpu = cpu or _cpu_seconds
+        self._judged_at = float("-inf")
         # Read with each reading of the demand.
         self._cores: CpuReading = cores or IdleShare(window=0.0)
         self._waiting_on_network = False
@@ -294,7 +298,7 @@ class WorkerPool:
             worker.conn.send((envelope, data, str(raw.path) if raw.path else None))
             if worker.conn.poll(limit):
                 answer = worker.conn.recv_bytes()
-                (cpu,) = _CPU_USED.unpack_from(answer)
+                cpu, worker.cpu_at_start = _CPU_USED.unpack_from(answer)
                 # A worker's first message also pays for what the checks load
                 # on first use (the model, the store: 0.25 s of CPU or more).
                 if cpu > self.heavy_cpu and worker.messages:
@@ -342,6 +346,27 @@ class WorkerPool:
             log.info("client %s: message %s %s: its mail goes after other mail for %gs",
                      client, envelope.queue_id or "-", what, COSTLY_FOR)
 
+    def _judge_running(self, now: float) -> None:
+        """While messages wait: a client whose message in a worker has used
+        more than heavy_cpu_seconds so far is costly now, not only once that
+        message ends (which, with the cores busy, takes seconds more), so its
+        other mail stops taking workers meanwhile (under the lock; every
+        DEMAND_WINDOW at most, from /proc/PID/stat)."""
+        if now - self._judged_at < DEMAND_WINDOW:
+            return
+        self._judged_at = now
+        for worker in list(self._workers):
+            if worker.lane in (None, "costly") or worker.client is None or \
+                    worker.cpu_at_start is None:  # a first message is not judged
+                continue
+            used = self._read_cpu(worker.pid) - worker.cpu_at_start
+            if used > self.heavy_cpu and worker.client not in self._costly:
+                self._costly.record(worker.client)
+                self._move_to_costly_lane(worker.client)
+                log.info("client %s: a message has used %.2fs of CPU so far (over [pipeline] "
+                         "heavy_cpu_seconds %g): its mail goes after other mail for %gs",
+                         worker.client, used, self.heavy_cpu, COSTLY_FOR)
+
     def _move_to_costly_lane(self, client: str) -> None:
         """The client's other messages, waiting or in a worker, are costly
         mail from now on: those that came before it was known wait behind
@@ -381,6 +406,7 @@ class WorkerPool:
                         raise NoWorkerFree(f"no worker process free within {limit:g}s "
                                            f"({len(self._workers)} running, "
                                            f"{self._starting} starting, {lane} lane)")
+                    self._judge_running(now)
                     if not self._starting and len(self._workers) < self.max_size and (
                             self._all_slow() or self._crowded_out(turn)
                             or (now - arrived > QUEUE_WAIT and self._workers_wait_on_network())):
@@ -593,8 +619,8 @@ def _worker_main(conn: Connection, config: Config, results: ResultLog) -> None:
             started = time.process_time()
             with for_message(envelope.queue_id):
                 pipeline.run(Message(envelope, raw, config.limits), observer=report)
-            cpu = time.process_time() - started
-            conn.send_bytes(_CPU_USED.pack(cpu) + results.frames())
+            ended = time.process_time()
+            conn.send_bytes(_CPU_USED.pack(ended - started, ended) + results.frames())
     except (BrokenPipeError, ConnectionResetError):
         log.info("the milter went away; worker %d ends", os.getpid())
     except Exception:
@@ -627,6 +653,21 @@ def _preload(config: Config) -> list[str]:
         target = BUILTIN.get(spec, spec)
         modules.append(target.partition(":")[0])
     return list(dict.fromkeys(modules))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """The CPU seconds a process has used, all its threads (-1 if it is
+    gone): utime + stime of /proc/PID/stat, what time.process_time()
+    counts inside it, in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_demand(pid: int) -> float:

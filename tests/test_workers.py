@@ -404,6 +404,34 @@ def test_mail_that_came_before_its_client_was_known_costly_waits_behind_other_ma
         assert first.result(timeout=60).failed_checks == ()
 
 
+def test_a_client_is_costly_as_soon_as_its_message_in_a_worker_has_used_too_much_cpu(
+        pool_of, tmp_path: Path):
+    """One worker kept (up to two), the pool's clock and CPU reading the
+    test's: the attacker's message holds the worker, its next one waits,
+    then another client's. Once the reading says the held message has used
+    more than heavy_cpu_seconds, the attacker is costly while that message
+    still runs: the pool starts a worker, and it goes to the other client."""
+    clock, used = ManualClock(), {"seconds": 0.0}
+    pool = pool_of(lanes_config(workers=1, max_workers=2), clock=clock,
+                   cpu=lambda pid: used["seconds"])
+    pool.evaluate(ATTACKER, body("a worker's first message is not judged"))
+    attack = tmp_path / "attack"
+    with ThreadPoolExecutor(3) as threads:
+        holding = threads.submit(pool.evaluate, ATTACKER, held(attack))
+        wait_until(lambda: running(attack) == 1)
+        queued = threads.submit(pool.evaluate, ATTACKER, body("crafted, waits"))
+        other = threads.submit(pool.evaluate, OTHER, body("small"))
+        wait_until(lambda: len(pool._queue) == 2)
+        used["seconds"] = 1e6  # far over what the worker had used when it started
+        clock.advance(DEMAND_WINDOW)
+        assert other.result(timeout=60).failed_checks == ()
+        assert ATTACKER.client_ip in pool._costly
+        assert not queued.done() and len(pool.worker_pids()) == 2
+        (attack / "open").touch()
+        assert "TEST_HELD" in names(holding.result(timeout=60))
+        assert queued.result(timeout=60).failed_checks == ()
+
+
 def test_the_pool_starts_a_worker_for_mail_that_costly_mail_crowds_out(pool_of, tmp_path: Path):
     """One worker kept, held by a costly client's message: another client's
     message makes the pool start a second worker, which the costly client's
