@@ -35,8 +35,8 @@ messages cannot make other mail, large or small, wait for it. The pool
 keeps ``[pipeline] workers`` processes and grows to ``max_workers`` while
 every one of them has been busy with one message for half a second, so a
 few slow messages cannot queue up the rest; while messages queue for
-workers that mostly wait on the network; and while a message waits that a
-worker busy with costly mail would otherwise have taken (the extra ones
+workers that mostly wait on the network; and while a worker is busy with
+costly mail, by one idle worker kept ready for other mail (the extra ones
 retire after a minute idle). A worker that dies
 on its own (a crash in C code, the OOM killer) is replaced, and its message
 is answered 4xx by the milter so the sender retries: nothing is lost.
@@ -380,6 +380,7 @@ class WorkerPool:
                 self._busy[worker.lane] -= 1
                 worker.lane = "costly"
                 self._busy["costly"] += 1
+        self._keep_a_spare()
 
     # -- the pool -----------------------------------------------------------------
 
@@ -408,7 +409,7 @@ class WorkerPool:
                                            f"{self._starting} starting, {lane} lane)")
                     self._judge_running(now)
                     if not self._starting and len(self._workers) < self.max_size and (
-                            self._all_slow() or self._crowded_out(turn)
+                            self._all_slow()
                             or (now - arrived > QUEUE_WAIT and self._workers_wait_on_network())):
                         self._grow()  # whichever comes first: this one or a freed one
                     turn.ready.wait(timeout=QUEUE_WAIT)
@@ -439,14 +440,16 @@ class WorkerPool:
             self._busy[turn.lane] += 1
             turn.worker = worker
             turn.ready.notify()
+        self._keep_a_spare()
 
-    def _crowded_out(self, turn: _Turn) -> bool:
-        """Whether this message, not costly, waits while a worker is busy
-        with costly mail: the pool then starts one more (up to max_workers),
-        so costly mail never takes other mail's place. Costly mail itself
-        never grows the pool this way."""
-        return (turn.lane != "costly" and self._busy["costly"] > 0
-                and (turn.lane == "ordinary" or self._busy[turn.lane] < self.lane_limit))
+    def _keep_a_spare(self) -> None:
+        """While a worker is busy with costly mail, keep one idle for other
+        mail, started before that mail comes (up to max_workers): a worker
+        takes a second or more to start on cores busy with costly mail.
+        Costly mail never takes it: its lane is full (under the lock)."""
+        if self._busy["costly"] and not self._idle and not self._starting \
+                and len(self._workers) < self.max_size and not self._closed:
+            self._grow()
 
     def _wake_all(self) -> None:
         for turn in self._queue:
@@ -566,7 +569,8 @@ class WorkerPool:
             time.sleep(IDLE_RETIREMENT / 4)
             now = self._clock()
             with self._lock:
-                spare = len(self._workers) - self.size
+                # (one more is kept while costly mail holds a worker)
+                spare = len(self._workers) - self.size - bool(self._busy["costly"])
                 retiring = [w for w in self._idle if now - w.idle_since > IDLE_RETIREMENT]
                 retiring = retiring[:max(spare, 0)]
                 for worker in retiring:

@@ -432,22 +432,24 @@ def test_a_client_is_costly_as_soon_as_its_message_in_a_worker_has_used_too_much
         assert queued.result(timeout=60).failed_checks == ()
 
 
-def test_the_pool_starts_a_worker_for_mail_that_costly_mail_crowds_out(pool_of, tmp_path: Path):
-    """One worker kept, held by a costly client's message: another client's
-    message makes the pool start a second worker, which the costly client's
-    next message may not take (its lane has all workers but one: one)."""
+def test_the_pool_keeps_a_worker_ready_for_other_mail_while_costly_mail_holds_one(
+        pool_of, tmp_path: Path):
+    """One worker kept, held by a costly client's message: the pool starts a
+    second before other mail comes, which the costly client's next message
+    may not take (its lane has all workers but one: one), and another
+    client's message does."""
     pool = pool_of(lanes_config(workers=1, max_workers=2), clock=ManualClock())
     make_costly(pool)
     attack = tmp_path / "attack"
     with ThreadPoolExecutor(3) as threads:
         holding = threads.submit(pool.evaluate, ATTACKER, held(attack))
         wait_until(lambda: running(attack) == 1)
+        wait_until(lambda: len(pool._idle) == 1, what="a second worker, idle")
         queued = threads.submit(pool.evaluate, ATTACKER, body("crafted, waits"))
         wait_until(lambda: len(pool._queue) == 1)
+        assert len(pool._idle) == 1
         assert pool.evaluate(OTHER, body("small")).failed_checks == ()
-        assert len(pool.worker_pids()) == 2
-        wait_until(lambda: len(pool._idle) == 1)
-        assert not queued.done() and len(pool._queue) == 1
+        assert len(pool.worker_pids()) == 2 and not queued.done()
         (attack / "open").touch()
         assert "TEST_HELD" in names(holding.result(timeout=60))
         assert queued.result(timeout=60).failed_checks == ()
