@@ -20,8 +20,8 @@ while a costly message holds one: see gateway.workers).
 
 Why by what a client's mail cost, and not by size alone: size says little
 about cost. Of the fuzz bench's pathological shapes a 205 KiB message takes
-0.75 s of CPU and a 547 KiB one 9 ms, while the largest message of the
-SpamAssassin corpus took 62 ms and 99.9% of it under 42 ms. A lane by size
+0.7 s of CPU and a 547 KiB one 10 ms, while no message of the SpamAssassin
+corpus took over 63 ms (``tests/bench/fuzz.py --cpu``). A lane by size
 put legitimate 300 KiB mail in one queue with an attacker's crafted mail:
 with 8 of those in flight it waited 6.4 s at the median, and some got a
 451, while smaller mail passed. A message's cost is known only once it ran, but its client's

@@ -28,7 +28,13 @@ every 4th a ham message with a report attached, 300 KiB): p50/p99 of the
 small and of the 300 KiB mail, without and with that load, and how each
 was answered.
 
-Needs root (Postfix). Not a test: it prints figures and exits 1 only when
+``--cpu``: the CPU each message of the corpus and each pathological shape
+costs to check, in this process, without the lab (what ``[pipeline]
+heavy_cpu_seconds`` is measured against; no root needed):
+
+    .venv/bin/python tests/bench/fuzz.py --cpu
+
+Needs root (Postfix), but for ``--cpu``. Not a test: it prints figures and exits 1 only when
 mail was lost or the milter crashed.
 """
 
@@ -796,10 +802,60 @@ def answer_class(code: int | None) -> str:
     return "none" if code is None else f"{code // 100}xx"
 
 
+# -- CPU per message --------------------------------------------------------------------------
+
+
+def cpu_per_message(args: argparse.Namespace) -> dict:
+    """The CPU each message costs to check, in this process (every check
+    but clamav, whose scan is clamd's CPU, and lists, which needs a store):
+    the corpus's messages and each pathological shape, after one message
+    that loads what the checks need. What [pipeline] heavy_cpu_seconds is
+    measured against."""
+    from gateway.config import Config
+    from gateway.evaluator import LocalEvaluator
+    from gateway.message import Envelope, RawContent
+
+    checks = [c for c in PipelineSection().checks if c not in ("clamav", "lists")]
+    evaluator = LocalEvaluator(Config(pipeline=PipelineSection(checks=checks, workers=0,
+                                                               parallel=False)))
+    envelope = Envelope(mail_from="bench@example.org", rcpt_to=("rcpt@example.net",),
+                        client_ip="198.51.100.7")
+
+    def cost(raw: bytes) -> float:
+        started = time.process_time()
+        evaluator.evaluate(envelope, RawContent(data=raw))
+        return time.process_time() - started
+
+    files = corpus_files(args.corpus)
+    cost(as_smtp(files[0].read_bytes()))  # the first message loads the model
+    corpus = sorted((cost(as_smtp(path.read_bytes())), path.name) for path in files)
+    shapes = {name: (round(cost(raw), 4), len(raw))
+              for name in PATHOLOGICAL for raw in [hostile.BUILDERS[name].build()]}
+    evaluator.close()
+    seconds = [c for c, _ in corpus]
+    return {"mode": "cpu", "corpus_messages": len(corpus),
+            "corpus_seconds": {"p50": round(seconds[len(seconds) // 2], 4),
+                               "p99": round(seconds[int(len(seconds) * 0.99)], 4),
+                               "p99.9": round(seconds[int(len(seconds) * 0.999)], 4),
+                               "max": round(seconds[-1], 4), "max_message": corpus[-1][1]},
+            "pathological": shapes}
+
+
 # -- output ---------------------------------------------------------------------------------------
 
 
 def show(summary: dict) -> None:
+    if summary["mode"] == "cpu":
+        c = summary["corpus_seconds"]
+        print("CPU per message, in one process (every check but clamav and lists):")
+        print(f"  corpus ({summary['corpus_messages']} messages): "
+              f"p50 {c['p50'] * 1000:.1f} ms, "
+              f"p99 {c['p99'] * 1000:.1f} ms, p99.9 {c['p99.9'] * 1000:.1f} ms, "
+              f"max {c['max'] * 1000:.1f} ms ({c['max_message']})")
+        for name, (seconds, size) in sorted(summary["pathological"].items(),
+                                            key=lambda item: -item[1][0]):
+            print(f"  {name:<30} {size / 1024:6.0f} KiB  {seconds * 1000:7.1f} ms")
+        return
     if summary["mode"] == "stall":
         print(f"normal mail: {summary['normal_messages']} messages, one at a time, "
               f"{summary['pathological_in_flight']} pathological in flight "
@@ -870,6 +926,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stall", action="store_true",
                         help="normal mail's latency with and without pathological load")
+    parser.add_argument("--cpu", action="store_true",
+                        help="CPU per message in this process, corpus and pathological "
+                             "shapes (what [pipeline] heavy_cpu_seconds is measured against; "
+                             "no root, no lab)")
     parser.add_argument("--in-flight", type=int, default=8,
                         help="pathological messages in flight in --stall")
     parser.add_argument("--large-every", type=int, default=4,
@@ -884,6 +944,13 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the lab folder")
     parser.add_argument("--json", action="store_true", help="one JSON summary line only")
     args = parser.parse_args()
+    if args.cpu:
+        summary = cpu_per_message(args)
+        if args.json:
+            print(json.dumps(summary, default=str))
+        else:
+            show(summary)
+        return 0
     if os.geteuid() != 0:
         raise SystemExit("fuzz: needs root for the private Postfix")
     print(f"fuzz: starting Postfix, the gateway (every check), clamd and DNS "
