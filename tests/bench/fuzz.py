@@ -34,8 +34,8 @@ heavy_cpu_seconds`` is measured against; no root needed):
 
     .venv/bin/python tests/bench/fuzz.py --cpu
 
-Needs root (Postfix), but for ``--cpu``. Not a test: it prints figures and exits 1 only when
-mail was lost or the milter crashed.
+Needs root (Postfix), but for ``--cpu``. Not a test: it prints figures and
+exits 1 only when mail was lost or the milter crashed.
 """
 
 from __future__ import annotations
