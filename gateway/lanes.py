@@ -7,7 +7,8 @@ lane:
 
 - ``costly``: from a client one of whose messages, in the last
   ``COSTLY_FOR`` seconds, used more than ``[pipeline] heavy_cpu_seconds``
-  of a worker's CPU, was stopped at the deadline or crashed its worker;
+  of a worker's CPU (so far, if it still runs), was stopped at the
+  deadline or crashed its worker;
 - ``large``: over ``[pipeline] heavy_message_bytes``, from any other client;
 - ``ordinary``: the rest.
 
@@ -15,8 +16,8 @@ The costly lane and the large lane may each hold all of ``[pipeline]
 workers`` but one, and costly mail gets a free worker only when no other
 waiting message can take it. So a client looping crafted messages holds at
 most all workers but one, waits behind everyone else, and mail from every
-other client, of any size, finds a worker (the pool also starts one more
-while a costly message holds one: see gateway.workers).
+other client, of any size, finds a worker (while costly mail holds one, the
+pool keeps a worker idle for other mail: see gateway.workers).
 
 Why by what a client's mail cost, and not by size alone: size says little
 about cost. Of the fuzz bench's pathological shapes a 205 KiB message takes
@@ -24,11 +25,11 @@ about cost. Of the fuzz bench's pathological shapes a 205 KiB message takes
 corpus took over 63 ms (``tests/bench/fuzz.py --cpu``). A lane by size
 put legitimate 300 KiB mail in one queue with an attacker's crafted mail:
 with 8 of those in flight it waited 6.4 s at the median, and some got a
-451, while smaller mail passed. A message's cost is known only once it ran, but its client's
-recent cost is known before it runs. Why not a fixed share of workers per
-client: it would hold back a site's one relay (all its mail from one
-address) when nothing it sent was costly; here only clients whose mail was
-costly wait.
+451, while smaller mail passed. A message's cost is known only as it runs,
+but its client's recent cost is known before. Why not a fixed share of
+workers per client: it would hold back a site's one relay (all its mail
+from one address) when nothing it sent was costly; here only clients whose
+mail was costly wait.
 
 The limit of the idea: an attacker with many addresses, each sending one
 crafted message, is new each time. Then the large lane still keeps a worker

@@ -25,7 +25,7 @@ killed worker's finished checks still count, it also appends each result as
 it comes to a scratch file it shares with the milter (:class:`ResultLog`, an
 in-memory file), which the milter reads only when it stops the worker.
 
-Which waiting message gets a free worker is gateway.lanes': messages over
+gateway.lanes decides which waiting message gets a free worker: messages over
 ``[pipeline] heavy_message_bytes``, and mail from clients whose messages
 lately used more than ``heavy_cpu_seconds`` of a worker's CPU (each
 worker reports what a message cost; not of its first message, which also
@@ -215,7 +215,7 @@ class Worker:
             self.results.close()
 
 
-class CpuReading(Protocol):
+class IdleReading(Protocol):
     def share(self) -> float: ...  # the machine's idle share (gateway.cpu.IdleShare)
 
 
@@ -227,7 +227,7 @@ class WorkerPool:
     store_free = True  # the milter's side only sends bytes and applies the policy
 
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
-                 cores: CpuReading | None = None,
+                 cores: IdleReading | None = None,
                  demand: Callable[[int], float] | None = None,
                  cpu: Callable[[int], float] | None = None):
         self.config = config
@@ -256,7 +256,7 @@ class WorkerPool:
         self._read_cpu = cpu or _cpu_seconds
         self._judged_at = float("-inf")
         # Read with each reading of the demand.
-        self._cores: CpuReading = cores or IdleShare(window=0.0)
+        self._cores: IdleReading = cores or IdleShare(window=0.0)
         self._waiting_on_network = False
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_preload(config))
