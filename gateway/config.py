@@ -106,6 +106,9 @@ class PipelineSection:
     heavy_message_bytes: int = setting(
         128 * 1024, positive, "messages larger than this may occupy all workers but one, so a "
         "burst of them leaves a lane for ordinary mail")
+    heavy_cpu_seconds: float = setting(
+        0.25, positive, "a client whose message used more CPU than this in a worker has its "
+        "mail checked after other mail, on all workers but one, for five minutes")
     spool_threshold: int = setting(  # raw messages larger than this spill to a file
         1024 * 1024, positive, "bytes above which a message spills to a temp file"
     )
