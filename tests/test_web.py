@@ -443,6 +443,54 @@ def test_hostile_mail_is_escaped_sanitized_and_never_rendered_in_the_page(web):
     assert "<script>console.log" not in raw.text
 
 
+def eight_bit_message(tag: str) -> bytes:
+    """Bytes that are not UTF-8 in the From, To, Subject, an extension field,
+    a file name, the text and the HTML (a sender can put them anywhere)."""
+    return (b"From: Eve \xff\xfe <eve@example.org>\r\nTo: b\xf6b <bob@example.net>\r\n"
+            b"Subject: caf\xe9 " + tag.encode() + b" \x80\r\nX-Odd: \x81\x9b[2J\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n"
+            b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nna\xefve\r\n"
+            b"--b1\r\nContent-Type: text/html\r\n\r\n<p>h\xe9llo \xff</p>\r\n"
+            b"--b1\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Disposition: attachment; filename=\"r\xe9sum\xff.bin\"\r\n\r\n"
+            b"data\r\n--b1--\r\n")
+
+
+def test_every_page_shows_a_message_with_bytes_that_are_not_utf8(web):
+    """Issue 23 #3: one byte that was not UTF-8 in a header made the message
+    page 500 (UnicodeEncodeError). Every page type that shows a message, or
+    what was done to it, answers; the message page shows the byte as \\xNN."""
+    app, store, console = web
+    identifier = put_raw(store, eight_bit_message("8bit"))
+    console.add_label(identifier, "spam", "analyst", "bob", "same campaign")
+    token = make_link(console, identifier, "bob@example.net", days=7)
+    client = app.test_client()
+    login(client, "ann")
+    values = {"identifier": identifier, "index": "2", "name": "ann", "number": "1",
+              "token": token}
+    checked = set()
+    for rule in app.url_map.iter_rules():
+        if "GET" not in rule.methods or rule.endpoint in ("static", "health"):
+            continue
+        path = re.sub(r"<(?:int:)?(\w+)>", lambda m: values[m.group(1)], rule.rule)
+        for query in ("", "?download=1", "?state=all"):
+            response = client.get(path + query)
+            if rule.endpoint == "login":  # logged in already: shown again, no harm
+                assert response.status_code == 200
+                continue
+            assert response.status_code == 200, (path + query, response.status_code)
+            checked.add(rule.endpoint)
+    assert checked >= {"dashboard", "listing", "message", "message_html", "message_raw",
+                       "attachment", "feedback_queue", "audit_page", "digest", "users_page",
+                       "account", "lists_page"}
+    page = client.get(f"/quarantine/{identifier}").text
+    assert "Eve \\xff\\xfe &lt;eve@example.org&gt;" in page  # the header table
+    assert "\\x81\\x9b[2J" in page
+    assert "caf\\xe9 8bit \\x80" in page or "caf\ufffd 8bit \ufffd" in page
+    assert "hé" in client.get(f"/quarantine/{identifier}/html").text  # latin-1 reading
+    assert "sum" in console.audit_trail(actor="ann")[1]["detail"]  # the download, audited
+
+
 def test_bulk_actions_and_the_audit_trail_name_the_user(web):
     app, store, console = web
     ids = [put(store, f"bulk{i}") for i in range(3)]

@@ -48,6 +48,7 @@ from flask import (
     url_for,
 )
 from flask.sessions import SecureCookieSessionInterface
+from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
 from gateway.config import Config
@@ -112,6 +113,9 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
                       TEMPLATES_AUTO_RELOAD=False)
     app.extensions["gateway"] = {"config": config, "store": store, "console": console,
                                  "rules": rules}
+    # Every value a template prints, whatever page: a header byte that was
+    # not UTF-8 would otherwise make the whole page fail to encode.
+    app.jinja_env.finalize = _displayable
     trusted = {ipaddress.ip_address(a) for a in config.web.trusted_proxies}
 
     # -- every request ---------------------------------------------------------------
@@ -594,6 +598,12 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
 
 
 # -- helpers ----------------------------------------------------------------------------
+
+def _displayable(value: Any) -> Any:
+    if isinstance(value, Markup):
+        return Markup(preview.displayable(str(value)))
+    return preview.displayable(value) if isinstance(value, str) else value
+
 
 def _forwarded(trusted: set, config: Config) -> None:
     """The client's address and scheme as the trusted reverse proxy says."""
