@@ -418,6 +418,11 @@ class WebSection:
                                   "address) in 15 minutes before the next ones are refused")
     page_size: int = setting(50, positive, "messages per page of the list")
     threads: int = setting(8, positive, "requests served at once")
+    preview_html_kib: int = setting(256, positive, "KiB of a message's HTML body the console "
+                                    "renders (the page says when the body is longer)")
+    preview_seconds: float = setting(10.0, positive, "a message preview not made within this "
+                                     "long is stopped (its worker process killed); the page "
+                                     "says so")
 
 
 @dataclass(frozen=True)

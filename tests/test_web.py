@@ -259,6 +259,7 @@ def web(tmp_path: Path):
     console.add_user("ann", "admin", PASSWORD)
     console.add_user("bob", "analyst", PASSWORD)
     yield app, store, console
+    app.extensions["gateway"]["renderer"].close()
     store.close()
 
 

@@ -71,6 +71,7 @@ def main(args: argparse.Namespace) -> int:
         if digest is not None:
             digest.stop()
         server.close()
+        app.extensions["gateway"]["renderer"].close()
         store.close()
     return 0
 

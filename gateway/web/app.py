@@ -72,6 +72,7 @@ from gateway.web.console import (
     password_problem,
 )
 from gateway.web.digest import LinkError, check_link, use_link
+from gateway.web.render import Renderer
 
 log = logging.getLogger("gateway.web")
 HERE = Path(__file__).resolve().parent
@@ -106,13 +107,15 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
                       timedelta(minutes=config.web.session_idle_minutes),
                       timedelta(hours=config.web.session_hours))
     rules = load_rules(config.policy.rules)
+    renderer = Renderer(config.limits, config.web.preview_html_kib * 1024,
+                        config.web.preview_seconds)
     app.secret_key = console.secret("cookie_secret")
     app.session_interface = _NoticeCookies()
     app.config.update(SESSION_COOKIE_NAME="gateway_notice", SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Strict", MAX_CONTENT_LENGTH=1024 * 1024,
                       TEMPLATES_AUTO_RELOAD=False)
     app.extensions["gateway"] = {"config": config, "store": store, "console": console,
-                                 "rules": rules}
+                                 "rules": rules, "renderer": renderer}
     # Every value a template prints, whatever page: a header byte that was
     # not UTF-8 would otherwise make the whole page fail to encode.
     app.jinja_env.finalize = _displayable
@@ -311,11 +314,13 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
     def message(identifier: str):
         record = _record(store, identifier)
         raw = store.raw(record.id)
-        shown = preview.analyse(bytes(raw)) if raw is not None else None
-        sanitized = preview.sanitize_html(shown.html) if shown and shown.html else None
+        made = renderer.render(f"{record.id}:{record.sha256}", bytes(raw)) \
+            if raw is not None else None
         dangerous = admin_only_symbols(record, rules.release)
         return render_template(
-            "message.html", r=record, preview=shown, sanitized=sanitized, dangerous=dangerous,
+            "message.html", r=record, preview=made.preview if made else None,
+            sanitized=made.sanitized if made else None,
+            preview_problem=made.problem if made else None, dangerous=dangerous,
             symbols=sorted(record.symbols, key=lambda s: -abs(s["score"])),
             labels=console.labels(state=None, message=record.id),
             may_release=raw is not None and (not dangerous or g.session.user.is_admin))
@@ -324,10 +329,11 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
     def message_html(identifier: str):
         record = _record(store, identifier)
         raw = store.raw(record.id)
-        shown = preview.analyse(bytes(raw)) if raw is not None else None
-        if shown is None or shown.html is None:
+        made = renderer.render(f"{record.id}:{record.sha256}", bytes(raw)) \
+            if raw is not None else None
+        if made is None or made.sanitized is None:
             abort(404)
-        clean = preview.sanitize_html(shown.html)
+        clean = made.sanitized
         g.csp = MAIL_POLICY
         response = Response(
             "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" "
@@ -355,7 +361,8 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
     def attachment(identifier: str, index: int):
         record = _record(store, identifier)
         raw = store.raw(record.id)
-        found = preview.attachment_bytes(bytes(raw), index) if raw is not None else None
+        found = preview.attachment_bytes(bytes(raw), index, config.limits) \
+            if raw is not None else None
         if found is None:
             abort(404)
         part, data = found
