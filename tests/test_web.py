@@ -20,6 +20,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -263,11 +264,11 @@ def web(tmp_path: Path):
     store.close()
 
 
-def login(client, name: str, password: str = PASSWORD, **headers):
+def login(client, name: str, password: str = PASSWORD, query: str = "", **headers):
     page = client.get("/login")
     token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
-    return client.post("/login", data={"name": name, "password": password, "csrf": token},
-                       headers=headers)
+    return client.post("/login" + query, data={"name": name, "password": password,
+                                                "csrf": token}, headers=headers)
 
 
 def session_cookie(response) -> str:
@@ -328,6 +329,39 @@ def test_login_is_rate_limited_and_audited(web):
     assert refused.status_code == 429 and "too many failed logins" in refused.text
     assert "gateway_session" not in refused.headers.get("Set-Cookie", "")
     assert [e["action"] for e in console.audit_trail()][:2] == ["login-failed", "login-failed"]
+
+
+OFFSITE_TARGETS = (
+    "/%09/evil.test", "/%0a/evil.test", "/%0d/evil.test", "/%00/evil.test", "//evil.test",
+    "/%5Cevil.test", "%5C%5Cevil.test", "/%5C/evil.test", "https://evil.test/",
+    "%20//evil.test", "/%E3%80%80/evil.test", "/%0d%0aSet-Cookie:%20x=1",
+    "/quarantine%0d%0aX:%201", "/%2F/evil.test", "/no/such/page", "/login", "/logout",
+    "javascript:alert(1)", "/" + "a" * 3000)
+
+
+def test_next_and_back_accept_only_this_consoles_own_pages(web):
+    """Issue 23 #4: /login?next=/%09/evil.test redirected to //evil.test, and
+    CR/LF in next made a 500; the bulk form's back did the same."""
+    app, store, _ = web
+    identifier = put(store, "redirects")
+    for target in OFFSITE_TARGETS:
+        client = app.test_client()
+        response = login(client, "bob", query=f"?next={target}")
+        assert response.status_code == 302, target
+        assert response.headers["Location"] == "/", (target, response.headers["Location"])
+        back = client.post("/quarantine/bulk", data={"csrf": csrf_of(client), "id": identifier,
+                                                     "action": "spam", "back":
+                                                     unquote(target)})
+        assert back.status_code == 302, target
+        assert back.headers["Location"] == "/quarantine", (target, back.headers["Location"])
+    for target in ("/quarantine?subject=x%20y&page=2", f"/quarantine/{identifier}",
+                   "/admin/audit?page=2", "/"):
+        client = app.test_client()
+        response = login(client, "bob", query=f"?next={quote(target)}")
+        assert response.headers["Location"] == target
+        back = client.post("/quarantine/bulk", data={"csrf": csrf_of(client), "id": identifier,
+                                                     "action": "ham", "back": target})
+        assert back.headers["Location"] == target
 
 
 def test_state_changes_need_the_csrf_token(web):

@@ -38,6 +38,7 @@ from flask import (
     Flask,
     Response,
     abort,
+    current_app,
     flash,
     g,
     get_flashed_messages,
@@ -79,6 +80,7 @@ HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "gateway_session"
 ID = re.compile(r"^[0-9a-f]{20}$")
 PUBLIC = ("login", "static", "digest", "health")
+RAW_SHOWN = 2 * 1024 * 1024  # of the raw source on its page; the download has it all
 
 # The app's own pages: its stylesheet and script, nothing else.
 PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -354,8 +356,10 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
             g.csp = DOWNLOAD_POLICY
             return Response(bytes(raw), mimetype="application/octet-stream", headers={
                 "Content-Disposition": f'attachment; filename="{record.id}.eml"'})
-        text = bytes(raw).decode("utf-8", "replace")
-        return render_template("raw.html", r=record, text=text)
+        data = bytes(raw)
+        text = data[:RAW_SHOWN].decode("utf-8", "replace")
+        return render_template("raw.html", r=record, text=text,
+                               cut=len(data) > RAW_SHOWN and RAW_SHOWN // 1024)
 
     @app.get("/quarantine/<identifier>/attachment/<int:index>")
     def attachment(identifier: str, index: int):
@@ -648,11 +652,25 @@ def _check_origin() -> None:
         abort(403, "this request came from a sandboxed page")
 
 
+# A path and query of printable ASCII, starting with one "/": no scheme, no
+# host, no "//" or "/\\" (a browser reads both as another host), no backslash,
+# space or control character (a browser drops a tab or newline inside a URL,
+# so "/<TAB>/evil.test" would become "//evil.test").
+_LOCAL_TARGET = re.compile(r"/(?![/\\])[!-\[\]-~]*")
+NOT_AFTER_LOGIN = ("login", "logout", "static", "digest", "health")
+
+
 def _local(target: str | None) -> str | None:
-    """A redirect target on this console only."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """``target`` if it is the address of one of this console's own pages
+    (as ``next`` after a login, ``back`` after a bulk action), else None."""
+    if not target or len(target) > 2000 or not _LOCAL_TARGET.fullmatch(target):
         return None
-    return target
+    path = urlsplit(target).path
+    try:
+        endpoint, _ = current_app.url_map.bind("console").match(path, method="GET")
+    except HTTPException:  # no such page (404, 405) or a redirect of the router's
+        return None
+    return target if endpoint not in NOT_AFTER_LOGIN else None
 
 
 def _admin() -> None:
