@@ -413,6 +413,53 @@ def test_an_analyst_cannot_reach_admin_pages_or_release_a_virus(web):
     assert console.audit_trail()[0]["action"] == "release-refused"
 
 
+def test_a_virus_is_an_admins_to_download_after_confirming_and_audited(web):
+    """Issue 23 #8: an analyst could download a CLAMAV_VIRUS message's
+    attachment and raw source, though only an admin may release it."""
+    app, store, console = web
+    virus = put_raw(store, hostile_html_message("v1"), names=("CLAMAV_VIRUS",))
+    plain = put_raw(store, hostile_html_message("p1"))
+    attachment, source = f"/quarantine/{virus}/attachment/2", f"/quarantine/{virus}/raw"
+    analyst = app.test_client()
+    login(analyst, "bob")
+    token = csrf_of(analyst)
+    assert analyst.get(f"/quarantine/{plain}/attachment/2").data.startswith(b"MZ")
+    assert analyst.get(f"/quarantine/{plain}/raw?download=1").status_code == 200
+    for response in (analyst.get(attachment), analyst.get(source + "?download=1"),
+                     analyst.post(attachment, data={"csrf": token, "confirm": "yes"}),
+                     analyst.post(source, data={"csrf": token, "confirm": "yes",
+                                                "download": "1"})):
+        assert response.status_code == 403 and "only an admin may download" in response.text
+        assert b"MZ" not in response.data
+    assert [e["action"] for e in console.audit_trail(actor="bob")][:4] == \
+        ["download-refused"] * 4
+    page = analyst.get(f"/quarantine/{virus}").text
+    assert "only an admin may download its attachments or source" in page
+    assert attachment not in page and "download=1" not in page
+    assert analyst.get(source).status_code == 200  # reading the source stays open
+
+    admin = app.test_client()
+    login(admin, "ann")
+    token = csrf_of(admin)
+    unconfirmed = (admin.get(attachment), admin.post(attachment, data={"csrf": token}),
+                   admin.get(source + "?download=1"))
+    assert all(r.status_code == 403 and "after confirming" in r.text for r in unconfirmed)
+    assert admin.post(attachment, data={"confirm": "yes"}).status_code == 400  # CSRF
+    page = admin.get(f"/quarantine/{virus}").text
+    assert 'id="dangerous-download"' in page and f'formaction="{attachment}"' in page
+    got = admin.post(attachment, data={"csrf": token, "confirm": "yes"})
+    assert got.status_code == 200 and got.data.startswith(b"MZ")
+    eml = admin.post(source, data={"csrf": token, "confirm": "yes", "download": "1"})
+    assert eml.status_code == 200 and b"invoice v1" in eml.data
+    assert eml.headers["Content-Disposition"] == f'attachment; filename="{virus}.eml"'
+    (source_line, attachment_line) = console.audit_trail(actor="ann")[:2]
+    assert (source_line["action"], source_line["detail"]) == (
+        "download", "source (confirmed: carries CLAMAV_VIRUS)")
+    assert attachment_line["detail"].endswith("(confirmed: carries CLAMAV_VIRUS)")
+    history = [(e.actor, e.action) for e in store.get(virus).events]
+    assert history[-2:] == [("ann", "downloaded"), ("ann", "downloaded")]
+
+
 def test_made_up_and_foreign_ids_are_404_never_a_traceback(web):
     app, store, _ = web
     identifier = put(store, "real")

@@ -175,6 +175,9 @@ def test_the_console_shows_a_2_mib_pathological_message_with_a_truncation_notice
     assert "Invoice hostile" in page.text
     frame = finishes(lambda: client.get(f"/quarantine/{identifier}/html"))
     assert frame.status_code == 200 and "Invoice hostile" in frame.text
+    source = client.get(f"/quarantine/{identifier}/raw")
+    assert "Only the first 2048 KiB are shown" in source.text
+    assert len(source.data) < 5 * MIB  # 2 MiB, escaped; the message is 3 MiB (7 escaped)
 
 
 @pytest.mark.slow

@@ -345,23 +345,27 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
-    @app.get("/quarantine/<identifier>/raw")
+    @app.route("/quarantine/<identifier>/raw", methods=["GET", "POST"])
     def message_raw(identifier: str):
         record = _record(store, identifier)
         raw = store.raw(record.id)
         if raw is None:
             abort(410, f"{record.state}: the message's content is gone")
-        console.log(g.session.user.name, "view-raw", record.id, "", _address())
-        if request.args.get("download"):
+        if request.values.get("download"):
+            confirmed = _may_download(record, "source")
+            console.log(g.session.user.name, "download", record.id, f"source{confirmed}",
+                        _address())
             g.csp = DOWNLOAD_POLICY
             return Response(bytes(raw), mimetype="application/octet-stream", headers={
                 "Content-Disposition": f'attachment; filename="{record.id}.eml"'})
+        console.log(g.session.user.name, "view-raw", record.id, "", _address())
         data = bytes(raw)
         text = data[:RAW_SHOWN].decode("utf-8", "replace")
         return render_template("raw.html", r=record, text=text,
-                               cut=len(data) > RAW_SHOWN and RAW_SHOWN // 1024)
+                               cut=len(data) > RAW_SHOWN and RAW_SHOWN // 1024,
+                               dangerous=admin_only_symbols(record, rules.release))
 
-    @app.get("/quarantine/<identifier>/attachment/<int:index>")
+    @app.route("/quarantine/<identifier>/attachment/<int:index>", methods=["GET", "POST"])
     def attachment(identifier: str, index: int):
         record = _record(store, identifier)
         raw = store.raw(record.id)
@@ -370,12 +374,34 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
         if found is None:
             abort(404)
         part, data = found
+        name = preview.displayable(part.name)
+        confirmed = _may_download(record, f"attachment {index}: {name}")
         console.log(g.session.user.name, "download", record.id,
-                    f"attachment {index}: {part.name}", _address())
+                    f"attachment {index}: {name}{confirmed}", _address())
         g.csp = DOWNLOAD_POLICY
         safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", part.name)[:100] or "attachment"
         return Response(data, mimetype="application/octet-stream", headers={
             "Content-Disposition": f'attachment; filename="{safe_name}.bin"'})
+
+    def _may_download(record: Record, what: str) -> str:
+        """A virus's or admin-only mail's attachments and source are an
+        admin's to download, after confirming (a POST from the message's
+        page), like its release; refusals are audited too. Returns what the
+        audit line adds."""
+        dangerous = admin_only_symbols(record, rules.release)
+        if not dangerous:
+            return ""
+        me, carries = g.session.user, ", ".join(dangerous)
+        if not me.is_admin:
+            console.log(me.name, "download-refused", record.id, f"{what}; carries {carries}",
+                        _address())
+            abort(403, f"this message carries {carries}: only an admin may download its "
+                       "attachments or source")
+        if request.method != "POST" or request.form.get("confirm") != "yes":
+            abort(403, f"this message carries {carries}: download it from the message's page, "
+                       "after confirming")
+        store.record_event(record.id, me.name, "downloaded", f"{what} (carries {carries})")
+        return f" (confirmed: carries {carries})"
 
     @app.post("/quarantine/<identifier>/release")
     def release_one(identifier: str):
