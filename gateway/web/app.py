@@ -65,6 +65,7 @@ from gateway.quarantine.store import (
 )
 from gateway.web import charts, preview, stats
 from gateway.web.console import (
+    DEVICE_DAYS,
     ROLES,
     Console,
     ConsoleError,
@@ -78,6 +79,7 @@ from gateway.web.render import Renderer
 log = logging.getLogger("gateway.web")
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "gateway_session"
+DEVICE_COOKIE = "gateway_device"
 ID = re.compile(r"^[0-9a-f]{20}$")
 PUBLIC = ("login", "static", "digest", "health")
 RAW_SHOWN = 2 * 1024 * 1024  # of the raw source on its page; the download has it all
@@ -189,17 +191,19 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
     @app.route("/login", methods=["GET", "POST"])
     def login():
         problem = None
-        status = 200
+        status, retry_after = 200, 0
         if request.method == "POST":
             _check_origin()
             if not constant_equal(request.form.get("csrf", ""), session.get("login", "-")):
                 abort(400, "the login form was stale; reload the page and try again")
             name = request.form.get("name", "").strip()
+            known = console.known_device(request.cookies.get(DEVICE_COOKIE), name)
             try:
                 user = console.authenticate(name, request.form.get("password", ""),
-                                            _address())
+                                            _address(), known=known)
             except LoginRefused as exc:
                 problem, status = str(exc), 429 if exc.retry_after else 401
+                retry_after = exc.retry_after
                 console.log(name[:64] or "?", "login-failed", name[:64], str(exc), _address())
             else:
                 token, _ = console.open_session(user, _address())
@@ -208,11 +212,17 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
                 response = redirect(target)
                 response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict",
                                     secure=_secure(), path="/")
+                # This browser has logged in as this user: the login limits
+                # for strangers do not hold it back (see Console._wait).
+                response.set_cookie(DEVICE_COOKIE, console.device_token(user.name),
+                                    max_age=DEVICE_DAYS * 86400, httponly=True,
+                                    samesite="Strict", secure=_secure(), path="/login")
                 session.pop("login", None)
                 return response
         session["login"] = secrets.token_urlsafe(24)
         page = render_template("login.html", problem=problem, login_csrf=session["login"])
-        return page, status
+        headers = {"Retry-After": str(retry_after)} if retry_after else {}
+        return page, status, headers
 
     @app.post("/logout")
     def logout():
@@ -572,7 +582,7 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
             current = request.form.get("current", "")
             new = request.form.get("password", "")
             try:
-                console.authenticate(me.name, current, _address())
+                console.authenticate(me.name, current, _address(), known=True)
                 if new != request.form.get("again", ""):
                     raise ConsoleError("the two new passwords differ")
                 if (problem := password_problem(new)) is not None:
