@@ -80,9 +80,8 @@ class Site:
     """The console served by waitress on loopback, in this process."""
 
     def __init__(self, root: Path, release_smtp: str):
-        from waitress import create_server
-
         from gateway.web.app import create_app
+        from gateway.web.server import make_server
 
         self.url = f"sqlite:///{root}/q.db"
         self.config = parse_config(f'[quarantine]\nurl = "{self.url}"\nnode = "mx1"\n'
@@ -93,7 +92,7 @@ class Site:
         self.console.add_user("ann", "admin", PASSWORD)
         self.console.add_user("alice", "analyst", PASSWORD)
         self.port = free_port()
-        self.server = create_server(self.app, host="127.0.0.1", port=self.port, threads=4)
+        self.server = make_server(self.app, "127.0.0.1", self.port, self.config.web)
         self.base = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.run, daemon=True).start()
 

@@ -42,7 +42,7 @@ from gateway.quarantine.store import QuarantineError, QuarantineStore, now
 ROLES = ("analyst", "admin")
 LABELS = ("ham", "spam")
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-MIN_PASSWORD = 10
+MIN_PASSWORD = 12  # OWASP ASVS 2.1.1
 MAX_PASSWORD = 1024
 LOGIN_WINDOW = timedelta(minutes=15)
 BACKOFF_START = timedelta(seconds=30)
