@@ -78,6 +78,8 @@ def test_bound_html_caps_open_elements_formatting_and_attributes():
     attributes = bound_html('<a title="x>y" ' + " ".join(f"a{i}=1" for i in range(100)) + ">t")
     assert attributes.cut_attributes == 100 + 1 - MAX_ATTRIBUTES
     assert attributes.html.startswith('<a title="x>y" a0=1') and attributes.html.endswith(">t")
+    closing = bound_html("<b>t</b " + " ".join(f"a{i}" for i in range(100)) + ">")
+    assert closing.html == "<b>t</b>" and closing.cut_attributes == 100 - MAX_ATTRIBUTES
     images = bound_html('<img src="http://x/1"><img src=data:image/png;base64,AA><img SRC=//y>')
     assert images.remote_images == 2
 

@@ -102,7 +102,10 @@ def bound_html(text: str) -> Bounded:
                 open_counts[tag.name] -= 1
                 depth -= 1
                 formatting -= tag.name in FORMATTING
-            out.append(text[less:tag.end])
+            # an end tag's attributes mean nothing, but the parser reads them all
+            cut += max(0, len(tag.attributes) - MAX_ATTRIBUTES)
+            out.append(text[less:tag.end] if len(tag.attributes) <= MAX_ATTRIBUTES
+                       else f"</{tag.name}>")
             continue
         if tag.name not in VOID:
             if depth >= MAX_OPEN or (tag.name in FORMATTING and formatting >= MAX_FORMATTING):

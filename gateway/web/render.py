@@ -111,7 +111,12 @@ class Renderer:
         with self._lock:
             worker = self._idle.pop() if self._idle else None
         if worker is None:
-            worker = _Worker.start()
+            try:
+                worker = _Worker.start()
+            except OSError as exc:  # no process to be had (limits, memory)
+                log.warning("web: cannot start a preview worker: %s", exc)
+                return Rendered(None, problem="the preview could not be made (no worker "
+                                              "process could be started)")
         try:
             worker.connection.send((raw, self.limits, self.html_bytes))
             if not worker.connection.poll(deadline):
