@@ -27,7 +27,8 @@ from gateway.lab.postfix import free_port
 from gateway.quarantine.store import QuarantineStore
 from gateway.web.console import Console
 from tests.helpers import PROJECT_ROOT
-from tests.test_web import PASSWORD
+from tests.test_web import PASSWORD, put_raw
+from tests.test_web_preview import PATHOLOGICAL, html_message
 
 
 def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
@@ -43,11 +44,12 @@ def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
 class WebProcess:
     """``gateway web`` in a process of its own, with one admin."""
 
-    def __init__(self, root: Path, web_section: str = ""):
+    def __init__(self, root: Path, web_section: str = "", messages: tuple[bytes, ...] = ()):
         self.port = free_port()
         url = f"sqlite:///{root}/q.db"
         store = QuarantineStore(url)
         Console(store).add_user("ann", "admin", PASSWORD)
+        self.held = [put_raw(store, raw) for raw in messages]
         store.close()
         config = root / "gateway.toml"
         config.write_text(f'[quarantine]\nurl = "{url}"\n[web]\n'
@@ -75,14 +77,24 @@ class WebProcess:
 
     def log_in(self, timeout: float = 20.0) -> str:
         """Where a right password leads (the dashboard)."""
+        return urllib.parse.urlsplit(self._logged_in(timeout)[1].url).path
+
+    def get(self, path: str, timeout: float = 120.0) -> str:
+        """A page, as ann."""
+        opener, _ = self._logged_in(timeout)
+        return opener.open(self.base + path, timeout=timeout).read().decode()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _logged_in(self, timeout: float):
         jar = http.cookiejar.CookieJar()
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-        base = f"http://127.0.0.1:{self.port}"
-        page = opener.open(base + "/login", timeout=timeout).read().decode()
+        page = opener.open(self.base + "/login", timeout=timeout).read().decode()
         token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
         form = urllib.parse.urlencode({"name": "ann", "password": PASSWORD, "csrf": token})
-        answer = opener.open(base + "/login", data=form.encode(), timeout=timeout)
-        return urllib.parse.urlsplit(answer.url).path
+        return opener, opener.open(self.base + "/login", data=form.encode(), timeout=timeout)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -159,4 +171,39 @@ def test_one_client_keeps_at_most_connections_per_client(tmp_path: Path):
         assert slow.open() == 10
     finally:
         slow.close()
+        console.stop()
+
+
+@pytest.mark.slow
+def test_eight_views_of_messages_built_to_hang_the_preview_leave_the_console_up(
+        tmp_path: Path):
+    """Issue 23 #2: eight views of such messages took all eight console
+    threads for minutes. Now they are made two at a time in worker
+    processes; meanwhile /health and a login answer, and every view ends
+    with a page (a preview, or a line saying why there is none)."""
+    forms = sorted(PATHOLOGICAL)
+    messages = tuple(html_message(PATHOLOGICAL[forms[n % len(forms)]], f"hang{n}")
+                     for n in range(8))
+    console = WebProcess(tmp_path, messages=messages)
+    try:
+        opener, _ = console._logged_in(20.0)
+        cookie = next(c for c in opener.handlers
+                      if isinstance(c, urllib.request.HTTPCookieProcessor)).cookiejar
+        session = next(c.value for c in cookie if c.name == "gateway_session")
+        views = []
+        for identifier in console.held:  # all eight sent before anything else
+            view = socket.create_connection(("127.0.0.1", console.port), timeout=300)
+            view.sendall(f"GET /quarantine/{identifier} HTTP/1.0\r\nHost: console\r\n"
+                         f"Cookie: gateway_session={session}\r\n\r\n".encode())
+            views.append(view)
+        assert console.health() == 200
+        assert console.log_in() == "/"
+        for view in views:
+            page = b""
+            while chunk := view.recv(65536):
+                page += chunk
+            view.close()
+            assert page.split(b"\r\n", 1)[0].endswith(b" 200 OK"), page[:200]
+            assert b"Only the first 256 KiB" in page or b"No preview:" in page
+    finally:
         console.stop()
