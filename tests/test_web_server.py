@@ -98,7 +98,12 @@ class WebProcess:
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=30)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # stuck (the old code): do not leave it running
+            self.process.kill()
+            self.process.wait(timeout=30)
+            raise
 
 
 class SlowClients:
