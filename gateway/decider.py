@@ -26,14 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from gateway.evaluator import Evaluator
+from gateway.evaluator import Evaluator, TooBusy
 from gateway.logline import log_verdict
 from gateway.logs import for_message
 from gateway.message import Envelope, RawContent
 from gateway.policy import Verdict
 from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.store import QuarantineError
-from gateway.replies import REJECTED, STORE_FAILED, TRY_AGAIN, SmtpReply
+from gateway.replies import BUSY, REJECTED, STORE_FAILED, TRY_AGAIN, SmtpReply
 
 log = logging.getLogger("gateway.decider")
 
@@ -76,7 +76,10 @@ class Decider:
             if not self.evaluator.store_free:
                 return self._on_pool(self._decide, envelope, raw)
             started = time.perf_counter()
-            verdict = self.evaluator.evaluate(envelope, raw)
+            try:
+                verdict = self.evaluator.evaluate(envelope, raw)
+            except TooBusy as exc:
+                return self._decided(envelope, raw, _too_busy(envelope, exc), started)
             if self.keeper is not None and verdict.action in ("quarantine", "reject"):
                 decision = self._on_pool(self._act, verdict, envelope, raw)
             else:
@@ -89,7 +92,10 @@ class Decider:
 
     def _decide(self, envelope: Envelope, raw: RawContent) -> Decision:
         started = time.perf_counter()
-        verdict = self.evaluator.evaluate(envelope, raw)
+        try:
+            verdict = self.evaluator.evaluate(envelope, raw)
+        except TooBusy as exc:
+            return self._decided(envelope, raw, _too_busy(envelope, exc), started)
         return self._decided(envelope, raw, self._act(verdict, envelope, raw), started)
 
     def _decided(self, envelope: Envelope, raw: RawContent, decision: Decision,
@@ -142,3 +148,13 @@ class Decider:
             self.learner.close()
         if close_keeper and self.keeper is not None:
             self.keeper.close()
+
+
+def _too_busy(envelope: Envelope, exc: TooBusy) -> Decision:
+    """A message nothing could check in time: 4xx, never accepted unchecked
+    (whatever [milter] on_error says), so the sender retries."""
+    log.warning("message %s not checked, answered %s: %s", envelope.queue_id or "-",
+                BUSY, exc)
+    verdict = Verdict(action="tempfail", score=0.0, required=0.0, symbols=(),
+                      failed_checks=(), reason=f"not checked: {exc}", reply=BUSY)
+    return Decision(verdict, "tempfail", BUSY)

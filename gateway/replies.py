@@ -31,6 +31,7 @@ STATUS_OF = {"SENDER_NULL_MX": "5.7.27"}  # RFC 7505 4.2: the sender's domain ha
 # The gateway's own trouble: 4xx, so the sender retries and nothing is lost.
 FILTER_FAILED = SmtpReply("451", "4.3.0", "Temporary failure in mail filter, try again later")
 STORE_FAILED = SmtpReply("451", "4.3.0", "Temporary failure storing the message, try again later")
+BUSY = SmtpReply("451", "4.3.2", "Too busy to check this message now, try again later")
 # A verdict to hold, on an MTA that cannot hold mail: the sender learns of it.
 HOLD_IMPOSSIBLE = SmtpReply("550", "5.7.1", "Rejected: held for review, but this mail "
                             "server cannot hold mail")
