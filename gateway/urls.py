@@ -57,6 +57,12 @@ ATTRIBUTE_SOURCES = {"href": "href", "src": "src", "action": "action",
                      "formaction": "action", "background": "background", "poster": "src"}
 LINK_TAGS = frozenset({"a", "area"})
 SCHEMES = frozenset({"http", "https", "ftp"})
+# HTML up to this size and tag count goes to the parser as it is (too few
+# attributes or elements to make its work grow); larger HTML is trimmed, and
+# read up to HTML_PARSED characters (its text is still searched for URLs).
+SMALL_HTML = 16 * 1024
+SMALL_HTML_TAGS = 1000
+HTML_PARSED = 512 * 1024
 # What is kept of a link's text, for the evidence and the console.
 TEXT_SHOWN = 300
 # A data: URL is listed by its start only (its bytes are a picture).
@@ -110,9 +116,19 @@ def html_urls(markup: str) -> Extracted:
     """The URLs of an HTML document (see the module's description)."""
     from selectolax.lexbor import LexborHTMLParser
 
+    from gateway.web.boundhtml import bound_html
+
     found: list[FoundUrl] = []
     images: list[tuple[str, str]] = []
     try:
+        # An HTML5 tree builder's work grows with the square of the attributes
+        # of one tag and of the formatting elements open (lexbor: 10 s for
+        # 240 KiB of attributes in one tag, minutes for 2 MiB of <b x=N>).
+        # What could hold that many is trimmed first as the console's
+        # sanitizer gets it (gateway.web.boundhtml: 32 attributes a tag,
+        # 1,024 open elements), and only its first HTML_PARSED characters.
+        if len(markup) > SMALL_HTML or markup.count("<") > SMALL_HTML_TAGS:
+            markup = bound_html(markup[:HTML_PARSED]).html
         tree = LexborHTMLParser(markup)
         nodes = tree.css(URL_ELEMENTS)
     except Exception:  # lexbor refusing a document is no reason to fail

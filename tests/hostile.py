@@ -662,6 +662,19 @@ def html_url_places(count: int = 20_000) -> bytes:
     return html_message(markup, "html-url-places")
 
 
+@hostile("TEXT_TRUNCATED")
+def html_formatting(size: int = 2_000_000) -> bytes:
+    """2 MB of '<b x=N>t' (an HTML5 tree builder's active formatting elements)"""
+    return html_message("".join(f"<b x={i}>t" for i in range(size // 10)), "html-formatting")
+
+
+@hostile("TEXT_TRUNCATED")
+def html_one_tag_many_attributes(size: int = 2_000_000) -> bytes:
+    """one tag with 2 MB of attributes"""
+    return html_message("<a " + " ".join(f"<x{i}" for i in range(size // 8)) + ">wire it",
+                        "html-many-attributes")
+
+
 @hostile("URLS_TOO_MANY")
 def html_nested_links(depth: int = 20_000) -> bytes:
     """20,000 links opened inside each other, each with text"""

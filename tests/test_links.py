@@ -21,6 +21,7 @@ from gateway.config import Config, LimitsSection, LinksSection
 from gateway.facts import DmarcFacts
 from gateway.message import Envelope, Message
 from gateway.urls import html_urls, parse_link, srcset, text_urls
+from tests.test_web import web as web  # the fixture
 
 
 def qr_png(text: str, scale: int = 6, dark: str = "black", light: str = "white") -> bytes:
@@ -524,3 +525,43 @@ def test_a_known_correspondent_sending_a_link_trick_is_not_discounted():
     assert tricked.action == "quarantine"  # -2.0 - 2.0 + 8.0 + 2.0
     assert "LINK_TRICK_FROM_KNOWN_SENDER" not in {
         s.name for s in decide("KNOWN_CORRESPONDENT", "URL_SHORTENER").symbols}
+
+
+# -- the console lists every link, text beside target ------------------------------------
+
+
+LYING = ("<html><head><meta http-equiv='refresh' content='9; url=https://refresh.example/r'>"
+         "<style>p { background: url(https://css.example/bg.png) }</style></head><body>"
+         "<p><a href='https://evil-host.com/x'>https://www.paypal.com/signin</a> "
+         "<img srcset='https://img.example/a.png 1x, https://img.example/b.png 2x'>"
+         "<form action='https://harvest.example/post'></form>"
+         "<a href=\"javascript:location='https://js.example/a b c'\">open</a></p></body></html>")
+
+
+def test_the_console_preview_lists_each_link_with_its_text_and_marks():
+    from gateway.web.preview import analyse
+
+    raw = mail(html=LYING)
+    shown = {j.found.url: j for j in analyse(raw).links}
+    lying = shown["https://evil-host.com/x"]
+    assert lying.found.text == "https://www.paypal.com/signin"
+    assert lying.link is not None and lying.link.host == "evil-host.com"
+    assert {name for name, _ in lying.marks} == {"LINK_TEXT_MISMATCH", "URL_BRAND_MISMATCH"}
+    assert {j.found.where for j in shown.values()} >= {"refresh", "css", "srcset", "action"}
+    assert "javascript:location='https://js.example/a b c'" in shown  # whole, never cut
+    assert shown["https://harvest.example/post"].marks == ()
+
+
+def test_the_message_page_shows_text_beside_target_and_marks_mismatches(web):
+    from tests.test_web import login, put_raw
+
+    app, store, _ = web
+    identifier = put_raw(store, mail(html=LYING, subject="lying links"))
+    client = app.test_client()
+    login(client, "ann")
+    page = client.get(f"/quarantine/{identifier}").text
+    assert ('<li class="marked"><span class="shows">https://www.paypal.com/signin</span> → '
+            '<code>https://evil-host.com/x</code>') in page
+    assert 'title="text &#39;https://www.paypal.com/signin&#39; shows paypal.com, goes to ' \
+           'evil-host.com">LINK_TEXT_MISMATCH</span>' in page
+    assert "javascript:location=&#39;https://js.example/a b c&#39;" in page

@@ -47,13 +47,14 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gateway.checks import Check, CheckContext
 from gateway.checks.identity import _exists
-from gateway.checks.view import view_of
+from gateway.checks.view import MessageView, view_of
 from gateway.config import Config
 from gateway.confusables import mixed_script, name_tokens
 from gateway.correspondents import MemoryReader, Snapshot, memory_url
@@ -191,7 +192,8 @@ class LinksCheck(Check):
                          "image_seconds were not searched for QR codes",
     }
 
-    def __init__(self, config: Config, reader: MemoryReader | None = None):
+    def __init__(self, config: Config, reader: MemoryReader | None = None,
+                 memory: bool = True):
         super().__init__(config)
         self.shorteners = shipped_shorteners() | {
             d.strip().lower().lstrip("@") for d in config.links.shorteners}
@@ -203,8 +205,8 @@ class LinksCheck(Check):
         # The identity check's correspondent memory: known correspondents'
         # domains may be imitated too (read every [identity] refresh seconds).
         url = memory_url(config.quarantine.url)
-        if reader is None and url is not None and "identity" in config.pipeline.checks \
-                and _exists(url):
+        if reader is None and memory and url is not None and \
+                "identity" in config.pipeline.checks and _exists(url):
             reader = MemoryReader(url, identity)
         self.reader = reader
         self._known: tuple[int, DomainIndex] | None = None
@@ -256,22 +258,30 @@ class LinksCheck(Check):
     def links_of(self, message: Message, context: CheckContext | None = None
                  ) -> list[JudgedLink]:
         """Every distinct URL of the message (:attr:`MessageView.found`), each
-        with what this check finds in it: what the console lists, text
-        beside target, and what :meth:`run` sums up."""
-        facts = context.facts if context is not None else {}
+        with what this check finds in it: what :meth:`run` sums up."""
+        return self.judge(view_of(message), message.headers("From"), message.envelope.rcpt_to,
+                          context.facts if context is not None else {},
+                          message.limits.address_comment_depth)
+
+    def judge(self, view: MessageView, from_values: list[str],
+              recipients: Sequence[str] = (), facts: Mapping[str, Mapping[str, Any]] | None = None,
+              comment_depth: int = 10) -> list[JudgedLink]:
+        """The URLs of ``view`` judged for a message with these From values
+        and recipients (and the other checks' ``facts``)."""
+        facts = facts or {}
         authors = frozenset(registrable_domain(d) for d in author_domains(
-            message.headers("From"), message.limits.address_comment_depth).domains[:MAX_AUTHORS])
+            from_values, comment_depth).domains[:MAX_AUTHORS])
         dmarc = DmarcFacts.of(facts)
         authenticated = registrable_domain(dmarc.from_domain) \
             if dmarc is not None and dmarc.result == "pass" and dmarc.from_domain else None
         snapshot = self.reader.snapshot() if self.reader is not None else Snapshot()
         org = self.org_domains or frozenset(
             registrable(r.strip().strip("<>").rpartition("@")[2])
-            for r in message.envelope.rcpt_to[:MAX_RECIPIENT_DOMAINS] if "@" in r
+            for r in recipients[:MAX_RECIPIENT_DOMAINS] if "@" in r
         ) | snapshot.recipient_domains
         seen = _Seen(authors, authenticated, self.index(org), self.known(snapshot))
         judged = []
-        for found in dict.fromkeys(view_of(message).found):
+        for found in dict.fromkeys(view.found):
             link = parse_link(found.url)
             marks: list[tuple[str, str]] = []
             if found.where == "qr" and link is not None:
@@ -375,3 +385,16 @@ def _joined(items: Iterable[str]) -> str:
     listed = list(items)
     shown = "; ".join(listed[:SHOWN])
     return shown + (f"; and {len(listed) - SHOWN} more" if len(listed) > SHOWN else "")
+
+
+@functools.cache
+def _console_check() -> LinksCheck:
+    return LinksCheck(Config(), memory=False)
+
+
+def judged_links(view: MessageView, from_values: list[str]) -> list[JudgedLink]:
+    """The links of a message as the console lists them: each URL with its
+    text and where it goes, marked by what this check finds (with the
+    shipped brands and shorteners; the verdict's own symbols are the
+    milter's, with the site's settings)."""
+    return _console_check().judge(view, from_values)
