@@ -415,10 +415,23 @@ def test_a_known_correspondents_name_from_a_stranger(tmp_path, memory):
         assert "supplier.example (a known correspondent's domain)" in symbols(check.run(
             message("Sales <sales@supp1ier.example>"), authenticated(
                 dkim=("supp1ier.example",))))["FROM_LOOKALIKE_DOMAIN"]
-        # A typo of it needs no other sign (a brand's would: see above).
+        # A typo of it needs no other sign (a brand's would: see above), nor
+        # does a brand's domain that known correspondents write from.
         assert "supplier.example (a known correspondent's domain): a typo" in symbols(
             check.run(message("Sales <sales@suppiler.example>", subject="Invoice"),
                       authenticated(dkim=("suppiler.example",))))["FROM_LOOKALIKE_DOMAIN"]
+        assert "FROM_LOOKALIKE_DOMAIN" not in symbols(check.run(
+            message('"Ann Other" <ann.other@yaoho.co.uk>', subject="Invoice"),
+            authenticated(dkim=("yaoho.co.uk",))))
+    finally:
+        check.close()
+    memory.add([Observation("matt@yahoo.co.uk", "yahoo.co.uk", BOB, "outbound", at)])
+    check = IdentityCheck(config(tmp_path))
+    try:
+        assert "yaoho.co.uk imitates yahoo.co.uk (a known correspondent's domain): a typo " \
+               "(edit distance 1)" in \
+            symbols(check.run(message('"Ann Other" <ann.other@yaoho.co.uk>', subject="Invoice"),
+                              authenticated(dkim=("yaoho.co.uk",))))["FROM_LOOKALIKE_DOMAIN"]
         # ... but not a lookalike of her domain (another TLD of it counts with her
         # name), nor an address that cannot authenticate.
         for author, context in (

@@ -203,7 +203,10 @@ def test_a_sasl_login_makes_our_users_recipients_known_correspondents(pair, sasl
                                                                      keys):
     partner = "carol@good.test"
     tag = uuid.uuid4().hex
-    # The submission service as documented lets no one in without a login ...
+    # The submission service as documented lets no one in without TLS and a login ...
+    with pytest.raises(smtplib.SMTPSenderRefused, match="STARTTLS"):
+        send(sasl_node.postfix, mail(f"Bob <{USER}>", partner, tag), mail_from=USER,
+             rcpt_to=(partner,))
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         submit(sasl_node.postfix, mail(f"Bob <{USER}>", partner, tag), USER, (partner,),
                login=None)

@@ -403,7 +403,9 @@ class IdentityCheck(Check):
         and our correspondents' need no such sign: few, and chosen by no
         one else, a domain a letter away from one of them has no innocent
         reason to write to us, and the attack on a supplier's invoice
-        names nobody but the supplier's own people."""
+        names nobody but the supplier's own people. (A brand's domain that
+        known correspondents write from, yahoo.co.uk, is theirs too: the
+        index of their domains has it.)"""
         brand = self.brands.owner(typo.imitates)
         if brand is None:
             return typo
@@ -422,8 +424,10 @@ class IdentityCheck(Check):
         domains = dict(self.brands.domains())
         domains.update({d: "our domain" for d in org})
         ours = DomainIndex(domains)
+        # The brands' domains they write from too: a typo of one is theirs to
+        # imitate, when it is not corroborated as the brand's.
         known = DomainIndex({d: "a known correspondent's domain"
-                             for d in snapshot.known_domains if d not in domains})
+                             for d in snapshot.known_domains if d not in org})
         self._index = (id(snapshot), org, ours, known)
         return ours, known
 
