@@ -390,7 +390,10 @@ def _brand_name(mail: Mail, rng: random.Random, world: World) -> Attack | None:
     return Attack(raw, (domain,), domain) if raw else None
 
 
-def _brand_lookalike(how: str) -> Technique:
+def _brand_lookalike(how: str, named: bool = False) -> Technique:
+    """A brand's lookalike domain behind "Customer Service"; the subject
+    names the brand only when ``named`` ("Your PayPal account ...")."""
+
     def make(mail: Mail, rng: random.Random, world: World) -> Attack | None:
         from gateway.lookalike import DEFAULT_BRANDS, load_brands
 
@@ -398,8 +401,12 @@ def _brand_lookalike(how: str) -> Technique:
                   if len(b.domains[0].partition(".")[0]) >= 5]
         brand = rng.choice(brands)
         domain = lookalike(brand.domains[0], how, rng)
-        raw = splice(mail, f'"Customer Service" <service@{domain}>',
-                     subject=rng.choice(BRAND_SUBJECTS))
+        subject = rng.choice(BRAND_SUBJECTS)
+        if named:
+            subject = subject.replace("Your ", f"Your {brand.names[0]} ").replace(
+                "Unusual ", f"{brand.names[0]}: unusual ")
+            subject = subject if brand.names[0] in subject else f"{brand.names[0]}: {subject}"
+        raw = splice(mail, f'"Customer Service" <service@{domain}>', subject=subject)
         return Attack(raw, (_registrable(domain),), domain) if raw else None
 
     return make
@@ -421,6 +428,9 @@ for _how in LOOKALIKES:
     technique(f"correspondent-lookalike-{_how}")(_correspondent_lookalike(_how))
 for _how in LOOKALIKES:
     technique(f"brand-lookalike-{_how}")(_brand_lookalike(_how))
+# A typo of a brand's domain counts only with the brand named (the display
+# name or the subject): the technique above never names it, this one does.
+technique("brand-lookalike-typo-named")(_brand_lookalike("typo", named=True))
 
 
 # -- judging ----------------------------------------------------------------------------------
