@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from gateway.evaluator import Evaluator
 from gateway.logline import log_verdict
@@ -32,6 +32,9 @@ from gateway.policy import Verdict
 from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.store import QuarantineError
 from gateway.replies import REJECTED, STORE_FAILED, TRY_AGAIN, SmtpReply
+
+if TYPE_CHECKING:
+    from gateway.door import Door
 
 log = logging.getLogger("gateway.decider")
 
@@ -52,10 +55,11 @@ class Decision:
 
 class Decider:
     def __init__(self, evaluator: Evaluator, keeper: Keeper | None, threads: int = 16,
-                 observer: Observer | None = None):
+                 observer: Observer | None = None, door: Door | None = None):
         self.evaluator = evaluator
         self.keeper = keeper
         self.observer = observer
+        self.door = door  # greylisting and rate limits (gateway.door), when configured
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decide")
 
     def decide(self, envelope: Envelope, raw: RawContent) -> Decision:
@@ -65,7 +69,8 @@ class Decider:
             return self._pool.submit(self._decide, envelope, raw).result()
         started = time.perf_counter()
         verdict = self.evaluator.evaluate(envelope, raw)
-        if self.keeper is not None and verdict.action in ("quarantine", "reject"):
+        if (self.keeper is not None and verdict.action in ("quarantine", "reject")) or \
+                (self.door is not None and verdict.greylist):  # the database, on the pool
             decision = self._pool.submit(self._act, verdict, envelope, raw).result()
         else:
             decision = self._act(verdict, envelope, raw)
@@ -83,9 +88,15 @@ class Decider:
         log_verdict(envelope, verdict, raw.size, seconds * 1000, decision.notes)
         if self.observer is not None:
             self.observer(envelope, decision, seconds)
+        if self.door is not None:
+            self.door.observed(envelope, decision)
         return decision
 
     def _act(self, verdict: Verdict, envelope: Envelope, raw: RawContent) -> Decision:
+        if self.door is not None and verdict.greylist:  # in the policy's greylist band
+            greylisted = self.door.after_data(envelope, verdict)
+            if greylisted is not None:
+                return Decision(greylisted, "tempfail", greylisted.reply)
         if verdict.action == "reject":
             notes = {}
             if self.keeper is not None and (kept := self.keeper.keep_rejected(envelope, raw,
@@ -120,5 +131,7 @@ class Decider:
     def close(self, close_keeper: bool = True) -> None:
         self._pool.shutdown(wait=True)
         self.evaluator.close()
+        if self.door is not None:
+            self.door.close()
         if close_keeper and self.keeper is not None:
             self.keeper.close()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from gateway.config import Config, load_config
 from gateway.decider import Decider, Observer
+from gateway.door import build_door
 from gateway.evaluator import Evaluator, build_evaluator
 from gateway.pipeline import check_classes
 from gateway.quarantine.keeper import Keeper
@@ -99,7 +100,8 @@ def build_generation(config: Config, number: int, keeper: Keeper | None = None,
             problems.append(f"quarantine: {exc}; quarantined mail is answered 4xx until "
                             "it works")
         keeper.start_purging()
-    decider = Decider(evaluator, keeper, config.milter.threads, observer)
+    decider = Decider(evaluator, keeper, config.milter.threads, observer,
+                      door=build_door(config))
     return Generation(config, evaluator, decider, keeper, number), problems
 
 

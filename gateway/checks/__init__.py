@@ -16,7 +16,13 @@ from typing import Any, ClassVar
 
 from gateway.config import Config
 from gateway.message import Message
-from gateway.symbols import PIPELINE_SYMBOLS, Report, Symbol, failure_symbol_name
+from gateway.symbols import (
+    PIPELINE_SYMBOLS,
+    STAGE_SYMBOLS,
+    Report,
+    Symbol,
+    failure_symbol_name,
+)
 
 # name -> "module:Class"; imported on demand so a disabled check costs nothing.
 BUILTIN: dict[str, str] = {
@@ -36,6 +42,7 @@ BUILTIN: dict[str, str] = {
     "rules": "gateway.checks.rules:RulesCheck",
     "attachments": "gateway.checks.attachments:AttachmentsCheck",
     "dnsbl": "gateway.checks.dnsbl:DnsblCheck",
+    "fuzzy": "gateway.checks.fuzzy:FuzzyCheck",
 }
 
 
@@ -123,7 +130,7 @@ def resolve_check(spec: str) -> type[Check]:
 def catalog(check_classes: Iterable[type[Check]]) -> dict[str, str]:
     """Every symbol the given checks can emit, failure symbols included, and
     the pipeline's own."""
-    symbols: dict[str, str] = dict(PIPELINE_SYMBOLS)
+    symbols: dict[str, str] = {**PIPELINE_SYMBOLS, **STAGE_SYMBOLS}
     for cls in check_classes:
         symbols.update(cls.catalog())
     return symbols

@@ -1,0 +1,328 @@
+"""Greylisting: the triplet's parts, the state in the database on a clock
+the test moves, and the door at RCPT and after DATA with real DNS (knotd)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway import door as door_module
+from gateway.config import GreylistSection, parse_config
+from gateway.decider import Decider
+from gateway.door import Door, Visit
+from gateway.greylist import (
+    GreylistStore,
+    Triplet,
+    client_key,
+    client_network,
+    dynamic_name,
+    normalise_sender,
+)
+from gateway.message import Envelope, RawContent
+from gateway.pipeline import PipelineResult
+from gateway.policy import Policy, Rules, Verdict
+from gateway.quarantine.store import QuarantineStore
+from gateway.symbols import Symbol
+from tests.authlab import GOOD_IP
+from tests.helpers import dns_config
+
+START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+# -- the triplet's parts ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sender, normal", [
+    ("Alice@Example.ORG", "alice@example.org"),
+    ("prvs=0123abcdef=bob@example.org", "bob@example.org"),
+    ("btv1==123abc==bob@example.org", "bob@example.org"),
+    ("SRS0=HHH=TT=orig.example=alice@forwarder.example", "alice@orig.example"),
+    ("SRS1=HHH=fwd1.example==HHH=TT=orig.example=alice@fwd2.example", "alice@orig.example"),
+    ("list-bounces+bob=example.net@lists.example.org", "list-bounces@lists.example.org"),
+    ("bounce-bob=example.net@mailer.example", "bounce@mailer.example"),
+    ("bounce-12345-678901@mailer.example", "bounce-#-#@mailer.example"),
+    ("msg-1a2b3c4d5e6f@mailer.example", "msg-#@mailer.example"),
+    ("", ""),
+])
+def test_the_envelope_sender_loses_its_per_message_tags(sender: str, normal: str):
+    assert normalise_sender(sender) == normal
+
+
+def test_a_client_is_its_network_or_the_spf_authorised_domain():
+    settings = GreylistSection()
+    assert client_network("198.51.100.77") == "198.51.100.0/24"
+    assert client_network("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert client_network("::ffff:198.51.100.77") == "198.51.100.0/24"
+    assert client_network("not an address") is None
+    assert client_key("198.51.100.77", None, settings) == \
+        client_key("198.51.100.200", None, settings) == "net:198.51.100.0/24"
+    assert client_key("198.51.100.77", "Example.ORG", settings) == "spf:example.org"
+    assert client_key("203.0.113.5", "example.org", settings) == "spf:example.org"
+    wider = GreylistSection(ipv4_prefix=16)
+    assert client_key("198.51.100.77", None, wider) == "net:198.51.0.0/16"
+
+
+@pytest.mark.parametrize("name, ip, dynamic", [
+    ("203-0-113-7.dsl.example.net", "203.0.113.7", True),
+    ("7.113.0.203.broadband.example.net", "203.0.113.7", True),
+    ("cpe-198-51-100-7.example.com", "198.51.100.7", True),
+    ("dhcp-113-7.pool.example.net", "203.0.113.7", True),
+    ("cb007107.example.net", "203.0.113.7", True),  # the address in hex
+    ("ppp12.dialup.example.net", "203.0.113.7", True),
+    ("mail.example.org", "203.0.113.7", False),
+    ("mx1.mail.example.com", "203.0.113.7", False),
+    ("smtp-out-7.example.com", "203.0.113.7", False),
+])
+def test_dynamic_looking_names(name: str, ip: str, dynamic: bool):
+    assert dynamic_name(name, ip) is dynamic
+
+
+# -- the state ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    opened = QuarantineStore(f"sqlite:///{tmp_path}/store.db", node="node-a")
+    yield opened
+    opened.close()
+
+
+def greylist_store(store: QuarantineStore, clock: Clock, **settings) -> GreylistStore:
+    section = GreylistSection(enabled=True, delay="5m", remember="35d", retry_window="2d",
+                              **settings)
+    return GreylistStore(store.engine, section, "node-a", clock)
+
+
+def test_a_triplet_passes_on_a_retry_after_the_delay_and_is_then_remembered(store):
+    clock = Clock()
+    greylist = greylist_store(store, clock)
+    triplet = Triplet.of("net:203.0.113.0/24", "prvs=1234abcd=bob@example.org",
+                         "Alice@Example.NET")
+    (first,) = greylist.check([triplet], "203.0.113.7", "no valid reverse DNS")
+    assert (first.result, first.wait) == ("greylisted", 300.0)
+    clock.advance(120)  # too early: still greylisted, with the time left
+    (early,) = greylist.check([triplet], "203.0.113.8", "no valid reverse DNS")
+    assert (early.result, early.wait) == ("greylisted", 180.0)
+    clock.advance(180)
+    (retry,) = greylist.check([Triplet.of("net:203.0.113.0/24", "prvs=99ffee00=bob@example.org",
+                                          "alice@example.net")], "203.0.113.9", "")
+    assert retry.result == "passed"
+    clock.advance(30 * 86400)  # within remember: through at once, and renewed
+    (later,) = greylist.check([triplet], "203.0.113.9", "")
+    assert later.result == "known"
+    clock.advance(34 * 86400)
+    assert greylist.check([triplet], None, "")[0].result == "known"
+    (entry,) = greylist.entries()
+    assert (entry.attempts, entry.messages, entry.sender, entry.recipient) == (
+        2, 3, "bob@example.org", "alice@example.net")
+    clock.advance(36 * 86400)  # forgotten: a first attempt again
+    assert greylist.check([triplet], None, "again")[0].result == "greylisted"
+
+
+def test_a_first_attempt_not_retried_within_the_window_is_forgotten(store):
+    clock = Clock()
+    greylist = greylist_store(store, clock)
+    triplet = Triplet.of("net:203.0.113.0/24", "bob@example.org", "alice@example.net")
+    greylist.check([triplet], None, "")
+    clock.advance(3 * 86400)
+    assert greylist.entries() == []
+    assert greylist.check([triplet], None, "")[0].result == "greylisted"
+    assert greylist.purge() == 0  # the new row is not expired
+    clock.advance(3 * 86400)
+    assert greylist.purge() == 1
+
+
+def test_pass_now_and_forget(store):
+    clock = Clock()
+    greylist = greylist_store(store, clock)
+    one = Triplet.of("net:203.0.113.0/24", "bob@example.org", "alice@example.net")
+    two = Triplet.of("spf:spam.example", "x@spam.example", "carol@example.net")
+    greylist.check([one, two], "203.0.113.7", "listed in ZEN")
+    assert greylist.count_pending() == 2
+    passed = greylist.pass_matching("alice@")
+    assert [e.sender for e in passed] == ["bob@example.org"]
+    assert greylist.check([one], None, "")[0].result == "known"  # no wait at all
+    assert greylist.count_pending() == 1
+    assert greylist.forget("spam.example") == 1
+    assert greylist.entries() == [greylist.entries()[0]] and greylist.count_pending() == 0
+
+
+# -- the door -----------------------------------------------------------------------------------
+
+
+def door_config(tmp_path: Path, knot, extra: str = "") -> str:
+    return (f'[quarantine]\nurl = "sqlite:///{tmp_path}/store.db"\nnode = "node-a"\n'
+            '[greylist]\nenabled = true\ndelay = "5m"\n' + extra + dns_config(knot))
+
+
+@pytest.fixture
+def make_door(tmp_path: Path, knot):
+    made: list[Door] = []
+
+    def make(extra: str = "", lists: str = "", clock: Clock | None = None) -> Door:
+        config = parse_config(door_config(tmp_path, knot, extra) + lists, "test.toml")
+        door = Door(config, clock=clock or Clock())
+        made.append(door)
+        return door
+
+    yield make
+    for door in made:
+        door.close()
+
+
+def rcpt(door: Door, ip: str, sender: str = "bob@example.org",
+         recipient: str = "alice@example.net", visit: Visit | None = None,
+         macros: dict[str, str] | None = None) -> str | None:
+    envelope = Envelope(mail_from=sender, client_ip=ip, helo="client.example",
+                        macros=macros or {})
+    reply = door.rcpt(visit or Visit(), envelope, recipient)
+    return None if reply is None else str(reply)
+
+
+def test_an_rdns_less_client_is_greylisted_and_its_neighbour_passes_after_the_delay(
+        make_door, caplog):
+    clock = Clock()
+    door = make_door(clock=clock)
+    before = door_module.counts()
+    caplog.set_level("INFO", logger="gateway.message")
+    reply = rcpt(door, "127.0.0.2")  # no PTR in the test zones
+    assert reply is not None and reply.startswith("451 4.7.1 Greylisted")
+    assert "ref " in reply
+    (line,) = [r.getMessage() for r in caplog.records if "GREYLISTED" in r.getMessage()]
+    assert '"stage":"rcpt"' in line and "no valid reverse DNS" in line
+    clock.advance(299)
+    assert rcpt(door, "127.0.0.3") is not None
+    clock.advance(1)
+    assert rcpt(door, "127.0.0.3") is None  # another host of the same /24, after the delay
+    assert rcpt(door, "127.0.0.4") is None  # remembered
+    after = door_module.counts()
+    assert after[("greylist", "greylisted")] - before.get(("greylist", "greylisted"), 0) == 2
+    assert after[("greylist", "passed")] - before.get(("greylist", "passed"), 0) == 1
+
+
+def test_clients_with_confirmed_reverse_dns_are_not_greylisted(make_door):
+    door = make_door()
+    assert rcpt(door, GOOD_IP) is None  # mail.good.test, forward-confirmed
+    assert rcpt(door, "127.0.0.1") is None  # localhost.good.test
+    assert rcpt(door, "198.51.100.20") is not None  # a PTR that does not point back
+
+
+def test_allow_lists_exempt_senders_and_logged_in_clients_are_never_greylisted(make_door):
+    door = make_door(extra='exempt_senders = ["codes.example.com"]\n',
+                     lists='[lists]\nallow_ips = ["127.0.0.9"]\nallow_senders = ["@ok.example"]\n')
+    assert rcpt(door, "127.0.0.9") is None
+    assert rcpt(door, "127.0.0.2", sender="carol@ok.example") is None
+    assert rcpt(door, "127.0.0.2", sender="login@mail.codes.example.com") is None
+    assert rcpt(door, "127.0.0.2", macros={"auth_authen": "bob"}) is None
+    assert rcpt(door, "127.0.0.2", sender="carol@other.example") is not None
+
+
+def test_a_sender_with_dkim_authenticated_history_is_not_delayed(make_door):
+    door = make_door()
+    door.history.write("example.org", "127.0.0.0/24")  # accepted DKIM-aligned mail before
+    assert rcpt(door, "127.0.0.2", sender="news@mail.example.org") is None
+    # The same domain forged from a network it never came from, without SPF: greylisted.
+    assert rcpt(door, "198.51.100.20", sender="news@example.org") is not None
+
+
+def test_a_door_without_its_database_lets_mail_through_and_counts_it(tmp_path: Path, knot):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    config = parse_config(
+        f'[quarantine]\nurl = "sqlite:///{blocked}/store.db"\n[greylist]\nenabled = true\n'
+        + dns_config(knot), "test.toml")
+    door = Door(config)
+    before = door_module.counts().get(("greylist", "failopen"), 0)
+    try:
+        assert rcpt(door, "127.0.0.2") is None
+    finally:
+        door.close()
+    assert door_module.counts()[("greylist", "failopen")] == before + 1
+
+
+def test_the_client_is_looked_up_once_per_connection(make_door, caplog):
+    door = make_door()
+    visit = Visit()
+    caplog.set_level("DEBUG")
+    assert rcpt(door, "127.0.0.2", recipient="a@example.net", visit=visit) is not None
+    assert visit.suspicion == ("no valid reverse DNS",)
+    visit.suspicion = (None,)  # what the connection found stands for its other recipients
+    assert rcpt(door, "127.0.0.2", recipient="b@example.net", visit=visit) is None
+
+
+# -- after DATA: the policy's greylist band -------------------------------------------------------
+
+
+def test_the_policy_marks_the_greylist_band_below_quarantine():
+    policy = Policy(Rules(add_header=4.0, greylist=5.0, quarantine=6.0))
+
+    def judged(score: float, forced: bool = False) -> Verdict:
+        symbols = (Symbol("A", score),)
+        rules = Policy(Rules(add_header=4.0, greylist=5.0, quarantine=6.0,
+                             force={"A": "add_header"})) if forced else policy
+        return rules.decide(PipelineResult(symbols, ()), recipients=("a@example.net",))
+
+    assert [(v.action, v.greylist) for v in map(judged, (4.9, 5.0, 5.9, 6.0))] == [
+        ("add_header", False), ("add_header", True), ("add_header", True),
+        ("quarantine", False)]
+    assert judged(5.5, forced=True).greylist is False  # a forced action is never delayed
+
+
+class _Fixed:
+    store_free = True
+
+    def __init__(self, verdict: Verdict):
+        self.verdict = verdict
+
+    def evaluate(self, envelope: Envelope, raw: RawContent) -> Verdict:
+        return self.verdict
+
+    def close(self) -> None:
+        pass
+
+
+def test_mail_in_the_band_is_greylisted_after_data_then_delivered_on_the_retry(make_door):
+    clock = Clock()
+    door = make_door(clock=clock)
+    verdict = Policy(Rules(add_header=4.0, greylist=5.0, quarantine=6.0)).decide(
+        PipelineResult((Symbol("A", 5.5),), ()), recipients=("a@example.net",))
+    decider = Decider(_Fixed(verdict), None, door=door)  # type: ignore[arg-type]
+    envelope = Envelope(mail_from="bob@example.org", rcpt_to=("a@example.net",),
+                        client_ip=GOOD_IP, queue_id="4AB12")
+    raw = RawContent(data=b"Subject: x\r\n\r\nbody\r\n")
+    try:
+        first = decider.decide(envelope, raw)
+        assert first.outcome == "tempfail"
+        assert "GREYLISTED" in {s.name for s in first.verdict.symbols}
+        assert first.reply is not None and str(first.reply).startswith("451 4.7.1 Greylisted")
+        assert "(ref 4AB12)" in str(first.reply)
+        clock.advance(301)
+        retry = decider.decide(envelope, raw)
+        assert (retry.outcome, retry.verdict.action) == ("accept", "add_header")
+    finally:
+        decider.close()
+
+
+def test_without_greylisting_the_band_changes_nothing(tmp_path: Path):
+    verdict = Policy(Rules(add_header=4.0, greylist=5.0, quarantine=6.0)).decide(
+        PipelineResult((Symbol("A", 5.5),), ()), recipients=("a@example.net",))
+    decider = Decider(_Fixed(verdict), None)  # type: ignore[arg-type]
+    try:
+        decision = decider.decide(Envelope(rcpt_to=("a@example.net",)),
+                                  RawContent(data=b"\r\n"))
+    finally:
+        decider.close()
+    assert (decision.outcome, decision.verdict.action) == ("accept", "add_header")
