@@ -112,11 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         demo,
         doctor,
         feedback,
+        greylist,
         init,
         learn,
         lists,
         nodes,
         quarantine,
+        ratelimit,
         replay,
         run,
         symbols,
@@ -156,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="allow and block lists in the store's database, used by the milter "
         "within seconds")
     lists.add_arguments(list_parser)
+
+    greylist_parser = commands.add_parser(
+        "greylist", help="greylisting's triplets: show, pass, forget",
+        description="greylisting's triplets in the store's database, shared by every node")
+    greylist.add_arguments(greylist_parser)
+    ratelimit_parser = commands.add_parser(
+        "ratelimit", help="the rate limits and their buckets: show",
+        description="[[ratelimit]] limits and their buckets in the store's database")
+    ratelimit.add_arguments(ratelimit_parser)
 
     nodes_parser = commands.add_parser(
         "nodes", help="the gateway nodes sharing the database: version, model, heartbeat; "

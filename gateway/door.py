@@ -27,6 +27,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from gateway import ratelimit
 from gateway.config import Config
 from gateway.facts import DmarcFacts, DnsblFacts, IprevFacts, ListsFacts, SpfFacts
 from gateway.greylist import (
@@ -60,7 +61,8 @@ REOPEN_AFTER = 30.0  # seconds before a database that failed to open is tried ag
 ALLOW_SYMBOLS = ("ALLOWLIST_SENDER", "ALLOWLIST_IP")
 
 # Every door of this process adds here; /metrics reads it (gateway.metrics):
-# ("greylist", outcome) and ("ratelimit:<name>", outcome) -> count.
+# ("greylist", outcome) and ("door", timeout | error) -> count (rate limits
+# count in gateway.ratelimit).
 COUNTS: Counter[tuple[str, str]] = Counter()
 _counts_lock = threading.Lock()
 
@@ -231,8 +233,7 @@ class Door:
                         self.settings.ipv6_prefix)
         if key is None or self.ratelimiter.admit(limit, key):
             return None
-        kind = f"ratelimit:{limit.name}"
-        count(kind, limit.action)
+        ratelimit.count(limit.name, limit.action)
         evidence = f"{limit.describe()}; {limit.key} {key}"
         if limit.action == "tempfail":
             reference = new_reference()

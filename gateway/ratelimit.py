@@ -64,6 +64,22 @@ PER_RECIPIENT = ("recipient",)
 
 Clock = Callable[[], datetime]
 
+# Every limiter of this process adds here; /metrics reads it (gateway.metrics):
+# (limit, outcome) -> messages: admitted, refused, local (counted without the
+# database), and what was done over the limit (tempfail, quarantine, score).
+COUNTS: dict[tuple[str, str], int] = {}
+_counts_lock = threading.Lock()
+
+
+def count(name: str, outcome: str) -> None:
+    with _counts_lock:
+        COUNTS[(name, outcome)] = COUNTS.get((name, outcome), 0) + 1
+
+
+def counts() -> dict[tuple[str, str], int]:
+    with _counts_lock:
+        return dict(COUNTS)
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -199,8 +215,6 @@ class RateLimiter:
         self._complained = float("-inf")
         self._stop = threading.Event()
         self._returner: threading.Thread | None = None
-        # (limit, outcome) -> count: admitted, refused, local (counted without the database)
-        self.counts: dict[tuple[str, str], int] = {}
 
     def admit(self, limit: Limit, key: str) -> bool:
         """Take one token for ``key``; False when the limit is reached."""
@@ -253,8 +267,7 @@ class RateLimiter:
             return False
 
     def _count(self, limit: Limit, outcome: str) -> None:
-        with self._lock:
-            self.counts[(limit.name, outcome)] = self.counts.get((limit.name, outcome), 0) + 1
+        count(limit.name, outcome)
 
     # -- leases not spent go back -----------------------------------------------------------------
 

@@ -326,3 +326,34 @@ def test_without_greylisting_the_band_changes_nothing(tmp_path: Path):
     finally:
         decider.close()
     assert (decision.outcome, decision.verdict.action) == ("accept", "add_header")
+
+
+# -- gateway greylist ---------------------------------------------------------------------------
+
+
+def test_greylist_show_pass_and_forget(tmp_path: Path, store, capsys):
+    from gateway.cli import main
+
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[quarantine]\nurl = "sqlite:///{tmp_path}/store.db"\n'
+                      '[greylist]\nenabled = true\n')
+    greylist = greylist_store(store, Clock())
+    greylist.clock = lambda: datetime.now(UTC)
+    greylist.check([Triplet.of("net:203.0.113.0/24", "bob@example.org", "alice@example.net"),
+                    Triplet.of("net:203.0.113.0/24", "bob@example.org", "carol@example.net")],
+                   "203.0.113.7", "no valid reverse DNS")
+    assert main(["greylist", "show", "--pending", "--config", str(config)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert len(shown) == 2 and all(line.startswith("pending") for line in shown)
+    assert "net:203.0.113.0/24 bob@example.org -> alice@example.net" in shown[0] + shown[1]
+    assert "no valid reverse DNS" in shown[0]
+    assert main(["greylist", "pass", "alice@", "--config", str(config)]) == 0
+    assert "1 pending triplet passed" in capsys.readouterr().out
+    assert main(["greylist", "show", "--json", "--config", str(config)]) == 0
+    import json
+
+    states = {e["recipient"]: e["state"] for e in json.loads(capsys.readouterr().out)}
+    assert states == {"alice@example.net": "passed", "carol@example.net": "pending"}
+    assert main(["greylist", "forget", "carol@", "--config", str(config)]) == 0
+    assert main(["greylist", "pass", "nobody@", "--config", str(config)]) == 1
+    assert "0 pending triplets passed" in capsys.readouterr().out
