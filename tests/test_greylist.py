@@ -357,3 +357,172 @@ def test_greylist_show_pass_and_forget(tmp_path: Path, store, capsys):
     assert main(["greylist", "forget", "carol@", "--config", str(config)]) == 0
     assert main(["greylist", "pass", "nobody@", "--config", str(config)]) == 1
     assert "0 pending triplets passed" in capsys.readouterr().out
+
+
+# -- through Postfix, with a real retrying client -------------------------------------------------
+#
+# The sending side is a Postfix of its own (the "upstream") relaying to the
+# gateway's Postfix from 127.0.0.2, an address without reverse DNS in the
+# test zones: it queues what it is refused with a 4xx and retries on
+# `postfix flush`, from the address it is then told to bind to.
+
+GREYLIST_CHECKS = ('[pipeline]\nchecks = ["headers", "size", "lists", "spf", "dkim", "dmarc"]\n'
+                   'workers = 0\n[greylist]\nenabled = true\ndelay = "2s"\n')
+
+
+def upstream_postfix(lab_dir: Path, name: str, relay_port: int, bind: str):
+    from gateway.lab.postfix import PostfixInstance
+
+    instance = PostfixInstance(lab_dir / name, relay_port=relay_port,
+                               settings={"smtp_bind_address": bind})
+    instance.start()
+    return instance
+
+
+def rebind(upstream, address: str, relay_port: int | None = None) -> None:
+    """Another host of the sender's pool (and, given a port, another gateway)."""
+    import subprocess
+
+    upstream.settings["smtp_bind_address"] = address
+    if relay_port is not None:
+        upstream.relay_port = relay_port
+    upstream.write_config()
+    subprocess.run(["postfix", "-c", str(upstream.config_dir), "reload"], check=True,
+                   capture_output=True, timeout=60)
+
+
+def greylisted_in(upstream, marker: str) -> bool:
+    return any("status=deferred" in line and "451 4.7.1 Greylisted" in line
+               for line in upstream.log_text().splitlines()) and marker != ""
+
+
+def note(tag: str, sender: str = "bob@example.org") -> bytes:
+    return (f"From: Bob <{sender}>\r\nTo: alice@example.net\r\nSubject: minutes {tag}\r\n"
+            f"Date: Tue, 01 Dec 2026 09:00:00 +0000\r\nMessage-ID: <{tag}@example.org>\r\n\r\n"
+            f"The minutes of Tuesday's meeting, {tag}.\r\n").encode()
+
+
+def pending_for(url: str, recipient: str) -> list:
+    from sqlalchemy import create_engine, select
+
+    from gateway.quarantine.schema import greylist
+    from gateway.quarantine.store import engine_url
+
+    engine = create_engine(engine_url(url))
+    try:
+        with engine.connect() as connection:
+            return list(connection.execute(select(greylist).where(
+                greylist.c.recipient == recipient)))
+    finally:
+        engine.dispose()
+
+
+def delay_passed(url: str, recipient: str, delay: float = 2.0) -> bool:
+    """The database's record says the retry will be taken now."""
+    rows = pending_for(url, recipient)
+    return bool(rows) and all((datetime.now(UTC) - r.first_seen.replace(tzinfo=UTC))
+                              .total_seconds() >= delay for r in rows)
+
+
+def test_through_postfix_a_greylisted_sender_retries_from_its_pool_after_a_restart(
+        lab_dir: Path, postfix, sink, knot, keys, gateway_milter, milter_socket):
+    from tests.authlab import sign
+    from tests.helpers import send, wait_until
+
+    url = f"sqlite:///{milter_socket.parent}/quarantine.db"
+    config = GREYLIST_CHECKS + dns_config(knot)
+    gateway_milter(config)
+    upstream = upstream_postfix(lab_dir, "upstream-greylist", postfix.smtp_port, "127.0.0.2")
+    try:
+        # A first attempt from an unknown client without reverse DNS: 451 at RCPT.
+        send(upstream, note("grey-1"), rcpt_to=("first@example.net",))
+        wait_until(lambda: greylisted_in(upstream, "grey-1"), 30, "the upstream's deferral")
+        assert sink.find("grey-1", timeout=0.5) is None
+        (row,) = pending_for(url, "first@example.net")
+        assert (row.client, row.client_ip, row.passed) == ("net:127.0.0.0/24", "127.0.0.2",
+                                                          None)
+        gateway_milter(config)  # a restart keeps the state: it is in the store
+        wait_until(lambda: delay_passed(url, "first@example.net"), 30, "the delay")
+        rebind(upstream, "127.0.0.3")  # the retry comes from another host of the /24
+        upstream.flush()
+        assert sink.find("grey-1", timeout=30) is not None
+        (row,) = pending_for(url, "first@example.net")
+        assert row.passed is not None and row.client_ip == "127.0.0.3"
+
+        # A known-good sender: DKIM-aligned mail from good.test accepted before
+        # (from 127.0.0.1, which has reverse DNS), then the same sender from the
+        # unknown client is delivered at the first attempt.
+        send(postfix, sign(note("known-1", "alice@good.test"), "good.test", "s2048", keys.rsa),
+             mail_from="alice@good.test", rcpt_to=("second@example.net",))
+        assert sink.find("known-1", timeout=30) is not None
+        wait_until(lambda: _history(url, "good.test"), 10, "the sender history")
+        rebind(upstream, "127.0.0.2")
+        send(upstream, sign(note("known-2", "alice@good.test"), "good.test", "s2048",
+                            keys.rsa), mail_from="alice@good.test",
+             rcpt_to=("third@example.net",))
+        assert sink.find("known-2", timeout=30) is not None
+        assert pending_for(url, "third@example.net") == []  # never greylisted
+    finally:
+        upstream.stop()
+
+
+def _history(url: str, domain: str) -> bool:
+    from sqlalchemy import create_engine, select
+
+    from gateway.quarantine.schema import sender_history
+    from gateway.quarantine.store import engine_url
+
+    engine = create_engine(engine_url(url))
+    try:
+        with engine.connect() as connection:
+            return connection.execute(select(sender_history).where(
+                sender_history.c.domain == domain)).first() is not None
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.postfix
+def test_through_postfix_two_nodes_share_the_triplets(lab_dir: Path, sink, knot, postgres):
+    import shutil
+
+    if shutil.which("postfix") is None:
+        pytest.skip("postfix is not installed (see .ci/run)")
+    from gateway.lab.milter_process import MilterProcess
+    from gateway.lab.postfix import PostfixInstance, free_port
+    from tests.helpers import PROJECT_ROOT, send, wait_until
+
+    nodes = []
+    try:
+        for name in ("grey-a", "grey-b"):
+            directory = lab_dir / name
+            milter = MilterProcess(directory, (
+                f'[milter]\nsocket = "unix:{directory / "milter.sock"}"\nsocket_mode = "666"\n'
+                + GREYLIST_CHECKS + dns_config(knot)
+                + f'[quarantine]\nurl = "{postgres.url}"\nnode = "{name}"\n'
+                '[metrics]\nlisten = ""\n'), env={"PYTHONPATH": str(PROJECT_ROOT)}).start()
+            instance = PostfixInstance(lab_dir / f"postfix-{name}", relay_port=sink.port,
+                                       milter=f"unix:{directory / 'milter.sock'}",
+                                       reinject_port=free_port())
+            nodes.append((milter, instance))
+            instance.start()
+        (_, node_a), (_, node_b) = nodes
+        upstream = upstream_postfix(lab_dir, "upstream-two", node_a.smtp_port, "127.0.0.2")
+        try:
+            send(upstream, note("shared-1"), rcpt_to=("shared@example.net",))
+            wait_until(lambda: greylisted_in(upstream, "shared-1"), 30, "node a's 451")
+            (row,) = pending_for(postgres.url, "shared@example.net")
+            assert row.node == "grey-a"
+            wait_until(lambda: delay_passed(postgres.url, "shared@example.net"), 30,
+                       "the delay")
+            rebind(upstream, "127.0.0.3", relay_port=node_b.smtp_port)
+            upstream.flush()
+            assert sink.find("shared-1", timeout=30) is not None  # node b let the retry in
+            assert "grey-b" not in {r.node for r in pending_for(postgres.url,
+                                                                "shared@example.net")}
+        finally:
+            upstream.stop()
+    finally:
+        for milter, instance in nodes:
+            instance.stop()
+            milter.stop()
