@@ -487,7 +487,7 @@ class RateLimitSection:
 class FuzzySection:
     """Near-duplicate detection (gateway.checks.fuzzy)."""
 
-    threshold: int = setting(40, lambda v: None if 1 <= v <= 300 else "expected 1 to 300",
+    threshold: int = setting(50, lambda v: None if 1 <= v <= 300 else "expected 1 to 300",
                              "TLSH distance at or under which two texts are near-duplicates")
     short_text: int = setting(512, positive, "normalised texts shorter than this many "
                               "bytes are compared by an exact hash instead")
