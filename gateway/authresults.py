@@ -3,20 +3,28 @@
 One header per message, under our authserv-id, from the facts the SPF,
 DKIM, DMARC, ARC and iprev checks reported. A header of the same name that
 arrives claiming our authserv-id is forged (only we write under it) and the
-milter removes it before adding ours.
+milter removes it before adding ours: claiming it as anyone could read it,
+an RFC 8601 parser, a mail program that decodes RFC 2047 words where they
+do not belong, or a person who cannot tell a Cyrillic ``\u0445`` from an ``x``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import authres
 import authres.arc
 import authres.dmarc
+import idna
 
+from gateway import confusables
 from gateway.facts import ArcFacts, DkimFacts, DmarcFacts, IprevFacts, SpfFacts
 from gateway.mail import DomainError, ascii_domain
 
@@ -200,8 +208,61 @@ def arc_instance(value: str) -> int | None:
 
 
 def claims(value: str, authserv_id: str) -> bool:
-    """Whether an Authentication-Results value is written under ``authserv_id``,
-    as an RFC 8601 reader (or authres) would take it: ``(x) id;``, ``id(x);``,
-    ``"id";``, ``ID.;`` and ``id 1;`` all name ``id``."""
-    found = parse(value).authserv_id
-    return bool(found) and found == _normal_id(authserv_id)
+    """Whether an Authentication-Results value is written under ``authserv_id``
+    as any reader could take it: as RFC 8601 says (``(x) id;``, ``id(x);``,
+    ``"id";``, ``ID.;`` and ``id 1;`` all name ``id``), after decoding RFC 2047
+    encoded words (``=?utf-8?q?id?=;``, which a decoding mail program shows),
+    and by the look of it: A-labels shown as Unicode, compatibility forms,
+    invisible characters and confusable letters (UTS #39 skeletons) folded,
+    so ``m\u0445.example`` with a Cyrillic ``\u0445`` names ``mx.example``."""
+    ours = lookalike_key(authserv_id)
+    for reading in {value[:MAX_READ], _decoded(value[:MAX_READ])}:
+        found = _value(_segments(reading)[0])
+        if found and lookalike_key(found) == ours:
+            return True
+    return False
+
+
+# -- the same authserv-id to a reader ---------------------------------------------------
+
+MAX_READ = 2000  # characters of a header value looked at: the id comes first
+MAX_ID = 255  # characters of an authserv-id looked at (a domain name's length)
+_ENCODED_WORD = re.compile(r"=\?([^?\s]{1,64})\?([bBqQ])\?([^?\s]*)\?=")
+_BETWEEN_WORDS = re.compile(r"(?<=\?=)[ \t\r\n]+(?==\?)")
+_QP_OCTET = re.compile(r"=([0-9A-Fa-f]{2})")
+
+
+def _decoded(value: str) -> str:
+    """``value`` with every RFC 2047 encoded word decoded wherever it stands,
+    as lenient mail programs decode them (white space between two words
+    dropped, RFC 2047 6.2); a word that cannot be decoded stays as it is."""
+    def word(match: re.Match[str]) -> str:
+        charset, encoding, text = match.groups()
+        try:
+            if encoding in "bB":
+                data = base64.b64decode(text + "=" * (-len(text) % 4))
+            else:
+                data = _QP_OCTET.sub(lambda octet: chr(int(octet.group(1), 16)),
+                                     text.replace("_", " ")).encode("latin-1")
+            return data.decode(charset.partition("*")[0], "replace")
+        except (LookupError, ValueError, binascii.Error, UnicodeEncodeError):
+            return match.group(0)
+
+    if "=?" not in value:
+        return value
+    return _ENCODED_WORD.sub(word, _BETWEEN_WORDS.sub("", value))
+
+
+@lru_cache(maxsize=4096)
+def lookalike_key(authserv_id: str) -> str:
+    """The key under which two authserv-ids look the same to a reader: A-labels
+    shown as Unicode, then :func:`gateway.confusables.fold` (compatibility
+    forms, case, invisible characters, UTS #39 confusable skeleton)."""
+    labels = []
+    for label in authserv_id.strip().rstrip(".")[:MAX_ID].split("."):
+        shown = label
+        if label[:4].lower() == "xn--":
+            with contextlib.suppress(idna.IDNAError, UnicodeError):
+                shown = idna.decode(label)
+        labels.append(shown)
+    return confusables.fold(".".join(labels))

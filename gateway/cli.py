@@ -18,11 +18,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if supervisor.wants_supervisor(words):
         return supervisor.main(words)
+    if supervisor.serves_milter(words):
+        supervisor.leave_stop_signals_to_libmilter()
     parser = build_parser()
     args = parser.parse_args(words)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
+    try:
+        return _run(args)
+    finally:
+        if os.geteuid() == 0 and _command(words) not in KEEP_OWNERS:
+            _hand_state_over(args)
+
+
+# Commands after which root's files in the state directories stay as they
+# are: init sets owners itself, demo has folders of its own, run and web are
+# services (their units run them as the gateway's user), doctor reports them
+# (and fixes them with --fix-owners).
+KEEP_OWNERS = frozenset({"init", "demo", "run", "web", "doctor"})
+
+
+def _command(words: Sequence[str]) -> str | None:
+    return next((w for i, w in enumerate(words) if not w.startswith("-")
+                 and (i == 0 or words[i - 1] != "--config")), None)
+
+
+def _hand_state_over(args: argparse.Namespace) -> None:
+    """What this command, run as root, created in the state directories goes
+    to their owner, the gateway's user (gateway.ownership)."""
+    from gateway.commands.common import config_from
+    from gateway.ownership import hand_over
+
+    try:
+        config = config_from(args)
+    except Exception:  # a broken config: the command has said so already
+        return
+    try:
+        hand_over(config)
+    except Exception as exc:  # the command's own outcome stands
+        print(printable(f"gateway: could not give the state's new files to its owner: "
+                        f"{exc} (gateway doctor shows them)"), file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         status = args.handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
@@ -105,14 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     from gateway.commands import (
+        backup,
         check,
         classifier,
         configcheck,
         configshow,
+        correspondents,
         demo,
         doctor,
         feedback,
         greylist,
+        identity,
         init,
         learn,
         lists,
@@ -129,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_parser = command("run", run.main, "run the milter in the foreground until SIGTERM")
     run.add_arguments(run_parser)
+
+    backup.add_backup_arguments(command(
+        "backup", backup.backup_main, "copy this node's SQLite store and folder model store "
+        "into a new folder, consistently while the gateway runs"))
+    backup.add_restore_arguments(command(
+        "restore", backup.restore_main, "put a backup in place of this node's stores (refuses "
+        "to replace mail without --force)"))
 
     check_parser = command(
         "check", check.main, "score message files offline and explain the verdicts"
@@ -159,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
         "within seconds")
     lists.add_arguments(list_parser)
 
+    identity_parser = commands.add_parser(
+        "identity", help="protected people for the identity check: import from CSV or LDIF",
+        description="protected people for the identity check")
+    identity.add_arguments(identity_parser)
+    correspondents_parser = commands.add_parser(
+        "correspondents", help="the correspondent memory: show or forget one address",
+        description="who writes to whom, as the identity check remembers it")
+    correspondents.add_arguments(correspondents_parser)
     greylist_parser = commands.add_parser(
         "greylist", help="greylisting's triplets: show, pass, forget",
         description="greylisting's triplets in the store's database, shared by every node")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.durations import duration_problem, per_second
-from gateway.paths import DEFAULT_CONFIG, DEFAULT_RULES
+from gateway.paths import DEFAULT_CONFIG, DEFAULT_RULES, RULES_DIR
 from gateway.schema import (
     ConfigError,
     load_section,
@@ -62,7 +62,7 @@ def _addresses(values: list[str]) -> str | None:
 
 def _default_checks() -> list[str]:
     return ["limits", "headers", "size", "lists", "rules", "attachments", "spf", "dkim", "arc",
-            "dmarc", "sender", "iprev", "tls", "dnsbl", "bayes", "fuzzy", "clamav"]
+            "dmarc", "sender", "iprev", "tls", "dnsbl", "bayes", "fuzzy", "clamav", "identity"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,9 @@ class PipelineSection:
     heavy_message_bytes: int = setting(
         128 * 1024, positive, "messages larger than this may occupy all workers but one, so a "
         "burst of them leaves a lane for ordinary mail")
+    heavy_cpu_seconds: float = setting(
+        0.25, positive, "a client whose message used more CPU than this in a worker has its "
+        "mail checked after other mail, on all workers but one, for five minutes")
     spool_threshold: int = setting(  # raw messages larger than this spill to a file
         1024 * 1024, positive, "bytes above which a message spills to a temp file"
     )
@@ -433,6 +436,30 @@ class DigestSection:
     max_messages: int = setting(100, positive, "messages listed in one digest")
 
 
+def _domains(values: list[str]) -> str | None:
+    for value in values:
+        if not value or "@" in value or any(c.isspace() for c in value) or "." not in value:
+            return f"{value!r} is not a domain (write example.org)"
+    return None
+
+
+def _protected(tables: list[dict[str, Any]]) -> str | None:
+    for index, table in enumerate(tables):
+        unknown = sorted(set(table) - {"name", "addresses"}) if isinstance(table, dict) else []
+        if not isinstance(table, dict):
+            return f"[{index}]: expected a table with name and addresses"
+        if unknown:
+            return f"[{index}]: unknown key {unknown[0]!r} (known keys: addresses, name)"
+        name, addresses = table.get("name"), table.get("addresses", [])
+        if not isinstance(name, str) or not name.strip():
+            return f"[{index}]: name: expected the person's name, such as \"Jane Doe\""
+        if not isinstance(addresses, list) or not all(
+                isinstance(a, str) and a.count("@") == 1 and a.rpartition("@")[0]
+                for a in addresses):
+            return f"[{index}] ({name}): addresses: expected a list of addresses"
+    return None
+
+
 @dataclass(frozen=True)
 class GreylistSection:
     """Greylisting at the SMTP stages (gateway.greylist): off unless enabled."""
@@ -464,6 +491,47 @@ def _rate(value: str) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
+
+
+@dataclass(frozen=True)
+class IdentitySection:
+    """Who may be imitated, and the correspondent memory (gateway/checks/identity.py)."""
+
+    org_domains: list[str] = setting(
+        [], _domains, "the domains we receive mail for (empty: learned from the recipients' "
+        "domains; gateway doctor says which)")
+    org_names: list[str] = setting(
+        [], doc="the organisation's names as a display name would show them (empty: the "
+        "first label of each org domain of 4 letters or more)")
+    protected: list[dict[str, Any]] = setting(
+        [], _protected, "[[identity.protected]] tables: name = \"Jane Doe\", addresses = "
+        "[...]: a person worth imitating and the addresses that are really theirs")
+    protected_files: list[str] = setting(
+        [], doc="files of [[protected]] tables (gateway identity import writes one)")
+    brands: list[str] = setting([str(RULES_DIR / "brands.toml")],
+                                doc="brands files, later ones add or replace brands")
+    freemail: list[str] = setting([str(RULES_DIR / "freemail.txt")],
+                                  doc="freemail domain lists, one domain a line")
+    freemail_domains: list[str] = setting([], _domains, "freemail domains to add")
+    outbound: Literal["learn", "off"] = setting(
+        "learn", doc="mail from a SASL-authenticated client or a submission service: learn "
+        "its recipients as the user's correspondents and do not spam-score it (\"off\": "
+        "score it like any mail)")
+    submission_daemons: list[str] = setting(
+        [], doc="values of Postfix's {daemon_name} macro (milter_macro_daemon_name in "
+        "master.cf) whose mail is our users' outbound mail, e.g. [\"ORIGINATING\"]")
+    known_messages: int = setting(2, positive, "messages accepted from a sender before it is a "
+                                  "known correspondent (or one reply, or one release)")
+    known_days: float = setting(3.0, non_negative, "days between the first and the last of "
+                                "those messages")
+    half_life_days: float = setting(90.0, positive, "counts halve for every this many days a "
+                                    "correspondent is not seen")
+    retention_days: int = setting(400, positive, "days after which a correspondent not seen "
+                                  "again is forgotten")
+    refresh: float = setting(30.0, positive, "seconds a worker keeps what it read of the "
+                             "correspondent memory")
+    lookup_timeout: float = setting(0.5, positive, "seconds a message waits for the memory "
+                                    "before it is judged without it")
 
 
 @dataclass(frozen=True)
@@ -524,6 +592,7 @@ SECTIONS: dict[str, type] = {
     "scan": ScanSection,
     "web": WebSection,
     "digest": DigestSection,
+    "identity": IdentitySection,
     "greylist": GreylistSection,
     "fuzzy": FuzzySection,
 }
@@ -549,6 +618,7 @@ class Config:
     scan: ScanSection = field(default_factory=ScanSection)
     web: WebSection = field(default_factory=WebSection)
     digest: DigestSection = field(default_factory=DigestSection)
+    identity: IdentitySection = field(default_factory=IdentitySection)
     greylist: GreylistSection = field(default_factory=GreylistSection)
     fuzzy: FuzzySection = field(default_factory=FuzzySection)
     ratelimit: tuple[RateLimitSection, ...] = ()  # [[ratelimit]] tables
@@ -615,6 +685,11 @@ def _resolve_paths(sections: dict, base_dir: Path) -> None:
                 ("sqlite:///", "postgresql://", "postgres://"))
             else str((base_dir / classifier.store).resolve()),
         )
+    if "identity" in sections:
+        identity = sections["identity"]
+        sections["identity"] = replace(identity, **{
+            key: [str((base_dir / p).resolve()) for p in getattr(identity, key)]
+            for key in ("brands", "freemail", "protected_files")})
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -18,20 +18,22 @@ two thread switches fewer for most messages.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from gateway.evaluator import Evaluator
+from gateway.evaluator import Evaluator, TooBusy
 from gateway.logline import log_verdict
+from gateway.logs import for_message
 from gateway.message import Envelope, RawContent
 from gateway.policy import Verdict
 from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.store import QuarantineError
-from gateway.replies import REJECTED, STORE_FAILED, TRY_AGAIN, SmtpReply
+from gateway.replies import BUSY, REJECTED, STORE_FAILED, TRY_AGAIN, SmtpReply
 
 if TYPE_CHECKING:
     from gateway.door import Door
@@ -41,6 +43,14 @@ log = logging.getLogger("gateway.decider")
 Outcome = Literal["accept", "hold", "discard", "reject", "tempfail"]
 # Told of every decision (metrics): the envelope, the decision, seconds taken.
 Observer = Callable[[Envelope, "Decision", float], None]
+
+
+class Learner(Protocol):
+    """Told of every decision, to learn from it (gateway.correspondents)."""
+
+    def observe(self, envelope: Envelope, decision: Decision) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -55,30 +65,43 @@ class Decision:
 
 class Decider:
     def __init__(self, evaluator: Evaluator, keeper: Keeper | None, threads: int = 16,
-                 observer: Observer | None = None, door: Door | None = None):
+                 observer: Observer | None = None, learner: Learner | None = None,
+                 door: Door | None = None):
         self.evaluator = evaluator
         self.keeper = keeper
         self.observer = observer
+        self.learner = learner
         self.door = door  # greylisting and rate limits (gateway.door), when configured
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decide")
 
     def decide(self, envelope: Envelope, raw: RawContent) -> Decision:
         """Decide; the store's work on a pool thread, while the caller waits
         (without the GIL)."""
-        if not self.evaluator.store_free:
-            return self._pool.submit(self._decide, envelope, raw).result()
-        started = time.perf_counter()
-        verdict = self.evaluator.evaluate(envelope, raw)
-        if (self.keeper is not None and verdict.action in ("quarantine", "reject")) or \
-                (self.door is not None and verdict.greylist):  # the database, on the pool
-            decision = self._pool.submit(self._act, verdict, envelope, raw).result()
-        else:
-            decision = self._act(verdict, envelope, raw)
-        return self._decided(envelope, raw, decision, started)
+        with for_message(envelope.queue_id):  # every log line about it names it
+            if not self.evaluator.store_free:
+                return self._on_pool(self._decide, envelope, raw)
+            started = time.perf_counter()
+            try:
+                verdict = self.evaluator.evaluate(envelope, raw)
+            except TooBusy as exc:
+                return self._decided(envelope, raw, _too_busy(envelope, exc), started)
+            if (self.keeper is not None and verdict.action in ("quarantine", "reject")) or \
+                    (self.door is not None and verdict.greylist):  # the database, on the pool
+                decision = self._on_pool(self._act, verdict, envelope, raw)
+            else:
+                decision = self._act(verdict, envelope, raw)
+            return self._decided(envelope, raw, decision, started)
+
+    def _on_pool(self, work: Callable[..., Decision], *args: Any) -> Decision:
+        # In this thread's context: the queue id the log lines carry goes along.
+        return self._pool.submit(contextvars.copy_context().run, work, *args).result()
 
     def _decide(self, envelope: Envelope, raw: RawContent) -> Decision:
         started = time.perf_counter()
-        verdict = self.evaluator.evaluate(envelope, raw)
+        try:
+            verdict = self.evaluator.evaluate(envelope, raw)
+        except TooBusy as exc:
+            return self._decided(envelope, raw, _too_busy(envelope, exc), started)
         return self._decided(envelope, raw, self._act(verdict, envelope, raw), started)
 
     def _decided(self, envelope: Envelope, raw: RawContent, decision: Decision,
@@ -88,6 +111,8 @@ class Decider:
         log_verdict(envelope, verdict, raw.size, seconds * 1000, decision.notes)
         if self.observer is not None:
             self.observer(envelope, decision, seconds)
+        if self.learner is not None:
+            self.learner.observe(envelope, decision)
         if self.door is not None:
             self.door.observed(envelope, decision)
         return decision
@@ -131,7 +156,19 @@ class Decider:
     def close(self, close_keeper: bool = True) -> None:
         self._pool.shutdown(wait=True)
         self.evaluator.close()
+        if self.learner is not None:
+            self.learner.close()
         if self.door is not None:
             self.door.close()
         if close_keeper and self.keeper is not None:
             self.keeper.close()
+
+
+def _too_busy(envelope: Envelope, exc: TooBusy) -> Decision:
+    """A message nothing could check in time: 4xx, never accepted unchecked
+    (whatever [milter] on_error says), so the sender retries."""
+    log.warning("message %s not checked, answered %s: %s", envelope.queue_id or "-",
+                BUSY, exc)
+    verdict = Verdict(action="tempfail", score=0.0, required=0.0, symbols=(),
+                      failed_checks=(), reason=f"not checked: {exc}", reply=BUSY)
+    return Decision(verdict, "tempfail", BUSY)

@@ -25,6 +25,13 @@ from gateway.policy import Policy, Verdict, load_rules
 log = logging.getLogger("gateway.evaluator")
 
 
+class TooBusy(RuntimeError):
+    """No room to check the message before its deadline (every worker busy).
+    The decider answers it with a 4xx whatever ``[milter] on_error`` says:
+    accepting it unchecked would let anyone who can keep the workers busy
+    send mail past the checks."""
+
+
 class Evaluator(Protocol):
     # True when evaluating touches no database driver in this process (the
     # checks run elsewhere): it may then run on pymilter's own threads

@@ -231,7 +231,8 @@ class ListsFacts(Facts):
         # A symbol as a list of its fields: the shape Symbol(*fields) reads.
         return {"recipients": list(self.recipients),
                 "recipient_symbols": {
-                    recipient: [[s.name, s.score, s.description, s.evidence] for s in symbols]
+                    recipient: [[s.name, s.score, s.description, s.evidence,
+                                 *([s.reply] if s.reply else [])] for s in symbols]
                     for recipient, symbols in self.recipient_symbols.items()}}
 
     @classmethod
@@ -274,3 +275,20 @@ class DnsblFacts(Facts):
 
     listed: Mapping[str, Sequence[str]] = field(default_factory=dict)  # symbol -> what is listed
     queries: int = 0
+
+
+@dataclass(frozen=True)
+class IdentityFacts(Facts):
+    """Who wrote, as the identity check read it: what the correspondent
+    memory learns from once the message is decided (gateway.correspondents)."""
+
+    check = "identity"
+
+    direction: str = "inbound"  # inbound, or outbound: our user writing out
+    author: str | None = optional()  # the one From address, lower case
+    name: str | None = optional()  # its display name, decoded (at most 200 characters)
+    via: str | None = optional()  # the authenticated domain vouching for it (DKIM d=, SPF)
+    recipients: Sequence[str] = ()
+    imitation: bool = False  # an impersonation symbol fired: such mail teaches nothing
+    known: bool = False  # KNOWN_CORRESPONDENT was given
+    history: bool = False  # the correspondent memory was read for this message

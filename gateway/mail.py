@@ -476,6 +476,13 @@ def registrable_domain(host: str) -> str:
     return psl.privatesuffix(host) or host
 
 
+def is_public_suffix(domain: str) -> bool:
+    """Whether a domain (A-labels) is a public suffix, under which anyone may
+    register names: com, co.uk, github.io, and an unlisted top-level domain
+    such as test (the list's default rule)."""
+    return bool(_public_suffix_list().is_public(domain))
+
+
 @lru_cache(maxsize=1)
 def _public_suffix_list() -> Any:
     from publicsuffixlist import PublicSuffixList

@@ -55,6 +55,7 @@ class Runtime:
 
     service: Service
     sessions: Callable[[int], None] | None = None  # +1 / -1 per SMTP session, for metrics
+    listening: Callable[[], None] | None = None  # called once the socket is open
 
     @property
     def config(self) -> Config:
@@ -310,11 +311,18 @@ class GatewayMilter(Milter.Base):
         if self._actions & Milter.ADDHDRS:
             # With header_leading_space negotiated, values are sent verbatim.
             lead = " " if self._protocol & Milter.P_HDR_LEADSPC else ""
+            ours = verdict_headers(decision.verdict)
+            if self._actions & Milter.CHGHDRS:
+                for name, value in ours:
+                    self.addheader(name, lead + value)
+            else:
+                # Forged copies stay: ours go above them, where readers and
+                # filters look first (an index needs ADDHDRS only).
+                for name, value in reversed(ours):
+                    self.addheader(name, lead + value, 0)
             auth = authentication_results_header(decision.verdict)
             if auth is not None:
                 self.addheader(auth[0], lead + auth[1], 0)  # at the top (RFC 8601)
-            for name, value in verdict_headers(decision.verdict):
-                self.addheader(name, lead + value)
         subject = decision.verdict.tagged_subject  # add_header with [add_header] subject_tag
         if subject is not None and self._actions & Milter.CHGHDRS:
             lead = " " if self._protocol & Milter.P_HDR_LEADSPC else ""
@@ -390,6 +398,8 @@ def serve(runtime: Runtime) -> None:
     if socket.startswith(("unix:", "local:")):
         _set_socket_access(socket.split(":", 1)[1], runtime.config)
     log.info("gateway milter listening on %s", socket)
+    if runtime.listening is not None:
+        runtime.listening()
     collector = _collect_garbage_off_callback_threads()
     try:
         milter.main()

@@ -31,6 +31,7 @@ STATUS_OF = {"SENDER_NULL_MX": "5.7.27"}  # RFC 7505 4.2: the sender's domain ha
 # The gateway's own trouble: 4xx, so the sender retries and nothing is lost.
 FILTER_FAILED = SmtpReply("451", "4.3.0", "Temporary failure in mail filter, try again later")
 STORE_FAILED = SmtpReply("451", "4.3.0", "Temporary failure storing the message, try again later")
+BUSY = SmtpReply("451", "4.3.2", "Too busy to check this message now, try again later")
 # A verdict to hold, on an MTA that cannot hold mail: the sender learns of it.
 HOLD_IMPOSSIBLE = SmtpReply("550", "5.7.1", "Rejected: held for review, but this mail "
                             "server cannot hold mail")
@@ -45,10 +46,13 @@ def for_verdict(action: str, score: float, forced_by: Symbol | None,
     ref = f" (ref {reference})" if reference else ""
     if action == "reject":
         if forced_by is not None:
-            why = forced_by.description or forced_by.name
-            detail = f": {forced_by.evidence}" if forced_by.evidence else ""
+            if forced_by.reply:  # its evidence is for the site's eyes only
+                why = forced_by.reply
+            else:
+                why = forced_by.description or forced_by.name
+                why += f": {forced_by.evidence}" if forced_by.evidence else ""
             status = STATUS_OF.get(forced_by.name, "5.7.1")
-            return SmtpReply("550", status, f"Rejected: {why}{detail} [{forced_by.name}]{ref}")
+            return SmtpReply("550", status, f"Rejected: {why} [{forced_by.name}]{ref}")
         return SmtpReply("550", "5.7.1", f"Rejected as spam, score {score:g}{ref}")
     if action == "tempfail":
         why = f" [{forced_by.name}]" if forced_by is not None else ""

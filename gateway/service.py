@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from gateway.config import Config, load_config
 from gateway.decider import Decider, Observer
 from gateway.door import build_door
 from gateway.evaluator import Evaluator, build_evaluator
+from gateway.logs import setup_logging
 from gateway.pipeline import check_classes
 from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.store import QuarantineError
@@ -49,6 +51,10 @@ class Generation:
     _retired: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _on_idle: Callable[[Generation], None] | None = None
+
+    @property
+    def users(self) -> int:
+        return self._users
 
     def acquire(self) -> Generation:
         with self._lock:
@@ -100,7 +106,9 @@ def build_generation(config: Config, number: int, keeper: Keeper | None = None,
             problems.append(f"quarantine: {exc}; quarantined mail is answered 4xx until "
                             "it works")
         keeper.start_purging()
-    decider = Decider(evaluator, keeper, config.milter.threads, observer,
+    from gateway.correspondents import learner_for
+
+    decider = Decider(evaluator, keeper, config.milter.threads, observer, learner_for(config),
                       door=build_door(config))
     return Generation(config, evaluator, decider, keeper, number), problems
 
@@ -151,6 +159,10 @@ class Service:
                 return False
             for problem in problems:
                 log.warning("%s", problem)
+            if config.log != old.config.log:
+                setup_logging(config.log.level, config.log.format)
+                log.info("reload: [log] now level %s, format %s", config.log.level,
+                         config.log.format)
             self._current = generation
             old.retire()
             if keeper is None and old.keeper is not None:
@@ -169,6 +181,16 @@ class Service:
     def _notify(self, outcome: str, why: str) -> None:
         for listener in self.listeners:
             listener(outcome, why)
+
+    def drain(self, timeout: float, clock: Callable[[], float] = time.monotonic,
+              pause: Callable[[float], None] = time.sleep) -> int:
+        """Wait until no message holds a generation (each holds one from MAIL
+        FROM until its session ends), for at most ``timeout`` seconds; the
+        number still in flight then."""
+        deadline = clock() + timeout
+        while (busy := self._current.users) and clock() < deadline:
+            pause(0.05)
+        return busy
 
     def close(self) -> None:
         generation = self._current

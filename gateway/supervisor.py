@@ -23,6 +23,7 @@ admin at once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -30,10 +31,16 @@ import sys
 import time
 from collections.abc import Sequence
 
-# A milter that ran at least this long was serving: restart it if it dies.
-STARTED_AFTER = 10.0
-RESTART_PAUSE = 0.3  # a crash loop still cannot spin: it must serve 10 s first
+from gateway.logs import setup_logging
+
+log = logging.getLogger("gateway.supervisor")
+
+RESTART_PAUSE = 0.3
+MAX_RESTART_PAUSE = 10.0  # a crash loop cannot spin: the pause doubles up to this
 CONTROL_FD_FLAG = "--control-fd"
+READY_FD_FLAG = "--ready-fd"
+# What libmilter waits for, in a thread of its own, to stop the milter.
+STOP_SIGNALS = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
 
 
 def wants_supervisor(argv: Sequence[str]) -> bool:
@@ -45,6 +52,30 @@ def wants_supervisor(argv: Sequence[str]) -> bool:
                     and (i == 0 or words[i - 1] != "--config")), None)
     return (command == "run" and CONTROL_FD_FLAG not in words
             and not {"--no-supervisor", "-h", "--help"} & set(words))
+
+
+def serves_milter(argv: Sequence[str]) -> bool:
+    """Whether ``gateway ARGV`` runs the milter in this process: the
+    supervisor's child, or ``gateway run --no-supervisor``."""
+    words = list(argv)
+    return "run" in words and bool({CONTROL_FD_FLAG, "--no-supervisor"} & set(words))
+
+
+def leave_stop_signals_to_libmilter() -> None:
+    """Block SIGTERM, SIGINT and SIGHUP in this thread and every thread it
+    starts, before any starts (numpy's BLAS starts one at import).
+
+    libmilter waits for these in a thread of its own (sigwait) and stops
+    once the messages in flight are answered; any thread that does not block
+    them may be the one the kernel picks, and its default action kills the
+    process mid-message. multiprocessing's resource tracker unblocks SIGINT
+    and SIGTERM in the thread that first starts it (the worker pool's), so it
+    is started here, first.
+    """
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -62,7 +93,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--socket")
     args, _ = parser.parse_known_args(list(argv))
     try:
-        load_config(args.config)
+        config = load_config(args.config)
     except ConfigError as exc:
         for line in exc.problems:
             print(f"gateway: {line}", file=sys.stderr)
@@ -73,10 +104,11 @@ def main(argv: Sequence[str]) -> int:
     child = ["--config", args.config] if args.config else []
     if args.socket:
         child += ["--socket", args.socket]
-    return supervise(child)
+    setup_logging(config.log.level, config.log.format)
+    return supervise(child, args.config)
 
 
-def supervise(argv: Sequence[str]) -> int:
+def supervise(argv: Sequence[str], config_path: str | None = None) -> int:
     """Run ``gateway run ARGV --control-fd N`` as a child until told to stop."""
     stopping = False
     reload_read, reload_write = os.pipe()
@@ -86,9 +118,13 @@ def supervise(argv: Sequence[str]) -> int:
     def on_reload(_signum, _frame) -> None:
         with contextlib.suppress(OSError):
             os.write(reload_write, b"R")
+        _reload_logging(config_path)
 
     def on_stop(signum, _frame) -> None:
         nonlocal stopping
+        if not stopping:
+            log.info("%s: stopping once the messages in flight are answered",
+                     signal.Signals(signum).name)
         stopping = True
         if child is not None and child.poll() is None:
             child.send_signal(signal.SIGTERM if signum != signal.SIGINT else signal.SIGINT)
@@ -96,19 +132,48 @@ def supervise(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGHUP, on_reload)
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
-    command = [sys.executable, "-m", "gateway", "run", *argv,
-               CONTROL_FD_FLAG, str(reload_read)]
+    # -P: the working directory is not put on sys.path, so a folder named
+    # gateway/ where an admin happens to stand cannot stand in for the
+    # installed package (PYTHONPATH, set on purpose, still counts).
+    pause = RESTART_PAUSE
     while True:
+        # The child writes a byte here once its socket is open: a milter that
+        # never got there (a config or socket problem) is not restarted, one
+        # that served is, however long a busy machine took to start it.
         started = time.monotonic()
-        child = subprocess.Popen(command, pass_fds=(reload_read,))
+        ready_read, ready_write = os.pipe()
+        os.set_inheritable(ready_write, True)
+        command = [sys.executable, "-P", "-m", "gateway", "run", *argv,
+                   CONTROL_FD_FLAG, str(reload_read), READY_FD_FLAG, str(ready_write)]
+        child = subprocess.Popen(command, pass_fds=(reload_read, ready_write))
+        os.close(ready_write)
         status = _wait(child)
-        if stopping:
+        served = _read_all(ready_read) != b""
+        if stopping or not served:
             return status
-        if time.monotonic() - started < STARTED_AFTER:
-            return status  # did not get to serve: a config or socket problem
-        print(f"gateway: the milter process ended ({_describe(status)}); starting it again",
-              file=sys.stderr, flush=True)
-        time.sleep(RESTART_PAUSE)
+        log.error("the milter process ended (%s); starting it again", _describe(status))
+        # One that keeps dying soon after it starts is restarted less and less often.
+        quick = time.monotonic() - started < MAX_RESTART_PAUSE
+        pause = min(pause * 2, MAX_RESTART_PAUSE) if quick else RESTART_PAUSE
+        time.sleep(pause)
+
+
+def _read_all(fd: int) -> bytes:
+    with os.fdopen(fd, "rb") as stream:
+        return stream.read()
+
+
+def _reload_logging(config_path: str | None) -> None:
+    """The supervisor's own lines follow a changed ``[log]`` too (the milter
+    reports a broken config; the supervisor then keeps its settings)."""
+    from gateway.config import load_config
+    from gateway.schema import ConfigError
+
+    try:
+        config = load_config(config_path)
+    except (ConfigError, OSError):
+        return
+    setup_logging(config.log.level, config.log.format)
 
 
 def _wait(child: subprocess.Popen[bytes]) -> int:

@@ -28,13 +28,17 @@ class Symbol:
     """One finding: a name, a score, what it means and what triggered it.
 
     ``score`` is the check's own suggestion; the policy replaces it with the
-    score from the rules files when one is configured.
+    score from the rules files when one is configured. ``reply``: what an
+    SMTP reply may tell the sender of it, for a finding whose evidence is
+    the site's own business (a list entry's owner and reason); empty: the
+    description and evidence.
     """
 
     name: str
     score: float = 0.0
     description: str = ""
     evidence: str = ""
+    reply: str = ""
 
     def __post_init__(self) -> None:
         if not SYMBOL_NAME.match(self.name):
@@ -44,12 +48,15 @@ class Symbol:
         return replace(self, score=score)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        found = {
             "name": self.name,
             "score": round(self.score, 3),
             "description": self.description,
             "evidence": self.evidence,
         }
+        if self.reply:
+            found["reply"] = self.reply
+        return found
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,18 @@ killed worker's finished checks still count, it also appends each result as
 it comes to a scratch file it shares with the milter (:class:`ResultLog`, an
 in-memory file), which the milter reads only when it stops the worker.
 
-Messages over ``[pipeline] heavy_message_bytes`` may occupy all workers but
-one, so a burst of large or crafted messages always leaves a lane for
-ordinary mail. The pool keeps ``[pipeline] workers`` processes and grows to
-``max_workers`` while every one of them has been busy with one message for
-half a second, so a few slow messages cannot queue up the rest, or while
-messages queue for workers that mostly wait on the network (the extra ones
+gateway.lanes decides which waiting message gets a free worker: messages over
+``[pipeline] heavy_message_bytes``, and mail from clients whose messages
+lately used more than ``heavy_cpu_seconds`` of a worker's CPU (each
+worker reports what a message cost; not of its first message, which also
+pays for loading what the checks need), may each occupy all workers but one,
+and that costly mail goes after the rest: a client looping crafted
+messages cannot make other mail, large or small, wait for it. The pool
+keeps ``[pipeline] workers`` processes and grows to ``max_workers`` while
+every one of them has been busy with one message for half a second, so a
+few slow messages cannot queue up the rest; while messages queue for
+workers that mostly wait on the network; and while a worker is busy with
+costly mail, by one idle worker kept ready for other mail (the extra ones
 retire after a minute idle). A worker that dies
 on its own (a crash in C code, the OOM killer) is replaced, and its message
 is answered 4xx by the milter so the sender retries: nothing is lost.
@@ -50,16 +56,20 @@ import signal
 import struct
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.checks import BUILTIN
 from gateway.config import Config
 from gateway.cpu import SPARE_CORES, IdleShare
-from gateway.evaluator import Judge
+from gateway.evaluator import Judge, TooBusy
+from gateway.lanes import COSTLY_FOR, CostlyClients, Lane, client_of, lane_of, next_to_go
+from gateway.logs import for_message, setup_logging
 from gateway.message import Envelope, Message, RawContent
 from gateway.pipeline import CheckRun, Pipeline, assemble, check_classes
 from gateway.policy import Verdict
@@ -89,6 +99,15 @@ START_TIMEOUT = 120.0  # a worker loads the model and imports the checks
 
 class WorkerFailed(RuntimeError):
     """A worker died with a message in hand (answered as a temporary failure)."""
+
+
+class NoWorkerFree(WorkerFailed, TooBusy):
+    """No worker could take the message before its deadline."""
+
+
+# A worker's answer: the CPU seconds the message took in it and the
+# process's CPU seconds so far, then the results as ResultLog frames.
+_CPU_USED = struct.Struct("!dd")
 
 
 class ResultLog:
@@ -132,8 +151,8 @@ class ResultLog:
         return self.parse(os.pread(self.fd, os.fstat(self.fd).st_size, 0))
 
     @classmethod
-    def parse(cls, data: bytes) -> list[tuple]:
-        items, at, size = [], 0, cls._FRAME.size
+    def parse(cls, data: bytes, at: int = 0) -> list[tuple]:
+        items, size = [], cls._FRAME.size
         while at + size <= len(data):
             (length,) = cls._FRAME.unpack_from(data, at)
             if not length or at + size + length > len(data):
@@ -157,7 +176,8 @@ def _rebuild_result_log(fd: Any) -> ResultLog:
 class _Turn:
     """A message waiting for a worker: woken when one is handed to it."""
 
-    heavy: bool
+    lane: Lane
+    client: str | None
     ready: threading.Condition
     worker: Worker | None = None
 
@@ -168,9 +188,11 @@ class Worker:
     conn: Connection
     results: ResultLog
     messages: int = 0
+    cpu_at_start: float | None = None  # its CPU seconds as its last message ended
     idle_since: float = field(default_factory=time.monotonic)
     busy_since: float | None = None
-    heavy: bool = False  # busy with a message over [pipeline] heavy_message_bytes
+    lane: Lane | None = None  # of the message in hand (gateway.lanes)
+    client: str | None = None  # who sent it
 
     @property
     def pid(self) -> int:
@@ -193,10 +215,21 @@ class Worker:
             self.results.close()
 
 
+class IdleReading(Protocol):
+    def share(self) -> float: ...  # the machine's idle share (gateway.cpu.IdleShare)
+
+
 class WorkerPool:
+    """``clock``, ``cores`` (the machine's idle share), ``demand`` (a
+    process's seconds run or runnable) and ``cpu`` (a process's CPU
+    seconds) are the readings the pool decides on; tests give their own."""
+
     store_free = True  # the milter's side only sends bytes and applies the policy
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
+                 cores: IdleReading | None = None,
+                 demand: Callable[[int], float] | None = None,
+                 cpu: Callable[[int], float] | None = None):
         self.config = config
         settings = config.pipeline
         problems: list[str] = []
@@ -210,11 +243,20 @@ class WorkerPool:
         self.hard_limit = settings.budget + settings.grace
         self.max_messages = settings.worker_max_messages
         self.heavy_bytes = settings.heavy_message_bytes
-        self._heavy_busy = 0
+        self.heavy_cpu = settings.heavy_cpu_seconds
+        # The costly and the large lane each hold at most this many workers.
+        self.lane_limit = max(self.size - 1, 1)
+        self._clock = clock
+        self._costly = CostlyClients(clock)
+        self._busy: Counter[Lane] = Counter()  # workers busy, by the lane of their message
         self._queue: list[_Turn] = []  # messages waiting for a worker, in arrival order
         self._demand: dict[int, float] = {}  # pid -> seconds run or runnable
-        self._demand_at = 0.0
-        self._cores = IdleShare(window=0.0)  # read with each reading of the demand
+        self._demand_at = float("-inf")
+        self._read_demand = demand or _cpu_demand
+        self._read_cpu = cpu or _cpu_seconds
+        self._judged_at = float("-inf")
+        # Read with each reading of the demand.
+        self._cores: IdleReading = cores or IdleShare(window=0.0)
         self._waiting_on_network = False
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_preload(config))
@@ -245,9 +287,9 @@ class WorkerPool:
     # -- one message --------------------------------------------------------------
 
     def evaluate(self, envelope: Envelope, raw: RawContent) -> Verdict:
-        heavy = raw.size > self.heavy_bytes
+        client = client_of(envelope.client_ip)
         limit = self.hard_limit  # this message's, whatever changes meanwhile
-        worker = self._acquire(heavy, limit)
+        worker = self._acquire(client, raw.size, limit)
         stopped = ""
         keep: Worker | None = worker
         try:
@@ -255,18 +297,27 @@ class WorkerPool:
             data = raw.bytes() if raw.in_memory else None
             worker.conn.send((envelope, data, str(raw.path) if raw.path else None))
             if worker.conn.poll(limit):
-                finished = ResultLog.parse(worker.conn.recv_bytes())
+                answer = worker.conn.recv_bytes()
+                cpu, worker.cpu_at_start = _CPU_USED.unpack_from(answer)
+                # A worker's first message also pays for what the checks load
+                # on first use (the model, the store: 0.25 s of CPU or more).
+                if cpu > self.heavy_cpu and worker.messages:
+                    self._costly_mail(client, f"used {cpu:.2f}s of CPU (over [pipeline] "
+                                      f"heavy_cpu_seconds {self.heavy_cpu:g})", envelope)
+                finished = ResultLog.parse(answer, _CPU_USED.size)
             else:
                 stopped = (f"stopped: still running after {limit:g}s "
                            "([pipeline] budget + grace)")
                 log.warning("message %s: worker %d still busy after %gs, stopped",
                             envelope.queue_id or "-", worker.pid, limit)
                 keep = None
+                self._costly_mail(client, "was stopped at the deadline", envelope)
                 self._discard(worker, kill=True, keep_results=True)
                 finished = worker.results.read()
                 worker.results.close()
         except (EOFError, OSError) as exc:
             keep = None
+            self._costly_mail(client, "crashed its worker", envelope)
             code = self._discard(worker, kill=True)
             raise WorkerFailed(f"worker {worker.pid} died ({_exit_reason(code)}) while "
                                f"checking message {envelope.queue_id or '-'}: "
@@ -284,32 +335,82 @@ class WorkerPool:
         result = assemble(self.checks, runs, reports, self.config.pipeline.budget, stopped)
         return self.judge.verdict(result, envelope)
 
+    def _costly_mail(self, client: str | None, what: str, envelope: Envelope) -> None:
+        """Note that this client's message was costly (gateway.lanes)."""
+        with self._lock:
+            known = client in self._costly
+            self._costly.record(client)
+            if client is not None and not known:
+                self._move_to_costly_lane(client)
+        if client is not None and not known:
+            log.info("client %s: message %s %s: its mail goes after other mail for %gs",
+                     client, envelope.queue_id or "-", what, COSTLY_FOR)
+
+    def _judge_running(self, now: float) -> None:
+        """While messages wait: a client whose message in a worker has used
+        more than heavy_cpu_seconds so far is costly now, not only once that
+        message ends (which, with the cores busy, takes seconds more), so its
+        other mail stops taking workers meanwhile (under the lock; every
+        DEMAND_WINDOW at most, from /proc/PID/stat)."""
+        if now - self._judged_at < DEMAND_WINDOW:
+            return
+        self._judged_at = now
+        for worker in list(self._workers):
+            if worker.lane in (None, "costly") or worker.client is None or \
+                    worker.cpu_at_start is None:  # a first message is not judged
+                continue
+            used = self._read_cpu(worker.pid) - worker.cpu_at_start
+            if used > self.heavy_cpu and worker.client not in self._costly:
+                self._costly.record(worker.client)
+                self._move_to_costly_lane(worker.client)
+                log.info("client %s: a message has used %.2fs of CPU so far (over [pipeline] "
+                         "heavy_cpu_seconds %g): its mail goes after other mail for %gs",
+                         worker.client, used, self.heavy_cpu, COSTLY_FOR)
+
+    def _move_to_costly_lane(self, client: str) -> None:
+        """The client's other messages, waiting or in a worker, are costly
+        mail from now on: those that came before it was known wait behind
+        other mail too, and those in workers count toward the lane's limit
+        (under the lock)."""
+        for turn in self._queue:
+            if turn.client == client:
+                turn.lane = "costly"
+        for worker in self._workers:
+            if worker.client == client and worker.lane not in (None, "costly"):
+                self._busy[worker.lane] -= 1
+                worker.lane = "costly"
+                self._busy["costly"] += 1
+        self._keep_a_spare()
+
     # -- the pool -----------------------------------------------------------------
 
-    def _acquire(self, heavy: bool, limit: float) -> Worker:
+    def _acquire(self, client: str | None, size: int, limit: float) -> Worker:
         """A worker for this message: at once if one is idle and nobody came
-        first, else in turn. A message waits no longer than it may take to
-        check: past that the MTA gets a 4xx and retries, rather than its own
-        timeout."""
-        arrived = time.monotonic()
+        first, else in turn (gateway.lanes). A message waits no longer than
+        it may take to check: past that the MTA gets a 4xx and retries,
+        rather than its own timeout."""
+        arrived = self._clock()
         give_up = arrived + limit
         with self._lock:
             if self._closed:
                 raise WorkerFailed("the worker pool is shut down")
-            turn = _Turn(heavy, threading.Condition(self._mutex))
+            lane = lane_of(client in self._costly, size, self.heavy_bytes)
+            turn = _Turn(lane, client, threading.Condition(self._mutex))
             self._queue.append(turn)
             self._hand_out()
             try:
                 while turn.worker is None:
                     if self._closed:
                         raise WorkerFailed("the worker pool is shut down")
-                    if time.monotonic() > give_up:
-                        raise WorkerFailed(f"no worker process free within {limit:g}s "
+                    now = self._clock()
+                    if now > give_up:
+                        raise NoWorkerFree(f"no worker process free within {limit:g}s "
                                            f"({len(self._workers)} running, "
-                                           f"{self._starting} starting)")
+                                           f"{self._starting} starting, {lane} lane)")
+                    self._judge_running(now)
                     if not self._starting and len(self._workers) < self.max_size and (
-                            self._all_slow() or (time.monotonic() - arrived > QUEUE_WAIT
-                                                 and self._workers_wait_on_network())):
+                            self._all_slow()
+                            or (now - arrived > QUEUE_WAIT and self._workers_wait_on_network())):
                         self._grow()  # whichever comes first: this one or a freed one
                     turn.ready.wait(timeout=QUEUE_WAIT)
                 return turn.worker
@@ -324,23 +425,31 @@ class WorkerPool:
                     self._queue.remove(turn)
 
     def _hand_out(self) -> None:
-        """Give idle workers to waiting messages, first come first served
-        (under the lock). Large messages share all workers but one, so a
-        burst of them (crafted or not) leaves a lane for ordinary mail: one
-        whose lane is full lets the messages behind it go first."""
-        heavy_lanes = max(self.size - 1, 1)
-        for turn in list(self._queue):
-            if not self._idle:
+        """Give idle workers to waiting messages, in the order of
+        gateway.lanes.next_to_go (under the lock): first come first served,
+        but a message whose lane is full lets the ones behind it go first,
+        and costly mail goes last."""
+        while self._idle:
+            turn = next_to_go(self._queue, self._busy, self.lane_limit)
+            if turn is None:
                 return
-            if turn.heavy and self._heavy_busy >= heavy_lanes:
-                continue
             self._queue.remove(turn)
             worker = self._idle.pop()
-            worker.busy_since = time.monotonic()
-            worker.heavy = turn.heavy
-            self._heavy_busy += turn.heavy
+            worker.busy_since = self._clock()
+            worker.lane, worker.client = turn.lane, turn.client
+            self._busy[turn.lane] += 1
             turn.worker = worker
             turn.ready.notify()
+        self._keep_a_spare()
+
+    def _keep_a_spare(self) -> None:
+        """While a worker is busy with costly mail, keep one idle for other
+        mail, started before that mail comes (up to max_workers): a worker
+        takes a second or more to start on cores busy with costly mail.
+        Costly mail never takes it: its lane is full (under the lock)."""
+        if self._busy["costly"] and not self._idle and not self._starting \
+                and len(self._workers) < self.max_size and not self._closed:
+            self._grow()
 
     def _wake_all(self) -> None:
         for turn in self._queue:
@@ -350,10 +459,10 @@ class WorkerPool:
         """Whether, over the last moments, the workers spent most of their
         time neither running nor queued for a core, while the machine had
         cores to spare (read from the kernel's scheduler statistics)."""
-        now = time.monotonic()
+        now = self._clock()
         if now - self._demand_at < DEMAND_WINDOW:
             return self._waiting_on_network
-        demand = {w.pid: _cpu_demand(w.pid) for w in self._workers}
+        demand = {w.pid: self._read_demand(w.pid) for w in self._workers}
         shares = [max(demand[pid] - self._demand[pid], 0.0) / (now - self._demand_at)
                   for pid in demand if pid in self._demand and demand[pid] >= 0]
         idle_share = self._cores.share()
@@ -363,7 +472,7 @@ class WorkerPool:
         return self._waiting_on_network
 
     def _all_slow(self) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         return all(w.busy_since is not None and now - w.busy_since > GROW_AFTER
                    for w in self._workers)
 
@@ -378,7 +487,7 @@ class WorkerPool:
     def _add_idle(self, worker: Worker) -> None:
         with self._lock:
             self._end_busy(worker)
-            worker.idle_since = time.monotonic()
+            worker.idle_since = self._clock()
             self._workers.add(worker)
             self._idle.append(worker)
             # Straight to the message that waited longest, and only it
@@ -387,10 +496,10 @@ class WorkerPool:
             self._hand_out()
 
     def _end_busy(self, worker: Worker) -> None:
-        if worker.busy_since is not None and worker.heavy:
-            self._heavy_busy -= 1
+        if worker.lane is not None:
+            self._busy[worker.lane] -= 1
         worker.busy_since = None
-        worker.heavy = False
+        worker.lane = worker.client = None
 
     def _discard(self, worker: Worker, kill: bool = False,
                  keep_results: bool = False) -> int | None:
@@ -458,9 +567,10 @@ class WorkerPool:
     def _retire_idle(self) -> None:
         while not self._closed:
             time.sleep(IDLE_RETIREMENT / 4)
-            now = time.monotonic()
+            now = self._clock()
             with self._lock:
-                spare = len(self._workers) - self.size
+                # (one more is kept while costly mail holds a worker)
+                spare = len(self._workers) - self.size - bool(self._busy["costly"])
                 retiring = [w for w in self._idle if now - w.idle_since > IDLE_RETIREMENT]
                 retiring = retiring[:max(spare, 0)]
                 for worker in retiring:
@@ -484,6 +594,10 @@ def _worker_main(conn: Connection, config: Config, results: ResultLog) -> None:
     """A worker: build the checks once, then run them on message after message."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the milter decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # The milter blocks SIGTERM for libmilter's sake (gateway.commands.run); a
+    # worker inherits the mask through the fork server, and must die on it.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    setup_logging(config.log.level, config.log.format)  # lines like the milter's
     try:
         pipeline = Pipeline.from_config(config)
     except ConfigError as exc:
@@ -505,8 +619,17 @@ def _worker_main(conn: Connection, config: Config, results: ResultLog) -> None:
             envelope, data, path = request
             raw = RawContent(data=data) if data is not None else RawContent(path=Path(path))
             results.restart()
-            pipeline.run(Message(envelope, raw, config.limits), observer=report)
-            conn.send_bytes(results.frames())
+            # Every thread of this process: checks run in threads count too.
+            started = time.process_time()
+            with for_message(envelope.queue_id):
+                pipeline.run(Message(envelope, raw, config.limits), observer=report)
+            ended = time.process_time()
+            conn.send_bytes(_CPU_USED.pack(ended - started, ended) + results.frames())
+    except (BrokenPipeError, ConnectionResetError):
+        log.info("the milter went away; worker %d ends", os.getpid())
+    except Exception:
+        log.exception("worker %d ended on an error", os.getpid())
+        raise SystemExit(1) from None
     finally:
         pipeline.close()
 
@@ -516,7 +639,7 @@ def _worker_main(conn: Connection, config: Config, results: ResultLog) -> None:
 # every message.
 def _encode(run: CheckRun, report: Report | None) -> tuple:
     found = None if report is None else (
-        tuple((s.name, s.score, s.description, s.evidence) for s in report.symbols),
+        tuple((s.name, s.score, s.description, s.evidence, s.reply) for s in report.symbols),
         dict(report.facts))
     return (run.name, run.status, run.millis, run.error), found
 
@@ -534,6 +657,21 @@ def _preload(config: Config) -> list[str]:
         target = BUILTIN.get(spec, spec)
         modules.append(target.partition(":")[0])
     return list(dict.fromkeys(modules))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """The CPU seconds a process has used, all its threads (-1 if it is
+    gone): utime + stime of /proc/PID/stat, what time.process_time()
+    counts inside it, in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_demand(pid: int) -> float:

@@ -113,26 +113,56 @@ class GateCheck(Check):
         return []
 
 
-class LookupCheck(Check):
-    """Waits a quarter of a second, like a DNS answer from far away."""
+class InFlightCheck(Check):
+    """Writes to the file $GATEWAY_TEST_IN_FLIGHT when a message reaches it,
+    then waits 3 s: a message a test knows is being decided."""
 
-    name = "lookup"
-    io_bound = True
-    symbols = {"TEST_LOOKED_UP": "the lookup answered"}
-
-    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
-        time.sleep(0.25)
-        return [self.symbol("TEST_LOOKED_UP")]
-
-
-class ComputeCheck(Check):
-    """Computes for a twentieth of a second, like a classifier on a long text."""
-
-    name = "compute"
-    symbols = {"TEST_COMPUTED": "the computation finished"}
+    name = "in_flight"
+    symbols = {"TEST_IN_FLIGHT_DONE": "the in-flight check finished"}
 
     def run(self, message: Message, context: CheckContext) -> list[Symbol]:
-        until = time.thread_time() + 0.05
+        if path := os.environ.get("GATEWAY_TEST_IN_FLIGHT"):
+            with open(path, "w") as marker:
+                marker.write("deciding")
+        time.sleep(3.0)
+        return [self.symbol("TEST_IN_FLIGHT_DONE")]
+
+
+class SpinCheck(Check):
+    """On a body line ``SPIN-CPU: SECONDS``, computes for that much of its
+    thread's CPU time, like a crafted message that is costly to parse: the
+    same CPU on any machine, however busy."""
+
+    name = "spin"
+    symbols = {"TEST_SPUN": "computed for as long as the message asked"}
+
+    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
+        found = re.search(rb"SPIN-CPU: ([0-9.]+)", message.raw.bytes())
+        if found is None:
+            return []
+        until = time.thread_time() + float(found.group(1))
         while time.thread_time() < until:
             pass
-        return [self.symbol("TEST_COMPUTED")]
+        return [self.symbol("TEST_SPUN")]
+
+
+class HoldCheck(Check):
+    """On a body line ``HOLD: /folder``, says that it runs (a file
+    ``running.*`` in that folder) and keeps its worker until
+    ``/folder/open`` exists: a message in flight for as long as a test wants."""
+
+    name = "hold"
+    symbols = {"TEST_HELD": "held its worker until the test let it go"}
+
+    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
+        found = re.search(rb"HOLD: (\S+)", message.raw.bytes())
+        if found is None:
+            return []
+        folder = found.group(1).decode()
+        with open(os.path.join(folder, f"running.{os.getpid()}.{time.monotonic_ns()}"), "w"):
+            pass
+        for _ in range(6000):
+            if os.path.exists(os.path.join(folder, "open")):
+                return [self.symbol("TEST_HELD", folder)]
+            time.sleep(0.01)
+        return []

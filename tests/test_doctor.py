@@ -168,6 +168,7 @@ def test_doctor_on_a_healthy_setup_is_all_ticks(setup):
         "postfix non_smtpd_milters": "ok", "postfix milter_default_action": "ok",
         "postfix milter_protocol": "ok", "postfix release listener": "ok",
         "postfix reaches socket": "ok", "user": "ok", "store modes": "ok", "config file": "ok",
+        "owners": "ok",
     }
     assert status == 0
     assert re.search(r"schema at \d{4} \(head\)", lines["store"]["text"])

@@ -251,3 +251,66 @@ def _setuptools_version() -> tuple[int, ...]:
         return tuple(int(part) for part in version("setuptools").split(".")[:2])
     except Exception:
         return (0,)
+
+
+def test_the_units_follow_a_non_default_install(tmp_path: Path):
+    # Before: one unit, for the milter only, kept StateDirectory=gateway and
+    # ReadWritePaths=/var/spool/postfix/gateway whatever --state-dir, --socket
+    # and --user said, so ProtectSystem=strict left the gateway unable to write.
+    from gateway.units import Installation, render_unit
+
+    program = Path(sys.executable).with_name("gateway")
+    chosen = Installation(program=program, config=tmp_path / "gateway.toml", user="mailfilter",
+                          group="mailfilter", state_dir=Path("/srv/filter/state"),
+                          socket_dir=Path("/var/spool/postfix/filter"), socket_group="postfix",
+                          spool_dir=Path("/srv/filter/spool"))
+    units = {name: render_unit((PROJECT_ROOT / "deploy" / "systemd" / name).read_text(), chosen)
+             for name in ("gateway.service", "gateway-web.service")}
+    milter, web = (units[n].splitlines() for n in ("gateway.service", "gateway-web.service"))
+    assert f"ExecStart={program} run --config {tmp_path}/gateway.toml" in milter
+    assert f"ExecStart={program} web --config {tmp_path}/gateway.toml" in web
+    for unit in (milter, web):
+        assert "User=mailfilter" in unit and "Group=mailfilter" in unit
+        assert not any(line.startswith("StateDirectory") for line in unit)
+        assert "ProcSubset=pid" not in unit or unit is web  # the milter reads /proc/stat
+    assert ("ReadWritePaths=/srv/filter/state /var/spool/postfix/filter /srv/filter/spool"
+            in milter)
+    assert "ReadWritePaths=/srv/filter/state" in web
+    assert ("ExecStartPre=+/usr/bin/install -d -o mailfilter -g postfix -m 750 "
+            "/var/spool/postfix/filter") in milter
+    default = Installation(program=program, config=tmp_path / "gateway.toml", user="gateway",
+                           group="gateway", state_dir=Path("/var/lib/gateway"))
+    inet = render_unit(UNIT.read_text(), default).splitlines()
+    assert "StateDirectory=gateway" in inet and not any(
+        line.startswith(("ReadWritePaths", "SupplementaryGroups", "ExecStartPre"))
+        for line in inet)
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    for name, text in units.items():
+        (tmp_path / name).write_text(text)
+    verified = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / n) for n in units)],
+                              capture_output=True, text=True, timeout=60, cwd="/")
+    assert verified.returncode == 0, verified.stderr
+    for name in units:
+        rated = subprocess.run(["systemd-analyze", "security", "--offline=yes",
+                                str(tmp_path / name)], capture_output=True, text=True,
+                               timeout=60, cwd="/")
+        match = re.search(rf"Overall exposure level for {name}: ([\d.]+)", rated.stdout)
+        assert match is not None and float(match.group(1)) <= 2.5, rated.stdout + rated.stderr
+
+
+def test_init_unit_writes_both_units_for_the_chosen_user(tmp_path: Path):
+    if os.geteuid() != 0:
+        pytest.skip("gateway init needs root")
+    units = tmp_path / "units"
+    config = tmp_path / "etc" / "gateway.toml"
+    result = gateway("init", "--config", str(config), "--user", "root", "--state-dir",
+                     str(tmp_path / "state"), "--socket", f"unix:{tmp_path}/spool/milter.sock",
+                     "--unit", "--unit-dir", str(units))
+    assert result.returncode == 0, result.stderr
+    milter = (units / "gateway.service").read_text().splitlines()
+    assert "User=root" in milter
+    assert f"ReadWritePaths={tmp_path}/state {tmp_path}/spool" in milter
+    assert f"ExecStart={Path(sys.executable).with_name('gateway')} run --config {config}" \
+        in milter
+    assert (units / "gateway-web.service").exists()

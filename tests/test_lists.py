@@ -18,7 +18,12 @@ from gateway.config import Config, ListsSection, PipelineSection, PolicySection,
 from gateway.evaluator import LocalEvaluator
 from gateway.message import Envelope, Message
 from gateway.paths import DEFAULT_RULES
-from gateway.quarantine.lists import ListEntry, normalize_scope, normalize_value
+from gateway.quarantine.lists import (
+    ListEntry,
+    PublicSuffixEntry,
+    normalize_scope,
+    normalize_value,
+)
 from gateway.quarantine.store import QuarantineStore
 from tests.helpers import PROJECT_ROOT, wait_until
 
@@ -69,6 +74,15 @@ def test_values_are_stored_in_one_form(kind, value, stored):
     ("block-sender", "a b@example.org", "'a b@example.org' is not an address, @domain or domain"),
     ("block-sender", "x@a..b", "'x@a..b': 'a..b' is not a valid domain name"),
     ("allow-host", "x", "unknown kind 'allow-host'"),
+    # Issue 23, finding 11: what would match no envelope sender.
+    ("block-sender", "*.example.org", "'*.example.org': entries have no wildcards (* % ? "
+     "match only themselves); example.org is that domain and its subdomains"),
+    ("allow-sender", "%@example.org", "'%@example.org': entries have no wildcards"),
+    ("allow-sender", "news?@shop.example", "'news?@shop.example': entries have no wildcards"),
+    ("block-sender", "spam_er.example", "'spam_er.example': not a mail domain (labels of "
+     "letters, digits and inner hyphens"),
+    ("block-sender", "x@[192.0.2.1]", "'x@[192.0.2.1]': not a mail domain"),
+    ("block-sender", "a..b@example.org", "'a..b@example.org': 'a..b' is not a local part"),
 ])
 def test_values_that_cannot_be_entries(kind, value, problem):
     with pytest.raises(ValueError) as caught:
@@ -239,6 +253,14 @@ def test_gateway_list_add_show_remove_expire(config_file: Path, tmp_path: Path):
     (["list", "add", "allow-sender", "x@example.org", "--expires", "2001-01-01"],
      "gateway: --expires '2001-01-01' is in the past\n"),
     (["list", "remove"], "gateway: list remove: give KIND VALUE, or --id N\n"),
+    (["list", "add", "allow-sender", "test"],
+     "gateway: allow-sender: 'test' names a public suffix, under which anyone registers "
+     "domains, not one sender's domain: it would match every sender under .test; --force "
+     "adds it all the same\n"),
+    (["list", "add", "block-sender", "*.spam.example"],
+     "gateway: block-sender: '*.spam.example': entries have no wildcards (* % ? match only "
+     "themselves); example.org is that domain and its subdomains, @example.org exactly that "
+     "domain\n"),
 ])
 def test_gateway_list_problems_are_one_line(config_file: Path, args, problem):
     result = gateway(*args, config=config_file)
@@ -252,3 +274,115 @@ def test_gateway_list_needs_the_store(tmp_path: Path):
     assert result.returncode == 2
     assert result.stderr == ("gateway: the managed lists live in the store's database, and "
                              "[quarantine] url is empty; use [lists] in gateway.toml instead\n")
+
+
+@pytest.mark.parametrize(("kind", "value"), [
+    ("allow-sender", "test"), ("allow-sender", "TEST."), ("block-sender", "co.uk"),
+    ("allow-sender", "@co.uk"), ("allow-sender", "github.io"), ("block-sender", "xn--p1ai"),
+])
+def test_a_public_suffix_is_refused_unless_forced(store, kind, value):
+    with pytest.raises(PublicSuffixEntry, match=r"names a public suffix, under which anyone "
+                       r"registers domains, not one sender's domain"):
+        store.add_list_entry(kind, value, owner="ops")
+    assert store.list_entries() == []
+    entry, _ = store.add_list_entry(kind, value, owner="ops", force=True)
+    assert entry.value == normalize_value(kind, value)
+
+
+def test_domains_under_a_public_suffix_and_addresses_are_entries(store):
+    for value in ("example.co.uk", "@shop.test", "ann@test", "user.github.io"):
+        store.add_list_entry("allow-sender", value, owner="ops")
+    assert len(store.list_entries()) == 4
+
+
+def test_the_config_files_lists_are_read_the_same_way(tmp_path: Path):
+    rules = tmp_path / "local.toml"
+    rules.write_text('[domain."example.net".lists]\nblock_senders = ["*@spam.example"]\n')
+    check = ListsCheck(config_for("", rules=[str(DEFAULT_RULES), str(rules)],
+                                  allow_senders=["partner.example", "test"]))
+    try:
+        assert check.startup_problems() == [
+            "lists: [lists], allow-sender: 'test' names a public suffix, under which anyone "
+            "registers domains, not one sender's domain: it would match every sender under "
+            ".test",
+            "lists: the policy of example.net, block-sender: '*@spam.example': entries have "
+            "no wildcards (* % ? match only themselves); example.org is that domain and its "
+            "subdomains, @example.org exactly that domain"]
+    finally:
+        check.close()
+
+
+# -- what a rejected sender is told (issue 23, finding 9) ------------------------------------
+
+
+def told(evaluator: LocalEvaluator, sender: str, ip: str | None = None,
+         rcpt: str = "bob@example.org") -> str:
+    """The SMTP reply the sender gets ("None" for mail that is accepted)."""
+    verdict = evaluator.evaluate_message(Message.from_bytes(RAW, Envelope(
+        mail_from=sender, client_ip=ip, rcpt_to=(rcpt,))))
+    return str(verdict.reply)
+
+
+def test_a_rejected_sender_is_never_told_the_entrys_owner_or_reason(store, store_url):
+    store.add_list_entry("block-sender", "spam.example", owner="alice",
+                         reason="ticket 4711: fraud ring")
+    evaluator = LocalEvaluator(config_for(store_url, block_ips=["192.0.2.0/24"]))
+    try:
+        reply = wait_until(lambda: (found := told(evaluator, "x@spam.example")) != "None"
+                           and found, what="the entry applies")
+        assert reply == ("550 5.7.1 Rejected: envelope sender is on the local block list "
+                         "[BLOCKLIST_SENDER]")
+        # gateway.toml's entries too: the sender learns which list, not which entry.
+        assert told(evaluator, "a@ok.example", "192.0.2.1") == (
+            "550 5.7.1 Rejected: client IP is on the local block list [BLOCKLIST_IP]")
+    finally:
+        evaluator.close()
+
+
+def test_a_rejected_sender_is_told_the_entrys_public_reply(store, store_url):
+    store.add_list_entry("block-sender", "spam.example", owner="alice", reason="fraud ring",
+                         reply="Not accepted here")
+    store.add_list_entry("block-ip", "203.0.113.0/24", owner="bob", reason="botnet 7",
+                         scope="joe@example.org",
+                         reply="Refused by example.org; write to postmaster@example.org")
+    evaluator = LocalEvaluator(config_for(store_url))
+    try:
+        reply = wait_until(lambda: (found := told(evaluator, "x@spam.example")) != "None"
+                           and found, what="the entry applies")
+        assert reply == "550 5.7.1 Rejected: Not accepted here [BLOCKLIST_SENDER]"
+        # A recipient's own entry, judged through the policy's facts.
+        assert told(evaluator, "a@ok.example", "203.0.113.9", "joe@example.org") == (
+            "550 5.7.1 Rejected: Refused by example.org; write to postmaster@example.org "
+            "[BLOCKLIST_IP]")
+        assert told(evaluator, "a@ok.example", "203.0.113.9", "eve@example.org") == "None"
+    finally:
+        evaluator.close()
+
+
+@pytest.mark.parametrize(("reply", "problem"), [
+    ("Refusé", "the reply goes to the sender in an SMTP reply: printable ASCII only"),
+    ("x" * 201, "the reply is 201 characters; at most 200"),
+])
+def test_a_reply_that_cannot_go_into_an_smtp_reply_is_refused(store, reply, problem):
+    with pytest.raises(ValueError, match=problem):
+        store.add_list_entry("block-sender", "spam.example", owner="ops", reply=reply)
+    assert store.list_entries() == []
+
+
+def test_gateway_list_add_reply(config_file: Path):
+    added = gateway("list", "add", "block-ip", "203.0.113.0/24", "--reason", "botnet 7",
+                    "--reply", "  Refused;\n write to postmaster@example.org ",
+                    config=config_file)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.rstrip().endswith(
+        "-- botnet 7 (replies: Refused; write to postmaster@example.org)")
+    (shown,) = json.loads(gateway("list", "show", "--json", config=config_file).stdout)
+    assert (shown["reason"], shown["reply"]) == ("botnet 7",
+                                                "Refused; write to postmaster@example.org")
+    forced = gateway("list", "add", "block-sender", "xn--p1ai", "--force", config=config_file)
+    assert forced.stdout.startswith("added block-sender xn--p1ai (id 2, "), forced.stderr
+    refused = gateway("list", "add", "block-ip", "198.51.100.1", "--reply", "Zurückgewiesen",
+                      config=config_file)
+    assert (refused.returncode, refused.stderr) == (
+        2, "gateway: --reply: the reply goes to the sender in an SMTP reply: printable ASCII "
+        "only\n")

@@ -1,7 +1,8 @@
 """The milter driven by OpenDKIM's ``miltertest`` (Debian package), the way
 an MTA other than Postfix would: whole sessions, aborts, several messages on
 one connection, an old protocol version, an MTA that offers no header or
-quarantine actions. The scripts are in tests/miltertest/."""
+quarantine actions, one that may add headers but not change them. The
+scripts are in tests/miltertest/."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def milter(tmp_path_factory):
 
 
 @pytest.mark.parametrize("script", ["full_session", "several_messages", "old_protocol",
-                                    "missing_actions"])
+                                    "missing_actions", "no_header_changes"])
 def test_miltertest_script(milter, script):
     result = subprocess.run(
         ["miltertest", "-s", str(SCRIPTS / f"{script}.lua"),

@@ -1,6 +1,8 @@
 import threading
 import time
 
+import pytest
+
 from gateway.checks import BUILTIN, Check, CheckContext, catalog, resolve_check
 from gateway.config import Config, PipelineSection
 from gateway.message import Message
@@ -168,19 +170,55 @@ def test_network_checks_start_before_the_others_run_so_their_waiting_overlaps():
     assert [r.name for r in result.runs] == ["busy", "lookup"]  # reported in config order
 
 
+class _Clocks:
+    """The pipeline's wall and CPU clocks (gateway.pipeline's ``time``),
+    moved on by the checks alone, each thread's its own as each check's
+    time is its own: a busy machine that deschedules a check cannot make
+    it look as if it waited, nor a quick one look slow."""
+
+    monotonic = staticmethod(time.monotonic)  # the budget's deadline
+
+    def __init__(self) -> None:
+        self._mine = threading.local()
+
+    def perf_counter(self) -> float:
+        return getattr(self._mine, "wall", 0.0)
+
+    def thread_time(self) -> float:
+        return getattr(self._mine, "cpu", 0.0)
+
+    def wait(self, seconds: float) -> None:
+        self._mine.wall = self.perf_counter() + seconds
+
+    def compute(self, seconds: float) -> None:
+        self.wait(seconds)
+        self._mine.cpu = self.thread_time() + seconds
+
+
+@pytest.fixture
+def clocks(monkeypatch) -> _Clocks:
+    import gateway.pipeline
+
+    clocks = _Clocks()
+    monkeypatch.setattr(gateway.pipeline, "time", clocks)
+    _Where.clocks = clocks
+    return clocks
+
+
 class _Where(Check):
     """A network check that notes which thread ran it and waits
-    ``seconds`` (like a DNS answer that takes that long)."""
+    ``seconds`` (like a DNS answer that takes that long) on the clocks."""
 
     name = "where"
     symbols = {"TEST_WHERE": "ran"}
     io_bound = True
     seconds = 0.0
     threads: list[str] = []
+    clocks: _Clocks
 
     def run(self, message, context):
         _Where.threads.append(threading.current_thread().name)
-        time.sleep(_Where.seconds)
+        _Where.clocks.wait(_Where.seconds)
         return [self.symbol("TEST_WHERE")]
 
 
@@ -208,7 +246,7 @@ def _threads_of(pipeline, messages, seconds):
     return ["pool" if name.startswith("check") else "inline" for name in _Where.threads]
 
 
-def test_auto_runs_quick_network_checks_inline_and_slow_ones_in_the_pool():
+def test_auto_runs_quick_network_checks_inline_and_slow_ones_in_the_pool(clocks):
     pipeline = _auto(_Where(CONFIG))
     try:
         assert set(_threads_of(pipeline, 20, 0.0)) == {"inline"}
@@ -223,13 +261,11 @@ def test_auto_runs_quick_network_checks_inline_and_slow_ones_in_the_pool():
         pipeline.close()
 
 
-def test_auto_counts_waiting_not_computing():
+def test_auto_counts_waiting_not_computing(clocks):
     class Compute(_Where):
         def run(self, message, context):
             _Where.threads.append(threading.current_thread().name)
-            deadline = time.thread_time() + 0.003  # 3 ms of CPU (over ABOVE), no waiting
-            while time.thread_time() < deadline:
-                pass
+            clocks.compute(0.03)  # 30 ms of CPU, no waiting
             return [self.symbol("TEST_WHERE")]
 
     pipeline = _auto(Compute(CONFIG))
@@ -239,7 +275,7 @@ def test_auto_counts_waiting_not_computing():
         pipeline.close()
 
 
-def test_parallel_true_always_uses_the_pool_and_false_never():
+def test_parallel_true_always_uses_the_pool_and_false_never(clocks):
     for parallel, where in ((True, {"pool"}), (False, {"inline"})):
         pipeline = Pipeline([_Where(CONFIG)], budget=2.0, parallel=parallel)
         try:
@@ -248,7 +284,7 @@ def test_parallel_true_always_uses_the_pool_and_false_never():
             pipeline.close()
 
 
-def test_auto_keeps_slow_network_checks_inline_while_the_cores_are_busy():
+def test_auto_keeps_slow_network_checks_inline_while_the_cores_are_busy(clocks):
     """Waits on a saturated machine are clamd and the resolver queueing for
     a core: threads would only add CPU."""
 
@@ -276,7 +312,7 @@ def test_idle_share_reads_the_machines_cores():
     assert 0.0 <= gauge.share() < 1.0  # measured: this core was not idle
 
 
-def test_auto_sends_only_the_network_checks_that_wait_to_the_pool():
+def test_auto_sends_only_the_network_checks_that_wait_to_the_pool(clocks):
     """clamd's scan waits a few milliseconds, a cached DNS answer almost
     nothing: only the scan is worth a thread."""
     seen: dict[str, list[str]] = {"scan": [], "cached": []}
@@ -289,7 +325,7 @@ def test_auto_sends_only_the_network_checks_that_wait_to_the_pool():
 
             def run(self, message, context):
                 seen[check_name].append(threading.current_thread().name)
-                time.sleep(seconds)
+                clocks.wait(seconds)
                 return [self.symbol(f"TEST_{check_name.upper()}")]
 
         return Waiting

@@ -13,10 +13,19 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Config, PipelineSection
+from gateway.decider import Decider
 from gateway.evaluator import LocalEvaluator
 from gateway.message import Envelope, RawContent
 from gateway.schema import ConfigError
-from gateway.workers import ResultLog, WorkerFailed, WorkerPool
+from gateway.workers import (
+    DEMAND_WINDOW,
+    GROW_AFTER,
+    NoWorkerFree,
+    ResultLog,
+    WorkerFailed,
+    WorkerPool,
+    _cpu_demand,
+)
 from tests.helpers import FIXTURES, fixture_message, wait_until
 
 PLAIN = (b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: hello\r\n"
@@ -34,8 +43,8 @@ def config(*checks: str, **pipeline) -> Config:
 def pool_of(request):
     pools: list[WorkerPool] = []
 
-    def make(cfg: Config) -> WorkerPool:
-        pool = WorkerPool(cfg)
+    def make(cfg: Config, **readings) -> WorkerPool:
+        pool = WorkerPool(cfg, **readings)
         pools.append(pool)
         return pool
 
@@ -130,24 +139,100 @@ def test_many_messages_at_once_all_get_a_verdict(pool_of):
     assert all(v.failed_checks == () for v in verdicts)
 
 
-def concurrently(pool: WorkerPool, count: int) -> list:
-    with ThreadPoolExecutor(count) as threads:
-        return list(threads.map(lambda i: pool.evaluate(ENVELOPE, body(f"m{i}")), range(count)))
+class ManualClock:
+    """The pool's clock, moved on by the test alone: no rule of the pool
+    that counts seconds fires because the machine is slow."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
-def test_the_pool_grows_while_messages_queue_for_workers_waiting_on_the_network(pool_of):
-    pool = pool_of(config("tests.plugins:LookupCheck", workers=1, max_workers=4, budget=30.0))
-    verdicts = concurrently(pool, 8)
-    assert all("TEST_LOOKED_UP" in names(v) for v in verdicts)
-    assert len(pool.worker_pids()) > 1
+class Idle:
+    """The machine's idle share, as the test says."""
+
+    def __init__(self, share: float):
+        self.idle = share
+
+    def share(self) -> float:
+        return self.idle
 
 
-def test_the_pool_does_not_grow_when_the_workers_compute(pool_of):
-    """More processes than cores would not check mail any faster."""
-    pool = pool_of(config("tests.plugins:ComputeCheck", workers=1, max_workers=4, budget=30.0))
-    verdicts = concurrently(pool, 8)
-    assert all("TEST_COMPUTED" in names(v) for v in verdicts)
+class Demand:
+    """The workers' seconds run or runnable, as the test says: a share of
+    the time on the pool's clock; counts how often the pool read it."""
+
+    def __init__(self, clock: ManualClock, running: float):
+        self.clock, self.running, self.readings = clock, running, 0
+
+    def __call__(self, pid: int) -> float:
+        self.readings += 1
+        return self.clock.now * self.running
+
+
+def held_and_waiting(pool_of, tmp_path: Path, running: float, idle: float):
+    """A pool of one worker (up to 4) whose clock and readings the test
+    sets; one message holds the worker, a second waits, and the clock
+    moves on past QUEUE_WAIT and two readings of the workers' demand (not
+    as far as GROW_AFTER). Returns the pool, the gate, both futures and
+    the readings."""
+    clock = ManualClock()
+    demand = Demand(clock, running)
+    pool = pool_of(config("tests.plugins:GateCheck", workers=1, max_workers=4, budget=30.0),
+                   clock=clock, cores=Idle(idle), demand=demand)
+    gate = tmp_path / "open"
+    threads = ThreadPoolExecutor(2)
+    first = threads.submit(pool.evaluate, ENVELOPE, body(f"WAIT-FOR: {gate}"))
+    wait_until(lambda: not pool._idle and not pool._queue)
+    second = threads.submit(pool.evaluate, ENVELOPE, body("waits for a worker"))
+    wait_until(lambda: len(pool._queue) == 1)
+    clock.advance(0.1)  # past QUEUE_WAIT: the first reading
+    wait_until(lambda: demand.readings >= 1)
+    clock.advance(DEMAND_WINDOW + 0.05)  # the second: a share over the window
+    wait_until(lambda: demand.readings >= 2)
+    assert clock.now - 1000.0 < GROW_AFTER  # the rule for slow messages stays out of it
+    return pool, gate, first, second, threads
+
+
+def test_the_pool_grows_while_messages_queue_for_workers_waiting_on_the_network(
+        pool_of, tmp_path: Path):
+    pool, gate, first, second, threads = held_and_waiting(pool_of, tmp_path, running=0.0,
+                                                          idle=1.0)
+    with threads:
+        # A second worker starts and takes the waiting message.
+        assert second.result(timeout=60).failed_checks == ()
+        assert not first.done()
+        assert len(pool.worker_pids()) == 2
+        gate.touch()
+        assert "TEST_GATE_OPENED" in names(first.result(timeout=30))
+
+
+@pytest.mark.parametrize("running, idle", [(1.0, 1.0), (0.0, 0.1)],
+                         ids=["the-workers-compute", "the-cores-are-busy"])
+def test_the_pool_does_not_grow_when_more_processes_would_not_check_faster(
+        pool_of, tmp_path: Path, running: float, idle: float):
+    """Workers that run (or wait for a core) all the time, or a machine
+    without idle cores: more processes than cores would not check mail
+    any faster."""
+    pool, gate, first, second, threads = held_and_waiting(pool_of, tmp_path, running, idle)
+    with threads:
+        with pool._lock:  # the waiting message decided on its second reading
+            assert not pool._starting and len(pool._workers) == 1
+        assert not second.done()
+        gate.touch()
+        assert "TEST_GATE_OPENED" in names(first.result(timeout=30))
+        assert second.result(timeout=30).failed_checks == ()
     assert len(pool.worker_pids()) == 1
+
+
+def test_the_demand_reading_counts_what_a_process_ran():
+    assert _cpu_demand(os.getpid()) > 0
+    assert _cpu_demand(2**22 + 1) == -1.0  # no such process
 
 
 def test_messages_get_a_worker_in_the_order_they_came(pool_of, tmp_path: Path):
@@ -194,20 +279,216 @@ def test_large_messages_leave_a_lane_for_ordinary_mail(pool_of, tmp_path: Path):
         assert all("TEST_GATE_OPENED" in names(f.result(timeout=30)) for f in held)
 
 
+ATTACKER = Envelope(mail_from="eve@forwarder.test", rcpt_to=("bob@example.net",),
+                    client_ip="203.0.113.66", queue_id="A1")
+OTHER = Envelope(mail_from="alice@example.org", rcpt_to=("bob@example.net",),
+                 client_ip="198.51.100.7", queue_id="L1")
+
+
+def lanes_config(**pipeline) -> Config:
+    return config("tests.plugins:SpinCheck", "tests.plugins:HoldCheck", budget=30.0,
+                  heavy_message_bytes=1000, heavy_cpu_seconds=0.2, **pipeline)
+
+
+def held(folder: Path, padding: int = 0, spin: float = 0.0) -> RawContent:
+    """A message that holds its worker until ``folder/open`` exists (after
+    ``spin`` seconds of CPU)."""
+    folder.mkdir(exist_ok=True)
+    return body(f"SPIN-CPU: {spin}\r\nHOLD: {folder}\r\n" + "x" * padding)
+
+
+def running(folder: Path) -> int:
+    return len(list(folder.glob("running.*")))
+
+
+def make_costly(pool: WorkerPool) -> None:
+    """Messages from the attacker that cost 0.3 s of CPU each, until one ran
+    in a worker that had checked a message before (a worker's first message
+    is not judged)."""
+    for _ in range(len(pool.worker_pids()) + 1):
+        assert "TEST_SPUN" in names(pool.evaluate(ATTACKER, body("SPIN-CPU: 0.3")))
+        if ATTACKER.client_ip in pool._costly:
+            return
+    raise AssertionError("the attacker's costly messages did not make it costly")
+
+
+def warm_up(pool: WorkerPool, folder: Path) -> None:
+    """One message in each worker at once, so that each has checked one."""
+    count = len(pool.worker_pids())
+    with ThreadPoolExecutor(count) as threads:
+        warming = [threads.submit(pool.evaluate, OTHER, held(folder)) for _ in range(count)]
+        wait_until(lambda: running(folder) == count)
+        (folder / "open").touch()
+        assert all("TEST_HELD" in names(f.result(timeout=60)) for f in warming)
+
+
+def test_a_workers_first_message_is_not_judged_by_its_cpu(pool_of):
+    """It also pays for what the checks load on first use."""
+    pool = pool_of(lanes_config(workers=1, max_workers=1))
+    pool.evaluate(ATTACKER, body("SPIN-CPU: 0.3"))
+    assert ATTACKER.client_ip not in pool._costly
+    pool.evaluate(ATTACKER, body("SPIN-CPU: 0.3"))
+    assert ATTACKER.client_ip in pool._costly
+
+
+def test_a_costly_client_cannot_make_large_mail_from_others_wait(pool_of, tmp_path: Path):
+    """Two workers; a client whose message cost 0.3 s of CPU (over
+    heavy_cpu_seconds) sends three more large ones that each hold a worker.
+    It gets one worker; the other takes a 300 KiB message from another
+    client at once, and small mail after it."""
+    pool = pool_of(lanes_config(workers=2, max_workers=2))
+    wait_until(lambda: len(pool.worker_pids()) == 2)
+    make_costly(pool)
+    attack = tmp_path / "attack"
+    with ThreadPoolExecutor(5) as threads:
+        crafted = [threads.submit(pool.evaluate, ATTACKER, held(attack, 2000)) for _ in range(3)]
+        wait_until(lambda: running(attack) == 1 and len(pool._queue) == 2)
+        large = threads.submit(pool.evaluate, OTHER, body("y" * 300 * 1024))
+        # (held messages let go by themselves after 60 s)
+        assert large.result(timeout=30).failed_checks == ()
+        assert pool.evaluate(OTHER, body("small")).failed_checks == ()
+        assert running(attack) == 1 and not any(f.done() for f in crafted)
+        (attack / "open").touch()
+        assert all("TEST_HELD" in names(f.result(timeout=60)) for f in crafted)
+
+
+def test_costly_mail_gets_a_freed_worker_after_other_mail(pool_of, tmp_path: Path):
+    """One worker, held by a message from another client; a costly
+    client's message comes, then another client's: the freed worker goes
+    to the one that came later."""
+    pool = pool_of(lanes_config(workers=1, max_workers=1))
+    make_costly(pool)
+    first, later = tmp_path / "first", tmp_path / "later"
+    with ThreadPoolExecutor(3) as threads:
+        busy = threads.submit(pool.evaluate, OTHER, held(first))
+        wait_until(lambda: running(first) == 1)
+        costly = threads.submit(pool.evaluate, ATTACKER, body("crafted"))
+        wait_until(lambda: len(pool._queue) == 1)
+        other = threads.submit(pool.evaluate, OTHER, held(later))
+        wait_until(lambda: len(pool._queue) == 2)
+        (first / "open").touch()
+        assert "TEST_HELD" in names(busy.result(timeout=60))
+        wait_until(lambda: running(later) == 1, what="the later message running")
+        assert not costly.done()
+        (later / "open").touch()
+        assert "TEST_HELD" in names(other.result(timeout=60))
+        assert costly.result(timeout=60).failed_checks == ()
+
+
+def test_mail_that_came_before_its_client_was_known_costly_waits_behind_other_mail(
+        pool_of, tmp_path: Path):
+    """Two workers: the attacker's costly message and another client's
+    both held; the attacker's next message comes, then another client's.
+    When the costly one ends, its client is known, and the freed worker
+    goes to the other client's message, though the attacker's came first."""
+    pool = pool_of(lanes_config(workers=2, max_workers=2))
+    wait_until(lambda: len(pool.worker_pids()) == 2)
+    warm_up(pool, tmp_path / "warm")
+    costly, other, later = tmp_path / "costly", tmp_path / "other", tmp_path / "later"
+    with ThreadPoolExecutor(4) as threads:
+        spinning = threads.submit(pool.evaluate, ATTACKER, held(costly, spin=0.3))
+        held_other = threads.submit(pool.evaluate, OTHER, held(other))
+        wait_until(lambda: running(costly) == 1 and running(other) == 1)
+        first = threads.submit(pool.evaluate, ATTACKER, body("came first"))
+        wait_until(lambda: len(pool._queue) == 1)
+        second = threads.submit(pool.evaluate, OTHER, held(later))
+        wait_until(lambda: len(pool._queue) == 2)
+        (costly / "open").touch()
+        assert "TEST_SPUN" in names(spinning.result(timeout=60))
+        wait_until(lambda: running(later) == 1, what="the other client's message running")
+        assert not first.done()
+        (other / "open").touch()
+        (later / "open").touch()
+        assert "TEST_HELD" in names(held_other.result(timeout=60))
+        assert "TEST_HELD" in names(second.result(timeout=60))
+        assert first.result(timeout=60).failed_checks == ()
+
+
+def test_a_client_is_costly_as_soon_as_its_message_in_a_worker_has_used_too_much_cpu(
+        pool_of, tmp_path: Path):
+    """One worker kept (up to two), the pool's clock and CPU reading the
+    test's: the attacker's message holds the worker, its next one waits,
+    then another client's. Once the reading says the held message has used
+    more than heavy_cpu_seconds, the attacker is costly while that message
+    still runs: the pool starts a worker, and it goes to the other client."""
+    clock, used = ManualClock(), {"seconds": 0.0}
+    pool = pool_of(lanes_config(workers=1, max_workers=2), clock=clock,
+                   cpu=lambda pid: used["seconds"])
+    pool.evaluate(ATTACKER, body("a worker's first message is not judged"))
+    attack = tmp_path / "attack"
+    with ThreadPoolExecutor(3) as threads:
+        holding = threads.submit(pool.evaluate, ATTACKER, held(attack))
+        wait_until(lambda: running(attack) == 1)
+        queued = threads.submit(pool.evaluate, ATTACKER, body("crafted, waits"))
+        other = threads.submit(pool.evaluate, OTHER, body("small"))
+        wait_until(lambda: len(pool._queue) == 2)
+        used["seconds"] = 1e6  # far over what the worker had used when it started
+        clock.advance(DEMAND_WINDOW)
+        assert other.result(timeout=60).failed_checks == ()
+        assert ATTACKER.client_ip in pool._costly
+        assert not queued.done() and len(pool.worker_pids()) == 2
+        (attack / "open").touch()
+        assert "TEST_HELD" in names(holding.result(timeout=60))
+        assert queued.result(timeout=60).failed_checks == ()
+
+
+def test_the_pool_keeps_a_worker_ready_for_other_mail_while_costly_mail_holds_one(
+        pool_of, tmp_path: Path):
+    """One worker kept, held by a costly client's message: the pool starts a
+    second before other mail comes, which the costly client's next message
+    may not take (its lane has all workers but one: one), and another
+    client's message does."""
+    pool = pool_of(lanes_config(workers=1, max_workers=2), clock=ManualClock())
+    make_costly(pool)
+    attack = tmp_path / "attack"
+    with ThreadPoolExecutor(3) as threads:
+        holding = threads.submit(pool.evaluate, ATTACKER, held(attack))
+        wait_until(lambda: running(attack) == 1)
+        wait_until(lambda: len(pool._idle) == 1, what="a second worker, idle")
+        queued = threads.submit(pool.evaluate, ATTACKER, body("crafted, waits"))
+        wait_until(lambda: len(pool._queue) == 1)
+        assert len(pool._idle) == 1
+        assert pool.evaluate(OTHER, body("small")).failed_checks == ()
+        assert len(pool.worker_pids()) == 2 and not queued.done()
+        (attack / "open").touch()
+        assert "TEST_HELD" in names(holding.result(timeout=60))
+        assert queued.result(timeout=60).failed_checks == ()
+
+
+def test_a_message_stopped_at_the_deadline_makes_its_client_costly(pool_of, tmp_path: Path):
+    pool = pool_of(config("tests.plugins:StuckCheck", "tests.plugins:HoldCheck", workers=1,
+                          max_workers=1, budget=0.5, grace=0.5))
+    verdict = pool.evaluate(ATTACKER, body("TRIGGER-STUCK"))
+    assert "BUDGET_EXCEEDED" in names(verdict)
+    assert "203.0.113.66" in pool._costly and "198.51.100.7" not in pool._costly
+
+
 def test_a_message_that_finds_no_worker_in_time_is_a_temporary_failure(pool_of, tmp_path):
-    pool = pool_of(config("tests.plugins:GateCheck", budget=30.0, workers=1, max_workers=1))
+    """The pool says so; the decider answers 451 4.3.2 itself, so that the
+    milter tempfails it even with [milter] on_error = "accept": a flood
+    that keeps the workers busy never gets mail accepted unchecked."""
+    clock = ManualClock()
+    pool = pool_of(config("tests.plugins:GateCheck", budget=30.0, workers=1, max_workers=1),
+                   clock=clock)
+    decider = Decider(pool, keeper=None)
     gate = tmp_path / "open"
-    with ThreadPoolExecutor(2) as threads:
+    with ThreadPoolExecutor(3) as threads:
         busy = threads.submit(pool.evaluate, ENVELOPE, body(f"WAIT-FOR: {gate}"))
-        deadline = time.monotonic() + 10
-        while not pool._workers or any(w.busy_since is None for w in pool._workers):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        pool.hard_limit = 0.5  # for messages from now on: wait half a second at most
-        with pytest.raises(WorkerFailed, match=r"no worker process free within 0\.5s"):
-            pool.evaluate(ENVELOPE, body("waits"))
+        wait_until(lambda: not pool._idle and not pool._queue)
+        waiting = threads.submit(pool.evaluate, ENVELOPE, body("waits"))
+        decided = threads.submit(decider.decide, ENVELOPE, body("waits too"))
+        wait_until(lambda: len(pool._queue) == 2)
+        clock.advance(pool.hard_limit + 0.1)  # budget + grace: 30.5 s
+        with pytest.raises(NoWorkerFree, match=r"no worker process free within 30\.5s"):
+            waiting.result(timeout=30)
+        decision = decided.result(timeout=30)
+        assert decision.outcome == "tempfail"
+        assert str(decision.reply) == "451 4.3.2 Too busy to check this message now, try " \
+                                      "again later"
+        assert decision.verdict.reason.startswith("not checked: no worker process free")
         gate.touch()
         assert "TEST_GATE_OPENED" in names(busy.result(timeout=30))
+    decider.close()
 
 
 def test_the_result_log_keeps_whole_results_and_drops_one_cut_short():

@@ -42,6 +42,7 @@ BUILTIN: dict[str, str] = {
     "rules": "gateway.checks.rules:RulesCheck",
     "attachments": "gateway.checks.attachments:AttachmentsCheck",
     "dnsbl": "gateway.checks.dnsbl:DnsblCheck",
+    "identity": "gateway.checks.identity:IdentityCheck",
     "fuzzy": "gateway.checks.fuzzy:FuzzyCheck",
 }
 

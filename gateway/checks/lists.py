@@ -19,7 +19,10 @@ subdomains). IP entries: addresses or networks in CIDR form.
 
 Entries for all mail give symbols as usual; entries for some recipients go
 to the policy as facts (``recipient_symbols``), which judges each
-recipient's mail with its own symbols. The check also reports the envelope's
+recipient's mail with its own symbols. A symbol's evidence names the entry
+(and a managed one's owner and reason) for the site; what a rejected sender
+is told is the symbol's ``reply``: the entry's public ``--reply`` text, or
+the symbol's description, never the evidence. The check also reports the envelope's
 recipients (``recipients``), from which the policy finds their domains'
 policies.
 """
@@ -32,7 +35,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -132,16 +135,32 @@ class NetworkList:
         return bool(self.networks)
 
 
+@dataclass(frozen=True)
+class Managed:
+    """What the check needs of a managed entry besides its value."""
+
+    id: int
+    about: str  # ", owner: reason", for the evidence
+    reply: str  # public, for the SMTP reply ("" = the symbol's description)
+    expires: datetime | None
+
+
+@dataclass(frozen=True)
+class Match:
+    symbol: str
+    evidence: str
+    entry: int | None  # the managed entry's id
+    reply: str = ""
+
+
 @dataclass
 class Lists:
-    """The four lists of one source and scope; ``entries`` names a managed
-    entry's id, owner and reason by (kind, value)."""
+    """The four lists of one source and scope; ``entries`` describes the
+    managed entries by (kind, value)."""
 
     lists: dict[str, SenderList | NetworkList]
     where: str = ""  # "" or " (policy of example.org)"
-    # (kind, value) -> (entry id, " owner: reason", expiry)
-    entries: dict[tuple[str, str], tuple[int, str, datetime | None]] = field(
-        default_factory=dict)
+    entries: dict[tuple[str, str], Managed] = field(default_factory=dict)
 
     @classmethod
     def of(cls, allow_senders: Iterable[str] = (), block_senders: Iterable[str] = (),
@@ -152,24 +171,22 @@ class Lists:
                     "allow-ip": NetworkList(allow_ips), "block-ip": NetworkList(block_ips)},
                    where)
 
-    def matches(self, sender: str, ip: str | None,
-                now: datetime | None = None) -> list[tuple[str, str, int | None]]:
-        """(symbol, evidence, managed entry id or None) of each kind that
-        matches; a managed entry past its expiry does not."""
-        found: list[tuple[str, str, int | None]] = []
+    def matches(self, sender: str, ip: str | None, now: datetime | None = None) -> list[Match]:
+        """The match of each kind that matches; a managed entry past its
+        expiry does not."""
+        found: list[Match] = []
         for symbol, kind in KINDS:
             entry = self.lists[kind].match(sender if kind.endswith("sender") else ip)
             if entry is None:
                 continue
             managed = self.entries.get((kind, entry))
             if managed is None:
-                found.append((symbol, f"matched {entry}{self.where}", None))
+                found.append(Match(symbol, f"matched {entry}{self.where}", None))
                 continue
-            identifier, about, expires = managed
-            if expires is not None and expires <= (now or datetime.now(UTC)):
+            if managed.expires is not None and managed.expires <= (now or datetime.now(UTC)):
                 continue
-            found.append((symbol, f"matched {entry} (list entry {identifier}{about})",
-                          identifier))
+            found.append(Match(symbol, f"matched {entry} (list entry {managed.id}"
+                               f"{managed.about})", managed.id, managed.reply))
         return found
 
 
@@ -275,12 +292,12 @@ class ManagedLists:
                                f"{exc}")
                 return
         grouped: dict[str, dict[str, list[str]]] = {}
-        about: dict[str, dict[tuple[str, str], tuple[int, str, datetime | None]]] = {}
+        about: dict[str, dict[tuple[str, str], Managed]] = {}
         for entry in entries:
             grouped.setdefault(entry.scope, {}).setdefault(entry.kind, []).append(entry.value)
             note = f", {entry.owner}" + (f": {entry.reason[:80]}" if entry.reason else "")
-            about.setdefault(entry.scope, {})[(entry.kind, entry.value)] = (
-                entry.id, note, entry.expires)
+            about.setdefault(entry.scope, {})[(entry.kind, entry.value)] = Managed(
+                entry.id, note, entry.reply, entry.expires)
         built = {}
         for scope, kinds in grouped.items():
             lists = Lists.of(kinds.get("allow-sender", ()), kinds.get("block-sender", ()),
@@ -328,7 +345,14 @@ class ListsCheck(Check):
         self.allow_ips = self.static.lists["allow-ip"]
         self.block_ips = self.static.lists["block-ip"]
         self.policies: dict[str, Lists] = {}
+        # (where, kind, entries as written): what startup_problems looks at
+        self.written: list[tuple[str, str, Iterable[str]]] = [
+            ("[lists]", "allow-sender", lists.allow_senders),
+            ("[lists]", "block-sender", lists.block_senders)]
         for key, overlay in load_rules(config.policy.rules).domains.items():
+            self.written += [(f"the policy of {key}", kind, overlay.lists.get(name, ()))
+                             for name, kind in (("allow_senders", "allow-sender"),
+                                                ("block_senders", "block-sender"))]
             if overlay.lists:
                 self.policies[key] = Lists.of(
                     **{name: overlay.lists.get(name, ()) for name in
@@ -337,6 +361,24 @@ class ListsCheck(Check):
         url = config.quarantine.url
         self.managed = ManagedLists(url, lists.refresh) if url else None
 
+    def startup_problems(self) -> list[str]:
+        """Entries of [lists] and of domains' policies that can match no
+        sender (a wildcard), or that name a public suffix and so match every
+        sender under it: what ``gateway list add`` refuses."""
+        # SQLAlchemy comes with it: imported here, not in every worker.
+        from gateway.quarantine.lists import public_suffix_problem
+
+        problems = []
+        for where, kind, entries in self.written:
+            for entry in entries:
+                try:
+                    problem = public_suffix_problem(kind, entry)
+                except ValueError as exc:
+                    problem = str(exc)
+                if problem is not None:
+                    problems.append(f"lists: {where}, {kind}: {problem}")
+        return problems
+
     def run(self, message: Message, context: CheckContext) -> Report:
         envelope = message.envelope
         sender, ip = envelope.mail_from, envelope.client_ip
@@ -344,11 +386,11 @@ class ListsCheck(Check):
         hits: list[int] = []
         found: list[Symbol] = []
         for lists in (self.static, managed_global):
-            for symbol, evidence, entry in (lists.matches(sender, ip) if lists else ()):
-                if entry is not None:
-                    hits.append(entry)
-                if symbol not in {s.name for s in found}:
-                    found.append(self.symbol(symbol, evidence))
+            for match in (lists.matches(sender, ip) if lists else ()):
+                if match.entry is not None:
+                    hits.append(match.entry)
+                if match.symbol not in {s.name for s in found}:
+                    found.append(self._listed(match, match.evidence))
         recipients = list(envelope.rcpt_to)
         scoped: dict[str, list[Symbol]] = {}
         if self.policies or managed_scoped:
@@ -372,13 +414,19 @@ class ListsCheck(Check):
         items: list[Symbol] = []
         for scope in keys:
             for lists in (self.policies.get(scope), managed.get(scope)):
-                for symbol, evidence, entry in (lists.matches(sender, ip) if lists else ()):
-                    if entry is not None:
-                        hits.append(entry)
-                    if symbol not in known:
-                        known = known | {symbol}
-                        items.append(self.symbol(symbol, f"{evidence}, for {scope}"))
+                for match in (lists.matches(sender, ip) if lists else ()):
+                    if match.entry is not None:
+                        hits.append(match.entry)
+                    if match.symbol not in known:
+                        known = known | {match.symbol}
+                        items.append(self._listed(match, f"{match.evidence}, for {scope}"))
         return items
+
+    def _listed(self, match: Match, evidence: str) -> Symbol:
+        """The symbol of a match: the evidence for the site, the reply for
+        the sender (never the entry, its owner or its reason)."""
+        symbol = self.symbol(match.symbol, evidence)
+        return replace(symbol, reply=match.reply or symbol.description)
 
     def close(self) -> None:
         if self.managed is not None:

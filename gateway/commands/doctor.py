@@ -16,6 +16,7 @@ Nothing is changed: the store is opened read-only, Postfix is only asked.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import os
 import pwd
@@ -78,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="DAYS", help="oldest acceptable ClamAV signatures, in days "
                         f"(default {DEFAULT_SIGNATURE_AGE:g}; 0 = do not check)")
     parser.add_argument("--json", action="store_true", help="a JSON array of the lines")
+    parser.add_argument("--fix-owners", action="store_true",
+                        help="give every file in the state directories to the directory's "
+                        "owner, the gateway's user (as root)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -113,9 +117,11 @@ def diagnose(args: argparse.Namespace) -> list[Line]:
         lambda: dns_lines(config, args.dns_probe),
         lambda: store_lines(config),
         lambda: model_lines(config),
+        lambda: identity_lines(config),
         lambda: node_lines(config),
         lambda: postfix_lines(config, postconf),
         lambda: permission_lines(config, args.user, path),
+        lambda: owner_lines(config, args.fix_owners),
     ]
     for step in steps:
         try:
@@ -318,6 +324,42 @@ def model_lines(config: Config) -> list[Line]:
                      "start the database or correct [classifier] store; promotions reach "
                      "this node once it answers")]
     return [ok("model", f"{model.version} from {which}: loads, checksums match ({checksum})")]
+
+
+def identity_lines(config: Config) -> list[Line]:
+    """The identity check's lists, and where its idea of "our domains" comes from."""
+    if "identity" not in config.pipeline.checks:
+        return [skip("identity", "the identity check is not enabled")]
+    from gateway.checks.identity import IdentityCheck
+    from gateway.correspondents import Memory, memory_url
+    from gateway.schema import ConfigError
+
+    try:
+        check = IdentityCheck(config, reader=None)
+    except ConfigError as exc:
+        return [fail("identity", "; ".join(exc.problems),
+                     "correct the files named in [identity] brands, freemail or "
+                     "protected_files")]
+    settings = config.identity
+    told = (f"{len(check.people)} protected people, {len(check.brands.brands)} brands, "
+            f"{len(check.freemail)} freemail domains; outbound mail: {settings.outbound}")
+    if settings.org_domains:
+        return [ok("identity", f"our domains: {', '.join(settings.org_domains)}; {told}")]
+    seen: list[str] = []
+    url = memory_url(config.quarantine.url)
+    if url is not None:
+        try:
+            memory = Memory.open(url)
+            try:
+                seen = sorted({e.recipient.rpartition("@")[2] for e in memory.index_rows()})
+            finally:
+                memory.close()
+        except Exception:  # an unreadable store has its own line above
+            seen = []
+    learned = ", ".join(seen[:10]) + (", ..." if len(seen) > 10 else "") if seen else \
+        "none yet"
+    return [ok("identity", f"[identity] org_domains is empty: our domains are learned from "
+               f"the recipients' domains (so far: {learned}); {told}")]
 
 
 def _shared_store_problem(config: Config) -> str:
@@ -665,6 +707,33 @@ def permission_lines(config: Config, user: str, config_path: str | None) -> list
                               "messages being checked are written there", f"chmod 700 {spool}"))
         else:
             lines.append(ok("spool dir", f"{spool}: mode {mode:04o}"))
+    return lines
+
+
+def owner_lines(config: Config, fix: bool = False) -> list[Line]:
+    """Files in the state directories that their owner (the gateway's user)
+    does not own: what a command run as root left, which the gateway then
+    cannot change (gateway.ownership)."""
+    from gateway.ownership import state_directories, strangers
+
+    lines = []
+    for directory in state_directories(config):
+        owner = directory.stat()
+        found = strangers(directory)
+        if found and fix and os.geteuid() == 0:
+            for item in found:
+                with contextlib.suppress(FileNotFoundError):
+                    os.lchown(item, owner.st_uid, owner.st_gid)
+            lines.append(ok("owners", f"{directory}: gave {len(found)} files to "
+                            f"{_user(owner.st_uid)}"))
+        elif found:
+            shown = ", ".join(f"{p} ({_user(p.lstat().st_uid)})" for p in found[:3])
+            more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+            lines.append(fail("owners", f"{directory} belongs to {_user(owner.st_uid)}, but "
+                              f"not {shown}{more}: the gateway cannot change them",
+                              "sudo gateway doctor --fix-owners"))
+        else:
+            lines.append(ok("owners", f"{directory}: all {_user(owner.st_uid)}'s"))
     return lines
 
 

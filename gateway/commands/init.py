@@ -31,6 +31,7 @@ from gateway.commands.configshow import _toml
 from gateway.config import SECTIONS, Config, parse_config
 from gateway.paths import DEFAULT_CONFIG, DEPLOY_DIR
 from gateway.schema import ConfigError
+from gateway.units import UNITS, Installation, render_unit
 
 STATE_DIR = Path("/var/lib/gateway")
 UNIT_DIR = Path("/etc/systemd/system")
@@ -47,8 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="rewrite the config file even if it exists")
     parser.add_argument("--unit", action="store_true",
-                        help=f"also install the systemd unit in {UNIT_DIR}, running this "
-                             "installation's gateway")
+                        help=f"also install the systemd units (the milter, the console) in "
+                             f"{UNIT_DIR}, for this installation's program, user, state "
+                             "directory and socket")
+    parser.add_argument("--unit-dir", type=Path, default=UNIT_DIR, metavar="DIR",
+                        help=f"where --unit writes them (default: {UNIT_DIR})")
     parser.add_argument("--print", dest="print_only", action="store_true",
                         help="print the config file it would write, and do nothing else")
 
@@ -72,7 +76,8 @@ def main(args: argparse.Namespace) -> int:
     make_directories(config, user)
     prepare_store(config)
     if args.unit:
-        install_unit(config_path, args.force)
+        install_units(installation(config, config_path, user, args.state_dir), args.unit_dir,
+                      args.force)
     print(f"next: gateway doctor --config {config_path}  (checks clamd, DNS, the store, "
           "Postfix)")
     return 0
@@ -232,20 +237,38 @@ def prepare_store(config: Config) -> None:
     say(f"store {store.url.split('@')[-1]} created and migrated")
 
 
-def install_unit(config_path: Path, force: bool) -> None:
-    target = UNIT_DIR / "gateway.service"
-    if target.exists() and not force:
-        say(f"kept {target} (it exists; --force rewrites it)")
-        return
-    template = (DEPLOY_DIR / "systemd" / "gateway.service").read_text(encoding="utf-8")
-    program = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "gateway" else \
-        Path(sys.executable).with_name("gateway")
-    unit = template.replace("/opt/gateway/.venv/bin/gateway", str(program)) \
-        .replace("/etc/gateway/gateway.toml", str(config_path))
-    target.write_text(unit, encoding="utf-8")
-    os.chmod(target, 0o644)
-    say(f"installed {target} (ExecStart {program}); systemctl daemon-reload && "
-        "systemctl enable --now gateway")
+def installation(config: Config, config_path: Path, user: pwd.struct_passwd,
+                 state_dir: Path) -> Installation:
+    socket = config.milter.socket
+    unix = socket.startswith(("unix:", "local:"))
+    return Installation(
+        program=_program(), config=config_path, user=user.pw_name,
+        group=_group_name(user.pw_gid), state_dir=state_dir,
+        socket_dir=Path(socket.partition(":")[2]).parent if unix else None,
+        socket_group=config.milter.socket_group if unix else "",
+        spool_dir=Path(config.pipeline.spool_dir) if config.pipeline.spool_dir else None)
+
+
+def _program() -> Path:
+    """This installation's ``gateway`` entry point."""
+    if Path(sys.argv[0]).name == "gateway":
+        return Path(sys.argv[0]).resolve()
+    return Path(sys.executable).with_name("gateway")
+
+
+def install_units(installation: Installation, unit_dir: Path, force: bool) -> None:
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    for name in UNITS:
+        target = unit_dir / name
+        if target.exists() and not force:
+            say(f"kept {target} (it exists; --force rewrites it)")
+            continue
+        template = (DEPLOY_DIR / "systemd" / name).read_text(encoding="utf-8")
+        target.write_text(render_unit(template, installation), encoding="utf-8")
+        os.chmod(target, 0o644)
+        say(f"installed {target} (ExecStart {installation.program}, User "
+            f"{installation.user})")
+    say("systemctl daemon-reload && systemctl enable --now gateway gateway-web")
 
 
 def say(text: str) -> None:

@@ -1,15 +1,20 @@
 """``gateway list``: the managed allow and block lists in the store's database.
 
-    gateway list add KIND VALUE [--reason R] [--expires 30d] [--owner NAME] [--for RCPT]
+    gateway list add KIND VALUE [--reason R] [--reply TEXT] [--expires 30d] [--owner NAME]
+                                [--for RCPT] [--force]
     gateway list remove KIND VALUE [--for RCPT]   |   gateway list remove --id N
     gateway list show [KIND] [--all] [--json]
     gateway list expire [--dry-run]
 
 KIND is allow-sender, block-sender, allow-ip or block-ip; a sender is
 ``user@example.org``, ``@example.org`` (exactly that domain) or
-``example.org`` (and its subdomains); an IP is an address or a network.
+``example.org`` (and its subdomains), never a wildcard, and a public
+suffix (``test``, ``co.uk``) only with ``--force``; an IP is an address or
+a network.
 ``--for`` makes an entry count for one recipient's (or one recipient
-domain's) mail only. The milter's workers read the entries again every
+domain's) mail only. The owner and ``--reason`` are the site's own: a
+sender the entry rejects is told ``--reply`` (or the symbol's description),
+never those. The milter's workers read the entries again every
 ``[lists] refresh`` seconds (5): no reload. Entries in gateway.toml's
 ``[lists]`` apply as well; they are not shown here.
 """
@@ -25,7 +30,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from gateway.commands.common import UsageError, config_from, setup_logging
-from gateway.quarantine.lists import LIST_KINDS, ListEntry
+from gateway.quarantine.lists import LIST_KINDS, ListEntry, PublicSuffixEntry, normalize_reply
 from gateway.terminal import printable
 
 DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -46,12 +51,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("kind", choices=LIST_KINDS)
     add.add_argument("value", help="user@example.org, @example.org, example.org; or an IP "
                      "address or network")
-    add.add_argument("--reason", default="", help="why (shown with every match)")
+    add.add_argument("--reason", default="", help="why, for the site: shown with every match "
+                     "in logs and the console, never to the sender")
+    add.add_argument("--reply", default="", metavar="TEXT",
+                     help="what a sender it rejects is told, in the SMTP reply (printable "
+                     "ASCII); default: the symbol's description")
     add.add_argument("--expires", help="when it stops applying: 30d, 12h, 2w, or a date "
                      "(2027-01-31); default never")
     add.add_argument("--owner", help="who answers for it (default: you)")
     add.add_argument("--for", dest="scope", default="", metavar="RCPT",
                      help="only for mail to this recipient address or domain")
+    add.add_argument("--force", action="store_true",
+                     help="add a public suffix (test, co.uk) all the same: every domain "
+                     "under it")
 
     remove = command("remove", remove_main, "remove an entry")
     remove.add_argument("kind", nargs="?", choices=LIST_KINDS)
@@ -99,11 +111,18 @@ def expiry(text: str | None, now: datetime | None = None) -> datetime | None:
 
 def add_main(args: argparse.Namespace) -> int:
     until = expiry(args.expires)
+    try:
+        normalize_reply(args.reply)
+    except ValueError as exc:
+        raise UsageError(f"--reply: {exc}") from None
     owner = args.owner or os.environ.get("SUDO_USER") or getpass.getuser()
     store = _store(args)
     try:
         entry, new = store.add_list_entry(args.kind, args.value, owner=owner,
-                                          reason=args.reason, scope=args.scope, expires=until)
+                                          reason=args.reason, scope=args.scope, expires=until,
+                                          reply=args.reply, force=args.force)
+    except PublicSuffixEntry as exc:
+        raise UsageError(f"{args.kind}: {exc}; --force adds it all the same") from None
     except ValueError as exc:
         raise UsageError(f"{args.kind}: {exc}") from None
     finally:
@@ -123,7 +142,8 @@ def remove_main(args: argparse.Namespace) -> int:
             try:
                 entry = store.find_list_entry(args.kind, args.value, args.scope)
             except ValueError as exc:
-                raise UsageError(f"{args.kind}: {exc}") from None
+                raise UsageError(f"{args.kind}: {exc} (an entry added before such values "
+                                 "were refused: gateway list remove --id N)") from None
         if entry is None:
             wanted = f"id {args.id}" if args.id is not None else \
                 f"{args.kind} {args.value}" + (f" for {args.scope}" if args.scope else "")
@@ -186,4 +206,6 @@ def describe(entry: ListEntry, hits: bool = False) -> str:
     parts[-1] += ")"
     if entry.reason:
         parts.append(f"-- {entry.reason}")
+    if entry.reply:
+        parts.append(f"(replies: {entry.reply})")
     return " ".join(parts)

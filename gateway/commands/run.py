@@ -8,17 +8,23 @@ configuration without a restart, SIGTERM stops after the messages in flight.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import faulthandler
 import logging
 import os
 import threading
+from collections.abc import Callable
 
+from gateway import __version__
 from gateway.commands.common import UsageError, config_from, setup_logging
 from gateway.config import Config, load_config, socket_problem
-from gateway.supervisor import CONTROL_FD_FLAG, supervise
+from gateway.supervisor import CONTROL_FD_FLAG, READY_FD_FLAG, supervise
 
 log = logging.getLogger("gateway")
+# Seconds the messages in flight have to be answered once a stop is asked
+# (under systemd's TimeoutStopSec=30 for the whole stop).
+STOP_GRACE = 20.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the milter in this process: no reload on SIGHUP "
                         "(libmilter stops on it)")
     parser.add_argument(CONTROL_FD_FLAG, dest="control_fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(READY_FD_FLAG, dest="ready_fd", type=int, help=argparse.SUPPRESS)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -37,7 +44,8 @@ def main(args: argparse.Namespace) -> int:
             argv += ["--config", args.config]
         if args.socket:
             argv += ["--socket", args.socket]
-        return supervise(argv)
+        setup_logging(config.log.level, config.log.format)
+        return supervise(argv, getattr(args, "config", None))
     return serve_milter(config, args)
 
 
@@ -73,12 +81,23 @@ def serve_milter(config: Config, args: argparse.Namespace) -> int:
     if args.control_fd is not None:
         _listen_for_reloads(args.control_fd, service)
     scanner = _start_scan(config, service)
-    runtime = Runtime(service=service, sessions=metrics.session)
+    runtime = Runtime(service=service, sessions=metrics.session,
+                      listening=_tell_supervisor(args.ready_fd))
+    log.info("gateway %s starting: config %s, checks %s, %s", __version__,
+             getattr(args, "config", None) or "the embedded defaults",
+             ", ".join(config.pipeline.checks),
+             f"{config.pipeline.workers} worker processes" if config.pipeline.workers
+             else "checks in the milter process")
     try:
         serve(runtime)
     except (OSError, libmilter.error) as exc:
         raise UsageError(f"milter.socket {config.milter.socket}: {exc}") from None
     finally:
+        # libmilter's loop has ended: no new connection; the messages in flight
+        # are answered before the workers that decide them stop.
+        if left := service.drain(STOP_GRACE):
+            log.warning("stopping with %d messages unanswered after %g s (Postfix answers "
+                        "4xx, the senders retry)", left, STOP_GRACE)
         if server is not None:
             server.stop()
         if scanner is not None:
@@ -86,6 +105,20 @@ def serve_milter(config: Config, args: argparse.Namespace) -> int:
         service.close()
     log.info("gateway milter stopped")
     return 0
+
+
+def _tell_supervisor(fd: int | None) -> Callable[[], None] | None:
+    """Once the socket is open: the supervisor then knows this milter served
+    (and restarts it if it dies), however long starting took."""
+    if fd is None:
+        return None
+
+    def listening() -> None:
+        with contextlib.suppress(OSError):
+            os.write(fd, b"1")
+            os.close(fd)
+
+    return listening
 
 
 def _listen_for_reloads(fd: int, service) -> None:

@@ -4,7 +4,8 @@ An entry is a kind (``allow-sender``, ``block-sender``, ``allow-ip``,
 ``block-ip``), a value (``user@example.org``, ``@example.org`` or
 ``example.org`` for senders; an address or network for IPs), a scope (``""``
 for all mail, else the recipient address or domain whose mail it is for),
-who added it and why, when, until when, and how often it matched.
+who added it and why (for the site's eyes only), what a rejected sender may
+be told (``reply``, optional), when, until when, and how often it matched.
 
 :class:`~gateway.quarantine.store.QuarantineStore` offers these as methods
 (``list_entries``, ``add_list_entry``, ...); the lists check reads them in
@@ -15,6 +16,7 @@ them. Values are normalised here, so every writer stores the same form.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,12 +25,19 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from gateway.mail import DomainError, ascii_domain
+from gateway.mail import DomainError, ascii_domain, is_public_suffix
 from gateway.quarantine.schema import list_entries
 
 LIST_KINDS = ("allow-sender", "block-sender", "allow-ip", "block-ip")
 MAX_VALUE = 255
 MAX_TEXT = 1000
+# Entries are compared as they are: a wildcard would match nothing.
+WILDCARDS = "*%?"
+# RFC 5321's domain (letters, digits, hyphens; in A-labels) and RFC 5322's
+# dot-atom local part: what an envelope address can hold unquoted.
+_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+_LOCAL = re.compile(r"[a-z0-9!#$&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$&'*+/=?^_`{|}~-]+)*")
+MAX_REPLY = 200  # the whole SMTP reply line stays well under RFC 5321's 512
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,8 @@ class ListEntry:
     value: str
     scope: str  # "" = all mail; else a recipient address or domain
     owner: str
-    reason: str
+    reason: str  # internal: shown to the site, never to a sender
+    reply: str  # public: the SMTP reply's text when it rejects ("" = the symbol's)
     created: datetime
     updated: datetime
     expires: datetime | None
@@ -53,7 +63,8 @@ class ListEntry:
             return value.isoformat(timespec="seconds") if value else None
 
         return {"id": self.id, "kind": self.kind, "value": self.value, "for": self.scope or None,
-                "owner": self.owner, "reason": self.reason, "created": stamp(self.created),
+                "owner": self.owner, "reason": self.reason, "reply": self.reply,
+                "created": stamp(self.created),
                 "updated": stamp(self.updated), "expires": stamp(self.expires),
                 "active": self.active(), "hits": self.hits, "last_hit": stamp(self.last_hit)}
 
@@ -78,17 +89,57 @@ def normalize_value(kind: str, value: str) -> str:
 
 def normalize_sender(text: str, shown: str | None = None) -> str:
     """``user@example.org``, ``@example.org`` or ``example.org``, lower case,
-    the domain in A-labels."""
+    the domain in A-labels; raises ValueError for what could match no
+    envelope address (a wildcard, a character no mail domain has)."""
     shown = shown if shown is not None else text
     text = text.lower().rstrip(".")
     if not text or any(c.isspace() for c in text) or text.count("@") > 1 or len(text) > MAX_VALUE:
         raise ValueError(f"{shown!r} is not an address, @domain or domain")
+    if any(c in WILDCARDS for c in text):
+        raise ValueError(f"{shown!r}: entries have no wildcards ({' '.join(WILDCARDS)} match "
+                         "only themselves); example.org is that domain and its subdomains, "
+                         "@example.org exactly that domain")
     local, at, domain = text.rpartition("@")
     try:
         domain = ascii_domain(domain)
     except DomainError as exc:
         raise ValueError(f"{shown!r}: {exc}") from None
+    if not _DOMAIN.fullmatch(domain):
+        raise ValueError(f"{shown!r}: not a mail domain (labels of letters, digits and "
+                         "inner hyphens, such as mail-1.example.org; no _, [ ] or others)")
+    if local and not _LOCAL.fullmatch(local):
+        raise ValueError(f"{shown!r}: {local!r} is not a local part an envelope address "
+                         "can have (RFC 5322 dot-atom)")
     return f"{local}@{domain}" if at else domain
+
+
+class PublicSuffixEntry(ValueError):
+    """A domain entry that names a public suffix (refused unless forced)."""
+
+
+def public_suffix_problem(kind: str, value: str) -> str | None:
+    """Why a domain entry that names a public suffix (``test``, ``@co.uk``)
+    is not a sender's domain, or None; raises ValueError for a value that
+    cannot be an entry at all."""
+    if kind.endswith("-ip"):
+        return None
+    local, exact, domain = normalize_value(kind, value).rpartition("@")
+    if local or not is_public_suffix(domain):
+        return None
+    reach = "no one sends from it" if exact else f"it would match every sender under .{domain}"
+    return (f"{value.strip()!r} names a public suffix, under which anyone registers "
+            f"domains, not one sender's domain: {reach}")
+
+
+def normalize_reply(text: str) -> str:
+    """The public reply text as stored: printable ASCII on one line (it goes
+    into an SMTP reply), at most MAX_REPLY characters; raises ValueError."""
+    text = " ".join(text.split())
+    if not all(" " <= c <= "~" for c in text):
+        raise ValueError("the reply goes to the sender in an SMTP reply: printable ASCII only")
+    if len(text) > MAX_REPLY:
+        raise ValueError(f"the reply is {len(text)} characters; at most {MAX_REPLY}")
+    return text
 
 
 def normalize_scope(scope: str | None) -> str:
@@ -109,7 +160,7 @@ def _entry(row: Any) -> ListEntry:
         return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
     return ListEntry(row.id, row.kind, row.value, row.scope, row.owner, row.reason,
-                     utc(row.created), utc(row.updated), utc(row.expires), row.hits,
+                     row.reply, utc(row.created), utc(row.updated), utc(row.expires), row.hits,
                      utc(row.last_hit))
 
 
@@ -138,12 +189,13 @@ def get_entry(connection: Connection, identifier: int) -> ListEntry | None:
 
 
 def upsert_entry(connection: Connection, kind: str, value: str, scope: str, owner: str,
-                 reason: str, expires: datetime | None, at: datetime) -> tuple[ListEntry, bool]:
+                 reason: str, expires: datetime | None, at: datetime,
+                 reply: str = "") -> tuple[ListEntry, bool]:
     """Add an entry, or renew the same one (kind, value, scope): its owner,
-    reason and expiry are replaced, its hits kept. (entry, True if new)."""
+    reason, reply and expiry are replaced, its hits kept. (entry, True if new)."""
     value, scope = normalize_value(kind, value), normalize_scope(scope)
-    fields = {"owner": owner[:MAX_TEXT], "reason": reason[:MAX_TEXT], "expires": expires,
-              "updated": at}
+    fields = {"owner": owner[:MAX_TEXT], "reason": reason[:MAX_TEXT],
+              "reply": normalize_reply(reply), "expires": expires, "updated": at}
     existing = find_entry(connection, kind, value, scope)
     if existing is not None:
         connection.execute(update(list_entries).where(list_entries.c.id == existing.id)

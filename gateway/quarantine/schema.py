@@ -268,7 +268,9 @@ list_entries = Table(
     Column("scope", String(255), nullable=False),             # "" = all mail; else a
                                                               # recipient address or domain
     Column("owner", Text, nullable=False),
-    Column("reason", Text, nullable=False),
+    Column("reason", Text, nullable=False),                   # internal
+    Column("reply", Text, nullable=False, server_default=""),  # public, in the SMTP
+                                                              # reply (0008_list_reply)
     Column("created", DateTime(timezone=True), nullable=False),
     Column("updated", DateTime(timezone=True), nullable=False),
     Column("expires", DateTime(timezone=True)),               # NULL: never
@@ -354,7 +356,51 @@ nodes = Table(
     Column("status", Text, nullable=False),                   # JSON: {"stopped": bool}
 )
 
-# Bulk mail at the door (migration 0008_bulk). Greylisting's triplets: the
+# -- the correspondent memory (gateway.correspondents; migration 0007_identity) --------
+# Who writes to whom: per authenticated sender (the author's address and the
+# domain that authenticated it) and recipient of ours. Learned from accepted
+# mail, releases, spam labels and our users' outbound mail; read by the
+# identity check in every worker (FIRST_CONTACT, KNOWN_CORRESPONDENT).
+correspondents = Table(
+    "correspondents", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("sender", String(320), nullable=False),            # the author's address
+    Column("via", String(255), nullable=False),               # DKIM d= / SPF domain
+    Column("recipient", String(320), nullable=False),         # our user
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Column("accepted", Integer, nullable=False),
+    Column("held", Integer, nullable=False),
+    Column("released", Integer, nullable=False),
+    Column("spam", Integer, nullable=False),                  # labelled spam
+    Column("outbound", Integer, nullable=False),              # our user wrote to them
+    Column("names", Text, nullable=False),                    # JSON list of display names
+    UniqueConstraint("sender", "via", "recipient", name="uq_correspondents_pair"),
+    Index("ix_correspondents_recipient", "recipient"),
+    Index("ix_correspondents_last_seen", "last_seen"),
+)
+
+# The sender of each held message, so a release or a spam label later
+# teaches the memory about the right sender.
+correspondent_holds = Table(
+    "correspondent_holds", metadata,
+    Column("message", String(32), ForeignKey("messages.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("sender", String(320), nullable=False),
+    Column("via", String(255), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+)
+
+# How far the memory has read the quarantine's events (releases, labels):
+# one row, advanced in the transaction that applies them, so each event
+# teaches once whichever node reads it.
+correspondent_cursor = Table(
+    "correspondent_cursor", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("event", Integer, nullable=False),                 # last events.id applied
+)
+
+# Bulk mail at the door (migration 0009_bulk). Greylisting's triplets: the
 # client's network or SPF-authorised domain, the normalised envelope sender,
 # the recipient. Pending until passed (a retry after [greylist] delay), then
 # let through until expires (renewed by each message).

@@ -613,15 +613,22 @@ class QuarantineStore:
             return lists.select_entries(connection, kind, (at or now()) if active_only else None)
 
     def add_list_entry(self, kind: str, value: str, *, owner: str, reason: str = "",
-                       scope: str = "", expires: datetime | None = None) -> tuple[ListEntry, bool]:
-        """Add an entry (or renew the same kind, value and scope: owner, reason
-        and expiry replaced, hits kept); (the entry, True if new). Raises
-        ValueError for a value or scope that cannot be an entry."""
+                       scope: str = "", expires: datetime | None = None,
+                       reply: str = "", force: bool = False) -> tuple[ListEntry, bool]:
+        """Add an entry (or renew the same kind, value and scope: owner, reason,
+        reply and expiry replaced, hits kept); (the entry, True if new). Raises
+        ValueError for a value, scope or reply that cannot be an entry's, and
+        PublicSuffixEntry for a public suffix (``test``, ``@co.uk``) unless
+        ``force``."""
         lists.normalize_value(kind, value)
         lists.normalize_scope(scope)
+        lists.normalize_reply(reply)
+        problem = lists.public_suffix_problem(kind, value)
+        if problem is not None and not force:
+            raise lists.PublicSuffixEntry(problem)
         with self._lists("add a list entry", write=True) as connection:
             return lists.upsert_entry(connection, kind, value, scope, owner, reason,
-                                      expires, now())
+                                      expires, now(), reply)
 
     def get_list_entry(self, identifier: int) -> ListEntry | None:
         with self._lists("read the lists") as connection:

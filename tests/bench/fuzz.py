@@ -21,12 +21,21 @@ at the client and as the gateway logged it) and the gateway's RSS.
     sudo .venv/bin/python tests/bench/fuzz.py --stall -n 300
     sudo .venv/bin/python tests/bench/fuzz.py -n 2000 --json
 
-``--stall``: 8 pathological messages in flight at all times plus a stream
-of normal mail (../shared/corpora/spamassassin, else tests/fixtures): the
-normal mail's p50/p99 without and with that load.
+``--stall``: 8 pathological messages in flight at all times (from the
+attacker's address) plus a stream of normal mail from another client, one
+message at a time (../shared/corpora/spamassassin, else tests/fixtures;
+every 4th a ham message with a report attached, 300 KiB): p50/p99 of the
+small and of the 300 KiB mail, without and with that load, and how each
+was answered.
 
-Needs root (Postfix). Not a test: it prints figures and exits 1 only when
-mail was lost or the milter crashed.
+``--cpu``: the CPU each message of the corpus and each pathological shape
+costs to check, in this process, without the lab (what ``[pipeline]
+heavy_cpu_seconds`` is measured against; no root needed):
+
+    .venv/bin/python tests/bench/fuzz.py --cpu
+
+Needs root (Postfix), but for ``--cpu``. Not a test: it prints figures and
+exits 1 only when mail was lost or the milter crashed.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import email
+import email.message
 import email.policy
 import json
 import os
@@ -42,6 +52,7 @@ import re
 import shutil
 import smtplib
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,6 +91,7 @@ TAG = re.compile(rb"fuzz-([0-9a-f]{8})-(\d+)")
 PATHOLOGICAL = ("mime_siblings_bare", "mime_siblings", "text_huge", "html_huge_attribute",
                 "header_many_fields", "encoded_words_subject", "mime_nested_multipart",
                 "dkim_relaxed_spaces", "arc_relaxed_spaces", "ctype_many_parameters_folded")
+LARGE_LEGITIMATE = 300 * 1024  # --stall: legitimate mail this large, beside small
 ABUSE = ("drop-in-data", "drop-after-headers", "drop-before-data", "many-recipients",
          "rset-then-send", "several-transactions", "junk-commands")
 
@@ -644,41 +656,104 @@ def fuzz(lab: Lab, args: argparse.Namespace) -> dict:
 
 
 def load_normal(corpus: Path, count: int) -> list[bytes]:
+    files = corpus_files(corpus)
+    out = []
+    for index in range(count):
+        out.append(as_smtp(files[(index * 7919) % len(files)].read_bytes()))
+    return out
+
+
+def corpus_files(corpus: Path) -> list[Path]:
     files = sorted(p for p in corpus.rglob("*") if p.is_file() and not p.name.startswith(".")
                    and p.suffix not in (".md", ".txt", ".json"))
     if not files:
         raise SystemExit(f"fuzz: no message files under {corpus}")
-    out = []
-    for index in range(count):
-        raw = files[(index * 7919) % len(files)].read_bytes()
-        raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        if raw.startswith(b"From "):  # an mbox separator line, not a header
-            raw = raw.split(b"\r\n", 1)[1]
-        out.append(raw)
-    return out
+    return files
+
+
+def as_smtp(raw: bytes) -> bytes:
+    raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if raw.startswith(b"From "):  # an mbox separator line, not a header
+        raw = raw.split(b"\r\n", 1)[1]
+    return raw
+
+
+def with_report(raw: bytes, index: int, size: int) -> bytes:
+    """A ham message of the corpus as its author might have sent it with a
+    report attached: its fields and text, and random bytes as a PDF, about
+    ``size`` bytes in all."""
+    original = email.message_from_bytes(raw, policy=email.policy.default)
+    message = email.message.EmailMessage()
+    for name in ("From", "To", "Subject", "Date", "Message-ID"):
+        value = original.get(name)
+        if value is not None:
+            with contextlib.suppress(Exception):  # a field the new message cannot hold
+                message[name] = str(value)
+    try:
+        text = original.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    except Exception:
+        text = "The report is attached.\n"
+    message.set_content(text[:20_000])
+    # base64 in 76-character lines: 4 bytes for 3, and 2 for each line end
+    attached = max(size - len(message.as_bytes()) - 600, 1024) * 57 // 78
+    message.add_attachment(random.Random(index).randbytes(attached), maintype="application",
+                           subtype="pdf", filename=f"report-{index}.pdf")
+    return message.as_bytes(policy=email.policy.SMTP)
+
+
+@dataclass
+class Normal:
+    raw: bytes
+    kind: str  # "small" or "large"
+
+
+def normal_mail(corpus: Path, count: int, large_every: int) -> list[Normal]:
+    """``count`` messages of the corpus, every ``large_every``-th replaced by
+    a ham message with a report attached (LARGE_LEGITIMATE bytes)."""
+    small = load_normal(corpus, count)
+    hams = [p for p in corpus_files(corpus) if "ham" in p.parent.name] or corpus_files(corpus)
+    mail = []
+    for index, raw in enumerate(small):
+        if large_every and index % large_every == large_every - 1:
+            ham = as_smtp(hams[(index * 7919) % len(hams)].read_bytes())
+            mail.append(Normal(with_report(ham, index, LARGE_LEGITIMATE), "large"))
+        else:
+            mail.append(Normal(raw, "small"))
+    return mail
 
 
 def stall(lab: Lab, args: argparse.Namespace) -> dict:
+    """Normal mail one message at a time, small and LARGE_LEGITIMATE, from
+    the loopback client; then again with ``--in-flight`` pathological
+    messages from ATTACKER_IP in flight all along."""
     run = uuid.uuid4().hex[:8]
-    normal = load_normal(args.corpus, args.messages)
+    normal = normal_mail(args.corpus, args.messages, args.large_every)
     heavy = [hostile.BUILDERS[name].build() for name in PATHOLOGICAL]
 
-    def stream(label: str) -> list[float]:
-        latencies = []
-        for index, raw in enumerate(normal):
+    def stream(label: str) -> dict[str, dict]:
+        seconds: dict[str, list[float]] = {"small": [], "large": []}
+        codes: dict[str, Counter] = {"small": Counter(), "large": Counter()}
+        for index, message in enumerate(normal):
             began = time.perf_counter()
-            with contextlib.suppress(smtplib.SMTPException, OSError):
-                send_message(lab.postfix.smtp_port, raw, tag(run, index), "bench@example.org",
-                             xclient=False)
-            latencies.append(time.perf_counter() - began)
-        print(f"stall: {label}: {len(normal)} normal messages, "
-              f"p99 {percentiles(latencies)['p99'] * 1000:.0f} ms", file=sys.stderr, flush=True)
-        return latencies
+            try:
+                code = send_message(lab.postfix.smtp_port, message.raw, tag(run, index),
+                                    "bench@example.org", xclient=False)
+            except (smtplib.SMTPException, OSError):
+                code = None
+            seconds[message.kind].append(time.perf_counter() - began)
+            codes[message.kind][answer_class(code)] += 1
+        figures = {kind: {**percentiles(seconds[kind]), "messages": len(seconds[kind]),
+                          "answered": dict(codes[kind])} for kind in seconds}
+        print(f"stall: {label}: " + ", ".join(
+            f"{kind} p99 {f['p99'] * 1000:.0f} ms" for kind, f in figures.items()),
+            file=sys.stderr, flush=True)
+        return figures
 
     stream("warm-up")  # caches, the model, clamd's first scans
     quiet = stream("without load")
     stop = threading.Event()
     heavy_latencies: list[float] = []
+    heavy_codes: Counter = Counter()
     lock = threading.Lock()
 
     def pathological(offset: int) -> None:
@@ -686,10 +761,13 @@ def stall(lab: Lab, args: argparse.Namespace) -> dict:
         while not stop.is_set():
             raw = heavy[turn % len(heavy)]
             began = time.perf_counter()
-            with contextlib.suppress(smtplib.SMTPException, OSError):
-                send_message(lab.postfix.smtp_port, raw, tag(run, 10**6 + turn))
+            try:
+                code = send_message(lab.postfix.smtp_port, raw, tag(run, 10**6 + turn))
+            except (smtplib.SMTPException, OSError):
+                code = None
             with lock:
                 heavy_latencies.append(time.perf_counter() - began)
+                heavy_codes[answer_class(code)] += 1
             turn += args.in_flight
 
     threads = [threading.Thread(target=pathological, args=(i,), daemon=True)
@@ -701,16 +779,18 @@ def stall(lab: Lab, args: argparse.Namespace) -> dict:
     stop.set()
     for thread in threads:
         thread.join(300)
-    without, with_load = percentiles(quiet), percentiles(loaded)
     return {
         "mode": "stall",
         "normal_messages": len(normal),
+        "large_bytes": round(statistics.mean(len(m.raw) for m in normal if m.kind == "large"))
+        if any(m.kind == "large" for m in normal) else 0,
         "pathological_in_flight": args.in_flight,
         "pathological_sent": len(heavy_latencies),
-        "normal_without_load": without,
-        "normal_with_load": with_load,
-        "added_p50": round(with_load["p50"] - without["p50"], 4),
-        "added_p99": round(with_load["p99"] - without["p99"], 4),
+        "pathological_answered": dict(heavy_codes),
+        "normal_without_load": quiet,
+        "normal_with_load": loaded,
+        "added_p50": {kind: round(loaded[kind]["p50"] - quiet[kind]["p50"], 4) for kind in quiet},
+        "added_p99": {kind: round(loaded[kind]["p99"] - quiet[kind]["p99"], 4) for kind in quiet},
         "pathological_seconds": percentiles(heavy_latencies),
         "milter_crashes": len(lab.crashes),
         "rss_mb": {"now": round(tree_rss(lab.pid) / 2**20, 1),
@@ -718,23 +798,83 @@ def stall(lab: Lab, args: argparse.Namespace) -> dict:
     }
 
 
+def answer_class(code: int | None) -> str:
+    return "none" if code is None else f"{code // 100}xx"
+
+
+# -- CPU per message --------------------------------------------------------------------------
+
+
+def cpu_per_message(args: argparse.Namespace) -> dict:
+    """The CPU each message costs to check, in this process (every check
+    but clamav, whose scan is clamd's CPU, and lists, which needs a store):
+    the corpus's messages and each pathological shape, after one message
+    that loads what the checks need. What [pipeline] heavy_cpu_seconds is
+    measured against."""
+    from gateway.config import Config
+    from gateway.evaluator import LocalEvaluator
+    from gateway.message import Envelope, RawContent
+
+    checks = [c for c in PipelineSection().checks if c not in ("clamav", "lists")]
+    evaluator = LocalEvaluator(Config(pipeline=PipelineSection(checks=checks, workers=0,
+                                                               parallel=False)))
+    envelope = Envelope(mail_from="bench@example.org", rcpt_to=("rcpt@example.net",),
+                        client_ip="198.51.100.7")
+
+    def cost(raw: bytes) -> float:
+        started = time.process_time()
+        evaluator.evaluate(envelope, RawContent(data=raw))
+        return time.process_time() - started
+
+    files = corpus_files(args.corpus)
+    cost(as_smtp(files[0].read_bytes()))  # the first message loads the model
+    corpus = sorted((cost(as_smtp(path.read_bytes())), path.name) for path in files)
+    shapes = {name: (round(cost(raw), 4), len(raw))
+              for name in PATHOLOGICAL for raw in [hostile.BUILDERS[name].build()]}
+    evaluator.close()
+    seconds = [c for c, _ in corpus]
+    return {"mode": "cpu", "corpus_messages": len(corpus),
+            "corpus_seconds": {"p50": round(seconds[len(seconds) // 2], 4),
+                               "p99": round(seconds[int(len(seconds) * 0.99)], 4),
+                               "p99.9": round(seconds[int(len(seconds) * 0.999)], 4),
+                               "max": round(seconds[-1], 4), "max_message": corpus[-1][1]},
+            "pathological": shapes}
+
+
 # -- output ---------------------------------------------------------------------------------------
 
 
 def show(summary: dict) -> None:
+    if summary["mode"] == "cpu":
+        c = summary["corpus_seconds"]
+        print("CPU per message, in one process (every check but clamav and lists):")
+        print(f"  corpus ({summary['corpus_messages']} messages): "
+              f"p50 {c['p50'] * 1000:.1f} ms, "
+              f"p99 {c['p99'] * 1000:.1f} ms, p99.9 {c['p99.9'] * 1000:.1f} ms, "
+              f"max {c['max'] * 1000:.1f} ms ({c['max_message']})")
+        for name, (seconds, size) in sorted(summary["pathological"].items(),
+                                            key=lambda item: -item[1][0]):
+            print(f"  {name:<30} {size / 1024:6.0f} KiB  {seconds * 1000:7.1f} ms")
+        return
     if summary["mode"] == "stall":
-        print(f"normal mail: {summary['normal_messages']} messages, "
+        print(f"normal mail: {summary['normal_messages']} messages, one at a time, "
               f"{summary['pathological_in_flight']} pathological in flight "
               f"({summary['pathological_sent']} sent meanwhile)")
-        for label in ("without_load", "with_load"):
-            p = summary[f"normal_{label}"]
-            print(f"  {label.replace('_', ' '):<13} p50 {p['p50'] * 1000:8.1f} ms   "
-                  f"p99 {p['p99'] * 1000:8.1f} ms   max {p['max'] * 1000:8.1f} ms")
-        print(f"  added         p50 {summary['added_p50'] * 1000:8.1f} ms   "
-              f"p99 {summary['added_p99'] * 1000:8.1f} ms")
+        names = {"small": "corpus", "large": f"{summary['large_bytes'] / 1024:.0f} KiB"}
+        for kind in ("small", "large"):
+            for label in ("without_load", "with_load"):
+                p = summary[f"normal_{label}"][kind]
+                answered = " ".join(f"{k} {v}" for k, v in sorted(p["answered"].items()))
+                print(f"  {names[kind]:>8} {label.replace('_', ' '):<13} "
+                      f"p50 {p['p50'] * 1000:8.1f} ms   p99 {p['p99'] * 1000:8.1f} ms   "
+                      f"max {p['max'] * 1000:8.1f} ms   ({p['messages']}: {answered})")
+            print(f"  {names[kind]:>8} {'added':<13} "
+                  f"p50 {summary['added_p50'][kind] * 1000:8.1f} ms   "
+                  f"p99 {summary['added_p99'][kind] * 1000:8.1f} ms")
         p = summary["pathological_seconds"]
+        answered = " ".join(f"{k} {v}" for k, v in sorted(summary["pathological_answered"].items()))
         print(f"pathological messages: p50 {p['p50']:.2f} s, p99 {p['p99']:.2f} s, "
-              f"max {p['max']:.2f} s")
+              f"max {p['max']:.2f} s ({answered})")
         print(f"milter crashes: {summary['milter_crashes']}, RSS now {summary['rss_mb']['now']} "
               f"MB (peak {summary['rss_mb']['peak']} MB)")
         return
@@ -786,8 +926,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stall", action="store_true",
                         help="normal mail's latency with and without pathological load")
+    parser.add_argument("--cpu", action="store_true",
+                        help="CPU per message in this process, corpus and pathological "
+                             "shapes (what [pipeline] heavy_cpu_seconds is measured against; "
+                             "no root, no lab)")
     parser.add_argument("--in-flight", type=int, default=8,
                         help="pathological messages in flight in --stall")
+    parser.add_argument("--large-every", type=int, default=4,
+                        help=f"in --stall, every n-th normal message is a ham message with a "
+                             f"report attached, {LARGE_LEGITIMATE // 1024} KiB (0: none)")
     parser.add_argument("--corpus", type=Path,
                         default=DEFAULT_CORPUS if DEFAULT_CORPUS.exists() else FALLBACK_CORPUS)
     parser.add_argument("--workers", type=int, help="gateway pipeline.workers")
@@ -797,6 +944,13 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the lab folder")
     parser.add_argument("--json", action="store_true", help="one JSON summary line only")
     args = parser.parse_args()
+    if args.cpu:
+        summary = cpu_per_message(args)
+        if args.json:
+            print(json.dumps(summary, default=str))
+        else:
+            show(summary)
+        return 0
     if os.geteuid() != 0:
         raise SystemExit("fuzz: needs root for the private Postfix")
     print(f"fuzz: starting Postfix, the gateway (every check), clamd and DNS "

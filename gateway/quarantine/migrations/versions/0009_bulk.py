@@ -2,16 +2,16 @@
 buckets, senders with a DKIM-authenticated history, and the fuzzy check's
 learned hashes and recent messages.
 
-Revision ID: 0008
-Revises: 0006
+Revision ID: 0009_bulk
+Revises: 0008_list_reply
 Create Date: 2026-12-10
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0006"
+revision = "0009_bulk"
+down_revision = "0008_list_reply"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,715 @@
+"""The correspondent memory: who writes to whom, kept in the store's database.
+
+One row per (sender, via, recipient): the author's address, the domain
+that authenticated it (an aligned DKIM d= or SPF domain, or the signer that
+vouched for it, such as a mailing list's), and our user. Each row counts
+the messages **accepted**, **held**, **released** and labelled **spam**, and
+the messages our user sent them (**outbound**), with the first and last time
+and the display names used. Every node shares it (SQLite on one node,
+PostgreSQL for many); the identity check reads it (FIRST_CONTACT,
+KNOWN_CORRESPONDENT, a known correspondent's name from a stranger).
+
+What teaches it, and what never does:
+
+- accepted inbound mail, only from an authenticated sender, only when it
+  carried no impersonation symbol, and only when it would have been
+  accepted without the memory's own credit (KNOWN_CORRESPONDENT): a sender
+  cannot raise itself by the verdicts the memory bought it;
+- held mail counts as held; a release of it by a person counts as released,
+  a spam label as spam (read from the quarantine's events, once whichever
+  node reads them);
+- our users' outbound mail (a SASL-authenticated client, a submission
+  service): each recipient becomes a correspondent of the user, recorded
+  under the recipient's own domain, so only mail aligned with that domain
+  later matches it.
+
+A sender is *known* to a recipient when none of its mail was labelled spam
+and the user wrote to it, released its mail, or accepted at least
+``[identity] known_messages`` from it over ``known_days`` or more; counts
+halve for every ``half_life_days`` it is not seen, and rows not seen for
+``retention_days`` are removed. ``gateway correspondents show|forget``
+reads and erases one person's rows.
+
+The milter process writes (:class:`Learner`: observations queued, written
+in batches by a thread of its own); every worker reads (:class:`MemoryReader`:
+cached for ``refresh`` seconds, and a message waits at most
+``lookup_timeout`` for an answer). With the database away the check gets no
+answer and emits no history symbols: the memory never holds up mail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from gateway.config import IdentitySection
+from gateway.quarantine.schema import (
+    correspondent_cursor,
+    correspondent_holds,
+    correspondents,
+    events,
+    recipients,
+)
+
+if TYPE_CHECKING:
+    from gateway.decider import Decision
+    from gateway.message import Envelope
+
+log = logging.getLogger("gateway.correspondents")
+
+MAX_NAMES = 5  # display names kept per row, the newest
+MAX_NAME = 100
+MAX_ADDRESS = 320
+MAX_SENDER_ROWS = 1000  # rows read for one sender (one per recipient)
+MAX_INDEX_ROWS = 200_000  # rows read for the name and domain index
+BATCH = 500
+FLUSH_EVERY = 2.0
+PURGE_EVERY = 3600.0
+COMPLAIN_EVERY = 60.0
+BREAKER_SECONDS = 30.0
+ASKING = 2  # questions to the database at once, per worker
+COUNTS = ("accepted", "held", "released", "spam", "outbound")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One (sender, via, recipient) row."""
+
+    sender: str
+    via: str
+    recipient: str
+    first_seen: datetime
+    last_seen: datetime
+    accepted: int = 0
+    held: int = 0
+    released: int = 0
+    spam: int = 0
+    outbound: int = 0
+    names: tuple[str, ...] = ()
+
+    def weight(self, at: datetime, half_life_days: float) -> float:
+        """How much its counts still weigh: halved per half-life unseen."""
+        days = max((at - self.last_seen).total_seconds() / 86400.0, 0.0)
+        return math.pow(0.5, days / half_life_days)
+
+    def known(self, settings: IdentitySection, at: datetime | None = None) -> bool:
+        """A known correspondent of its recipient (see the module's doc)."""
+        if self.spam:
+            return False
+        if self.outbound or self.released:
+            return True
+        weight = self.weight(at or now(), settings.half_life_days)
+        span = (self.last_seen - self.first_seen).total_seconds() / 86400.0
+        return self.accepted * weight >= settings.known_messages - 1e-9 and \
+            span >= settings.known_days
+
+    def describe(self) -> str:
+        parts = [f"{self.accepted} accepted"]
+        parts += [f"{getattr(self, n)} {n}" for n in COUNTS[1:] if getattr(self, n)]
+        return (f"{self.sender} -> {self.recipient}: {', '.join(parts)} since "
+                f"{self.first_seen:%Y-%m-%d}, last {self.last_seen:%Y-%m-%d}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sender": self.sender, "via": self.via, "recipient": self.recipient,
+                "first_seen": self.first_seen.isoformat(timespec="seconds"),
+                "last_seen": self.last_seen.isoformat(timespec="seconds"),
+                **{n: getattr(self, n) for n in COUNTS}, "names": list(self.names)}
+
+
+def _entry(row: Any) -> Entry:
+    try:
+        names = tuple(str(n) for n in json.loads(row.names or "[]"))[:MAX_NAMES]
+    except (ValueError, TypeError):
+        names = ()
+    return Entry(row.sender, row.via, row.recipient, _utc(row.first_seen), _utc(row.last_seen),
+                 row.accepted, row.held, row.released, row.spam, row.outbound, names)
+
+
+# -- what a decided message teaches ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One count to add to one row (several rows per message)."""
+
+    sender: str
+    via: str
+    recipient: str
+    count: str  # one of COUNTS
+    at: datetime
+    name: str = ""
+    hold: str | None = None  # the quarantine id of a held message
+
+
+def observations(envelope: Envelope, decision: Decision, org_domains: Iterable[str] = (),
+                 at: datetime | None = None) -> list[Observation]:
+    """What one decided message teaches (nothing, most often for spam)."""
+    from gateway.facts import IdentityFacts
+    from gateway.lookalike import registrable
+
+    verdict = decision.verdict
+    facts = IdentityFacts.of(verdict.facts)
+    if facts is None or not facts.author:
+        return []
+    stamp = at or now()
+    if facts.direction == "outbound":
+        if decision.outcome != "accept":
+            return []
+        ours = {d.lower() for d in org_domains}
+        found = []
+        for recipient in envelope.rcpt_to[:100]:
+            address = _address(recipient)
+            domain = address.rpartition("@")[2]
+            if not domain or registrable(domain) in ours or address == facts.author:
+                continue
+            found.append(Observation(address, registrable(domain), facts.author, "outbound",
+                                     stamp))
+        return found
+    if not facts.via or facts.imitation:
+        return []  # spoofable, or imitating someone: teaches nothing
+    if decision.outcome == "accept" and verdict.action == "accept":
+        credit = sum(s.score for s in verdict.symbols if s.name == "KNOWN_CORRESPONDENT")
+        if verdict.score - credit >= verdict.required:
+            return []  # accepted only thanks to the memory itself
+        count, hold = "accepted", None
+    elif decision.outcome in ("discard", "hold") and verdict.action == "quarantine":
+        count, hold = "held", decision.notes.get("quarantine_id")
+    else:
+        return []
+    name = (facts.name or "")[:MAX_NAME]
+    return [Observation(facts.author, facts.via, _address(r), count, stamp, name, hold)
+            for r in facts.recipients[:100] if _address(r)]
+
+
+def _address(text: str) -> str:
+    return text.strip().strip("<>").lower()[:MAX_ADDRESS]
+
+
+# -- the database --------------------------------------------------------------------------
+
+
+class Memory:
+    """The correspondent rows in the store's database (one engine)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> Memory:
+        from gateway.quarantine.store import make_engine
+
+        return cls(make_engine(url, pool_size=2, connect_timeout=5))
+
+    # -- reading -------------------------------------------------------------------
+
+    def sender(self, sender: str, via: str) -> list[Entry]:
+        query = (select(correspondents).where(and_(correspondents.c.sender == sender,
+                                                   correspondents.c.via == via))
+                 .limit(MAX_SENDER_ROWS))
+        with self.engine.connect() as connection:
+            return [_entry(row) for row in connection.execute(query)]
+
+    def index_rows(self) -> list[Entry]:
+        """Rows for the name and domain index: the most recently seen first."""
+        query = (select(correspondents).order_by(correspondents.c.last_seen.desc())
+                 .limit(MAX_INDEX_ROWS))
+        with self.engine.connect() as connection:
+            return [_entry(row) for row in connection.execute(query)]
+
+    def show(self, address: str) -> list[Entry]:
+        """Every row about one person: as a sender or as our recipient."""
+        address = _address(address)
+        query = (select(correspondents)
+                 .where(or_(correspondents.c.sender == address,
+                            correspondents.c.recipient == address))
+                 .order_by(correspondents.c.last_seen.desc()))
+        with self.engine.connect() as connection:
+            return [_entry(row) for row in connection.execute(query)]
+
+    def count(self) -> int:
+        with self.engine.connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(correspondents))
+                       .scalar_one())
+
+    # -- writing -------------------------------------------------------------------
+
+    def forget(self, address: str) -> int:
+        """Erase one person: rows as sender or recipient, and held-message links."""
+        address = _address(address)
+        with self.engine.begin() as connection:
+            removed = connection.execute(delete(correspondents).where(or_(
+                correspondents.c.sender == address,
+                correspondents.c.recipient == address))).rowcount
+            connection.execute(delete(correspondent_holds)
+                               .where(correspondent_holds.c.sender == address))
+        return int(removed or 0)
+
+    def add(self, found: Sequence[Observation]) -> None:
+        """Add a batch of observations in one transaction (retried once when
+        another node inserted the same new row meanwhile)."""
+        merged: dict[tuple[str, str, str], dict[str, Any]] = {}
+        holds: dict[str, tuple[str, str, datetime]] = {}
+        for item in found:
+            row = merged.setdefault((item.sender, item.via, item.recipient),
+                                    {"first": item.at, "last": item.at, "names": [],
+                                     **dict.fromkeys(COUNTS, 0)})
+            row[item.count] += 1
+            row["first"] = min(row["first"], item.at)
+            row["last"] = max(row["last"], item.at)
+            if item.name and item.name not in row["names"]:
+                row["names"].append(item.name)
+            if item.hold:
+                holds[item.hold] = (item.sender, item.via, item.at)
+        for attempt in range(2):
+            try:
+                with self.engine.begin() as connection:
+                    for key, row in merged.items():
+                        _upsert(connection, key, row)
+                    for message, (sender, via, at) in holds.items():
+                        _hold(connection, message, sender, via, at)
+                return
+            except IntegrityError:
+                if attempt:
+                    raise
+
+    def apply_events(self, limit: int = 1000) -> int:
+        """Teach the releases and spam labels recorded since the last call
+        (on any node): the cursor moves in the same transaction, so each
+        event counts once. Returns how many events were applied."""
+        try:
+            return self._apply_events(limit)
+        except _Lost:
+            return 0  # another node applied them first; ours were rolled back
+
+    def _apply_events(self, limit: int) -> int:
+        with self.engine.begin() as connection:
+            cursor = connection.execute(select(correspondent_cursor.c.event)
+                                        .where(correspondent_cursor.c.id == 1)).scalar()
+            if cursor is None:
+                last = connection.execute(select(func.max(events.c.id))).scalar() or 0
+                connection.execute(insert(correspondent_cursor), {"id": 1, "event": last})
+                return 0  # start from now: older events predate the memory
+            rows = connection.execute(
+                select(events.c.id, events.c.message, events.c.action, events.c.time)
+                .where(events.c.id > cursor).order_by(events.c.id).limit(limit)).all()
+            if not rows:
+                return 0
+            applied = 0
+            for row in rows:
+                count = {"released": "released", "labelled-spam": "spam"}.get(row.action)
+                if count is None:
+                    continue
+                held = connection.execute(select(correspondent_holds).where(
+                    correspondent_holds.c.message == row.message)).first()
+                if held is None:
+                    continue
+                query = select(recipients.c.address).where(recipients.c.message == row.message)
+                if count == "released":
+                    query = query.where(recipients.c.released.is_not(None))
+                for (address,) in connection.execute(query):
+                    row_counts = {"first": _utc(row.time), "last": _utc(row.time), "names": [],
+                                  **dict.fromkeys(COUNTS, 0), count: 1}
+                    _upsert(connection, (held.sender, held.via, _address(address)),
+                            row_counts, seen=count == "released")
+                applied += 1
+            moved = connection.execute(
+                update(correspondent_cursor)
+                .where(and_(correspondent_cursor.c.id == 1,
+                            correspondent_cursor.c.event == cursor))
+                .values(event=rows[-1].id)).rowcount
+            if moved != 1:
+                raise _Lost
+        return applied
+
+    def purge(self, retention_days: int, at: datetime | None = None) -> int:
+        """Remove rows not seen for ``retention_days``."""
+        cutoff = (at or now()) - timedelta(days=retention_days)
+        with self.engine.begin() as connection:
+            removed = connection.execute(delete(correspondents)
+                                         .where(correspondents.c.last_seen < cutoff)).rowcount
+            connection.execute(delete(correspondent_holds)
+                               .where(correspondent_holds.c.created < cutoff))
+        return int(removed or 0)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class _Lost(Exception):
+    """Another node moved the events cursor meanwhile."""
+
+
+def _upsert(connection: Connection, key: tuple[str, str, str], row: Mapping[str, Any],
+            seen: bool = True) -> None:
+    sender, via, recipient = key
+    where = and_(correspondents.c.sender == sender, correspondents.c.via == via,
+                 correspondents.c.recipient == recipient)
+    current = connection.execute(select(correspondents.c.id, correspondents.c.names,
+                                        correspondents.c.last_seen).where(where)).first()
+    if current is None:
+        connection.execute(insert(correspondents), {
+            "sender": sender, "via": via, "recipient": recipient,
+            "first_seen": row["first"], "last_seen": row["last"],
+            **{n: row[n] for n in COUNTS},
+            "names": json.dumps(row["names"][-MAX_NAMES:])})
+        return
+    values: dict[str, Any] = {n: getattr(correspondents.c, n) + row[n] for n in COUNTS if row[n]}
+    if seen and _utc(current.last_seen) < row["last"]:
+        values["last_seen"] = row["last"]
+    if row["names"]:
+        try:
+            names = [str(n) for n in json.loads(current.names or "[]")]
+        except (ValueError, TypeError):
+            names = []
+        names = [n for n in names if n not in row["names"]] + list(row["names"])
+        values["names"] = json.dumps(names[-MAX_NAMES:])
+    if values:
+        connection.execute(update(correspondents).where(correspondents.c.id == current.id)
+                           .values(**values))
+
+
+def _hold(connection: Connection, message: str, sender: str, via: str, at: datetime) -> None:
+    exists = connection.execute(select(correspondent_holds.c.message)
+                                .where(correspondent_holds.c.message == message)).first()
+    if exists is None:
+        connection.execute(insert(correspondent_holds), {"message": message, "sender": sender,
+                                                         "via": via, "created": at})
+
+
+# -- writing, in the milter process ----------------------------------------------------------
+
+
+class Learner:
+    """Queues what decided messages teach and writes it in batches on a
+    thread of its own; also applies releases and labels, and removes rows
+    past their retention. Never raises into the caller: a store that is
+    down loses the observations of that time (with a log line a minute)."""
+
+    def __init__(self, url: str, settings: IdentitySection,
+                 org_domains: Callable[[], Iterable[str]] = tuple,
+                 memory: Memory | None = None):
+        self.url = url
+        self.settings = settings
+        self.org_domains = org_domains
+        self._memory = memory
+        self._queue: queue.Queue[Observation | None] = queue.Queue(maxsize=100_000)
+        self._complained = float("-inf")
+        self._purged = float("-inf")
+        self._thread = threading.Thread(target=self._run, name="correspondents", daemon=True)
+        self._thread.start()
+
+    def observe(self, envelope: Envelope, decision: Decision) -> None:
+        """Called for every decided message (cheap: no database here)."""
+        try:
+            found = observations(envelope, decision, self.org_domains())
+        except Exception as exc:  # a learner must never fail a message
+            self._complain(f"cannot read what message {envelope.queue_id or '-'} teaches: "
+                           f"{type(exc).__name__}: {exc}")
+            return
+        for item in found:
+            try:
+                self._queue.put_nowait(item)
+            except queue.Full:
+                self._complain("too many observations waiting for the store; dropping some")
+                return
+
+    def flush(self) -> None:
+        """Write what is queued now (tests, shutdown)."""
+        done = threading.Event()
+        self._queue.put(_Flush(done))  # type: ignore[arg-type]
+        done.wait(30)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        if self._memory is not None:
+            self._memory.close()
+
+    def _run(self) -> None:
+        pending: list[Observation] = []
+        deadline = time.monotonic() + FLUSH_EVERY
+        while True:
+            try:
+                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                item = _TICK
+            if item is None:
+                self._write(pending)
+                return
+            if isinstance(item, _Flush):
+                self._write(pending)
+                pending = []
+                self._events()
+                item.done.set()
+                continue
+            if item is not _TICK:
+                pending.append(item)
+            if len(pending) >= BATCH or time.monotonic() >= deadline:
+                self._write(pending)
+                pending = []
+                self._events()
+                self._purge()
+                deadline = time.monotonic() + FLUSH_EVERY
+
+    def _open(self) -> Memory:
+        if self._memory is None:
+            self._memory = Memory.open(self.url)
+        return self._memory
+
+    def _write(self, pending: list[Observation]) -> None:
+        if not pending:
+            return
+        try:
+            self._open().add(pending)
+        except Exception as exc:
+            self._complain(f"cannot record {len(pending)} observation(s): {_line(exc)}")
+
+    def _events(self) -> None:
+        try:
+            self._open().apply_events()
+        except Exception as exc:
+            self._complain(f"cannot read releases and labels: {_line(exc)}")
+
+    def _purge(self) -> None:
+        if time.monotonic() - self._purged < PURGE_EVERY:
+            return
+        self._purged = time.monotonic()
+        try:
+            removed = self._open().purge(self.settings.retention_days)
+            if removed:
+                log.info("correspondents: %d not seen for %d days forgotten", removed,
+                         self.settings.retention_days)
+        except Exception as exc:
+            self._complain(f"cannot remove old correspondents: {_line(exc)}")
+
+    def _complain(self, problem: str) -> None:
+        if time.monotonic() - self._complained >= COMPLAIN_EVERY:
+            self._complained = time.monotonic()
+            log.warning("correspondents: %s", problem)
+
+
+@dataclass
+class _Flush:
+    done: threading.Event
+
+
+_TICK = Observation("", "", "", "accepted", datetime.min.replace(tzinfo=UTC))
+
+
+def _line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+# -- reading, in every worker ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the identity check needs of the whole memory, read every
+    ``refresh`` seconds: known correspondents' names and domains, and the
+    domains of our recipients."""
+
+    names: Mapping[str, frozenset[str]] = field(default_factory=dict)  # name key -> senders
+    shown: Mapping[str, str] = field(default_factory=dict)  # name key -> a name as written
+    known_domains: frozenset[str] = frozenset()
+    recipient_domains: frozenset[str] = frozenset()
+    read: bool = False
+
+
+class MemoryReader:
+    """The memory as one worker process sees it. ``sender()`` answers from
+    a cache of ``refresh`` seconds, else asks the database on a thread of
+    its own and waits at most ``lookup_timeout``; no answer (a database
+    away, slow or without the table) gives None, and for the next 30 s no
+    message waits for it at all."""
+
+    def __init__(self, url: str, settings: IdentitySection,
+                 clock: Callable[[], float] = time.monotonic,
+                 open_memory: Callable[[str], Memory] = Memory.open):
+        self.url = url
+        self.settings = settings
+        self.clock = clock
+        self._open_memory = open_memory
+        self._memory: Memory | None = None
+        self._pid = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._cache: dict[tuple[str, str], tuple[float, list[Entry]]] = {}
+        self._snapshot = Snapshot()
+        self._snapshot_at = float("-inf")
+        self._refreshing = False
+        self._broken_until = float("-inf")
+        self._complained = float("-inf")
+        self._waiting = 0  # questions asked and not answered yet
+        self._lock = threading.Lock()
+
+    def sender(self, sender: str, via: str) -> list[Entry] | None:
+        """This sender's rows (one per recipient), or None when the memory
+        cannot answer in time."""
+        key = (sender, via)
+        stamp = self.clock()
+        cached = self._cache.get(key)
+        if cached is not None and stamp - cached[0] < self.settings.refresh:
+            return cached[1]
+        found = self._ask(lambda memory: memory.sender(sender, via))
+        if found is None:
+            return None
+        with self._lock:
+            if len(self._cache) >= 10_000:
+                self._cache.clear()
+            self._cache[key] = (stamp, found)
+        return found
+
+    def snapshot(self) -> Snapshot:
+        """The index as last read; read again in the background when older
+        than ``refresh`` (the first message of a process waits for it, at
+        most ``lookup_timeout``)."""
+        stamp = self.clock()
+        if stamp - self._snapshot_at >= self.settings.refresh and not self._refreshing \
+                and stamp >= self._broken_until:
+            self._refreshing = True
+            future = self._executor().submit(self._read_snapshot)
+            if not self._snapshot.read:  # its own thread logs why it failed
+                with contextlib.suppress(FutureTimeout, Exception):
+                    future.result(timeout=self.settings.lookup_timeout)
+        return self._snapshot
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._memory is not None:
+            self._memory.close()
+
+    def _read_snapshot(self) -> None:
+        try:
+            rows = self._open().index_rows()
+            self._snapshot = build_snapshot(rows, self.settings, now())
+            self._snapshot_at = self.clock()
+        except Exception as exc:
+            self._broken(f"cannot read the correspondent index: {_line(exc)}")
+            self._snapshot_at = self.clock()
+        finally:
+            self._refreshing = False
+
+    def _ask(self, question: Callable[[Memory], list[Entry]]) -> list[Entry] | None:
+        if self.clock() < self._broken_until:
+            return None
+        with self._lock:
+            if self._waiting >= ASKING:  # earlier questions still hang: do not queue more
+                return None
+            self._waiting += 1
+        future = self._executor().submit(lambda: question(self._open()))
+        future.add_done_callback(self._answered)
+        try:
+            return future.result(timeout=self.settings.lookup_timeout)
+        except FutureTimeout:
+            self._broken(f"no answer within {self.settings.lookup_timeout:g}s; judging "
+                         "without the correspondent memory for now")
+        except (SQLAlchemyError, OSError, Exception) as exc:
+            self._broken(f"cannot read correspondents: {_line(exc)}")
+        return None
+
+    def _answered(self, _future: object) -> None:
+        with self._lock:
+            self._waiting -= 1
+
+    def _broken(self, problem: str) -> None:
+        self._broken_until = self.clock() + BREAKER_SECONDS
+        if self.clock() - self._complained >= COMPLAIN_EVERY:
+            self._complained = self.clock()
+            log.warning("identity: %s", problem)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None or self._pid != os.getpid():  # a new process: its own
+            self._pool = ThreadPoolExecutor(ASKING + 1, thread_name_prefix="correspondents")
+            self._memory = None
+            self._pid = os.getpid()
+        return self._pool
+
+    def _open(self) -> Memory:
+        if self._memory is None:
+            self._memory = self._open_memory(self.url)
+        return self._memory
+
+
+def build_snapshot(rows: Iterable[Entry], settings: IdentitySection, at: datetime) -> Snapshot:
+    """The name and domain index from rows. A name counts when a known
+    correspondent used it, it has two words or more, and at most two
+    senders' domains use it (more: a role name such as "Customer Service")."""
+    from gateway.confusables import name_keys, name_tokens
+    from gateway.lookalike import ROLE_WORDS, registrable
+
+    senders: dict[str, set[str]] = {}
+    shown: dict[str, str] = {}
+    known_domains: set[str] = set()
+    recipient_domains: set[str] = set()
+    for entry in rows:
+        recipient_domains.add(entry.recipient.rpartition("@")[2])
+        if not entry.known(settings, at):
+            continue
+        known_domains.add(registrable(entry.sender.rpartition("@")[2]))
+        for name in entry.names:
+            tokens = name_tokens(name)
+            if len(tokens) < 2 or all(t in ROLE_WORDS for t in tokens) or \
+                    sum(len(t) for t in tokens) < 6:
+                continue
+            for key in name_keys(name):
+                senders.setdefault(key, set()).add(entry.sender)
+                shown.setdefault(key, name)
+    names = {}
+    for key, found in senders.items():
+        if len({s.rpartition("@")[2] for s in found}) <= 2:
+            names[key] = frozenset(found)
+    known_domains.discard("")
+    recipient_domains.discard("")
+    return Snapshot(names, {k: shown[k] for k in names}, frozenset(known_domains),
+                    frozenset(recipient_domains), True)
+
+
+def memory_url(url: str) -> str | None:
+    """The store's URL when it can hold the memory (a database), else None."""
+    return url if url.startswith(("sqlite:///", "postgresql://", "postgres://")) else None
+
+
+def learner_for(config: Any) -> Learner | None:
+    """The milter's learner, when the identity check runs with a store."""
+    checks = config.pipeline.checks
+    url = memory_url(config.quarantine.url)
+    if url is None or "identity" not in checks:
+        return None
+    ours = [d.lower() for d in config.identity.org_domains]
+    return Learner(url, config.identity, org_domains=lambda: ours)
+
+
+def known_to_any(entries: Iterable[Entry], recipients_: Iterable[str],
+                 settings: IdentitySection, at: datetime) -> list[Entry]:
+    """The rows that make the sender a known correspondent of one of the
+    recipients (none if any of its mail to anyone was labelled spam)."""
+    rows = list(entries)
+    if any(row.spam for row in rows):
+        return []
+    wanted = {_address(r) for r in recipients_}
+    return [row for row in rows if row.recipient in wanted and row.known(settings, at)]

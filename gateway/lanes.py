@@ -1,0 +1,141 @@
+"""Which waiting message gets the next free worker.
+
+The worker pool (gateway.workers) runs about one process per core, and a
+message holds one for as long as its checks take. A few messages that cost
+far more than most must not hold them all. Each waiting message is in a
+lane:
+
+- ``costly``: from a client one of whose messages, in the last
+  ``COSTLY_FOR`` seconds, used more than ``[pipeline] heavy_cpu_seconds``
+  of a worker's CPU (so far, if it still runs), was stopped at the
+  deadline or crashed its worker;
+- ``large``: over ``[pipeline] heavy_message_bytes``, from any other client;
+- ``ordinary``: the rest.
+
+The costly lane and the large lane may each hold all of ``[pipeline]
+workers`` but one, and costly mail gets a free worker only when no other
+waiting message can take it. So a client looping crafted messages holds at
+most all workers but one, waits behind everyone else, and mail from every
+other client, of any size, finds a worker (while costly mail holds one, the
+pool keeps a worker idle for other mail: see gateway.workers).
+
+Why by what a client's mail cost, and not by size alone: size says little
+about cost. Of the fuzz bench's pathological shapes a 205 KiB message takes
+0.7 s of CPU and a 547 KiB one 10 ms, while no message of the SpamAssassin
+corpus took over 63 ms (``tests/bench/fuzz.py --cpu``). A lane by size
+put legitimate 300 KiB mail in one queue with an attacker's crafted mail:
+with 8 of those in flight it waited 6.4 s at the median, and some got a
+451, while smaller mail passed. A message's cost is known only as it runs,
+but its client's recent cost is known before. Why not a fixed share of
+workers per client: it would hold back a site's one relay (all its mail
+from one address) when nothing it sent was costly; here only clients whose
+mail was costly wait.
+
+The limit of the idea: an attacker with many addresses, each sending one
+crafted message, is new each time. Then the large lane still keeps a worker
+for mail under ``heavy_message_bytes``, and large mail waits its turn
+(``budget + grace`` at most, then a 4xx: the sender retries).
+
+A client is its IPv4 address or its IPv6 /64 (what one subscriber gets).
+Mail with no client address (the scan protocol without one) is never
+costly: there is nobody to tell apart, and it would put all such mail in
+one lane.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Literal, Protocol, TypeVar
+
+Lane = Literal["ordinary", "large", "costly"]
+
+# How long a client's costly message keeps its mail in the costly lane: a
+# client looping crafted mail stays there; one that sent a single expensive
+# message (a huge legitimate attachment) is back after five minutes.
+COSTLY_FOR = 300.0
+# Clients remembered at most (the least recently costly are forgotten
+# first): an attacker with many addresses cannot grow the table.
+MAX_CLIENTS = 10_000
+IPV6_CLIENT_PREFIX = 64
+
+
+def client_of(address: str | None) -> str | None:
+    """The client a message's SMTP client address belongs to: the IPv4
+    address, or the IPv6 /64; None when there is none or it is not an IP
+    address (Postfix says "unknown" for some)."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address.strip("[]").removeprefix("IPv6:"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_CLIENT_PREFIX), strict=False))
+    return str(ip)
+
+
+class CostlyClients:
+    """The clients whose mail was costly lately, with when it last was."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 remember: float = COSTLY_FOR, capacity: int = MAX_CLIENTS):
+        self._clock = clock
+        self._remember = remember
+        self._capacity = capacity
+        self._last: OrderedDict[str, float] = OrderedDict()  # oldest first
+
+    def record(self, client: str | None) -> None:
+        if client is None:
+            return
+        self._last[client] = self._clock()
+        self._last.move_to_end(client)
+        while len(self._last) > self._capacity:
+            self._last.popitem(last=False)
+
+    def __contains__(self, client: str | None) -> bool:
+        if client is None:
+            return False
+        at = self._last.get(client)
+        if at is None:
+            return False
+        if self._clock() - at > self._remember:
+            del self._last[client]
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+
+def lane_of(costly: bool, size: int, heavy_bytes: int) -> Lane:
+    if costly:
+        return "costly"
+    return "large" if size > heavy_bytes else "ordinary"
+
+
+class Waiting(Protocol):
+    @property
+    def lane(self) -> Lane: ...
+
+
+W = TypeVar("W", bound=Waiting)
+
+
+def next_to_go(waiting: Iterable[W], busy: Mapping[Lane, int], limit: int) -> W | None:
+    """The waiting message that gets a free worker: the first to have come
+    whose lane has room (the costly and the large lane hold at most
+    ``limit`` workers each), costly mail only when no other can go."""
+    costly: W | None = None
+    for turn in waiting:
+        if turn.lane != "ordinary" and busy.get(turn.lane, 0) >= limit:
+            continue
+        if turn.lane != "costly":
+            return turn
+        if costly is None:
+            costly = turn
+    return costly

@@ -1,0 +1,463 @@
+"""Lookalike domains, brands and freemail: who a domain or a name imitates.
+
+Used by the identity check (the author's domain and display name) and by
+the links check (link hosts and link texts); every comparison goes through
+:mod:`gateway.confusables`, so ``p\u0430ypal.com`` (Cyrillic ``\u0430``),
+``paypa1.com`` and ``PAYPAL.COM`` are one spelling here.
+
+- :func:`compare` / :class:`DomainIndex`: is domain A a lookalike of
+  domain B (or of any in a set), and by which technique:
+
+  ``confusable``  the same skeleton (``p\u0430ypal.com``, ``rnicrosoft.com``);
+  ``typo``        edit distance 1 on a registrable label of 5 or more
+                  characters, 2 from 9 (``paypall.com``, ``micorsoft.com``);
+                  swapped neighbours count once;
+  ``hyphen``      hyphens inserted (``pay-pal.com``);
+  ``affix``       a word added, with or without a hyphen (``paypal-secure.com``,
+                  ``securepaypal.net``, ``paypal-alerts.example``);
+  ``tld``         the same label under another public suffix (``paypal.co``);
+  ``subdomain``   the domain written as leading labels of another
+                  (``paypal.com.account-check.example``);
+  ``dots``        its dots written as hyphens or left out (``paypal-com.net``).
+
+  A subdomain of the domain itself is the domain (``mail.paypal.com``).
+- :class:`Brands` / :func:`load_brands`: ``rules/brands.toml``, brand ->
+  names and legitimate registrable domains; whether a display name or a
+  subject names a brand.
+- :func:`load_freemail` / :func:`is_freemail`: the shipped list of freemail
+  domains (``rules/freemail.txt``) and a site's additions.
+
+Everything is bounded: a host of more than :data:`MAX_HOST` characters or
+:data:`MAX_LABELS` labels is looked at up to that, display names up to
+:data:`gateway.confusables.MAX_TEXT` characters, and a name's brand spans
+up to :data:`MAX_SPAN` words.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import idna
+from rapidfuzz.distance import OSA
+from rapidfuzz.process import extractOne
+
+from gateway.confusables import fold, name_tokens
+from gateway.mail import registrable_domain
+from gateway.paths import RULES_DIR
+from gateway.schema import ConfigError
+
+DEFAULT_BRANDS = RULES_DIR / "brands.toml"
+DEFAULT_FREEMAIL = RULES_DIR / "freemail.txt"
+
+MAX_HOST = 253
+MAX_LABELS = 16
+MAX_SPAN = 8  # words a brand's name may be spread over ("P a y P a l")
+MAX_FREEMAIL_LINES = 100_000
+TYPO_MIN = 5  # shortest label compared at edit distance 1
+TYPO2_MIN = 9  # shortest label compared at edit distance 2
+AFFIX_MIN = 3  # shortest label recognised with a word added
+
+TECHNIQUES: dict[str, str] = {
+    "confusable": "a confusable spelling",
+    "typo": "a typo",
+    "hyphen": "hyphens inserted",
+    "affix": "a word added",
+    "tld": "another TLD",
+    "subdomain": "written as its subdomain",
+    "dots": "its dots written as hyphens",
+}
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+# Words phishers add to a name they imitate (``paypal-secure``,
+# ``microsoft-alerts``), folded as every label is. A display name that is a
+# brand's name plus only these words ("PayPal Security Team") speaks as
+# the brand; "Chase Miller" does not.
+AFFIX_WORDS = frozenset(fold(word) for word in _words("""
+    access account accounts activity admin alert alerts app apps auth bank banking bill
+    billing bonus care case center centre check claim client cloud com confirm connect corp
+    customer customers delivery desk dispute doc docs document documents drive email
+    express file files gift global go group guard help helpdesk hq id inc info invoice
+    invoices it link live locked login logon mail message messages my net news newsletter
+    notice notices notification notifications notify now office official online org parcel
+    password pay payment payments portal protect protection recovery refund refunds reset
+    resolution resolve review rewards safe safety secure security server service services
+    share shipping signin sign store support team teams today track tracking uk unlock
+    update updates us usa verify verification verified wallet web
+    """))
+# Words that may stand beside a brand's name in a display name that speaks
+# as the brand, besides those.
+ROLE_WORDS = AFFIX_WORDS | frozenset(fold(word) for word in _words("""
+    no reply noreply donotreply do not the from of for and department dept ltd llc gmbh
+    plc sa ag co corporation limited team information important urgent action required
+    your center centre service payroll finance accounting accounts treasury procurement
+    purchasing sales marketing legal management board executive hr
+    """))
+
+
+# -- domains ---------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=65536)
+def unicode_host(host: str) -> str:
+    """The host in U-labels, lower case, no trailing dot, bounded
+    (``xn--pypal-4ve.com`` -> ``p\u0430ypal.com``); a label that is not valid
+    IDNA is kept as written."""
+    labels = host.strip().rstrip(".").lower()[:MAX_HOST].split(".")[-MAX_LABELS:]
+    shown = []
+    for label in labels:
+        if label.startswith("xn--"):
+            with contextlib.suppress(idna.IDNAError, UnicodeError, ValueError):
+                label = idna.decode(label)
+        shown.append(label)
+    return ".".join(shown)
+
+
+@lru_cache(maxsize=65536)
+def registrable(host: str) -> str:
+    """The registrable domain (``mail.paypal.co.uk`` -> ``paypal.co.uk``), in
+    U-labels; the host itself when it has none (an IP, a bare suffix)."""
+    shown = unicode_host(host)
+    if not shown:
+        return ""
+    try:
+        ascii_form = idna.encode(shown, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        ascii_form = shown  # not IDNA (an underscore, a lone confusable): PSL on the text
+    found = registrable_domain(ascii_form)
+    return unicode_host(found)
+
+
+def split_registrable(domain: str) -> tuple[str, str]:
+    """(label, public suffix) of a registrable domain: ``paypal.co.uk`` ->
+    (``paypal``, ``co.uk``)."""
+    label, _, suffix = domain.partition(".")
+    return label, suffix
+
+
+@dataclass(frozen=True)
+class Lookalike:
+    """A domain that imitates another."""
+
+    domain: str  # the registrable domain looked at
+    imitates: str  # the registrable domain it imitates
+    technique: str  # a key of TECHNIQUES
+    owner: str = ""  # whose domain it imitates: "our domain", "brand PayPal", ...
+    distance: int = 0  # edit distance, for "typo"
+
+    def describe(self) -> str:
+        """``paypa1-alerts.example imitates paypal.com (brand PayPal): a word added``"""
+        how = TECHNIQUES.get(self.technique, self.technique)
+        if self.technique == "typo":
+            how = f"a typo (edit distance {self.distance})"
+        whose = f" ({self.owner})" if self.owner else ""
+        return f"{self.domain} imitates {self.imitates}{whose}: {how}"
+
+
+def compare(candidate: str, legitimate: str) -> Lookalike | None:
+    """Whether the host ``candidate`` imitates the domain ``legitimate``
+    (neither is, nor is under, the other's registrable domain)."""
+    return DomainIndex({legitimate: ""}).match(candidate)
+
+
+class DomainIndex:
+    """Legitimate domains (each with whose it is), to find which one a host
+    imitates. Built once (from the org's domains, the brands', the known
+    correspondents'); :meth:`match` costs a few dictionary lookups and one
+    bounded edit-distance search over the labels of similar length."""
+
+    def __init__(self, domains: Mapping[str, str]):
+        self.owners: dict[str, str] = {}  # registrable -> owner
+        self._by_key: dict[str, str] = {}  # fold(registrable) -> registrable
+        self._flat: dict[str, str] = {}  # "paypal-com", "paypalcom" -> registrable
+        self._by_label: dict[str, list[str]] = {}  # fold(label) -> registrables
+        # Labels by length, folded and as written (lower case): edit distance
+        # counts on both, as the skeleton makes an m two letters (rn).
+        self._by_length: dict[int, list[str]] = {}
+        self._written: dict[str, str] = {}  # label as written -> registrable
+        for domain, owner in domains.items():
+            reg = registrable(domain)
+            if not reg or "." not in reg or reg in self.owners:
+                continue
+            self.owners[reg] = owner
+            self._by_key.setdefault(fold(reg), reg)
+            self._flat.setdefault(fold(reg).replace(".", "-"), reg)
+            self._flat.setdefault(fold(reg).replace(".", ""), reg)
+            written = split_registrable(reg)[0]
+            label = fold(written)
+            for form in {label, written}:
+                if form not in self._by_label and form not in self._written:
+                    self._by_length.setdefault(len(form), []).append(form)
+            self._by_label.setdefault(label, []).append(reg)
+            self._written.setdefault(written, reg)
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    def owner(self, host: str) -> str | None:
+        """Whose the host's registrable domain is, if it is one of these."""
+        return self.owners.get(registrable(host))
+
+    def match(self, host: str) -> Lookalike | None:
+        """The domain ``host`` imitates, or None (also when it is one of them)."""
+        reg = registrable(host)
+        if not reg or "." not in reg or reg in self.owners:
+            return None
+        found = self._match(unicode_host(host), reg)
+        if found is None:
+            return None
+        imitated, technique, distance = found
+        return Lookalike(reg, imitated, technique, self.owners.get(imitated, ""), distance)
+
+    def _match(self, host: str, reg: str) -> tuple[str, str, int] | None:
+        key = fold(reg)
+        same = self._by_key.get(key)
+        if same is not None:
+            return same, "confusable", 0
+        label, suffix = split_registrable(reg)
+        folded = fold(label)
+        for other in self._by_label.get(folded, ()):
+            if split_registrable(other)[1] != suffix:
+                return other, "tld", 0
+        labels = fold(host).split(".")
+        for start in range(len(labels) - 2):  # a legitimate domain as leading labels
+            for width in (2, 3):
+                if start + width < len(labels):
+                    inner = self._by_key.get(".".join(labels[start:start + width]))
+                    if inner is not None:
+                        return inner, "subdomain", 0
+        flat = self._flat.get(folded)
+        if flat is not None:
+            return flat, "dots", 0
+        joined = folded.replace("-", "")
+        if joined != folded and joined in self._by_label:
+            return self._by_label[joined][0], "hyphen", 0
+        affixed = self._affixed(folded)
+        if affixed is not None:
+            return affixed, "affix", 0
+        return self._typo(folded) or self._typo(label)
+
+    def _affixed(self, label: str) -> str | None:
+        parts = [p for p in label.split("-") if p]
+        if len(parts) > 1:
+            for index, part in enumerate(parts):
+                rest = parts[:index] + parts[index + 1:]
+                if len(part) >= AFFIX_MIN and part in self._by_label and \
+                        all(word in AFFIX_WORDS for word in rest):
+                    return self._by_label[part][0]
+        plain = label.replace("-", "")
+        for word in AFFIX_WORDS:
+            if len(plain) - len(word) < AFFIX_MIN:
+                continue
+            if plain.endswith(word) and plain[:-len(word)] in self._by_label:
+                return self._by_label[plain[:-len(word)]][0]
+            if plain.startswith(word) and plain[len(word):] in self._by_label:
+                return self._by_label[plain[len(word):]][0]
+        return None
+
+    def _typo(self, label: str) -> tuple[str, str, int] | None:
+        if len(label) < TYPO_MIN - 1:
+            return None
+        choices = [other for length in range(len(label) - 2, len(label) + 3)
+                   for other in self._by_length.get(length, ())]
+        if not choices:
+            return None
+        best = extractOne(label, choices, scorer=OSA.distance, score_cutoff=2)
+        if best is None:
+            return None
+        other, distance = best[0], int(best[1])
+        imitated = self._by_label[other][0] if other in self._by_label else self._written[other]
+        # The imitated label's length as written decides (its skeleton may be
+        # longer: m is rn): micrsft.com is two edits from the nine letters of
+        # microsoft.com, apxle2.com too many from apple.com, nmrc.ie none
+        # from the four of hmrc.gov.uk.
+        length = len(split_registrable(imitated)[0])
+        allowed = 2 if length >= TYPO2_MIN else 1 if length >= TYPO_MIN else 0
+        if distance == 0 or distance > allowed:
+            return None
+        return imitated, "typo", distance
+
+
+# -- brands ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Brand:
+    key: str  # the table's name in brands.toml
+    names: tuple[str, ...]  # as written there ("PayPal")
+    domains: tuple[str, ...]  # registrable, U-labels, the main one first
+    # Each name as the concatenation of its folded words ("paypal").
+    keys: tuple[str, ...] = ()
+
+    @property
+    def title(self) -> str:
+        return self.names[0] if self.names else self.key
+
+    def owns(self, host: str) -> bool:
+        return registrable(host) in self.domains
+
+
+@dataclass(frozen=True)
+class BrandMention:
+    brand: Brand
+    words: str  # the words that named it, as written after folding ("pay pal")
+
+
+@dataclass(frozen=True)
+class Brands:
+    brands: tuple[Brand, ...] = ()
+    sources: tuple[str, ...] = ()
+    _by_key: Mapping[str, Brand] = field(default_factory=dict)
+    _longest: int = 0
+
+    @classmethod
+    def of(cls, brands: Iterable[Brand], sources: Iterable[str] = ()) -> Brands:
+        listed = tuple(brands)
+        by_key: dict[str, Brand] = {}
+        for brand in listed:
+            for key in brand.keys:
+                by_key.setdefault(key, brand)
+        longest = max((len(k) for k in by_key), default=0)
+        return cls(listed, tuple(sources), by_key, longest)
+
+    def owner(self, host: str) -> Brand | None:
+        """The brand whose domain the host is under, if any."""
+        reg = registrable(host)
+        return next((b for b in self.brands if reg in b.domains), None)
+
+    def domains(self) -> dict[str, str]:
+        """registrable domain -> "brand NAME", for a :class:`DomainIndex`."""
+        return {d: f"brand {b.title}" for b in self.brands for d in b.domains}
+
+    def speaking_as(self, display_name: str) -> BrandMention | None:
+        """The brand a display name speaks as: its name, with nothing beside
+        it but role words ("PayPal", "PayPal Security Team", "P a y P a l",
+        "Microsoft 365 Alerts"); not "Chase Miller" nor "Tom via LinkedIn"."""
+        tokens = name_tokens(display_name)
+        for start, end, brand in self._spans(tokens):
+            rest = tokens[:start] + tokens[end:]
+            if all(word in ROLE_WORDS or word.isdigit() or word in self._by_key
+                   for word in rest):
+                return BrandMention(brand, " ".join(tokens[start:end]))
+        return None
+
+    def mentioned_in(self, text: str) -> BrandMention | None:
+        """The first brand named in ``text`` (a subject) as whole words."""
+        tokens = name_tokens(text)
+        for start, end, brand in self._spans(tokens):
+            return BrandMention(brand, " ".join(tokens[start:end]))
+        return None
+
+    def _spans(self, tokens: tuple[str, ...]) -> Iterable[tuple[int, int, Brand]]:
+        """(start, end, brand) of each run of whole words spelling a brand's name."""
+        if not self._by_key:
+            return
+        for start in range(len(tokens)):
+            joined = ""
+            for end in range(start + 1, min(len(tokens), start + MAX_SPAN) + 1):
+                joined += tokens[end - 1]
+                if len(joined) > self._longest:
+                    break
+                brand = self._by_key.get(joined)
+                if brand is not None:
+                    yield start, end, brand
+                    break
+
+
+def load_brands(paths: Iterable[str | Path]) -> Brands:
+    """Brands from ``brands.toml`` files, later ones replacing a brand of the
+    same name; raises ConfigError listing every problem."""
+    tables: dict[str, tuple[str, Mapping[str, Any]]] = {}
+    errors: list[str] = []
+    sources = []
+    for path in paths:
+        sources.append(str(path))
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            errors.append(f"{path}: brands file not found")
+            continue
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            errors.append(f"{path}: cannot read brands file: {exc}")
+            continue
+        unknown = set(data) - {"brand"}
+        for name in sorted(unknown):
+            errors.append(f"{path}: [{name}]: unknown section (brands are [brand.NAME] tables)")
+        brands = data.get("brand", {})
+        if not isinstance(brands, Mapping):
+            errors.append(f"{path}: brand: expected tables such as [brand.paypal]")
+            continue
+        for key, table in brands.items():
+            tables[key] = (str(path), table)
+    found = []
+    for key, (source, table) in tables.items():
+        brand = _brand(key, table, f"{source}: brand.{key}", errors)
+        if brand is not None:
+            found.append(brand)
+    if errors:
+        raise ConfigError(errors)
+    return Brands.of(found, sources)
+
+
+def _brand(key: str, table: Any, where: str, errors: list[str]) -> Brand | None:
+    if not isinstance(table, Mapping):
+        errors.append(f"{where}: expected a table")
+        return None
+    for name in sorted(set(table) - {"names", "domains", "enabled"}):
+        errors.append(f"{where}.{name}: unknown key (known keys: domains, enabled, names)")
+    if table.get("enabled", True) is False:
+        return None
+    names, domains = table.get("names", [key]), table.get("domains", [])
+    if not isinstance(names, list) or not names or \
+            not all(isinstance(n, str) and n.strip() for n in names):
+        errors.append(f"{where}.names: expected a list of names such as [\"PayPal\"]")
+        return None
+    if not isinstance(domains, list) or not domains or \
+            not all(isinstance(d, str) and d.strip() for d in domains):
+        errors.append(f"{where}.domains: expected a list of domains such as [\"paypal.com\"]")
+        return None
+    registrables = tuple(dict.fromkeys(r for d in domains if (r := registrable(d)) and "." in r))
+    keys = tuple(dict.fromkeys("".join(name_tokens(n)) for n in names if name_tokens(n)))
+    return Brand(key, tuple(names), registrables, keys)
+
+
+# -- freemail --------------------------------------------------------------------------------
+
+
+def load_freemail(paths: Iterable[str | Path], extra: Iterable[str] = ()) -> frozenset[str]:
+    """Freemail registrable domains from list files (one a line, ``#``
+    comments) and ``extra``; raises ConfigError naming an unreadable file."""
+    found: set[str] = set()
+    errors = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                for number, line in enumerate(handle, 1):
+                    if number > MAX_FREEMAIL_LINES:
+                        errors.append(f"{path}: more than {MAX_FREEMAIL_LINES} lines")
+                        break
+                    entry = line.partition("#")[0].strip()
+                    if entry:
+                        found.add(registrable(entry))
+        except FileNotFoundError:
+            errors.append(f"{path}: freemail list not found")
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(f"{path}: cannot read freemail list: {exc}")
+    if errors:
+        raise ConfigError(errors)
+    found.update(registrable(d) for d in extra if d.strip())
+    found.discard("")
+    return frozenset(found)
+
+
+def is_freemail(host: str, freemail: frozenset[str]) -> bool:
+    """Whether anyone can get an address under the host's domain."""
+    return bool(host) and (registrable(host) in freemail or unicode_host(host) in freemail)

@@ -1,0 +1,161 @@
+"""The identity check through real Postfix instances, real SPF and DKIM
+(knotd), and one correspondent memory in PostgreSQL shared by two nodes.
+
+Node "submission" is a submission-like smtpd (``milter_macro_daemon_name =
+ORIGINATING``, named in ``[identity] submission_daemons``): our user's
+mail through it teaches the memory. Node "mx" receives: the partner our
+user wrote to is a known correspondent there, and the same display name
+from a freemail address is held as an impersonation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gateway.correspondents import Memory
+from gateway.lab.milter_process import MilterProcess
+from gateway.lab.postfix import PostfixInstance
+from gateway.quarantine.store import QuarantineStore
+from tests.authlab import sign
+from tests.helpers import PROJECT_ROOT, dns_config, send, wait_until
+from tests.lab.postgres import PostgresInstance, postgres_bin
+
+pytestmark = pytest.mark.postfix
+
+USER = "bob@example.net"
+PARTNER = "alice@good.test"
+CHECKS = '["headers", "size", "lists", "rules", "spf", "dkim", "dmarc", "identity"]'
+
+
+@dataclass
+class Node:
+    milter: MilterProcess
+    postfix: PostfixInstance
+
+
+@dataclass
+class Pair:
+    postgres: PostgresInstance
+    submission: Node
+    mx: Node
+
+
+def node_config(directory: Path, url: str, knot, name: str) -> str:
+    return (f'[milter]\nsocket = "unix:{directory / "milter.sock"}"\nsocket_mode = "666"\n'
+            f'[pipeline]\nchecks = {CHECKS}\nworkers = 1\n'
+            f'[quarantine]\nurl = "{url}"\nnode = "{name}"\n'
+            '[metrics]\nlisten = ""\n'
+            '[identity]\norg_domains = ["example.net"]\nsubmission_daemons = ["ORIGINATING"]\n'
+            'refresh = 0.5\n' + dns_config(knot))
+
+
+@pytest.fixture(scope="module")
+def pair(lab_dir: Path, sink, knot) -> Iterator[Pair]:
+    if os.geteuid() != 0:
+        pytest.skip("private Postfix and PostgreSQL instances need root")
+    if shutil.which("postfix") is None or postgres_bin() is None:
+        pytest.skip("postfix and PostgreSQL are needed (see .ci/run)")
+    lab = lab_dir / "identity"
+    lab.mkdir()
+    postgres = PostgresInstance(lab / "pg").start()
+    QuarantineStore(postgres.url).close()  # the schema, before either node reads it
+    nodes: dict[str, Node] = {}
+    try:
+        for name, settings in (("submission", {"milter_macro_daemon_name": "ORIGINATING"}),
+                               ("mx", {})):
+            directory = lab / name
+            milter = MilterProcess(directory, node_config(directory, postgres.url, knot, name),
+                                   env={"PYTHONPATH": str(PROJECT_ROOT)}).start()
+            instance = PostfixInstance(lab / f"postfix-{name}", relay_port=sink.port,
+                                       milter=f"unix:{directory / 'milter.sock'}",
+                                       settings=settings)
+            instance.start()
+            nodes[name] = Node(milter, instance)
+        yield Pair(postgres, nodes["submission"], nodes["mx"])
+    finally:
+        for node in nodes.values():
+            node.postfix.stop()
+            node.milter.stop()
+        postgres.stop()
+
+
+def mail(from_: str, to: str, tag: str, body: str = "See you on Tuesday.\r\n") -> bytes:
+    return (f"From: {from_}\r\nTo: {to}\r\nSubject: minutes {tag}\r\n"
+            f"Date: Mon, 07 Dec 2026 09:00:00 +0000\r\nMessage-ID: <{tag}@x.test>\r\n\r\n"
+            f"{body}").encode()
+
+
+def delivered(sink, tag: str) -> bytes:
+    found = sink.find(f"<{tag}@x.test>", timeout=30)
+    assert found is not None, f"message {tag} not delivered"
+    return found.data
+
+
+def spam_header(data: bytes) -> str:
+    """The header of a delivered message (our X-Spam-* and symbols fields in it)."""
+    return data.decode("utf-8", "replace").partition("\r\n\r\n")[0]
+
+
+def test_outbound_mail_teaches_a_known_correspondent_on_the_other_node(pair, sink, keys):
+    tag = uuid.uuid4().hex
+    # Our user writes out through the submission service.
+    send(pair.submission.postfix, mail(f"Bob <{USER}>", PARTNER, tag), mail_from=USER,
+         rcpt_to=(PARTNER,))
+    assert "OUTBOUND_SUBMISSION" in spam_header(delivered(sink, tag))
+    memory = Memory.open(pair.postgres.url)
+    try:
+        rows = wait_until(lambda: memory.show(PARTNER), timeout=30,
+                          what="the partner in the memory")
+        assert [(r.sender, r.via, r.recipient, r.outbound) for r in rows] == [
+            (PARTNER, "good.test", USER, 1)]
+    finally:
+        memory.close()
+    # The partner answers, signed and from an address SPF allows: known on the mx node.
+    reply = uuid.uuid4().hex
+    signed = sign(mail(f"Alice Example <{PARTNER}>", USER, reply), "good.test", "s2048",
+                  keys.rsa)
+    send(pair.mx.postfix, signed, mail_from=PARTNER, rcpt_to=(USER,))
+    header = spam_header(delivered(sink, reply))
+    assert "KNOWN_CORRESPONDENT" in header and "FIRST_CONTACT" not in header
+    # The same display name from a freemail address: held, naming whom it imitates.
+    memory = Memory.open(pair.postgres.url)
+    try:  # the reply taught her display name; the mx node reads it within `refresh`
+        wait_until(lambda: any("Alice Example" in r.names for r in memory.show(PARTNER)),
+                   timeout=30, what="her name in the memory")
+    finally:
+        memory.close()
+    store = QuarantineStore(pair.postgres.url, node="test")
+    try:
+        def impersonation_held() -> list:
+            # A worker reads the memory's name index again in the background
+            # once `refresh` has passed: the message that finds it stale may
+            # still see the old one, the next one does not.
+            fake = uuid.uuid4().hex
+            message = mail("Alice Example <alice.example.good@gmail.com>", USER, fake,
+                           body="Our bank details have changed, please update them.\r\n")
+            send(pair.mx.postfix, message, mail_from="alice.example.good@gmail.com",
+                 rcpt_to=(USER,))
+            return wait_until(lambda: store.find(f"<{fake}@x.test>") or
+                              _delivered_now(sink, fake), timeout=30,
+                              what="the impersonation decided")
+
+        (record,) = wait_until(lambda: [r for r in impersonation_held()
+                                        if not isinstance(r, bytes)],
+                               timeout=30, what="the impersonation held")
+    finally:
+        store.close()
+    symbols = {s["name"]: s["evidence"] for s in record.symbols}
+    assert "known correspondent alice@good.test's; written from alice.example.good@gmail.com" \
+        in symbols["FROM_NAME_IMPERSONATION"]
+    assert record.action == "quarantine"
+
+
+def _delivered_now(sink, tag: str) -> list:
+    return [d.data for d in sink.deliveries if f"<{tag}@x.test>".encode() in d.data]
