@@ -45,7 +45,7 @@ from gateway.message import Envelope, Message, RawContent
 from gateway.policy import Verdict
 from gateway.ratelimit import PER_RECIPIENT, PUBLIC_WORDS, BucketStore, Limit, RateLimiter
 from gateway.replies import SmtpReply
-from gateway.senders import KnownSenders, SenderHistory
+from gateway.senders import Correspondents, KnownSenders, SenderHistory
 from gateway.symbols import STAGE_SYMBOLS, Symbol
 
 if TYPE_CHECKING:
@@ -128,6 +128,7 @@ class Door:
         self._engine_lock = threading.Lock()
         self.history = SenderHistory(self.engine, clock)
         self.known: KnownSenders = known or self.history
+        self.correspondents = _correspondents(config)
         self.ratelimiter = RateLimiter(self.limits, self._buckets) if self.limits else None
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="door")
         self._checks: dict[str, Check | None] = {}
@@ -263,7 +264,9 @@ class Door:
         spf_domain = self._spf(visit, envelope)
         net = client_network(envelope.client_ip, self.settings.ipv4_prefix,
                              self.settings.ipv6_prefix)
-        if self.known.known_at_door(envelope.sender_domain, net, spf_domain is not None):
+        if self.known.known_at_door(envelope.sender_domain, net, spf_domain is not None) or (
+                self.correspondents is not None and
+                self.correspondents.known(envelope.mail_from, spf_domain, recipient)):
             count("greylist", "known_sender")
             return None
         key = client_key(envelope.client_ip, spf_domain, self.settings)
@@ -378,6 +381,9 @@ class Door:
                 self.exempt.match(envelope.mail_from):
             count("greylist", "exempt")
             return None
+        if "KNOWN_CORRESPONDENT" in names:  # the identity check's memory
+            count("greylist", "known_sender")
+            return None
         dmarc = DmarcFacts.of(verdict.facts)
         if dmarc is not None and dmarc.dkim_aligned and dmarc.dkim_domain and \
                 self.known.known_author(dmarc.dkim_domain):
@@ -415,6 +421,8 @@ class Door:
             with contextlib.suppress(Exception):
                 self.ratelimiter.close()
         self.history.close()
+        if self.correspondents is not None:
+            self.correspondents.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         for check in self._checks.values():
             if check is not None:
@@ -444,6 +452,16 @@ def build_door(config: Config, **kwargs: Any) -> Door | None:
     if not config.greylist.enabled and not config.ratelimit and not history:
         return None
     return Door(config, **kwargs)
+
+
+def _correspondents(config: Config) -> Correspondents | None:
+    """The correspondent memory, when the identity check keeps one."""
+    from gateway.correspondents import memory_url
+
+    url = memory_url(config.quarantine.url)
+    if url is None or "identity" not in config.pipeline.checks or not config.greylist.enabled:
+        return None
+    return Correspondents(url, config.identity)
 
 
 def _build_check(name: str, config: Config) -> Check | None:

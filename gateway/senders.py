@@ -1,10 +1,11 @@
 """Senders with a DKIM-authenticated history: whom greylisting spares and
 whose bulk mail the fuzzy check leaves alone.
 
-A stand-in for the correspondent memory (``KNOWN_CORRESPONDENT``) until it
-is wired in: :class:`KnownSenders` is the small interface greylisting and
-the fuzzy check ask; :class:`SenderHistory` answers it from the store's
-``sender_history`` table. A sender is *known* when mail it signed with a
+Beside the correspondent memory (``KNOWN_CORRESPONDENT``, asked through
+:class:`Correspondents`), which knows whom our users write to but not the
+transactional senders nobody answers: :class:`KnownSenders` is the small
+interface greylisting and the fuzzy check ask; :class:`SenderHistory`
+answers it from the store's ``sender_history`` table. A sender is *known* when mail it signed with a
 DKIM signature aligned with its From domain was accepted before:
 
 - at RCPT (greylisting), only the envelope is there: the envelope sender's
@@ -55,6 +56,33 @@ class KnownSenders(Protocol):
     def known_author(self, dkim_domain: str) -> str | None:
         """Why a message DKIM-signed (aligned) by this domain is from a known
         sender, or None."""
+
+
+class Correspondents:
+    """KNOWN_CORRESPONDENT at RCPT: the correspondent memory
+    (gateway.correspondents), asked with the envelope sender and the domain
+    SPF authorises for it (only then is the sender who it says it is before
+    DATA). A sender one of our users writes to, or whose mail they released
+    or kept accepting, is never greylisted."""
+
+    def __init__(self, url: str, settings: Any):
+        from gateway.correspondents import MemoryReader
+
+        self.settings = settings
+        self.reader = MemoryReader(url, settings)
+
+    def known(self, sender: str, spf_domain: str | None, recipient: str) -> str | None:
+        from gateway.correspondents import known_to_any, now
+
+        if not sender or not spf_domain:
+            return None
+        entries = self.reader.sender(sender.lower(), spf_domain.lower())
+        if not entries or not known_to_any(entries, [recipient], self.settings, now()):
+            return None
+        return f"{sender} is a known correspondent of {recipient} (KNOWN_CORRESPONDENT)"
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 def organisation(domain: str) -> str:

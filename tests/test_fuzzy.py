@@ -231,3 +231,12 @@ def test_hostile_mail_never_makes_the_check_fail(store, make_check):
     check = make_check()
     for hostile in list(BUILDERS.values())[:40]:
         run(check, hostile.build(), queue_id="Q1")
+
+
+def test_a_known_correspondent_is_spared(store, make_check):
+    learn(store.engine, mail(spam_text()), "spam", "gateway learn")
+    check = make_check()
+    facts = {"identity": {"author": "x@spam.example", "known": True}}
+    report = run(check, mail(spam_text(), name="Carol", number=2), facts=facts)
+    assert names(report) == set()
+    assert report.facts["protected"] == "x@spam.example: KNOWN_CORRESPONDENT"

@@ -526,3 +526,35 @@ def test_through_postfix_two_nodes_share_the_triplets(lab_dir: Path, sink, knot,
         for milter, instance in nodes:
             instance.stop()
             milter.stop()
+
+
+def test_a_known_correspondent_is_not_greylisted_after_data(make_door):
+    clock = Clock()
+    door = make_door(clock=clock)
+    verdict = Policy(Rules(add_header=4.0, greylist=5.0, quarantine=6.0)).decide(
+        PipelineResult((Symbol("A", 6.5), Symbol("KNOWN_CORRESPONDENT", -1.0)), ()),
+        recipients=("a@example.net",))
+    assert verdict.greylist
+    envelope = Envelope(mail_from="bob@example.org", rcpt_to=("a@example.net",),
+                        client_ip=GOOD_IP, queue_id="4AB13")
+    assert door.after_data(envelope, verdict) is None
+
+
+def test_a_known_correspondent_passing_spf_is_not_greylisted_at_rcpt(tmp_path: Path, make_door):
+    from gateway.correspondents import Memory, Observation, now
+
+    door = make_door(extra='[pipeline]\nchecks = ["lists", "spf", "identity"]\n')
+    door._suspicion = lambda envelope: "suspicious for the test"  # type: ignore[method-assign]
+    QuarantineStore(f"sqlite:///{tmp_path}/store.db").close()  # the schema
+    memory = Memory.open(f"sqlite:///{tmp_path}/store.db")
+    # alice wrote to bob@good.test before (our user's outbound mail): he is known to her.
+    memory.add([Observation("bob@good.test", "good.test", "alice@example.net", "outbound",
+                            now())])
+    memory.close()
+    # SPF passes for good.test from 127.0.0.1: the envelope sender is who it says.
+    assert rcpt(door, "127.0.0.1", sender="bob@good.test",
+                recipient="alice@example.net") is None
+    assert rcpt(door, "127.0.0.1", sender="bob@good.test",
+                recipient="carol@example.net") is not None  # not her correspondent
+    assert rcpt(door, "127.0.0.1", sender="bob@other.example",
+                recipient="alice@example.net") is not None

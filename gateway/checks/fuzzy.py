@@ -43,7 +43,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.checks import Check, CheckContext
 from gateway.config import Config, FuzzySection
 from gateway.durations import seconds
-from gateway.facts import DmarcFacts
+from gateway.facts import DmarcFacts, IdentityFacts
 from gateway.fuzzyhash import Digest, TlshIndex, digests
 from gateway.message import Message
 from gateway.quarantine.schema import fuzzy_hashes, fuzzy_seen
@@ -341,7 +341,7 @@ class FuzzyMemory:
 
 class FuzzyCheck(Check):
     name = "fuzzy"
-    wants = ("dmarc",)
+    wants = ("dmarc", "identity")
     symbols = {
         "FUZZY_SPAM": "a near-duplicate of spam people confirmed (learned fuzzy hash)",
         "BULK_CAMPAIGN": "the same text from senders without a history reached many "
@@ -366,7 +366,10 @@ class FuzzyCheck(Check):
         learned = self.memory.snapshot()
         dmarc = DmarcFacts.of(context.facts)
         protected = None
-        if dmarc is not None and dmarc.dkim_aligned and dmarc.dkim_domain:
+        identity = IdentityFacts.of(context.facts)
+        if identity is not None and identity.known:
+            protected = f"{identity.author or 'the sender'}: KNOWN_CORRESPONDENT"
+        elif dmarc is not None and dmarc.dkim_aligned and dmarc.dkim_domain:
             from gateway.senders import organisation
 
             domain = organisation(dmarc.dkim_domain)
