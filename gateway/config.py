@@ -557,7 +557,7 @@ class FuzzySection:
 
     threshold: int = setting(50, lambda v: None if 1 <= v <= 300 else "expected 1 to 300",
                              "TLSH distance at or under which two texts are near-duplicates")
-    short_text: int = setting(512, positive, "normalised texts shorter than this many "
+    short_text: int = setting(256, positive, "normalised texts shorter than this many "
                               "bytes are compared by an exact hash instead")
     campaign_recipients: int = setting(20, positive, "recipients one near-duplicate from "
                                        "unknown senders must reach within campaign_window "
