@@ -407,18 +407,34 @@ class WebSection:
     listen: str = setting("127.0.0.1:8025", _host_port, "the console's host:port (HTTP; the "
                           "reverse proxy in front of it does TLS)")
     trusted_proxies: tuple[str, ...] = setting(
-        ("127.0.0.1", "::1"), _ip_addresses,
-        "proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (the client's "
-        "address for the login limit, https for Secure cookies)")
+        (), _ip_addresses,
+        "reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (the "
+        "client's address for the login limits, https for Secure cookies); none by default: "
+        "name yours, even on 127.0.0.1")
     secure_cookies: Literal["auto", "always"] = setting(
         "auto", doc="auto: cookies are Secure when the request came over HTTPS (as the "
         "trusted proxy says); always: Secure even over plain HTTP")
     session_idle_minutes: int = setting(60, positive, "a session ends after this long unused")
     session_hours: int = setting(12, positive, "a session ends this long after the login")
-    login_attempts: int = setting(5, positive, "failed logins per account (and 4x per client "
-                                  "address) in 15 minutes before the next ones are refused")
+    login_attempts: int = setting(5, positive, "failed logins for one account from one client "
+                                  "before each next try waits (30 s, doubling to 15 minutes); "
+                                  "4x from one client over all accounts in 15 minutes")
     page_size: int = setting(50, positive, "messages per page of the list")
     threads: int = setting(8, positive, "requests served at once")
+    connection_limit: int = setting(500, positive, "open connections in all; more wait in the "
+                                    "kernel's queue until one closes")
+    connections_per_client: int = setting(32, positive, "open connections from one client (an "
+                                          "IPv4 address, an IPv6 /64; trusted_proxies "
+                                          "excepted); more are closed at once")
+    request_seconds: int = setting(30, positive, "a client has this long to send a whole "
+                                   "request, then its connection is closed (slow clients)")
+    idle_seconds: int = setting(60, positive, "an idle keep-alive connection is closed after "
+                                "this long")
+    preview_html_kib: int = setting(256, positive, "KiB of a message's HTML body the console "
+                                    "renders (the page says when the body is longer)")
+    preview_seconds: float = setting(10.0, positive, "a message preview not made within this "
+                                     "long is stopped (its worker process killed); the page "
+                                     "says so")
 
 
 @dataclass(frozen=True)

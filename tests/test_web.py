@@ -20,6 +20,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -79,25 +80,113 @@ def test_users_passwords_and_the_login_limit(console):
     console.add_user("ann", "admin", PASSWORD)
     with pytest.raises(ConsoleError, match="exists already"):
         console.add_user("ann", "analyst", PASSWORD)
-    with pytest.raises(ConsoleError, match="10 characters"):
-        console.add_user("bob", "analyst", "short")
+    for short in ("short", "elevenchars"):  # 12 at least (OWASP ASVS 2.1.1)
+        with pytest.raises(ConsoleError, match="12 characters"):
+            console.add_user("bob", "analyst", short)
     with pytest.raises(ConsoleError, match="user name"):
         console.add_user("<script>", "analyst", PASSWORD)
     assert console.authenticate("ann", PASSWORD, "192.0.2.1").name == "ann"
     stored = console.engine.connect().exec_driver_sql("SELECT password FROM users").scalar()
     assert stored.startswith("$argon2id$") and PASSWORD not in stored
+    console.clock = Clock()  # the waits below are exact, however slow the machine
     for _ in range(3):
         with pytest.raises(LoginRefused, match="wrong name or password"):
-            console.authenticate("ann", "wrong password!", "192.0.2.1")
+            console.authenticate("ann", "wrong password!", "192.0.2.66")
     with pytest.raises(LoginRefused, match="too many failed logins") as caught:
-        console.authenticate("ann", PASSWORD, "192.0.2.9")  # right, but the account waits
-    assert caught.value.retry_after > 0
+        console.authenticate("ann", PASSWORD, "192.0.2.66")  # right, but this client waits
+    assert caught.value.retry_after == 30
+    assert console.authenticate("ann", PASSWORD, "192.0.2.9").name == "ann"  # not ann
     console.add_user("bob", "analyst", PASSWORD)
     console.set_disabled("bob")
     with pytest.raises(LoginRefused):
         console.authenticate("bob", PASSWORD, "192.0.2.2")
     with pytest.raises(LoginRefused, match="wrong name"):
         console.authenticate("nobody", PASSWORD, "192.0.2.3")
+
+
+class Clock:
+    """The console's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def cheap_hashes(console: Console) -> None:
+    """argon2 with the least work: the limits tests log in hundreds of times."""
+    from argon2 import PasswordHasher
+
+    console._hasher = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+
+
+def refused_for(console: Console, name: str, address: str, known: bool = False) -> int:
+    """Seconds the console makes this client wait (0: it may try now)."""
+    try:
+        console.authenticate(name, "wrong password!", address, known=known)
+    except LoginRefused as exc:
+        return exc.retry_after
+    return 0
+
+
+def test_login_limits_count_per_account_and_client_with_backoff(console):
+    """Issue 23 #7: five wrong passwords from anywhere locked any account
+    for everyone for 15 minutes. Now a client that keeps failing for one
+    account waits 30 s, doubling up to 15 minutes; the owner elsewhere does
+    not; guessing many accounts from one client, or one account from many
+    clients, is limited too, except for browsers that logged in before."""
+    clock = console.clock = Clock()
+    cheap_hashes(console)
+    console.add_user("ann", "admin", PASSWORD)
+    for _ in range(3):
+        assert refused_for(console, "ann", "198.51.100.66") == 0  # wrong, counted
+    waits = []
+    for _ in range(7):
+        wait = refused_for(console, "ann", "198.51.100.66")
+        waits.append(wait)
+        clock.advance(wait)
+        assert refused_for(console, "ann", "198.51.100.66") == 0  # one more wrong try
+    assert waits == [30, 60, 120, 240, 480, 900, 900]
+    assert refused_for(console, "ann", "198.51.100.66") == 900
+    assert console.authenticate("ann", PASSWORD, "192.0.2.10").name == "ann"  # the owner
+    # IPv6: one host has a whole /64; another /64 is another client.
+    for address in ("2001:db8::1", "2001:db8::2", "2001:db8::3"):
+        assert refused_for(console, "ann", address) == 0
+    assert refused_for(console, "ann", "2001:db8::ffff") == 30
+    assert refused_for(console, "ann", "2001:db8:0:1::1") == 0
+    # One client guessing many accounts: 4 x login_attempts in 15 minutes.
+    clock.advance(3600)
+    for number in range(12):
+        assert refused_for(console, f"user{number}", "203.0.113.5") == 0
+    assert refused_for(console, "user99", "203.0.113.5") == 900
+    assert refused_for(console, "user99", "203.0.113.5", known=True) == 0
+    # One account from many clients: 100 an hour; a browser that logged in
+    # as ann before (known) still may, and so may ann, once the hour is over.
+    clock.advance(3600)
+    for number in range(100):
+        assert refused_for(console, "ann", f"10.0.{number // 250}.{number % 250}") == 0
+    assert refused_for(console, "ann", "10.9.9.9") == 3600
+    with pytest.raises(LoginRefused, match="too many failed logins"):
+        console.authenticate("ann", PASSWORD, "192.0.2.10")
+    assert console.authenticate("ann", PASSWORD, "192.0.2.10", known=True).name == "ann"
+    clock.advance(3600)
+    assert console.authenticate("ann", PASSWORD, "10.9.9.9").name == "ann"
+
+
+def test_a_device_token_names_one_user_and_expires(console):
+    clock = console.clock = Clock()
+    token = console.device_token("ann")
+    assert console.known_device(token, "ann") and not console.known_device(token, "bob")
+    _, issued, signature = token.split("~")
+    for forged in (f"bob~{issued}~{signature}", f"ann~{int(issued) + 1}~{signature}",
+                   token[:-1] + ("0" if token[-1] != "0" else "1"), "", "ann", "~~"):
+        assert not console.known_device(forged, "ann"), forged
+    clock.advance(91 * 86400)
+    assert not console.known_device(token, "ann")
 
 
 def test_sessions_end_when_the_user_is_disabled_or_idle(console):
@@ -246,27 +335,35 @@ def put_raw(store: QuarantineStore, data: bytes, rcpts=("bob@example.net",),
     return store.put(envelope, RawContent(data=data), verdict(*names), "quarantine")
 
 
-@pytest.fixture
-def web(tmp_path: Path):
+def console_app(tmp_path: Path, web_section: str = ""):
+    """The console's app on a SQLite store, with ann (admin) and bob (analyst)."""
     from gateway.web.app import create_app
 
     url = f"sqlite:///{tmp_path}/q.db"
     config = parse_config(f'[quarantine]\nurl = "{url}"\n[release]\nsmtp = "127.0.0.1:9"\n'
-                          '[digest]\nurl = "https://quarantine.example.org"\n', "test")
+                          '[digest]\nurl = "https://quarantine.example.org"\n'
+                          f"[web]\n{web_section}\n", "test")
     store = QuarantineStore(url, node="node-a")
     app = create_app(config, store)
     console = app.extensions["gateway"]["console"]
     console.add_user("ann", "admin", PASSWORD)
     console.add_user("bob", "analyst", PASSWORD)
+    return app, store, console
+
+
+@pytest.fixture
+def web(tmp_path: Path):
+    app, store, console = console_app(tmp_path)
     yield app, store, console
+    app.extensions["gateway"]["renderer"].close()
     store.close()
 
 
-def login(client, name: str, password: str = PASSWORD, **headers):
+def login(client, name: str, password: str = PASSWORD, query: str = "", **headers):
     page = client.get("/login")
     token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
-    return client.post("/login", data={"name": name, "password": password, "csrf": token},
-                       headers=headers)
+    return client.post("/login" + query, data={"name": name, "password": password,
+                                                "csrf": token}, headers=headers)
 
 
 def session_cookie(response) -> str:
@@ -301,8 +398,8 @@ def test_every_page_but_login_needs_a_session(web):
     assert client.get("/static/console.css").status_code == 200
 
 
-def test_session_cookie_flags_and_secure_behind_tls(web):
-    app, _, _ = web
+def test_session_cookie_flags_and_secure_behind_tls(tmp_path: Path):
+    app, store, _ = console_app(tmp_path, 'trusted_proxies = ["127.0.0.1"]')
     plain = login(app.test_client(), "ann")
     cookie = session_cookie(plain)
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" not in cookie
@@ -316,6 +413,7 @@ def test_session_cookie_flags_and_secure_behind_tls(web):
     spoofed = login(client, "ann", **{"X-Forwarded-Proto": "https"})
     cookie = session_cookie(spoofed)
     assert "Secure" not in cookie
+    store.close()
 
 
 def test_login_is_rate_limited_and_audited(web):
@@ -325,8 +423,68 @@ def test_login_is_rate_limited_and_audited(web):
         assert login(client, "bob", "not the password").status_code == 401
     refused = login(client, "bob")
     assert refused.status_code == 429 and "too many failed logins" in refused.text
+    assert 1 <= int(refused.headers["Retry-After"]) <= 30
     assert "gateway_session" not in refused.headers.get("Set-Cookie", "")
     assert [e["action"] for e in console.audit_trail()][:2] == ["login-failed", "login-failed"]
+
+
+@pytest.mark.slow
+def test_a_stranger_cannot_lock_an_account_nor_claim_an_address(web):
+    """Issue 23 #7: five failures from anywhere locked the account for
+    everyone, and X-Forwarded-For was believed from loopback by default."""
+    app, _, console = web
+    stranger = app.test_client()
+    stranger.environ_base["REMOTE_ADDR"] = "198.51.100.66"
+    for _ in range(5):
+        assert login(stranger, "bob", "not the password").status_code == 401
+    assert login(stranger, "bob").status_code == 429
+    owner = app.test_client()
+    owner.environ_base["REMOTE_ADDR"] = "192.0.2.10"
+    welcome = login(owner, "bob")
+    assert welcome.status_code == 302 and session_cookie(welcome)
+    device = next(c for c in welcome.headers.getlist("Set-Cookie")
+                  if c.startswith("gateway_device="))
+    assert "HttpOnly" in device and "Path=/login" in device and "Max-Age=7776000" in device
+    # No trusted proxy by default: a client on loopback cannot claim another address.
+    local = app.test_client()
+    for _ in range(5):
+        login(local, "ann", "not the password", **{"X-Forwarded-For": f"192.0.2.{_}"})
+    assert {e["address"] for e in console.audit_trail(actor="ann")} == {"127.0.0.1"}
+    assert login(local, "ann", **{"X-Forwarded-For": "192.0.2.200"}).status_code == 429
+
+
+OFFSITE_TARGETS = (
+    "/%09/evil.test", "/%0a/evil.test", "/%0d/evil.test", "/%00/evil.test", "//evil.test",
+    "/%5Cevil.test", "%5C%5Cevil.test", "/%5C/evil.test", "https://evil.test/",
+    "%20//evil.test", "/%E3%80%80/evil.test", "/%0d%0aSet-Cookie:%20x=1",
+    "/quarantine%0d%0aX:%201", "/%2F/evil.test", "/no/such/page", "/login", "/logout",
+    "javascript:alert(1)", "/" + "a" * 3000)
+
+
+@pytest.mark.slow
+def test_next_and_back_accept_only_this_consoles_own_pages(web):
+    """Issue 23 #4: /login?next=/%09/evil.test redirected to //evil.test, and
+    CR/LF in next made a 500; the bulk form's back did the same."""
+    app, store, _ = web
+    identifier = put(store, "redirects")
+    for target in OFFSITE_TARGETS:
+        client = app.test_client()
+        response = login(client, "bob", query=f"?next={target}")
+        assert response.status_code == 302, target
+        assert response.headers["Location"] == "/", (target, response.headers["Location"])
+        back = client.post("/quarantine/bulk", data={"csrf": csrf_of(client), "id": identifier,
+                                                     "action": "spam", "back":
+                                                     unquote(target)})
+        assert back.status_code == 302, target
+        assert back.headers["Location"] == "/quarantine", (target, back.headers["Location"])
+    for target in ("/quarantine?subject=x%20y&page=2", f"/quarantine/{identifier}",
+                   "/admin/audit?page=2", "/"):
+        client = app.test_client()
+        response = login(client, "bob", query=f"?next={quote(target)}")
+        assert response.headers["Location"] == target
+        back = client.post("/quarantine/bulk", data={"csrf": csrf_of(client), "id": identifier,
+                                                     "action": "ham", "back": target})
+        assert back.headers["Location"] == target
 
 
 def test_state_changes_need_the_csrf_token(web):
@@ -376,6 +534,54 @@ def test_an_analyst_cannot_reach_admin_pages_or_release_a_virus(web):
     assert store.get(virus).state == "held"
     assert "only an admin may release it" in client.get(f"/quarantine/{virus}").text
     assert console.audit_trail()[0]["action"] == "release-refused"
+
+
+@pytest.mark.slow
+def test_a_virus_is_an_admins_to_download_after_confirming_and_audited(web):
+    """Issue 23 #8: an analyst could download a CLAMAV_VIRUS message's
+    attachment and raw source, though only an admin may release it."""
+    app, store, console = web
+    virus = put_raw(store, hostile_html_message("v1"), names=("CLAMAV_VIRUS",))
+    plain = put_raw(store, hostile_html_message("p1"))
+    attachment, source = f"/quarantine/{virus}/attachment/2", f"/quarantine/{virus}/raw"
+    analyst = app.test_client()
+    login(analyst, "bob")
+    token = csrf_of(analyst)
+    assert analyst.get(f"/quarantine/{plain}/attachment/2").data.startswith(b"MZ")
+    assert analyst.get(f"/quarantine/{plain}/raw?download=1").status_code == 200
+    for response in (analyst.get(attachment), analyst.get(source + "?download=1"),
+                     analyst.post(attachment, data={"csrf": token, "confirm": "yes"}),
+                     analyst.post(source, data={"csrf": token, "confirm": "yes",
+                                                "download": "1"})):
+        assert response.status_code == 403 and "only an admin may download" in response.text
+        assert b"MZ" not in response.data
+    assert [e["action"] for e in console.audit_trail(actor="bob")][:4] == \
+        ["download-refused"] * 4
+    page = analyst.get(f"/quarantine/{virus}").text
+    assert "only an admin may download its attachments or source" in page
+    assert attachment not in page and "download=1" not in page
+    assert analyst.get(source).status_code == 200  # reading the source stays open
+
+    admin = app.test_client()
+    login(admin, "ann")
+    token = csrf_of(admin)
+    unconfirmed = (admin.get(attachment), admin.post(attachment, data={"csrf": token}),
+                   admin.get(source + "?download=1"))
+    assert all(r.status_code == 403 and "after confirming" in r.text for r in unconfirmed)
+    assert admin.post(attachment, data={"confirm": "yes"}).status_code == 400  # CSRF
+    page = admin.get(f"/quarantine/{virus}").text
+    assert 'id="dangerous-download"' in page and f'formaction="{attachment}"' in page
+    got = admin.post(attachment, data={"csrf": token, "confirm": "yes"})
+    assert got.status_code == 200 and got.data.startswith(b"MZ")
+    eml = admin.post(source, data={"csrf": token, "confirm": "yes", "download": "1"})
+    assert eml.status_code == 200 and b"invoice v1" in eml.data
+    assert eml.headers["Content-Disposition"] == f'attachment; filename="{virus}.eml"'
+    (source_line, attachment_line) = console.audit_trail(actor="ann")[:2]
+    assert (source_line["action"], source_line["detail"]) == (
+        "download", "source (confirmed: carries CLAMAV_VIRUS)")
+    assert attachment_line["detail"].endswith("(confirmed: carries CLAMAV_VIRUS)")
+    history = [(e.actor, e.action) for e in store.get(virus).events]
+    assert history[-2:] == [("ann", "downloaded"), ("ann", "downloaded")]
 
 
 def test_made_up_and_foreign_ids_are_404_never_a_traceback(web):
@@ -441,6 +647,55 @@ def test_hostile_mail_is_escaped_sanitized_and_never_rendered_in_the_page(web):
     raw = client.get(f"/quarantine/{identifier}/raw")
     assert "&lt;script&gt;console.log(&#34;PWNED&#34;)" in raw.text
     assert "<script>console.log" not in raw.text
+
+
+def eight_bit_message(tag: str) -> bytes:
+    """Bytes that are not UTF-8 in the From, To, Subject, an extension field,
+    a file name, the text and the HTML (a sender can put them anywhere)."""
+    return (b"From: Eve \xff\xfe <eve@example.org>\r\nTo: b\xf6b <bob@example.net>\r\n"
+            b"Subject: caf\xe9 " + tag.encode() + b" \x80\r\nX-Odd: \x81\x9b[2J\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n"
+            b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nna\xefve\r\n"
+            b"--b1\r\nContent-Type: text/html\r\n\r\n<p>h\xe9llo \xff</p>\r\n"
+            b"--b1\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Disposition: attachment; filename=\"r\xe9sum\xff.bin\"\r\n\r\n"
+            b"data\r\n--b1--\r\n")
+
+
+@pytest.mark.slow
+def test_every_page_shows_a_message_with_bytes_that_are_not_utf8(web):
+    """Issue 23 #3: one byte that was not UTF-8 in a header made the message
+    page 500 (UnicodeEncodeError). Every page type that shows a message, or
+    what was done to it, answers; the message page shows the byte as \\xNN."""
+    app, store, console = web
+    identifier = put_raw(store, eight_bit_message("8bit"))
+    console.add_label(identifier, "spam", "analyst", "bob", "same campaign")
+    token = make_link(console, identifier, "bob@example.net", days=7)
+    client = app.test_client()
+    login(client, "ann")
+    values = {"identifier": identifier, "index": "2", "name": "ann", "number": "1",
+              "token": token}
+    checked = set()
+    for rule in app.url_map.iter_rules():
+        if "GET" not in rule.methods or rule.endpoint in ("static", "health"):
+            continue
+        path = re.sub(r"<(?:int:)?(\w+)>", lambda m: values[m.group(1)], rule.rule)
+        for query in ("", "?download=1", "?state=all"):
+            response = client.get(path + query)
+            if rule.endpoint == "login":  # logged in already: shown again, no harm
+                assert response.status_code == 200
+                continue
+            assert response.status_code == 200, (path + query, response.status_code)
+            checked.add(rule.endpoint)
+    assert checked >= {"dashboard", "listing", "message", "message_html", "message_raw",
+                       "attachment", "feedback_queue", "audit_page", "digest", "users_page",
+                       "account", "lists_page"}
+    page = client.get(f"/quarantine/{identifier}").text
+    assert "Eve \\xff\\xfe &lt;eve@example.org&gt;" in page  # the header table
+    assert "\\x81\\x9b[2J" in page
+    assert "caf\\xe9 8bit \\x80" in page or "caf\ufffd 8bit \ufffd" in page
+    assert "hé" in client.get(f"/quarantine/{identifier}/html").text  # latin-1 reading
+    assert "sum" in console.audit_trail(actor="ann")[1]["detail"]  # the download, audited
 
 
 def test_bulk_actions_and_the_audit_trail_name_the_user(web):
@@ -542,7 +797,7 @@ def test_user_and_feedback_commands(tmp_path: Path):
     short = gateway(config, "user", "add", "bob", "--role", "analyst", "--password-stdin",
                     stdin="short\n")
     assert short.returncode == 2 and short.stderr.count("\n") == 1
-    assert "10 characters" in short.stderr
+    assert "12 characters" in short.stderr
     no_tty = gateway(config, "user", "passwd", "ann", stdin="")
     assert no_tty.returncode == 2 and "--password-stdin" in no_tty.stderr
     assert gateway(config, "user", "passwd", "ann", "--password-stdin",

@@ -37,6 +37,7 @@ from gateway.quarantine.store import Filters, QuarantineStore
 from tests.helpers import send
 from tests.test_quarantine import message, quarantine_config
 from tests.test_web import PASSWORD, hostile_html_message, put_raw
+from tests.test_web_preview import PATHOLOGICAL, html_message
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -79,9 +80,8 @@ class Site:
     """The console served by waitress on loopback, in this process."""
 
     def __init__(self, root: Path, release_smtp: str):
-        from waitress import create_server
-
         from gateway.web.app import create_app
+        from gateway.web.server import make_server
 
         self.url = f"sqlite:///{root}/q.db"
         self.config = parse_config(f'[quarantine]\nurl = "{self.url}"\nnode = "mx1"\n'
@@ -92,12 +92,13 @@ class Site:
         self.console.add_user("ann", "admin", PASSWORD)
         self.console.add_user("alice", "analyst", PASSWORD)
         self.port = free_port()
-        self.server = create_server(self.app, host="127.0.0.1", port=self.port, threads=4)
+        self.server = make_server(self.app, "127.0.0.1", self.port, self.config.web)
         self.base = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.run, daemon=True).start()
 
     def close(self) -> None:
         self.server.close()
+        self.app.extensions["gateway"]["renderer"].close()
         self.store.close()
 
 
@@ -323,3 +324,22 @@ def test_hostile_html_runs_no_script_and_loads_nothing(browser, site, canary, ou
     text = browser.find_element(By.CSS_SELECTOR, "ul.urls").text
     assert f"https://pay.example.net/{tag}" in text
     shot(browser, output, "message-html")
+
+
+def test_a_2_mib_message_built_to_hang_the_preview_opens_with_a_notice(browser, site):
+    """Issue 23 #2: such a message held a console thread for minutes and the
+    page never came. The page (the browser gives up after 30 s) shows the
+    first 256 KiB of the HTML, says so, and the console still answers."""
+    hostile = PATHOLOGICAL["unclosed a"] + PATHOLOGICAL["formatting"][:1024 * 1024]
+    identifier = put_raw(site.store, html_message(hostile, "hang"))
+    log_in(browser, site, "alice")
+    browser.get(f"{site.base}/quarantine/{identifier}")
+    notice = find(browser, By.ID, "html-truncated")
+    assert "Only the first 256 KiB of the HTML body are shown" in notice.text
+    assert "Invoice hang" in browser.find_element(By.CSS_SELECTOR, "pre.body").text
+    browser.switch_to.frame(browser.find_element(By.CSS_SELECTOR, "iframe.mail"))
+    wait_for(lambda: "Invoice hang" in browser.find_element(By.TAG_NAME, "body").text,
+             what="the sanitized HTML")
+    browser.switch_to.default_content()
+    browser.get(f"{site.base}/quarantine")
+    assert find(browser, By.CSS_SELECTOR, "table.list")

@@ -134,7 +134,8 @@ def list_main(args: argparse.Namespace) -> int:
 
 
 def show_main(args: argparse.Namespace) -> int:
-    store = open_store(config_from(args))
+    config = config_from(args)
+    store = open_store(config)
     record = _get(store, args.id)
     if args.raw:
         raw = store.raw(record.id)
@@ -148,7 +149,7 @@ def show_main(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stdout.buffer.write(raw)
         return 0
-    preview = _preview(store, record)
+    preview = _preview(store, record, config)
     if args.json:
         shown = record.as_dict()
         if preview is not None:
@@ -166,11 +167,13 @@ def show_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preview(store: QuarantineStore, record: Record):
+def _preview(store: QuarantineStore, record: Record, config: Config):
+    """What the console shows, read the way the checks read it: bounded and
+    linear, so no held message can stall this command."""
     from gateway.web.preview import analyse
 
     raw = store.raw(record.id)
-    return None if raw is None else analyse(bytes(raw))
+    return None if raw is None else analyse(bytes(raw), config.limits)
 
 
 TEXT_LINES = 40

@@ -40,10 +40,9 @@ def main(args: argparse.Namespace) -> int:
     if config.digest.enabled and not config.digest.url:
         raise UsageError("[digest] enabled needs [digest] url, the console's address as "
                          "recipients reach it (https://...)")
-    from waitress import create_server
-
     from gateway.web.app import create_app
     from gateway.web.digest import DailyDigest
+    from gateway.web.server import make_server
 
     setup_logging(config.log.level, config.log.format)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
@@ -51,9 +50,7 @@ def main(args: argparse.Namespace) -> int:
     app = create_app(config, store)
     host, _, port = listen.rpartition(":")
     try:
-        server = create_server(app, host=host.strip("[]"), port=int(port),
-                               threads=config.web.threads, ident="gateway",
-                               clear_untrusted_proxy_headers=False)
+        server = make_server(app, host.strip("[]"), int(port), config.web)
     except OSError as exc:
         raise UsageError(f"web: cannot listen on {listen}: {exc.strerror or exc}") from None
     digest = None
@@ -71,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
         if digest is not None:
             digest.stop()
         server.close()
+        app.extensions["gateway"]["renderer"].close()
         store.close()
     return 0
 

@@ -38,6 +38,7 @@ from flask import (
     Flask,
     Response,
     abort,
+    current_app,
     flash,
     g,
     get_flashed_messages,
@@ -48,6 +49,7 @@ from flask import (
     url_for,
 )
 from flask.sessions import SecureCookieSessionInterface
+from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
 from gateway.config import Config
@@ -63,6 +65,7 @@ from gateway.quarantine.store import (
 )
 from gateway.web import charts, preview, stats
 from gateway.web.console import (
+    DEVICE_DAYS,
     ROLES,
     Console,
     ConsoleError,
@@ -71,12 +74,15 @@ from gateway.web.console import (
     password_problem,
 )
 from gateway.web.digest import LinkError, check_link, use_link
+from gateway.web.render import Renderer
 
 log = logging.getLogger("gateway.web")
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "gateway_session"
+DEVICE_COOKIE = "gateway_device"
 ID = re.compile(r"^[0-9a-f]{20}$")
 PUBLIC = ("login", "static", "digest", "health")
+RAW_SHOWN = 2 * 1024 * 1024  # of the raw source on its page; the download has it all
 
 # The app's own pages: its stylesheet and script, nothing else.
 PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -105,13 +111,18 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
                       timedelta(minutes=config.web.session_idle_minutes),
                       timedelta(hours=config.web.session_hours))
     rules = load_rules(config.policy.rules)
+    renderer = Renderer(config.limits, config.web.preview_html_kib * 1024,
+                        config.web.preview_seconds)
     app.secret_key = console.secret("cookie_secret")
     app.session_interface = _NoticeCookies()
     app.config.update(SESSION_COOKIE_NAME="gateway_notice", SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Strict", MAX_CONTENT_LENGTH=1024 * 1024,
                       TEMPLATES_AUTO_RELOAD=False)
     app.extensions["gateway"] = {"config": config, "store": store, "console": console,
-                                 "rules": rules}
+                                 "rules": rules, "renderer": renderer}
+    # Every value a template prints, whatever page: a header byte that was
+    # not UTF-8 would otherwise make the whole page fail to encode.
+    app.jinja_env.finalize = _displayable
     trusted = {ipaddress.ip_address(a) for a in config.web.trusted_proxies}
 
     # -- every request ---------------------------------------------------------------
@@ -180,17 +191,19 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
     @app.route("/login", methods=["GET", "POST"])
     def login():
         problem = None
-        status = 200
+        status, retry_after = 200, 0
         if request.method == "POST":
             _check_origin()
             if not constant_equal(request.form.get("csrf", ""), session.get("login", "-")):
                 abort(400, "the login form was stale; reload the page and try again")
             name = request.form.get("name", "").strip()
+            known = console.known_device(request.cookies.get(DEVICE_COOKIE), name)
             try:
                 user = console.authenticate(name, request.form.get("password", ""),
-                                            _address())
+                                            _address(), known=known)
             except LoginRefused as exc:
                 problem, status = str(exc), 429 if exc.retry_after else 401
+                retry_after = exc.retry_after
                 console.log(name[:64] or "?", "login-failed", name[:64], str(exc), _address())
             else:
                 token, _ = console.open_session(user, _address())
@@ -199,11 +212,17 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
                 response = redirect(target)
                 response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict",
                                     secure=_secure(), path="/")
+                # This browser has logged in as this user: the login limits
+                # for strangers do not hold it back (see Console._wait).
+                response.set_cookie(DEVICE_COOKIE, console.device_token(user.name),
+                                    max_age=DEVICE_DAYS * 86400, httponly=True,
+                                    samesite="Strict", secure=_secure(), path="/login")
                 session.pop("login", None)
                 return response
         session["login"] = secrets.token_urlsafe(24)
         page = render_template("login.html", problem=problem, login_csrf=session["login"])
-        return page, status
+        headers = {"Retry-After": str(retry_after)} if retry_after else {}
+        return page, status, headers
 
     @app.post("/logout")
     def logout():
@@ -307,11 +326,13 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
     def message(identifier: str):
         record = _record(store, identifier)
         raw = store.raw(record.id)
-        shown = preview.analyse(bytes(raw)) if raw is not None else None
-        sanitized = preview.sanitize_html(shown.html) if shown and shown.html else None
+        made = renderer.render(f"{record.id}:{record.sha256}", bytes(raw)) \
+            if raw is not None else None
         dangerous = admin_only_symbols(record, rules.release)
         return render_template(
-            "message.html", r=record, preview=shown, sanitized=sanitized, dangerous=dangerous,
+            "message.html", r=record, preview=made.preview if made else None,
+            sanitized=made.sanitized if made else None,
+            preview_problem=made.problem if made else None, dangerous=dangerous,
             symbols=sorted(record.symbols, key=lambda s: -abs(s["score"])),
             labels=console.labels(state=None, message=record.id),
             may_release=raw is not None and (not dangerous or g.session.user.is_admin))
@@ -320,10 +341,11 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
     def message_html(identifier: str):
         record = _record(store, identifier)
         raw = store.raw(record.id)
-        shown = preview.analyse(bytes(raw)) if raw is not None else None
-        if shown is None or shown.html is None:
+        made = renderer.render(f"{record.id}:{record.sha256}", bytes(raw)) \
+            if raw is not None else None
+        if made is None or made.sanitized is None:
             abort(404)
-        clean = preview.sanitize_html(shown.html)
+        clean = made.sanitized
         g.csp = MAIL_POLICY
         response = Response(
             "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" "
@@ -333,34 +355,63 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
-    @app.get("/quarantine/<identifier>/raw")
+    @app.route("/quarantine/<identifier>/raw", methods=["GET", "POST"])
     def message_raw(identifier: str):
         record = _record(store, identifier)
         raw = store.raw(record.id)
         if raw is None:
             abort(410, f"{record.state}: the message's content is gone")
-        console.log(g.session.user.name, "view-raw", record.id, "", _address())
-        if request.args.get("download"):
+        if request.values.get("download"):
+            confirmed = _may_download(record, "source")
+            console.log(g.session.user.name, "download", record.id, f"source{confirmed}",
+                        _address())
             g.csp = DOWNLOAD_POLICY
             return Response(bytes(raw), mimetype="application/octet-stream", headers={
                 "Content-Disposition": f'attachment; filename="{record.id}.eml"'})
-        text = bytes(raw).decode("utf-8", "replace")
-        return render_template("raw.html", r=record, text=text)
+        console.log(g.session.user.name, "view-raw", record.id, "", _address())
+        data = bytes(raw)
+        text = data[:RAW_SHOWN].decode("utf-8", "replace")
+        return render_template("raw.html", r=record, text=text,
+                               cut=len(data) > RAW_SHOWN and RAW_SHOWN // 1024,
+                               dangerous=admin_only_symbols(record, rules.release))
 
-    @app.get("/quarantine/<identifier>/attachment/<int:index>")
+    @app.route("/quarantine/<identifier>/attachment/<int:index>", methods=["GET", "POST"])
     def attachment(identifier: str, index: int):
         record = _record(store, identifier)
         raw = store.raw(record.id)
-        found = preview.attachment_bytes(bytes(raw), index) if raw is not None else None
+        found = preview.attachment_bytes(bytes(raw), index, config.limits) \
+            if raw is not None else None
         if found is None:
             abort(404)
         part, data = found
+        name = preview.displayable(part.name)
+        confirmed = _may_download(record, f"attachment {index}: {name}")
         console.log(g.session.user.name, "download", record.id,
-                    f"attachment {index}: {part.name}", _address())
+                    f"attachment {index}: {name}{confirmed}", _address())
         g.csp = DOWNLOAD_POLICY
         safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", part.name)[:100] or "attachment"
         return Response(data, mimetype="application/octet-stream", headers={
             "Content-Disposition": f'attachment; filename="{safe_name}.bin"'})
+
+    def _may_download(record: Record, what: str) -> str:
+        """A virus's or admin-only mail's attachments and source are an
+        admin's to download, after confirming (a POST from the message's
+        page), like its release; refusals are audited too. Returns what the
+        audit line adds."""
+        dangerous = admin_only_symbols(record, rules.release)
+        if not dangerous:
+            return ""
+        me, carries = g.session.user, ", ".join(dangerous)
+        if not me.is_admin:
+            console.log(me.name, "download-refused", record.id, f"{what}; carries {carries}",
+                        _address())
+            abort(403, f"this message carries {carries}: only an admin may download its "
+                       "attachments or source")
+        if request.method != "POST" or request.form.get("confirm") != "yes":
+            abort(403, f"this message carries {carries}: download it from the message's page, "
+                       "after confirming")
+        store.record_event(record.id, me.name, "downloaded", f"{what} (carries {carries})")
+        return f" (confirmed: carries {carries})"
 
     @app.post("/quarantine/<identifier>/release")
     def release_one(identifier: str):
@@ -531,7 +582,7 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
             current = request.form.get("current", "")
             new = request.form.get("password", "")
             try:
-                console.authenticate(me.name, current, _address())
+                console.authenticate(me.name, current, _address(), known=True)
                 if new != request.form.get("again", ""):
                     raise ConsoleError("the two new passwords differ")
                 if (problem := password_problem(new)) is not None:
@@ -595,6 +646,12 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
 
 # -- helpers ----------------------------------------------------------------------------
 
+def _displayable(value: Any) -> Any:
+    if isinstance(value, Markup):
+        return Markup(preview.displayable(str(value)))
+    return preview.displayable(value) if isinstance(value, str) else value
+
+
 def _forwarded(trusted: set, config: Config) -> None:
     """The client's address and scheme as the trusted reverse proxy says."""
     peer = request.remote_addr or ""
@@ -631,11 +688,25 @@ def _check_origin() -> None:
         abort(403, "this request came from a sandboxed page")
 
 
+# A path and query of printable ASCII, starting with one "/": no scheme, no
+# host, no "//" or "/\\" (a browser reads both as another host), no backslash,
+# space or control character (a browser drops a tab or newline inside a URL,
+# so "/<TAB>/evil.test" would become "//evil.test").
+_LOCAL_TARGET = re.compile(r"/(?![/\\])[!-\[\]-~]*")
+NOT_AFTER_LOGIN = ("login", "logout", "static", "digest", "health")
+
+
 def _local(target: str | None) -> str | None:
-    """A redirect target on this console only."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """``target`` if it is the address of one of this console's own pages
+    (as ``next`` after a login, ``back`` after a bulk action), else None."""
+    if not target or len(target) > 2000 or not _LOCAL_TARGET.fullmatch(target):
         return None
-    return target
+    path = urlsplit(target).path
+    try:
+        endpoint, _ = current_app.url_map.bind("console").match(path, method="GET")
+    except HTTPException:  # no such page (404, 405) or a redirect of the router's
+        return None
+    return target if endpoint not in NOT_AFTER_LOGIN else None
 
 
 def _admin() -> None:

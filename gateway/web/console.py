@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import math
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,9 +42,14 @@ from gateway.quarantine.store import QuarantineError, QuarantineStore, now
 ROLES = ("analyst", "admin")
 LABELS = ("ham", "spam")
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-MIN_PASSWORD = 10
+MIN_PASSWORD = 12  # OWASP ASVS 2.1.1
 MAX_PASSWORD = 1024
 LOGIN_WINDOW = timedelta(minutes=15)
+BACKOFF_START = timedelta(seconds=30)
+BACKOFF_MAX = timedelta(minutes=15)
+ACCOUNT_WINDOW = timedelta(hours=1)
+ACCOUNT_FAILURES = 100
+DEVICE_DAYS = 90
 
 
 class ConsoleError(Exception):
@@ -114,7 +122,9 @@ class Label:
 class Console:
     def __init__(self, store: QuarantineStore, login_attempts: int = 5,
                  session_idle: timedelta = timedelta(hours=1),
-                 session_max: timedelta = timedelta(hours=12)):
+                 session_max: timedelta = timedelta(hours=12),
+                 clock: Callable[[], datetime] = now):
+        self.clock = clock
         self.store = store
         self.engine = store.engine
         self.login_attempts = login_attempts
@@ -122,6 +132,7 @@ class Console:
         self.session_max = session_max
         self._hasher: Any = None
         self._dummy_hash: str | None = None
+        self._device_key: bytes | None = None
 
     # -- passwords -----------------------------------------------------------------
 
@@ -220,28 +231,26 @@ class Console:
 
     # -- logging in ----------------------------------------------------------------
 
-    def authenticate(self, name: str, password: str, address: str) -> User:
-        """The user, if the password is right and the limit not reached;
-        every refusal is the same to the client, whatever the reason."""
-        stamp = now()
+    def authenticate(self, name: str, password: str, address: str, known: bool = False
+                     ) -> User:
+        """The user, if the password is right and no login limit applies;
+        every refusal is the same to the client, whatever the reason.
+
+        The limits (see :meth:`_wait`) count failures per account *and
+        client*, so a stranger's wrong passwords cannot lock the account's
+        owner out; ``known`` is a browser that has logged in to this account
+        before (the console's signed device cookie), which the limits for
+        unknown clients do not hold back."""
+        stamp = self.clock()
         key = name.strip()[:64]
+        client = client_key(address)
         with self.engine.begin() as connection:
             connection.execute(delete(login_failures).where(
                 login_failures.c.time < stamp - timedelta(days=1)))
-            since = stamp - LOGIN_WINDOW
-            by_name = connection.execute(select(func.count(), func.min(login_failures.c.time))
-                                         .where(and_(login_failures.c.name == key,
-                                                     login_failures.c.time >= since))).first()
-            by_address = connection.execute(
-                select(func.count(), func.min(login_failures.c.time))
-                .where(and_(login_failures.c.address == address,
-                            login_failures.c.time >= since))).first()
-        for (count, oldest), limit in ((by_name, self.login_attempts),
-                                       (by_address, self.login_attempts * 4)):
-            if count >= limit:
-                wait = int((_utc(oldest) + LOGIN_WINDOW - stamp).total_seconds()) + 1
-                raise LoginRefused("too many failed logins; try again in "
-                                   f"{max(1, (wait + 59) // 60)} minutes", max(wait, 1))
+            wait = self._wait(connection, key, client, known, stamp)
+        if wait > 0:
+            raise LoginRefused(f"too many failed logins; try again in {_duration(wait)}",
+                               wait)
         with self.engine.connect() as connection:
             row = connection.execute(select(users).where(users.c.name == key)).first()
         if row is None:
@@ -252,15 +261,74 @@ class Console:
         if not ok:
             with self.engine.begin() as connection:
                 connection.execute(insert(login_failures),
-                                   {"time": stamp, "name": key, "address": address[:64]})
+                                   {"time": stamp, "name": key, "address": client})
             raise LoginRefused("wrong name or password, or the account is disabled")
         with self.engine.begin() as connection:
             values: dict[str, Any] = {"last_login": stamp}
             if self.hasher.check_needs_rehash(row.password):
                 values["password"] = self.hasher.hash(password)
             connection.execute(update(users).where(users.c.id == row.id).values(**values))
-            connection.execute(delete(login_failures).where(login_failures.c.name == key))
+            connection.execute(delete(login_failures).where(and_(
+                login_failures.c.name == key, login_failures.c.address == client)))
         return self._user_or_fail(key)
+
+    def _wait(self, connection: Any, name: str, client: str, known: bool, stamp: datetime
+              ) -> int:
+        """Seconds before ``client`` may try ``name`` again (0: now).
+
+        - This client and account: after ``login_attempts`` failures, each
+          next try waits 30 s, doubling with every further failure up to
+          15 minutes (a success from this client starts again).
+        - This client, any account (guessing many accounts): 4 x
+          ``login_attempts`` failures in 15 minutes, unless ``known``.
+        - This account, any client (a guess from each of many addresses):
+          100 failures in an hour (OWASP ASVS 2.2.1), unless ``known``.
+        """
+        def failures(*where: Any) -> Any:
+            return connection.execute(select(func.count(), func.min(login_failures.c.time),
+                                             func.max(login_failures.c.time))
+                                      .where(and_(*where))).first()
+
+        until: list[datetime] = []
+        count, _, last = failures(login_failures.c.name == name,
+                                  login_failures.c.address == client)
+        if count >= self.login_attempts:
+            backoff = BACKOFF_START * 2 ** min(count - self.login_attempts, 16)
+            until.append(_utc(last) + min(backoff, BACKOFF_MAX))
+        if not known:
+            count, oldest, _ = failures(login_failures.c.address == client,
+                                        login_failures.c.time >= stamp - LOGIN_WINDOW)
+            if count >= self.login_attempts * 4:
+                until.append(_utc(oldest) + LOGIN_WINDOW)
+            count, oldest, _ = failures(login_failures.c.name == name,
+                                        login_failures.c.time >= stamp - ACCOUNT_WINDOW)
+            if count >= ACCOUNT_FAILURES:
+                until.append(_utc(oldest) + ACCOUNT_WINDOW)
+        latest = max(until, default=stamp)
+        return max(0, math.ceil((latest - stamp).total_seconds()))
+
+    def device_token(self, name: str) -> str:
+        """A token a browser keeps after logging in as ``name`` (the device
+        cookie, OWASP's answer to lockouts): signed, dated, no secret in it."""
+        issued = int(self.clock().timestamp())
+        return f"{name}~{issued}~{self._device_signature(name, issued)}"
+
+    def known_device(self, token: str | None, name: str) -> bool:
+        """Whether ``token`` is this console's, for ``name``, and recent."""
+        if not token or len(token) > 200 or token.count("~") != 2:
+            return False
+        holder, issued, signature = token.split("~")
+        if holder != name.strip() or not issued.isdigit():
+            return False
+        if self.clock().timestamp() - int(issued) > DEVICE_DAYS * 86400:
+            return False
+        return constant_equal(signature, self._device_signature(holder, int(issued)))
+
+    def _device_signature(self, name: str, issued: int) -> str:
+        if self._device_key is None:
+            self._device_key = self.secret("device_secret")
+        return hmac.new(self._device_key, f"device~{name}~{issued}".encode(),
+                        hashlib.sha256).hexdigest()
 
     def open_session(self, user: User, address: str) -> tuple[str, Session]:
         """A new session: the cookie's token (only its hash is stored)."""
@@ -498,6 +566,27 @@ def password_problem(password: str) -> str | None:
     if len(password) > MAX_PASSWORD:
         return f"a password is at most {MAX_PASSWORD} characters"
     return None
+
+
+def client_key(address: str) -> str:
+    """What the login limits count as one client: an IPv4 address, or an
+    IPv6 /64 (one host commonly has a whole /64 to pick addresses from)."""
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return address.strip()[:64] or "?"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = (seconds + 59) // 60
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
 def constant_equal(a: str, b: str) -> bool:

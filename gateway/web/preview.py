@@ -10,29 +10,54 @@ elsewhere; attachments are listed — name, declared type, the type their
 first bytes show, size, SHA-256 — and offered for download, never rendered;
 URLs are listed as text, not as links.
 
-The parse is the gateway's bounded MIME parser (``[limits]``), so a message
-built to exhaust a parser costs no more here than in the checks.
+The message is read the way the milter's checks read it: the bounded MIME
+parser (``[limits]``) and the checks' view of it
+(:class:`gateway.checks.view.MessageView`: the decoded text parts, the HTML
+without tags by the classifier's linear stripper, the file names), so a
+message built to exhaust a parser costs no more here than in the checks,
+and an analyst sees the text, URLs and names the checks saw. Only the first
+``html_bytes`` of the HTML go to the sanitizer, trimmed by
+:func:`gateway.web.boundhtml.bound_html`; the page says when either cut.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from email.message import Message
-from html.parser import HTMLParser
 
-from gateway.mail import decode_bytes, decoded_header
+from gateway.checks.view import MessageView, TextPart
+from gateway.classifier.features import HREF, URL
+from gateway.config import LimitsSection
+from gateway.mail import decoded_header
 from gateway.mime import parse_bytes
+from gateway.web.boundhtml import bound_html
 
 # What is shown of a body, and how many of each list.
 MAX_TEXT = 512 * 1024
+HTML_BYTES = 256 * 1024
 MAX_URLS = 500
 MAX_PARTS = 200
 MAX_HEADERS = 300
+DEFAULT_LIMITS = LimitsSection()
 
-_URL = re.compile(r"""(?i)\b(?:https?://|www\.)[^\s<>"'`{}|\\^\[\]]{1,2000}""")
+# Lone surrogates: bytes that were not UTF-8, kept by the parser's
+# surrogateescape (U+DC80-U+DCFF stand for the bytes 0x80-0xFF). No UTF-8
+# page or pipe can carry them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def displayable(text: str) -> str:
+    """``text`` with each byte that was not UTF-8 shown as ``\\xNN`` (any
+    other lone surrogate as ``\\uXXXX``), so that it can be encoded."""
+    if not _SURROGATE.search(text):
+        return text
+    return _SURROGATE.sub(_escape_surrogate, text)
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 @dataclass(frozen=True)
@@ -59,90 +84,68 @@ class Preview:
     text: str = ""
     text_truncated: bool = False
     text_from_html: bool = False
-    html: str | None = None
+    html: str | None = None       # the first html_bytes of the HTML body, as sent
+    html_truncated: bool = False  # the HTML body is longer than that
+    html_bytes: int = HTML_BYTES
     attachments: list[Attachment] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
 
 
-def analyse(raw: bytes) -> Preview:
-    message = parse_bytes(raw)
-    preview = Preview()
-    for count, (name, value) in enumerate(message.raw_items()):
+def analyse(raw: bytes, limits: LimitsSection = DEFAULT_LIMITS,
+            html_bytes: int = HTML_BYTES) -> Preview:
+    """The message's headers, text, HTML, attachments and URLs; bounded
+    work, linear in the size of the message, never raises on content."""
+    message = parse_bytes(raw, limits)
+    view = MessageView(message, limits)
+    preview = Preview(html_bytes=html_bytes)
+    fields = message.raw_items()
+    for count, (name, value) in enumerate(fields):
         if count >= MAX_HEADERS:
-            preview.headers.append(("…", f"{len(message.keys()) - count} more fields"))
+            preview.headers.append(("…", f"{len(fields) - count} more fields"))
             break
-        preview.headers.append((str(name), " ".join(decoded_header(value).split())))
+        preview.headers.append((str(name), " ".join(
+            decoded_header(value, limits.encoded_words).split())))
+    texts = iter(view.texts)  # the inline text parts, in order, as the checks read them
+    shown: dict[str, TextPart] = {}
     urls: list[str] = []
-    for index, part in enumerate(_leaves(message)):
-        if index >= MAX_PARTS:
-            break
-        kind = part.get_content_type().lower()
-        filename = _filename(part)
-        disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
-        data = _payload(part)
-        inline_text = kind in ("text/plain", "text/html") and not filename \
-            and disposition != "attachment"
-        if inline_text and kind == "text/plain" and not preview.text:
-            text = decode_bytes(data, part.get_content_charset())
-            preview.text_truncated = len(text) > MAX_TEXT
-            preview.text = text[:MAX_TEXT]
-            urls += _URL.findall(preview.text)
-        elif inline_text and kind == "text/html" and preview.html is None:
-            preview.html = decode_bytes(data, part.get_content_charset())[:MAX_TEXT * 2]
-            urls += _html_urls(preview.html)
-        else:
+    for index, part in enumerate(view.parts):
+        text_part = next(texts, None) if part.is_text else None
+        if text_part is not None and text_part.content_type not in shown:
+            shown[text_part.content_type] = text_part
+            if text_part.content_type == "text/html":
+                urls += [m.group(1) for m in HREF.finditer(text_part.raw)]
+            urls += URL.findall(text_part.text)
+            continue
+        if len(preview.attachments) < MAX_PARTS:
+            data = part.payload()
             preview.attachments.append(Attachment(
-                index=index, name=filename or f"part-{index + 1}", declared=kind,
-                detected=detect_type(data), size=len(data),
+                index=index, name=part.filename or f"part-{index + 1}",
+                declared=part.content_type, detected=detect_type(data), size=len(data),
                 sha256=hashlib.sha256(data).hexdigest()))
-    if not preview.text and preview.html is not None:
-        preview.text = html_to_text(preview.html)[:MAX_TEXT]
-        preview.text_from_html = bool(preview.text)
-    seen: dict[str, None] = {}
-    for url in urls:
-        seen.setdefault(url.rstrip(".,;:!?)"), None)
-        if len(seen) >= MAX_URLS:
-            break
-    preview.urls = list(seen)
+    plain, html = shown.get("text/plain"), shown.get("text/html")
+    if html is not None:
+        preview.html = html.raw[:html_bytes]
+        preview.html_truncated = len(html.raw) > html_bytes
+    body = plain.text if plain is not None else html.text.strip() if html is not None else ""
+    preview.text_from_html = plain is None and bool(body)
+    preview.text_truncated = len(body) > MAX_TEXT or view.text_truncated
+    preview.text = body[:MAX_TEXT]
+    preview.urls = list(dict.fromkeys(u.rstrip(".,;:!?)") for u in urls[:MAX_URLS * 4]
+                                      ))[:MAX_URLS]
     return preview
 
 
-def attachment_bytes(raw: bytes, index: int) -> tuple[Attachment, bytes] | None:
-    """One leaf part's decoded bytes, for download."""
-    for position, part in enumerate(_leaves(parse_bytes(raw))):
-        if position == index:
-            data = _payload(part)
-            return Attachment(position, _filename(part) or f"part-{position + 1}",
-                              part.get_content_type().lower(), detect_type(data), len(data),
-                              hashlib.sha256(data).hexdigest()), data
-        if position >= MAX_PARTS:
-            break
+def attachment_bytes(raw: bytes, index: int, limits: LimitsSection = DEFAULT_LIMITS
+                     ) -> tuple[Attachment, bytes] | None:
+    """One leaf part's decoded bytes, for download (``index`` as listed)."""
+    parts = MessageView(parse_bytes(raw, limits), limits).parts
+    if 0 <= index < len(parts):
+        part = parts[index]
+        data = part.payload()
+        return Attachment(index, part.filename or f"part-{index + 1}",
+                          part.content_type, detect_type(data), len(data),
+                          hashlib.sha256(data).hexdigest()), data
     return None
-
-
-def _leaves(message: Message) -> Iterator[Message]:
-    for part in message.walk():
-        if not part.is_multipart():
-            yield part
-
-
-def _payload(part: Message) -> bytes:
-    try:
-        data = part.get_payload(decode=True)
-    except Exception:  # a broken transfer encoding: show what is there
-        data = None
-    if data is None:
-        payload = part.get_payload()
-        data = payload.encode("utf-8", "replace") if isinstance(payload, str) else b""
-    return bytes(data)
-
-
-def _filename(part: Message) -> str:
-    try:
-        name = part.get_filename() or ""
-    except Exception:
-        name = ""
-    return " ".join(decoded_header(name).split())[:255]
 
 
 # -- what the bytes are ------------------------------------------------------------
@@ -218,7 +221,6 @@ _STYLE_PROPERTIES = {
 }
 _CSS_LOAD = re.compile(r"(?i)url\s*\(|@import|expression\s*\(|image-set\s*\(|behavior\s*:"
                        r"|-moz-binding|\\")
-_REMOTE_IMAGE = re.compile(r"""(?i)<img\b[^>]*?\bsrc\s*=\s*["']?(?!data:)""")
 _DATA_IMAGE = re.compile(r"(?i)^data:image/(png|gif|jpeg|webp);base64,[a-z0-9+/=\s]+$")
 
 
@@ -227,12 +229,15 @@ class Sanitized:
     html: str
     blocked_images: int
     removed_styles: int
+    dropped_tags: int = 0  # start tags left out to bound the parse (boundhtml)
 
 
 def sanitize_html(html: str) -> Sanitized:
-    """The HTML with everything that could run or load removed (nh3)."""
+    """The HTML with everything that could run or load removed (nh3), after
+    :func:`~gateway.web.boundhtml.bound_html` has bounded the parser's work."""
     import nh3
 
+    bounded = bound_html(html)
     counts = {"images": 0, "styles": 0}
 
     def attribute(element: str, name: str, value: str) -> str | None:
@@ -247,60 +252,11 @@ def sanitize_html(html: str) -> Sanitized:
         return value
 
     cleaned = nh3.clean(
-        html, tags=_TAGS, attributes=_ATTRIBUTES, attribute_filter=attribute,
+        bounded.html, tags=_TAGS, attributes=_ATTRIBUTES, attribute_filter=attribute,
         clean_content_tags={"script", "style", "title", "noscript", "template", "iframe",
                             "object", "svg", "math"},
         url_schemes={"data"}, link_rel="noopener noreferrer nofollow", strip_comments=True,
         filter_style_properties=_STYLE_PROPERTIES)
-    remote = len(_REMOTE_IMAGE.findall(html))  # removed before the filter sees them
-    return Sanitized(cleaned, max(counts["images"], remote), counts["styles"])
-
-
-class _LinkFinder(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.urls: list[str] = []
-        self.text: list[str] = []
-        self.hidden = 0  # inside <script>, <style>, <head>: not text
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style", "head", "title") and self.hidden:
-            self.hidden -= 1
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        for name, value in attrs:
-            if name in ("href", "src", "action", "background", "formaction") and value and \
-                    len(self.urls) < MAX_URLS:
-                value = value.strip()
-                if not value.lower().startswith(("data:", "cid:", "#")):
-                    self.urls.append(value[:2000])
-        if tag in ("script", "style", "head", "title"):
-            self.hidden += 1
-        if tag in ("br", "p", "div", "tr", "li", "h1", "h2", "h3"):
-            self.text.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self.hidden:
-            self.text.append(data)
-
-
-def _html_urls(html: str) -> list[str]:
-    finder = _LinkFinder()
-    try:
-        finder.feed(html)
-        finder.close()
-    except Exception:
-        pass
-    return finder.urls + _URL.findall(" ".join(finder.text))[:MAX_URLS]
-
-
-def html_to_text(html: str) -> str:
-    """The words of an HTML body, for mail that has no text part."""
-    finder = _LinkFinder()
-    try:
-        finder.feed(html)
-        finder.close()
-    except Exception:
-        return ""
-    text = "".join(finder.text)
-    return re.sub(r"\n\s*\n+", "\n\n", text).strip()
+    # nh3 drops a remote src before the filter sees it: bound_html counted them
+    return Sanitized(cleaned, max(counts["images"], bounded.remote_images), counts["styles"],
+                     bounded.dropped_tags)
