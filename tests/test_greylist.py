@@ -558,3 +558,41 @@ def test_a_known_correspondent_passing_spf_is_not_greylisted_at_rcpt(tmp_path: P
                 recipient="carol@example.net") is not None  # not her correspondent
     assert rcpt(door, "127.0.0.1", sender="bob@other.example",
                 recipient="alice@example.net") is not None
+
+
+# -- the console's page -----------------------------------------------------------------------
+
+
+def test_the_console_lists_pending_triplets_and_passes_one_at_once(tmp_path: Path):
+    from tests.test_web import console_app, csrf_of, login
+
+    app, store, console = console_app(tmp_path)
+    try:
+        greylist = GreylistStore(store.engine, GreylistSection(enabled=True), "node-a")
+        greylist.check([Triplet.of("net:203.0.113.0/24", "bob@example.org", "alice@example.net"),
+                        Triplet.of("spf:spam.example", "x@spam.example", "carol@example.net")],
+                       "203.0.113.7", "no valid reverse DNS")
+        client = app.test_client()
+        login(client, "bob")  # an analyst may pass one, as they release mail
+        page = client.get("/greylist").text
+        assert "bob@example.org" in page and "x@spam.example" in page
+        assert "no valid reverse DNS" in page
+        assert "x@spam.example" not in client.get("/greylist?q=alice").text
+        # The form needs its CSRF token.
+        form = {"client": "net:203.0.113.0/24", "sender": "bob@example.org",
+                "recipient": "alice@example.net"}
+        assert client.post("/greylist/pass", data=form).status_code in (400, 403)
+        response = client.post("/greylist/pass", data={**form, "csrf": csrf_of(client,
+                                                                                 "/greylist")})
+        assert response.status_code == 302
+        assert greylist.check([Triplet.of(*form.values())], "203.0.113.9", "")[0].result == \
+            "known"
+        page = client.get("/greylist").text
+        assert "the sender&#39;s next retry is accepted" in page
+        assert 'value="alice@example.net"' not in page and 'value="carol@example.net"' in page
+        (entry,) = [e for e in console.audit_trail(10, 0) if e["action"] == "greylist-pass"]
+        assert entry["actor"] == "bob"
+        assert "bob@example.org -> alice@example.net" in entry["target"]
+    finally:
+        app.extensions["gateway"]["renderer"].close()
+        store.close()
