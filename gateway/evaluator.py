@@ -59,6 +59,8 @@ class Judge:
         self.authserv_id = config.auth.server_id()
 
     def verdict(self, result: PipelineResult, envelope: Envelope) -> Verdict:
+        if envelope.stage_symbols:  # found at RCPT (gateway.door): scored like the rest
+            result = replace(result, symbols=(*result.symbols, *envelope.stage_symbols))
         verdict = self.policy.decide(result, reference=envelope.queue_id,
                                      recipients=envelope.rcpt_to)
         header = authresults.build(self.authserv_id, verdict.facts)

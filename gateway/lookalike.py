@@ -152,6 +152,7 @@ class Lookalike:
     technique: str  # a key of TECHNIQUES
     owner: str = ""  # whose domain it imitates: "our domain", "brand PayPal", ...
     distance: int = 0  # edit distance, for "typo"
+    corroboration: str = ""  # what else points at the imitated owner ("the subject names PayPal")
 
     def describe(self) -> str:
         """``paypa1-alerts.example imitates paypal.com (brand PayPal): a word added``"""
@@ -159,7 +160,8 @@ class Lookalike:
         if self.technique == "typo":
             how = f"a typo (edit distance {self.distance})"
         whose = f" ({self.owner})" if self.owner else ""
-        return f"{self.domain} imitates {self.imitates}{whose}: {how}"
+        also = f"; {self.corroboration}" if self.corroboration else ""
+        return f"{self.domain} imitates {self.imitates}{whose}: {how}{also}"
 
 
 def compare(candidate: str, legitimate: str) -> Lookalike | None:
@@ -351,10 +353,15 @@ class Brands:
 
     def mentioned_in(self, text: str) -> BrandMention | None:
         """The first brand named in ``text`` (a subject) as whole words."""
+        return next(iter(self.mentions(text)), None)
+
+    def mentions(self, text: str) -> tuple[BrandMention, ...]:
+        """Every brand named in ``text`` as whole words, in order, each once."""
         tokens = name_tokens(text)
+        found: dict[str, BrandMention] = {}
         for start, end, brand in self._spans(tokens):
-            return BrandMention(brand, " ".join(tokens[start:end]))
-        return None
+            found.setdefault(brand.key, BrandMention(brand, " ".join(tokens[start:end])))
+        return tuple(found.values())
 
     def _spans(self, tokens: tuple[str, ...]) -> Iterable[tuple[int, int, Brand]]:
         """(start, end, brand) of each run of whole words spelling a brand's name."""

@@ -4,6 +4,8 @@ Rules files (``rules/default.toml`` and the admin's own, later files
 overriding earlier ones, key by key) hold:
 
     [thresholds]  add_header = 4.0, quarantine = 6.0, reject = 15.0
+                  (greylist = 5.0: a band below quarantine greylisted after DATA
+                  when [greylist] is enabled, gateway.greylist)
     [add_header]  subject_tag = "[SPAM]"  (put before the Subject of mail delivered
                                            as add_header; "" = leave it)
     [scores]      SYMBOL = 2.5          (replaces the check's own score)
@@ -100,6 +102,9 @@ class Verdict:
     # has the message).
     subject_tag: str = ""
     tagged_subject: str | None = None
+    # The score is in the greylist band (from [thresholds] greylist, below
+    # quarantine): the milter asks the sender to retry, with [greylist] on.
+    greylist: bool = False
 
     @property
     def is_spam(self) -> bool:
@@ -300,6 +305,7 @@ class Rules:
     release: Mapping[str, str] = field(default_factory=dict)
     # None: no add_header tier (mail below quarantine is accepted).
     add_header: float | None = None
+    greylist: float | None = None  # None: no greylist band
     subject_tag: str = ""
     # Symbols a rules file says are not forced (undoing a check's own force).
     unforced: frozenset[str] = frozenset()
@@ -398,6 +404,7 @@ def load_rules(paths: Iterable[str | Path]) -> Rules:
         quarantine=float(thresholds["quarantine"] or 0.0),
         reject=float(thresholds["reject"] or 0.0),
         add_header=thresholds["add_header"],
+        greylist=thresholds.get("greylist"),
         subject_tag=built.subject_tag,
         scores=MappingProxyType(built.scores),
         force=MappingProxyType(built.force),  # type: ignore[arg-type]
@@ -467,7 +474,7 @@ def _merge_thresholds(table: Any, where: str, into: dict[str, float | None],
     if not isinstance(table, Mapping):
         errors.append(f"{where}: expected a table")
         return
-    keys = dict.fromkeys(known or ("add_header", "quarantine", "reject"))
+    keys = dict.fromkeys(known or ("add_header", "greylist", "quarantine", "reject"))
     for key, value in table.items():
         if key not in keys:
             errors.append(f"{where}.{key}: unknown key{suggest_key(key, keys)}")
@@ -482,10 +489,12 @@ def _clamp_add_header(thresholds: dict[str, float | None], set_at: Mapping[str, 
     set add_header itself (one written before the add_header tier) leaves no
     add_header tier: mail below the quarantine is accepted, as before. An
     add_header set at or after it must fit below it (checked next)."""
-    add_header, quarantine = thresholds["add_header"], thresholds["quarantine"]
-    if add_header is not None and quarantine is not None and add_header > quarantine and \
-            set_at.get("add_header", -1) < set_at.get("quarantine", -1):
-        thresholds["add_header"] = quarantine
+    quarantine = thresholds["quarantine"]
+    for tier in ("add_header", "greylist"):  # the greylist band the same way
+        below = thresholds.get(tier)
+        if below is not None and quarantine is not None and below > quarantine and \
+                set_at.get(tier, -1) < set_at.get("quarantine", -1):
+            thresholds[tier] = quarantine
 
 
 def _check_thresholds(where: str, thresholds: Mapping[str, float | None],
@@ -498,6 +507,10 @@ def _check_thresholds(where: str, thresholds: Mapping[str, float | None],
     if add_header is not None and add_header > quarantine:
         errors.append(f"{where}: add_header ({add_header}) must not be above quarantine "
                       f"({quarantine}); make it equal to quarantine for no add_header tier")
+    greylist = thresholds.get("greylist")
+    if greylist is not None and greylist > quarantine:
+        errors.append(f"{where}: greylist ({greylist}) must not be above quarantine "
+                      f"({quarantine}); make it equal to quarantine for no greylist band")
 
 
 def _subject_tag(table: Any, where: str, errors: list[str]) -> str | None:
@@ -757,7 +770,7 @@ def _overlays(built: _Builder) -> dict[str, Overlay]:
     for key, overlay in list(overlays.items()):
         chain = [overlays[d] for d in _overlay_chain(key, overlays)]
         thresholds = dict(built.thresholds)
-        set_at = {"add_header": 0, "quarantine": 0}
+        set_at = {"add_header": 0, "greylist": 0, "quarantine": 0}
         for place, part in enumerate(chain, 1):
             thresholds.update(part.thresholds)
             set_at.update(dict.fromkeys(part.thresholds, place))
@@ -768,7 +781,9 @@ def _overlays(built: _Builder) -> dict[str, Overlay]:
                           built.errors)
         # The add_header that holds for this recipient key, clamped or not.
         overlays[key] = replace(overlay, thresholds=MappingProxyType(
-            {**overlay.thresholds, "add_header": thresholds["add_header"]}))
+            {**overlay.thresholds, "add_header": thresholds["add_header"],
+             **({"greylist": thresholds["greylist"]} if thresholds.get("greylist") is not None
+                else {})}))
     return overlays
 
 
@@ -811,6 +826,7 @@ class _Effective:
     quarantine: float
     reject: float
     scores: Mapping[str, float]
+    greylist: float | None
     force: Mapping[str, str]
     subject_tag: str
 
@@ -880,6 +896,7 @@ class Policy:
             return effective
         rules = self.rules
         thresholds: dict[str, float | None] = {"add_header": rules.add_header,
+                                               "greylist": rules.greylist,
                                                "quarantine": rules.quarantine,
                                                "reject": rules.reject}
         scores, tag = dict(rules.scores), rules.subject_tag
@@ -896,7 +913,7 @@ class Policy:
             name=chain[-1] if chain else "", add_header=thresholds["add_header"],
             quarantine=float(thresholds["quarantine"] or 0.0),
             reject=float(thresholds["reject"] or 0.0),
-            scores=scores, force=force, subject_tag=tag)
+            scores=scores, force=force, subject_tag=tag, greylist=thresholds["greylist"])
         with self._lock:
             self._effective[chain] = effective
         return effective
@@ -944,4 +961,6 @@ class Policy:
             check_millis=result.check_millis,
             facts=dict(result.facts),
             subject_tag=rules.subject_tag if action == "add_header" else "",
+            greylist=not forced and rules.greylist is not None
+            and rules.greylist <= score < rules.quarantine,
         )

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from gateway.config import Config, load_config
 from gateway.decider import Decider, Observer
+from gateway.door import build_door
 from gateway.evaluator import Evaluator, build_evaluator
 from gateway.logs import setup_logging
 from gateway.pipeline import check_classes
@@ -107,7 +108,8 @@ def build_generation(config: Config, number: int, keeper: Keeper | None = None,
         keeper.start_purging()
     from gateway.correspondents import learner_for
 
-    decider = Decider(evaluator, keeper, config.milter.threads, observer, learner_for(config))
+    decider = Decider(evaluator, keeper, config.milter.threads, observer, learner_for(config),
+                      door=build_door(config))
     return Generation(config, evaluator, decider, keeper, number), problems
 
 

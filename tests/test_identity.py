@@ -136,6 +136,44 @@ def test_a_lookalike_of_a_brand(check):
         found["FROM_LOOKALIKE_DOMAIN"]
 
 
+def test_a_typo_of_a_brands_domain_counts_only_when_the_brand_is_named(check):
+    # lindows.com is one letter from Microsoft's windows.com: its newsletter
+    # (the corpus's hard_ham) names no Microsoft where a reader looks first.
+    newsletter = check.run(message('"Michael Robertson" <michaelr@lindows.com>',
+                                   subject="Lindows.com: Michael's Minute: Do the Math"),
+                           authenticated(dkim=("lindows.com",)))
+    assert "FROM_LOOKALIKE_DOMAIN" not in symbols(newsletter)
+    assert "FROM_LOOKALIKE_DOMAIN" not in symbols(check.run(
+        message('"Customer Service" <service@paypall.com>', subject="Your invoice"),
+        authenticated(dkim=("paypall.com",))))
+    named = symbols(check.run(message('"Michael Robertson" <michaelr@lindows.com>',
+                                      subject="Your Microsoft account is on hold"),
+                              authenticated(dkim=("lindows.com",))))
+    assert named["FROM_LOOKALIKE_DOMAIN"] == (
+        "lindows.com imitates windows.com (brand Microsoft): a typo (edit distance 1); "
+        "the subject names Microsoft")
+    by_name = symbols(check.run(message('"PayPal Billing" <service@paypall.com>'),
+                                authenticated(dkim=("paypall.com",))))
+    assert "the display name names PayPal" in by_name["FROM_LOOKALIKE_DOMAIN"]
+    assert "BRAND_IMPERSONATION" in by_name
+    # A confusable spelling is no neighbour's name: it imitates by itself.
+    assert "a confusable spelling" in symbols(check.run(
+        message('"Customer Service" <service@paypa1.com>', subject="Your invoice"),
+        authenticated(dkim=("paypa1.com",))))["FROM_LOOKALIKE_DOMAIN"]
+
+
+def test_a_typo_of_our_domain_needs_no_other_sign(tmp_path):
+    check = IdentityCheck(parse_config('[identity]\norg_domains = ["widgetco.example"]\n'
+                                       '[quarantine]\nurl = ""\n', "test.toml"))
+    try:
+        found = symbols(check.run(message('"Bob" <bob@wdigetco.example>', subject="Invoice"),
+                                  authenticated(dkim=("wdigetco.example",))))
+        assert found["FROM_LOOKALIKE_DOMAIN"] == (
+            "wdigetco.example imitates widgetco.example (our domain): a typo (edit distance 1)")
+    finally:
+        check.close()
+
+
 def test_a_brands_name_needs_the_brands_domain(check):
     found = symbols(check.run(message('"PayPal Security" <security@mailer.example>'),
                               authenticated(dkim=("mailer.example",))))
@@ -377,6 +415,23 @@ def test_a_known_correspondents_name_from_a_stranger(tmp_path, memory):
         assert "supplier.example (a known correspondent's domain)" in symbols(check.run(
             message("Sales <sales@supp1ier.example>"), authenticated(
                 dkim=("supp1ier.example",))))["FROM_LOOKALIKE_DOMAIN"]
+        # A typo of it needs no other sign (a brand's would: see above), nor
+        # does a brand's domain that known correspondents write from.
+        assert "supplier.example (a known correspondent's domain): a typo" in symbols(
+            check.run(message("Sales <sales@suppiler.example>", subject="Invoice"),
+                      authenticated(dkim=("suppiler.example",))))["FROM_LOOKALIKE_DOMAIN"]
+        assert "FROM_LOOKALIKE_DOMAIN" not in symbols(check.run(
+            message('"Ann Other" <ann.other@yaoho.co.uk>', subject="Invoice"),
+            authenticated(dkim=("yaoho.co.uk",))))
+    finally:
+        check.close()
+    memory.add([Observation("matt@yahoo.co.uk", "yahoo.co.uk", BOB, "outbound", at)])
+    check = IdentityCheck(config(tmp_path))
+    try:
+        assert "yaoho.co.uk imitates yahoo.co.uk (a known correspondent's domain): a typo " \
+               "(edit distance 1)" in \
+            symbols(check.run(message('"Ann Other" <ann.other@yaoho.co.uk>', subject="Invoice"),
+                              authenticated(dkim=("yaoho.co.uk",))))["FROM_LOOKALIKE_DOMAIN"]
         # ... but not a lookalike of her domain (another TLD of it counts with her
         # name), nor an address that cannot authenticate.
         for author, context in (

@@ -181,6 +181,8 @@ def test_brand_mentioned_in_a_subject(brands):
     found = brands.mentioned_in("Your PayPal account is limited")
     assert found is not None and found.brand.key == "paypal"
     assert brands.mentioned_in("Pineapple recipes") is None
+    both = brands.mentions("PayPal or Microsoft? PAYPAL, again")
+    assert [m.brand.key for m in both] == ["paypal", "microsoft"]
 
 
 def test_sites_add_and_replace_brands(tmp_path, brands):

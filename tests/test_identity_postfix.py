@@ -5,13 +5,18 @@ Node "submission" is a submission-like smtpd (``milter_macro_daemon_name =
 ORIGINATING``, named in ``[identity] submission_daemons``): our user's
 mail through it teaches the memory. Node "mx" receives: the partner our
 user wrote to is a known correspondent there, and the same display name
-from a freemail address is held as an impersonation.
+from a freemail address is held as an impersonation. Node "sasl" is the
+submission service of deploy/postfix/submission.cf as written (STARTTLS,
+then AUTH PLAIN against Cyrus SASL's sasldb2), its milter naming no
+submission service: the login alone (``{auth_authen}``) makes it outbound.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import smtplib
+import ssl
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +36,7 @@ pytestmark = pytest.mark.postfix
 
 USER = "bob@example.net"
 PARTNER = "alice@good.test"
+LOGIN, PASSWORD = USER, "correct horse battery staple"
 CHECKS = '["headers", "size", "lists", "rules", "spf", "dkim", "dmarc", "identity"]'
 
 
@@ -47,12 +53,13 @@ class Pair:
     mx: Node
 
 
-def node_config(directory: Path, url: str, knot, name: str) -> str:
+def node_config(directory: Path, url: str, knot, name: str,
+                daemons: str = '["ORIGINATING"]') -> str:
     return (f'[milter]\nsocket = "unix:{directory / "milter.sock"}"\nsocket_mode = "666"\n'
             f'[pipeline]\nchecks = {CHECKS}\nworkers = 1\n'
             f'[quarantine]\nurl = "{url}"\nnode = "{name}"\n'
             '[metrics]\nlisten = ""\n'
-            '[identity]\norg_domains = ["example.net"]\nsubmission_daemons = ["ORIGINATING"]\n'
+            f'[identity]\norg_domains = ["example.net"]\nsubmission_daemons = {daemons}\n'
             'refresh = 0.5\n' + dns_config(knot))
 
 
@@ -84,6 +91,37 @@ def pair(lab_dir: Path, sink, knot) -> Iterator[Pair]:
             node.postfix.stop()
             node.milter.stop()
         postgres.stop()
+
+
+@pytest.fixture(scope="module")
+def sasl_node(pair: Pair, lab_dir: Path, sink, knot) -> Iterator[Node]:
+    if shutil.which("saslpasswd2") is None:
+        pytest.skip("saslpasswd2 is needed (Debian: sasl2-bin)")
+    directory = lab_dir / "identity" / "sasl"
+    milter = MilterProcess(directory, node_config(directory, pair.postgres.url, knot, "sasl",
+                                                  daemons="[]"),
+                           env={"PYTHONPATH": str(PROJECT_ROOT)}).start()
+    instance = PostfixInstance(lab_dir / "identity" / "postfix-sasl", relay_port=sink.port,
+                               milter=f"unix:{directory / 'milter.sock'}",
+                               sasl={LOGIN: PASSWORD})
+    try:
+        instance.start()
+        yield Node(milter, instance)
+    finally:
+        instance.stop()
+        milter.stop()
+
+
+def submit(postfix: PostfixInstance, message: bytes, mail_from: str, rcpt_to: tuple[str, ...],
+           login: tuple[str, str] | None) -> None:
+    """As a mail program submits: STARTTLS, AUTH PLAIN (unless ``login`` is
+    None), then the message."""
+    with smtplib.SMTP("127.0.0.1", postfix.smtp_port, timeout=30) as client:
+        client.starttls(context=ssl._create_unverified_context())  # the lab's own certificate
+        if login is not None:
+            client.user, client.password = login
+            client.auth("PLAIN", client.auth_plain)
+        client.sendmail(mail_from, list(rcpt_to), message)
 
 
 def mail(from_: str, to: str, tag: str, body: str = "See you on Tuesday.\r\n") -> bytes:
@@ -159,3 +197,37 @@ def test_outbound_mail_teaches_a_known_correspondent_on_the_other_node(pair, sin
 
 def _delivered_now(sink, tag: str) -> list:
     return [d.data for d in sink.deliveries if f"<{tag}@x.test>".encode() in d.data]
+
+
+def test_a_sasl_login_makes_our_users_recipients_known_correspondents(pair, sasl_node, sink,
+                                                                     keys):
+    partner = "carol@good.test"
+    tag = uuid.uuid4().hex
+    # The submission service as documented lets no one in without TLS and a login ...
+    with pytest.raises(smtplib.SMTPSenderRefused, match="STARTTLS"):
+        send(sasl_node.postfix, mail(f"Bob <{USER}>", partner, tag), mail_from=USER,
+             rcpt_to=(partner,))
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        submit(sasl_node.postfix, mail(f"Bob <{USER}>", partner, tag), USER, (partner,),
+               login=None)
+    # ... and with one, the milter sees {auth_authen}: our user writing out.
+    submit(sasl_node.postfix, mail(f"Bob <{USER}>", partner, tag), USER, (partner,),
+           login=(LOGIN, PASSWORD))
+    # (This node's milter names no submission service: the login alone decides.)
+    header = spam_header(delivered(sink, tag))
+    assert "OUTBOUND_SUBMISSION" in header and "FIRST_CONTACT" not in header
+    memory = Memory.open(pair.postgres.url)
+    try:
+        rows = wait_until(lambda: memory.show(partner), timeout=30,
+                          what="the partner in the memory")
+        assert [(r.sender, r.via, r.recipient, r.outbound) for r in rows] == [
+            (partner, "good.test", USER, 1)]
+    finally:
+        memory.close()
+    # Her answer, signed, reaches the mx node: a known correspondent from the first message.
+    reply = uuid.uuid4().hex
+    signed = sign(mail(f"Carol Example <{partner}>", USER, reply), "good.test", "s2048",
+                  keys.rsa)
+    send(pair.mx.postfix, signed, mail_from=partner, rcpt_to=(USER,))
+    header = spam_header(delivered(sink, reply))
+    assert "KNOWN_CORRESPONDENT" in header and "FIRST_CONTACT" not in header

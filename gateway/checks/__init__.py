@@ -16,7 +16,13 @@ from typing import Any, ClassVar
 
 from gateway.config import Config
 from gateway.message import Message
-from gateway.symbols import PIPELINE_SYMBOLS, Report, Symbol, failure_symbol_name
+from gateway.symbols import (
+    PIPELINE_SYMBOLS,
+    STAGE_SYMBOLS,
+    Report,
+    Symbol,
+    failure_symbol_name,
+)
 
 # name -> "module:Class"; imported on demand so a disabled check costs nothing.
 BUILTIN: dict[str, str] = {
@@ -37,6 +43,7 @@ BUILTIN: dict[str, str] = {
     "attachments": "gateway.checks.attachments:AttachmentsCheck",
     "dnsbl": "gateway.checks.dnsbl:DnsblCheck",
     "identity": "gateway.checks.identity:IdentityCheck",
+    "fuzzy": "gateway.checks.fuzzy:FuzzyCheck",
     "links": "gateway.checks.links:LinksCheck",
 }
 
@@ -125,7 +132,7 @@ def resolve_check(spec: str) -> type[Check]:
 def catalog(check_classes: Iterable[type[Check]]) -> dict[str, str]:
     """Every symbol the given checks can emit, failure symbols included, and
     the pipeline's own."""
-    symbols: dict[str, str] = dict(PIPELINE_SYMBOLS)
+    symbols: dict[str, str] = {**PIPELINE_SYMBOLS, **STAGE_SYMBOLS}
     for cls in check_classes:
         symbols.update(cls.catalog())
     return symbols

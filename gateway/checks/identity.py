@@ -18,6 +18,8 @@ Symbols, each with evidence naming whom or what it imitates:
   is not theirs;
 - ``FROM_LOOKALIKE_DOMAIN``: the author's domain imitates ours, a known
   correspondent's or a brand's (:class:`gateway.lookalike.DomainIndex`);
+  a brand's imitated by a typo alone only when the display name or the
+  subject also names the brand;
 - ``BRAND_IMPERSONATION``: the display name speaks as a brand (its name and
   role words only: "PayPal Security") while the message authenticates as
   none of its domains; a brand named in the subject counts when the
@@ -38,6 +40,7 @@ Symbols, each with evidence naming whom or what it imitates:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import tomllib
@@ -192,7 +195,8 @@ class IdentityCheck(Check):
         "FROM_NAME_IMPERSONATION": "the From display name is a protected person's or a known "
                                    "correspondent's, from an address that is not theirs",
         "FROM_LOOKALIKE_DOMAIN": "the author's domain imitates ours, a known correspondent's "
-                                 "or a brand's",
+                                 "or a brand's (a brand's by a typo only when the display "
+                                 "name or subject names the brand)",
         "BRAND_IMPERSONATION": "a brand's name in the display name (or subject) while the "
                                "message authenticates as none of the brand's domains",
         "FROM_FREEMAIL_ORG_NAME": "a freemail author whose display name is a protected "
@@ -256,14 +260,19 @@ class IdentityCheck(Check):
         history = None
         if author is not None and via is not None and self.reader is not None:
             history = self.reader.sender(author.address, via)
+        subject = _subject(message)
+        # Where the message names someone, besides its domain: what
+        # corroborates a brand's domain imitated by a typo alone.
+        naming = [("the display name", a.name) for a in authors if a.name] + \
+            [("the subject", subject)]
         lookalike = None
         for mailbox in authors:
-            found.extend(self._names(mailbox, org, snapshot, via))
+            found.extend(self._names(mailbox, org, snapshot, via, naming))
             if lookalike is None:
-                lookalike = self._lookalike(mailbox, org, snapshot)
+                lookalike = self._lookalike(mailbox, org, snapshot, naming)
         if lookalike is not None:
             found.append(self.symbol("FROM_LOOKALIKE_DOMAIN", lookalike.describe()))
-        found.extend(self._brand(message, authors, passes, lookalike))
+        found.extend(self._brand(authors, subject, passes, lookalike))
         known = False
         if author is not None and via is not None and history is not None:
             history_symbol = self._history(author, via, history, recipients)
@@ -303,7 +312,7 @@ class IdentityCheck(Check):
         return found[:MAX_MAILBOXES]
 
     def _names(self, author: Author, org: frozenset[str], snapshot: Snapshot,
-               via: str | None) -> list[Symbol]:
+               via: str | None, naming: Sequence[tuple[str, str]]) -> list[Symbol]:
         if not author.name:
             return []
         found = []
@@ -332,7 +341,7 @@ class IdentityCheck(Check):
                 # comes from freemail, a lookalike or an address that cannot
                 # authenticate.
                 if via == author.domain and not freemail and \
-                        self._lookalike(author, org, snapshot, any_tld=True) is None:
+                        self._lookalike(author, org, snapshot, naming, any_tld=True) is None:
                     continue
                 shown = ", ".join(sorted(senders)[:3])
                 found.append(self.symbol(
@@ -363,7 +372,8 @@ class IdentityCheck(Check):
         return Brands.of([Brand("organisation", tuple(names), tuple(sorted(org)), keys)])
 
     def _lookalike(self, author: Author, org: frozenset[str], snapshot: Snapshot,
-                   any_tld: bool = False) -> Lookalike | None:
+                   naming: Sequence[tuple[str, str]], any_tld: bool = False,
+                   ) -> Lookalike | None:
         domain = author.domain
         if not domain or domain in org or is_freemail(domain, self.freemail) or \
                 domain in snapshot.known_domains or self.brands.owner(domain) is not None:
@@ -371,6 +381,8 @@ class IdentityCheck(Check):
         ours, known = self._domains(org, snapshot)
         host = author.host or domain
         found = ours.match(host)
+        if found is not None and found.technique == "typo" and found.imitates not in org:
+            found = self._corroborated(found, naming)
         if found is None:
             found = known.match(host)
             # Organisations own their name under several TLDs (python.org,
@@ -379,6 +391,28 @@ class IdentityCheck(Check):
             if found is not None and found.technique == "tld" and not any_tld:
                 found = None
         return found
+
+    def _corroborated(self, typo: Lookalike, naming: Sequence[tuple[str, str]],
+                      ) -> Lookalike | None:
+        """A typo of a brand's domain, if the message also names the brand.
+
+        Brands' names are famous words, and many a legitimate business
+        sits one or two letters from one (lindows.com and Microsoft's
+        windows.com): a typo alone says little. A phish that imitates a
+        brand names it somewhere the reader looks first. Our own domains
+        and our correspondents' need no such sign: few, and chosen by no
+        one else, a domain a letter away from one of them has no innocent
+        reason to write to us, and the attack on a supplier's invoice
+        names nobody but the supplier's own people. (A brand's domain that
+        known correspondents write from, yahoo.co.uk, is theirs too: the
+        index of their domains has it.)"""
+        brand = self.brands.owner(typo.imitates)
+        if brand is None:
+            return typo
+        for where, text in naming:
+            if any(m.brand.key == brand.key for m in self.brands.mentions(text)):
+                return dataclasses.replace(typo, corroboration=f"{where} names {brand.title}")
+        return None
 
     def _domains(self, org: frozenset[str], snapshot: Snapshot) -> tuple[DomainIndex,
                                                                         DomainIndex]:
@@ -390,12 +424,14 @@ class IdentityCheck(Check):
         domains = dict(self.brands.domains())
         domains.update({d: "our domain" for d in org})
         ours = DomainIndex(domains)
+        # The brands' domains they write from too: a typo of one is theirs to
+        # imitate, when it is not corroborated as the brand's.
         known = DomainIndex({d: "a known correspondent's domain"
-                             for d in snapshot.known_domains if d not in domains})
+                             for d in snapshot.known_domains if d not in org})
         self._index = (id(snapshot), org, ours, known)
         return ours, known
 
-    def _brand(self, message: Message, authors: Sequence[Author], passes: Sequence[str],
+    def _brand(self, authors: Sequence[Author], subject: str, passes: Sequence[str],
                lookalike: Lookalike | None) -> list[Symbol]:
         vouching = [d for d in passes if not is_freemail(d, self.freemail)]
         shown = ", ".join(passes) if passes else "nothing (not authenticated)"
@@ -407,15 +443,12 @@ class IdentityCheck(Check):
                     f"display name {author.name!r} speaks as {mention.brand.title}; the "
                     f"message authenticates as {shown}, none of {mention.brand.title}'s "
                     f"domains ({', '.join(mention.brand.domains[:3])}...)")]
-        subject = message.header("Subject")
         # A subject may name a brand for any reason (news, a reply about it):
         # it counts from a sender that cannot authenticate or imitates a
         # domain, and not in a reply or a forward.
         weak = not passes or lookalike is not None
-        text = decoded_header(_text(subject), message.limits.encoded_words)[:MAX_NAME * 2] \
-            if subject and weak else ""
-        if text and not _REPLY.match(text):
-            mention = self.brands.mentioned_in(text)
+        if subject and weak and not _REPLY.match(subject):
+            mention = self.brands.mentioned_in(subject)
             if mention is not None and not any(mention.brand.owns(d) for d in vouching) and \
                     not any(mention.brand.owns(a.domain) for a in authors if a.domain in passes):
                 why = "a lookalike" if lookalike else "not authenticated"
@@ -474,6 +507,14 @@ def _author(mailbox: Mailbox, message: Message) -> Author:
     name = " ".join(name.split())[:MAX_NAME * 2]
     domain = registrable(mailbox.domain) if mailbox.domain else ""
     return Author(mailbox.address.strip().lower()[:320], domain, name, mailbox.domain[:253])
+
+
+def _subject(message: Message) -> str:
+    """The Subject as a reader sees it (RFC 2047 decoded), bounded."""
+    subject = message.header("Subject")
+    if not subject:
+        return ""
+    return decoded_header(_text(subject), message.limits.encoded_words)[:MAX_NAME * 2]
 
 
 def _authenticated(context: CheckContext) -> list[str]:

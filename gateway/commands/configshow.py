@@ -25,6 +25,9 @@ def render(config: Config) -> str:
             if doc:
                 lines.append(f"# {doc}")
             lines.append(f"{field.name} = {_toml(getattr(section, field.name))}")
+    for limit in config.ratelimit:  # [[ratelimit]] tables, as given
+        lines.append("\n[[ratelimit]]")
+        lines += [f"{f.name} = {_toml(getattr(limit, f.name))}" for f in dataclasses.fields(limit)]
     return "\n".join(lines)
 
 

@@ -21,9 +21,12 @@ from gateway.paths import PROJECT_ROOT
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 RELEASE_LISTENER = PROJECT_ROOT / "deploy" / "postfix" / "master.cf"
+SUBMISSION_LISTENER = PROJECT_ROOT / "deploy" / "postfix" / "submission.cf"
+SASLPASSWD = shutil.which("saslpasswd2") or "/usr/sbin/saslpasswd2"
+OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 MASTER_CF = """\
-{listen} inet n - n - - smtpd
+{listen}
 {reinject}
 pickup     unix  n - n 60 1 pickup
 cleanup    unix  n - n -  0 cleanup
@@ -46,6 +49,7 @@ local      unix  - n n -  - local
 virtual    unix  - n n -  - virtual
 lmtp       unix  - - n -  - lmtp
 anvil      unix  - - n -  1 anvil
+tlsmgr     unix  - - n 1000? 1 tlsmgr
 scache     unix  - - n -  1 scache
 postlog    unix-dgram n - n - 1 postlogd
 """
@@ -63,7 +67,10 @@ class PostfixError(RuntimeError):
 
 class PostfixInstance:
     """One private Postfix. ``milter`` is a Postfix milter spec such as
-    ``unix:/path/milter.sock``, or None for bare Postfix."""
+    ``unix:/path/milter.sock``, or None for bare Postfix. With ``sasl``
+    (login -> password) it listens as the submission service of
+    ``deploy/postfix/submission.cf``: TLS with a certificate of its own,
+    then AUTH, Cyrus SASL reading these users from a sasldb2 file."""
 
     def __init__(
         self,
@@ -73,6 +80,7 @@ class PostfixInstance:
         smtp_port: int | None = None,
         reinject_port: int | None = None,
         settings: Mapping[str, str] | None = None,
+        sasl: Mapping[str, str] | None = None,
     ):
         self.root = Path(root)
         self.relay_port = relay_port
@@ -80,6 +88,7 @@ class PostfixInstance:
         self.smtp_port = smtp_port or free_port()
         self.reinject_port = reinject_port
         self.settings = dict(settings or {})
+        self.sasl = dict(sasl or {})
         self.config_dir = self.root / "etc"
         self.queue_dir = self.root / "queue"
         self.data_dir = self.root / "data"
@@ -126,6 +135,14 @@ class PostfixInstance:
             "non_smtpd_milters": self.milter or "",
             "milter_connect_macros": "j {daemon_name} {daemon_addr} v _ {client_addr}",
         }
+        if self.sasl:
+            sasl = self.root / "sasl"
+            settings.update({
+                "smtpd_sasl_type": "cyrus",
+                "smtpd_sasl_path": "smtpd",  # the library reads etc/sasl/smtpd.conf
+                "smtpd_tls_cert_file": str(sasl / "cert.pem"),
+                "smtpd_tls_key_file": str(sasl / "key.pem"),
+            })
         settings.update(self.settings)
         return settings
 
@@ -142,9 +159,48 @@ class PostfixInstance:
             lines = [line for line in RELEASE_LISTENER.read_text().splitlines()
                      if line.strip() and not line.startswith("#")]
             reinject = "\n".join(lines).replace("10026", str(self.reinject_port)) + "\n"
+        listen = f"127.0.0.1:{self.smtp_port} inet n - n - - smtpd"
+        if self.sasl:
+            listen = self._write_sasl()
         (self.config_dir / "master.cf").write_text(
-            MASTER_CF.format(listen=f"127.0.0.1:{self.smtp_port}", reinject=reinject)
+            MASTER_CF.format(listen=listen, reinject=reinject)
         )
+
+    def _write_sasl(self) -> str:
+        """The SASL users, a certificate, and the submission service's
+        master.cf lines as documented, on our port, socket and no chroot."""
+        directory = self.root / "sasl"
+        directory.mkdir(parents=True, exist_ok=True)
+        database = directory / "sasldb2"
+        database.unlink(missing_ok=True)
+        # Debian's Postfix looks for it there whatever cyrus_sasl_config_path says.
+        (self.config_dir / "sasl").mkdir(parents=True, exist_ok=True)
+        (self.config_dir / "sasl" / "smtpd.conf").write_text(
+            "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\n"
+            f"sasldb_path: {database}\n")
+        for login, password in self.sasl.items():
+            user, _, realm = login.partition("@")
+            self._run([SASLPASSWD, "-c", "-p", "-f", str(database),
+                       *(["-u", realm] if realm else []), user], password)
+        shutil.chown(database, group="postfix")  # smtpd reads it as postfix
+        database.chmod(0o640)
+        self._run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                   "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                   "-subj", "/CN=mx.gateway.test", "-keyout", str(directory / "key.pem"),
+                   "-out", str(directory / "cert.pem")])
+        lines = [line for line in SUBMISSION_LISTENER.read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+        lines[0] = f"127.0.0.1:{self.smtp_port} inet n - n - - smtpd"
+        milter = self.milter or ""
+        return "\n".join(line.replace("unix:/gateway/milter.sock", milter) for line in lines)
+
+    @staticmethod
+    def _run(command: list[str], stdin: str | None = None) -> None:
+        result = subprocess.run(command, input=stdin, capture_output=True, text=True,
+                                timeout=60)
+        if result.returncode != 0:
+            raise PostfixError(f"{Path(command[0]).name} failed: "
+                               f"{result.stderr.strip() or result.stdout.strip()}")
 
     # -- life cycle ------------------------------------------------------------
 

@@ -390,7 +390,10 @@ def _brand_name(mail: Mail, rng: random.Random, world: World) -> Attack | None:
     return Attack(raw, (domain,), domain) if raw else None
 
 
-def _brand_lookalike(how: str) -> Technique:
+def _brand_lookalike(how: str, named: bool = False) -> Technique:
+    """A brand's lookalike domain behind "Customer Service"; the subject
+    names the brand only when ``named`` ("Your PayPal account ...")."""
+
     def make(mail: Mail, rng: random.Random, world: World) -> Attack | None:
         from gateway.lookalike import DEFAULT_BRANDS, load_brands
 
@@ -398,8 +401,12 @@ def _brand_lookalike(how: str) -> Technique:
                   if len(b.domains[0].partition(".")[0]) >= 5]
         brand = rng.choice(brands)
         domain = lookalike(brand.domains[0], how, rng)
-        raw = splice(mail, f'"Customer Service" <service@{domain}>',
-                     subject=rng.choice(BRAND_SUBJECTS))
+        subject = rng.choice(BRAND_SUBJECTS)
+        if named:
+            subject = subject.replace("Your ", f"Your {brand.names[0]} ").replace(
+                "Unusual ", f"{brand.names[0]}: unusual ")
+            subject = subject if brand.names[0] in subject else f"{brand.names[0]}: {subject}"
+        raw = splice(mail, f'"Customer Service" <service@{domain}>', subject=subject)
         return Attack(raw, (_registrable(domain),), domain) if raw else None
 
     return make
@@ -421,6 +428,9 @@ for _how in LOOKALIKES:
     technique(f"correspondent-lookalike-{_how}")(_correspondent_lookalike(_how))
 for _how in LOOKALIKES:
     technique(f"brand-lookalike-{_how}")(_brand_lookalike(_how))
+# A typo of a brand's domain counts only with the brand named (the display
+# name or the subject): the technique above never names it, this one does.
+technique("brand-lookalike-typo-named")(_brand_lookalike("typo", named=True))
 
 
 # Link tricks (tests/bench/links.py's techniques: lying anchors, brand claims,
@@ -616,6 +626,11 @@ def run(args: argparse.Namespace, world: World, measured: list[Mail], judge: Jud
           f"{_counts(plain_actions)}")
     print(f"  quarantined or rejected: {held} ({held / n:.2%}, 95% interval {low:.2%}-"
           f"{high:.2%}); without the identity check {held_plain} ({held_plain / n:.2%})")
+    baseline = card_baseline()
+    results["ham"]["nested_cv_baseline"] = baseline
+    print(f"  today's default rules out of fold, without the identity check (nested CV on the "
+          f"training set, {MODEL_CARD.relative_to(PROJECT_ROOT)}): "
+          f"{baseline or 'not found'}")
     print("  identity symbols on ham: " + (", ".join(
         f"{k} {v} ({v / n:.1%})" for k, v in sorted(fired.items(), key=lambda i: -i[1])
         if k in IDENTITY_SYMBOLS) or "none"))
@@ -665,6 +680,28 @@ IDENTITY_SYMBOLS = ("FROM_NAME_IMPERSONATION", "FROM_LOOKALIKE_DOMAIN", "BRAND_I
                     "FROM_FREEMAIL_ORG_NAME", "REPLY_TO_DIVERGES", "REPLY_TO_FREEMAIL",
                     "FIRST_CONTACT", "KNOWN_CORRESPONDENT", "IMPERSONATION_PAYMENT_CHANGE",
                     "FIRST_CONTACT_REPLY_ELSEWHERE", "PAYMENT_CHANGE_WORDS", "IDENTITY_ERROR")
+
+
+MODEL_CARD = PROJECT_ROOT / "models" / "MODEL_CARD.md"
+
+
+def card_baseline() -> str | None:
+    """The issue's baseline, the share of ham the default rules hold out of
+    fold ("0.13% (0.00-0.33)"): the model card's ham row, the column
+    tests/bench/classifier.py --rules-cv wrote (its nested CV takes minutes
+    of training; the figure is the shipped model's, read back)."""
+    try:
+        lines = MODEL_CARD.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    header = next((line for line in lines if line.startswith("| mail |")), "")
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    wanted = next((i for i, c in enumerate(columns) if "out of fold" in c), None)
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if wanted is not None and cells[0] == "ham (all) (held)" and len(cells) > wanted:
+            return cells[wanted]
+    return None
 
 
 def _counts(counter: Mapping[str, int]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -29,9 +30,12 @@ class UnpackError(RuntimeError):
     """The packages cannot be fetched or unpacked here (the tests skip)."""
 
 
-def unpacked(name: str, packages: Sequence[str]) -> Path:
+def unpacked(name: str, packages: Sequence[str], *, with_dependencies: bool = False,
+             not_needed: frozenset[str] = frozenset()) -> Path:
     """The folder holding ``packages`` unpacked (fetched on first use),
-    ``CACHE/name``. Raises UnpackError with the reason."""
+    ``CACHE/name``; ``with_dependencies``: also the packages they depend on
+    that this machine has not installed (the first of each alternative),
+    but those in ``not_needed``. Raises UnpackError with the reason."""
     root = CACHE / name
     stamp = root / ".unpacked"
     wanted = " ".join(sorted(packages))
@@ -45,13 +49,21 @@ def unpacked(name: str, packages: Sequence[str]) -> Path:
     with open(CACHE / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another test run may be fetching them too
         if not (stamp.exists() and stamp.read_text() == wanted):
-            _fetch(packages, root, wanted)
+            _fetch(packages, root, wanted, with_dependencies, not_needed)
     return root
 
 
-def _fetch(packages: Sequence[str], root: Path, wanted: str) -> None:
+def _fetch(packages: Sequence[str], root: Path, wanted: str, with_dependencies: bool,
+           not_needed: frozenset[str]) -> None:
     with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
+        os.chmod(scratch, 0o755)  # apt's _apt user writes the download here
         download(packages, Path(scratch))
+        if with_dependencies:
+            missing = sorted({name for deb in Path(scratch).glob("*.deb")
+                              for name in _dependencies(deb)
+                              if name not in not_needed and not _installed(name)})
+            if missing:
+                download(missing, Path(scratch))
         partial = Path(scratch) / "root"
         for deb in sorted(Path(scratch).glob("*.deb")):
             _run(["dpkg", "-x", str(deb), str(partial)], f"dpkg -x {deb.name}")
@@ -71,6 +83,23 @@ def download(packages: Sequence[str], into: Path) -> None:
         raise UnpackError(f"{exc} (apt-get update first?)") from None
 
 
+def _dependencies(deb: Path) -> list[str]:
+    """The first alternative of each of a package's Depends."""
+    result = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True,
+                            text=True, timeout=60)
+    names = []
+    for clause in result.stdout.split(","):
+        first = clause.split("|")[0].strip()
+        names.append(re.split(r"[\s(:]", first, maxsplit=1)[0])
+    return [name for name in names if name]
+
+
+def _installed(package: str) -> bool:
+    status = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package],
+                            capture_output=True, text=True, timeout=60)
+    return status.returncode == 0 and status.stdout.endswith("installed")
+
+
 def missing_libraries(binary: Path, root: Path) -> list[str]:
     """The shared libraries ``binary`` needs that neither this machine nor
     ``root`` has (from ldd)."""
@@ -81,7 +110,8 @@ def missing_libraries(binary: Path, root: Path) -> list[str]:
 
 def library_path(root: Path) -> str:
     """``LD_LIBRARY_PATH`` for programs unpacked under ``root``."""
-    return ":".join(str(root / part) for part in (MULTIARCH, "lib/x86_64-linux-gnu"))
+    # Some Debian libraries (libspf2) are still in /usr/lib, not the multiarch folder.
+    return ":".join(str(root / part) for part in (MULTIARCH, "lib/x86_64-linux-gnu", "usr/lib"))
 
 
 def _run(command: list[str], what: str, cwd: Path | None = None) -> None:

@@ -5,7 +5,8 @@ Postfix):
 
 - ``apt-get download exim4-daemon-heavy`` and the libraries it needs that
   this machine lacks, unpacked with ``dpkg -x`` into a cache folder
-  (:func:`fetch`; ``python -m tests.lab.exim`` does it ahead of the tests).
+  (:func:`fetch`, through tests/lab/debs.py; ``python -m tests.lab.exim``
+  does it ahead of the tests).
   The heavy daemon, because Debian builds the light one without content
   scanning: it has no ``spam =`` condition at all.
 - Run under ``unshare --mount``: Exim looks up its compiled-in user
@@ -24,7 +25,6 @@ Everything is delivered into one maildir.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import shutil
@@ -32,17 +32,17 @@ import signal
 import smtplib
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.lab.postfix import free_port
 from gateway.paths import PROJECT_ROOT
+from tests.lab import debs
 
 PACKAGE = "exim4-daemon-heavy"
 # Dependencies the binary does not need at all (maintainer scripts, docs).
-NOT_NEEDED = {"exim4-base", "debconf", "debconf-2.0"}
+NOT_NEEDED = frozenset({"exim4-base", "debconf", "debconf-2.0"})
 DEPLOY = PROJECT_ROOT / "deploy" / "exim"
 USER = "Debian-exim"
 
@@ -51,86 +51,23 @@ class EximUnavailable(RuntimeError):
     """Exim cannot be fetched or run here; the tests skip with this reason."""
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gateway-tests" / "exim"
-
-
 @dataclass(frozen=True)
 class EximBinary:
     exim: Path  # the binary (not setuid)
     libraries: str  # LD_LIBRARY_PATH for the libraries unpacked beside it
 
 
-def fetch(cache: Path | None = None) -> EximBinary:
-    """Exim from Debian's packages, downloaded and unpacked once into ``cache``."""
-    cache = cache or cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another test run may be fetching too
-        root = cache / "root"
-        binary = root / "usr" / "sbin" / "exim4"
-        if not binary.exists():
-            _download_and_unpack(cache, root)
-    libraries = f"{root}/usr/lib/x86_64-linux-gnu:{root}/usr/lib"
-    missing = _missing_libraries(binary, libraries)
-    if missing:
+def fetch() -> EximBinary:
+    """Exim from Debian's packages, downloaded and unpacked once (tests/lab/debs.py)."""
+    try:
+        root = debs.unpacked("exim", [PACKAGE], with_dependencies=True,
+                             not_needed=NOT_NEEDED)
+    except debs.UnpackError as exc:
+        raise EximUnavailable(str(exc)) from None
+    binary = root / "usr" / "sbin" / "exim4"
+    if missing := debs.missing_libraries(binary, root):
         raise EximUnavailable(f"Exim's libraries are missing: {', '.join(missing)}")
-    return EximBinary(binary, libraries)
-
-
-def _download_and_unpack(cache: Path, root: Path) -> None:
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        raise EximUnavailable("no apt-get/dpkg here to fetch Debian's Exim")
-    with tempfile.TemporaryDirectory(dir=cache) as scratch:
-        work = Path(scratch)
-        os.chmod(work, 0o755)  # apt's _apt user writes the download here
-        _apt_download(work, [PACKAGE])
-        (deb,) = work.glob(f"{PACKAGE}_*.deb")
-        depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True,
-                                 text=True, check=True).stdout
-        wanted = [name for name in _first_alternatives(depends)
-                  if name not in NOT_NEEDED and not _installed(name)]
-        if wanted:
-            _apt_download(work, wanted)
-        unpacked = work / "root"
-        for package in sorted(work.glob("*.deb")):
-            subprocess.run(["dpkg", "-x", str(package), str(unpacked)], check=True,
-                           capture_output=True)
-        binary = unpacked / "usr" / "sbin" / "exim4"
-        os.chmod(binary, 0o755)  # not setuid: see the module's docstring
-        if root.exists():
-            shutil.rmtree(root)
-        unpacked.rename(root)
-
-
-def _apt_download(directory: Path, packages: list[str]) -> None:
-    result = subprocess.run(["apt-get", "download", "-q", *packages], cwd=directory,
-                            capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        why = " ".join(line for line in result.stderr.splitlines() if line.startswith("E:"))
-        raise EximUnavailable(f"apt-get download {' '.join(packages)} failed: "
-                              f"{why or result.stderr.strip()[-300:]} (apt-get update first?)")
-
-
-def _first_alternatives(depends: str) -> list[str]:
-    names = []
-    for clause in depends.split(","):
-        first = clause.split("|")[0].strip()
-        names.append(re.split(r"[\s(:]", first, maxsplit=1)[0])
-    return [name for name in names if name]
-
-
-def _installed(package: str) -> bool:
-    status = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package],
-                            capture_output=True, text=True)
-    return status.returncode == 0 and status.stdout.endswith("installed")
-
-
-def _missing_libraries(binary: Path, libraries: str) -> list[str]:
-    result = subprocess.run(["ldd", str(binary)], capture_output=True, text=True,
-                            env={**os.environ, "LD_LIBRARY_PATH": libraries})
-    return [line.split()[0] for line in result.stdout.splitlines() if "not found" in line]
+    return EximBinary(binary, debs.library_path(root))
 
 
 # -- a private instance -------------------------------------------------------------
