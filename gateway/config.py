@@ -62,7 +62,8 @@ def _addresses(values: list[str]) -> str | None:
 
 def _default_checks() -> list[str]:
     return ["limits", "headers", "size", "lists", "rules", "attachments", "spf", "dkim", "arc",
-            "dmarc", "sender", "iprev", "tls", "dnsbl", "bayes", "fuzzy", "clamav", "identity"]
+            "dmarc", "sender", "iprev", "tls", "dnsbl", "bayes", "fuzzy", "clamav", "identity",
+            "links"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,16 @@ class LimitsSection:
     archive_bytes: int = setting(16 * 1024 * 1024, positive, "bytes decompressed from the "
                                  "archives of one message, in all: never more, whatever "
                                  "they declare (ATTACHMENT_ARCHIVE_LIMIT)")
+    images: int = setting(20, positive, "pictures of one message searched for QR codes "
+                          "(more: QR_SCAN_LIMIT)")
+    image_bytes: int = setting(8 * 1024 * 1024, positive, "largest picture file searched for "
+                               "QR codes (larger: QR_SCAN_LIMIT)")
+    image_pixels: int = setting(40_000_000, positive, "largest picture, width x height as "
+                                "declared, decoded to search for QR codes; checked before "
+                                "decoding, so a decompression bomb is never unpacked "
+                                "(larger: QR_SCAN_LIMIT)")
+    image_seconds: float = setting(2.0, positive, "seconds spent decoding the pictures of one "
+                                   "message, in all (the rest: QR_SCAN_LIMIT)")
 
 
 @dataclass(frozen=True)
@@ -588,6 +599,14 @@ class FuzzySection:
                              "recent messages before reading them again")
 
 
+@dataclass(frozen=True)
+class LinksSection:
+    """The links check (gateway/checks/links.py)."""
+
+    shorteners: list[str] = setting([], _addresses, "URL shortener domains beside the "
+                                    "shipped rules/shorteners.txt (URL_SHORTENER)")
+
+
 SECTIONS: dict[str, type] = {
     "milter": MilterSection,
     "pipeline": PipelineSection,
@@ -611,6 +630,7 @@ SECTIONS: dict[str, type] = {
     "identity": IdentitySection,
     "greylist": GreylistSection,
     "fuzzy": FuzzySection,
+    "links": LinksSection,
 }
 
 
@@ -638,6 +658,7 @@ class Config:
     greylist: GreylistSection = field(default_factory=GreylistSection)
     fuzzy: FuzzySection = field(default_factory=FuzzySection)
     ratelimit: tuple[RateLimitSection, ...] = ()  # [[ratelimit]] tables
+    links: LinksSection = field(default_factory=LinksSection)
     source: str = "<embedded defaults>"
 
 

@@ -20,7 +20,7 @@ def test_embedded_defaults_need_no_file():
     assert config.pipeline.checks == ["limits", "headers", "size", "lists", "rules",
                                       "attachments", "spf", "dkim", "arc", "dmarc", "sender",
                                       "iprev", "tls", "dnsbl", "bayes", "fuzzy", "clamav",
-                                      "identity"]
+                                      "identity", "links"]
 
 
 def test_bad_socket_is_one_clear_line():

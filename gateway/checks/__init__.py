@@ -44,6 +44,7 @@ BUILTIN: dict[str, str] = {
     "dnsbl": "gateway.checks.dnsbl:DnsblCheck",
     "identity": "gateway.checks.identity:IdentityCheck",
     "fuzzy": "gateway.checks.fuzzy:FuzzyCheck",
+    "links": "gateway.checks.links:LinksCheck",
 }
 
 
