@@ -8,7 +8,9 @@ as a reject or downgraded to quarantine.
 
 Every author domain counts (RFC 7489 6.6.1): each mailbox of each From
 field, ``From :`` fields included, and a ``user@domain`` written in an
-unquoted display name, where a reader's mail program may show it. Each is
+unquoted display name, where a reader's mail program may show it; in a From
+that is not exactly a mailbox list, every domain any reader could show
+(``message.authors``, the one reading every check shares). Each is
 evaluated and the strictest outcome applies, so ``From: ceo@bank.example,
 x@evil.example`` is held to bank.example's policy. A From with no domain at
 all (or only ones that cannot be domain names) is ``permerror``: DMARC can
@@ -28,7 +30,7 @@ from gateway.config import Config
 from gateway.dmarc import DmarcResult, PslDiscovery, evaluate
 from gateway.dns import shared_resolver
 from gateway.facts import ArcFacts, DkimFacts, DmarcFacts, SignatureResult, SpfFacts
-from gateway.mail import DomainError, ascii_domain, author_domains
+from gateway.mail import DomainError, ascii_domain
 from gateway.message import Message
 from gateway.symbols import Report, Symbol
 
@@ -92,10 +94,10 @@ class DmarcCheck(Check):
                 "DMARC_REJECT_DOWNGRADED": "quarantine"}
 
     def run(self, message: Message, context: CheckContext) -> Report:
-        senders = [_text(value) for value in message.headers("From")]
-        authors = author_domains(senders, self.config.limits.address_comment_depth)
+        senders = message.headers("From")
+        authors = message.authors
         if not authors.domains:
-            reason = (f"{authors.fields} From field(s), {authors.mailboxes} mailbox(es), "
+            reason = (f"{authors.fields} From field(s), {len(authors.mailboxes)} mailbox(es), "
                       "no author domain")
             if authors.problems:
                 reason += f" ({'; '.join(authors.problems)[:200]})"
@@ -231,11 +233,3 @@ def _ascii(domain: str) -> str:
     except DomainError:
         return domain.strip().rstrip(".").lower()
 
-
-def _text(value: str) -> str:
-    """A header value as text: raw UTF-8 that arrived as surrogate escapes
-    (``ceo@bänk.test``) is read as UTF-8."""
-    try:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeError:
-        return value
