@@ -236,6 +236,8 @@ def _tokens(text: str, max_depth: int, gaps: bool = False) -> Iterator[tuple[str
         if char in " \t\r\n":
             index += 1
             if gaps:
+                while index < length and text[index] in " \t\r\n":
+                    index += 1
                 yield "gap", ""
         elif char == "(":
             start = index
@@ -519,15 +521,20 @@ def _is_addr_spec(tokens: list[tuple[str, str]]) -> bool:
 
 
 def _shown(tokens: list[tuple[str, str]], limit: int = 80) -> str:
-    """Tokens as the sender wrote them, a space where it had white space or
-    a comment, quoted for a message."""
+    """The start of tokens as the sender wrote them, a space where it had
+    white space or a comment, quoted for a message."""
     out: list[str] = []
+    size = 0
     for kind, text in tokens:
         if kind == "gap":
             if out and out[-1] != " ":
                 out.append(" ")
+                size += 1
         else:
             out.append(f'"{text}"' if kind == "quoted" else text)
+            size += len(out[-1])
+        if size > limit:
+            break
     text = "".join(out).strip()
     return repr(text if len(text) <= limit else text[:limit - 1] + "…")
 
@@ -541,28 +548,27 @@ def _is_phrase(tokens: list[tuple[str, str]]) -> bool:
 def _grammar_problem(spaced: list[tuple[str, str]]) -> str:
     """Why one mailbox's tokens (with its gaps) are not exactly
     ``[display-name] angle-addr`` or ``addr-spec``, or ""."""
-    shown = _shown(spaced)
     tokens = _trimmed(spaced)
     words = [token for token in tokens if token[0] != "gap"]
     if ("special", "<") in words:
         start = tokens.index(("special", "<"))
         if tokens[-1] != ("special", ">") or ("special", ">") in tokens[start:-1]:
-            return f"text after '>' in {shown}"
+            return f"text after '>' in {_shown(tokens)}"
         phrase = [token for token in tokens[:start] if token[0] != "gap"]
         if phrase and not _is_phrase(phrase):
-            return f"not a display name before '<' in {shown}"
+            return f"not a display name before '<' in {_shown(tokens)}"
         inner = _trimmed(tokens[start + 1:-1])
         if ("special", ":") in inner:
             # obs-route (<@a.test,@b.test:x@c.test>): obsolete since RFC 2822,
             # and readers differ (compat32 shows "@b.test" as an address).
-            return f"a source route in {shown}"
+            return f"a source route in {_shown(tokens)}"
         if not _is_addr_spec(inner):
-            return f"not one address inside <> in {shown}"
+            return f"not one address inside <> in {_shown(tokens)}"
         return ""
     if ("special", ">") in words:
-        return f"'>' without '<' in {shown}"
+        return f"'>' without '<' in {_shown(tokens)}"
     if not _is_addr_spec(tokens):
-        return f"not one address: {shown}"
+        return f"not one address: {_shown(tokens)}"
     return ""
 
 
@@ -667,7 +673,7 @@ def author_domains(from_values: list[str],
             found.append(f"no address in {value.strip()[:60]!r}")
         if found:
             problems.extend(found)
-            domains.extend(candidate_domains(value, max_comment_depth))
+            domains.extend(candidate_domains(value))
     return Authors(tuple(dict.fromkeys(domains)), len(from_values), tuple(mailboxes),
                    tuple(dict.fromkeys(problems)))
 
@@ -684,13 +690,19 @@ def first_author(from_values: Iterable[object], max_words: int = DEFAULT_ENCODED
     return Mailbox(decoded_header(first.display, max_words), first.address)
 
 
-# After an "@" (raw, quoted, in a comment or an encoded word): a domain as a
-# reader that stops at the first white space or special would read it.
-_AT_DOMAIN = re.compile(r"@[ \t]*([^\s@<>()\[\]\\,;:\"]+)")
+# After an "@" anywhere (raw, quoted, in a comment or an encoded word), past
+# any white space and (one level of) comments: a domain as a reader that
+# stops at the next white space or comment reads it, and as one that joins
+# across them reads it. Each alternative starts with a character the others
+# cannot, and a comment ends at the next parenthesis, so both are linear.
+_COMMENT = r"\((?:[^()\\]|\\.)*\)"
+_DOMAIN_CHAR = r"[^\s@<>()\[\]\\,;:\"]"
+_AT_RUN = re.compile(rf"@(?:\s|{_COMMENT})*(\[[^\[\]\\]*\]|{_DOMAIN_CHAR}+)")
+_AT_JOINED = re.compile(rf"@((?:\s|{_COMMENT}|{_DOMAIN_CHAR})+)")
+_GAP = re.compile(rf"\s|{_COMMENT}")
 
 
-def candidate_domains(value: str, max_comment_depth: int = DEFAULT_COMMENT_DEPTH
-                      ) -> list[str]:
+def candidate_domains(value: str) -> list[str]:
     """Every domain a mail program could show as the author's in a field
     that is not exactly a mailbox list, in the order written.
 
@@ -699,40 +711,15 @@ def candidate_domains(value: str, max_comment_depth: int = DEFAULT_COMMENT_DEPTH
     ``policy.default``: ``ceo@pay pal.test`` is ``pay``), another joins
     what follows across them (``compat32``: ``paypal.test``); and some read
     an ``@`` inside quotes, a comment or an RFC 2047 encoded word as an
-    address (Thunderbird decodes encoded words before it parses). Linear in
-    the field.
+    address. Regular expressions without backtracking: linear in the field.
     """
-    found: list[str] = []
-    run: list[str] | None = None  # the domain after an "@", up to a gap
-    joined: list[str] | None = None  # the same, across gaps and comments
-    for kind, text in _tokens(value, max_comment_depth, gaps=True):
-        if kind == "comment":
-            kind, text = "gap", ""
-        domain_part = kind in ("atom", "literal") or (kind, text) == ("special", ".")
-        if run is not None and (not domain_part or kind == "gap"):
-            if run:
-                found.append("".join(run))
-                run = None
-            elif kind != "gap":  # "@" then a special: nothing to read
-                run = None
-        if joined is not None and not domain_part and kind != "gap":
-            found.append("".join(joined))
-            joined = None
-        if (kind, text) == ("special", "@"):
-            run, joined = [], []
-        elif domain_part:
-            if run is not None:
-                run.append(text)
-            if joined is not None:
-                joined.append(text)
-    for tail in (run, joined):
-        if tail:
-            found.append("".join(tail))
     texts = [value]
     if "=?" in value:
         texts.append(decoded_header(value))
+    found: list[str] = []
     for text in texts:
-        found.extend(match.group(1) for match in _AT_DOMAIN.finditer(text))
+        found.extend(match.group(1) for match in _AT_RUN.finditer(text))
+        found.extend(_GAP.sub("", match.group(1)) for match in _AT_JOINED.finditer(text))
     domains = (name.strip("[]").rstrip(".").lower() for name in found)
     return list(dict.fromkeys(d for d in domains if d))
 
