@@ -426,6 +426,30 @@ def test_evidence_names_the_tokens_that_pushed_both_ways(trained: Path):
         check.close()
 
 
+def test_check_json_has_the_unrounded_probability_the_log_odds_and_the_tokens(trained: Path):
+    from gateway.commands.check import verdict_json
+    from gateway.config import PipelineSection
+    from gateway.evaluator import LocalEvaluator
+
+    model = load_model(trained)
+    evaluator = LocalEvaluator(Config(pipeline=PipelineSection(checks=["bayes"]),
+                                      classifier=ClassifierSection(model=str(trained))))
+    try:
+        for path in sorted(SPAM.iterdir())[:3] + sorted(HAM.iterdir())[:3]:
+            raw = path.read_bytes()
+            record = json.loads(json.dumps(verdict_json(
+                str(path), evaluator.evaluate_message(Message.from_bytes(raw)))))
+            log_odds = model.log_odds(tokenize(raw))
+            assert record["log_odds"] == pytest.approx(log_odds, abs=1e-9)
+            # Not rounded to 4 decimals: exactly what the model computes.
+            assert record["spam_probability"] == model.probability_of(record["log_odds"])
+            tokens = record["tokens"]
+            assert tokens["spam"] and tokens["ham"] and tokens["known"] > 0
+            assert all(isinstance(t, str) and v > 0 for t, v in tokens["spam"])
+    finally:
+        evaluator.close()
+
+
 def test_tokens_read_as_people_read_them():
     from gateway.classifier.features import describe_token
 
