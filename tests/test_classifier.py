@@ -7,6 +7,7 @@ import mailbox
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -400,6 +401,94 @@ def test_the_model_watcher_outlives_a_failed_look(trained: Path, tmp_path: Path,
                         "OSError: store not readable"]  # once, not on every look
 
 
+# -- bands placed on ham ---------------------------------------------------------------
+
+def ham_scores(n: int, seed: int = 1, shift: float = 0.0):
+    from gateway.classifier.thresholds import HamScores
+
+    rng = np.random.RandomState(seed)
+    return rng.normal(-40 + shift, 12, n), HamScores
+
+
+def test_bands_hold_the_target_share_of_the_ham_they_are_placed_on():
+    from gateway.classifier.thresholds import PLACED_BAND, Placement
+
+    scores, HamScores = ham_scores(2634)
+    ham = HamScores.of(scores, "out-of-fold training ham")
+    assert ham.n == 2634 and len(ham.top) == 132 and list(ham.top) == sorted(ham.top)[::-1]
+    for target, allowed in ((0.001, 2), (0.0025, 6), (0.01, 26)):
+        placement = Placement(ham.anchor(target), 0.2, target, ham)
+        held = [s for s in scores if band(placement.probability(s)) >= PLACED_BAND]
+        assert len(held) == allowed == placement.allowed
+        assert band(placement.probability(placement.anchor)) == PLACED_BAND
+    assert "2 of 2,634 out-of-fold training ham" in \
+        Placement(ham.anchor(0.001), 0.2, 0.001, ham).describe()
+
+
+def test_a_more_confident_model_holds_the_same_ham_once_placed(trained: Path):
+    """Issue 26: a retrained model scores on another scale; bands at fixed
+    probabilities then hold another share of ham. Placed on its own ham, the
+    same ham stay below BAYES_95."""
+    model = load_model(trained)
+    scores, HamScores = ham_scores(3000)
+    meta = {**model.meta, "thresholds": {"training_ham": HamScores.of(scores, "h").to_json()}}
+    bolder = {**model.meta, "thresholds": {"training_ham": HamScores.of(scores * 3,
+                                                                         "h").to_json()}}
+    first = replace(model, meta=meta).placed(0.001)
+    second = replace(model, meta=bolder, weights=model.weights * 3,
+                     intercept=model.intercept * 3).placed(0.001)
+    assert first.placement is not None and second.placement is not None
+    held = [[i for i, s in enumerate(scores) if m.probability_of(s * k) >= 0.95]
+            for m, k in ((first, 1), (second, 3))]
+    assert held[0] == held[1] and len(held[0]) == 3
+    # At the model's own calibration the same ham fare differently.
+    unplaced = [[i for i, s in enumerate(scores) if model.probability_of(s * k) >= 0.95]
+                for k in (1, 3)]
+    assert unplaced[0] != unplaced[1]
+
+
+def test_the_sites_ham_places_the_bands_once_there_is_enough_of_it():
+    from gateway.classifier.thresholds import place
+
+    training, HamScores = ham_scores(3000)
+    below, _ = ham_scores(1500, seed=2, shift=-15)  # the site's mail scores lower
+    above, _ = ham_scores(200, seed=3, shift=+20)  # ... or higher
+    own = HamScores.of(training, "out-of-fold training ham")
+
+    def placed(site) -> object:
+        return place({"training_ham": own.to_json(),
+                      "site_ham": HamScores.of(site, "site ham").to_json()}, 0.2, 0.001)
+
+    lower = placed(below)
+    assert lower.reference.source == "site ham" and lower.anchor < own.anchor(0.001)
+    few = placed(below[:300])  # 300 site ham cannot show the top 0.1%: no lowering
+    assert few.anchor == own.anchor(0.001) and "too few to lower it" in few.note
+    raised = placed(above)  # but a little site ham above the training's may raise it
+    assert raised.anchor > own.anchor(0.001) and raised.reference.source == "site ham"
+    assert place({}, 0.2, 0.001) is None and place({"training_ham": {"n": 2}}, 0.2, 0.001) \
+        is None
+
+
+def test_training_records_its_ham_and_the_check_places_by_target_fpr(trained: Path):
+    meta = load_model(trained).meta
+    training_ham = meta["thresholds"]["training_ham"]
+    assert training_ham["n"] == meta["data"]["train_ham"]
+    assert meta["cross_validation"]["placed_at_target_fpr"] == 0.001
+    raw = sorted(SPAM.iterdir())[0].read_bytes()
+    probabilities = []
+    for target in (0.0001, 0.05):
+        check = BayesCheck(Config(classifier=ClassifierSection(model=str(trained),
+                                                               target_fpr=target)))
+        try:
+            assert check.holder.model.placement is not None
+            assert check.holder.model.placement.target_fpr == target
+            probabilities.append(check.run(Message.from_bytes(raw), CheckContext())
+                                 .facts["spam_probability"])
+        finally:
+            check.close()
+    assert probabilities[0] < probabilities[1]  # a laxer target: higher for the same mail
+
+
 # -- explanations --------------------------------------------------------------------
 
 def test_evidence_names_the_tokens_that_pushed_both_ways(trained: Path):
@@ -431,7 +520,7 @@ def test_check_json_has_the_unrounded_probability_the_log_odds_and_the_tokens(tr
     from gateway.config import PipelineSection
     from gateway.evaluator import LocalEvaluator
 
-    model = load_model(trained)
+    model = load_model(trained).placed(ClassifierSection().target_fpr)
     evaluator = LocalEvaluator(Config(pipeline=PipelineSection(checks=["bayes"]),
                                       classifier=ClassifierSection(model=str(trained))))
     try:

@@ -195,7 +195,7 @@ def resolve_model(config: Config, name: str | None) -> SpamModel:
         except StoreError as exc:
             raise UsageError(f"--model {name}: not a folder, and {exc}") from None
     try:
-        return load_model(path)
+        return load_model(path).placed(config.classifier.target_fpr)
     except ModelError as exc:
         raise UsageError(str(exc)) from None
 
