@@ -231,8 +231,9 @@ def test_evaluate_json_has_the_promised_fields(trained: Path, tmp_path: Path):
 
 
 def store_config(tmp_path: Path, store: Path) -> Path:
-    config = tmp_path / "gateway.toml"
-    config.write_text(f'[classifier]\nstore = "{store}"\n')
+    config = tmp_path / "gateway.toml"  # a store database of the test's own
+    config.write_text(f'[classifier]\nstore = "{store}"\n'
+                      f'[quarantine]\nurl = "sqlite:///{tmp_path}/q.db"\n')
     return config
 
 
@@ -311,6 +312,57 @@ def test_promotion_refuses_a_model_that_holds_more_good_mail(trained: Path, tmp_
                      str(HAM), "--spam", str(SPAM), "--force")
     assert forced.returncode == 0, forced.stderr
     assert store.current_version() == inverted.version
+
+
+def test_promotion_places_the_bands_on_the_sites_ham_and_prints_the_change(trained: Path,
+                                                                           tmp_path: Path):
+    from gateway.classifier.trainingset import TrainingSet
+
+    config = store_config(tmp_path, tmp_path / "store")
+    labels = TrainingSet(f"sqlite:///{tmp_path}/q.db")
+    try:
+        for path in sorted(HAM.iterdir())[:30]:
+            labels.learn(path.read_bytes(), "ham", str(path), "ana")
+        for path in sorted(SPAM.iterdir())[:10]:
+            labels.learn(path.read_bytes(), "spam", str(path), "ana")
+    finally:
+        labels.close()
+    base = load_model(trained).version
+    result = gateway("model", "promote", str(trained), "--force", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    store = ModelStore(tmp_path / "store")
+    placed = store.current_version()
+    assert placed is not None and placed.startswith(f"{base}-site")
+    assert "thresholds (target FPR 0.10%" in result.stdout
+    assert f"before  {load_model(SHIPPED_MODEL).version}: " in result.stdout
+    assert f"after   {placed}: BAYES_95 from log-odds " in result.stdout
+    assert "on the site's 30 ham and 10 spam" in result.stdout
+    meta = load_model(store.path_of(placed)).meta
+    assert meta["base_version"] == base and meta["thresholds"]["site_ham"]["n"] == 30
+    assert meta["site_placed"]["ham"] == {"label": 30}
+    # 30 ham cannot show the top 0.1%: they may raise the bands, never lower them.
+    placement = load_model(store.path_of(placed)).placed(0.001).placement
+    own = load_model(trained).placed(0.001).placement
+    assert placement is not None and own is not None and placement.anchor >= own.anchor
+    details = store.history()[-1]["thresholds"]
+    assert details["after"]["anchor_log_odds"] == placement.anchor
+    assert set(details["site_held"]) == {"before", "after"}
+    again = gateway("model", "promote", base, "--force", "--config", str(config))
+    assert again.returncode == 2 and "already in use, its bands where they are" in again.stderr
+
+
+def test_the_sites_labels_are_scored_out_of_fold_where_the_model_learned_them(trained: Path):
+    from gateway.classifier.corpus import content_key
+    from gateway.classifier.site import SiteMail, SiteMessage, site_scores
+
+    raw = sorted(HAM.iterdir())[0].read_bytes()
+    model = load_model(trained)
+    learned = replace(model, meta={**model.meta,
+                                   "learned_out_of_fold": {content_key(raw): 42.0}})
+    mail = SiteMail([SiteMessage(content_key(raw), raw, 0, "label")])
+    assert site_scores(learned, mail).ham.tolist() == [42.0]
+    assert site_scores(model, mail).ham.tolist() == [pytest.approx(model.log_odds(
+        tokenize(raw)))]
 
 
 def test_check_uses_the_store_and_reloads_a_promotion(trained: Path, tmp_path: Path):
