@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import mailbox
+import re
 import shutil
 import subprocess
 import sys
@@ -363,6 +364,61 @@ def test_the_sites_labels_are_scored_out_of_fold_where_the_model_learned_them(tr
     assert site_scores(learned, mail).ham.tolist() == [42.0]
     assert site_scores(model, mail).ham.tolist() == [pytest.approx(model.log_odds(
         tokenize(raw)))]
+
+
+def test_doctor_says_how_much_of_the_site_the_model_learned_and_how_it_does_there(
+        trained: Path, tmp_path: Path):
+    from gateway.classifier.trainingset import TrainingSet
+    from gateway.commands.doctor import model_lines
+    from gateway.config import QuarantineSection
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    config = Config(classifier=ClassifierSection(model=str(trained)),
+                    quarantine=QuarantineSection(url=url))
+    (_, bands, before) = model_lines(config)
+    assert bands.text.startswith("BAYES_95 from log-odds ") and "out-of-fold training ham" \
+        in bands.text
+    assert "has learned 0 of this site's messages" in before.text
+    assert "no labels from this site yet" in before.text and "the card: " in before.text
+    labels = TrainingSet(url)
+    try:
+        for path in sorted(HAM.iterdir())[:6]:
+            labels.learn(path.read_bytes(), "ham", str(path), "ana")
+        for path in sorted(SPAM.iterdir())[:4]:
+            labels.learn(path.read_bytes(), "spam", str(path), "autolearn")
+    finally:
+        labels.close()
+    (_, _, after) = model_lines(config)
+    assert after.status == "ok"
+    assert "on the site's labels (4 autolearned" in after.text
+    assert re.search(r"\d of 6 ham held \(\d+\.\d\d%\) and \d of 4 spam", after.text)
+
+
+def test_the_dashboard_shows_the_bands_the_last_promotion_and_the_cold_start(
+        trained: Path, tmp_path: Path):
+    from gateway.config import parse_config
+    from gateway.quarantine.store import QuarantineStore
+    from gateway.web.app import create_app
+    from tests.test_web import PASSWORD, login
+
+    config_path = store_config(tmp_path, tmp_path / "store")
+    promoted = gateway("model", "promote", str(trained), "--force", "--config",
+                       str(config_path))
+    assert promoted.returncode == 0, promoted.stderr
+    store = QuarantineStore(f"sqlite:///{tmp_path}/q.db")
+    try:
+        app = create_app(parse_config(config_path.read_text(), "test"), store)
+        app.extensions["gateway"]["console"].add_user("ann", "admin", PASSWORD)
+        client = app.test_client()
+        login(client, "ann")
+        page = client.get("/").text
+    finally:
+        store.close()
+    version = load_model(trained).version
+    assert "Bands: BAYES_95 from log-odds " in page and "out-of-fold training ham" in page
+    assert f"Last promotion ({version}, " in page
+    assert f"This site: {version} has learned 0 of this site&#39;s messages" in page
+    assert "no labels from this site yet" in page
 
 
 def test_check_uses_the_store_and_reloads_a_promotion(trained: Path, tmp_path: Path):

@@ -71,7 +71,6 @@ def site_mail(config: Config, labels_only: bool = False, limit: int = LIMIT) -> 
     mail and waiting autolearn ham); a label wins over the other sources."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gateway.classifier.trainingset import TrainingSet, TrainingSetError
     from gateway.quarantine.store import QuarantineError
 
     url = config.classifier.training_set_url(config.quarantine.url)
@@ -89,20 +88,12 @@ def site_mail(config: Config, labels_only: bool = False, limit: int = LIMIT) -> 
             found.messages.append(SiteMessage(key, raw, label, origin))
 
     try:
-        training = TrainingSet(url)
-        try:
-            counts = [0, 0]
-            for item in _newest(training.labelled()):
-                if counts[item.label] < limit:
-                    counts[item.label] += 1
-                    add(item.raw, item.label,
-                        "autolearn" if "(autolearn feedback #" in item.source else "label")
-        finally:
-            training.close()
+        for raw, label, origin in _labels(url, limit):
+            add(raw, label, origin)
         if not labels_only and config.quarantine.url and _exists(config.quarantine.url):
             for raw, origin in _unlabelled_ham(config.quarantine.url, limit):
                 add(raw, 0, origin)
-    except (TrainingSetError, QuarantineError) as exc:
+    except QuarantineError as exc:
         raise SiteError(str(exc)) from None
     except SQLAlchemyError as exc:
         raise SiteError(f"the store's database: {type(exc).__name__}: "
@@ -116,8 +107,28 @@ def _exists(url: str) -> bool:
     return True
 
 
-def _newest(items: Iterator[Any]) -> list[Any]:
-    return list(items)[::-1]
+def _labels(url: str, limit: int) -> Iterator[tuple[bytes, int, str]]:
+    """The learned training set's newest ``limit`` messages of each label
+    (read as they are: reading never migrates a database)."""
+    from sqlalchemy import select
+
+    from gateway.classifier.trainingset import LABELS
+    from gateway.quarantine.schema import training_messages
+    from gateway.quarantine.store import QuarantineStore
+
+    store = QuarantineStore(url, migrate=False)
+    try:
+        with store.engine.connect() as connection:
+            for label in LABELS:
+                rows = connection.execute(
+                    select(training_messages.c.raw, training_messages.c.who)
+                    .where(training_messages.c.label == label)
+                    .order_by(training_messages.c.id.desc()).limit(limit)).all()
+                for row in rows:
+                    yield (bytes(row.raw), LABELS[label],
+                           "autolearn" if row.who == "autolearn" else "label")
+    finally:
+        store.close()
 
 
 def _unlabelled_ham(url: str, limit: int) -> Iterator[tuple[bytes, str]]:
@@ -127,7 +138,7 @@ def _unlabelled_ham(url: str, limit: int) -> Iterator[tuple[bytes, str]]:
     from gateway.quarantine.schema import feedback, feedback_mail, messages
     from gateway.quarantine.store import QuarantineStore
 
-    store = QuarantineStore(url)
+    store = QuarantineStore(url, migrate=False)
     try:
         with store.engine.connect() as connection:
             released = connection.execute(
@@ -204,3 +215,137 @@ def with_site_ham(model_dir: Path, ham: HamScores, origins: dict[str, int], out:
             shutil.copy2(path, out / path.name)
     (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return str(meta["version"])
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """How much of the site the model in use has learned, and how it does on
+    the site's labels beside its card (the training mail's figures)."""
+
+    version: str
+    trained_on: int  # messages the model was trained on
+    learned: int  # of them, from this site's learned set
+    labels: dict[str, int]  # the site's labels now: ham, spam, autolearned
+    ham_held: int  # the site's ham labels in BAYES_95 and above
+    spam_held: int
+    card_fpr: float | None  # the card's false-positive rate at the decision probability
+    card_recall: float | None
+    problem: str = ""  # why the site's labels could not be read
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "trained_on": self.trained_on,
+                "learned": self.learned, "labels": self.labels, "ham_held": self.ham_held,
+                "spam_held": self.spam_held, "card_fpr": self.card_fpr,
+                "card_recall": self.card_recall, "problem": self.problem}
+
+    def describe(self) -> str:
+        text = (f"{self.version} has learned {self.learned:,} of this site's messages "
+                f"(trained on {self.trained_on:,})")
+        card = ""
+        if self.card_fpr is not None and self.card_recall is not None:
+            card = f"the card: {self.card_fpr:.2%} of ham held, {self.card_recall:.1%} of spam"
+        if self.problem:
+            return f"{text}; the site's labels cannot be read ({self.problem})"
+        ham, spam = self.labels["ham"], self.labels["spam"]
+        if not ham and not spam:
+            return (f"{text}; no labels from this site yet, so {card or 'the card'} is all "
+                    "there is to go by: label mistakes (gateway learn) or accept autolearn "
+                    "candidates (gateway feedback accept --autolearn)")
+        measured = []
+        if ham:
+            measured.append(f"{self.ham_held} of {ham:,} ham held ({self.ham_held / ham:.2%})")
+        if spam:
+            measured.append(f"{self.spam_held} of {spam:,} spam ({self.spam_held / spam:.1%})")
+        return (f"{text}; on the site's labels ({self.labels['autolearned']:,} autolearned, "
+                f"the model's out-of-fold scores where it learned them), BAYES_95 and above: "
+                f"{' and '.join(measured)}" + (f"; {card}" if card else ""))
+
+
+def cold_start(config: Config, model: SpamModel) -> ColdStart:
+    data = model.meta.get("data") or {}
+    figures = ((model.meta.get("cross_validation") or {}).get("figures") or {})
+    card_fpr = figures.get("fpr", {}).get("mean")
+    card_recall = figures.get("recall", {}).get("mean")
+    found = {"version": model.version,
+             "trained_on": int(data.get("train_ham", data.get("ham", 0)) or 0)
+             + int(data.get("train_spam", data.get("spam", 0)) or 0),
+             "learned": int(data.get("learned", 0) or 0),
+             "card_fpr": card_fpr, "card_recall": card_recall}
+    try:
+        mail = site_mail(config, labels_only=True)
+    except SiteError as exc:
+        return ColdStart(labels={"ham": 0, "spam": 0, "autolearned": 0}, ham_held=0,
+                         spam_held=0, problem=str(exc), **found)
+    held = site_scores(model, mail).held(model)
+    labels = {"ham": mail.count(0), "spam": mail.count(1),
+              "autolearned": mail.count(0, "autolearn") + mail.count(1, "autolearn")}
+    return ColdStart(labels=labels, ham_held=int(held[0]), spam_held=int(held[1]), **found)
+
+
+_summaries: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def dashboard_summary(config: Config, labels_limit: int = 500) -> dict[str, Any]:
+    """The console's lines about the model at this site: where its bands
+    are, the last promotion's before/after, and the cold start figures (on
+    the newest ``labels_limit`` labels of each kind; kept per model and
+    label count, so a busy dashboard does not score them on every view)."""
+    from sqlalchemy import func, select
+
+    from gateway.checks.bayes import model_location
+    from gateway.classifier.model import ModelError, load_model
+    from gateway.classifier.store import ModelStore, StoreError
+    from gateway.quarantine.schema import training_messages
+    from gateway.quarantine.store import QuarantineError, QuarantineStore
+
+    try:
+        location = model_location(config)
+        meta = json.loads((location / META_FILE).read_text())
+    except (OSError, ValueError, StoreError) as exc:
+        return {"problem": str(exc)}
+    url = config.classifier.training_set_url(config.quarantine.url)
+    count = 0
+    if url and _exists(url):
+        try:
+            store = QuarantineStore(url, migrate=False)
+            try:
+                with store.engine.connect() as connection:
+                    count = connection.execute(
+                        select(func.count()).select_from(training_messages)).scalar_one()
+            finally:
+                store.close()
+        except Exception:  # the figures below say what is wrong
+            count = -1
+    key = (meta.get("version"), count, config.classifier.target_fpr)
+    if key not in _summaries:
+        try:
+            model = load_model(location).placed(config.classifier.target_fpr)
+        except ModelError as exc:
+            return {"problem": str(exc)}
+        summary: dict[str, Any] = {
+            "bands": model.placement.describe() if model.placement else
+            "the model's own calibration (it carries no ham scores)",
+            "site": cold_start(config, model).describe()}
+        try:
+            history = ModelStore(config.classifier.store).history()
+        except (StoreError, OSError, QuarantineError):
+            history = []
+        promoted = [e for e in history if e.get("action") == "promote" and e.get("thresholds")]
+        if promoted:
+            last = promoted[-1]["thresholds"]
+            summary["last_promotion"] = {
+                "version": promoted[-1].get("version"), "time": promoted[-1].get("time"),
+                "before": _anchor_text(last.get("before")),
+                "after": _anchor_text(last.get("after")),
+                "site_held": last.get("site_held")}
+        _summaries.clear()  # one model and label count at a time
+        _summaries[key] = summary
+    return _summaries[key]
+
+
+def _anchor_text(placement: dict[str, Any] | None) -> str:
+    if not placement:
+        return "the model's own calibration"
+    return (f"BAYES_95 from log-odds {placement['anchor_log_odds']:.2f} "
+            f"({placement['ham_above']} of {placement['reference_n']:,} "
+            f"{placement['reference']} above)")
