@@ -50,7 +50,10 @@ from gateway.classifier.train import (  # noqa: E402
 )
 from gateway.commands.classifier import evaluate_scores, print_cv_report  # noqa: E402
 
-CORPUS = PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin"
+# Beside the checkout (../shared), or further up for a git worktree.
+CORPUS = next((parent / "shared" / "corpora" / "spamassassin" for parent in PROJECT_ROOT.parents
+               if (parent / "shared" / "corpora" / "spamassassin").is_dir()),
+              PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin")
 HAM = [CORPUS / "easy_ham", CORPUS / "easy_ham_2", CORPUS / "hard_ham"]
 SPAM = [CORPUS / "spam", CORPUS / "spam_2"]
 HOLD_BACK = 0.2

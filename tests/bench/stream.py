@@ -88,11 +88,9 @@ from gateway.classifier.train import (  # noqa: E402
     tokenize,
     train_dataset,
 )
+from tests.bench.classifier import CORPUS as BENCH_CORPUS  # noqa: E402
 
-# Beside the checkout (../shared), or further up for a git worktree.
-CORPUS = next((parent / "shared" / "corpora" / "spamassassin" for parent in PROJECT_ROOT.parents
-               if (parent / "shared" / "corpora" / "spamassassin").is_dir()),
-              PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin")
+CORPUS = BENCH_CORPUS
 SEED = 42
 SA_DECISION = 0.99
 BLOCK = 500
