@@ -335,3 +335,32 @@ def test_autolearn_candidates_from_mail_through_postfix_wait_for_review(
     finally:
         stored.close()
     assert good.encode() in learned[0] and bad.encode() in learned[1]
+
+
+def test_an_admin_accepts_one_autolearn_candidate_in_the_console(tmp_path: Path):
+    from gateway.classifier.autolearn import Candidate, queue_candidate
+    from gateway.web.console import Console
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    store = QuarantineStore(url)
+    console = Console(store)
+    try:
+        ham = Candidate("ham", "accepted; example.org authenticated (aligned SPF)",
+                        "domain:example.org")
+        assert queue_candidate(store.engine, ham, mail("accepted"), "minutes accepted", None,
+                               3, 20) == "queued"
+        (label,) = console.labels()
+        assert (label.source, label.subject, label.message) == ("autolearn", "minutes accepted",
+                                                                 "")
+        # Not due yet, but an admin's choice: the message it carries is learned.
+        outcome = console.review(label.id, True, "ann")
+        assert outcome.startswith("autolearn candidate: 1 learned")
+        assert console.label(label.id).state == "accepted"
+        training = TrainingSet(url)
+        try:
+            (entry,) = training.entries()
+            assert (entry.label, entry.who, entry.note) == ("ham", "autolearn", ham.why)
+        finally:
+            training.close()
+    finally:
+        store.close()

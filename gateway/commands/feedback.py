@@ -56,7 +56,7 @@ def list_main(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace, accept: bool) -> int:
-    from gateway.classifier.autolearn import SOURCE, accept_candidates
+    from gateway.classifier.autolearn import accept_candidates
     from gateway.web.console import ConsoleError
 
     config = config_from(args)
@@ -74,11 +74,7 @@ def _review(args: argparse.Namespace, accept: bool) -> int:
     status = 0
     for number in dict.fromkeys(args.ids):
         try:
-            if accept and console.label(number).source == SOURCE:  # its message may be its own
-                result = accept_candidates(config.quarantine.url, training_set, who, [number])
-                outcome = f"autolearn candidate: {result.describe()}"
-            else:
-                outcome = console.review(number, accept, who, args.note, training_set)
+            outcome = console.review(number, accept, who, args.note, training_set)
         except ConsoleError as exc:
             if len(args.ids) == 1:
                 raise UsageError(f"feedback: {exc}") from None

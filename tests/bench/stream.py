@@ -142,10 +142,14 @@ def split(site: str) -> tuple[list[Mail], list[Mail]]:
     hard = by_date(folders["hard_ham"])
     old = folders["easy_ham"] + folders["spam"] + hard[:len(hard) // 2]
     new = folders["easy_ham_2"] + folders["spam_2"] + hard[len(hard) // 2:]
-    if site == "dev":
-        ordered = by_date(old)
-        cut = int(len(ordered) * 0.6)
-        old, new = ordered[:cut], ordered[cut:]
+    if site == "dev":  # each label's older 60% trains, its newer 40% streams
+        old, new = [], [*old]
+        for label in (0, 1):
+            ordered = by_date([m for m in new if m.label == label])
+            cut = int(len(ordered) * 0.6)
+            old += ordered[:cut]
+        chosen = {id(m) for m in old}
+        new = [m for m in new if id(m) not in chosen]
     seen: set[str] = set()
     train, stream = [], []
     for target, mails in ((train, old), (stream, new)):
@@ -529,8 +533,8 @@ def percent(value: tuple[float, float, float]) -> str:
 def print_figures(result: dict[str, Any]) -> None:
     roca = result["one_minus_roca_percent"]
     acts = result["actions"]
-    print(f"{result['name']}: {result['n']} messages, {result['labelled']} labelled, "
-          f"{result['retrains']} retrains")
+    retrains = f", {result['retrains']} retrains" if result["name"].startswith("gateway") else ""
+    print(f"{result['name']}: {result['n']} messages, {result['labelled']} labelled{retrains}")
     print(f"  (1-ROCA)% {roca[0]:.3f} ({roca[1]:.3f}-{roca[2]:.3f}); recall at FPR <= 0.1% "
           f"{result['recall_at_fpr']['0.001']:.4f}, <= 0.25% "
           f"{result['recall_at_fpr']['0.0025']:.4f}")
@@ -596,6 +600,10 @@ def targets(stream: list[Mail], train: list[Mail], base: SpamModel, rules: Rules
         if counts == [100, 100]:
             break
     rest = stream[stop + 1:]
+    if counts != [100, 100] or len({m.label for m in rest}) < 2:
+        say("after the first 200 labels: the stream has too few ham or spam to measure it")
+        return {"cold_start": cold_figures, "cold_start_by_folder": _by_folder(stream, held),
+                "cold_start_placement": cold.placement.describe() if cold.placement else None}
     say(f"after the first 200 labels: retraining on them, measuring on the {len(rest)} "
         "messages after them ...")
     model = retrain(train, first, _settings(base))
@@ -611,11 +619,17 @@ def targets(stream: list[Mail], train: list[Mail], base: SpamModel, rules: Rules
               "after_200_placement": model.placement.describe() if model.placement else None,
               "after_200_ranking": {str(p): recall_at_fpr(scores, rest_labels, p)[0]
                                     for p in (0.001, 0.0025)},
-              "cold_start_by_folder": {}}
+              "cold_start_by_folder": _by_folder(stream, held)}
+    return result
+
+
+def _by_folder(stream: list[Mail], held: np.ndarray) -> dict[str, Any]:
+    labels = np.array([m.label for m in stream])
+    found = {}
     for name in sorted({m.folder for m in stream}):
         mask = np.array([m.folder == name for m in stream])
-        result["cold_start_by_folder"][name] = actions(held[mask], labels[mask])
-    return result
+        found[name] = actions(held[mask], labels[mask])
+    return found
 
 
 def print_targets(result: dict[str, Any]) -> None:
@@ -628,6 +642,9 @@ def print_targets(result: dict[str, Any]) -> None:
     for name, figures_ in result["cold_start_by_folder"].items():
         print(f"      {name:<11} ham held {figures_['ham_held']}/{figures_['n_ham']}, "
               f"spam held {figures_['spam_held']}/{figures_['n_spam']}")
+    if "after_200_labels" not in result:
+        print("  after the site's first 200 labels: too few ham or spam in this stream")
+        return
     print(f"  after the site's first 200 labels ({result['after_200_placement']}):")
     print(f"    spam held {after['spam_held']}/{after['n_spam']} {percent(after['recall'])} "
           f"(target >= 95%); ham held {after['ham_held']}/{after['n_ham']} "
