@@ -18,6 +18,7 @@ used instead, so that a model is never measured on what it learned.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -101,6 +102,27 @@ def site_mail(config: Config, labels_only: bool = False, limit: int = LIMIT) -> 
     return found
 
 
+@contextlib.contextmanager
+def _reading(url: str) -> Iterator[Any]:
+    """A connection that changes nothing: SQLite opened read-only (no WAL
+    switch, no file modes touched), PostgreSQL as it is; no migration."""
+    from sqlalchemy import create_engine
+
+    from gateway.quarantine.store import engine_url
+
+    if url.startswith("sqlite:///"):
+        target = f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true"
+    else:
+        target = engine_url(url)
+    engine = create_engine(target, connect_args={"connect_timeout": 5}
+                           if target.startswith("postgresql") else {})
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
 def _exists(url: str) -> bool:
     if url.startswith("sqlite:///"):
         return Path(url.removeprefix("sqlite:///")).exists()
@@ -114,21 +136,16 @@ def _labels(url: str, limit: int) -> Iterator[tuple[bytes, int, str]]:
 
     from gateway.classifier.trainingset import LABELS
     from gateway.quarantine.schema import training_messages
-    from gateway.quarantine.store import QuarantineStore
 
-    store = QuarantineStore(url, migrate=False)
-    try:
-        with store.engine.connect() as connection:
-            for label in LABELS:
-                rows = connection.execute(
-                    select(training_messages.c.raw, training_messages.c.who)
-                    .where(training_messages.c.label == label)
-                    .order_by(training_messages.c.id.desc()).limit(limit)).all()
-                for row in rows:
-                    yield (bytes(row.raw), LABELS[label],
-                           "autolearn" if row.who == "autolearn" else "label")
-    finally:
-        store.close()
+    with _reading(url) as connection:
+        found = {label: connection.execute(
+            select(training_messages.c.raw, training_messages.c.who)
+            .where(training_messages.c.label == label)
+            .order_by(training_messages.c.id.desc()).limit(limit)).all() for label in LABELS}
+    for label, rows in found.items():
+        for row in rows:
+            yield (bytes(row.raw), LABELS[label],
+                   "autolearn" if row.who == "autolearn" else "label")
 
 
 def _unlabelled_ham(url: str, limit: int) -> Iterator[tuple[bytes, str]]:
@@ -136,23 +153,18 @@ def _unlabelled_ham(url: str, limit: int) -> Iterator[tuple[bytes, str]]:
     from sqlalchemy import and_, select
 
     from gateway.quarantine.schema import feedback, feedback_mail, messages
-    from gateway.quarantine.store import QuarantineStore
 
-    store = QuarantineStore(url, migrate=False)
-    try:
-        with store.engine.connect() as connection:
-            released = connection.execute(
-                select(messages.c.raw).where(and_(messages.c.state == "released",
-                                                  messages.c.raw.is_not(None)))
-                .order_by(messages.c.updated.desc()).limit(limit)).scalars().all()
-            candidates = feedback_mail.join(feedback, feedback.c.id == feedback_mail.c.feedback)
-            waiting = connection.execute(
-                select(feedback_mail.c.raw).select_from(candidates)
-                .where(and_(feedback.c.source == "autolearn", feedback.c.state == "pending",
-                            feedback.c.label == "ham"))
-                .order_by(feedback.c.id.desc()).limit(limit)).scalars().all()
-    finally:
-        store.close()
+    with _reading(url) as connection:
+        released = connection.execute(
+            select(messages.c.raw).where(and_(messages.c.state == "released",
+                                              messages.c.raw.is_not(None)))
+            .order_by(messages.c.updated.desc()).limit(limit)).scalars().all()
+        candidates = feedback_mail.join(feedback, feedback.c.id == feedback_mail.c.feedback)
+        waiting = connection.execute(
+            select(feedback_mail.c.raw).select_from(candidates)
+            .where(and_(feedback.c.source == "autolearn", feedback.c.state == "pending",
+                        feedback.c.label == "ham"))
+            .order_by(feedback.c.id.desc()).limit(limit)).scalars().all()
     for raw in released:
         yield bytes(raw), "released"
     for raw in waiting:
@@ -296,7 +308,7 @@ def dashboard_summary(config: Config, labels_limit: int = 500) -> dict[str, Any]
     from gateway.classifier.model import ModelError, load_model
     from gateway.classifier.store import ModelStore, StoreError
     from gateway.quarantine.schema import training_messages
-    from gateway.quarantine.store import QuarantineError, QuarantineStore
+    from gateway.quarantine.store import QuarantineError
 
     try:
         location = model_location(config)
@@ -307,13 +319,9 @@ def dashboard_summary(config: Config, labels_limit: int = 500) -> dict[str, Any]
     count = 0
     if url and _exists(url):
         try:
-            store = QuarantineStore(url, migrate=False)
-            try:
-                with store.engine.connect() as connection:
-                    count = connection.execute(
-                        select(func.count()).select_from(training_messages)).scalar_one()
-            finally:
-                store.close()
+            with _reading(url) as connection:
+                count = connection.execute(
+                    select(func.count()).select_from(training_messages)).scalar_one()
         except Exception:  # the figures below say what is wrong
             count = -1
     key = (meta.get("version"), count, config.classifier.target_fpr)
