@@ -5,16 +5,16 @@ mail has no quarantine record, so the message itself waits in
 which sender it counts against (per-sender caps), its subject for the
 lists, and from when it may be learned.
 
-Revision ID: 0007_autolearn
-Revises: 0006
+Revision ID: 0009_autolearn
+Revises: 0008_list_reply
 Create Date: 2026-12-07
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_autolearn"
-down_revision = "0006"
+revision = "0009_autolearn"
+down_revision = "0008_list_reply"
 branch_labels = None
 depends_on = None
 
