@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,11 @@ def test_autolearn_candidates_come_only_from_evidence_that_is_not_the_classifier
                  failed=("dkim",)) is None
     assert found("add_header", ("KNOWN_CORRESPONDENT", -1.0), ("BAYES_95", 6.0),
                  dmarc=ALIGNED) is None
+    # Nor mail in which the identity check saw an imitation, or our users' own.
+    for identity in ({"imitation": True, "known": True}, {"direction": "outbound"}):
+        verdict = learn_verdict("accept", ("KNOWN_CORRESPONDENT", -1.0), dmarc=ALIGNED)
+        verdict = replace(verdict, facts={**verdict.facts, "identity": identity})
+        assert candidate(verdict, CLIENT, 6.0, derived) is None
     # Spam: forced by other evidence, or over the threshold without the classifier.
     spam = found("reject", ("BLOCKLIST_SENDER", 0.0), ("BAYES_00", -2.0),
                  forced_by="BLOCKLIST_SENDER")

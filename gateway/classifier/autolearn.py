@@ -45,7 +45,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.classifier.corpus import content_key
 from gateway.config import Config
-from gateway.facts import DmarcFacts
+from gateway.facts import DmarcFacts, IdentityFacts
 from gateway.message import Envelope
 from gateway.policy import Verdict
 
@@ -88,6 +88,9 @@ def candidate(verdict: Verdict, envelope: Envelope, quarantine_threshold: float,
 def _ham(verdict: Verdict, envelope: Envelope, names: set[str]) -> Candidate | None:
     if verdict.failed_checks:
         return None
+    identity = IdentityFacts.of(verdict.facts)
+    if identity is not None and (identity.imitation or identity.direction != "inbound"):
+        return None  # someone imitated, or our own user writing out: not the mail to learn
     if TRUSTED_CLIENT in names and envelope.client_ip:
         return Candidate("ham", f"accepted from allow-listed client {envelope.client_ip}",
                          f"ip:{envelope.client_ip}")
