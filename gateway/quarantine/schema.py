@@ -209,7 +209,7 @@ feedback = Table(
     Column("reviewed", DateTime(timezone=True)),
     Column("review_note", Text, nullable=False),
     Column("training_key", String(40)),                       # training_messages.key
-    # Autolearn candidates (source "autolearn", migration 0009_autolearn): the
+    # Autolearn candidates (source "autolearn", migration 0010_autolearn): the
     # sender their per-sender cap counts, the subject (accepted mail has no
     # quarantine record to show it) and when they may be learned.
     Column("sender_key", Text),

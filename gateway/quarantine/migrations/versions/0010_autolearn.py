@@ -5,16 +5,16 @@ mail has no quarantine record, so the message itself waits in
 which sender it counts against (per-sender caps), its subject for the
 lists, and from when it may be learned.
 
-Revision ID: 0009_autolearn
-Revises: 0008_list_reply
+Revision ID: 0010_autolearn
+Revises: 0009_bulk
 Create Date: 2026-12-07
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_autolearn"
-down_revision = "0008_list_reply"
+revision = "0010_autolearn"
+down_revision = "0009_bulk"
 branch_labels = None
 depends_on = None
 
