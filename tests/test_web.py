@@ -335,14 +335,15 @@ def put_raw(store: QuarantineStore, data: bytes, rcpts=("bob@example.net",),
     return store.put(envelope, RawContent(data=data), verdict(*names), "quarantine")
 
 
-def console_app(tmp_path: Path, web_section: str = ""):
-    """The console's app on a SQLite store, with ann (admin) and bob (analyst)."""
+def console_app(tmp_path: Path, web_section: str = "", extra: str = ""):
+    """The console's app on a SQLite store, with ann (admin) and bob (analyst);
+    ``extra``: more TOML sections."""
     from gateway.web.app import create_app
 
     url = f"sqlite:///{tmp_path}/q.db"
     config = parse_config(f'[quarantine]\nurl = "{url}"\n[release]\nsmtp = "127.0.0.1:9"\n'
                           '[digest]\nurl = "https://quarantine.example.org"\n'
-                          f"[web]\n{web_section}\n", "test")
+                          f"[web]\n{web_section}\n{extra}", "test")
     store = QuarantineStore(url, node="node-a")
     app = create_app(config, store)
     console = app.extensions["gateway"]["console"]
@@ -689,7 +690,7 @@ def test_every_page_shows_a_message_with_bytes_that_are_not_utf8(web):
             checked.add(rule.endpoint)
     assert checked >= {"dashboard", "listing", "message", "message_html", "message_raw",
                        "attachment", "feedback_queue", "audit_page", "digest", "users_page",
-                       "account", "lists_page"}
+                       "account", "lists.page"}
     page = client.get(f"/quarantine/{identifier}").text
     assert "Eve \\xff\\xfe &lt;eve@example.org&gt;" in page  # the header table
     assert "\\x81\\x9b[2J" in page

@@ -23,6 +23,7 @@ import http.server
 import json
 import os
 import shutil
+import smtplib
 import threading
 import time
 import uuid
@@ -343,3 +344,55 @@ def test_a_2_mib_message_built_to_hang_the_preview_opens_with_a_notice(browser, 
     browser.switch_to.default_content()
     browser.get(f"{site.base}/quarantine")
     assert find(browser, By.CSS_SELECTOR, "table.list")
+
+
+def _refused(postfix, data: bytes, sender: str) -> str | None:
+    """The 5xx reply Postfix gave, or None when it took the message."""
+    try:
+        send(postfix, data, mail_from=sender)
+    except smtplib.SMTPDataError as exc:
+        return f"{exc.smtp_code} {exc.smtp_error.decode(errors='replace')}"
+    return None
+
+
+@pytest.mark.postfix
+def test_an_admin_blocks_a_sender_from_a_held_message_and_postfix_refuses_its_next_mail(
+        browser, site, postfix, gateway_milter, tmp_path):
+    """Issue 28 #2: the console neither showed nor managed the lists that
+    block mail. Block the sender's domain from its held message; its next
+    message is refused through Postfix, the Lists page counts the hit, and
+    removing the entry there lets the domain's mail in again."""
+    gateway_milter(quarantine_config(tmp_path, postfix, f'[quarantine]\nurl = "{site.url}"\n'
+                                                        'node = "mx1"\n[lists]\nrefresh = 0.3\n'))
+    tag = uuid.uuid4().hex[:12]
+    send(postfix, message(tag), mail_from="eve@phish.example")
+    wait_for(lambda: site.store.count_matching(Filters(subject=tag)) == 1, what="held mail")
+    identifier = site.store.list(Filters(subject=tag))[0].id
+
+    log_in(browser, site, "ann", start=f"/quarantine/{identifier}")
+    form = find(browser, By.ID, "block-sender")
+    form.find_element(By.CSS_SELECTOR, "input[name=what][value=domain]").click()
+    form.find_element(By.NAME, "reason").send_keys("phishing wave")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    assert "added block-sender phish.example" in find(browser, By.CSS_SELECTOR,
+                                                      ".notice.ok").text
+    (entry,) = [e for e in site.store.list_entries() if e.value == "phish.example"]
+    assert (entry.owner, entry.reason) == ("ann", "phishing wave")
+
+    later = message(f"{tag}-later")
+    reply = wait_for(lambda: _refused(postfix, later, "boss@mail.phish.example"),
+                     what="Postfix refusing the blocked domain")
+    assert reply.startswith("5"), reply
+
+    def hits_shown() -> bool:
+        browser.get(site.base + "/admin/lists")
+        row = browser.find_element(By.ID, f"entry-{entry.id}").text
+        return "phishing wave" in row and "ann" in row and \
+            site.store.get_list_entry(entry.id).hits >= 1 and " 0 " not in f" {row} "
+    wait_for(hits_shown, what="the hit counted on the Lists page")
+    browser.find_element(By.ID, f"entry-{entry.id}").find_element(
+        By.CSS_SELECTOR, "button.danger").click()
+    assert "removed block-sender phish.example" in find(browser, By.CSS_SELECTOR,
+                                                         ".notice.ok").text
+    wait_for(lambda: _refused(postfix, message(f"{tag}-again"), "boss@phish.example") is None,
+             what="the domain's mail taken again")

@@ -63,7 +63,11 @@ from gateway.quarantine.store import (
     QuarantineStore,
     Record,
 )
-from gateway.web import charts, preview, stats
+from gateway.web import charts, lists, preview, stats
+from gateway.web.access import ID
+from gateway.web.access import client_address as _address
+from gateway.web.access import record_or_404 as _record
+from gateway.web.access import require_admin as _admin
 from gateway.web.console import (
     DEVICE_DAYS,
     ROLES,
@@ -80,7 +84,6 @@ log = logging.getLogger("gateway.web")
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "gateway_session"
 DEVICE_COOKIE = "gateway_device"
-ID = re.compile(r"^[0-9a-f]{20}$")
 PUBLIC = ("login", "static", "digest", "health")
 RAW_SHOWN = 2 * 1024 * 1024  # of the raw source on its page; the download has it all
 
@@ -563,11 +566,6 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
             flash(f"user {name}: {action} done", "ok")
         return redirect(url_for("users_page"))
 
-    @app.get("/admin/lists")
-    def lists_page():
-        _admin()
-        return render_template("lists.html", lists=config.lists, source=config.source)
-
     # -- greylisting: pending triplets, passed at once (gateway.greylist) -----------------
 
     @app.get("/greylist")
@@ -669,6 +667,7 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
             text = "Thank you: the message is reported as spam."
         return render_template("digest.html", r=record, link=link, action=action, done=text)
 
+    app.register_blueprint(lists.blueprint)
     return app
 
 
@@ -702,10 +701,6 @@ def _secure() -> bool:
     return bool(g.get("https") or g.get("always_secure"))
 
 
-def _address() -> str:
-    return g.get("address") or request.remote_addr or "?"
-
-
 def _check_origin() -> None:
     """A browser names the page a POST came from; it must be this console."""
     origin = request.headers.get("Origin")
@@ -735,23 +730,6 @@ def _local(target: str | None) -> str | None:
     except HTTPException:  # no such page (404, 405) or a redirect of the router's
         return None
     return target if endpoint not in NOT_AFTER_LOGIN else None
-
-
-def _admin() -> None:
-    if not g.session.user.is_admin:
-        abort(403, "this page is for admins")
-
-
-def _record(store: QuarantineStore, identifier: str) -> Record:
-    if not ID.match(identifier):
-        abort(404)
-    try:
-        record = store.get(identifier)
-    except QuarantineError:
-        abort(404)
-    if record.id != identifier:  # matched a queue id: not how the console names messages
-        abort(404)
-    return record
 
 
 def _delete(store: QuarantineStore, console: Console, record: Record, who: str,
