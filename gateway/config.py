@@ -266,11 +266,35 @@ class QuarantineSection:
         return {**DEFAULT_RETENTION, **self.retention}
 
 
+_APPROVE_KEY = re.compile(r"^(default|[a-z][a-z0-9_]*|[A-Z][A-Z0-9_]*)$")
+
+
+APPROVERS: tuple[str, ...] = ("none", "analyst", "admin")  # from the least strict
+
+
+def _approve(value: str | dict[str, str]) -> str | None:
+    table = value if isinstance(value, dict) else {"": value}
+    for key, who in table.items():
+        where = f"{key}: " if key else ""
+        if key and not _APPROVE_KEY.match(key):
+            return (f"{key!r}: a key is default, a check's name (the class of its symbols, "
+                    "as gateway symbols lists them: bayes, clamav...) or a symbol's name")
+        if who not in APPROVERS:
+            return f'{where}expected "admin", "analyst" or "none", got {who!r}'
+    return None
+
+
 @dataclass(frozen=True)
 class ReleaseSection:
     smtp: str = setting("127.0.0.1:10026", _host_port,
                         "Postfix listener that re-injects released mail without the milter")
     timeout: float = setting(60.0, positive, "seconds for the re-injection")
+    approve: str | dict[str, str] = setting(
+        "analyst", _approve,
+        "who approves a requested release: \"admin\" (analysts' and recipients' releases "
+        "wait for an admin), \"analyst\" (recipients' wait for an analyst), \"none\" "
+        "(recipients release their own mail); or a table by symbol class (a check's name) "
+        "or symbol, with default; viruses always need an admin")
 
 
 def _sample(value: float) -> str | None:

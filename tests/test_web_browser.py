@@ -223,6 +223,12 @@ def test_an_analyst_finds_a_held_message_and_releases_it_to_one_recipient(
     record = site.store.list(Filters(subject=f"minutes {tag}"))[0]
     assert record.released_to == ("bob@example.net",)
     assert next(e["action"] for e in site.console.audit_trail(actor="alice")) == "release"
+    # carol has not had it: still held, in the list and on the page (issue 28 #4)
+    assert record.state == "held"
+    recipients = browser.find_element(By.CSS_SELECTOR, "td.recipients").text
+    assert "bob@example.net released" in recipients and "carol@example.net held" in recipients
+    browser.get(site.base + f"/quarantine?state=held&subject={tag}")
+    assert "1 of 2 released" in find(browser, By.CSS_SELECTOR, "table.list tbody").text
 
 
 def test_labels_wait_for_an_admin_who_accepts_them_into_the_training_set(browser, site,
@@ -396,3 +402,44 @@ def test_an_admin_blocks_a_sender_from_a_held_message_and_postfix_refuses_its_ne
                                                          ".notice.ok").text
     wait_for(lambda: _refused(postfix, message(f"{tag}-again"), "boss@phish.example") is None,
              what="the domain's mail taken again")
+
+
+@pytest.mark.postfix
+def test_an_analyst_requests_a_release_an_admin_approves_it_and_the_analyst_is_told(
+        browser, site, postfix, sink):
+    """The request-then-approve flow in the browser: an analyst cannot
+    release a virus, only ask; the admin approves on the Requests page after
+    confirming; Postfix delivers it; the analyst's next page says so."""
+    tag = uuid.uuid4().hex[:10]
+    identifier = put_raw(site.store, message(f"virus {tag}"), names=("CLAMAV_VIRUS",),
+                         rcpts=("bob@example.net", "carol@example.net"))
+    log_in(browser, site, "alice", start=f"/quarantine/{identifier}")
+    form = find(browser, By.CSS_SELECTOR, "form.release")
+    assert not browser.find_elements(By.ID, "release-button")
+    form.find_element(By.CSS_SELECTOR, "input[name=rcpt][value='bob@example.net']").click()
+    form.find_element(By.NAME, "reason").send_keys("carol expects this file")
+    browser.find_element(By.ID, "request-button").click()
+    assert "requested (#" in find(browser, By.CSS_SELECTOR, ".notice.ok").text
+    assert "release requested" in browser.find_element(By.CSS_SELECTOR,
+                                                       "td.recipients").text
+    assert sink.find(f"virus {tag}", timeout=0.5) is None
+
+    log_in(browser, site, "ann", start="/requests")
+    row = find(browser, By.XPATH, f"//tr[contains(., 'virus {tag}')]")
+    assert "carol expects this file" in row.text and "alice" in row.text
+    row.find_element(By.NAME, "reason").send_keys("checked with carol")
+    row.find_element(By.CSS_SELECTOR, "button.approve").click()
+    assert "explicit confirmation" in find(browser, By.CSS_SELECTOR, ".notice.error").text
+    row = find(browser, By.XPATH, f"//tr[contains(., 'virus {tag}')]")
+    row.find_element(By.NAME, "confirm").click()
+    row.find_element(By.CSS_SELECTOR, "button.approve").click()
+    assert "approved: released to carol@example.net" in find(
+        browser, By.CSS_SELECTOR, ".notice.ok").text
+    delivery = sink.find(f"virus {tag}")
+    assert delivery is not None and delivery.rcpt_to == ("carol@example.net",)
+    assert delivery.header("X-Gateway-Released").startswith("by ann at ")
+    assert site.store.get(identifier).state == "held"  # bob has not had it
+
+    log_in(browser, site, "alice")
+    told = [n.text for n in browser.find_elements(By.CSS_SELECTOR, ".notice.ok")]
+    assert any(f"to release \"minutes virus {tag}\" was approved" in t for t in told), told

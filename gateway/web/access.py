@@ -28,11 +28,13 @@ class Parts:
     store: QuarantineStore
     console: Console
     rules: Any  # gateway.policy.Rules
+    policy: Any  # gateway.quarantine.release.ReleasePolicy
 
 
 def parts() -> Parts:
     found = current_app.extensions["gateway"]
-    return Parts(found["config"], found["store"], found["console"], found["rules"])
+    return Parts(found["config"], found["store"], found["console"], found["rules"],
+                 found["policy"])
 
 
 def client_address() -> str:
