@@ -470,6 +470,10 @@ class WebSection:
     preview_seconds: float = setting(10.0, positive, "a message preview not made within this "
                                      "long is stopped (its worker process killed); the page "
                                      "says so")
+    train_ham: list[str] = setting([], doc="good mail the Feedback page's Train button trains "
+                                   "on with the learned set: Maildir folders, mbox files or "
+                                   "folders of .eml (as gateway train --ham)")
+    train_spam: list[str] = setting([], doc="spam it trains on, likewise (--spam)")
 
 
 @dataclass(frozen=True)
@@ -746,6 +750,11 @@ def _resolve_paths(sections: dict, base_dir: Path) -> None:
                 ("sqlite:///", "postgresql://", "postgres://"))
             else str((base_dir / classifier.store).resolve()),
         )
+    if "web" in sections:
+        web = sections["web"]
+        sections["web"] = replace(web, **{
+            key: [str((base_dir / p).resolve()) for p in getattr(web, key)]
+            for key in ("train_ham", "train_spam")})
     if "identity" in sections:
         identity = sections["identity"]
         sections["identity"] = replace(identity, **{

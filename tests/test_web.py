@@ -886,32 +886,3 @@ def test_the_daily_digest_goes_out_once_a_day_from_one_node(tmp_path: Path):
         time.sleep(0.2)
         assert len(sink.deliveries) == 1
     store.close()
-
-
-def test_the_train_button_runs_gateway_train_feedback_as_a_job(tmp_path: Path):
-    from gateway.config import load_config
-    from gateway.web.app import create_app
-
-    config_file = tmp_path / "gateway.toml"
-    config_file.write_text(f'[quarantine]\nurl = "sqlite:///{tmp_path}/q.db"\n'
-                           f'[classifier]\nstore = "{tmp_path}/models"\n')
-    app = create_app(load_config(config_file))
-    console = app.extensions["gateway"]["console"]
-    console.add_user("ann", "admin", PASSWORD)
-    client = app.test_client()
-    login(client, "ann")
-    client.post("/feedback/train", data={"csrf": csrf_of(client)})
-    again = client.post("/feedback/train", data={"csrf": csrf_of(client)}, follow_redirects=True)
-    (job,) = console.jobs("train")
-    assert job["who"] == "ann"
-    if job["status"] == "running":
-        assert "is running already" in again.text
-    wait = time.monotonic() + 120
-    while console.jobs("train")[0]["status"] == "running" and time.monotonic() < wait:
-        time.sleep(0.2)
-    (job,) = console.jobs("train")
-    assert job["status"] == "failed"  # an empty learned set: nothing to train on
-    assert "learned training set: 0 ham, 0 spam" in job["output"]
-    page = client.get("/feedback")
-    assert f"job #{job['id']} by ann" in page.text
-    app.extensions["gateway"]["store"].close()

@@ -443,3 +443,62 @@ def test_an_analyst_requests_a_release_an_admin_approves_it_and_the_analyst_is_t
     log_in(browser, site, "alice")
     told = [n.text for n in browser.find_elements(By.CSS_SELECTOR, ".notice.ok")]
     assert any(f"to release \"minutes virus {tag}\" was approved" in t for t in told), told
+
+
+def _horizontal_scroll(browser) -> int:
+    return browser.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+
+
+def test_the_list_fits_1280_px_and_becomes_cards_under_1024(browser, site):
+    """Issue 28 #7: the list overflowed at 1400 px and hid recipients and
+    symbols at 1024 px."""
+    tag = uuid.uuid4().hex[:8]
+    long = "a-very-long-local-part-of-an-address-that-goes-on-and-on"
+    for i in range(3):
+        put_raw(site.store, message(f"wide {tag} {i} " + "subject words " * 20),
+                rcpts=tuple(f"{long}.{n}@recipients.example.net" for n in range(4)),
+                names=("BAYES_99", "FROM_LOOKALIKE_DOMAIN", "MISSING_DATE",
+                       "A_VERY_LONG_SYMBOL_NAME_FOR_TESTING"))
+    log_in(browser, site, "alice")
+    try:
+        for width in (1400, 1280):
+            browser.set_window_size(width, 900)
+            browser.get(f"{site.base}/quarantine?subject=wide+{tag}")
+            find(browser, By.CSS_SELECTOR, "table.list tbody tr")
+            assert _horizontal_scroll(browser) <= 0, width
+            row = browser.find_element(By.CSS_SELECTOR, "table.list tbody tr")
+            assert row.value_of_css_property("display") == "table-row"
+        for width in (1000, 700):
+            browser.set_window_size(width, 900)
+            browser.get(f"{site.base}/quarantine?subject=wide+{tag}")
+            row = find(browser, By.CSS_SELECTOR, "table.list tbody tr")
+            assert row.value_of_css_property("display") == "grid", width  # a card
+            assert _horizontal_scroll(browser) <= 0, width
+            cells = {c.get_attribute("data-label"): c for c in
+                     row.find_elements(By.CSS_SELECTOR, "td[data-label]")}
+            for label in ("recipients", "top symbols", "sender", "subject", "score"):
+                assert cells[label].is_displayed(), (width, label)
+                assert cells[label].size["width"] > 0
+            assert f"{long}.3@recipients.example.net" in cells["recipients"].text
+            assert "FROM_LOOKALIKE_DOMAIN" in cells["top symbols"].text
+    finally:
+        browser.set_window_size(1360, 1000)
+
+
+def test_a_training_job_shows_a_progress_bar(browser, site):
+    job = site.console.start_job("train", "ann")
+    try:
+        site.console.update_job(job, "reading spam [########..........] 20/40 (9/s)")
+        log_in(browser, site, "ann", start="/feedback")
+        bar = find(browser, By.ID, f"job-{job}-bar")
+        assert bar.tag_name == "progress" and bar.is_displayed()
+        assert (bar.get_attribute("value"), bar.get_attribute("max")) == ("20", "40")
+        assert "[####" not in browser.find_element(By.CSS_SELECTOR, "details.job").text
+        # the page's script follows the job as it runs
+        site.console.update_job(job, "cross-validation fold 15/20: AUC 0.99")
+        wait_for(lambda: bar.get_attribute("value") == "15", what="the bar to move")
+        assert browser.find_element(By.CSS_SELECTOR, ".progress .label").text == \
+            "cross-validation fold: 15 of 20"
+    finally:
+        site.console.finish_job(job, False, "stopped by the test")

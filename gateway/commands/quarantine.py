@@ -225,7 +225,7 @@ def print_record(r: Record) -> None:
 
     line(f"id:          {r.id}   (queue id {r.queue_id or '-'}, node {r.node})")
     line(f"state:       {r.state}   action: {r.action}   held: {r.created:%Y-%m-%d %H:%M:%S %Z}")
-    line(f"verdict:     score {r.score:g} (required {r.required:g}): {r.reason}")
+    line(f"verdict:     {r.action} at score {r.score:g}: {r.verdict_line()}")
     if r.failed_checks:
         line(f"not run:     {', '.join(r.failed_checks)}")
     line(f"envelope:    MAIL FROM:<{r.sender}>  RCPT TO: {', '.join(r.recipients)}")

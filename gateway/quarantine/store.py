@@ -111,6 +111,13 @@ class Record:
     released_to: tuple[str, ...] = ()
     verdict_headers: tuple[tuple[str, str], ...] = ()
 
+    def verdict_line(self) -> str:
+        """The verdict in the policy's words, thresholds named as the rules
+        name them, and where spam marking starts (the X-Spam-Status
+        ``required``): "score 13.9 >= quarantine threshold 4; marked as spam
+        from score 3" (the console and ``quarantine show``)."""
+        return f"{self.reason}; marked as spam from score {self.required:g}"
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,

@@ -21,12 +21,11 @@ Safety rules every route follows:
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import logging
 import re
 import secrets
-import subprocess
-import sys
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -45,6 +44,7 @@ from flask import (
     redirect,
     render_template,
     request,
+    send_file,
     session,
     url_for,
 )
@@ -72,7 +72,7 @@ from gateway.quarantine.store import (
     QuarantineStore,
     Record,
 )
-from gateway.web import approvals, charts, lists, notices, preview, stats
+from gateway.web import approvals, charts, lists, notices, preview, stats, training
 from gateway.web.access import ID
 from gateway.web.access import client_address as _address
 from gateway.web.access import record_or_404 as _record
@@ -104,6 +104,7 @@ RAW_SHOWN = 2 * 1024 * 1024  # of the raw source on its page; the download has i
 
 # The app's own pages: its stylesheet and script, nothing else.
 PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+               "connect-src 'self'; "
                "frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 # A message's HTML: no script, no load of any kind (images only as data:),
 # no form, no navigation of the page around it, a sandbox of its own.
@@ -423,9 +424,13 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
         console.log(g.session.user.name, "download", record.id,
                     f"attachment {index}: {name}{confirmed}", _address())
         g.csp = DOWNLOAD_POLICY
-        safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", part.name)[:100] or "attachment"
-        return Response(data, mimetype="application/octet-stream", headers={
-            "Content-Disposition": f'attachment; filename="{safe_name}.bin"'})
+        # Its original name, made safe to save; never opened by the browser
+        # (octet-stream, attachment). Flask writes a non-ASCII name as RFC
+        # 6266's filename* with an ASCII fallback.
+        return send_file(io.BytesIO(data), mimetype="application/octet-stream",
+                         as_attachment=True,
+                         download_name=preview.download_name(part.name, index),
+                         etag=False, max_age=0)
 
     def _may_download(record: Record, what: str) -> str:
         """A virus's or admin-only mail's attachments and source are an
@@ -521,7 +526,9 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
         return render_template(
             "feedback.html", items=console.labels(None if state == "all" else state),
             state=state, counts=console.count_labels(), jobs=console.jobs("train"),
-            learned=_learned_counts(config))
+            learned=_learned_counts(config), progress=training.progress,
+            readable=training.readable, corpus=(config.web.train_ham, config.web.train_spam),
+            minimum=training.MIN_PER_LABEL)
 
     @app.post("/feedback/<int:number>/review")
     def review(number: int):
@@ -541,21 +548,72 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
             flash(f"label #{number}: {outcome}", "ok")
         return redirect(url_for("feedback_queue"))
 
+    @app.post("/feedback/bulk")
+    def feedback_bulk():
+        """Accept or reject the ticked labels at once, with one note."""
+        _admin()
+        me = g.session.user
+        decision = request.form.get("decision")
+        if decision not in ("accept", "reject"):
+            abort(400, "accept or reject")
+        note = request.form.get("note", "").strip()[:500]
+        numbers = [int(n) for n in request.form.getlist("id") if n.isdigit()][:500]
+        if not numbers:
+            flash("select labels first", "error")
+            return redirect(url_for("feedback_queue"))
+        done, failed = 0, []
+        url = config.classifier.training_set_url(config.quarantine.url)
+        for number in dict.fromkeys(numbers):
+            try:
+                console.review(number, decision == "accept", me.name, note, url)
+            except ConsoleError as exc:
+                failed.append(str(exc))
+                continue
+            done += 1
+            console.log(me.name, f"label-{decision}", f"feedback #{number}", note, _address())
+        if done:
+            verb = "accepted into the learned training set" if decision == "accept" \
+                else "rejected"
+            flash(f"{done} label{'s' if done != 1 else ''} {verb}", "ok")
+        for problem in failed[:20]:
+            flash(problem, "error")
+        return redirect(url_for("feedback_queue"))
+
     @app.post("/feedback/train")
     def train():
         _admin()
         me = g.session.user
+        problem = training.problem(config, _learned_counts(config))
+        if problem is not None:
+            flash(problem, "error")
+            return redirect(url_for("feedback_queue"))
         try:
             job = console.start_job("train", me.name)
         except ConsoleError as exc:
             flash(str(exc), "error")
             return redirect(url_for("feedback_queue"))
-        console.log(me.name, "train", f"job #{job}", "gateway train --feedback", _address())
-        threading.Thread(target=_train, args=(console, config, job), daemon=True,
+        console.log(me.name, "train", f"job #{job}", " ".join(training.command(config)[2:]),
+                    _address())
+        threading.Thread(target=training.run, args=(console, config, job), daemon=True,
                          name="train").start()
-        flash(f"training a candidate model from the learned set (job #{job}); it is not "
-              "used until it is evaluated and promoted", "ok")
+        corpus = "your corpus and the learned set" if config.web.train_ham and \
+            config.web.train_spam else "the learned set"
+        flash(f"training a candidate model on {corpus} (job #{job}); it is not used until "
+              "it is evaluated and promoted", "ok")
         return redirect(url_for("feedback_queue"))
+
+    @app.get("/feedback/jobs/<int:number>")
+    def job_progress(number: int):
+        """A training job's state and progress, for the page's bar."""
+        _admin()
+        found = next((j for j in console.jobs("train", 20) if j["id"] == number), None)
+        if found is None:
+            abort(404)
+        shown = training.progress(found["output"])
+        return {"id": number, "status": found["status"],
+                "progress": None if shown is None else {
+                    "label": shown.label, "done": shown.done, "total": shown.total,
+                    "percent": shown.percent}}
 
     # -- admin -----------------------------------------------------------------------
 
@@ -823,17 +881,6 @@ def _learned_counts(config: Config) -> dict[str, int] | None:
         return stored.counts()
     finally:
         stored.close()
-
-
-def _train(console: Console, config: Config, job: int) -> None:
-    command = [sys.executable, "-m", "gateway", "train", "--feedback"]
-    if Path(config.source).is_file():
-        command += ["--config", config.source]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=6 * 3600)
-        console.finish_job(job, done.returncode == 0, (done.stdout + done.stderr).strip())
-    except Exception as exc:
-        console.finish_job(job, False, f"{type(exc).__name__}: {exc}")
 
 
 def _fleet(store: QuarantineStore) -> list[Any]:

@@ -545,6 +545,13 @@ class Console:
                 raise ConsoleError(f"a {kind} job is running already (#{running.id})")
             return int(identifier)
 
+    def update_job(self, identifier: int, output: str) -> None:
+        """A running job's output so far (the page shows its progress)."""
+        with self.engine.begin() as connection:
+            connection.execute(update(console_jobs).where(and_(
+                console_jobs.c.id == identifier, console_jobs.c.status == "running"))
+                .values(output=output[-20000:]))
+
     def finish_job(self, identifier: int, ok: bool, output: str) -> None:
         with self.engine.begin() as connection:
             connection.execute(update(console_jobs).where(console_jobs.c.id == identifier)
