@@ -435,6 +435,26 @@ def _console_url(value: str) -> str | None:
     return f"expected the console's address such as https://quarantine.example.org, got {value!r}"
 
 
+def _ldap_url(value: str) -> str | None:
+    if value == "" or re.fullmatch(r"ldaps?://[^\s/?#]+/?", value):
+        return None
+    return f"expected ldap://host[:port] or ldaps://host[:port], got {value!r}"
+
+
+def _ldap_user_dn(value: str) -> str | None:
+    if value == "" or (value.count("{name}") == 1 and "=" in value):
+        return None
+    return f"expected a DN with {{name}} in it, such as uid={{name}},ou=people,dc=example," \
+           f"dc=org, got {value!r}"
+
+
+def _ldap_groups(value: dict[str, str]) -> str | None:
+    for group, role in value.items():
+        if role not in ("admin", "analyst"):
+            return f"{group}: expected \"admin\" or \"analyst\", got {role!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class WebSection:
     """The analysts' console, ``gateway web`` (behind the site's reverse proxy)."""
@@ -474,6 +494,16 @@ class WebSection:
                                    "on with the learned set: Maildir folders, mbox files or "
                                    "folders of .eml (as gateway train --ham)")
     train_spam: list[str] = setting([], doc="spam it trains on, likewise (--spam)")
+    ldap_url: str = setting("", lambda v: _ldap_url(v), "log in against this directory "
+                            "as well as local accounts: ldap://host or ldaps://host:636 "
+                            "(\"\" = local accounts only)")
+    ldap_user_dn: str = setting("", lambda v: _ldap_user_dn(v),
+                                "a user's DN, {name} standing for the login name: "
+                                "uid={name},ou=people,dc=example,dc=org")
+    ldap_groups: dict[str, str] = setting({}, lambda v: _ldap_groups(v),
+                                          "group DN -> role (admin or analyst); a user in "
+                                          "none of them cannot log in")
+    ldap_timeout: float = setting(5.0, positive, "seconds to wait for the directory")
 
 
 @dataclass(frozen=True)

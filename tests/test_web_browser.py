@@ -80,13 +80,14 @@ def browser(tmp_path_factory):
 class Site:
     """The console served by waitress on loopback, in this process."""
 
-    def __init__(self, root: Path, release_smtp: str):
+    def __init__(self, root: Path, release_smtp: str, extra: str = ""):
         from gateway.web.app import create_app
         from gateway.web.server import make_server
 
         self.url = f"sqlite:///{root}/q.db"
         self.config = parse_config(f'[quarantine]\nurl = "{self.url}"\nnode = "mx1"\n'
-                                   f'[release]\nsmtp = "{release_smtp}"\n', "browser-test")
+                                   f'[release]\nsmtp = "{release_smtp}"\n{extra}',
+                                   "browser-test")
         self.store = QuarantineStore(self.url, node="mx1")
         self.app = create_app(self.config, self.store)
         self.console = self.app.extensions["gateway"]["console"]
@@ -502,3 +503,31 @@ def test_a_training_job_shows_a_progress_bar(browser, site):
             "cross-validation fold: 15 of 20"
     finally:
         site.console.finish_job(job, False, "stopped by the test")
+
+
+def test_a_directory_user_logs_in_with_the_role_of_their_group(browser, tmp_path):
+    """LDAP login in the browser: bob, in the directory's mail-analysts
+    group, logs in as an analyst; a local admin logs in beside him and sees
+    his account marked as the directory's."""
+    from tests.lab.slapd import SlapdServer, available
+    from tests.test_web_ldap import LDAP_PASSWORD, LDIF, web_section
+
+    if not available():
+        pytest.skip("Debian's slapd is not installed (deploy/debian-packages.txt)")
+    with SlapdServer(tmp_path / "slapd", LDIF) as directory:
+        ldap_site = Site(tmp_path / "console", f"127.0.0.1:{free_port()}",
+                         "[web]\n" + web_section(directory.url))
+        try:
+            browser.delete_all_cookies()
+            browser.get(ldap_site.base + "/login")
+            browser.find_element(By.NAME, "name").send_keys("bob")
+            browser.find_element(By.NAME, "password").send_keys(LDAP_PASSWORD)
+            browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+            assert find(browser, By.CSS_SELECTOR, ".who a").text == "bob"
+            assert browser.find_element(By.CSS_SELECTOR, ".who .role").text == "analyst"
+            log_in(browser, ldap_site, "ann")  # a local admin, beside the directory
+            browser.get(ldap_site.base + "/admin/users")
+            row = find(browser, By.XPATH, "//tr[td[contains(., 'bob')]]")
+            assert "LDAP" in row.text and "analyst" in row.text
+        finally:
+            ldap_site.close()

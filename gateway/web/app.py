@@ -93,6 +93,7 @@ from gateway.web.digest import (
     form_token,
     use_link,
 )
+from gateway.web.directory import Directory
 from gateway.web.render import Renderer
 
 log = logging.getLogger("gateway.web")
@@ -128,7 +129,8 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
         store = QuarantineStore(config.quarantine.url, config.quarantine.node or None)
     console = Console(store, config.web.login_attempts,
                       timedelta(minutes=config.web.session_idle_minutes),
-                      timedelta(hours=config.web.session_hours))
+                      timedelta(hours=config.web.session_hours),
+                      directory=Directory.of(config.web))
     rules = load_rules(config.policy.rules)
     policy = ReleasePolicy.of(config, rules)
     renderer = Renderer(config.limits, config.web.preview_html_kib * 1024,
