@@ -676,6 +676,7 @@ def test_every_page_shows_a_message_with_bytes_that_are_not_utf8(web):
     app, store, console = web
     identifier = put_raw(store, eight_bit_message("8bit"))
     console.add_label(identifier, "spam", "analyst", "bob", "same campaign")
+    console.finish_job(console.start_job("train", "ann"), False, "a training job, #1")
     token = make_link(console, identifier, "bob@example.net", days=7)
     client = app.test_client()
     login(client, "ann")
