@@ -287,11 +287,35 @@ class QuarantineSection:
         return {**DEFAULT_RETENTION, **self.retention}
 
 
+_APPROVE_KEY = re.compile(r"^(default|[a-z][a-z0-9_]*|[A-Z][A-Z0-9_]*)$")
+
+
+APPROVERS: tuple[str, ...] = ("none", "analyst", "admin")  # from the least strict
+
+
+def _approve(value: str | dict[str, str]) -> str | None:
+    table = value if isinstance(value, dict) else {"": value}
+    for key, who in table.items():
+        where = f"{key}: " if key else ""
+        if key and not _APPROVE_KEY.match(key):
+            return (f"{key!r}: a key is default, a check's name (the class of its symbols, "
+                    "as gateway symbols lists them: bayes, clamav...) or a symbol's name")
+        if who not in APPROVERS:
+            return f'{where}expected "admin", "analyst" or "none", got {who!r}'
+    return None
+
+
 @dataclass(frozen=True)
 class ReleaseSection:
     smtp: str = setting("127.0.0.1:10026", _host_port,
                         "Postfix listener that re-injects released mail without the milter")
     timeout: float = setting(60.0, positive, "seconds for the re-injection")
+    approve: str | dict[str, str] = setting(
+        "analyst", _approve,
+        "who approves a requested release: \"admin\" (analysts' and recipients' releases "
+        "wait for an admin), \"analyst\" (recipients' wait for an analyst), \"none\" "
+        "(recipients release their own mail); or a table by symbol class (a check's name) "
+        "or symbol, with default; viruses always need an admin")
 
 
 def _sample(value: float) -> str | None:
@@ -432,6 +456,26 @@ def _console_url(value: str) -> str | None:
     return f"expected the console's address such as https://quarantine.example.org, got {value!r}"
 
 
+def _ldap_url(value: str) -> str | None:
+    if value == "" or re.fullmatch(r"ldaps?://[^\s/?#]+/?", value):
+        return None
+    return f"expected ldap://host[:port] or ldaps://host[:port], got {value!r}"
+
+
+def _ldap_user_dn(value: str) -> str | None:
+    if value == "" or (value.count("{name}") == 1 and "=" in value):
+        return None
+    return f"expected a DN with {{name}} in it, such as uid={{name}},ou=people,dc=example," \
+           f"dc=org, got {value!r}"
+
+
+def _ldap_groups(value: dict[str, str]) -> str | None:
+    for group, role in value.items():
+        if role not in ("admin", "analyst"):
+            return f"{group}: expected \"admin\" or \"analyst\", got {role!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class WebSection:
     """The analysts' console, ``gateway web`` (behind the site's reverse proxy)."""
@@ -467,6 +511,20 @@ class WebSection:
     preview_seconds: float = setting(10.0, positive, "a message preview not made within this "
                                      "long is stopped (its worker process killed); the page "
                                      "says so")
+    train_ham: list[str] = setting([], doc="good mail the Feedback page's Train button trains "
+                                   "on with the learned set: Maildir folders, mbox files or "
+                                   "folders of .eml (as gateway train --ham)")
+    train_spam: list[str] = setting([], doc="spam it trains on, likewise (--spam)")
+    ldap_url: str = setting("", lambda v: _ldap_url(v), "log in against this directory "
+                            "as well as local accounts: ldap://host or ldaps://host:636 "
+                            "(\"\" = local accounts only)")
+    ldap_user_dn: str = setting("", lambda v: _ldap_user_dn(v),
+                                "a user's DN, {name} standing for the login name: "
+                                "uid={name},ou=people,dc=example,dc=org")
+    ldap_groups: dict[str, str] = setting({}, lambda v: _ldap_groups(v),
+                                          "group DN -> role (admin or analyst); a user in "
+                                          "none of them cannot log in")
+    ldap_timeout: float = setting(5.0, positive, "seconds to wait for the directory")
 
 
 @dataclass(frozen=True)
@@ -743,6 +801,11 @@ def _resolve_paths(sections: dict, base_dir: Path) -> None:
                 ("sqlite:///", "postgresql://", "postgres://"))
             else str((base_dir / classifier.store).resolve()),
         )
+    if "web" in sections:
+        web = sections["web"]
+        sections["web"] = replace(web, **{
+            key: [str((base_dir / p).resolve()) for p in getattr(web, key)]
+            for key in ("train_ham", "train_spam")})
     if "identity" in sections:
         identity = sections["identity"]
         sections["identity"] = replace(identity, **{

@@ -192,7 +192,6 @@ SLOW_TESTS: dict[str, frozenset[str]] = {
         "test_made_up_and_foreign_ids_are_404_never_a_traceback",
         "test_session_cookie_flags_and_secure_behind_tls",
         "test_state_changes_need_the_csrf_token",
-        "test_the_train_button_runs_gateway_train_feedback_as_a_job",
         "test_user_and_feedback_commands",
         "test_users_passwords_and_the_login_limit",
     }),

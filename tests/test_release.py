@@ -79,7 +79,9 @@ def test_release_to_a_chosen_recipient_only_then_the_other(store, listener):
     (sender, rcpts, _data), = listener.deliveries
     assert (sender, rcpts) == ("alice@example.org", ("carol@example.net",))
     record = store.get(identifier)
-    assert record.state == "released" and record.released_to == ("carol@example.net",)
+    # Issue 28 #4: bob has not had it, so the record stays held (it was
+    # "released", and the released-mail retention deleted bob's copy).
+    assert record.state == "held" and record.released_to == ("carol@example.net",)
     last = record.events[-1]
     assert (last.actor, last.action, last.reason) == ("ann", "released", "asked by phone")
     assert "queued as 4B7F001ABC" in last.detail and "carol@example.net" in last.detail
@@ -87,6 +89,7 @@ def test_release_to_a_chosen_recipient_only_then_the_other(store, listener):
     with pytest.raises(ReleaseError, match=r"already released to carol@example\.net"):
         release(store, identifier, listener.address, "ann", to=["carol@example.net"])
     assert release(store, identifier, listener.address, "ann").accepted == ["bob@example.net"]
+    assert store.get(identifier).state == "released"  # every recipient has it now
     with pytest.raises(ReleaseError, match="already released"):
         release(store, identifier, listener.address, "ann")
 
@@ -255,3 +258,144 @@ def test_release_through_the_real_sink_records_no_queue_id_plainly(store):
         (delivery,) = sink.wait_for(1)
         assert delivery.header(RELEASED_HEADER).startswith("by ann at ")
     assert "no queue id in the reply" in store.get(identifier).events[-1].detail
+
+
+def test_a_partly_released_message_stays_held_listed_and_kept(store, listener):
+    """Issue 28 #4: released to bob only, carol's copy left --state held and
+    the dashboard, and the released-mail retention deleted it."""
+    from datetime import UTC, datetime, timedelta
+
+    identifier = put(store, "partly", rcpts=("bob@example.net", "carol@example.net"))
+    release(store, identifier, listener.address, "ann", to=["bob@example.net"])
+    assert [r.id for r in store.list(Filters(state="held"))] == [identifier]
+    assert store.count_by_state()["held"] == 1 and store.count_by_state()["released"] == 0
+    later = datetime.now(UTC) + timedelta(days=8)  # past released = 7, within held = 30
+    assert store.purge({"held": 30, "released": 7}, 0, at=later) == {"expired": 0,
+                                                                      "removed": 0}
+    assert store.raw(identifier) is not None
+    release(store, identifier, listener.address, "ann")
+    assert store.get(identifier).state == "released"
+    assert store.purge({"held": 30, "released": 7}, 0, at=later)["removed"] == 1
+
+
+def test_who_approves_a_release_by_symbol_class_and_symbol(store):
+    from gateway.quarantine.release import approver, may_decide, may_release
+
+    classes = {"BAYES_99": "bayes", "BAYES_95": "bayes", "MISSING_DATE": "headers",
+               "FROM_LOOKALIKE_DOMAIN": "identity", "SPF_PASS": "spf"}
+    spam = store.get(put(store, "spam", names=("BAYES_99", "MISSING_DATE")))
+    with store.engine.begin() as connection:  # a symbol that spoke for it does not count
+        connection.exec_driver_sql("INSERT INTO symbols VALUES "
+                                   f"('{spam.id}', 9, 'SPF_PASS', -1.0, '', '')")
+    spam = store.get(spam.id)
+    assert approver(spam, "analyst", classes=classes) == "analyst"
+    assert approver(spam, {"bayes": "none", "headers": "none"}, classes=classes) == "none"
+    # every symbol that held it must allow it: the strictest wins
+    assert approver(spam, {"default": "admin", "bayes": "none"}, classes=classes) == "admin"
+    assert approver(spam, {"bayes": "none", "MISSING_DATE": "none", "spf": "admin"},
+                    classes=classes) == "none"
+    assert approver(spam, {"default": "none", "BAYES_99": "admin"}, classes=classes) == "admin"
+    virus = store.get(put(store, "virus", names=("CLAMAV_VIRUS",)))
+    assert approver(virus, "none", classes=classes) == "admin"  # viruses: always an admin
+    kit = store.get(put(store, "kit", names=("PHISHING_KIT",)))
+    assert approver(kit, "none", {"PHISHING_KIT": "admin"}) == "admin"
+    assert [may_release(role, "analyst") for role in ("admin", "analyst", "recipient")] == \
+        [True, True, False]
+    assert [may_release(role, "none") for role in ("admin", "analyst", "recipient")] == \
+        [True, True, True]
+    assert [may_release(role, "admin") for role in ("admin", "analyst", "recipient")] == \
+        [True, False, False]
+    assert may_decide("analyst", "analyst") and not may_decide("analyst", "admin")
+
+
+def test_a_request_waits_for_its_approver_then_releases_to_its_recipients(store, listener):
+    from gateway.quarantine import requests
+    from gateway.quarantine.release import ReleasePolicy, approve_request, release_or_request
+
+    policy = ReleasePolicy(listener.address, approve="admin")
+    identifier = put(store, "ask", rcpts=("bob@example.net", "carol@example.net"))
+    record = store.get(identifier)
+    asked = release_or_request(store, record, policy, "alice", "analyst",
+                               to=["CAROL@example.net"], reason="her supplier")
+    assert isinstance(asked, requests.Request) and listener.deliveries == []
+    assert (asked.recipients, asked.approver, asked.source) == (("carol@example.net",),
+                                                                "admin", "analyst")
+    with pytest.raises(requests.RequestError, match="requested already"):
+        release_or_request(store, record, policy, "dave", "analyst", to=["carol@example.net"])
+    with pytest.raises(requests.RequestError, match="not a recipient"):
+        release_or_request(store, record, policy, "alice", "analyst", to=["eve@x.example"])
+    with pytest.raises(requests.RequestError, match="only an admin may approve"):
+        approve_request(store, asked.id, policy, "dave", "analyst")
+    with pytest.raises(requests.RequestError, match="say why"):
+        requests.refuse(store, asked.id, "ann", "  ")
+    done = approve_request(store, asked.id, policy, "ann", "admin", reason="checked")
+    assert done.accepted == ["carol@example.net"] and [r.id for r in done.settled] == [asked.id]
+    assert listener.deliveries[0][1] == ("carol@example.net",)
+    after = requests.get(store, asked.id)
+    assert (after.state, after.decider, after.decision_reason) == ("approved", "ann", "checked")
+    assert store.get(identifier).state == "held"  # bob still has not had it
+    history = [(e.actor, e.action) for e in store.get(identifier).events]
+    assert history[-3:] == [("alice", "release-requested"), ("ann", "released"),
+                            ("ann", "release-approved")]
+    # a recipient's request (approve = "admin") is refused, with the reason
+    mine = release_or_request(store, store.get(identifier), policy,
+                              "bob@example.net (digest link)", "recipient",
+                              to=["bob@example.net"], notify="bob@example.net")
+    refused = requests.refuse(store, mine.id, "ann", "a phishing kit, not an invoice")
+    assert (refused.state, refused.notify) == ("refused", "bob@example.net")
+    assert [r.id for r in requests.untold(store, by_mail=True)] == [mine.id]
+    assert [r.id for r in requests.untold(store, by_mail=False, requester="alice")] == [asked.id]
+    assert store.get(identifier).events[-1].reason == "a phishing kit, not an invoice"
+    with pytest.raises(requests.RequestError, match="was refused already"):
+        approve_request(store, mine.id, policy, "ann", "admin")
+
+
+def test_a_held_message_with_a_pending_request_outlives_its_retention(store):
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.quarantine import requests
+
+    identifier = put(store, "waiting")
+    requests.create(store, store.get(identifier), ["bob@example.net"], "alice", "analyst")
+    later = datetime.now(UTC) + timedelta(days=40)
+    assert store.purge({"held": 30}, 0, at=later)["expired"] == 0
+    assert store.raw(identifier) is not None
+
+
+def test_the_command_line_release_approves_requests_and_refuse_tells_why(tmp_path: Path):
+    """An admin's release from the command line is an approval: the requests
+    it fulfils are approved, and the recipient who asked is told by mail."""
+    from gateway.quarantine import requests
+
+    with Sink() as sink:
+        url = f"sqlite:///{tmp_path}/q.db"
+        config = tmp_path / "gateway.toml"
+        config.write_text(f'[quarantine]\nurl = "{url}"\n[release]\nsmtp = '
+                          f'"127.0.0.1:{sink.port}"\n[digest]\nsender = "postmaster@example.net"\n')
+        store = QuarantineStore(url)
+        first = put(store, "cli-one", rcpts=("bob@example.net", "carol@example.net"))
+        second = put(store, "cli-two")
+        asked = requests.create(store, store.get(first), ["bob@example.net"],
+                                "bob@example.net (digest link)", "recipient",
+                                notify="bob@example.net")
+        other = requests.create(store, store.get(second), ["bob@example.net"], "alice",
+                                "analyst", reason="a customer")
+        listed = cli(config, "quarantine", "requests")
+        assert f"#{asked.id}" in listed.stdout and "a customer" in listed.stdout
+        done = cli(config, "quarantine", "release", first, "--to", "bob@example.net",
+                   "--reason", "checked")
+        assert done.returncode == 0, done.stderr
+        assert f"approves request #{asked.id} from bob@example.net (digest link)" in done.stdout
+        refused = cli(config, "quarantine", "refuse", str(other.id), "--reason", "phishing")
+        assert refused.returncode == 0 and f"request #{other.id} refused" in refused.stdout
+        assert cli(config, "quarantine", "refuse", str(other.id), "--reason", "x").returncode == 1
+        assert "say why" in cli(config, "quarantine", "refuse", "1").stderr + \
+            cli(config, "quarantine", "refuse", "1", "--reason", " ").stderr
+        mails = [d for d in sink.wait_for(2) if d.mail_from == "postmaster@example.net"]
+        (notice,) = mails
+        assert notice.rcpt_to == ("bob@example.net",)
+        assert b"was approved" in notice.data and b"Released: minutes cli-one" in notice.data
+        assert requests.get(store, asked.id).notified is not None
+        assert requests.get(store, other.id).state == "refused"
+        assert requests.untold(store, by_mail=True) == []
+        store.close()

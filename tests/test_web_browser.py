@@ -23,6 +23,7 @@ import http.server
 import json
 import os
 import shutil
+import smtplib
 import threading
 import time
 import uuid
@@ -79,13 +80,14 @@ def browser(tmp_path_factory):
 class Site:
     """The console served by waitress on loopback, in this process."""
 
-    def __init__(self, root: Path, release_smtp: str):
+    def __init__(self, root: Path, release_smtp: str, extra: str = ""):
         from gateway.web.app import create_app
         from gateway.web.server import make_server
 
         self.url = f"sqlite:///{root}/q.db"
         self.config = parse_config(f'[quarantine]\nurl = "{self.url}"\nnode = "mx1"\n'
-                                   f'[release]\nsmtp = "{release_smtp}"\n', "browser-test")
+                                   f'[release]\nsmtp = "{release_smtp}"\n{extra}',
+                                   "browser-test")
         self.store = QuarantineStore(self.url, node="mx1")
         self.app = create_app(self.config, self.store)
         self.console = self.app.extensions["gateway"]["console"]
@@ -222,6 +224,12 @@ def test_an_analyst_finds_a_held_message_and_releases_it_to_one_recipient(
     record = site.store.list(Filters(subject=f"minutes {tag}"))[0]
     assert record.released_to == ("bob@example.net",)
     assert next(e["action"] for e in site.console.audit_trail(actor="alice")) == "release"
+    # carol has not had it: still held, in the list and on the page (issue 28 #4)
+    assert record.state == "held"
+    recipients = browser.find_element(By.CSS_SELECTOR, "td.recipients").text
+    assert "bob@example.net released" in recipients and "carol@example.net held" in recipients
+    browser.get(site.base + f"/quarantine?state=held&subject={tag}")
+    assert "1 of 2 released" in find(browser, By.CSS_SELECTOR, "table.list tbody").text
 
 
 def test_labels_wait_for_an_admin_who_accepts_them_into_the_training_set(browser, site,
@@ -343,3 +351,183 @@ def test_a_2_mib_message_built_to_hang_the_preview_opens_with_a_notice(browser, 
     browser.switch_to.default_content()
     browser.get(f"{site.base}/quarantine")
     assert find(browser, By.CSS_SELECTOR, "table.list")
+
+
+def _refused(postfix, data: bytes, sender: str) -> str | None:
+    """The 5xx reply Postfix gave, or None when it took the message."""
+    try:
+        send(postfix, data, mail_from=sender)
+    except smtplib.SMTPDataError as exc:
+        return f"{exc.smtp_code} {exc.smtp_error.decode(errors='replace')}"
+    return None
+
+
+@pytest.mark.postfix
+def test_an_admin_blocks_a_sender_from_a_held_message_and_postfix_refuses_its_next_mail(
+        browser, site, postfix, gateway_milter, tmp_path):
+    """Issue 28 #2: the console neither showed nor managed the lists that
+    block mail. Block the sender's domain from its held message; its next
+    message is refused through Postfix, the Lists page counts the hit, and
+    removing the entry there lets the domain's mail in again."""
+    gateway_milter(quarantine_config(tmp_path, postfix, f'[quarantine]\nurl = "{site.url}"\n'
+                                                        'node = "mx1"\n[lists]\nrefresh = 0.3\n'))
+    tag = uuid.uuid4().hex[:12]
+    send(postfix, message(tag), mail_from="eve@phish.example")
+    wait_for(lambda: site.store.count_matching(Filters(subject=tag)) == 1, what="held mail")
+    identifier = site.store.list(Filters(subject=tag))[0].id
+
+    log_in(browser, site, "ann", start=f"/quarantine/{identifier}")
+    form = find(browser, By.ID, "block-sender")
+    form.find_element(By.CSS_SELECTOR, "input[name=what][value=domain]").click()
+    form.find_element(By.NAME, "reason").send_keys("phishing wave")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    assert "added block-sender phish.example" in find(browser, By.CSS_SELECTOR,
+                                                      ".notice.ok").text
+    (entry,) = [e for e in site.store.list_entries() if e.value == "phish.example"]
+    assert (entry.owner, entry.reason) == ("ann", "phishing wave")
+
+    later = message(f"{tag}-later")
+    reply = wait_for(lambda: _refused(postfix, later, "boss@mail.phish.example"),
+                     what="Postfix refusing the blocked domain")
+    assert reply.startswith("5"), reply
+
+    def hits_shown() -> bool:
+        browser.get(site.base + "/admin/lists")
+        row = browser.find_element(By.ID, f"entry-{entry.id}").text
+        return "phishing wave" in row and "ann" in row and \
+            site.store.get_list_entry(entry.id).hits >= 1 and " 0 " not in f" {row} "
+    wait_for(hits_shown, what="the hit counted on the Lists page")
+    browser.find_element(By.ID, f"entry-{entry.id}").find_element(
+        By.CSS_SELECTOR, "button.danger").click()
+    assert "removed block-sender phish.example" in find(browser, By.CSS_SELECTOR,
+                                                         ".notice.ok").text
+    wait_for(lambda: _refused(postfix, message(f"{tag}-again"), "boss@phish.example") is None,
+             what="the domain's mail taken again")
+
+
+@pytest.mark.postfix
+def test_an_analyst_requests_a_release_an_admin_approves_it_and_the_analyst_is_told(
+        browser, site, postfix, sink):
+    """The request-then-approve flow in the browser: an analyst cannot
+    release a virus, only ask; the admin approves on the Requests page after
+    confirming; Postfix delivers it; the analyst's next page says so."""
+    tag = uuid.uuid4().hex[:10]
+    identifier = put_raw(site.store, message(f"virus {tag}"), names=("CLAMAV_VIRUS",),
+                         rcpts=("bob@example.net", "carol@example.net"))
+    log_in(browser, site, "alice", start=f"/quarantine/{identifier}")
+    form = find(browser, By.CSS_SELECTOR, "form.release")
+    assert not browser.find_elements(By.ID, "release-button")
+    form.find_element(By.CSS_SELECTOR, "input[name=rcpt][value='bob@example.net']").click()
+    form.find_element(By.NAME, "reason").send_keys("carol expects this file")
+    browser.find_element(By.ID, "request-button").click()
+    assert "requested (#" in find(browser, By.CSS_SELECTOR, ".notice.ok").text
+    assert "release requested" in browser.find_element(By.CSS_SELECTOR,
+                                                       "td.recipients").text
+    assert sink.find(f"virus {tag}", timeout=0.5) is None
+
+    log_in(browser, site, "ann", start="/requests")
+    row = find(browser, By.XPATH, f"//tr[contains(., 'virus {tag}')]")
+    assert "carol expects this file" in row.text and "alice" in row.text
+    row.find_element(By.NAME, "reason").send_keys("checked with carol")
+    row.find_element(By.CSS_SELECTOR, "button.approve").click()
+    assert "explicit confirmation" in find(browser, By.CSS_SELECTOR, ".notice.error").text
+    row = find(browser, By.XPATH, f"//tr[contains(., 'virus {tag}')]")
+    row.find_element(By.NAME, "confirm").click()
+    row.find_element(By.CSS_SELECTOR, "button.approve").click()
+    assert "approved: released to carol@example.net" in find(
+        browser, By.CSS_SELECTOR, ".notice.ok").text
+    delivery = sink.find(f"virus {tag}")
+    assert delivery is not None and delivery.rcpt_to == ("carol@example.net",)
+    assert delivery.header("X-Gateway-Released").startswith("by ann at ")
+    assert site.store.get(identifier).state == "held"  # bob has not had it
+
+    log_in(browser, site, "alice")
+    told = [n.text for n in browser.find_elements(By.CSS_SELECTOR, ".notice.ok")]
+    assert any(f"to release \"minutes virus {tag}\" was approved" in t for t in told), told
+
+
+def _horizontal_scroll(browser) -> int:
+    return browser.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+
+
+def test_the_list_fits_1280_px_and_becomes_cards_under_1024(browser, site):
+    """Issue 28 #7: the list overflowed at 1400 px and hid recipients and
+    symbols at 1024 px."""
+    tag = uuid.uuid4().hex[:8]
+    long = "a-very-long-local-part-of-an-address-that-goes-on-and-on"
+    for i in range(3):
+        put_raw(site.store, message(f"wide {tag} {i} " + "subject words " * 20),
+                rcpts=tuple(f"{long}.{n}@recipients.example.net" for n in range(4)),
+                names=("BAYES_99", "FROM_LOOKALIKE_DOMAIN", "MISSING_DATE",
+                       "A_VERY_LONG_SYMBOL_NAME_FOR_TESTING"))
+    log_in(browser, site, "alice")
+    try:
+        for width in (1400, 1280):
+            browser.set_window_size(width, 900)
+            browser.get(f"{site.base}/quarantine?subject=wide+{tag}")
+            find(browser, By.CSS_SELECTOR, "table.list tbody tr")
+            assert _horizontal_scroll(browser) <= 0, width
+            row = browser.find_element(By.CSS_SELECTOR, "table.list tbody tr")
+            assert row.value_of_css_property("display") == "table-row"
+        for width in (1000, 700):
+            browser.set_window_size(width, 900)
+            browser.get(f"{site.base}/quarantine?subject=wide+{tag}")
+            row = find(browser, By.CSS_SELECTOR, "table.list tbody tr")
+            assert row.value_of_css_property("display") == "grid", width  # a card
+            assert _horizontal_scroll(browser) <= 0, width
+            cells = {c.get_attribute("data-label"): c for c in
+                     row.find_elements(By.CSS_SELECTOR, "td[data-label]")}
+            for label in ("recipients", "top symbols", "sender", "subject", "score"):
+                assert cells[label].is_displayed(), (width, label)
+                assert cells[label].size["width"] > 0
+            assert f"{long}.3@recipients.example.net" in cells["recipients"].text
+            assert "FROM_LOOKALIKE_DOMAIN" in cells["top symbols"].text
+    finally:
+        browser.set_window_size(1360, 1000)
+
+
+def test_a_training_job_shows_a_progress_bar(browser, site):
+    job = site.console.start_job("train", "ann")
+    try:
+        site.console.update_job(job, "reading spam [########..........] 20/40 (9/s)")
+        log_in(browser, site, "ann", start="/feedback")
+        bar = find(browser, By.ID, f"job-{job}-bar")
+        assert bar.tag_name == "progress" and bar.is_displayed()
+        assert (bar.get_attribute("value"), bar.get_attribute("max")) == ("20", "40")
+        assert "[####" not in browser.find_element(By.CSS_SELECTOR, "details.job").text
+        # the page's script follows the job as it runs
+        site.console.update_job(job, "cross-validation fold 15/20: AUC 0.99")
+        wait_for(lambda: bar.get_attribute("value") == "15", what="the bar to move")
+        assert browser.find_element(By.CSS_SELECTOR, ".progress .label").text == \
+            "cross-validation fold: 15 of 20"
+    finally:
+        site.console.finish_job(job, False, "stopped by the test")
+
+
+def test_a_directory_user_logs_in_with_the_role_of_their_group(browser, tmp_path):
+    """LDAP login in the browser: bob, in the directory's mail-analysts
+    group, logs in as an analyst; a local admin logs in beside him and sees
+    his account marked as the directory's."""
+    from tests.lab.slapd import SlapdServer, available
+    from tests.test_web_ldap import LDAP_PASSWORD, LDIF, web_section
+
+    if not available():
+        pytest.skip("Debian's slapd is not installed (deploy/debian-packages.txt)")
+    with SlapdServer(tmp_path / "slapd", LDIF) as directory:
+        ldap_site = Site(tmp_path / "console", f"127.0.0.1:{free_port()}",
+                         "[web]\n" + web_section(directory.url))
+        try:
+            browser.delete_all_cookies()
+            browser.get(ldap_site.base + "/login")
+            browser.find_element(By.NAME, "name").send_keys("bob")
+            browser.find_element(By.NAME, "password").send_keys(LDAP_PASSWORD)
+            browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+            assert find(browser, By.CSS_SELECTOR, ".who a").text == "bob"
+            assert browser.find_element(By.CSS_SELECTOR, ".who .role").text == "analyst"
+            log_in(browser, ldap_site, "ann")  # a local admin, beside the directory
+            browser.get(ldap_site.base + "/admin/users")
+            row = find(browser, By.XPATH, "//tr[td[contains(., 'bob')]]")
+            assert "LDAP" in row.text and "analyst" in row.text
+        finally:
+            ldap_site.close()

@@ -25,16 +25,18 @@ import argparse
 import getpass
 import json
 import os
-import re
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from gateway.commands.common import UsageError, config_from, setup_logging
-from gateway.quarantine.lists import LIST_KINDS, ListEntry, PublicSuffixEntry, normalize_reply
+from gateway.quarantine.lists import (
+    LIST_KINDS,
+    ListEntry,
+    PublicSuffixEntry,
+    normalize_reply,
+    parse_expiry,
+)
 from gateway.terminal import printable
-
-DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,23 +92,11 @@ def _store(args: argparse.Namespace):
 
 
 def expiry(text: str | None, now: datetime | None = None) -> datetime | None:
-    """``30d``, ``12h``, ``2w``, ``90m``, ``3600s`` from now, or an ISO date or
-    time (UTC unless it says otherwise); None for no expiry."""
-    if not text:
-        return None
-    now = now or datetime.now(UTC)
-    match = DURATION.match(text.strip().lower())
-    if match:
-        return now + timedelta(seconds=int(match.group(1)) * UNITS[match.group(2)])
+    """--expires: ``30d``, ``12h``, a date... (see lists.parse_expiry)."""
     try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise UsageError(f"--expires {text!r}: expected 30d, 12h, 2w, 90m or a date such as "
-                         "2027-01-31") from None
-    when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    if when <= now:
-        raise UsageError(f"--expires {text!r} is in the past")
-    return when
+        return parse_expiry(text, now)
+    except ValueError as exc:
+        raise UsageError(f"--expires {exc}") from None
 
 
 def add_main(args: argparse.Namespace) -> int:

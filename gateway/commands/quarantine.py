@@ -70,6 +70,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     send.add_argument("--reason", default="", help="why, for the audit trail")
     send.set_defaults(handler=release_main)
 
+    asked = commands.add_parser("requests", help="release requests waiting for a decision "
+                                "(an admin's release or refusal decides them)")
+    asked.add_argument("--state", choices=("pending", "approved", "refused", "all"),
+                       default="pending")
+    asked.add_argument("--json", action="store_true")
+    asked.set_defaults(handler=requests_main)
+
+    refuse = commands.add_parser("refuse", help="refuse release requests, saying why (the "
+                                 "requester is told)")
+    refuse.add_argument("numbers", nargs="+", type=int, metavar="N",
+                        help="request numbers (gateway quarantine requests)")
+    refuse.add_argument("--reason", required=True, help="why, for the requester and the history")
+    refuse.set_defaults(handler=refuse_main)
+
     remove = commands.add_parser("delete", help="discard the message (the record stays)")
     remove.add_argument("ids", nargs="+", metavar="ID")
     remove.add_argument("--reason", default="", help="why, for the audit trail")
@@ -78,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     purge = commands.add_parser("purge", help="apply the retention periods now")
     purge.set_defaults(handler=purge_main)
 
-    for sub in (listing, show, send, remove, purge):
+    for sub in (listing, show, send, asked, refuse, remove, purge):
         sub.add_argument("--config", default=argparse.SUPPRESS)
 
 
@@ -211,7 +225,7 @@ def print_record(r: Record) -> None:
 
     line(f"id:          {r.id}   (queue id {r.queue_id or '-'}, node {r.node})")
     line(f"state:       {r.state}   action: {r.action}   held: {r.created:%Y-%m-%d %H:%M:%S %Z}")
-    line(f"verdict:     score {r.score:g} (required {r.required:g}): {r.reason}")
+    line(f"verdict:     {r.action} at score {r.score:g}: {r.verdict_line()}")
     if r.failed_checks:
         line(f"not run:     {', '.join(r.failed_checks)}")
     line(f"envelope:    MAIL FROM:<{r.sender}>  RCPT TO: {', '.join(r.recipients)}")
@@ -222,7 +236,9 @@ def print_record(r: Record) -> None:
         line(f"{label + ':':<13}{value or '-'}")
     line(f"size:        {r.size} bytes, sha256 {r.sha256[:16]}…")
     if r.released_to:
-        line(f"released to: {', '.join(r.released_to)}")
+        held = [a for a in r.recipients if a not in r.released_to]
+        line(f"released to: {', '.join(r.released_to)}"
+             + (f"   (still held for {', '.join(held)})" if held else ""))
     line("symbols:")
     for s in sorted(r.symbols, key=lambda s: -abs(s["score"])):
         evidence = f" ({s['evidence']})" if s["evidence"] else ""
@@ -238,7 +254,7 @@ def release_main(args: argparse.Namespace) -> int:
     config = config_from(args)
     store = open_store(config)
     rules = load_rules(config.policy.rules)
-    status = 0
+    status = told = 0
     for identifier in _unique(args.ids):
         try:
             record = _get(store, identifier)
@@ -253,8 +269,63 @@ def release_main(args: argparse.Namespace) -> int:
             continue
         queued = f" (queued as {done.queue_id})" if done.queue_id else ""
         refused = f"; refused: {', '.join(done.refused)}" if done.refused else ""
-        print(printable(f"{record.id}: released to {', '.join(done.accepted)}{queued}{refused}"))
+        approved = "".join(f"; approves request #{r.id} from {r.requester}"
+                           for r in done.settled)
+        print(printable(f"{record.id}: released to {', '.join(done.accepted)}{queued}{refused}"
+                        f"{approved}"))
+        told += len(done.settled)
+    if told:
+        _tell_requesters(store, config)
     return status
+
+
+def requests_main(args: argparse.Namespace) -> int:
+    from gateway.quarantine import requests
+
+    store = open_store(config_from(args))
+    found = requests.listing(store, None if args.state == "all" else args.state)
+    if args.json:
+        print(dumps([r.as_dict() for r in found], indent=2))
+        return 0
+    if not found:
+        print(f"no {'' if args.state == 'all' else args.state + ' '}release requests")
+    for r in found:
+        why = f" \"{r.reason}\"" if r.reason else ""
+        decided = "" if r.state == "pending" else \
+            f" -- {r.state} by {r.decider}" + (f": {r.decision_reason}" if r.decision_reason
+                                               else "")
+        print(printable(f"#{r.id}  {r.created:%Y-%m-%d %H:%M}  {r.message}  by {r.requester} "
+                        f"({r.source}) to {', '.join(r.recipients)}; an {r.approver} approves"
+                        f"{why}{decided}"))
+    if args.state == "pending" and found:
+        print("approve with gateway quarantine release ID [--to ...]; refuse with "
+              "gateway quarantine refuse N --reason ...")
+    return 0
+
+
+def refuse_main(args: argparse.Namespace) -> int:
+    from gateway.quarantine import requests
+
+    config = config_from(args)
+    store = open_store(config)
+    status = 0
+    for number in dict.fromkeys(args.numbers):
+        try:
+            item = requests.refuse(store, number, actor(), args.reason)
+        except requests.RequestError as exc:
+            print(printable(f"gateway: refuse: {exc}"), file=sys.stderr)
+            status = 1
+            continue
+        print(printable(f"request #{item.id} refused ({item.message}, from {item.requester})"))
+    _tell_requesters(store, config)
+    return status
+
+
+def _tell_requesters(store: QuarantineStore, config: Config) -> None:
+    """Mail recipients whose requests were decided (console users see it there)."""
+    from gateway.web.notices import tell_by_mail
+
+    tell_by_mail(store, config)
 
 
 def delete_main(args: argparse.Namespace) -> int:

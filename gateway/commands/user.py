@@ -129,5 +129,5 @@ def list_main(args: argparse.Namespace) -> int:
     for u in users:
         last = u.last_login.isoformat(timespec="seconds") if u.last_login else "never"
         print(printable(f"{u.name:<20} {u.role:<8} {'disabled' if u.disabled else 'active':<9}"
-                        f" last login {last}"))
+                        f" last login {last}" + ("  (LDAP)" if u.directory else "")))
     return 0

@@ -19,7 +19,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, or_, select, update
@@ -38,6 +38,8 @@ WILDCARDS = "*%?"
 _DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 _LOCAL = re.compile(r"[a-z0-9!#$&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$&'*+/=?^_`{|}~-]+)*")
 MAX_REPLY = 200  # the whole SMTP reply line stays well under RFC 5321's 512
+_DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,28 @@ def normalize_reply(text: str) -> str:
     if len(text) > MAX_REPLY:
         raise ValueError(f"the reply is {len(text)} characters; at most {MAX_REPLY}")
     return text
+
+
+def parse_expiry(text: str | None, now: datetime | None = None) -> datetime | None:
+    """``30d``, ``12h``, ``2w``, ``90m``, ``3600s`` from now, or an ISO date or
+    time (UTC unless it says otherwise); None for no expiry. Raises
+    ValueError saying why not (what ``gateway list add --expires`` and the
+    console's Lists page both take)."""
+    if not text or not text.strip():
+        return None
+    now = now or datetime.now(UTC)
+    match = _DURATION.match(text.strip().lower())
+    if match:
+        return now + timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r}: expected 30d, 12h, 2w, 90m or a date such as "
+                         "2027-01-31") from None
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when <= now:
+        raise ValueError(f"{text!r} is in the past")
+    return when
 
 
 def normalize_scope(scope: str | None) -> str:

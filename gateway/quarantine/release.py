@@ -27,6 +27,7 @@ import smtplib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from gateway import authresults
 from gateway.headers import OWN_HEADERS, verdict_headers
@@ -50,6 +51,7 @@ class Released:
     accepted: list[str]
     queue_id: str | None
     refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+    settled: list = field(default_factory=list)  # requests it approved (requests.Request)
 
 
 def admin_only_symbols(record: Record, release_rules: Mapping[str, str] | None = None
@@ -59,6 +61,135 @@ def admin_only_symbols(record: Record, release_rules: Mapping[str, str] | None =
     return [s["name"] for s in record.symbols
             if s["name"] in VIRUS_SYMBOLS or s["name"].endswith("_VIRUS")
             or rules.get(s["name"]) == "admin"]
+
+
+# Who must approve a requested release, from the least strict (gateway.config).
+APPROVERS = ("none", "analyst", "admin")
+
+
+def symbol_classes(config_checks: Iterable[str] = (), rules_defined: Iterable[str] = ()
+                   ) -> dict[str, str]:
+    """Each symbol's class: the check that emits it, as ``gateway symbols``
+    lists it (``bayes``, ``clamav``, ``identity``...); the rules files' own
+    symbols are ``rules``'."""
+    from gateway.checks import BUILTIN, resolve_check
+    from gateway.symbols import PIPELINE_SYMBOLS
+
+    classes = dict.fromkeys(PIPELINE_SYMBOLS, "pipeline")
+    classes.update(dict.fromkeys(rules_defined, "rules"))
+    for spec in dict.fromkeys([*config_checks, *BUILTIN]):
+        try:
+            check = resolve_check(spec)
+        except Exception:  # a check that cannot load (its extra missing) names no class
+            continue
+        for name in check.catalog():
+            classes.setdefault(name, check.name)
+    return classes
+
+
+def approver(record: Record, approve: str | Mapping[str, str],
+             release_rules: Mapping[str, str] | None = None,
+             classes: Mapping[str, str] | None = None,
+             forced: Iterable[str] = ()) -> str:
+    """Who must approve a requested release of this message ([release]
+    approve): the strictest setting among the symbols that held it (a
+    positive score, or forced), each read as its symbol's own entry, else its
+    class's, else ``default``; "admin" for a virus or a symbol the rules
+    reserve for admins, whatever the setting."""
+    if admin_only_symbols(record, release_rules):
+        return "admin"
+    table = {"default": approve} if isinstance(approve, str) else dict(approve)
+    fallback = table.get("default", "analyst")
+    forced = set(forced)
+    found = [table.get(s["name"], table.get((classes or {}).get(s["name"], ""), fallback))
+             for s in record.symbols if s["score"] > 0 or s["name"] in forced]
+    return max(found or [fallback], key=APPROVERS.index)
+
+
+def may_release(role: str, needed: str) -> bool:
+    """Whether ``role`` (admin, analyst, recipient) releases at once, rather
+    than asking: an admin always; an analyst unless an admin must approve;
+    a recipient only where nobody need approve."""
+    if role == "admin":
+        return True
+    if role == "analyst":
+        return needed != "admin"
+    return needed == "none"
+
+
+def may_decide(role: str, needed: str) -> bool:
+    """Whether ``role`` may approve or refuse a request needing ``needed``."""
+    return role == "admin" or (role == "analyst" and needed != "admin")
+
+
+@dataclass(frozen=True)
+class ReleasePolicy:
+    """Everything a release or a request needs from the config and rules."""
+
+    smtp: str
+    timeout: float = 60.0
+    release_rules: Mapping[str, str] = field(default_factory=dict)
+    approve: str | Mapping[str, str] = "analyst"
+    classes: Mapping[str, str] = field(default_factory=dict)
+    forced: frozenset[str] = frozenset()
+    server_id: str | None = None
+
+    @classmethod
+    def of(cls, config: Any, rules: Any) -> ReleasePolicy:
+        """From a gateway.config.Config and its loaded gateway.policy.Rules."""
+        return cls(config.release.smtp, config.release.timeout, rules.release,
+                   config.release.approve,
+                   symbol_classes(config.pipeline.checks, rules.defined),
+                   frozenset(rules.force), config.auth.server_id())
+
+    def approver(self, record: Record) -> str:
+        return approver(record, self.approve, self.release_rules, self.classes, self.forced)
+
+
+def release_or_request(store: QuarantineStore, record: Record, policy: ReleasePolicy,
+                       who: str, role: str, *, to: Iterable[str] | None = None,
+                       reason: str = "", confirmed: bool = False, force: bool = False,
+                       notify: str = "") -> Any:
+    """Release ``record`` when ``role`` may (:func:`may_release`), else ask
+    for it: the Released, or the new requests.Request. ``notify``: the
+    address a recipient's request is answered at."""
+    from gateway.quarantine import requests
+
+    needed = policy.approver(record)
+    if may_release(role, needed):
+        return release(store, record.id, policy.smtp, who, force=force,
+                       timeout=policy.timeout, to=to, reason=reason, role=role,
+                       confirmed=confirmed, release_rules=policy.release_rules,
+                       server_id=policy.server_id)
+    targets = list(to) if to is not None else \
+        [r for r in record.recipients if r not in record.released_to]
+    return requests.create(store, record, targets, who,
+                           "recipient" if role == "recipient" else "analyst", reason,
+                           needed, notify)
+
+
+def approve_request(store: QuarantineStore, identifier: int, policy: ReleasePolicy,
+                    who: str, role: str, *, reason: str = "", confirmed: bool = False
+                    ) -> Released | None:
+    """Approve a pending request: release the message to its recipients
+    (those not released yet). None when they all had it already (the
+    request is approved all the same). Raises RequestError or ReleaseError."""
+    from gateway.quarantine import requests
+
+    item = requests.get(store, identifier)
+    if item.state != "pending":
+        raise requests.RequestError(f"release request #{identifier} was {item.state} already")
+    if not may_decide(role, item.approver):
+        raise requests.RequestError(f"release request #{identifier}: only an admin may "
+                                    "approve it")
+    record = store.get(item.message)
+    targets = [r for r in item.recipients if r not in record.released_to]
+    if not targets:
+        requests.settle(store, record.id, who, reason)
+        return None
+    return release(store, record.id, policy.smtp, who, timeout=policy.timeout, to=targets,
+                   reason=reason, role=role, confirmed=confirmed,
+                   release_rules=policy.release_rules, server_id=policy.server_id)
 
 
 def release(store: QuarantineStore, identifier: str, smtp: str, who: str,
@@ -108,7 +239,11 @@ def release(store: QuarantineStore, identifier: str, smtp: str, who: str,
         from gateway.checks.fuzzy import learn_quietly
 
         learn_quietly(store.engine, raw, "ham", f"released:{record.id}")
-    return Released(record.id, accepted, queue_id, refused)
+    from gateway.quarantine import requests
+
+    # Requests this release fulfilled are approved by it, whoever asked.
+    settled = requests.settle(store, record.id, who, reason)
+    return Released(record.id, accepted, queue_id, refused, settled)
 
 
 def _targets(record: Record, to: Iterable[str] | None, force: bool) -> list[str]:

@@ -254,6 +254,31 @@ digest_runs = Table(
     Column("sent", Integer, nullable=False),
 )
 
+# Requests to release held mail (an analyst's, or a recipient's from a digest
+# link) waiting for the approval [release] approve asks for; then the
+# decision, and when the requester was told (migration 0010_release_requests).
+release_requests = Table(
+    "release_requests", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message", String(32), ForeignKey("messages.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("recipients", Text, nullable=False),               # JSON list: whom to release to
+    Column("requester", Text, nullable=False),                # a console user, or an address
+    Column("source", String(16), nullable=False),             # analyst, recipient
+    Column("notify", Text, nullable=False),                   # address told by mail ("": the
+                                                              # console tells its user)
+    Column("reason", Text, nullable=False),
+    Column("approver", String(16), nullable=False),           # admin, analyst: who may approve
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False),              # pending, approved, refused
+    Column("decider", Text),
+    Column("decided", DateTime(timezone=True)),
+    Column("decision_reason", Text, nullable=False),
+    Column("notified", DateTime(timezone=True)),              # NULL: not told yet
+    Index("ix_release_requests_state", "state"),
+    Index("ix_release_requests_message", "message"),
+)
+
 console_settings = Table(
     "console_settings", metadata,
     Column("key", String(64), primary_key=True),              # digest_secret, ...

@@ -34,6 +34,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    or_,
     select,
     text,
     true,
@@ -55,6 +56,7 @@ from gateway.quarantine.schema import (
     feedback,
     messages,
     recipients,
+    release_requests,
     replay_samples,
     symbols,
 )
@@ -108,6 +110,13 @@ class Record:
     # Recipients a release has reached, and the verdict's headers as stored.
     released_to: tuple[str, ...] = ()
     verdict_headers: tuple[tuple[str, str], ...] = ()
+
+    def verdict_line(self) -> str:
+        """The verdict in the policy's words, thresholds named as the rules
+        name them, and where spam marking starts (the X-Spam-Status
+        ``required``): "score 13.9 >= quarantine threshold 4; marked as spam
+        from score 3" (the console and ``quarantine show``)."""
+        return f"{self.reason}; marked as spam from score {self.required:g}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -276,20 +285,28 @@ class QuarantineStore:
 
     def mark_released(self, identifier: str, to: Iterable[str], queue_id: str | None,
                       who: str, detail: str, reason: str = "") -> None:
-        """A release reached ``to``: the record is released, those recipients
-        carry the time and Postfix's queue id, the history says by whom."""
+        """A release reached ``to``: those recipients carry the time and
+        Postfix's queue id, the history says by whom. The record is released
+        once every recipient is; until then it stays held (listed, counted
+        and kept as held mail: the released-mail retention is not its)."""
         stamp = now()
         to = list(to)
         with self.engine.begin() as connection:
-            result = connection.execute(update(messages).where(messages.c.id == identifier)
-                                        .values(state="released", updated=stamp))
-            if result.rowcount == 0:
-                raise QuarantineError(f"no quarantined message {identifier!r}")
             if to:
                 connection.execute(
                     update(recipients).where(and_(recipients.c.message == identifier,
                                                   recipients.c.address.in_(to)))
                     .values(released=stamp, release_queue_id=(queue_id or "")[:32] or None))
+            waiting = connection.execute(select(func.count()).select_from(recipients).where(
+                and_(recipients.c.message == identifier, recipients.c.address != "",
+                     recipients.c.released.is_(None)))).scalar_one()
+            values: dict[str, Any] = {"updated": stamp}
+            if not waiting:
+                values["state"] = "released"
+            result = connection.execute(update(messages).where(messages.c.id == identifier)
+                                        .values(**values))
+            if result.rowcount == 0:
+                raise QuarantineError(f"no quarantined message {identifier!r}")
             _event(connection, identifier, who, "released", detail, reason)
 
     def record_event(self, identifier: str, who: str, what: str, detail: str = "",
@@ -783,9 +800,12 @@ def _conditions(filters: Filters) -> Any:
 
 
 def _awaiting_review() -> Any:
-    """A message with a label still in the feedback queue: purging waits."""
-    return exists().where(and_(feedback.c.message == messages.c.id,
-                               feedback.c.state == "pending"))
+    """A message with a label still in the feedback queue, or a release
+    request still waiting for a decision: purging waits."""
+    return or_(exists().where(and_(feedback.c.message == messages.c.id,
+                                   feedback.c.state == "pending")),
+               exists().where(and_(release_requests.c.message == messages.c.id,
+                                   release_requests.c.state == "pending")))
 
 
 def _verdict_headers(verdict: Verdict) -> list[list[str]]:

@@ -21,12 +21,11 @@ Safety rules every route follows:
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import logging
 import re
 import secrets
-import subprocess
-import sys
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -45,6 +44,7 @@ from flask import (
     redirect,
     render_template,
     request,
+    send_file,
     session,
     url_for,
 )
@@ -54,7 +54,16 @@ from werkzeug.exceptions import HTTPException
 
 from gateway.config import Config
 from gateway.policy import load_rules
-from gateway.quarantine.release import ReleaseError, admin_only_symbols, release
+from gateway.quarantine import requests as release_requests
+from gateway.quarantine.release import (
+    ReleaseError,
+    ReleasePolicy,
+    admin_only_symbols,
+    may_decide,
+    may_release,
+    release_or_request,
+)
+from gateway.quarantine.requests import RequestError
 from gateway.quarantine.store import (
     SORTS,
     STATES,
@@ -63,7 +72,11 @@ from gateway.quarantine.store import (
     QuarantineStore,
     Record,
 )
-from gateway.web import charts, preview, stats
+from gateway.web import approvals, charts, lists, notices, preview, stats, training
+from gateway.web.access import ID
+from gateway.web.access import client_address as _address
+from gateway.web.access import record_or_404 as _record
+from gateway.web.access import require_admin as _admin
 from gateway.web.console import (
     DEVICE_DAYS,
     ROLES,
@@ -73,19 +86,26 @@ from gateway.web.console import (
     constant_equal,
     password_problem,
 )
-from gateway.web.digest import LinkError, check_link, use_link
+from gateway.web.digest import (
+    LinkError,
+    check_form_token,
+    check_link,
+    form_token,
+    use_link,
+)
+from gateway.web.directory import Directory
 from gateway.web.render import Renderer
 
 log = logging.getLogger("gateway.web")
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "gateway_session"
 DEVICE_COOKIE = "gateway_device"
-ID = re.compile(r"^[0-9a-f]{20}$")
 PUBLIC = ("login", "static", "digest", "health")
 RAW_SHOWN = 2 * 1024 * 1024  # of the raw source on its page; the download has it all
 
 # The app's own pages: its stylesheet and script, nothing else.
 PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+               "connect-src 'self'; "
                "frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 # A message's HTML: no script, no load of any kind (images only as data:),
 # no form, no navigation of the page around it, a sandbox of its own.
@@ -109,8 +129,10 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
         store = QuarantineStore(config.quarantine.url, config.quarantine.node or None)
     console = Console(store, config.web.login_attempts,
                       timedelta(minutes=config.web.session_idle_minutes),
-                      timedelta(hours=config.web.session_hours))
+                      timedelta(hours=config.web.session_hours),
+                      directory=Directory.of(config.web))
     rules = load_rules(config.policy.rules)
+    policy = ReleasePolicy.of(config, rules)
     renderer = Renderer(config.limits, config.web.preview_html_kib * 1024,
                         config.web.preview_seconds)
     app.secret_key = console.secret("cookie_secret")
@@ -119,7 +141,7 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
                       SESSION_COOKIE_SAMESITE="Strict", MAX_CONTENT_LENGTH=1024 * 1024,
                       TEMPLATES_AUTO_RELOAD=False)
     app.extensions["gateway"] = {"config": config, "store": store, "console": console,
-                                 "rules": rules, "renderer": renderer}
+                                 "rules": rules, "renderer": renderer, "policy": policy}
     # Every value a template prints, whatever page: a header byte that was
     # not UTF-8 would otherwise make the whole page fail to encode.
     app.jinja_env.finalize = _displayable
@@ -146,6 +168,9 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
             if not constant_equal(token, g.session.csrf):
                 abort(400, "the form was stale or not from this console (CSRF token); "
                            "reload the page and try again")
+        elif endpoint != "static":  # decisions on this user's release requests
+            for text, category in notices.tell_in_console(store, g.session.user.name):
+                flash(text, category)
         return None
 
     @app.after_request
@@ -168,7 +193,9 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
                 "csrf": g.session.csrf if g.get("session") else "",
                 "notices": get_flashed_messages(with_categories=True),
                 "pending_labels": _pending_labels(console) if g.get("session") and
-                g.session.user.is_admin else 0}
+                g.session.user.is_admin else 0,
+                "pending_requests": _pending_requests(store, g.session.user)
+                if g.get("session") else 0}
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> tuple[str, int]:
@@ -275,6 +302,7 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
             "list.html", records=records, total=total, page=page, pages=pages, form=form,
             sorts=SORTS, states=STATES, nodes=stats.nodes(store),
             admin_only={r.id: admin_only_symbols(r, rules.release) for r in records},
+            requested=release_requests.pending_by_message(store, [r.id for r in records]),
             link=lambda **changes: _link(form, **changes),
             sort_link=lambda column: _link(form, sort=column, page=None, order=(
                 "asc" if form.get("sort", "created") == column and
@@ -291,15 +319,15 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
             flash("select messages first", "error")
             return redirect(back)
         me = g.session.user
-        done, failed = 0, []
+        done, requested, failed = 0, 0, []
         for identifier in dict.fromkeys(ids):
             try:
                 record = store.get(identifier)
                 if action == "release":
-                    release(store, record.id, config.release.smtp, me.name,
-                            timeout=config.release.timeout, reason=reason, role=me.role,
-                            confirmed=False, release_rules=rules.release,
-                            server_id=config.auth.server_id())
+                    outcome = release_or_request(store, record, policy, me.name, me.role,
+                                                 reason=reason)
+                    if isinstance(outcome, release_requests.Request):
+                        requested += 1
                 elif action == "delete":
                     _delete(store, console, record, me.name, reason)
                 elif action in ("spam", "ham"):
@@ -308,14 +336,17 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
                     abort(400, "unknown action")
                 done += 1
                 console.log(me.name, f"bulk-{action}", record.id, reason, _address())
-            except (QuarantineError, ReleaseError, ConsoleError) as exc:
+            except (QuarantineError, ReleaseError, ConsoleError, RequestError) as exc:
                 failed.append(str(exc))
         verb = {"release": "released", "delete": "deleted", "spam": "labelled spam",
                 "ham": "labelled not spam"}[action]
-        if done:
-            flash(f"{done} message{'s' if done != 1 else ''} {verb}"
+        if done - requested:
+            flash(f"{done - requested} message{'s' if done - requested != 1 else ''} {verb}"
                   + (" (labels wait for an admin's review)" if action in ("spam", "ham")
                      else ""), "ok")
+        if requested:
+            flash(f"release requested for {requested} message{'s' if requested != 1 else ''}"
+                  " (an admin approves; you will see the decision here)", "ok")
         for problem in failed[:20]:
             flash(problem, "error")
         return redirect(back)
@@ -329,13 +360,19 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
         made = renderer.render(f"{record.id}:{record.sha256}", bytes(raw)) \
             if raw is not None else None
         dangerous = admin_only_symbols(record, rules.release)
+        me = g.session.user
+        needed = policy.approver(record)
+        asked = release_requests.listing(store, None, message=record.id, limit=50)
         return render_template(
             "message.html", r=record, preview=made.preview if made else None,
             sanitized=made.sanitized if made else None,
             preview_problem=made.problem if made else None, dangerous=dangerous,
             symbols=sorted(record.symbols, key=lambda s: -abs(s["score"])),
             labels=console.labels(state=None, message=record.id),
-            may_release=raw is not None and (not dangerous or g.session.user.is_admin))
+            may_release=raw is not None,
+            release_now=may_release(me.role, needed), needed=needed,
+            requests=asked, may_decide=may_decide(me.role, needed),
+            pending_to={a: q for q in asked if q.state == "pending" for a in q.recipients})
 
     @app.get("/quarantine/<identifier>/html")
     def message_html(identifier: str):
@@ -389,9 +426,13 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
         console.log(g.session.user.name, "download", record.id,
                     f"attachment {index}: {name}{confirmed}", _address())
         g.csp = DOWNLOAD_POLICY
-        safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", part.name)[:100] or "attachment"
-        return Response(data, mimetype="application/octet-stream", headers={
-            "Content-Disposition": f'attachment; filename="{safe_name}.bin"'})
+        # Its original name, made safe to save; never opened by the browser
+        # (octet-stream, attachment). Flask writes a non-ASCII name as RFC
+        # 6266's filename* with an ASCII fallback.
+        return send_file(io.BytesIO(data), mimetype="application/octet-stream",
+                         as_attachment=True,
+                         download_name=preview.download_name(part.name, index),
+                         etag=False, max_age=0)
 
     def _may_download(record: Record, what: str) -> str:
         """A virus's or admin-only mail's attachments and source are an
@@ -423,15 +464,22 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
             flash("choose at least one recipient", "error")
             return redirect(url_for("message", identifier=record.id))
         try:
-            done = release(store, record.id, config.release.smtp, me.name,
-                           force=request.form.get("again") == "yes",
-                           timeout=config.release.timeout, to=chosen, reason=reason,
-                           role=me.role, confirmed=request.form.get("confirm") == "yes",
-                           release_rules=rules.release, server_id=config.auth.server_id())
-        except ReleaseError as exc:
+            done = release_or_request(store, record, policy, me.name, me.role, to=chosen,
+                                      reason=reason, force=request.form.get("again") == "yes",
+                                      confirmed=request.form.get("confirm") == "yes")
+        except (ReleaseError, RequestError) as exc:
             console.log(me.name, "release-refused", record.id, str(exc), _address())
             flash(str(exc), "error")
         else:
+            if isinstance(done, release_requests.Request):
+                console.log(me.name, "release-request", record.id,
+                            f"request #{done.id}: to {', '.join(done.recipients)}; {reason}"
+                            .rstrip("; "), _address())
+                flash(f"release to {', '.join(done.recipients)} requested (#{done.id}): "
+                      f"an {done.approver} approves it; you will see the decision here", "ok")
+                return redirect(url_for("message", identifier=record.id))
+            if done.settled:
+                _tell_later(store, config)
             queued = f", queued as {done.queue_id}" if done.queue_id else ""
             console.log(me.name, "release", record.id,
                         f"to {', '.join(done.accepted)}{queued}; {reason}".rstrip("; "),
@@ -480,7 +528,9 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
         return render_template(
             "feedback.html", items=console.labels(None if state == "all" else state),
             state=state, counts=console.count_labels(), jobs=console.jobs("train"),
-            learned=_learned_counts(config))
+            learned=_learned_counts(config), progress=training.progress,
+            readable=training.readable, corpus=(config.web.train_ham, config.web.train_spam),
+            minimum=training.MIN_PER_LABEL)
 
     @app.post("/feedback/<int:number>/review")
     def review(number: int):
@@ -500,21 +550,72 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
             flash(f"label #{number}: {outcome}", "ok")
         return redirect(url_for("feedback_queue"))
 
+    @app.post("/feedback/bulk")
+    def feedback_bulk():
+        """Accept or reject the ticked labels at once, with one note."""
+        _admin()
+        me = g.session.user
+        decision = request.form.get("decision")
+        if decision not in ("accept", "reject"):
+            abort(400, "accept or reject")
+        note = request.form.get("note", "").strip()[:500]
+        numbers = [int(n) for n in request.form.getlist("id") if n.isdigit()][:500]
+        if not numbers:
+            flash("select labels first", "error")
+            return redirect(url_for("feedback_queue"))
+        done, failed = 0, []
+        url = config.classifier.training_set_url(config.quarantine.url)
+        for number in dict.fromkeys(numbers):
+            try:
+                console.review(number, decision == "accept", me.name, note, url)
+            except ConsoleError as exc:
+                failed.append(str(exc))
+                continue
+            done += 1
+            console.log(me.name, f"label-{decision}", f"feedback #{number}", note, _address())
+        if done:
+            verb = "accepted into the learned training set" if decision == "accept" \
+                else "rejected"
+            flash(f"{done} label{'s' if done != 1 else ''} {verb}", "ok")
+        for problem in failed[:20]:
+            flash(problem, "error")
+        return redirect(url_for("feedback_queue"))
+
     @app.post("/feedback/train")
     def train():
         _admin()
         me = g.session.user
+        problem = training.problem(config, _learned_counts(config))
+        if problem is not None:
+            flash(problem, "error")
+            return redirect(url_for("feedback_queue"))
         try:
             job = console.start_job("train", me.name)
         except ConsoleError as exc:
             flash(str(exc), "error")
             return redirect(url_for("feedback_queue"))
-        console.log(me.name, "train", f"job #{job}", "gateway train --feedback", _address())
-        threading.Thread(target=_train, args=(console, config, job), daemon=True,
+        console.log(me.name, "train", f"job #{job}", " ".join(training.command(config)[2:]),
+                    _address())
+        threading.Thread(target=training.run, args=(console, config, job), daemon=True,
                          name="train").start()
-        flash(f"training a candidate model from the learned set (job #{job}); it is not "
-              "used until it is evaluated and promoted", "ok")
+        corpus = "your corpus and the learned set" if config.web.train_ham and \
+            config.web.train_spam else "the learned set"
+        flash(f"training a candidate model on {corpus} (job #{job}); it is not used until "
+              "it is evaluated and promoted", "ok")
         return redirect(url_for("feedback_queue"))
+
+    @app.get("/feedback/jobs/<int:number>")
+    def job_progress(number: int):
+        """A training job's state and progress, for the page's bar."""
+        _admin()
+        found = next((j for j in console.jobs("train", 20) if j["id"] == number), None)
+        if found is None:
+            abort(404)
+        shown = training.progress(found["output"])
+        return {"id": number, "status": found["status"],
+                "progress": None if shown is None else {
+                    "label": shown.label, "done": shown.done, "total": shown.total,
+                    "percent": shown.percent}}
 
     # -- admin -----------------------------------------------------------------------
 
@@ -562,11 +663,6 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
             console.log(me.name, f"user-{action}", name, "", _address())
             flash(f"user {name}: {action} done", "ok")
         return redirect(url_for("users_page"))
-
-    @app.get("/admin/lists")
-    def lists_page():
-        _admin()
-        return render_template("lists.html", lists=config.lists, source=config.source)
 
     # -- greylisting: pending triplets, passed at once (gateway.greylist) -----------------
 
@@ -628,6 +724,10 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
 
     @app.route("/digest/<token>", methods=["GET", "POST"])
     def digest(token: str):
+        """A recipient's link: GET only shows the message and a button (mail
+        scanners fetch every link); the action is a POST carrying the page's
+        own form token, so a request that did not come from the page does
+        nothing."""
         if request.method == "POST":
             _check_origin()
         try:
@@ -642,7 +742,10 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
         action = action if action in ("release", "spam") else "release"
         if request.method == "GET":
             return render_template("digest.html", r=record, link=link, action=action,
-                                   done=None)
+                                   done=None, form=form_token(console, link),
+                                   asks=not may_release("recipient", policy.approver(record)))
+        if not check_form_token(console, link, request.form.get("form", "")):
+            abort(400, "open the link and press the button on its page")
         who = f"{link.recipient} (digest link)"
         try:
             use_link(console, token, action)
@@ -650,25 +753,31 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
             abort(exc.status, str(exc))
         if action == "release":
             try:
-                done = release(store, record.id, config.release.smtp, who,
-                               timeout=config.release.timeout, to=[link.recipient],
-                               role="recipient", release_rules=rules.release,
-                               server_id=config.auth.server_id())
-            except ReleaseError as exc:
+                done = release_or_request(store, record, policy, who, "recipient",
+                                          to=[link.recipient], notify=link.recipient)
+            except (ReleaseError, RequestError) as exc:
                 console.log(link.recipient, "digest-release-failed", record.id, str(exc),
                             _address())
                 abort(400, "the message could not be released; ask your mail admin")
-            console.log(link.recipient, "digest-release", record.id,
-                        f"queued as {done.queue_id}" if done.queue_id else "", _address())
             if request.form.get("not_spam") == "yes":
                 console.add_label(record.id, "ham", "recipient", link.recipient)
-            text = f"The message was released to {link.recipient}."
+            if isinstance(done, release_requests.Request):
+                console.log(link.recipient, "digest-release-request", record.id,
+                            f"request #{done.id}", _address())
+                text = ("Your request is with the mail admins: you will get an email at "
+                        f"{link.recipient} when they have decided.")
+            else:
+                console.log(link.recipient, "digest-release", record.id,
+                            f"queued as {done.queue_id}" if done.queue_id else "", _address())
+                text = f"The message was released to {link.recipient}."
         else:
             console.add_label(record.id, "spam", "recipient", link.recipient)
             console.log(link.recipient, "digest-spam", record.id, "", _address())
             text = "Thank you: the message is reported as spam."
         return render_template("digest.html", r=record, link=link, action=action, done=text)
 
+    app.register_blueprint(lists.blueprint)
+    app.register_blueprint(approvals.blueprint)
     return app
 
 
@@ -702,10 +811,6 @@ def _secure() -> bool:
     return bool(g.get("https") or g.get("always_secure"))
 
 
-def _address() -> str:
-    return g.get("address") or request.remote_addr or "?"
-
-
 def _check_origin() -> None:
     """A browser names the page a POST came from; it must be this console."""
     origin = request.headers.get("Origin")
@@ -737,23 +842,6 @@ def _local(target: str | None) -> str | None:
     return target if endpoint not in NOT_AFTER_LOGIN else None
 
 
-def _admin() -> None:
-    if not g.session.user.is_admin:
-        abort(403, "this page is for admins")
-
-
-def _record(store: QuarantineStore, identifier: str) -> Record:
-    if not ID.match(identifier):
-        abort(404)
-    try:
-        record = store.get(identifier)
-    except QuarantineError:
-        abort(404)
-    if record.id != identifier:  # matched a queue id: not how the console names messages
-        abort(404)
-    return record
-
-
 def _delete(store: QuarantineStore, console: Console, record: Record, who: str,
             reason: str) -> None:
     if record.state == "deleted":
@@ -764,6 +852,22 @@ def _delete(store: QuarantineStore, console: Console, record: Record, who: str,
 def _pending_labels(console: Console) -> int:
     try:
         return console.count_labels()["pending"]
+    except Exception:
+        return 0
+
+
+def _tell_later(store: QuarantineStore, config: Config) -> None:
+    """Mail the recipients whose requests were just decided, off the request
+    thread (the mail server may be slow)."""
+    threading.Thread(target=notices.tell_by_mail, args=(store, config), daemon=True,
+                     name="notices").start()
+
+
+def _pending_requests(store: QuarantineStore, user: Any) -> int:
+    """Requests this user may decide (the navigation's count)."""
+    try:
+        return release_requests.count_pending(store, ("admin", "analyst") if user.is_admin
+                                              else ("analyst",))
     except Exception:
         return 0
 
@@ -779,17 +883,6 @@ def _learned_counts(config: Config) -> dict[str, int] | None:
         return stored.counts()
     finally:
         stored.close()
-
-
-def _train(console: Console, config: Config, job: int) -> None:
-    command = [sys.executable, "-m", "gateway", "train", "--feedback"]
-    if Path(config.source).is_file():
-        command += ["--config", config.source]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=6 * 3600)
-        console.finish_job(job, done.returncode == 0, (done.stdout + done.stderr).strip())
-    except Exception as exc:
-        console.finish_job(job, False, f"{type(exc).__name__}: {exc}")
 
 
 def _fleet(store: QuarantineStore) -> list[Any]:

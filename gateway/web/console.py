@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import math
 import re
 import secrets
@@ -50,6 +51,10 @@ BACKOFF_MAX = timedelta(minutes=15)
 ACCOUNT_WINDOW = timedelta(hours=1)
 ACCOUNT_FAILURES = 100
 DEVICE_DAYS = 90
+# The password column of an account the directory (LDAP) vouches for: no
+# argon2 hash, so no password typed here can ever match it locally.
+DIRECTORY_ACCOUNT = "!ldap"
+log = logging.getLogger("gateway.web")
 
 
 class ConsoleError(Exception):
@@ -70,6 +75,7 @@ class User:
     disabled: bool
     created: datetime
     last_login: datetime | None
+    directory: bool = False  # an LDAP account: its password and role are the directory's
 
     @property
     def is_admin(self) -> bool:
@@ -77,6 +83,7 @@ class User:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "role": self.role, "disabled": self.disabled,
+                "source": "ldap" if self.directory else "local",
                 "created": self.created.isoformat(timespec="seconds"),
                 "last_login": self.last_login.isoformat(timespec="seconds")
                 if self.last_login else None}
@@ -123,7 +130,7 @@ class Console:
     def __init__(self, store: QuarantineStore, login_attempts: int = 5,
                  session_idle: timedelta = timedelta(hours=1),
                  session_max: timedelta = timedelta(hours=12),
-                 clock: Callable[[], datetime] = now):
+                 clock: Callable[[], datetime] = now, directory: Any = None):
         self.clock = clock
         self.store = store
         self.engine = store.engine
@@ -133,6 +140,7 @@ class Console:
         self._hasher: Any = None
         self._dummy_hash: str | None = None
         self._device_key: bytes | None = None
+        self.directory = directory  # gateway.web.directory.Directory, or None
 
     # -- passwords -----------------------------------------------------------------
 
@@ -202,6 +210,10 @@ class Console:
         return [_user(r) for r in rows]
 
     def set_password(self, name: str, password: str) -> None:
+        found = self.user(name)
+        if found is not None and found.directory:
+            raise ConsoleError(f"{name} is a directory (LDAP) account: its password is the "
+                               "directory's")
         hashed = self._hash(password)
         self._update_user(name, password=hashed)
         self.end_sessions(name)  # a new password logs the old sessions out
@@ -253,7 +265,15 @@ class Console:
                                wait)
         with self.engine.connect() as connection:
             row = connection.execute(select(users).where(users.c.name == key)).first()
-        if row is None:
+        if self.directory is not None and USER_NAME.match(key) and \
+                (row is None or row.password == DIRECTORY_ACCOUNT):
+            # Not a local account: the directory's to say. (Local accounts
+            # never get here, so a directory that is down locks none out.)
+            role = self._ask_directory(key, password)
+            if role is not None and not (row is not None and row.disabled):
+                return self._directory_login(key, role, client, stamp)
+            ok = False
+        elif row is None:
             self._verify(self._dummy(), password)  # as long as for a real account
             ok = False
         else:
@@ -271,6 +291,31 @@ class Console:
             connection.execute(delete(login_failures).where(and_(
                 login_failures.c.name == key, login_failures.c.address == client)))
         return self._user_or_fail(key)
+
+    def _ask_directory(self, name: str, password: str) -> str | None:
+        from gateway.web.directory import DirectoryDown
+
+        try:
+            return self.directory.role(name, password)
+        except DirectoryDown as exc:
+            log.warning("web: login of %s: the directory did not answer: %s", name, exc)
+            raise LoginRefused("the directory (LDAP) did not answer; try again in a moment "
+                               "(local accounts can log in)") from None
+
+    def _directory_login(self, name: str, role: str, client: str, stamp: datetime) -> User:
+        """A directory user logged in: their account here, with the role their
+        groups give now (a change of group changes it at the next login)."""
+        with self.engine.begin() as connection:
+            done = connection.execute(update(users).where(users.c.name == name).values(
+                role=role, password=DIRECTORY_ACCOUNT, updated=stamp, last_login=stamp))
+            if done.rowcount == 0:
+                connection.execute(insert(users), {
+                    "name": name, "role": role, "password": DIRECTORY_ACCOUNT,
+                    "disabled": False, "created": stamp, "updated": stamp,
+                    "last_login": stamp})
+            connection.execute(delete(login_failures).where(and_(
+                login_failures.c.name == name, login_failures.c.address == client)))
+        return self._user_or_fail(name)
 
     def _wait(self, connection: Any, name: str, client: str, known: bool, stamp: datetime
               ) -> int:
@@ -552,6 +597,13 @@ class Console:
                 raise ConsoleError(f"a {kind} job is running already (#{running.id})")
             return int(identifier)
 
+    def update_job(self, identifier: int, output: str) -> None:
+        """A running job's output so far (the page shows its progress)."""
+        with self.engine.begin() as connection:
+            connection.execute(update(console_jobs).where(and_(
+                console_jobs.c.id == identifier, console_jobs.c.status == "running"))
+                .values(output=output[-20000:]))
+
     def finish_job(self, identifier: int, ok: bool, output: str) -> None:
         with self.engine.begin() as connection:
             connection.execute(update(console_jobs).where(console_jobs.c.id == identifier)
@@ -606,7 +658,8 @@ def _digest(token: str) -> str:
 
 def _user(row: Any) -> User:
     return User(row.id, row.name, row.role, bool(row.disabled), _utc(row.created),
-                _utc(row.last_login) if row.last_login else None)
+                _utc(row.last_login) if row.last_login else None,
+                row.password == DIRECTORY_ACCOUNT)
 
 
 def _utc(value: datetime) -> datetime:

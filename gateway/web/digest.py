@@ -29,7 +29,6 @@ import hmac
 import logging
 import secrets
 import smtplib
-import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -45,7 +44,9 @@ from gateway.jobs import Jobs, PeriodicJob, insert_ignoring
 from gateway.quarantine.release import admin_only_symbols
 from gateway.quarantine.schema import digest_links, digest_runs, messages, recipients
 from gateway.quarantine.store import QuarantineStore, Record, now
+from gateway.web import notices
 from gateway.web.console import Console
+from gateway.web.notices import sender_address
 
 log = logging.getLogger("gateway.web")
 SECRET = "digest_secret"
@@ -121,6 +122,32 @@ def check_link(console: Console, token: str, at: datetime | None = None) -> Link
     return link
 
 
+FORM_HOURS = 24
+
+
+def form_token(console: Console, link: Link, at: datetime | None = None) -> str:
+    """The token a link's page puts in its form: the action needs it, so a
+    POST that did not come from that page (a scanner's, a forged form's)
+    does nothing. Signed, for this link, valid FORM_HOURS."""
+    issued = int((at or now()).timestamp())
+    mac = hmac.new(console.secret(SECRET), f"form|{link.id}|{issued}".encode(),
+                   hashlib.sha256).hexdigest()
+    return f"{issued}.{mac}"
+
+
+def check_form_token(console: Console, link: Link, token: str,
+                     at: datetime | None = None) -> bool:
+    issued, _, mac = token.partition(".")
+    if not issued.isdigit() or len(mac) != 64 or len(issued) > 12:
+        return False
+    age = (at or now()).timestamp() - int(issued)
+    if not 0 <= age <= FORM_HOURS * 3600:
+        return False
+    expected = hmac.new(console.secret(SECRET), f"form|{link.id}|{issued}".encode(),
+                        hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, mac)
+
+
 def use_link(console: Console, token: str, action: str) -> Link:
     """Mark the link used for ``action``; only one request can."""
     link = check_link(console, token)
@@ -167,7 +194,7 @@ def compose(config: Config, recipient: str, items: list[tuple[Record, str]],
             at: datetime) -> EmailMessage:
     """The digest mail: text and HTML, every message field escaped in the HTML."""
     base = config.digest.url.rstrip("/")
-    sender = config.digest.sender or f"postmaster@{socket.getfqdn()}"
+    sender = sender_address(config)
     days = config.digest.link_days
     mail = EmailMessage()
     mail["From"] = sender
@@ -303,6 +330,7 @@ class DailyDigest:
             insert_ignoring(connection, digest_runs, {
                 "day": day, "node": self.store.node, "started": at or now(), "sent": 0})
         results = send_digests(self.store, self.console, self.config, self.release_rules)
+        notices.tell_by_mail(self.store, self.config)  # decisions a mail server missed
         sent = sum(n for _, n, outcome in results if outcome == "sent")
         failed = sum(1 for _, _, outcome in results if outcome != "sent")
         start = datetime.fromisoformat(day).replace(tzinfo=UTC)

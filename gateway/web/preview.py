@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from gateway.checks.links import JudgedLink, judged_links
@@ -150,6 +151,34 @@ def attachment_bytes(raw: bytes, index: int, limits: LimitsSection = DEFAULT_LIM
                           part.content_type, detect_type(data), len(data),
                           hashlib.sha256(data).hexdigest()), data
     return None
+
+
+# What a file name may not carry into the analyst's download folder: path
+# separators, characters Windows refuses, controls (C0, DEL, C1), and the
+# format characters that reorder or hide text ("invoice\u202egpj.exe" shows
+# as "invoiceexe.jpg"; zero-width ones hide a second extension).
+_UNSAFE_IN_NAME = re.compile(r'[/\\:*?"<>|\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e'
+                             r"\u2060-\u2069\ud800-\udfff\ufeff]")
+_RESERVED_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
+                   *(f"lpt{i}" for i in range(10))}
+MAX_NAME = 150
+
+
+def download_name(name: str | None, index: int) -> str:
+    """An attachment's original file name, safe to save: its last path
+    component, unsafe characters as ``_``, no leading dots or trailing dots
+    and spaces, not a device name, at most 150 characters with its extension
+    kept; ``attachment-N`` when nothing is left."""
+    text = unicodedata.normalize("NFC", name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    text = _UNSAFE_IN_NAME.sub("_", text).strip().lstrip(".").rstrip(". ")
+    if len(text) > MAX_NAME:
+        stem, dot, extension = text.rpartition(".")
+        extension = extension[:20] if dot and stem else ""
+        text = text[:MAX_NAME - len(extension) - 1].rstrip(". ") + \
+            (f".{extension}" if extension else "")
+    if not text.strip("_") or text.split(".")[0].lower() in _RESERVED_NAMES:
+        text = f"attachment-{index + 1}" + (f"-{text}" if text.strip("_") else "")
+    return text
 
 
 # -- what the bytes are ------------------------------------------------------------
