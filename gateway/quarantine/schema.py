@@ -256,7 +256,7 @@ digest_runs = Table(
 
 # Requests to release held mail (an analyst's, or a recipient's from a digest
 # link) waiting for the approval [release] approve asks for; then the
-# decision, and when the requester was told (migration 0010_release_requests).
+# decision, and when the requester was told (migration 0011_release_requests).
 release_requests = Table(
     "release_requests", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),

@@ -2,16 +2,16 @@
 release held mail, waiting for the approval [release] approve asks for, and
 the decision (who, when, why) and whether the requester has been told.
 
-Revision ID: 0010_release_requests
-Revises: 0009_bulk
-Create Date: 2026-12-09
+Revision ID: 0011_release_requests
+Revises: 0010_autolearn
+Create Date: 2026-12-07
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_release_requests"
-down_revision = "0009_bulk"
+revision = "0011_release_requests"
+down_revision = "0010_autolearn"
 branch_labels = None
 depends_on = None
 
