@@ -26,14 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from gateway.evaluator import Evaluator, TooBusy
+from gateway.evaluator import Evaluator
 from gateway.logline import log_verdict
 from gateway.logs import for_message
 from gateway.message import Envelope, RawContent
-from gateway.policy import Verdict
 from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.store import QuarantineError
 from gateway.replies import BUSY, REJECTED, STORE_FAILED, TRY_AGAIN, SmtpReply
+from gateway.verdict import TooBusy, Verdict
 
 log = logging.getLogger("gateway.decider")
 

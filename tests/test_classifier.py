@@ -174,7 +174,7 @@ STRANGE = {
 
 @pytest.mark.parametrize("name", sorted(STRANGE))
 def test_strange_messages_score_without_error(name: str, trained: Path):
-    check = BayesCheck(Config(classifier=ClassifierSection(model=str(trained))))
+    check = BayesCheck.from_config(Config(classifier=ClassifierSection(model=str(trained))))
     try:
         report = check.run(Message.from_bytes(STRANGE[name]), CheckContext())
     finally:
@@ -316,8 +316,8 @@ def test_check_uses_the_store_and_reloads_a_promotion(trained: Path, tmp_path: P
     store = ModelStore(tmp_path / "store")
     first = store.add(trained)
     store.set_current(first, "promote", {})
-    check = BayesCheck(Config(classifier=ClassifierSection(store=str(tmp_path / "store"),
-                                                           reload_interval=3600)))
+    check = BayesCheck.from_config(Config(classifier=ClassifierSection(
+        store=str(tmp_path / "store"), reload_interval=3600)))
     try:
         assert check.holder.model.version == first
         inverted, _ = train([SPAM], [HAM], seed=7, folds=5, repeats=0, report=quiet,
@@ -404,7 +404,7 @@ def test_the_model_watcher_outlives_a_failed_look(trained: Path, tmp_path: Path,
 
 def test_evidence_names_the_tokens_that_pushed_both_ways(trained: Path):
     model = load_model(trained)
-    check = BayesCheck(Config(classifier=ClassifierSection(model=str(trained))))
+    check = BayesCheck.from_config(Config(classifier=ClassifierSection(model=str(trained))))
     try:
         for path in sorted(SPAM.iterdir())[:3] + sorted(HAM.iterdir())[:3]:
             message = Message.from_bytes(path.read_bytes())

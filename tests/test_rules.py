@@ -107,7 +107,7 @@ def mail(subject: str = "hello", sender: str = "Alice <alice@example.org>",
 
 @pytest.fixture
 def check(tmp_path: Path) -> RulesCheck:
-    return RulesCheck(rules_config(tmp_path))
+    return RulesCheck.from_config(rules_config(tmp_path))
 
 
 def test_header_rules_fire_on_the_decoded_field_and_not_on_a_near_miss(check):
@@ -119,7 +119,7 @@ def test_header_rules_fire_on_the_decoded_field_and_not_on_a_near_miss(check):
 
 
 def test_display_name_rules(tmp_path: Path):
-    check = RulesCheck(rules_config(tmp_path, RULES + """
+    check = RulesCheck.from_config(rules_config(tmp_path, RULES + """
 [rule.NAME_SAYS_CEO]
 type = "header"
 header = "From:name"
@@ -229,7 +229,7 @@ score = 1.0
 def test_rules_that_run_out_of_time_are_named_not_skipped(tmp_path: Path):
     text = "".join(f"[rule.SLOW_{n}]\ntype = \"rawbody\"\npattern = 'z{{2}}q'\nscore = 1\n"
                    for n in range(50))
-    check = RulesCheck(rules_config(tmp_path, text, budget=0.001))
+    check = RulesCheck.from_config(rules_config(tmp_path, text, budget=0.001))
     found = fired(check, mail(body="zzz " * 300_000))
     (evidence,) = found.values()
     assert list(found) == ["RULES_INCOMPLETE"]
@@ -262,7 +262,7 @@ def test_rules_that_run_out_of_time_are_named_not_skipped(tmp_path: Path):
 )
 def test_rules_problems_name_the_rule(tmp_path: Path, table, problem):
     with pytest.raises(ConfigError) as caught:
-        RulesCheck(rules_config(tmp_path, "[rule.BAD]\n" + table))
+        RulesCheck.from_config(rules_config(tmp_path, "[rule.BAD]\n" + table))
     assert caught.value.problems == [problem]
 
 
@@ -273,7 +273,7 @@ def test_a_later_file_can_switch_a_rule_off_or_rescore_it(tmp_path: Path):
                      "[rule.SUBJECT_FREE_MONEY]\nscore = 0.5\n")
     config = Config(policy=PolicySection(rules=[str(first), str(later)]),
                     pipeline=PipelineSection(checks=["rules"]))
-    check = RulesCheck(config)
+    check = RulesCheck.from_config(config)
     assert "HAS_X_BULK" not in [r.name for r in check.rules]
     report = check.run(Message.from_bytes(mail(subject="free money")), CheckContext())
     assert [(s.name, s.score) for s in report.symbols] == [("SUBJECT_FREE_MONEY", 0.5)]
@@ -307,7 +307,7 @@ header = "From:name"
 pattern = '(?i)ceo'
 score = 0.1
 """
-    check = RulesCheck(rules_config(tmp_path, text))
+    check = RulesCheck.from_config(rules_config(tmp_path, text))
     for name, case in hostile.BUILDERS.items():
         message = Message.from_bytes(case.build(), Envelope(mail_from=hostile.SPOOFED))
         report = check.run(message, CheckContext())  # raises nothing

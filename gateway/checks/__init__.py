@@ -3,7 +3,11 @@
 A check is a class with a ``name``, a catalog of the ``symbols`` it may emit
 (name -> description) and a ``run(message, context)`` method returning
 symbols or a :class:`~gateway.symbols.Report`. It knows nothing about the
-milter. Built-in checks are listed in :data:`BUILTIN`; a site's own check is
+milter. It is built once per configuration (and in each worker process)
+with the config and the rules files' :class:`~gateway.ruleset.Ruleset`,
+which it reads instead of the files.
+
+Built-in checks are listed in :data:`BUILTIN`; a site's own check is
 enabled in gateway.toml as ``"package.module:ClassName"``.
 """
 
@@ -12,10 +16,11 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from gateway.config import Config
 from gateway.message import Message
+from gateway.ruleset import Ruleset, load_rules
 from gateway.symbols import PIPELINE_SYMBOLS, Report, Symbol, failure_symbol_name
 
 # name -> "module:Class"; imported on demand so a disabled check costs nothing.
@@ -61,8 +66,16 @@ class Check:
     # [pipeline] parallel = true.
     io_bound: ClassVar[bool] = False
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, ruleset: Ruleset):
         self.config = config
+        self.ruleset = ruleset
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        """This check with the config's rules files read now: for tests and
+        tools. The gateway builds its checks with its configuration
+        generation's Ruleset (gateway.pipeline.Pipeline.from_config)."""
+        return cls(config, load_rules(config.policy.rules))
 
     def run(self, message: Message, context: CheckContext) -> Iterable[Symbol] | Report:
         raise NotImplementedError

@@ -332,10 +332,11 @@ def identity_lines(config: Config) -> list[Line]:
         return [skip("identity", "the identity check is not enabled")]
     from gateway.checks.identity import IdentityCheck
     from gateway.correspondents import Memory, memory_url
+    from gateway.ruleset import Ruleset
     from gateway.schema import ConfigError
 
     try:
-        check = IdentityCheck(config, reader=None)
+        check = IdentityCheck(config, Ruleset(), reader=None)  # it reads no rules
     except ConfigError as exc:
         return [fail("identity", "; ".join(exc.problems),
                      "correct the files named in [identity] brands, freemail or "

@@ -53,7 +53,6 @@ from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
 from gateway.config import Config
-from gateway.policy import load_rules
 from gateway.quarantine.release import ReleaseError, admin_only_symbols, release
 from gateway.quarantine.store import (
     SORTS,
@@ -63,6 +62,7 @@ from gateway.quarantine.store import (
     QuarantineStore,
     Record,
 )
+from gateway.ruleset import load_rules
 from gateway.web import charts, preview, stats
 from gateway.web.console import (
     DEVICE_DAYS,
