@@ -4,8 +4,10 @@ matching blow up."""
 
 from __future__ import annotations
 
+import pickle
 import time
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -14,9 +16,12 @@ from gateway.checks.rules import RulesCheck
 from gateway.checks.view import parse_link, view_of
 from gateway.config import Config, PipelineSection, PolicySection
 from gateway.evaluator import LocalEvaluator
-from gateway.message import Envelope, Message
+from gateway.message import Envelope, Message, RawContent
 from gateway.paths import DEFAULT_RULES
+from gateway.ruleset import load_rules
 from gateway.schema import ConfigError
+from gateway.workers import WorkerPool
+from tests.helpers import fixture_message, wait_until
 
 RULES = r"""
 [rule.SUBJECT_FREE_MONEY]
@@ -314,3 +319,67 @@ score = 0.1
         assert all(s.name in RULES or s.name in ("ALL_HEADERS", "FROM_NAMES",
                                                  "RULES_INCOMPLETE")
                    for s in report.symbols), name
+
+
+# -- the rules a configuration judges by: read once, like Postfix's main.cf -----------------
+
+LUNCH_RULE = ('[rule.SUBJECT_LUNCH]\ntype = "header"\nheader = "Subject"\npattern = "Lunch"\n'
+              "score = 2.0\n")
+# The same rule edited: it no longer fires on the message, and scores more.
+DINNER_RULE = LUNCH_RULE.replace('"Lunch"', '"Dinner"').replace("2.0", "3.0")
+
+
+@pytest.mark.slow
+def test_recycled_workers_judge_by_the_rules_read_at_start_not_the_files_now(tmp_path: Path):
+    rules = write_rules(tmp_path, LUNCH_RULE)
+    config = Config(policy=PolicySection(rules=[str(DEFAULT_RULES), str(rules)]),
+                    pipeline=PipelineSection(checks=["headers", "rules"], workers=1,
+                                             max_workers=1, worker_max_messages=1, budget=2.0,
+                                             grace=1.0))
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=("bob@example.net",))
+    raw = RawContent(data=fixture_message("ham_plain.eml"))
+    pool = WorkerPool(config)
+    try:
+        pids, verdicts = set(), []
+        for edit in ("", DINNER_RULE, "not toml ["):  # none of them reloaded
+            if edit:
+                rules.write_text(edit)
+            # Each worker checks one message: the next one is a new process.
+            pids.add(wait_until(pool.worker_pids, timeout=60, what="a worker")[0])
+            verdict = pool.evaluate(envelope, raw)
+            verdicts.append((verdict.action, verdict.score, verdict.symbols,
+                             verdict.failed_checks))
+        assert len(pids) == 3
+        assert verdicts[0][:2] == ("accept", 2.0)
+        assert [s.name for s in verdicts[0][2]] == ["SUBJECT_LUNCH"]
+        assert verdicts[1] == verdicts[0]  # before: the new worker read the edit
+        assert verdicts[2] == verdicts[0]  # before: no worker could start
+    finally:
+        pool.close()
+
+
+def test_a_ruleset_crosses_to_a_worker_process_whole(tmp_path: Path):
+    local = write_rules(tmp_path, RULES + """
+[[dnsbl]]
+name = "TEST_BL"
+zone = "bl.example"
+score = 1.0
+symbols = { "127.0.0.2" = "TEST_BL_SPAM" }
+
+[attachments]
+executable = ["exe"]
+
+[domain."example.org"]
+thresholds = { quarantine = 5.0 }
+force = { MISSING_DATE = "reject" }
+lists = { allow_senders = ["alice@example.net"] }
+""")
+    ruleset = load_rules([DEFAULT_RULES, local])
+    copy = pickle.loads(pickle.dumps(ruleset))
+    assert copy == ruleset
+    assert isinstance(copy.scores, MappingProxyType)
+    assert isinstance(copy.domains["example.org"].force, MappingProxyType)
+    assert all(isinstance(table, MappingProxyType) for table in copy.rule_tables.values())
+    assert all(isinstance(table, MappingProxyType) for table in copy.dnsbl)
+    with pytest.raises(TypeError):
+        copy.scores["MISSING_DATE"] = 9.0  # type: ignore[index]
