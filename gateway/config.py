@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.paths import DEFAULT_CONFIG, DEFAULT_RULES, RULES_DIR
+from gateway.registry import BUILTIN, DEFAULT_CHECKS, REGISTRY, SITE_SECTION
 from gateway.schema import (
     ConfigError,
     load_section,
@@ -60,8 +61,7 @@ def _addresses(values: list[str]) -> str | None:
 
 
 def _default_checks() -> list[str]:
-    return ["limits", "headers", "size", "lists", "rules", "attachments", "spf", "dkim", "arc",
-            "dmarc", "sender", "iprev", "tls", "dnsbl", "bayes", "clamav", "identity"]
+    return list(DEFAULT_CHECKS)  # gateway.checks.REGISTRY
 
 
 @dataclass(frozen=True)
@@ -561,6 +561,10 @@ class Config:
     web: WebSection = field(default_factory=WebSection)
     digest: DigestSection = field(default_factory=DigestSection)
     identity: IdentitySection = field(default_factory=IdentitySection)
+    # [check.NAME] tables: a site's own checks' settings, validated against
+    # the section each declares once the enabled checks are known
+    # (gateway.checks.check_sections).
+    check: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "<embedded defaults>"
 
 
@@ -573,6 +577,9 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
     errors: list[str] = []
     sections: dict[str, Any] = {}
     for name, table in data.items():
+        if name == SITE_SECTION:
+            sections[name] = _site_sections(table, f"{source}: {name}", errors)
+            continue
         if name not in SECTIONS:
             errors.append(f"{source}: [{name}]: unknown section{suggest_key(name, SECTIONS)}")
             continue
@@ -585,6 +592,26 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
     if errors:
         raise ConfigError(errors)
     return Config(source=source, **sections)
+
+
+def _site_sections(table: Any, where: str, errors: list[str]) -> dict[str, dict[str, Any]]:
+    """[check.NAME] tables, one per site check; a built-in check's settings
+    have a section of their own."""
+    if not isinstance(table, dict):
+        errors.append(f"{where}: expected tables such as [check.my_check]")
+        return {}
+    found: dict[str, dict[str, Any]] = {}
+    sections = {check.name: check.section for check in REGISTRY}
+    for name, settings in table.items():
+        if name in BUILTIN:
+            own = f"; its settings are in [{sections[name]}]" if sections[name] else ""
+            errors.append(f"{where}.{name}: {name} is a built-in check ([check.NAME] is for a "
+                          f"site's own checks){own}")
+        elif not isinstance(settings, dict):
+            errors.append(f"{where}.{name}: expected a table")
+        else:
+            found[name] = settings
+    return found
 
 
 def _resolve_paths(sections: dict, base_dir: Path) -> None:

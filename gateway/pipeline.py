@@ -41,7 +41,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from types import MappingProxyType
 from typing import Literal
 
-from gateway.checks import Check, CheckContext, UnknownCheck, resolve_check
+from gateway.checks import Check, CheckContext, UnknownCheck, check_sections, resolve_check
 from gateway.config import Config
 from gateway.cpu import SPARE_CORES, IdleShare
 from gateway.message import Message
@@ -272,13 +272,15 @@ class _Schedule:
 
 
 def check_classes(config: Config, problems: list[str]) -> list[type[Check]]:
-    """The classes of the enabled checks; unknown ones go to ``problems``."""
+    """The classes of the enabled checks; unknown ones, and [check.NAME]
+    settings that do not fit, go to ``problems``."""
     classes = []
     for spec in config.pipeline.checks:
         try:
             classes.append(resolve_check(spec))
         except UnknownCheck as exc:
             problems.append(f"{config.source}: pipeline.checks: {exc}")
+    problems.extend(check_sections(config, classes))
     return classes
 
 

@@ -190,3 +190,17 @@ def test_rules_edited_on_disk_wait_for_sighup_and_a_broken_edit_is_refused(tmp_p
     assert status() == "No, score=3.5 required=4.0 tests=SUBJECT_LUNCH"
     output = gateway.stop()
     assert "could not start a worker" not in output
+
+
+@pytest.mark.slow
+def test_a_site_check_gets_its_check_section_in_the_worker(tmp_path, started):
+    # docs/admin.md's check with settings: [check.shouting], read by the
+    # config and given to the check in the worker process.
+    gateway = Gateway(tmp_path, cwd=tmp_path, checks='["headers", "tests.plugins:ShoutingCheck"]',
+                      extra="[check.shouting]\nmin_length = 5\nscore = 2.5\n")
+    started.append(gateway)
+    gateway.wait_serving()
+    shouted = fixture_message("ham_plain.eml").replace(b"Lunch on Thursday", b"LUNCH NOW")
+    outcome = gateway.session().message("a@example.org", ["b@example.net"], shouted)
+    assert ("X-Spam-Status", "No, score=2.5 required=4.0 tests=SUBJECT_ALL_CAPS") \
+        in outcome.added_headers, gateway.log()
