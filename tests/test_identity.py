@@ -427,7 +427,7 @@ def test_a_known_correspondents_name_from_a_stranger(tmp_path, memory):
     finally:
         check.close()
     memory.add([Observation("matt@yahoo.co.uk", "yahoo.co.uk", BOB, "outbound", at)])
-    check = IdentityCheck(config(tmp_path))
+    check = IdentityCheck.from_config(config(tmp_path))
     try:
         assert "yaoho.co.uk imitates yahoo.co.uk (a known correspondent's domain): a typo " \
                "(edit distance 1)" in \
