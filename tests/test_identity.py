@@ -164,8 +164,8 @@ def test_a_typo_of_a_brands_domain_counts_only_when_the_brand_is_named(check):
 
 
 def test_a_typo_of_our_domain_needs_no_other_sign(tmp_path):
-    check = IdentityCheck(parse_config('[identity]\norg_domains = ["widgetco.example"]\n'
-                                       '[quarantine]\nurl = ""\n', "test.toml"))
+    check = IdentityCheck.from_config(parse_config(
+        '[identity]\norg_domains = ["widgetco.example"]\n[quarantine]\nurl = ""\n', "test.toml"))
     try:
         found = symbols(check.run(message('"Bob" <bob@wdigetco.example>', subject="Invoice"),
                                   authenticated(dkim=("wdigetco.example",))))
