@@ -27,9 +27,9 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from gateway import authresults
+from gateway.checks import Check
 from gateway.config import Config
 from gateway.facts import ListsFacts
 from gateway.message import Envelope
@@ -37,9 +37,6 @@ from gateway.replies import for_verdict
 from gateway.ruleset import NOT_FORCED, Ruleset, overlay_chain, policy_key
 from gateway.symbols import Symbol
 from gateway.verdict import PipelineResult, Verdict
-
-if TYPE_CHECKING:
-    from gateway.checks import Check
 
 log = logging.getLogger("gateway.policy")
 
@@ -190,7 +187,6 @@ class Policy:
             facts=dict(result.facts),
             subject_tag=rules.subject_tag if action == "add_header" else "",
         )
-
 
 
 class Judge:

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.checks import BUILTIN, resolve_check
 from gateway.commands.configcheck import examine
+from gateway.commands.configshow import render
 from gateway.config import SECTIONS, Config, parse_config
 from gateway.evaluator import LocalEvaluator
 from gateway.message import Envelope, RawContent
@@ -93,3 +94,10 @@ def test_a_check_section_of_a_check_that_is_off_is_a_problem(tmp_path: Path):
     assert examine(str(path), start_checks=False).errors == [
         f"{path}: check.shouting: no enabled check has settings named 'shouting' (enabled "
         "checks with settings: none)"]
+
+
+def test_config_show_prints_a_site_checks_settings_with_their_defaults():
+    text = render(parse_config(config_text("[check.shouting]\nmin_length = 5\n"), "x"))
+    assert text.endswith("\n[check.shouting]\n# subjects shorter than this are never shouting\n"
+                         "min_length = 5\n# the score of SUBJECT_ALL_CAPS\nscore = 1.0")
+    assert "[check." not in render(Config())
