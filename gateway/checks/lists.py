@@ -4,7 +4,7 @@ Three sources, all used together:
 
 - ``[lists]`` in gateway.toml (read at start and on reload);
 - ``lists`` in a recipient domain's or address's policy (rules files,
-  :mod:`gateway.policy`): they count for that recipient's mail only;
+  :mod:`gateway.ruleset`): they count for that recipient's mail only;
 - the managed entries in the store's database (``gateway list add``, the
   console; :mod:`gateway.quarantine.lists`), for all mail or for one
   recipient or recipient domain. Each worker reads them again every
