@@ -153,12 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
         demo,
         doctor,
         feedback,
+        greylist,
         identity,
         init,
         learn,
         lists,
         nodes,
         quarantine,
+        ratelimit,
         replay,
         run,
         symbols,
@@ -214,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
         "correspondents", help="the correspondent memory: show or forget one address",
         description="who writes to whom, as the identity check remembers it")
     correspondents.add_arguments(correspondents_parser)
+    greylist_parser = commands.add_parser(
+        "greylist", help="greylisting's triplets: show, pass, forget",
+        description="greylisting's triplets in the store's database, shared by every node")
+    greylist.add_arguments(greylist_parser)
+    ratelimit_parser = commands.add_parser(
+        "ratelimit", help="the rate limits and their buckets: show",
+        description="[[ratelimit]] limits and their buckets in the store's database")
+    ratelimit.add_arguments(ratelimit_parser)
 
     nodes_parser = commands.add_parser(
         "nodes", help="the gateway nodes sharing the database: version, model, heartbeat; "

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.durations import duration_problem, per_second
 from gateway.paths import DEFAULT_CONFIG, DEFAULT_RULES, RULES_DIR
 from gateway.registry import BUILTIN, DEFAULT_CHECKS, REGISTRY, SITE_SECTION
 from gateway.schema import (
@@ -143,6 +144,16 @@ class LimitsSection:
     archive_bytes: int = setting(16 * 1024 * 1024, positive, "bytes decompressed from the "
                                  "archives of one message, in all: never more, whatever "
                                  "they declare (ATTACHMENT_ARCHIVE_LIMIT)")
+    images: int = setting(20, positive, "pictures of one message searched for QR codes "
+                          "(more: QR_SCAN_LIMIT)")
+    image_bytes: int = setting(8 * 1024 * 1024, positive, "largest picture file searched for "
+                               "QR codes (larger: QR_SCAN_LIMIT)")
+    image_pixels: int = setting(40_000_000, positive, "largest picture, width x height as "
+                                "declared, decoded to search for QR codes; checked before "
+                                "decoding, so a decompression bomb is never unpacked "
+                                "(larger: QR_SCAN_LIMIT)")
+    image_seconds: float = setting(2.0, positive, "seconds spent decoding the pictures of one "
+                                   "message, in all (the rest: QR_SCAN_LIMIT)")
 
 
 @dataclass(frozen=True)
@@ -476,6 +487,39 @@ def _protected(tables: list[dict[str, Any]]) -> str | None:
 
 
 @dataclass(frozen=True)
+class GreylistSection:
+    """Greylisting at the SMTP stages (gateway.greylist): off unless enabled."""
+
+    enabled: bool = setting(False, doc="greylist first attempts from suspicious clients (no "
+                            "valid reverse DNS, a listed IP, a dynamic-looking name) at RCPT, "
+                            "and mail in the policy's greylist score band after DATA")
+    delay: float | str = setting("5m", duration_problem, "how long a sender must wait before "
+                                 "its retry is taken: seconds, or \"2s\", \"5m\", \"1h\"")
+    remember: float | str = setting("35d", duration_problem, "how long a triplet that passed "
+                                    "is let through at once (renewed by each message)")
+    retry_window: float | str = setting("2d", duration_problem, "how long a first attempt "
+                                        "waits for its retry before it is forgotten")
+    exempt_senders: list[str] = setting([], _addresses, "sender addresses, @domains or "
+                                        "domains never greylisted (login-code and "
+                                        "password-reset senders)")
+    ipv4_prefix: int = setting(24, lambda v: None if 8 <= v <= 32 else "expected 8 to 32",
+                               "an IPv4 client is keyed by its network of this size")
+    ipv6_prefix: int = setting(64, lambda v: None if 16 <= v <= 128 else "expected 16 to 128",
+                               "an IPv6 client is keyed by its network of this size")
+
+
+RATELIMIT_KEYS = ("client_ip", "client_net", "sender_domain", "auth_identity", "recipient")
+
+
+def _rate(value: str) -> str | None:
+    try:
+        per_second(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True)
 class IdentitySection:
     """Who may be imitated, and the correspondent memory (gateway/checks/identity.py)."""
 
@@ -516,6 +560,52 @@ class IdentitySection:
                                     "before it is judged without it")
 
 
+@dataclass(frozen=True)
+class RateLimitSection:
+    """One ``[[ratelimit]]`` table (gateway.ratelimit)."""
+
+    name: str = setting("", lambda v: None if re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", v)
+                        else "expected a short name in lower case such as \"per_ip\"",
+                        "the limit's name, in the logs, metrics and gateway ratelimit show")
+    key: Literal["client_ip", "client_net", "sender_domain", "auth_identity", "recipient"] = \
+        setting("client_ip", doc="what is counted: client_ip, client_net (its /24 or /64), "
+                "sender_domain, auth_identity (SMTP AUTH login), recipient")
+    rate: str = setting("", _rate, "how many messages, such as \"100/hour\"")
+    burst: int = setting(0, non_negative, "how many may come at once (0 = the rate's count)")
+    action: Literal["tempfail", "quarantine", "score"] = setting(
+        "tempfail", doc="over the limit: tempfail (4.7.1 at RCPT), quarantine, or score "
+        "(RATELIMITED in the verdict)")
+
+
+@dataclass(frozen=True)
+class FuzzySection:
+    """Near-duplicate detection (gateway.checks.fuzzy)."""
+
+    threshold: int = setting(50, lambda v: None if 1 <= v <= 300 else "expected 1 to 300",
+                             "TLSH distance at or under which two texts are near-duplicates")
+    short_text: int = setting(256, positive, "normalised texts shorter than this many "
+                              "bytes are compared by an exact hash instead")
+    campaign_recipients: int = setting(20, positive, "recipients one near-duplicate from "
+                                       "unknown senders must reach within campaign_window "
+                                       "for BULK_CAMPAIGN")
+    campaign_window: float | str = setting("1h", duration_problem,
+                                           "the window campaigns are counted in")
+    expire: float | str = setting("90d", duration_problem, "learned hashes not matched for "
+                                  "this long are removed")
+    max_hashes: int = setting(50000, positive, "learned hashes kept (the least recently "
+                              "matched go first)")
+    refresh: float = setting(5.0, positive, "seconds a worker keeps the learned hashes and "
+                             "recent messages before reading them again")
+
+
+@dataclass(frozen=True)
+class LinksSection:
+    """The links check (gateway/checks/links.py)."""
+
+    shorteners: list[str] = setting([], _addresses, "URL shortener domains beside the "
+                                    "shipped rules/shorteners.txt (URL_SHORTENER)")
+
+
 SECTIONS: dict[str, type] = {
     "milter": MilterSection,
     "pipeline": PipelineSection,
@@ -537,6 +627,9 @@ SECTIONS: dict[str, type] = {
     "web": WebSection,
     "digest": DigestSection,
     "identity": IdentitySection,
+    "greylist": GreylistSection,
+    "fuzzy": FuzzySection,
+    "links": LinksSection,
 }
 
 
@@ -561,6 +654,10 @@ class Config:
     web: WebSection = field(default_factory=WebSection)
     digest: DigestSection = field(default_factory=DigestSection)
     identity: IdentitySection = field(default_factory=IdentitySection)
+    greylist: GreylistSection = field(default_factory=GreylistSection)
+    fuzzy: FuzzySection = field(default_factory=FuzzySection)
+    ratelimit: tuple[RateLimitSection, ...] = ()  # [[ratelimit]] tables
+    links: LinksSection = field(default_factory=LinksSection)
     # [check.NAME] tables: a site's own checks' settings, validated against
     # the section each declares once the enabled checks are known
     # (gateway.checks.check_sections).
@@ -577,6 +674,9 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
     errors: list[str] = []
     sections: dict[str, Any] = {}
     for name, table in data.items():
+        if name == "ratelimit":
+            sections[name] = _ratelimits(table, f"{source}: ratelimit", errors)
+            continue
         if name == SITE_SECTION:
             sections[name] = _site_sections(table, f"{source}: {name}", errors)
             continue
@@ -592,6 +692,26 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
     if errors:
         raise ConfigError(errors)
     return Config(source=source, **sections)
+
+
+def _ratelimits(tables: Any, where: str, errors: list[str]) -> tuple[RateLimitSection, ...]:
+    """[[ratelimit]] tables: each needs a name of its own and a rate."""
+    if not isinstance(tables, list):
+        errors.append(f"{where}: expected [[ratelimit]] tables")
+        return ()
+    found: list[RateLimitSection] = []
+    for index, table in enumerate(tables):
+        before = len(errors)
+        limit = load_section(RateLimitSection, table, f"{where}[{index}]", errors)
+        if isinstance(table, dict):
+            for key in ("name", "rate"):
+                if key not in table:
+                    errors.append(f"{where}[{index}].{key}: every limit needs one")
+        if limit.name and limit.name in {f.name for f in found}:
+            errors.append(f"{where}[{index}].name: {limit.name!r} is used twice")
+        if len(errors) == before:
+            found.append(limit)
+    return tuple(found)
 
 
 def _site_sections(table: Any, where: str, errors: list[str]) -> dict[str, dict[str, Any]]:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from gateway.evaluator import Evaluator
 from gateway.logline import log_verdict
@@ -34,6 +34,9 @@ from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.store import QuarantineError
 from gateway.replies import BUSY, REJECTED, STORE_FAILED, TRY_AGAIN, SmtpReply
 from gateway.verdict import TooBusy, Verdict
+
+if TYPE_CHECKING:
+    from gateway.door import Door
 
 log = logging.getLogger("gateway.decider")
 
@@ -62,11 +65,13 @@ class Decision:
 
 class Decider:
     def __init__(self, evaluator: Evaluator, keeper: Keeper | None, threads: int = 16,
-                 observer: Observer | None = None, learner: Learner | None = None):
+                 observer: Observer | None = None, learner: Learner | None = None,
+                 door: Door | None = None):
         self.evaluator = evaluator
         self.keeper = keeper
         self.observer = observer
         self.learner = learner
+        self.door = door  # greylisting and rate limits (gateway.door), when configured
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decide")
 
     def decide(self, envelope: Envelope, raw: RawContent) -> Decision:
@@ -80,7 +85,8 @@ class Decider:
                 verdict = self.evaluator.evaluate(envelope, raw)
             except TooBusy as exc:
                 return self._decided(envelope, raw, _too_busy(envelope, exc), started)
-            if self.keeper is not None and verdict.action in ("quarantine", "reject"):
+            if (self.keeper is not None and verdict.action in ("quarantine", "reject")) or \
+                    (self.door is not None and verdict.greylist):  # the database, on the pool
                 decision = self._on_pool(self._act, verdict, envelope, raw)
             else:
                 decision = self._act(verdict, envelope, raw)
@@ -107,9 +113,15 @@ class Decider:
             self.observer(envelope, decision, seconds)
         if self.learner is not None:
             self.learner.observe(envelope, decision)
+        if self.door is not None:
+            self.door.observed(envelope, decision)
         return decision
 
     def _act(self, verdict: Verdict, envelope: Envelope, raw: RawContent) -> Decision:
+        if self.door is not None and verdict.greylist:  # in the policy's greylist band
+            greylisted = self.door.after_data(envelope, verdict)
+            if greylisted is not None:
+                return Decision(greylisted, "tempfail", greylisted.reply)
         if verdict.action == "reject":
             notes = {}
             if self.keeper is not None and (kept := self.keeper.keep_rejected(envelope, raw,
@@ -146,6 +158,8 @@ class Decider:
         self.evaluator.close()
         if self.learner is not None:
             self.learner.close()
+        if self.door is not None:
+            self.door.close()
         if close_keeper and self.keeper is not None:
             self.keeper.close()
 

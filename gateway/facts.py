@@ -292,3 +292,12 @@ class IdentityFacts(Facts):
     imitation: bool = False  # an impersonation symbol fired: such mail teaches nothing
     known: bool = False  # KNOWN_CORRESPONDENT was given
     history: bool = False  # the correspondent memory was read for this message
+
+
+@dataclass(frozen=True)
+class LinksFacts(Facts):
+    check = "links"
+
+    links: int = 0  # distinct links (a host to go to) in the text, HTML and QR codes
+    qr: Sequence[str] = ()  # what the QR codes of the pictures say
+    pictures: int = 0  # pictures searched for QR codes

@@ -476,6 +476,12 @@ def registrable_domain(host: str) -> str:
     return psl.privatesuffix(host) or host
 
 
+def has_public_suffix(host: str) -> bool:
+    """Whether ``host`` ends in a public suffix that exists (a real top-level
+    domain): "John.Smith" or "e.g" is not a host name."""
+    return _public_suffix_list().privatesuffix(host, accept_unknown=False) is not None
+
+
 def is_public_suffix(domain: str) -> bool:
     """Whether a domain (A-labels) is a public suffix, under which anyone may
     register names: com, co.uk, github.io, and an unlisted top-level domain

@@ -24,6 +24,7 @@ from gateway import mime
 from gateway.config import LimitsSection, PipelineSection
 from gateway.mail import HeaderBlock, parse_header_block
 from gateway.mime import Excess
+from gateway.symbols import Symbol
 
 # Raw messages larger than this spill from memory to a temporary file, so a
 # 25 MB message is held once on disk rather than several times in RAM.
@@ -44,6 +45,9 @@ class Envelope:
     # Postfix macros of interest ({tls_version}, {cipher}, {auth_authen}, ...),
     # stored without braces.
     macros: Mapping[str, str] = field(default_factory=dict)
+    # Found at the SMTP stages before DATA (rate limits, gateway.door), for
+    # the verdict beside the checks' symbols.
+    stage_symbols: tuple[Symbol, ...] = ()
 
     @property
     def sender_domain(self) -> str:

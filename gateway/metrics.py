@@ -181,6 +181,7 @@ class _LiveCollector:
                 log.warning("metrics: cannot read the quarantine: %s", exc)
             yield released
         yield from _database_metrics(node)
+        yield from _door_metrics(node)
         if self.metrics.model_figures is not None:
             figures = GaugeMetricFamily("gateway_model_validation",
                                         "Validation figures of the model in use",
@@ -214,6 +215,32 @@ def _database_metrics(node: str):
                                 labels=["node"])
         age.add_metric([node], max(0.0, time.time() - local.last_contact))
         yield age
+
+
+def _door_metrics(node: str):
+    """Greylisting's and the rate limits' outcomes (gateway.door), since start."""
+    import sys
+
+    from prometheus_client.core import CounterMetricFamily
+
+    door, ratelimit = sys.modules.get("gateway.door"), sys.modules.get("gateway.ratelimit")
+    if door is not None:
+        greylist = CounterMetricFamily(
+            "gateway_greylist", "Greylisting by outcome: greylisted, passed (a retry after "
+            "the delay), known (passed before), exempt, known_sender, clean (not "
+            "suspicious), failopen (no database: let through)", labels=["node", "outcome"])
+        for (kind, outcome), value in sorted(door.counts().items()):
+            if kind == "greylist":
+                greylist.add_metric([node, outcome], value)
+        yield greylist
+    if ratelimit is not None:
+        limits = CounterMetricFamily(
+            "gateway_ratelimit", "Rate limits by limit and outcome: admitted, refused, "
+            "local (counted without the database), and tempfail, quarantine or score for "
+            "mail over the limit", labels=["node", "limit", "outcome"])
+        for (name, outcome), value in sorted(ratelimit.counts().items()):
+            limits.add_metric([node, name, outcome], value)
+        yield limits
 
 
 def _rss_bytes(pid: int) -> float:

@@ -29,6 +29,7 @@ import Milter
 from gateway import authresults
 from gateway.config import Config
 from gateway.decider import Decision
+from gateway.door import Door, Visit
 from gateway.headers import OWN_HEADERS, authentication_results_header, verdict_headers
 from gateway.message import Envelope, RawSpool
 from gateway.replies import FILTER_FAILED, HOLD_IMPOSSIBLE, SmtpReply, smtp_safe
@@ -96,6 +97,7 @@ class GatewayMilter(Milter.Base):
         self.client_name: str | None = None
         self.helo: str | None = None
         self.connect_macros: dict[str, str] = {}
+        self.visit = Visit()  # what greylisting and rate limits found (gateway.door)
         self._reset_message()
 
     def _take_generation(self) -> None:
@@ -166,13 +168,30 @@ class GatewayMilter(Milter.Base):
         self.spool = self._new_spool()  # under this message's configuration
         self.mail_from = mail_from.strip().strip("<>")
         self._collect(MAIL_MACROS, self.macros)
+        self.visit.new_message()
         return Milter.CONTINUE
 
     @Milter.noreply
     @guarded
     def envrcpt(self, rcpt: str, *params: str) -> int:
-        self.rcpt_to.append(rcpt.strip().strip("<>"))
+        recipient = rcpt.strip().strip("<>")
+        door = self._door()
+        # Only when negotiated: an MTA told not to wait for RCPT takes no answer.
+        if door is not None and not self._protocol & Milter.P_NR_RCPT:
+            envelope = Envelope(mail_from=self.mail_from, client_ip=self.client_ip,
+                                client_name=self.client_name, helo=self.helo,
+                                macros=dict(self.macros))
+            reply = door.rcpt(self.visit, envelope, recipient)
+            if reply is not None:  # greylisted or over a rate limit: this recipient only
+                self.reply(reply)
+                return Milter.TEMPFAIL
+        self.rcpt_to.append(recipient)
         return Milter.CONTINUE
+
+    def _door(self) -> Door | None:
+        generation = self.generation or self.runtime.service.current
+        door = generation.decider.door
+        return door if door is not None and door.answers_rcpt else None
 
     @Milter.noreply
     @Milter.decode("bytes")
@@ -220,6 +239,7 @@ class GatewayMilter(Milter.Base):
             helo=self.helo,
             queue_id=self.queue_id,
             macros=dict(self.macros),
+            stage_symbols=tuple(self.visit.symbols),
         )
         raw = self.spool.freeze()
         if self.generation is None:  # end of message without MAIL FROM
@@ -265,6 +285,10 @@ class GatewayMilter(Milter.Base):
         sender learns of it. Each gap is logged once per process.
         """
         answer = super().negotiate(opts)
+        if answer == Milter.CONTINUE and self._door() is not None:
+            # Greylisting and rate limits answer at RCPT: the MTA must wait.
+            self._protocol &= ~Milter.P_NR_RCPT
+            opts[1] = self._protocol
         missing = [name for name, flag in CAPABILITIES.items() if not self._actions & flag]
         if missing:
             _log_missing_once(missing)

@@ -53,6 +53,7 @@ class _Effective:
     quarantine: float
     reject: float
     scores: Mapping[str, float]
+    greylist: float | None
     force: Mapping[str, str]
     subject_tag: str
 
@@ -122,6 +123,7 @@ class Policy:
             return effective
         rules = self.rules
         thresholds: dict[str, float | None] = {"add_header": rules.add_header,
+                                               "greylist": rules.greylist,
                                                "quarantine": rules.quarantine,
                                                "reject": rules.reject}
         scores, tag = dict(rules.scores), rules.subject_tag
@@ -138,7 +140,7 @@ class Policy:
             name=chain[-1] if chain else "", add_header=thresholds["add_header"],
             quarantine=float(thresholds["quarantine"] or 0.0),
             reject=float(thresholds["reject"] or 0.0),
-            scores=scores, force=force, subject_tag=tag)
+            scores=scores, force=force, subject_tag=tag, greylist=thresholds["greylist"])
         with self._lock:
             self._effective[chain] = effective
         return effective
@@ -186,6 +188,8 @@ class Policy:
             check_millis=result.check_millis,
             facts=dict(result.facts),
             subject_tag=rules.subject_tag if action == "add_header" else "",
+            greylist=not forced and rules.greylist is not None
+            and rules.greylist <= score < rules.quarantine,
         )
 
 
@@ -202,6 +206,8 @@ class Judge:
         self.authserv_id = config.auth.server_id()
 
     def verdict(self, result: PipelineResult, envelope: Envelope) -> Verdict:
+        if envelope.stage_symbols:  # found at RCPT (gateway.door): scored like the rest
+            result = replace(result, symbols=(*result.symbols, *envelope.stage_symbols))
         verdict = self.policy.decide(result, reference=envelope.queue_id,
                                      recipients=envelope.rcpt_to)
         header = authresults.build(self.authserv_id, verdict.facts)

@@ -41,8 +41,10 @@ REGISTRY: tuple[Builtin, ...] = (
     Builtin("tls", "gateway.checks.tls:TlsCheck"),
     Builtin("dnsbl", "gateway.checks.dnsbl:DnsblCheck"),
     Builtin("bayes", "gateway.checks.bayes:BayesCheck", "classifier"),
+    Builtin("fuzzy", "gateway.checks.fuzzy:FuzzyCheck", "fuzzy"),
     Builtin("clamav", "gateway.checks.clamav:ClamavCheck", "clamav"),
     Builtin("identity", "gateway.checks.identity:IdentityCheck", "identity"),
+    Builtin("links", "gateway.checks.links:LinksCheck", "links"),
 )
 
 # name -> "module:Class"

@@ -4,6 +4,8 @@ Rules files (``rules/default.toml`` and the admin's own, later files
 overriding earlier ones, key by key) hold:
 
     [thresholds]  add_header = 4.0, quarantine = 6.0, reject = 15.0
+                  (greylist = 5.0: a band below quarantine greylisted after DATA
+                  when [greylist] is enabled, gateway.greylist)
     [add_header]  subject_tag = "[SPAM]"  (put before the Subject of mail delivered
                                            as add_header; "" = leave it)
     [scores]      SYMBOL = 2.5          (replaces the check's own score)
@@ -126,6 +128,7 @@ class Ruleset(_CrossesProcesses):
     release: Mapping[str, str] = field(default_factory=dict)
     # None: no add_header tier (mail below quarantine is accepted).
     add_header: float | None = None
+    greylist: float | None = None  # None: no greylist band
     subject_tag: str = ""
     # Symbols a rules file says are not forced (undoing a check's own force).
     unforced: frozenset[str] = frozenset()
@@ -232,6 +235,7 @@ def load_rules(paths: Iterable[str | Path], known: Mapping[str, str] | None = No
         quarantine=float(thresholds["quarantine"] or 0.0),
         reject=float(thresholds["reject"] or 0.0),
         add_header=thresholds["add_header"],
+        greylist=thresholds.get("greylist"),
         subject_tag=built.subject_tag,
         scores=MappingProxyType(built.scores),
         force=MappingProxyType(built.force),  # type: ignore[arg-type]
@@ -306,7 +310,7 @@ def _merge_thresholds(table: Any, where: str, into: dict[str, float | None],
     if not isinstance(table, Mapping):
         errors.append(f"{where}: expected a table")
         return
-    keys = dict.fromkeys(known or ("add_header", "quarantine", "reject"))
+    keys = dict.fromkeys(known or ("add_header", "greylist", "quarantine", "reject"))
     for key, value in table.items():
         if key not in keys:
             errors.append(f"{where}.{key}: unknown key{suggest_key(key, keys)}")
@@ -321,10 +325,12 @@ def _clamp_add_header(thresholds: dict[str, float | None], set_at: Mapping[str, 
     set add_header itself (one written before the add_header tier) leaves no
     add_header tier: mail below the quarantine is accepted, as before. An
     add_header set at or after it must fit below it (checked next)."""
-    add_header, quarantine = thresholds["add_header"], thresholds["quarantine"]
-    if add_header is not None and quarantine is not None and add_header > quarantine and \
-            set_at.get("add_header", -1) < set_at.get("quarantine", -1):
-        thresholds["add_header"] = quarantine
+    quarantine = thresholds["quarantine"]
+    for tier in ("add_header", "greylist"):  # the greylist band the same way
+        below = thresholds.get(tier)
+        if below is not None and quarantine is not None and below > quarantine and \
+                set_at.get(tier, -1) < set_at.get("quarantine", -1):
+            thresholds[tier] = quarantine
 
 
 def _check_thresholds(where: str, thresholds: Mapping[str, float | None],
@@ -337,6 +343,10 @@ def _check_thresholds(where: str, thresholds: Mapping[str, float | None],
     if add_header is not None and add_header > quarantine:
         errors.append(f"{where}: add_header ({add_header}) must not be above quarantine "
                       f"({quarantine}); make it equal to quarantine for no add_header tier")
+    greylist = thresholds.get("greylist")
+    if greylist is not None and greylist > quarantine:
+        errors.append(f"{where}: greylist ({greylist}) must not be above quarantine "
+                      f"({quarantine}); make it equal to quarantine for no greylist band")
 
 
 def _subject_tag(table: Any, where: str, errors: list[str]) -> str | None:
@@ -594,7 +604,7 @@ def _overlays(built: _Builder) -> dict[str, Overlay]:
     for key, overlay in list(overlays.items()):
         chain = [overlays[d] for d in overlay_chain(key, overlays)]
         thresholds = dict(built.thresholds)
-        set_at = {"add_header": 0, "quarantine": 0}
+        set_at = {"add_header": 0, "greylist": 0, "quarantine": 0}
         for place, part in enumerate(chain, 1):
             thresholds.update(part.thresholds)
             set_at.update(dict.fromkeys(part.thresholds, place))
@@ -605,7 +615,9 @@ def _overlays(built: _Builder) -> dict[str, Overlay]:
                           built.errors)
         # The add_header that holds for this recipient key, clamped or not.
         overlays[key] = replace(overlay, thresholds=MappingProxyType(
-            {**overlay.thresholds, "add_header": thresholds["add_header"]}))
+            {**overlay.thresholds, "add_header": thresholds["add_header"],
+             **({"greylist": thresholds["greylist"]} if thresholds.get("greylist") is not None
+                else {})}))
     return overlays
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from gateway.config import Config, load_config
 from gateway.decider import Decider, Observer
+from gateway.door import build_door
 from gateway.evaluator import Evaluator, build_evaluator
 from gateway.logs import setup_logging
 from gateway.pipeline import check_classes
@@ -115,7 +116,8 @@ def build_generation(config: Config, number: int, keeper: Keeper | None = None,
         keeper.start_purging()
     from gateway.correspondents import learner_for
 
-    decider = Decider(evaluator, keeper, config.milter.threads, observer, learner_for(config))
+    decider = Decider(evaluator, keeper, config.milter.threads, observer, learner_for(config),
+                      door=build_door(config, ruleset=ruleset))
     return Generation(config, ruleset, evaluator, decider, keeper, number), problems
 
 

@@ -13,6 +13,14 @@ SYMBOL_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 PIPELINE_SYMBOLS: dict[str, str] = {
     "BUDGET_EXCEEDED": "the checks of this message did not finish within [pipeline] budget",
 }
+# Symbols of the SMTP stages, decided outside the checks (gateway.door):
+# greylisting at RCPT and after DATA, rate limits at RCPT.
+STAGE_SYMBOLS: dict[str, str] = {
+    "GREYLISTED": "asked to retry later: a first attempt from a sender not seen before "
+                  "([greylist])",
+    "RATELIMITED": "over a [[ratelimit]] limit whose action is score",
+    "RATELIMITED_QUARANTINE": "over a [[ratelimit]] limit whose action is quarantine",
+}
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,9 @@ class Verdict:
     # has the message).
     subject_tag: str = ""
     tagged_subject: str | None = None
+    # The score is in the greylist band (from [thresholds] greylist, below
+    # quarantine): the milter asks the sender to retry, with [greylist] on.
+    greylist: bool = False
 
     @property
     def is_spam(self) -> bool:

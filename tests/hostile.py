@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import base64
 import random
+import struct
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -42,7 +44,7 @@ CRLF = "\r\n"
 LIMIT_SYMBOLS = frozenset({
     "MIME_TOO_DEEP", "MIME_TOO_MANY_PARTS", "MIME_TOO_MANY_PARAMETERS", "HEADERS_TOO_MANY",
     "HEADER_TOO_LONG", "TOO_MANY_ENCODED_WORDS", "ADDRESS_UNPARSEABLE", "URLS_TOO_MANY",
-    "TEXT_TRUNCATED",
+    "TEXT_TRUNCATED", "QR_SCAN_LIMIT",
 })
 
 BODY = "Please wire the 48,000 EUR payment to the new account today.\r\nThanks\r\n"
@@ -648,6 +650,77 @@ def text_digits(size: int = 200_000) -> bytes:
 def text_huge(size: int = 3_000_000) -> bytes:
     """3 MB of text in one part"""
     return message("word " * (size // 5), tag="text-huge")
+
+
+@hostile()
+def html_url_places(count: int = 20_000) -> bytes:
+    """20,000 srcset candidates, CSS url( without ')', meta refreshes and <base>s"""
+    markup = ('<img srcset="' + "a.png 1x," * count + '">'
+              + "<style>" + "url( " * count + "</style>"
+              + '<meta http-equiv="refresh" content="' + "0;" * count + '">'
+              + '<base href="https://x.test/">' * 1000 + "<p>wire it</p>")
+    return html_message(markup, "html-url-places")
+
+
+@hostile("TEXT_TRUNCATED")
+def html_formatting(size: int = 2_000_000) -> bytes:
+    """2 MB of '<b x=N>t' (an HTML5 tree builder's active formatting elements)"""
+    return html_message("".join(f"<b x={i}>t" for i in range(size // 10)), "html-formatting")
+
+
+@hostile("TEXT_TRUNCATED")
+def html_one_tag_many_attributes(size: int = 2_000_000) -> bytes:
+    """one tag with 2 MB of attributes"""
+    return html_message("<a " + " ".join(f"<x{i}" for i in range(size // 8)) + ">wire it",
+                        "html-many-attributes")
+
+
+@hostile("URLS_TOO_MANY")
+def html_nested_links(depth: int = 20_000) -> bytes:
+    """20,000 links opened inside each other, each with text"""
+    return html_message('<a href="https://a.test/">www.paypal.com/x ' * depth, "html-nested-links")
+
+
+# -- pictures ------------------------------------------------------------------------------
+
+
+def picture_message(pictures: list[tuple[str, bytes]], tag: str) -> bytes:
+    boundary = "hostile-pictures"
+    parts = "".join(
+        f"--{boundary}\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n"
+        f"Content-Disposition: attachment; filename=\"{name}\"\r\n\r\n"
+        + base64.encodebytes(data).decode().replace("\n", "\r\n") + "\r\n"
+        for name, data in pictures)
+    return head(tag=tag, extra=f'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; '
+                f'boundary="{boundary}"\r\n') + (
+        f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n{BODY}\r\n{parts}"
+        f"--{boundary}--\r\n").encode()
+
+
+def png(width: int, height: int, data: bytes) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` (grey, 8 bits)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
+                                                                8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(data)) + chunk(b"IEND", b""))
+
+
+@hostile("QR_SCAN_LIMIT")
+def picture_bomb() -> bytes:
+    """a 1 KB PNG declaring 100,000 x 100,000 pixels"""
+    return picture_message([("bomb.png", png(100_000, 100_000, b"\0" * 100_000))],
+                           "picture-bomb")
+
+
+@hostile("QR_SCAN_LIMIT")
+def pictures_many(count: int = 300) -> bytes:
+    """300 small pictures, every other one broken"""
+    pictures = [(f"p{i}.png", png(64, 64, bytes(65 * 64)) if i % 2 else png(64, 64, b"x"))
+                for i in range(count)]
+    return picture_message(pictures, "pictures-many")
 
 
 # -- DKIM and ARC -------------------------------------------------------------------------

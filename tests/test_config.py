@@ -19,7 +19,8 @@ def test_embedded_defaults_need_no_file():
     assert config.policy.rules == [str(DEFAULT_RULES)]
     assert config.pipeline.checks == ["limits", "headers", "size", "lists", "rules",
                                       "attachments", "spf", "dkim", "arc", "dmarc", "sender",
-                                      "iprev", "tls", "dnsbl", "bayes", "clamav", "identity"]
+                                      "iprev", "tls", "dnsbl", "bayes", "fuzzy", "clamav",
+                                      "identity", "links"]
 
 
 def test_bad_socket_is_one_clear_line():

@@ -91,7 +91,7 @@ def test_a_command_that_needs_a_missing_extra_says_which(tmp_path: Path, args, l
 # -- gateway init ------------------------------------------------------------------------
 
 
-KEY_LINE = re.compile(r"^#?([a-z_]+) = (.*)$")
+KEY_LINE = re.compile(r"^#?([a-z][a-z0-9_]*) = (.*)$")
 
 
 def written_keys(text: str) -> dict[str, dict[str, str]]:

@@ -13,13 +13,14 @@ import pytest
 
 from gateway.checks import CheckContext
 from gateway.checks.rules import RulesCheck
-from gateway.checks.view import parse_link, view_of
+from gateway.checks.view import view_of
 from gateway.config import Config, PipelineSection, PolicySection
 from gateway.evaluator import LocalEvaluator
 from gateway.message import Envelope, Message, RawContent
 from gateway.paths import DEFAULT_RULES
 from gateway.ruleset import load_rules
 from gateway.schema import ConfigError
+from gateway.urls import parse_link
 from gateway.workers import WorkerPool
 from tests.helpers import fixture_message, wait_until
 
@@ -291,7 +292,7 @@ def test_the_view_reads_links_from_text_and_html_within_the_limits():
     assert [(link.host, link.domain, link.path) for link in view.links] == [
         ("shop.example.co.uk", "example.co.uk", "/cart?a=1"),
         ("2001:db8::1", "2001:db8::1", "/p.png"),
-        ("www.plain.example", "plain.example", ""),
+        ("www.plain.example", "plain.example", "/"),  # as a browser reads it
     ]
     assert parse_link("javascript:alert(1)") is None
 

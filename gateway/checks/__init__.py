@@ -28,7 +28,13 @@ from gateway.message import Message
 from gateway.registry import BUILTIN, SITE_SECTION
 from gateway.ruleset import Ruleset, load_rules
 from gateway.schema import load_section
-from gateway.symbols import PIPELINE_SYMBOLS, Report, Symbol, failure_symbol_name
+from gateway.symbols import (
+    PIPELINE_SYMBOLS,
+    STAGE_SYMBOLS,
+    Report,
+    Symbol,
+    failure_symbol_name,
+)
 
 __all__ = ["BUILTIN", "Check", "CheckContext", "UnknownCheck", "catalog", "check_sections",
            "resolve_check"]
@@ -141,7 +147,7 @@ def resolve_check(spec: str) -> type[Check]:
 def catalog(check_classes: Iterable[type[Check]]) -> dict[str, str]:
     """Every symbol the given checks can emit, failure symbols included, and
     the pipeline's own."""
-    symbols: dict[str, str] = dict(PIPELINE_SYMBOLS)
+    symbols: dict[str, str] = {**PIPELINE_SYMBOLS, **STAGE_SYMBOLS}
     for cls in check_classes:
         symbols.update(cls.catalog())
     return symbols

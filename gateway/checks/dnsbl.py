@@ -14,7 +14,9 @@ terms of use, and some need a key or your own mirror)::
 - the query is the client IP's octets reversed (IPv6: its nibbles), or the
   domain (its registrable domain unless ``registrable = false``) in front
   of the zone; ``url_host`` asks for every host linked from the text and
-  HTML parts (at most ``max_hosts``, 20 by default; an IP host reversed);
+  HTML parts, attached web pages and the QR codes of pictures (the links
+  of :mod:`gateway.urls`, the same the links check judges; at most
+  ``max_hosts``, 20 by default; an IP host reversed);
 - an answer in ``codes`` (an address, or a network) scores that; other
   answers in 127.0.0.0/8 are listed with score 0, so the symbol still says
   it; where several codes map to one symbol it gets the highest score;

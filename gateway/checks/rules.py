@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.checks import Check, CheckContext
-from gateway.checks.view import Link, MessageView, Part, view_of
+from gateway.checks.view import MessageView, Part, view_of
 from gateway.config import Config
 from gateway.facts import RulesFacts
 from gateway.mail import decoded_header, parse_mailboxes
@@ -61,6 +61,7 @@ from gateway.message import Message
 from gateway.ruleset import Ruleset
 from gateway.schema import ConfigError, suggest_key
 from gateway.symbols import Report, Symbol
+from gateway.urls import Link
 
 log = logging.getLogger("gateway.checks.rules")
 

@@ -1,32 +1,39 @@
 """What the content checks read of a message, taken once per message.
 
-The rules, DNS blocklist and attachment checks all want the same things:
-the decoded text of the text parts, the URLs in them, the leaf parts with
-their types and file names. :func:`view_of` builds them once from the
-message's bounded parse (:attr:`gateway.message.Message.email`, within
-``[limits]``) with the classifier's own bounded helpers
-(:mod:`gateway.classifier.features`: the linear HTML stripper, the URL
-patterns), and keeps the result for as long as the message lives, so a
-second check does not parse again.
+The rules, DNS blocklist, attachment and links checks all want the same
+things: the decoded text of the text parts, the URLs in them and in the
+QR codes of the pictures, the leaf parts with their types and file names.
+:func:`view_of` builds them once from the message's bounded parse
+(:attr:`gateway.message.Message.email`, within ``[limits]``), with the
+classifier's linear HTML stripper for the text (:mod:`gateway.classifier.
+features`) and the one URL extractor (:mod:`gateway.urls`, QR codes by
+:mod:`gateway.qr`), and keeps the result for as long as the message lives,
+so a second check does not parse again.
 
 Everything here is bounded: the text by ``[limits] text_bytes`` (across
 parts), the URLs by ``[limits] urls``, the parts by the parser's
-``mime_parts``. Nothing here raises on content.
+``mime_parts``, the pictures by ``images``, ``image_bytes``,
+``image_pixels`` and ``image_seconds``. Nothing here raises on content.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
-import ipaddress
+import itertools
 import threading
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message as EmailMessage
 
-from gateway.classifier.features import HREF, URL, part_text, strip_html
+from gateway import qr
+from gateway.classifier.features import part_text, strip_html
 from gateway.config import LimitsSection
-from gateway.mail import decoded_header, registrable_domain
+from gateway.mail import decode_bytes, decoded_header
 from gateway.message import Message
+from gateway.urls import FoundUrl, Link, html_urls, parse_link, text_urls
 
 # A file name longer than this is cut (a name is for people; the end of a
 # long one still shows its extension, so the cut keeps both ends).
@@ -46,15 +53,6 @@ class TextPart:
     @functools.cached_property
     def text_utf8(self) -> bytes:
         return self.text.encode("utf-8", "replace")
-
-
-@dataclass(frozen=True)
-class Link:
-    url: str  # as found, lower-cased scheme and host
-    host: str  # without user-info, port or final dot; "" when there is none
-    domain: str  # registrable domain of the host (the host itself for an IP)
-    path: str  # everything after the host
-    ip: bool = False
 
 
 @dataclass
@@ -108,52 +106,120 @@ class MessageView:
 
     @property
     def texts(self) -> list[TextPart]:
-        return self._read[0]
+        return self._read.texts
 
-    @property
+    @functools.cached_property
+    def found(self) -> list[FoundUrl]:
+        """Every URL as the message has it, in order, with where it was
+        (text, an HTML attribute, a QR code) and a link's visible text:
+        at most [limits] urls from the text, and those of the QR codes."""
+        return self._read.found + [FoundUrl(code.text, "qr", code.image)
+                                   for code in self.qr_scan.codes]
+
+    @functools.cached_property
     def links(self) -> list[Link]:
-        return self._read[1]
+        """The distinct links of :attr:`found`, parsed (those with a host)."""
+        return list(dict.fromkeys(link for found in self.found
+                                  if (link := parse_link(found.url)) is not None))
 
     @property
     def urls_seen(self) -> int:
-        """URLs found, the ones past [limits] urls included."""
-        return self._read[2]
+        """URLs found in the text, the ones past [limits] urls included."""
+        return self._read.seen
 
     @property
     def text_truncated(self) -> bool:
-        return self._read[3]
+        return self._read.truncated
 
     @functools.cached_property
-    def _read(self) -> tuple[list[TextPart], list[Link], int, bool]:
+    def _read(self) -> _Read:
         limits = self._limits
-        texts: list[TextPart] = []
-        found: list[str] = []
-        seen = 0
+        read = _Read()
         room = limits.text_bytes
-        truncated = False
         for leaf in self.parts:
             if not leaf.is_text:
                 continue
             if room <= 0:
-                truncated = True
+                read.truncated = True
                 continue
             assert leaf._part is not None
             raw = part_text(leaf._part)
             if len(raw) > room:
-                raw, truncated = raw[:room], True
+                raw, read.truncated = raw[:room], True
             room -= len(raw)
+            urls: list[FoundUrl] = []
             if leaf.content_type == "text/html":
                 text = strip_html(raw)
-                urls = [m.group(1) for m in HREF.finditer(raw)]
+                extracted = html_urls(raw)
+                urls += extracted.found
+                read.inline_images += extracted.images
             else:
-                text, urls = raw, []
-            urls += [m.group(0) for m in URL.finditer(text)]
-            seen += len(urls)
-            found.extend(urls[:max(limits.urls - len(found), 0)])
-            texts.append(TextPart(leaf.content_type, raw, text))
-        links = list(dict.fromkeys(link for url in found
-                                   if (link := parse_link(url)) is not None))
-        return texts, links, seen, truncated
+                text = raw
+            urls += text_urls(text)
+            read.keep(urls, limits.urls)
+            read.texts.append(TextPart(leaf.content_type, raw, text))
+        for leaf in self.parts:
+            # An attached web page (or SVG picture) is opened in a browser by a
+            # click: its links and forms are the message's too. In what is
+            # left of the text budget, after the text parts.
+            if leaf.is_text or not _is_web_page(leaf):
+                continue
+            if room <= 0:
+                read.truncated = True
+                continue
+            charset = leaf._part.get_content_charset() if leaf._part is not None else None
+            page = decode_bytes(leaf.payload()[:room * 4], charset)[:room]
+            room -= len(page)
+            extracted = html_urls(page)
+            read.keep(extracted.found, limits.urls)
+            read.inline_images += extracted.images
+        return read
+
+    @functools.cached_property
+    def qr_scan(self) -> qr.Scan:
+        """The QR codes of the pictures: attached or inline parts that are
+        pictures by their first bytes (whatever their declared type or
+        name), and data: pictures in the HTML."""
+        pictures = ((part.filename or f"part {part.index} ({part.content_type})", data)
+                    for part in self.parts
+                    if not part.is_text and qr.is_image(data := part.payload()))
+        return qr.scan(itertools.chain(pictures, _data_pictures(self._read.inline_images)),
+                       self._limits)
+
+
+@dataclass
+class _Read:
+    texts: list[TextPart] = field(default_factory=list)
+    found: list[FoundUrl] = field(default_factory=list)
+    inline_images: list[tuple[str, str]] = field(default_factory=list)
+    seen: int = 0
+    truncated: bool = False
+
+    def keep(self, urls: list[FoundUrl], limit: int) -> None:
+        """Count ``urls`` and keep them up to ``limit`` in all."""
+        self.seen += len(urls)
+        self.found.extend(urls[:max(limit - len(self.found), 0)])
+
+
+WEB_PAGE_TYPES = frozenset({"text/html", "application/xhtml+xml", "image/svg+xml"})
+WEB_PAGE_NAMES = (".htm", ".html", ".shtml", ".xhtml", ".svg")
+
+
+def _is_web_page(part: Part) -> bool:
+    return part.content_type in WEB_PAGE_TYPES or \
+        part.filename.lower().rstrip(". ").endswith(WEB_PAGE_NAMES)
+
+
+def _data_pictures(images: list[tuple[str, str]]) -> Iterator[tuple[str, bytes]]:
+    """The bytes of data: pictures (base64 only: what a picture needs)."""
+    for name, url in images:
+        head, _, payload = url.partition(",")
+        if not head.lower().endswith(";base64"):
+            continue
+        try:
+            yield name, base64.b64decode("".join(payload.split()), validate=False)
+        except (ValueError, binascii.Error):
+            continue
 
 
 _views: weakref.WeakKeyDictionary[Message, MessageView] = weakref.WeakKeyDictionary()
@@ -169,31 +235,6 @@ def view_of(message: Message) -> MessageView:
         with _lock:
             view = _views.setdefault(message, made)
     return view
-
-
-def parse_link(url: str) -> Link | None:
-    """A URL's host, registrable domain and path; None for what has no host
-    (mailto:, fragments, relative links)."""
-    text = url.strip().strip("'\"<>").lower()
-    if text.startswith("www."):
-        text = "http://" + text
-    scheme, sep, rest = text.partition("://")
-    if not sep or scheme not in ("http", "https", "ftp"):
-        return None
-    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
-              default=len(rest))
-    authority, path = rest[:end], rest[end:][:1000]
-    host = authority.rpartition("@")[2]
-    # [IPv6]:port, or host:port
-    host = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
-    host = host.strip(".")
-    if not host or len(host) > 253:
-        return None
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return Link(text[:2000], host, registrable_domain(host), path)
-    return Link(text[:2000], host, host, path, ip=True)
 
 
 def file_name(part: EmailMessage, encoded_words: int = 200) -> str:

@@ -104,6 +104,9 @@ class TrainingSet:
                         "action": f"learned-{label}", "detail": note or "gateway learn"})
         except SQLAlchemyError as exc:
             raise TrainingSetError(f"cannot store the label: {_first_line(exc)}") from None
+        from gateway.checks.fuzzy import learn_quietly  # the fuzzy check's hashes too
+
+        learn_quietly(self.engine, raw, label, source)
         return outcome
 
     def forget(self, key_or_id: str) -> bool:

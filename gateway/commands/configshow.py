@@ -26,6 +26,9 @@ def render(config: Config) -> str:
     for check in check_classes(config, []):
         if check.section is not None:
             lines += _section(f"{SITE_SECTION}.{check.name}", check.options_of(config, []))
+    for limit in config.ratelimit:  # [[ratelimit]] tables, as given
+        lines.append("\n[[ratelimit]]")
+        lines += [f"{f.name} = {_toml(getattr(limit, f.name))}" for f in dataclasses.fields(limit)]
     return "\n".join(lines)
 
 

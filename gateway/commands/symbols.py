@@ -10,7 +10,7 @@ from typing import Any
 from gateway.checks import BUILTIN, Check, resolve_check
 from gateway.commands.common import config_from
 from gateway.ruleset import load_rules
-from gateway.symbols import PIPELINE_SYMBOLS
+from gateway.symbols import PIPELINE_SYMBOLS, STAGE_SYMBOLS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,9 +43,11 @@ def main(args: argparse.Namespace) -> int:
             rows.append({"check": "rules", "name": name, "score": rules.scores.get(name, 0.0),
                          "force": rules.force.get(name), "description": description,
                          "enabled": True})
-    for name, description in PIPELINE_SYMBOLS.items():
+    stages = [("pipeline", name, text) for name, text in PIPELINE_SYMBOLS.items()]
+    stages += [("smtp", name, text) for name, text in STAGE_SYMBOLS.items()]
+    for check_name, name, description in stages:
         if name not in listed:
-            rows.append({"check": "pipeline", "name": name,
+            rows.append({"check": check_name, "name": name,
                          "score": rules.scores.get(name, 0.0), "force": rules.force.get(name),
                          "description": description, "enabled": True})
     if args.json:

@@ -104,6 +104,10 @@ def release(store: QuarantineStore, identifier: str, smtp: str, who: str,
         store.mark_released(record.id, accepted, queue_id, who, detail, reason)
     except QuarantineError as exc:  # sent, but not recorded: say so loudly
         raise ReleaseError(f"{record.id}: released but not recorded: {exc}") from None
+    if accepted:  # released mail is ham to the fuzzy check: its look is retired from spam
+        from gateway.checks.fuzzy import learn_quietly
+
+        learn_quietly(store.engine, raw, "ham", f"released:{record.id}")
     return Released(record.id, accepted, queue_id, refused)
 
 

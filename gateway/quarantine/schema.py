@@ -399,3 +399,82 @@ correspondent_cursor = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
     Column("event", Integer, nullable=False),                 # last events.id applied
 )
+
+# Bulk mail at the door (migration 0009_bulk). Greylisting's triplets: the
+# client's network or SPF-authorised domain, the normalised envelope sender,
+# the recipient. Pending until passed (a retry after [greylist] delay), then
+# let through until expires (renewed by each message).
+greylist = Table(
+    "greylist", metadata,
+    Column("client", String(255), primary_key=True),          # net:198.51.100.0/24, spf:d
+    Column("sender", String(320), primary_key=True),
+    Column("recipient", String(320), primary_key=True),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Column("passed", DateTime(timezone=True)),                # None while pending
+    Column("expires", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False),              # 4xx answers given
+    Column("messages", Integer, nullable=False),              # let through since it passed
+    Column("client_ip", String(64)),                          # the last one seen
+    Column("reason", Text, nullable=False),                   # why it was greylisted
+    Column("node", String(255), nullable=False),              # the node that saw it first
+    Index("ix_greylist_expires", "expires"),
+)
+
+# Rate limits' token buckets ([[ratelimit]]): tokens left at ``updated``;
+# nodes take tokens in small leases (gateway.ratelimit).
+rate_buckets = Table(
+    "rate_buckets", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("key", String(320), primary_key=True),
+    Column("level", Float, nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+    Column("taken", Integer, nullable=False),                 # tokens leased out in all
+    Column("refused", Integer, nullable=False),               # messages refused
+    Column("last_refused", DateTime(timezone=True)),
+    Index("ix_rate_buckets_updated", "updated"),
+)
+
+# Senders with a DKIM-authenticated history: a registrable domain whose
+# aligned-DKIM mail was accepted, and the client networks it came from.
+sender_history = Table(
+    "sender_history", metadata,
+    Column("domain", String(255), primary_key=True),
+    Column("net", String(64), primary_key=True),
+    Column("accepted", Integer, nullable=False),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Index("ix_sender_history_last_seen", "last_seen"),
+)
+
+# Fuzzy hashes of labelled mail (the fuzzy check): spam learned from
+# analysts' labels, accepted feedback and gateway learn; ham from releases.
+# A spam hash matched by ham is retired.
+fuzzy_hashes = Table(
+    "fuzzy_hashes", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),               # text, html, exact
+    Column("digest", String(80), nullable=False),
+    Column("label", String(8), nullable=False),               # spam, ham
+    Column("source", Text, nullable=False),                   # where the label came from
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("last_hit", DateTime(timezone=True)),
+    Column("hits", Integer, nullable=False),
+    Column("retired", DateTime(timezone=True)),               # matched by ham: off
+    UniqueConstraint("kind", "digest", "label", name="uq_fuzzy_hashes_kind_digest_label"),
+    Index("ix_fuzzy_hashes_created", "created"),
+)
+
+# Recent messages' hashes, for campaigns: one near-duplicate reaching many
+# recipients within [fuzzy] campaign_window, whichever node saw each copy.
+fuzzy_seen = Table(
+    "fuzzy_seen", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("digest", String(80), nullable=False),
+    Column("recipients", Integer, nullable=False),
+    Column("sender", String(255), nullable=False),            # the sender's domain
+    Column("seen", DateTime(timezone=True), nullable=False),
+    Column("node", String(255), nullable=False),
+    Index("ix_fuzzy_seen_seen", "seen"),
+)

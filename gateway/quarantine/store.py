@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import email.message
+import functools
 import hashlib
 import json
 import logging
@@ -693,9 +694,13 @@ def migrate(engine: Engine) -> None:
         command.upgrade(settings, "head")
 
 
+@functools.cache
 def schema_head() -> str:
-    """The newest migration this gateway knows (what the node registry shows)."""
-    return max(p.stem.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("0*.py"))
+    """The newest migration this gateway knows, as the database records it
+    (alembic_version): what the node registry and ``gateway nodes`` show."""
+    from alembic.script import ScriptDirectory
+
+    return str(ScriptDirectory(str(MIGRATIONS)).get_current_head())
 
 
 def make_engine(url: str, pool_size: int = 10, connect_timeout: float | None = None) -> Engine:

@@ -568,6 +568,34 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
         _admin()
         return render_template("lists.html", lists=config.lists, source=config.source)
 
+    # -- greylisting: pending triplets, passed at once (gateway.greylist) -----------------
+
+    @app.get("/greylist")
+    def greylist_page():
+        from gateway.greylist import GreylistStore
+
+        query = request.args.get("q", "").strip()[:200]
+        entries = GreylistStore(store.engine, config.greylist, store.node).entries(
+            pending_only=True, match=query, limit=200)
+        return render_template("greylist.html", entries=entries, query=query,
+                               enabled=config.greylist.enabled)
+
+    @app.post("/greylist/pass")
+    def greylist_pass():
+        from gateway.greylist import GreylistStore, Triplet
+
+        me = g.session.user
+        triplet = Triplet(request.form.get("client", "")[:255],
+                          request.form.get("sender", "")[:320],
+                          request.form.get("recipient", "")[:320])
+        passed = GreylistStore(store.engine, config.greylist, store.node).pass_now([triplet])
+        if passed:
+            console.log(me.name, "greylist-pass", triplet.describe(), "", _address())
+            flash(f"passed: {triplet.describe()}; the sender's next retry is accepted", "ok")
+        else:
+            flash("that triplet is no longer pending", "error")
+        return redirect(url_for("greylist_page"))
+
     @app.get("/admin/audit")
     def audit_page():
         _admin()

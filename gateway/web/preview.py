@@ -8,7 +8,9 @@ the text body is text; the HTML body is only ever shown after
 frame under a Content-Security-Policy that forbids scripts and any load from
 elsewhere; attachments are listed — name, declared type, the type their
 first bytes show, size, SHA-256 — and offered for download, never rendered;
-URLs are listed as text, not as links.
+URLs are listed as text, not as links: each with the text a reader sees
+for it and where it really goes, marked where the links check finds a
+trick.
 
 The message is read the way the milter's checks read it: the bounded MIME
 parser (``[limits]``) and the checks' view of it
@@ -26,8 +28,8 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
+from gateway.checks.links import JudgedLink, judged_links
 from gateway.checks.view import MessageView, TextPart
-from gateway.classifier.features import HREF, URL
 from gateway.config import LimitsSection
 from gateway.mail import decoded_header
 from gateway.mime import parse_bytes
@@ -89,6 +91,9 @@ class Preview:
     html_bytes: int = HTML_BYTES
     attachments: list[Attachment] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
+    # Each URL with the text it shows and where it goes, marked by the links
+    # check (gateway.checks.links): what the page lists side by side.
+    links: list[JudgedLink] = field(default_factory=list)
 
 
 def analyse(raw: bytes, limits: LimitsSection = DEFAULT_LIMITS,
@@ -107,14 +112,10 @@ def analyse(raw: bytes, limits: LimitsSection = DEFAULT_LIMITS,
             decoded_header(value, limits.encoded_words).split())))
     texts = iter(view.texts)  # the inline text parts, in order, as the checks read them
     shown: dict[str, TextPart] = {}
-    urls: list[str] = []
     for index, part in enumerate(view.parts):
         text_part = next(texts, None) if part.is_text else None
         if text_part is not None and text_part.content_type not in shown:
             shown[text_part.content_type] = text_part
-            if text_part.content_type == "text/html":
-                urls += [m.group(1) for m in HREF.finditer(text_part.raw)]
-            urls += URL.findall(text_part.text)
             continue
         if len(preview.attachments) < MAX_PARTS:
             data = part.payload()
@@ -130,8 +131,11 @@ def analyse(raw: bytes, limits: LimitsSection = DEFAULT_LIMITS,
     preview.text_from_html = plain is None and bool(body)
     preview.text_truncated = len(body) > MAX_TEXT or view.text_truncated
     preview.text = body[:MAX_TEXT]
-    preview.urls = list(dict.fromkeys(u.rstrip(".,;:!?)") for u in urls[:MAX_URLS * 4]
-                                      ))[:MAX_URLS]
+    # The links as the checks find them (gateway.urls: text, HTML attributes,
+    # forms, meta refresh, CSS, srcset, attached pages, QR codes), each whole.
+    preview.links = judged_links(view, [str(v) for v in message.get_all("From", [])]
+                                 )[:MAX_URLS]
+    preview.urls = list(dict.fromkeys(j.found.url for j in preview.links))
     return preview
 
 

@@ -53,6 +53,7 @@ class Rendered:
         shown = self.preview
         return (len(shown.text) + len(shown.html or "") + 256 * len(shown.attachments)
                 + sum(len(u) for u in shown.urls)
+                + sum(len(j.found.url) + len(j.found.text) + 200 for j in shown.links)
                 + sum(len(n) + len(v) for n, v in shown.headers)
                 + (len(self.sanitized.html) if self.sanitized else 0))
 

@@ -433,6 +433,31 @@ for _how in LOOKALIKES:
 technique("brand-lookalike-typo-named")(_brand_lookalike("typo", named=True))
 
 
+# Link tricks (tests/bench/links.py's techniques: lying anchors, brand claims,
+# lookalike link hosts, the user-name trick, QR codes in pictures), spliced
+# into the carrier as that bench splices them; the carrier keeps its author,
+# who authenticates as usual.
+LINK_TECHNIQUES = ("lying_anchor_brand", "lying_anchor_sender", "brand_anchor",
+                   "lookalike_digit", "lookalike_typo", "lookalike_hyphen", "lookalike_tld",
+                   "lookalike_idn", "lookalike_subdomain", "userinfo_trick", "qr_attached",
+                   "qr_inline_lookalike")
+
+
+def _link_trick(name: str) -> Technique:
+    def make(mail: Mail, rng: random.Random, world: World) -> Attack | None:
+        from tests.bench import links
+
+        carrier = links.carrier_of(mail.path, mail.raw)
+        raw = links.TECHNIQUES[name].splice(carrier, rng)
+        return Attack(raw, (_registrable(mail.domain),), mail.domain)
+
+    return make
+
+
+for _name in LINK_TECHNIQUES:
+    technique(f"links-{_name.replace('_', '-')}")(_link_trick(_name))
+
+
 # -- judging ----------------------------------------------------------------------------------
 
 
@@ -446,7 +471,7 @@ class Judge:
         from gateway.evaluator import LocalEvaluator
         from gateway.ruleset import load_rules
 
-        checks = ["headers", "size", "lists", "rules"]
+        checks = ["headers", "size", "lists", "rules", "links"]
         if identity:
             checks += ["tests.bench.identity:BenchDkim", "tests.bench.identity:BenchSpf",
                        "identity"]

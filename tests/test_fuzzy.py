@@ -1,0 +1,242 @@
+"""The fuzzy check: TLSH distance as py-tlsh computes it, learned spam and
+ham in the store, campaigns across copies, protected senders, limits."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import tlsh
+from sqlalchemy import func, select
+
+from gateway.checks import CheckContext
+from gateway.checks.fuzzy import FuzzyCheck, learn
+from gateway.config import FuzzySection, parse_config
+from gateway.fuzzyhash import (
+    MAX_TAGS,
+    TlshIndex,
+    digests,
+    distance,
+    html_structure,
+    normalise_text,
+    tlsh_of,
+)
+from gateway.message import Envelope, Message
+from gateway.quarantine.schema import fuzzy_hashes
+from gateway.quarantine.store import QuarantineStore
+from tests.hostile import BUILDERS
+
+WORDS = ("offer", "price", "account", "limited", "exclusive", "shipping", "discount",
+         "pharmacy", "quality", "watches", "investment", "returns", "guaranteed", "secure",
+         "today", "members", "bonus", "credit", "approval", "instant", "savings", "brand")
+
+
+def spam_text(seed: int = 7, words: int = 220) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+def mail(body: str, name: str = "Bob", number: int = 1, sender: str = "x@spam.example",
+         html: bool = False) -> bytes:
+    """One copy of a campaign: the recipient's name, an order number and a
+    tracking link differ from copy to copy."""
+    text = (f"Dear {name},\n\nYour order {number * 7919} is waiting. {body}\n\n"
+            f"Visit http://shop.spam.example/t/{number * 31337}?u={name} now.\n")
+    content_type = "text/plain"
+    if html:
+        text = (f"<html><body><table><tr><td><font size=3>{text}</font></td></tr>"
+                f"<tr><td><a href='http://shop.spam.example/{number}'>click</a></td></tr>"
+                "</table></body></html>")
+        content_type = "text/html"
+    return (f"From: Shop <{sender}>\r\nTo: {name.lower()}@example.net\r\nSubject: Your order\r\n"
+            f"Date: Tue, 01 Dec 2026 09:00:00 +0000\r\nMessage-ID: <{number}@spam.example>\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: {content_type}; charset=utf-8\r\n\r\n"
+            f"{text}").encode()
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    opened = QuarantineStore(f"sqlite:///{tmp_path}/store.db", node="node-a")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def make_check(tmp_path: Path, store):
+    made: list[FuzzyCheck] = []
+
+    def make(extra: str = "") -> FuzzyCheck:
+        config = parse_config(f'[quarantine]\nurl = "sqlite:///{tmp_path}/store.db"\n'
+                              f'node = "node-a"\n[fuzzy]\nrefresh = 60\n{extra}', "t.toml")
+        check = FuzzyCheck.from_config(config)
+        made.append(check)
+        return check
+
+    yield make
+    for check in made:
+        check.close()
+
+
+def run(check: FuzzyCheck, raw: bytes, recipients: tuple[str, ...] = ("bob@example.net",),
+        queue_id: str | None = None, facts: dict | None = None):
+    assert check.memory is not None
+    check.memory.refresh_now()
+    envelope = Envelope(mail_from="x@spam.example", rcpt_to=recipients, queue_id=queue_id)
+    return check.run(Message.from_bytes(raw, envelope), CheckContext(facts or {}))
+
+
+def names(report) -> set[str]:
+    return {s.name for s in report.symbols}
+
+
+# -- hashing ---------------------------------------------------------------------------------------
+
+
+def test_the_index_computes_tlsh_distance_exactly_as_py_tlsh():
+    rng = random.Random(3)
+    vocabulary = ["".join(rng.choice("abcdefghijklmnop") for _ in range(rng.randint(2, 9)))
+                  for _ in range(800)]
+    hashes = [h for h in (tlsh_of(" ".join(rng.choice(vocabulary)
+                                           for _ in range(rng.randint(20, 2000))).encode())
+                          for _ in range(150)) if h]
+    for _ in range(1500):
+        a, b = rng.choice(hashes), rng.choice(hashes)
+        assert distance(a, b) == tlsh.diff(a, b)
+    index = TlshIndex((h, n) for n, h in enumerate(hashes))
+    found = index.near(hashes[5], 60)
+    assert found[0] == (0, 5) and all(d <= 60 for d, _ in found)
+    assert [d for d, _ in found] == sorted(d for d, _ in found)
+    assert TlshIndex().near(hashes[0], 300) == [] and index.near("T1nonsense", 300) == []
+
+
+def test_normalising_keeps_what_the_copies_of_a_campaign_share():
+    one = normalise_text("Dear Bob, order 12345: see https://x.example/t/abc?u=1 or "
+                         "mail bob@example.net NOW")
+    two = normalise_text("Dear Bob,  order 99: see https://x.example/t/zzz?u=2 or "
+                         "mail carol@example.org now")
+    assert one == two == "dear bob, order 0: see url:x.example or mail @ now"
+    assert html_structure("<HTML><body><p>hi</P><br/></body>") == "html body p /p br /body"
+    assert len(html_structure("<b>" * (MAX_TAGS + 100)).split()) == MAX_TAGS
+    short = digests("Reset code 123456 for your account, valid 10 minutes.", "", 512)
+    assert [d.kind for d in short] == ["exact"]
+    assert digests("hi", "", 512) == []  # too little to match on
+
+
+# -- learned spam -------------------------------------------------------------------------------
+
+
+def test_a_near_duplicate_of_learned_spam_is_fuzzy_spam(store, make_check):
+    learn(store.engine, mail(spam_text()), "spam", "quarantine:4f2a")
+    check = make_check()
+    report = run(check, mail(spam_text(), name="Carol", number=2))
+    assert names(report) == {"FUZZY_SPAM"}
+    (symbol,) = report.symbols
+    assert symbol.evidence.startswith("text at distance ")
+    assert symbol.evidence.endswith("from spam learned from quarantine:4f2a")
+    minutes = " ".join(f"item {n}: the committee reviewed section {n} of the draft and "
+                       f"asked {name} to revise it before Thursday's meeting." for n, name in
+                       enumerate(("Alice", "Bob", "Carol", "Dave", "Erin", "Frank") * 3))
+    assert names(run(check, mail(minutes))) == set()  # another text
+
+
+def test_learning_ham_retires_the_spam_hashes_it_matches(store, make_check):
+    learn(store.engine, mail(spam_text()), "spam", "gateway learn")
+    check = make_check()
+    assert names(run(check, mail(spam_text(), name="Dave", number=3))) == {"FUZZY_SPAM"}
+    learn(store.engine, mail(spam_text(), name="Erin", number=4), "ham", "released:77")
+    with store.engine.connect() as connection:
+        retired = connection.execute(select(func.count()).select_from(fuzzy_hashes).where(
+            fuzzy_hashes.c.label == "spam", fuzzy_hashes.c.retired.is_not(None))).scalar_one()
+    assert retired >= 1
+    assert names(run(check, mail(spam_text(), name="Dave", number=3))) == set()
+
+
+def test_short_texts_match_by_an_exact_hash(store, make_check):
+    short = (b"From: a@spam.example\r\nSubject: hi\r\n\r\nCheap watches at 50% off, "
+             b"call 555-0100 today!\r\n")
+    learn(store.engine, short, "spam", "gateway learn")
+    check = make_check()
+    report = run(check, short.replace(b"555-0100", b"555-0199"))
+    assert names(report) == {"FUZZY_SPAM"}
+    assert report.symbols[0].evidence == "the same short text as spam learned from gateway learn"
+
+
+def test_mail_from_a_known_dkim_authenticated_sender_is_spared(store, make_check):
+    learn(store.engine, mail(spam_text()), "spam", "gateway learn")
+    from gateway.senders import SenderHistory
+
+    SenderHistory(lambda: store.engine).write("bank.example", "198.51.100.0/24")
+    check = make_check('campaign_recipients = 2\n')
+    facts = {"dmarc": {"result": "pass", "dkim_aligned": True, "dkim_domain": "mail.bank.example"}}
+    report = run(check, mail(spam_text(), name="Carol", number=2), facts=facts,
+                 recipients=("a@example.net", "b@example.net", "c@example.net"))
+    assert names(report) == set()
+    assert report.facts["protected"].startswith("bank.example")
+    assert report.facts["spam"]["kind"] == "text"  # still said, in the facts
+
+
+# -- campaigns ------------------------------------------------------------------------------
+
+
+def test_copies_from_unknown_senders_reaching_many_recipients_are_a_campaign(make_check):
+    check = make_check('campaign_recipients = 5\n')
+    reports = [run(check, mail(spam_text(seed=11), name=f"N{n}", number=n),
+                   recipients=(f"user{n}@example.net",), queue_id=f"Q{n}") for n in range(6)]
+    assert [bool({"BULK_CAMPAIGN"} & names(r)) for r in reports] == [False] * 4 + [True] * 2
+    assert reports[4].symbols[0].evidence == "5 recipients within 1h"
+    assert reports[5].facts["campaign_recipients"] == 6
+    # Another campaign's counts are its own; mail without a queue id (gateway check) is
+    # never counted.
+    assert run(check, mail(spam_text(seed=12))).facts["campaign_recipients"] == 1
+    for _ in range(3):
+        run(check, mail(spam_text(seed=12)))
+    assert run(check, mail(spam_text(seed=12))).facts["campaign_recipients"] == 1
+
+
+def test_one_message_to_many_recipients_is_a_campaign_on_its_own(make_check):
+    check = make_check('campaign_recipients = 3\n')
+    report = run(check, mail(spam_text(seed=13)),
+                 recipients=("a@example.net", "b@example.net", "c@example.net"))
+    assert names(report) == {"BULK_CAMPAIGN"}
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+
+def test_learned_hashes_are_bounded_and_expire(store):
+    settings = FuzzySection(max_hashes=3, expire="30d")
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    for n in range(5):
+        learn(store.engine, mail(spam_text(seed=100 + n)), "spam", f"learn {n}", settings,
+              at=start + timedelta(minutes=n))
+    with store.engine.connect() as connection:
+        sources = sorted(connection.execute(select(fuzzy_hashes.c.source)).scalars())
+    assert sources == ["learn 2", "learn 3", "learn 4"]
+    learn(store.engine, mail(spam_text(seed=200)), "spam", "later", settings,
+          at=start + timedelta(days=31))
+    with store.engine.connect() as connection:
+        assert list(connection.execute(select(fuzzy_hashes.c.source)).scalars()) == ["later"]
+
+
+def test_without_a_store_the_check_finds_nothing():
+    check = FuzzyCheck.from_config(parse_config('[quarantine]\nurl = ""\n', "t.toml"))
+    report = check.run(Message.from_bytes(mail(spam_text())), CheckContext())
+    assert report.symbols == () and report.facts["reason"] == "no store: nothing learned"
+
+
+def test_hostile_mail_never_makes_the_check_fail(store, make_check):
+    learn(store.engine, mail(spam_text()), "spam", "gateway learn")
+    check = make_check()
+    for hostile in list(BUILDERS.values())[:40]:
+        run(check, hostile.build(), queue_id="Q1")
+
+
+def test_a_known_correspondent_is_spared(store, make_check):
+    learn(store.engine, mail(spam_text()), "spam", "gateway learn")
+    check = make_check()
+    facts = {"identity": {"author": "x@spam.example", "known": True}}
+    report = run(check, mail(spam_text(), name="Carol", number=2), facts=facts)
+    assert names(report) == set()
+    assert report.facts["protected"] == "x@spam.example: KNOWN_CORRESPONDENT"
