@@ -23,6 +23,15 @@ Where RFC 7489 is exact, this follows it to the letter:
 From DMARCbis (draft-ietf-dmarc-dmarcbis) it takes ``np=``, the policy for
 subdomains that do not exist, and ``t=y``, which asks for the next milder
 policy (like ``pct=0``).
+
+A DNS failure is never read as a permanent answer (RFC 7489 6.6.2 and
+6.6.3, RFC 9091): an aligned identifier that could not be checked (its
+DKIM key or its SPF record timed out) makes the result ``temperror``, not
+``fail``; a policy record that could not be read is ``temperror`` too; and
+``np=`` applies only when the subdomain is known not to exist (NXDOMAIN or
+no A, AAAA or MX), never when its lookups fail. A ``temperror`` says
+whether the message should be retried (:attr:`DmarcResult.retry`): when
+nothing aligned passed and the policy is, or may be, quarantine or reject.
 """
 
 from __future__ import annotations
@@ -244,6 +253,12 @@ class DmarcResult:
     reason: str = ""
     details: dict[str, str] = field(default_factory=dict)
     testing: bool = False  # t=y
+    # temperror: nothing aligned passed and the policy is (or, unread, may be)
+    # quarantine or reject, so the sender should retry rather than the
+    # message being judged on a DNS failure.
+    retry: bool = False
+    # fail under an applied reject that should be held instead: why.
+    held_not_refused: str = ""
 
 
 def _ascii_or_empty(domain: str) -> str:
@@ -281,36 +296,64 @@ def stricter(first: str, second: str) -> str:
 
 def evaluate(from_domain: str, spf_result: str | None, spf_domain: str,
              dkim_signatures: Sequence[SignatureResult], discovery: PolicyDiscovery,
-             message_key: bytes) -> DmarcResult:
-    """DMARC for one author domain (in A-labels)."""
+             message_key: bytes, unverified_domains: Sequence[str] = ()) -> DmarcResult:
+    """DMARC for one author domain (in A-labels).
+
+    ``unverified_domains``: the d= of signatures the DKIM check did not
+    verify (past its cap); one aligned with the author means a failure may
+    be the cap's doing, so a reject is held instead.
+    """
     try:
         found = discovery.discover(from_domain)
     except DmarcTempError as exc:
-        return DmarcResult("temperror", from_domain, reason=str(exc))
+        # The policy could not be read: a retry may find quarantine or reject,
+        # unless an aligned identifier passed (relaxed, the default).
+        authenticated = (spf_result == "pass" and aligned(spf_domain, from_domain, "r",
+                                                          discovery)) or \
+            any(s.result == "pass" and aligned(s.domain, from_domain, "r", discovery)
+                for s in dkim_signatures)
+        return DmarcResult("temperror", from_domain, reason=f"policy record: {exc}",
+                           retry=not authenticated)
     if found.record is None:
         return DmarcResult("none", from_domain, found_at=found.found_at or "",
                            reason=found.reason)
     record = found.record
     policy = record.policy
+    details = {"record": "; ".join(record.problems)} if record.problems else {}
     if found.found_at != from_domain:  # inherited from the organizational domain
         policy = record.subdomain_policy
         if record.nonexistent_policy != policy:
             exists = discovery.exists(from_domain)
             if exists is False:
                 policy = record.nonexistent_policy
-            elif exists is None:  # cannot tell now: the stricter of the two
-                policy = stricter(policy, record.nonexistent_policy)
+            elif exists is None:  # RFC 9091: non-existent only on NXDOMAIN/NODATA
+                details["np"] = (f"whether {from_domain} exists could not be looked up "
+                                 "(DNS failure): sp= applies, not np=")
     spf_ok = spf_result == "pass" and aligned(spf_domain, from_domain, record.aspf, discovery)
-    dkim_domain = next(
-        (s.domain for s in dkim_signatures
-         if s.result == "pass" and aligned(s.domain, from_domain, record.adkim, discovery)), "")
+    ours = [s for s in dkim_signatures if aligned(s.domain, from_domain, record.adkim, discovery)]
+    dkim_domain = next((s.domain for s in ours if s.result == "pass"), "")
     found_at = found.found_at or ""
-    details = {"record": "; ".join(record.problems)} if record.problems else {}
     if spf_ok or dkim_domain:
         return DmarcResult("pass", from_domain, policy, "none", False, spf_ok, bool(dkim_domain),
                            dkim_domain, found_at, details=details, testing=record.testing)
     applies = not record.testing and sample(message_key, record.pct)
     applied = policy if applies else MILDER[policy]  # RFC 7489 6.6.4, DMARCbis t=y
+    # RFC 7489 6.6.2: an aligned identifier that could not be checked now is a
+    # temporary error, not a failure.
+    unchecked = [f"DKIM {s.domain} s={s.selector}: {s.reason}" for s in ours
+                 if s.result == "temperror"]
+    if spf_result == "temperror" and aligned(spf_domain, from_domain, record.aspf, discovery):
+        unchecked.insert(0, f"SPF {spf_domain}: DNS failure")
+    if unchecked:
+        return DmarcResult("temperror", from_domain, policy, applied, not applies,
+                           found_at=found_at, reason="; ".join(unchecked), details=details,
+                           testing=record.testing, retry=applied in ("quarantine", "reject"))
+    held = ""
+    capped = [d for d in unverified_domains if aligned(d, from_domain, record.adkim, discovery)]
+    if applied == "reject" and capped:
+        held = (f"{len(capped)} aligned signature(s) past the DKIM signature limit not "
+                "verified: held, not refused")
     return DmarcResult("fail", from_domain, policy, applied, not applies, False, False, "",
-                       found_at, reason="neither SPF nor DKIM aligned and passed",
-                       details=details, testing=record.testing)
+                       found_at,
+                       reason="neither SPF nor DKIM aligned and passed",
+                       details=details, testing=record.testing, held_not_refused=held)

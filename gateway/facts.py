@@ -138,11 +138,13 @@ class DkimFacts(Facts):
 
     signatures: Sequence[SignatureResult] = ()
     unverified: int | None = optional()  # signatures past [auth] max_dkim_signatures
+    unverified_domains: Sequence[str] | None = optional()  # their d=
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
         signatures = tuple(SignatureResult.from_json(s) for s in data.get("signatures", ()))
-        return cls(signatures=signatures, unverified=data.get("unverified"))
+        return cls(signatures=signatures, unverified=data.get("unverified"),
+                   unverified_domains=data.get("unverified_domains"))
 
 
 @dataclass(frozen=True)

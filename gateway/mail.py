@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email.header import decode_header
@@ -217,14 +218,16 @@ class MailboxList:
 _SPECIALS = '()<>[]:;@\\,."'
 
 
-def _tokens(text: str, max_depth: int) -> Iterator[tuple[str, str]]:
-    """(kind, text) tokens: atom, quoted, literal, special; comments skipped.
+def _tokens(text: str, max_depth: int, gaps: bool = False) -> Iterator[tuple[str, str]]:
+    """(kind, text) tokens: atom, quoted, literal, special, and comment (its
+    text, without the outer parentheses).
 
-    Iterative; comments nested deeper than ``max_depth`` are still skipped
+    Iterative; comments nested deeper than ``max_depth`` are still read
     whole but reported as a ("toodeep", "") token. Once a quote is found not
     to close, no later one can (each later quote was an escaped character
     of that search, whose scan from there on is the same), so none is
-    searched for again: the tokenizer stays linear.
+    searched for again: the tokenizer stays linear. With ``gaps``, white
+    space is reported as ("gap", "") tokens.
     """
     index, length = 0, len(text)
     quotes_close = True
@@ -232,7 +235,12 @@ def _tokens(text: str, max_depth: int) -> Iterator[tuple[str, str]]:
         char = text[index]
         if char in " \t\r\n":
             index += 1
+            if gaps:
+                while index < length and text[index] in " \t\r\n":
+                    index += 1
+                yield "gap", ""
         elif char == "(":
+            start = index
             depth, deepest = 0, 0
             while index < length:
                 c = text[index]
@@ -251,6 +259,7 @@ def _tokens(text: str, max_depth: int) -> Iterator[tuple[str, str]]:
                 yield "toodeep", ""
             if depth > 0:
                 yield "unclosed", "("
+            yield "comment", text[start + 1:index - (0 if depth else 1)]
         elif char == '"':
             end = _closing_quote(text, index + 1) if quotes_close else -1
             if end < 0:  # read on as if the quote were not there, as a MUA may
@@ -283,27 +292,46 @@ def parse_mailboxes(value: str, max_comment_depth: int = DEFAULT_COMMENT_DEPTH) 
     """An address list (From, To, Cc, ...) as mailboxes, never raising.
 
     Groups are flattened into their members; comments are skipped. What is
-    not a clean RFC 5322 address list is kept as far as it can be read and
-    listed in ``problems``, so a caller can decide how much to trust it.
+    not exactly an RFC 5322 address list (RFC 6532 UTF-8 allowed) is kept as
+    far as it can be read and listed in ``problems``: two addresses without
+    a comma, text after ``>``, an ``@`` in a display name, control or
+    invisible characters, anything unclosed. A caller decides how much to
+    trust such a list; for the author, any problem means a mail program may
+    show another address than this reading (see :func:`author_domains`).
     """
     problems: list[str] = []
     mailboxes: list[Mailbox] = []
     phrase_domains: list[str] = []
     current: list[tuple[str, str]] = []
+    spaced: list[tuple[str, str]] = []  # the same, with ("gap", "") where space or comments were
+    in_group = group_ended = False
+    comment = ""  # the last comment of the current item
 
     def flush() -> None:
+        nonlocal comment
         if current:
-            mailbox, phrase_domain, problem = _mailbox(current)
-            if mailbox is not None:
-                mailboxes.append(mailbox)
+            found, phrase_domain, problem = _mailbox(current)
+            if len(found) == 1 and not found[0].display and comment:
+                # RFC 5322 3.4's legacy "addr (Name)": mail programs show the
+                # comment as the name.
+                found = [Mailbox(" ".join(comment.split()), found[0].address)]
+            mailboxes.extend(found)
             if phrase_domain:
                 phrase_domains.append(phrase_domain)
+            problem = problem or _grammar_problem(spaced)
             if problem:
                 problems.append(problem)
             current.clear()
+        spaced.clear()
+        comment = ""
 
     angle = False
-    for kind, text in _tokens(value, max_comment_depth):
+    for kind, text in _tokens(value, max_comment_depth, gaps=True):
+        if kind in ("gap", "comment"):
+            spaced.append(("gap", ""))
+            if kind == "comment":
+                comment = text
+            continue
         if kind == "toodeep":
             problems.append(f"comments nested deeper than {max_comment_depth}")
             continue
@@ -313,29 +341,45 @@ def parse_mailboxes(value: str, max_comment_depth: int = DEFAULT_COMMENT_DEPTH) 
         if kind == "special" and not angle:
             if text == ",":
                 flush()
+                group_ended = False
                 continue
             if text == ":":
                 if ("special", "@") in current:  # not a group name: an address
                     problems.append("':' after an address")
                     flush()
                 else:  # a group's name ends: its members follow
+                    if in_group or not current or not _is_phrase(current):
+                        problems.append("not a group name before ':'")
+                    in_group = True
                     current.clear()
+                    spaced.clear()
                 continue
             if text == ";":
                 flush()
+                if not in_group:
+                    problems.append("';' outside a group")
+                in_group, group_ended = False, True
                 continue
+        if group_ended:  # RFC 5322 3.4: a comma must follow a group
+            problems.append("no comma after a group")
+            group_ended = False
         if kind == "special" and text == "<":
             angle = True
         elif kind == "special" and text == ">":
             angle = False
         current.append((kind, text))
+        spaced.append((kind, text))
     flush()
+    if in_group:
+        problems.append("group without its closing ';'")
     return MailboxList(tuple(mailboxes), tuple(dict.fromkeys(problems)),
                        tuple(dict.fromkeys(phrase_domains)))
 
 
-def _mailbox(tokens: list[tuple[str, str]]) -> tuple[Mailbox | None, str, str]:
-    """One mailbox from its tokens: (mailbox, domain seen in the phrase, problem)."""
+def _mailbox(tokens: list[tuple[str, str]]) -> tuple[list[Mailbox], str, str]:
+    """The mailbox(es) in one comma-separated item: (mailboxes, a domain seen
+    in the display name, problem). Two bare addresses without a comma
+    between them are read as two, as a mail program shows them."""
     opens = [i for i, t in enumerate(tokens) if t == ("special", "<")]
     if opens:
         start = opens[-1]
@@ -356,17 +400,185 @@ def _mailbox(tokens: list[tuple[str, str]]) -> tuple[Mailbox | None, str, str]:
         display = " ".join(text for kind, text in phrase if kind in ("atom", "quoted")
                            or text == ".")
         if "@" not in address:
-            return (Mailbox(display, address) if address else None, phrase_domain,
+            return ([Mailbox(display, address)] if address else [], phrase_domain,
                     problem or "no addr-spec in <>")
-        return Mailbox(display, address), phrase_domain, problem
+        return [Mailbox(display, address)], phrase_domain, problem
     address = _join(tokens)
     if not address:
-        return None, "", ""
+        return [], "", ""
     if "@" not in address:
-        return None, "", f"not an address: {address[:40]!r}"
+        return [], "", f"not an address: {address[:40]!r}"
+    if sum(1 for token in tokens if token == ("special", "@")) > 1:
+        return [Mailbox("", a) for a in _bare_addresses(tokens)], "", ""
     if any(kind == "quoted" for kind, _ in tokens[_last_at(tokens):]):
-        return Mailbox("", address), "", "quoted text in a domain"
-    return Mailbox("", address), "", ""
+        return [Mailbox("", address)], "", "quoted text in a domain"
+    return [Mailbox("", address)], "", ""
+
+
+def _bare_addresses(tokens: list[tuple[str, str]]) -> list[str]:
+    """Each ``local@domain`` in tokens that hold several without commas
+    (``ceo@bank.test x@evil.test``): the dotted words just before each "@"
+    and the dotted atoms (or a literal) just after it. Linear: a local part
+    never reaches back into the previous address."""
+    found: list[str] = []
+    floor = 0  # tokens before this belong to an earlier address
+    for at in [i for i, token in enumerate(tokens) if token == ("special", "@")]:
+        if at < floor:
+            continue
+        start, want_word = at, True
+        while start > floor:
+            kind, text = tokens[start - 1]
+            if want_word and kind in ("atom", "quoted"):
+                want_word = False
+            elif not want_word and (kind, text) == ("special", "."):
+                want_word = True
+            else:
+                break
+            start -= 1
+        end = at + 1
+        if end < len(tokens) and tokens[end][0] == "literal":
+            end += 1
+        else:
+            want_atom = True
+            while end < len(tokens):
+                kind, text = tokens[end]
+                if want_atom and kind == "atom":
+                    want_atom = False
+                elif not want_atom and (kind, text) == ("special", "."):
+                    want_atom = True
+                else:
+                    break
+                end += 1
+        if start < at:
+            found.append(_join(tokens[start:end]))
+        floor = end
+    return found
+
+
+# -- the RFC 5322 grammar, exactly -------------------------------------------------
+
+# Characters no mail program shows the same way (or at all): controls, and
+# Unicode's spaces, line and paragraph separators and invisible formatting.
+_UNSHOWABLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+def _clean_atom(text: str) -> bool:
+    """atext (RFC 5322 3.2.3, with RFC 6532's UTF-8): what the tokenizer
+    made an atom, minus what displays differently or not at all."""
+    if text.isascii():
+        return text.isprintable()
+    return not any(unicodedata.category(char) in _UNSHOWABLE for char in text)
+
+
+def _word(token: tuple[str, str]) -> bool:
+    kind, text = token
+    return (kind == "atom" and _clean_atom(text)) or kind == "quoted"
+
+
+def _dotted(tokens: list[tuple[str, str]]) -> bool:
+    """atom *("." atom): a domain (dot-atom, or obs-domain's white space
+    around the dots)."""
+    if len(tokens) % 2 == 0:
+        return False
+    for index, (kind, text) in enumerate(tokens):
+        if index % 2:
+            if (kind, text) != ("special", "."):
+                return False
+        elif kind != "atom" or not _clean_atom(text):
+            return False
+    return True
+
+
+def _local_part(tokens: list[tuple[str, str]]) -> bool:
+    """Words and dots, never two words in a row. Stray dots (``a.@``,
+    ``a..b@``, written by some mobile carriers) are let through: they do not
+    change which domain a reader sees."""
+    previous_word = False
+    for token in tokens:
+        if token == ("special", "."):
+            previous_word = False
+        elif _word(token) and not previous_word:
+            previous_word = True
+        else:
+            return False
+    return any(_word(token) for token in tokens)
+
+
+def _is_addr_spec(tokens: list[tuple[str, str]]) -> bool:
+    """local-part "@" domain, nothing more (RFC 5322 3.4.1). Not obs-syntax's
+    white space or comments inside it (``ceo@pay pal.test``: Python's two
+    parsers read ``pay`` and ``paypal.test``), nor an encoded word, which
+    RFC 2047 5 keeps out of addresses and some readers decode anyway."""
+    if any(kind == "gap" or "=?" in text for kind, text in tokens):
+        return False
+    ats = [i for i, token in enumerate(tokens) if token == ("special", "@")]
+    if len(ats) != 1:
+        return False
+    local, domain = tokens[:ats[0]], tokens[ats[0] + 1:]
+    literal = len(domain) == 1 and domain[0][0] == "literal" and \
+        re.fullmatch(r"\[[^\[\]\\]*\]", domain[0][1]) is not None
+    return _local_part(local) and (literal or _dotted(domain))
+
+
+def _shown(tokens: list[tuple[str, str]], limit: int = 80) -> str:
+    """The start of tokens as the sender wrote them, a space where it had
+    white space or a comment, quoted for a message."""
+    out: list[str] = []
+    size = 0
+    for kind, text in tokens:
+        if kind == "gap":
+            if out and out[-1] != " ":
+                out.append(" ")
+                size += 1
+        else:
+            out.append(f'"{text}"' if kind == "quoted" else text)
+            size += len(out[-1])
+        if size > limit:
+            break
+    text = "".join(out).strip()
+    return repr(text if len(text) <= limit else text[:limit - 1] + "…")
+
+
+def _is_phrase(tokens: list[tuple[str, str]]) -> bool:
+    """phrase: words, and dots after the first (obs-phrase)."""
+    return bool(tokens) and _word(tokens[0]) and \
+        all(_word(token) or token == ("special", ".") for token in tokens)
+
+
+def _grammar_problem(spaced: list[tuple[str, str]]) -> str:
+    """Why one mailbox's tokens (with its gaps) are not exactly
+    ``[display-name] angle-addr`` or ``addr-spec``, or ""."""
+    tokens = _trimmed(spaced)
+    words = [token for token in tokens if token[0] != "gap"]
+    if ("special", "<") in words:
+        start = tokens.index(("special", "<"))
+        if tokens[-1] != ("special", ">") or ("special", ">") in tokens[start:-1]:
+            return f"text after '>' in {_shown(tokens)}"
+        phrase = [token for token in tokens[:start] if token[0] != "gap"]
+        if phrase and not _is_phrase(phrase):
+            return f"not a display name before '<' in {_shown(tokens)}"
+        inner = _trimmed(tokens[start + 1:-1])
+        if ("special", ":") in inner:
+            # obs-route (<@a.test,@b.test:x@c.test>): obsolete since RFC 2822,
+            # and readers differ (compat32 shows "@b.test" as an address).
+            return f"a source route in {_shown(tokens)}"
+        if not _is_addr_spec(inner):
+            return f"not one address inside <> in {_shown(tokens)}"
+        return ""
+    if ("special", ">") in words:
+        return f"'>' without '<' in {_shown(tokens)}"
+    if not _is_addr_spec(tokens):
+        return f"not one address: {_shown(tokens)}"
+    return ""
+
+
+def _trimmed(tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    start, end = 0, len(tokens)
+    while start < end and tokens[start][0] == "gap":
+        start += 1
+    while end > start and tokens[end - 1][0] == "gap":
+        end -= 1
+    return tokens[start:end]
 
 
 def _closing_quote(text: str, index: int) -> int:
@@ -411,36 +623,105 @@ def _domain_after_at(tokens: list[tuple[str, str]]) -> str:
     return "".join(domain).strip("[]").rstrip(".").lower()
 
 
+# -- the author ----------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Authors:
-    """Who a message says it is from: every domain a reader may take for the
-    author's (RFC 7489 6.6.1 evaluates each and applies the strictest)."""
+    """Who a message says it is from: the one reading of its From fields that
+    every check, the classifier and the logs use, and every domain a reader
+    may take for the author's (RFC 7489 6.6.1 evaluates each and applies the
+    strictest)."""
 
     domains: tuple[str, ...]  # lower case, as written (convert with ascii_domain)
     fields: int  # number of From fields
-    mailboxes: int
+    mailboxes: tuple[Mailbox, ...] = ()  # every mailbox of every From field, in order
+    # Why a From field is not exactly an RFC 5322 mailbox list (or group):
+    # then a mail program may show another author than ``mailboxes``.
     problems: tuple[str, ...] = ()
+
+    @property
+    def ambiguous(self) -> bool:
+        return bool(self.problems)
+
+    @property
+    def first(self) -> Mailbox | None:
+        """The author a one-author reader (the classifier, a log line) uses."""
+        return self.mailboxes[0] if self.mailboxes else None
 
 
 def author_domains(from_values: list[str],
                    max_comment_depth: int = DEFAULT_COMMENT_DEPTH) -> Authors:
-    """The author domains of a message from its From field values.
+    """The authors of a message from its From field values.
 
     Every mailbox of every From field counts, and so does a domain written
     as ``user@domain`` in an unquoted display name, because a reader's MUA
-    may show it as the sender.
+    may show it as the sender. A field that is not exactly a mailbox list
+    adds every domain a mail program could read from it
+    (:func:`candidate_domains`).
     """
     domains: list[str] = []
     problems: list[str] = []
-    count = 0
+    mailboxes: list[Mailbox] = []
     for value in from_values:
         parsed = parse_mailboxes(value, max_comment_depth)
-        count += len(parsed.mailboxes)
+        mailboxes.extend(parsed.mailboxes)
         domains.extend(m.domain for m in parsed.mailboxes if m.domain)
         domains.extend(parsed.phrase_domains)
-        problems.extend(parsed.problems)
-    return Authors(tuple(dict.fromkeys(domains)), len(from_values), count,
+        found = list(parsed.problems)
+        if not parsed.mailboxes and not found and ":" not in value:  # not an empty group
+            found.append(f"no address in {value.strip()[:60]!r}")
+        if found:
+            problems.extend(found)
+            domains.extend(candidate_domains(value))
+    return Authors(tuple(dict.fromkeys(domains)), len(from_values), tuple(mailboxes),
                    tuple(dict.fromkeys(problems)))
+
+
+def first_author(from_values: Iterable[object], max_words: int = DEFAULT_ENCODED_WORDS,
+                 max_comment_depth: int = DEFAULT_COMMENT_DEPTH) -> Mailbox:
+    """The first author of the one reading (:func:`author_domains`), its
+    display name decoded (RFC 2047), for readers of a parsed ``email``
+    message that want one author (the classifier); an empty Mailbox if
+    there is none."""
+    first = author_domains([str(value) for value in from_values], max_comment_depth).first
+    if first is None:
+        return Mailbox("", "")
+    return Mailbox(decoded_header(first.display, max_words), first.address)
+
+
+# After an "@" anywhere (raw, quoted, in a comment or an encoded word), past
+# any white space and (one level of) comments: a domain as a reader that
+# stops at the next white space or comment reads it, and as one that joins
+# across them reads it. Each alternative starts with a character the others
+# cannot, and a comment ends at the next parenthesis, so both are linear.
+_COMMENT = r"\((?:[^()\\]|\\.)*\)"
+_DOMAIN_CHAR = r"[^\s@<>()\[\]\\,;:\"]"
+_AT_RUN = re.compile(rf"@(?:\s|{_COMMENT})*(\[[^\[\]\\]*\]|{_DOMAIN_CHAR}+)")
+_AT_JOINED = re.compile(rf"@((?:\s|{_COMMENT}|{_DOMAIN_CHAR})+)")
+_GAP = re.compile(rf"\s|{_COMMENT}")
+
+
+def candidate_domains(value: str) -> list[str]:
+    """Every domain a mail program could show as the author's in a field
+    that is not exactly a mailbox list, in the order written.
+
+    Readers disagree on such a field in three ways, and each is covered:
+    after an ``@``, one stops at white space or a comment (Python's
+    ``policy.default``: ``ceo@pay pal.test`` is ``pay``), another joins
+    what follows across them (``compat32``: ``paypal.test``); and some read
+    an ``@`` inside quotes, a comment or an RFC 2047 encoded word as an
+    address. Regular expressions without backtracking: linear in the field.
+    """
+    texts = [value]
+    if "=?" in value:
+        texts.append(decoded_header(value))
+    found: list[str] = []
+    for text in texts:
+        found.extend(match.group(1) for match in _AT_RUN.finditer(text))
+        found.extend(_GAP.sub("", match.group(1)) for match in _AT_JOINED.finditer(text))
+    domains = (name.strip("[]").rstrip(".").lower() for name in found)
+    return list(dict.fromkeys(d for d in domains if d))
 
 
 # -- domains ---------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import IO, BinaryIO
 
 from gateway import mime
 from gateway.config import LimitsSection, PipelineSection
-from gateway.mail import HeaderBlock, parse_header_block
+from gateway.mail import Authors, HeaderBlock, author_domains, parse_header_block
 from gateway.mime import Excess
 from gateway.symbols import Symbol
 
@@ -211,6 +211,7 @@ class Message:
         self._parsed: EmailMessage | None = None
         self._excess: Excess | None = None
         self._fields: HeaderBlock | None = None
+        self._authors: Authors | None = None
         self._parse_lock = threading.Lock()
 
     @classmethod
@@ -244,6 +245,18 @@ class Message:
                         self._fields = parse_header_block(
                             stream, self.limits.header_count, self.limits.header_length)
         return self._fields
+
+    @property
+    def authors(self) -> Authors:
+        """The From fields read once, by one parser (:func:`gateway.mail.author_domains`):
+        the mailboxes, every author domain DMARC evaluates, and why the
+        field is ambiguous if it is. DMARC, the DKIM order, the rules, the
+        blocklists, the classifier and the header checks all use this."""
+        if self._authors is None:
+            # No lock: two threads reading at once compute the same value.
+            self._authors = author_domains(self.headers("From"),
+                                           self.limits.address_comment_depth)
+        return self._authors
 
     def header(self, name: str) -> str | None:
         """First value of a header field, as a str (undecoded RFC 2047), or None."""

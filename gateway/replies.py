@@ -27,6 +27,9 @@ class SmtpReply:
 
 # Enhanced status codes other than 5.7.1 for symbols that have their own.
 STATUS_OF = {"SENDER_NULL_MX": "5.7.27"}  # RFC 7505 4.2: the sender's domain has a null MX
+# Tempfails whose evidence is the sender's own DNS name that failed: the
+# reply says which, so its admin can look (other evidence stays ours).
+TEMPFAIL_SAYS_WHY = frozenset({"SENDER_DOMAIN_TEMPFAIL", "DMARC_TEMPFAIL"})
 
 # The gateway's own trouble: 4xx, so the sender retries and nothing is lost.
 FILTER_FAILED = SmtpReply("451", "4.3.0", "Temporary failure in mail filter, try again later")
@@ -56,6 +59,8 @@ def for_verdict(action: str, score: float, forced_by: Symbol | None,
         return SmtpReply("550", "5.7.1", f"Rejected as spam, score {score:g}{ref}")
     if action == "tempfail":
         why = f" [{forced_by.name}]" if forced_by is not None else ""
+        if forced_by is not None and forced_by.name in TEMPFAIL_SAYS_WHY and forced_by.evidence:
+            why = f": {forced_by.evidence}{why}"
         return SmtpReply("451", "4.7.1", f"Temporary failure, please try again later{why}{ref}")
     return None
 

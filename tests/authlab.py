@@ -128,7 +128,8 @@ def build_zones(keys: Keys) -> list[Zone]:
         good,
         dmarc_zone("quarantine.test", "v=DMARC1; p=quarantine",
                    spf=f"v=spf1 ip4:{GOOD_IP} -all").txt("s2048._domainkey", keys.rsa.record()),
-        dmarc_zone("monitor.test", "v=DMARC1; p=none", spf=f"v=spf1 ip4:{GOOD_IP} -all"),
+        dmarc_zone("monitor.test", "v=DMARC1; p=none", spf=f"v=spf1 ip4:{GOOD_IP} -all")
+        .txt("s2048._domainkey", keys.rsa.record()),
         dmarc_zone("pct.test", "v=DMARC1; p=reject; pct=50", spf=f"v=spf1 ip4:{GOOD_IP} -all"),
         dmarc_zone("sp.test", "v=DMARC1; p=none; sp=reject", spf=f"v=spf1 ip4:{GOOD_IP} -all")
         .txt("mail", f"v=spf1 ip4:{GOOD_IP} -all").add("mail", "MX", "10 mx.sp.test."),
@@ -180,6 +181,19 @@ def build_zones(keys: Keys) -> list[Zone]:
         dmarc_zone("np.test", "v=DMARC1; p=reject; sp=none; np=quarantine")
         .add("real", "A", GOOD_IP),
         dmarc_zone("testing.test", "v=DMARC1; p=reject; t=y"),
+        # Issue 24: np= must not apply when a subdomain's lookups time out.
+        dmarc_zone("npreject.test", "v=DMARC1; p=none; sp=quarantine; np=reject"),
+        # Issue 23: a spoofed p=reject author beside the attacker's own domain,
+        # whose SPF passes for the local Postfix (127.0.0.1) and OTHER_IP.
+        dmarc_zone("paypal.test", "v=DMARC1; p=reject", spf=f"v=spf1 ip4:{GOOD_IP} -all"),
+        dmarc_zone("attacker.test", None, spf=f"v=spf1 ip4:127.0.0.1 ip4:{OTHER_IP} -all"),
+        # Authors the other tests write as (tests/fixtures/messages, the
+        # identity tests): answered, as the real DNS would, rather than
+        # REFUSED, a DNS failure that tempfails unauthenticated mail whose
+        # DMARC policy cannot be read (DMARC_TEMPFAIL).
+        dmarc_zone("example.org", None),
+        dmarc_zone("example.net", None),
+        dmarc_zone("gmail.com", "v=DMARC1; p=none"),
         # An internationalised domain: bänk.test in A-labels, p=reject.
         dmarc_zone("xn--bnk-qla.test", "v=DMARC1; p=reject", spf=f"v=spf1 ip4:{GOOD_IP} -all"),
         # Sender verification

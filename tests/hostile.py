@@ -280,6 +280,12 @@ def from_two_mailboxes() -> bytes:
 
 
 @hostile()
+def from_two_bare_addresses() -> bytes:
+    """the spoof and the attacker's address with no comma between (issue 23)"""
+    return message(from_=f"{SPOOFED} (CEO) eve@attacker.test", tag="from-two-bare-addresses")
+
+
+@hostile()
 def from_two_fields() -> bytes:
     """two From fields: the spoof and one of the attacker's"""
     return message(tag="from-two-fields", extra="From: eve@attacker.test\r\n")

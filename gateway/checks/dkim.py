@@ -6,17 +6,27 @@ this check walks dkimpy's steps itself and tells them apart:
 
 - pass: the signature verifies;
 - fail: it does not (signature or body hash mismatch);
-- policy: it verifies but uses rsa-sha1, which RFC 8301 forbids accepting;
+- policy: it verifies but uses rsa-sha1, which RFC 8301 forbids accepting,
+  or its l= leaves part of the body unsigned (below);
 - neutral: the signature header is malformed;
 - permerror: no key, a revoked or malformed key, a key too short;
 - temperror: the key could not be fetched now.
 
-A signature whose ``l=`` covers less than the body is marked: whatever
-follows the signed part (a mailing list footer, or an attacker's text) is
-not vouched for. ed25519-sha256 (RFC 8463) works through PyNaCl.
+A signature whose ``l=`` covers less than the body vouches for none of it:
+whatever follows the signed part (a mailing list footer, or an attacker's
+phishing line appended to a message the domain really signed) would ride
+on the signature. RFC 6376 8.2 lets verifiers ignore ``l=`` or drop what
+follows it; like Stalwart's default and go-msgauth (which dropped ``l=``),
+such a signature is ``policy`` (RFC 8601: signed, but not acceptable
+here), never ``pass``, so DMARC does not count it. Dropping the tail instead
+would change the message the recipient reads, and the rules and the
+classifier would still be scoring text the recipient does not see.
+ed25519-sha256 (RFC 8463) works through PyNaCl.
 
 Signatures are written by whoever sends the message, so the work is bounded:
-at most ``[auth] max_dkim_signatures`` are verified, a signature field over
+at most ``[auth] max_dkim_signatures`` are verified, those whose ``d=`` is
+aligned with an author domain first (the ones DMARC needs; rspamd and
+OpenDMARC prefer the author's signature too), a signature field over
 ``MAX_SIGNATURE_HEADER_BYTES`` or ``MAX_SIGNATURE_HEADER_LINES`` is refused
 before dkimpy's quadratic b= regex sees it, dkimpy's quadratic relaxed body
 canonicalization is replaced by :func:`linear_relaxed_body` when the check
@@ -46,6 +56,7 @@ from gateway.dns import (
     shared_resolver,
 )
 from gateway.facts import DkimFacts, SignatureResult
+from gateway.mail import DomainError, ascii_domain, registrable_domain
 from gateway.message import Message
 from gateway.ruleset import Ruleset
 from gateway.symbols import Report, Symbol
@@ -127,7 +138,8 @@ class DkimCheck(Check):
     symbols = {
         "DKIM_PASS": "a DKIM signature verifies",
         "DKIM_FAIL": "a DKIM signature does not verify (message changed or forged)",
-        "DKIM_POLICY": "a DKIM signature uses rsa-sha1, which is not accepted (RFC 8301)",
+        "DKIM_POLICY": "a DKIM signature verifies but is not accepted: rsa-sha1 (RFC 8301), "
+                       "or an l= that leaves part of the body unsigned",
         "DKIM_NEUTRAL": "a DKIM signature is malformed",
         "DKIM_PERMERROR": "a DKIM key is missing, revoked, malformed or too short",
         "DKIM_TEMPERROR": "a DKIM key could not be fetched now (DNS failure)",
@@ -145,11 +157,12 @@ class DkimCheck(Check):
         if message.header("DKIM-Signature") is None:  # spare dkimpy its own parse
             return Report(symbols=(self.symbol("DKIM_NONE"),), facts=DkimFacts().to_json())
         try:
-            results, unverified = self._verify_all(message)
+            results, skipped = self._verify_all(message)
         except Exception as exc:  # message content must never make the check fail
             log.warning("DKIM: cannot read the signatures of a message: %r", exc)
-            results, unverified = [SignatureResult(
-                "", "", "", "neutral", f"cannot read the signatures: {type(exc).__name__}")], 0
+            results, skipped = [SignatureResult(
+                "", "", "", "neutral", f"cannot read the signatures: {type(exc).__name__}")], []
+        unverified = len(skipped)
         symbols: list[Symbol] = []
         if not results:
             symbols.append(self.symbol("DKIM_NONE"))
@@ -167,21 +180,50 @@ class DkimCheck(Check):
             note = (f"{unverified} more signature(s) not verified "
                     f"([auth] max_dkim_signatures = {self.max_signatures})")
             symbols[0] = self.symbol(first.name, f"{first.evidence}; {note}".lstrip("; "))
-        return Report(symbols=tuple(symbols),
-                      facts=DkimFacts(results, unverified).to_json())
+        facts = DkimFacts(results, unverified, tuple(skipped) if skipped else None)
+        return Report(symbols=tuple(symbols), facts=facts.to_json())
 
-    def _verify_all(self, message: Message) -> tuple[list[SignatureResult], int]:
+    def _verify_all(self, message: Message) -> tuple[list[SignatureResult], list[str]]:
+        """Results in header order, and the d= of the signatures not verified."""
         signer = dkim.DKIM(message.raw.bytes(), minkey=MIN_KEY_BITS)
         values = [value for name, value in signer.headers if name.lower() == b"dkim-signature"]
-        verified = values[:self.max_signatures]
+        authors = {organizational(domain) for domain in message.authors.domains}
+        domains = [signing_domain(value) for value in values]
+        # The author's own signatures first: a sender cannot push the one
+        # DMARC needs past the cap with signatures of its own above it.
+        order = sorted(range(len(values)), key=lambda i: organizational(domains[i]) not in authors)
+        chosen = sorted(order[:self.max_signatures])
         results = []
-        for index, value in enumerate(verified):
-            problem = signature_header_problem(value)
+        for index in chosen:
+            problem = signature_header_problem(values[index])
             if problem:
                 results.append(SignatureResult("", "", "", "neutral", problem))
             else:
                 results.append(verify_signature(signer, index, self.resolver))
-        return results, len(values) - len(verified)
+        return results, [domains[i] for i in sorted(order[self.max_signatures:])]
+
+
+_D_TAG = re.compile(rb"(?:^|;)[ \t\r\n]*d[ \t\r\n]*=[ \t\r\n]*([^;]*)")
+
+
+def signing_domain(value: bytes) -> str:
+    """The d= of a DKIM-Signature field value, lower case ("" if none), read
+    before dkimpy parses it, to choose which signatures to verify."""
+    if signature_header_problem(value):
+        return ""
+    match = _D_TAG.search(value)
+    if match is None:
+        return ""
+    return re.sub(rb"[ \t\r\n]", b"", match.group(1)).decode("utf-8", "replace").lower()
+
+
+def organizational(domain: str) -> str:
+    """The organizational domain (relaxed alignment, RFC 7489 3.2) in
+    A-labels, or "" for what is not a domain name."""
+    try:
+        return registrable_domain(ascii_domain(domain))
+    except DomainError:
+        return ""
 
 
 def verify_signature(signer: dkim.DKIM, index: int, resolver: Resolver) -> SignatureResult:
@@ -233,7 +275,8 @@ def _verify_signature(signer: dkim.DKIM, index: int, resolver: Resolver) -> Sign
             name.encode(), record.encode())
     except (dkim.DKIMException, ValueError, TypeError) as exc:
         return result("permerror", f"bad key: {exc}")
-    partial = _covers_part_of_body(signer, sig)
+    signed, body = _body_lengths(signer, sig)
+    partial = signed < body
     try:
         verified = signer.verify_sig_process(sig, include_headers, sig_headers[index], None)
     except dkim.ValidationError as exc:
@@ -248,15 +291,19 @@ def _verify_signature(signer: dkim.DKIM, index: int, resolver: Resolver) -> Sign
         return result("fail", "signature does not verify", partial)
     if algorithm == "rsa-sha1":
         return result("policy", "rsa-sha1 is not accepted (RFC 8301)", partial)
+    if partial:
+        return result("policy", f"l={signed} signs {signed} of the body's {body} bytes: "
+                      "what follows is not signed", partial)
     return result("pass", "", partial)
 
 
-def _covers_part_of_body(signer: dkim.DKIM, sig: dict[bytes, bytes]) -> bool:
+def _body_lengths(signer: dkim.DKIM, sig: dict[bytes, bytes]) -> tuple[int, int]:
+    """(bytes l= signs, bytes of the canonicalized body); equal without l=."""
     if b"l" not in sig:
-        return False
+        return 0, 0
     try:
         policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
         length = int(sig[b"l"])
     except (InvalidCanonicalizationPolicyError, ValueError):
-        return False
-    return length < len(policy.canonicalize_body(signer.body))
+        return 0, 0
+    return length, len(policy.canonicalize_body(signer.body))

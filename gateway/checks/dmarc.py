@@ -8,11 +8,19 @@ as a reject or downgraded to quarantine.
 
 Every author domain counts (RFC 7489 6.6.1): each mailbox of each From
 field, ``From :`` fields included, and a ``user@domain`` written in an
-unquoted display name, where a reader's mail program may show it. Each is
+unquoted display name, where a reader's mail program may show it; in a From
+that is not exactly a mailbox list, every domain any reader could show
+(``message.authors``, the one reading every check shares). Each is
 evaluated and the strictest outcome applies, so ``From: ceo@bank.example,
 x@evil.example`` is held to bank.example's policy. A From with no domain at
 all (or only ones that cannot be domain names) is ``permerror``: DMARC can
 pass nothing it cannot name.
+
+A DNS failure is never a verdict: when an aligned identifier or the policy
+record could not be checked, the result is ``DMARC_TEMPERROR``, and when
+nothing aligned passed and the policy is or may be quarantine or reject,
+``DMARC_TEMPFAIL`` asks the sender to retry (451 4.7.1 naming the name that
+failed) rather than refusing or delivering the message on a DNS hiccup.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from gateway.config import Config
 from gateway.dmarc import DmarcResult, PslDiscovery, evaluate
 from gateway.dns import shared_resolver
 from gateway.facts import ArcFacts, DkimFacts, DmarcFacts, SignatureResult, SpfFacts
-from gateway.mail import DomainError, ascii_domain, author_domains
+from gateway.mail import DomainError, ascii_domain
 from gateway.message import Message
 from gateway.ruleset import Ruleset
 from gateway.symbols import Report, Symbol
@@ -44,7 +52,8 @@ MAX_AUTHOR_DOMAINS = 10
 SEVERITY = {
     "DMARC_PASS": 0, "DMARC_NA": 1, "DMARC_POLICY_NONE": 2, "DMARC_ARC_OVERRIDE": 2,
     "DMARC_TEMPERROR": 3, "DMARC_PERMERROR": 4, "DMARC_REJECT_EXEMPT_RCPT": 5,
-    "DMARC_POLICY_QUARANTINE": 5, "DMARC_REJECT_DOWNGRADED": 6, "DMARC_POLICY_REJECT": 7,
+    "DMARC_POLICY_QUARANTINE": 5, "DMARC_REJECT_DOWNGRADED": 6, "DMARC_TEMPFAIL": 7,
+    "DMARC_POLICY_REJECT": 8,
 }
 
 
@@ -78,6 +87,8 @@ class DmarcCheck(Check):
         "DMARC_SAMPLED_OUT": "DMARC failed but pct= or t=y left this message to a milder policy",
         "DMARC_ARC_OVERRIDE": "DMARC failed, but a trusted ARC sealer recorded a DMARC pass",
         "DMARC_TEMPERROR": "DMARC could not be checked now (DNS failure)",
+        "DMARC_TEMPFAIL": "DMARC could not be checked now, and the sender's domain asks "
+                          "to quarantine or reject what fails it: try again later",
         "DMARC_PERMERROR": "DMARC cannot apply: no author domain that can be checked",
     }
 
@@ -90,27 +101,28 @@ class DmarcCheck(Check):
     @classmethod
     def forced_actions(cls, config: Config) -> dict[str, str]:
         return {"DMARC_POLICY_REJECT": "reject", "DMARC_POLICY_QUARANTINE": "quarantine",
-                "DMARC_REJECT_DOWNGRADED": "quarantine"}
+                "DMARC_REJECT_DOWNGRADED": "quarantine", "DMARC_TEMPFAIL": "tempfail"}
 
     def run(self, message: Message, context: CheckContext) -> Report:
-        senders = [_text(value) for value in message.headers("From")]
-        authors = author_domains(senders, self.config.limits.address_comment_depth)
+        senders = message.headers("From")
+        authors = message.authors
         if not authors.domains:
-            reason = (f"{authors.fields} From field(s), {authors.mailboxes} mailbox(es), "
+            reason = (f"{authors.fields} From field(s), {len(authors.mailboxes)} mailbox(es), "
                       "no author domain")
             if authors.problems:
                 reason += f" ({'; '.join(authors.problems)[:200]})"
             return Report(symbols=(self.symbol("DMARC_PERMERROR", reason),),
                           facts=DmarcFacts("permerror", reason=reason).to_json())
         spf = SpfFacts.of(context.facts) or SpfFacts(None)
-        signatures = (DkimFacts.of(context.facts) or DkimFacts()).signatures
+        dkim = DkimFacts.of(context.facts) or DkimFacts()
+        signatures, unverified = dkim.signatures, dkim.unverified_domains or ()
         arc = ArcFacts.of(context.facts)
         # pct sampling keys on the message itself (not its bytes: a 25 MB
         # message need not be read again), so a re-check samples the same way.
         key = "\n".join([message.header("Message-ID") or "", message.header("Date") or "",
                          *senders, message.header("Subject") or "",
                          str(message.size)]).encode("utf-8", "surrogatepass")
-        outcomes = [self._author(domain, spf, signatures, arc, key, message)
+        outcomes = [self._author(domain, spf, signatures, unverified, arc, key, message)
                     for domain in authors.domains[:MAX_AUTHOR_DOMAINS]]
         chosen = max(outcomes, key=lambda o: o.severity)  # the first of the strictest
         symbols = list(chosen.symbols)
@@ -140,7 +152,8 @@ class DmarcCheck(Check):
         return Report(symbols=tuple(symbols), facts=facts.to_json())
 
     def _author(self, written: str, spf: SpfFacts, signatures: Sequence[SignatureResult],
-                arc: ArcFacts | None, key: bytes, message: Message) -> AuthorOutcome:
+                unverified: Sequence[str], arc: ArcFacts | None, key: bytes,
+                message: Message) -> AuthorOutcome:
         try:
             domain = ascii_domain(written)
             if _is_ip_address(domain):
@@ -150,7 +163,7 @@ class DmarcCheck(Check):
             return AuthorOutcome(written, outcome, (self.symbol("DMARC_PERMERROR", str(exc)),))
         try:
             outcome = evaluate(domain, spf.result, spf.domain or "", signatures,
-                               self.discovery, key)
+                               self.discovery, key, unverified)
             return AuthorOutcome(written, outcome, tuple(self._symbols(outcome, arc, message)))
         except Exception as exc:  # message content must never make the check fail
             log.warning("DMARC: cannot evaluate %s: %r", domain, exc)
@@ -164,23 +177,33 @@ class DmarcCheck(Check):
     def _symbols(self, outcome: DmarcResult, arc: ArcFacts | None,
                  message: Message) -> list[Symbol]:
         domain = outcome.from_domain
-        # What the record had that was ignored or read as a default.
-        noted = f" (record: {outcome.details['record']})" if outcome.details.get("record") else ""
+        # What the record had that was ignored or read as a default, and np=
+        # left aside because the subdomain's existence could not be looked up.
+        noted = "".join(f" ({what}: {text})" for what, text in sorted(outcome.details.items()))
         if outcome.result == "pass":
             how = "DKIM " + outcome.aligned_dkim_domain if outcome.dkim_aligned else "SPF"
             return [self.symbol("DMARC_PASS", f"{domain}: aligned {how}{noted}")]
         if outcome.result == "none":
             return [self.symbol("DMARC_NA", f"{domain}: {outcome.reason}")]
-        if outcome.result == "temperror":
-            return [self.symbol("DMARC_TEMPERROR", outcome.reason)]
         if outcome.result == "permerror":
             return [self.symbol("DMARC_PERMERROR", outcome.reason)]
+        if outcome.result == "temperror":
+            policy = f"p={outcome.applied}" if outcome.applied else "policy unknown"
+            evidence = f"{domain} ({policy}): {outcome.reason}"
+            override = self._arc_override(domain, arc)
+            if override.startswith("ARC chain"):
+                return [self.symbol("DMARC_TEMPERROR", f"{evidence}; {override}")]
+            temporary = [self.symbol("DMARC_TEMPERROR", evidence)]
+            if outcome.retry:
+                temporary.append(self.symbol("DMARC_TEMPFAIL", evidence))
+            return temporary
         evidence = f"{domain}: p={outcome.policy}, SPF and DKIM not aligned{noted}"
         override = self._arc_override(domain, arc)
         if override.startswith("ARC chain"):
             return [self.symbol("DMARC_ARC_OVERRIDE", f"{evidence}; {override}")]
         if override:
             evidence += f"; {override}"
+
         found: list[Symbol] = []
         if outcome.sampled_out:
             why = "t=y (testing)" if outcome.testing else "pct="
@@ -191,6 +214,9 @@ class DmarcCheck(Check):
             if only_role_recipients(message.envelope.rcpt_to,
                                     self.settings.reject_exempt_recipients):
                 found.append(self.symbol("DMARC_REJECT_EXEMPT_RCPT", evidence))
+            elif outcome.held_not_refused:  # a limit of ours, not the sender's doing
+                found.append(self.symbol("DMARC_REJECT_DOWNGRADED",
+                                         f"{evidence}; {outcome.held_not_refused}"))
             elif choice == "quarantine":
                 found.append(self.symbol("DMARC_REJECT_DOWNGRADED", evidence))
             else:
@@ -232,11 +258,3 @@ def _ascii(domain: str) -> str:
     except DomainError:
         return domain.strip().rstrip(".").lower()
 
-
-def _text(value: str) -> str:
-    """A header value as text: raw UTF-8 that arrived as surrogate escapes
-    (``ceo@bänk.test``) is read as UTF-8."""
-    try:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeError:
-        return value

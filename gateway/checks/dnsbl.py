@@ -52,7 +52,7 @@ from gateway.checks.view import view_of
 from gateway.config import Config
 from gateway.dns import DnsTempError, InvalidName, NoRecords, NxDomain, dns_name, shared_resolver
 from gateway.facts import DnsblFacts
-from gateway.mail import author_domains, registrable_domain
+from gateway.mail import registrable_domain
 from gateway.message import Message
 from gateway.ruleset import Ruleset
 from gateway.schema import ConfigError, suggest_key
@@ -252,8 +252,7 @@ class DnsblCheck(Check):
             domain = envelope.sender_domain
             return [(domain, domain, True)] if domain and not domain.startswith("[") else []
         if lookup == "from_domain":
-            values = message.headers("From")
-            found = author_domains(values, message.limits.address_comment_depth).domains
+            found = message.authors.domains  # the reading DMARC judges
             return [(d, d, True) for d in found[:MAX_AUTHORS]]
         hosts = []
         for link in view_of(message).links:

@@ -1,8 +1,8 @@
 """Identity: who a message claims to be from, whom it imitates, and whether
 we know them.
 
-The author is read once, by :func:`gateway.mail.parse_mailboxes` over the
-From fields (the reading DMARC's author domains come from); display names
+The author is the message's one reading of its From fields
+(``message.authors``, the reading DMARC judges); display names
 and domains are compared through :mod:`gateway.confusables` and
 :mod:`gateway.lookalike`, so a Cyrillic letter, a digit for a letter or
 an invisible space changes nothing. The authenticated identity is the
@@ -305,12 +305,8 @@ class IdentityCheck(Check):
         return None
 
     def _authors(self, message: Message) -> list[Author]:
-        depth = message.limits.address_comment_depth
-        found = []
-        for value in message.headers("From")[:MAX_MAILBOXES]:
-            for mailbox in parse_mailboxes(_text(value), depth).mailboxes[:MAX_MAILBOXES]:
-                found.append(_author(mailbox, message))
-        return found[:MAX_MAILBOXES]
+        # The message's one reading of its From fields, the one DMARC judges.
+        return [_author(mailbox, message) for mailbox in message.authors.mailboxes[:MAX_MAILBOXES]]
 
     def _names(self, author: Author, org: frozenset[str], snapshot: Snapshot,
                via: str | None, naming: Sequence[tuple[str, str]]) -> list[Symbol]:

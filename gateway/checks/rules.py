@@ -56,7 +56,7 @@ from gateway.checks import Check, CheckContext
 from gateway.checks.view import MessageView, Part, view_of
 from gateway.config import Config
 from gateway.facts import RulesFacts
-from gateway.mail import decoded_header, parse_mailboxes
+from gateway.mail import Mailbox, decoded_header, parse_mailboxes
 from gateway.message import Message
 from gateway.ruleset import Ruleset
 from gateway.schema import ConfigError, suggest_key
@@ -228,8 +228,12 @@ def _header_rule(table: Mapping[str, Any], pattern: PatternOf, problems: list[st
         else:
             values = [_header_text(v, message) for v in message.headers(name)]
             if part:
-                depth = message.limits.address_comment_depth
-                mailboxes = [m for v in values for m in parse_mailboxes(v, depth).mailboxes]
+                if name.lower() == "from":  # the one reading of the author
+                    mailboxes = [Mailbox(_header_text(m.display, message), m.address)
+                                 for m in message.authors.mailboxes]
+                else:
+                    depth = message.limits.address_comment_depth
+                    mailboxes = [m for v in values for m in parse_mailboxes(v, depth).mailboxes]
                 values = [m.address if part == "addr" else m.display for m in mailboxes]
             where = field
         if not values:

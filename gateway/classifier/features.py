@@ -25,6 +25,7 @@ from gateway.config import LimitsSection
 from gateway.mail import (
     decode_bytes,
     decoded_header,
+    first_author,
     registrable_domain,
     safe_getaddresses,
     safe_parseaddr,
@@ -251,8 +252,9 @@ def header_tokens(message: EmailMessage,
     if "!" in subject:
         yield "subject:has!"
 
-    name, address = safe_parseaddr(decoded_header(message.get("From", ""),
-                                                  limits.encoded_words))
+    author = first_author(message.get_all("From", []), limits.encoded_words,
+                          limits.address_comment_depth)
+    name, address = author.display, author.address
     for word in words(name):
         yield "from:name:" + word
     from_domain = address.rpartition("@")[2].lower()
@@ -609,7 +611,8 @@ def received_tokens(message: EmailMessage, limits: LimitsSection = DEFAULT_LIMIT
     an IP literal, 'unknown', a private address, and whether they belong to
     the From domain."""
     fields = message.get_all("Received", [])[-2:]
-    _, address = safe_parseaddr(decoded_header(message.get("From", ""), limits.encoded_words))
+    address = first_author(message.get_all("From", []), limits.encoded_words,
+                           limits.address_comment_depth).address
     from_domain = registrable_domain(address.rpartition("@")[2].strip().strip(">").lower()) \
         if "@" in address else ""
     for position, value in enumerate(reversed(fields)):

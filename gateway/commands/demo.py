@@ -19,11 +19,11 @@ import tempfile
 import time
 import zipfile
 from email.message import EmailMessage
-from email.utils import parseaddr
 from pathlib import Path
 
 from gateway.commands.common import UsageError
 from gateway.headers import OWN_HEADERS
+from gateway.message import Message
 from gateway.paths import SOURCE_ROOT
 
 SAMPLES = Path(__file__).resolve().parent.parent / "lab" / "samples"
@@ -152,7 +152,8 @@ def eicar_message() -> bytes:
 
 
 def show(name: str, raw: bytes, postfix, sink, store: Path) -> None:
-    sender = parseaddr(_header(raw, "From"))[1] or "demo@example.org"
+    author = Message.from_bytes(raw).authors.first
+    sender = author.address if author is not None else "demo@example.org"
     before = len(sink.deliveries)
     print(f"== {name}  (MAIL FROM:<{sender}>)")
     try:
@@ -219,11 +220,3 @@ def _held(store: Path, queue_id: str | None):
     finally:
         quarantine.close()
 
-
-def _header(raw: bytes, name: str) -> str:
-    head = raw.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode("utf-8", "replace")
-    for line in head.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() == name.lower():
-            return value.strip()
-    return ""

@@ -62,26 +62,34 @@ class FaultServer(_UdpServer):
     With ``names`` (domains; their subdomains included), only queries for
     those names misbehave; the others are passed to the server on
     ``upstream`` (a port on 127.0.0.1, e.g. a :class:`KnotServer`'s) and its
-    reply is relayed: one slow domain on an otherwise healthy resolver."""
+    reply is relayed: one slow domain on an otherwise healthy resolver.
+    With ``exact``, only those names misbehave, not their subdomains; with
+    ``rdtypes`` ("A", "MX", ...), only queries of those types."""
 
     def __init__(self, mode: str = "drop", delay: float = 2.0,
-                 names: tuple[str, ...] = (), upstream: int | None = None):
+                 names: tuple[str, ...] = (), upstream: int | None = None,
+                 exact: bool = False, rdtypes: tuple[str, ...] = ()):
         super().__init__()
         self.mode = mode
         self.delay = delay
         self.names = tuple(n.lower().rstrip(".") for n in names)
         self.upstream = upstream
+        self.exact = exact
+        self.rdtypes = tuple(t.upper() for t in rdtypes)
         self.asked: list[str] = []  # the names queried, in order
 
-    def misbehaves_on(self, qname: str) -> bool:
+    def misbehaves_on(self, qname: str, rdtype: str = "") -> bool:
         name = qname.lower().rstrip(".")
-        return not self.names or any(name == n or name.endswith("." + n) for n in self.names)
+        if self.rdtypes and rdtype.upper() not in self.rdtypes:
+            return False
+        return not self.names or any(
+            name == n or (not self.exact and name.endswith("." + n)) for n in self.names)
 
     def answer(self, request):
-        from dnslib import RCODE, DNSRecord
+        from dnslib import QTYPE, RCODE, DNSRecord
 
         self.asked.append(str(request.q.qname))
-        if not self.misbehaves_on(str(request.q.qname)):
+        if not self.misbehaves_on(str(request.q.qname), QTYPE[request.q.qtype]):
             if self.upstream is None:
                 reply = request.reply()
                 reply.header.rcode = RCODE.REFUSED
