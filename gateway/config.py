@@ -190,6 +190,21 @@ class ClassifierSection:
         "", lambda v: _quarantine_url(v) if v else None,
         "database of the learned training set (gateway learn, train --feedback): "
         "sqlite:////path or postgresql://... (default: the quarantine's [quarantine] url)")
+    target_fpr: float = setting(
+        0.001, lambda v: _target_fpr(v),
+        "share of good mail allowed in BAYES_95 and above (the default rules quarantine on "
+        "it alone): each model's bands are placed on the ham it carries, the site's own "
+        "after a promotion (docs/classifier.md)")
+    autolearn: Literal["off", "review", "on"] = setting(
+        "review", doc="learn from evidence that is not the classifier's own: off; review "
+        "(candidates wait in the feedback queue for an admin); on (accepted after "
+        "autolearn_delay_days unless someone objects)")
+    autolearn_delay_days: float = setting(
+        3.0, non_negative, "days a candidate waits for a label or a release that contradicts "
+        "it before it may be learned")
+    autolearn_per_sender: int = setting(
+        20, positive, "candidates from one sender (authenticated domain for ham, client "
+        "network for spam) at most, so that one sender cannot flood the training set")
 
     def training_set_url(self, quarantine_url: str) -> str:
         return self.training_set or quarantine_url
@@ -228,6 +243,12 @@ def _retention(value: dict[str, int]) -> str | None:
         if days < 0:
             return f"{key}: days must be 0 or more"
     return None
+
+
+def _target_fpr(value: float) -> str | None:
+    from gateway.classifier.thresholds import target_fpr_problem
+
+    return target_fpr_problem(value)
 
 
 def _model_store(value: str) -> str | None:

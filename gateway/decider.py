@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from gateway.classifier.autolearn import Autolearner
 from gateway.evaluator import Evaluator
 from gateway.logline import log_verdict
 from gateway.logs import for_message
@@ -66,12 +67,14 @@ class Decision:
 class Decider:
     def __init__(self, evaluator: Evaluator, keeper: Keeper | None, threads: int = 16,
                  observer: Observer | None = None, learner: Learner | None = None,
-                 door: Door | None = None):
+                 door: Door | None = None,
+                 autolearner: Autolearner | None = None):
         self.evaluator = evaluator
         self.keeper = keeper
         self.observer = observer
         self.learner = learner
         self.door = door  # greylisting and rate limits (gateway.door), when configured
+        self.autolearner = autolearner  # training candidates ([classifier] autolearn)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decide")
 
     def decide(self, envelope: Envelope, raw: RawContent) -> Decision:
@@ -127,6 +130,7 @@ class Decider:
             if self.keeper is not None and (kept := self.keeper.keep_rejected(envelope, raw,
                                                                               verdict)):
                 notes["quarantine_id"] = kept
+            self._autolearn(envelope, raw, verdict, notes.get("quarantine_id"))
             reply = verdict.reply or REJECTED
             return Decision(verdict, "reject", reply, notes)
         if verdict.action == "tempfail":
@@ -144,6 +148,7 @@ class Decider:
                           envelope.queue_id or "-", exc)
                 return Decision(verdict, "tempfail", STORE_FAILED,
                                 {"quarantine_error": str(exc)})
+            self._autolearn(envelope, raw, verdict, identifier)
             return Decision(verdict, "discard", notes={"quarantine_id": identifier})
         if verdict.action == "add_header":  # delivered, marked as spam
             from gateway.headers import with_tagged_subject
@@ -151,7 +156,13 @@ class Decider:
             verdict = with_tagged_subject(verdict, raw)
         if self.keeper is not None:  # a copy for what-if replays, when configured
             self.keeper.sample_accepted(envelope, raw, verdict)
+        self._autolearn(envelope, raw, verdict, None)
         return Decision(verdict, "accept")
+
+    def _autolearn(self, envelope: Envelope, raw: RawContent, verdict: Verdict,
+                   quarantine_id: str | None) -> None:
+        if self.autolearner is not None:
+            self.autolearner.offer(envelope, raw.bytes, verdict, quarantine_id)
 
     def close(self, close_keeper: bool = True) -> None:
         self._pool.shutdown(wait=True)
@@ -160,6 +171,8 @@ class Decider:
             self.learner.close()
         if self.door is not None:
             self.door.close()
+        if self.autolearner is not None:
+            self.autolearner.close()
         if close_keeper and self.keeper is not None:
             self.keeper.close()
 

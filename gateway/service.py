@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.classifier.autolearn import Autolearner
 from gateway.config import Config, load_config
 from gateway.decider import Decider, Observer
 from gateway.door import build_door
@@ -116,8 +117,10 @@ def build_generation(config: Config, number: int, keeper: Keeper | None = None,
         keeper.start_purging()
     from gateway.correspondents import learner_for
 
+    autolearner = Autolearner(config, keeper.store, ruleset) \
+        if keeper is not None and config.classifier.autolearn != "off" else None
     decider = Decider(evaluator, keeper, config.milter.threads, observer, learner_for(config),
-                      door=build_door(config, ruleset=ruleset))
+                      door=build_door(config, ruleset=ruleset), autolearner=autolearner)
     return Generation(config, ruleset, evaluator, decider, keeper, number), problems
 
 
@@ -157,6 +160,7 @@ class Service:
                 keeper = old.keeper if config.quarantine == old.config.quarantine else None
                 if keeper is not None:
                     keeper.replay = config.replay
+                    keeper.classifier = config.classifier
                 generation, problems = build_generation(config, old.number + 1, keeper,
                                                         self._observer)
             except ConfigError as exc:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import mailbox
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -230,8 +232,9 @@ def test_evaluate_json_has_the_promised_fields(trained: Path, tmp_path: Path):
 
 
 def store_config(tmp_path: Path, store: Path) -> Path:
-    config = tmp_path / "gateway.toml"
-    config.write_text(f'[classifier]\nstore = "{store}"\n')
+    config = tmp_path / "gateway.toml"  # a store database of the test's own
+    config.write_text(f'[classifier]\nstore = "{store}"\n'
+                      f'[quarantine]\nurl = "sqlite:///{tmp_path}/q.db"\n')
     return config
 
 
@@ -310,6 +313,112 @@ def test_promotion_refuses_a_model_that_holds_more_good_mail(trained: Path, tmp_
                      str(HAM), "--spam", str(SPAM), "--force")
     assert forced.returncode == 0, forced.stderr
     assert store.current_version() == inverted.version
+
+
+def test_promotion_places_the_bands_on_the_sites_ham_and_prints_the_change(trained: Path,
+                                                                           tmp_path: Path):
+    from gateway.classifier.trainingset import TrainingSet
+
+    config = store_config(tmp_path, tmp_path / "store")
+    labels = TrainingSet(f"sqlite:///{tmp_path}/q.db")
+    try:
+        for path in sorted(HAM.iterdir())[:30]:
+            labels.learn(path.read_bytes(), "ham", str(path), "ana")
+        for path in sorted(SPAM.iterdir())[:10]:
+            labels.learn(path.read_bytes(), "spam", str(path), "ana")
+    finally:
+        labels.close()
+    base = load_model(trained).version
+    result = gateway("model", "promote", str(trained), "--force", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    store = ModelStore(tmp_path / "store")
+    placed = store.current_version()
+    assert placed is not None and placed.startswith(f"{base}-site")
+    assert "thresholds (target FPR 0.10%" in result.stdout
+    assert f"before  {load_model(SHIPPED_MODEL).version}: " in result.stdout
+    assert f"after   {placed}: BAYES_95 from log-odds " in result.stdout
+    assert "on the site's 30 ham and 10 spam" in result.stdout
+    meta = load_model(store.path_of(placed)).meta
+    assert meta["base_version"] == base and meta["thresholds"]["site_ham"]["n"] == 30
+    assert meta["site_placed"]["ham"] == {"label": 30}
+    # 30 ham cannot show the top 0.1%: they may raise the bands, never lower them.
+    placement = load_model(store.path_of(placed)).placed(0.001).placement
+    own = load_model(trained).placed(0.001).placement
+    assert placement is not None and own is not None and placement.anchor >= own.anchor
+    details = store.history()[-1]["thresholds"]
+    assert details["after"]["anchor_log_odds"] == placement.anchor
+    assert set(details["site_held"]) == {"before", "after"}
+    again = gateway("model", "promote", base, "--force", "--config", str(config))
+    assert again.returncode == 2 and "already in use, its bands where they are" in again.stderr
+
+
+def test_the_sites_labels_are_scored_out_of_fold_where_the_model_learned_them(trained: Path):
+    from gateway.classifier.corpus import content_key
+    from gateway.classifier.site import SiteMail, SiteMessage, site_scores
+
+    raw = sorted(HAM.iterdir())[0].read_bytes()
+    model = load_model(trained)
+    learned = replace(model, meta={**model.meta,
+                                   "learned_out_of_fold": {content_key(raw): 42.0}})
+    mail = SiteMail([SiteMessage(content_key(raw), raw, 0, "label")])
+    assert site_scores(learned, mail).ham.tolist() == [42.0]
+    assert site_scores(model, mail).ham.tolist() == [pytest.approx(model.log_odds(
+        tokenize(raw)))]
+
+
+def test_doctor_says_how_much_of_the_site_the_model_learned_and_how_it_does_there(
+        trained: Path, tmp_path: Path):
+    from gateway.classifier.trainingset import TrainingSet
+    from gateway.commands.doctor import model_lines
+    from gateway.config import QuarantineSection
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    config = Config(classifier=ClassifierSection(model=str(trained)),
+                    quarantine=QuarantineSection(url=url))
+    (_, bands, before) = model_lines(config)
+    assert bands.text.startswith("BAYES_95 from log-odds ") and "out-of-fold training ham" \
+        in bands.text
+    assert "has learned 0 of this site's messages" in before.text
+    assert "no labels from this site yet" in before.text and "the card: " in before.text
+    labels = TrainingSet(url)
+    try:
+        for path in sorted(HAM.iterdir())[:6]:
+            labels.learn(path.read_bytes(), "ham", str(path), "ana")
+        for path in sorted(SPAM.iterdir())[:4]:
+            labels.learn(path.read_bytes(), "spam", str(path), "autolearn")
+    finally:
+        labels.close()
+    (_, _, after) = model_lines(config)
+    assert after.status == "ok"
+    assert "on the site's labels (4 autolearned" in after.text
+    assert re.search(r"\d of 6 ham held \(\d+\.\d\d%\) and \d of 4 spam", after.text)
+
+
+def test_the_dashboard_shows_the_bands_the_last_promotion_and_the_cold_start(
+        trained: Path, tmp_path: Path):
+    from gateway.config import parse_config
+    from gateway.quarantine.store import QuarantineStore
+    from gateway.web.app import create_app
+    from tests.test_web import PASSWORD, login
+
+    config_path = store_config(tmp_path, tmp_path / "store")
+    promoted = gateway("model", "promote", str(trained), "--force", "--config",
+                       str(config_path))
+    assert promoted.returncode == 0, promoted.stderr
+    store = QuarantineStore(f"sqlite:///{tmp_path}/q.db")
+    try:
+        app = create_app(parse_config(config_path.read_text(), "test"), store)
+        app.extensions["gateway"]["console"].add_user("ann", "admin", PASSWORD)
+        client = app.test_client()
+        login(client, "ann")
+        page = client.get("/").text
+    finally:
+        store.close()
+    version = load_model(trained).version
+    assert "Bands: BAYES_95 from log-odds " in page and "out-of-fold training ham" in page
+    assert f"Last promotion ({version}, " in page
+    assert f"This site: {version} has learned 0 of this site&#39;s messages" in page
+    assert "no labels from this site yet" in page
 
 
 def test_check_uses_the_store_and_reloads_a_promotion(trained: Path, tmp_path: Path):
@@ -400,6 +509,94 @@ def test_the_model_watcher_outlives_a_failed_look(trained: Path, tmp_path: Path,
                         "OSError: store not readable"]  # once, not on every look
 
 
+# -- bands placed on ham ---------------------------------------------------------------
+
+def ham_scores(n: int, seed: int = 1, shift: float = 0.0):
+    from gateway.classifier.thresholds import HamScores
+
+    rng = np.random.RandomState(seed)
+    return rng.normal(-40 + shift, 12, n), HamScores
+
+
+def test_bands_hold_the_target_share_of_the_ham_they_are_placed_on():
+    from gateway.classifier.thresholds import PLACED_BAND, Placement
+
+    scores, HamScores = ham_scores(2634)
+    ham = HamScores.of(scores, "out-of-fold training ham")
+    assert ham.n == 2634 and len(ham.top) == 132 and list(ham.top) == sorted(ham.top)[::-1]
+    for target, allowed in ((0.001, 2), (0.0025, 6), (0.01, 26)):
+        placement = Placement(ham.anchor(target), 0.2, target, ham)
+        held = [s for s in scores if band(placement.probability(s)) >= PLACED_BAND]
+        assert len(held) == allowed == placement.allowed
+        assert band(placement.probability(placement.anchor)) == PLACED_BAND
+    assert "2 of 2,634 out-of-fold training ham" in \
+        Placement(ham.anchor(0.001), 0.2, 0.001, ham).describe()
+
+
+def test_a_more_confident_model_holds_the_same_ham_once_placed(trained: Path):
+    """Issue 26: a retrained model scores on another scale; bands at fixed
+    probabilities then hold another share of ham. Placed on its own ham, the
+    same ham stay below BAYES_95."""
+    model = load_model(trained)
+    scores, HamScores = ham_scores(3000)
+    meta = {**model.meta, "thresholds": {"training_ham": HamScores.of(scores, "h").to_json()}}
+    bolder = {**model.meta, "thresholds": {"training_ham": HamScores.of(scores * 3,
+                                                                         "h").to_json()}}
+    first = replace(model, meta=meta).placed(0.001)
+    second = replace(model, meta=bolder, weights=model.weights * 3,
+                     intercept=model.intercept * 3).placed(0.001)
+    assert first.placement is not None and second.placement is not None
+    held = [[i for i, s in enumerate(scores) if m.probability_of(s * k) >= 0.95]
+            for m, k in ((first, 1), (second, 3))]
+    assert held[0] == held[1] and len(held[0]) == 3
+    # At the model's own calibration the same ham fare differently.
+    unplaced = [[i for i, s in enumerate(scores) if model.probability_of(s * k) >= 0.95]
+                for k in (1, 3)]
+    assert unplaced[0] != unplaced[1]
+
+
+def test_the_sites_ham_places_the_bands_once_there_is_enough_of_it():
+    from gateway.classifier.thresholds import place
+
+    training, HamScores = ham_scores(3000)
+    below, _ = ham_scores(1500, seed=2, shift=-15)  # the site's mail scores lower
+    above, _ = ham_scores(200, seed=3, shift=+20)  # ... or higher
+    own = HamScores.of(training, "out-of-fold training ham")
+
+    def placed(site) -> object:
+        return place({"training_ham": own.to_json(),
+                      "site_ham": HamScores.of(site, "site ham").to_json()}, 0.2, 0.001)
+
+    lower = placed(below)
+    assert lower.reference.source == "site ham" and lower.anchor < own.anchor(0.001)
+    few = placed(below[:300])  # 300 site ham cannot show the top 0.1%: no lowering
+    assert few.anchor == own.anchor(0.001) and "too few to lower it" in few.note
+    raised = placed(above)  # but a little site ham above the training's may raise it
+    assert raised.anchor > own.anchor(0.001) and raised.reference.source == "site ham"
+    assert place({}, 0.2, 0.001) is None and place({"training_ham": {"n": 2}}, 0.2, 0.001) \
+        is None
+
+
+def test_training_records_its_ham_and_the_check_places_by_target_fpr(trained: Path):
+    meta = load_model(trained).meta
+    training_ham = meta["thresholds"]["training_ham"]
+    assert training_ham["n"] == meta["data"]["train_ham"]
+    assert meta["cross_validation"]["placed_at_target_fpr"] == 0.001
+    raw = sorted(SPAM.iterdir())[0].read_bytes()
+    probabilities = []
+    for target in (0.0001, 0.05):
+        check = BayesCheck.from_config(Config(classifier=ClassifierSection(
+            model=str(trained), target_fpr=target)))
+        try:
+            assert check.holder.model.placement is not None
+            assert check.holder.model.placement.target_fpr == target
+            probabilities.append(check.run(Message.from_bytes(raw), CheckContext())
+                                 .facts["spam_probability"])
+        finally:
+            check.close()
+    assert probabilities[0] < probabilities[1]  # a laxer target: higher for the same mail
+
+
 # -- explanations --------------------------------------------------------------------
 
 def test_evidence_names_the_tokens_that_pushed_both_ways(trained: Path):
@@ -424,6 +621,30 @@ def test_evidence_names_the_tokens_that_pushed_both_ways(trained: Path):
             assert tokens["known"] == len(known)
     finally:
         check.close()
+
+
+def test_check_json_has_the_unrounded_probability_the_log_odds_and_the_tokens(trained: Path):
+    from gateway.commands.check import verdict_json
+    from gateway.config import PipelineSection
+    from gateway.evaluator import LocalEvaluator
+
+    model = load_model(trained).placed(ClassifierSection().target_fpr)
+    evaluator = LocalEvaluator(Config(pipeline=PipelineSection(checks=["bayes"]),
+                                      classifier=ClassifierSection(model=str(trained))))
+    try:
+        for path in sorted(SPAM.iterdir())[:3] + sorted(HAM.iterdir())[:3]:
+            raw = path.read_bytes()
+            record = json.loads(json.dumps(verdict_json(
+                str(path), evaluator.evaluate_message(Message.from_bytes(raw)))))
+            log_odds = model.log_odds(tokenize(raw))
+            assert record["log_odds"] == pytest.approx(log_odds, abs=1e-9)
+            # Not rounded to 4 decimals: exactly what the model computes.
+            assert record["spam_probability"] == model.probability_of(record["log_odds"])
+            tokens = record["tokens"]
+            assert tokens["spam"] and tokens["ham"] and tokens["known"] > 0
+            assert all(isinstance(t, str) and v > 0 for t, v in tokens["spam"])
+    finally:
+        evaluator.close()
 
 
 def test_tokens_read_as_people_read_them():

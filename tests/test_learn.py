@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,216 @@ def test_learn_errors_are_one_line(config: Path, tmp_path: Path):
 def test_train_needs_mail(config: Path):
     result = gateway("train", "--config", str(config), "--ham", str(HAM))
     assert result.returncode == 2 and "give both --ham and --spam" in result.stderr
+
+
+# -- autolearning ---------------------------------------------------------------------
+
+def learn_verdict(action: str, *symbols: tuple[str, float], forced_by: str | None = None,
+                  dmarc: dict | None = None, failed: tuple[str, ...] = ()):
+    from gateway.symbols import Symbol
+    from gateway.verdict import Verdict
+
+    found = tuple(Symbol(name, score) for name, score in symbols)
+    return Verdict(action=action, score=sum(s for _, s in symbols), required=4.0,  # type: ignore[arg-type]
+                   symbols=found, failed_checks=failed, reason="test", forced_by=forced_by,
+                   facts={"dmarc": dmarc} if dmarc else {})
+
+
+ALIGNED = {"result": "pass", "from_domain": "Example.org", "dkim_aligned": True,
+           "spf_aligned": False, "dkim_domain": "example.org"}
+CLIENT = Envelope(mail_from="alice@example.org", rcpt_to=("bob@example.net",),
+                  client_ip="192.0.2.77")
+
+
+def test_autolearn_candidates_come_only_from_evidence_that_is_not_the_classifiers():
+    from gateway.classifier.autolearn import bayes_derived, candidate
+    from gateway.meta import Meta, parse_meta
+
+    def found(*args, **kwargs):
+        return candidate(learn_verdict(*args, **kwargs), CLIENT, 6.0, derived)
+
+    tree, names = parse_meta("BAYES_99 && FIRST_CONTACT")
+    derived = bayes_derived([Meta("BAYES_FIRST", "", tree, names, "", 3.0)])
+    assert derived == {"BAYES_FIRST"}
+    # Ham: an authenticated author someone knows.
+    ham = found("accept", ("KNOWN_CORRESPONDENT", -1.0), ("BAYES_50", 1.5), dmarc=ALIGNED)
+    assert ham is not None and ham.label == "ham" and ham.sender_key == "domain:example.org"
+    assert "aligned DKIM example.org" in ham.why and "KNOWN_CORRESPONDENT" in ham.why
+    assert found("accept", ("ALLOWLIST_SENDER", -20.0), dmarc={**ALIGNED, "dkim_aligned": False,
+                                                                 "spf_aligned": True})
+    assert found("accept", ("ALLOWLIST_IP", -20.0)).sender_key == "ip:192.0.2.77"
+    # Not: unauthenticated (a forged From of a known correspondent), unknown,
+    # a check that failed, or mail delivered as spam.
+    assert found("accept", ("KNOWN_CORRESPONDENT", -1.0),
+                 dmarc={**ALIGNED, "result": "fail", "dkim_aligned": False}) is None
+    assert found("accept", ("DMARC_PASS", -1.0), dmarc=ALIGNED) is None
+    assert found("accept", ("KNOWN_CORRESPONDENT", -1.0), dmarc=ALIGNED,
+                 failed=("dkim",)) is None
+    assert found("add_header", ("KNOWN_CORRESPONDENT", -1.0), ("BAYES_95", 6.0),
+                 dmarc=ALIGNED) is None
+    # Nor mail in which the identity check saw an imitation, or our users' own.
+    for identity in ({"imitation": True, "known": True}, {"direction": "outbound"}):
+        verdict = learn_verdict("accept", ("KNOWN_CORRESPONDENT", -1.0), dmarc=ALIGNED)
+        verdict = replace(verdict, facts={**verdict.facts, "identity": identity})
+        assert candidate(verdict, CLIENT, 6.0, derived) is None
+    # Spam: forced by other evidence, or over the threshold without the classifier.
+    spam = found("reject", ("BLOCKLIST_SENDER", 0.0), ("BAYES_00", -2.0),
+                 forced_by="BLOCKLIST_SENDER")
+    assert spam is not None and spam.label == "spam" and spam.sender_key == "net:192.0.2.0/24"
+    assert "forced by BLOCKLIST_SENDER" in spam.why
+    assert found("quarantine", ("DNSBL_LISTED", 4.0), ("MISSING_DATE", 2.0),
+                 ("BAYES_99", 7.5)).label == "spam"
+    # Not: held by the classifier (alone, with little else, or through a meta rule).
+    assert found("quarantine", ("BAYES_999", 9.0)) is None
+    assert found("quarantine", ("MISSING_DATE", 1.0), ("BAYES_95", 6.0)) is None
+    assert found("quarantine", ("BAYES_FIRST", 6.0), ("BAYES_99", 7.5),
+                 forced_by="BAYES_FIRST") is None
+    assert found("quarantine", ("BAYES_FIRST", 6.0), ("MISSING_DATE", 1.0)) is None
+
+
+def mail(tag: str) -> bytes:
+    """A message of its own: the training set tells messages apart by body."""
+    return message(tag).replace(b"\r\n\r\n", f"\r\n\r\nabout {tag}\r\n".encode(), 1)
+
+
+def test_autolearn_queues_each_message_once_and_caps_each_sender(tmp_path: Path):
+    from gateway.classifier.autolearn import Candidate, queue_candidate
+
+    store = QuarantineStore(f"sqlite:///{tmp_path}/q.db")
+    ham = Candidate("ham", "accepted; example.org authenticated", "domain:example.org")
+    try:
+        assert queue_candidate(store.engine, ham, mail("a"), "minutes a", None, 3, 2) \
+            == "queued"
+        assert queue_candidate(store.engine, ham, mail("a"), "minutes a", None, 3, 2) \
+            == "known"
+        assert queue_candidate(store.engine, ham, mail("b"), "minutes b", None, 3, 2) \
+            == "queued"
+        assert queue_candidate(store.engine, ham, mail("c"), "minutes c", None, 3, 2) \
+            == "capped"
+        other = Candidate("ham", "accepted; example.com authenticated", "domain:example.com")
+        assert queue_candidate(store.engine, other, mail("c"), None, None, 3, 2) == "queued"
+    finally:
+        store.close()
+
+
+def test_autolearn_learns_after_the_delay_unless_someone_objects(tmp_path: Path):
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.classifier.autolearn import Candidate, accept_candidates, queue_candidate
+    from gateway.web.console import Console
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    store = QuarantineStore(url)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    spam = Candidate("spam", "reject: forced by BLOCKLIST_SENDER", "net:192.0.2.0/24")
+    ham = Candidate("ham", "accepted; example.org authenticated (aligned SPF)",
+                    "domain:example.org")
+    held = {tag: store.put(Envelope(mail_from="x@spam.example", rcpt_to=("bob@example.net",)),
+                           RawContent(mail(tag)), verdict("TEST_MARKER"), "quarantine")
+            for tag in ("released", "relabelled", "kept")}
+    for tag, identifier in held.items():
+        queue_candidate(store.engine, spam, mail(tag), tag, identifier, 3, 20, at=start)
+    for tag in ("ham-1", "ham-2", "by-hand"):
+        queue_candidate(store.engine, ham, mail(tag), tag, None, 3, 20, at=start)
+    # Meanwhile: an analyst says one held message is good, another is
+    # released; a person learns one accepted message as spam by hand.
+    Console(store).add_label(held["relabelled"], "ham", "analyst", "ana")
+    store.mark_released(held["released"], ["bob@example.net"], "QID", "ana", "released")
+    training = TrainingSet(url)
+    training.learn(mail("by-hand"), "spam", "by-hand.eml", "ana")
+
+    early = accept_candidates(url, url, "autolearn (on)", at=start + timedelta(days=1))
+    assert (early.learned, early.waiting) == (0, 6)
+    later = accept_candidates(url, url, "autolearn (on)", at=start + timedelta(days=3, hours=1))
+    assert (later.learned, later.objected, later.waiting) == (3, 3, 0)
+    rows = {entry.source: entry for entry in training.entries()}
+    # The person's label stands; the candidates that nobody contradicted are
+    # learned, each saying which candidate and why.
+    assert rows["by-hand.eml"].label == "spam" and rows["by-hand.eml"].who == "ana"
+    learned = [e for e in rows.values() if e.who == "autolearn"]
+    assert sorted(e.label for e in learned) == ["ham", "ham", "spam"]
+    assert all(e.source.startswith("autolearn feedback #") for e in learned)
+    (kept,) = [e for e in learned if e.label == "spam"]
+    assert kept.quarantine_id == held["kept"] and kept.note == spam.why
+    # Nothing is learned twice: a candidate of a learned message is refused.
+    assert queue_candidate(store.engine, ham, mail("ham-1"), None, None, 0, 20) == "known"
+    again = accept_candidates(url, url, "autolearn (on)", at=start + timedelta(days=9))
+    assert again.learned == 0
+    training.close()
+    store.close()
+
+
+@pytest.mark.postfix
+def test_autolearn_candidates_from_mail_through_postfix_wait_for_review(
+        postfix, sink, gateway_milter, tmp_path: Path):
+    import smtplib
+    import uuid
+
+    from tests.helpers import send, wait_until
+    from tests.test_quarantine import cli, quarantine_config
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    milter = gateway_milter(quarantine_config(tmp_path, postfix, (
+        f'[quarantine]\nurl = "{url}"\n'
+        '[lists]\nblock_senders = ["spammer.example"]\nallow_ips = ["127.0.0.1", "::1"]\n'
+        '[classifier]\nautolearn = "review"\nautolearn_delay_days = 0\n')))
+    good, bad = uuid.uuid4().hex, uuid.uuid4().hex
+    send(postfix, mail(good), mail_from="alice@example.org")  # from an allow-listed client
+    with pytest.raises(smtplib.SMTPDataError):
+        send(postfix, mail(bad), mail_from="x@spammer.example")  # forced reject
+    assert sink.find(good) is not None
+
+    def queued() -> list[dict]:
+        listing = cli(milter.config_path, "feedback", "list", "--json")
+        rows = [r for r in json.loads(listing.stdout) if r["source"] == "autolearn"]
+        return rows if len(rows) == 2 else []
+
+    rows = wait_until(queued, what="two autolearn candidates in the feedback queue")
+    assert {r["label"] for r in rows} == {"ham", "spam"}
+    assert all(r["state"] == "pending" for r in rows)  # "review": nothing learned yet
+    assert any("allow-listed client" in r["note"] for r in rows)
+    assert any("forced by BLOCKLIST_SENDER" in r["note"] for r in rows)
+    listed = cli(milter.config_path, "learn", "--list", "--json")
+    assert json.loads(listed.stdout)["totals"] == {"ham": 0, "spam": 0}
+
+    accepted = cli(milter.config_path, "feedback", "accept", "--autolearn")
+    assert accepted.returncode == 0, accepted.stderr
+    assert "2 learned" in accepted.stdout
+    latest = json.loads(cli(milter.config_path, "learn", "--list", "--json").stdout)
+    assert latest["totals"] == {"ham": 1, "spam": 1}
+    assert {e["who"] for e in latest["latest"]} == {"autolearn"}
+    stored = TrainingSet(url)
+    try:
+        learned = {item.label: item.raw for item in stored.labelled()}
+    finally:
+        stored.close()
+    assert good.encode() in learned[0] and bad.encode() in learned[1]
+
+
+def test_an_admin_accepts_one_autolearn_candidate_in_the_console(tmp_path: Path):
+    from gateway.classifier.autolearn import Candidate, queue_candidate
+    from gateway.web.console import Console
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    store = QuarantineStore(url)
+    console = Console(store)
+    try:
+        ham = Candidate("ham", "accepted; example.org authenticated (aligned SPF)",
+                        "domain:example.org")
+        assert queue_candidate(store.engine, ham, mail("accepted"), "minutes accepted", None,
+                               3, 20) == "queued"
+        (label,) = console.labels()
+        assert (label.source, label.subject, label.message) == ("autolearn", "minutes accepted",
+                                                                 "")
+        # Not due yet, but an admin's choice: the message it carries is learned.
+        outcome = console.review(label.id, True, "ann")
+        assert outcome.startswith("autolearn candidate: 1 learned")
+        assert console.label(label.id).state == "accepted"
+        training = TrainingSet(url)
+        try:
+            (entry,) = training.entries()
+            assert (entry.label, entry.who, entry.note) == ("ham", "autolearn", ham.why)
+        finally:
+            training.close()
+    finally:
+        store.close()

@@ -130,7 +130,8 @@ def test_the_bayes_check_loads_and_reloads_from_a_database_store(tmp_path: Path,
 def test_model_commands_work_on_a_database_store(tmp_path: Path, cache: Path):
     url = f"sqlite:///{tmp_path}/models.db"
     config = tmp_path / "gateway.toml"
-    config.write_text(f'[classifier]\nstore = "{url}"\n')
+    config.write_text(f'[classifier]\nstore = "{url}"\n'
+                      f'[quarantine]\nurl = "sqlite:///{tmp_path}/q.db"\n')
     promoted = gateway("model", "promote", str(variant(tmp_path, "nb-cli")), "--force",
                        "--config", str(config), cache=cache)
     assert promoted.returncode == 0, promoted.stderr

@@ -6,7 +6,9 @@ most toward spam (+) and toward ham (-), with their share of the log-odds:
 list-id: debian-user -0.52``; the ``tokens`` fact has them for the JSON.
 
 The model in use is the ``[classifier] model`` folder if set, else the
-model store's current model, else the shipped ``models/default``. A watcher
+model store's current model, else the shipped ``models/default``; its
+probability is placed at ``[classifier] target_fpr`` on the ham it carries
+(see :mod:`gateway.classifier.thresholds`). A watcher
 thread looks for a newly promoted model every ``reload_interval`` seconds
 and swaps it in atomically: a message is scored by one model from start to
 end, connections are never dropped, and a corrupt or mismatched model is
@@ -70,14 +72,18 @@ class ModelHolder:
         self._signature = self._current_signature()
         self.location = Path(self._signature[0])
         try:
-            self.model: SpamModel = load_model_dir(self.location)
+            self.model: SpamModel = self._load(self.location)
         except ModelError as exc:
             raise ConfigError([f"classifier: {exc}"]) from None
         self._refused: tuple | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._watch_failing = False
-        log.info("classifier: using model %s from %s", self.model.version, self.location)
+        log.info("classifier: using model %s from %s%s", self.model.version, self.location,
+                 placement_text(self.model))
+
+    def _load(self, location: Path) -> SpamModel:
+        return load_model_dir(location).placed(self.config.classifier.target_fpr)
 
     def start_watching(self) -> None:
         if self._watcher is None:
@@ -117,7 +123,7 @@ class ModelHolder:
             return False
         location = Path(signature[0])
         try:
-            model = load_model_dir(location)
+            model = self._load(location)
         except ModelError as exc:
             self._refused = signature
             log.error("classifier: refusing new model: %s; still using %s",
@@ -126,8 +132,16 @@ class ModelHolder:
         previous = self.model.version
         self.model, self.location, self._signature = model, location, signature
         self._refused = None
-        log.info("classifier: now using model %s (was %s)", model.version, previous)
+        log.info("classifier: now using model %s (was %s)%s", model.version, previous,
+                 placement_text(model))
         return True
+
+
+def placement_text(model: SpamModel) -> str:
+    """'; BAYES_95 from log-odds 9.48: ...' for the log line ('' unplaced)."""
+    if model.placement is None:
+        return "; bands at the model's own calibration (it carries no ham scores)"
+    return "; " + model.placement.describe()
 
 
 class BayesCheck(Check):

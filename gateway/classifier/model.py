@@ -15,7 +15,9 @@ a message is the idf weights of its known tokens, L2-normalised (each
 block apart -- headers, text, structure -- when the model has blocks), and
 its dot product with the weights plus the prior log-odds is the
 classifier's log-odds, which a logistic calibration turns into a
-probability.
+probability: the model's own, or, once placed (:mod:`thresholds`), the
+same slope anchored so that ``[classifier] target_fpr`` of the ham the
+model carries scores in ``BAYES_95`` or above.
 scikit-learn is needed to train, not to score.
 """
 
@@ -25,7 +27,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from gateway.classifier.features import (
     describe_token,
     message_tokens,
 )
+from gateway.classifier.thresholds import Placement, place
 from gateway.config import LimitsSection
 
 FORMAT = "gateway-naive-bayes/2"
@@ -130,6 +133,15 @@ class SpamModel:
     meta: dict[str, Any]
     path: Path | None = None
     block: np.ndarray | None = None  # each token's block (features.token_block), or one norm
+    placement: Placement | None = None  # where the bands sit at this site (placed())
+
+    def placed(self, target_fpr: float) -> SpamModel:
+        """This model scoring with the calibration its ham scores place at
+        ``target_fpr`` (itself, unchanged, when it carries none)."""
+        thresholds = self.meta.get("thresholds")
+        placement = place(thresholds, self.calibration[0], target_fpr) \
+            if isinstance(thresholds, dict) else None
+        return replace(self, placement=placement)
 
     def _parts(self, indices: list[int]) -> np.ndarray:
         """Each known token's share of the log-odds: idf * weight / norm,
@@ -175,6 +187,8 @@ class SpamModel:
         return Explanation(self.probability_of(log_odds), log_odds, spam, ham, len(known))
 
     def probability_of(self, log_odds: float) -> float:
+        if self.placement is not None:
+            return self.placement.probability(log_odds)
         a, b = self.calibration
         z = a * log_odds + b
         if z >= 0:

@@ -14,7 +14,12 @@ Steps, all deterministic for a given seed:
    the fold's test mail is scored once. Each figure is reported as the
    mean over the folds with a 95% interval (see :mod:`metrics`);
 4. choose the hyperparameters the same way on all the training mail, fit
-   the calibration on its out-of-fold scores and fit the final model.
+   the calibration on its out-of-fold scores and fit the final model. The
+   out-of-fold scores of the ham go with the model (the top of their
+   distribution): they place its bands at ``[classifier] target_fpr``
+   (see :mod:`thresholds`), in every outer fold of step 3 as well. The
+   learned set's out-of-fold scores go with it too, so that the site's own
+   labels can measure the model without the scores it learned them with.
 
 The model is MultinomialNB on token presence weighted by idf and
 L2-normalised per message (Rennie et al. 2003), on the tokens that appear
@@ -51,6 +56,7 @@ from gateway.classifier.metrics import (
     summarize,
 )
 from gateway.classifier.model import BANDS, SpamModel
+from gateway.classifier.thresholds import HamScores, Placement
 from gateway.mime import parse_bytes
 
 log = logging.getLogger("gateway.train")
@@ -136,6 +142,7 @@ class Dataset:
     sources: list[str]
     groups: np.ndarray  # which given path (or the learned set) a message came from
     group_names: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # content_key of each message
     duplicates: int = 0
     conflicts: int = 0
     relabelled: int = 0
@@ -206,6 +213,7 @@ def load_dataset(ham: Sequence[str | Path], spam: Sequence[str | Path],
         labels.append(label)
         groups.append(group)
         data.sources.append(source)
+        data.keys.append(key)
         data.learned += group == len(names) - 1 and bool(learned)
     if progress:
         progress.done()
@@ -439,9 +447,21 @@ def fit_calibration(log_odds: np.ndarray, labels: np.ndarray) -> tuple[float, fl
     return float(regression.coef_[0][0]), float(regression.intercept_[0])
 
 
-def probabilities(log_odds: np.ndarray, calibration: tuple[float, float]) -> np.ndarray:
+def probabilities(log_odds: np.ndarray, calibration: tuple[float, float],
+                  placement: Placement | None = None) -> np.ndarray:
+    if placement is not None:
+        return np.array([placement.probability(float(s)) for s in log_odds])
     a, b = calibration
     return 1.0 / (1.0 + np.exp(-np.clip(a * log_odds + b, -500, 500)))
+
+
+def ham_placement(oof_scores: np.ndarray, labels: np.ndarray, calibration: tuple[float, float],
+                  target_fpr: float | None) -> Placement | None:
+    """Where out-of-fold ham places the bands of a model with this calibration."""
+    if target_fpr is None:
+        return None
+    ham = HamScores.of(oof_scores[labels == 0], "out-of-fold training ham")
+    return Placement(ham.anchor(target_fpr), calibration[0], target_fpr, ham)
 
 
 def selection_score(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -482,8 +502,13 @@ def cross_validate(matrix: TokenMatrix, labels: np.ndarray, groups: np.ndarray |
                    inner_folds: int, decision_probability: float,
                    report: Report = print,
                    on_fold: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+                   target_fpr: float | None = None,
                    ) -> dict[str, Any]:
     """Nested repeated cross-validation of the whole training procedure.
+
+    With ``target_fpr`` each fold's probabilities are placed as the
+    gateway places a model's (on the inner cross-validation's ham), so the
+    figures at the decision probability are the gateway's.
 
     ``on_fold(number, test_index, log_odds, probabilities)`` sees each outer
     fold's scores (benchmarks use it for figures of their own)."""
@@ -498,9 +523,10 @@ def cross_validate(matrix: TokenMatrix, labels: np.ndarray, groups: np.ndarray |
                                                     inner_folds, seed + number,
                                                     groups=fold_groups, blocks=matrix.blocks)
         calibration = fit_calibration(inner_scores, labels[train_index])
+        placement = ham_placement(inner_scores, labels[train_index], calibration, target_fpr)
         model = fit(rows, labels[train_index], settings, fold_groups, matrix.blocks)
         scores = model.log_odds(matrix.rows(test_index))
-        fold_probabilities = probabilities(scores, calibration)
+        fold_probabilities = probabilities(scores, calibration, placement)
         if on_fold is not None:
             on_fold(number, test_index, scores, fold_probabilities)
         figures = fold_figures(scores, fold_probabilities, labels[test_index],
@@ -521,6 +547,7 @@ def cross_validate(matrix: TokenMatrix, labels: np.ndarray, groups: np.ndarray |
         "folds": folds, "repeats": repeats, "seed": seed, "inner_folds": inner_folds,
         "interval": "95%, Nadeau-Bengio corrected resampled t",
         "decision_probability": decision_probability,
+        "placed_at_target_fpr": target_fpr,
         "figures": spreads(per_fold, test_fraction),
         "per_fold": per_fold,
         "chosen": chosen,
@@ -548,11 +575,34 @@ def train(
     show_progress: bool = True,
     learned: Sequence[Labelled] = (),
     grid: Sequence[Settings] = GRID,
+    target_fpr: float | None = 0.001,
 ) -> tuple[SpamModel, dict[str, Any]]:
     """Train and measure a model; returns it and its figures (the
     cross-validation report, and the held-back split's when ``validation``)."""
     started = time.monotonic()
     data = load_dataset(ham, spam, show_progress, learned)
+    return train_dataset(data, seed, validation, folds, repeats, inner_folds,
+                         decision_probability, report, grid, target_fpr,
+                         {"ham": [str(p) for p in ham], "spam": [str(p) for p in spam]},
+                         started)
+
+
+def train_dataset(
+    data: Dataset,
+    seed: int = 42,
+    validation: float = 0.0,
+    folds: int = 5,
+    repeats: int = 4,
+    inner_folds: int = 4,
+    decision_probability: float = 0.99,
+    report: Report = print,
+    grid: Sequence[Settings] = GRID,
+    target_fpr: float | None = 0.001,
+    sources: dict[str, list[str]] | None = None,
+    started: float | None = None,
+) -> tuple[SpamModel, dict[str, Any]]:
+    """``train`` on mail read already (benchmarks build their own datasets)."""
+    started = time.monotonic() if started is None else started
     n_spam = int(data.labels.sum())
     n_ham = len(data.labels) - n_spam
     need = max(folds, inner_folds) * 2
@@ -575,7 +625,7 @@ def train(
         report(f"measuring: {folds} folds x {repeats} repeats, hyperparameters chosen inside "
                f"each training fold ({len(grid)} candidates x {inner_folds} inner folds)")
         cv = cross_validate(matrix, labels, groups, folds, repeats, seed, grid, inner_folds,
-                            decision_probability, report)
+                            decision_probability, report, target_fpr=target_fpr)
     report(f"choosing hyperparameters on all {len(labels)} training messages "
            f"({inner_folds}-fold cross-validation)")
     all_rows = matrix.matrix
@@ -585,6 +635,7 @@ def train(
         raise ValueError(f"a {settings.scorer} model cannot be written as a model artifact "
                          f"(only {', '.join(SHIPPABLE_SCORERS)})")
     calibration = fit_calibration(oof_scores, labels)
+    placement = ham_placement(oof_scores, labels, calibration, target_fpr)
     final = fit(all_rows, labels, settings, groups, matrix.blocks)
     vocabulary = {matrix.tokens[c]: i for i, c in enumerate(final.columns)}
     report(f"chose {settings.describe()}; vocabulary {len(vocabulary)} tokens")
@@ -597,14 +648,13 @@ def train(
         held_matrix = _rows_for([data.tokens[i] for i in held_index], matrix.tokens)
         held_scores = final.log_odds(held_matrix)
         held_labels = data.labels[held_index]
-        held = summarize(held_scores, probabilities(held_scores, calibration), held_labels,
-                         decision_probability)
+        held_probabilities = probabilities(held_scores, calibration, placement)
+        held = summarize(held_scores, held_probabilities, held_labels, decision_probability)
         held["groups"] = {
             data.group_names[g]: {
                 "n": int((data.groups[held_index] == g).sum()),
                 "false_positives": int(((data.groups[held_index] == g) & (held_labels == 0)
-                                        & (probabilities(held_scores, calibration)
-                                           >= decision_probability)).sum()),
+                                        & (held_probabilities >= decision_probability)).sum()),
             } for g in np.unique(data.groups[held_index])}
         figures["validation"] = held
     operating = {}
@@ -635,7 +685,7 @@ def train(
             "learned": data.learned,
             "relabelled_by_learned": data.relabelled,
             "unreadable": len(data.unreadable),
-            "sources": {"ham": [str(p) for p in ham], "spam": [str(p) for p in spam]},
+            "sources": sources or {},
         },
         "features": {"feature_version": FEATURE_VERSION},
         "calibration": {"method": "logistic (Platt) on out-of-fold log-odds",
@@ -646,7 +696,17 @@ def train(
             "bands": {name: (upper if np.isfinite(upper) else 1.0) for upper, name in BANDS},
             "decision_probability": decision_probability,
             "probability_at_fpr": operating,
+            # The top of the out-of-fold ham scores: where the bands go at
+            # any [classifier] target_fpr (gateway.classifier.thresholds).
+            "training_ham": HamScores.of(oof_scores[labels == 0],
+                                         "out-of-fold training ham").to_json(),
         },
+        # The learned set's out-of-fold log-odds by content key: the site's
+        # labels measure this model without the scores it learned them with.
+        "learned_out_of_fold": {
+            data.keys[i]: round(float(oof_scores[position]), 4)
+            for position, i in enumerate(train_index)
+            if data.groups[i] == len(data.group_names) - 1 and data.learned},
         "training_seconds": round(time.monotonic() - started, 1),
     }
     meta["version"] = "nb-" + _digest(vocabulary, final)[:12]

@@ -72,8 +72,10 @@ class TrainingSet:
         self.engine = self.store.engine
 
     def learn(self, raw: bytes, label: str, source: str, who: str,
-              quarantine_id: str | None = None, note: str = "") -> str:
-        """Add or relabel one message: 'added', 'relabelled' or 'unchanged'."""
+              quarantine_id: str | None = None, note: str = "", replace: bool = True) -> str:
+        """Add or relabel one message: 'added', 'relabelled' or 'unchanged'
+        ('present' without ``replace``: a label that exists stays, as
+        autolearning must never change a person's)."""
         if label not in LABELS:
             raise TrainingSetError(f"label must be ham or spam, not {label!r}")
         key = content_key(raw)
@@ -92,6 +94,8 @@ class TrainingSet:
                     outcome = "added"
                 elif current.label == label:
                     return "unchanged"
+                elif not replace:
+                    return "present"
                 else:
                     connection.execute(
                         update(training_messages).where(training_messages.c.id == current.id)

@@ -104,7 +104,12 @@ def _return_path(data: bytes) -> str:
 def verdict_json(file: str, verdict: Verdict) -> dict[str, Any]:
     record: dict[str, Any] = {"file": file}
     record.update(verdict.as_dict())
-    record["spam_probability"] = verdict.spam_probability
+    # The classifier's own numbers, unrounded: two messages that print the
+    # same 4 decimals are still ordered (the log-odds never saturates).
+    bayes = verdict.facts.get("bayes") or {}
+    record["spam_probability"] = bayes.get("spam_probability")
+    record["log_odds"] = bayes.get("log_odds")
+    record["tokens"] = bayes.get("tokens")
     record["authentication_results"] = verdict.authentication_results
     return record
 

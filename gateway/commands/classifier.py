@@ -195,7 +195,7 @@ def resolve_model(config: Config, name: str | None) -> SpamModel:
         except StoreError as exc:
             raise UsageError(f"--model {name}: not a folder, and {exc}") from None
     try:
-        return load_model(path)
+        return load_model(path).placed(config.classifier.target_fpr)
     except ModelError as exc:
         raise UsageError(str(exc)) from None
 
@@ -432,13 +432,14 @@ def gate_problems(comparison: dict[str, Any], candidate: str, current: str) -> l
 def promote_main(args: argparse.Namespace) -> int:
     config = config_from(args)
     store = ModelStore(config.classifier.store)
+    target = config.classifier.target_fpr
     try:
         version = store.add(Path(args.version)) if Path(args.version).is_dir() else args.version
-        candidate = load_model(store.path_of(version))
+        candidate = load_model(store.path_of(version)).placed(target)
     except (StoreError, ModelError) as exc:
         raise UsageError(str(exc)) from None
     try:
-        current = load_model(model_location(config))
+        current: SpamModel | None = load_model(model_location(config)).placed(target)
     except ModelError as exc:
         if not args.force:
             raise UsageError(f"promote: the model in use cannot be loaded to compare with "
@@ -446,8 +447,6 @@ def promote_main(args: argparse.Namespace) -> int:
         current = None
     details: dict[str, Any] = {"forced": args.force,
                                "previous": current.version if current else None}
-    if current is not None and current.version == candidate.version:
-        raise UsageError(f"model {version} is already in use")
     if args.ham and args.spam and current is not None:
         comparison = compare_models(candidate, current, args.ham, args.spam,
                                     _decision_probability(config))
@@ -472,11 +471,80 @@ def promote_main(args: argparse.Namespace) -> int:
     elif not args.force:
         raise UsageError("promote: give a held-out set (--ham PATH --spam PATH) to compare "
                          "with the model in use, or --force")
+    version, candidate, details["thresholds"] = place_on_site(config, store, candidate, current)
+    if current is not None and current.version == candidate.version:
+        raise UsageError(f"model {version} is already in use, its bands where they are")
     store.set_current(version, "promote", details)
     previous = current.version if current else "none"
     print(f"model {version} is now current (was {previous}); running gateways "
           f"pick it up within {config.classifier.reload_interval:g}s")
     return 0
+
+
+def place_on_site(config: Config, store: ModelStore, candidate: SpamModel,
+                  current: SpamModel | None) -> tuple[str, SpamModel, dict[str, Any]]:
+    """The candidate with its bands placed on the site's ham (a version of
+    its own, ``<base>-site<digest>``, when they move), and the before/after,
+    printed: a promotion never moves the bands silently."""
+    from gateway.classifier.site import (
+        SiteError,
+        SiteMail,
+        site_ham,
+        site_mail,
+        site_scores,
+        with_site_ham,
+    )
+
+    target = config.classifier.target_fpr
+    try:
+        mail = site_mail(config)
+    except SiteError as exc:
+        print(f"thresholds: cannot read the site's mail ({exc}); the bands stay on the "
+              "candidate's own ham")
+        mail = SiteMail()
+    scores = site_scores(candidate, mail)
+    ham = site_ham(scores)
+    carried = (candidate.meta.get("thresholds") or {}).get("site_ham")
+    if ham is not None and candidate.path is not None and \
+            (carried is None or carried.get("top") != list(ham.top) or carried["n"] != ham.n):
+        with tempfile.TemporaryDirectory() as staging:
+            with_site_ham(candidate.path, ham, mail.origins(0), Path(staging) / "model")
+            try:
+                derived = store.add(Path(staging) / "model")
+                candidate = load_model(store.path_of(derived)).placed(target)
+            except (StoreError, ModelError) as exc:
+                raise UsageError(f"promote: placing the bands on the site's ham: {exc}") \
+                    from None
+
+    def placement(model: SpamModel | None) -> str:
+        if model is None:
+            return "none"
+        if model.placement is None:
+            return f"{model.version}: the model's own calibration (it carries no ham scores)"
+        return f"{model.version}: {model.placement.describe()}"
+
+    print(f"thresholds (target FPR {target:.2%}; the default rules hold BAYES_95 and above "
+          "on the classifier alone):")
+    print(f"  before  {placement(current)}")
+    print(f"  after   {placement(candidate)}")
+    summary: dict[str, Any] = {
+        "target_fpr": target,
+        "before": current.placement.to_json() if current and current.placement else None,
+        "after": candidate.placement.to_json() if candidate.placement else None,
+        "site_ham": mail.origins(0), "site_spam": mail.origins(1)}
+    n_ham, n_spam = len(scores.ham), len(scores.spam)
+    if not mail.messages:
+        print("  the site has no ham of its own yet (released mail, ham labels, autolearned "
+              "ham): placed on the model's out-of-fold training ham")
+    elif current is not None:
+        old = site_scores(current, mail).held(current)
+        new = scores.held(candidate)
+        print(f"  on the site's {n_ham:,} ham and {n_spam:,} spam "
+              f"({scores.out_of_fold} scored out of fold): BAYES_95 and above holds "
+              f"{old[0]} -> {new[0]} ham and {old[1]} -> {new[1]} spam")
+        summary["site_held"] = {"before": {"ham": old[0], "spam": old[1]},
+                                "after": {"ham": new[0], "spam": new[1]}}
+    return candidate.version, candidate, summary
 
 
 def rollback_main(args: argparse.Namespace) -> int:

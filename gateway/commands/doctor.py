@@ -323,7 +323,14 @@ def model_lines(config: Config) -> list[Line]:
                      f"{model.version} from {which}",
                      "start the database or correct [classifier] store; promotions reach "
                      "this node once it answers")]
-    return [ok("model", f"{model.version} from {which}: loads, checksums match ({checksum})")]
+    from gateway.classifier.site import cold_start
+
+    placed = model.placed(config.classifier.target_fpr)
+    bands = placed.placement.describe() if placed.placement else \
+        "bands at the model's own calibration (it carries no ham scores)"
+    return [ok("model", f"{model.version} from {which}: loads, checksums match ({checksum})"),
+            ok("model bands", bands),
+            ok("model on this site", cold_start(config, placed).describe())]
 
 
 def identity_lines(config: Config) -> list[Line]:

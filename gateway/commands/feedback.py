@@ -2,7 +2,9 @@
 
 Labels that analysts (in the console) and recipients (from their digest)
 give wait in the queue; an admin accepts each into the learned training set
-(``gateway train --feedback`` trains on it) or rejects it.
+(``gateway train --feedback`` trains on it) or rejects it. Autolearn
+candidates ([classifier] autolearn) wait there too; ``accept --autolearn``
+takes every one whose delay has passed and that nobody objected to.
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     accept = commands.add_parser("accept", help="accept labels into the learned training set")
     reject = commands.add_parser("reject", help="reject labels")
     for sub, handler in ((accept, accept_main), (reject, reject_main)):
-        sub.add_argument("ids", nargs="+", type=int, metavar="N", help="label numbers")
+        sub.add_argument("ids", nargs="*" if sub is accept else "+", type=int, metavar="N",
+                         help="label numbers")
         sub.add_argument("--note", default="", help="why, for the record")
         sub.set_defaults(handler=handler)
+    accept.add_argument("--autolearn", action="store_true",
+                        help="every autolearn candidate whose delay has passed, unless "
+                             "someone objected to it")
     for sub in (listing, accept, reject):
         sub.add_argument("--config", default=argparse.SUPPRESS)
 
@@ -50,16 +56,25 @@ def list_main(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace, accept: bool) -> int:
+    from gateway.classifier.autolearn import accept_candidates
     from gateway.web.console import ConsoleError
 
     config = config_from(args)
+    training_set = config.classifier.training_set_url(config.quarantine.url)
+    if accept and getattr(args, "autolearn", False):
+        if args.ids:
+            raise UsageError("feedback: give label numbers or --autolearn, not both")
+        print(f"autolearn candidates: "
+              f"{accept_candidates(config.quarantine.url, training_set, actor()).describe()}")
+        return 0
+    if not args.ids:
+        raise UsageError("feedback: give label numbers (or --autolearn)")
     console = open_console(config)
     who = actor()
     status = 0
     for number in dict.fromkeys(args.ids):
         try:
-            outcome = console.review(number, accept, who, args.note,
-                                     config.classifier.training_set_url(config.quarantine.url))
+            outcome = console.review(number, accept, who, args.note, training_set)
         except ConsoleError as exc:
             if len(args.ids) == 1:
                 raise UsageError(f"feedback: {exc}") from None

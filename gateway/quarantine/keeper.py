@@ -8,6 +8,7 @@ the affected messages a 4xx, never the gateway, and never a message.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import random
@@ -26,6 +27,7 @@ log = logging.getLogger("gateway.quarantine")
 SAMPLE_QUEUE = 64
 TRIM_EVERY = 10
 PURGE_JOB = "quarantine-purge"
+AUTOLEARN_JOB = "autolearn"
 
 
 class Keeper:
@@ -35,11 +37,13 @@ class Keeper:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.replay = config.replay
+        self.classifier = config.classifier
         self._samples: queue.Queue | None = None
         self._sample_writer: threading.Thread | None = None
         self.samples_dropped = 0
         self._complained = 0.0
         self._purge = None
+        self._autolearn = None
         self._heartbeat = None
 
     def store(self) -> QuarantineStore:
@@ -127,6 +131,10 @@ class Keeper:
 
         self._purge = PeriodicJob(self._jobs, PURGE_JOB, self.settings.purge_interval,
                                   self.purge_work).start()
+        # Each candidate commits on its own: a node that stops half-way
+        # leaves the rest to the next run, and none is learned twice.
+        self._autolearn = PeriodicJob(self._jobs, AUTOLEARN_JOB, self.settings.purge_interval,
+                                      self.autolearn_work, piecewise=True).start()
         self._heartbeat = Heartbeat(self.store).start()
 
     def _jobs(self):
@@ -146,14 +154,27 @@ class Keeper:
                              connection=connection)
         counts["samples"] = store.purge_samples(self.replay.accepted_retention_days,
                                                 connection=connection)
+
         if counts["expired"] or counts["removed"]:
             log.info("quarantine: purged: %s expired, %s records removed",
                      counts["expired"], counts["removed"])
         return counts
 
+    def autolearn_work(self, _connection: None) -> dict[str, int]:
+        """With ``[classifier] autolearn = "on"``: learn the candidates whose
+        delay has passed, unless someone objected."""
+        if self.classifier.autolearn != "on":
+            return {"learned": 0}
+        from gateway.classifier.autolearn import accept_candidates
+
+        outcome = accept_candidates(self.settings.url,
+                                    self.classifier.training_set_url(self.settings.url),
+                                    "autolearn (on)")
+        return dataclasses.asdict(outcome)
+
     def close(self) -> None:
         self._stop.set()
-        for duty in (self._purge, self._heartbeat):
+        for duty in (self._purge, self._autolearn, self._heartbeat):
             if duty is not None:
                 duty.stop()
         if self._samples is not None and self._sample_writer is not None:

@@ -209,8 +209,25 @@ feedback = Table(
     Column("reviewed", DateTime(timezone=True)),
     Column("review_note", Text, nullable=False),
     Column("training_key", String(40)),                       # training_messages.key
+    # Autolearn candidates (source "autolearn", migration 0010_autolearn): the
+    # sender their per-sender cap counts, the subject (accepted mail has no
+    # quarantine record to show it) and when they may be learned.
+    Column("sender_key", Text),
+    Column("mail_subject", Text),
+    Column("due", DateTime(timezone=True)),
     Index("ix_feedback_state", "state"),
     Index("ix_feedback_message", "message"),
+    Index("ix_feedback_training_key", "training_key"),
+    Index("ix_feedback_source_sender", "source", "sender_key"),
+)
+
+# An autolearn candidate's message while it waits, when the quarantine does
+# not keep it (accepted mail, a rejected message with no kept copy).
+feedback_mail = Table(
+    "feedback_mail", metadata,
+    Column("feedback", Integer, ForeignKey("feedback.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("raw", LargeBinary, nullable=False),
 )
 
 # One link per held message and recipient in a digest: the mail carries the

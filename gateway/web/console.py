@@ -444,7 +444,8 @@ class Console:
             rows = connection.execute(query).all()
         return [Label(r.id, r.message, r.label, r.source, r.who, r.note, _utc(r.created),
                       r.state, r.reviewer, _utc(r.reviewed) if r.reviewed else None,
-                      r.review_note, r.subject, r.sender, r.score, r.message_state)
+                      r.review_note, r.subject if r.subject is not None else r.mail_subject,
+                      r.sender, r.score, r.message_state)
                 for r in rows]
 
     def label(self, identifier: int) -> Label:
@@ -463,6 +464,12 @@ class Console:
         item = self.label(identifier)
         if item.state != "pending":
             raise ConsoleError(f"label #{identifier} was {item.state} already")
+        if accept and item.source == "autolearn":  # its message may be its own, not held
+            from gateway.classifier.autolearn import accept_candidates
+
+            return "autolearn candidate: " + accept_candidates(
+                self.store.url, training_set_url or self.store.url, reviewer,
+                [identifier]).describe()
         key = None
         if accept:
             raw = self.store.raw(item.message)

@@ -69,7 +69,10 @@ def model_in_use(config: Config) -> dict[str, Any]:
             value = figures[key]
             shown.append({"label": label, "mean": float(value["mean"]),
                           "low": float(value["low"]), "high": min(float(value["high"]), 1.0)})
+    from gateway.classifier.site import dashboard_summary
+
     return {"version": meta.get("version", path.name), "path": str(path),
+            "site": dashboard_summary(config),
             "created": meta.get("created"), "ham": data.get("ham"), "spam": data.get("spam"),
             "learned": data.get("learned", 0), "figures": shown,
             "fpr": float(figures["fpr"]["mean"]) if "fpr" in figures else None}

@@ -50,7 +50,10 @@ from gateway.classifier.train import (  # noqa: E402
 )
 from gateway.commands.classifier import evaluate_scores, print_cv_report  # noqa: E402
 
-CORPUS = PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin"
+# Beside the checkout (../shared), or further up for a git worktree.
+CORPUS = next((parent / "shared" / "corpora" / "spamassassin" for parent in PROJECT_ROOT.parents
+               if (parent / "shared" / "corpora" / "spamassassin").is_dir()),
+              PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin")
 HAM = [CORPUS / "easy_ham", CORPUS / "easy_ham_2", CORPUS / "hard_ham"]
 SPAM = [CORPUS / "spam", CORPUS / "spam_2"]
 HOLD_BACK = 0.2
@@ -157,8 +160,11 @@ def main() -> int:
                              "--repeats 0: the held-back part alone)")
     parser.add_argument("--write-card", action="store_true", help=f"rewrite {CARD}")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--target-fpr", type=float, default=0.001,
+                        help="[classifier] target_fpr the bands are placed at (default 0.001)")
     args = parser.parse_args()
-    model = load_model(args.model)
+    # As the gateway scores: its bands placed on the ham it carries.
+    model = load_model(args.model).placed(args.target_fpr)
     meta = model.meta
     results: dict[str, Any] = {"model": model.version}
     print(f"model {model.version}: {meta['algorithm']}, {model.meta['settings']}; trained on "

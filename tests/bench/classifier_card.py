@@ -277,6 +277,18 @@ def render(meta: dict[str, Any], results: dict[str, Any], anchor: dict[str, Any]
         "training set, the probability above which 0.1% / 0.25% / 0.5% of ham would be held is "
         + " / ".join(f"{operating[p]:.2f}" for p in ("0.001", "0.0025", "0.005"))
         + " (`thresholds.probability_at_fpr` in `model.json`). No band rejects on its own.")
+    training_ham = meta["thresholds"].get("training_ham")
+    if training_ham:
+        from gateway.classifier.thresholds import HamScores
+
+        ham = HamScores.from_json(training_ham)
+        add("")
+        add(f"The gateway places the bands on the model's {ham.n:,} out-of-fold training ham "
+            f"(`thresholds.training_ham`): at `[classifier] target_fpr` 0.1% `BAYES_95` starts "
+            f"at log-odds {ham.anchor(0.001):.2f} ({ham.allowed(0.001)} of them above), at "
+            f"0.25% at {ham.anchor(0.0025):.2f}; a promotion re-places them on the site's ham "
+            "(`docs/classifier.md`). The probabilities above are the model's own calibration, "
+            "before placement.")
     add("")
     add("## Limits")
     add("")
