@@ -191,6 +191,7 @@ def build_zones(keys: Keys) -> list[Zone]:
         # identity tests): answered, as the real DNS would, rather than
         # REFUSED, a DNS failure that tempfails unauthenticated mail whose
         # DMARC policy cannot be read (DMARC_TEMPFAIL).
+        dmarc_zone("example.com", None),
         dmarc_zone("example.org", None),
         dmarc_zone("example.net", None),
         dmarc_zone("gmail.com", "v=DMARC1; p=none"),

@@ -106,16 +106,9 @@ def site_mail(config: Config, labels_only: bool = False, limit: int = LIMIT) -> 
 def _reading(url: str) -> Iterator[Any]:
     """A connection that changes nothing: SQLite opened read-only (no WAL
     switch, no file modes touched), PostgreSQL as it is; no migration."""
-    from sqlalchemy import create_engine
+    from gateway.quarantine.store import read_only_engine
 
-    from gateway.quarantine.store import engine_url
-
-    if url.startswith("sqlite:///"):
-        target = f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true"
-    else:
-        target = engine_url(url)
-    engine = create_engine(target, connect_args={"connect_timeout": 5}
-                           if target.startswith("postgresql") else {})
+    engine = read_only_engine(url)
     try:
         with engine.connect() as connection:
             yield connection

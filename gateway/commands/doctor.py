@@ -253,11 +253,11 @@ def store_lines(config: Config) -> list[Line]:
                      "queue")]
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
     from sqlalchemy.exc import SQLAlchemyError
 
     from gateway.commands.configcheck import _safe
-    from gateway.quarantine.store import MIGRATIONS, engine_url
+    from gateway.quarantine.store import MIGRATIONS, read_only_engine
 
     where = _safe(url)
     if url.startswith("sqlite:///"):
@@ -265,13 +265,9 @@ def store_lines(config: Config) -> list[Line]:
         if not path.exists():
             return [fail("store", f"{where}: {path} does not exist yet",
                          "gateway init creates it (or start the gateway once)")]
-        target = f"sqlite:///file:{path}?mode=ro&uri=true"
-    else:
-        target = engine_url(url)
     heads = set(ScriptDirectory(str(MIGRATIONS)).get_heads())
     try:
-        engine = create_engine(target, connect_args={"connect_timeout": 5}
-                               if target.startswith("postgresql") else {})
+        engine = read_only_engine(url)
         try:
             with engine.connect() as connection:
                 current = set(MigrationContext.configure(connection).get_current_heads())
@@ -339,6 +335,7 @@ def identity_lines(config: Config) -> list[Line]:
         return [skip("identity", "the identity check is not enabled")]
     from gateway.checks.identity import IdentityCheck
     from gateway.correspondents import Memory, memory_url
+    from gateway.quarantine.store import read_only_engine
     from gateway.ruleset import Ruleset
     from gateway.schema import ConfigError
 
@@ -357,7 +354,7 @@ def identity_lines(config: Config) -> list[Line]:
     url = memory_url(config.quarantine.url)
     if url is not None:
         try:
-            memory = Memory.open(url)
+            memory = Memory(read_only_engine(url))  # the doctor changes nothing
             try:
                 seen = sorted({e.recipient.rpartition("@")[2] for e in memory.index_rows()})
             finally:
@@ -390,21 +387,15 @@ def node_lines(config: Config) -> list[Line]:
     """This node's heartbeat in the shared registry (see gateway.nodes)."""
     if not config.quarantine.url:
         return [skip("node", "quarantine.url is empty: no shared database, no registry")]
-    from sqlalchemy import create_engine
     from sqlalchemy.exc import SQLAlchemyError
 
     from gateway.nodes import fleet
-    from gateway.quarantine.store import engine_url, first_line
+    from gateway.quarantine.store import first_line, read_only_engine
 
     name = config.quarantine.node or socket.gethostname()
     url = config.quarantine.url
-    if url.startswith("sqlite:///"):  # read-only: the doctor changes nothing
-        target = f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true"
-    else:
-        target = engine_url(url)
     try:
-        engine = create_engine(target, connect_args={"connect_timeout": 5}
-                               if target.startswith("postgresql") else {})
+        engine = read_only_engine(url)  # the doctor changes nothing
         try:
             with engine.connect() as connection:
                 nodes = fleet(connection)

@@ -709,6 +709,15 @@ def make_engine(url: str, pool_size: int = 10, connect_timeout: float | None = N
     return _engine(url, pool_size, connect_timeout)
 
 
+def read_only_engine(url: str, connect_timeout: int = 5) -> Engine:
+    """An engine that changes nothing: SQLite opened read-only (no WAL
+    switch, no file modes narrowed, no file created), PostgreSQL as it is;
+    no migration. For what only looks: gateway doctor, the dashboard."""
+    if url.startswith("sqlite:///"):
+        return create_engine(f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true")
+    return create_engine(engine_url(url), connect_args={"connect_timeout": connect_timeout})
+
+
 def _engine(url: str, pool_size: int = 10, connect_timeout: float | None = None) -> Engine:
     url = engine_url(url)
     if url.startswith("sqlite:///"):
