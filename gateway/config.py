@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from gateway.durations import duration_problem, per_second
 from gateway.paths import DEFAULT_CONFIG, DEFAULT_RULES, RULES_DIR
+from gateway.registry import BUILTIN, DEFAULT_CHECKS, REGISTRY, SITE_SECTION
 from gateway.schema import (
     ConfigError,
     load_section,
@@ -61,9 +62,7 @@ def _addresses(values: list[str]) -> str | None:
 
 
 def _default_checks() -> list[str]:
-    return ["limits", "headers", "size", "lists", "rules", "attachments", "spf", "dkim", "arc",
-            "dmarc", "sender", "iprev", "tls", "dnsbl", "bayes", "fuzzy", "clamav", "identity",
-            "links"]
+    return list(DEFAULT_CHECKS)  # gateway.checks.REGISTRY
 
 
 @dataclass(frozen=True)
@@ -738,6 +737,10 @@ class Config:
     fuzzy: FuzzySection = field(default_factory=FuzzySection)
     ratelimit: tuple[RateLimitSection, ...] = ()  # [[ratelimit]] tables
     links: LinksSection = field(default_factory=LinksSection)
+    # [check.NAME] tables: a site's own checks' settings, validated against
+    # the section each declares once the enabled checks are known
+    # (gateway.checks.check_sections).
+    check: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "<embedded defaults>"
 
 
@@ -752,6 +755,9 @@ def parse_config(text: str, source: str, base_dir: Path | None = None) -> Config
     for name, table in data.items():
         if name == "ratelimit":
             sections[name] = _ratelimits(table, f"{source}: ratelimit", errors)
+            continue
+        if name == SITE_SECTION:
+            sections[name] = _site_sections(table, f"{source}: {name}", errors)
             continue
         if name not in SECTIONS:
             errors.append(f"{source}: [{name}]: unknown section{suggest_key(name, SECTIONS)}")
@@ -785,6 +791,26 @@ def _ratelimits(tables: Any, where: str, errors: list[str]) -> tuple[RateLimitSe
         if len(errors) == before:
             found.append(limit)
     return tuple(found)
+
+
+def _site_sections(table: Any, where: str, errors: list[str]) -> dict[str, dict[str, Any]]:
+    """[check.NAME] tables, one per site check; a built-in check's settings
+    have a section of their own."""
+    if not isinstance(table, dict):
+        errors.append(f"{where}: expected tables such as [check.my_check]")
+        return {}
+    found: dict[str, dict[str, Any]] = {}
+    sections = {check.name: check.section for check in REGISTRY}
+    for name, settings in table.items():
+        if name in BUILTIN:
+            own = f"; its settings are in [{sections[name]}]" if sections[name] else ""
+            errors.append(f"{where}.{name}: {name} is a built-in check ([check.NAME] is for a "
+                          f"site's own checks){own}")
+        elif not isinstance(settings, dict):
+            errors.append(f"{where}.{name}: expected a table")
+        else:
+            found[name] = settings
+    return found
 
 
 def _resolve_paths(sections: dict, base_dir: Path) -> None:

@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from gateway.classifier.autolearn import Autolearner
-from gateway.evaluator import Evaluator, TooBusy
+from gateway.evaluator import Evaluator
 from gateway.logline import log_verdict
 from gateway.logs import for_message
 from gateway.message import Envelope, RawContent
-from gateway.policy import Verdict
 from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.store import QuarantineError
 from gateway.replies import BUSY, REJECTED, STORE_FAILED, TRY_AGAIN, SmtpReply
+from gateway.verdict import TooBusy, Verdict
 
 if TYPE_CHECKING:
     from gateway.door import Door

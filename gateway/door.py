@@ -42,11 +42,12 @@ from gateway.greylist import (
 )
 from gateway.logline import log_verdict
 from gateway.message import Envelope, Message, RawContent
-from gateway.policy import Verdict
 from gateway.ratelimit import PER_RECIPIENT, PUBLIC_WORDS, BucketStore, Limit, RateLimiter
 from gateway.replies import SmtpReply
+from gateway.ruleset import Ruleset, load_rules
 from gateway.senders import Correspondents, KnownSenders, SenderHistory
 from gateway.symbols import STAGE_SYMBOLS, Symbol
+from gateway.verdict import Verdict
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -118,8 +119,11 @@ class Door:
 
     def __init__(self, config: Config, clock: Clock = utc_now,
                  known: KnownSenders | None = None,
-                 engine: Engine | None = None):
+                 engine: Engine | None = None, ruleset: Ruleset | None = None):
+        """``ruleset``: the generation's (gateway.service), which the checks
+        asked at the door read; without one, the config's files read now."""
         self.config = config
+        self.ruleset = load_rules(config.policy.rules) if ruleset is None else ruleset
         self.settings = config.greylist
         self.clock = clock
         self.limits = tuple(Limit.of(section) for section in config.ratelimit)
@@ -366,7 +370,7 @@ class Door:
     def _check_named(self, name: str) -> Check | None:
         with self._checks_lock:
             if name not in self._checks:
-                self._checks[name] = _build_check(name, self.config)
+                self._checks[name] = _build_check(name, self.config, self.ruleset)
             return self._checks[name]
 
     # -- after DATA ------------------------------------------------------------------------------
@@ -464,20 +468,20 @@ def _correspondents(config: Config) -> Correspondents | None:
     return Correspondents(url, config.identity)
 
 
-def _build_check(name: str, config: Config) -> Check | None:
+def _build_check(name: str, config: Config, ruleset: Ruleset) -> Check | None:
     from gateway.checks.dnsbl import DnsblCheck
     from gateway.checks.iprev import IprevCheck
     from gateway.checks.lists import ListsCheck
     from gateway.checks.spf import SpfCheck
 
     if name == "iprev":
-        return IprevCheck(config)
+        return IprevCheck(config, ruleset)
     if name == "spf":
-        return SpfCheck(config)
+        return SpfCheck(config, ruleset)
     if name == "lists":
-        return ListsCheck(config)
+        return ListsCheck(config, ruleset)
     if name == "dnsbl":
-        check = DnsblCheck(config)
+        check = DnsblCheck(config, ruleset)
         check.lists = [b for b in check.lists if b.lookup == "client_ip"]
         return check if check.lists else None
     raise ValueError(f"no check {name!r} at the door")

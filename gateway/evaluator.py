@@ -5,31 +5,24 @@
 so that parsing, the classifier and DKIM's RSA work use every core (which
 pymilter's threads cannot: they share one GIL), and so that a message that
 overruns its budget can be stopped. Both take the envelope and the raw
-content and return a :class:`~gateway.policy.Verdict`; the milter cannot
+content and return a :class:`~gateway.verdict.Verdict`; the milter cannot
 tell them apart.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Protocol
 
-from gateway import authresults
-from gateway.checks import Check
 from gateway.config import Config
 from gateway.message import Envelope, Message, RawContent
-from gateway.pipeline import Pipeline, PipelineResult
-from gateway.policy import Policy, Verdict, load_rules
+from gateway.pipeline import Pipeline
+from gateway.policy import Judge
+from gateway.ruleset import Ruleset, load_rules
+from gateway.verdict import Verdict
+from gateway.workers import WorkerPool
 
 log = logging.getLogger("gateway.evaluator")
-
-
-class TooBusy(RuntimeError):
-    """No room to check the message before its deadline (every worker busy).
-    The decider answers it with a 4xx whatever ``[milter] on_error`` says:
-    accepting it unchecked would let anyone who can keep the workers busy
-    send mail past the checks."""
 
 
 class Evaluator(Protocol):
@@ -47,33 +40,18 @@ class Evaluator(Protocol):
     def close(self) -> None: ...
 
 
-class Judge:
-    """The policy and the Authentication-Results header: from a pipeline's
-    result to a verdict. Cheap; lives wherever the verdict is made."""
-
-    def __init__(self, config: Config, checks: list[type[Check]] | list[Check]):
-        forced: dict = {}
-        for check in checks:
-            forced.update(check.forced_actions(config))
-        self.policy = Policy(load_rules(config.policy.rules).with_default_forces(forced))
-        self.authserv_id = config.auth.server_id()
-
-    def verdict(self, result: PipelineResult, envelope: Envelope) -> Verdict:
-        if envelope.stage_symbols:  # found at RCPT (gateway.door): scored like the rest
-            result = replace(result, symbols=(*result.symbols, *envelope.stage_symbols))
-        verdict = self.policy.decide(result, reference=envelope.queue_id,
-                                     recipients=envelope.rcpt_to)
-        header = authresults.build(self.authserv_id, verdict.facts)
-        return replace(verdict, authentication_results=header) if header else verdict
-
-
 class LocalEvaluator:
+    """``ruleset``: the configuration generation's (gateway.service); without
+    one, the config's rules files are read now (the commands and tests that
+    score mail outside ``gateway run``)."""
+
     store_free = False  # the lists check reads the store
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, ruleset: Ruleset | None = None):
         self.config = config
-        self.pipeline = Pipeline.from_config(config)
-        self.judge = Judge(config, self.pipeline.checks)
+        self.ruleset = load_rules(config.policy.rules) if ruleset is None else ruleset
+        self.pipeline = Pipeline.from_config(config, self.ruleset)
+        self.judge = Judge(config, self.pipeline.checks, self.ruleset)
         self.policy = self.judge.policy
 
     def evaluate(self, envelope: Envelope, raw: RawContent) -> Verdict:
@@ -93,9 +71,7 @@ class LocalEvaluator:
         self.pipeline.close()
 
 
-def build_evaluator(config: Config) -> Evaluator:
+def build_evaluator(config: Config, ruleset: Ruleset) -> Evaluator:
     if config.pipeline.workers > 0:
-        from gateway.workers import WorkerPool
-
-        return WorkerPool(config)
-    return LocalEvaluator(config)
+        return WorkerPool(config, ruleset)
+    return LocalEvaluator(config, ruleset)

@@ -10,12 +10,12 @@ a mypy error) where a misspelt dict key was a silent ``None``.
 Facts travel and are kept as JSON-shaped dicts (:meth:`Facts.to_json`):
 that is what a worker process sends through its pipe (plain data pickles
 several times faster than dataclasses, see :mod:`gateway.workers`), what
-:class:`~gateway.pipeline.PipelineResult` and the verdict hold, and what the
+:class:`~gateway.verdict.PipelineResult` and the verdict hold, and what the
 tests and tools read. A reader turns them back into the class with
 :meth:`Facts.of`. The classes live here, not in the check modules, so that a
 reader (the policy, the header builder) does not import dkimpy or pyspf, nor
-a check that is not enabled, and no import cycle forms (the lists check
-imports the policy; the ARC check imports the header parser).
+a check that is not enabled, and no import cycle forms (the policy imports
+the checks' base class; the ARC check imports the header parser).
 
 A field made with :func:`optional` is one only some outcomes have (SPF's
 ``identity`` when there was nothing to check): it is left out of the JSON

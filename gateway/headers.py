@@ -16,7 +16,7 @@ from dataclasses import replace
 from gateway import authresults
 from gateway.mail import parse_header_block
 from gateway.message import DEFAULT_LIMITS, RawContent
-from gateway.policy import Verdict
+from gateway.verdict import Verdict
 
 # Headers the gateway owns. Copies arriving with a message are removed before
 # ours are added, so a sender cannot pre-set "X-Spam-Status: No".

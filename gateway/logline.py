@@ -6,8 +6,8 @@ import logging
 
 from gateway.facts import HeadersFacts
 from gateway.message import Envelope
-from gateway.policy import Verdict
 from gateway.terminal import dumps
+from gateway.verdict import Verdict
 
 log = logging.getLogger("gateway.message")
 

@@ -38,45 +38,21 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Literal
 
-from gateway.checks import Check, CheckContext, UnknownCheck, resolve_check
+from gateway.checks import Check, CheckContext, UnknownCheck, check_sections, resolve_check
 from gateway.config import Config
 from gateway.cpu import SPARE_CORES, IdleShare
 from gateway.message import Message
+from gateway.ruleset import Ruleset
 from gateway.schema import ConfigError
 from gateway.symbols import PIPELINE_SYMBOLS, Report, Symbol
+from gateway.verdict import CheckRun, PipelineResult
 
 log = logging.getLogger("gateway.pipeline")
 
-Status = Literal["ok", "error", "timeout", "skipped"]
 Parallel = bool | Literal["auto"]
-
-@dataclass(frozen=True)
-class CheckRun:
-    """How one check went for one message."""
-
-    name: str
-    status: Status
-    millis: float
-    error: str = ""
-
-
-@dataclass(frozen=True)
-class PipelineResult:
-    symbols: tuple[Symbol, ...]
-    runs: tuple[CheckRun, ...]
-    facts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-
-    @property
-    def failed_checks(self) -> list[str]:
-        return [run.name for run in self.runs if run.status != "ok"]
-
-    @property
-    def check_millis(self) -> dict[str, float]:
-        return {run.name: round(run.millis, 2) for run in self.runs}
 
 
 # Called as each check finishes: (its run, its report or None if it failed).
@@ -173,12 +149,14 @@ class Pipeline:
         return self.concurrency.pooled_for_next()
 
     @classmethod
-    def from_config(cls, config: Config) -> Pipeline:
+    def from_config(cls, config: Config, ruleset: Ruleset) -> Pipeline:
+        """The enabled checks, built with the configuration generation's
+        rules (gateway.service), which they read instead of the files."""
         problems: list[str] = []
         checks: list[Check] = []
         for check_class in check_classes(config, problems):
             try:
-                checks.append(check_class(config))
+                checks.append(check_class(config, ruleset))
             except ConfigError as exc:
                 problems.extend(exc.problems)
         if problems:
@@ -294,13 +272,15 @@ class _Schedule:
 
 
 def check_classes(config: Config, problems: list[str]) -> list[type[Check]]:
-    """The classes of the enabled checks; unknown ones go to ``problems``."""
+    """The classes of the enabled checks; unknown ones, and [check.NAME]
+    settings that do not fit, go to ``problems``."""
     classes = []
     for spec in config.pipeline.checks:
         try:
             classes.append(resolve_check(spec))
         except UnknownCheck as exc:
             problems.append(f"{config.source}: pipeline.checks: {exc}")
+    problems.extend(check_sections(config, classes))
     return classes
 
 

@@ -46,7 +46,6 @@ from typing import Literal
 
 from gateway.config import Config
 from gateway.message import Envelope, RawContent, RawSpool
-from gateway.policy import Verdict
 from gateway.scanproto import (
     EX_NOPERM,
     EX_PROTOCOL,
@@ -63,6 +62,7 @@ from gateway.scanproto import (
     read_header_line,
     read_request_line,
 )
+from gateway.verdict import Verdict
 
 log = logging.getLogger("gateway.scan")
 

@@ -34,8 +34,8 @@ from gateway import authresults
 from gateway.headers import OWN_HEADERS, authentication_results_header, verdict_headers
 from gateway.mail import parse_header_block
 from gateway.message import Envelope, RawContent
-from gateway.policy import Verdict
 from gateway.replies import REJECTED, TRY_AGAIN
+from gateway.verdict import Verdict
 
 MAX_HEAD_BYTES = 64 * 1024  # the request line and headers together
 MAX_REQUEST_LINE = 1024

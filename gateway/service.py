@@ -1,8 +1,10 @@
 """The running gateway's configuration, swapped whole on reload.
 
 A :class:`Generation` is everything built from one configuration: the
-config itself, the evaluator (worker pool or in-process pipeline with its
-rules, lists and model) and the decider. The milter takes the current
+config itself, the rules files read once into a Ruleset (handed to the
+checks, the policy and every worker process, so a file edited on disk
+changes nothing until the next reload), the evaluator (worker pool or
+in-process pipeline with its lists and model) and the decider. The milter takes the current
 generation when a message starts (MAIL FROM) and holds it until the
 message is answered, so a message is judged from start to end under one
 configuration.
@@ -32,8 +34,9 @@ from gateway.logs import setup_logging
 from gateway.pipeline import check_classes
 from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.store import QuarantineError
+from gateway.ruleset import Ruleset, load_rules
 from gateway.schema import ConfigError
-from gateway.symbolcheck import known_symbols, unknown_symbols
+from gateway.symbolcheck import known_symbols
 
 log = logging.getLogger("gateway.service")
 
@@ -44,6 +47,7 @@ RESTART_ONLY = ("milter",)
 @dataclass(eq=False)
 class Generation:
     config: Config
+    ruleset: Ruleset
     evaluator: Evaluator
     decider: Decider
     keeper: Keeper | None
@@ -91,13 +95,17 @@ class Generation:
 def build_generation(config: Config, number: int, keeper: Keeper | None = None,
                      observer: Observer | None = None) -> tuple[Generation, list[str]]:
     """Everything one configuration needs; raises ConfigError when it is
-    unusable. ``keeper`` is reused when the quarantine settings did not change."""
+    unusable. ``keeper`` is reused when the quarantine settings did not change.
+    The rules files are read here, once for the generation."""
     problems: list[str] = []
-    unknown = unknown_symbols(config.policy.rules,
-                              known_symbols(check_classes(config, problems)))
-    if problems or unknown:
-        raise ConfigError(problems + unknown)
-    evaluator = build_evaluator(config)
+    classes = check_classes(config, problems)
+    try:
+        ruleset = load_rules(config.policy.rules, known_symbols(classes))
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    evaluator = build_evaluator(config, ruleset)
     problems = evaluator.startup_problems()
     if keeper is None and config.quarantine.url:
         keeper = Keeper(config)
@@ -109,11 +117,11 @@ def build_generation(config: Config, number: int, keeper: Keeper | None = None,
         keeper.start_purging()
     from gateway.correspondents import learner_for
 
-    autolearner = Autolearner(config, keeper.store) \
+    autolearner = Autolearner(config, keeper.store, ruleset) \
         if keeper is not None and config.classifier.autolearn != "off" else None
     decider = Decider(evaluator, keeper, config.milter.threads, observer, learner_for(config),
-                      door=build_door(config), autolearner=autolearner)
-    return Generation(config, evaluator, decider, keeper, number), problems
+                      door=build_door(config, ruleset=ruleset), autolearner=autolearner)
+    return Generation(config, ruleset, evaluator, decider, keeper, number), problems
 
 
 class Service:

@@ -67,14 +67,15 @@ from typing import Any, Protocol
 from gateway.checks import BUILTIN
 from gateway.config import Config
 from gateway.cpu import SPARE_CORES, IdleShare
-from gateway.evaluator import Judge, TooBusy
 from gateway.lanes import COSTLY_FOR, CostlyClients, Lane, client_of, lane_of, next_to_go
 from gateway.logs import for_message, setup_logging
 from gateway.message import Envelope, Message, RawContent
-from gateway.pipeline import CheckRun, Pipeline, assemble, check_classes
-from gateway.policy import Verdict
+from gateway.pipeline import Pipeline, assemble, check_classes
+from gateway.policy import Judge
+from gateway.ruleset import Ruleset, load_rules
 from gateway.schema import ConfigError
 from gateway.symbols import Report, Symbol
+from gateway.verdict import CheckRun, TooBusy, Verdict
 
 log = logging.getLogger("gateway.workers")
 
@@ -220,13 +221,18 @@ class IdleReading(Protocol):
 
 
 class WorkerPool:
-    """``clock``, ``cores`` (the machine's idle share), ``demand`` (a
-    process's seconds run or runnable) and ``cpu`` (a process's CPU
-    seconds) are the readings the pool decides on; tests give their own."""
+    """``ruleset``: the configuration generation's rules (gateway.service),
+    sent to each worker as it starts, so that every worker, a replacement
+    too, judges by what the milter judges by, whatever is on disk now;
+    without one, the config's rules files are read now. ``clock``,
+    ``cores`` (the machine's idle share), ``demand`` (a process's seconds
+    run or runnable) and ``cpu`` (a process's CPU seconds) are the readings
+    the pool decides on; tests give their own."""
 
     store_free = True  # the milter's side only sends bytes and applies the policy
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, config: Config, ruleset: Ruleset | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
                  cores: IdleReading | None = None,
                  demand: Callable[[int], float] | None = None,
                  cpu: Callable[[int], float] | None = None):
@@ -236,7 +242,8 @@ class WorkerPool:
         self.checks = check_classes(config, problems)
         if problems:
             raise ConfigError(problems)
-        self.judge = Judge(config, self.checks)
+        self.ruleset = load_rules(config.policy.rules) if ruleset is None else ruleset
+        self.judge = Judge(config, self.checks, self.ruleset)
         self.policy = self.judge.policy
         self.size = settings.workers
         self.max_size = max(settings.max_workers, settings.workers)
@@ -541,7 +548,7 @@ class WorkerPool:
         parent, child = self._context.Pipe()
         results = ResultLog()
         process = self._context.Process(target=_worker_main,
-                                        args=(child, self.config, results),
+                                        args=(child, self.config, self.ruleset, results),
                                         name="gateway-worker", daemon=True)
         try:
             process.start()
@@ -590,8 +597,10 @@ class WorkerPool:
             worker.stop()
 
 
-def _worker_main(conn: Connection, config: Config, results: ResultLog) -> None:
-    """A worker: build the checks once, then run them on message after message."""
+def _worker_main(conn: Connection, config: Config, ruleset: Ruleset,
+                 results: ResultLog) -> None:
+    """A worker: build the checks once, with the rules the pool sent (never
+    the files on disk), then run them on message after message."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the milter decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # The milter blocks SIGTERM for libmilter's sake (gateway.commands.run); a
@@ -599,7 +608,7 @@ def _worker_main(conn: Connection, config: Config, results: ResultLog) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     setup_logging(config.log.level, config.log.format)  # lines like the milter's
     try:
-        pipeline = Pipeline.from_config(config)
+        pipeline = Pipeline.from_config(config, ruleset)
     except ConfigError as exc:
         conn.send(("error", exc.problems))
         return

@@ -6,10 +6,12 @@ import os
 import re
 import threading
 import time
+from dataclasses import dataclass
 from typing import ClassVar
 
 from gateway.checks import Check, CheckContext
 from gateway.message import Message
+from gateway.schema import positive, setting
 from gateway.symbols import Report, Symbol
 
 
@@ -165,4 +167,24 @@ class HoldCheck(Check):
             if os.path.exists(os.path.join(folder, "open")):
                 return [self.symbol("TEST_HELD", folder)]
             time.sleep(0.01)
+        return []
+
+
+@dataclass(frozen=True)
+class ShoutingSettings:
+    min_length: int = setting(10, positive, "subjects shorter than this are never shouting")
+    score: float = setting(1.0, doc="the score of SUBJECT_ALL_CAPS")
+
+
+class ShoutingCheck(Check):
+    """docs/admin.md's site check with settings of its own: [check.shouting]."""
+
+    name = "shouting"
+    symbols = {"SUBJECT_ALL_CAPS": "subject is written in capitals"}
+    section = ShoutingSettings
+
+    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
+        subject = message.header("Subject") or ""
+        if len(subject) >= self.options.min_length and subject.isupper():
+            return [self.symbol("SUBJECT_ALL_CAPS", subject[:40], score=self.options.score)]
         return []

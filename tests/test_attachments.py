@@ -48,7 +48,7 @@ def zipped(*members: tuple[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> b
 
 
 def findings(raw: bytes, limits: LimitsSection | None = None) -> dict[str, str]:
-    check = AttachmentsCheck(CONFIG)
+    check = AttachmentsCheck.from_config(CONFIG)
     report = check.run(Message.from_bytes(raw, limits=limits), CheckContext())
     return {s.name: s.evidence for s in report.symbols}
 
@@ -190,7 +190,7 @@ def test_a_zip_bomb_costs_at_most_the_archive_budget():
     inner = zipped(("zeros.bin", b"\0" * (40 << 20)))  # 40 MiB of zeros in ~40 KB
     outer = zipped(("inner.zip", inner), ("bomb.bin", b"\0" * (8 << 20)))
     limits = replace(LimitsSection(), archive_bytes=1 << 20)
-    check = AttachmentsCheck(CONFIG)
+    check = AttachmentsCheck.from_config(CONFIG)
     report = check.run(Message.from_bytes(mail(("x.zip", "application/zip", outer)),
                                           limits=limits), CheckContext())
     evidence = {s.name: s.evidence for s in report.symbols}

@@ -18,7 +18,7 @@ from gateway.dmarc import PslDiscovery, aligned, parse_record
 from gateway.dns import Resolver
 from gateway.evaluator import LocalEvaluator
 from gateway.message import Envelope, Message
-from gateway.policy import Verdict
+from gateway.verdict import Verdict
 from tests.authlab import (
     GOOD_IP,
     MISMATCH_IP,

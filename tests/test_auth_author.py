@@ -207,10 +207,10 @@ def test_every_reader_uses_the_one_reading(tmp_path):
     parsed = message_.email
     assert first_author(parsed.get_all("From", [])) == message_.authors.first
     assert "from:dom:paypal.test" in set(header_tokens(parsed))
-    report = HeaderSanityCheck(Config()).run(message_, CheckContext())
+    report = HeaderSanityCheck.from_config(Config()).run(message_, CheckContext())
     symbols = {s.name: s.evidence for s in report.symbols}
     assert "read as ceo@paypal.test, x@attacker.test" in symbols["FROM_AMBIGUOUS"]
-    rules = RulesCheck(rules_config(tmp_path, """
+    rules = RulesCheck.from_config(rules_config(tmp_path, """
 [rule.FROM_PAYPAL_CEO]
 type = "header"
 header = "From:addr"

@@ -65,7 +65,7 @@ def test_linear_body_is_installed_when_a_check_is_built_not_on_import():
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True)
     assert imported.stdout.strip() == "canonicalize_body"
-    DkimCheck(Config())
+    DkimCheck.from_config(Config())
     assert dkim.canonicalization.Relaxed.canonicalize_body is linear_relaxed_body
     install_linear_relaxed_body()  # idempotent
     assert dkim.canonicalization.Relaxed.canonicalize_body is linear_relaxed_body

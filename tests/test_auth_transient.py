@@ -19,7 +19,7 @@ import pytest
 from gateway.config import AuthSection, Config, DnsSection, PipelineSection
 from gateway.evaluator import LocalEvaluator
 from gateway.message import Envelope, Message
-from gateway.policy import Verdict
+from gateway.verdict import Verdict
 from tests.authlab import GOOD_IP, OTHER_IP, message, sign
 from tests.helpers import send
 from tests.lab.dns import FaultServer

@@ -11,10 +11,11 @@ import threading
 from pathlib import Path
 
 from gateway.message import Envelope, RawContent
-from gateway.pipeline import PipelineResult
-from gateway.policy import Policy, Rules
+from gateway.policy import Policy
 from gateway.quarantine.store import MIGRATIONS, QuarantineStore, make_engine
+from gateway.ruleset import Ruleset
 from gateway.symbols import Symbol
+from gateway.verdict import PipelineResult
 from tests.helpers import PROJECT_ROOT
 
 MESSAGE = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: held\r\n\r\nbody\r\n"
@@ -22,7 +23,7 @@ MESSAGE = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: held\r\n\r\nbod
 
 def hold(store: QuarantineStore, n: int = 1) -> list[str]:
     symbol = Symbol(name="TEST_MARKER", score=9.0, description="marker", evidence="")
-    verdict = Policy(Rules()).decide(PipelineResult(symbols=(symbol,), runs=()), "Q1")
+    verdict = Policy(Ruleset()).decide(PipelineResult(symbols=(symbol,), runs=()), "Q1")
     envelope = Envelope(mail_from="alice@example.org", rcpt_to=("bob@example.net",))
     return [store.put(envelope, RawContent(data=MESSAGE + str(i).encode()), verdict,
                       "quarantine") for i in range(n)]

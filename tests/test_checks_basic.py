@@ -18,14 +18,16 @@ def names(check, message):
 
 def test_headers_quiet_on_a_proper_message():
     assert (
-        names(HeaderSanityCheck(Config()), Message.from_bytes(fixture_message("ham_plain.eml")))
+        names(HeaderSanityCheck.from_config(Config()),
+              Message.from_bytes(fixture_message("ham_plain.eml")))
         == []
     )
 
 
 def test_headers_missing_fields():
     message = Message.from_bytes(fixture_message("missing_headers.eml"))
-    assert names(HeaderSanityCheck(Config()), message) == ["MISSING_DATE", "MISSING_MESSAGE_ID"]
+    assert names(HeaderSanityCheck.from_config(Config()), message) == ["MISSING_DATE",
+                                                                        "MISSING_MESSAGE_ID"]
 
 
 def test_headers_broken_date_and_two_froms():
@@ -34,7 +36,7 @@ def test_headers_broken_date_and_two_froms():
         b"Message-ID: <1@x>\r\n\r\n"
     )
     found = symbols_of(
-        HeaderSanityCheck(Config()).run(Message.from_bytes(raw), CheckContext()))
+        HeaderSanityCheck.from_config(Config()).run(Message.from_bytes(raw), CheckContext()))
     assert {s.name: s.evidence for s in found} == {
         "MULTIPLE_FROM": "2 From headers",
         "INVALID_DATE": "yesterday-ish",
@@ -43,14 +45,14 @@ def test_headers_broken_date_and_two_froms():
 
 
 def test_size_limit():
-    check = SizeCheck(Config(size=SizeSection(max_bytes=10)))
+    check = SizeCheck.from_config(Config(size=SizeSection(max_bytes=10)))
     (symbol,) = check.run(Message.from_bytes(b"x" * 11), CheckContext())
     assert symbol.name == "SIZE_EXCEEDED" and symbol.evidence == "11 bytes > 10"
     assert check.run(Message.from_bytes(b"x" * 10), CheckContext()) == []
 
 
 def lists(**entries) -> ListsCheck:
-    return ListsCheck(Config(lists=ListsSection(**entries)))
+    return ListsCheck.from_config(Config(lists=ListsSection(**entries)))
 
 
 def listed(check: ListsCheck, mail_from: str = "", ip: str | None = None) -> dict[str, str]:

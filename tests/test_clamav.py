@@ -52,7 +52,7 @@ def clamav_config(clamd: ClamdInstance, **settings) -> Config:
 
 
 def scan(clamd: ClamdInstance, raw: bytes, **settings):
-    check = ClamavCheck(clamav_config(clamd, **settings))
+    check = ClamavCheck.from_config(clamav_config(clamd, **settings))
     return check.run(Message.from_bytes(raw), CheckContext())
 
 
@@ -94,7 +94,7 @@ def test_a_message_over_the_scan_limit_is_not_called_clean(clamd):
 def test_clamd_stream_limit_below_max_size_is_reported(lab_dir):
     with ClamdInstance(lab_dir / "clamd-small", stream_max_length=100_000) as small:
         raw = with_attachment("big.bin", bytes(range(256)) * 2000)
-        check = ClamavCheck(clamav_config(small, max_size=10_000_000))
+        check = ClamavCheck.from_config(clamav_config(small, max_size=10_000_000))
         try:
             report = check.run(Message.from_bytes(raw), CheckContext())
         except ClamdUnavailable as exc:  # clamd hangs up before it explains
@@ -137,7 +137,7 @@ def test_dead_clamd_with_on_fail_accept_marks_the_message(own_clamd):
 
 
 def test_clamd_coming_back_is_used_again(own_clamd):
-    check = ClamavCheck(clamav_config(own_clamd))
+    check = ClamavCheck.from_config(clamav_config(own_clamd))
     raw = with_attachment("eicar.com", EICAR)
     assert check.run(Message.from_bytes(raw), CheckContext()).symbols[0].name == "CLAMAV_VIRUS"
     own_clamd.kill()

@@ -176,7 +176,7 @@ STRANGE = {
 
 @pytest.mark.parametrize("name", sorted(STRANGE))
 def test_strange_messages_score_without_error(name: str, trained: Path):
-    check = BayesCheck(Config(classifier=ClassifierSection(model=str(trained))))
+    check = BayesCheck.from_config(Config(classifier=ClassifierSection(model=str(trained))))
     try:
         report = check.run(Message.from_bytes(STRANGE[name]), CheckContext())
     finally:
@@ -425,8 +425,8 @@ def test_check_uses_the_store_and_reloads_a_promotion(trained: Path, tmp_path: P
     store = ModelStore(tmp_path / "store")
     first = store.add(trained)
     store.set_current(first, "promote", {})
-    check = BayesCheck(Config(classifier=ClassifierSection(store=str(tmp_path / "store"),
-                                                           reload_interval=3600)))
+    check = BayesCheck.from_config(Config(classifier=ClassifierSection(
+        store=str(tmp_path / "store"), reload_interval=3600)))
     try:
         assert check.holder.model.version == first
         inverted, _ = train([SPAM], [HAM], seed=7, folds=5, repeats=0, report=quiet,
@@ -585,8 +585,8 @@ def test_training_records_its_ham_and_the_check_places_by_target_fpr(trained: Pa
     raw = sorted(SPAM.iterdir())[0].read_bytes()
     probabilities = []
     for target in (0.0001, 0.05):
-        check = BayesCheck(Config(classifier=ClassifierSection(model=str(trained),
-                                                               target_fpr=target)))
+        check = BayesCheck.from_config(Config(classifier=ClassifierSection(
+            model=str(trained), target_fpr=target)))
         try:
             assert check.holder.model.placement is not None
             assert check.holder.model.placement.target_fpr == target
@@ -601,7 +601,7 @@ def test_training_records_its_ham_and_the_check_places_by_target_fpr(trained: Pa
 
 def test_evidence_names_the_tokens_that_pushed_both_ways(trained: Path):
     model = load_model(trained)
-    check = BayesCheck(Config(classifier=ClassifierSection(model=str(trained))))
+    check = BayesCheck.from_config(Config(classifier=ClassifierSection(model=str(trained))))
     try:
         for path in sorted(SPAM.iterdir())[:3] + sorted(HAM.iterdir())[:3]:
             message = Message.from_bytes(path.read_bytes())

@@ -83,7 +83,7 @@ def make_check(tmp_path: Path, port: int, lists: str = LISTS, **dns) -> DnsblChe
     rules = tmp_path / "lists.toml"
     rules.write_text(lists)
     settings = DnsSection(nameservers=("127.0.0.1",), port=port, **dns)
-    return DnsblCheck(Config(dns=settings, policy=PolicySection(rules=[str(rules)])))
+    return DnsblCheck.from_config(Config(dns=settings, policy=PolicySection(rules=[str(rules)])))
 
 
 def run(check: DnsblCheck, ip: str | None = "203.0.113.99", mail_from: str = "",
@@ -173,7 +173,7 @@ def test_a_dead_list_server_is_a_temperror_not_a_listing(tmp_path: Path, blockli
 
 
 def test_no_list_is_asked_unless_configured():
-    check = DnsblCheck(Config())
+    check = DnsblCheck.from_config(Config())
     assert check.lists == [] and check.resolver is None
     report = check.run(Message.from_bytes(b"Subject: x\r\n\r\nhttp://evil.example/",
                                           Envelope(client_ip="198.51.100.2")), CheckContext())
@@ -198,7 +198,7 @@ def test_blocklist_problems_are_config_errors(tmp_path: Path, table, problem):
     rules = tmp_path / "lists.toml"
     rules.write_text(f'[[dnsbl]]\nname = "X"\n{table}')
     with pytest.raises(ConfigError) as caught:
-        DnsblCheck(Config(policy=PolicySection(rules=[str(rules)])))
+        DnsblCheck.from_config(Config(policy=PolicySection(rules=[str(rules)])))
     assert caught.value.problems == [f"{rules}: dnsbl X: {problem}"]
 
 

@@ -20,10 +20,11 @@ import pytest
 
 from gateway.lab.milter_process import MilterProcess
 from gateway.message import Envelope, RawContent, RawSpool
-from gateway.pipeline import PipelineResult
-from gateway.policy import Policy, Rules
+from gateway.policy import Policy
 from gateway.quarantine.store import QuarantineStore
+from gateway.ruleset import Ruleset
 from gateway.symbols import Symbol
+from gateway.verdict import PipelineResult
 from tests.helpers import PROJECT_ROOT, SPINE_CHECKS
 
 MESSAGE = (b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: private\r\n"
@@ -46,7 +47,7 @@ def umask(value: int) -> Iterator[None]:
 
 def hold(store: QuarantineStore) -> str:
     symbol = Symbol(name="TEST_MARKER", score=9.0, description="marker", evidence="")
-    verdict = Policy(Rules()).decide(PipelineResult(symbols=(symbol,), runs=()), "Q1")
+    verdict = Policy(Ruleset()).decide(PipelineResult(symbols=(symbol,), runs=()), "Q1")
     envelope = Envelope(mail_from="alice@example.org", rcpt_to=("bob@example.net",))
     return store.put(envelope, RawContent(data=MESSAGE), verdict, "quarantine")
 

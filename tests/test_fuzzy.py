@@ -70,7 +70,7 @@ def make_check(tmp_path: Path, store):
     def make(extra: str = "") -> FuzzyCheck:
         config = parse_config(f'[quarantine]\nurl = "sqlite:///{tmp_path}/store.db"\n'
                               f'node = "node-a"\n[fuzzy]\nrefresh = 60\n{extra}', "t.toml")
-        check = FuzzyCheck(config)
+        check = FuzzyCheck.from_config(config)
         made.append(check)
         return check
 
@@ -221,7 +221,7 @@ def test_learned_hashes_are_bounded_and_expire(store):
 
 
 def test_without_a_store_the_check_finds_nothing():
-    check = FuzzyCheck(parse_config('[quarantine]\nurl = ""\n', "t.toml"))
+    check = FuzzyCheck.from_config(parse_config('[quarantine]\nurl = ""\n', "t.toml"))
     report = check.run(Message.from_bytes(mail(spam_text())), CheckContext())
     assert report.symbols == () and report.facts["reason"] == "no store: nothing learned"
 

@@ -21,10 +21,11 @@ from gateway.greylist import (
     normalise_sender,
 )
 from gateway.message import Envelope, RawContent
-from gateway.pipeline import PipelineResult
-from gateway.policy import Policy, Rules, Verdict
+from gateway.policy import Policy
 from gateway.quarantine.store import QuarantineStore
+from gateway.ruleset import Ruleset
 from gateway.symbols import Symbol
+from gateway.verdict import PipelineResult, Verdict
 from tests.authlab import GOOD_IP
 from tests.helpers import dns_config
 
@@ -267,11 +268,11 @@ def test_the_client_is_looked_up_once_per_connection(make_door, caplog):
 
 
 def test_the_policy_marks_the_greylist_band_below_quarantine():
-    policy = Policy(Rules(add_header=4.0, greylist=5.0, quarantine=6.0))
+    policy = Policy(Ruleset(add_header=4.0, greylist=5.0, quarantine=6.0))
 
     def judged(score: float, forced: bool = False) -> Verdict:
         symbols = (Symbol("A", score),)
-        rules = Policy(Rules(add_header=4.0, greylist=5.0, quarantine=6.0,
+        rules = Policy(Ruleset(add_header=4.0, greylist=5.0, quarantine=6.0,
                              force={"A": "add_header"})) if forced else policy
         return rules.decide(PipelineResult(symbols, ()), recipients=("a@example.net",))
 
@@ -297,7 +298,7 @@ class _Fixed:
 def test_mail_in_the_band_is_greylisted_after_data_then_delivered_on_the_retry(make_door):
     clock = Clock()
     door = make_door(clock=clock)
-    verdict = Policy(Rules(add_header=4.0, greylist=5.0, quarantine=6.0)).decide(
+    verdict = Policy(Ruleset(add_header=4.0, greylist=5.0, quarantine=6.0)).decide(
         PipelineResult((Symbol("A", 5.5),), ()), recipients=("a@example.net",))
     decider = Decider(_Fixed(verdict), None, door=door)  # type: ignore[arg-type]
     envelope = Envelope(mail_from="bob@example.org", rcpt_to=("a@example.net",),
@@ -317,7 +318,7 @@ def test_mail_in_the_band_is_greylisted_after_data_then_delivered_on_the_retry(m
 
 
 def test_without_greylisting_the_band_changes_nothing(tmp_path: Path):
-    verdict = Policy(Rules(add_header=4.0, greylist=5.0, quarantine=6.0)).decide(
+    verdict = Policy(Ruleset(add_header=4.0, greylist=5.0, quarantine=6.0)).decide(
         PipelineResult((Symbol("A", 5.5),), ()), recipients=("a@example.net",))
     decider = Decider(_Fixed(verdict), None)  # type: ignore[arg-type]
     try:
@@ -531,7 +532,7 @@ def test_through_postfix_two_nodes_share_the_triplets(lab_dir: Path, sink, knot,
 def test_a_known_correspondent_is_not_greylisted_after_data(make_door):
     clock = Clock()
     door = make_door(clock=clock)
-    verdict = Policy(Rules(add_header=4.0, greylist=5.0, quarantine=6.0)).decide(
+    verdict = Policy(Ruleset(add_header=4.0, greylist=5.0, quarantine=6.0)).decide(
         PipelineResult((Symbol("A", 6.5), Symbol("KNOWN_CORRESPONDENT", -1.0)), ()),
         recipients=("a@example.net",))
     assert verdict.greylist

@@ -34,8 +34,8 @@ from gateway.mail import (
     safe_parseaddr,
 )
 from gateway.message import Envelope, Message
-from gateway.policy import Verdict
 from gateway.quarantine.store import QuarantineStore
+from gateway.verdict import Verdict
 from tests import hostile
 from tests.authlab import OTHER_IP
 from tests.helpers import dns_config, fixture_message

@@ -27,10 +27,11 @@ from gateway.decider import Decision
 from gateway.evaluator import LocalEvaluator
 from gateway.facts import DkimFacts, IdentityFacts, SignatureResult, SpfFacts
 from gateway.message import Envelope, Message
-from gateway.policy import Verdict
 from gateway.quarantine.store import QuarantineStore
+from gateway.ruleset import Ruleset
 from gateway.schema import ConfigError
 from gateway.symbols import Symbol
+from gateway.verdict import Verdict
 
 CEO = "ceo@acme.example"
 BOB = "bob@acme.example"
@@ -76,7 +77,7 @@ def symbols(report) -> dict[str, str]:
 
 @pytest.fixture
 def check(tmp_path):
-    found = IdentityCheck(config(tmp_path))
+    found = IdentityCheck.from_config(config(tmp_path))
     yield found
     found.close()
 
@@ -163,8 +164,8 @@ def test_a_typo_of_a_brands_domain_counts_only_when_the_brand_is_named(check):
 
 
 def test_a_typo_of_our_domain_needs_no_other_sign(tmp_path):
-    check = IdentityCheck(parse_config('[identity]\norg_domains = ["widgetco.example"]\n'
-                                       '[quarantine]\nurl = ""\n', "test.toml"))
+    check = IdentityCheck.from_config(parse_config(
+        '[identity]\norg_domains = ["widgetco.example"]\n[quarantine]\nurl = ""\n', "test.toml"))
     try:
         found = symbols(check.run(message('"Bob" <bob@wdigetco.example>', subject="Invoice"),
                                   authenticated(dkim=("wdigetco.example",))))
@@ -362,7 +363,7 @@ def test_known_after_messages_over_days_and_decay(tmp_path, memory):
 
 
 def test_outbound_teaches_a_known_correspondent_and_first_contact_before(tmp_path, memory):
-    check = IdentityCheck(config(tmp_path))
+    check = IdentityCheck.from_config(config(tmp_path))
     try:
         context = authenticated(dkim=("client.example",))
         first = symbols(check.run(message("Carol <carol@client.example>"), context))
@@ -390,7 +391,7 @@ def test_a_known_correspondents_name_from_a_stranger(tmp_path, memory):
     memory.add([Observation("ann@supplier.example", "supplier.example", BOB, "outbound", at),
                 Observation("ann@supplier.example", "supplier.example", BOB, "accepted", at,
                             name="Ann Other")])
-    check = IdentityCheck(config(tmp_path))
+    check = IdentityCheck.from_config(config(tmp_path))
     try:
         found = symbols(check.run(message('"Ann Other" <ann.other@gmail.com>'),
                                   authenticated(dkim=("gmail.com",))))
@@ -426,7 +427,7 @@ def test_a_known_correspondents_name_from_a_stranger(tmp_path, memory):
     finally:
         check.close()
     memory.add([Observation("matt@yahoo.co.uk", "yahoo.co.uk", BOB, "outbound", at)])
-    check = IdentityCheck(config(tmp_path))
+    check = IdentityCheck.from_config(config(tmp_path))
     try:
         assert "yaoho.co.uk imitates yahoo.co.uk (a known correspondent's domain): a typo " \
                "(edit distance 1)" in \
@@ -520,7 +521,7 @@ def test_with_the_database_away_no_history_and_no_wait(tmp_path):
     reader = MemoryReader(settings.quarantine.url,
                           settings.identity.__class__(lookup_timeout=0.05),
                           clock=lambda: clock[0], open_memory=lambda url: hanging)
-    check = IdentityCheck(settings, reader=reader)
+    check = IdentityCheck(settings, Ruleset(), reader=reader)
     try:
         context = authenticated(dkim=("client.example",))
         first = check.run(message("Carol <carol@client.example>"), context)
@@ -591,7 +592,7 @@ def test_a_reply_to_freemail_even_when_known_correspondents_use_it(tmp_path, mem
     memory.add([Observation("pal@gmail.com", "gmail.com", BOB, "outbound", datetime.now(UTC)),
                 Observation("sales@partner.example", "partner.example", BOB, "outbound",
                             datetime.now(UTC))])
-    check = IdentityCheck(config(tmp_path))
+    check = IdentityCheck.from_config(config(tmp_path))
     try:
         context = authenticated(dkim=("supplier.example",))
         free = symbols(check.run(message("Bob <bob@supplier.example>",

@@ -163,8 +163,8 @@ def test_train_needs_mail(config: Path):
 
 def learn_verdict(action: str, *symbols: tuple[str, float], forced_by: str | None = None,
                   dmarc: dict | None = None, failed: tuple[str, ...] = ()):
-    from gateway.policy import Verdict
     from gateway.symbols import Symbol
+    from gateway.verdict import Verdict
 
     found = tuple(Symbol(name, score) for name, score in symbols)
     return Verdict(action=action, score=sum(s for _, s in symbols), required=4.0,  # type: ignore[arg-type]
@@ -180,7 +180,7 @@ CLIENT = Envelope(mail_from="alice@example.org", rcpt_to=("bob@example.net",),
 
 def test_autolearn_candidates_come_only_from_evidence_that_is_not_the_classifiers():
     from gateway.classifier.autolearn import bayes_derived, candidate
-    from gateway.policy import Meta, parse_meta
+    from gateway.meta import Meta, parse_meta
 
     def found(*args, **kwargs):
         return candidate(learn_verdict(*args, **kwargs), CLIENT, 6.0, derived)

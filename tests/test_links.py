@@ -20,6 +20,7 @@ from gateway.checks.view import view_of
 from gateway.config import Config, LimitsSection, LinksSection
 from gateway.facts import DmarcFacts
 from gateway.message import Envelope, Message
+from gateway.ruleset import Ruleset
 from gateway.urls import html_urls, parse_link, srcset, text_urls
 from tests.test_web import web as web  # the fixture
 
@@ -50,7 +51,7 @@ def mail(text: str = "Hello.", html: str | None = None,
 
 def findings(raw: bytes, config: Config | None = None,
              context: CheckContext | None = None) -> dict[str, str]:
-    report = LinksCheck(config or Config()).run(Message.from_bytes(raw, limits=(
+    report = LinksCheck.from_config(config or Config()).run(Message.from_bytes(raw, limits=(
         config or Config()).limits), context or CheckContext())
     return {s.name: s.evidence for s in report.symbols}
 
@@ -252,7 +253,7 @@ def test_a_link_to_a_host_imitating_a_brand_or_our_domain_is_a_lookalike():
     text = ("https://paypa1-secure.com/login https://www.rnicrosoft.com/ "
             "https://login.acme-corp.net/ https://paypal.top/x")
     message = Message.from_bytes(mail(text=text), Envelope(rcpt_to=("bob@acme-corp.com",)))
-    report = LinksCheck(Config()).run(message, CheckContext())
+    report = LinksCheck.from_config(Config()).run(message, CheckContext())
     assert {s.name: s.evidence for s in report.symbols}["URL_LOOKALIKE_DOMAIN"] == (
         "paypa1-secure.com imitates paypal.com (brand PayPal): a word added; "
         "rnicrosoft.com imitates microsoft.com (brand Microsoft): a confusable spelling; "
@@ -394,8 +395,9 @@ def test_qr_targets_and_form_actions_feed_the_url_blocklists(tmp_path, blocklist
     rules = tmp_path / "lists.toml"
     rules.write_text('[[dnsbl]]\nname = "TEST_DBL"\nzone = "dbl.test"\nlookup = "url_host"\n'
                      'codes = { "127.0.1.4" = 4.5 }\n')
-    check = DnsblCheck(Config(dns=DnsSection(nameservers=("127.0.0.1",), port=blocklist.port),
-                              policy=PolicySection(rules=[str(rules)])))
+    check = DnsblCheck.from_config(Config(
+        dns=DnsSection(nameservers=("127.0.0.1",), port=blocklist.port),
+        policy=PolicySection(rules=[str(rules)])))
     raw = mail(html='<form action="https://formgrab.example/p"><input name="pw"></form>',
                pictures=(("scan.png", "image/png", qr_png("https://login.phish.example/x")),))
     report = check.run(Message.from_bytes(raw), CheckContext())
@@ -496,7 +498,7 @@ def test_a_link_imitating_a_known_correspondents_domain_is_a_lookalike():
         def close(self):
             pass
 
-    check = LinksCheck(Config(), reader=Memory())
+    check = LinksCheck(Config(), Ruleset(), reader=Memory())
     raw = mail(text="https://mueller-logistlk.de/invoice https://www.mueller-logistik.de/ "
                     "https://gmall.com/")
     report = check.run(Message.from_bytes(raw), CheckContext())
@@ -509,9 +511,10 @@ def test_a_link_imitating_a_known_correspondents_domain_is_a_lookalike():
 
 def test_a_known_correspondent_sending_a_link_trick_is_not_discounted():
     from gateway.paths import DEFAULT_RULES
-    from gateway.pipeline import PipelineResult
-    from gateway.policy import Policy, load_rules
+    from gateway.policy import Policy
+    from gateway.ruleset import load_rules
     from gateway.symbols import Symbol
+    from gateway.verdict import PipelineResult
 
     policy = Policy(load_rules([DEFAULT_RULES]))
 

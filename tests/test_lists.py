@@ -93,7 +93,7 @@ def test_values_that_cannot_be_entries(kind, value, problem):
 
 
 def test_an_entry_added_applies_to_the_next_message_without_a_restart(store, store_url):
-    check = ListsCheck(config_for(store_url))
+    check = ListsCheck.from_config(config_for(store_url))
     try:
         assert symbols(check).symbols == ()
         entry, new = store.add_list_entry("block-sender", "spam.example", owner="alice",
@@ -111,7 +111,7 @@ def test_an_entry_added_applies_to_the_next_message_without_a_restart(store, sto
 
 def test_hits_are_counted_for_mail_the_mta_passed(store, store_url):
     entry, _ = store.add_list_entry("allow-ip", "198.51.100.0/24", owner="ops")
-    check = ListsCheck(config_for(store_url))
+    check = ListsCheck.from_config(config_for(store_url))
     try:
         for _ in range(3):
             assert [s.name for s in symbols(check, ip="198.51.100.7").symbols] == [
@@ -133,7 +133,8 @@ def test_hits_are_counted_for_mail_the_mta_passed(store, store_url):
 def test_an_expired_entry_stops_applying_as_it_expires(store, store_url):
     soon = datetime.now(UTC) + timedelta(seconds=1.5)
     store.add_list_entry("block-sender", "spam.example", owner="ops", expires=soon)
-    check = ListsCheck(config_for(store_url, refresh=3600.0))  # the expiry, not the refresh
+    # the expiry, not the refresh
+    check = ListsCheck.from_config(config_for(store_url, refresh=3600.0))
     try:
         assert [s.name for s in symbols(check).symbols] == ["BLOCKLIST_SENDER"]
         time.sleep(max((soon - datetime.now(UTC)).total_seconds(), 0) + 0.1)
@@ -151,7 +152,7 @@ def test_a_recipients_own_entry_counts_for_that_recipient_only(store, store_url)
     rules.write_text('[domain."example.net".lists]\nblock_ips = ["203.0.113.0/24"]\n')
     config = config_for(store_url, rules=[str(DEFAULT_RULES), str(rules)],
                         allow_senders=["partner.example"])
-    check = ListsCheck(config)
+    check = ListsCheck.from_config(config)
     try:
         report = symbols(check, sender="news@shop.example", ip="203.0.113.5",
                          rcpt=("bob@example.org", "eve@example.org", "joe@example.net"))
@@ -184,7 +185,7 @@ def test_a_recipients_own_entry_counts_for_that_recipient_only(store, store_url)
 
 def test_no_store_file_means_no_managed_entries_and_none_is_created(tmp_path: Path):
     url = f"sqlite:///{tmp_path}/missing/store.db"
-    check = ListsCheck(config_for(url))
+    check = ListsCheck.from_config(config_for(url))
     try:
         assert symbols(check).symbols == ()
     finally:
@@ -298,7 +299,7 @@ def test_domains_under_a_public_suffix_and_addresses_are_entries(store):
 def test_the_config_files_lists_are_read_the_same_way(tmp_path: Path):
     rules = tmp_path / "local.toml"
     rules.write_text('[domain."example.net".lists]\nblock_senders = ["*@spam.example"]\n')
-    check = ListsCheck(config_for("", rules=[str(DEFAULT_RULES), str(rules)],
+    check = ListsCheck.from_config(config_for("", rules=[str(DEFAULT_RULES), str(rules)],
                                   allow_senders=["partner.example", "test"]))
     try:
         assert check.startup_problems() == [

@@ -25,6 +25,7 @@ from gateway.decider import Decider
 from gateway.evaluator import LocalEvaluator
 from gateway.milter import GatewayMilter, Runtime
 from gateway.replies import smtp_safe
+from gateway.ruleset import Ruleset
 from gateway.service import Generation
 from tests.helpers import fixture_message
 
@@ -68,7 +69,7 @@ class Ctx(MilterTestCtx):
 
 
 def runtime_for(config: Config, evaluator) -> Runtime:
-    return Runtime(FixedService(Generation(config, evaluator,
+    return Runtime(FixedService(Generation(config, Ruleset(), evaluator,
                                            Decider(evaluator, keeper=None, threads=2),
                                            keeper=None, number=1)))
 

@@ -113,7 +113,8 @@ def test_the_bayes_check_loads_and_reloads_from_a_database_store(tmp_path: Path,
     url = f"sqlite:///{tmp_path}/models.db"
     store = ModelStore(url)
     store.set_current(store.add(variant(tmp_path, "nb-one")), "promote", {})
-    check = BayesCheck(Config(classifier=ClassifierSection(store=url, reload_interval=3600)))
+    check = BayesCheck.from_config(Config(classifier=ClassifierSection(store=url,
+                                                                       reload_interval=3600)))
     try:
         assert check.holder.model.version == "nb-one"
         store.set_current(store.add(variant(tmp_path, "nb-two")), "promote", {})

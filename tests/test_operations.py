@@ -288,7 +288,9 @@ def test_rules_naming_an_unknown_symbol_are_refused_at_start_and_on_reload(tmp_p
 
 
 def test_symbols_a_rules_file_defines_may_be_scored_and_forced_anywhere(tmp_path):
-    from gateway.symbolcheck import known_symbols, unknown_symbols
+    from gateway.ruleset import load_rules
+    from gateway.schema import ConfigError
+    from gateway.symbolcheck import known_symbols
 
     defining = tmp_path / "rules.toml"
     defining.write_text('[rule.SUBJECT_FREE_MONEY]\ntype = "header"\nheader = "Subject"\n'
@@ -296,6 +298,7 @@ def test_symbols_a_rules_file_defines_may_be_scored_and_forced_anywhere(tmp_path
     scoring = tmp_path / "local.toml"
     scoring.write_text('[scores]\nSUBJECT_FREE_MONEY = 2.0\n[force]\nSUBJECT_FREE_MONY = '
                        '"quarantine"\n')
-    problems = unknown_symbols([DEFAULT_RULES, defining, scoring], known_symbols([]))
-    assert problems == [f"{scoring}: force.SUBJECT_FREE_MONY: unknown symbol "
-                        "(did you mean SUBJECT_FREE_MONEY?)"]
+    with pytest.raises(ConfigError) as caught:
+        load_rules([DEFAULT_RULES, defining, scoring], known_symbols([]))
+    assert caught.value.problems == [f"{scoring}: force.SUBJECT_FREE_MONY: unknown symbol "
+                                     "(did you mean SUBJECT_FREE_MONEY?)"]

@@ -8,7 +8,7 @@ from gateway.config import Config, PipelineSection
 from gateway.message import Message
 from gateway.paths import DEFAULT_RULES
 from gateway.pipeline import Pipeline
-from gateway.policy import load_rules
+from gateway.ruleset import Ruleset, load_rules
 from gateway.symbols import Symbol
 from tests.plugins import BoomCheck, DependentCheck, FactsCheck, MarkerCheck, SlowCheck
 
@@ -16,7 +16,8 @@ CONFIG = Config()
 
 
 def run(checks, raw=b"Subject: x\r\n\r\nbody\r\n", budget=2.0):
-    pipeline = Pipeline([c(CONFIG) for c in checks], budget=budget, threads=4, parallel=True)
+    pipeline = Pipeline([c.from_config(CONFIG) for c in checks], budget=budget, threads=4,
+                        parallel=True)
     try:
         return pipeline.run(Message.from_bytes(raw))
     finally:
@@ -94,7 +95,7 @@ def test_every_builtin_symbol_has_a_default_score():
 def test_unknown_check_is_a_config_error():
     config = Config(pipeline=PipelineSection(checks=["headers", "nope"]))
     try:
-        Pipeline.from_config(config)
+        Pipeline.from_config(config, Ruleset())
     except Exception as exc:
         assert "unknown check 'nope' (built-in checks:" in str(exc)
     else:
@@ -106,7 +107,8 @@ def test_sequential_pipeline_stops_starting_checks_once_the_budget_is_spent():
         name = "slow_first"
         seconds = 0.4  # past the budget
 
-    pipeline = Pipeline([SlowFirst(CONFIG), MarkerCheck(CONFIG)], budget=0.2, parallel=False)
+    pipeline = Pipeline([SlowFirst.from_config(CONFIG), MarkerCheck.from_config(CONFIG)],
+                        budget=0.2, parallel=False)
     try:
         result = pipeline.run(Message.from_bytes(b"Subject: x\r\n\r\nTRIGGER-MARKER\r\n"))
     finally:
@@ -119,8 +121,8 @@ def test_sequential_pipeline_stops_starting_checks_once_the_budget_is_spent():
 def test_parallel_auto_is_the_default_and_sequential_runs_everything_in_budget():
     config = Config()
     assert config.pipeline.parallel == "auto"
-    pipeline = Pipeline([FactsCheck(config), DependentCheck(config)], budget=2.0,
-                        parallel=False)
+    pipeline = Pipeline([FactsCheck.from_config(config), DependentCheck.from_config(config)],
+                        budget=2.0, parallel=False)
     try:
         result = pipeline.run(Message.from_bytes(b"Subject: x\r\n\r\nbody\r\n"))
     finally:
@@ -131,7 +133,7 @@ def test_parallel_auto_is_the_default_and_sequential_runs_everything_in_budget()
 def test_a_failed_check_logs_one_line_with_the_queue_id(caplog):
     from gateway.message import Envelope
 
-    pipeline = Pipeline([BoomCheck(CONFIG)], budget=2.0, parallel=False)
+    pipeline = Pipeline([BoomCheck.from_config(CONFIG)], budget=2.0, parallel=False)
     message = Message.from_bytes(b"Subject: x\r\n\r\nbody\r\n", Envelope(queue_id="QID7"))
     with caplog.at_level("INFO", logger="gateway.pipeline"):
         pipeline.run(message)
@@ -247,7 +249,7 @@ def _threads_of(pipeline, messages, seconds):
 
 
 def test_auto_runs_quick_network_checks_inline_and_slow_ones_in_the_pool(clocks):
-    pipeline = _auto(_Where(CONFIG))
+    pipeline = _auto(_Where.from_config(CONFIG))
     try:
         assert set(_threads_of(pipeline, 20, 0.0)) == {"inline"}
         # Waits of 30 ms: the first message measures them, the rest go to the pool.
@@ -268,7 +270,7 @@ def test_auto_counts_waiting_not_computing(clocks):
             clocks.compute(0.03)  # 30 ms of CPU, no waiting
             return [self.symbol("TEST_WHERE")]
 
-    pipeline = _auto(Compute(CONFIG))
+    pipeline = _auto(Compute.from_config(CONFIG))
     try:
         assert set(_threads_of(pipeline, 10, 0.0)) == {"inline"}
     finally:
@@ -277,7 +279,7 @@ def test_auto_counts_waiting_not_computing(clocks):
 
 def test_parallel_true_always_uses_the_pool_and_false_never(clocks):
     for parallel, where in ((True, {"pool"}), (False, {"inline"})):
-        pipeline = Pipeline([_Where(CONFIG)], budget=2.0, parallel=parallel)
+        pipeline = Pipeline([_Where.from_config(CONFIG)], budget=2.0, parallel=parallel)
         try:
             assert set(_threads_of(pipeline, 5, 0.0)) == where
         finally:
@@ -288,7 +290,7 @@ def test_auto_keeps_slow_network_checks_inline_while_the_cores_are_busy(clocks):
     """Waits on a saturated machine are clamd and the resolver queueing for
     a core: threads would only add CPU."""
 
-    pipeline = _auto(_Where(CONFIG), idle=0.0)
+    pipeline = _auto(_Where.from_config(CONFIG), idle=0.0)
     cores = pipeline.concurrency._idle
     try:
         assert set(_threads_of(pipeline, 10, 0.03)) == {"inline"}
@@ -330,7 +332,8 @@ def test_auto_sends_only_the_network_checks_that_wait_to_the_pool(clocks):
 
         return Waiting
 
-    pipeline = _auto(waiting("scan", 0.004)(CONFIG), waiting("cached", 0.0)(CONFIG))
+    pipeline = _auto(waiting("scan", 0.004).from_config(CONFIG),
+                     waiting("cached", 0.0).from_config(CONFIG))
     try:
         for _ in range(40):
             pipeline.run(Message.from_bytes(b"Subject: x\r\n\r\nbody\r\n"))

@@ -5,10 +5,11 @@ import pytest
 from gateway.headers import verdict_headers, with_tagged_subject
 from gateway.message import RawContent
 from gateway.paths import DEFAULT_RULES
-from gateway.pipeline import CheckRun, PipelineResult
-from gateway.policy import SEVERITY, Policy, Rules, load_rules
+from gateway.policy import SEVERITY, Policy
+from gateway.ruleset import Ruleset, load_rules
 from gateway.schema import ConfigError
 from gateway.symbols import Symbol
+from gateway.verdict import CheckRun, PipelineResult
 
 
 def result(*symbols: Symbol, failed: tuple[str, ...] = ()) -> PipelineResult:
@@ -20,7 +21,7 @@ def sym(name: str, score: float = 0.0, evidence: str = "") -> Symbol:
     return Symbol(name=name, score=score, description=name.lower(), evidence=evidence)
 
 
-POLICY = Policy(Rules(quarantine=6.0, reject=15.0))
+POLICY = Policy(Ruleset(quarantine=6.0, reject=15.0))
 
 
 @pytest.mark.parametrize(
@@ -41,7 +42,7 @@ def test_thresholds(score, action):
 
 
 def test_scores_from_rules_replace_the_checks_own():
-    policy = Policy(Rules(scores={"A": 7.5}))
+    policy = Policy(Ruleset(scores={"A": 7.5}))
     verdict = policy.decide(result(sym("A", 1.0), sym("B", 0.5)))
     assert [s.score for s in verdict.symbols] == [7.5, 0.5]
     assert verdict.score == 8.0
@@ -50,7 +51,7 @@ def test_scores_from_rules_replace_the_checks_own():
 
 
 def test_forced_action_ignores_the_score():
-    policy = Policy(Rules(force={"VIRUS": "reject"}, scores={"GOOD": -100.0}))
+    policy = Policy(Ruleset(force={"VIRUS": "reject"}, scores={"GOOD": -100.0}))
     verdict = policy.decide(result(sym("GOOD"), sym("VIRUS", evidence="Eicar-Test")), "Q123")
     assert verdict.action == "reject"
     assert verdict.forced_by == "VIRUS"
@@ -58,7 +59,8 @@ def test_forced_action_ignores_the_score():
 
 
 def test_most_severe_forced_action_wins():
-    policy = Policy(Rules(force={"A": "accept", "Q": "quarantine", "T": "tempfail", "R": "reject"}))
+    policy = Policy(Ruleset(force={"A": "accept", "Q": "quarantine", "T": "tempfail",
+                                   "R": "reject"}))
     assert policy.decide(result(sym("A"), sym("Q"))).action == "quarantine"
     assert policy.decide(result(sym("A"), sym("Q"), sym("T"))).action == "tempfail"
     assert policy.decide(result(sym("T"), sym("R"), sym("A"))).action == "reject"
@@ -66,7 +68,7 @@ def test_most_severe_forced_action_wins():
 
 
 def test_tempfail_reply_is_4xx():
-    policy = Policy(Rules(force={"CLAMAV_ERROR": "tempfail"}))
+    policy = Policy(Ruleset(force={"CLAMAV_ERROR": "tempfail"}))
     verdict = policy.decide(result(sym("CLAMAV_ERROR")), "Q9")
     assert verdict.reply is not None
     assert (verdict.reply.code, verdict.reply.status) == ("451", "4.7.1")
@@ -126,7 +128,7 @@ def test_missing_rules_file(tmp_path: Path):
 
 # -- the add_header tier -------------------------------------------------------------------
 
-TIERS = Policy(Rules(add_header=4.0, quarantine=6.0, reject=15.0))
+TIERS = Policy(Ruleset(add_header=4.0, quarantine=6.0, reject=15.0))
 
 
 @pytest.mark.parametrize(
@@ -158,7 +160,7 @@ def test_add_header_mail_is_marked_as_spam_in_its_headers():
 
 
 def test_a_forced_add_header_marks_mail_whatever_its_score():
-    policy = Policy(Rules(add_header=4.0, force={"NEWSLETTER": "add_header"}))
+    policy = Policy(Ruleset(add_header=4.0, force={"NEWSLETTER": "add_header"}))
     verdict = policy.decide(result(sym("NEWSLETTER", -1.0)))
     assert (verdict.action, verdict.forced_by, verdict.is_spam) == ("add_header", "NEWSLETTER",
                                                                    True)
@@ -208,7 +210,7 @@ def test_a_quarantine_lowered_by_a_file_without_add_header_leaves_no_add_header_
 
 
 def _subject_tagged(tag: str, raw: bytes) -> str | None:
-    policy = Policy(Rules(add_header=4.0, subject_tag=tag))
+    policy = Policy(Ruleset(add_header=4.0, subject_tag=tag))
     verdict = policy.decide(result(sym("A", 5.0)))
     assert verdict.subject_tag == tag
     return with_tagged_subject(verdict, RawContent(data=raw)).tagged_subject
@@ -222,7 +224,7 @@ def test_the_subject_tag_goes_before_the_subject_as_sent():
     assert _subject_tagged("", b"Subject: hi\r\n\r\nx") is None
     # Not UTF-8: setting it again would lose what was sent.
     assert _subject_tagged("[SPAM]", b"Subject: caf\xe9\r\n\r\nx") is None
-    accepted = Policy(Rules(add_header=4.0, subject_tag="[SPAM]")).decide(result(sym("A", 1.0)))
+    accepted = Policy(Ruleset(add_header=4.0, subject_tag="[SPAM]")).decide(result(sym("A", 1.0)))
     assert accepted.subject_tag == ""
 
 
@@ -362,7 +364,7 @@ def test_a_domain_rescores_and_handles_dmarc_its_own_way(tmp_path: Path):
 
 
 def test_recipient_scoped_symbols_count_for_that_recipient_only():
-    policy = Policy(Rules(add_header=4.0, scores={"ALLOWLIST_SENDER": -20.0}))
+    policy = Policy(Ruleset(add_header=4.0, scores={"ALLOWLIST_SENDER": -20.0}))
     allowed = ["ALLOWLIST_SENDER", 0.0, "allowed", "matched news@shop.example"]
     verdict = policy.decide(_with_recipients(
         sym("A", 7.0), recipients=("fan@example.org", "other@example.org"),

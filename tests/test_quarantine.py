@@ -21,12 +21,13 @@ from gateway.lab.postfix import PostfixInstance, free_port
 from gateway.lab.sink import Sink
 from gateway.message import Envelope, RawContent
 from gateway.paths import DEFAULT_RULES
-from gateway.pipeline import PipelineResult
-from gateway.policy import Policy, Rules
+from gateway.policy import Policy
 from gateway.quarantine.release import ReleaseError, release
 from gateway.quarantine.schema import metadata
 from gateway.quarantine.store import Filters, QuarantineError, QuarantineStore
+from gateway.ruleset import Ruleset
 from gateway.symbols import Symbol
+from gateway.verdict import PipelineResult
 from tests.helpers import PROJECT_ROOT, milter_config, send
 
 BODY = "Dear Bob,\r\n\r\nthe minutes are attached; TRIGGER-MARKER.\r\n.leading dot line\r\n"
@@ -41,7 +42,7 @@ def message(tag: str) -> bytes:
 def verdict(*names: str, score: float = 7.0):
     symbols = tuple(Symbol(name=n, score=score / len(names), description=n.lower(),
                            evidence=f"{n} seen") for n in names)
-    return Policy(Rules()).decide(PipelineResult(symbols=symbols, runs=()), "QID")
+    return Policy(Ruleset()).decide(PipelineResult(symbols=symbols, runs=()), "QID")
 
 
 def put(store: QuarantineStore, tag: str, sender: str = "alice@example.org",

@@ -14,13 +14,14 @@ import pytest
 from gateway import ratelimit
 from gateway.config import RateLimitSection, parse_config
 from gateway.door import Door, Visit
-from gateway.evaluator import Judge
 from gateway.lab.milter_process import MilterProcess
 from gateway.message import Envelope
-from gateway.pipeline import PipelineResult
+from gateway.policy import Judge
 from gateway.quarantine.store import QuarantineStore
 from gateway.ratelimit import LEASE_SECONDS, BucketStore, Limit, RateLimiter
+from gateway.ruleset import load_rules
 from gateway.schema import ConfigError
+from gateway.verdict import PipelineResult
 from tests.helpers import PROJECT_ROOT
 from tests.milterclient import MilterClient
 
@@ -184,7 +185,7 @@ def test_score_and_quarantine_limits_let_the_message_in_with_their_symbol(
     finally:
         door.close()
     # Scored and forced like any symbol, under the default rules.
-    verdict = Judge(config, []).verdict(
+    verdict = Judge(config, [], load_rules(config.policy.rules)).verdict(
         PipelineResult((), ()), Envelope(rcpt_to=("a@example.net",),
                                          stage_symbols=tuple(visit.symbols)))
     assert verdict.action == verdict_action

@@ -19,12 +19,13 @@ from alembic.script import ScriptDirectory
 from gateway.lab.postfix import free_port
 from gateway.lab.sink import Sink
 from gateway.message import Envelope, RawContent
-from gateway.pipeline import PipelineResult
-from gateway.policy import Policy, Rules, load_rules
+from gateway.policy import Policy
 from gateway.quarantine.release import RELEASED_HEADER, ReleaseError, release, released_copy
 from gateway.quarantine.store import MIGRATIONS, Filters, QuarantineError, QuarantineStore
+from gateway.ruleset import Ruleset, load_rules
 from gateway.schema import ConfigError
 from gateway.symbols import Symbol
+from gateway.verdict import PipelineResult
 from tests.helpers import PROJECT_ROOT
 from tests.test_quarantine import message, put
 
@@ -107,7 +108,7 @@ def test_the_released_copy_says_who_released_it_and_carries_the_verdict(store, l
     envelope = Envelope(mail_from="alice@example.org", rcpt_to=("bob@example.net",),
                         client_ip="198.51.100.7", queue_id="QAR")
     symbols = (Symbol("TEST_MARKER", 7.0, "marker", "seen"),)
-    verdict = Policy(Rules()).decide(PipelineResult(symbols=symbols, runs=()), "QAR")
+    verdict = Policy(Ruleset()).decide(PipelineResult(symbols=symbols, runs=()), "QAR")
     from dataclasses import replace
 
     verdict = replace(verdict, authentication_results="mx.test; spf=fail smtp.mailfrom=a.example")

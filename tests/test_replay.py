@@ -16,9 +16,9 @@ from sqlalchemy import inspect
 from gateway.config import load_config
 from gateway.evaluator import LocalEvaluator
 from gateway.message import Envelope, Message, RawContent
-from gateway.policy import Verdict
 from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.store import MIGRATIONS, QuarantineStore, now
+from gateway.verdict import Verdict
 from tests.helpers import PROJECT_ROOT
 
 

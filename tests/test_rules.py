@@ -4,8 +4,10 @@ matching blow up."""
 
 from __future__ import annotations
 
+import pickle
 import time
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -14,10 +16,13 @@ from gateway.checks.rules import RulesCheck
 from gateway.checks.view import view_of
 from gateway.config import Config, PipelineSection, PolicySection
 from gateway.evaluator import LocalEvaluator
-from gateway.message import Envelope, Message
+from gateway.message import Envelope, Message, RawContent
 from gateway.paths import DEFAULT_RULES
+from gateway.ruleset import load_rules
 from gateway.schema import ConfigError
 from gateway.urls import parse_link
+from gateway.workers import WorkerPool
+from tests.helpers import fixture_message, wait_until
 
 RULES = r"""
 [rule.SUBJECT_FREE_MONEY]
@@ -108,7 +113,7 @@ def mail(subject: str = "hello", sender: str = "Alice <alice@example.org>",
 
 @pytest.fixture
 def check(tmp_path: Path) -> RulesCheck:
-    return RulesCheck(rules_config(tmp_path))
+    return RulesCheck.from_config(rules_config(tmp_path))
 
 
 def test_header_rules_fire_on_the_decoded_field_and_not_on_a_near_miss(check):
@@ -120,7 +125,7 @@ def test_header_rules_fire_on_the_decoded_field_and_not_on_a_near_miss(check):
 
 
 def test_display_name_rules(tmp_path: Path):
-    check = RulesCheck(rules_config(tmp_path, RULES + """
+    check = RulesCheck.from_config(rules_config(tmp_path, RULES + """
 [rule.NAME_SAYS_CEO]
 type = "header"
 header = "From:name"
@@ -230,7 +235,7 @@ score = 1.0
 def test_rules_that_run_out_of_time_are_named_not_skipped(tmp_path: Path):
     text = "".join(f"[rule.SLOW_{n}]\ntype = \"rawbody\"\npattern = 'z{{2}}q'\nscore = 1\n"
                    for n in range(50))
-    check = RulesCheck(rules_config(tmp_path, text, budget=0.001))
+    check = RulesCheck.from_config(rules_config(tmp_path, text, budget=0.001))
     found = fired(check, mail(body="zzz " * 300_000))
     (evidence,) = found.values()
     assert list(found) == ["RULES_INCOMPLETE"]
@@ -263,7 +268,7 @@ def test_rules_that_run_out_of_time_are_named_not_skipped(tmp_path: Path):
 )
 def test_rules_problems_name_the_rule(tmp_path: Path, table, problem):
     with pytest.raises(ConfigError) as caught:
-        RulesCheck(rules_config(tmp_path, "[rule.BAD]\n" + table))
+        RulesCheck.from_config(rules_config(tmp_path, "[rule.BAD]\n" + table))
     assert caught.value.problems == [problem]
 
 
@@ -274,7 +279,7 @@ def test_a_later_file_can_switch_a_rule_off_or_rescore_it(tmp_path: Path):
                      "[rule.SUBJECT_FREE_MONEY]\nscore = 0.5\n")
     config = Config(policy=PolicySection(rules=[str(first), str(later)]),
                     pipeline=PipelineSection(checks=["rules"]))
-    check = RulesCheck(config)
+    check = RulesCheck.from_config(config)
     assert "HAS_X_BULK" not in [r.name for r in check.rules]
     report = check.run(Message.from_bytes(mail(subject="free money")), CheckContext())
     assert [(s.name, s.score) for s in report.symbols] == [("SUBJECT_FREE_MONEY", 0.5)]
@@ -308,10 +313,74 @@ header = "From:name"
 pattern = '(?i)ceo'
 score = 0.1
 """
-    check = RulesCheck(rules_config(tmp_path, text))
+    check = RulesCheck.from_config(rules_config(tmp_path, text))
     for name, case in hostile.BUILDERS.items():
         message = Message.from_bytes(case.build(), Envelope(mail_from=hostile.SPOOFED))
         report = check.run(message, CheckContext())  # raises nothing
         assert all(s.name in RULES or s.name in ("ALL_HEADERS", "FROM_NAMES",
                                                  "RULES_INCOMPLETE")
                    for s in report.symbols), name
+
+
+# -- the rules a configuration judges by: read once, like Postfix's main.cf -----------------
+
+LUNCH_RULE = ('[rule.SUBJECT_LUNCH]\ntype = "header"\nheader = "Subject"\npattern = "Lunch"\n'
+              "score = 2.0\n")
+# The same rule edited: it no longer fires on the message, and scores more.
+DINNER_RULE = LUNCH_RULE.replace('"Lunch"', '"Dinner"').replace("2.0", "3.0")
+
+
+@pytest.mark.slow
+def test_recycled_workers_judge_by_the_rules_read_at_start_not_the_files_now(tmp_path: Path):
+    rules = write_rules(tmp_path, LUNCH_RULE)
+    config = Config(policy=PolicySection(rules=[str(DEFAULT_RULES), str(rules)]),
+                    pipeline=PipelineSection(checks=["headers", "rules"], workers=1,
+                                             max_workers=1, worker_max_messages=1, budget=2.0,
+                                             grace=1.0))
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=("bob@example.net",))
+    raw = RawContent(data=fixture_message("ham_plain.eml"))
+    pool = WorkerPool(config)
+    try:
+        pids, verdicts = set(), []
+        for edit in ("", DINNER_RULE, "not toml ["):  # none of them reloaded
+            if edit:
+                rules.write_text(edit)
+            # Each worker checks one message: the next one is a new process.
+            pids.add(wait_until(pool.worker_pids, timeout=60, what="a worker")[0])
+            verdict = pool.evaluate(envelope, raw)
+            verdicts.append((verdict.action, verdict.score, verdict.symbols,
+                             verdict.failed_checks))
+        assert len(pids) == 3
+        assert verdicts[0][:2] == ("accept", 2.0)
+        assert [s.name for s in verdicts[0][2]] == ["SUBJECT_LUNCH"]
+        assert verdicts[1] == verdicts[0]  # before: the new worker read the edit
+        assert verdicts[2] == verdicts[0]  # before: no worker could start
+    finally:
+        pool.close()
+
+
+def test_a_ruleset_crosses_to_a_worker_process_whole(tmp_path: Path):
+    local = write_rules(tmp_path, RULES + """
+[[dnsbl]]
+name = "TEST_BL"
+zone = "bl.example"
+score = 1.0
+symbols = { "127.0.0.2" = "TEST_BL_SPAM" }
+
+[attachments]
+executable = ["exe"]
+
+[domain."example.org"]
+thresholds = { quarantine = 5.0 }
+force = { MISSING_DATE = "reject" }
+lists = { allow_senders = ["alice@example.net"] }
+""")
+    ruleset = load_rules([DEFAULT_RULES, local])
+    copy = pickle.loads(pickle.dumps(ruleset))
+    assert copy == ruleset
+    assert isinstance(copy.scores, MappingProxyType)
+    assert isinstance(copy.domains["example.org"].force, MappingProxyType)
+    assert all(isinstance(table, MappingProxyType) for table in copy.rule_tables.values())
+    assert all(isinstance(table, MappingProxyType) for table in copy.dnsbl)
+    with pytest.raises(TypeError):
+        copy.scores["MISSING_DATE"] = 9.0  # type: ignore[index]

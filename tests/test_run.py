@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.paths import DEFAULT_RULES
 from tests.helpers import PROJECT_ROOT, fixture_message, milter_config, wait_until
 from tests.milterclient import MilterClient, Outcome
 
@@ -23,11 +25,12 @@ class Gateway:
     not the working directory, on sys.path (``-P``); its log in a file."""
 
     def __init__(self, tmp_path: Path, cwd: Path, checks: str = '["headers"]',
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, pipeline: str = "", extra: str = ""):
+        """``pipeline``: more [pipeline] keys; ``extra``: more sections."""
         self.socket = tmp_path / "milter.sock"
         self.config = tmp_path / "gateway.toml"
         self.config.write_text(milter_config(
-            self.socket, f"[pipeline]\nchecks = {checks}\nworkers = 1\n"))
+            self.socket, f"[pipeline]\nchecks = {checks}\nworkers = 1\n{pipeline}{extra}"))
         self.log_path = tmp_path / "gateway.log"
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
@@ -146,3 +149,58 @@ def test_a_reload_applies_the_log_format_and_every_line_then_is_json(tmp_path, s
     assert records[-1]["message"] == "gateway milter stopped"
     assert any(r["message"].startswith("SIGTERM: stopping") for r in records
                if r["logger"] == "gateway.supervisor")
+
+
+@pytest.mark.slow
+def test_rules_edited_on_disk_wait_for_sighup_and_a_broken_edit_is_refused(tmp_path, started):
+    # Every message gets a new worker process. Before, each new worker read
+    # the rules files again: an edit without a reload changed the verdicts
+    # of recycled workers only, and a broken file left no worker to start.
+    lunch = ('[rule.SUBJECT_LUNCH]\ntype = "header"\nheader = "Subject"\n'
+             'pattern = "Lunch"\nscore = 2.0\n')
+    rules = tmp_path / "local.toml"
+    rules.write_text(lunch)
+    gateway = Gateway(tmp_path, cwd=tmp_path, checks='["headers", "rules"]',
+                      pipeline="worker_max_messages = 1\n",
+                      extra=f'[policy]\nrules = ["{DEFAULT_RULES}", "{rules}"]\n')
+    started.append(gateway)
+    gateway.wait_serving()
+
+    def status() -> str:
+        outcome = gateway.send()
+        assert outcome.action == "accept", gateway.log()
+        return dict(outcome.added_headers)["X-Spam-Status"]
+
+    def reload() -> str:
+        before = len(gateway.log())
+        gateway.process.send_signal(signal.SIGHUP)
+        return wait_until(lambda: re.search(r"reload refused|now serving",
+                                            gateway.log()[before:]), timeout=60,
+                          what="the reload").group(0)
+
+    assert status() == "No, score=2.0 required=4.0 tests=SUBJECT_LUNCH"
+    rules.write_text(lunch.replace('"Lunch"', '"Dinner"'))  # no longer fires
+    assert status() == "No, score=2.0 required=4.0 tests=SUBJECT_LUNCH"
+    rules.write_text("[rule.SUBJECT_LUNCH\n")
+    assert status() == "No, score=2.0 required=4.0 tests=SUBJECT_LUNCH"
+    assert reload() == "reload refused"
+    assert status() == "No, score=2.0 required=4.0 tests=SUBJECT_LUNCH"
+    rules.write_text(lunch.replace("2.0", "3.5"))
+    assert reload() == "now serving"
+    assert status() == "No, score=3.5 required=4.0 tests=SUBJECT_LUNCH"
+    output = gateway.stop()
+    assert "could not start a worker" not in output
+
+
+@pytest.mark.slow
+def test_a_site_check_gets_its_check_section_in_the_worker(tmp_path, started):
+    # docs/admin.md's check with settings: [check.shouting], read by the
+    # config and given to the check in the worker process.
+    gateway = Gateway(tmp_path, cwd=tmp_path, checks='["headers", "tests.plugins:ShoutingCheck"]',
+                      extra="[check.shouting]\nmin_length = 5\nscore = 2.5\n")
+    started.append(gateway)
+    gateway.wait_serving()
+    shouted = fixture_message("ham_plain.eml").replace(b"Lunch on Thursday", b"LUNCH NOW")
+    outcome = gateway.session().message("a@example.org", ["b@example.net"], shouted)
+    assert ("X-Spam-Status", "No, score=2.5 required=4.0 tests=SUBJECT_ALL_CAPS") \
+        in outcome.added_headers, gateway.log()

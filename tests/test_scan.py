@@ -29,11 +29,11 @@ from gateway.config import (
 from gateway.evaluator import LocalEvaluator
 from gateway.lab.postfix import free_port
 from gateway.message import RawContent
-from gateway.policy import Verdict
 from gateway.replies import SmtpReply
 from gateway.scan import RefusalLog, ScanServer
 from gateway.scanproto import Head, envelope_of, rspamc_answer, split_header
 from gateway.symbols import Symbol
+from gateway.verdict import Verdict
 from tests.helpers import PROJECT_ROOT, fixture_message, wait_until
 
 CHECKS = ["limits", "headers", "size", "lists", "bayes"]

@@ -20,11 +20,12 @@ import pytest
 
 from gateway import cli
 from gateway.message import Envelope, RawContent
-from gateway.pipeline import PipelineResult
-from gateway.policy import Policy, Rules
+from gateway.policy import Policy
 from gateway.quarantine.store import QuarantineStore
+from gateway.ruleset import Ruleset
 from gateway.symbols import Symbol
 from gateway.terminal import dumps, printable
+from gateway.verdict import PipelineResult
 from tests.helpers import PROJECT_ROOT, SPINE_CHECKS
 
 CLEAR = "\x1b[2J"
@@ -76,7 +77,7 @@ def hostile_store(tmp_path: Path):
         queue_id="QHOSTILE")
     symbol = Symbol(name="TEST_MARKER", score=9.0, description="marker " + CLEAR,
                     evidence="seen " + HOSTILE)
-    verdict = Policy(Rules()).decide(PipelineResult(symbols=(symbol,), runs=()), "QHOSTILE")
+    verdict = Policy(Ruleset()).decide(PipelineResult(symbols=(symbol,), runs=()), "QHOSTILE")
     identifier = store.put(envelope, RawContent(data=hostile_message()), verdict, "quarantine")
     store.change_state(identifier, "held", "mallory" + RETITLE, "note", "looked" + FAKE_LINE)
     store.close()

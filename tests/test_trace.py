@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from gateway.message import Envelope, RawContent
-from gateway.policy import Verdict
 from gateway.quarantine.store import QuarantineStore
 from gateway.symbols import Symbol
+from gateway.verdict import Verdict
 from tests.helpers import PROJECT_ROOT
 
 RAW = (b"From: Prize Desk <winner@promo.example>\r\nTo: bob@example.net\r\n"

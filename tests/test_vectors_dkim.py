@@ -27,7 +27,7 @@ from gateway.config import AuthSection, Config, DnsSection, PipelineSection
 from gateway.evaluator import LocalEvaluator
 from gateway.lab.dns import KnotServer, Zone
 from gateway.message import Envelope, Message
-from gateway.policy import Verdict
+from gateway.verdict import Verdict
 
 DATA = Path(__file__).parent / "vectors" / "dkimpy"
 CANONICALIZATIONS = [(h, b) for h in (b"simple", b"relaxed") for b in (b"simple", b"relaxed")]

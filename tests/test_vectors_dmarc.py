@@ -146,7 +146,7 @@ def dmarc_facts(port: int, raw: bytes, dkim: tuple[tuple[str, str], ...] | None)
             return dict(evaluator.evaluate_message(message).facts["dmarc"])
         finally:
             evaluator.close()
-    check = DmarcCheck(config)
+    check = DmarcCheck.from_config(config)
     check.discovery = PslDiscovery(Resolver(config.dns))
     signatures = [SignatureResult(domain, "", "", result) for domain, result in dkim]
     context = CheckContext(facts={"spf": SpfFacts(None).to_json(),
@@ -337,7 +337,7 @@ def test_dmarc_package_policy_case(dmarc_package_dns, case: PolicyCase):
                   if case.dkim else [])
     config = Config(pipeline=PipelineSection(checks=["spf", "dkim", "dmarc"]),
                     dns=dns_config(dmarc_package_dns.port))
-    check = DmarcCheck(config)
+    check = DmarcCheck.from_config(config)
     check.discovery = PslDiscovery(Resolver(config.dns))
     facts = check.run(Message.from_bytes(raw, Envelope(rcpt_to=("rcpt@example.net",))),
                       CheckContext(facts={"spf": spf.to_json(),

@@ -217,7 +217,7 @@ def spf_check(port: int) -> SpfCheck:
     shared with no other test."""
     config = Config(pipeline=PipelineSection(checks=["spf"]),
                     dns=replace(DNS, port=port))
-    check = SpfCheck(config)
+    check = SpfCheck.from_config(config)
     check.resolver = Resolver(config.dns)
     return check
 
@@ -274,7 +274,7 @@ def test_pyspf_looks_up_through_the_gateway_once_a_check_is_built_not_on_import(
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True)
     assert imported.stdout.strip() == "True"
-    SpfCheck(Config())
+    SpfCheck.from_config(Config())
     assert spf.DNSLookup is _pyspf_lookup
     install_pyspf_lookup()  # idempotent
     assert spf.DNSLookup is _pyspf_lookup

@@ -3,8 +3,17 @@
 A check is a class with a ``name``, a catalog of the ``symbols`` it may emit
 (name -> description) and a ``run(message, context)`` method returning
 symbols or a :class:`~gateway.symbols.Report`. It knows nothing about the
-milter. Built-in checks are listed in :data:`BUILTIN`; a site's own check is
-enabled in gateway.toml as ``"package.module:ClassName"``.
+milter. It is built once per configuration (and in each worker process)
+with the config and the rules files' :class:`~gateway.ruleset.Ruleset`,
+which it reads instead of the files.
+
+Built-in checks are registered in :data:`gateway.registry.REGISTRY`, by
+name, without importing them; :data:`BUILTIN` and the default ``[pipeline]
+checks`` come from it. A site's own check is enabled in
+gateway.toml as ``"package.module:ClassName"``; its settings, if it declares
+a ``section`` (a dataclass of :func:`gateway.schema.setting` fields), are
+its ``[check.NAME]`` table, validated with the rest of the configuration
+and given to it as ``self.options``.
 """
 
 from __future__ import annotations
@@ -12,10 +21,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from gateway.config import Config
 from gateway.message import Message
+from gateway.registry import BUILTIN, SITE_SECTION
+from gateway.ruleset import Ruleset, load_rules
+from gateway.schema import load_section
 from gateway.symbols import (
     PIPELINE_SYMBOLS,
     STAGE_SYMBOLS,
@@ -24,28 +36,8 @@ from gateway.symbols import (
     failure_symbol_name,
 )
 
-# name -> "module:Class"; imported on demand so a disabled check costs nothing.
-BUILTIN: dict[str, str] = {
-    "limits": "gateway.checks.limits:LimitsCheck",
-    "headers": "gateway.checks.headers:HeaderSanityCheck",
-    "size": "gateway.checks.size:SizeCheck",
-    "lists": "gateway.checks.lists:ListsCheck",
-    "bayes": "gateway.checks.bayes:BayesCheck",
-    "clamav": "gateway.checks.clamav:ClamavCheck",
-    "spf": "gateway.checks.spf:SpfCheck",
-    "dkim": "gateway.checks.dkim:DkimCheck",
-    "arc": "gateway.checks.arc:ArcCheck",
-    "dmarc": "gateway.checks.dmarc:DmarcCheck",
-    "sender": "gateway.checks.sender:SenderCheck",
-    "iprev": "gateway.checks.iprev:IprevCheck",
-    "tls": "gateway.checks.tls:TlsCheck",
-    "rules": "gateway.checks.rules:RulesCheck",
-    "attachments": "gateway.checks.attachments:AttachmentsCheck",
-    "dnsbl": "gateway.checks.dnsbl:DnsblCheck",
-    "identity": "gateway.checks.identity:IdentityCheck",
-    "fuzzy": "gateway.checks.fuzzy:FuzzyCheck",
-    "links": "gateway.checks.links:LinksCheck",
-}
+__all__ = ["BUILTIN", "Check", "CheckContext", "UnknownCheck", "catalog", "check_sections",
+           "resolve_check"]
 
 
 @dataclass(frozen=True)
@@ -68,9 +60,32 @@ class Check:
     # Waits on the network (DNS, clamd): may run beside others with
     # [pipeline] parallel = true.
     io_bound: ClassVar[bool] = False
+    # A site's own check: the dataclass of its [check.NAME] settings.
+    section: ClassVar[type[Any] | None] = None
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, ruleset: Ruleset):
         self.config = config
+        self.ruleset = ruleset
+        # Validated with the configuration (check_sections); a key with a
+        # problem would keep its default.
+        self.options: Any = self.options_of(config, [])
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        """This check with the config's rules files read now: for tests and
+        tools. The gateway builds its checks with its configuration
+        generation's Ruleset (gateway.pipeline.Pipeline.from_config)."""
+        return cls(config, load_rules(config.policy.rules))
+
+    @classmethod
+    def options_of(cls, config: Config, problems: list[str]) -> Any:
+        """This check's [check.NAME] settings (None without a ``section``);
+        their problems go to ``problems``."""
+        if cls.section is None:
+            return None
+        table = config.check.get(cls.name, {})
+        return load_section(cls.section, table, f"{config.source}: {SITE_SECTION}.{cls.name}",
+                            problems)
 
     def run(self, message: Message, context: CheckContext) -> Iterable[Symbol] | Report:
         raise NotImplementedError
@@ -136,3 +151,18 @@ def catalog(check_classes: Iterable[type[Check]]) -> dict[str, str]:
     for cls in check_classes:
         symbols.update(cls.catalog())
     return symbols
+
+
+def check_sections(config: Config, classes: Iterable[type[Check]]) -> list[str]:
+    """The problems of the [check.NAME] tables: each must belong to an
+    enabled site check that declares a ``section``, and fit it."""
+    problems: list[str] = []
+    claimed = {cls.name: cls for cls in classes if cls.section is not None}
+    for cls in claimed.values():
+        cls.options_of(config, problems)
+    for name in config.check:
+        if name not in claimed:
+            known = ", ".join(sorted(claimed)) or "none"
+            problems.append(f"{config.source}: {SITE_SECTION}.{name}: no enabled check has "
+                            f"settings named {name!r} (enabled checks with settings: {known})")
+    return problems

@@ -31,6 +31,7 @@ from gateway.config import Config
 from gateway.dns import DnsTempError, NoRecords, NxDomain, Resolver, shared_resolver
 from gateway.facts import ArcFacts
 from gateway.message import Message
+from gateway.ruleset import Ruleset
 from gateway.symbols import Report
 
 log = logging.getLogger("gateway.checks.arc")
@@ -88,8 +89,8 @@ class ArcCheck(Check):
         "ARC_TEMPERROR": "the ARC chain could not be checked now (DNS failure)",
     }
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, ruleset: Ruleset):
+        super().__init__(config, ruleset)
         self.lookup = dkimpy_txt(shared_resolver(config))
         install_linear_relaxed_body()
 

@@ -49,7 +49,7 @@ from gateway.checks.view import view_of
 from gateway.config import Config
 from gateway.facts import AttachmentsFacts
 from gateway.message import Message
-from gateway.policy import load_rules
+from gateway.ruleset import Ruleset
 from gateway.schema import ConfigError
 from gateway.symbols import Report
 
@@ -213,10 +213,9 @@ class AttachmentsCheck(Check):
         "ATTACHMENT_ARCHIVE_CORRUPT": "an attached archive cannot be read (a broken directory)",
     }
 
-    def __init__(self, config: Config):
-        super().__init__(config)
-        rules = load_rules(config.policy.rules)
-        self.settings = Settings.from_rules(rules.attachments, "attachments")
+    def __init__(self, config: Config, ruleset: Ruleset):
+        super().__init__(config, ruleset)
+        self.settings = Settings.from_rules(ruleset.attachments, "attachments")
 
     def run(self, message: Message, context: CheckContext) -> Report:
         limits = message.limits

@@ -30,6 +30,7 @@ from gateway.classifier.store import ModelStore
 from gateway.config import Config
 from gateway.message import Message
 from gateway.paths import MODELS_DIR
+from gateway.ruleset import Ruleset
 from gateway.schema import ConfigError
 from gateway.symbols import Report
 
@@ -151,8 +152,8 @@ class BayesCheck(Check):
         "TEXT_TRUNCATED": "more text than [limits] text_bytes; the classifier read the start",
     }
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, ruleset: Ruleset):
+        super().__init__(config, ruleset)
         self.holder = ModelHolder(config)
         self.holder.start_watching()
 

@@ -22,6 +22,7 @@ from gateway.checks import Check, CheckContext
 from gateway.config import ClamavSection, Config
 from gateway.facts import ClamavFacts
 from gateway.message import Message
+from gateway.ruleset import Ruleset
 from gateway.symbols import Report
 
 if TYPE_CHECKING:
@@ -84,8 +85,8 @@ class ClamavCheck(Check):
         "CLAMAV_OVERSIZE": "not virus-scanned: larger than the scan limit",
     }
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, ruleset: Ruleset):
+        super().__init__(config, ruleset)
         self.settings = config.clamav
         self._local = threading.local()
 

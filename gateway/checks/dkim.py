@@ -58,6 +58,7 @@ from gateway.dns import (
 from gateway.facts import DkimFacts, SignatureResult
 from gateway.mail import DomainError, ascii_domain, registrable_domain
 from gateway.message import Message
+from gateway.ruleset import Ruleset
 from gateway.symbols import Report, Symbol
 
 log = logging.getLogger("gateway.checks.dkim")
@@ -146,8 +147,8 @@ class DkimCheck(Check):
         "DKIM_PARTIAL_BODY": "a DKIM signature covers only part of the body (l=)",
     }
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, ruleset: Ruleset):
+        super().__init__(config, ruleset)
         self.resolver = shared_resolver(config)
         self.max_signatures = config.auth.max_dkim_signatures
         install_linear_relaxed_body()

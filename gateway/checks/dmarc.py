@@ -38,6 +38,7 @@ from gateway.dns import shared_resolver
 from gateway.facts import ArcFacts, DkimFacts, DmarcFacts, SignatureResult, SpfFacts
 from gateway.mail import DomainError, ascii_domain
 from gateway.message import Message
+from gateway.ruleset import Ruleset
 from gateway.symbols import Report, Symbol
 
 log = logging.getLogger("gateway.checks.dmarc")
@@ -91,8 +92,8 @@ class DmarcCheck(Check):
         "DMARC_PERMERROR": "DMARC cannot apply: no author domain that can be checked",
     }
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, ruleset: Ruleset):
+        super().__init__(config, ruleset)
         self.discovery = PslDiscovery(shared_resolver(config))
         self.settings = config.auth
         self.trusted_sealers = {_ascii(s) for s in config.auth.trusted_arc_sealers}

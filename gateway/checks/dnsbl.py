@@ -54,7 +54,7 @@ from gateway.dns import DnsTempError, InvalidName, NoRecords, NxDomain, dns_name
 from gateway.facts import DnsblFacts
 from gateway.mail import registrable_domain
 from gateway.message import Message
-from gateway.policy import load_rules
+from gateway.ruleset import Ruleset
 from gateway.schema import ConfigError, suggest_key
 from gateway.symbols import SYMBOL_NAME, Report, Symbol
 
@@ -189,11 +189,10 @@ class DnsblCheck(Check):
                          "a public resolver) or gave no blocklist answer: not counted as listed",
     }
 
-    def __init__(self, config: Config):
-        super().__init__(config)
-        rules = load_rules(config.policy.rules)
+    def __init__(self, config: Config, ruleset: Ruleset):
+        super().__init__(config, ruleset)
         errors: list[str] = []
-        lists = [parse_blocklist(table, errors) for table in rules.dnsbl]
+        lists = [parse_blocklist(table, errors) for table in ruleset.dnsbl]
         if errors:
             raise ConfigError(errors)
         self.lists = [b for b in lists if b is not None]

@@ -47,6 +47,7 @@ from gateway.facts import DmarcFacts, IdentityFacts
 from gateway.fuzzyhash import Digest, TlshIndex, digests
 from gateway.message import Message
 from gateway.quarantine.schema import fuzzy_hashes, fuzzy_seen
+from gateway.ruleset import Ruleset
 from gateway.symbols import Report
 
 if TYPE_CHECKING:
@@ -348,8 +349,8 @@ class FuzzyCheck(Check):
                          "recipients within [fuzzy] campaign_window",
     }
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, ruleset: Ruleset):
+        super().__init__(config, ruleset)
         self.settings = config.fuzzy
         url = config.quarantine.url
         import socket

@@ -66,6 +66,7 @@ from gateway.lookalike import (
 )
 from gateway.mail import Mailbox, decoded_header, parse_mailboxes
 from gateway.message import Message
+from gateway.ruleset import Ruleset
 from gateway.schema import ConfigError
 from gateway.symbols import Report, Symbol
 
@@ -212,8 +213,8 @@ class IdentityCheck(Check):
                                "service): learned from, not spam-scored",
     }
 
-    def __init__(self, config: Config, reader: MemoryReader | None = None):
-        super().__init__(config)
+    def __init__(self, config: Config, ruleset: Ruleset, reader: MemoryReader | None = None):
+        super().__init__(config, ruleset)
         settings = self.settings = config.identity
         self.brands: Brands = load_brands(settings.brands)
         self.freemail = load_freemail(settings.freemail, settings.freemail_domains)

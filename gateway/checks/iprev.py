@@ -17,6 +17,7 @@ from gateway.config import Config
 from gateway.dns import DnsTempError, NoRecords, NxDomain, shared_resolver
 from gateway.facts import IprevFacts
 from gateway.message import Message
+from gateway.ruleset import Ruleset
 from gateway.symbols import Report
 
 log = logging.getLogger("gateway.checks.iprev")
@@ -34,8 +35,8 @@ class IprevCheck(Check):
         "IPREV_TEMPERROR": "client's reverse DNS could not be looked up now",
     }
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, ruleset: Ruleset):
+        super().__init__(config, ruleset)
         self.resolver = shared_resolver(config)
 
     def run(self, message: Message, context: CheckContext) -> Report:

@@ -73,6 +73,7 @@ from gateway.lookalike import (
 from gateway.mail import author_domains, has_public_suffix, registrable_domain
 from gateway.message import Message
 from gateway.paths import RULES_DIR
+from gateway.ruleset import Ruleset
 from gateway.symbols import Report
 from gateway.urls import TEXT_URL, FoundUrl, Link, parse_link
 
@@ -192,9 +193,9 @@ class LinksCheck(Check):
                          "image_seconds were not searched for QR codes",
     }
 
-    def __init__(self, config: Config, reader: MemoryReader | None = None,
+    def __init__(self, config: Config, ruleset: Ruleset, reader: MemoryReader | None = None,
                  memory: bool = True):
-        super().__init__(config)
+        super().__init__(config, ruleset)
         self.shorteners = shipped_shorteners() | {
             d.strip().lower().lstrip("@") for d in config.links.shorteners}
         identity = config.identity  # the brands, freemail and our domains are the same
@@ -389,7 +390,7 @@ def _joined(items: Iterable[str]) -> str:
 
 @functools.cache
 def _console_check() -> LinksCheck:
-    return LinksCheck(Config(), memory=False)
+    return LinksCheck(Config(), Ruleset(), memory=False)  # it reads no rules
 
 
 def judged_links(view: MessageView, from_values: list[str]) -> list[JudgedLink]:

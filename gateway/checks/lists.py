@@ -4,7 +4,7 @@ Three sources, all used together:
 
 - ``[lists]`` in gateway.toml (read at start and on reload);
 - ``lists`` in a recipient domain's or address's policy (rules files,
-  :mod:`gateway.policy`): they count for that recipient's mail only;
+  :mod:`gateway.ruleset`): they count for that recipient's mail only;
 - the managed entries in the store's database (``gateway list add``, the
   console; :mod:`gateway.quarantine.lists`), for all mail or for one
   recipient or recipient domain. Each worker reads them again every
@@ -45,7 +45,7 @@ from gateway.config import Config
 from gateway.facts import ListsFacts
 from gateway.mail import DomainError, ascii_domain
 from gateway.message import Message
-from gateway.policy import load_rules, policy_key
+from gateway.ruleset import Ruleset, policy_key
 from gateway.symbols import Report, Symbol
 
 if TYPE_CHECKING:  # imported when first used: SQLAlchemy only where a store is configured
@@ -334,8 +334,8 @@ class ListsCheck(Check):
         "BLOCKLIST_IP": "client IP is on the local block list",
     }
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, ruleset: Ruleset):
+        super().__init__(config, ruleset)
         lists = config.lists
         self.static = Lists.of(lists.allow_senders, lists.block_senders, lists.allow_ips,
                                lists.block_ips)
@@ -349,7 +349,7 @@ class ListsCheck(Check):
         self.written: list[tuple[str, str, Iterable[str]]] = [
             ("[lists]", "allow-sender", lists.allow_senders),
             ("[lists]", "block-sender", lists.block_senders)]
-        for key, overlay in load_rules(config.policy.rules).domains.items():
+        for key, overlay in ruleset.domains.items():
             self.written += [(f"the policy of {key}", kind, overlay.lists.get(name, ()))
                              for name, kind in (("allow_senders", "allow-sender"),
                                                 ("block_senders", "block-sender"))]

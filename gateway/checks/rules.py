@@ -58,7 +58,7 @@ from gateway.config import Config
 from gateway.facts import RulesFacts
 from gateway.mail import Mailbox, decoded_header, parse_mailboxes
 from gateway.message import Message
-from gateway.policy import load_rules
+from gateway.ruleset import Ruleset
 from gateway.schema import ConfigError, suggest_key
 from gateway.symbols import Report, Symbol
 from gateway.urls import Link
@@ -327,10 +327,9 @@ class RulesCheck(Check):
                             "(half the [pipeline] budget)",
     }
 
-    def __init__(self, config: Config):
-        super().__init__(config)
-        rules = load_rules(config.policy.rules)
-        self.rules = compile_rules(rules.rule_tables, rules.scores)
+    def __init__(self, config: Config, ruleset: Ruleset):
+        super().__init__(config, ruleset)
+        self.rules = compile_rules(ruleset.rule_tables, ruleset.scores)
         self.time_limit = config.pipeline.budget / 2
 
     def run(self, message: Message, context: CheckContext) -> Report:

@@ -31,6 +31,7 @@ from gateway.config import Config
 from gateway.dns import DnsTempError, InvalidName, NoRecords, NxDomain, shared_resolver
 from gateway.facts import SenderFacts
 from gateway.message import Message
+from gateway.ruleset import Ruleset
 from gateway.symbols import Report, Symbol
 
 log = logging.getLogger("gateway.checks.sender")
@@ -94,8 +95,8 @@ class SenderCheck(Check):
         "HELO_CLAIMS_OURS": "HELO name claims to be this server",
     }
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, ruleset: Ruleset):
+        super().__init__(config, ruleset)
         self.resolver = shared_resolver(config)
         auth = config.auth
         self.ours = {n.lower().strip("[]").rstrip(".") for n in auth.local_names}

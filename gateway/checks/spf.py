@@ -22,6 +22,7 @@ from gateway.config import Config
 from gateway.dns import DnsTempError, NoRecords, NxDomain, Resolver, shared_resolver
 from gateway.facts import SpfFacts
 from gateway.message import Message
+from gateway.ruleset import Ruleset
 from gateway.symbols import Report
 
 log = logging.getLogger("gateway.checks.spf")
@@ -74,8 +75,8 @@ class SpfCheck(Check):
         "SPF_PERMERROR": "SPF record is broken (syntax, or too many lookups)",
     }
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, ruleset: Ruleset):
+        super().__init__(config, ruleset)
         self.resolver = shared_resolver(config)
         install_pyspf_lookup()
 

@@ -12,6 +12,7 @@ from gateway.checks import Check, CheckContext
 from gateway.config import Config
 from gateway.facts import TlsFacts
 from gateway.message import Message
+from gateway.ruleset import Ruleset
 from gateway.symbols import Report
 
 
@@ -21,8 +22,8 @@ class TlsCheck(Check):
         "TLS_REQUIRED_MISSING": "the sender's domain requires TLS, but this hop was plaintext",
     }
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, ruleset: Ruleset):
+        super().__init__(config, ruleset)
         self.required = {d.lower().rstrip(".") for d in config.auth.require_tls_from}
 
     @classmethod

@@ -47,7 +47,8 @@ from gateway.classifier.corpus import content_key
 from gateway.config import Config
 from gateway.facts import DmarcFacts, IdentityFacts
 from gateway.message import Envelope
-from gateway.policy import Verdict
+from gateway.ruleset import Ruleset
+from gateway.verdict import Verdict
 
 log = logging.getLogger("gateway.autolearn")
 
@@ -184,11 +185,9 @@ class Autolearner:
     feedback queue by a thread of its own (a message never waits for it; a
     candidate is dropped, and counted, when the thread falls behind)."""
 
-    def __init__(self, config: Config, store: Callable[[], Any]):
-        from gateway.policy import load_rules
-
+    def __init__(self, config: Config, store: Callable[[], Any], rules: Ruleset):
+        """``rules``: the configuration generation's (gateway.service)."""
         self.settings = config.classifier
-        rules = load_rules(config.policy.rules)
         self.threshold = rules.quarantine
         self.derived = bayes_derived(rules.metas)
         self._store = store

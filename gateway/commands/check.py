@@ -16,8 +16,8 @@ from typing import Any
 from gateway.commands.common import config_from, setup_logging
 from gateway.evaluator import LocalEvaluator
 from gateway.message import Envelope, Message
-from gateway.policy import Verdict
 from gateway.terminal import dumps, printable
+from gateway.verdict import Verdict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

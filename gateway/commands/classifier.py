@@ -38,7 +38,7 @@ from gateway.classifier.train import (
 )
 from gateway.commands.common import UsageError, config_from
 from gateway.config import Config
-from gateway.policy import load_rules
+from gateway.ruleset import load_rules
 
 # The folds a fixed model's held-out mail is split into for the spread, and
 # for the paired comparison of two models at promotion.

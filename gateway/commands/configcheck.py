@@ -26,9 +26,9 @@ from gateway.config import SECTIONS, Config, load_config
 from gateway.config import _resolve_paths as resolve_paths
 from gateway.paths import DEFAULT_CONFIG
 from gateway.pipeline import Pipeline, check_classes
-from gateway.policy import Rules, load_rules
+from gateway.ruleset import Ruleset, load_rules
 from gateway.schema import ConfigError, load_section
-from gateway.symbolcheck import known_symbols, unknown_symbols
+from gateway.symbolcheck import known_symbols
 from gateway.terminal import printable
 
 
@@ -39,7 +39,7 @@ class Findings:
     config: Config | None = None
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    rules: Rules | None = None
+    rules: Ruleset | None = None
     checks: list[str] = field(default_factory=list)
 
     def error(self, *problems: str) -> None:
@@ -84,16 +84,15 @@ def examine(path: str | None, start_checks: bool = True) -> Findings:
     findings.error(*problems)
     findings.checks = [c.name for c in classes]
     try:
-        findings.rules = load_rules(config.policy.rules)
+        findings.rules = load_rules(config.policy.rules, known_symbols(classes))
     except ConfigError as exc:
         findings.error(*exc.problems)
-    findings.error(*unknown_symbols(config.policy.rules, known_symbols(classes)))
     errors, warnings = quarantine_url_problems(config.quarantine.url)
     findings.error(*errors)
     findings.warnings += warnings
-    if start_checks and not problems:
+    if start_checks and not problems and findings.rules is not None:
         try:
-            pipeline = Pipeline.from_config(config)
+            pipeline = Pipeline.from_config(config, findings.rules)
         except ConfigError as exc:
             findings.error(*exc.problems)
         else:

@@ -336,10 +336,11 @@ def identity_lines(config: Config) -> list[Line]:
     from gateway.checks.identity import IdentityCheck
     from gateway.correspondents import Memory, memory_url
     from gateway.quarantine.store import read_only_engine
+    from gateway.ruleset import Ruleset
     from gateway.schema import ConfigError
 
     try:
-        check = IdentityCheck(config, reader=None)
+        check = IdentityCheck(config, Ruleset(), reader=None)  # it reads no rules
     except ConfigError as exc:
         return [fail("identity", "; ".join(exc.problems),
                      "correct the files named in [identity] brands, freemail or "

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from gateway.audit import actor
 from gateway.commands.common import UsageError, config_from
 from gateway.config import Config
-from gateway.policy import load_rules
 from gateway.quarantine.release import ReleaseError, release
 from gateway.quarantine.store import (
     SORTS,
@@ -19,6 +18,7 @@ from gateway.quarantine.store import (
     QuarantineStore,
     Record,
 )
+from gateway.ruleset import load_rules
 from gateway.terminal import dumps, printable
 
 

@@ -30,13 +30,16 @@ from typing import Any
 from gateway.commands.common import UsageError, config_from, setup_logging
 from gateway.commands.quarantine import open_store, when
 from gateway.config import Config
-from gateway.evaluator import Judge, LocalEvaluator
+from gateway.evaluator import LocalEvaluator
 from gateway.message import Message
-from gateway.policy import Verdict, load_rules
+from gateway.pipeline import check_classes
+from gateway.policy import Judge
 from gateway.quarantine.store import QuarantineError, StoredMail
+from gateway.ruleset import load_rules
 from gateway.schema import ConfigError
-from gateway.symbolcheck import known_symbols, unknown_symbols
+from gateway.symbolcheck import known_symbols
 from gateway.terminal import dumps, printable
+from gateway.verdict import Verdict
 
 KINDS = {"quarantine": "held", "reject": "kept reject", "accept": "accepted sample"}
 
@@ -138,13 +141,9 @@ def propose(config: Config, rules: list[str], replace_rules: bool,
     if not replace_rules:
         paths = [*config.policy.rules, *paths]
     try:
-        load_rules(paths)
+        load_rules(paths, known_symbols(check_classes(config, [])))
     except ConfigError as exc:
         problems += exc.problems
-    from gateway.pipeline import check_classes
-
-    unknown = unknown_symbols(paths, known_symbols(check_classes(config, [])))
-    problems += unknown
     if problems:
         raise ConfigError(problems)
     proposed = replace(config, policy=replace(config.policy, rules=paths))
@@ -160,7 +159,7 @@ def _proposed_scorer(current: LocalEvaluator, config: Config,
     run, judged twice. A new model needs its own pipeline."""
     if new_model:
         return LocalEvaluator(config)
-    return Judge(config, current.pipeline.checks)
+    return Judge(config, current.pipeline.checks, load_rules(config.policy.rules))
 
 
 def score(item: StoredMail, current: LocalEvaluator, proposed: LocalEvaluator | Judge,

@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.checks import BUILTIN, Check, resolve_check
 from gateway.commands.common import config_from
-from gateway.policy import load_rules
+from gateway.ruleset import load_rules
 from gateway.symbols import PIPELINE_SYMBOLS, STAGE_SYMBOLS
 
 

@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
 
 def digest_main(args: argparse.Namespace) -> int:
     config = config_from(args)
-    from gateway.policy import load_rules
+    from gateway.ruleset import load_rules
     from gateway.web.console import Console
     from gateway.web.digest import LinkError, send_digests
 

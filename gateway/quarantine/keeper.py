@@ -17,8 +17,8 @@ import time
 
 from gateway.config import Config
 from gateway.message import Envelope, RawContent
-from gateway.policy import Verdict
 from gateway.quarantine.store import QuarantineError, QuarantineStore
+from gateway.verdict import Verdict
 
 log = logging.getLogger("gateway.quarantine")
 

@@ -31,9 +31,9 @@ from typing import Any
 
 from gateway import authresults
 from gateway.headers import OWN_HEADERS, verdict_headers
-from gateway.policy import Verdict
 from gateway.quarantine.store import QuarantineError, QuarantineStore, Record
 from gateway.symbols import Symbol
+from gateway.verdict import Verdict
 
 RELEASED_HEADER = "X-Gateway-Released"
 # Symbols whose mail only an admin may release, whatever the rules say.

@@ -47,7 +47,6 @@ from gateway.headers import authentication_results_header, verdict_headers
 from gateway.mail import decoded_header
 from gateway.message import Envelope, RawContent
 from gateway.mime import parse_bytes
-from gateway.policy import Verdict
 from gateway.quarantine import lists
 from gateway.quarantine.files import make_private
 from gateway.quarantine.lists import ListEntry
@@ -60,6 +59,7 @@ from gateway.quarantine.schema import (
     replay_samples,
     symbols,
 )
+from gateway.verdict import Verdict
 
 STATES = ("held", "released", "deleted", "expired")
 # Orders the list can be sorted by (Filters.sort).

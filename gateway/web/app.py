@@ -53,7 +53,6 @@ from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
 from gateway.config import Config
-from gateway.policy import load_rules
 from gateway.quarantine import requests as release_requests
 from gateway.quarantine.release import (
     ReleaseError,
@@ -72,6 +71,7 @@ from gateway.quarantine.store import (
     QuarantineStore,
     Record,
 )
+from gateway.ruleset import load_rules
 from gateway.web import approvals, charts, lists, notices, preview, stats, training
 from gateway.web.access import ID
 from gateway.web.access import client_address as _address

@@ -48,7 +48,7 @@ def main() -> int:
           f"mean size {statistics.mean(map(len, raws)) / 1024:.1f} KiB")
     with tempfile.TemporaryDirectory(prefix="gateway-clamd-") as root, \
             ClamdInstance(Path(root)) as clamd:
-        check = ClamavCheck(Config(clamav=ClamavSection(socket=str(clamd.socket_path))))
+        check = ClamavCheck.from_config(Config(clamav=ClamavSection(socket=str(clamd.socket_path))))
         print(f"{'conc':>4} {'msgs/s':>8} {'median ms':>10} {'p99 ms':>8} "
               f"{'clamd CPU ms/msg':>17}")
         for concurrency in (1, 4):

@@ -101,7 +101,7 @@ class Rules:
     def __init__(self) -> None:
         from gateway.config import Config, PipelineSection
         from gateway.evaluator import LocalEvaluator
-        from gateway.policy import load_rules
+        from gateway.ruleset import load_rules
 
         self.config = Config(pipeline=PipelineSection(checks=["headers", "size", "lists"]))
         self.rules = load_rules(self.config.policy.rules)

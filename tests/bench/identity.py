@@ -469,7 +469,7 @@ class Judge:
         from gateway.classifier.model import load_model
         from gateway.config import Config, IdentitySection, PipelineSection, QuarantineSection
         from gateway.evaluator import LocalEvaluator
-        from gateway.policy import load_rules
+        from gateway.ruleset import load_rules
 
         checks = ["headers", "size", "lists", "rules", "links"]
         if identity:

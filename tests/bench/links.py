@@ -60,7 +60,7 @@ from gateway.config import Config, PipelineSection  # noqa: E402
 from gateway.evaluator import LocalEvaluator  # noqa: E402
 from gateway.mail import parse_mailboxes, registrable_domain  # noqa: E402
 from gateway.message import Message  # noqa: E402
-from gateway.policy import load_rules  # noqa: E402
+from gateway.ruleset import load_rules  # noqa: E402
 
 CHECKS = ["limits", "headers", "size", "lists", "rules", "attachments", "bayes"]
 LINKS_SYMBOLS = tuple(LinksCheck.catalog())

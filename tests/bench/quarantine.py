@@ -30,17 +30,18 @@ from gateway.lab.milter_process import MilterProcess  # noqa: E402
 from gateway.lab.postfix import PostfixInstance, free_port  # noqa: E402
 from gateway.message import Envelope, RawContent  # noqa: E402
 from gateway.paths import DEFAULT_RULES  # noqa: E402
-from gateway.pipeline import PipelineResult  # noqa: E402
-from gateway.policy import Policy, Rules  # noqa: E402
+from gateway.policy import Policy  # noqa: E402
 from gateway.quarantine.store import QuarantineStore  # noqa: E402
+from gateway.ruleset import Ruleset  # noqa: E402
 from gateway.symbols import Symbol  # noqa: E402
+from gateway.verdict import PipelineResult  # noqa: E402
 from tests.bench.throughput import DEFAULT_CORPUS, FALLBACK_CORPUS, load_messages, send_all  # noqa: E402
 from tests.lab.postgres import PostgresInstance  # noqa: E402
 
 
 def write_latency(store: QuarantineStore, messages: list[tuple[str, bytes]],
                   concurrency: int) -> list[float]:
-    verdict = Policy(Rules()).decide(PipelineResult(
+    verdict = Policy(Ruleset()).decide(PipelineResult(
         symbols=(Symbol("BAYES_99", 8.0, "spam probability 99 to 99.9%", "p=0.995"),), runs=()))
 
     def one(item: tuple[str, bytes]) -> float:

@@ -37,8 +37,8 @@ def main() -> None:
     sys.path.insert(0, args.root)
     from gateway.config import Config, PipelineSection, ScanSection, SizeSection
     from gateway.lab.postfix import free_port
-    from gateway.policy import Verdict
     from gateway.scan import ScanServer
+    from gateway.verdict import Verdict
 
     peak = [0]
 
