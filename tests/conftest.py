@@ -21,7 +21,7 @@ from tests.markers import markers_for
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # postfix, postgres, browser and slow, from what each test needs (tests/markers.py)
+    # postfix, postgres and browser, from the fixtures each test uses (tests/markers.py)
     for item in items:
         for marker in sorted(markers_for(item)):
             item.add_marker(marker)

@@ -100,6 +100,7 @@ def check(tmp_path: Path, blocklists) -> DnsblCheck:
     return make_check(tmp_path, blocklists.port)
 
 
+@pytest.mark.slow
 def test_each_return_code_scores_as_configured(check):
     assert run(check, "198.51.100.2") == {"TEST_ZEN": (4.0, "198.51.100.2 (127.0.0.2) in bl.test")}
     assert run(check, "198.51.100.4") == {
@@ -146,6 +147,7 @@ def test_sender_and_from_domains(check):
     assert run(check, mail_from="a@good.example", from_header="a@good.example") == {}
 
 
+@pytest.mark.slow
 def test_a_dead_list_server_is_a_temperror_not_a_listing(tmp_path: Path, blocklists):
     lists = LISTS + ('[[dnsbl]]\nname = "TEST_DEAD"\nzone = "deadbl.test"\n'
                      'lookup = "client_ip"\ncodes = { "127.0.0.2" = 5.0 }\n')
@@ -202,6 +204,7 @@ def test_blocklist_problems_are_config_errors(tmp_path: Path, table, problem):
     assert caught.value.problems == [f"{rules}: dnsbl X: {problem}"]
 
 
+@pytest.mark.slow
 def test_every_lookup_survives_the_hostile_corpus(check):
     from tests import hostile
 

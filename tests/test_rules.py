@@ -292,6 +292,7 @@ def test_the_view_reads_links_from_text_and_html_within_the_limits():
     assert parse_link("javascript:alert(1)") is None
 
 
+@pytest.mark.slow
 def test_every_rule_kind_survives_the_hostile_corpus(tmp_path: Path):
     from tests import hostile
 
