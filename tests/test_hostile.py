@@ -276,7 +276,7 @@ def every_check_but_clamav(knot) -> str:
 
 @pytest.mark.postfix
 def test_spoofed_p_reject_author_through_postfix(spoofing_postfix, sink, gateway_milter, knot,
-                                                 milter_socket):
+                                                 milter_store):
     """Plain: 550 at end of DATA. The three shapes that switched checks off:
     550 too, or held in the quarantine; never delivered."""
     milter = gateway_milter(every_check_but_clamav(knot))
@@ -289,7 +289,7 @@ def test_spoofed_p_reject_author_through_postfix(spoofing_postfix, sink, gateway
             outcomes[shape] = f"{refused.smtp_code} {refused.smtp_error.decode(errors='replace')}"
         else:
             outcomes[shape] = "250"
-    store = QuarantineStore(f"sqlite:///{milter_socket.parent}/quarantine.db")
+    store = QuarantineStore(milter_store)
     held = {record.subject for record in store.list() if record.state == "held"}
     store.close()
     assert outcomes["plain"].startswith("550 5.7.1"), outcomes
