@@ -44,9 +44,9 @@ def test_a_failure_is_remembered_for_its_name(knot):
         lookups = resolver(dns.port)
         timed(lambda: lookups.txt("slow.test"))
         asked = dns.queries
-        outcome, took = timed(lambda: lookups.txt("slow.test"))
-        assert isinstance(outcome, DnsTempError) and took < 0.1
-        assert dns.queries == asked
+        outcome, _ = timed(lambda: lookups.txt("slow.test"))
+        assert isinstance(outcome, DnsTempError)
+        assert dns.queries == asked  # not asked again: no second timeout
 
 
 @pytest.mark.slow
@@ -69,9 +69,11 @@ def test_a_dead_server_is_skipped_after_timeouts_on_several_names():
             outcome, took = timed(lambda n=name: lookups.txt(n))
             assert isinstance(outcome, DnsTempError) and took >= 0.5
         assert lookups.servers_down() == ["127.0.0.1"]
-        outcome, took = timed(lambda: lookups.txt("c.test"))
-        assert isinstance(outcome, DnsTempError) and took < 0.1
+        asked = len(dns.asked)
+        outcome, _ = timed(lambda: lookups.txt("c.test"))
+        assert isinstance(outcome, DnsTempError)
         assert "not answering" in str(outcome)
+        assert "c.test." not in dns.asked[asked:]  # skipped: no timeout waited out
 
 
 @pytest.mark.slow

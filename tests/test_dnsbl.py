@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -155,18 +154,14 @@ def test_a_dead_list_server_is_a_temperror_not_a_listing(tmp_path: Path, blockli
         check = make_check(tmp_path, dead.port, lists, timeout=0.5, lifetime=1.0,
                            failure_ttl=30.0)
         try:
-            started = time.monotonic()
             found = run(check, "198.51.100.2")
-            elapsed = time.monotonic() - started
-            assert elapsed < check.time_limit
             assert set(found) == {"TEST_ZEN", "DNSBL_TEMPERROR"}
             assert found["DNSBL_TEMPERROR"][0] == 0.0
+            # The resolver's own timeout (its lifetime), not the check's time limit.
             assert found["DNSBL_TEMPERROR"][1].startswith("TEST_DEAD (deadbl.test): ")
             # The list is not asked again for a while: no second timeout.
             asked = len(dead.asked)
-            started = time.monotonic()
             again = run(check, "198.51.100.2")
-            assert time.monotonic() - started < 0.5
             assert again["DNSBL_TEMPERROR"][1] == ("deadbl.test: not asked, it failed less "
                                                    "than 30s ago")
             assert not any("deadbl" in name for name in dead.asked[asked:])
