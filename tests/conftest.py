@@ -21,7 +21,7 @@ from tests.markers import markers_for
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # postfix, postgres, browser and slow, from what each test needs (tests/markers.py)
+    # postfix, postgres and browser, from the fixtures each test uses (tests/markers.py)
     for item in items:
         for marker in sorted(markers_for(item)):
             item.add_marker(marker)
@@ -99,10 +99,19 @@ def knot(lab_dir: Path, keys):
 
 
 @pytest.fixture
+def milter_store(lab_dir: Path) -> str:
+    """The quarantine database of the test's ``gateway_milter`` (a URL): one
+    per test, so that no test sees another's held mail, list entries or
+    greylisting, whatever ran before it."""
+    return f"sqlite:///{tempfile.mkdtemp(prefix='store-', dir=lab_dir)}/quarantine.db"
+
+
+@pytest.fixture
 def gateway_milter(
-    lab_dir: Path, milter_socket: Path, postfix: PostfixInstance
+    lab_dir: Path, milter_socket: Path, milter_store: str, postfix: PostfixInstance
 ) -> Iterator[Callable[[str], MilterProcess]]:
-    """Start the gateway milter on the socket Postfix uses, with extra TOML."""
+    """Start the gateway milter on the socket Postfix uses, with extra TOML
+    (and ``milter_store`` as its quarantine, unless that TOML names one)."""
     started: list[MilterProcess] = []
 
     def start(extra_toml: str = "") -> MilterProcess:
@@ -110,7 +119,7 @@ def gateway_milter(
             running.stop()
         process = MilterProcess(
             lab_dir / "milter",
-            milter_config(milter_socket, extra_toml),
+            milter_config(milter_socket, extra_toml, milter_store),
             env={"PYTHONPATH": str(PROJECT_ROOT)},
         )
         started.append(process.start())

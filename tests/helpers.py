@@ -32,14 +32,16 @@ def dns_config(knot: KnotServer) -> str:
     return f'[dns]\nnameservers = ["127.0.0.1"]\nport = {knot.port}\n'
 
 
-def milter_config(socket: Path, extra: str = "") -> str:
+def milter_config(socket: Path, extra: str = "", store: str = "") -> str:
     """Milter config for tests: the spine's checks only, unless ``extra``
     sets [pipeline] itself (the classifier has tests of its own), and a
-    quarantine of its own next to the socket, unless ``extra`` names one."""
+    quarantine at ``store`` (a URL; by default next to the socket), unless
+    ``extra`` names one."""
     if "[pipeline]" not in extra:
         extra = SPINE_CHECKS + extra
     if "[quarantine]" not in extra:
-        extra += f'[quarantine]\nurl = "sqlite:///{socket.parent}/quarantine.db"\n'
+        store = store or f"sqlite:///{socket.parent}/quarantine.db"
+        extra += f'[quarantine]\nurl = "{store}"\n'
     if "[metrics]" not in extra:  # the default port may be taken by a real gateway
         extra += '[metrics]\nlisten = ""\n'
     return f'[milter]\nsocket = "unix:{socket}"\nsocket_mode = "666"\n{extra}'

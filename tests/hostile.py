@@ -85,19 +85,21 @@ class Hostile:
     # spoofed copy must never be accepted.
     spoofs: bool
     about: str
+    # Takes seconds through every check (tests/test_hostile.py marks it slow).
+    slow: bool = False
 
 
 BUILDERS: dict[str, Hostile] = {}
 
 
-def hostile(*expect: str, spoofs: bool = True) -> Callable[[Callable[[], bytes]],
-                                                           Callable[[], bytes]]:
+def hostile(*expect: str, spoofs: bool = True, slow: bool = False
+            ) -> Callable[[Callable[[], bytes]], Callable[[], bytes]]:
     def register(build: Callable[[], bytes]) -> Callable[[], bytes]:
         unknown = set(expect) - LIMIT_SYMBOLS
         assert not unknown, f"{build.__name__}: not limit symbols: {unknown}"
         about = (build.__doc__ or build.__name__).strip().splitlines()[0]
         BUILDERS[build.__name__] = Hostile(build.__name__, build, frozenset(expect), spoofs,
-                                           about)
+                                           about, slow)
         return build
 
     return register
@@ -652,7 +654,7 @@ def text_digits(size: int = 200_000) -> bytes:
                    tag="text-digits")
 
 
-@hostile("TEXT_TRUNCATED")
+@hostile("TEXT_TRUNCATED", slow=True)
 def text_huge(size: int = 3_000_000) -> bytes:
     """3 MB of text in one part"""
     return message("word " * (size // 5), tag="text-huge")

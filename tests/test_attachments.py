@@ -228,6 +228,7 @@ def test_a_zip_that_lies_about_its_size_is_not_decompressed_past_it():
                                                     "than the 200 bytes it declares"}
 
 
+@pytest.mark.slow
 def test_broken_and_random_archives_never_make_the_check_fail():
     archive = zipped(("a.exe", PE), ("b.txt", b"hello" * 1000))
     generator = random.Random(7)

@@ -774,6 +774,7 @@ def test_forged_authentication_results_in_any_form_are_removed_through_postfix(
 
 # -- DNS failures ---------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["drop", "delay", "servfail", "refused", "truncate"])
 def test_broken_dns_gives_temperrors_within_the_budget(check, keys, mode):
     with FaultServer(mode, delay=3.0) as broken:  # "delay" answers after the lifetime
@@ -799,6 +800,7 @@ def test_broken_dns_gives_temperrors_within_the_budget(check, keys, mode):
         assert spf(other) == "temperror"
 
 
+@pytest.mark.slow
 def test_one_slow_sender_domain_does_not_make_other_mail_wait(check, knot):
     """A domain whose name servers never answer (behind a resolver that
     answers everything else) costs its own messages a timeout, and nobody

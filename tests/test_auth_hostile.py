@@ -46,6 +46,7 @@ def dkimpy_relaxed_body(body: bytes) -> bytes:
 
 # -- relaxed body canonicalization -----------------------------------------------------
 
+@pytest.mark.slow
 @settings(max_examples=3000, deadline=None)
 @given(st.lists(st.sampled_from([b" ", b"\t", b"\r", b"\n", b"\r\n", b"a", b"\x00", b"\xff",
                                  b"  \r\n", b" \t ", b"\r\n\r\n"]), max_size=60).map(b"".join))
@@ -53,12 +54,14 @@ def test_linear_relaxed_body_is_dkimpys_byte_for_byte(body):
     assert linear_relaxed_body(body) == dkimpy_relaxed_body(body)
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=300))
 def test_linear_relaxed_body_is_dkimpys_on_any_bytes(body):
     assert linear_relaxed_body(body) == dkimpy_relaxed_body(body)
 
 
+@pytest.mark.slow
 def test_linear_body_is_installed_when_a_check_is_built_not_on_import():
     code = ("import gateway.checks.dkim, gateway.checks.arc, dkim.canonicalization as c; "
             "print(c.Relaxed.canonicalize_body.__name__)")

@@ -63,6 +63,7 @@ def gateway(*args: str) -> subprocess.CompletedProcess[str]:
 
 # -- training ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_training_is_deterministic_for_a_seed(trained: Path, tmp_path: Path):
     model, figures = train([HAM], [SPAM], seed=7, validation=0.25, folds=5, repeats=1,
                            report=quiet, show_progress=False)
@@ -216,6 +217,7 @@ def test_decision_probability_follows_the_rules():
 
 # -- evaluate and the model store through the CLI ---------------------------------
 
+@pytest.mark.slow
 def test_evaluate_json_has_the_promised_fields(trained: Path, tmp_path: Path):
     roc = tmp_path / "roc.png"
     result = gateway("evaluate", "--model", str(trained), "--ham", str(HAM), "--spam",
@@ -238,6 +240,7 @@ def store_config(tmp_path: Path, store: Path) -> Path:
     return config
 
 
+@pytest.mark.slow
 def test_train_into_the_store_then_promote_and_roll_back(tmp_path: Path):
     config = store_config(tmp_path, tmp_path / "store")
     result = gateway("train", "--config", str(config), "--ham", str(HAM), "--spam", str(SPAM),
@@ -291,6 +294,7 @@ def test_train_into_the_store_then_promote_and_roll_back(tmp_path: Path):
     assert "nothing to roll back" in result.stderr
 
 
+@pytest.mark.slow
 def test_promotion_refuses_a_model_that_holds_more_good_mail(trained: Path, tmp_path: Path):
     store_dir = tmp_path / "store"
     config = store_config(tmp_path, store_dir)
@@ -421,6 +425,7 @@ def test_the_dashboard_shows_the_bands_the_last_promotion_and_the_cold_start(
     assert "no labels from this site yet" in page
 
 
+@pytest.mark.slow
 def test_check_uses_the_store_and_reloads_a_promotion(trained: Path, tmp_path: Path):
     store = ModelStore(tmp_path / "store")
     first = store.add(trained)
@@ -700,6 +705,7 @@ def test_the_corrected_interval_is_wider_than_the_naive_one():
     assert paired_difference(same, same, "x")["high"] == 0.0
 
 
+@pytest.mark.slow
 def test_hyperparameters_are_chosen_inside_each_training_fold(monkeypatch):
     """Nested: the inner search sees the outer training fold's rows only."""
     from gateway.classifier import train as training
@@ -724,6 +730,7 @@ def test_hyperparameters_are_chosen_inside_each_training_fold(monkeypatch):
     assert [f["n_ham"] + f["n_spam"] for f in cv["per_fold"]] == [len(t) for _, t in splits]
 
 
+@pytest.mark.slow
 def test_evaluate_can_cross_validate_the_procedure():
     result = gateway("evaluate", "--cross-validate", "--repeats", "1", "--ham", str(HAM),
                      "--spam", str(SPAM), "--json")
@@ -859,6 +866,7 @@ def test_blocks_keep_a_long_body_from_drowning_the_headers():
     assert parts.sum() == pytest.approx(log_odds)  # the evidence still adds up
 
 
+@pytest.mark.slow
 def test_a_blocks_model_scores_as_it_was_trained_and_old_models_still_load(tmp_path: Path):
     from gateway.classifier.train import Settings, TokenMatrix, fit, load_dataset
 

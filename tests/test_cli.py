@@ -48,12 +48,14 @@ def test_check_json_explains_the_verdict(spine):
     assert set(record["symbols"][0]) == {"name", "score", "description", "evidence"}
 
 
+@pytest.mark.slow
 def test_check_walks_directories_one_line_per_message():
     result = gateway("check", "--json", str(MESSAGES))
     files = [json.loads(line)["file"] for line in result.stdout.splitlines()]
     assert files == sorted(str(p) for p in MESSAGES.iterdir() if p.is_file())
 
 
+@pytest.mark.slow
 def test_check_envelope_flags_reach_the_checks(tmp_path: Path):
     config = tmp_path / "gateway.toml"
     config.write_text(
@@ -95,6 +97,7 @@ def test_check_text_output_is_a_table(spine):
     ]
 
 
+@pytest.mark.slow
 def test_check_reports_a_missing_file_in_one_line_and_goes_on(spine):
     result = gateway("check", "--config", spine, "--json", "/no/such.eml",
                      str(MESSAGES / "ham_plain.eml"))
@@ -103,6 +106,7 @@ def test_check_reports_a_missing_file_in_one_line_and_goes_on(spine):
     assert json.loads(result.stdout)["file"].endswith("ham_plain.eml")
 
 
+@pytest.mark.slow
 def test_check_json_carries_the_spam_probability(tmp_path: Path, clamd, knot):
     config = tmp_path / "gateway.toml"  # every default check, clamd and DNS included
     config.write_text(f'[clamav]\nsocket = "{clamd.socket_path}"\n' + dns_config(knot))
@@ -115,6 +119,7 @@ def test_check_json_carries_the_spam_probability(tmp_path: Path, clamd, knot):
     assert spammy["action"] == "quarantine"
 
 
+@pytest.mark.slow
 def test_bad_config_is_one_line_per_problem_without_traceback(tmp_path: Path):
     config = tmp_path / "gateway.toml"
     config.write_text('[milter]\nsocket = "/tmp/x"\n[pipeline]\nchecks = ["headers", "nope"]\n')
@@ -133,6 +138,7 @@ def test_bad_config_is_one_line_per_problem_without_traceback(tmp_path: Path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_config_check_accepts_a_working_setup(tmp_path: Path, clamd, knot):
     config = tmp_path / "gateway.toml"
     config.write_text(f'[clamav]\nsocket = "{clamd.socket_path}"\n' + dns_config(knot))
@@ -143,6 +149,7 @@ def test_config_check_accepts_a_working_setup(tmp_path: Path, clamd, knot):
     assert result.stderr == ""
 
 
+@pytest.mark.slow
 def test_config_check_says_when_clamd_is_missing(tmp_path: Path, knot):
     config = tmp_path / "gateway.toml"
     config.write_text(f'[clamav]\nsocket = "{tmp_path}/no-clamd.sock"\n' + dns_config(knot))
@@ -155,6 +162,7 @@ def test_config_check_says_when_clamd_is_missing(tmp_path: Path, knot):
         "answered 4xx until it does\n")
 
 
+@pytest.mark.slow
 def test_run_with_an_unusable_socket_says_so(tmp_path: Path):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -39,6 +39,7 @@ def test_the_demo_shows_accept_quarantine_and_reject_without_internet_dns():
     assert "X-Spam-Status: No, score=-50" not in result.stdout  # the forged header is gone
 
 
+@pytest.mark.slow
 def test_stopping_the_milter_ends_every_process_it_started(tmp_path: Path):
     socket = tmp_path / "milter.sock"
     config = (f'[milter]\nsocket = "unix:{socket}"\n{SPINE_CHECKS}workers = 2\n'
@@ -50,6 +51,7 @@ def test_stopping_the_milter_ends_every_process_it_started(tmp_path: Path):
     assert group_members(group) == []
 
 
+@pytest.mark.slow
 def test_a_killed_gateway_leaves_no_workers_either(tmp_path: Path):
     socket = tmp_path / "milter.sock"
     config = (f'[milter]\nsocket = "unix:{socket}"\n{SPINE_CHECKS}workers = 2\n'

@@ -27,6 +27,7 @@ def timed(call):
         return exc, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_one_slow_name_does_not_fail_other_names(knot):
     with FaultServer("drop", names=("slow.test",), upstream=knot.port) as dns:
         lookups = resolver(dns.port)
@@ -37,16 +38,18 @@ def test_one_slow_name_does_not_fail_other_names(knot):
         assert lookups.servers_down() == []
 
 
+@pytest.mark.slow
 def test_a_failure_is_remembered_for_its_name(knot):
     with FaultServer("drop", names=("slow.test",), upstream=knot.port) as dns:
         lookups = resolver(dns.port)
         timed(lambda: lookups.txt("slow.test"))
         asked = dns.queries
-        outcome, took = timed(lambda: lookups.txt("slow.test"))
-        assert isinstance(outcome, DnsTempError) and took < 0.1
-        assert dns.queries == asked
+        outcome, _ = timed(lambda: lookups.txt("slow.test"))
+        assert isinstance(outcome, DnsTempError)
+        assert dns.queries == asked  # not asked again: no second timeout
 
 
+@pytest.mark.slow
 def test_a_live_server_slow_on_many_names_is_never_skipped(knot):
     """Its probe is answered (REFUSED by knotd for the root: an answer)."""
     with FaultServer("drop", names=("slow.test",), upstream=knot.port) as dns:
@@ -58,6 +61,7 @@ def test_a_live_server_slow_on_many_names_is_never_skipped(knot):
         assert lookups.lookup("good.test", "MX") == ((10, "mail.good.test"),)
 
 
+@pytest.mark.slow
 def test_a_dead_server_is_skipped_after_timeouts_on_several_names():
     with FaultServer("drop") as dns:
         lookups = resolver(dns.port, server_down_after=2)
@@ -65,11 +69,14 @@ def test_a_dead_server_is_skipped_after_timeouts_on_several_names():
             outcome, took = timed(lambda n=name: lookups.txt(n))
             assert isinstance(outcome, DnsTempError) and took >= 0.5
         assert lookups.servers_down() == ["127.0.0.1"]
-        outcome, took = timed(lambda: lookups.txt("c.test"))
-        assert isinstance(outcome, DnsTempError) and took < 0.1
+        asked = len(dns.asked)
+        outcome, _ = timed(lambda: lookups.txt("c.test"))
+        assert isinstance(outcome, DnsTempError)
         assert "not answering" in str(outcome)
+        assert "c.test." not in dns.asked[asked:]  # skipped: no timeout waited out
 
 
+@pytest.mark.slow
 def test_a_server_answering_in_between_is_not_counted_down(knot):
     with FaultServer("drop", names=("slow.test",), upstream=knot.port) as dns:
         lookups = resolver(dns.port, server_down_after=2)
@@ -80,6 +87,7 @@ def test_a_server_answering_in_between_is_not_counted_down(knot):
         assert lookups.servers_down() == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [
     "bank..test", ".test", "", "x" * 64 + ".test", ("a" * 60 + ".") * 5 + "test",
     "ex\ufffdample.com", "example.com\udce9",

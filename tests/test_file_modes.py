@@ -147,6 +147,7 @@ def test_spilled_message_files_are_private(tmp_path: Path):
         spool.discard()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask", [0o000, 0o022])
 def test_the_milter_socket_is_for_postfix_and_the_store_for_the_gateway(tmp_path: Path,
                                                                         mask: int):

@@ -426,11 +426,11 @@ def delay_passed(url: str, recipient: str, delay: float = 2.0) -> bool:
 
 
 def test_through_postfix_a_greylisted_sender_retries_from_its_pool_after_a_restart(
-        lab_dir: Path, postfix, sink, knot, keys, gateway_milter, milter_socket):
+        lab_dir: Path, postfix, sink, knot, keys, gateway_milter, milter_store):
     from tests.authlab import sign
     from tests.helpers import send, wait_until
 
-    url = f"sqlite:///{milter_socket.parent}/quarantine.db"
+    url = milter_store
     config = GREYLIST_CHECKS + dns_config(knot)
     gateway_milter(config)
     upstream = upstream_postfix(lab_dir, "upstream-greylist", postfix.smtp_port, "127.0.0.2")

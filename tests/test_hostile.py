@@ -130,7 +130,9 @@ def assert_bounded(message: Message) -> None:
 # -- every builder, offline ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(hostile.BUILDERS))
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.slow] if item.slow else [])
+    for name, item in hostile.BUILDERS.items()])
 def test_hostile_message(evaluator, name):
     """No check fails on it, its parse stays within [limits], the verdict
     names the limits it went past, and a spoofed author is not accepted."""
@@ -143,6 +145,7 @@ def test_hostile_message(evaluator, name):
         assert verdict.action in ("reject", "quarantine"), verdict.symbols
 
 
+@pytest.mark.slow
 @given(hostile.messages())
 @settings(HYPOTHESIS, max_examples=40)
 def test_generated_messages(evaluator, generated):
@@ -154,6 +157,7 @@ def test_generated_messages(evaluator, generated):
         assert verdict.action in ("reject", "quarantine"), verdict.symbols
 
 
+@pytest.mark.slow
 def test_seeded_generated_messages(evaluator):
     """Larger random messages than hypothesis draws, from fixed seeds (the
     fuzz bench's generator)."""
@@ -173,6 +177,7 @@ def test_seeded_generated_messages(evaluator):
 # -- the parsers on their own, with more examples -----------------------------------------
 
 
+@pytest.mark.slow
 @given(st.lists(hostile.address_strategy(), min_size=1, max_size=2))
 @settings(HYPOTHESIS, max_examples=100)
 def test_address_parsers_never_raise(values):
@@ -186,6 +191,7 @@ def test_address_parsers_never_raise(values):
     assert authors.fields == len(values)
 
 
+@pytest.mark.slow
 @given(st.lists(hostile.header_field_strategy(), max_size=12))
 @settings(HYPOTHESIS, max_examples=150)
 def test_header_fields_parse_bounded(fields):
@@ -199,6 +205,7 @@ def test_header_fields_parse_bounded(fields):
         assert len(block.fields) <= limits.header_count
 
 
+@pytest.mark.slow
 @given(hostile.mime_tree_strategy())
 @settings(HYPOTHESIS, max_examples=150)
 def test_mime_trees_parse_bounded_and_tokenize(tree):
@@ -269,7 +276,7 @@ def every_check_but_clamav(knot) -> str:
 
 @pytest.mark.postfix
 def test_spoofed_p_reject_author_through_postfix(spoofing_postfix, sink, gateway_milter, knot,
-                                                 milter_socket):
+                                                 milter_store):
     """Plain: 550 at end of DATA. The three shapes that switched checks off:
     550 too, or held in the quarantine; never delivered."""
     milter = gateway_milter(every_check_but_clamav(knot))
@@ -282,7 +289,7 @@ def test_spoofed_p_reject_author_through_postfix(spoofing_postfix, sink, gateway
             outcomes[shape] = f"{refused.smtp_code} {refused.smtp_error.decode(errors='replace')}"
         else:
             outcomes[shape] = "250"
-    store = QuarantineStore(f"sqlite:///{milter_socket.parent}/quarantine.db")
+    store = QuarantineStore(milter_store)
     held = {record.subject for record in store.list() if record.state == "held"}
     store.close()
     assert outcomes["plain"].startswith("550 5.7.1"), outcomes

@@ -46,6 +46,7 @@ def gateway(*args: str) -> subprocess.CompletedProcess[str]:
 # -- extras ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_scoring_needs_none_of_the_extras():
     result = without_extras("""
 import gateway.milter, gateway.workers, gateway.pipeline, gateway.decider, gateway.evaluator
@@ -70,6 +71,7 @@ evaluator.close()
     assert result.stdout == "quarantine\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "line"), [
     (["train", "--ham", str(FIXTURES / "corpus" / "ham"), "--spam",
       str(FIXTURES / "corpus" / "spam"), "--out", "/nonexistent/m"],
@@ -123,6 +125,7 @@ def test_the_generated_config_has_every_key_of_the_schema_and_no_other():
     tomllib.loads(uncommented)
 
 
+@pytest.mark.slow
 def test_init_prepares_the_machine(tmp_path: Path):
     if os.geteuid() != 0:
         pytest.skip("gateway init needs root")

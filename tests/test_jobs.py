@@ -96,6 +96,7 @@ def test_periods_are_wall_clock_intervals():
     assert period_of(0.5, 1000.2) != period_of(0.5, 1000.7) == "1970-01-01T00:16:40.500"
 
 
+@pytest.mark.slow
 def test_a_periodic_job_runs_at_the_period_start(store):
     ran = []
     job = PeriodicJob(lambda: Jobs(store.engine, "node-a"), "tick", 0.5,
@@ -184,6 +185,7 @@ def test_a_node_killed_mid_job_hands_it_over_at_once(postgres):
     store.close()
 
 
+@pytest.mark.slow
 def test_the_dashboard_lists_the_nodes_and_marks_a_stale_one(tmp_path: Path):
     from datetime import UTC, datetime, timedelta
 
@@ -354,6 +356,7 @@ def test_two_purges_at_once_expire_each_message_once(postgres):
     store.close()
 
 
+@pytest.mark.slow
 def test_gateway_nodes_lists_the_fleet_and_fails_on_a_stale_node(tmp_path: Path):
     from datetime import UTC, datetime, timedelta
 

@@ -88,6 +88,7 @@ def test_learned_labels_win_over_the_folders(tmp_path: Path):
     assert data.labels[index] == 0
 
 
+@pytest.mark.slow
 def test_gateway_learn_files_and_quarantine_then_train_with_feedback(config: Path,
                                                                     tmp_path: Path):
     spam = sorted(SPAM.iterdir())[:3]
@@ -123,6 +124,7 @@ def test_gateway_learn_files_and_quarantine_then_train_with_feedback(config: Pat
     assert meta["data"]["ham"] == 41
 
 
+@pytest.mark.slow
 def test_learn_errors_are_one_line(config: Path, tmp_path: Path):
     result = gateway("learn", "--config", str(config), "--spam", str(tmp_path / "nope.eml"))
     assert result.returncode == 2
@@ -154,6 +156,7 @@ def test_learn_errors_are_one_line(config: Path, tmp_path: Path):
     assert "no database for the training set" in result.stderr
 
 
+@pytest.mark.slow
 def test_train_needs_mail(config: Path):
     result = gateway("train", "--config", str(config), "--ham", str(HAM))
     assert result.returncode == 2 and "give both --ham and --spam" in result.stderr

@@ -92,6 +92,7 @@ def test_values_that_cannot_be_entries(kind, value, problem):
     assert normalize_scope("@example.org") == "example.org"
 
 
+@pytest.mark.slow
 def test_an_entry_added_applies_to_the_next_message_without_a_restart(store, store_url):
     check = ListsCheck.from_config(config_for(store_url))
     try:
@@ -109,6 +110,7 @@ def test_an_entry_added_applies_to_the_next_message_without_a_restart(store, sto
         check.close()
 
 
+@pytest.mark.slow
 def test_hits_are_counted_for_mail_the_mta_passed(store, store_url):
     entry, _ = store.add_list_entry("allow-ip", "198.51.100.0/24", owner="ops")
     check = ListsCheck.from_config(config_for(store_url))
@@ -130,6 +132,7 @@ def test_hits_are_counted_for_mail_the_mta_passed(store, store_url):
     assert store.get_list_entry(entry.id).hits == 3
 
 
+@pytest.mark.slow
 def test_an_expired_entry_stops_applying_as_it_expires(store, store_url):
     soon = datetime.now(UTC) + timedelta(seconds=1.5)
     store.add_list_entry("block-sender", "spam.example", owner="ops", expires=soon)
@@ -208,6 +211,7 @@ def config_file(tmp_path: Path, store_url: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_gateway_list_add_show_remove_expire(config_file: Path, tmp_path: Path):
     added = gateway("list", "add", "block-sender", "@Spam.Example", "--reason", "wave 12",
                     "--expires", "30d", "--owner", "alice", config=config_file)
@@ -245,6 +249,7 @@ def test_gateway_list_add_show_remove_expire(config_file: Path, tmp_path: Path):
     assert expired.stdout == "0 expired entries removed\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "problem"), [
     (["list", "add", "allow-ip", "nope"],
      "gateway: allow-ip: 'nope' is not an IP address or network (e.g. 198.51.100.7 or "
@@ -268,6 +273,7 @@ def test_gateway_list_problems_are_one_line(config_file: Path, args, problem):
     assert (result.returncode, result.stderr) == (2, problem)
 
 
+@pytest.mark.slow
 def test_gateway_list_needs_the_store(tmp_path: Path):
     config = tmp_path / "gateway.toml"
     config.write_text('[quarantine]\nurl = ""\n')

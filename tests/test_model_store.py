@@ -60,6 +60,7 @@ def test_a_url_makes_a_database_store_and_a_path_a_directory(tmp_path: Path, cac
     assert config.classifier.store == "sqlite:////var/lib/gateway/m.db"  # not a path
 
 
+@pytest.mark.slow
 def test_versions_pointer_history_and_rollback_in_the_database(tmp_path: Path, cache: Path):
     url = f"sqlite:///{tmp_path}/models.db"
     store = ModelStore(url)
@@ -108,6 +109,7 @@ def test_an_artifact_that_fails_its_checksum_is_refused(tmp_path: Path, cache: P
     assert not (cache / "nb-bad").exists()
 
 
+@pytest.mark.slow
 def test_the_bayes_check_loads_and_reloads_from_a_database_store(tmp_path: Path,
                                                                 cache: Path):
     url = f"sqlite:///{tmp_path}/models.db"
@@ -127,6 +129,7 @@ def test_the_bayes_check_loads_and_reloads_from_a_database_store(tmp_path: Path,
         check.close()
 
 
+@pytest.mark.slow
 def test_model_commands_work_on_a_database_store(tmp_path: Path, cache: Path):
     url = f"sqlite:///{tmp_path}/models.db"
     config = tmp_path / "gateway.toml"
@@ -178,6 +181,7 @@ def test_without_the_database_a_node_keeps_its_last_good_model(postgres, tmp_pat
     assert store.health.ok
 
 
+@pytest.mark.slow
 def test_a_folder_store_moves_into_the_database(tmp_path: Path, cache: Path):
     folder = DirectoryModelStore(tmp_path / "models")
     first = folder.add(variant(tmp_path, "nb-old-one"))
@@ -196,6 +200,7 @@ def test_a_folder_store_moves_into_the_database(tmp_path: Path, cache: Path):
         ("import", str(tmp_path / "models"))]
 
 
+@pytest.mark.slow
 def test_the_cache_keeps_the_newest_models_and_the_one_in_use(tmp_path: Path, cache: Path):
     url = f"sqlite:///{tmp_path}/models.db"
     store = ModelStore(url)
@@ -207,6 +212,7 @@ def test_the_cache_keeps_the_newest_models_and_the_one_in_use(tmp_path: Path, ca
     assert store.last_good() == paths[-1]
 
 
+@pytest.mark.slow
 def test_train_writes_its_candidate_into_a_database_store(tmp_path: Path, cache: Path):
     from tests.helpers import FIXTURES
 

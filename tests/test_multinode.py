@@ -33,13 +33,14 @@ from sqlalchemy import and_, func, select, text, update
 
 from gateway.classifier.store import ModelStore
 from gateway.classifier.train import train
+from gateway.jobs import _lock_key
 from gateway.lab.milter_process import MilterProcess
 from gateway.lab.postfix import PostfixInstance, free_port
 from gateway.message import Envelope, RawContent
 from gateway.paths import DEFAULT_RULES
 from gateway.quarantine.schema import events, job_runs, jobs, messages
 from gateway.quarantine.store import QuarantineStore, now
-from tests.helpers import FIXTURES, PROJECT_ROOT, send
+from tests.helpers import FIXTURES, PROJECT_ROOT, send, wait_until
 from tests.lab.postgres import PostgresInstance, postgres_bin
 from tests.test_quarantine import verdict
 
@@ -179,15 +180,14 @@ def version(path: Path) -> str:
     return json.loads((path / "model.json").read_text())["version"]
 
 
-def wait_for_model(cluster: Cluster, node: str, wanted: str, within: float) -> float:
-    """Send held mail through ``node`` until its evidence names ``wanted``;
-    the seconds that took."""
+def wait_for_model(cluster: Cluster, node: str, wanted: str, within: float) -> None:
+    """Send held mail through ``node`` until its evidence names ``wanted``."""
     started = time.monotonic()
     while True:
         tag = uuid.uuid4().hex
         send(cluster.nodes[node].postfix, message(tag))
         if model_of(cluster, tag) == wanted:
-            return time.monotonic() - started
+            return
         assert time.monotonic() - started < within, f"{node} still not on {wanted}"
         time.sleep(0.1)
 
@@ -203,22 +203,23 @@ def test_a_promotion_and_a_rollback_from_one_node_reach_the_others(cluster: Clus
                            "--force")
     assert promoted.returncode == 0, promoted.stderr
     # Each node polls every reload_interval (0.5 s), fetches the 2 MB artifact
-    # once, checks it and swaps it in: a few seconds at most.
+    # once, checks it and swaps it in: a few seconds on an idle machine (the
+    # deadline is for a busy one: this is not a speed test).
     for name in ("node-b", "node-c"):
-        assert wait_for_model(cluster, name, inverted, within=10) < 10
+        wait_for_model(cluster, name, inverted, within=60)
 
     rolled = cluster.cli("node-a", "model", "rollback")
     assert rolled.returncode == 0, rolled.stderr
     assert f"model {good} is current again (was {inverted})" in rolled.stdout
     for name in ("node-b", "node-c"):
-        wait_for_model(cluster, name, good, within=10)
+        wait_for_model(cluster, name, good, within=60)
     # The registry shows the model that scored each node's last message.
     listing = cluster.cli("node-a", "nodes", "--json")
     assert listing.returncode == 0, listing.stderr
     fleet = {n["name"]: n for n in json.loads(listing.stdout)["nodes"]}
     assert set(fleet) == set(NAMES)
     assert not any(n["stale"] for n in fleet.values())
-    deadline = time.monotonic() + 15  # the next heartbeat carries it (every 10 s)
+    deadline = time.monotonic() + 60  # the next heartbeat carries it (every 10 s)
     while any(fleet[n]["model"] != good for n in ("node-b", "node-c")):
         assert time.monotonic() < deadline, fleet
         time.sleep(1)
@@ -235,7 +236,7 @@ def test_a_list_entry_added_on_one_node_applies_on_another(cluster: Cluster):
     send(cluster.nodes["node-c"].postfix, message(tag, subject="plain"), mail_from=sender)
     added = cluster.cli("node-b", "list", "add", "block-sender", sender, "--reason", "test")
     assert added.returncode == 0, added.stderr
-    deadline = time.monotonic() + 10  # [lists] refresh = 1 s
+    deadline = time.monotonic() + 60  # [lists] refresh = 1 s
     while True:
         try:
             send(cluster.nodes["node-c"].postfix, message(uuid.uuid4().hex, subject="plain"),
@@ -260,19 +261,14 @@ def test_a_message_held_on_one_node_is_released_from_another(cluster: Cluster, s
     assert after.state == "released"
 
 
-def stale_messages(cluster: Cluster, count: int, early_in_a_period: bool = False
-                   ) -> list[str]:
-    """Held mail 40 days old, all at once: the next purge expires it. With
-    ``early_in_a_period``, that happens just after a period's purge, so the
-    caller has most of a period before the next one."""
+def stale_messages(cluster: Cluster, count: int) -> list[str]:
+    """Held mail 40 days old, all at once: the next purge expires it."""
     store = cluster.store()
     try:
         envelope = Envelope(mail_from="old@example.org", rcpt_to=("bob@example.net",),
                             client_ip="198.51.100.7", helo="mail.example.org")
         ids = [store.put(envelope, RawContent(data=message(uuid.uuid4().hex)),
                          verdict("OLD_MARKER")) for _ in range(count)]
-        if early_in_a_period:
-            time.sleep(PURGE_INTERVAL - time.time() % PURGE_INTERVAL + 0.3)
         with store.engine.begin() as connection:
             connection.execute(update(messages).where(messages.c.id.in_(ids)).values(
                 created=now() - timedelta(days=40)))
@@ -320,7 +316,7 @@ def test_the_purge_runs_once_while_three_nodes_race_for_it(cluster: Cluster):
     before = purges_that_expired(cluster)
     ids = stale_messages(cluster, 100)
     # Every node tries at each 2 s period's start; one gets it.
-    counts = wait_until_expired(cluster, ids, within=3 * PURGE_INTERVAL + 5)
+    counts = wait_until_expired(cluster, ids, within=3 * PURGE_INTERVAL + 60)
     assert set(counts.values()) == {1}, counts
     new = [p for p in purges_that_expired(cluster) if p not in before]
     assert len(new) == 1 and new[0][2] == 100, new
@@ -330,14 +326,21 @@ def test_the_purge_runs_once_while_three_nodes_race_for_it(cluster: Cluster):
 def test_a_node_killed_during_the_purge_leaves_it_to_another_once(cluster: Cluster):
     before = purges_that_expired(cluster)
     store = cluster.store()
-    blocker = store.engine.connect()
-    ids = stale_messages(cluster, 40, early_in_a_period=True)
+    blocker, gate = store.engine.connect(), store.engine.connect()
+    purge_lock = _lock_key("quarantine-purge")
     try:
+        # No node starts the purge while the test sets it up: the test holds
+        # the job's lock (a node finds the job busy and looks again soon).
+        gate.execute(select(func.pg_advisory_lock(purge_lock)))
+        gate.commit()
+        ids = stale_messages(cluster, 40)
         # Hold one of the messages: whichever node purges next stops there,
         # halfway, with part of the purge done in its open transaction.
         blocker.execute(select(messages.c.id).where(messages.c.id == ids[20])
                         .with_for_update())
-        deadline = time.monotonic() + 3 * PURGE_INTERVAL + 5
+        gate.execute(select(func.pg_advisory_unlock(purge_lock)))
+        gate.commit()
+        deadline = time.monotonic() + 3 * PURGE_INTERVAL + 60
         holder = None
         while holder is None:
             assert time.monotonic() < deadline, "no node started the purge"
@@ -352,10 +355,11 @@ def test_a_node_killed_during_the_purge_leaves_it_to_another_once(cluster: Clust
         victim.milter.process.wait()
         blocker.rollback()  # the killed node's half is rolled back, never committed
     finally:
+        gate.close()
         blocker.close()
         store.close()
     try:
-        counts = wait_until_expired(cluster, ids, within=3 * PURGE_INTERVAL + 10)
+        counts = wait_until_expired(cluster, ids, within=3 * PURGE_INTERVAL + 60)
         assert set(counts.values()) == {1}, counts  # nothing twice, nothing left
         new = [p for p in purges_that_expired(cluster) if p not in before]
         assert len(new) == 1 and new[0][2] == 40, new
@@ -370,6 +374,9 @@ def metric(node: Node, name: str) -> float | None:
             if line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
     return None
+
+
+OUTAGE = 30.0  # seconds PostgreSQL stays stopped
 
 
 def test_postgresql_down_for_30_s_under_mail_loses_nothing(cluster: Cluster, sink):
@@ -396,30 +403,33 @@ def test_postgresql_down_for_30_s_under_mail_loses_nothing(cluster: Cluster, sin
             sent.append((tag, hold, f"{phase['now']}:{outcome}:{node.name}"))
             time.sleep(0.15)
 
+    def sent_in(now: str) -> int:
+        return sum(outcome.startswith(now + ":") for _, _, outcome in sent)
+
+    def database_up(up: float) -> bool:
+        return all(metric(node, "gateway_database_up") == up for node in streaming)
+
     writer = threading.Thread(target=stream)
     writer.start()
     try:
-        time.sleep(4)
+        wait_until(lambda: sent_in("before") >= 6, 120, "mail before the outage")
         phase["now"] = "down"
         cluster.postgres.stop()
         down_at = time.monotonic()
-        time.sleep(15)  # a heartbeat (every 10 s) has failed by now
-        assert metric(streaming[0], "gateway_database_up") == 0.0
-        time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
+        # A heartbeat (every 10 s) fails: both nodes say so in /metrics.
+        wait_until(lambda: database_up(0.0), 60, "gateway_database_up 0 on both nodes")
+        time.sleep(max(0.0, OUTAGE - (time.monotonic() - down_at)))  # what the test is about
         cluster.postgres.start()
         phase["now"] = "recovering"
-        time.sleep(5)
+        # The nodes find the database again by themselves (the next heartbeat).
+        wait_until(lambda: database_up(1.0), 60, "gateway_database_up 1 on both nodes")
         phase["now"] = "after"
-        time.sleep(6)
+        wait_until(lambda: sent_in("after") >= 12, 120, "mail after the recovery")
     finally:
         stop.set()
         writer.join()
         if not (cluster.postgres.data / "postmaster.pid").exists():
             cluster.postgres.start()
-    deadline = time.monotonic() + 15
-    while metric(streaming[0], "gateway_database_up") != 1.0:
-        assert time.monotonic() < deadline, "node-a never saw the database again"
-        time.sleep(1)
 
     # The senders retry what got 4xx, as an MTA does.
     retried = 0

@@ -152,6 +152,7 @@ def test_a_virus_needs_an_admin_and_a_confirmation(store, listener):
     assert len(listener.deliveries) == 1
 
 
+@pytest.mark.slow
 def test_rules_can_reserve_a_symbol_for_admins(store, listener, tmp_path: Path):
     rules = tmp_path / "local.toml"
     rules.write_text('[release]\nPHISHING_KIT = "admin"\n')
@@ -211,6 +212,7 @@ def cli(config: Path, *args: str, stdin: str | None = None) -> subprocess.Comple
                           input=stdin, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
 
 
+@pytest.mark.slow
 def test_cli_bulk_prefix_ids_and_the_history_key(tmp_path: Path, listener):
     url = f"sqlite:///{tmp_path}/q.db"
     config = tmp_path / "gateway.toml"

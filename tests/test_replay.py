@@ -100,6 +100,7 @@ def replay(config: Path, *args: str) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_a_lower_threshold_lists_exactly_the_messages_that_cross_it(kept, tmp_path: Path):
     config, ids = kept
     lower = tmp_path / "lower.toml"
@@ -119,6 +120,7 @@ def test_a_lower_threshold_lists_exactly_the_messages_that_cross_it(kept, tmp_pa
     assert report["proposed"]["quarantine"] == 0.8
 
 
+@pytest.mark.slow
 def test_a_new_score_names_the_symbol_that_moved_each_message(kept, tmp_path: Path):
     config, ids = kept
     scores = tmp_path / "scores.toml"
@@ -135,6 +137,7 @@ def test_a_new_score_names_the_symbol_that_moved_each_message(kept, tmp_path: Pa
     assert "by MISSING_MESSAGE_ID 0.5 -> 1.5" in text.stdout
 
 
+@pytest.mark.slow
 def test_replay_can_look_at_one_kind_and_a_time_window(kept, tmp_path: Path):
     config, _ids = kept
     stricter = tmp_path / "strict.toml"
@@ -145,6 +148,7 @@ def test_replay_can_look_at_one_kind_and_a_time_window(kept, tmp_path: Path):
     assert replay(config, "--rules", str(stricter), "--since", "2099-01-01")["messages"] == 0
 
 
+@pytest.mark.slow
 def test_proposed_rules_are_validated_like_the_running_ones(kept, tmp_path: Path):
     config, _ids = kept
     wrong = tmp_path / "wrong.toml"
@@ -168,6 +172,7 @@ def test_proposed_rules_are_validated_like_the_running_ones(kept, tmp_path: Path
                             "--model DIR\n"
 
 
+@pytest.mark.slow
 def test_a_proposed_model_is_scored_by_its_own_pipeline(tmp_path: Path, kept):
     config_path, _ids = kept
     text = config_path.read_text().replace('"headers", "size", "lists"',
@@ -214,6 +219,7 @@ def test_a_count_keeps_the_newest(tmp_path: Path):
     store.close()
 
 
+@pytest.mark.slow
 def test_off_by_default_and_a_fraction_keeps_some(tmp_path: Path):
     assert load_config(None).replay.keep_accepted_sample == 0
     off = keep(sample_config(tmp_path, "0"), 20)

@@ -152,6 +152,7 @@ needs_spamc = pytest.mark.skipif(shutil.which("spamc") is None,
                                  reason="spamc is not installed (see .ci/run)")
 
 
+@pytest.mark.slow
 @needs_spamc
 def test_spamc_gets_the_verdict_gateway_check_gives(server, tmp_path):
     scanner = server()
@@ -172,6 +173,7 @@ def test_spamc_gets_the_verdict_gateway_check_gives(server, tmp_path):
     assert processed.endswith(raw.split(b"\r\n\r\n", 1)[1])
 
 
+@pytest.mark.slow
 @needs_spamc
 def test_spamc_ping(server):
     pong = spamc(server(), "-K", data=b"")
@@ -278,6 +280,7 @@ def test_a_value_from_the_message_cannot_become_a_header_line_of_the_answer():
     assert from_report(report, "Message").startswith("550 5.7.1 x X-Spam-Score: -100")
 
 
+@pytest.mark.slow
 def test_checkv2_carries_the_envelope(server):
     scanner = server()
     raw = fixture_message("ham_plain.eml")
@@ -325,6 +328,7 @@ def test_malformed_requests_get_a_protocol_error(server, request_bytes, code):
     assert answer.startswith(code + b" ")
 
 
+@pytest.mark.slow
 def test_truncated_requests_are_dropped_and_the_server_keeps_serving(server):
     scanner = server()
     raw = message()
@@ -336,6 +340,7 @@ def test_truncated_requests_are_dropped_and_the_server_keeps_serving(server):
                what="every connection closed and every slot free")
 
 
+@pytest.mark.slow
 def test_fifty_clients_at_once_and_nothing_leaks(server):
     threads_before = threading.active_count()
     scanner = server()
@@ -359,6 +364,7 @@ def test_fifty_clients_at_once_and_nothing_leaks(server):
     wait_until(lambda: threading.active_count() <= threads_before, what="threads gone")
 
 
+@pytest.mark.slow
 def test_only_allowed_addresses_and_the_secret(server, caplog):
     caplog.set_level(logging.WARNING, "gateway.scan")
     refused = server(allow=["192.0.2.0/24"])
@@ -474,6 +480,7 @@ def test_refusals_are_logged_once_a_minute_per_address_and_reason(caplog):
     ]
 
 
+@pytest.mark.slow
 def test_a_failing_scanner_answers_tempfail(server):
     def broken(envelope, raw):
         raise RuntimeError("worker died")

@@ -257,6 +257,7 @@ def test_a_closed_pipe_ends_quietly_in_process(hostile_store, capsys, monkeypatc
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow
 def test_list_into_a_closed_pipe_has_no_traceback(hostile_store):
     config, _ = hostile_store
     process = subprocess.Popen(

@@ -65,6 +65,7 @@ def traced(tmp_path: Path) -> tuple[Path, Path, str]:
     return config, log, identifier
 
 
+@pytest.mark.slow
 def test_trace_by_queue_id_shows_verdict_symbols_timings_and_release(traced):
     config, log, identifier = traced
     result = gateway("trace", "4XyZ12AB", "--config", str(config), "--log", str(log))
@@ -82,6 +83,7 @@ def test_trace_by_queue_id_shows_verdict_symbols_timings_and_release(traced):
     assert "OTHER1" not in out
 
 
+@pytest.mark.slow
 def test_trace_by_message_id_finds_the_queue_id_in_the_store(traced, tmp_path: Path):
     config, log, identifier = traced
     packed = tmp_path / "gateway.log.1.gz"
@@ -99,6 +101,7 @@ def test_trace_by_message_id_finds_the_queue_id_in_the_store(traced, tmp_path: P
         assert [e["action"] for e in history] == ["quarantined", "released"]
 
 
+@pytest.mark.slow
 def test_trace_of_nothing_says_where_it_looked(traced):
     config, log, _identifier = traced
     result = gateway("trace", "NOSUCHID", "--config", str(config), "--log", str(log))
@@ -107,6 +110,7 @@ def test_trace_of_nothing_says_where_it_looked(traced):
     assert result.stderr == f"gateway: trace: no trace of NOSUCHID in the store or in {log}\n"
 
 
+@pytest.mark.slow
 def test_trace_reads_pure_json_lines_without_a_store(tmp_path: Path):
     config = tmp_path / "gateway.toml"
     config.write_text('[quarantine]\nurl = ""\n')

@@ -59,6 +59,13 @@ KNOWN_MISSES: dict[tuple[str, str], str] = {
         "pyspf without DNS)"),
 }
 
+# Cases that wait out the DNS lifetime (a query the zone data never
+# answers, or a reply dnspython drops): marked slow, as is a scenario
+# holding several of them.
+WAIT_FOR_A_TIMEOUT = frozenset({"alltimeout", "exists-dnserr", "exp-dns-error",
+                                "include-temperror", "nospftxttimeout", "null-text",
+                                "txttimeout"})
+
 
 # -- the suites ------------------------------------------------------------------------
 
@@ -111,6 +118,8 @@ CASES = [(scenario, name) for suite in SUITES for scenario in SCENARIOS[suite]
 def case_param(scenario: Scenario, name: str):
     reason = KNOWN_MISSES.get((scenario.suite, name))
     marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+    if name in WAIT_FOR_A_TIMEOUT:
+        marks.append(pytest.mark.slow)
     return pytest.param(scenario, name, id=f"{scenario.suite}:{name}", marks=marks)
 
 
@@ -253,7 +262,9 @@ def test_openspf_vector(zones, scenario: Scenario, name: str):
 # Each scenario's cases in order, as messages through one check and its one
 # resolver, as the milter runs them: caching across messages must change no result.
 @pytest.mark.parametrize("scenario", [
-    pytest.param(scenario, id=f"{scenario.suite}:{scenario.description}")
+    pytest.param(scenario, id=f"{scenario.suite}:{scenario.description}",
+                 marks=[pytest.mark.slow] if len(WAIT_FOR_A_TIMEOUT & set(scenario.cases)) > 1
+                 else [])
     for suite in SUITES for scenario in SCENARIOS[suite]])
 def test_openspf_scenario_through_one_resolver(zones, scenario: Scenario):
     zones.zone = scenario.zone
@@ -268,6 +279,7 @@ def test_openspf_scenario_through_one_resolver(zones, scenario: Scenario):
     assert not differ
 
 
+@pytest.mark.slow
 def test_pyspf_looks_up_through_the_gateway_once_a_check_is_built_not_on_import():
     code = ("import spf; original = spf.DNSLookup; import gateway.checks.spf; "
             "print(spf.DNSLookup is original)")

@@ -77,6 +77,7 @@ def console(store):
     return Console(store, login_attempts=3)
 
 
+@pytest.mark.slow
 def test_users_passwords_and_the_login_limit(console):
     console.add_user("ann", "admin", PASSWORD)
     with pytest.raises(ConsoleError, match="exists already"):
@@ -377,6 +378,7 @@ def csrf_of(client, path: str = "/account") -> str:
     return re.search(r'name="csrf" value="([^"]+)"', client.get(path).text).group(1)
 
 
+@pytest.mark.slow
 def test_every_page_but_login_needs_a_session(web):
     app, store, _ = web
     identifier = put(store, "pages")
@@ -400,6 +402,7 @@ def test_every_page_but_login_needs_a_session(web):
     assert client.get("/static/console.css").status_code == 200
 
 
+@pytest.mark.slow
 def test_session_cookie_flags_and_secure_behind_tls(tmp_path: Path):
     app, store, _ = console_app(tmp_path, 'trusted_proxies = ["127.0.0.1"]')
     plain = login(app.test_client(), "ann")
@@ -418,6 +421,7 @@ def test_session_cookie_flags_and_secure_behind_tls(tmp_path: Path):
     store.close()
 
 
+@pytest.mark.slow
 def test_login_is_rate_limited_and_audited(web):
     app, _, console = web
     client = app.test_client()
@@ -489,6 +493,7 @@ def test_next_and_back_accept_only_this_consoles_own_pages(web):
         assert back.headers["Location"] == target
 
 
+@pytest.mark.slow
 def test_state_changes_need_the_csrf_token(web):
     app, store, _ = web
     identifier = put(store, "csrf")
@@ -513,6 +518,7 @@ def test_state_changes_need_the_csrf_token(web):
     assert (last.actor, last.action, last.reason) == ("ann", "deleted", "phish")
 
 
+@pytest.mark.slow
 def test_an_analyst_cannot_reach_admin_pages_or_release_a_virus(web):
     app, store, console = web
     virus = put(store, "virus", names=("CLAMAV_VIRUS",))
@@ -590,6 +596,7 @@ def test_a_virus_is_an_admins_to_download_after_confirming_and_audited(web):
     assert history[-2:] == [("ann", "downloaded"), ("ann", "downloaded")]
 
 
+@pytest.mark.slow
 def test_made_up_and_foreign_ids_are_404_never_a_traceback(web):
     app, store, _ = web
     identifier = put(store, "real")
@@ -606,6 +613,7 @@ def test_made_up_and_foreign_ids_are_404_never_a_traceback(web):
     assert client.get(f"/quarantine/{identifier}").status_code == 200
 
 
+@pytest.mark.slow
 def test_a_failure_is_a_plain_error_page(web, monkeypatch):
     app, store, _ = web
     client = app.test_client()
@@ -621,6 +629,7 @@ def test_a_failure_is_a_plain_error_page(web, monkeypatch):
     assert "secret internals" not in response.text and "Traceback" not in response.text
 
 
+@pytest.mark.slow
 def test_hostile_mail_is_escaped_sanitized_and_never_rendered_in_the_page(web):
     app, store, _ = web
     identifier = put_raw(store, hostile_html_message("h1"))
@@ -705,6 +714,7 @@ def test_every_page_shows_a_message_with_bytes_that_are_not_utf8(web):
     assert "sum" in console.audit_trail(actor="ann")[1]["detail"]  # the download, audited
 
 
+@pytest.mark.slow
 def test_bulk_actions_and_the_audit_trail_name_the_user(web):
     app, store, console = web
     ids = [put(store, f"bulk{i}") for i in range(3)]
@@ -728,6 +738,7 @@ def test_bulk_actions_and_the_audit_trail_name_the_user(web):
     assert odd.status_code == 200 and "is not a number" in odd.text
 
 
+@pytest.mark.slow
 def test_digest_links_release_to_their_recipient_only_and_once(web):
     app, store, console = web
     config = app.extensions["gateway"]["config"]
@@ -779,6 +790,7 @@ def form_of(page: str) -> str:
     return re.search(r'name="form" value="([^"]+)"', page).group(1)
 
 
+@pytest.mark.slow
 def test_a_recipient_reports_spam_into_the_queue(web):
     app, store, console = web
     identifier = put(store, "report")
@@ -801,6 +813,7 @@ def gateway(config: Path, *args: str, stdin: str | None = None):
                           input=stdin, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
 
 
+@pytest.mark.slow
 def test_user_and_feedback_commands(tmp_path: Path):
     url = f"sqlite:///{tmp_path}/q.db"
     config = tmp_path / "gateway.toml"
@@ -838,6 +851,7 @@ def test_user_and_feedback_commands(tmp_path: Path):
     store.close()
 
 
+@pytest.mark.slow
 def test_gateway_web_serves_and_stops(tmp_path: Path):
     port = free_port()
     config = tmp_path / "gateway.toml"

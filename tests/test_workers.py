@@ -61,6 +61,7 @@ def names(verdict) -> list[str]:
     return [s.name for s in verdict.symbols]
 
 
+@pytest.mark.slow
 def test_workers_give_the_verdict_the_milter_process_gives(pool_of):
     cfg = config("limits", "headers", "size", "lists", "bayes")
     local = LocalEvaluator(cfg)
@@ -87,6 +88,7 @@ def test_workers_give_the_verdict_the_milter_process_gives(pool_of):
         local.close()
 
 
+@pytest.mark.slow
 def test_a_check_stuck_in_c_code_is_stopped_and_the_message_decided(pool_of):
     pool = pool_of(config("tests.plugins:MarkerCheck", "tests.plugins:StuckCheck",
                           "headers"))
@@ -112,6 +114,7 @@ def test_a_worker_that_dies_makes_the_message_a_temporary_failure(pool_of):
     assert pool.evaluate(ENVELOPE, body("fine")).failed_checks == ()
 
 
+@pytest.mark.slow
 def test_slow_messages_do_not_hold_up_the_others(pool_of, tmp_path: Path):
     pool = pool_of(config("tests.plugins:GateCheck", budget=30.0, max_workers=4))
     gate = tmp_path / "open"
@@ -463,6 +466,7 @@ def test_a_message_stopped_at_the_deadline_makes_its_client_costly(pool_of, tmp_
     assert "203.0.113.66" in pool._costly and "198.51.100.7" not in pool._costly
 
 
+@pytest.mark.slow
 def test_a_message_that_finds_no_worker_in_time_is_a_temporary_failure(pool_of, tmp_path):
     """The pool says so; the decider answers 451 4.3.2 itself, so that the
     milter tempfails it even with [milter] on_error = "accept": a flood

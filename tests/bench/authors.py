@@ -18,19 +18,18 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from gateway.message import Message  # noqa: E402
-
-DEFAULT_CORPUS = Path("/work/shared/corpora/spamassassin")
+from tests.bench.corpus import add_corpus_argument, require_corpus  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS,
-                        help="a folder of folders of messages (one folder per class)")
+    add_corpus_argument(parser)  # a folder of folders of messages (one per class)
     parser.add_argument("-n", "--messages", type=int, default=0,
                         help="at most this many messages per folder (0: all)")
     parser.add_argument("--show", type=int, default=5, help="ambiguous Froms shown per folder")
     args = parser.parse_args()
-    folders = sorted(p for p in args.corpus.iterdir() if p.is_dir())
+    folders = sorted(p for p in require_corpus(args.corpus, "authors.py").iterdir()
+                     if p.is_dir())
     if not folders:
         print(f"authors.py: {args.corpus}: no folders of messages", file=sys.stderr)
         return 1

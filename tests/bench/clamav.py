@@ -26,9 +26,8 @@ from gateway.checks.clamav import ClamavCheck  # noqa: E402
 from gateway.config import ClamavSection, Config  # noqa: E402
 from gateway.lab.clamd import ClamdInstance  # noqa: E402
 from gateway.message import Message  # noqa: E402
+from tests.bench.corpus import add_corpus_argument, require_corpus  # noqa: E402
 
-CORPUS = PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin"
-FALLBACK = PROJECT_ROOT / "tests" / "fixtures" / "corpus"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -40,9 +39,10 @@ def cpu_seconds(pid: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--messages", type=int, default=1000)
-    parser.add_argument("--corpus", type=Path, default=CORPUS if CORPUS.exists() else FALLBACK)
+    add_corpus_argument(parser)
     args = parser.parse_args()
-    files = sorted(p for p in args.corpus.rglob("*") if p.is_file() and p.suffix != ".md")
+    files = sorted(p for p in require_corpus(args.corpus).rglob("*")
+                   if p.is_file() and p.suffix != ".md")
     raws = [files[(i * 7919) % len(files)].read_bytes() for i in range(args.messages)]
     print(f"bench: {len(raws)} messages from {args.corpus}, "
           f"mean size {statistics.mean(map(len, raws)) / 1024:.1f} KiB")

@@ -49,13 +49,16 @@ from gateway.classifier.train import (  # noqa: E402
     stratified_split,
 )
 from gateway.commands.classifier import evaluate_scores, print_cv_report  # noqa: E402
+from tests.bench.corpus import (  # noqa: E402
+    HAM_FOLDERS,
+    SPAM_FOLDERS,
+    default_corpus,
+    require_corpus,
+)
 
-# Beside the checkout (../shared), or further up for a git worktree.
-CORPUS = next((parent / "shared" / "corpora" / "spamassassin" for parent in PROJECT_ROOT.parents
-               if (parent / "shared" / "corpora" / "spamassassin").is_dir()),
-              PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin")
-HAM = [CORPUS / "easy_ham", CORPUS / "easy_ham_2", CORPUS / "hard_ham"]
-SPAM = [CORPUS / "spam", CORPUS / "spam_2"]
+CORPUS = default_corpus()
+HAM = [CORPUS / name for name in HAM_FOLDERS]
+SPAM = [CORPUS / name for name in SPAM_FOLDERS]
 HOLD_BACK = 0.2
 SEED = 42
 # The BAYES_* scores before feature version 3 (the classifier alone
@@ -82,8 +85,7 @@ print(before, rss())
 def corpus(show_progress: bool = True):
     """The de-duplicated corpus and its (training set, held back) indices:
     exactly what ``gateway train --validation 0.2 --seed 42`` sees."""
-    if not CORPUS.exists():
-        raise SystemExit(f"bench: corpus not found at {CORPUS}")
+    require_corpus(CORPUS)
     data = load_dataset(HAM, SPAM, show_progress=show_progress)
     training, held = stratified_split(data.labels, HOLD_BACK, SEED, data.groups)
     return data, training, held

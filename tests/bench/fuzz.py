@@ -23,7 +23,7 @@ at the client and as the gateway logged it) and the gateway's RSS.
 
 ``--stall``: 8 pathological messages in flight at all times (from the
 attacker's address) plus a stream of normal mail from another client, one
-message at a time (../shared/corpora/spamassassin, else tests/fixtures;
+message at a time (the SpamAssassin corpus, tests/bench/corpus.py;
 every 4th a ham message with a report attached, 300 KiB): p50/p99 of the
 small and of the 300 KiB mail, without and with that load, and how each
 was answered.
@@ -75,11 +75,10 @@ from gateway.lab.postfix import PostfixInstance, free_port  # noqa: E402
 from gateway.quarantine.store import Filters, QuarantineError, QuarantineStore  # noqa: E402
 from gateway.symbols import failure_symbol_name  # noqa: E402
 from tests import hostile  # noqa: E402
+from tests.bench.corpus import add_corpus_argument, require_corpus  # noqa: E402
 from tests.bench.procs import rss_bytes, tree  # noqa: E402
 from tests.lab.dns import SyntheticServer  # noqa: E402
 
-DEFAULT_CORPUS = PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin"
-FALLBACK_CORPUS = PROJECT_ROOT / "tests" / "fixtures"
 ATTACKER_IP = "203.0.113.66"  # tests/authlab.py: PTR mx.forwarder.test
 ATTACKER_FROM = "eve@forwarder.test"  # forwarder.test's SPF allows ATTACKER_IP
 ATTACKER_HELO = "mx.forwarder.test"
@@ -664,7 +663,8 @@ def load_normal(corpus: Path, count: int) -> list[bytes]:
 
 
 def corpus_files(corpus: Path) -> list[Path]:
-    files = sorted(p for p in corpus.rglob("*") if p.is_file() and not p.name.startswith(".")
+    files = sorted(p for p in require_corpus(corpus, "fuzz").rglob("*")
+                   if p.is_file() and not p.name.startswith(".")
                    and p.suffix not in (".md", ".txt", ".json"))
     if not files:
         raise SystemExit(f"fuzz: no message files under {corpus}")
@@ -935,8 +935,7 @@ def main() -> int:
     parser.add_argument("--large-every", type=int, default=4,
                         help=f"in --stall, every n-th normal message is a ham message with a "
                              f"report attached, {LARGE_LEGITIMATE // 1024} KiB (0: none)")
-    parser.add_argument("--corpus", type=Path,
-                        default=DEFAULT_CORPUS if DEFAULT_CORPUS.exists() else FALLBACK_CORPUS)
+    add_corpus_argument(parser)
     parser.add_argument("--workers", type=int, help="gateway pipeline.workers")
     parser.add_argument("--gateway-config", type=Path, help="extra TOML for the gateway")
     parser.add_argument("--wait", type=float, default=180,
@@ -944,6 +943,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the lab folder")
     parser.add_argument("--json", action="store_true", help="one JSON summary line only")
     args = parser.parse_args()
+    if args.cpu or args.stall:  # the modes that read the corpus: before any lab starts
+        require_corpus(args.corpus, "fuzz")
     if args.cpu:
         summary = cpu_per_message(args)
         if args.json:

@@ -39,12 +39,15 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from gateway.checks.fuzzy import raw_digests  # noqa: E402
 from gateway.config import FuzzySection  # noqa: E402
 from gateway.fuzzyhash import Digest, TlshIndex, normalise_text  # noqa: E402
+from tests.bench.corpus import (  # noqa: E402
+    HAM_FOLDERS,
+    SPAM_FOLDERS,
+    add_corpus_argument,
+    require_corpus,
+)
 
-CORPUS = next((p for p in (PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin",
-                           Path("/work/shared/corpora/spamassassin")) if p.is_dir()),
-              Path("/work/shared/corpora/spamassassin"))
-HAM = ["easy_ham", "easy_ham_2", "hard_ham"]
-SPAM = ["spam", "spam_2"]
+HAM = list(HAM_FOLDERS)
+SPAM = list(SPAM_FOLDERS)
 THRESHOLDS = (0, 10, 20, 30, 40, 50, 60, 70, 80, 100, 120)
 HAM_TARGET = 0.001
 QUARANTINE_P = 0.95
@@ -54,7 +57,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("-n", type=int, default=0, help="at most this many of each kind")
-    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    add_corpus_argument(parser)
     parser.add_argument("--ssdeep", action="store_true", help="compare with ssdeep (ppdeep)")
     parser.add_argument("--short-text", type=int, default=FuzzySection().short_text,
                         help="[fuzzy] short_text to measure with")
@@ -62,6 +65,7 @@ def main() -> int:
 
     from gateway.classifier.train import load_dataset, stratified_split
 
+    require_corpus(args.corpus, "fuzzy")
     data = load_dataset([args.corpus / h for h in HAM], [args.corpus / s for s in SPAM],
                         show_progress=False)
     _, held = stratified_split(data.labels, 0.2, 42, data.groups)

@@ -537,14 +537,6 @@ def split(on: str) -> tuple[list[Mail], list[Mail]]:
     """(history, measured) ham for ``--on test`` or ``tune``."""
     from tests.bench import classifier
 
-    if not classifier.CORPUS.exists():  # a worktree beside the checkout: look further up
-        for parent in PROJECT_ROOT.parents:
-            found = parent / "shared" / "corpora" / "spamassassin"
-            if found.exists():
-                classifier.CORPUS = found
-                classifier.HAM = [found / "easy_ham", found / "easy_ham_2", found / "hard_ham"]
-                classifier.SPAM = [found / "spam", found / "spam_2"]
-                break
     data, training, held = classifier.corpus(show_progress=False)
     ham_training = [data.sources[i] for i in training if data.labels[i] == 0]
     ham_held = [data.sources[i] for i in held if data.labels[i] == 0]

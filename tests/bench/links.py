@@ -387,14 +387,14 @@ def main() -> int:
                         help="only these techniques (repeatable)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--corpus", type=Path, help="the SpamAssassin corpus folder (default: "
-                        "../shared/corpora/spamassassin beside the checkout)")
+                        "shared/corpora/spamassassin above the checkout, tests/bench/corpus.py)")
     args = parser.parse_args()
 
     sys.path.insert(0, str(PROJECT_ROOT / "tests" / "bench"))
     import classifier  # the shipped model's own split
     from classifier import corpus, folder
 
-    if args.corpus:  # a checkout elsewhere than beside shared/ (a git worktree)
+    if args.corpus:  # another copy than the one above the checkout
         classifier.CORPUS = args.corpus
         classifier.HAM = [args.corpus / f for f in ("easy_ham", "easy_ham_2", "hard_ham")]
         classifier.SPAM = [args.corpus / f for f in ("spam", "spam_2")]

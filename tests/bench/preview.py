@@ -30,9 +30,9 @@ from gateway.config import LimitsSection  # noqa: E402
 from gateway.mime import parse_bytes  # noqa: E402
 from gateway.web.preview import analyse, sanitize_html  # noqa: E402
 from gateway.web.render import Renderer  # noqa: E402
+from tests.bench.corpus import add_corpus_argument, require_corpus  # noqa: E402
 from tests.test_web_preview import PATHOLOGICAL, html_message  # noqa: E402
 
-CORPUS = Path("/work/shared/corpora/spamassassin")
 LIMITS = LimitsSection()
 
 
@@ -64,9 +64,10 @@ def main() -> int:
     parser.add_argument("-n", "--messages", type=int, default=1000,
                         help="corpus messages (every k-th file of the corpus)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    add_corpus_argument(parser)
     args = parser.parse_args()
-    files = sorted(p for p in args.corpus.glob("*/*") if p.is_file())
+    files = sorted(p for p in require_corpus(args.corpus, "preview bench").glob("*/*")
+                   if p.is_file())
     if not files:
         print(f"preview bench: no messages under {args.corpus}", file=sys.stderr)
         return 2

@@ -35,7 +35,8 @@ from gateway.quarantine.store import QuarantineStore  # noqa: E402
 from gateway.ruleset import Ruleset  # noqa: E402
 from gateway.symbols import Symbol  # noqa: E402
 from gateway.verdict import PipelineResult  # noqa: E402
-from tests.bench.throughput import DEFAULT_CORPUS, FALLBACK_CORPUS, load_messages, send_all  # noqa: E402
+from tests.bench.corpus import add_corpus_argument, require_corpus  # noqa: E402
+from tests.bench.throughput import load_messages, send_all  # noqa: E402
 from tests.lab.postgres import PostgresInstance  # noqa: E402
 
 
@@ -59,12 +60,11 @@ def write_latency(store: QuarantineStore, messages: list[tuple[str, bytes]],
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--messages", type=int, default=500)
-    parser.add_argument("--corpus", type=Path,
-                        default=DEFAULT_CORPUS if DEFAULT_CORPUS.exists() else FALLBACK_CORPUS)
+    add_corpus_argument(parser)
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root (Postfix, PostgreSQL)")
-    messages = load_messages(args.corpus, args.messages)
+    messages = load_messages(require_corpus(args.corpus), args.messages)
     root = Path(tempfile.mkdtemp(prefix="gateway-qbench-", dir="/tmp"))
     os.chmod(root, 0o755)
 

@@ -35,12 +35,10 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from gateway.lab.clamd import ClamdInstance  # noqa: E402
 from gateway.lab.milter_process import MilterProcess  # noqa: E402
+from tests.bench.corpus import add_corpus_argument, require_corpus  # noqa: E402
 from tests.bench.procs import open_fds, pss_bytes, rss_bytes, tree, tree_cpu  # noqa: E402
 from tests.lab.dns import SyntheticServer  # noqa: E402
 from tests.milterclient import MilterClient, MilterError  # noqa: E402
-
-DEFAULT_CORPUS = PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin"
-FALLBACK_CORPUS = PROJECT_ROOT / "tests" / "fixtures"
 
 
 def load_messages(folder: Path, limit: int) -> list[bytes]:
@@ -78,14 +76,14 @@ def main() -> int:
     parser.add_argument("--abuse", type=float, default=0.1,
                         help="share of sessions that abort or hang up mid-message")
     parser.add_argument("--samples", type=int, default=20, help="RSS samples over the run")
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    add_corpus_argument(parser)
     parser.add_argument("--plot", type=Path, help="write an RSS/FD plot (PNG) here")
     parser.add_argument("--json", action="store_true", help="one JSON line per sample")
     parser.add_argument("--dns-latency", type=float, default=0.0, metavar="SECONDS",
                         help="each DNS answer this late, like a resolver that must ask the "
                         "sender domain's own servers (every message has a new domain)")
     args = parser.parse_args()
-    corpus = args.corpus if args.corpus.exists() else FALLBACK_CORPUS
+    corpus = require_corpus(args.corpus, "soak")
     messages = load_messages(corpus, 2000)
     print(f"soak: {args.messages} messages ({len(messages)} distinct from {corpus}), "
           f"{args.concurrency} sessions at a time, workers {args.workers}, "

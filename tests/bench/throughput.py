@@ -52,11 +52,10 @@ from gateway.lab.milter_process import MilterProcess  # noqa: E402
 from gateway.lab.postfix import PostfixInstance, free_port  # noqa: E402
 from gateway.quarantine.store import QuarantineError, QuarantineStore  # noqa: E402
 from tests.bench import anchors  # noqa: E402
+from tests.bench.corpus import add_corpus_argument, require_corpus  # noqa: E402
 from tests.bench.procs import CLOCK_TICKS, rss_bytes, tree, tree_cpu  # noqa: E402
 from tests.lab.dns import SyntheticServer  # noqa: E402
 
-DEFAULT_CORPUS = PROJECT_ROOT.parent / "shared" / "corpora" / "spamassassin"
-FALLBACK_CORPUS = PROJECT_ROOT / "tests" / "fixtures"
 ANCHOR_MODES = ("rspamd", "rspamd+clamav-milter")
 JSON_FIELDS = ("mode", "concurrency", "msgs_per_s", "ratio_to_bare", "p50_ms", "p99_ms",
                "milter_cpu_ms_per_msg", "rss_mb", "machine_cpu_ms_per_msg")
@@ -280,8 +279,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path,
-                        default=DEFAULT_CORPUS if DEFAULT_CORPUS.exists() else FALLBACK_CORPUS)
+    add_corpus_argument(parser)
     parser.add_argument("-n", "--messages", type=int, default=1000)
     parser.add_argument("-c", "--concurrency", default="1,10,50")
     parser.add_argument("--rounds", type=int, default=2,
@@ -320,7 +318,7 @@ def main() -> int:
         except anchors.AnchorError as error:
             raise SystemExit(f"bench: {error}") from None
 
-    messages = load_messages(args.corpus, args.messages)
+    messages = load_messages(require_corpus(args.corpus), args.messages)
     levels = [int(c) for c in args.concurrency.split(",")]
     say(f"bench: {len(messages)} messages from {args.corpus}, concurrency {levels}, "
         f"{args.rounds} round(s) each, gateway checks: {args.checks}, "
