@@ -249,6 +249,33 @@ def test_config_problems_say_where(tmp_path):
         load_people(settings)
 
 
+def test_a_brands_country_site_is_its_own_another_tld_is_not(check):
+    # eBay's Austrian site, as brands.toml lists eBay's countries: neither a
+    # lookalike of ebay.com nor someone else using eBay's name.
+    own = symbols(check.run(message('"eBay" <ebay@ebay.at>', subject="Ihr Kauf"),
+                            authenticated(dkim=("ebay.at",))))
+    assert "FROM_LOOKALIKE_DOMAIN" not in own and "BRAND_IMPERSONATION" not in own
+    for host in ("ebay.tk", "ebay.top"):  # a country it does not list, a generic TLD
+        found = symbols(check.run(message(f'"eBay" <ebay@{host}>', subject="Your purchase"),
+                                  authenticated(dkim=(host,))))
+        assert found["FROM_LOOKALIKE_DOMAIN"] == f"{host} imitates ebay.com (brand eBay): " \
+            "another TLD"
+        assert "BRAND_IMPERSONATION" in found
+
+
+def test_a_brands_name_under_another_registrable_domain_vouches_for_that_name_alone(check):
+    # amazon.com.be is Amazon's Belgian store; the public suffix list reads
+    # its registrable domain as com.be, which is not Amazon's.
+    own = symbols(check.run(message('"Amazon.com.be" <bestelling@amazon.com.be>'),
+                            authenticated(dkim=("amazon.com.be",))))
+    assert "FROM_LOOKALIKE_DOMAIN" not in own and "BRAND_IMPERSONATION" not in own
+    other = symbols(check.run(message('"Amazon" <service@shop.com.be>'),
+                              authenticated(dkim=("shop.com.be",))))
+    assert "speaks as Amazon" in other["BRAND_IMPERSONATION"]
+    assert "FROM_LOOKALIKE_DOMAIN" not in symbols(check.run(
+        message('"Billing" <billing@com.com>'), authenticated(dkim=("com.com",))))
+
+
 # -- outbound mail ---------------------------------------------------------------------------
 
 

@@ -51,7 +51,14 @@ from pathlib import Path
 from gateway.checks import Check, CheckContext
 from gateway.config import Config
 from gateway.confusables import name_keys, name_tokens
-from gateway.correspondents import Entry, MemoryReader, Snapshot, known_to_any, memory_url, now
+from gateway.correspondents import (
+    Entry,
+    MemoryReader,
+    Snapshot,
+    known_to_any,
+    memory_url,
+    now,
+)
 from gateway.facts import DkimFacts, IdentityFacts, SpfFacts
 from gateway.lookalike import (
     ROLE_WORDS,
@@ -63,6 +70,7 @@ from gateway.lookalike import (
     load_brands,
     load_freemail,
     registrable,
+    unicode_host,
 )
 from gateway.mail import Mailbox, decoded_header, parse_mailboxes
 from gateway.message import Message
@@ -219,6 +227,7 @@ class IdentityCheck(Check):
         self.freemail = load_freemail(settings.freemail, settings.freemail_domains)
         self.people = load_people(config)
         self.org_domains = frozenset(registrable(d) for d in settings.org_domains)
+        self.org_names = frozenset(unicode_host(d) for d in settings.org_domains)
         url = memory_url(config.quarantine.url)
         if reader is None and url is not None and _exists(url):
             reader = MemoryReader(url, settings)
@@ -249,7 +258,8 @@ class IdentityCheck(Check):
                                      f"from {address or '-'}, {outbound}"),),
                 facts=IdentityFacts(direction="outbound", author=address,
                                     recipients=recipients).to_json())
-        passes = _authenticated(context)
+        hosts = _authenticated(context)
+        passes = list(dict.fromkeys(registrable(h) for h in hosts))
         via = None
         if author is not None:
             via = author.domain if author.domain in passes else (passes[0] if passes else None)
@@ -272,7 +282,7 @@ class IdentityCheck(Check):
                 lookalike = self._lookalike(mailbox, org, snapshot, naming)
         if lookalike is not None:
             found.append(self.symbol("FROM_LOOKALIKE_DOMAIN", lookalike.describe()))
-        found.extend(self._brand(authors, subject, passes, lookalike))
+        found.extend(self._brand(authors, subject, hosts, lookalike))
         known = False
         if author is not None and via is not None and history is not None:
             history_symbol = self._history(author, via, history, recipients)
@@ -371,21 +381,20 @@ class IdentityCheck(Check):
                    naming: Sequence[tuple[str, str]], any_tld: bool = False,
                    ) -> Lookalike | None:
         domain = author.domain
-        if not domain or domain in org or is_freemail(domain, self.freemail) or \
-                domain in snapshot.known_domains or self.brands.owner(domain) is not None:
+        if not domain or domain in org or domain in snapshot.known_domains:
             return None
+        # A brand's own domain (its country sites too) and a freemail
+        # provider's imitate nothing: the indexes spare them.
         ours, known = self._domains(org, snapshot)
         host = author.host or domain
         found = ours.match(host)
         if found is not None and found.technique == "typo" and found.imitates not in org:
             found = self._corroborated(found, naming)
         if found is None:
-            found = known.match(host)
             # Organisations own their name under several TLDs (python.org,
             # python.ca): another TLD of a correspondent's domain is no
             # imitation by itself, only with the correspondent's name.
-            if found is not None and found.technique == "tld" and not any_tld:
-                found = None
+            found = known.match(host, other_tld=any_tld)
         return found
 
     def _corroborated(self, typo: Lookalike, naming: Sequence[tuple[str, str]],
@@ -418,18 +427,23 @@ class IdentityCheck(Check):
         if cached is not None and cached[0] == id(snapshot) and cached[1] == org:
             return cached[2], cached[3]
         domains = dict(self.brands.domains())
-        domains.update({d: "our domain" for d in org})
-        ours = DomainIndex(domains)
+        # Our domains as configured (acme.com.be, not its registrable com.be).
+        domains.update({d: "our domain" for d in self.org_names or org})
+        ours = DomainIndex(domains, brands=self.brands, freemail=self.freemail)
         # The brands' domains they write from too: a typo of one is theirs to
         # imitate, when it is not corroborated as the brand's.
         known = DomainIndex({d: "a known correspondent's domain"
-                             for d in snapshot.known_domains if d not in org})
+                             for d in snapshot.known_domains if d not in org},
+                            brands=self.brands, freemail=self.freemail)
         self._index = (id(snapshot), org, ours, known)
         return ours, known
 
-    def _brand(self, authors: Sequence[Author], subject: str, passes: Sequence[str],
+    def _brand(self, authors: Sequence[Author], subject: str, hosts: Sequence[str],
                lookalike: Lookalike | None) -> list[Symbol]:
-        vouching = [d for d in passes if not is_freemail(d, self.freemail)]
+        """``hosts``: the domains that authenticated the message, as they did
+        (amazon.com.be is Amazon's, its registrable com.be is not)."""
+        passes = list(dict.fromkeys(registrable(h) for h in hosts))
+        vouching = [h for h in hosts if not is_freemail(h, self.freemail)]
         shown = ", ".join(passes) if passes else "nothing (not authenticated)"
         for author in authors:
             mention = self.brands.speaking_as(author.name) if author.name else None
@@ -446,7 +460,8 @@ class IdentityCheck(Check):
         if subject and weak and not _REPLY.match(subject):
             mention = self.brands.mentioned_in(subject)
             if mention is not None and not any(mention.brand.owns(d) for d in vouching) and \
-                    not any(mention.brand.owns(a.domain) for a in authors if a.domain in passes):
+                    not any(mention.brand.owns(a.host or a.domain) for a in authors
+                            if a.domain in passes):
                 why = "a lookalike" if lookalike else "not authenticated"
                 return [self.symbol(
                     "BRAND_IMPERSONATION",
@@ -514,16 +529,16 @@ def _subject(message: Message) -> str:
 
 
 def _authenticated(context: CheckContext) -> list[str]:
-    """Registrable domains that authenticated the message: passing DKIM
-    signers, then the SPF-passing domain."""
+    """The domains that authenticated the message, as they did (lower case,
+    U-labels): passing DKIM signers, then the SPF-passing domain."""
     found: list[str] = []
     dkim = DkimFacts.of(context.facts)
     if dkim is not None:
-        found.extend(registrable(s.domain) for s in dkim.signatures if s.result == "pass")
+        found.extend(unicode_host(s.domain) for s in dkim.signatures if s.result == "pass")
     spf = SpfFacts.of(context.facts)
     if spf is not None and spf.result == "pass" and spf.domain:
-        found.append(registrable(spf.domain))
-    return [d for d in dict.fromkeys(found) if d]
+        found.append(unicode_host(spf.domain))
+    return [d for d in dict.fromkeys(found) if d and registrable(d)]
 
 
 def _list_domains(message: Message) -> set[str]:
