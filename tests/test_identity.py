@@ -322,6 +322,64 @@ def test_outbound_mail_is_learned_and_not_spam_scored(tmp_path):
         evaluator.close()
 
 
+def outbound_author(check, from_: str, login: str) -> tuple[str | None, str]:
+    report = check.run(message(from_, rcpt=("carol@client.example",),
+                               macros={"auth_authen": login}), CheckContext())
+    facts = IdentityFacts.of({"identity": report.facts})
+    assert facts is not None and facts.direction == "outbound"
+    return facts.author, symbols(report)["OUTBOUND_SUBMISSION"]
+
+
+def test_a_login_writing_as_someone_else_teaches_nothing(check, caplog):
+    assert outbound_author(check, f"Bob <{BOB}>", BOB)[0] == BOB  # the login itself
+    assert outbound_author(check, f"Bob <{BOB}>", "BOB@ACME.example")[0] == BOB
+    with caplog.at_level("INFO", logger="gateway.checks.identity"):
+        author, evidence = outbound_author(check, f"Jane Doe <{CEO}>", BOB)
+    assert author is None
+    assert evidence == (f"from {CEO}, SASL-authenticated as {BOB}, who does not own that "
+                        "address: its recipients are not learned")
+    assert f"from {CEO}, but SASL login {BOB} does not own that address" in caplog.text
+    # What the learner makes of it: nothing under the CEO's address.
+    facts = IdentityFacts(direction="outbound", author=author,
+                          recipients=("carol@client.example",))
+    assert observations(envelope("carol@client.example"), decided(facts)) == []
+
+
+def test_outbound_mail_teaches_under_an_address_the_login_owns_by_the_map(tmp_path):
+    logins = tmp_path / "sender_logins"
+    logins.write_text("# as Postfix's smtpd_sender_login_maps reads it\n"
+                      "bob@acme.example   bob\n"
+                      "team@acme.example  bob@acme.example,\n"
+                      "                   ann@acme.example\n"
+                      "@sales.acme.example ann@acme.example\n")
+    check = IdentityCheck(config(tmp_path, identity=f'sender_login_maps = ["{logins}"]'))
+    try:
+        assert outbound_author(check, f"Bob <{BOB}>", BOB)[0] == BOB  # the login itself
+        assert outbound_author(check, f"Bob <{BOB}>", "bob")[0] == BOB  # by the map
+        assert outbound_author(check, "Team <team@acme.example>", BOB)[0] == "team@acme.example"
+        assert outbound_author(check, "Ann <ann@sales.acme.example>",
+                               "ann@acme.example")[0] == "ann@sales.acme.example"
+        assert outbound_author(check, f"Jane Doe <{CEO}>", BOB)[0] is None
+        # The address's own line decides, before its @domain: bob@ is bob's alone.
+        assert outbound_author(check, "Ann <bob@acme.example>", "ann@acme.example")[0] is None
+    finally:
+        check.close()
+
+
+def test_a_sender_login_map_that_cannot_be_read_says_where(tmp_path):
+    bad = tmp_path / "sender_logins"
+    bad.write_text("bob@acme.example\nnot-an-address bob\n")
+    with pytest.raises(ConfigError) as raised:
+        IdentityCheck(config(tmp_path, identity=f'sender_login_maps = ["{bad}", '
+                                                f'"{tmp_path}/none"]'))
+    assert raised.value.problems == [
+        f"{bad}:1: expected an address or @domain, then the logins that own it "
+        "(bob@example.net bob@example.net)",
+        f"{bad}:2: expected an address or @domain, then the logins that own it "
+        "(bob@example.net bob@example.net)",
+        f"{tmp_path}/none: sender login map not found"]
+
+
 # -- the memory --------------------------------------------------------------------------------
 
 

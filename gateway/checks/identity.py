@@ -35,7 +35,9 @@ Symbols, each with evidence naming whom or what it imitates:
   or a configured submission service (``{daemon_name}``): our user writing
   out. With ``[identity] outbound = "learn"`` it forces accept (a virus's
   forced reject still wins) and its recipients become the user's known
-  correspondents.
+  correspondents: the From address's, when the SASL login is that address
+  or owns it by ``[identity] sender_login_maps`` (Postfix's
+  smtpd_sender_login_maps); else nobody's, and the log says so.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from gateway.correspondents import (
     MemoryReader,
     Snapshot,
     known_to_any,
+    load_sender_logins,
     memory_url,
     now,
 )
@@ -226,6 +229,7 @@ class IdentityCheck(Check):
         self.brands: Brands = load_brands(settings.brands)
         self.freemail = load_freemail(settings.freemail, settings.freemail_domains)
         self.people = load_people(config)
+        self.sender_logins = load_sender_logins(settings.sender_login_maps)
         self.org_domains = frozenset(registrable(d) for d in settings.org_domains)
         self.org_names = frozenset(unicode_host(d) for d in settings.org_domains)
         url = memory_url(config.quarantine.url)
@@ -251,11 +255,10 @@ class IdentityCheck(Check):
         author = authors[0] if len(authors) == 1 else None
         outbound = self._outbound(envelope.macros)
         if outbound is not None:
-            login = str(envelope.macros.get("auth_authen") or "")[:MAX_NAME]
-            address = author.address if author else (login.lower() if "@" in login else None)
+            login = str(envelope.macros.get("auth_authen") or "").strip()[:MAX_NAME]
+            address, evidence = self._our_user(author, login, outbound, envelope.queue_id)
             return Report(
-                symbols=(self.symbol("OUTBOUND_SUBMISSION",
-                                     f"from {address or '-'}, {outbound}"),),
+                symbols=(self.symbol("OUTBOUND_SUBMISSION", evidence),),
                 facts=IdentityFacts(direction="outbound", author=address,
                                     recipients=recipients).to_json())
         hosts = _authenticated(context)
@@ -312,6 +315,24 @@ class IdentityCheck(Check):
         if daemon and daemon in self.settings.submission_daemons:
             return f"through submission service {daemon}"
         return None
+
+    def _our_user(self, author: Author | None, login: str, outbound: str,
+                  queue_id: str | None) -> tuple[str | None, str]:
+        """Whose correspondents our user's recipients become (None: nobody's),
+        and the evidence. With a SASL login, the From address only when the
+        login owns it (``[identity] sender_login_maps``, or the same
+        address); without one From, the login when it is an address. A
+        submission service without SASL vouches for its From."""
+        if not login or author is None:
+            address = author.address if author else login.lower() if "@" in login else None
+            return address, f"from {address or '-'}, {outbound}"
+        if self.sender_logins.owns(login, author.address):
+            return author.address, f"from {author.address}, {outbound}"
+        log.info("identity: outbound message %s from %s, but SASL login %s does not own that "
+                 "address ([identity] sender_login_maps): its recipients are not learned",
+                 queue_id or "-", author.address, login)
+        return None, (f"from {author.address}, {outbound}, who does not own that address: "
+                      "its recipients are not learned")
 
     def _authors(self, message: Message) -> list[Author]:
         # The message's one reading of its From fields, the one DMARC judges.
