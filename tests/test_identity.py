@@ -174,6 +174,28 @@ def test_a_typo_of_our_domain_needs_no_other_sign(tmp_path):
         check.close()
 
 
+def test_our_domain_is_the_registrable_domain_of_the_one_configured(tmp_path):
+    # We receive for lists.widgetco.example: widgetco.example is our name
+    # (as DMARC reads it), for the identity check and the links check alike.
+    from gateway.checks.links import LinksCheck
+
+    settings = parse_config('[identity]\norg_domains = ["lists.widgetco.example"]\n'
+                            '[quarantine]\nurl = ""\n', "test.toml")
+    check = IdentityCheck(settings)
+    try:
+        found = symbols(check.run(message('"Bob" <bob@widgetco-billing.example>'),
+                                  authenticated(dkim=("widgetco-billing.example",))))
+        assert found["FROM_LOOKALIKE_DOMAIN"] == (
+            "widgetco-billing.example imitates widgetco.example (our domain): a word added")
+    finally:
+        check.close()
+    links = LinksCheck(settings, memory=False)
+    link = Message.from_bytes(b"From: a@b.example\r\nSubject: x\r\n\r\n"
+                              b"https://www.widgetco-billing.com/pay\r\n")
+    assert "imitates widgetco.example (our domain)" in symbols(
+        links.run(link, CheckContext()))["URL_LOOKALIKE_DOMAIN"]
+
+
 def test_a_brands_name_needs_the_brands_domain(check):
     found = symbols(check.run(message('"PayPal Security" <security@mailer.example>'),
                               authenticated(dkim=("mailer.example",))))

@@ -231,7 +231,6 @@ class IdentityCheck(Check):
         self.people = load_people(config)
         self.sender_logins = load_sender_logins(settings.sender_login_maps)
         self.org_domains = frozenset(registrable(d) for d in settings.org_domains)
-        self.org_names = frozenset(unicode_host(d) for d in settings.org_domains)
         url = memory_url(config.quarantine.url)
         if reader is None and url is not None and _exists(url):
             reader = MemoryReader(url, settings)
@@ -448,8 +447,7 @@ class IdentityCheck(Check):
         if cached is not None and cached[0] == id(snapshot) and cached[1] == org:
             return cached[2], cached[3]
         domains = dict(self.brands.domains())
-        # Our domains as configured (acme.com.be, not its registrable com.be).
-        domains.update({d: "our domain" for d in self.org_names or org})
+        domains.update({d: "our domain" for d in org})
         ours = DomainIndex(domains, brands=self.brands, freemail=self.freemail)
         # The brands' domains they write from too: a typo of one is theirs to
         # imitate, when it is not corroborated as the brand's.

@@ -197,8 +197,7 @@ class LinksCheck(Check):
         identity = config.identity  # the brands, freemail and our domains are the same
         self.brands: Brands = load_brands(identity.brands)
         self.freemail = load_freemail(identity.freemail, identity.freemail_domains)
-        # As configured: acme.com.be is ours, com.be (its registrable domain) is not.
-        self.org_domains = frozenset(unicode_host(d) for d in identity.org_domains)
+        self.org_domains = frozenset(registrable(d) for d in identity.org_domains)
         self._indexes: dict[frozenset[str], DomainIndex] = {}
         # The identity check's correspondent memory: known correspondents'
         # domains may be imitated too (read every [identity] refresh seconds).
