@@ -625,6 +625,10 @@ class IdentitySection:
     submission_daemons: list[str] = setting(
         [], doc="values of Postfix's {daemon_name} macro (milter_macro_daemon_name in "
         "master.cf) whose mail is our users' outbound mail, e.g. [\"ORIGINATING\"]")
+    sender_login_maps: list[str] = setting(
+        [], doc="files in the form of Postfix's smtpd_sender_login_maps source (an address or "
+        "@domain, then the SASL logins that own it): outbound mail teaches the memory under "
+        "its From address only when the login is that address or owns it here")
     known_messages: int = setting(2, positive, "messages accepted from a sender before it is a "
                                   "known correspondent (or one reply, or one release)")
     known_days: float = setting(3.0, non_negative, "days between the first and the last of "

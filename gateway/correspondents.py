@@ -21,7 +21,9 @@ What teaches it, and what never does:
 - our users' outbound mail (a SASL-authenticated client, a submission
   service): each recipient becomes a correspondent of the user, recorded
   under the recipient's own domain, so only mail aligned with that domain
-  later matches it.
+  later matches it. The user is the From address only when the SASL login
+  owns it (:class:`SenderLogins`): a login writing as someone else teaches
+  nothing.
 
 A sender is *known* to a recipient when none of its mail was labelled spam
 and the user wrote to it, released its mail, or accepted at least
@@ -76,6 +78,7 @@ log = logging.getLogger("gateway.correspondents")
 MAX_NAMES = 5  # display names kept per row, the newest
 MAX_NAME = 100
 MAX_ADDRESS = 320
+MAX_LOGIN_MAP_LINES = 100_000
 MAX_SENDER_ROWS = 1000  # rows read for one sender (one per recipient)
 MAX_INDEX_ROWS = 200_000  # rows read for the name and domain index
 BATCH = 500
@@ -207,6 +210,75 @@ def observations(envelope: Envelope, decision: Decision, org_domains: Iterable[s
 
 def _address(text: str) -> str:
     return text.strip().strip("<>").lower()[:MAX_ADDRESS]
+
+
+# -- whose outbound mail it is ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SenderLogins:
+    """Which SASL logins own which sender addresses (``[identity]
+    sender_login_maps``): the text Postfix's ``smtpd_sender_login_maps``
+    reads (``postmap`` compiles it), one reading for both. Our user's mail
+    teaches the memory under its From address only when the login owns it:
+    else any logged-in user could make correspondents for someone else."""
+
+    owners: Mapping[str, frozenset[str]] = field(default_factory=dict)  # address, @domain
+
+    def owns(self, login: str, address: str) -> bool:
+        """Whether ``login`` may write as ``address``: it is that address,
+        or the maps list it for the address (else for ``@domain``; the first
+        key found decides, as in Postfix)."""
+        login, address = login.strip().lower(), _address(address)
+        if not login or "@" not in address:
+            return False
+        if login == address:
+            return True
+        for key in (address, "@" + address.rpartition("@")[2]):
+            if key in self.owners:
+                return login in self.owners[key]
+        return False
+
+
+def load_sender_logins(paths: Iterable[str]) -> SenderLogins:
+    """The maps from their files: ``address login[, login...]`` a line, a line
+    that starts with white space continues the one before, ``#`` comments;
+    raises ConfigError naming every file and line it cannot read."""
+    from gateway.schema import ConfigError
+
+    owners: dict[str, set[str]] = {}
+    errors: list[str] = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                logical: list[tuple[int, str]] = []
+                for number, line in enumerate(handle, 1):
+                    if number > MAX_LOGIN_MAP_LINES:
+                        errors.append(f"{path}: more than {MAX_LOGIN_MAP_LINES} lines")
+                        break
+                    text = line.rstrip("\n")
+                    if not text.strip() or text.lstrip().startswith("#"):
+                        continue
+                    if text[0].isspace() and logical:
+                        logical[-1] = (logical[-1][0], f"{logical[-1][1]} {text.strip()}")
+                    else:
+                        logical.append((number, text.strip()))
+        except FileNotFoundError:
+            errors.append(f"{path}: sender login map not found")
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(f"{path}: cannot read sender login map: {exc}")
+            continue
+        for number, text in logical:
+            key, *logins = [w for w in text.replace(",", " ").split() if w]
+            if not logins or "@" not in key:
+                errors.append(f"{path}:{number}: expected an address or @domain, then the "
+                              "logins that own it (bob@example.net bob@example.net)")
+                continue
+            owners.setdefault(key.lower(), set()).update(n.lower() for n in logins)
+    if errors:
+        raise ConfigError(errors)
+    return SenderLogins({key: frozenset(found) for key, found in owners.items()})
 
 
 # -- the database --------------------------------------------------------------------------

@@ -16,14 +16,24 @@ the links check (link hosts and link texts); every comparison goes through
   ``affix``       a word added, with or without a hyphen (``paypal-secure.com``,
                   ``securepaypal.net``, ``paypal-alerts.example``);
   ``tld``         the same label under another public suffix (``paypal.co``);
+                  not a country site the brand list gives the brand
+                  (``country_tlds``: ``google.de``);
   ``subdomain``   the domain written as leading labels of another
                   (``paypal.com.account-check.example``);
   ``dots``        its dots written as hyphens or left out (``paypal-com.net``).
 
   A subdomain of the domain itself is the domain (``mail.paypal.com``).
+  Nothing imitates when it is itself a freemail provider's domain (mail.com
+  is no gmail.com, gmx.de no gmx.net: anyone can have an address at both)
+  or a brand's own.
+
+  A listed domain stands for itself and its subdomains, never for its
+  parent: ``amazon.com.be`` is Amazon's, ``com.be`` (its registrable domain
+  by the public suffix list, which does not list com.be as a suffix) is
+  not. Only registrable domains are imitated (a name's label is compared).
 - :class:`Brands` / :func:`load_brands`: ``rules/brands.toml``, brand ->
-  names and legitimate registrable domains; whether a display name or a
-  subject names a brand.
+  names, the domains that are really its own and the country-code TLDs of
+  its country sites; whether a display name or a subject names a brand.
 - :func:`load_freemail` / :func:`is_freemail`: the shipped list of freemail
   domains (``rules/freemail.txt``) and a site's additions.
 
@@ -36,8 +46,9 @@ up to :data:`MAX_SPAN` words.
 from __future__ import annotations
 
 import contextlib
+import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -48,7 +59,7 @@ from rapidfuzz.distance import OSA
 from rapidfuzz.process import extractOne
 
 from gateway.confusables import fold, name_tokens
-from gateway.mail import registrable_domain
+from gateway.mail import is_public_suffix, registrable_domain
 from gateway.paths import RULES_DIR
 from gateway.schema import ConfigError
 
@@ -121,6 +132,15 @@ def unicode_host(host: str) -> str:
     return ".".join(shown)
 
 
+def ascii_host(host: str) -> str:
+    """A host in U-labels in A-labels (``p\u0430ypal.com`` -> ``xn--pypal-4ve.com``);
+    as given when it is not IDNA (an underscore, a lone confusable)."""
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return host
+
+
 @lru_cache(maxsize=65536)
 def registrable(host: str) -> str:
     """The registrable domain (``mail.paypal.co.uk`` -> ``paypal.co.uk``), in
@@ -128,12 +148,45 @@ def registrable(host: str) -> str:
     shown = unicode_host(host)
     if not shown:
         return ""
-    try:
-        ascii_form = idna.encode(shown, uts46=True).decode("ascii")
-    except (idna.IDNAError, UnicodeError, ValueError):
-        ascii_form = shown  # not IDNA (an underscore, a lone confusable): PSL on the text
-    found = registrable_domain(ascii_form)
-    return unicode_host(found)
+    return unicode_host(registrable_domain(ascii_host(shown)))
+
+
+def under(host: str, names: Container[str]) -> str | None:
+    """The one of ``names`` that ``host`` (U-labels, lower case, bounded: as
+    :func:`unicode_host` gives it) is, or is a subdomain of."""
+    labels = host.split(".")
+    for start in range(len(labels) - 1):
+        name = ".".join(labels[start:])
+        if name in names:
+            return name
+    return None
+
+
+@lru_cache(maxsize=65536)
+def country_site(host: str) -> tuple[str, str] | None:
+    """(label, country code) when the host's registrable domain is a label
+    right under a country-code TLD, or under a second-level suffix that the
+    public suffix list's ICANN section lists for that country:
+    ``www.yahoo.com.au`` -> ("yahoo", "au"), ``google.de`` -> ("google",
+    "de"); not ``yahoo.blogspot.com.au`` (a private suffix: anyone's),
+    ``paypal.com`` nor ``yahoo.xn--p1ai``."""
+    label, suffix = split_registrable(registrable(host))
+    code = suffix.rpartition(".")[2]
+    if not label or len(code) != 2 or not (code.isascii() and code.isalpha()):
+        return None
+    if suffix != code and (suffix.count(".") != 1 or not suffix.isascii()
+                           or not _icann_suffixes().is_public(suffix)):
+        return None
+    return label, code
+
+
+@lru_cache(maxsize=1)
+def _icann_suffixes() -> Any:
+    """The public suffix list's ICANN section alone: the suffixes registries
+    run (com.au, co.uk), not the private ones companies added (github.io)."""
+    from publicsuffixlist import PublicSuffixList
+
+    return PublicSuffixList(only_icann=True)
 
 
 def split_registrable(domain: str) -> tuple[str, str]:
@@ -174,10 +227,21 @@ class DomainIndex:
     """Legitimate domains (each with whose it is), to find which one a host
     imitates. Built once (from the org's domains, the brands', the known
     correspondents'); :meth:`match` costs a few dictionary lookups and one
-    bounded edit-distance search over the labels of similar length."""
+    bounded edit-distance search over the labels of similar length.
 
-    def __init__(self, domains: Mapping[str, str]):
+    A domain given that is not registrable (``amazon.com.be``, whose
+    registrable domain by the public suffix list is ``com.be``) is owned with
+    its subdomains but imitated by nothing: its parent is not its owner's,
+    and its first label is not its name. With ``brands`` and ``freemail``,
+    a brand's own domain (its country sites too) and a freemail provider's
+    imitate nothing either."""
+
+    def __init__(self, domains: Mapping[str, str], *, brands: Brands | None = None,
+                 freemail: frozenset[str] = frozenset()):
+        self.brands = brands
+        self.freemail = freemail
         self.owners: dict[str, str] = {}  # registrable -> owner
+        self._hosts: dict[str, str] = {}  # a name under a registrable domain not given -> owner
         self._by_key: dict[str, str] = {}  # fold(registrable) -> registrable
         self._flat: dict[str, str] = {}  # "paypal-com", "paypalcom" -> registrable
         self._by_label: dict[str, list[str]] = {}  # fold(label) -> registrables
@@ -186,8 +250,14 @@ class DomainIndex:
         self._by_length: dict[int, list[str]] = {}
         self._written: dict[str, str] = {}  # label as written -> registrable
         for domain, owner in domains.items():
-            reg = registrable(domain)
-            if not reg or "." not in reg or reg in self.owners:
+            host = unicode_host(domain)
+            reg = registrable(host)
+            if not reg or "." not in reg:
+                continue
+            if reg != host:
+                self._hosts.setdefault(host, owner)
+                continue
+            if reg in self.owners:
                 continue
             self.owners[reg] = owner
             self._by_key.setdefault(fold(reg), reg)
@@ -202,31 +272,47 @@ class DomainIndex:
             self._written.setdefault(written, reg)
 
     def __len__(self) -> int:
-        return len(self.owners)
+        return len(self.owners) + len(self._hosts)
 
     def owner(self, host: str) -> str | None:
-        """Whose the host's registrable domain is, if it is one of these."""
-        return self.owners.get(registrable(host))
+        """Whose the host is, if it is (under) one of these domains."""
+        shown = unicode_host(host)
+        found = self.owners.get(registrable(shown))
+        if found is None and self._hosts:
+            name = under(shown, self._hosts)
+            found = self._hosts[name] if name is not None else None
+        return found
 
-    def match(self, host: str) -> Lookalike | None:
-        """The domain ``host`` imitates, or None (also when it is one of them)."""
-        reg = registrable(host)
-        if not reg or "." not in reg or reg in self.owners:
+    def match(self, host: str, other_tld: bool = True) -> Lookalike | None:
+        """The domain ``host`` imitates, or None (also when it is one of them,
+        a brand's or a freemail provider's). ``other_tld=False``: the same
+        label under another suffix alone is no imitation."""
+        shown = unicode_host(host)
+        reg = registrable(shown)
+        if not reg or "." not in reg or reg in self.owners or self._spared(shown, reg):
             return None
-        found = self._match(unicode_host(host), reg)
+        found = self._match(shown, reg, other_tld)
         if found is None:
             return None
         imitated, technique, distance = found
         return Lookalike(reg, imitated, technique, self.owners.get(imitated, ""), distance)
 
-    def _match(self, host: str, reg: str) -> tuple[str, str, int] | None:
+    def _spared(self, host: str, reg: str) -> bool:
+        """Whether the host is its own: under a name given, a freemail
+        provider's (anyone can have an address at mail.com and at gmail.com;
+        neither imitates the other), or a brand's own."""
+        return (bool(self._hosts) and under(host, self._hosts) is not None) or \
+            reg in self.freemail or host in self.freemail or \
+            (self.brands is not None and self.brands.owner(host) is not None)
+
+    def _match(self, host: str, reg: str, other_tld: bool) -> tuple[str, str, int] | None:
         key = fold(reg)
         same = self._by_key.get(key)
         if same is not None:
             return same, "confusable", 0
         label, suffix = split_registrable(reg)
         folded = fold(label)
-        for other in self._by_label.get(folded, ()):
+        for other in self._by_label.get(folded, ()) if other_tld else ():
             if split_registrable(other)[1] != suffix:
                 return other, "tld", 0
         labels = fold(host).split(".")
@@ -295,16 +381,33 @@ class DomainIndex:
 class Brand:
     key: str  # the table's name in brands.toml
     names: tuple[str, ...]  # as written there ("PayPal")
-    domains: tuple[str, ...]  # registrable, U-labels, the main one first
+    # Its own domains, U-labels, the main one first, each with its subdomains:
+    # registrable ones (paypal.com), and names under a registrable domain
+    # that is not the brand's (amazon.com.be, under com.be).
+    domains: tuple[str, ...]
     # Each name as the concatenation of its folded words ("paypal").
     keys: tuple[str, ...] = ()
+    # Country-code TLDs of its country sites ("de", "uk"; "*": every one):
+    # its main label there (google.de, google.co.uk) is its own.
+    country_tlds: frozenset[str] = frozenset()
+    country_label: str = ""  # the label of its first registrable domain ("google")
 
     @property
     def title(self) -> str:
         return self.names[0] if self.names else self.key
 
     def owns(self, host: str) -> bool:
-        return registrable(host) in self.domains
+        """Whether the host is (under) one of its domains, or one of its
+        country sites."""
+        shown = unicode_host(host)
+        if under(shown, self.domains) is not None:
+            return True
+        site = country_site(shown) if self.country_tlds else None
+        return site is not None and self.country_site(*site)
+
+    def country_site(self, label: str, code: str) -> bool:
+        return label == self.country_label and (code in self.country_tlds or
+                                                "*" in self.country_tlds)
 
 
 @dataclass(frozen=True)
@@ -319,21 +422,37 @@ class Brands:
     sources: tuple[str, ...] = ()
     _by_key: Mapping[str, Brand] = field(default_factory=dict)
     _longest: int = 0
+    _by_domain: Mapping[str, Brand] = field(default_factory=dict)
+    _by_country_label: Mapping[str, tuple[Brand, ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, brands: Iterable[Brand], sources: Iterable[str] = ()) -> Brands:
         listed = tuple(brands)
         by_key: dict[str, Brand] = {}
+        by_domain: dict[str, Brand] = {}
+        by_country_label: dict[str, tuple[Brand, ...]] = {}
         for brand in listed:
             for key in brand.keys:
                 by_key.setdefault(key, brand)
+            for domain in brand.domains:
+                by_domain.setdefault(domain, brand)
+            if brand.country_tlds and brand.country_label:
+                by_country_label[brand.country_label] = (
+                    *by_country_label.get(brand.country_label, ()), brand)
         longest = max((len(k) for k in by_key), default=0)
-        return cls(listed, tuple(sources), by_key, longest)
+        return cls(listed, tuple(sources), by_key, longest, by_domain, by_country_label)
 
     def owner(self, host: str) -> Brand | None:
-        """The brand whose domain the host is under, if any."""
-        reg = registrable(host)
-        return next((b for b in self.brands if reg in b.domains), None)
+        """The brand whose domain (or country site) the host is under, if any."""
+        shown = unicode_host(host)
+        name = under(shown, self._by_domain)
+        if name is not None:
+            return self._by_domain[name]
+        site = country_site(shown) if self._by_country_label else None
+        if site is not None:
+            return next((b for b in self._by_country_label.get(site[0], ())
+                         if b.country_site(*site)), None)
+        return None
 
     def domains(self) -> dict[str, str]:
         """registrable domain -> "brand NAME", for a :class:`DomainIndex`."""
@@ -418,8 +537,9 @@ def _brand(key: str, table: Any, where: str, errors: list[str]) -> Brand | None:
     if not isinstance(table, Mapping):
         errors.append(f"{where}: expected a table")
         return None
-    for name in sorted(set(table) - {"names", "domains", "enabled"}):
-        errors.append(f"{where}.{name}: unknown key (known keys: domains, enabled, names)")
+    known = ("country_tlds", "domains", "enabled", "names")
+    for name in sorted(set(table) - set(known)):
+        errors.append(f"{where}.{name}: unknown key (known keys: {', '.join(known)})")
     if table.get("enabled", True) is False:
         return None
     names, domains = table.get("names", [key]), table.get("domains", [])
@@ -431,9 +551,37 @@ def _brand(key: str, table: Any, where: str, errors: list[str]) -> Brand | None:
             not all(isinstance(d, str) and d.strip() for d in domains):
         errors.append(f"{where}.domains: expected a list of domains such as [\"paypal.com\"]")
         return None
-    registrables = tuple(dict.fromkeys(r for d in domains if (r := registrable(d)) and "." in r))
+    countries = table.get("country_tlds", [])
+    if not isinstance(countries, list) or not all(
+            isinstance(c, str) and (c == "*" or re.fullmatch(r"[A-Za-z]{2}", c))
+            for c in countries):
+        errors.append(f"{where}.country_tlds: expected country-code TLDs such as "
+                      "[\"de\", \"uk\"], or [\"*\"] for every one")
+        return None
+    owned = _own_domains(domains, f"{where}.domains", errors)
+    if not owned:
+        return None
     keys = tuple(dict.fromkeys("".join(name_tokens(n)) for n in names if name_tokens(n)))
-    return Brand(key, tuple(names), registrables, keys)
+    main = next((d for d in owned if registrable(d) == d), "")
+    return Brand(key, tuple(names), owned, keys, frozenset(c.lower() for c in countries),
+                 split_registrable(main)[0])
+
+
+def _own_domains(listed: Iterable[str], where: str, errors: list[str]) -> tuple[str, ...]:
+    """The domains a brand lists, each read by the public suffix list: a
+    registrable domain or a name under one (amazon.com.be, under com.be),
+    never a public suffix, which anyone registers under (com.au, github.io)."""
+    found = []
+    for written in listed:
+        host = unicode_host(written)
+        if "." not in host or not all(host.split(".")):
+            errors.append(f"{where}: {written!r} is not a domain name")
+        elif is_public_suffix(ascii_host(host)):
+            errors.append(f"{where}: {written} is a public suffix: anyone registers names "
+                          "under it; list the brand's own domains")
+        else:
+            found.append(host)
+    return tuple(dict.fromkeys(found))
 
 
 # -- freemail --------------------------------------------------------------------------------

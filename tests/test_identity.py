@@ -176,6 +176,28 @@ def test_a_typo_of_our_domain_needs_no_other_sign(tmp_path):
         check.close()
 
 
+def test_our_domain_is_the_registrable_domain_of_the_one_configured(tmp_path):
+    # We receive for lists.widgetco.example: widgetco.example is our name
+    # (as DMARC reads it), for the identity check and the links check alike.
+    from gateway.checks.links import LinksCheck
+
+    settings = parse_config('[identity]\norg_domains = ["lists.widgetco.example"]\n'
+                            '[quarantine]\nurl = ""\n', "test.toml")
+    check = IdentityCheck.from_config(settings)
+    try:
+        found = symbols(check.run(message('"Bob" <bob@widgetco-billing.example>'),
+                                  authenticated(dkim=("widgetco-billing.example",))))
+        assert found["FROM_LOOKALIKE_DOMAIN"] == (
+            "widgetco-billing.example imitates widgetco.example (our domain): a word added")
+    finally:
+        check.close()
+    links = LinksCheck(settings, Ruleset(), memory=False)
+    link = Message.from_bytes(b"From: a@b.example\r\nSubject: x\r\n\r\n"
+                              b"https://www.widgetco-billing.com/pay\r\n")
+    assert "imitates widgetco.example (our domain)" in symbols(
+        links.run(link, CheckContext()))["URL_LOOKALIKE_DOMAIN"]
+
+
 def test_a_brands_name_needs_the_brands_domain(check):
     found = symbols(check.run(message('"PayPal Security" <security@mailer.example>'),
                               authenticated(dkim=("mailer.example",))))
@@ -256,6 +278,33 @@ def test_config_problems_say_where(tmp_path):
         load_people(settings)
 
 
+def test_a_brands_country_site_is_its_own_another_tld_is_not(check):
+    # eBay's Austrian site, as brands.toml lists eBay's countries: neither a
+    # lookalike of ebay.com nor someone else using eBay's name.
+    own = symbols(check.run(message('"eBay" <ebay@ebay.at>', subject="Ihr Kauf"),
+                            authenticated(dkim=("ebay.at",))))
+    assert "FROM_LOOKALIKE_DOMAIN" not in own and "BRAND_IMPERSONATION" not in own
+    for host in ("ebay.tk", "ebay.top"):  # a country it does not list, a generic TLD
+        found = symbols(check.run(message(f'"eBay" <ebay@{host}>', subject="Your purchase"),
+                                  authenticated(dkim=(host,))))
+        assert found["FROM_LOOKALIKE_DOMAIN"] == f"{host} imitates ebay.com (brand eBay): " \
+            "another TLD"
+        assert "BRAND_IMPERSONATION" in found
+
+
+def test_a_brands_name_under_another_registrable_domain_vouches_for_that_name_alone(check):
+    # amazon.com.be is Amazon's Belgian store; the public suffix list reads
+    # its registrable domain as com.be, which is not Amazon's.
+    own = symbols(check.run(message('"Amazon.com.be" <bestelling@amazon.com.be>'),
+                            authenticated(dkim=("amazon.com.be",))))
+    assert "FROM_LOOKALIKE_DOMAIN" not in own and "BRAND_IMPERSONATION" not in own
+    other = symbols(check.run(message('"Amazon" <service@shop.com.be>'),
+                              authenticated(dkim=("shop.com.be",))))
+    assert "speaks as Amazon" in other["BRAND_IMPERSONATION"]
+    assert "FROM_LOOKALIKE_DOMAIN" not in symbols(check.run(
+        message('"Billing" <billing@com.com>'), authenticated(dkim=("com.com",))))
+
+
 # -- outbound mail ---------------------------------------------------------------------------
 
 
@@ -300,6 +349,65 @@ def test_outbound_mail_is_learned_and_not_spam_scored(tmp_path):
         assert evaluator.evaluate_message(other).action == "reject"
     finally:
         evaluator.close()
+
+
+def outbound_author(check, from_: str, login: str) -> tuple[str | None, str]:
+    report = check.run(message(from_, rcpt=("carol@client.example",),
+                               macros={"auth_authen": login}), CheckContext())
+    facts = IdentityFacts.of({"identity": report.facts})
+    assert facts is not None and facts.direction == "outbound"
+    return facts.author, symbols(report)["OUTBOUND_SUBMISSION"]
+
+
+def test_a_login_writing_as_someone_else_teaches_nothing(check, caplog):
+    assert outbound_author(check, f"Bob <{BOB}>", BOB)[0] == BOB  # the login itself
+    assert outbound_author(check, f"Bob <{BOB}>", "BOB@ACME.example")[0] == BOB
+    with caplog.at_level("INFO", logger="gateway.checks.identity"):
+        author, evidence = outbound_author(check, f"Jane Doe <{CEO}>", BOB)
+    assert author is None
+    assert evidence == (f"from {CEO}, SASL-authenticated as {BOB}, who does not own that "
+                        "address: its recipients are not learned")
+    assert f"from {CEO}, but SASL login {BOB} does not own that address" in caplog.text
+    # What the learner makes of it: nothing under the CEO's address.
+    facts = IdentityFacts(direction="outbound", author=author,
+                          recipients=("carol@client.example",))
+    assert observations(envelope("carol@client.example"), decided(facts)) == []
+
+
+def test_outbound_mail_teaches_under_an_address_the_login_owns_by_the_map(tmp_path):
+    logins = tmp_path / "sender_logins"
+    logins.write_text("# as Postfix's smtpd_sender_login_maps reads it\n"
+                      "bob@acme.example   bob\n"
+                      "team@acme.example  bob@acme.example,\n"
+                      "                   ann@acme.example\n"
+                      "@sales.acme.example ann@acme.example\n")
+    check = IdentityCheck.from_config(
+        config(tmp_path, identity=f'sender_login_maps = ["{logins}"]'))
+    try:
+        assert outbound_author(check, f"Bob <{BOB}>", BOB)[0] == BOB  # the login itself
+        assert outbound_author(check, f"Bob <{BOB}>", "bob")[0] == BOB  # by the map
+        assert outbound_author(check, "Team <team@acme.example>", BOB)[0] == "team@acme.example"
+        assert outbound_author(check, "Ann <ann@sales.acme.example>",
+                               "ann@acme.example")[0] == "ann@sales.acme.example"
+        assert outbound_author(check, f"Jane Doe <{CEO}>", BOB)[0] is None
+        # The address's own line decides, before its @domain: bob@ is bob's alone.
+        assert outbound_author(check, "Ann <bob@acme.example>", "ann@acme.example")[0] is None
+    finally:
+        check.close()
+
+
+def test_a_sender_login_map_that_cannot_be_read_says_where(tmp_path):
+    bad = tmp_path / "sender_logins"
+    bad.write_text("bob@acme.example\nnot-an-address bob\n")
+    with pytest.raises(ConfigError) as raised:
+        IdentityCheck.from_config(config(tmp_path, identity=f'sender_login_maps = ["{bad}", '
+                                                            f'"{tmp_path}/none"]'))
+    assert raised.value.problems == [
+        f"{bad}:1: expected an address or @domain, then the logins that own it "
+        "(bob@example.net bob@example.net)",
+        f"{bad}:2: expected an address or @domain, then the logins that own it "
+        "(bob@example.net bob@example.net)",
+        f"{tmp_path}/none: sender login map not found"]
 
 
 # -- the memory --------------------------------------------------------------------------------

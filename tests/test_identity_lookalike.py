@@ -213,3 +213,139 @@ def test_freemail(tmp_path):
     assert not is_freemail("paypal.com", freemail) and not is_freemail("", freemail)
     with pytest.raises(ConfigError, match="freemail list not found"):
         load_freemail([tmp_path / "none.txt"])
+
+
+# -- the public suffix list's reading of the brands' domains ---------------------------------
+
+
+def test_every_shipped_brand_domain_is_read_by_the_public_suffix_list(brands):
+    import tomllib
+
+    from gateway.mail import is_public_suffix
+
+    shipped = tomllib.loads(DEFAULT_BRANDS.read_text(encoding="utf-8"))["brand"]
+    registrables = set()
+    for key, table in shipped.items():
+        for domain in table["domains"]:
+            assert not is_public_suffix(domain), f"brand.{key}: {domain} is a public suffix"
+            owner = brands.owner(domain)
+            assert owner is not None and owner.key == key, (key, domain)
+            parent = registrable(domain)
+            if parent == domain:
+                registrables.add(domain)
+                continue
+            # A name under someone else's registrable domain is the brand's
+            # alone: its parent is nobody's here, and nothing imitates it.
+            assert brands.owner(parent) is None, f"brand.{key}: {domain} claims {parent}"
+            assert not any(parent == d or d.endswith("." + parent) for d in table["domains"]
+                           if d != domain), f"brand.{key}: {domain} is under a listed domain"
+    # Only registrable domains are imitated: a name's first label is compared.
+    assert set(DomainIndex(brands.domains(), brands=brands).owners) == registrables
+    assert brands.owner("amazon.com.be").key == "amazon"
+    assert brands.owner("www.amazon.com.be").key == "amazon"
+
+
+@pytest.mark.parametrize("host", ["com.com", "com.be", "shop.com.be", "com.co", "co.com"])
+def test_no_bare_second_level_label_is_a_brands_or_imitates_one(brands, host):
+    # amazon.com.be read as its registrable com.be once made com.com a
+    # lookalike of Amazon (another TLD), and every name under com.be Amazon's.
+    assert brands.owner(host) is None
+    assert DomainIndex(brands.domains(), brands=brands).match(host) is None
+
+
+def test_a_listed_name_is_owned_with_its_subdomains_never_its_parent(tmp_path):
+    own = tmp_path / "brands.toml"
+    own.write_text('[brand.acme]\nnames = ["Acme"]\n'
+                   'domains = ["acme.example", "acme.com.be", "shop.partner.example"]\n')
+    brands = load_brands([own])
+    assert [brands.owner(h) is not None for h in (
+        "acme.example", "mail.acme.example", "acme.com.be", "www.acme.com.be",
+        "shop.partner.example", "com.be", "other.com.be", "partner.example")] == [
+        True, True, True, True, True, False, False, False]
+    index = DomainIndex(brands.domains(), brands=brands)
+    assert index.match("acme.com.be") is None and index.match("shop.partner.example") is None
+    assert index.match("com.com") is None and index.match("partner.net") is None
+    assert index.match("acme-secure.com").imitates == "acme.example"
+
+
+def test_a_public_suffix_is_no_brands_domain(tmp_path):
+    own = tmp_path / "brands.toml"
+    own.write_text('[brand.x]\nnames = ["X"]\ndomains = ["x.example", "co.uk", "github.io"]\n'
+                   '[brand.y]\nnames = ["Y"]\ndomains = ["y.example", "-"]\n'
+                   'country_tlds = ["de", "germany"]\n')
+    with pytest.raises(ConfigError) as raised:
+        load_brands([own])
+    assert raised.value.problems == [
+        f"{own}: brand.x.domains: co.uk is a public suffix: anyone registers names under it; "
+        "list the brand's own domains",
+        f"{own}: brand.x.domains: github.io is a public suffix: anyone registers names under "
+        "it; list the brand's own domains",
+        f"{own}: brand.y.country_tlds: expected country-code TLDs such as [\"de\", \"uk\"], "
+        "or [\"*\"] for every one"]
+
+
+# -- a brand's country sites -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("host", "brand"), [
+    ("www.google.de", "google"), ("google.com.au", "google"), ("google.co.jp", "google"),
+    ("ebay.at", "ebay"), ("www.ebay.com.sg", "ebay"), ("yahoo.com.au", "yahoo"),
+    ("amazon.be", "amazon"),
+    # Not its country sites: a country it does not list, a generic TLD, a
+    # suffix a company runs (anyone's blog), another label.
+    ("ebay.tk", None), ("paypal.co", None), ("paypal.top", None), ("google.blogspot.com", None),
+    ("ebay-secure.de", None), ("g00gle.de", None),
+])
+def test_a_brands_country_sites_are_its_own(brands, host, brand):
+    owner = brands.owner(host)
+    assert (owner.key if owner else None) == brand
+    found = DomainIndex(brands.domains(), brands=brands).match(host)
+    assert (found is None) is (brand is not None), found
+    if brand is None and host.count(".") == 1 and "-" not in host and "0" not in host:
+        assert found.technique == "tld"
+
+
+def test_country_site_reads_registry_suffixes_only():
+    from gateway.lookalike import country_site
+
+    assert country_site("www.yahoo.com.au") == ("yahoo", "au")
+    assert country_site("google.de") == ("google", "de")
+    assert country_site("paypal.com") is None
+    assert country_site("x.github.io") is None  # github.io: a company's suffix
+    assert country_site("yahoo.xn--p1ai") is None
+
+
+# -- freemail providers imitate no one -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def indexes():
+    """The lookalike indexes of both checks: ours and the brands' (no memory)."""
+    from gateway.checks.identity import IdentityCheck
+    from gateway.checks.links import LinksCheck
+    from gateway.config import Config
+    from gateway.correspondents import Snapshot
+
+    org = frozenset({"acme.example"})
+    identity = IdentityCheck.from_config(Config())
+    yield {"identity": identity._domains(org, Snapshot())[0],
+           "links": LinksCheck.from_config(Config()).index(org)}
+    identity.close()
+
+
+@pytest.mark.parametrize("check", ["identity", "links"])
+@pytest.mark.parametrize("host", ["mail.com", "email.com", "gmx.de", "yahoo.com.au",
+                                  "hotmail.co.uk", "outlook.de"])
+def test_a_freemail_provider_imitates_no_other(indexes, check, host):
+    # mail.com is one letter from gmail.com: anyone can have an address at both.
+    index = indexes[check]
+    assert index.match(host) is None
+    assert index.match("gmial.com").imitates == "gmail.com"  # not on the list: a typo
+
+
+def test_a_freemail_provider_imitates_no_known_correspondents_provider(brands):
+    freemail = load_freemail([DEFAULT_FREEMAIL])
+    index = DomainIndex({"gmx.com": "a known correspondent's domain"}, brands=brands,
+                        freemail=freemail)
+    assert index.match("gmx.net") is None and index.match("gmx.de") is None
+    assert index.match("gmx-mail.com").imitates == "gmx.com"

@@ -8,7 +8,10 @@ user wrote to is a known correspondent there, and the same display name
 from a freemail address is held as an impersonation. Node "sasl" is the
 submission service of deploy/postfix/submission.cf as written (STARTTLS,
 then AUTH PLAIN against Cyrus SASL's sasldb2), its milter naming no
-submission service: the login alone (``{auth_authen}``) makes it outbound.
+submission service: the login alone (``{auth_authen}``) makes it outbound;
+Postfix refuses an envelope sender the login does not own
+(reject_sender_login_mismatch), and the gateway learns nothing from a From
+the login does not own, by the same map.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ pytestmark = pytest.mark.postfix
 USER = "bob@example.net"
 PARTNER = "alice@good.test"
 LOGIN, PASSWORD = USER, "correct horse battery staple"
+TEAM = "team@example.net"  # a shared mailbox our user may send as (the sender login map)
 CHECKS = '["headers", "size", "lists", "rules", "spf", "dkim", "dmarc", "identity"]'
 
 
@@ -54,13 +58,13 @@ class Pair:
 
 
 def node_config(directory: Path, url: str, knot, name: str,
-                daemons: str = '["ORIGINATING"]') -> str:
+                daemons: str = '["ORIGINATING"]', logins: str = "[]") -> str:
     return (f'[milter]\nsocket = "unix:{directory / "milter.sock"}"\nsocket_mode = "666"\n'
             f'[pipeline]\nchecks = {CHECKS}\nworkers = 1\n'
             f'[quarantine]\nurl = "{url}"\nnode = "{name}"\n'
             '[metrics]\nlisten = ""\n'
             f'[identity]\norg_domains = ["example.net"]\nsubmission_daemons = {daemons}\n'
-            'refresh = 0.5\n' + dns_config(knot))
+            f'sender_login_maps = {logins}\nrefresh = 0.5\n' + dns_config(knot))
 
 
 @pytest.fixture(scope="module")
@@ -98,18 +102,22 @@ def sasl_node(pair: Pair, lab_dir: Path, sink, knot) -> Iterator[Node]:
     if shutil.which("saslpasswd2") is None:
         pytest.skip("saslpasswd2 is needed (Debian: sasl2-bin)")
     directory = lab_dir / "identity" / "sasl"
-    milter = MilterProcess(directory, node_config(directory, pair.postgres.url, knot, "sasl",
-                                                  daemons="[]"),
-                           env={"PYTHONPATH": str(PROJECT_ROOT)}).start()
     instance = PostfixInstance(lab_dir / "identity" / "postfix-sasl", relay_port=sink.port,
                                milter=f"unix:{directory / 'milter.sock'}",
-                               sasl={LOGIN: PASSWORD})
+                               sasl={LOGIN: PASSWORD},
+                               sender_logins={USER: LOGIN, TEAM: LOGIN})
+    milter = None
     try:
-        instance.start()
+        instance.start()  # writes the sender login map, which the gateway reads too
+        logins = f'["{instance.sender_logins_file}"]'
+        milter = MilterProcess(directory, node_config(directory, pair.postgres.url, knot,
+                                                      "sasl", daemons="[]", logins=logins),
+                               env={"PYTHONPATH": str(PROJECT_ROOT)}).start()
         yield Node(milter, instance)
     finally:
         instance.stop()
-        milter.stop()
+        if milter is not None:
+            milter.stop()
 
 
 def submit(postfix: PostfixInstance, message: bytes, mail_from: str, rcpt_to: tuple[str, ...],
@@ -231,3 +239,33 @@ def test_a_sasl_login_makes_our_users_recipients_known_correspondents(pair, sasl
     send(pair.mx.postfix, signed, mail_from=partner, rcpt_to=(USER,))
     header = spam_header(delivered(sink, reply))
     assert "KNOWN_CORRESPONDENT" in header and "FIRST_CONTACT" not in header
+
+
+def test_a_login_sends_and_teaches_only_as_an_address_it_owns(pair, sasl_node, sink):
+    # Postfix: an envelope sender the login does not own is refused
+    # (reject_sender_login_mismatch, with the submission service's map).
+    tag = uuid.uuid4().hex
+    with pytest.raises(smtplib.SMTPRecipientsRefused, match="not owned by user"):
+        submit(sasl_node.postfix, mail("Jane Doe <ceo@example.net>", "dave@good.test", tag),
+               "ceo@example.net", ("dave@good.test",), login=(LOGIN, PASSWORD))
+    # The gateway: its own envelope sender, someone else's From. Sent (our
+    # user's mail is not spam-scored) and learned by nobody.
+    submit(sasl_node.postfix, mail("Jane Doe <ceo@example.net>", "dave@good.test", tag),
+           USER, ("dave@good.test",), login=(LOGIN, PASSWORD))
+    assert "OUTBOUND_SUBMISSION" in spam_header(delivered(sink, tag))
+    # The shared mailbox the map gives the login: learned under its address.
+    # The learner writes in order: once this row is in, the one before would be.
+    shared = uuid.uuid4().hex
+    submit(sasl_node.postfix, mail(f"Team <{TEAM}>", "erin@good.test", shared), TEAM,
+           ("erin@good.test",), login=(LOGIN, PASSWORD))
+    delivered(sink, shared)
+    memory = Memory.open(pair.postgres.url)
+    try:
+        rows = wait_until(lambda: memory.show("erin@good.test"), timeout=30,
+                          what="the shared mailbox's correspondent in the memory")
+        assert [(r.sender, r.recipient, r.outbound) for r in rows] == [
+            ("erin@good.test", TEAM, 1)]
+        assert memory.show("dave@good.test") == []
+        assert memory.show("ceo@example.net") == []
+    finally:
+        memory.close()

@@ -264,10 +264,21 @@ def test_a_link_to_a_host_imitating_a_brand_or_our_domain_is_a_lookalike():
     "https://www.paypal.com/signin https://login.microsoftonline.com/",  # the brands' own
     "https://www.mail.com/ https://www.gmx.net/",  # freemail is nobody's lookalike
     "https://www.yahoo.com.au/ https://www.google.de/",  # brands' country sites
+    "https://www.ebay.at/ https://www.amazon.com.be/",  # as brands.toml lists them
+    "https://com.com/ https://www.shop.com.be/",  # amazon.com.be is Amazon's, com.be is not
     "https://paypa1-secure.example/",  # no such top-level domain: nowhere to go
 ])
 def test_what_is_no_lookalike_link(text):
     assert "URL_LOOKALIKE_DOMAIN" not in findings(mail(text=text))
+
+
+def test_a_brands_label_under_a_country_it_does_not_list_is_a_lookalike():
+    # brands.toml lists the countries of a brand's sites (country_tlds): the
+    # same label under another country's code is no country site of its.
+    found = findings(mail(text="https://paypal.co/login https://www.ebay.tk/signin"))
+    assert found["URL_LOOKALIKE_DOMAIN"] == (
+        "paypal.co imitates paypal.com (brand PayPal): another TLD; "
+        "ebay.tk imitates ebay.com (brand eBay): another TLD")
 
 
 def test_the_authors_own_domain_is_left_to_the_identity_check():

@@ -35,7 +35,9 @@ Symbols, each with evidence naming whom or what it imitates:
   or a configured submission service (``{daemon_name}``): our user writing
   out. With ``[identity] outbound = "learn"`` it forces accept (a virus's
   forced reject still wins) and its recipients become the user's known
-  correspondents.
+  correspondents: the From address's, when the SASL login is that address
+  or owns it by ``[identity] sender_login_maps`` (Postfix's
+  smtpd_sender_login_maps); else nobody's, and the log says so.
 """
 
 from __future__ import annotations
@@ -51,7 +53,15 @@ from pathlib import Path
 from gateway.checks import Check, CheckContext
 from gateway.config import Config
 from gateway.confusables import name_keys, name_tokens
-from gateway.correspondents import Entry, MemoryReader, Snapshot, known_to_any, memory_url, now
+from gateway.correspondents import (
+    Entry,
+    MemoryReader,
+    Snapshot,
+    known_to_any,
+    load_sender_logins,
+    memory_url,
+    now,
+)
 from gateway.facts import DkimFacts, IdentityFacts, SpfFacts
 from gateway.lookalike import (
     ROLE_WORDS,
@@ -63,6 +73,7 @@ from gateway.lookalike import (
     load_brands,
     load_freemail,
     registrable,
+    unicode_host,
 )
 from gateway.mail import Mailbox, decoded_header, parse_mailboxes
 from gateway.message import Message
@@ -219,6 +230,7 @@ class IdentityCheck(Check):
         self.brands: Brands = load_brands(settings.brands)
         self.freemail = load_freemail(settings.freemail, settings.freemail_domains)
         self.people = load_people(config)
+        self.sender_logins = load_sender_logins(settings.sender_login_maps)
         self.org_domains = frozenset(registrable(d) for d in settings.org_domains)
         url = memory_url(config.quarantine.url)
         if reader is None and url is not None and _exists(url):
@@ -243,14 +255,14 @@ class IdentityCheck(Check):
         author = authors[0] if len(authors) == 1 else None
         outbound = self._outbound(envelope.macros)
         if outbound is not None:
-            login = str(envelope.macros.get("auth_authen") or "")[:MAX_NAME]
-            address = author.address if author else (login.lower() if "@" in login else None)
+            login = str(envelope.macros.get("auth_authen") or "").strip()[:MAX_NAME]
+            address, evidence = self._our_user(author, login, outbound, envelope.queue_id)
             return Report(
-                symbols=(self.symbol("OUTBOUND_SUBMISSION",
-                                     f"from {address or '-'}, {outbound}"),),
+                symbols=(self.symbol("OUTBOUND_SUBMISSION", evidence),),
                 facts=IdentityFacts(direction="outbound", author=address,
                                     recipients=recipients).to_json())
-        passes = _authenticated(context)
+        hosts = _authenticated(context)
+        passes = list(dict.fromkeys(registrable(h) for h in hosts))
         via = None
         if author is not None:
             via = author.domain if author.domain in passes else (passes[0] if passes else None)
@@ -273,7 +285,7 @@ class IdentityCheck(Check):
                 lookalike = self._lookalike(mailbox, org, snapshot, naming)
         if lookalike is not None:
             found.append(self.symbol("FROM_LOOKALIKE_DOMAIN", lookalike.describe()))
-        found.extend(self._brand(authors, subject, passes, lookalike))
+        found.extend(self._brand(authors, subject, hosts, lookalike))
         known = False
         if author is not None and via is not None and history is not None:
             history_symbol = self._history(author, via, history, recipients)
@@ -303,6 +315,24 @@ class IdentityCheck(Check):
         if daemon and daemon in self.settings.submission_daemons:
             return f"through submission service {daemon}"
         return None
+
+    def _our_user(self, author: Author | None, login: str, outbound: str,
+                  queue_id: str | None) -> tuple[str | None, str]:
+        """Whose correspondents our user's recipients become (None: nobody's),
+        and the evidence. With a SASL login, the From address only when the
+        login owns it (``[identity] sender_login_maps``, or the same
+        address); without one From, the login when it is an address. A
+        submission service without SASL vouches for its From."""
+        if not login or author is None:
+            address = author.address if author else login.lower() if "@" in login else None
+            return address, f"from {address or '-'}, {outbound}"
+        if self.sender_logins.owns(login, author.address):
+            return author.address, f"from {author.address}, {outbound}"
+        log.info("identity: outbound message %s from %s, but SASL login %s does not own that "
+                 "address ([identity] sender_login_maps): its recipients are not learned",
+                 queue_id or "-", author.address, login)
+        return None, (f"from {author.address}, {outbound}, who does not own that address: "
+                      "its recipients are not learned")
 
     def _authors(self, message: Message) -> list[Author]:
         # The message's one reading of its From fields, the one DMARC judges.
@@ -372,21 +402,20 @@ class IdentityCheck(Check):
                    naming: Sequence[tuple[str, str]], any_tld: bool = False,
                    ) -> Lookalike | None:
         domain = author.domain
-        if not domain or domain in org or is_freemail(domain, self.freemail) or \
-                domain in snapshot.known_domains or self.brands.owner(domain) is not None:
+        if not domain or domain in org or domain in snapshot.known_domains:
             return None
+        # A brand's own domain (its country sites too) and a freemail
+        # provider's imitate nothing: the indexes spare them.
         ours, known = self._domains(org, snapshot)
         host = author.host or domain
         found = ours.match(host)
         if found is not None and found.technique == "typo" and found.imitates not in org:
             found = self._corroborated(found, naming)
         if found is None:
-            found = known.match(host)
             # Organisations own their name under several TLDs (python.org,
             # python.ca): another TLD of a correspondent's domain is no
             # imitation by itself, only with the correspondent's name.
-            if found is not None and found.technique == "tld" and not any_tld:
-                found = None
+            found = known.match(host, other_tld=any_tld)
         return found
 
     def _corroborated(self, typo: Lookalike, naming: Sequence[tuple[str, str]],
@@ -420,17 +449,21 @@ class IdentityCheck(Check):
             return cached[2], cached[3]
         domains = dict(self.brands.domains())
         domains.update({d: "our domain" for d in org})
-        ours = DomainIndex(domains)
+        ours = DomainIndex(domains, brands=self.brands, freemail=self.freemail)
         # The brands' domains they write from too: a typo of one is theirs to
         # imitate, when it is not corroborated as the brand's.
         known = DomainIndex({d: "a known correspondent's domain"
-                             for d in snapshot.known_domains if d not in org})
+                             for d in snapshot.known_domains if d not in org},
+                            brands=self.brands, freemail=self.freemail)
         self._index = (id(snapshot), org, ours, known)
         return ours, known
 
-    def _brand(self, authors: Sequence[Author], subject: str, passes: Sequence[str],
+    def _brand(self, authors: Sequence[Author], subject: str, hosts: Sequence[str],
                lookalike: Lookalike | None) -> list[Symbol]:
-        vouching = [d for d in passes if not is_freemail(d, self.freemail)]
+        """``hosts``: the domains that authenticated the message, as they did
+        (amazon.com.be is Amazon's, its registrable com.be is not)."""
+        passes = list(dict.fromkeys(registrable(h) for h in hosts))
+        vouching = [h for h in hosts if not is_freemail(h, self.freemail)]
         shown = ", ".join(passes) if passes else "nothing (not authenticated)"
         for author in authors:
             mention = self.brands.speaking_as(author.name) if author.name else None
@@ -447,7 +480,8 @@ class IdentityCheck(Check):
         if subject and weak and not _REPLY.match(subject):
             mention = self.brands.mentioned_in(subject)
             if mention is not None and not any(mention.brand.owns(d) for d in vouching) and \
-                    not any(mention.brand.owns(a.domain) for a in authors if a.domain in passes):
+                    not any(mention.brand.owns(a.host or a.domain) for a in authors
+                            if a.domain in passes):
                 why = "a lookalike" if lookalike else "not authenticated"
                 return [self.symbol(
                     "BRAND_IMPERSONATION",
@@ -515,16 +549,16 @@ def _subject(message: Message) -> str:
 
 
 def _authenticated(context: CheckContext) -> list[str]:
-    """Registrable domains that authenticated the message: passing DKIM
-    signers, then the SPF-passing domain."""
+    """The domains that authenticated the message, as they did (lower case,
+    U-labels): passing DKIM signers, then the SPF-passing domain."""
     found: list[str] = []
     dkim = DkimFacts.of(context.facts)
     if dkim is not None:
-        found.extend(registrable(s.domain) for s in dkim.signatures if s.result == "pass")
+        found.extend(unicode_host(s.domain) for s in dkim.signatures if s.result == "pass")
     spf = SpfFacts.of(context.facts)
     if spf is not None and spf.result == "pass" and spf.domain:
-        found.append(registrable(spf.domain))
-    return [d for d in dict.fromkeys(found) if d]
+        found.append(unicode_host(spf.domain))
+    return [d for d in dict.fromkeys(found) if d and registrable(d)]
 
 
 def _list_domains(message: Message) -> set[str]:

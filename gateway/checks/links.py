@@ -82,9 +82,6 @@ SHOWN = 3  # examples named in one symbol's evidence
 MAX_AUTHORS = 5  # From domains read (a From with more is its own problem: headers check)
 MAX_RECIPIENT_DOMAINS = 50  # envelope recipients whose domains are ours
 MAX_INDEXES = 64  # lookalike indexes kept, one per set of our domains
-# Labels the public suffix list may leave at the front of a registrable
-# domain it does not know (com.be): never a brand's or our name.
-SECOND_LEVEL = frozenset({"com", "co", "net", "org", "gov", "edu", "ac", "or", "ne", "go"})
 # A link's text that names a brand with words of signing in or paying, in
 # a call to action's few words ("Log in to your PayPal account"), claims to
 # lead to the brand; a headline that names it does not.
@@ -222,23 +219,22 @@ class LinksCheck(Check):
         if self._known is None or self._known[0] != id(snapshot):
             self._known = (id(snapshot), DomainIndex({
                 d: "a known correspondent's domain" for d in snapshot.known_domains
-                if not is_freemail(d, self.freemail)}))
+                if not is_freemail(d, self.freemail)}, brands=self.brands,
+                freemail=self.freemail))
         return self._known[1]
 
     def index(self, org: frozenset[str]) -> DomainIndex:
         """The domains a link may imitate: ours and the brands', built once
-        per set of our domains. A domain the public suffix list reads as a
-        bare second-level one (amazon.com.be is "com.be") is left out: it
-        would make com.com imitate it."""
+        per set of our domains (a brand's own and a freemail provider's
+        imitate nothing: :class:`DomainIndex`)."""
         found = self._indexes.get(org)
         if found is None:
             if len(self._indexes) >= MAX_INDEXES:
                 self._indexes.clear()
-            domains = {d: owner for d, owner in self.brands.domains().items()
-                       if d.partition(".")[0] not in SECOND_LEVEL}
-            domains.update({d: "our domain" for d in org if d.partition(".")[0] not in
-                            SECOND_LEVEL})
-            found = self._indexes[org] = DomainIndex(domains)
+            domains = dict(self.brands.domains())
+            domains.update({d: "our domain" for d in org})
+            found = self._indexes[org] = DomainIndex(domains, brands=self.brands,
+                                                     freemail=self.freemail)
         return found
 
     def run(self, message: Message, context: CheckContext) -> Report:
@@ -310,17 +306,15 @@ class LinksCheck(Check):
                 marks.append(("URL_BRAND_MISMATCH", f"{what} {_cut(found.text)!r} speaks as "
                               f"{brand.title}, goes to {link.host}"))
         # A link to the author's own domain is the author's business: the
-        # identity check judges that domain (FROM_LOOKALIKE_DOMAIN). Anyone can
-        # have an address at a freemail provider (mail.com is no gmail.com).
-        if not own and not link.ip and has_public_suffix(link.host) and \
-                not is_freemail(link.host, self.freemail):
+        # identity check judges that domain (FROM_LOOKALIKE_DOMAIN).
+        if not own and not link.ip and has_public_suffix(link.host):
             imitation = seen.index.match(link.host)
             if imitation is None and seen.index.owner(link.host) is None:
-                imitation = seen.known.match(link.host)
-            # Brands run sites under country domains no list names all of
-            # (yahoo.com.au, google.de): another TLD counts on generic ones.
-            if imitation is not None and not (imitation.technique == "tld"
-                                              and _country_code(link.host)):
+                # Organisations own their name under several TLDs: another
+                # TLD of a correspondent's domain is no imitation by itself
+                # (the identity check's rule too).
+                imitation = seen.known.match(link.host, other_tld=False)
+            if imitation is not None:
                 marks.append(("URL_LOOKALIKE_DOMAIN", imitation.describe()))
         if link.user and "." in link.user.partition(":")[0]:
             marks.append(("URL_USERINFO_TRICK", f"{_cut(link.url)} goes to {link.host}, not "
@@ -357,10 +351,6 @@ class LinksCheck(Check):
             if mention is not None:
                 return mention.brand
         return None
-
-
-def _country_code(host: str) -> bool:
-    return len(host.rstrip(".").rpartition(".")[2]) == 2
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ RELEASE_LISTENER = PROJECT_ROOT / "deploy" / "postfix" / "master.cf"
 SUBMISSION_LISTENER = PROJECT_ROOT / "deploy" / "postfix" / "submission.cf"
 SASLPASSWD = shutil.which("saslpasswd2") or "/usr/sbin/saslpasswd2"
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
+POSTMAP = shutil.which("postmap") or "/usr/sbin/postmap"
 
 MASTER_CF = """\
 {listen}
@@ -70,7 +71,9 @@ class PostfixInstance:
     ``unix:/path/milter.sock``, or None for bare Postfix. With ``sasl``
     (login -> password) it listens as the submission service of
     ``deploy/postfix/submission.cf``: TLS with a certificate of its own,
-    then AUTH, Cyrus SASL reading these users from a sasldb2 file."""
+    then AUTH, Cyrus SASL reading these users from a sasldb2 file, each
+    sending as the addresses ``sender_logins`` gives it (address -> login;
+    by default each login as itself), in :attr:`sender_logins_file`."""
 
     def __init__(
         self,
@@ -81,6 +84,7 @@ class PostfixInstance:
         reinject_port: int | None = None,
         settings: Mapping[str, str] | None = None,
         sasl: Mapping[str, str] | None = None,
+        sender_logins: Mapping[str, str] | None = None,
     ):
         self.root = Path(root)
         self.relay_port = relay_port
@@ -89,10 +93,12 @@ class PostfixInstance:
         self.reinject_port = reinject_port
         self.settings = dict(settings or {})
         self.sasl = dict(sasl or {})
+        self.sender_logins = dict(sender_logins or {login: login for login in self.sasl})
         self.config_dir = self.root / "etc"
         self.queue_dir = self.root / "queue"
         self.data_dir = self.root / "data"
         self.log_file = self.root / "maillog"
+        self.sender_logins_file = self.config_dir / "sender_logins"
 
     # -- configuration ---------------------------------------------------------
 
@@ -188,11 +194,16 @@ class PostfixInstance:
                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
                    "-subj", "/CN=mx.gateway.test", "-keyout", str(directory / "key.pem"),
                    "-out", str(directory / "cert.pem")])
+        self.sender_logins_file.write_text("".join(
+            f"{address} {login}\n" for address, login in self.sender_logins.items()))
+        self._run([POSTMAP, "-c", str(self.config_dir), f"hash:{self.sender_logins_file}"])
         lines = [line for line in SUBMISSION_LISTENER.read_text().splitlines()
                  if line.strip() and not line.startswith("#")]
         lines[0] = f"127.0.0.1:{self.smtp_port} inet n - n - - smtpd"
         milter = self.milter or ""
-        return "\n".join(line.replace("unix:/gateway/milter.sock", milter) for line in lines)
+        return "\n".join(line.replace("unix:/gateway/milter.sock", milter)
+                         .replace("/etc/postfix/sender_logins", str(self.sender_logins_file))
+                         for line in lines)
 
     @staticmethod
     def _run(command: list[str], stdin: str | None = None) -> None:
