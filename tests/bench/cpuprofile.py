@@ -25,8 +25,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-# "process 1234:"python -m gateway ..."" as py-spy names a subprocess.
-_PROCESS = re.compile(r'^process (\d+):')
+# py-spy starts a subprocess's stacks with its ancestors' and its own
+# "process 1234:"COMMAND LINE"" (the command line may hold ';').
+_PROCESS = re.compile(r'process (\d+):"(?:[^"\\]|\\.)*";?')
 # "function (file.py:123)" or "function (file.py)"
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^():]*)(?::\d+)?\)$")
 
@@ -42,7 +43,7 @@ class Sampler:
     def __enter__(self) -> Sampler:
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         self.process = subprocess.Popen(
-            [spy, "record", "--pid", str(self.pid), "--subprocesses", "--nonblocking",
+            [spy, "record", "--pid", str(self.pid), "--subprocesses", "--gil",
              "--format", "raw", "--rate", str(self.rate), "--output", str(self.path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self
@@ -67,14 +68,26 @@ def read_samples(path: Path) -> list[tuple[int | None, list[str], int]]:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = stack.split(";")
-        pid = None
-        if frames and (match := _PROCESS.match(frames[0])):
-            pid = int(match.group(1))
-            frames = frames[1:]
-        frames = [frame for frame in frames if not frame.startswith("thread (")]
-        samples.append((pid, [_short(frame) for frame in frames], int(count)))
+        pid, at = None, 0
+        while match := _PROCESS.match(stack, at):
+            pid, at = int(match.group(1)), match.end()
+        frames = [_short(frame) for frame in stack[at:].split(";")
+                  if frame and not frame.startswith("thread (")]
+        if not frames or frames[-1].partition(" (")[0] in WAITING:
+            continue  # C threads (libmilter's), and threads on their way to or from a wait
+        samples.append((pid, frames, int(count)))
     return samples
+
+
+# Functions that only wait (for a socket, a pipe, a lock, a timer): py-spy
+# counts a thread in them as running while it enters or leaves the wait.
+WAITING = frozenset({
+    "_PollLikeSelector.select", "EpollSelector.select", "select", "Condition.wait",
+    "Event.wait", "wait", "Thread._wait_for_tstate_lock", "_wait_for_tstate_lock",
+    "Connection._recv", "Connection._poll", "Future.result", "sleep", "accept",
+    "BaseSelector.select", "SimpleQueue.get", "Queue.get", "_worker", "_recv_into",
+    "SocketIO.readinto", "recv", "recv_into", "serve_forever",
+})
 
 
 def _short(frame: str) -> str:

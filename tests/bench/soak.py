@@ -92,6 +92,9 @@ def main() -> int:
     parser.add_argument("-n", "--messages", type=int, default=20000)
     parser.add_argument("-c", "--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-workers", type=int,
+                        help="[pipeline] max_workers (default: the gateway's); the pool grows "
+                        "while every worker is busy for half a second, as on a loaded machine")
     parser.add_argument("--parallel", choices=("auto", "true", "false"), default="auto",
                         help="[pipeline] parallel: network checks in threads")
     parser.add_argument("--abuse", type=float, default=0.1,
@@ -126,6 +129,7 @@ def main() -> int:
             f'[milter]\nsocket = "unix:{socket_path}"\nsocket_mode = "600"\n'
             f'socket_group = ""\n[pipeline]\nworkers = {args.workers}\n'
             f'parallel = {parallel}\n'
+            + (f'max_workers = {args.max_workers}\n' if args.max_workers else '') +
             f'[clamav]\nsocket = "{clamd.socket_path}"\n'
             f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns.port}\n'
             f'[quarantine]\nurl = "sqlite:///{root}/quarantine.db"\n'),
