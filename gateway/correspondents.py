@@ -288,8 +288,7 @@ class Memory:
             try:
                 with self.engine.begin() as connection:
                     _upsert_many(connection, merged)
-                    for message, (sender, via, at) in holds.items():
-                        _hold(connection, message, sender, via, at)
+                    _hold_many(connection, holds)
                 return
             except IntegrityError:
                 if attempt:
@@ -426,12 +425,18 @@ def _update_statement(columns: tuple[str, ...]) -> Any:
         for name in columns})
 
 
-def _hold(connection: Connection, message: str, sender: str, via: str, at: datetime) -> None:
-    exists = connection.execute(select(correspondent_holds.c.message)
-                                .where(correspondent_holds.c.message == message)).first()
-    if exists is None:
-        connection.execute(insert(correspondent_holds), {"message": message, "sender": sender,
-                                                         "via": via, "created": at})
+def _hold_many(connection: Connection,
+               holds: Mapping[str, tuple[str, str, datetime]]) -> None:
+    """Remember who sent each held message (by its quarantine id), once."""
+    messages = list(holds)
+    for start in range(0, len(messages), UPSERT_CHUNK):
+        chunk = messages[start:start + UPSERT_CHUNK]
+        known = set(connection.execute(select(correspondent_holds.c.message)
+                                       .where(correspondent_holds.c.message.in_(chunk))).scalars())
+        new = [{"message": message, "sender": holds[message][0], "via": holds[message][1],
+                "created": holds[message][2]} for message in chunk if message not in known]
+        if new:
+            connection.execute(insert(correspondent_holds), new)
 
 
 # -- writing, in the milter process ----------------------------------------------------------

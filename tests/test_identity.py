@@ -31,9 +31,9 @@ from gateway.correspondents import (
 from gateway.decider import Decision
 from gateway.evaluator import LocalEvaluator
 from gateway.facts import DkimFacts, IdentityFacts, SignatureResult, SpfFacts
-from gateway.message import Envelope, Message
+from gateway.message import Envelope, Message, RawContent
 from gateway.policy import Verdict
-from gateway.quarantine.schema import correspondents
+from gateway.quarantine.schema import correspondent_holds, correspondents
 from gateway.quarantine.store import QuarantineStore
 from gateway.schema import ConfigError
 from gateway.symbols import Symbol
@@ -636,9 +636,10 @@ def test_doctor_says_where_our_domains_come_from(tmp_path, memory):
     assert "our domains: acme.example; 1 protected people, 42 brands" in line.text
 
 
-def _observed_batches(seed: int) -> list[list[Observation]]:
+def _observed_batches(seed: int, held: list[str]) -> list[list[Observation]]:
     """Batches of observations over few pairs: new rows, rows met again in the
-    same batch and in later ones, names, every count, times out of order."""
+    same batch and in later ones, names, every count, times out of order, and
+    the ``held`` messages' senders, some more than once."""
     rng = random.Random(seed)
     start = datetime(2026, 12, 1, tzinfo=UTC)
     batches = []
@@ -650,7 +651,8 @@ def _observed_batches(seed: int) -> list[list[Observation]]:
                 f"user{sender}@d{sender % 7}.example", f"d{sender % 7}.example",
                 f"rcpt{rng.randrange(4)}@ours.example", rng.choice(sorted(COUNTS)),
                 start + timedelta(minutes=rng.randrange(-30, 30) + 60 * number),
-                rng.choice(["", "", "Ann Other", "Bob", "Carol"])))
+                rng.choice(["", "", "Ann Other", "Bob", "Carol"]),
+                hold=rng.choice(held) if rng.random() < 0.3 else None))
         batches.append(batch)
     return batches
 
@@ -693,6 +695,16 @@ def _expected_rows(batches: list[list[Observation]]) -> list[tuple]:
             for key, row in sorted(table.items())]
 
 
+def _expected_holds(batches: list[list[Observation]]) -> dict[str, tuple]:
+    """Who sent each held message: the first batch that names it, the last
+    observation of it in that batch."""
+    holds: dict[str, tuple] = {}
+    for batch in batches:
+        named = {item.hold: (item.sender, item.via, item.at) for item in batch if item.hold}
+        holds.update({hold: seen for hold, seen in named.items() if hold not in holds})
+    return holds
+
+
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_a_batch_of_observations_adds_what_it_should(tmp_path, request, database):
     """Memory.add writes a batch with one SELECT, one INSERT and one UPDATE
@@ -701,14 +713,23 @@ def test_a_batch_of_observations_adds_what_it_should(tmp_path, request, database
     PostgreSQL."""
     url = (request.getfixturevalue("postgres").url if database == "postgresql"
            else f"sqlite:///{tmp_path}/store.db")
-    QuarantineStore(url).close()
+    store = QuarantineStore(url)
+    verdict = Verdict(action="quarantine", score=9.0, required=4.0, symbols=(),
+                      failed_checks=(), reason="test")
+    held = [store.put(envelope(BOB), RawContent(data=b"Subject: x\r\n\r\nHi.\r\n"), verdict)
+            for _ in range(80)]
+    store.close()
     memory = Memory.open(url)
     try:
-        batches = _observed_batches(seed=29)
+        batches = _observed_batches(29, held)
         for batch in batches:
             memory.add(batch)
         rows = _rows(memory)
         assert rows == _expected_rows(batches)
+        with memory.engine.connect() as connection:
+            holds = {r.message: (r.sender, r.via, _utc(r.created))
+                     for r in connection.execute(select(correspondent_holds))}
+        assert holds == _expected_holds(batches) and len(holds) > 40
         assert len(rows) > 40 and any(len(r[-1]) > 1 for r in rows)  # pairs met again, names
     finally:
         memory.close()
