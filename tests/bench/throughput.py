@@ -8,8 +8,10 @@ corpus) and with clamav-milter + rspamd chained, the usual stack, from
 Debian's packages (installed when missing). Replays N corpus messages at
 each concurrency, alternating the modes, checks that every accepted message
 reached the sink (or Postfix's hold queue when a milter quarantined it), and
-prints msg/s, SMTP transaction latency, the milter's CPU per message, its
-memory and each mode's ratio to bare Postfix in the same rounds.
+prints msg/s, SMTP transaction latency, each mode's own CPU per message by
+process (clamd's apart), its memory and each mode's ratio to bare Postfix in
+the same rounds; then per concurrency the gateway's ratios to the usual
+stack and to rspamd, and its own CPU over the pass-through pymilter's.
 
     sudo .venv/bin/python tests/bench/throughput.py -n 1000 -c 1,10,50
     sudo .venv/bin/python tests/bench/throughput.py --gateway-config extra.toml
