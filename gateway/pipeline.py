@@ -226,14 +226,18 @@ class _Schedule:
                     check.name, "timeout", 0.0,
                     f"not run: the {self.pipeline.budget:g}s budget was spent"), None)
             else:
-                started, cpu = time.perf_counter(), time.thread_time()
+                # Only a network check's wait is measured (_Concurrency), and
+                # only then is the thread's CPU clock read (a system call).
+                measured = check.io_bound and self.pipeline.concurrency is not None
+                started = time.perf_counter()
+                cpu = time.thread_time() if measured else 0.0
                 try:
                     report, millis = _timed(check, self.message, context)
                 except Exception as exc:
                     self._finish(check, _failed(check, exc, started, self.message), None)
                 else:
                     self._finish(check, CheckRun(check.name, "ok", millis), report)
-                if check.io_bound:
+                if measured:
                     self.waits[check.name] = (time.perf_counter() - started
                                               - (time.thread_time() - cpu))
         return bool(ready)
@@ -260,6 +264,8 @@ class _Schedule:
     def _context(self, check: Check) -> CheckContext:
         """The facts of the checks this one needs or wants, read-only."""
         needed = self.pipeline.dependencies[check.name]
+        if not needed:
+            return _NO_FACTS
         return CheckContext(facts=MappingProxyType(
             {r: self.reports[r].facts for r in needed if r in self.reports}))
 
@@ -269,6 +275,9 @@ class _Schedule:
             self.reports[check.name] = report
         if self.observer is not None:
             self.observer(run, report)
+
+
+_NO_FACTS = CheckContext(facts=MappingProxyType({}))  # immutable: shared
 
 
 def check_classes(config: Config, problems: list[str]) -> list[type[Check]]:

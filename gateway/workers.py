@@ -67,6 +67,7 @@ from typing import Any, Protocol
 from gateway.checks import BUILTIN
 from gateway.config import Config
 from gateway.cpu import SPARE_CORES, IdleShare
+from gateway.forkshare import share_model
 from gateway.lanes import COSTLY_FOR, CostlyClients, Lane, client_of, lane_of, next_to_go
 from gateway.logs import for_message, setup_logging
 from gateway.message import Envelope, Message, RawContent
@@ -267,6 +268,7 @@ class WorkerPool:
         self._waiting_on_network = False
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_preload(config))
+        share_model(_model_to_share(config))  # read when the fork server starts
         self._mutex = threading.RLock()  # re-entered: _grow and _discard take it too
         self._lock = threading.Condition(self._mutex)
         self._idle: list[Worker] = []
@@ -660,12 +662,27 @@ def _decode(run: tuple, found: tuple | None) -> tuple[CheckRun, Report | None]:
 
 
 def _preload(config: Config) -> list[str]:
-    """Modules the fork server imports once, so that each worker is a fork."""
+    """Modules the fork server imports once, so that each worker is a fork;
+    gateway.forkshare last: it loads the model the workers share and
+    freezes what is loaded (gateway.forkshare)."""
     modules = ["gateway.workers", "gateway.mime", "gateway.mail"]
     for spec in config.pipeline.checks:
         target = BUILTIN.get(spec, spec)
         modules.append(target.partition(":")[0])
-    return list(dict.fromkeys(modules))
+    return [*dict.fromkeys(m for m in modules if m != "gateway.forkshare"), "gateway.forkshare"]
+
+
+def _model_to_share(config: Config) -> str | None:
+    """The model folder the bayes check will use, if it is enabled."""
+    if "bayes" not in config.pipeline.checks:
+        return None
+    from gateway.checks.bayes import model_location
+
+    try:
+        return str(model_location(config))
+    except Exception as exc:  # the store away: each worker loads (or fails) on its own
+        log.debug("no model to share with the workers: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -170,3 +170,22 @@ class QuarantiningEvaluator(LocalEvaluator):
 )
 def test_reply_text_is_safe_for_smtp(text, expected):
     assert smtp_safe(text) == expected
+
+
+def test_the_milter_freezes_what_it_loaded_before_serving():
+    """The collector runs on a thread of its own, and what the milter
+    loaded before serving is frozen first: a full collection walks only
+    what came after (70 ms of CPU every 30 s on this machine before)."""
+    import gc
+
+    from gateway.milter import _collect_garbage_off_callback_threads
+
+    loaded = object.__new__(type("Loaded", (), {}))  # a tracked object made before serving
+    stop = _collect_garbage_off_callback_threads()
+    try:
+        assert not gc.isenabled() and gc.get_freeze_count() > 0
+        assert not any(o is loaded for o in gc.get_objects())  # out of the collector's walk
+    finally:
+        stop.set()
+        gc.unfreeze()
+        gc.enable()

@@ -358,3 +358,42 @@ def test_auto_sends_only_the_network_checks_that_wait_to_the_pool(clocks):
     scan = ["pool" if n.startswith("check") else "inline" for n in seen["scan"]]
     assert scan[0] == "inline" and scan[-10:].count("pool") >= 9
     assert all(not n.startswith("check") for n in seen["cached"])
+
+
+def test_only_a_measured_network_check_reads_the_threads_cpu_clock(clocks, monkeypatch):
+    """The wait of a network check run inline is its wall time less its
+    CPU time (parallel = "auto" decides on it); other checks, and a
+    pipeline that does not decide (parallel = false), do not read the
+    thread's CPU clock, a system call each time."""
+    import gateway.pipeline as pipeline_module
+
+    readings = []
+    real = time.thread_time
+
+    class Clock:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        @staticmethod
+        def thread_time():
+            readings.append(1)
+            return real()
+
+    class Local(Check):
+        name = "local"
+        symbols = {"TEST_LOCAL": "ran"}
+
+        def run(self, message, context):
+            return [self.symbol("TEST_LOCAL")]
+
+    monkeypatch.setattr(pipeline_module, "time", Clock())
+    for parallel, expected in (("auto", 2), (False, 0)):
+        readings.clear()
+        pipeline = Pipeline([Local(CONFIG), _Where(CONFIG)], budget=2.0, parallel=parallel)
+        try:
+            _Where.seconds = 0.0
+            result = pipeline.run(Message.from_bytes(b"Subject: x\r\n\r\nbody\r\n"))
+        finally:
+            pipeline.close()
+        assert [s.name for s in result.symbols] == ["TEST_LOCAL", "TEST_WHERE"]
+        assert len(readings) == expected

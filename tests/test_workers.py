@@ -510,3 +510,37 @@ def test_the_result_log_keeps_whole_results_and_drops_one_cut_short():
         assert log.read() == whole == [("spf", "ok", 1.5), ("dkim", {"facts": [1, 2, 3]})]
     finally:
         log.close()
+
+
+def test_workers_take_the_model_the_fork_server_loaded(tmp_path, monkeypatch):
+    """The fork server loads the model the milter names before it forks any
+    worker (gateway.forkshare), so the workers share its pages; a worker
+    whose configuration selects another model (a promotion since) loads
+    its own."""
+    from gateway import forkshare
+    from gateway.checks.bayes import SHIPPED_MODEL, ModelHolder
+    from gateway.config import ClassifierSection
+    from gateway.workers import _model_to_share, _preload
+
+    monkeypatch.delenv(forkshare.ENVIRONMENT, raising=False)
+    monkeypatch.setattr(forkshare, "_models", {})
+    monkeypatch.setattr(forkshare.gc, "freeze", lambda: None)  # not this test process
+    shipped = Config(classifier=ClassifierSection(model=str(SHIPPED_MODEL)))
+    assert _preload(shipped)[-1] == "gateway.forkshare"  # imported after the checks
+    forkshare.share_model(_model_to_share(shipped))
+    forkshare._load_shared()  # what the fork server does as it starts
+    holder = ModelHolder(shipped)
+    holder.stop()
+    shared = forkshare.shared_model(forkshare.signature(SHIPPED_MODEL))
+    assert shared is not None  # the tables are the fork server's, the bands placed here
+    assert holder.model.vocabulary is shared.vocabulary and holder.model.weights is shared.weights
+
+    promoted = tmp_path / "promoted"
+    promoted.mkdir()
+    for part in SHIPPED_MODEL.iterdir():
+        (promoted / part.name).write_bytes(part.read_bytes())
+    other = ModelHolder(Config(classifier=ClassifierSection(model=str(promoted))))
+    other.stop()
+    assert other.model.vocabulary is not shared.vocabulary
+    assert other.model.vocabulary == shared.vocabulary
+    assert _model_to_share(config("headers")) is None  # no bayes check, nothing loaded

@@ -28,6 +28,7 @@ from gateway.classifier.model import BAND_DESCRIPTIONS, BANDS, ModelError, SpamM
 from gateway.classifier.model import load_model as load_model_dir
 from gateway.classifier.store import ModelStore
 from gateway.config import Config
+from gateway.forkshare import shared_model
 from gateway.message import Message
 from gateway.paths import MODELS_DIR
 from gateway.ruleset import Ruleset
@@ -72,7 +73,7 @@ class ModelHolder:
         self._signature = self._current_signature()
         self.location = Path(self._signature[0])
         try:
-            self.model: SpamModel = self._load(self.location)
+            self.model: SpamModel = self._load(self.location, self._signature)
         except ModelError as exc:
             raise ConfigError([f"classifier: {exc}"]) from None
         self._refused: tuple | None = None
@@ -82,8 +83,10 @@ class ModelHolder:
         log.info("classifier: using model %s from %s%s", self.model.version, self.location,
                  placement_text(self.model))
 
-    def _load(self, location: Path) -> SpamModel:
-        return load_model_dir(location).placed(self.config.classifier.target_fpr)
+    def _load(self, location: Path, signature: tuple | None = None) -> SpamModel:
+        # The fork server's copy when it is this model (gateway.forkshare).
+        shared = shared_model(signature) if signature is not None else None
+        return (shared or load_model_dir(location)).placed(self.config.classifier.target_fpr)
 
     def start_watching(self) -> None:
         if self._watcher is None:

@@ -13,6 +13,13 @@ with ``--plot``).
     sudo .venv/bin/python tests/bench/soak.py -n 100000
     sudo .venv/bin/python tests/bench/soak.py -n 20000 --workers 0 --plot /tmp/soak.png
     sudo .venv/bin/python tests/bench/soak.py -n 5000 --abuse 0 --dns-latency 0.02
+    sudo .venv/bin/python tests/bench/soak.py -n 3000 --abuse 0 --profile /tmp/gateway.raw
+
+The last line gives the gateway's CPU per message by process time, in all
+and by part (supervisor, milter, fork server, workers). ``--profile``
+also samples the running processes with py-spy and prints, per part, the
+functions with the most CPU as shares and ms per message
+(tests/bench/cpuprofile.py).
 
 Prints figures; asserts nothing.
 """
@@ -36,7 +43,14 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from gateway.lab.clamd import ClamdInstance  # noqa: E402
 from gateway.lab.milter_process import MilterProcess  # noqa: E402
 from tests.bench.corpus import add_corpus_argument, require_corpus  # noqa: E402
-from tests.bench.procs import open_fds, pss_bytes, rss_bytes, tree, tree_cpu  # noqa: E402
+from tests.bench.cpuprofile import Sampler, read_samples, report  # noqa: E402
+from tests.bench.procs import (  # noqa: E402
+    gateway_cpu_parts,
+    gateway_processes,
+    open_fds,
+    pss_bytes,
+    rss_bytes,
+)
 from tests.lab.dns import SyntheticServer  # noqa: E402
 from tests.milterclient import MilterClient, MilterError  # noqa: E402
 
@@ -54,9 +68,10 @@ def rss_mb(pid: int) -> float:
 def sample(pid: int, done: int) -> dict:
     """``pid`` is gateway run's supervisor; its child is the milter, whose
     children are the fork server and the workers."""
-    family = tree(pid)
-    milter = family[1] if len(family) > 1 else pid
-    workers = [p for p in family[2:] if rss_mb(p) > 5]  # skip the fork server's helpers
+    processes = gateway_processes(pid)
+    family = [p for p, _, _ in processes]
+    milter = next((p for p, part, _ in processes if part == "milter"), pid)
+    workers = [p for p, part, _ in processes if part == "workers"]
     return {"messages": done, "supervisor_mb": round(rss_mb(pid), 1),
             "milter_mb": round(rss_mb(milter), 1),
             "workers_mb": round(sum(rss_mb(p) for p in workers), 1),
@@ -71,6 +86,9 @@ def main() -> int:
     parser.add_argument("-n", "--messages", type=int, default=20000)
     parser.add_argument("-c", "--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-workers", type=int,
+                        help="[pipeline] max_workers (default: the gateway's); the pool grows "
+                        "while every worker is busy for half a second, as on a loaded machine")
     parser.add_argument("--parallel", choices=("auto", "true", "false"), default="auto",
                         help="[pipeline] parallel: network checks in threads")
     parser.add_argument("--abuse", type=float, default=0.1,
@@ -79,6 +97,9 @@ def main() -> int:
     add_corpus_argument(parser)
     parser.add_argument("--plot", type=Path, help="write an RSS/FD plot (PNG) here")
     parser.add_argument("--json", action="store_true", help="one JSON line per sample")
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help="sample the gateway's processes with py-spy into FILE (raw "
+                        "stacks) and print where their CPU goes")
     parser.add_argument("--dns-latency", type=float, default=0.0, metavar="SECONDS",
                         help="each DNS answer this late, like a resolver that must ask the "
                         "sender domain's own servers (every message has a new domain)")
@@ -102,6 +123,7 @@ def main() -> int:
             f'[milter]\nsocket = "unix:{socket_path}"\nsocket_mode = "600"\n'
             f'socket_group = ""\n[pipeline]\nworkers = {args.workers}\n'
             f'parallel = {parallel}\n'
+            + (f'max_workers = {args.max_workers}\n' if args.max_workers else '') +
             f'[clamav]\nsocket = "{clamd.socket_path}"\n'
             f'[dns]\nnameservers = ["127.0.0.1"]\nport = {dns.port}\n'
             f'[quarantine]\nurl = "sqlite:///{root}/quarantine.db"\n'),
@@ -114,7 +136,7 @@ def main() -> int:
         done = [0]
         outcomes: dict[str, int] = {}
         every = max(args.messages // args.samples, 1)
-        started, cpu_before = time.monotonic(), tree_cpu([pid])
+        started, cpu_before = time.monotonic(), gateway_cpu_parts(pid)
 
         def session(seed: int) -> None:
             rng = random.Random(seed)
@@ -168,15 +190,24 @@ def main() -> int:
                     client.quit()
 
         threads = [threading.Thread(target=session, args=(i,)) for i in range(args.concurrency)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with Sampler(pid, args.profile) if args.profile else contextlib.nullcontext():
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            parts = {p: part for p, part, _ in gateway_processes(pid)}
         elapsed = time.monotonic() - started
-        cpu = (tree_cpu([pid]) - cpu_before) / max(done[0], 1) * 1000
+        cpu_ms = {part: (seconds - cpu_before[part]) / max(done[0], 1) * 1000
+                  for part, seconds in gateway_cpu_parts(pid).items()}
+        cpu = sum(cpu_ms.values())
         print(f"soak: {done[0]} messages in {elapsed:.0f}s ({done[0] / elapsed:.0f}/s), "
-              f"{cpu:.2f} ms of the gateway's CPU a message; "
-              f"outcomes {json.dumps(outcomes, sort_keys=True)}")
+              f"{cpu:.2f} ms of the gateway's CPU a message ("
+              + ", ".join(f"{part} {ms:.2f}" for part, ms in cpu_ms.items())
+              + f"); outcomes {json.dumps(outcomes, sort_keys=True)}")
+        if args.profile and args.profile.exists():
+            args.profile.with_suffix(".pids").write_text(json.dumps(
+                {"parts": parts, "cpu_ms": cpu_ms}))
+            print("\n".join(report(read_samples(args.profile), parts, cpu_ms)))
         if samples:
             early = next((s for s in samples if s["messages"] >= args.messages // 10),
                          samples[0])

@@ -8,8 +8,10 @@ corpus) and with clamav-milter + rspamd chained, the usual stack, from
 Debian's packages (installed when missing). Replays N corpus messages at
 each concurrency, alternating the modes, checks that every accepted message
 reached the sink (or Postfix's hold queue when a milter quarantined it), and
-prints msg/s, SMTP transaction latency, the milter's CPU per message, its
-memory and each mode's ratio to bare Postfix in the same rounds.
+prints msg/s, SMTP transaction latency, each mode's own CPU per message by
+process (clamd's apart), its memory and each mode's ratio to bare Postfix in
+the same rounds; then per concurrency the gateway's ratios to the usual
+stack and to rspamd, and its own CPU over the pass-through pymilter's.
 
     sudo .venv/bin/python tests/bench/throughput.py -n 1000 -c 1,10,50
     sudo .venv/bin/python tests/bench/throughput.py --gateway-config extra.toml
@@ -53,12 +55,20 @@ from gateway.lab.postfix import PostfixInstance, free_port  # noqa: E402
 from gateway.quarantine.store import QuarantineError, QuarantineStore  # noqa: E402
 from tests.bench import anchors  # noqa: E402
 from tests.bench.corpus import add_corpus_argument, require_corpus  # noqa: E402
-from tests.bench.procs import CLOCK_TICKS, rss_bytes, tree, tree_cpu  # noqa: E402
+from tests.bench.procs import (  # noqa: E402
+    CLOCK_TICKS,
+    gateway_cpu_parts,
+    rss_bytes,
+    tree,
+    tree_cpu,
+)
 from tests.lab.dns import SyntheticServer  # noqa: E402
 
 ANCHOR_MODES = ("rspamd", "rspamd+clamav-milter")
 JSON_FIELDS = ("mode", "concurrency", "msgs_per_s", "ratio_to_bare", "p50_ms", "p99_ms",
-               "milter_cpu_ms_per_msg", "rss_mb", "machine_cpu_ms_per_msg")
+               "milter_cpu_ms_per_msg", "own_cpu_ms_per_msg", "own_cpu_parts",
+               "clamd_cpu_ms_per_msg", "rss_mb", "pss_mb", "machine_cpu_ms_per_msg")
+USUAL_STACK = "rspamd+clamav-milter"
 
 
 @dataclass
@@ -72,6 +82,10 @@ class Outcome:
     seconds: float
     latencies: list[float]
     milter_cpu: float | None  # ms per message, the milter's whole process tree
+    # the same by part (gateway: supervisor, milter, fork_server, workers;
+    # rspamd: rspamd, redis; the usual stack also clamav-milter)
+    own_parts: dict[str, float] | None
+    clamd_cpu: float | None  # ms per message of the shared clamd, counted apart
     rss_mb: float | None  # the most its process tree held during the run: summed RSS
     pss_mb: float | None  # and PSS (shared pages split between the processes)
     # ms per message of every process on the machine (Postfix, the milters,
@@ -330,6 +344,8 @@ def main() -> int:
     services = contextlib.ExitStack()
     instances: dict[str, PostfixInstance] = {}
     milter_roots: dict[str, Callable[[], list[int]]] = {}
+    # Each mode's own processes by part: CPU seconds so far.
+    own_cpu: dict[str, Callable[[], dict[str, float]]] = {}
     outcomes: list[Outcome] = []
     problems = 0
     try:
@@ -375,9 +391,11 @@ def main() -> int:
         instances["gateway"] = PostfixInstance(root / "gateway", relay_port=sink_port,
                                                milter=f"unix:{socket}")
         milter_roots["pymilter"] = lambda: [reference.pid]
+        own_cpu["pymilter"] = lambda: {"pymilter": tree_cpu([reference.pid])}
         services.callback(milter.stop)
         milter.start()
         milter_roots["gateway"] = lambda: [milter.process.pid]
+        own_cpu["gateway"] = lambda: gateway_cpu_parts(milter.process.pid)
         if args.anchors:
             redis = services.enter_context(anchors.RedisInstance(root / "redis"))
             say("bench: starting rspamd (its regexps compile for a while on a busy machine)")
@@ -406,6 +424,10 @@ def main() -> int:
             milter_roots["rspamd"] = lambda: [rspamd.process.pid, redis.process.pid]
             milter_roots["rspamd+clamav-milter"] = lambda: [
                 rspamd.process.pid, redis.process.pid, clamav_milter.process.pid]
+            own_cpu["rspamd"] = lambda: {"rspamd": tree_cpu([rspamd.process.pid]),
+                                         "redis": tree_cpu([redis.process.pid])}
+            own_cpu["rspamd+clamav-milter"] = lambda: {
+                **own_cpu["rspamd"](), "clamav-milter": tree_cpu([clamav_milter.process.pid])}
         for instance in instances.values():
             services.callback(instance.stop)
             instance.start()
@@ -416,12 +438,20 @@ def main() -> int:
                     stored_before = quarantined(store_url)
                     held_before = len(instance.queue_ids("hold"))
                     roots = milter_roots[mode]() if mode in milter_roots else []
+                    parts_before = own_cpu[mode]() if mode in own_cpu else {}
+                    clamd_before = tree_cpu([clamd.process.pid]) if clamd else 0.0
                     cpu_before, machine_before = tree_cpu(roots), machine_busy()
                     with MemoryPeak(roots) as memory:
                         seconds, latencies, accepted, refused = send_all(
                             instance.smtp_port, messages, concurrency, run_id)
                     cpu = tree_cpu(roots) - cpu_before
                     machine = machine_busy() - machine_before
+                    per_message = 1000 / len(messages)
+                    parts = ({part: (seconds - parts_before.get(part, 0.0)) * per_message
+                              for part, seconds in own_cpu[mode]().items()}
+                             if mode in own_cpu else None)
+                    clamd_cpu = ((tree_cpu([clamd.process.pid]) - clamd_before) * per_message
+                                 if clamd else None)
                     held = len(instance.queue_ids("hold")) - held_before
                     if mode == "gateway":
                         held += quarantined(store_url) - stored_before
@@ -433,6 +463,7 @@ def main() -> int:
                     outcome = Outcome(mode, concurrency, round_index, len(messages), accepted,
                                       refused, seconds, latencies,
                                       cpu / len(messages) * 1000 if roots else None,
+                                      parts, clamd_cpu,
                                       memory.rss / 2**20 if roots else None,
                                       memory.pss / 2**20 if roots else None,
                                       machine / len(messages) * 1000)
@@ -452,18 +483,32 @@ def main() -> int:
     rows = summarize(outcomes, levels, list(instances))
     say()
     say(f"{'conc':>4}  {'mode':<20} {'msg/s':>8} {'x bare':>6} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'milter CPU ms/msg':>18} {'RSS MB':>7} {'PSS MB':>7} {'refused':>7} "
+        f"{'own CPU ms/msg':>14} {'clamd':>6} {'RSS MB':>7} {'PSS MB':>7} {'refused':>7} "
         f"{'machine CPU ms/msg':>18}")
     for row in rows:
-        cpu = row["milter_cpu_ms_per_msg"]
+        cpu = row["own_cpu_ms_per_msg"]
+        clamd_cpu = row["clamd_cpu_ms_per_msg"]
         rss, pss = row["rss_mb"], row["pss_mb"]
         ratio = f"{row['ratio_to_bare']:.2f}" if row["mode"] != "bare" else ""
         say(f"{row['concurrency']:>4}  {row['mode']:<20} {row['msgs_per_s']:8.1f} {ratio:>6} "
             f"{row['p50_ms']:8.1f} {row['p99_ms']:8.1f} "
-            f"{'-' if cpu is None else f'{cpu:.2f}':>18} "
+            f"{'-' if cpu is None else f'{cpu:.2f}':>14} "
+            f"{'-' if clamd_cpu is None else f'{clamd_cpu:.2f}':>6} "
             f"{'-' if rss is None else f'{rss:.0f}':>7} "
             f"{'-' if pss is None else f'{pss:.0f}':>7} {row['refused']:>7} "
             f"{row['machine_cpu_ms_per_msg']:18.2f}")
+    say()
+    say("Own CPU ms per message by process (clamd apart):")
+    for row in rows:
+        if row["own_cpu_parts"]:
+            say(f"{row['concurrency']:>4}  {row['mode']:<20} " + ", ".join(
+                f"{part} {ms:.2f}" for part, ms in row["own_cpu_parts"].items()))
+    summaries = [summary_of(outcomes, rows, concurrency) for concurrency in levels]
+    say()
+    say("The gateway beside the others in the same rounds (rate ratios, own CPU ratio):")
+    for summary in summaries:
+        say("  " + ", ".join(f"{key} {value}" for key, value in summary.items()
+                             if key != "summary"))
     if args.anchors:
         say()
         say("Ratio to bare Postfix in the same rounds (p99 of the SMTP transaction):")
@@ -482,6 +527,8 @@ def main() -> int:
     if args.json:
         for row in rows:
             print(json.dumps({field: row[field] for field in JSON_FIELDS}), flush=True)
+        for summary in summaries:
+            print(json.dumps(summary), flush=True)
     return 1 if problems else 0
 
 
@@ -500,6 +547,8 @@ def summarize(outcomes: list[Outcome], levels: list[int], modes: list[str]) -> l
                 continue
             latencies = [x for o in runs for x in o.latencies]
             cpu = [o.milter_cpu for o in runs if o.milter_cpu is not None]
+            parts = [o.own_parts for o in runs if o.own_parts is not None]
+            clamd = [o.clamd_cpu for o in runs if o.clamd_cpu is not None]
             rss = [o.rss_mb for o in runs if o.rss_mb is not None]
             pss = [o.pss_mb for o in runs if o.pss_mb is not None]
             ratios = [o.rate / bare[o.round_index] for o in runs if bare.get(o.round_index)]
@@ -511,12 +560,47 @@ def summarize(outcomes: list[Outcome], levels: list[int], modes: list[str]) -> l
                 "p50_ms": round(percentile(latencies, 0.5), 1),
                 "p99_ms": round(percentile(latencies, 0.99), 1),
                 "milter_cpu_ms_per_msg": round(statistics.mean(cpu), 2) if cpu else None,
+                "own_cpu_ms_per_msg": (round(statistics.mean(sum(p.values()) for p in parts), 3)
+                                       if parts else None),
+                "own_cpu_parts": ({part: round(statistics.mean(p.get(part, 0.0) for p in parts),
+                                               3) for part in parts[0]} if parts else None),
+                "clamd_cpu_ms_per_msg": round(statistics.mean(clamd), 3) if clamd else None,
                 "rss_mb": round(max(rss), 1) if rss else None,
                 "pss_mb": round(max(pss), 1) if pss else None,
                 "refused": sum(o.refused for o in runs),
                 "machine_cpu_ms_per_msg": round(statistics.mean(o.machine_cpu for o in runs), 2),
             })
     return rows
+
+
+def summary_of(outcomes: list[Outcome], rows: list[dict], concurrency: int) -> dict:
+    """The issue's figures at one concurrency: the gateway's rate over the
+    usual stack's (rspamd + clamav-milter) and rspamd's, each the mean of
+    the rounds' ratios (each round's runs are side by side); its own CPU per
+    message over the pass-through pymilter's; the p99s (ms) and its memory.
+    None where a mode did not run (no --anchors)."""
+    def rates(mode: str) -> dict[int, float]:
+        return {o.round_index: o.rate for o in outcomes
+                if o.mode == mode and o.concurrency == concurrency}
+
+    def ratio_to(mode: str) -> float | None:
+        ours, theirs = rates("gateway"), rates(mode)
+        ratios = [ours[r] / theirs[r] for r in ours if theirs.get(r)]
+        return round(statistics.mean(ratios), 3) if ratios else None
+
+    row = {r["mode"]: r for r in rows if r["concurrency"] == concurrency}
+    gateway, pymilter = row.get("gateway", {}), row.get("pymilter", {})
+    own, floor = gateway.get("own_cpu_ms_per_msg"), pymilter.get("own_cpu_ms_per_msg")
+    return {
+        "summary": "gateway",
+        "concurrency": concurrency,
+        "ratio_to_usual_stack": ratio_to(USUAL_STACK),
+        "ratio_to_rspamd": ratio_to("rspamd"),
+        "own_cpu_ratio_to_pymilter": round(own / floor, 2) if own and floor else None,
+        "p99_ms": {mode: r["p99_ms"] for mode, r in row.items()},
+        "gateway_rss_mb": gateway.get("rss_mb"),
+        "gateway_pss_mb": gateway.get("pss_mb"),
+    }
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
