@@ -182,6 +182,33 @@ def test_a_typo_of_our_domain_needs_no_other_sign(tmp_path):
         check.close()
 
 
+def test_another_tld_of_our_domain_counts_only_when_the_name_claims_us(tmp_path):
+    # example.org writing to example.net is another organisation of the same
+    # name (the demo's ham was held so); "Widgetco Billing" or our CEO's name
+    # from widgetco.org is an imitation of widgetco.example.
+    check = IdentityCheck.from_config(parse_config(
+        '[identity]\norg_domains = ["widgetco.example"]\n[[identity.protected]]\n'
+        'name = "Jane Doe"\naddresses = ["ceo@widgetco.example"]\n[quarantine]\nurl = ""\n',
+        "test.toml"))
+    try:
+        def lookalike(from_: str) -> str | None:
+            domain = from_.rpartition("@")[2].rstrip(">")
+            return symbols(check.run(message(from_, subject="Invoice"),
+                                     authenticated(dkim=(domain,)))).get("FROM_LOOKALIKE_DOMAIN")
+
+        assert lookalike("Bob <bob@widgetco.org>") is None
+        assert lookalike("Alice Widgetco <alice@widgetco.org>") is None  # a surname
+        assert lookalike('"Widgetco Billing" <billing@widgetco.org>') == (
+            "widgetco.org imitates widgetco.example (our domain): another TLD; "
+            "the display name speaks as our organisation")
+        assert lookalike("Jane Doe <jane@widgetco.org>") == (
+            "widgetco.org imitates widgetco.example (our domain): another TLD; "
+            "the display name is Jane Doe's")
+        assert lookalike("Bob <bob@widget-co.example>") is not None  # other techniques as before
+    finally:
+        check.close()
+
+
 def test_our_domain_is_the_registrable_domain_of_the_one_configured(tmp_path):
     # We receive for lists.widgetco.example: widgetco.example is our name
     # (as DMARC reads it), for the identity check and the links check alike.

@@ -411,12 +411,42 @@ class IdentityCheck(Check):
         found = ours.match(host)
         if found is not None and found.technique == "typo" and found.imitates not in org:
             found = self._corroborated(found, naming)
+        elif found is not None and found.technique == "tld" and found.imitates in org \
+                and not any_tld:
+            found = self._named_ours(found, author, org, snapshot)
         if found is None:
             # Organisations own their name under several TLDs (python.org,
             # python.ca): another TLD of a correspondent's domain is no
             # imitation by itself, only with the correspondent's name.
             found = known.match(host, other_tld=any_tld)
         return found
+
+    def _named_ours(self, other_tld: Lookalike, author: Author, org: frozenset[str],
+                    snapshot: Snapshot) -> Lookalike | None:
+        """Another TLD of our domain, if the display name also claims us.
+
+        Organisations share names across TLDs (example.org and example.net
+        are not one owner), and ours are only learned from the recipients
+        unless [identity] org_domains lists them all: the TLD alone says
+        little. An imitation of us speaks as us: as our organisation ("Acme
+        Billing"), a protected person, or someone we know by name."""
+        name = author.name
+        if not name:
+            return None
+        why = ""
+        person = next((p for p in self.people.named_by(name)
+                       if author.address not in p.addresses), None)
+        if person is not None:
+            why = f"the display name is {person.name}'s"
+        elif self._org(org).speaking_as(name) is not None:
+            why = "the display name speaks as our organisation"
+        else:
+            for key in name_keys(name):
+                senders = snapshot.names.get(key)
+                if senders and author.address not in senders:
+                    why = f"the display name is known correspondent {min(senders)}'s"
+                    break
+        return dataclasses.replace(other_tld, corroboration=why) if why else None
 
     def _corroborated(self, typo: Lookalike, naming: Sequence[tuple[str, str]],
                       ) -> Lookalike | None:
