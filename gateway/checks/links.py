@@ -70,7 +70,7 @@ from gateway.lookalike import (
     registrable,
     unicode_host,
 )
-from gateway.mail import author_domains, has_public_suffix, registrable_domain
+from gateway.mail import Authors, author_domains, has_public_suffix, registrable_domain
 from gateway.message import Message
 from gateway.paths import RULES_DIR
 from gateway.ruleset import Ruleset
@@ -256,18 +256,17 @@ class LinksCheck(Check):
                  ) -> list[JudgedLink]:
         """Every distinct URL of the message (:attr:`MessageView.found`), each
         with what this check finds in it: what :meth:`run` sums up."""
-        return self.judge(view_of(message), message.headers("From"), message.envelope.rcpt_to,
-                          context.facts if context is not None else {},
-                          message.limits.address_comment_depth)
+        return self.judge(view_of(message), message.authors, message.envelope.rcpt_to,
+                          context.facts if context is not None else {})
 
-    def judge(self, view: MessageView, from_values: list[str],
+    def judge(self, view: MessageView, author: Authors,
               recipients: Sequence[str] = (), facts: Mapping[str, Mapping[str, Any]] | None = None,
-              comment_depth: int = 10) -> list[JudgedLink]:
-        """The URLs of ``view`` judged for a message with these From values
-        and recipients (and the other checks' ``facts``)."""
+              ) -> list[JudgedLink]:
+        """The URLs of ``view`` judged for a message with these authors (the
+        one reading of its From fields) and recipients (and the other
+        checks' ``facts``)."""
         facts = facts or {}
-        authors = frozenset(registrable_domain(d) for d in author_domains(
-            from_values, comment_depth).domains[:MAX_AUTHORS])
+        authors = frozenset(registrable_domain(d) for d in author.domains[:MAX_AUTHORS])
         dmarc = DmarcFacts.of(facts)
         authenticated = registrable_domain(dmarc.from_domain) \
             if dmarc is not None and dmarc.result == "pass" and dmarc.from_domain else None
@@ -388,4 +387,4 @@ def judged_links(view: MessageView, from_values: list[str]) -> list[JudgedLink]:
     text and where it goes, marked by what this check finds (with the
     shipped brands and shorteners; the verdict's own symbols are the
     milter's, with the site's settings)."""
-    return _console_check().judge(view, from_values)
+    return _console_check().judge(view, author_domains(from_values))
