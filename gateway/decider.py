@@ -138,7 +138,8 @@ class Decider:
                             verdict.reply or TRY_AGAIN)
         if verdict.action == "quarantine":
             if self.keeper is None:
-                return Decision(verdict, "hold", notes={"held_by": "postfix"})
+                # No store: the MTA holds it in its own queue (Postfix, Sendmail).
+                return Decision(verdict, "hold", notes={"held_by": "mta"})
             # Committed to the store before Postfix may drop its copy; if the
             # store fails, Postfix keeps the message and the sender retries.
             try:

@@ -23,6 +23,7 @@ from gateway.config import (
 )
 from gateway.decider import Decider
 from gateway.evaluator import LocalEvaluator
+from gateway.message import Envelope, RawContent
 from gateway.milter import GatewayMilter, Runtime
 from gateway.replies import smtp_safe
 from gateway.ruleset import Ruleset
@@ -152,6 +153,10 @@ def test_an_mta_without_quarantine_rejects_what_it_cannot_hold():
     assert ctx._reply[:2] == ("550", "5.7.1") and "cannot hold" in ctx._reply[2]
     ctx, rc = session(runtime_for(config, evaluator), fixture_message("ham_plain.eml"))
     assert rc == Milter.ACCEPT and ctx.quarantined  # held where the MTA can
+    decision = Decider(evaluator, keeper=None, threads=1).decide(
+        Envelope(mail_from="alice@example.org", rcpt_to=("bob@example.net",)),
+        RawContent(data=fixture_message("ham_plain.eml")))
+    assert decision.notes == {"held_by": "mta"}  # Postfix's or Sendmail's hold queue alike
 
 
 class QuarantiningEvaluator(LocalEvaluator):
