@@ -12,7 +12,8 @@ from pathlib import Path
 
 from gateway.message import Envelope, RawContent
 from gateway.policy import Policy
-from gateway.quarantine.store import MIGRATIONS, QuarantineStore, make_engine
+from gateway.db import MIGRATIONS, make_engine
+from gateway.quarantine.store import QuarantineStore
 from gateway.ruleset import Ruleset
 from gateway.symbols import Symbol
 from gateway.verdict import PipelineResult

@@ -407,7 +407,7 @@ def pending_for(url: str, recipient: str) -> list:
     from sqlalchemy import create_engine, select
 
     from gateway.quarantine.schema import greylist
-    from gateway.quarantine.store import engine_url
+    from gateway.db import engine_url
 
     engine = create_engine(engine_url(url))
     try:
@@ -471,7 +471,7 @@ def _history(url: str, domain: str) -> bool:
     from sqlalchemy import create_engine, select
 
     from gateway.quarantine.schema import sender_history
-    from gateway.quarantine.store import engine_url
+    from gateway.db import engine_url
 
     engine = create_engine(engine_url(url))
     try:

@@ -39,7 +39,8 @@ from gateway.lab.postfix import PostfixInstance, free_port
 from gateway.message import Envelope, RawContent
 from gateway.paths import DEFAULT_RULES
 from gateway.quarantine.schema import events, job_runs, jobs, messages
-from gateway.quarantine.store import QuarantineStore, now
+from gateway.db import now
+from gateway.quarantine.store import QuarantineStore
 from tests.helpers import FIXTURES, PROJECT_ROOT, send, wait_until
 from tests.lab.postgres import PostgresInstance, postgres_bin
 from tests.test_quarantine import verdict

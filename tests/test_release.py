@@ -21,7 +21,8 @@ from gateway.lab.sink import Sink
 from gateway.message import Envelope, RawContent
 from gateway.policy import Policy
 from gateway.quarantine.release import RELEASED_HEADER, ReleaseError, release, released_copy
-from gateway.quarantine.store import MIGRATIONS, Filters, QuarantineError, QuarantineStore
+from gateway.db import MIGRATIONS
+from gateway.quarantine.store import Filters, QuarantineError, QuarantineStore
 from gateway.ruleset import Ruleset, load_rules
 from gateway.schema import ConfigError
 from gateway.symbols import Symbol

@@ -45,6 +45,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.classifier.corpus import content_key
 from gateway.config import Config
+from gateway.db import first_line, utc
 from gateway.facts import DmarcFacts, IdentityFacts
 from gateway.message import Envelope
 from gateway.ruleset import Ruleset
@@ -241,7 +242,7 @@ class Autolearner:
                                           quarantine_id, self.settings.autolearn_delay_days,
                                           self.settings.autolearn_per_sender)
             except SQLAlchemyError as exc:
-                self._complain(f"cannot queue a candidate: {_first_line(exc)}")
+                self._complain(f"cannot queue a candidate: {first_line(exc)}")
                 continue
             except Exception as exc:  # a candidate is never worth the thread
                 self._complain(f"cannot queue a candidate: {type(exc).__name__}: {exc}")
@@ -318,7 +319,7 @@ def accept_candidates(quarantine_url: str, training_set_url: str, reviewer: str,
         with store.engine.connect() as connection:
             rows = connection.execute(query).all()
         for row in rows:
-            if ids is None and row.due is not None and _utc(row.due) > at:
+            if ids is None and row.due is not None and utc(row.due) > at:
                 counts["waiting"] += 1
                 continue
             verdict, why = _judge(store.engine, training.engine, row, feedback,
@@ -398,15 +399,5 @@ def pending_counts(engine: Any, at: datetime | None = None) -> dict[str, int]:
             feedback.c.source == SOURCE, feedback.c.state == "pending"))).all()
     for label, due in rows:
         counts[label] = counts.get(label, 0) + 1
-        counts["due"] += due is None or _utc(due) <= at
+        counts["due"] += due is None or utc(due) <= at
     return counts
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _first_line(exc: Exception) -> str:
-    original = getattr(exc, "orig", None) or exc
-    text = str(original).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -106,7 +106,7 @@ def site_mail(config: Config, labels_only: bool = False, limit: int = LIMIT) -> 
 def _reading(url: str) -> Iterator[Any]:
     """A connection that changes nothing: SQLite opened read-only (no WAL
     switch, no file modes touched), PostgreSQL as it is; no migration."""
-    from gateway.quarantine.store import read_only_engine
+    from gateway.db import read_only_engine
 
     engine = read_only_engine(url)
     try:

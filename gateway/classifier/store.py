@@ -52,6 +52,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from gateway.audit import actor
 from gateway.classifier.model import META_FILE, ModelError, load_model
+from gateway.db import first_line, insert_ignoring, make_engine, migrate, safe_url, utc
+from gateway.quarantine.schema import model_current, model_history, model_versions
 
 log = logging.getLogger("gateway.classifier")
 
@@ -270,8 +272,6 @@ def store_health(url: str) -> StoreHealth:
 def _engine_for(url: str) -> Engine:
     """One engine per URL and process (a forked worker makes its own: a
     pooled connection must not be shared across a fork)."""
-    from gateway.quarantine.store import make_engine
-
     key = (os.getpid(), url)
     with _lock:
         if key not in _engines:
@@ -281,8 +281,6 @@ def _engine_for(url: str) -> Engine:
 
 class DatabaseModelStore(ModelStore):
     def __init__(self, url: str, cache: str | Path | None = None):
-        from gateway.quarantine.store import safe_url
-
         self.url = url
         self.root = safe_url(url)
         self.engine = _engine_for(url)
@@ -295,8 +293,6 @@ class DatabaseModelStore(ModelStore):
     def _pointer(self) -> tuple[str, str] | None:
         """(version, sha256) the store says is current; None: the shipped model.
         Raises StoreError when the database does not answer."""
-        from gateway.quarantine.schema import model_current
-
         health = self.health
         if not health.ok and time.time() - health.last_failure < RETRY_AFTER:
             raise StoreError(health.problem)
@@ -314,8 +310,6 @@ class DatabaseModelStore(ModelStore):
         return row.version, row.sha256
 
     def _failed(self, exc: Exception) -> None:
-        from gateway.quarantine.store import first_line
-
         problem = f"model store {self.root}: {first_line(exc)}"
         with _lock:
             if self.health.ok:
@@ -379,8 +373,6 @@ class DatabaseModelStore(ModelStore):
 
     def _fetch(self, version: str, sha256: str) -> Path:
         """The verified, unpacked artifact in the cache (fetched if missing)."""
-        from gateway.quarantine.schema import model_versions
-
         target = self._cached_dir(version, sha256)
         if (target / META_FILE).is_file():
             return target
@@ -466,8 +458,6 @@ class DatabaseModelStore(ModelStore):
             log.error("classifier: %s; keeping the last good model", problem)
 
     def list(self) -> list[StoredVersion]:
-        from gateway.quarantine.schema import model_versions
-
         current = self._pointer()
         try:
             with self.engine.connect() as connection:
@@ -484,8 +474,6 @@ class DatabaseModelStore(ModelStore):
         return sorted(found, key=lambda v: str(v.meta.get("created", "")))
 
     def path_of(self, version: str) -> Path:
-        from gateway.quarantine.schema import model_versions
-
         try:
             with self.engine.connect() as connection:
                 sha256 = connection.execute(select(model_versions.c.sha256).where(
@@ -499,8 +487,6 @@ class DatabaseModelStore(ModelStore):
         return self._fetch(version, sha256)
 
     def history(self) -> list[dict[str, Any]]:
-        from gateway.quarantine.schema import model_history
-
         try:
             with self.engine.connect() as connection:
                 rows = connection.execute(select(model_history)
@@ -508,7 +494,7 @@ class DatabaseModelStore(ModelStore):
         except SQLAlchemyError as exc:
             self._failed(exc)
             raise StoreError(self.health.problem) from None
-        return [{"time": _utc(row.time).isoformat(timespec="seconds"), "action": row.action,
+        return [{"time": utc(row.time).isoformat(timespec="seconds"), "action": row.action,
                  "version": row.version, "user": row.user, "node": row.node,
                  **json.loads(row.details)} for row in rows]
 
@@ -516,8 +502,6 @@ class DatabaseModelStore(ModelStore):
 
     def _writable(self) -> None:
         """The schema at the newest migration before the first write."""
-        from gateway.quarantine.store import first_line, migrate
-
         try:
             migrate(self.engine)
         except (SQLAlchemyError, OSError) as exc:
@@ -526,8 +510,6 @@ class DatabaseModelStore(ModelStore):
 
     def add(self, model_dir: Path) -> str:
         """Put a trained model folder into the store; returns its version."""
-        from gateway.quarantine.schema import model_versions
-
         try:
             model = load_model(model_dir)
         except ModelError as exc:
@@ -544,12 +526,10 @@ class DatabaseModelStore(ModelStore):
             pass  # that version is stored already: versions name their content
         except SQLAlchemyError as exc:
             raise StoreError(f"model store {self.root}: cannot add {model.version}: "
-                             f"{_first(exc)}") from None
+                             f"{first_line(exc)}") from None
         return model.version
 
     def set_current(self, version: str, action: str, details: dict[str, Any]) -> None:
-        from gateway.quarantine.schema import model_versions
-
         self._writable()
         try:
             with self.engine.begin() as connection:
@@ -560,7 +540,7 @@ class DatabaseModelStore(ModelStore):
                 self._point(connection, version, sha256, action, details)
         except SQLAlchemyError as exc:
             raise StoreError(f"model store {self.root}: cannot {action} {version}: "
-                             f"{_first(exc)}") from None
+                             f"{first_line(exc)}") from None
 
     def clear_current(self, action: str, details: dict[str, Any]) -> None:
         self._writable()
@@ -568,16 +548,13 @@ class DatabaseModelStore(ModelStore):
             with self.engine.begin() as connection:
                 self._point(connection, None, None, action, details)
         except SQLAlchemyError as exc:
-            raise StoreError(f"model store {self.root}: cannot {action}: {_first(exc)}") \
+            raise StoreError(f"model store {self.root}: cannot {action}: {first_line(exc)}") \
                 from None
 
     def _point(self, connection, version: str | None, sha256: str | None, action: str,
                details: dict[str, Any]) -> None:
         """Move the pointer and record it, in the caller's transaction; the
         pointer's row is locked first, so two promotions do not interleave."""
-        from gateway.jobs import insert_ignoring
-        from gateway.quarantine.schema import model_current, model_history
-
         stamp = datetime.now(UTC)
         query = select(model_current.c.id).where(model_current.c.id == 1)
         if connection.dialect.name == "postgresql":
@@ -624,13 +601,3 @@ def unpack(data: bytes, directory: Path) -> None:
                 (directory / name).write_bytes(source.read())
     except tarfile.TarError as exc:
         raise ModelError(f"artifact is not a readable tar: {exc}") from None
-
-
-def _first(exc: Exception) -> str:
-    from gateway.quarantine.store import first_line
-
-    return first_line(exc)
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

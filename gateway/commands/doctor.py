@@ -257,7 +257,7 @@ def store_lines(config: Config) -> list[Line]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from gateway.commands.configcheck import _safe
-    from gateway.quarantine.store import MIGRATIONS, read_only_engine
+    from gateway.db import MIGRATIONS, read_only_engine
 
     where = _safe(url)
     if url.startswith("sqlite:///"):
@@ -335,7 +335,7 @@ def identity_lines(config: Config) -> list[Line]:
         return [skip("identity", "the identity check is not enabled")]
     from gateway.checks.identity import IdentityCheck
     from gateway.correspondents import Memory, memory_url
-    from gateway.quarantine.store import read_only_engine
+    from gateway.db import read_only_engine
     from gateway.ruleset import Ruleset
     from gateway.schema import ConfigError
 
@@ -389,8 +389,8 @@ def node_lines(config: Config) -> list[Line]:
         return [skip("node", "quarantine.url is empty: no shared database, no registry")]
     from sqlalchemy.exc import SQLAlchemyError
 
+    from gateway.db import first_line, read_only_engine
     from gateway.nodes import fleet
-    from gateway.quarantine.store import first_line, read_only_engine
 
     name = config.quarantine.node or socket.gethostname()
     url = config.quarantine.url
