@@ -10,9 +10,9 @@ import sys
 import threading
 from pathlib import Path
 
+from gateway.db import MIGRATIONS, make_engine
 from gateway.message import Envelope, RawContent
 from gateway.policy import Policy
-from gateway.db import MIGRATIONS, make_engine
 from gateway.quarantine.store import QuarantineStore
 from gateway.ruleset import Ruleset
 from gateway.symbols import Symbol

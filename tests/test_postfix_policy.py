@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.paths import DEFAULT_RULES
 from gateway.db import now
+from gateway.paths import DEFAULT_RULES
 from gateway.quarantine.store import QuarantineStore
 from tests.helpers import PROJECT_ROOT, fixture_message, send, wait_until
 

@@ -16,12 +16,12 @@ from aiosmtpd.controller import Controller
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 
+from gateway.db import MIGRATIONS
 from gateway.lab.postfix import free_port
 from gateway.lab.sink import Sink
 from gateway.message import Envelope, RawContent
 from gateway.policy import Policy
 from gateway.quarantine.release import RELEASED_HEADER, ReleaseError, release, released_copy
-from gateway.db import MIGRATIONS
 from gateway.quarantine.store import Filters, QuarantineError, QuarantineStore
 from gateway.ruleset import Ruleset, load_rules
 from gateway.schema import ConfigError

@@ -15,7 +15,9 @@ import random
 import threading
 import time
 
+from gateway.classifier.autolearn import accept_candidates
 from gateway.config import Config
+from gateway.jobs import JobError, Jobs, PeriodicJob
 from gateway.message import Envelope, RawContent
 from gateway.quarantine.store import QuarantineError, QuarantineStore
 from gateway.verdict import Verdict
@@ -44,7 +46,6 @@ class Keeper:
         self._complained = 0.0
         self._purge = None
         self._autolearn = None
-        self._heartbeat = None
 
     def store(self) -> QuarantineStore:
         with self._lock:
@@ -123,23 +124,17 @@ class Keeper:
             log.warning("replay sample: %s", problem)
 
     def start_purging(self) -> None:
-        """The node's shared duties: the purge as a job that runs once per
-        ``purge_interval`` on whichever node gets it (see gateway.jobs), and
-        this node's heartbeat in the registry (see gateway.nodes)."""
-        from gateway.jobs import PeriodicJob
-        from gateway.nodes import Heartbeat
-
+        """The node's shared duties: the purge and autolearning as jobs that
+        run once per ``purge_interval`` on whichever node gets them (see
+        gateway.jobs). The node's heartbeat is the service's (gateway.service)."""
         self._purge = PeriodicJob(self._jobs, PURGE_JOB, self.settings.purge_interval,
                                   self.purge_work).start()
         # Each candidate commits on its own: a node that stops half-way
         # leaves the rest to the next run, and none is learned twice.
         self._autolearn = PeriodicJob(self._jobs, AUTOLEARN_JOB, self.settings.purge_interval,
                                       self.autolearn_work, piecewise=True).start()
-        self._heartbeat = Heartbeat(self.store).start()
 
-    def _jobs(self):
-        from gateway.jobs import JobError, Jobs
-
+    def _jobs(self) -> Jobs:
         try:
             store = self.store()
         except QuarantineError as exc:
@@ -165,8 +160,6 @@ class Keeper:
         delay has passed, unless someone objected."""
         if self.classifier.autolearn != "on":
             return {"learned": 0}
-        from gateway.classifier.autolearn import accept_candidates
-
         outcome = accept_candidates(self.settings.url,
                                     self.classifier.training_set_url(self.settings.url),
                                     "autolearn (on)")
@@ -174,7 +167,7 @@ class Keeper:
 
     def close(self) -> None:
         self._stop.set()
-        for duty in (self._purge, self._autolearn, self._heartbeat):
+        for duty in (self._purge, self._autolearn):
             if duty is not None:
                 duty.stop()
         if self._samples is not None and self._sample_writer is not None:
