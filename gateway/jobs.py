@@ -56,7 +56,9 @@ BUSY_RETRY = 30.0
 # Finished periods are kept this long, for `gateway nodes` and the curious.
 RUNS_KEPT = timedelta(days=30)
 
-Work = Callable[[Connection], dict[str, Any]]
+# A job's work gets the transaction that records its period as done, or
+# None when it is piecewise (it commits its own items).
+Work = Callable[[Connection | None], dict[str, Any]]
 
 
 class JobError(Exception):
@@ -127,7 +129,7 @@ class Jobs:
                     return Outcome("done-before", done[0], done[1])
                 started = datetime.now(UTC)
                 if piecewise:
-                    result = work(None)  # type: ignore[arg-type]
+                    result = work(None)
                     with self.engine.begin() as connection:
                         self._finish(connection, name, period, started, result, token,
                                      postgres)

@@ -189,7 +189,7 @@ def test_list_filters_sorting_paging_and_prefixes(store):
     elsewhere = put(other, "elsewhere")
 
     def ids(**filters):
-        return [r.id for r in store.list(Filters(**filters))]
+        return [r.id for r in store.records(Filters(**filters))]
 
     assert set(ids(subject="MINUTES")) == {low, high, elsewhere}
     assert ids(subject="minutes low") == [low]
@@ -271,7 +271,7 @@ def test_a_partly_released_message_stays_held_listed_and_kept(store, listener):
 
     identifier = put(store, "partly", rcpts=("bob@example.net", "carol@example.net"))
     release(store, identifier, listener.address, "ann", to=["bob@example.net"])
-    assert [r.id for r in store.list(Filters(state="held"))] == [identifier]
+    assert [r.id for r in store.records(Filters(state="held"))] == [identifier]
     assert store.count_by_state()["held"] == 1 and store.count_by_state()["released"] == 0
     later = datetime.now(UTC) + timedelta(days=8)  # past released = 7, within held = 30
     assert store.purge({"held": 30, "released": 7}, 0, at=later) == {"expired": 0,

@@ -333,7 +333,7 @@ def accept_candidates(quarantine_url: str, training_set_url: str, reviewer: str,
                     raw = store.raw(row.message)
                 if raw is None:
                     verdict, why = "gone", "the message is no longer kept"
-            if verdict == "learn":
+            if verdict == "learn" and raw is not None:
                 source = f"autolearn feedback #{row.id}" + (
                     f" (quarantine:{row.message})" if row.message else "")
                 outcome = training.learn(bytes(raw), row.label, source, WHO,

@@ -103,7 +103,7 @@ class ModelStore:
     def current_path(self) -> Path | None:
         raise NotImplementedError
 
-    def list(self) -> list[StoredVersion]:
+    def versions(self) -> list[StoredVersion]:
         raise NotImplementedError
 
     def path_of(self, version: str) -> Path:
@@ -129,7 +129,7 @@ class ModelStore:
         if current not in promoted:
             return None
         index = len(promoted) - 1 - promoted[::-1].index(current)
-        known = {v.version for v in self.list()}
+        known = {v.version for v in self.versions()}
         for version in reversed(promoted[:index]):
             if version != current and version in known:
                 return version
@@ -137,6 +137,8 @@ class ModelStore:
 
 
 class DirectoryModelStore(ModelStore):
+    root: Path
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.versions_dir = self.root / "versions"
@@ -154,7 +156,7 @@ class DirectoryModelStore(ModelStore):
         version = self.current_version()
         return self.versions_dir / version if version else None
 
-    def list(self) -> list[StoredVersion]:
+    def versions(self) -> list[StoredVersion]:
         if not self.versions_dir.is_dir():
             return []
         current = self.current_version()
@@ -172,7 +174,7 @@ class DirectoryModelStore(ModelStore):
     def path_of(self, version: str) -> Path:
         path = self.versions_dir / version
         if not path.is_dir():
-            known = ", ".join(v.version for v in self.list()) or "none"
+            known = ", ".join(v.version for v in self.versions()) or "none"
             raise StoreError(f"{self.root}: no model version {version!r} (stored: {known})")
         return path
 
@@ -457,7 +459,7 @@ class DatabaseModelStore(ModelStore):
             self._complained[problem] = time.time()
             log.error("classifier: %s; keeping the last good model", problem)
 
-    def list(self) -> list[StoredVersion]:
+    def versions(self) -> list[StoredVersion]:
         current = self._pointer()
         try:
             with self.engine.connect() as connection:
@@ -482,7 +484,7 @@ class DatabaseModelStore(ModelStore):
             self._failed(exc)
             raise StoreError(self.health.problem) from None
         if sha256 is None:
-            known = ", ".join(v.version for v in self.list()) or "none"
+            known = ", ".join(v.version for v in self.versions()) or "none"
             raise StoreError(f"{self.root}: no model version {version!r} (stored: {known})")
         return self._fetch(version, sha256)
 

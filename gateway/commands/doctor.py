@@ -212,7 +212,8 @@ def dns_lines(config: Config, probe: str) -> list[Line]:
     if not servers:
         source = "/etc/resolv.conf"
         try:
-            servers = list(dns.resolver.Resolver(configure=True).nameservers)
+            servers = [server if isinstance(server, str) else server.answer_nameserver()
+                       for server in dns.resolver.Resolver(configure=True).nameservers]
         except dns.resolver.NoResolverConfiguration:
             return [fail("dns", "no DNS servers: [dns] nameservers is empty and "
                          "/etc/resolv.conf names none", "set [dns] nameservers")]
@@ -672,15 +673,16 @@ def _user(uid: int) -> str:
 
 def permission_lines(config: Config, user: str, config_path: str | None) -> list[Line]:
     lines = []
+    owner: pwd.struct_passwd | None
     try:
-        owner = pwd.getpwnam(user)
+        owner = found = pwd.getpwnam(user)
     except KeyError:
         lines.append(fail("user", f"there is no user {user} for the service to run as",
                           "gateway init --user " + user + " (or useradd --system --home "
                           "/var/lib/gateway --shell /usr/sbin/nologin " + user + ")"))
         owner = None
     else:
-        lines.append(ok("user", f"{user} (uid {owner.pw_uid}) runs the gateway"))
+        lines.append(ok("user", f"{user} (uid {found.pw_uid}) runs the gateway"))
     url = config.quarantine.url
     if url.startswith("sqlite:///") and Path(url.removeprefix("sqlite:///")).exists():
         lines.append(_store_modes(Path(url.removeprefix("sqlite:///")), owner))

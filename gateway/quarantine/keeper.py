@@ -15,6 +15,8 @@ import random
 import threading
 import time
 
+from sqlalchemy.engine import Connection
+
 from gateway.classifier.autolearn import accept_candidates
 from gateway.config import Config
 from gateway.jobs import JobError, Jobs, PeriodicJob
@@ -44,8 +46,8 @@ class Keeper:
         self._sample_writer: threading.Thread | None = None
         self.samples_dropped = 0
         self._complained = 0.0
-        self._purge = None
-        self._autolearn = None
+        self._purge: PeriodicJob | None = None
+        self._autolearn: PeriodicJob | None = None
 
     def store(self) -> QuarantineStore:
         with self._lock:
@@ -141,7 +143,7 @@ class Keeper:
             raise JobError(str(exc)) from None
         return Jobs(store.engine, store.node)
 
-    def purge_work(self, connection) -> dict[str, int]:
+    def purge_work(self, connection: Connection | None) -> dict[str, int]:
         """One purge, in the job's transaction: held mail past its days
         expires, records past theirs go, old accepted samples go."""
         store = self.store()
@@ -155,7 +157,7 @@ class Keeper:
                      counts["expired"], counts["removed"])
         return counts
 
-    def autolearn_work(self, _connection: None) -> dict[str, int]:
+    def autolearn_work(self, _connection: Connection | None) -> dict[str, int]:
         """With ``[classifier] autolearn = "on"``: learn the candidates whose
         delay has passed, unless someone objected."""
         if self.classifier.autolearn != "on":

@@ -105,7 +105,7 @@ def create(store: QuarantineStore, record: Record, to: Iterable[str], requester:
             message=record.id, recipients=json.dumps(chosen), requester=requester[:200],
             source=source, notify=notify[:320], reason=reason[:MAX_REASON],
             approver=approver, created=stamp, state="pending",
-            decision_reason="")).inserted_primary_key[0]
+            decision_reason="").returning(release_requests.c.id)).scalar_one()
         _event(connection, record.id, requester, "release-requested",
                f"request #{identifier}: to {', '.join(chosen)}; an {approver} approves",
                reason)

@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.db import first_line, make_engine, migrate, now, safe_url, utc
 from gateway.headers import authentication_results_header, verdict_headers
@@ -377,7 +378,7 @@ class QuarantineStore:
             return connection.execute(
                 select(messages.c.raw).where(messages.c.id == identifier)).scalar()
 
-    def list(self, filters: Filters = Filters()) -> list[Record]:
+    def records(self, filters: Filters = Filters()) -> list[Record]:
         column = messages.c[filters.sort] if filters.sort in SORTS else messages.c.created
         order = [column.desc() if filters.descending else column.asc()]
         if column is not messages.c.created:
@@ -402,7 +403,7 @@ class QuarantineStore:
         """Records per state, every state present (for metrics and doctor)."""
         query = select(messages.c.state, func.count()).group_by(messages.c.state)
         with self.engine.connect() as connection:
-            counts = dict(connection.execute(query).all())
+            counts: dict[str, int] = {state: n for state, n in connection.execute(query)}
         return {state: int(counts.get(state, 0)) for state in STATES}
 
     def _records(self, connection: Connection, rows: Iterable[Any],
@@ -534,10 +535,10 @@ class QuarantineStore:
                     query = query.where(messages.c.created >= since)
                 found += [(utc(c), i, a) for c, i, a in connection.execute(query)]
             if "accept" in kinds:
-                query = select(replay_samples.c.created, replay_samples.c.id)
+                samples = select(replay_samples.c.created, replay_samples.c.id)
                 if since is not None:
-                    query = query.where(replay_samples.c.created >= since)
-                found += [(utc(c), i, "accept") for c, i in connection.execute(query)]
+                    samples = samples.where(replay_samples.c.created >= since)
+                found += [(utc(c), i, "accept") for c, i in connection.execute(samples)]
         for _created, identifier, kind in sorted(found):
             item = self._stored(identifier, kind)
             if item is not None:
@@ -679,7 +680,7 @@ def _event(connection: Connection, identifier: str, who: str, what: str, detail:
 
 def _conditions(filters: Filters) -> Any:
     """The WHERE clause of a list or count."""
-    conditions = [true()]
+    conditions: list[ColumnElement[bool]] = [true()]
     if filters.sender:
         conditions.append(messages.c.sender.ilike(_like(filters.sender), escape="\\"))
     if filters.recipient:
