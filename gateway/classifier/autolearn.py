@@ -44,10 +44,14 @@ from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.classifier.corpus import content_key
+from gateway.classifier.trainingset import TrainingSet
 from gateway.config import Config
 from gateway.db import first_line, utc
 from gateway.facts import DmarcFacts, IdentityFacts
+from gateway.mail import decoded_header
 from gateway.message import Envelope
+from gateway.quarantine.schema import events, feedback, feedback_mail, messages, training_messages
+from gateway.quarantine.store import QuarantineStore
 from gateway.ruleset import Ruleset
 from gateway.verdict import Verdict
 
@@ -145,8 +149,6 @@ def queue_candidate(engine: Any, found: Candidate, raw: bytes, subject: str | No
     """Put one candidate in the feedback queue: 'queued', or why not
     ('known': this message is queued or learned already; 'capped': its
     sender has its share; 'full': MAX_PENDING candidates wait)."""
-    from gateway.quarantine.schema import events, feedback, feedback_mail, training_messages
-
     at = at or datetime.now(UTC)
     key = content_key(raw)
     with engine.begin() as connection:
@@ -272,7 +274,6 @@ class Autolearner:
 
 
 def _subject(raw: bytes) -> str | None:
-    from gateway.mail import decoded_header
 
     head = raw.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0][:65536]
     for line in head.splitlines():
@@ -303,10 +304,6 @@ def accept_candidates(quarantine_url: str, training_set_url: str, reviewer: str,
                       limit: int = 1000) -> Outcome:
     """Learn pending autolearn candidates: those whose delay has passed (or
     exactly ``ids``, an admin's choice, due or not), each unless objected to."""
-    from gateway.classifier.trainingset import TrainingSet
-    from gateway.quarantine.schema import feedback, feedback_mail, messages, training_messages
-    from gateway.quarantine.store import QuarantineStore
-
     at = at or datetime.now(UTC)
     store = QuarantineStore(quarantine_url)
     training = TrainingSet(training_set_url)
@@ -390,7 +387,6 @@ def _judge(engine: Any, training_engine: Any, row: Any, feedback: Any, training_
 
 def pending_counts(engine: Any, at: datetime | None = None) -> dict[str, int]:
     """Autolearn candidates waiting, per label, and how many are due."""
-    from gateway.quarantine.schema import feedback
 
     at = at or datetime.now(UTC)
     counts = {"ham": 0, "spam": 0, "due": 0}

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.checks.fuzzy import learn_quietly
 from gateway.classifier.corpus import content_key
 from gateway.classifier.train import Labelled
 from gateway.db import first_line, now, utc
@@ -109,9 +110,7 @@ class TrainingSet:
                         "action": f"learned-{label}", "detail": note or "gateway learn"})
         except SQLAlchemyError as exc:
             raise TrainingSetError(f"cannot store the label: {first_line(exc)}") from None
-        from gateway.checks.fuzzy import learn_quietly  # the fuzzy check's hashes too
-
-        learn_quietly(self.engine, raw, label, source)
+        learn_quietly(self.engine, raw, label, source)  # the fuzzy check's hashes too
         return outcome
 
     def forget(self, key_or_id: str) -> bool:
