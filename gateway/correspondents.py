@@ -61,6 +61,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from gateway.config import IdentitySection
+from gateway.db import utc
 from gateway.quarantine.schema import (
     correspondent_cursor,
     correspondent_holds,
@@ -92,10 +93,6 @@ COUNTS = ("accepted", "held", "released", "spam", "outbound")
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -148,7 +145,7 @@ def _entry(row: Any) -> Entry:
         names = tuple(str(n) for n in json.loads(row.names or "[]"))[:MAX_NAMES]
     except (ValueError, TypeError):
         names = ()
-    return Entry(row.sender, row.via, row.recipient, _utc(row.first_seen), _utc(row.last_seen),
+    return Entry(row.sender, row.via, row.recipient, utc(row.first_seen), utc(row.last_seen),
                  row.accepted, row.held, row.released, row.spam, row.outbound, names)
 
 
@@ -292,7 +289,7 @@ class Memory:
 
     @classmethod
     def open(cls, url: str) -> Memory:
-        from gateway.quarantine.store import make_engine
+        from gateway.db import make_engine
 
         return cls(make_engine(url, pool_size=2, connect_timeout=5))
 
@@ -401,7 +398,7 @@ class Memory:
                 if count == "released":
                     query = query.where(recipients.c.released.is_not(None))
                 for (address,) in connection.execute(query):
-                    row_counts = {"first": _utc(row.time), "last": _utc(row.time), "names": [],
+                    row_counts = {"first": utc(row.time), "last": utc(row.time), "names": [],
                                   **dict.fromkeys(COUNTS, 0), count: 1}
                     _upsert(connection, (held.sender, held.via, _address(address)),
                             row_counts, seen=count == "released")
@@ -477,7 +474,7 @@ def _upsert_many(connection: Connection, merged: Mapping[tuple[str, str, str], M
 def _changed(current: Any, row: Mapping[str, Any], seen: bool) -> dict[str, Any]:
     """What an existing row gets: counts to add, a later last_seen, names."""
     values: dict[str, Any] = {n: row[n] for n in COUNTS if row[n]}
-    if seen and _utc(current.last_seen) < row["last"]:
+    if seen and utc(current.last_seen) < row["last"]:
         values["last_seen"] = row["last"]
     if row["names"]:
         try:

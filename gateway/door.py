@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import ratelimit
 from gateway.config import Config
+from gateway.db import first_line
 from gateway.facts import DmarcFacts, DnsblFacts, IprevFacts, ListsFacts, SpfFacts
 from gateway.greylist import (
     Clock,
@@ -302,7 +303,7 @@ class Door:
         except Exception as exc:
             count("greylist", "failopen")
             _complain(f"greylisting lets mail through: the store's database does not answer "
-                      f"({_first_line(exc)})")
+                      f"({first_line(exc)})")
             return None
         for outcome in outcomes:
             count("greylist", outcome.result)
@@ -501,9 +502,3 @@ def _complain(problem: str) -> None:
     if now - _complained[0] >= 60.0:
         _complained[0] = now
         log.warning("door: %s", problem)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-

@@ -38,6 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from gateway.config import GreylistSection
+from gateway.db import utc
 from gateway.durations import seconds
 from gateway.quarantine.schema import greylist
 
@@ -236,7 +237,7 @@ class GreylistStore:
     def _check(self, connection: Connection, triplet: Triplet, at: datetime,
                client_ip: str | None, reason: str) -> Outcome:
         row = self._row(connection, triplet, lock=True)
-        if row is None or _utc(row.expires) <= at:
+        if row is None or utc(row.expires) <= at:
             if row is not None:  # forgotten: a first attempt again
                 connection.execute(delete(greylist).where(_is(triplet)))
             try:
@@ -255,7 +256,7 @@ class GreylistStore:
                 last_seen=at, expires=at + self.remember, messages=greylist.c.messages + 1,
                 client_ip=client_ip))
             return Outcome(triplet, "known")
-        waited = at - _utc(row.first_seen)
+        waited = at - utc(row.first_seen)
         if waited >= self.delay:
             connection.execute(update(greylist).where(_is(triplet)).values(
                 last_seen=at, passed=at, expires=at + self.remember,
@@ -337,14 +338,10 @@ def _is(triplet: Triplet) -> Any:
 
 
 def _entry(row: Any) -> Entry:
-    return Entry(row.client, row.sender, row.recipient, _utc(row.first_seen),
-                 _utc(row.last_seen), _utc(row.passed) if row.passed else None,
-                 _utc(row.expires), row.attempts, row.messages, row.client_ip, row.reason,
+    return Entry(row.client, row.sender, row.recipient, utc(row.first_seen),
+                 utc(row.last_seen), utc(row.passed) if row.passed else None,
+                 utc(row.expires), row.attempts, row.messages, row.client_ip, row.reason,
                  row.node)
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _escape(text: str) -> str:

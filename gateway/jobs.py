@@ -43,6 +43,7 @@ from sqlalchemy import Engine, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from gateway.db import first_line, insert_ignoring, utc
 from gateway.quarantine.schema import job_runs, jobs
 
 log = logging.getLogger("gateway.jobs")
@@ -55,7 +56,9 @@ BUSY_RETRY = 30.0
 # Finished periods are kept this long, for `gateway nodes` and the curious.
 RUNS_KEPT = timedelta(days=30)
 
-Work = Callable[[Connection], dict[str, Any]]
+# A job's work gets the transaction that records its period as done, or
+# None when it is piecewise (it commits its own items).
+Work = Callable[[Connection | None], dict[str, Any]]
 
 
 class JobError(Exception):
@@ -126,7 +129,7 @@ class Jobs:
                     return Outcome("done-before", done[0], done[1])
                 started = datetime.now(UTC)
                 if piecewise:
-                    result = work(None)  # type: ignore[arg-type]
+                    result = work(None)
                     with self.engine.begin() as connection:
                         self._finish(connection, name, period, started, result, token,
                                      postgres)
@@ -233,14 +236,14 @@ class Jobs:
             query = query.where(job_runs.c.job == name)
         with self.engine.connect() as connection:
             return [{"job": r.job, "period": r.period, "node": r.node,
-                     "started": _utc(r.started), "finished": _utc(r.finished),
+                     "started": utc(r.started), "finished": utc(r.finished),
                      "result": json.loads(r.result)} for r in connection.execute(query)]
 
     def running(self) -> list[dict[str, Any]]:
         """Jobs some node says it runs now (on PostgreSQL a crashed node's
         claim stays until the next run; the lock is the truth)."""
         with self.engine.connect() as connection:
-            return [{"job": r.name, "node": r.holder, "started": _utc(r.started)}
+            return [{"job": r.name, "node": r.holder, "started": utc(r.started)}
                     for r in connection.execute(select(jobs).where(jobs.c.holder.is_not(None)))
                     if r.started is not None]
 
@@ -276,7 +279,7 @@ class PeriodicJob:
             try:
                 outcome = self.run_now()
             except (SQLAlchemyError, JobError) as exc:
-                log.error("job %s: %s", self.name, _first_line(exc))
+                log.error("job %s: %s", self.name, first_line(exc))
                 delay = min(delay, BUSY_RETRY, self.interval)
                 continue
             except Exception:
@@ -296,27 +299,3 @@ class PeriodicJob:
         else:
             log.debug("job %s for %s: %s %s", self.name, period, outcome.state, outcome.node)
         return outcome
-
-
-def insert_ignoring(connection: Connection, table: Any, row: dict[str, Any]) -> bool:
-    """INSERT unless a row with the same key exists (ON CONFLICT DO NOTHING,
-    on SQLite and PostgreSQL alike; no savepoint needed); True if inserted."""
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    key = next(iter(table.primary_key.columns))  # psycopg's rowcount says -1 here
-    return connection.execute(dialect_insert(table).values(**row).on_conflict_do_nothing()
-                              .returning(key)).first() is not None
-
-
-def _first_line(exc: Exception) -> str:
-    from gateway.quarantine.store import first_line
-
-    return first_line(exc)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

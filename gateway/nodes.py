@@ -32,6 +32,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection
 
 import gateway
+from gateway.db import first_line, insert_ignoring, schema_head, utc
 from gateway.quarantine.schema import nodes
 
 log = logging.getLogger("gateway.nodes")
@@ -98,16 +99,13 @@ def database_now(connection: Connection) -> datetime:
     """The database's clock on PostgreSQL (one clock for every node); this
     machine's on SQLite (which is one machine anyway)."""
     if connection.dialect.name == "postgresql":
-        return _utc(connection.execute(select(func.now())).scalar_one())
+        return utc(connection.execute(select(func.now())).scalar_one())
     return datetime.now(UTC)
 
 
 def beat(connection: Connection, name: str, model: str, started: datetime,
          stopped: bool = False) -> None:
     """Write this node's row (insert or update) with a fresh heartbeat."""
-    from gateway.jobs import insert_ignoring
-    from gateway.quarantine.store import schema_head
-
     stamp = database_now(connection)
     values = {"host": socket.gethostname(), "version": gateway.__version__,
               "schema": schema_head(), "model": model or "-", "pid": os.getpid(),
@@ -123,9 +121,9 @@ def fleet(connection: Connection) -> list[Node]:
     at = database_now(connection)
     found = []
     for row in connection.execute(select(nodes).order_by(nodes.c.name)):
-        heartbeat = _utc(row.heartbeat)
+        heartbeat = utc(row.heartbeat)
         found.append(Node(row.name, row.host, row.version, row.schema, row.model, row.pid,
-                          _utc(row.started), heartbeat, (at - heartbeat).total_seconds(),
+                          utc(row.started), heartbeat, (at - heartbeat).total_seconds(),
                           json.loads(row.status or "{}")))
     return found
 
@@ -177,8 +175,6 @@ class Heartbeat:
             with store.engine.begin() as connection:
                 beat(connection, store.node, LOCAL.model, self.started, stopped)
         except Exception as exc:  # a heartbeat never takes the node down
-            from gateway.quarantine.store import first_line
-
             self._down(first_line(exc))
             return False
         self._up()
@@ -199,7 +195,3 @@ class Heartbeat:
                          time.time() - LOCAL.down_since)
             LOCAL.database_ok, LOCAL.database_problem = True, ""
             LOCAL.last_contact = time.time()
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from gateway.config import RateLimitSection
+from gateway.db import first_line, utc
 from gateway.durations import per_second
 from gateway.quarantine.schema import rate_buckets
 
@@ -111,10 +112,6 @@ class Limit:
         return f"{self.name}: {self.key} at most {self.rate_text}, burst {self.burst:g}"
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 class BucketStore:
     """The buckets' rows: take tokens (refilled for the time gone), give
     back unused ones, count refusals."""
@@ -163,7 +160,7 @@ class BucketStore:
                 pass
             row = connection.execute(query).first()
             assert row is not None
-        elapsed = max(0.0, (at - _utc(row.updated)).total_seconds())
+        elapsed = max(0.0, (at - utc(row.updated)).total_seconds())
         return float(min(limit.burst, row.level + elapsed * limit.per_second))
 
     def rows(self, name: str = "", limit_rows: int = 1000) -> list[dict[str, Any]]:
@@ -235,7 +232,7 @@ class RateLimiter:
             granted = store.take(limit, key, limit.lease)
         except Exception as exc:  # the database away: count alone, never hold mail
             self._complain(f"rate limits counted on this node alone (the store's database "
-                           f"does not answer: {_first_line(exc)})")
+                           f"does not answer: {first_line(exc)})")
             allowed = self._admit_locally(limit, key)
             self._count(limit, "local")
             self._count(limit, "admitted" if allowed else "refused")
@@ -303,7 +300,7 @@ class RateLimiter:
                     returned += tokens
             except Exception as exc:  # lost tokens: the bucket refills anyway
                 self._complain(f"cannot give back unused rate limit tokens: "
-                               f"{_first_line(exc)}")
+                               f"{first_line(exc)}")
         return returned
 
     def close(self) -> None:
@@ -315,8 +312,3 @@ class RateLimiter:
         if now - self._complained >= COMPLAIN_EVERY:
             self._complained = now
             log.warning("ratelimit: %s", problem)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -34,6 +34,7 @@ from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from gateway.db import first_line
 from gateway.mail import registrable_domain
 from gateway.quarantine.schema import sender_history
 
@@ -229,11 +230,6 @@ class SenderHistory:
                 if time.monotonic() - complained > 60:
                     complained = time.monotonic()
                     log.warning("sender history: cannot record %s: %s", domain,
-                                _first_line(exc))
+                                first_line(exc))
             finally:
                 self._queue.task_done()
-
-
-def _first_line(exc: Any) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

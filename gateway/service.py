@@ -31,6 +31,7 @@ from gateway.decider import Decider, Observer
 from gateway.door import build_door
 from gateway.evaluator import Evaluator, build_evaluator
 from gateway.logs import setup_logging
+from gateway.nodes import Heartbeat
 from gateway.pipeline import check_classes
 from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.store import QuarantineError
@@ -140,6 +141,8 @@ class Service:
         for problem in problems:
             log.warning("%s", problem)
         self._current = generation
+        self._heartbeat: Heartbeat | None = None
+        self._beat_with(generation.keeper)
 
     @property
     def current(self) -> Generation:
@@ -177,6 +180,7 @@ class Service:
                          config.log.format)
             self._current = generation
             old.retire()
+            self._beat_with(generation.keeper)
             if keeper is None and old.keeper is not None:
                 old.keeper.close()
             self.reloads["ok"] += 1
@@ -204,8 +208,23 @@ class Service:
             pause(0.05)
         return busy
 
+    def _beat_with(self, keeper: Keeper | None) -> None:
+        """Every node says in the registry that it runs (gateway.nodes), in
+        the database of its quarantine, for as long as the service runs: a
+        new quarantine gets a new heartbeat, started before the old one stops
+        so that the node is never marked stopped by a reload."""
+        running = self._heartbeat
+        if running is not None and keeper is not None and running.store == keeper.store:
+            return
+        self._heartbeat = Heartbeat(keeper.store).start() if keeper is not None else None
+        if running is not None:
+            running.stop()
+
     def close(self) -> None:
         generation = self._current
+        if self._heartbeat is not None:
+            self._heartbeat.stop()  # its last beat says the node stopped on purpose
+            self._heartbeat = None
         generation.decider.close(close_keeper=False)
         if generation.keeper is not None:
             generation.keeper.close()

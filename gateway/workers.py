@@ -128,7 +128,7 @@ class ResultLog:
         self.fd = os.memfd_create("gateway-worker-results", os.MFD_CLOEXEC) if fd is None else fd
         self._frames = bytearray()  # the worker's copy of what it wrote
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         # Crosses to the worker as a duplicate of the descriptor.
         return (_rebuild_result_log, (reduction.DupFd(self.fd),))
 
@@ -137,7 +137,7 @@ class ResultLog:
         os.ftruncate(self.fd, 0)
         self._frames.clear()
 
-    def append(self, item: tuple) -> None:
+    def append(self, item: tuple[Any, ...]) -> None:
         data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
         frame = self._FRAME.pack(len(data)) + data
         os.pwrite(self.fd, frame, len(self._frames))
@@ -148,12 +148,12 @@ class ResultLog:
         return bytes(self._frames)
 
     # -- the milter's side
-    def read(self) -> list[tuple]:
+    def read(self) -> list[tuple[Any, ...]]:
         """What a killed worker had finished."""
         return self.parse(os.pread(self.fd, os.fstat(self.fd).st_size, 0))
 
     @classmethod
-    def parse(cls, data: bytes, at: int = 0) -> list[tuple]:
+    def parse(cls, data: bytes, at: int = 0) -> list[tuple[Any, ...]]:
         items, size = [], cls._FRAME.size
         while at + size <= len(data):
             (length,) = cls._FRAME.unpack_from(data, at)
@@ -648,14 +648,15 @@ def _worker_main(conn: Connection, config: Config, ruleset: Ruleset,
 # A check's result crosses the pipe as plain tuples: pickling the frozen
 # dataclasses costs five times as much, on each side, for every check of
 # every message.
-def _encode(run: CheckRun, report: Report | None) -> tuple:
+def _encode(run: CheckRun, report: Report | None) -> tuple[Any, ...]:
     found = None if report is None else (
         tuple((s.name, s.score, s.description, s.evidence, s.reply) for s in report.symbols),
         dict(report.facts))
     return (run.name, run.status, run.millis, run.error), found
 
 
-def _decode(run: tuple, found: tuple | None) -> tuple[CheckRun, Report | None]:
+def _decode(run: tuple[Any, ...], found: tuple[Any, ...] | None
+            ) -> tuple[CheckRun, Report | None]:
     report = None if found is None else Report(
         symbols=tuple(Symbol(*fields) for fields in found[0]), facts=found[1])
     return CheckRun(*run), report

@@ -363,7 +363,7 @@ def test_the_seven_forms_through_postfix_are_refused_or_held(postfix, sink, gate
     send(postfix, message(from_header="Support <x@attacker.test>", subject=f"{tag} control"),
          mail_from="x@attacker.test")
     store = QuarantineStore(f"sqlite:///{milter_socket.parent}/quarantine.db")
-    held = {record.subject for record in store.list() if record.state == "held"}
+    held = {record.subject for record in store.records() if record.state == "held"}
     store.close()
     for form, outcome in outcomes.items():
         refused = outcome.startswith("550 5.7.1") and "[DMARC_POLICY_REJECT]" in outcome

@@ -10,9 +10,10 @@ import sys
 import threading
 from pathlib import Path
 
+from gateway.db import MIGRATIONS, make_engine
 from gateway.message import Envelope, RawContent
 from gateway.policy import Policy
-from gateway.quarantine.store import MIGRATIONS, QuarantineStore, make_engine
+from gateway.quarantine.store import QuarantineStore
 from gateway.ruleset import Ruleset
 from gateway.symbols import Symbol
 from gateway.verdict import PipelineResult
@@ -136,7 +137,7 @@ def test_a_backup_from_an_earlier_schema_is_migrated_when_restored(tmp_path: Pat
     assert "restore: migrated the quarantine from schema 0005 to" in restored.stdout
     new = QuarantineStore(f"sqlite:///{tmp_path}/new/quarantine.db")
     try:
-        assert {r.id for r in new.list()} == set(kept)
+        assert {r.id for r in new.records()} == set(kept)
     finally:
         new.close()
 

@@ -175,7 +175,7 @@ def test_eicar_is_quarantined_when_configured(postfix, sink, gateway_milter, cla
     tag = uuid.uuid4().hex
     send(postfix, with_attachment("eicar.com", EICAR, tag))
     assert sink.find(tag, timeout=2) is None
-    (record,) = QuarantineStore(url).list(Filters(symbol="CLAMAV_VIRUS"))
+    (record,) = QuarantineStore(url).records(Filters(symbol="CLAMAV_VIRUS"))
     assert record.subject == f"the file you asked for {tag}"
     assert record.reason == "forced by CLAMAV_VIRUS"
 

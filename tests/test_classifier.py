@@ -251,7 +251,7 @@ def test_train_into_the_store_then_promote_and_roll_back(tmp_path: Path):
     assert report["cross_validation"]["figures"]["auc"]["n"] == 5
     assert "cross-validation fold 5/5" in result.stderr  # progress lines
     store = ModelStore(tmp_path / "store")
-    assert [v.version for v in store.list()] == [first]
+    assert [v.version for v in store.versions()] == [first]
     assert store.current_version() is None  # a candidate until promoted
 
     result = gateway("model", "promote", first, "--config", str(config))

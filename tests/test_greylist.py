@@ -406,8 +406,8 @@ def note(tag: str, sender: str = "bob@example.org") -> bytes:
 def pending_for(url: str, recipient: str) -> list:
     from sqlalchemy import create_engine, select
 
+    from gateway.db import engine_url
     from gateway.quarantine.schema import greylist
-    from gateway.quarantine.store import engine_url
 
     engine = create_engine(engine_url(url))
     try:
@@ -470,8 +470,8 @@ def test_through_postfix_a_greylisted_sender_retries_from_its_pool_after_a_resta
 def _history(url: str, domain: str) -> bool:
     from sqlalchemy import create_engine, select
 
+    from gateway.db import engine_url
     from gateway.quarantine.schema import sender_history
-    from gateway.quarantine.store import engine_url
 
     engine = create_engine(engine_url(url))
     try:

@@ -290,7 +290,7 @@ def test_spoofed_p_reject_author_through_postfix(spoofing_postfix, sink, gateway
         else:
             outcomes[shape] = "250"
     store = QuarantineStore(milter_store)
-    held = {record.subject for record in store.list() if record.state == "held"}
+    held = {record.subject for record in store.records() if record.state == "held"}
     store.close()
     assert outcomes["plain"].startswith("550 5.7.1"), outcomes
     assert "[DMARC_POLICY_REJECT]" in outcomes["plain"]

@@ -26,9 +26,9 @@ from gateway.correspondents import (
     Memory,
     MemoryReader,
     Observation,
-    _utc,
     observations,
 )
+from gateway.db import utc
 from gateway.decider import Decision
 from gateway.evaluator import LocalEvaluator
 from gateway.facts import DkimFacts, IdentityFacts, SignatureResult, SpfFacts
@@ -805,7 +805,7 @@ def _rows(memory) -> list[tuple]:
     with memory.engine.connect() as connection:
         found = connection.execute(select(correspondents).order_by(
             correspondents.c.sender, correspondents.c.via, correspondents.c.recipient)).all()
-    return [(r.sender, r.via, r.recipient, _utc(r.first_seen), _utc(r.last_seen),
+    return [(r.sender, r.via, r.recipient, utc(r.first_seen), utc(r.last_seen),
              *(getattr(r, n) for n in sorted(COUNTS)), json.loads(r.names)) for r in found]
 
 
@@ -871,7 +871,7 @@ def test_a_batch_of_observations_adds_what_it_should(tmp_path, request, database
         rows = _rows(memory)
         assert rows == _expected_rows(batches)
         with memory.engine.connect() as connection:
-            holds = {r.message: (r.sender, r.via, _utc(r.created))
+            holds = {r.message: (r.sender, r.via, utc(r.created))
                      for r in connection.execute(select(correspondent_holds))}
         assert holds == _expected_holds(batches) and len(holds) > 40
         assert len(rows) > 40 and any(len(r[-1]) > 1 for r in rows)  # pairs met again, names

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, insert, select
 
+from gateway.db import schema_head
 from gateway.jobs import Jobs, PeriodicJob, period_of
 from gateway.nodes import Heartbeat, fleet
 from gateway.quarantine.schema import console_settings, job_runs
-from gateway.quarantine.store import QuarantineStore, schema_head
+from gateway.quarantine.store import QuarantineStore
 from tests.helpers import PROJECT_ROOT
 
 
@@ -331,8 +332,8 @@ def test_two_purges_at_once_expire_each_message_once(postgres):
 
     from sqlalchemy import update
 
+    from gateway.db import now
     from gateway.quarantine.schema import events, messages
-    from gateway.quarantine.store import now
     from tests.test_quarantine import put
 
     store = QuarantineStore(postgres.url, node="node-a")

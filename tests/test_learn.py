@@ -15,8 +15,9 @@ from sqlalchemy import create_engine, inspect
 
 from gateway.classifier.train import Labelled, load_dataset
 from gateway.classifier.trainingset import TrainingSet, TrainingSetError
+from gateway.db import MIGRATIONS
 from gateway.message import Envelope, RawContent
-from gateway.quarantine.store import MIGRATIONS, QuarantineStore
+from gateway.quarantine.store import QuarantineStore
 from tests.helpers import FIXTURES, PROJECT_ROOT
 from tests.test_quarantine import message, verdict
 

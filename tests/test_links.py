@@ -424,7 +424,7 @@ def _held(url: str, subject: str):
     from tests.helpers import wait_until
 
     store = QuarantineStore(url)
-    return wait_until(lambda: [r for r in store.list(Filters(subject=subject))],
+    return wait_until(lambda: [r for r in store.records(Filters(subject=subject))],
                       what=f"the message {subject!r} in the quarantine")
 
 

@@ -73,9 +73,9 @@ def test_versions_pointer_history_and_rollback_in_the_database(tmp_path: Path, c
     path = store.current_path()
     assert path is not None and path.parent.parent == cache
     assert load_model(path).version == "nb-second"
-    assert [(v.version, v.current) for v in store.list()] == [("nb-first", False),
+    assert [(v.version, v.current) for v in store.versions()] == [("nb-first", False),
                                                               ("nb-second", True)]
-    assert store.list()[0].meta["version"] == "nb-first"  # the card, without the bytes
+    assert store.versions()[0].meta["version"] == "nb-first"  # the card, without the bytes
     assert [(e["action"], e["version"]) for e in store.history()] == [
         ("promote", "nb-first"), ("promote", "nb-second")]
     assert store.history()[1]["previous"] == "nb-first"
@@ -194,7 +194,7 @@ def test_a_folder_store_moves_into_the_database(tmp_path: Path, cache: Path):
     assert imported.returncode == 0, imported.stderr
     assert "2 versions imported" in imported.stdout
     store = ModelStore(url)
-    assert sorted(v.version for v in store.list()) == [first, "nb-old-two"]
+    assert sorted(v.version for v in store.versions()) == [first, "nb-old-two"]
     assert load_model(store.current_path()).version == "nb-old-two"
     assert [(e["action"], e["from"]) for e in store.history()] == [
         ("import", str(tmp_path / "models"))]
@@ -226,7 +226,7 @@ def test_train_writes_its_candidate_into_a_database_store(tmp_path: Path, cache:
     report = json.loads(trained.stdout)
     assert report["path"].startswith(f"{url} (candidate")
     store = ModelStore(url)
-    assert [v.version for v in store.list()] == [report["version"]]
+    assert [v.version for v in store.versions()] == [report["version"]]
     assert store.current_version() is None  # a candidate until promoted
 
 

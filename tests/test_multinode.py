@@ -33,13 +33,14 @@ from sqlalchemy import and_, func, select, text, update
 
 from gateway.classifier.store import ModelStore
 from gateway.classifier.train import train
+from gateway.db import now
 from gateway.jobs import _lock_key
 from gateway.lab.milter_process import MilterProcess
 from gateway.lab.postfix import PostfixInstance, free_port
 from gateway.message import Envelope, RawContent
 from gateway.paths import DEFAULT_RULES
 from gateway.quarantine.schema import events, job_runs, jobs, messages
-from gateway.quarantine.store import QuarantineStore, now
+from gateway.quarantine.store import QuarantineStore
 from tests.helpers import FIXTURES, PROJECT_ROOT, send, wait_until
 from tests.lab.postgres import PostgresInstance, postgres_bin
 from tests.test_quarantine import verdict

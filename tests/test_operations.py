@@ -20,7 +20,7 @@ from gateway.config import Config, PipelineSection, QuarantineSection, parse_con
 from gateway.lab.postfix import free_port
 from gateway.paths import DEFAULT_RULES
 from gateway.service import Service
-from tests.helpers import fixture_message, send
+from tests.helpers import fixture_message, send, wait_until
 
 pytestmark = pytest.mark.postfix
 
@@ -266,6 +266,40 @@ def test_a_reload_keeps_the_quarantine_when_its_settings_did_not_change(tmp_path
         assert service.current.keeper is keeper
     finally:
         service.close()
+
+
+def test_the_service_keeps_the_node_in_the_registry_not_the_purge_keeper(tmp_path):
+    from gateway import nodes
+    from gateway.db import make_engine
+    from gateway.quarantine.keeper import Keeper
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    config = Config(pipeline=PipelineSection(checks=["headers"], workers=0),
+                    quarantine=QuarantineSection(url=url, node="node-s"))
+    beating = set(nodes._running)
+    keeper = Keeper(config)
+    keeper.start_purging()  # the purge and autolearn jobs only
+    try:
+        assert set(nodes._running) == beating
+    finally:
+        keeper.close()
+    service = Service(config, None, lambda _path: config)
+    engine = make_engine(url)
+
+    def registered() -> list[nodes.Node]:
+        with engine.connect() as connection:
+            return [n for n in nodes.fleet(connection) if n.name == "node-s"]
+
+    try:
+        (node,) = wait_until(registered, what="the service's first heartbeat")
+        assert not node.stopped and not node.stale
+        assert service.reload()  # the same quarantine: the same heartbeat
+        assert len(set(nodes._running) - beating) == 1
+    finally:
+        service.close()
+    (node,) = registered()
+    assert node.stopped  # shut down on purpose, not taken for dead
+    engine.dispose()
 
 
 def test_rules_naming_an_unknown_symbol_are_refused_at_start_and_on_reload(tmp_path):

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.db import now
 from gateway.paths import DEFAULT_RULES
-from gateway.quarantine.store import QuarantineStore, now
+from gateway.quarantine.store import QuarantineStore
 from tests.helpers import PROJECT_ROOT, fixture_message, send, wait_until
 
 pytestmark = pytest.mark.postfix

@@ -86,7 +86,7 @@ def test_list_filters(store):
     c = put(store, "c", action="reject")
 
     def ids(**filters):
-        return {r.id for r in store.list(Filters(**filters))}
+        return {r.id for r in store.records(Filters(**filters))}
 
     assert ids() == {a, b, c}
     assert ids(sender="shop.example") == {a}
@@ -234,7 +234,7 @@ def test_rejected_mail_can_be_kept_and_found(postfix, sink, gateway_milter, tmp_
     with pytest.raises(smtplib.SMTPDataError) as caught:
         send(postfix, message(tag), mail_from="x@spammer.example")
     assert caught.value.smtp_code == 550
-    (record,) = QuarantineStore(url).list(Filters(action="reject"))
+    (record,) = QuarantineStore(url).records(Filters(action="reject"))
     assert record.subject == f"minutes {tag}"
     assert "BLOCKLIST_SENDER" in [s["name"] for s in record.symbols]
     # The reference in the reject reply finds it.
@@ -272,7 +272,7 @@ def test_read_only_store_means_4xx_and_nothing_lost(postfix, sink, gateway_milte
     assert "quarantined mail is answered 4xx until it works" in milter.log()
     remount(small_disk, "rw")
     send(postfix, message(tag))  # the sender's retry is stored
-    assert [r.subject for r in QuarantineStore(url).list()] == [f"minutes {tag}"]
+    assert [r.subject for r in QuarantineStore(url).records()] == [f"minutes {tag}"]
 
 
 @pytest.mark.postfix
@@ -298,7 +298,7 @@ def test_full_store_means_4xx_and_nothing_lost(postfix, sink, gateway_milter, tm
     assert caught.value.smtp_code == 451
     filler.unlink()
     send(postfix, big)
-    subjects = {r.subject for r in QuarantineStore(url).list()}
+    subjects = {r.subject for r in QuarantineStore(url).records()}
     assert subjects == {f"minutes {first}", f"minutes {tag}"}
 
 
@@ -309,7 +309,7 @@ def test_fifty_parallel_sessions_lose_nothing(postfix, sink, gateway_milter, tmp
     tags = [uuid.uuid4().hex for _ in range(50)]
     with ThreadPoolExecutor(50) as pool:
         list(pool.map(lambda t: send(postfix, message(t)), tags))
-    stored = {r.subject for r in QuarantineStore(url).list()}
+    stored = {r.subject for r in QuarantineStore(url).records()}
     assert stored == {f"minutes {t}" for t in tags}
 
 
@@ -357,7 +357,7 @@ def test_two_nodes_share_one_postgres_quarantine(postfix, sink, lab_dir, tmp_pat
         assert caught.value.smtp_code == 451
         postgres.start()
         send(nodes[1][2], message(lost))  # the retry lands once PostgreSQL is back
-        subjects = [r.subject for r in QuarantineStore(postgres.url).list()]
+        subjects = [r.subject for r in QuarantineStore(postgres.url).records()]
         assert f"minutes {lost}" in subjects, nodes[1][1].log()[-3000:]
         assert len(subjects) == 3
     finally:

@@ -16,12 +16,13 @@ from aiosmtpd.controller import Controller
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 
+from gateway.db import MIGRATIONS
 from gateway.lab.postfix import free_port
 from gateway.lab.sink import Sink
 from gateway.message import Envelope, RawContent
 from gateway.policy import Policy
 from gateway.quarantine.release import RELEASED_HEADER, ReleaseError, release, released_copy
-from gateway.quarantine.store import MIGRATIONS, Filters, QuarantineError, QuarantineStore
+from gateway.quarantine.store import Filters, QuarantineError, QuarantineStore
 from gateway.ruleset import Ruleset, load_rules
 from gateway.schema import ConfigError
 from gateway.symbols import Symbol
@@ -188,7 +189,7 @@ def test_list_filters_sorting_paging_and_prefixes(store):
     elsewhere = put(other, "elsewhere")
 
     def ids(**filters):
-        return [r.id for r in store.list(Filters(**filters))]
+        return [r.id for r in store.records(Filters(**filters))]
 
     assert set(ids(subject="MINUTES")) == {low, high, elsewhere}
     assert ids(subject="minutes low") == [low]
@@ -270,7 +271,7 @@ def test_a_partly_released_message_stays_held_listed_and_kept(store, listener):
 
     identifier = put(store, "partly", rcpts=("bob@example.net", "carol@example.net"))
     release(store, identifier, listener.address, "ann", to=["bob@example.net"])
-    assert [r.id for r in store.list(Filters(state="held"))] == [identifier]
+    assert [r.id for r in store.records(Filters(state="held"))] == [identifier]
     assert store.count_by_state()["held"] == 1 and store.count_by_state()["released"] == 0
     later = datetime.now(UTC) + timedelta(days=8)  # past released = 7, within held = 30
     assert store.purge({"held": 30, "released": 7}, 0, at=later) == {"expired": 0,

@@ -14,10 +14,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
 from gateway.config import load_config
+from gateway.db import MIGRATIONS, now
 from gateway.evaluator import LocalEvaluator
 from gateway.message import Envelope, Message, RawContent
 from gateway.quarantine.keeper import Keeper
-from gateway.quarantine.store import MIGRATIONS, QuarantineStore, now
+from gateway.quarantine.store import QuarantineStore
 from gateway.verdict import Verdict
 from tests.helpers import PROJECT_ROOT
 

@@ -290,8 +290,8 @@ def test_list_filters_prefixes_and_dashboard_figures_on_either_store(store):
 
     low = put(store, "low-one", names=("A_LOW",))
     high = put(store, "high-one", names=("B_HIGH", "CLAMAV_VIRUS"), action="reject")
-    assert [r.id for r in store.list(Filters(subject="HIGH-one"))] == [high]
-    assert [r.id for r in store.list(Filters(sort="subject", descending=False))] == [high, low]
+    assert [r.id for r in store.records(Filters(subject="HIGH-one"))] == [high]
+    assert [r.id for r in store.records(Filters(sort="subject", descending=False))] == [high, low]
     assert store.count_matching(Filters(min_score=1, node="node-a")) == 2
     assert store.get(low[:6], prefix=True).id == low
     days, series = stats.held_per_day(store)

@@ -221,7 +221,7 @@ def test_an_analyst_finds_a_held_message_and_releases_it_to_one_recipient(
     history = browser.find_element(By.XPATH, "//h2[text()='History']/following-sibling::table")
     assert f"queued as {queue_id}" in history.text and "minutes he asked for" in history.text
     assert f"{queue_id}: client=" in postfix.log_text()  # traceable in the mail log
-    record = site.store.list(Filters(subject=f"minutes {tag}"))[0]
+    record = site.store.records(Filters(subject=f"minutes {tag}"))[0]
     assert record.released_to == ("bob@example.net",)
     assert next(e["action"] for e in site.console.audit_trail(actor="alice")) == "release"
     # carol has not had it: still held, in the list and on the page (issue 28 #4)
@@ -374,7 +374,7 @@ def test_an_admin_blocks_a_sender_from_a_held_message_and_postfix_refuses_its_ne
     tag = uuid.uuid4().hex[:12]
     send(postfix, message(tag), mail_from="eve@phish.example")
     wait_for(lambda: site.store.count_matching(Filters(subject=tag)) == 1, what="held mail")
-    identifier = site.store.list(Filters(subject=tag))[0].id
+    identifier = site.store.records(Filters(subject=tag))[0].id
 
     log_in(browser, site, "ann", start=f"/quarantine/{identifier}")
     form = find(browser, By.ID, "block-sender")

@@ -42,6 +42,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.checks import Check, CheckContext
 from gateway.config import Config, FuzzySection
+from gateway.db import first_line
 from gateway.durations import seconds
 from gateway.facts import DmarcFacts, IdentityFacts
 from gateway.fuzzyhash import Digest, TlshIndex, digests
@@ -244,7 +245,7 @@ class FuzzyMemory:
                 path = self.url.removeprefix("sqlite:///")
                 if path in ("", ":memory:") or not Path(path).exists():
                     return None  # no store yet: nothing learned (and none created here)
-            from gateway.quarantine.store import make_engine
+            from gateway.db import make_engine
 
             self._engine = make_engine(self.url, pool_size=2)
         return self._engine
@@ -256,7 +257,7 @@ class FuzzyMemory:
             except Exception as exc:  # the store away: keep the last reading
                 self._ready.set()
                 self._complain(f"learned hashes not read again, using the last ones: "
-                               f"{_first_line(exc)}")
+                               f"{first_line(exc)}")
             self._stop.wait(self.settings.refresh)
 
     def _write(self) -> None:
@@ -444,8 +445,3 @@ def _describe(spam: dict[str, Any]) -> str:
     how = "the same short text as" if spam["kind"] == "exact" else \
         f"{spam['kind']} at distance {spam['distance']} from"
     return f"{how} spam learned from {spam['source']}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

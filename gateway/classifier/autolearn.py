@@ -44,9 +44,14 @@ from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.classifier.corpus import content_key
+from gateway.classifier.trainingset import TrainingSet
 from gateway.config import Config
+from gateway.db import first_line, utc
 from gateway.facts import DmarcFacts, IdentityFacts
+from gateway.mail import decoded_header
 from gateway.message import Envelope
+from gateway.quarantine.schema import events, feedback, feedback_mail, messages, training_messages
+from gateway.quarantine.store import QuarantineStore
 from gateway.ruleset import Ruleset
 from gateway.verdict import Verdict
 
@@ -144,8 +149,6 @@ def queue_candidate(engine: Any, found: Candidate, raw: bytes, subject: str | No
     """Put one candidate in the feedback queue: 'queued', or why not
     ('known': this message is queued or learned already; 'capped': its
     sender has its share; 'full': MAX_PENDING candidates wait)."""
-    from gateway.quarantine.schema import events, feedback, feedback_mail, training_messages
-
     at = at or datetime.now(UTC)
     key = content_key(raw)
     with engine.begin() as connection:
@@ -241,7 +244,7 @@ class Autolearner:
                                           quarantine_id, self.settings.autolearn_delay_days,
                                           self.settings.autolearn_per_sender)
             except SQLAlchemyError as exc:
-                self._complain(f"cannot queue a candidate: {_first_line(exc)}")
+                self._complain(f"cannot queue a candidate: {first_line(exc)}")
                 continue
             except Exception as exc:  # a candidate is never worth the thread
                 self._complain(f"cannot queue a candidate: {type(exc).__name__}: {exc}")
@@ -271,7 +274,6 @@ class Autolearner:
 
 
 def _subject(raw: bytes) -> str | None:
-    from gateway.mail import decoded_header
 
     head = raw.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0][:65536]
     for line in head.splitlines():
@@ -302,10 +304,6 @@ def accept_candidates(quarantine_url: str, training_set_url: str, reviewer: str,
                       limit: int = 1000) -> Outcome:
     """Learn pending autolearn candidates: those whose delay has passed (or
     exactly ``ids``, an admin's choice, due or not), each unless objected to."""
-    from gateway.classifier.trainingset import TrainingSet
-    from gateway.quarantine.schema import feedback, feedback_mail, messages, training_messages
-    from gateway.quarantine.store import QuarantineStore
-
     at = at or datetime.now(UTC)
     store = QuarantineStore(quarantine_url)
     training = TrainingSet(training_set_url)
@@ -318,7 +316,7 @@ def accept_candidates(quarantine_url: str, training_set_url: str, reviewer: str,
         with store.engine.connect() as connection:
             rows = connection.execute(query).all()
         for row in rows:
-            if ids is None and row.due is not None and _utc(row.due) > at:
+            if ids is None and row.due is not None and utc(row.due) > at:
                 counts["waiting"] += 1
                 continue
             verdict, why = _judge(store.engine, training.engine, row, feedback,
@@ -332,7 +330,7 @@ def accept_candidates(quarantine_url: str, training_set_url: str, reviewer: str,
                     raw = store.raw(row.message)
                 if raw is None:
                     verdict, why = "gone", "the message is no longer kept"
-            if verdict == "learn":
+            if verdict == "learn" and raw is not None:
                 source = f"autolearn feedback #{row.id}" + (
                     f" (quarantine:{row.message})" if row.message else "")
                 outcome = training.learn(bytes(raw), row.label, source, WHO,
@@ -389,7 +387,6 @@ def _judge(engine: Any, training_engine: Any, row: Any, feedback: Any, training_
 
 def pending_counts(engine: Any, at: datetime | None = None) -> dict[str, int]:
     """Autolearn candidates waiting, per label, and how many are due."""
-    from gateway.quarantine.schema import feedback
 
     at = at or datetime.now(UTC)
     counts = {"ham": 0, "spam": 0, "due": 0}
@@ -398,15 +395,5 @@ def pending_counts(engine: Any, at: datetime | None = None) -> dict[str, int]:
             feedback.c.source == SOURCE, feedback.c.state == "pending"))).all()
     for label, due in rows:
         counts[label] = counts.get(label, 0) + 1
-        counts["due"] += due is None or _utc(due) <= at
+        counts["due"] += due is None or utc(due) <= at
     return counts
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _first_line(exc: Exception) -> str:
-    original = getattr(exc, "orig", None) or exc
-    text = str(original).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

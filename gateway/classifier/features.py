@@ -425,7 +425,7 @@ def part_text(part: EmailMessage) -> str:
         payload = part.get_payload(decode=True)
     except Exception:  # a broken transfer encoding: fall back to the raw text
         payload = None
-    if payload is None:
+    if not isinstance(payload, bytes):  # None: a multipart, or undecodable
         raw = part.get_payload()
         return raw if isinstance(raw, str) else ""
     return decode_bytes(payload, part.get_content_charset())

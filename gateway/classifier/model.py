@@ -213,7 +213,7 @@ class SpamModel:
         tokens = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
         vocabulary_bytes = json.dumps(tokens, ensure_ascii=False).encode("utf-8")
         (directory / VOCABULARY_FILE).write_bytes(vocabulary_bytes)
-        arrays = {
+        arrays: dict[str, Any] = {
             "weights": self.weights.astype(np.float32),
             "idf": self.idf.astype(np.float32),
             "intercept": np.array([self.intercept]),

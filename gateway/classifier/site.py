@@ -29,10 +29,17 @@ from typing import Any
 
 import numpy as np
 
+from gateway.checks.bayes import model_location
 from gateway.classifier.corpus import content_key
-from gateway.classifier.model import META_FILE, SpamModel
+from gateway.classifier.model import META_FILE, ModelError, SpamModel, load_model
+from gateway.classifier.store import ModelStore, StoreError
 from gateway.classifier.thresholds import PLACED_PROBABILITY, HamScores
+from gateway.classifier.train import tokenize
+from gateway.classifier.trainingset import LABELS
 from gateway.config import Config
+from gateway.db import read_only_engine
+from gateway.quarantine.schema import feedback, feedback_mail, messages, training_messages
+from gateway.quarantine.store import QuarantineError
 
 # Newest messages of each label read from each source, at most.
 LIMIT = 5000
@@ -72,8 +79,6 @@ def site_mail(config: Config, labels_only: bool = False, limit: int = LIMIT) -> 
     mail and waiting autolearn ham); a label wins over the other sources."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gateway.quarantine.store import QuarantineError
-
     url = config.classifier.training_set_url(config.quarantine.url)
     if not url:
         raise SiteError("no store database ([quarantine] url) to read the site's mail from")
@@ -106,8 +111,6 @@ def site_mail(config: Config, labels_only: bool = False, limit: int = LIMIT) -> 
 def _reading(url: str) -> Iterator[Any]:
     """A connection that changes nothing: SQLite opened read-only (no WAL
     switch, no file modes touched), PostgreSQL as it is; no migration."""
-    from gateway.quarantine.store import read_only_engine
-
     engine = read_only_engine(url)
     try:
         with engine.connect() as connection:
@@ -127,9 +130,6 @@ def _labels(url: str, limit: int) -> Iterator[tuple[bytes, int, str]]:
     (read as they are: reading never migrates a database)."""
     from sqlalchemy import select
 
-    from gateway.classifier.trainingset import LABELS
-    from gateway.quarantine.schema import training_messages
-
     with _reading(url) as connection:
         found = {label: connection.execute(
             select(training_messages.c.raw, training_messages.c.who)
@@ -144,8 +144,6 @@ def _labels(url: str, limit: int) -> Iterator[tuple[bytes, int, str]]:
 def _unlabelled_ham(url: str, limit: int) -> Iterator[tuple[bytes, str]]:
     """Released mail and waiting autolearn ham candidates, newest first."""
     from sqlalchemy import and_, select
-
-    from gateway.quarantine.schema import feedback, feedback_mail, messages
 
     with _reading(url) as connection:
         released = connection.execute(
@@ -178,7 +176,6 @@ class SiteScores:
 
 def site_scores(model: SpamModel, mail: SiteMail) -> SiteScores:
     """The model's log-odds of the site's mail (out of fold where it learned it)."""
-    from gateway.classifier.train import tokenize
 
     learned = model.meta.get("learned_out_of_fold") or {}
     scores: tuple[list[float], list[float]] = ([], [])
@@ -296,12 +293,6 @@ def dashboard_summary(config: Config, labels_limit: int = 500) -> dict[str, Any]
     the newest ``labels_limit`` labels of each kind; kept per model and
     label count, so a busy dashboard does not score them on every view)."""
     from sqlalchemy import func, select
-
-    from gateway.checks.bayes import model_location
-    from gateway.classifier.model import ModelError, load_model
-    from gateway.classifier.store import ModelStore, StoreError
-    from gateway.quarantine.schema import training_messages
-    from gateway.quarantine.store import QuarantineError
 
     try:
         location = model_location(config)

@@ -52,6 +52,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from gateway.audit import actor
 from gateway.classifier.model import META_FILE, ModelError, load_model
+from gateway.db import first_line, insert_ignoring, make_engine, migrate, safe_url, utc
+from gateway.quarantine.schema import model_current, model_history, model_versions
 
 log = logging.getLogger("gateway.classifier")
 
@@ -101,7 +103,7 @@ class ModelStore:
     def current_path(self) -> Path | None:
         raise NotImplementedError
 
-    def list(self) -> list[StoredVersion]:
+    def versions(self) -> list[StoredVersion]:
         raise NotImplementedError
 
     def path_of(self, version: str) -> Path:
@@ -127,7 +129,7 @@ class ModelStore:
         if current not in promoted:
             return None
         index = len(promoted) - 1 - promoted[::-1].index(current)
-        known = {v.version for v in self.list()}
+        known = {v.version for v in self.versions()}
         for version in reversed(promoted[:index]):
             if version != current and version in known:
                 return version
@@ -135,6 +137,8 @@ class ModelStore:
 
 
 class DirectoryModelStore(ModelStore):
+    root: Path
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.versions_dir = self.root / "versions"
@@ -152,7 +156,7 @@ class DirectoryModelStore(ModelStore):
         version = self.current_version()
         return self.versions_dir / version if version else None
 
-    def list(self) -> list[StoredVersion]:
+    def versions(self) -> list[StoredVersion]:
         if not self.versions_dir.is_dir():
             return []
         current = self.current_version()
@@ -170,7 +174,7 @@ class DirectoryModelStore(ModelStore):
     def path_of(self, version: str) -> Path:
         path = self.versions_dir / version
         if not path.is_dir():
-            known = ", ".join(v.version for v in self.list()) or "none"
+            known = ", ".join(v.version for v in self.versions()) or "none"
             raise StoreError(f"{self.root}: no model version {version!r} (stored: {known})")
         return path
 
@@ -270,8 +274,6 @@ def store_health(url: str) -> StoreHealth:
 def _engine_for(url: str) -> Engine:
     """One engine per URL and process (a forked worker makes its own: a
     pooled connection must not be shared across a fork)."""
-    from gateway.quarantine.store import make_engine
-
     key = (os.getpid(), url)
     with _lock:
         if key not in _engines:
@@ -281,8 +283,6 @@ def _engine_for(url: str) -> Engine:
 
 class DatabaseModelStore(ModelStore):
     def __init__(self, url: str, cache: str | Path | None = None):
-        from gateway.quarantine.store import safe_url
-
         self.url = url
         self.root = safe_url(url)
         self.engine = _engine_for(url)
@@ -295,8 +295,6 @@ class DatabaseModelStore(ModelStore):
     def _pointer(self) -> tuple[str, str] | None:
         """(version, sha256) the store says is current; None: the shipped model.
         Raises StoreError when the database does not answer."""
-        from gateway.quarantine.schema import model_current
-
         health = self.health
         if not health.ok and time.time() - health.last_failure < RETRY_AFTER:
             raise StoreError(health.problem)
@@ -314,8 +312,6 @@ class DatabaseModelStore(ModelStore):
         return row.version, row.sha256
 
     def _failed(self, exc: Exception) -> None:
-        from gateway.quarantine.store import first_line
-
         problem = f"model store {self.root}: {first_line(exc)}"
         with _lock:
             if self.health.ok:
@@ -379,8 +375,6 @@ class DatabaseModelStore(ModelStore):
 
     def _fetch(self, version: str, sha256: str) -> Path:
         """The verified, unpacked artifact in the cache (fetched if missing)."""
-        from gateway.quarantine.schema import model_versions
-
         target = self._cached_dir(version, sha256)
         if (target / META_FILE).is_file():
             return target
@@ -465,9 +459,7 @@ class DatabaseModelStore(ModelStore):
             self._complained[problem] = time.time()
             log.error("classifier: %s; keeping the last good model", problem)
 
-    def list(self) -> list[StoredVersion]:
-        from gateway.quarantine.schema import model_versions
-
+    def versions(self) -> list[StoredVersion]:
         current = self._pointer()
         try:
             with self.engine.connect() as connection:
@@ -484,8 +476,6 @@ class DatabaseModelStore(ModelStore):
         return sorted(found, key=lambda v: str(v.meta.get("created", "")))
 
     def path_of(self, version: str) -> Path:
-        from gateway.quarantine.schema import model_versions
-
         try:
             with self.engine.connect() as connection:
                 sha256 = connection.execute(select(model_versions.c.sha256).where(
@@ -494,13 +484,11 @@ class DatabaseModelStore(ModelStore):
             self._failed(exc)
             raise StoreError(self.health.problem) from None
         if sha256 is None:
-            known = ", ".join(v.version for v in self.list()) or "none"
+            known = ", ".join(v.version for v in self.versions()) or "none"
             raise StoreError(f"{self.root}: no model version {version!r} (stored: {known})")
         return self._fetch(version, sha256)
 
     def history(self) -> list[dict[str, Any]]:
-        from gateway.quarantine.schema import model_history
-
         try:
             with self.engine.connect() as connection:
                 rows = connection.execute(select(model_history)
@@ -508,7 +496,7 @@ class DatabaseModelStore(ModelStore):
         except SQLAlchemyError as exc:
             self._failed(exc)
             raise StoreError(self.health.problem) from None
-        return [{"time": _utc(row.time).isoformat(timespec="seconds"), "action": row.action,
+        return [{"time": utc(row.time).isoformat(timespec="seconds"), "action": row.action,
                  "version": row.version, "user": row.user, "node": row.node,
                  **json.loads(row.details)} for row in rows]
 
@@ -516,8 +504,6 @@ class DatabaseModelStore(ModelStore):
 
     def _writable(self) -> None:
         """The schema at the newest migration before the first write."""
-        from gateway.quarantine.store import first_line, migrate
-
         try:
             migrate(self.engine)
         except (SQLAlchemyError, OSError) as exc:
@@ -526,8 +512,6 @@ class DatabaseModelStore(ModelStore):
 
     def add(self, model_dir: Path) -> str:
         """Put a trained model folder into the store; returns its version."""
-        from gateway.quarantine.schema import model_versions
-
         try:
             model = load_model(model_dir)
         except ModelError as exc:
@@ -544,12 +528,10 @@ class DatabaseModelStore(ModelStore):
             pass  # that version is stored already: versions name their content
         except SQLAlchemyError as exc:
             raise StoreError(f"model store {self.root}: cannot add {model.version}: "
-                             f"{_first(exc)}") from None
+                             f"{first_line(exc)}") from None
         return model.version
 
     def set_current(self, version: str, action: str, details: dict[str, Any]) -> None:
-        from gateway.quarantine.schema import model_versions
-
         self._writable()
         try:
             with self.engine.begin() as connection:
@@ -560,7 +542,7 @@ class DatabaseModelStore(ModelStore):
                 self._point(connection, version, sha256, action, details)
         except SQLAlchemyError as exc:
             raise StoreError(f"model store {self.root}: cannot {action} {version}: "
-                             f"{_first(exc)}") from None
+                             f"{first_line(exc)}") from None
 
     def clear_current(self, action: str, details: dict[str, Any]) -> None:
         self._writable()
@@ -568,16 +550,13 @@ class DatabaseModelStore(ModelStore):
             with self.engine.begin() as connection:
                 self._point(connection, None, None, action, details)
         except SQLAlchemyError as exc:
-            raise StoreError(f"model store {self.root}: cannot {action}: {_first(exc)}") \
+            raise StoreError(f"model store {self.root}: cannot {action}: {first_line(exc)}") \
                 from None
 
     def _point(self, connection, version: str | None, sha256: str | None, action: str,
                details: dict[str, Any]) -> None:
         """Move the pointer and record it, in the caller's transaction; the
         pointer's row is locked first, so two promotions do not interleave."""
-        from gateway.jobs import insert_ignoring
-        from gateway.quarantine.schema import model_current, model_history
-
         stamp = datetime.now(UTC)
         query = select(model_current.c.id).where(model_current.c.id == 1)
         if connection.dialect.name == "postgresql":
@@ -624,13 +603,3 @@ def unpack(data: bytes, directory: Path) -> None:
                 (directory / name).write_bytes(source.read())
     except tarfile.TarError as exc:
         raise ModelError(f"artifact is not a readable tar: {exc}") from None
-
-
-def _first(exc: Exception) -> str:
-    from gateway.quarantine.store import first_line
-
-    return first_line(exc)
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

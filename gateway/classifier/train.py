@@ -249,7 +249,8 @@ class TokenMatrix:
         from scipy.sparse import csr_matrix
 
         index: dict[str, int] = {}
-        indptr, indices = [0], []
+        indptr: list[int] = [0]
+        indices: list[int] = []
         for document in documents:
             indices.extend(index.setdefault(token, len(index)) for token in document)
             indptr.append(len(indices))

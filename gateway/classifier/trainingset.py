@@ -23,10 +23,12 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.checks.fuzzy import learn_quietly
 from gateway.classifier.corpus import content_key
 from gateway.classifier.train import Labelled
+from gateway.db import first_line, now, utc
 from gateway.quarantine.schema import events, training_messages
-from gateway.quarantine.store import QuarantineError, QuarantineStore, now
+from gateway.quarantine.store import QuarantineError, QuarantineStore
 
 LABELS = {"ham": 0, "spam": 1}
 
@@ -107,10 +109,8 @@ class TrainingSet:
                         "message": quarantine_id, "time": stamp, "actor": who,
                         "action": f"learned-{label}", "detail": note or "gateway learn"})
         except SQLAlchemyError as exc:
-            raise TrainingSetError(f"cannot store the label: {_first_line(exc)}") from None
-        from gateway.checks.fuzzy import learn_quietly  # the fuzzy check's hashes too
-
-        learn_quietly(self.engine, raw, label, source)
+            raise TrainingSetError(f"cannot store the label: {first_line(exc)}") from None
+        learn_quietly(self.engine, raw, label, source)  # the fuzzy check's hashes too
         return outcome
 
     def forget(self, key_or_id: str) -> bool:
@@ -142,7 +142,7 @@ class TrainingSet:
                 training_messages.c.updated.desc(), training_messages.c.id.desc())
                 .limit(limit)).all()
         return [Entry(r.id, r.key, r.label, r.source, r.quarantine_id, r.who,
-                      _utc(r.created), _utc(r.updated), r.note, r.size) for r in rows]
+                      utc(r.created), utc(r.updated), r.note, r.size) for r in rows]
 
     def labelled(self) -> Iterator[Labelled]:
         """Every message with its label, for training (oldest first)."""
@@ -157,15 +157,3 @@ class TrainingSet:
 
     def close(self) -> None:
         self.store.close()
-
-
-def _utc(value: datetime) -> datetime:
-    from datetime import UTC
-
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _first_line(exc: Exception) -> str:
-    original = getattr(exc, "orig", None) or exc
-    text = str(original).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

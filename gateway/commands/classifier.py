@@ -371,7 +371,7 @@ def list_main(args: argparse.Namespace) -> int:
         "ham": (v.meta.get("data") or {}).get("ham"),
         "spam": (v.meta.get("data") or {}).get("spam"),
         "learned": (v.meta.get("data") or {}).get("learned", 0),
-    } for v in store.list()]
+    } for v in store.versions()]
     if args.json:
         print(json.dumps({"in_use": str(in_use), "versions": rows}, indent=2))
         return 0
@@ -576,7 +576,7 @@ def import_main(args: argparse.Namespace) -> int:
         raise UsageError(f"import: {args.folder} has no versions/ folder: not a model store")
     target = ModelStore(config.classifier.store)
     try:
-        added = [target.add(v.path) for v in source.list()]
+        added = [target.add(v.path) for v in source.versions()]
         current = source.current_version()
         if current is not None and current != target.current_version():
             target.set_current(current, "import", {"from": str(args.folder)})

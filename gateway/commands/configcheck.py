@@ -177,7 +177,7 @@ def _postgres_problems(url: str, where: str) -> tuple[list[str], list[str]]:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    from gateway.quarantine.store import engine_url
+    from gateway.db import engine_url
 
     try:
         parsed = make_url(engine_url(url))
@@ -201,6 +201,6 @@ def _postgres_problems(url: str, where: str) -> tuple[list[str], list[str]]:
 
 
 def _safe(url: str) -> str:
-    from gateway.quarantine.store import _safe as without_password
+    from gateway.db import safe_url as without_password
 
     return without_password(url)

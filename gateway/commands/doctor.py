@@ -212,7 +212,8 @@ def dns_lines(config: Config, probe: str) -> list[Line]:
     if not servers:
         source = "/etc/resolv.conf"
         try:
-            servers = list(dns.resolver.Resolver(configure=True).nameservers)
+            servers = [server if isinstance(server, str) else server.answer_nameserver()
+                       for server in dns.resolver.Resolver(configure=True).nameservers]
         except dns.resolver.NoResolverConfiguration:
             return [fail("dns", "no DNS servers: [dns] nameservers is empty and "
                          "/etc/resolv.conf names none", "set [dns] nameservers")]
@@ -257,7 +258,7 @@ def store_lines(config: Config) -> list[Line]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from gateway.commands.configcheck import _safe
-    from gateway.quarantine.store import MIGRATIONS, read_only_engine
+    from gateway.db import MIGRATIONS, read_only_engine
 
     where = _safe(url)
     if url.startswith("sqlite:///"):
@@ -335,7 +336,7 @@ def identity_lines(config: Config) -> list[Line]:
         return [skip("identity", "the identity check is not enabled")]
     from gateway.checks.identity import IdentityCheck
     from gateway.correspondents import Memory, memory_url
-    from gateway.quarantine.store import read_only_engine
+    from gateway.db import read_only_engine
     from gateway.ruleset import Ruleset
     from gateway.schema import ConfigError
 
@@ -389,8 +390,8 @@ def node_lines(config: Config) -> list[Line]:
         return [skip("node", "quarantine.url is empty: no shared database, no registry")]
     from sqlalchemy.exc import SQLAlchemyError
 
+    from gateway.db import first_line, read_only_engine
     from gateway.nodes import fleet
-    from gateway.quarantine.store import first_line, read_only_engine
 
     name = config.quarantine.node or socket.gethostname()
     url = config.quarantine.url
@@ -672,15 +673,16 @@ def _user(uid: int) -> str:
 
 def permission_lines(config: Config, user: str, config_path: str | None) -> list[Line]:
     lines = []
+    owner: pwd.struct_passwd | None
     try:
-        owner = pwd.getpwnam(user)
+        owner = found = pwd.getpwnam(user)
     except KeyError:
         lines.append(fail("user", f"there is no user {user} for the service to run as",
                           "gateway init --user " + user + " (or useradd --system --home "
                           "/var/lib/gateway --shell /usr/sbin/nologin " + user + ")"))
         owner = None
     else:
-        lines.append(ok("user", f"{user} (uid {owner.pw_uid}) runs the gateway"))
+        lines.append(ok("user", f"{user} (uid {found.pw_uid}) runs the gateway"))
     url = config.quarantine.url
     if url.startswith("sqlite:///") and Path(url.removeprefix("sqlite:///")).exists():
         lines.append(_store_modes(Path(url.removeprefix("sqlite:///")), owner))

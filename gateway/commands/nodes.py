@@ -50,7 +50,7 @@ def fleet_report(config) -> dict[str, Any]:
             last.setdefault(run["job"], run)
         running = jobs.running()
     except SQLAlchemyError as exc:
-        from gateway.quarantine.store import first_line
+        from gateway.db import first_line
 
         raise UsageError(f"nodes: cannot read the registry: {first_line(exc)}") from None
     finally:

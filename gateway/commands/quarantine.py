@@ -127,7 +127,7 @@ def open_store(config: Config, without_url: str = NO_STORE) -> QuarantineStore:
 
 def list_main(args: argparse.Namespace) -> int:
     store = open_store(config_from(args))
-    records = store.list(Filters(sender=args.sender, recipient=args.recipient,
+    records = store.records(Filters(sender=args.sender, recipient=args.recipient,
                                  symbol=args.symbol, since=args.since, until=args.until,
                                  action=args.action, state=args.state, limit=args.limit,
                                  subject=args.subject, min_score=args.min_score,

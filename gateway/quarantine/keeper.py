@@ -15,7 +15,11 @@ import random
 import threading
 import time
 
+from sqlalchemy.engine import Connection
+
+from gateway.classifier.autolearn import accept_candidates
 from gateway.config import Config
+from gateway.jobs import JobError, Jobs, PeriodicJob
 from gateway.message import Envelope, RawContent
 from gateway.quarantine.store import QuarantineError, QuarantineStore
 from gateway.verdict import Verdict
@@ -42,9 +46,8 @@ class Keeper:
         self._sample_writer: threading.Thread | None = None
         self.samples_dropped = 0
         self._complained = 0.0
-        self._purge = None
-        self._autolearn = None
-        self._heartbeat = None
+        self._purge: PeriodicJob | None = None
+        self._autolearn: PeriodicJob | None = None
 
     def store(self) -> QuarantineStore:
         with self._lock:
@@ -123,30 +126,24 @@ class Keeper:
             log.warning("replay sample: %s", problem)
 
     def start_purging(self) -> None:
-        """The node's shared duties: the purge as a job that runs once per
-        ``purge_interval`` on whichever node gets it (see gateway.jobs), and
-        this node's heartbeat in the registry (see gateway.nodes)."""
-        from gateway.jobs import PeriodicJob
-        from gateway.nodes import Heartbeat
-
+        """The node's shared duties: the purge and autolearning as jobs that
+        run once per ``purge_interval`` on whichever node gets them (see
+        gateway.jobs). The node's heartbeat is the service's (gateway.service)."""
         self._purge = PeriodicJob(self._jobs, PURGE_JOB, self.settings.purge_interval,
                                   self.purge_work).start()
         # Each candidate commits on its own: a node that stops half-way
         # leaves the rest to the next run, and none is learned twice.
         self._autolearn = PeriodicJob(self._jobs, AUTOLEARN_JOB, self.settings.purge_interval,
                                       self.autolearn_work, piecewise=True).start()
-        self._heartbeat = Heartbeat(self.store).start()
 
-    def _jobs(self):
-        from gateway.jobs import JobError, Jobs
-
+    def _jobs(self) -> Jobs:
         try:
             store = self.store()
         except QuarantineError as exc:
             raise JobError(str(exc)) from None
         return Jobs(store.engine, store.node)
 
-    def purge_work(self, connection) -> dict[str, int]:
+    def purge_work(self, connection: Connection | None) -> dict[str, int]:
         """One purge, in the job's transaction: held mail past its days
         expires, records past theirs go, old accepted samples go."""
         store = self.store()
@@ -160,13 +157,11 @@ class Keeper:
                      counts["expired"], counts["removed"])
         return counts
 
-    def autolearn_work(self, _connection: None) -> dict[str, int]:
+    def autolearn_work(self, _connection: Connection | None) -> dict[str, int]:
         """With ``[classifier] autolearn = "on"``: learn the candidates whose
         delay has passed, unless someone objected."""
         if self.classifier.autolearn != "on":
             return {"learned": 0}
-        from gateway.classifier.autolearn import accept_candidates
-
         outcome = accept_candidates(self.settings.url,
                                     self.classifier.training_set_url(self.settings.url),
                                     "autolearn (on)")
@@ -174,7 +169,7 @@ class Keeper:
 
     def close(self) -> None:
         self._stop.set()
-        for duty in (self._purge, self._autolearn, self._heartbeat):
+        for duty in (self._purge, self._autolearn):
             if duty is not None:
                 duty.stop()
         if self._samples is not None and self._sample_writer is not None:

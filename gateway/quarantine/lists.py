@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
+from gateway.db import utc
 from gateway.mail import DomainError, ascii_domain, is_public_suffix
 from gateway.quarantine.schema import list_entries
 
@@ -180,9 +181,6 @@ def normalize_scope(scope: str | None) -> str:
 
 
 def _entry(row: Any) -> ListEntry:
-    def utc(value: datetime | None) -> datetime | None:
-        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
-
     return ListEntry(row.id, row.kind, row.value, row.scope, row.owner, row.reason,
                      row.reply, utc(row.created), utc(row.updated), utc(row.expires), row.hits,
                      utc(row.last_hit))
@@ -227,9 +225,10 @@ def upsert_entry(connection: Connection, kind: str, value: str, scope: str, owne
         found = get_entry(connection, existing.id)
         assert found is not None
         return found, False
-    result = connection.execute(insert(list_entries).values(
-        kind=kind, value=value, scope=scope, created=at, hits=0, **fields))
-    found = get_entry(connection, result.inserted_primary_key[0])
+    identifier = connection.execute(insert(list_entries).values(
+        kind=kind, value=value, scope=scope, created=at, hits=0, **fields)
+        .returning(list_entries.c.id)).scalar_one()
+    found = get_entry(connection, identifier)
     assert found is not None
     return found, True
 

@@ -30,9 +30,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway import authresults
+from gateway.checks import BUILTIN, resolve_check
+from gateway.checks.fuzzy import learn_quietly
 from gateway.headers import OWN_HEADERS, verdict_headers
+from gateway.quarantine import requests
 from gateway.quarantine.store import QuarantineError, QuarantineStore, Record
-from gateway.symbols import Symbol
+from gateway.symbols import PIPELINE_SYMBOLS, Symbol
 from gateway.verdict import Verdict
 
 RELEASED_HEADER = "X-Gateway-Released"
@@ -72,9 +75,6 @@ def symbol_classes(config_checks: Iterable[str] = (), rules_defined: Iterable[st
     """Each symbol's class: the check that emits it, as ``gateway symbols``
     lists it (``bayes``, ``clamav``, ``identity``...); the rules files' own
     symbols are ``rules``'."""
-    from gateway.checks import BUILTIN, resolve_check
-    from gateway.symbols import PIPELINE_SYMBOLS
-
     classes = dict.fromkeys(PIPELINE_SYMBOLS, "pipeline")
     classes.update(dict.fromkeys(rules_defined, "rules"))
     for spec in dict.fromkeys([*config_checks, *BUILTIN]):
@@ -153,8 +153,6 @@ def release_or_request(store: QuarantineStore, record: Record, policy: ReleasePo
     """Release ``record`` when ``role`` may (:func:`may_release`), else ask
     for it: the Released, or the new requests.Request. ``notify``: the
     address a recipient's request is answered at."""
-    from gateway.quarantine import requests
-
     needed = policy.approver(record)
     if may_release(role, needed):
         return release(store, record.id, policy.smtp, who, force=force,
@@ -174,8 +172,6 @@ def approve_request(store: QuarantineStore, identifier: int, policy: ReleasePoli
     """Approve a pending request: release the message to its recipients
     (those not released yet). None when they all had it already (the
     request is approved all the same). Raises RequestError or ReleaseError."""
-    from gateway.quarantine import requests
-
     item = requests.get(store, identifier)
     if item.state != "pending":
         raise requests.RequestError(f"release request #{identifier} was {item.state} already")
@@ -236,10 +232,8 @@ def release(store: QuarantineStore, identifier: str, smtp: str, who: str,
     except QuarantineError as exc:  # sent, but not recorded: say so loudly
         raise ReleaseError(f"{record.id}: released but not recorded: {exc}") from None
     if accepted:  # released mail is ham to the fuzzy check: its look is retired from spam
-        from gateway.checks.fuzzy import learn_quietly
 
         learn_quietly(store.engine, raw, "ham", f"released:{record.id}")
-    from gateway.quarantine import requests
 
     # Requests this release fulfilled are approved by it, whoever asked.
     settled = requests.settle(store, record.id, who, reason)

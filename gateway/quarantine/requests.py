@@ -20,14 +20,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Connection
 
+from gateway.db import now, utc
 from gateway.quarantine.schema import events, messages, recipients, release_requests
-from gateway.quarantine.store import QuarantineStore, Record, now
+from gateway.quarantine.store import QuarantineStore, Record
 
 SOURCES = ("analyst", "recipient")
 MAX_REASON = 500
@@ -104,7 +105,7 @@ def create(store: QuarantineStore, record: Record, to: Iterable[str], requester:
             message=record.id, recipients=json.dumps(chosen), requester=requester[:200],
             source=source, notify=notify[:320], reason=reason[:MAX_REASON],
             approver=approver, created=stamp, state="pending",
-            decision_reason="")).inserted_primary_key[0]
+            decision_reason="").returning(release_requests.c.id)).scalar_one()
         _event(connection, record.id, requester, "release-requested",
                f"request #{identifier}: to {', '.join(chosen)}; an {approver} approves",
                reason)
@@ -241,9 +242,9 @@ def _requests(connection: Connection, *, identifier: int | None = None,
 
 def _request(row: Any) -> Request:
     return Request(row.id, row.message, tuple(json.loads(row.recipients)), row.requester,
-                   row.source, row.notify, row.reason, row.approver, _utc(row.created),
-                   row.state, row.decider, _utc(row.decided) if row.decided else None,
-                   row.decision_reason, _utc(row.notified) if row.notified else None,
+                   row.source, row.notify, row.reason, row.approver, utc(row.created),
+                   row.state, row.decider, utc(row.decided) if row.decided else None,
+                   row.decision_reason, utc(row.notified) if row.notified else None,
                    row.subject, row.sender, row.score)
 
 
@@ -252,7 +253,3 @@ def _event(connection: Connection, message: str, who: str, what: str, detail: st
     connection.execute(insert(events), {"message": message, "time": now(), "actor": who,
                                         "action": what, "detail": detail,
                                         "reason": reason or None})
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

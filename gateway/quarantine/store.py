@@ -13,42 +13,36 @@ from __future__ import annotations
 
 import contextlib
 import email.message
-import functools
 import hashlib
 import json
-import logging
 import socket
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    Engine,
     and_,
-    create_engine,
     delete,
-    event,
     exists,
     func,
     insert,
     or_,
     select,
-    text,
     true,
     update,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
 
+from gateway.db import first_line, make_engine, migrate, now, safe_url, utc
 from gateway.headers import authentication_results_header, verdict_headers
 from gateway.mail import decoded_header
 from gateway.message import Envelope, RawContent
 from gateway.mime import parse_bytes
 from gateway.quarantine import lists
-from gateway.quarantine.files import make_private
 from gateway.quarantine.lists import ListEntry
 from gateway.quarantine.schema import (
     events,
@@ -64,7 +58,6 @@ from gateway.verdict import Verdict
 STATES = ("held", "released", "deleted", "expired")
 # Orders the list can be sorted by (Filters.sort).
 SORTS = ("created", "score", "sender", "subject", "state", "action", "node", "size")
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 class QuarantineError(Exception):
@@ -187,17 +180,6 @@ class StoredMail:
     raw: bytes
 
 
-def engine_url(url: str) -> str:
-    """Config URLs name the database; SQLAlchemy also wants the driver."""
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
 class QuarantineStore:
     def __init__(self, url: str, node: str | None = None, migrate: bool = True):
         """``migrate=False``: use the schema as it is (a reader in each worker
@@ -205,11 +187,11 @@ class QuarantineStore:
         self.url = url
         self.node = node or socket.gethostname()
         try:
-            self.engine = _engine(url)
+            self.engine = make_engine(url)
             if migrate:
                 self._migrate()
         except (SQLAlchemyError, OSError) as exc:
-            raise QuarantineError(f"quarantine.url {_safe(url)}: {_first_line(exc)}") from None
+            raise QuarantineError(f"quarantine.url {safe_url(url)}: {first_line(exc)}") from None
 
     # -- schema ------------------------------------------------------------------------
 
@@ -268,7 +250,7 @@ class QuarantineStore:
                 what = "quarantined" if row["action"] == "quarantine" else "kept-rejected"
                 _event(connection, identifier, "gateway", what, verdict.reason)
         except SQLAlchemyError as exc:
-            raise QuarantineError(f"cannot store message: {_first_line(exc)}") from None
+            raise QuarantineError(f"cannot store message: {first_line(exc)}") from None
         return identifier
 
     def change_state(self, identifier: str, state: str, who: str, what: str, detail: str = "",
@@ -318,7 +300,7 @@ class QuarantineStore:
                 _event(connection, identifier, who, what, detail, reason)
         except SQLAlchemyError as exc:
             raise QuarantineError(f"cannot record {what} for {identifier}: "
-                                  f"{_first_line(exc)}") from None
+                                  f"{first_line(exc)}") from None
 
     def purge(self, retention: Mapping[str, int], rejected_days: int,
               at: datetime | None = None, connection: Connection | None = None
@@ -396,7 +378,7 @@ class QuarantineStore:
             return connection.execute(
                 select(messages.c.raw).where(messages.c.id == identifier)).scalar()
 
-    def list(self, filters: Filters = Filters()) -> list[Record]:
+    def records(self, filters: Filters = Filters()) -> list[Record]:
         column = messages.c[filters.sort] if filters.sort in SORTS else messages.c.created
         order = [column.desc() if filters.descending else column.asc()]
         if column is not messages.c.created:
@@ -421,7 +403,7 @@ class QuarantineStore:
         """Records per state, every state present (for metrics and doctor)."""
         query = select(messages.c.state, func.count()).group_by(messages.c.state)
         with self.engine.connect() as connection:
-            counts = dict(connection.execute(query).all())
+            counts: dict[str, int] = {state: n for state, n in connection.execute(query)}
         return {state: int(counts.get(state, 0)) for state in STATES}
 
     def _records(self, connection: Connection, rows: Iterable[Any],
@@ -449,12 +431,12 @@ class QuarantineStore:
         if with_events:
             for e in connection.execute(select(events).where(events.c.message.in_(ids))
                                         .order_by(events.c.id)):
-                audit[e.message].append(Event(_utc(e.time), e.actor, e.action, e.detail,
+                audit[e.message].append(Event(utc(e.time), e.actor, e.action, e.detail,
                                               e.reason or ""))
         return [
             Record(
-                id=row.id, node=row.node, queue_id=row.queue_id, created=_utc(row.created),
-                updated=_utc(row.updated), state=row.state, action=row.action,
+                id=row.id, node=row.node, queue_id=row.queue_id, created=utc(row.created),
+                updated=utc(row.updated), state=row.state, action=row.action,
                 client_ip=row.client_ip, client_name=row.client_name, helo=row.helo,
                 sender=row.sender, recipients=tuple(rcpts[row.id]),
                 header_from=row.header_from, header_to=row.header_to, subject=row.subject,
@@ -500,7 +482,7 @@ class QuarantineStore:
             with self.engine.begin() as connection:
                 connection.execute(insert(replay_samples), row)
         except SQLAlchemyError as exc:
-            raise QuarantineError(f"cannot keep an accepted message: {_first_line(exc)}") \
+            raise QuarantineError(f"cannot keep an accepted message: {first_line(exc)}") \
                 from None
         return identifier
 
@@ -513,7 +495,7 @@ class QuarantineStore:
                 return connection.execute(
                     delete(replay_samples).where(replay_samples.c.id.not_in(newest))).rowcount
         except SQLAlchemyError as exc:
-            raise QuarantineError(f"cannot trim the accepted sample: {_first_line(exc)}") \
+            raise QuarantineError(f"cannot trim the accepted sample: {first_line(exc)}") \
                 from None
 
     def purge_samples(self, days: int, at: datetime | None = None,
@@ -528,7 +510,7 @@ class QuarantineStore:
             with self.engine.begin() as own:
                 return own.execute(query).rowcount
         except SQLAlchemyError as exc:
-            raise QuarantineError(f"cannot purge the accepted sample: {_first_line(exc)}") \
+            raise QuarantineError(f"cannot purge the accepted sample: {first_line(exc)}") \
                 from None
 
     def count_samples(self) -> int:
@@ -551,12 +533,12 @@ class QuarantineStore:
                     and_(messages.c.raw.is_not(None), messages.c.action.in_(quarantine_kinds)))
                 if since is not None:
                     query = query.where(messages.c.created >= since)
-                found += [(_utc(c), i, a) for c, i, a in connection.execute(query)]
+                found += [(utc(c), i, a) for c, i, a in connection.execute(query)]
             if "accept" in kinds:
-                query = select(replay_samples.c.created, replay_samples.c.id)
+                samples = select(replay_samples.c.created, replay_samples.c.id)
                 if since is not None:
-                    query = query.where(replay_samples.c.created >= since)
-                found += [(_utc(c), i, "accept") for c, i in connection.execute(query)]
+                    samples = samples.where(replay_samples.c.created >= since)
+                found += [(utc(c), i, "accept") for c, i in connection.execute(samples)]
         for _created, identifier, kind in sorted(found):
             item = self._stored(identifier, kind)
             if item is not None:
@@ -573,7 +555,7 @@ class QuarantineStore:
                     mail_from=row.sender, rcpt_to=tuple(json.loads(row.recipients)),
                     client_ip=row.client_ip, client_name=row.client_name, helo=row.helo,
                     queue_id=row.queue_id, macros=json.loads(row.macros))
-                return StoredMail(kind, row.id, _utc(row.created), envelope, row.action,
+                return StoredMail(kind, row.id, utc(row.created), envelope, row.action,
                                   row.score, row.subject, row.message_id, bytes(row.raw))
             row = connection.execute(select(messages).where(
                 messages.c.id == identifier)).first()
@@ -586,7 +568,7 @@ class QuarantineStore:
                 mail_from=row.sender, rcpt_to=tuple(r for r in rcpts if r),
                 client_ip=row.client_ip, client_name=row.client_name, helo=row.helo,
                 queue_id=row.queue_id)
-            return StoredMail(row.action, row.id, _utc(row.created), envelope, row.action,
+            return StoredMail(row.action, row.id, utc(row.created), envelope, row.action,
                               row.score, row.subject, row.message_id, bytes(row.raw))
 
     # -- looking a message up (gateway trace) ---------------------------------------------
@@ -615,7 +597,7 @@ class QuarantineStore:
                 .order_by(replay_samples.c.created.desc()).limit(100)).all()
         return [{
             "id": row.id, "node": row.node, "queue_id": row.queue_id,
-            "created": _utc(row.created).isoformat(timespec="seconds"),
+            "created": utc(row.created).isoformat(timespec="seconds"),
             "client_ip": row.client_ip, "helo": row.helo, "sender": row.sender,
             "recipients": json.loads(row.recipients), "from": row.header_from,
             "subject": row.subject, "message_id": row.message_id, "action": row.action,
@@ -679,82 +661,10 @@ class QuarantineStore:
             with (self.engine.begin() if write else self.engine.connect()) as connection:
                 yield connection
         except SQLAlchemyError as exc:
-            raise QuarantineError(f"cannot {what}: {_first_line(exc)}") from None
+            raise QuarantineError(f"cannot {what}: {first_line(exc)}") from None
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration. Nodes sharing PostgreSQL
-    take an advisory lock so that only one migrates at a time."""
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    settings = AlembicConfig()
-    settings.set_main_option("script_location", str(MIGRATIONS))
-    known = {r.revision for r in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(4711)"))
-        current = set(MigrationContext.configure(connection).get_current_heads())
-        if current - known:
-            # A newer gateway on another node migrated it: during a rolling
-            # upgrade this node keeps working on it (migrations only add).
-            logging.getLogger("gateway.quarantine").warning(
-                "the store's schema is at %s, newer than this gateway's %s: using it as "
-                "it is; upgrade this node", ", ".join(sorted(current)), schema_head())
-            return
-        settings.attributes["connection"] = connection
-        command.upgrade(settings, "head")
-
-
-@functools.cache
-def schema_head() -> str:
-    """The newest migration this gateway knows, as the database records it
-    (alembic_version): what the node registry and ``gateway nodes`` show."""
-    from alembic.script import ScriptDirectory
-
-    return str(ScriptDirectory(str(MIGRATIONS)).get_current_head())
-
-
-def make_engine(url: str, pool_size: int = 10, connect_timeout: float | None = None) -> Engine:
-    """An engine for a store URL: SQLite durable and private, PostgreSQL
-    pooled and pinged (a connection that died with the server is replaced)."""
-    return _engine(url, pool_size, connect_timeout)
-
-
-def read_only_engine(url: str, connect_timeout: int = 5) -> Engine:
-    """An engine that changes nothing: SQLite opened read-only (no WAL
-    switch, no file modes narrowed, no file created), PostgreSQL as it is;
-    no migration. For what only looks: gateway doctor, the dashboard."""
-    if url.startswith("sqlite:///"):
-        return create_engine(f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true")
-    return create_engine(engine_url(url), connect_args={"connect_timeout": connect_timeout})
-
-
-def _engine(url: str, pool_size: int = 10, connect_timeout: float | None = None) -> Engine:
-    url = engine_url(url)
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if str(path) not in ("", ":memory:"):
-            make_private(path)  # 0700 directory, 0600 files, before SQLite creates any
-        engine = create_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(connection, _record):  # durable and concurrent
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        return engine
-    arguments = {} if connect_timeout is None else {"connect_timeout": int(connect_timeout)}
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=2 * pool_size,
-                         connect_args=arguments)
 
 
 def _record_columns():
@@ -770,7 +680,7 @@ def _event(connection: Connection, identifier: str, who: str, what: str, detail:
 
 def _conditions(filters: Filters) -> Any:
     """The WHERE clause of a list or count."""
-    conditions = [true()]
+    conditions: list[ColumnElement[bool]] = [true()]
     if filters.sender:
         conditions.append(messages.c.sender.ilike(_like(filters.sender), escape="\\"))
     if filters.recipient:
@@ -836,32 +746,3 @@ def _text(value: str | None) -> str | None:
 def _like(text_: str) -> str:
     escaped = text_.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def first_line(exc: Exception) -> str:
-    """An exception as one line (a driver's error without its detail lines)."""
-    return _first_line(exc)
-
-
-def _first_line(exc: Exception) -> str:
-    original = getattr(exc, "orig", None) or exc
-    return str(original).strip().splitlines()[0] if str(original).strip() else type(exc).__name__
-
-
-def safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    return _safe(url)
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        credentials, _, host = rest.rpartition("@")
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url

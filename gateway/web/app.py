@@ -296,7 +296,7 @@ def create_app(config: Config, store: QuarantineStore | None = None) -> Flask:
             flash(problem, "error")
         page = filters.offset // filters.limit + 1
         total = store.count_matching(filters)
-        records = store.list(filters)
+        records = store.records(filters)
         pages = max(1, -(-total // filters.limit))
         return render_template(
             "list.html", records=records, total=total, page=page, pages=pages, form=form,

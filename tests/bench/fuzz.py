@@ -466,7 +466,7 @@ def quarantined(store_url: str, run: str) -> set[int]:
     except QuarantineError:
         return set()
     try:
-        records = store.list(Filters(state="held", action="quarantine", limit=10**7))
+        records = store.records(Filters(state="held", action="quarantine", limit=10**7))
     except QuarantineError:
         return set()
     finally:
