@@ -283,6 +283,7 @@ class Console:
                 connection.execute(insert(login_failures),
                                    {"time": stamp, "name": key, "address": client})
             raise LoginRefused("wrong name or password, or the account is disabled")
+        assert row is not None  # ok only with a row
         with self.engine.begin() as connection:
             values: dict[str, Any] = {"last_login": stamp}
             if self.hasher.check_needs_rehash(row.password):
@@ -467,7 +468,8 @@ class Console:
             else:
                 identifier = connection.execute(insert(feedback).values(
                     message=message, label=label, source=source, who=who, note=note,
-                    created=stamp, state="pending", review_note="")).inserted_primary_key[0]
+                    created=stamp, state="pending", review_note="")
+                    .returning(feedback.c.id)).scalar_one()
                 outcome = "added"
             connection.execute(insert(events), {
                 "message": message, "time": stamp, "actor": who,
@@ -588,7 +590,7 @@ class Console:
             one_at_a_time(connection, f"console-{kind}")
             identifier = connection.execute(insert(console_jobs).values(
                 kind=kind, who=who, node=self.store.node, started=now(), status="running",
-                output="")).inserted_primary_key[0]
+                output="").returning(console_jobs.c.id)).scalar_one()
             running = connection.execute(select(console_jobs.c.id).where(and_(
                 console_jobs.c.kind == kind, console_jobs.c.status == "running",
                 console_jobs.c.id != identifier,

@@ -323,7 +323,7 @@ class DailyDigest:
                                    piecewise=True)
         return outcome.result.get("sent") if outcome.state == "ran" else None
 
-    def _send(self, _connection: None, day: str | None = None,
+    def _send(self, _connection: Connection | None, day: str | None = None,
               at: datetime | None = None) -> dict[str, Any]:
         day = day or self._period(at) or (at or now()).date().isoformat()
         with self.console.engine.begin() as connection:  # the day's row, for the console
