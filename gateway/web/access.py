@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, g, request
 from flask.blueprints import BlueprintSetupState
+from flask.sansio.app import App
 
 from gateway.config import Config
 from gateway.quarantine.release import ReleasePolicy
@@ -33,7 +34,7 @@ class Area(Blueprint):
     are older than the split into areas. An Area therefore takes no request
     hooks of its own; the app's (gateway.web.guard) cover every page."""
 
-    def make_setup_state(self, app: Any, options: dict[str, Any],
+    def make_setup_state(self, app: App, options: dict[str, Any],
                          first_registration: bool = False) -> BlueprintSetupState:
         state = super().make_setup_state(app, options, first_registration)
         state.name = state.name_prefix = ""  # Flask joins them before the view's name
