@@ -389,7 +389,8 @@ def test_only_a_measured_network_check_reads_the_threads_cpu_clock(clocks, monke
     monkeypatch.setattr(pipeline_module, "time", Clock())
     for parallel, expected in (("auto", 2), (False, 0)):
         readings.clear()
-        pipeline = Pipeline([Local.from_config(CONFIG), _Where.from_config(CONFIG)], budget=2.0, parallel=parallel)
+        pipeline = Pipeline([Local.from_config(CONFIG), _Where.from_config(CONFIG)], budget=2.0,
+                            parallel=parallel)
         try:
             _Where.seconds = 0.0
             result = pipeline.run(Message.from_bytes(b"Subject: x\r\n\r\nbody\r\n"))

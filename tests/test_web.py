@@ -402,6 +402,19 @@ def test_every_page_but_login_needs_a_session(web):
     assert client.get("/static/console.css").status_code == 200
 
 
+
+def test_the_pages_the_guards_name_are_the_apps_own(web):
+    """The guards name pages by endpoint (the public ones, those a login
+    may not return to): a page renamed or moved to another area must not
+    leave them naming nothing, which would make /login need a session or
+    let next= lead to /logout."""
+    from gateway.web.guard import NOT_AFTER_LOGIN, PUBLIC
+
+    app, _, _ = web
+    endpoints = {rule.endpoint for rule in app.url_map.iter_rules()}
+    assert set(PUBLIC) | set(NOT_AFTER_LOGIN) <= endpoints
+    assert {"dashboard", "listing", "message", "account"} <= endpoints  # what templates name
+
 @pytest.mark.slow
 def test_session_cookie_flags_and_secure_behind_tls(tmp_path: Path):
     app, store, _ = console_app(tmp_path, 'trusted_proxies = ["127.0.0.1"]')
@@ -622,7 +635,7 @@ def test_a_failure_is_a_plain_error_page(web, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("secret internals /etc/gateway")
 
-    monkeypatch.setattr(store, "list", broken)
+    monkeypatch.setattr(store, "records", broken)
     response = client.get("/quarantine")
     assert response.status_code == 500
     assert "Something went wrong" in response.text and "ref " in response.text

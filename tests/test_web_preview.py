@@ -17,7 +17,7 @@ import pytest
 
 from gateway.config import LimitsSection
 from gateway.web.boundhtml import MAX_ATTRIBUTES, MAX_FORMATTING, MAX_OPEN, bound_html
-from gateway.web.preview import analyse, sanitize_html
+from gateway.web.preview import MAX_HEADERS, analyse, sanitize_html
 from gateway.web.render import FAILURE_KEPT, Renderer
 from tests.test_web import gateway, login, put_raw
 from tests.test_web import web as web  # the fixture
@@ -112,6 +112,17 @@ def test_a_2_mib_pathological_message_is_analysed_in_bounded_work(kind):
     assert shown.html is not None and shown.html_truncated
     assert len(shown.html) == shown.html_bytes == 256 * 1024
     assert "Invoice hostile" in shown.text and shown.text_from_html
+
+
+def test_a_message_with_more_header_fields_than_the_table_shows_is_previewed():
+    """Past MAX_HEADERS fields the table ends with a line saying how many
+    more there are; counting them raised TypeError (len of an iterator), so
+    the console showed no preview and ``gateway quarantine show`` a traceback."""
+    fields = b"".join(b"X-Filler-%d: v\r\n" % i for i in range(MAX_HEADERS + 48))
+    shown = analyse(fields + b"From: eve@example.org\r\nSubject: many\r\n\r\nthe body\r\n")
+    assert len(shown.headers) == MAX_HEADERS + 1
+    assert shown.headers[-1] == ("…", "50 more fields")
+    assert "the body" in shown.text
 
 
 def test_the_preview_reads_what_the_checks_read():

@@ -11,8 +11,6 @@ is told: by mail for a recipient, on their next page for a console user.
 
 from __future__ import annotations
 
-import threading
-
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
 from gateway.quarantine import requests
@@ -42,7 +40,7 @@ def page():
             except Exception:  # removed meanwhile: nothing to confirm
                 continue
             dangerous[item.message] = admin_only_symbols(record, found.rules.release)
-    return render_template("requests.html", items=shown, state=state, states=STATES,
+    return render_template("approvals/requests.html", items=shown, state=state, states=STATES,
                            dangerous=dangerous,
                            may_decide=lambda item: may_decide(me.role, item.approver))
 
@@ -102,5 +100,4 @@ def _back() -> str:
 
 def _tell_later() -> None:
     found = parts()
-    threading.Thread(target=notices.tell_by_mail, args=(found.store, found.config),
-                     daemon=True, name="notices").start()
+    notices.tell_by_mail_later(found.store, found.config)

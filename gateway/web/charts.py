@@ -6,7 +6,7 @@ Every label that reaches an SVG goes through :func:`markupsafe.escape`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from markupsafe import Markup, escape
 
@@ -15,7 +15,7 @@ COLORS = {"quarantine": "#c77c02", "reject": "#b3261e", "held": "#c77c02",
           "bar": "#3b5b92"}
 
 
-def stacked_bars(title: str, labels: Sequence[str], series: dict[str, Sequence[int]],
+def stacked_bars(title: str, labels: Sequence[str], series: Mapping[str, Sequence[int]],
                  width: int = 640, height: int = 220) -> Markup:
     """Columns per label (a day), stacked by series (an action)."""
     left, bottom, top = 36, 36, 12

@@ -20,12 +20,13 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from gateway.db import first_line, utc
 from gateway.jobs import one_at_a_time
 from gateway.quarantine.schema import (
     audit,
@@ -190,7 +191,7 @@ class Console:
         except IntegrityError:
             raise ConsoleError(f"user {name!r} exists already") from None
         except SQLAlchemyError as exc:
-            raise ConsoleError(f"cannot add user {name!r}: {_first_line(exc)}") from None
+            raise ConsoleError(f"cannot add user {name!r}: {first_line(exc)}") from None
         return self._user_or_fail(name)
 
     def user(self, name: str) -> User | None:
@@ -283,6 +284,7 @@ class Console:
                 connection.execute(insert(login_failures),
                                    {"time": stamp, "name": key, "address": client})
             raise LoginRefused("wrong name or password, or the account is disabled")
+        assert row is not None  # ok only with a row
         with self.engine.begin() as connection:
             values: dict[str, Any] = {"last_login": stamp}
             if self.hasher.check_needs_rehash(row.password):
@@ -339,16 +341,16 @@ class Console:
                                   login_failures.c.address == client)
         if count >= self.login_attempts:
             backoff = BACKOFF_START * 2 ** min(count - self.login_attempts, 16)
-            until.append(_utc(last) + min(backoff, BACKOFF_MAX))
+            until.append(utc(last) + min(backoff, BACKOFF_MAX))
         if not known:
             count, oldest, _ = failures(login_failures.c.address == client,
                                         login_failures.c.time >= stamp - LOGIN_WINDOW)
             if count >= self.login_attempts * 4:
-                until.append(_utc(oldest) + LOGIN_WINDOW)
+                until.append(utc(oldest) + LOGIN_WINDOW)
             count, oldest, _ = failures(login_failures.c.name == name,
                                         login_failures.c.time >= stamp - ACCOUNT_WINDOW)
             if count >= ACCOUNT_FAILURES:
-                until.append(_utc(oldest) + ACCOUNT_WINDOW)
+                until.append(utc(oldest) + ACCOUNT_WINDOW)
         latest = max(until, default=stamp)
         return max(0, math.ceil((latest - stamp).total_seconds()))
 
@@ -401,18 +403,18 @@ class Console:
                 .where(web_sessions.c.id == _digest(token))).first()
         if row is None:
             return None
-        if _utc(row.seen) < stamp - self.session_idle or \
-                _utc(row.created) < stamp - self.session_max:
+        if utc(row.seen) < stamp - self.session_idle or \
+                utc(row.created) < stamp - self.session_max:
             self.close_session(token)
             return None
         user = self.user(row.name)
         if user is None or user.disabled:
             return None
-        if stamp - _utc(row.seen) > timedelta(seconds=30):
+        if stamp - utc(row.seen) > timedelta(seconds=30):
             with self.engine.begin() as connection:
                 connection.execute(update(web_sessions).where(
                     web_sessions.c.id == row.id).values(seen=stamp))
-        return Session(user, row.csrf, _utc(row.created))
+        return Session(user, row.csrf, utc(row.created))
 
     def close_session(self, token: str) -> None:
         with self.engine.begin() as connection:
@@ -439,7 +441,7 @@ class Console:
             query = query.where(audit.c.actor == actor)
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
-        return [{"time": _utc(r.time), "actor": r.actor, "action": r.action,
+        return [{"time": utc(r.time), "actor": r.actor, "action": r.action,
                  "target": r.target, "detail": r.detail, "address": r.address} for r in rows]
 
     # -- the feedback queue --------------------------------------------------------
@@ -467,7 +469,8 @@ class Console:
             else:
                 identifier = connection.execute(insert(feedback).values(
                     message=message, label=label, source=source, who=who, note=note,
-                    created=stamp, state="pending", review_note="")).inserted_primary_key[0]
+                    created=stamp, state="pending", review_note="")
+                    .returning(feedback.c.id)).scalar_one()
                 outcome = "added"
             connection.execute(insert(events), {
                 "message": message, "time": stamp, "actor": who,
@@ -487,8 +490,8 @@ class Console:
             query = query.where(feedback.c.message == message)
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
-        return [Label(r.id, r.message, r.label, r.source, r.who, r.note, _utc(r.created),
-                      r.state, r.reviewer, _utc(r.reviewed) if r.reviewed else None,
+        return [Label(r.id, r.message, r.label, r.source, r.who, r.note, utc(r.created),
+                      r.state, r.reviewer, utc(r.reviewed) if r.reviewed else None,
                       r.review_note, r.subject if r.subject is not None else r.mail_subject,
                       r.sender, r.score, r.message_state)
                 for r in rows]
@@ -499,8 +502,8 @@ class Console:
         if row is None:
             raise ConsoleError(f"no label #{identifier} in the feedback queue")
         return Label(row.id, row.message, row.label, row.source, row.who, row.note,
-                     _utc(row.created), row.state, row.reviewer,
-                     _utc(row.reviewed) if row.reviewed else None, row.review_note)
+                     utc(row.created), row.state, row.reviewer,
+                     utc(row.reviewed) if row.reviewed else None, row.review_note)
 
     def review(self, identifier: int, accept: bool, reviewer: str, note: str = "",
                training_set_url: str | None = None) -> str:
@@ -588,7 +591,7 @@ class Console:
             one_at_a_time(connection, f"console-{kind}")
             identifier = connection.execute(insert(console_jobs).values(
                 kind=kind, who=who, node=self.store.node, started=now(), status="running",
-                output="")).inserted_primary_key[0]
+                output="").returning(console_jobs.c.id)).scalar_one()
             running = connection.execute(select(console_jobs.c.id).where(and_(
                 console_jobs.c.kind == kind, console_jobs.c.status == "running",
                 console_jobs.c.id != identifier,
@@ -614,8 +617,8 @@ class Console:
         with self.engine.connect() as connection:
             rows = connection.execute(select(console_jobs).where(console_jobs.c.kind == kind)
                                       .order_by(console_jobs.c.id.desc()).limit(limit)).all()
-        return [{"id": r.id, "who": r.who, "node": r.node, "started": _utc(r.started),
-                 "finished": _utc(r.finished) if r.finished else None, "status": r.status,
+        return [{"id": r.id, "who": r.who, "node": r.node, "started": utc(r.started),
+                 "finished": utc(r.finished) if r.finished else None, "status": r.status,
                  "output": r.output} for r in rows]
 
 
@@ -657,19 +660,11 @@ def _digest(token: str) -> str:
 
 
 def _user(row: Any) -> User:
-    return User(row.id, row.name, row.role, bool(row.disabled), _utc(row.created),
-                _utc(row.last_login) if row.last_login else None,
+    return User(row.id, row.name, row.role, bool(row.disabled), utc(row.created),
+                utc(row.last_login) if row.last_login else None,
                 row.password == DIRECTORY_ACCOUNT)
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _first_line(exc: Exception) -> str:
-    original = getattr(exc, "orig", None) or exc
-    text = str(original).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = ["Console", "ConsoleError", "Label", "LoginRefused", "QuarantineError", "Session",

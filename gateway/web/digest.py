@@ -40,7 +40,8 @@ from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.config import Config
-from gateway.jobs import Jobs, PeriodicJob, insert_ignoring
+from gateway.db import insert_ignoring, utc
+from gateway.jobs import Jobs, PeriodicJob
 from gateway.quarantine.release import admin_only_symbols
 from gateway.quarantine.schema import digest_links, digest_runs, messages, recipients
 from gateway.quarantine.store import QuarantineStore, Record, now
@@ -108,12 +109,12 @@ def check_link(console: Console, token: str, at: datetime | None = None) -> Link
             digest_links.c.id == identifier)).first()
     if row is None:
         raise LinkError("this link is not valid")
-    expires = _utc(row.expires)
+    expires = utc(row.expires)
     expected = _signature(console.secret(SECRET), row.id, row.message, row.recipient, expires)
     if not hmac.compare_digest(expected, signature):
         raise LinkError("this link is not valid")
     link = Link(row.id, row.message, row.recipient, expires,
-                _utc(row.used) if row.used else None, row.used_for)
+                utc(row.used) if row.used else None, row.used_for)
     if link.used is not None:
         raise LinkError(f"this link was used already ({link.used_for}, "
                         f"{link.used:%Y-%m-%d %H:%M} UTC)", 410)
@@ -323,7 +324,7 @@ class DailyDigest:
                                    piecewise=True)
         return outcome.result.get("sent") if outcome.state == "ran" else None
 
-    def _send(self, _connection: None, day: str | None = None,
+    def _send(self, _connection: Connection | None, day: str | None = None,
               at: datetime | None = None) -> dict[str, Any]:
         day = day or self._period(at) or (at or now()).date().isoformat()
         with self.console.engine.begin() as connection:  # the day's row, for the console
@@ -357,9 +358,6 @@ def _reason(record: Record) -> str:
 def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else " " for c in text)[:200]
 
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def link_summary(link: Link) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def page():
     kind = request.args.get("kind") if request.args.get("kind") in LIST_KINDS else None
     entries = found.store.list_entries(kind)
     expired = sum(1 for e in entries if not e.active())
-    return render_template("lists.html", entries=entries[:SHOWN], more=len(entries) > SHOWN,
+    return render_template("lists/lists.html", entries=entries[:SHOWN], more=len(entries) > SHOWN,
                            kinds=LIST_KINDS, kind=kind, expired=expired,
                            lists=found.config.lists, source=found.config.source)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import smtplib
 import socket
+import threading
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
@@ -56,6 +57,13 @@ def tell_by_mail(store: QuarantineStore, config: Config) -> int:
         told.append(item.id)
     requests.mark_told(store, told)
     return len(told)
+
+
+def tell_by_mail_later(store: QuarantineStore, config: Config) -> None:
+    """:func:`tell_by_mail`, off the request thread (the mail server may be
+    slow): after a decision in the console."""
+    threading.Thread(target=tell_by_mail, args=(store, config), daemon=True,
+                     name="notices").start()
 
 
 def tell_in_console(store: QuarantineStore, user: str) -> list[tuple[str, str]]:

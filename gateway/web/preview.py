@@ -104,7 +104,7 @@ def analyse(raw: bytes, limits: LimitsSection = DEFAULT_LIMITS,
     message = parse_bytes(raw, limits)
     view = MessageView(message, limits)
     preview = Preview(html_bytes=html_bytes)
-    fields = message.raw_items()
+    fields = list(message.raw_items())  # an iterator: the table says how many are left
     for count, (name, value) in enumerate(fields):
         if count >= MAX_HEADERS:
             preview.headers.append(("…", f"{len(fields) - count} more fields"))

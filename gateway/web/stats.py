@@ -76,3 +76,11 @@ def model_in_use(config: Config) -> dict[str, Any]:
             "created": meta.get("created"), "ham": data.get("ham"), "spam": data.get("spam"),
             "learned": data.get("learned", 0), "figures": shown,
             "fpr": float(figures["fpr"]["mean"]) if "fpr" in figures else None}
+
+
+def fleet(store: QuarantineStore) -> list[Any]:
+    """The registered nodes, stale ones marked (see gateway.nodes)."""
+    from gateway.nodes import fleet as registered
+
+    with store.engine.connect() as connection:
+        return registered(connection)

@@ -102,3 +102,17 @@ def progress(output: str) -> Progress | None:
 def readable(output: str) -> str:
     """The output without its progress-bar lines (the page draws the bar)."""
     return "\n".join(line for line in output.splitlines() if not _BAR.match(line))
+
+
+def learned_counts(config: Config) -> dict[str, int] | None:
+    """Ham and spam in the learned training set; None if it cannot be read."""
+    from gateway.classifier.trainingset import TrainingSet, TrainingSetError
+
+    try:
+        stored = TrainingSet(config.classifier.training_set_url(config.quarantine.url))
+    except TrainingSetError:
+        return None
+    try:
+        return stored.counts()
+    finally:
+        stored.close()
