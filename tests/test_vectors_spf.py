@@ -22,6 +22,7 @@ The zone data follows the suites' conventions, as pyspf's driver
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
@@ -140,11 +141,22 @@ class ZoneServer:
                 super().__init__(log="-request,-reply,-truncated,-error")
 
         self.zone: dict[str, list[Any]] = {}
-        self.udp = DNSServer(self, address="127.0.0.1", port=0, logger=Quiet(),
-                             handler=Handler)
-        self.port = self.udp.server.server_address[1]
-        self.tcp = DNSServer(self, address="127.0.0.1", port=self.port, tcp=True,
-                             logger=Quiet(), handler=Handler)
+        # UDP and TCP on one port: the kernel's free UDP port may be taken on
+        # TCP by another program on a busy machine; then take another.
+        for _attempt in range(20):
+            self.udp = DNSServer(self, address="127.0.0.1", port=0, logger=Quiet(),
+                                 handler=Handler)
+            self.port = self.udp.server.server_address[1]
+            try:
+                self.tcp = DNSServer(self, address="127.0.0.1", port=self.port, tcp=True,
+                                     logger=Quiet(), handler=Handler)
+                break
+            except OSError as exc:
+                self.udp.server.server_close()
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        else:
+            raise OSError(errno.EADDRINUSE, "no loopback port free on both UDP and TCP")
 
     def start(self) -> ZoneServer:
         self.udp.start_thread()
