@@ -266,8 +266,12 @@ class PeriodicJob:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 0.0) -> None:
+        """No further runs; with ``wait``, up to that long for a run in
+        progress to commit (or roll back)."""
         self._stop.set()
+        if wait and self._thread is not None:
+            self._thread.join(wait)
 
     def _next_start(self) -> float:
         return self.interval - time.time() % self.interval

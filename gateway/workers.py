@@ -533,8 +533,11 @@ class WorkerPool:
     def _start_in_background(self) -> None:
         try:
             worker, _ = self._start_worker()
-        except Exception:
-            log.exception("could not start a worker process")
+        except Exception as exc:
+            if self._closed:  # stopping: the fork server went first, nothing to report
+                log.debug("worker start abandoned while stopping: %s", exc)
+            else:
+                log.exception("could not start a worker process")
             with self._lock:
                 self._starting -= 1
                 self._wake_all()  # a waiting message may grow the pool again

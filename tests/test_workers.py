@@ -544,3 +544,20 @@ def test_workers_take_the_model_the_fork_server_loaded(tmp_path, monkeypatch):
     assert other.model.vocabulary is not shared.vocabulary
     assert other.model.vocabulary == shared.vocabulary
     assert _model_to_share(config("headers")) is None  # no bayes check, nothing loaded
+
+
+def test_a_worker_start_cut_short_by_stopping_is_no_error(pool_of, monkeypatch, caplog):
+    # `gateway run` failing at its socket stops the pool while a worker
+    # starts in the background: its start fails, and that is no traceback
+    # on the admin's terminal below the one line that says what is wrong.
+    pool = pool_of(config("headers"))
+    pool.close()
+
+    def cut_short():
+        raise WorkerFailed("a worker died while starting (still running)")
+
+    monkeypatch.setattr(pool, "_start_worker", cut_short)
+    with caplog.at_level("DEBUG", logger="gateway.workers"):
+        pool._start_in_background()
+    assert [r.levelname for r in caplog.records] == ["DEBUG"]
+    assert "abandoned while stopping" in caplog.records[0].getMessage()
