@@ -12,7 +12,7 @@ run: setup
 test: setup
 	$(VENV)/ruff check gateway tests
 	$(VENV)/python -m mypy
-	$(VENV)/python -m pytest -q tests
+	$(VENV)/python -m pytest -q -n 2 --dist loadfile tests
 
 lint: setup
 	$(VENV)/ruff check gateway tests
