@@ -168,7 +168,8 @@ def test_doctor_on_a_healthy_setup_is_all_ticks(setup):
     assert {name: line["status"] for name, line in lines.items()} == {
         "config": "ok", "rules": "ok", "clamd": "ok", "dns 127.0.0.1:" + lines_port(lines): "ok",
         "store": "ok", "model": "ok", "model bands": "ok", "model on this site": "ok",
-        "identity": "ok", "node": "ok", "postfix smtpd_milters": "ok",
+        "identity": "ok", "greylist": "skip", "ratelimit": "skip", "fuzzy": "ok", "node": "ok",
+        "postfix smtpd_milters": "ok",
         "postfix non_smtpd_milters": "ok", "postfix milter_default_action": "ok",
         "postfix milter_protocol": "ok", "postfix release listener": "ok",
         "postfix reaches socket": "ok", "user": "ok", "store modes": "ok", "config file": "ok",
@@ -279,3 +280,27 @@ def test_postfix_milter_names_as_a_chrooted_smtpd_sees_them():
     assert _postfix_spec(ours, False, spool) == ours
     assert _same_milter("inet:localhost:8899", "inet:8899@127.0.0.1", False, spool)
     assert not _same_milter("inet:localhost:8898", "inet:8899@127.0.0.1", False, spool)
+
+
+def test_doctor_says_whether_greylisting_rate_limits_and_near_duplicates_have_their_store():
+    from gateway.commands.doctor import bulk_lines
+    from gateway.config import parse_config
+
+    limit = '[[ratelimit]]\nname = "per-ip"\nkey = "client_ip"\nrate = "100/hour"\n'
+    shared = parse_config('[greylist]\nenabled = true\nexempt_senders = ["@bank.example"]\n'
+                          + limit + '[quarantine]\nurl = "sqlite:////tmp/x.db"\n', "g.toml")
+    lines = {line.check: line for line in bulk_lines(shared)}
+    assert [lines[c].status for c in ("greylist", "ratelimit", "fuzzy")] == ["ok"] * 3
+    assert lines["greylist"].text == ("on: a first attempt waits 5m, a sender that passed is "
+                                      "remembered 35d; 1 exempt senders")
+    assert "per-ip: 100/hour by client_ip, then tempfail (counted in the store" in \
+        lines["ratelimit"].text
+    alone = parse_config('[greylist]\nenabled = true\n' + limit + '[quarantine]\nurl = ""\n',
+                         "g.toml")
+    lines = {line.check: line for line in bulk_lines(alone)}
+    assert [lines[c].status for c in ("greylist", "ratelimit", "fuzzy")] == ["fail"] * 3
+    assert "no node greylists" in lines["greylist"].text
+    assert "N nodes let in N times the rate" in lines["ratelimit"].text
+    off = {line.check: line.status for line in bulk_lines(parse_config(
+        '[pipeline]\nchecks = ["headers"]\n', "g.toml"))}
+    assert off == {"greylist": "skip", "ratelimit": "skip", "fuzzy": "skip"}

@@ -118,6 +118,7 @@ def diagnose(args: argparse.Namespace) -> list[Line]:
         lambda: store_lines(config),
         lambda: model_lines(config),
         lambda: identity_lines(config),
+        lambda: bulk_lines(config),
         lambda: node_lines(config),
         lambda: postfix_lines(config, postconf),
         lambda: permission_lines(config, args.user, path),
@@ -366,6 +367,44 @@ def identity_lines(config: Config) -> list[Line]:
         "none yet"
     return [ok("identity", f"[identity] org_domains is empty: our domains are learned from "
                f"the recipients' domains (so far: {learned}); {told}")]
+
+
+def bulk_lines(config: Config) -> list[Line]:
+    """Greylisting, rate limits and near-duplicates: on or off, and whether
+    they have the store they keep their state in (shared by every node)."""
+    store = bool(config.quarantine.url)
+    fix = "set [quarantine] url: the state lives in the store's database"
+    lines: list[Line] = []
+    greylist = config.greylist
+    if not greylist.enabled:
+        lines.append(skip("greylist", "off ([greylist] enabled = false)"))
+    elif not store:
+        lines.append(fail("greylist", "enabled, but there is no store ([quarantine] url is "
+                          "empty): no node greylists", fix))
+    else:
+        lines.append(ok("greylist", f"on: a first attempt waits {greylist.delay}, a sender "
+                        f"that passed is remembered {greylist.remember}; "
+                        f"{len(greylist.exempt_senders)} exempt senders"))
+    limits = config.ratelimit
+    if not limits:
+        lines.append(skip("ratelimit", "no [[ratelimit]] tables"))
+    else:
+        shown = "; ".join(f"{r.name}: {r.rate} by {r.key}, then {r.action}" for r in limits)
+        if store:
+            lines.append(ok("ratelimit", f"{shown} (counted in the store, across nodes)"))
+        else:
+            lines.append(fail("ratelimit", f"{shown}: no store, so each node counts alone "
+                              "and N nodes let in N times the rate", fix))
+    if "fuzzy" not in config.pipeline.checks:
+        lines.append(skip("fuzzy", "the near-duplicate check is not enabled"))
+    elif not store:
+        lines.append(fail("fuzzy", "enabled, but there is no store: no learned spam hashes "
+                          "and no campaign counts", fix))
+    else:
+        lines.append(ok("fuzzy", f"near-duplicates within distance {config.fuzzy.threshold}; "
+                        f"a campaign is {config.fuzzy.campaign_recipients} recipients within "
+                        f"{config.fuzzy.campaign_window}"))
+    return lines
 
 
 def _shared_store_problem(config: Config) -> str:
