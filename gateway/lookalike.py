@@ -377,6 +377,7 @@ class DomainIndex:
 # -- brands ----------------------------------------------------------------------------------
 
 
+
 @dataclass(frozen=True)
 class Brand:
     key: str  # the table's name in brands.toml
@@ -496,6 +497,30 @@ class Brands:
                 if brand is not None:
                     yield start, end, brand
                     break
+
+
+class OurIndexes:
+    """The index of our domains and the brands', one per set of our domains,
+    built once and kept (a bounded few: a site receives for a handful of
+    domain sets, and a message's recipients pick one). The identity and
+    links checks match hosts against it for every message."""
+
+    LIMIT = 64
+
+    def __init__(self, brands: Brands, freemail: frozenset[str]):
+        self.brands, self.freemail = brands, freemail
+        self._built: dict[frozenset[str], DomainIndex] = {}
+
+    def of(self, org: frozenset[str]) -> DomainIndex:
+        found = self._built.get(org)
+        if found is None:
+            if len(self._built) >= self.LIMIT:
+                self._built.clear()
+            domains = dict(self.brands.domains())
+            domains.update({d: "our domain" for d in org})
+            found = self._built[org] = DomainIndex(domains, brands=self.brands,
+                                                   freemail=self.freemail)
+        return found
 
 
 def load_brands(paths: Iterable[str | Path]) -> Brands:

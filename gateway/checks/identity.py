@@ -69,6 +69,7 @@ from gateway.lookalike import (
     Brands,
     DomainIndex,
     Lookalike,
+    OurIndexes,
     is_freemail,
     load_brands,
     load_freemail,
@@ -236,7 +237,10 @@ class IdentityCheck(Check):
         if reader is None and url is not None and _exists(url):
             reader = MemoryReader(url, settings)
         self.reader = reader
-        self._index: tuple[int, frozenset[str], DomainIndex, DomainIndex] | None = None
+        self._ours = OurIndexes(self.brands, self.freemail)
+        # The known correspondents' index, per set of our domains, for the
+        # memory's current snapshot (rebuilt when the snapshot changes).
+        self._known: tuple[int, dict[frozenset[str], DomainIndex]] = (0, {})
 
     @classmethod
     def forced_actions(cls, config: Config) -> dict[str, str]:
@@ -474,18 +478,19 @@ class IdentityCheck(Check):
                                                                         DomainIndex]:
         """(ours and the brands', the known correspondents') domains, rebuilt
         when the memory's index or the org domains change."""
-        cached = self._index
-        if cached is not None and cached[0] == id(snapshot) and cached[1] == org:
-            return cached[2], cached[3]
-        domains = dict(self.brands.domains())
-        domains.update({d: "our domain" for d in org})
-        ours = DomainIndex(domains, brands=self.brands, freemail=self.freemail)
-        # The brands' domains they write from too: a typo of one is theirs to
-        # imitate, when it is not corroborated as the brand's.
-        known = DomainIndex({d: "a known correspondent's domain"
-                             for d in snapshot.known_domains if d not in org},
-                            brands=self.brands, freemail=self.freemail)
-        self._index = (id(snapshot), org, ours, known)
+        ours = self._ours.of(org)
+        if self._known[0] != id(snapshot):
+            self._known = (id(snapshot), {})
+        built = self._known[1]
+        known = built.get(org)
+        if known is None:
+            if len(built) >= OurIndexes.LIMIT:
+                built.clear()
+            # The brands' domains they write from too: a typo of one is
+            # theirs to imitate, when it is not corroborated as the brand's.
+            known = built[org] = DomainIndex(
+                {d: "a known correspondent's domain" for d in snapshot.known_domains
+                 if d not in org}, brands=self.brands, freemail=self.freemail)
         return ours, known
 
     def _brand(self, authors: Sequence[Author], subject: str, hosts: Sequence[str],

@@ -64,6 +64,7 @@ from gateway.lookalike import (
     Brand,
     Brands,
     DomainIndex,
+    OurIndexes,
     is_freemail,
     load_brands,
     load_freemail,
@@ -81,7 +82,6 @@ SHORTENERS = RULES_DIR / "shorteners.txt"
 SHOWN = 3  # examples named in one symbol's evidence
 MAX_AUTHORS = 5  # From domains read (a From with more is its own problem: headers check)
 MAX_RECIPIENT_DOMAINS = 50  # envelope recipients whose domains are ours
-MAX_INDEXES = 64  # lookalike indexes kept, one per set of our domains
 # A link's text that names a brand with words of signing in or paying, in
 # a call to action's few words ("Log in to your PayPal account"), claims to
 # lead to the brand; a headline that names it does not.
@@ -199,7 +199,7 @@ class LinksCheck(Check):
         self.brands: Brands = load_brands(identity.brands)
         self.freemail = load_freemail(identity.freemail, identity.freemail_domains)
         self.org_domains = frozenset(registrable(d) for d in identity.org_domains)
-        self._indexes: dict[frozenset[str], DomainIndex] = {}
+        self._ours = OurIndexes(self.brands, self.freemail)
         # The identity check's correspondent memory: known correspondents'
         # domains may be imitated too (read every [identity] refresh seconds).
         url = memory_url(config.quarantine.url)
@@ -224,18 +224,9 @@ class LinksCheck(Check):
         return self._known[1]
 
     def index(self, org: frozenset[str]) -> DomainIndex:
-        """The domains a link may imitate: ours and the brands', built once
-        per set of our domains (a brand's own and a freemail provider's
-        imitate nothing: :class:`DomainIndex`)."""
-        found = self._indexes.get(org)
-        if found is None:
-            if len(self._indexes) >= MAX_INDEXES:
-                self._indexes.clear()
-            domains = dict(self.brands.domains())
-            domains.update({d: "our domain" for d in org})
-            found = self._indexes[org] = DomainIndex(domains, brands=self.brands,
-                                                     freemail=self.freemail)
-        return found
+        """The domains a link may imitate: ours and the brands' (a brand's
+        own and a freemail provider's imitate nothing: :class:`DomainIndex`)."""
+        return self._ours.of(org)
 
     def run(self, message: Message, context: CheckContext) -> Report:
         view = view_of(message)
