@@ -168,19 +168,21 @@ class SpamModel:
 
     def contributions(self, tokens: Iterable[str]) -> tuple[float, list[str], np.ndarray]:
         """(log-odds, known tokens, each one's contribution to the log-odds)."""
-        vocabulary = self.vocabulary
-        known = [t for t in tokens if t in vocabulary]
-        if not known:
+        get = self.vocabulary.get
+        found = [(t, i) for t in tokens if (i := get(t)) is not None]  # one lookup a token
+        if not found:
             return self.intercept, [], np.zeros(0)
-        parts = self._parts([vocabulary[t] for t in known])
-        return self.intercept + float(parts.sum()), known, parts
+        parts = self._parts([i for _t, i in found])
+        return self.intercept + float(parts.sum()), [t for t, _i in found], parts
 
     def explain(self, tokens: Iterable[str], count: int = 5) -> Explanation:
         """The score of a token set with the ``count`` tokens that pushed it
         most toward spam and toward ham."""
         # Sorted first: a set's order depends on the process's hash seed, and
         # ties must name the same tokens in every worker.
-        log_odds, known, parts = self.contributions(sorted(tokens))
+        get = self.vocabulary.get
+        log_odds, known, parts = self.contributions(sorted(t for t in tokens
+                                                           if get(t) is not None))
         order = np.argsort(parts, kind="stable")
         spam = tuple((known[i], float(parts[i])) for i in order[::-1][:count] if parts[i] > 0)
         ham = tuple((known[i], float(parts[i])) for i in order[:count] if parts[i] < 0)
