@@ -403,3 +403,15 @@ def test_the_command_line_release_approves_requests_and_refuse_tells_why(tmp_pat
         assert requests.get(store, other.id).state == "refused"
         assert requests.untold(store, by_mail=True) == []
         store.close()
+
+
+@pytest.mark.parametrize(("reply", "queue_id"), [
+    (b"2.0.0 Ok: queued as 4bXyZ1Ab2", "4bXyZ1Ab2"),  # Postfix
+    (b"2.0.0 5B7AB1l3012345 Message accepted for delivery", "5B7AB1l3012345"),  # Sendmail
+    (b"OK id=1qXyZa-000123-AB", "1qXyZa-000123-AB"),  # Exim
+    (b"2.0.0 Ok", None),
+])
+def test_the_released_copys_queue_id_is_read_from_each_mtas_reply(reply, queue_id):
+    from gateway.quarantine.release import queue_id_of
+
+    assert queue_id_of(reply) == queue_id

@@ -167,6 +167,9 @@ def test_spam_held_in_the_gateways_quarantine_is_released_through_the_release_po
     assert sink.find(tag, timeout=1) is None
     released = gateway(process, "quarantine", "release", records[0]["id"])
     assert released.returncode == 0, released.stderr + sendmail.log_tail()
+    again = re.search(r"queued as (\w+)", released.stdout)  # Sendmail's id of the copy
+    assert again is not None, released.stdout
+    assert again.group(1) in sendmail.log_text()
     delivery = sink.find(tag)
     assert delivery is not None, sendmail.log_tail()
     assert delivery.header("X-Gateway-Released") is not None

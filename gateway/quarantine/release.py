@@ -41,7 +41,12 @@ from gateway.verdict import Verdict
 RELEASED_HEADER = "X-Gateway-Released"
 # Symbols whose mail only an admin may release, whatever the rules say.
 VIRUS_SYMBOLS = frozenset({"CLAMAV_VIRUS"})
-_QUEUED_AS = re.compile(rb"queued as ([0-9A-Za-z]+)")
+# Where each MTA names the queue id in its reply to DATA: Postfix ("250 2.0.0
+# Ok: queued as 4bXyZ1"), Sendmail ("250 2.0.0 5B7AB1l3012345 Message
+# accepted for delivery"), Exim ("250 OK id=1qXyZa-000123-AB").
+_QUEUE_IDS = (re.compile(rb"queued as ([0-9A-Za-z]+)"),
+              re.compile(rb"([0-9A-Za-z]{6,32}) Message accepted for delivery"),
+              re.compile(rb"\bid=([0-9A-Za-z-]{6,40})"))
 
 
 class ReleaseError(Exception):
@@ -296,9 +301,17 @@ def _send(sender: str, rcpts: list[str], data: bytes, smtp: str, timeout: float
         raise
     except (smtplib.SMTPException, OSError, UnicodeError) as exc:
         raise ReleaseError(f"cannot re-inject through {smtp}: {exc}") from None
-    found = _QUEUED_AS.search(reply)
     accepted = [r for r in rcpts if r not in refused]
-    return accepted, refused, found.group(1).decode() if found else None
+    return accepted, refused, queue_id_of(reply)
+
+
+def queue_id_of(reply: bytes) -> str | None:
+    """The queue id an MTA gave the re-injected copy, from its reply to DATA."""
+    for pattern in _QUEUE_IDS:
+        found = pattern.search(reply)
+        if found:
+            return found.group(1).decode("ascii")
+    return None
 
 
 def released_copy(raw: bytes, record: Record, who: str, at: datetime,
