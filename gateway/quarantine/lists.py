@@ -26,6 +26,7 @@ from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.db import utc
+from gateway.durations import UNITS
 from gateway.mail import DomainError, ascii_domain, is_public_suffix
 from gateway.quarantine.schema import list_entries
 
@@ -39,8 +40,8 @@ WILDCARDS = "*%?"
 _DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 _LOCAL = re.compile(r"[a-z0-9!#$&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$&'*+/=?^_`{|}~-]+)*")
 MAX_REPLY = 200  # the whole SMTP reply line stays well under RFC 5321's 512
+# An expiry needs its unit ("30" alone is more likely a typo than 30 s).
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def parse_expiry(text: str | None, now: datetime | None = None) -> datetime | No
     now = now or datetime.now(UTC)
     match = _DURATION.match(text.strip().lower())
     if match:
-        return now + timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+        return now + timedelta(seconds=int(match.group(1)) * UNITS[match.group(2)])
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
