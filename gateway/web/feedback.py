@@ -13,7 +13,7 @@ from flask.typing import ResponseReturnValue
 
 from gateway.web import training
 from gateway.web.access import Area, client_address, parts, require_admin
-from gateway.web.console import ConsoleError
+from gateway.web.console import Console, ConsoleError
 
 blueprint = Area("feedback", __name__)
 
@@ -44,15 +44,21 @@ def review(number: int) -> ResponseReturnValue:
         abort(400, "accept or reject")
     note = request.form.get("note", "").strip()[:500]
     try:
-        outcome = found.console.review(number, decision == "accept", me.name, note,
-                                       config.classifier.training_set_url(config.quarantine.url))
+        outcome = _review(found.console, number, decision, me.name, note,
+                          config.classifier.training_set_url(config.quarantine.url))
     except ConsoleError as exc:
         flash(str(exc), "error")
     else:
-        found.console.log(me.name, f"label-{decision}", f"feedback #{number}", note,
-                          client_address())
         flash(f"label #{number}: {outcome}", "ok")
     return redirect(url_for("feedback_queue"))
+
+
+def _review(console: Console, number: int, decision: str, who: str, note: str,
+            url: str | None) -> str:
+    """Accept or reject one label, and audit it; raises ConsoleError."""
+    outcome = console.review(number, decision == "accept", who, note, url)
+    console.log(who, f"label-{decision}", f"feedback #{number}", note, client_address())
+    return outcome
 
 
 @blueprint.post("/feedback/bulk")
@@ -74,13 +80,11 @@ def feedback_bulk() -> ResponseReturnValue:
     url = config.classifier.training_set_url(config.quarantine.url)
     for number in dict.fromkeys(numbers):
         try:
-            console.review(number, decision == "accept", me.name, note, url)
+            _review(console, number, decision, me.name, note, url)
         except ConsoleError as exc:
             failed.append(str(exc))
             continue
         done += 1
-        console.log(me.name, f"label-{decision}", f"feedback #{number}", note,
-                    client_address())
     if done:
         verb = "accepted into the learned training set" if decision == "accept" \
             else "rejected"
