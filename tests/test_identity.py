@@ -144,7 +144,7 @@ def test_a_lookalike_of_a_brand(check):
         found["FROM_LOOKALIKE_DOMAIN"]
 
 
-def test_a_typo_of_a_brands_domain_counts_only_when_the_brand_is_named(check):
+def test_a_near_spelling_of_a_brands_domain_counts_only_when_the_brand_is_named(check):
     # lindows.com is one letter from Microsoft's windows.com: its newsletter
     # (the corpus's hard_ham) names no Microsoft where a reader looks first.
     newsletter = check.run(message('"Michael Robertson" <michaelr@lindows.com>',
@@ -152,22 +152,28 @@ def test_a_typo_of_a_brands_domain_counts_only_when_the_brand_is_named(check):
                            authenticated(dkim=("lindows.com",)))
     assert "FROM_LOOKALIKE_DOMAIN" not in symbols(newsletter)
     assert "FROM_LOOKALIKE_DOMAIN" not in symbols(check.run(
-        message('"Customer Service" <service@paypall.com>', subject="Your invoice"),
-        authenticated(dkim=("paypall.com",))))
+        message('"Customer Service" <service@paypol.com>', subject="Your invoice"),
+        authenticated(dkim=("paypol.com",))))
     named = symbols(check.run(message('"Michael Robertson" <michaelr@lindows.com>',
                                       subject="Your Microsoft account is on hold"),
                               authenticated(dkim=("lindows.com",))))
     assert named["FROM_LOOKALIKE_DOMAIN"] == (
         "lindows.com imitates windows.com (brand Microsoft): a typo (edit distance 1); "
         "the subject names Microsoft")
-    by_name = symbols(check.run(message('"PayPal Billing" <service@paypall.com>'),
-                                authenticated(dkim=("paypall.com",))))
+    by_name = symbols(check.run(message('"PayPal Billing" <service@paypol.com>'),
+                                authenticated(dkim=("paypol.com",))))
     assert "the display name names PayPal" in by_name["FROM_LOOKALIKE_DOMAIN"]
     assert "BRAND_IMPERSONATION" in by_name
     # A confusable spelling is no neighbour's name: it imitates by itself.
     assert "a confusable spelling" in symbols(check.run(
         message('"Customer Service" <service@paypa1.com>', subject="Your invoice"),
         authenticated(dkim=("paypa1.com",))))["FROM_LOOKALIKE_DOMAIN"]
+    # Nor is a slip of the keyboard: a letter doubled, left out, swapped with
+    # its neighbour or struck beside its key is how typosquatters register.
+    for slip in ("paypall.com", "paypl.com", "papyal.com", "paypak.com"):
+        assert f"{slip} imitates paypal.com (brand PayPal): a typo" in symbols(check.run(
+            message(f'"Customer Service" <service@{slip}>', subject="Your invoice"),
+            authenticated(dkim=(slip,))))["FROM_LOOKALIKE_DOMAIN"], slip
 
 
 def test_a_typo_of_our_domain_needs_no_other_sign(tmp_path):
@@ -569,17 +575,17 @@ def test_a_known_correspondents_name_from_a_stranger(tmp_path, memory):
             check.run(message("Sales <sales@suppiler.example>", subject="Invoice"),
                       authenticated(dkim=("suppiler.example",))))["FROM_LOOKALIKE_DOMAIN"]
         assert "FROM_LOOKALIKE_DOMAIN" not in symbols(check.run(
-            message('"Ann Other" <ann.other@yaoho.co.uk>', subject="Invoice"),
-            authenticated(dkim=("yaoho.co.uk",))))
+            message('"Ann Other" <ann.other@yahuo.co.uk>', subject="Invoice"),
+            authenticated(dkim=("yahuo.co.uk",))))
     finally:
         check.close()
     memory.add([Observation("matt@yahoo.co.uk", "yahoo.co.uk", BOB, "outbound", at)])
     check = IdentityCheck.from_config(config(tmp_path))
     try:
-        assert "yaoho.co.uk imitates yahoo.co.uk (a known correspondent's domain): a typo " \
+        assert "yahuo.co.uk imitates yahoo.co.uk (a known correspondent's domain): a typo " \
                "(edit distance 1)" in \
-            symbols(check.run(message('"Ann Other" <ann.other@yaoho.co.uk>', subject="Invoice"),
-                              authenticated(dkim=("yaoho.co.uk",))))["FROM_LOOKALIKE_DOMAIN"]
+            symbols(check.run(message('"Ann Other" <ann.other@yahuo.co.uk>', subject="Invoice"),
+                              authenticated(dkim=("yahuo.co.uk",))))["FROM_LOOKALIKE_DOMAIN"]
         # ... but not a lookalike of her domain (another TLD of it counts with her
         # name), nor an address that cannot authenticate.
         for author, context in (

@@ -22,6 +22,7 @@ from gateway.lookalike import (
     DomainIndex,
     compare,
     is_freemail,
+    keyboard_slip,
     load_brands,
     load_freemail,
     registrable,
@@ -349,3 +350,49 @@ def test_a_freemail_provider_imitates_no_known_correspondents_provider(brands):
                         freemail=freemail)
     assert index.match("gmx.net") is None and index.match("gmx.de") is None
     assert index.match("gmx-mail.com").imitates == "gmx.com"
+
+
+@pytest.mark.parametrize(("written", "meant", "slip"), [
+    ("paypl", "paypal", True),  # a letter left out
+    ("paypall", "paypal", True),  # a letter doubled
+    ("paypaol", "paypal", True),  # a neighbouring key struck as well (o beside l)
+    ("papyal", "paypal", True),  # neighbours swapped
+    ("paypak", "paypal", True),  # the key beside it (k for l)
+    ("lindows", "windows", False),  # l is nowhere near w: a name chosen
+    ("qmail", "gmail", False),
+    ("paypxal", "paypal", False),  # x beside neither p nor a
+    ("paypal", "paypal", False),
+    ("ppayal", "paypal", False),  # two edits
+])
+def test_keyboard_slips_are_the_typosquatters_typos(written, meant, slip):
+    assert keyboard_slip(written, meant) is slip
+
+
+@pytest.mark.parametrize(("host", "crafted"), [
+    ("paypa1.com", True),  # confusable
+    ("pay-pal.com", True),  # hyphens inserted
+    ("paypal-com.net", True),  # its dots as hyphens
+    ("paypal.com.evil.top", True),  # inside another domain
+    ("paypal-secure.com", True),  # a bait word after a hyphen
+    ("securepaypal.com", False),  # a word run into the name: product names are made so
+    ("paypall.com", True),  # a keyboard slip
+    ("payp4l.com", True),  # a digit for the letter it resembles
+    ("payp9l.com", False),  # a digit like no a
+    ("paypol.com", False),  # a near spelling, no slip
+    ("paypal.top", False),  # the same name under another TLD: brands own many
+])
+def test_crafted_forms(host, crafted):
+    found = compare(host, "paypal.com")
+    assert found is not None and found.crafted is crafted
+
+
+def test_brands_own_their_static_and_short_domains(brands):
+    # Every HTML newsletter loads Google's fonts from fonts.gstatic.com, one
+    # key from Booking's bstatic.com; Facebook's and Apple's own short and
+    # script hosts are theirs too, not lookalikes of facebook.com, apple.com.
+    for host, key in (("fonts.gstatic.com", "google"), ("connect.facebook.net", "meta"),
+                      ("fb.me", "meta"), ("apple.co", "apple"), ("res-1.cdn.office.net",
+                                                                 "microsoft")):
+        owner = brands.owner(host)
+        assert owner is not None and owner.key == key, host
+

@@ -260,8 +260,25 @@ def test_a_link_to_a_host_imitating_a_brand_or_our_domain_is_a_lookalike():
         "acme-corp.net imitates acme-corp.com (our domain): another TLD; and 1 more")
 
 
+def test_a_lookalike_written_to_deceive_is_crafted_a_name_of_its_own_is_not():
+    crafted = findings(mail(text="https://paypall.com/x https://paypal-verify.com/x "
+                                 "https://www.paypal.com.login-check.top/x"))
+    assert crafted["URL_LOOKALIKE_CRAFTED"] == (
+        "paypall.com imitates paypal.com (brand PayPal): a typo (edit distance 1); "
+        "paypal-verify.com imitates paypal.com (brand PayPal): a word added; "
+        "login-check.top imitates paypal.com (brand PayPal): written as its subdomain")
+    # The corpus's ham links to these: a sponsor's product, a company and a
+    # mail server named one letter from a brand's, and the same name under
+    # another TLD: lookalikes, not crafted ones.
+    for text in ("https://www.outlooksecure.com/", "http://www.lindows.com/",
+                 "http://www.qmail.org/", "https://paypal.top/"):
+        found = findings(mail(text=text))
+        assert "URL_LOOKALIKE_DOMAIN" in found and "URL_LOOKALIKE_CRAFTED" not in found, text
+
+
 @pytest.mark.parametrize("text", [
     "https://www.paypal.com/signin https://login.microsoftonline.com/",  # the brands' own
+    "https://fonts.gstatic.com/s/roboto.woff2 https://connect.facebook.net/sdk.js",
     "https://www.mail.com/ https://www.gmx.net/",  # freemail is nobody's lookalike
     "https://www.yahoo.com.au/ https://www.google.de/",  # brands' country sites
     "https://www.ebay.at/ https://www.amazon.com.be/",  # as brands.toml lists them

@@ -18,8 +18,9 @@ Symbols, each with evidence naming whom or what it imitates:
   is not theirs;
 - ``FROM_LOOKALIKE_DOMAIN``: the author's domain imitates ours, a known
   correspondent's or a brand's (:class:`gateway.lookalike.DomainIndex`);
-  a brand's imitated by a typo alone only when the display name or the
-  subject also names the brand;
+  a brand's imitated by a near spelling that is no slip of the keyboard
+  (lindows.com, windows.com) only when the display name or the subject
+  also names the brand;
 - ``BRAND_IMPERSONATION``: the display name speaks as a brand (its name and
   role words only: "PayPal Security") while the message authenticates as
   none of its domains; a brand named in the subject counts when the
@@ -208,8 +209,9 @@ class IdentityCheck(Check):
         "FROM_NAME_IMPERSONATION": "the From display name is a protected person's or a known "
                                    "correspondent's, from an address that is not theirs",
         "FROM_LOOKALIKE_DOMAIN": "the author's domain imitates ours, a known correspondent's "
-                                 "or a brand's (a brand's by a typo only when the display "
-                                 "name or subject names the brand)",
+                                 "or a brand's (a brand's by a near spelling that is no "
+                                 "keyboard slip only when the display name or subject names "
+                                 "the brand)",
         "BRAND_IMPERSONATION": "a brand's name in the display name (or subject) while the "
                                "message authenticates as none of the brand's domains",
         "FROM_FREEMAIL_ORG_NAME": "a freemail author whose display name is a protected "
@@ -413,7 +415,8 @@ class IdentityCheck(Check):
         ours, known = self._domains(org, snapshot)
         host = author.host or domain
         found = ours.match(host)
-        if found is not None and found.technique == "typo" and found.imitates not in org:
+        if found is not None and found.technique == "typo" and found.imitates not in org \
+                and not found.crafted:
             found = self._corroborated(found, naming)
         elif found is not None and found.technique == "tld" and found.imitates in org \
                 and not any_tld:
@@ -454,11 +457,13 @@ class IdentityCheck(Check):
 
     def _corroborated(self, typo: Lookalike, naming: Sequence[tuple[str, str]],
                       ) -> Lookalike | None:
-        """A typo of a brand's domain, if the message also names the brand.
+        """A near spelling of a brand's domain, if the message also names
+        the brand (a slip of the keyboard, paypall.com, needs no such sign:
+        :func:`gateway.lookalike.crafted_form`).
 
         Brands' names are famous words, and many a legitimate business
         sits one or two letters from one (lindows.com and Microsoft's
-        windows.com): a typo alone says little. A phish that imitates a
+        windows.com): a near spelling alone says little. A phish that imitates a
         brand names it somewhere the reader looks first. Our own domains
         and our correspondents' need no such sign: few, and chosen by no
         one else, a domain a letter away from one of them has no innocent

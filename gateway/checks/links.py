@@ -22,6 +22,12 @@ host judged here is the host a click opens.
 - ``URL_LOOKALIKE_DOMAIN``: a linked host imitates our domain, a brand's or
   a known correspondent's (:class:`gateway.lookalike.DomainIndex`, the
   identity check's lists and memory).
+- ``URL_LOOKALIKE_CRAFTED``: beside ``URL_LOOKALIKE_DOMAIN``, when the
+  imitation has a form made to deceive (:func:`gateway.lookalike.crafted_form`:
+  a confusable letter, one slip of the keyboard, hyphens, a bait word joined
+  with a hyphen, the imitated domain written inside another), not a name
+  of its own that happens to be close (lindows.com) nor the same name
+  under another TLD (brands own many: facebook.net, apple.co).
 - ``URL_USERINFO_TRICK``: a host name written as the user name in front of
   the real host (``https://paypal.com@evil.example/`` goes to
   evil.example).
@@ -183,6 +189,9 @@ class LinksCheck(Check):
                                      "say) in one label, as no language writes",
         "URL_LOOKALIKE_DOMAIN": "a linked host imitates our domain or a brand's (a confusable "
                                 "spelling, a typo, a word added, another TLD)",
+        "URL_LOOKALIKE_CRAFTED": "the linked lookalike is written to deceive (a confusable "
+                                 "letter, a keyboard slip, hyphens, a bait word after a "
+                                 "hyphen, the domain inside another), not a name of its own",
         "URL_BRAND_MISMATCH": "a link's text or picture speaks as a brand, and the link goes "
                               "to none of the brand's domains",
         "QR_CODE_URL": "a picture holds a QR code that leads to a URL",
@@ -306,6 +315,8 @@ class LinksCheck(Check):
                 imitation = seen.known.match(link.host, other_tld=False)
             if imitation is not None:
                 marks.append(("URL_LOOKALIKE_DOMAIN", imitation.describe()))
+                if imitation.crafted:
+                    marks.append(("URL_LOOKALIKE_CRAFTED", imitation.describe()))
         if link.user and "." in link.user.partition(":")[0]:
             marks.append(("URL_USERINFO_TRICK", f"{_cut(link.url)} goes to {link.host}, not "
                           f"{_cut(link.user.partition(':')[0], 40)}"))
