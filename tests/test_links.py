@@ -492,6 +492,34 @@ def test_a_lying_link_is_named_through_postfix(postfix, sink, gateway_milter, tm
     assert "LINK_TEXT_MISMATCH" not in delivery.header("X-Spam-Status")
 
 
+def test_a_crafted_lookalike_link_is_held_a_near_one_delivered_through_postfix(
+        postfix, sink, gateway_milter, tmp_path):
+    from tests.helpers import send
+
+    url = f"sqlite:///{tmp_path}/quarantine.db"
+    gateway_milter(f'[pipeline]\nchecks = ["headers", "links"]\n[quarantine]\nurl = "{url}"\n')
+    tag = uuid.uuid4().hex
+    html = '<p>Your statement is ready: <a href="{}">view it</a></p>'
+
+    def dated(raw: bytes) -> bytes:  # a well-formed message: only the link is in question
+        return (b"Date: Mon, 07 Dec 2026 10:00:00 +0000\r\nMessage-ID: <" +
+                uuid.uuid4().hex.encode() + b"@example.org>\r\n" + raw)
+
+    send(postfix, dated(mail(html=html.format("https://www.paypall.com/statement?id=4411"),
+                             subject=f"slip {tag}")))
+    (record,) = _held(url, f"slip {tag}")
+    assert sink.find(f"slip {tag}", timeout=1) is None
+    assert {s["name"]: s["evidence"] for s in record.symbols}["URL_LOOKALIKE_CRAFTED"] == (
+        "paypall.com imitates paypal.com (brand PayPal): a typo (edit distance 1)")
+    # A company's own name one letter from a brand's is marked, not held.
+    send(postfix, dated(mail(html=html.format("http://www.lindows.com/news"),
+                             subject=f"near {tag}")))
+    delivery = sink.find(f"near {tag}")
+    assert delivery is not None
+    status = delivery.header("X-Spam-Status")
+    assert "URL_LOOKALIKE_DOMAIN" in status and "URL_LOOKALIKE_CRAFTED" not in status
+
+
 def test_a_picture_too_large_for_pillow_is_named_not_counted_unreadable():
     from gateway import qr
     from tests.hostile import png
