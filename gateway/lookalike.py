@@ -73,6 +73,7 @@ MAX_FREEMAIL_LINES = 100_000
 TYPO_MIN = 5  # shortest label compared at edit distance 1
 TYPO2_MIN = 9  # shortest label compared at edit distance 2
 AFFIX_MIN = 3  # shortest label recognised with a word added
+MATCH_MEMO = 4096  # hosts a DomainIndex remembers its answer for
 
 TECHNIQUES: dict[str, str] = {
     "confusable": "a confusable spelling",
@@ -252,6 +253,7 @@ class DomainIndex:
         # counts on both, as the skeleton makes an m two letters (rn).
         self._by_length: dict[int, list[str]] = {}
         self._written: dict[str, str] = {}  # label as written -> registrable
+        self._memo: dict[tuple[str, bool], Lookalike | None] = {}  # match's answers
         for domain, owner in domains.items():
             host = unicode_host(domain)
             reg = registrable(host)
@@ -290,6 +292,15 @@ class DomainIndex:
         """The domain ``host`` imitates, or None (also when it is one of them,
         a brand's or a freemail provider's). ``other_tld=False``: the same
         label under another suffix alone is no imitation."""
+        key = (host, other_tld)
+        if key in self._memo:
+            return self._memo[key]
+        found = self._memo[key] = self._judged(host, other_tld)
+        if len(self._memo) > MATCH_MEMO:  # hosts recur (newsletters, trackers); keep it bounded
+            self._memo.clear()
+        return found
+
+    def _judged(self, host: str, other_tld: bool) -> Lookalike | None:
         shown = unicode_host(host)
         reg = registrable(shown)
         if not reg or "." not in reg or reg in self.owners or self._spared(shown, reg):
@@ -347,14 +358,15 @@ class DomainIndex:
                 if len(part) >= AFFIX_MIN and part in self._by_label and \
                         all(word in AFFIX_WORDS for word in rest):
                     return self._by_label[part][0]
+        # A word run into the name, after it or before it: each place the
+        # label may be cut, two set lookups (not a pass over every word).
         plain = label.replace("-", "")
-        for word in AFFIX_WORDS:
-            if len(plain) - len(word) < AFFIX_MIN:
-                continue
-            if plain.endswith(word) and plain[:-len(word)] in self._by_label:
-                return self._by_label[plain[:-len(word)]][0]
-            if plain.startswith(word) and plain[len(word):] in self._by_label:
-                return self._by_label[plain[len(word):]][0]
+        for cut in range(AFFIX_MIN, len(plain)):
+            if plain[cut:] in AFFIX_WORDS and plain[:cut] in self._by_label:
+                return self._by_label[plain[:cut]][0]
+        for cut in range(1, len(plain) - AFFIX_MIN + 1):
+            if plain[:cut] in AFFIX_WORDS and plain[cut:] in self._by_label:
+                return self._by_label[plain[cut:]][0]
         return None
 
     def _typo(self, label: str) -> tuple[str, str, int] | None:
