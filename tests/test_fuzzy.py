@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 import tlsh
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from gateway.checks import CheckContext
 from gateway.checks.fuzzy import FuzzyCheck, learn
 from gateway.config import FuzzySection, parse_config
 from gateway.fuzzyhash import (
+    _EMAIL,
     MAX_TAGS,
     TlshIndex,
     digests,
@@ -22,6 +25,7 @@ from gateway.fuzzyhash import (
     html_structure,
     normalise_text,
     tlsh_of,
+    without_addresses,
 )
 from gateway.message import Envelope, Message
 from gateway.quarantine.schema import fuzzy_hashes
@@ -109,6 +113,19 @@ def test_the_index_computes_tlsh_distance_exactly_as_py_tlsh():
     assert found[0] == (0, 5) and all(d <= 60 for d, _ in found)
     assert [d for d, _ in found] == sorted(d for d, _ in found)
     assert TlshIndex().near(hashes[0], 300) == [] and index.near("T1nonsense", 300) == []
+
+
+@given(st.text(alphabet=st.sampled_from("ab.+-_@ \n1\u00e9"), max_size=300))
+@settings(derandomize=True, database=None, deadline=None, max_examples=400)
+def test_addresses_are_removed_as_the_regex_alone_removes_them(text):
+    assert without_addresses(text) == _EMAIL.sub(" @ ", text)
+
+
+@pytest.mark.parametrize("text", ["a" * 100 + "@b.c", "x@" * 1000, "@" * 500,
+                                  ("w" * 63 + "@") * 30, "\u00e9" * 70 + "@x.y",
+                                  "a.b+c-d@e-f.g.h " * 50, "a@b" + "." * 20 + "c"])
+def test_addresses_are_removed_as_the_regex_alone_removes_them_at_the_edges(text):
+    assert without_addresses(text) == _EMAIL.sub(" @ ", text)
 
 
 def test_normalising_keeps_what_the_copies_of_a_campaign_share():
