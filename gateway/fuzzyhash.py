@@ -211,6 +211,12 @@ class TlshIndex:
             qdiff = _mod_diff(column[candidates], value, 16)
             total += np.where(qdiff <= 1, qdiff, (qdiff - 1) * 12)
         total += (self.checksum[candidates] != checksum).astype(np.int32)
+        # The body's share is never negative: those already past the
+        # threshold need no look at their 32 body bytes (most of the cost).
+        within = np.nonzero(total <= threshold)[0]
+        if not len(within):
+            return []
+        candidates, total = candidates[within], total[within]
         query = np.frombuffer(body, dtype=np.uint8)
         total += _table()[self.body[candidates], query[None, :]].sum(axis=1, dtype=np.int32)
         close = np.nonzero(total <= threshold)[0]
