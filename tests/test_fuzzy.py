@@ -113,6 +113,14 @@ def test_the_index_computes_tlsh_distance_exactly_as_py_tlsh():
     assert found[0] == (0, 5) and all(d <= 60 for d, _ in found)
     assert [d for d, _ in found] == sorted(d for d, _ in found)
     assert TlshIndex().near(hashes[0], 300) == [] and index.near("T1nonsense", 300) == []
+    # Under any threshold, exactly the digests py-tlsh puts within it, nearest
+    # first and in the index's order among equals (the query skips digests
+    # by their length and quartiles first).
+    for threshold in (0, 1, 11, 12, 13, 24, 50, 120, 300):
+        for query in hashes[::10]:
+            expected = sorted(((tlsh.diff(query, h), n) for n, h in enumerate(hashes)
+                               if tlsh.diff(query, h) <= threshold), key=lambda x: x[0])
+            assert index.near(query, threshold) == expected, threshold
 
 
 @given(st.text(alphabet=st.sampled_from("ab.+-_@ \n1\u00e9"), max_size=300))
