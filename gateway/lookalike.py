@@ -207,9 +207,9 @@ class Lookalike:
     owner: str = ""  # whose domain it imitates: "our domain", "brand PayPal", ...
     distance: int = 0  # edit distance, for "typo"
     corroboration: str = ""  # what else points at the imitated owner ("the subject names PayPal")
-    # Made to deceive (:func:`crafted_form`), not a name of its own that
-    # happens to be close (lindows.com, one letter from windows.com).
-    crafted: bool = False
+    # How it was made to deceive (:func:`crafted_form`), or "": a name of
+    # its own that happens to be close (lindows.com, one from windows.com).
+    crafted: str = ""
 
     def describe(self) -> str:
         """``paypa1-alerts.example imitates paypal.com (brand PayPal): a word added``"""
@@ -392,28 +392,29 @@ class DomainIndex:
         return imitated, "typo", distance
 
 
-def crafted_form(technique: str, label: str, imitated: str, distance: int = 0) -> bool:
-    """Whether a lookalike's form is one made to deceive, where names of
-    their own rarely fall: a confusable spelling, hyphens inserted, the
-    imitated domain written inside another (its dots as hyphens, or as a
-    subdomain), a bait word joined with a hyphen (``paypal-secure``), a
-    letter written as the digit it resembles (:func:`leet_digit`), or one
-    slip of the keyboard (:func:`keyboard_slip`). Not crafted: the
-    very name under another TLD (brands hold many: facebook.net, apple.co,
-    google.org, and not all are listed), a word run into the name
-    (``outlooksecure``, a product's name as often as a phish's) and other
-    near spellings (``lindows``, ``qmail``: a letter far from the one it
-    replaces on the keyboard, a name chosen, not a slip made).
+def crafted_form(technique: str, label: str, imitated: str, distance: int = 0) -> str:
+    """How a lookalike's form was made to deceive, or "" when it was not:
+    forms where names of their own rarely fall. A confusable spelling,
+    hyphens inserted, the imitated domain written inside another (its dots
+    as hyphens, or as a subdomain), a bait word joined with a hyphen
+    (``paypal-secure``), a letter written as the digit it resembles
+    (:func:`leet_digit`), or one slip of the keyboard
+    (:func:`keyboard_slip`). Not crafted: the very name under another TLD
+    (brands hold many: facebook.net, apple.co, google.org, and not all are
+    listed), a word run into the name (``outlooksecure``, a product's name
+    as often as a phish's) and other near spellings (``lindows``,
+    ``qmail``: a letter far from the one it replaces on the keyboard, a
+    name chosen, not a slip made).
 
     ``label``: the lookalike's registrable label; ``imitated``: the
     imitated domain's, as written."""
     if technique in ("confusable", "hyphen", "dots", "subdomain"):
-        return True
+        return TECHNIQUES[technique]
     if technique == "affix":
-        return "-" in label
-    if technique == "typo":
-        return distance == 1 and (keyboard_slip(label, imitated) or leet_digit(label, imitated))
-    return False
+        return "a bait word after a hyphen" if "-" in label else ""
+    if technique == "typo" and distance == 1:
+        return keyboard_slip(label, imitated) or leet_digit(label, imitated)
+    return ""
 
 
 # Digits written for the letters they resemble (leetspeak): paypa4l, n3tflix.
@@ -421,13 +422,16 @@ _LEET = {"4": "a", "8": "b", "3": "e", "6": "g", "9": "g", "1": "il", "0": "o", 
          "7": "t", "2": "z"}
 
 
-def leet_digit(written: str, meant: str) -> bool:
-    """Whether ``written`` is ``meant`` with one letter written as the digit
-    that resembles it (the confusable skeleton already knows 0 and 1)."""
+def leet_digit(written: str, meant: str) -> str:
+    """How ``written`` is ``meant`` with one letter written as the digit
+    that resembles it ("4 for a"), or "" (the confusable skeleton already
+    knows 0 and 1)."""
     if len(written) != len(meant):
-        return False
+        return ""
     differ = [(a, b) for a, b in zip(written, meant, strict=True) if a != b]
-    return len(differ) == 1 and differ[0][1] in _LEET.get(differ[0][0], "")
+    if len(differ) == 1 and differ[0][1] in _LEET.get(differ[0][0], ""):
+        return f"the digit {differ[0][0]} for {differ[0][1]}"
+    return ""
 
 
 # QWERTY rows and how far each is shifted right, in keys: two keys are
@@ -447,28 +451,38 @@ def neighbouring_keys(a: str, b: str) -> bool:
     return abs(row_a - row_b) == 1 and abs(x_a - x_b) < 1
 
 
-def keyboard_slip(written: str, meant: str) -> bool:
-    """Whether ``written`` is ``meant`` typed with one slip, the typing
+def keyboard_slip(written: str, meant: str) -> str:
+    """How ``written`` is ``meant`` typed with one slip, or "": the typing
     errors typosquatters register (Wang et al., "Strider Typo-Patrol",
     SRUTI 2006): a letter left out, a letter doubled or a neighbouring key
     struck as well, two neighbouring letters swapped, or a neighbouring
     key struck instead."""
-    if len(written) == len(meant) - 1:  # a letter left out
-        return any(meant[:i] + meant[i + 1:] == written for i in range(len(meant)))
+    if len(written) == len(meant) - 1:
+        for i in range(len(meant)):
+            if meant[:i] + meant[i + 1:] == written:
+                return f"a slip of the keyboard: {meant[i]} left out"
+        return ""
     if len(written) == len(meant) + 1:  # a letter added beside its own or a neighbour's key
         for i, extra in enumerate(written):
             if written[:i] + written[i + 1:] == meant:
                 beside = written[i - 1:i] + written[i + 1:i + 2]
-                if any(extra == c or neighbouring_keys(extra, c) for c in beside):
-                    return True
-        return False
+                if extra in beside:
+                    return f"a slip of the keyboard: {extra} doubled"
+                if any(neighbouring_keys(extra, c) for c in beside):
+                    return f"a slip of the keyboard: {extra} struck beside its neighbour"
+        return ""
     if len(written) != len(meant):
-        return False
+        return ""
     differ = [i for i, (a, b) in enumerate(zip(written, meant, strict=True)) if a != b]
     if len(differ) == 2 and differ[1] == differ[0] + 1:  # neighbours swapped
         i = differ[0]
-        return written[i] == meant[i + 1] and written[i + 1] == meant[i]
-    return len(differ) == 1 and neighbouring_keys(written[differ[0]], meant[differ[0]])
+        if written[i] == meant[i + 1] and written[i + 1] == meant[i]:
+            return f"a slip of the keyboard: {meant[i:i + 2]} swapped"
+        return ""
+    if len(differ) == 1 and neighbouring_keys(written[differ[0]], meant[differ[0]]):
+        return f"a slip of the keyboard: {written[differ[0]]} for its neighbour " \
+               f"{meant[differ[0]]}"
+    return ""
 
 
 # -- brands ----------------------------------------------------------------------------------

@@ -264,9 +264,9 @@ def test_a_lookalike_written_to_deceive_is_crafted_a_name_of_its_own_is_not():
     crafted = findings(mail(text="https://paypall.com/x https://paypal-verify.com/x "
                                  "https://www.paypal.com.login-check.top/x"))
     assert crafted["URL_LOOKALIKE_CRAFTED"] == (
-        "paypall.com imitates paypal.com (brand PayPal): a typo (edit distance 1); "
-        "paypal-verify.com imitates paypal.com (brand PayPal): a word added; "
-        "login-check.top imitates paypal.com (brand PayPal): written as its subdomain")
+        "paypall.com imitates paypal.com: a slip of the keyboard: l doubled; "
+        "paypal-verify.com imitates paypal.com: a bait word after a hyphen; "
+        "login-check.top imitates paypal.com: written as its subdomain")
     # The corpus's ham links to these: a sponsor's product, a company and a
     # mail server named one letter from a brand's, and the same name under
     # another TLD: lookalikes, not crafted ones.
@@ -510,7 +510,7 @@ def test_a_crafted_lookalike_link_is_held_a_near_one_delivered_through_postfix(
     (record,) = _held(url, f"slip {tag}")
     assert sink.find(f"slip {tag}", timeout=1) is None
     assert {s["name"]: s["evidence"] for s in record.symbols}["URL_LOOKALIKE_CRAFTED"] == (
-        "paypall.com imitates paypal.com (brand PayPal): a typo (edit distance 1)")
+        "paypall.com imitates paypal.com: a slip of the keyboard: l doubled")
     # A company's own name one letter from a brand's is marked, not held.
     send(postfix, dated(mail(html=html.format("http://www.lindows.com/news"),
                              subject=f"near {tag}")))

@@ -316,7 +316,8 @@ class LinksCheck(Check):
             if imitation is not None:
                 marks.append(("URL_LOOKALIKE_DOMAIN", imitation.describe()))
                 if imitation.crafted:
-                    marks.append(("URL_LOOKALIKE_CRAFTED", imitation.describe()))
+                    marks.append(("URL_LOOKALIKE_CRAFTED", f"{imitation.domain} imitates "
+                                  f"{imitation.imitates}: {imitation.crafted}"))
         if link.user and "." in link.user.partition(":")[0]:
             marks.append(("URL_USERINFO_TRICK", f"{_cut(link.url)} goes to {link.host}, not "
                           f"{_cut(link.user.partition(':')[0], 40)}"))
