@@ -113,6 +113,14 @@ def test_the_index_computes_tlsh_distance_exactly_as_py_tlsh():
     assert found[0] == (0, 5) and all(d <= 60 for d, _ in found)
     assert [d for d, _ in found] == sorted(d for d, _ in found)
     assert TlshIndex().near(hashes[0], 300) == [] and index.near("T1nonsense", 300) == []
+    # Digests that are not "T1" and 70 hex digits are left out, the others
+    # keep their payloads.
+    spaced = hashes[1][:10] + " " + hashes[1][11:]
+    mixed = TlshIndex([(hashes[0], "a"), ("T1" + "zz" * 35, "b"), (spaced, "c"),
+                       ("T1" + "\u0663" * 70, "d"), (hashes[2].replace("T1", "T2"), "e"),
+                       (hashes[2], "f"), (hashes[2] + "00", "g")])
+    assert len(mixed) == 2
+    assert mixed.near(hashes[0], 0) == [(0, "a")] and mixed.near(hashes[2], 0) == [(0, "f")]
     # Under any threshold, exactly the digests py-tlsh puts within it, nearest
     # first and in the index's order among equals (the query skips digests
     # by their length and quartiles first).
