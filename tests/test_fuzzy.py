@@ -115,7 +115,8 @@ def test_the_index_computes_tlsh_distance_exactly_as_py_tlsh():
     assert TlshIndex().near(hashes[0], 300) == [] and index.near("T1nonsense", 300) == []
     # Digests that are not "T1" and 70 hex digits are left out, the others
     # keep their payloads.
-    spaced = hashes[1][:10] + " " + hashes[1][11:]
+    hex_digits = hashes[1][2:70]  # 34 bytes, two spaces between pairs: 72 characters
+    spaced = "T1" + hex_digits[:34] + "  " + hex_digits[34:]
     mixed = TlshIndex([(hashes[0], "a"), ("T1" + "zz" * 35, "b"), (spaced, "c"),
                        ("T1" + "\u0663" * 70, "d"), (hashes[2].replace("T1", "T2"), "e"),
                        (hashes[2], "f"), (hashes[2] + "00", "g")])
