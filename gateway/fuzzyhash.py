@@ -26,6 +26,7 @@ past the threshold.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
@@ -36,6 +37,9 @@ import numpy.typing as npt
 
 MAX_TEXT = 256 * 1024
 MAX_TAGS = 5000
+# Indexes from this many digests pick the lengths a query allows before
+# comparing; smaller ones are compared whole in one pass.
+BUCKETS_FROM = 2048
 MIN_EXACT = 24  # normalised characters below which a text says too little to match on
 TLSH_LENGTH = 72  # "T1" and 70 hex digits
 
@@ -201,7 +205,8 @@ class TlshIndex:
         # lengths its threshold allows (a recent-copies index holds up to
         # 100,000 digests, of 256 lengths).
         self._by_length = np.argsort(self.length, kind="stable")
-        self._lengths = self.length[self._by_length]
+        # Where each length's digests start in that order (and end: the next's start).
+        self._starts = np.searchsorted(self.length[self._by_length], np.arange(257)).tolist()
 
     def __len__(self) -> int:
         return len(self.payloads)
@@ -214,11 +219,17 @@ class TlshIndex:
             checksum, length, q1, q2, body = parse_tlsh(digest)
         except ValueError:
             return []
-        candidates = self._of_lengths(length, threshold)
+        if len(self.payloads) < BUCKETS_FROM:  # one pass over all costs less than picking
+            ldiff = _mod_diff(self.length, length, 256)
+            lpart = np.where(ldiff <= 1, ldiff, ldiff * 12)
+            candidates = np.nonzero(lpart <= threshold)[0]
+            total = lpart[candidates]
+        else:
+            candidates = self._of_lengths(length, threshold)
+            ldiff = _mod_diff(self.length[candidates], length, 256)
+            total = np.where(ldiff <= 1, ldiff, ldiff * 12)
         if not len(candidates):
             return []
-        ldiff = _mod_diff(self.length[candidates], length, 256)
-        total = np.where(ldiff <= 1, ldiff, ldiff * 12)
         for column, value in ((self.q1, q1), (self.q2, q2)):
             qdiff = _mod_diff(column[candidates], value, 16)
             total += np.where(qdiff <= 1, qdiff, (qdiff - 1) * 12)
@@ -238,15 +249,18 @@ class TlshIndex:
 
     def _of_lengths(self, length: int, threshold: int) -> npt.NDArray[np.intp]:
         """The positions, in order, of the digests whose length field is
-        within the threshold of ``length`` (a difference d costs d up to 1,
-        then 12 d, around the 256 values)."""
-        wanted = {(length + sign * d) % 256 for d in range(129)
-                  if (d if d <= 1 else d * 12) <= threshold for sign in (1, -1)}
-        slices = [self._by_length[np.searchsorted(self._lengths, value, "left"):
-                                  np.searchsorted(self._lengths, value, "right")]
-                  for value in wanted]
-        found = np.concatenate(slices) if slices else np.zeros(0, dtype=np.intp)
-        return np.sort(found)
+        within the threshold of ``length``."""
+        slices = [self._by_length[self._starts[value]:self._starts[value + 1]]
+                  for value in _lengths_within(length, threshold)]
+        return np.sort(np.concatenate(slices))
+
+
+@functools.lru_cache(maxsize=4096)
+def _lengths_within(length: int, threshold: int) -> tuple[int, ...]:
+    """The length fields within ``threshold`` of ``length``: a difference d
+    costs d up to 1, then 12 d, around the 256 values."""
+    return tuple(sorted({(length + sign * d) % 256 for d in range(129)
+                         if (d if d <= 1 else d * 12) <= threshold for sign in (1, -1)}))
 
 
 def distance(a: str, b: str) -> int:

@@ -98,7 +98,9 @@ def names(report) -> set[str]:
 # -- hashing ---------------------------------------------------------------------------------------
 
 
-def test_the_index_computes_tlsh_distance_exactly_as_py_tlsh():
+@pytest.mark.parametrize("buckets_from", [0, 10**9])  # picked by length first, or not
+def test_the_index_computes_tlsh_distance_exactly_as_py_tlsh(monkeypatch, buckets_from):
+    monkeypatch.setattr("gateway.fuzzyhash.BUCKETS_FROM", buckets_from)
     rng = random.Random(3)
     vocabulary = ["".join(rng.choice("abcdefghijklmnop") for _ in range(rng.randint(2, 9)))
                   for _ in range(800)]
