@@ -931,3 +931,52 @@ def test_artefacts_are_dropped_from_the_fixture_corpus_as_the_expression_would()
         assert kept == _artefacts_by_expression(tokens), path.name
         dropped += len(tokens) - len(kept)
     assert dropped > 0  # the public corpus's collectors show up in it
+
+
+def test_tokens_and_scores_are_the_references_to_the_last_bit():
+    """The tokens, the tokenizer's counts and the explained score of a fixed
+    sample (the fixture corpus, hostile mail) are those kept in
+    tests/fixtures (tests/classifier_reference.py): a faster tokenizer or
+    scorer changes none of them."""
+    from tests.classifier_reference import (
+        compact,
+        read_sample_reference,
+        reading,
+        sample,
+        shipped_model,
+    )
+
+    reference, model = read_sample_reference(), shipped_model()
+    names = []
+    for name, raw in sample():
+        expected, got = reference[name], compact(reading(raw, model))
+        if got["model"] != expected["model"]:
+            pytest.fail(f"the reference was kept with model {expected['model']}, the shipped "
+                        f"one is {got['model']}: python -m tests.classifier_reference --write")
+        if isinstance(expected["tokens"], list):
+            assert set(got["tokens"]) - set(expected["tokens"]) == set(), name
+            assert set(expected["tokens"]) - set(got["tokens"]) == set(), name
+        assert got == expected, name
+        names.append(name)
+    assert sorted(names) == sorted(reference) and len(names) > 100
+
+
+@pytest.mark.slow
+def test_tokens_and_scores_of_every_corpus_message_are_the_references():
+    """The same on every message of the public corpus, by digest."""
+    from tests.bench.corpus import default_corpus
+    from tests.classifier_reference import (
+        corpus_messages,
+        digest,
+        read_corpus_reference,
+        reading,
+        shipped_model,
+    )
+
+    corpus = default_corpus()
+    if not corpus.is_dir():
+        pytest.skip(f"no public corpus at {corpus}")
+    reference, model = read_corpus_reference(), shipped_model()
+    differ = [name for name, raw in corpus_messages(corpus)
+              if reference.pop(name, None) != digest(reading(raw, model))]
+    assert differ == [] and reference == {}, (differ[:10], list(reference)[:10])
