@@ -1,0 +1,139 @@
+"""The classifier's CPU per message on the public corpus: the tokens
+(features.message_tokens) and the bayes check's whole work (tokens, then
+the explained score), in CPU ms per message (time.process_time), with the
+message already parsed, as the check gets it.
+
+    .venv/bin/python tests/bench/tokens.py -n 500 --rounds 5 [--before DIR] [--profile]
+
+``--before DIR``: another checkout (``git worktree add --detach DIR main``)
+measured in turn with this one, A/B interleaved in fresh processes, each
+round both; printed as the median and spread of each and of the ratio
+after/before within a round. ``--profile``: cProfile's top functions of
+this checkout. Progress on stderr; only comparable on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def measure(root: Path, corpus: Path, count: int) -> dict[str, float]:
+    """CPU ms per message of this process's code (``root`` on sys.path)."""
+    sys.path.insert(0, str(root))
+    from gateway.checks.bayes import SHIPPED_MODEL
+    from gateway.classifier.features import TextStats, message_tokens
+    from gateway.classifier.model import load_model
+    from gateway.message import Message
+
+    if not Path(sys.modules["gateway"].__file__ or "").is_relative_to(root):
+        raise SystemExit(f"tokens.py: gateway imported from {sys.modules['gateway'].__file__}, "
+                         f"not from {root}")
+    model = load_model(SHIPPED_MODEL).placed(0.001)
+    messages = [Message.from_bytes(path.read_bytes()) for path in sample(corpus, count)]
+    for message in messages:
+        message.email  # noqa: B018 - parsed before the clock starts, as the check gets it
+    # Once untimed: the caches (public suffixes, compiled expressions) as in a worker.
+    for message in messages:
+        model.score_explained(message.email, message.limits, TextStats())
+
+    def cpu_ms(work) -> float:
+        started = time.process_time()
+        for message in messages:
+            work(message)
+        return (time.process_time() - started) * 1000 / len(messages)
+
+    return {
+        "tokens": cpu_ms(lambda m: message_tokens(m.email, m.limits, TextStats())),
+        "check": cpu_ms(lambda m: model.score_explained(m.email, m.limits, TextStats())),
+        "messages": len(messages),
+    }
+
+
+def sample(corpus: Path, count: int) -> list[Path]:
+    """``count`` messages spread evenly over the corpus's folders."""
+    paths = sorted(p for p in corpus.rglob("*") if p.is_file() and p.name != "README.md")
+    step = max(1, len(paths) // count)
+    return paths[::step][:count]
+
+
+def child(root: Path, corpus: Path, count: int) -> dict[str, float]:
+    """``measure`` in a fresh process with ``root``'s code."""
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", str(root), "-n", str(count),
+         "--corpus", str(corpus)],
+        capture_output=True, text=True, check=False, cwd=root)
+    if result.returncode != 0:
+        raise SystemExit(f"tokens.py: measuring {root} failed: "
+                         f"{(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    figures: dict[str, float] = json.loads(result.stdout)
+    return figures
+
+
+def spread(values: list[float]) -> str:
+    return (f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+            if values else "-")
+
+
+def profile(corpus: Path, count: int) -> None:
+    import cProfile
+    import pstats
+
+    sys.path.insert(0, str(PROJECT_ROOT))
+    profiler = cProfile.Profile()
+    profiler.runcall(measure, PROJECT_ROOT, corpus, count)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from tests.bench.corpus import add_corpus_argument, require_corpus
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=500, help="corpus messages (default 500)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--before", type=Path, help="another checkout to compare with")
+    parser.add_argument("--profile", action="store_true", help="cProfile this checkout")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    add_corpus_argument(parser)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(measure(args.child, args.corpus, args.n)))
+        return
+    corpus = require_corpus(args.corpus, "tokens.py")
+    if args.profile:
+        profile(corpus, args.n)
+        return
+    roots = {"after": PROJECT_ROOT}
+    if args.before is not None:
+        roots = {"before": args.before.resolve(), **roots}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in roots}
+    for round_ in range(args.rounds):
+        # Alternate which goes first: the machine's speed drifts.
+        order = list(roots) if round_ % 2 == 0 else list(reversed(roots))
+        for name in order:
+            runs[name].append(child(roots[name], corpus, args.n))
+            print(f"round {round_ + 1}/{args.rounds} {name}: {runs[name][-1]}",
+                  file=sys.stderr, flush=True)
+    count = int(runs["after"][0]["messages"])
+    print(f"CPU ms per message, {count} corpus messages, {args.rounds} rounds: "
+          "median (min-max)")
+    for part in ("tokens", "check"):
+        line = f"{part:7}" + "".join(f"  {name} {spread([r[part] for r in runs[name]])}"
+                                     for name in roots)
+        if "before" in runs:
+            ratios = [a[part] / b[part] for a, b in zip(runs["after"], runs["before"],
+                                                        strict=True)]
+            line += f"  after/before {spread(ratios)}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
