@@ -143,16 +143,17 @@ class SpamModel:
             if isinstance(thresholds, dict) else None
         return replace(self, placement=placement)
 
-    def _parts(self, indices: list[int]) -> np.ndarray:
+    def _parts(self, indices: list[int] | np.ndarray) -> np.ndarray:
         """Each known token's share of the log-odds: idf * weight / norm,
         the norm of the whole message or of the token's block."""
-        idf = self.idf[indices].astype(np.float64)
+        at = np.asarray(indices, dtype=np.intp)  # one conversion for the three look-ups
+        idf = self.idf[at].astype(np.float64)
         if self.block is None:
             norm: np.ndarray | float = math.sqrt(float(idf @ idf))
         else:
-            block = self.block[indices]
+            block = self.block[at]
             norm = np.sqrt(np.bincount(block, weights=idf * idf, minlength=BLOCKS))[block]
-        return idf * self.weights[indices] / norm
+        return idf * self.weights[at] / norm
 
     @property
     def version(self) -> str:
@@ -167,22 +168,32 @@ class SpamModel:
         return self.intercept + float(self._parts(indices).sum())
 
     def contributions(self, tokens: Iterable[str]) -> tuple[float, list[str], np.ndarray]:
-        """(log-odds, known tokens, each one's contribution to the log-odds)."""
+        """(log-odds, known tokens, each one's contribution to the log-odds),
+        in the order of ``tokens``."""
         get = self.vocabulary.get
         found = [(t, i) for t in tokens if (i := get(t)) is not None]  # one lookup a token
-        if not found:
+        return self._contributions([t for t, _i in found], [i for _t, i in found])
+
+    def _contributions(self, known: list[str], indices: list[int] | np.ndarray
+                       ) -> tuple[float, list[str], np.ndarray]:
+        if not known:
             return self.intercept, [], np.zeros(0)
-        parts = self._parts([i for _t, i in found])
-        return self.intercept + float(parts.sum()), [t for t, _i in found], parts
+        parts = self._parts(indices)
+        return self.intercept + float(parts.sum()), known, parts
 
     def explain(self, tokens: Iterable[str], count: int = 5) -> Explanation:
         """The score of a token set with the ``count`` tokens that pushed it
         most toward spam and toward ham."""
-        # Sorted first: a set's order depends on the process's hash seed, and
-        # ties must name the same tokens in every worker.
+        # One look-up a token in the (large) vocabulary; the known ones are
+        # then looked up again in this small table, which is in the cache.
         get = self.vocabulary.get
-        log_odds, known, parts = self.contributions(sorted(t for t in tokens
-                                                           if get(t) is not None))
+        indices = {t: i for t in tokens if (i := get(t)) is not None}
+        # Sorted: a set's order depends on the process's hash seed, and ties
+        # must name the same tokens in every worker (the log-odds, a sum in
+        # this order, the same to the last bit).
+        known = sorted(indices)
+        log_odds, known, parts = self._contributions(known, np.fromiter(
+            map(indices.__getitem__, known), dtype=np.intp, count=len(known)))
         order = np.argsort(parts, kind="stable")
         spam = tuple((known[i], float(parts[i])) for i in order[::-1][:count] if parts[i] > 0)
         ham = tuple((known[i], float(parts[i])) for i in order[:count] if parts[i] < 0)
