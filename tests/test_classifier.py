@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.checks import CheckContext
 from gateway.checks.bayes import SHIPPED_MODEL, BayesCheck, decision_probability
@@ -931,6 +933,71 @@ def test_artefacts_are_dropped_from_the_fixture_corpus_as_the_expression_would()
         assert kept == _artefacts_by_expression(tokens), path.name
         dropped += len(tokens) - len(kept)
     assert dropped > 0  # the public corpus's collectors show up in it
+
+
+# The tokenizer's pieces as they were written before they were made faster:
+# the faster ones must answer the same on any text, not only the corpus's.
+_OLD_NUMBER = re.compile(r"(?<![\w.])\d+(?![\w.])")
+_OLD_PERCENT = re.compile(r"(?<![\d.])\d+(?:\.\d+)?\s?%")
+_OLD_URL = re.compile(r"""(?:https?://|www\.)[^\s<>"'()\[\]{}]+""", re.IGNORECASE)
+
+
+def _old_words(text: str) -> list[str]:
+    from gateway.classifier.features import CALENDAR_WORDS, CLOCK_TIME, WORD_EDGES
+
+    out: list[str] = []
+    for raw in text.lower().split():
+        word = raw.strip(WORD_EDGES)
+        length = len(word)
+        if length < 3 or word in CALENDAR_WORDS or (
+                length == 4 and word[:2] in ("19", "20") and word[2:].isdecimal()) or (
+                ":" in word and CLOCK_TIME.fullmatch(word) is not None):
+            continue
+        if length > 20:
+            out.append(f"skip:{word[0]}{length // 10 * 10}")
+        elif "@" in word:
+            out.append("email:" + word.rpartition("@")[2])
+        else:
+            out.append(word)
+    return out
+
+
+def _old_bigrams(items: list[str]) -> list[str]:
+    pairs, previous = [], ""
+    for word in items:
+        if ":" in word:
+            previous = ""
+            continue
+        if previous:
+            pairs.append(f"{previous} {word}")
+        previous = word
+    return pairs
+
+
+# Texts of the pieces the tokenizer tells apart: digits (Arabic-Indic, a
+# superscript), dots, percent and currency signs, calendar words, URL
+# starts in both cases, the long s and the Kelvin sign, a long word.
+_TOKENIZER_TEXT = st.lists(
+    st.sampled_from([*"0123456789.,%_:@$ \n\tabhHtTpPsSwW/-", "\u0663", "\u00b2", "\u017f",
+                     "\u212a", "\u00e9", "\u00a3", "\u20ac", "JAN", "1999", "12:30", "https://",
+                     "WWW.", "x" * 21]),
+    max_size=60).map("".join)
+
+
+@given(_TOKENIZER_TEXT)
+@settings(derandomize=True, database=None, deadline=None, max_examples=400)
+def test_the_faster_tokenizer_pieces_answer_as_the_old_ones_on_any_text(text):
+    from gateway.classifier.features import NUMBER, PERCENT, URL, URL_PIECES, bigrams, words
+
+    assert [m.span() for m in NUMBER.finditer(text)] == \
+        [m.span() for m in _OLD_NUMBER.finditer(text)]
+    assert (PERCENT.search(text) is None) == (_OLD_PERCENT.search(text) is None)
+    assert URL.findall(text) == _OLD_URL.findall(text)
+    pieces = URL_PIECES.split(text)
+    assert (pieces[1::2], " ".join(pieces[::2])) == (_OLD_URL.findall(text),
+                                                     _OLD_URL.sub(" ", text))
+    assert words(text) == _old_words(text)
+    assert bigrams(words(text)) == _old_bigrams(words(text))
 
 
 def test_tokens_and_scores_are_the_references_to_the_last_bit():

@@ -15,14 +15,17 @@ other tokens is refused at load time.
 from __future__ import annotations
 
 import html
+import itertools
 import re
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email.message import Message as EmailMessage
+from typing import Any
 
 from gateway.config import LimitsSection
 from gateway.mail import (
+    Mailbox,
     decode_bytes,
     decoded_header,
     first_author,
@@ -132,7 +135,11 @@ CALENDAR_WORDS = frozenset(
 CLOCK_TIME = re.compile(r"\d{1,2}:\d\d(?::\d\d)?")
 
 
-URL = re.compile(r"""(?:https?://|www\.)[^\s<>"'()\[\]{}]+""", re.IGNORECASE)
+# The look-ahead changes no match (case-blind, only h, H, w and W start one)
+# but lets the engine skip to those letters instead of trying every position.
+URL = re.compile(r"""(?=[hHwW])(?:https?://|www\.)[^\s<>"'()\[\]{}]+""", re.IGNORECASE)
+# The same in a group: split() gives the text between the URLs and the URLs.
+URL_PIECES = re.compile(f"({URL.pattern})", re.IGNORECASE)
 HREF = re.compile(r"""(?:href|src)\s*=\s*["']?([^"'\s>]+)""", re.IGNORECASE)
 # The HTML patterns are written so that no attempt can backtrack more than
 # once over the same text (see strip_html): every one is linear in the input.
@@ -179,11 +186,39 @@ DEFAULT_LIMITS = LimitsSection()
 def message_tokens(message: EmailMessage, limits: LimitsSection = DEFAULT_LIMITS,
                    stats: TextStats | None = None) -> set[str]:
     """The set of tokens of one parsed message (presence, not counts)."""
-    tokens: set[str] = set()
-    tokens.update(header_tokens(message, limits))
-    tokens.update(body_tokens(message, limits, stats if stats is not None else TextStats()))
-    tokens.update(received_tokens(message, limits))
+    fields = HeaderIndex(message)
+    author = _author(fields, limits)
+    tokens = set(_header_tokens(fields, author, limits))
+    for chunk in _body_chunks(message, limits, stats if stats is not None else TextStats()):
+        tokens.update(chunk)
+    tokens.update(_received_tokens(fields, author))
     return without_artefacts(tokens)
+
+
+class HeaderIndex:
+    """A message's header fields by lower-case name, read in one pass: what
+    ``message.get`` and ``get_all`` answer (the same values), where each of
+    those calls walks every field again."""
+
+    def __init__(self, message: EmailMessage):
+        self.items = message.items()
+        self._by_name: dict[str, list[Any]] = {}
+        for name, value in self.items:
+            self._by_name.setdefault(name.lower(), []).append(value)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        values = self._by_name.get(name.lower())
+        return values[0] if values else default
+
+    def get_all(self, name: str, default: Any = None) -> Any:
+        values = self._by_name.get(name.lower())
+        return list(values) if values else default
+
+
+def _author(fields: HeaderIndex, limits: LimitsSection) -> Mailbox:
+    """The first author, read once for the header and Received tokens."""
+    return first_author(fields.get_all("From", []), limits.encoded_words,
+                        limits.address_comment_depth)
 
 
 def without_artefacts(tokens: set[str]) -> set[str]:
@@ -239,6 +274,12 @@ def _word_character(char: str) -> bool:
 
 def header_tokens(message: EmailMessage,
                   limits: LimitsSection = DEFAULT_LIMITS) -> Iterator[str]:
+    fields = HeaderIndex(message)
+    return _header_tokens(fields, _author(fields, limits), limits)
+
+
+def _header_tokens(message: HeaderIndex, author: Mailbox,
+                   limits: LimitsSection) -> Iterator[str]:
     subject = decoded_header(message.get("Subject", ""), limits.encoded_words)
     subject_words = words(subject)
     for word in subject_words:
@@ -252,8 +293,6 @@ def header_tokens(message: EmailMessage,
     if "!" in subject:
         yield "subject:has!"
 
-    author = first_author(message.get_all("From", []), limits.encoded_words,
-                          limits.address_comment_depth)
     name, address = author.display, author.address
     for word in words(name):
         yield "from:name:" + word
@@ -292,7 +331,7 @@ def header_tokens(message: EmailMessage,
         yield "message-id:noat"
     yield from shape_tokens(message)
 
-    for name, value in message.items():
+    for name, value in message.items:
         key = name.lower()
         if key in EXCLUDED_HEADERS or key.startswith(EXCLUDED_HEADER_PREFIXES):
             continue
@@ -324,7 +363,7 @@ def shape(text: str, limit: int = 40) -> str:
                          text)[:limit]
 
 
-def shape_tokens(message: EmailMessage) -> Iterator[str]:
+def shape_tokens(message: HeaderIndex) -> Iterator[str]:
     """The shapes of the Message-ID (left and right of the '@') and of the
     Date header (which the words exclude as calendar)."""
     message_id = str(message.get("Message-ID", "")).strip()
@@ -350,7 +389,15 @@ def domain_tokens(prefix: str, domain: str) -> Iterator[str]:
 
 def body_tokens(message: EmailMessage, limits: LimitsSection = DEFAULT_LIMITS,
                 stats: TextStats | None = None) -> Iterator[str]:
-    stats = stats if stats is not None else TextStats()
+    """The body's tokens in the text's order, repeats included."""
+    for chunk in _body_chunks(message, limits, stats if stats is not None else TextStats()):
+        yield from chunk
+
+
+def _body_chunks(message: EmailMessage, limits: LimitsSection,
+                 stats: TextStats) -> Iterator[Iterable[str]]:
+    """The body's tokens in chunks (a part's words, its pairs...), which
+    message_tokens adds to its set a chunk at a time."""
     kinds: list[str] = []
     urls: list[str] = []
     for part in message.walk():
@@ -362,20 +409,20 @@ def body_tokens(message: EmailMessage, limits: LimitsSection = DEFAULT_LIMITS,
         disposition = str(part.get("Content-Disposition", "")).split(";")[0].strip().lower()
         encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
         if encoding:
-            yield "cte:" + encoding[:20]
+            yield ("cte:" + encoding[:20],)
         charset = part.get_content_charset()
         if charset:
-            yield "charset:" + charset[:20]
+            yield ("charset:" + charset[:20],)
         if filename or disposition == "attachment":
             kinds.append("attachment")
-            yield "attach:type:" + content_type
+            yield ("attach:type:" + content_type,)
             extension = (filename or "").rpartition(".")[2].lower()
             if extension and len(extension) <= 5:
-                yield "attach:ext:" + extension
+                yield ("attach:ext:" + extension,)
             continue
         kinds.append(content_type)
         if content_type not in ("text/plain", "text/html"):
-            yield "part:" + content_type
+            yield ("part:" + content_type,)
             continue
         room = limits.text_bytes - stats.text_bytes
         if room <= 0:
@@ -386,38 +433,37 @@ def body_tokens(message: EmailMessage, limits: LimitsSection = DEFAULT_LIMITS,
             text, stats.truncated = text[:room], True
         stats.text_bytes += len(text)
         if content_type == "text/html":
-            yield from html_structure_tokens(text)
-            urls.extend(_capped(HREF.finditer(text), limits.urls - len(urls), stats))
+            yield html_structure_tokens(text)
+            urls.extend(_capped(HREF.findall(text), limits.urls - len(urls), stats))
             text = strip_html(text)
-        urls.extend(_capped(URL.finditer(text), limits.urls - len(urls), stats, group=0))
-        text = URL.sub(" ", text)
+        # One pass for the URLs and the text without them: the pieces
+        # between the URLs, then each URL.
+        pieces = URL_PIECES.split(text)
+        urls.extend(_capped(pieces[1::2], limits.urls - len(urls), stats))
+        text = " ".join(pieces[::2])
         body_words = words(text)
-        yield from body_words
-        yield from bigrams(body_words)
-        yield from number_tokens(text)
+        yield body_words
+        yield bigrams(body_words)
+        yield number_tokens(text)
 
-    yield "structure:" + ",".join(sorted(set(kinds)))[:120]
+    found: list[str] = ["structure:" + ",".join(sorted(set(kinds)))[:120]]
     if "text/html" in kinds and "text/plain" not in kinds:
-        yield "structure:html-only"
-    yield f"url:count:{bucket(len(urls), (0, 1, 2, 5, 10, 20))}"
+        found.append("structure:html-only")
+    found.append(f"url:count:{bucket(len(urls), (0, 1, 2, 5, 10, 20))}")
     domains: set[str] = set()
     for url in urls[:100]:
         for token in url_tokens(url):
             if token.startswith("url:dom:") or token.startswith("url:host:"):
                 domains.add(token.partition(":")[2].partition(":")[2])
-            yield token
-    yield f"url:domains:{bucket(len(domains), (0, 1, 2, 3, 5, 10))}"
+            found.append(token)
+    found.append(f"url:domains:{bucket(len(domains), (0, 1, 2, 3, 5, 10))}")
+    yield found
 
 
-def _capped(matches: Iterator[re.Match[str]], room: int, stats: TextStats,
-            group: int = 1) -> list[str]:
-    """The first ``room`` matches; the rest are only counted."""
-    found: list[str] = []
-    for match in matches:
-        stats.urls += 1
-        if len(found) < room:
-            found.append(match.group(group))
-    return found
+def _capped(found: list[str], room: int, stats: TextStats) -> list[str]:
+    """The first ``room`` of ``found``; the rest are only counted."""
+    stats.urls += len(found)
+    return found[:max(room, 0)]
 
 
 def part_text(part: EmailMessage) -> str:
@@ -530,9 +576,12 @@ def url_tokens(url: str) -> Iterator[str]:
 def words(text: str) -> list[str]:
     """Lower-cased words of 3 to 20 characters; longer ones become a
     'skip' token of their first letter and length, like SpamBayes."""
-    out: list[str] = []
+    raw_words = text.lower().split()
+    # Each distinct word is read once (mail repeats its words); the list
+    # then takes them in the text's order, the dropped ones ('') left out.
+    token_of = dict.fromkeys(raw_words, "")
     calendar = CALENDAR_WORDS
-    for raw in text.lower().split():
+    for raw in token_of:
         word = raw.strip(WORD_EDGES)
         length = len(word)
         # Calendar words: month and weekday names, years 19xx/20xx, clock times.
@@ -541,13 +590,12 @@ def words(text: str) -> list[str]:
                 ":" in word and CLOCK_TIME.fullmatch(word) is not None):
             continue
         if length > 20:
-            out.append(f"skip:{word[0]}{length // 10 * 10}")
-            continue
-        if "@" in word:
-            out.append("email:" + word.rpartition("@")[2])
-            continue
-        out.append(word)
-    return out
+            token_of[raw] = f"skip:{word[0]}{length // 10 * 10}"
+        elif "@" in word:
+            token_of[raw] = "email:" + word.rpartition("@")[2]
+        else:
+            token_of[raw] = word
+    return list(filter(None, map(token_of.__getitem__, raw_words)))
 
 
 def bucket(value: int, edges: Iterable[int]) -> str:
@@ -564,38 +612,31 @@ def bucket(value: int, edges: Iterable[int]) -> str:
 
 URL_PATH_SPLIT = re.compile(r"[/?=&.+_;,#~!$:-]+")
 MONEY = re.compile(r"[$\u00a3\u20ac]\s?(\d[\d,]*)")
-PERCENT = re.compile(r"(?<![\d.])\d+(?:\.\d+)?\s?%")
-NUMBER = re.compile(r"(?<![\w.])\d+(?![\w.])")
+# Numbers not inside a word or a dotted number: ``(?<![\w.])\d+(?![\w.])``
+# and ``(?<![\d.])\d+(?:\.\d+)?\s?%`` written to start with the digit, the
+# look-behind then checking the character before it: the same matches, but
+# the engine skips to the next digit instead of trying the look-behind at
+# every position (3x faster on the corpus).
+PERCENT = re.compile(r"\d(?<![\d.]\d)\d*(?:\.\d+)?\s?%")
+NUMBER = re.compile(r"\d(?<![\w.]\d)\d*(?![\w.])")
 
 
-def bigrams(items: list[str]) -> Iterator[str]:
+def bigrams(items: list[str]) -> list[str]:
     """Adjacent word pairs ('click here'), skips and addresses left out."""
-    previous = ""
-    for word in items:
-        if ":" in word:
-            previous = ""
-            continue
-        if previous:
-            yield f"{previous} {word}"
-        previous = word
+    return [f"{first} {second}" for first, second in itertools.pairwise(items)
+            if ":" not in first and ":" not in second]
 
 
-def number_tokens(text: str) -> Iterator[str]:
+def number_tokens(text: str) -> list[str]:
     """Amounts of money, percentages and numbers by size, not by value."""
-    for count, match in enumerate(MONEY.finditer(text)):
-        if count >= 50:
-            break
-        digits = match.group(1).replace(",", "")
-        yield f"money:{bucket(len(digits), (1, 3, 4, 6, 7))}"
+    found = [f"money:{bucket(len(match.group(1).replace(',', '')), (1, 3, 4, 6, 7))}"
+             for match in itertools.islice(MONEY.finditer(text), 50)]
     if PERCENT.search(text):
-        yield "number:percent"
-    lengths = set()
-    for count, match in enumerate(NUMBER.finditer(text)):
-        if count >= 200:
-            break
-        lengths.add(min(len(match.group(0)), 12))
-    for length in lengths:
-        yield f"number:digits:{length}"
+        found.append("number:percent")
+    lengths = {min(len(match.group(0)), 12)
+               for match in itertools.islice(NUMBER.finditer(text), 200)}
+    found.extend(f"number:digits:{length}" for length in lengths)
+    return found
 
 
 RECEIVED_FROM = re.compile(r"^\s*from\s+(\S{1,100})(?:\s+\(([^()]{0,200})\))?", re.IGNORECASE)
@@ -605,14 +646,18 @@ IPV4 = re.compile(r"\b(\d{1,3})\.(\d{1,3})\.\d{1,3}\.\d{1,3}\b")
 
 def received_tokens(message: EmailMessage, limits: LimitsSection = DEFAULT_LIMITS
                     ) -> Iterator[str]:
+    fields = HeaderIndex(message)
+    return _received_tokens(fields, _author(fields, limits))
+
+
+def _received_tokens(message: HeaderIndex, author: Mailbox) -> Iterator[str]:
     """Where the mail started: the 'from' part of the two oldest Received
     fields (the sender's side; the newest ones are the recipient's own
     hosts). The HELO name and the reverse-DNS name by registrable domain,
     an IP literal, 'unknown', a private address, and whether they belong to
     the From domain."""
     fields = message.get_all("Received", [])[-2:]
-    address = first_author(message.get_all("From", []), limits.encoded_words,
-                           limits.address_comment_depth).address
+    address = author.address
     from_domain = registrable_domain(address.rpartition("@")[2].strip().strip(">").lower()) \
         if "@" in address else ""
     for position, value in enumerate(reversed(fields)):
