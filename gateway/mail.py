@@ -684,7 +684,13 @@ def first_author(from_values: Iterable[object], max_words: int = DEFAULT_ENCODED
     display name decoded (RFC 2047), for readers of a parsed ``email``
     message that want one author (the classifier); an empty Mailbox if
     there is none."""
-    first = author_domains([str(value) for value in from_values], max_comment_depth).first
+    return shown_first_author(
+        author_domains([str(value) for value in from_values], max_comment_depth), max_words)
+
+
+def shown_first_author(authors: Authors, max_words: int = DEFAULT_ENCODED_WORDS) -> Mailbox:
+    """:func:`first_author` of a reading already made (``Message.authors``)."""
+    first = authors.first
     if first is None:
         return Mailbox("", "")
     return Mailbox(decoded_header(first.display, max_words), first.address)

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gateway.checks.bayes import SHIPPED_MODEL
+from gateway.checks.bayes import SHIPPED_MODEL, same_from_reading
 from gateway.classifier.features import TextStats, message_tokens
 from gateway.classifier.model import SpamModel, load_model
 from gateway.config import ClassifierSection
@@ -50,7 +50,9 @@ def reading(raw: bytes, model: SpamModel) -> dict[str, Any]:
     message = Message.from_bytes(raw)
     tokens = message_tokens(message.email, message.limits, counted := TextStats())
     explained_stats = TextStats()
-    explanation = model.score_explained(message.email, message.limits, explained_stats)
+    # As the bayes check scores it: with the message's reading of the From.
+    explanation = model.score_explained(message.email, message.limits, explained_stats,
+                                        authors=same_from_reading(message))
     assert explained_stats == counted
     return {
         "tokens": sorted(tokens),

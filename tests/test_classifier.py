@@ -1047,3 +1047,20 @@ def test_tokens_and_scores_of_every_corpus_message_are_the_references():
     differ = [name for name, raw in corpus_messages(corpus)
               if reference.pop(name, None) != digest(reading(raw, model))]
     assert differ == [] and reference == {}, (differ[:10], list(reference)[:10])
+
+
+def test_the_check_reuses_the_messages_reading_of_the_from_only_when_the_fields_are_the_same():
+    from gateway.checks.bayes import same_from_reading
+    from gateway.classifier.features import message_tokens
+    from tests import hostile
+
+    plain = Message.from_bytes((HAM / "00001.7c53336b37003a9286aba55d2945844c.eml").read_bytes())
+    assert same_from_reading(plain) is plain.authors
+    assert message_tokens(plain.email, authors=plain.authors) == message_tokens(plain.email)
+    # 'From : ceo@good.test' is a From field of the raw header block only:
+    # the parsed view the classifier reads has none, and its tokens say so;
+    # the message's reading would have given them the author's domain.
+    obs = Message.from_bytes(hostile.header_obs_from())
+    assert obs.authors.mailboxes and same_from_reading(obs) is None
+    assert "from:dom:good.test" not in message_tokens(obs.email)
+    assert "from:dom:good.test" in message_tokens(obs.email, authors=obs.authors)

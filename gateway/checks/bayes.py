@@ -29,6 +29,7 @@ from gateway.classifier.model import load_model as load_model_dir
 from gateway.classifier.store import ModelStore
 from gateway.config import Config
 from gateway.forkshare import shared_model
+from gateway.mail import Authors
 from gateway.message import Message
 from gateway.paths import MODELS_DIR
 from gateway.ruleset import Ruleset
@@ -147,6 +148,17 @@ def placement_text(model: SpamModel) -> str:
     return "; " + model.placement.describe()
 
 
+def same_from_reading(message: Message) -> Authors | None:
+    """The message's one reading of its From (``Message.authors``, which
+    other checks make anyway) when the parsed view the classifier reads has
+    the very same From values, so the reading would be the same made again;
+    None when they differ (a field in obs-syntax, which only the raw
+    header block has; 8-bit bytes the two decode apart)."""
+    if message.headers("From") != [str(v) for v in message.email.get_all("From", [])]:
+        return None
+    return message.authors
+
+
 class BayesCheck(Check):
     name = "bayes"
     symbols = {
@@ -164,7 +176,8 @@ class BayesCheck(Check):
         model = self.holder.model  # one model for the whole message
         stats = TextStats()
         limits = message.limits
-        explanation = model.score_explained(message.email, limits, stats)
+        explanation = model.score_explained(message.email, limits, stats,
+                                            authors=same_from_reading(message))
         probability, log_odds = explanation.probability, explanation.log_odds
         found = [self.symbol(band(probability), explanation.evidence(model.version))]
         if stats.urls > limits.urls:

@@ -25,6 +25,7 @@ from typing import Any
 
 from gateway.config import LimitsSection
 from gateway.mail import (
+    Authors,
     Mailbox,
     decode_bytes,
     decoded_header,
@@ -32,6 +33,7 @@ from gateway.mail import (
     registrable_domain,
     safe_getaddresses,
     safe_parseaddr,
+    shown_first_author,
 )
 
 # Re-exported for callers that still import them from here.
@@ -184,10 +186,13 @@ DEFAULT_LIMITS = LimitsSection()
 
 
 def message_tokens(message: EmailMessage, limits: LimitsSection = DEFAULT_LIMITS,
-                   stats: TextStats | None = None) -> set[str]:
-    """The set of tokens of one parsed message (presence, not counts)."""
+                   stats: TextStats | None = None, authors: Authors | None = None) -> set[str]:
+    """The set of tokens of one parsed message (presence, not counts).
+    ``authors``: the reading of exactly these From field values
+    (``author_domains``), when the caller has it (``Message.authors``)."""
     fields = HeaderIndex(message)
-    author = _author(fields, limits)
+    author = _author(fields, limits) if authors is None else \
+        shown_first_author(authors, limits.encoded_words)
     tokens = set(_header_tokens(fields, author, limits))
     for chunk in _body_chunks(message, limits, stats if stats is not None else TextStats()):
         tokens.update(chunk)

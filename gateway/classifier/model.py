@@ -43,6 +43,7 @@ from gateway.classifier.features import (
 )
 from gateway.classifier.thresholds import Placement, place
 from gateway.config import LimitsSection
+from gateway.mail import Authors
 
 FORMAT = "gateway-naive-bayes/2"
 # /1 had no blocks (one norm per message); it still loads.
@@ -216,8 +217,10 @@ class SpamModel:
         return self.probability_of(log_odds), log_odds
 
     def score_explained(self, email_message, limits: LimitsSection = DEFAULT_LIMITS,
-                        stats: TextStats | None = None, count: int = 5) -> Explanation:
-        return self.explain(message_tokens(email_message, limits, stats), count)
+                        stats: TextStats | None = None, count: int = 5,
+                        authors: Authors | None = None) -> Explanation:
+        """``authors``: see :func:`features.message_tokens`."""
+        return self.explain(message_tokens(email_message, limits, stats, authors), count)
 
     # -- files -------------------------------------------------------------------
 
