@@ -346,7 +346,9 @@ def _header_tokens(message: HeaderIndex, author: Mailbox,
             continue
         # Like SpamAssassin's Bayes: the words of other header values, under
         # the header's name (list ids, MIME boundaries' style, priorities...).
-        for word in HEADER_VALUE_SPLIT.split(str(value))[:12]:
+        # The first 12 pieces; maxsplit spares splitting the rest of a long
+        # value (a DKIM signature) only to drop it.
+        for word in HEADER_VALUE_SPLIT.split(str(value), 12)[:12]:
             word = word.strip(".:'").lower()
             if 2 < len(word) <= 30:
                 yield f"h:{key}:{word}"
