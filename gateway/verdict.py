@@ -74,6 +74,10 @@ class Verdict:
     # The score is in the greylist band (from [thresholds] greylist, below
     # quarantine): the milter asks the sender to retry, with [greylist] on.
     greylist: bool = False
+    # Held or rejected mail: its From, To, Subject, Date and Message-ID as the
+    # worker's parse read them, for the quarantine record (gateway.quarantine.
+    # fields); None: the store reads them from the message itself.
+    header_fields: Mapping[str, str | None] | None = None
 
     @property
     def is_spam(self) -> bool:

@@ -58,7 +58,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -73,6 +73,7 @@ from gateway.logs import for_message, setup_logging
 from gateway.message import Envelope, Message, RawContent
 from gateway.pipeline import Pipeline, assemble, check_classes
 from gateway.policy import Judge
+from gateway.quarantine.fields import stored_fields
 from gateway.ruleset import Ruleset, load_rules
 from gateway.schema import ConfigError
 from gateway.symbols import Report, Symbol
@@ -108,8 +109,12 @@ class NoWorkerFree(WorkerFailed, TooBusy):
 
 
 # A worker's answer: the CPU seconds the message took in it and the
-# process's CPU seconds so far, then the results as ResultLog frames.
+# process's CPU seconds so far, then a ResultLog frame of the header fields
+# a quarantine record lists (gateway.quarantine.fields; None if they could
+# not be read), then the results as ResultLog frames.
 _CPU_USED = struct.Struct("!dd")
+# Verdicts whose message the quarantine may keep: they carry those fields.
+_KEPT = ("quarantine", "reject")
 
 
 class ResultLog:
@@ -138,22 +143,26 @@ class ResultLog:
         self._frames.clear()
 
     def append(self, item: tuple[Any, ...]) -> None:
-        data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
-        frame = self._FRAME.pack(len(data)) + data
+        frame = self.frame(item)
         os.pwrite(self.fd, frame, len(self._frames))
         self._frames += frame
+
+    @classmethod
+    def frame(cls, item: Any) -> bytes:
+        data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        return cls._FRAME.pack(len(data)) + data
 
     def frames(self) -> bytes:
         """Every result of the message so far, as written."""
         return bytes(self._frames)
 
     # -- the milter's side
-    def read(self) -> list[tuple[Any, ...]]:
+    def read(self) -> list[Any]:
         """What a killed worker had finished."""
         return self.parse(os.pread(self.fd, os.fstat(self.fd).st_size, 0))
 
     @classmethod
-    def parse(cls, data: bytes, at: int = 0) -> list[tuple[Any, ...]]:
+    def parse(cls, data: bytes, at: int = 0) -> list[Any]:
         items, size = [], cls._FRAME.size
         while at + size <= len(data):
             (length,) = cls._FRAME.unpack_from(data, at)
@@ -313,7 +322,7 @@ class WorkerPool:
                 if cpu > self.heavy_cpu and worker.messages:
                     self._costly_mail(client, f"used {cpu:.2f}s of CPU (over [pipeline] "
                                       f"heavy_cpu_seconds {self.heavy_cpu:g})", envelope)
-                finished = ResultLog.parse(answer, _CPU_USED.size)
+                fields, *finished = ResultLog.parse(answer, _CPU_USED.size)
             else:
                 stopped = (f"stopped: still running after {limit:g}s "
                            "([pipeline] budget + grace)")
@@ -322,7 +331,7 @@ class WorkerPool:
                 keep = None
                 self._costly_mail(client, "was stopped at the deadline", envelope)
                 self._discard(worker, kill=True, keep_results=True)
-                finished = worker.results.read()
+                finished, fields = worker.results.read(), None
                 worker.results.close()
         except (EOFError, OSError) as exc:
             keep = None
@@ -342,7 +351,10 @@ class WorkerPool:
             if report is not None:
                 reports[run.name] = report
         result = assemble(self.checks, runs, reports, self.config.pipeline.budget, stopped)
-        return self.judge.verdict(result, envelope)
+        verdict = self.judge.verdict(result, envelope)
+        if fields is not None and verdict.action in _KEPT:  # the store needs not parse it
+            verdict = replace(verdict, header_fields=fields)
+        return verdict
 
     def _costly_mail(self, client: str | None, what: str, envelope: Envelope) -> None:
         """Note that this client's message was costly (gateway.lanes)."""
@@ -635,10 +647,12 @@ def _worker_main(conn: Connection, config: Config, ruleset: Ruleset,
             results.restart()
             # Every thread of this process: checks run in threads count too.
             started = time.process_time()
+            message = Message(envelope, raw, config.limits)
             with for_message(envelope.queue_id):
-                pipeline.run(Message(envelope, raw, config.limits), observer=report)
+                pipeline.run(message, observer=report)
+                fields = ResultLog.frame(_stored_fields(message))
             ended = time.process_time()
-            conn.send_bytes(_CPU_USED.pack(ended - started, ended) + results.frames())
+            conn.send_bytes(_CPU_USED.pack(ended - started, ended) + fields + results.frames())
     except (BrokenPipeError, ConnectionResetError):
         log.info("the milter went away; worker %d ends", os.getpid())
     except Exception:
@@ -646,6 +660,17 @@ def _worker_main(conn: Connection, config: Config, ruleset: Ruleset,
         raise SystemExit(1) from None
     finally:
         pipeline.close()
+
+
+def _stored_fields(message: Message) -> dict[str, str | None] | None:
+    """The header fields a quarantine record lists, from the parse the
+    checks made (the milter would otherwise parse the header again to keep
+    the message); None, and the milter parses, if they cannot be read."""
+    try:
+        return stored_fields(message.email)
+    except Exception as exc:  # never worth the worker: the store reads them itself
+        log.debug("header fields for the quarantine record: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 # A check's result crosses the pipe as plain tuples: pickling the frozen

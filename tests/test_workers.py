@@ -561,3 +561,53 @@ def test_a_worker_start_cut_short_by_stopping_is_no_error(pool_of, monkeypatch, 
         pool._start_in_background()
     assert [r.levelname for r in caplog.records] == ["DEBUG"]
     assert "abandoned while stopping" in caplog.records[0].getMessage()
+
+
+def test_held_mail_is_stored_with_the_workers_reading_of_its_header(pool_of, tmp_path,
+                                                                    monkeypatch):
+    """The worker sends the header fields a quarantine record lists, read from
+    the parse its checks made: the milter stores held mail without parsing its
+    header again, and the record is the one a parse in the milter gives."""
+    from dataclasses import replace
+
+    from sqlalchemy import select
+
+    import gateway.mime
+    from gateway.quarantine.schema import messages
+    from gateway.quarantine.store import QuarantineStore
+    from gateway.ruleset import Ruleset
+
+    crafted = (b"From: =?utf-8?q?Jos=C3=A9?= <jose@example.org>\r\nTo: bob@example.net,\r\n"
+               b"  carol@example.net\r\nSubject: =?iso-8859-1?q?caf=E9?= \xff menu\r\n"
+               b"Message-ID: <c1@example.org>\r\nX-Other: 1\r\n\r\nhello\r\n")
+    spam = next((FIXTURES / "corpus" / "spam").iterdir()).read_bytes()
+    pool = pool_of(config("tests.plugins:MarkerCheck", "headers"),
+                   ruleset=Ruleset(scores={"TEST_MARKER": 8.0}))
+    store = QuarantineStore(f"sqlite:///{tmp_path}/q.db", node="n")
+    parses = []
+    real_parse = gateway.mime.parse
+    monkeypatch.setattr(gateway.mime, "parse",
+                        lambda *a, **k: parses.append(1) or real_parse(*a, **k))
+
+    def row(identifier: str) -> dict:
+        with store.engine.connect() as connection:
+            found = connection.execute(select(messages).where(messages.c.id == identifier))
+            values = dict(found.one()._mapping)
+        return {k: v for k, v in values.items() if k not in ("id", "created", "updated")}
+
+    try:
+        for data in (fixture_message("ham_plain.eml"), fixture_message("missing_headers.eml"),
+                     spam, crafted):
+            raw = RawContent(data=data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+                             + b"TRIGGER-MARKER\r\n")
+            verdict = pool.evaluate(ENVELOPE, raw)
+            assert verdict.action == "quarantine" and verdict.header_fields is not None
+            parses.clear()
+            from_worker = store.put(ENVELOPE, raw, verdict)
+            assert not parses  # the header was not parsed again
+            parsed_here = store.put(ENVELOPE, raw, replace(verdict, header_fields=None))
+            assert parses  # the store reads it itself when no worker sent it
+            assert row(from_worker) == row(parsed_here)
+        assert row(from_worker)["subject"].startswith("café ")  # decoded, as before
+    finally:
+        store.close()

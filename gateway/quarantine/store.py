@@ -12,7 +12,6 @@ PostgreSQL compresses large values out of line (TOAST); 25 MB is no strain.
 from __future__ import annotations
 
 import contextlib
-import email.message
 import hashlib
 import json
 import socket
@@ -39,10 +38,10 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.db import first_line, make_engine, migrate, now, safe_url, utc
 from gateway.headers import authentication_results_header, verdict_headers
-from gateway.mail import decoded_header
 from gateway.message import Envelope, RawContent
 from gateway.mime import parse_bytes
 from gateway.quarantine import lists
+from gateway.quarantine.fields import fields_of, header_text
 from gateway.quarantine.lists import ListEntry
 from gateway.quarantine.schema import (
     events,
@@ -58,6 +57,14 @@ from gateway.verdict import Verdict
 STATES = ("held", "released", "deleted", "expired")
 # Orders the list can be sorted by (Filters.sort).
 SORTS = ("created", "score", "sender", "subject", "state", "action", "node", "size")
+
+
+# Built once, not per held message: each build costs the statement's
+# construction and its compiled-cache key again.
+_INSERT_MESSAGE = insert(messages)
+_INSERT_RECIPIENT = insert(recipients)
+_INSERT_SYMBOL = insert(symbols)
+_INSERT_EVENT = insert(events)
 
 
 class QuarantineError(Exception):
@@ -204,7 +211,7 @@ class QuarantineStore:
             action: str | None = None) -> str:
         """Store a message and its record in one committed transaction."""
         data = raw.bytes()
-        head = parse_bytes(data.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+        fields = fields_of(data, verdict.header_fields)
         identifier = uuid.uuid4().hex[:20]
         stamp = now()
         row = {
@@ -219,11 +226,7 @@ class QuarantineStore:
             "client_name": _text(envelope.client_name),
             "helo": _text(envelope.helo),
             "sender": _text(envelope.mail_from),
-            "header_from": _header(head, "From"),
-            "header_to": _header(head, "To"),
-            "subject": _header(head, "Subject"),
-            "header_date": _header(head, "Date"),
-            "message_id": _header(head, "Message-ID"),
+            **fields,
             "score": verdict.score,
             "required": verdict.required,
             "reason": verdict.reason,
@@ -235,13 +238,13 @@ class QuarantineStore:
         }
         try:
             with self.engine.begin() as connection:
-                connection.execute(insert(messages), row)
-                connection.execute(insert(recipients), [
+                connection.execute(_INSERT_MESSAGE, row)
+                connection.execute(_INSERT_RECIPIENT, [
                     {"message": identifier, "position": i, "address": _text(address)}
                     for i, address in enumerate(envelope.rcpt_to)
                 ] or [{"message": identifier, "position": 0, "address": ""}])
                 if verdict.symbols:
-                    connection.execute(insert(symbols), [
+                    connection.execute(_INSERT_SYMBOL, [
                         {"message": identifier, "position": i, "name": s.name,
                          "score": s.score, "description": s.description,
                          "evidence": s.evidence}
@@ -469,9 +472,9 @@ class QuarantineStore:
             "sender": _text(envelope.mail_from),
             "recipients": json.dumps([_text(r) for r in envelope.rcpt_to]),
             "macros": json.dumps({k: _text(v) for k, v in envelope.macros.items()}),
-            "header_from": _header(head, "From"),
-            "subject": _header(head, "Subject"),
-            "message_id": _header(head, "Message-ID"),
+            "header_from": header_text(head, "From"),
+            "subject": header_text(head, "Subject"),
+            "message_id": header_text(head, "Message-ID"),
             "action": verdict.action,
             "score": verdict.score,
             "symbols": json.dumps([{"name": s.name, "score": s.score} for s in verdict.symbols]),
@@ -673,7 +676,7 @@ def _record_columns():
 
 def _event(connection: Connection, identifier: str, who: str, what: str, detail: str,
            reason: str = "") -> None:
-    connection.execute(insert(events), {"message": identifier, "time": now(), "actor": who,
+    connection.execute(_INSERT_EVENT, {"message": identifier, "time": now(), "actor": who,
                                         "action": what, "detail": detail,
                                         "reason": reason or None})
 
@@ -726,13 +729,6 @@ def _verdict_headers(verdict: Verdict) -> list[list[str]]:
         found.append(list(auth))
     found += [list(pair) for pair in verdict_headers(verdict)]
     return found
-
-
-def _header(head: email.message.Message, name: str) -> str | None:
-    value = head.get(name)
-    if value is None:
-        return None
-    return " ".join(decoded_header(value).split())[:998]
 
 
 def _text(value: str | None) -> str | None:
