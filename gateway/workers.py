@@ -1,9 +1,9 @@
 """Worker processes that run the checks, and the hard per-message deadline.
 
-The milter process keeps the MTA-facing side (pymilter) and the policy; the
-checks of each message run in a worker process of their own, which reports
-each check's result back over a pipe as soon as it has one. Two things
-follow:
+The milter process keeps the MTA-facing side (pymilter); the checks of
+each message, and the policy's judgement of their results (the same rules,
+sent to each worker as it starts), run in a worker process of their own,
+which answers with the verdict. Two things follow:
 
 - both cores work: parsing, the classifier and RSA run beside the milter's
   protocol work instead of behind one GIL;
@@ -18,12 +18,14 @@ follow:
   one that had not, so an attacker who finds a slow path gets a score, not
   a pass, and other mail is not held up.
 
-A worker answers each message once, with every check's result in one reply:
-one wake-up of the milter per message, not one per check (which cost a
-fifth of a worker's time in system calls and thread switches). So that a
-killed worker's finished checks still count, it also appends each result as
-it comes to a scratch file it shares with the milter (:class:`ResultLog`, an
-in-memory file), which the milter reads only when it stops the worker.
+A worker answers each message once, with its verdict: one wake-up of the
+milter per message, not one per check (which cost a fifth of a worker's
+time in system calls and thread switches), and one object to read, not
+every check's result to rebuild and judge again (most of the milter's CPU
+for a message's answer). So that a killed worker's finished checks still
+count, it also appends each result as it comes to a scratch file it shares
+with the milter (:class:`ResultLog`, an in-memory file), which the milter
+reads and judges only when it stops the worker.
 
 gateway.lanes decides which waiting message gets a free worker: messages over
 ``[pipeline] heavy_message_bytes``, and mail from clients whose messages
@@ -109,11 +111,10 @@ class NoWorkerFree(WorkerFailed, TooBusy):
 
 
 # A worker's answer: the CPU seconds the message took in it and the
-# process's CPU seconds so far, then a ResultLog frame of the header fields
-# a quarantine record lists (gateway.quarantine.fields; None if they could
-# not be read), then the results as ResultLog frames.
+# process's CPU seconds so far, then its verdict as one ResultLog frame.
 _CPU_USED = struct.Struct("!dd")
-# Verdicts whose message the quarantine may keep: they carry those fields.
+# Verdicts whose message the quarantine may keep: they carry the header
+# fields its record lists (gateway.quarantine.fields).
 _KEPT = ("quarantine", "reject")
 
 
@@ -123,15 +124,15 @@ class ResultLog:
     An in-memory file (memfd) shared by the worker, which appends to it,
     and the milter, which reads it only after killing the worker. Frames are
     a 4-byte length and a pickle; one cut short by the kill is ignored. The
-    worker's answer at the end of a message is the same frames (each result
-    pickled once), read with the same :meth:`parse`.
+    worker's answer at the end of a message, its verdict, is one such frame,
+    read with the same :meth:`parse`.
     """
 
     _FRAME = struct.Struct("!I")
 
     def __init__(self, fd: int | None = None):
         self.fd = os.memfd_create("gateway-worker-results", os.MFD_CLOEXEC) if fd is None else fd
-        self._frames = bytearray()  # the worker's copy of what it wrote
+        self._size = 0  # what the worker has written
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Crosses to the worker as a duplicate of the descriptor.
@@ -140,21 +141,17 @@ class ResultLog:
     # -- the worker's side
     def restart(self) -> None:
         os.ftruncate(self.fd, 0)
-        self._frames.clear()
+        self._size = 0
 
     def append(self, item: tuple[Any, ...]) -> None:
         frame = self.frame(item)
-        os.pwrite(self.fd, frame, len(self._frames))
-        self._frames += frame
+        os.pwrite(self.fd, frame, self._size)
+        self._size += len(frame)
 
     @classmethod
     def frame(cls, item: Any) -> bytes:
         data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
         return cls._FRAME.pack(len(data)) + data
-
-    def frames(self) -> bytes:
-        """Every result of the message so far, as written."""
-        return bytes(self._frames)
 
     # -- the milter's side
     def read(self) -> list[Any]:
@@ -322,7 +319,9 @@ class WorkerPool:
                 if cpu > self.heavy_cpu and worker.messages:
                     self._costly_mail(client, f"used {cpu:.2f}s of CPU (over [pipeline] "
                                       f"heavy_cpu_seconds {self.heavy_cpu:g})", envelope)
-                fields, *finished = ResultLog.parse(answer, _CPU_USED.size)
+                # Judged in the worker, by the same rules (sent as it started).
+                verdict: Verdict = ResultLog.parse(answer, _CPU_USED.size)[0]
+                return verdict
             else:
                 stopped = (f"stopped: still running after {limit:g}s "
                            "([pipeline] budget + grace)")
@@ -331,7 +330,7 @@ class WorkerPool:
                 keep = None
                 self._costly_mail(client, "was stopped at the deadline", envelope)
                 self._discard(worker, kill=True, keep_results=True)
-                finished, fields = worker.results.read(), None
+                finished = worker.results.read()
                 worker.results.close()
         except (EOFError, OSError) as exc:
             keep = None
@@ -343,6 +342,7 @@ class WorkerPool:
         finally:
             if keep is not None:
                 self._release(keep)
+        # A stopped worker: judged here, on the checks it had finished.
         runs: dict[str, CheckRun] = {}
         reports: dict[str, Report] = {}
         for item in finished:
@@ -351,10 +351,7 @@ class WorkerPool:
             if report is not None:
                 reports[run.name] = report
         result = assemble(self.checks, runs, reports, self.config.pipeline.budget, stopped)
-        verdict = self.judge.verdict(result, envelope)
-        if fields is not None and verdict.action in _KEPT:  # the store needs not parse it
-            verdict = replace(verdict, header_fields=fields)
-        return verdict
+        return self.judge.verdict(result, envelope)
 
     def _costly_mail(self, client: str | None, what: str, envelope: Envelope) -> None:
         """Note that this client's message was costly (gateway.lanes)."""
@@ -629,6 +626,7 @@ def _worker_main(conn: Connection, config: Config, ruleset: Ruleset,
     except ConfigError as exc:
         conn.send(("error", exc.problems))
         return
+    judge = Judge(config, pipeline.checks, ruleset)  # as the milter's (WorkerPool.judge)
     conn.send(("ready", [p for check in pipeline.checks for p in check.startup_problems()]))
 
     def report(run: CheckRun, found: Report | None) -> None:
@@ -649,10 +647,12 @@ def _worker_main(conn: Connection, config: Config, ruleset: Ruleset,
             started = time.process_time()
             message = Message(envelope, raw, config.limits)
             with for_message(envelope.queue_id):
-                pipeline.run(message, observer=report)
-                fields = ResultLog.frame(_stored_fields(message))
+                verdict = judge.verdict(pipeline.run(message, observer=report), envelope)
+                if verdict.action in _KEPT:  # the milter stores it without parsing it again
+                    verdict = replace(verdict, header_fields=_stored_fields(message))
+                answer = ResultLog.frame(verdict)
             ended = time.process_time()
-            conn.send_bytes(_CPU_USED.pack(ended - started, ended) + fields + results.frames())
+            conn.send_bytes(_CPU_USED.pack(ended - started, ended) + answer)
     except (BrokenPipeError, ConnectionResetError):
         log.info("the milter went away; worker %d ends", os.getpid())
     except Exception:

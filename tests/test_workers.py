@@ -611,3 +611,32 @@ def test_held_mail_is_stored_with_the_workers_reading_of_its_header(pool_of, tmp
         assert row(from_worker)["subject"].startswith("café ")  # decoded, as before
     finally:
         store.close()
+
+
+def test_the_worker_answers_with_the_verdict_the_milter_process_would_give(pool_of,
+                                                                          monkeypatch):
+    """The worker judges its checks' results by the rules the pool sent it
+    and answers with the verdict: the milter does not rebuild and judge them
+    again (it only does for a worker it stopped), and the verdict is the
+    one the milter's own judgement gives, stage symbols and recipients included."""
+    from gateway.ruleset import Ruleset
+    from gateway.symbols import Symbol
+
+    cfg = config("tests.plugins:MarkerCheck", "headers", "size", "lists")
+    rules = Ruleset(scores={"TEST_MARKER": 4.0, "RATELIMITED": 2.5})
+    local = LocalEvaluator(cfg, rules)
+    pool = pool_of(cfg, ruleset=rules)
+    envelope = Envelope(mail_from="alice@example.org", rcpt_to=("bob@example.net",),
+                        queue_id="Q7", stage_symbols=(Symbol("RATELIMITED", 1.0),))
+    try:
+        expected = [local.evaluate(envelope, body(text)) for text in ("hi", "TRIGGER-MARKER")]
+        monkeypatch.setattr(pool.judge, "verdict", lambda *a: pytest.fail("judged again"))
+        got = [pool.evaluate(envelope, body(text)) for text in ("hi", "TRIGGER-MARKER")]
+    finally:
+        local.close()
+    assert [v.action for v in got] == ["accept", "quarantine"]
+    for mine, theirs in zip(got, expected, strict=True):
+        assert (mine.action, mine.score, mine.symbols, mine.reason, mine.reply) == \
+            (theirs.action, theirs.score, theirs.symbols, theirs.reason, theirs.reply)
+        assert mine.facts == theirs.facts
+        assert mine.authentication_results == theirs.authentication_results
