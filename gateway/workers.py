@@ -79,7 +79,7 @@ from gateway.quarantine.fields import stored_fields
 from gateway.ruleset import Ruleset, load_rules
 from gateway.schema import ConfigError
 from gateway.symbols import Report, Symbol
-from gateway.verdict import CheckRun, TooBusy, Verdict
+from gateway.verdict import CheckRun, PipelineResult, TooBusy, Verdict
 
 log = logging.getLogger("gateway.workers")
 
@@ -319,9 +319,13 @@ class WorkerPool:
                 if cpu > self.heavy_cpu and worker.messages:
                     self._costly_mail(client, f"used {cpu:.2f}s of CPU (over [pipeline] "
                                       f"heavy_cpu_seconds {self.heavy_cpu:g})", envelope)
-                # Judged in the worker, by the same rules (sent as it started).
-                verdict: Verdict = ResultLog.parse(answer, _CPU_USED.size)[0]
-                return verdict
+                # Judged in the worker, by the same rules (sent as it started);
+                # without a verdict, judged here from its results (as before).
+                judged = ResultLog.parse(answer, _CPU_USED.size)
+                if judged:
+                    verdict: Verdict = judged[0]
+                    return verdict
+                finished = worker.results.read()
             else:
                 stopped = (f"stopped: still running after {limit:g}s "
                            "([pipeline] budget + grace)")
@@ -342,7 +346,8 @@ class WorkerPool:
         finally:
             if keep is not None:
                 self._release(keep)
-        # A stopped worker: judged here, on the checks it had finished.
+        # A stopped worker (or one whose judgement failed): judged here,
+        # on the checks it had finished.
         runs: dict[str, CheckRun] = {}
         reports: dict[str, Report] = {}
         for item in finished:
@@ -647,10 +652,7 @@ def _worker_main(conn: Connection, config: Config, ruleset: Ruleset,
             started = time.process_time()
             message = Message(envelope, raw, config.limits)
             with for_message(envelope.queue_id):
-                verdict = judge.verdict(pipeline.run(message, observer=report), envelope)
-                if verdict.action in _KEPT:  # the milter stores it without parsing it again
-                    verdict = replace(verdict, header_fields=_stored_fields(message))
-                answer = ResultLog.frame(verdict)
+                answer = _judged(judge, pipeline.run(message, observer=report), message)
             ended = time.process_time()
             conn.send_bytes(_CPU_USED.pack(ended - started, ended) + answer)
     except (BrokenPipeError, ConnectionResetError):
@@ -660,6 +662,21 @@ def _worker_main(conn: Connection, config: Config, ruleset: Ruleset,
         raise SystemExit(1) from None
     finally:
         pipeline.close()
+
+
+def _judged(judge: Judge, result: PipelineResult, message: Message) -> bytes:
+    """The verdict as the worker's answer; nothing if judging failed: then
+    the milter judges the results in the result log, and fails as it would
+    have (a message tempfailed, or passed with ``[milter] on_error``), not
+    the worker."""
+    try:
+        verdict = judge.verdict(result, message.envelope)
+        if verdict.action in _KEPT:  # the milter stores it without parsing it again
+            verdict = replace(verdict, header_fields=_stored_fields(message))
+        return ResultLog.frame(verdict)
+    except Exception as exc:
+        log.debug("judging in the worker: %s: %s", type(exc).__name__, exc)
+        return b""
 
 
 def _stored_fields(message: Message) -> dict[str, str | None] | None:

@@ -62,6 +62,17 @@ class FactsCheck(Check):
         return Report(facts={"size": message.size})
 
 
+class BrokenSpfFactsCheck(Check):
+    """Reports SPF facts the Authentication-Results header cannot be built
+    from (a result that is not text): judging the message raises."""
+
+    name = "spf"
+    symbols = {}
+
+    def run(self, message: Message, context: CheckContext) -> Report:
+        return Report(facts={"result": 5})
+
+
 class DependentCheck(Check):
     name = "dependent"
     requires = ("facts",)

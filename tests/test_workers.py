@@ -640,3 +640,22 @@ def test_the_worker_answers_with_the_verdict_the_milter_process_would_give(pool_
             (theirs.action, theirs.score, theirs.symbols, theirs.reason, theirs.reply)
         assert mine.facts == theirs.facts
         assert mine.authentication_results == theirs.authentication_results
+
+
+def test_a_verdict_the_worker_cannot_make_is_made_as_before_and_the_worker_lives(pool_of):
+    """Judging that fails in the worker (here the Authentication-Results of
+    broken facts) does not end the worker: the milter judges the results
+    itself and fails as the milter always has (the decider answers it)."""
+    cfg = config("tests.plugins:BrokenSpfFactsCheck", "headers")
+    pool = pool_of(cfg)
+    local = LocalEvaluator(cfg)
+    try:
+        with pytest.raises(AttributeError):
+            local.evaluate(ENVELOPE, body("hi"))
+    finally:
+        local.close()
+    before = pool.worker_pids()
+    for _ in range(2):
+        with pytest.raises(AttributeError):
+            pool.evaluate(ENVELOPE, body("hi"))
+    assert pool.worker_pids() == before
