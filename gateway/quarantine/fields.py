@@ -2,9 +2,9 @@
 Message-ID), read from the email view of the message.
 
 A worker reads them from the parse its checks already made and sends them
-with its results (gateway.workers), so the milter stores held mail without
-parsing its header a second time; what held mail without them (a worker
-stopped at the deadline, the in-process evaluator) is parsed here.
+in its verdict (gateway.workers), so the milter stores held mail without
+parsing its header a second time; held mail without them (a worker stopped
+at the deadline, the in-process evaluator) is parsed here.
 """
 
 from __future__ import annotations
