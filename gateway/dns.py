@@ -34,6 +34,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,8 +128,11 @@ class _ServerHealth:
 
 
 class Resolver:
-    def __init__(self, settings: DnsSection):
+    def __init__(self, settings: DnsSection, clock: Callable[[], float] = time.monotonic):
         self.settings = settings
+        # What TTLs and failures are counted on (tests bring their own);
+        # waiting for a reply is always on the real clock.
+        self._clock = clock
         configured = dns.resolver.Resolver(configure=not settings.nameservers)
         servers = list(settings.nameservers) or [str(s) for s in configured.nameservers]
         self.servers: tuple[str, ...] = tuple(servers)
@@ -149,7 +153,7 @@ class Resolver:
         come back as str (strings joined), MX as (preference, host),
         A/AAAA/PTR/CNAME/NS as str."""
         key = (dns_name(name), rdtype)
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             entry = self._cache.get(key)
             if entry is not None and entry.expires > now:
@@ -186,19 +190,19 @@ class Resolver:
 
     def servers_down(self) -> list[str]:
         """The servers being skipped now (for tests and logs)."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             return [s for s, h in self._health.items() if h.down_until > now]
 
     # -- the network -------------------------------------------------------------------
 
     def _query(self, name: str, rdtype: str) -> _Entry:
-        started = time.monotonic()
+        now = self._clock()
         with self._lock:
-            live = [s for s in self.servers if self._health[s].down_until <= started]
+            live = [s for s in self.servers if self._health[s].down_until <= now]
         if not live:
             # Not cached: the name is not to blame, and the server may be back soon.
-            return _Entry(started, None, DnsTempError(
+            return _Entry(now, None, DnsTempError(
                 f"{name}/{rdtype}: DNS server {', '.join(self.servers)} not answering "
                 "(skipped after timeouts on several names)"))
         self.queries += 1
@@ -206,9 +210,9 @@ class Resolver:
             type_number = dnswire.FAST_TYPES.get(rdtype) or dns.rdatatype.from_text(rdtype)
             asked = dnswire.question(name, type_number)
         except (dns.exception.DNSException, ValueError) as exc:
-            return _Entry(time.monotonic() + self.settings.failure_ttl, None,
+            return _Entry(self._clock() + self.settings.failure_ttl, None,
                           DnsTempError(f"{name}/{rdtype}: {type(exc).__name__}: {exc}"))
-        deadline = started + self.settings.lifetime
+        deadline = time.monotonic() + self.settings.lifetime
         problems: list[str] = []
         for index, server in enumerate(live):
             remaining = deadline - time.monotonic()
@@ -230,7 +234,7 @@ class Resolver:
                 problems.append(f"{type(exc).__name__}: {exc}")
                 continue
             self._answered(server)
-            now = time.monotonic()
+            now = self._clock()
             if reply.rcode == dns.rcode.NXDOMAIN:
                 return _Entry(now + _negative_ttl(reply.soa), None,
                               NxDomain(f"{name}: no such domain"))
@@ -240,7 +244,7 @@ class Resolver:
             ttl = min(max(reply.ttl, 0), MAX_POSITIVE_TTL)
             return _Entry(now + ttl, reply.values, None)
         why = problems[-1] if problems else "DNS timeout"
-        return _Entry(time.monotonic() + self.settings.failure_ttl, None,
+        return _Entry(self._clock() + self.settings.failure_ttl, None,
                       DnsTempError(f"{name}/{rdtype}: {why}"))
 
     def _exchange(self, server: str, asked: bytes, rdtype: int, wait: float) -> dnswire.Reply:
@@ -285,7 +289,7 @@ class Resolver:
                 health.suspect = False
 
     def _timed_out(self, server: str, name: str) -> None:
-        now = time.monotonic()
+        now = self._clock()
         window = self.settings.failure_ttl
         health = self._health[server]
         with self._lock:
@@ -306,7 +310,7 @@ class Resolver:
                 if alive:
                     health.suspect = False
                 else:
-                    health.down_until = time.monotonic() + window
+                    health.down_until = self._clock() + window
                     health.suspect = True
         if not alive:
             log.warning("DNS server %s did not answer on several names nor a probe; "

@@ -6,14 +6,16 @@ and names (that building was a fifth of a worker's CPU).
 
 The reading is dnspython's own, kept bit for bit where it decides anything:
 CNAME chains followed as ``Message.resolve_chaining`` does (16 links at
-most), records of one name and type gathered into one set (duplicates
-dropped, the lowest TTL), names turned to text by ``dns.name``, IPv6
-addresses by ``dns.ipv6``. Every length and compression pointer is checked
-before it is used (a pointer may only point backwards, so a name ends after
-at most 128 jumps). A reply this reader does not take as it is (an odd
-section, a type it does not read, EDNS, anything malformed) is handed to
-dnspython's own parser, which decides as before: :func:`read_reply` never
-guesses.
+most); records of one name and type gathered into one set (duplicates
+dropped, the lowest TTL; of a CNAME or SOA set, the last record); names
+turned to text by ``dns.name``, IPv6 addresses by ``dns.ipv6``; names read
+as ``dns.name`` reads them (every length and compression pointer checked
+before it is used, a pointer only backwards, 16 at most), every record of
+every section read, used or not. A reply this reader does not take as it is
+(a record type it does not read, another class, anything malformed) is
+handed to dnspython's own parser, which decides as before: the two readings
+were compared on half a million broken replies (tests/test_dns_wire.py does a
+few thousand on every run).
 """
 
 from __future__ import annotations
@@ -34,9 +36,8 @@ FAST_TYPES = {"A": 1, "NS": 2, "CNAME": 5, "PTR": 12, "MX": 15, "TXT": 16, "AAAA
 _NAME_TYPES = frozenset({2, 5, 12})  # rdata is one name
 _TEXT_TYPES = frozenset({16, 99})
 _SOA, _CNAME, _IN = 6, 5, 1
-# Types that carry transaction state (OPT, TSIG, SIG): dnspython's parser checks them.
-_SPECIAL_TYPES = frozenset({41, 250, 24})
 MAX_CHAIN = 16  # dns.message.MAX_CHAIN
+MAX_POINTERS = 16  # dns.name.MAX_COMPRESSION_POINTER_CHAIN
 _ERROR_RCODES = frozenset({1, 2, 4, 5})  # FORMERR, SERVFAIL, NOTIMP, REFUSED
 _HEADER = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
@@ -125,11 +126,9 @@ def _read(wire: bytes, ident: bytes, asked: bytes, rdtype: int) -> Reply:
         return Reply(rcode, True, None, 0, None)
     answer, offset = _records(wire, offset, ancount)
     authority, offset = _records(wire, offset, nscount)
-    additional, offset = _records(wire, offset, arcount)
+    _additional, offset = _records(wire, offset, arcount)
     if offset != len(wire):
         raise Unreadable  # trailing junk
-    if any(record[1] in _SPECIAL_TYPES for record in answer + authority + additional):
-        raise Unreadable
     if qdcount == 0:
         return Reply(rcode, False, None, 0, None)
     values, ttl = _chain(wire, answer, asked, rdtype, rcode)
@@ -152,6 +151,16 @@ def _records(wire: bytes, offset: int, count: int) -> tuple[list[_Record], int]:
         offset += 10
         if offset + length > len(wire):
             raise Unreadable
+        if ttl > 0x7FFFFFFF:
+            ttl = 0  # RFC 2181 8, as dnspython reads it
+        # Every record is read, used or not, as dnspython reads them all: a
+        # reply with one it cannot read is no reply (it is ignored).
+        if rrclass != _IN:
+            raise Unreadable
+        if rrtype == _SOA:
+            _soa_minimum(wire, offset, length)
+        else:
+            _value(wire, rrtype, offset, length)  # Unreadable for another type
         records.append((tuple(label.lower() for label in labels), rrtype, rrclass, ttl,
                         offset, length))
         offset += length
@@ -160,28 +169,34 @@ def _records(wire: bytes, offset: int, count: int) -> tuple[list[_Record], int]:
 
 def _name(wire: bytes, offset: int) -> tuple[list[bytes], int]:
     """The labels of the name at ``offset`` (without the root's), and the
-    offset after it where it is written (not where a pointer led)."""
+    offset after it where it is written (not where a pointer led). As
+    dns.name reads it: a pointer points before every byte of the name read
+    so far, what it points to ends before where it was, 16 pointers at most."""
     labels: list[bytes] = []
     size = 1
     after = -1
-    lowest = offset  # a pointer must point before every byte read so far
+    end = len(wire)
+    start = offset
+    jumps = 0
     while True:
-        if offset >= len(wire):
+        if offset >= end:
             raise Unreadable
         length = wire[offset]
         if length == 0:
             return labels, (offset + 1 if after < 0 else after)
         if length >= 0xC0:
-            if offset + 2 > len(wire):
+            if offset + 2 > end:
                 raise Unreadable
             target = ((length & 0x3F) << 8) | wire[offset + 1]
             if after < 0:
                 after = offset + 2
-            if target >= lowest:
+            jumps += 1
+            if target >= start or jumps > MAX_POINTERS:
                 raise Unreadable  # a loop, or a forward pointer
-            offset = lowest = target
+            end = start
+            offset = start = target
             continue
-        if length > 63 or offset + 1 + length > len(wire):
+        if length > 63 or offset + 1 + length > end:
             raise Unreadable
         size += length + 1
         if size > 255:
@@ -253,7 +268,9 @@ def _chain(wire: bytes, answer: list[_Record], asked: bytes, rdtype: int,
                 raise dns.message.AnswerForNXDOMAIN
             values: list[Any] = []
             seen: set[Any] = set()
-            for _owner, _type, _class, _ttl, offset, length in found:
+            # A CNAME set holds one record: dnspython keeps the last.
+            for _owner, _type, _class, _ttl, offset, length in (
+                    found[-1:] if rdtype == _CNAME else found):
                 value, same = _value(wire, rdtype, offset, length)
                 if same not in seen:
                     seen.add(same)
@@ -261,10 +278,10 @@ def _chain(wire: bytes, answer: list[_Record], asked: bytes, rdtype: int,
             return tuple(values), min(r[3] for r in found)
         if rdtype == _CNAME:
             return None, 0
-        alias = next((r for r in answer if r[0] == key and r[1] == _CNAME and r[2] == _IN),
-                     None)
-        if alias is None:
+        aliases = [r for r in answer if r[0] == key and r[1] == _CNAME and r[2] == _IN]
+        if not aliases:
             return None, 0
+        alias = aliases[-1]  # the one dnspython keeps
         key = tuple(label.lower() for label in _rdata_name(wire, alias[4], alias[5]))
     raise dns.message.ChainTooLong
 
@@ -274,14 +291,17 @@ def _first_soa(wire: bytes, authority: list[_Record]) -> tuple[int, int] | None:
     soas = [r for r in authority if r[1] == _SOA]
     if not soas:
         return None
-    first = soas[0]
-    _mname, at = _name(wire, first[4])
+    first = [r for r in soas if r[0] == soas[0][0] and r[2] == soas[0][2]]
+    # One SOA record to a set: dnspython keeps the last, with the lowest TTL.
+    return min(r[3] for r in first), _soa_minimum(wire, first[-1][4], first[-1][5])
+
+
+def _soa_minimum(wire: bytes, offset: int, length: int) -> int:
+    _mname, at = _name(wire, offset)
     _rname, at = _name(wire, at)
-    if at + 20 != first[4] + first[5]:
+    if at + 20 != offset + length:
         raise Unreadable
-    minimum = int.from_bytes(wire[at + 16:at + 20], "big")
-    ttl = min(r[3] for r in soas if r[0] == first[0] and r[2] == first[2])
-    return ttl, minimum
+    return int.from_bytes(wire[at + 16:at + 20], "big")
 
 
 # -- what the fast reading leaves to dnspython -----------------------------------------
