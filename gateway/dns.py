@@ -23,6 +23,12 @@ a temporary failure.
 
 Answers are plain Python values (strings, tuples), easy to hand to pyspf and
 dkimpy. Lookups never apply the resolv.conf search list.
+
+On the wire (:mod:`gateway.dnswire`): each query from a new socket (a random
+source port) with a random ID, without EDNS, asked again after ``timeout``
+while the lookup's ``lifetime`` lasts, and over TCP when the answer comes
+truncated; a datagram from another address or not answering the query is
+ignored. CNAME chains in the answer are followed.
 """
 
 from __future__ import annotations
@@ -258,8 +264,13 @@ class Resolver:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _Timeout
-            ident = os.urandom(2)
-            reply = _udp(address, ident, asked, rdtype, min(self.settings.timeout, remaining))
+            try:
+                reply = _udp(address, os.urandom(2), asked, rdtype,
+                             min(self.settings.timeout, remaining))
+            except (dns.exception.DNSException, ValueError) as exc:
+                # A reply that is no answer (a CNAME chain too long, an answer
+                # with NXDOMAIN): the server answered, badly.
+                raise _Answered(f"{type(exc).__name__}: {exc}") from None
             if reply is not None:
                 break
         if reply.truncated:
@@ -338,7 +349,10 @@ class _Answered(Exception):
 def _socket_address(server: str, port: int) -> tuple[int, tuple[str, int]]:
     """(family, address) of a server as recvfrom() writes it."""
     family = socket.AF_INET6 if ":" in server else socket.AF_INET
-    return family, (socket.inet_ntop(family, socket.inet_pton(family, server)), port)
+    try:
+        return family, (socket.inet_ntop(family, socket.inet_pton(family, server)), port)
+    except OSError:  # an address with a scope (fe80::1%eth0): as written
+        return family, (server, port)
 
 
 def _udp(address: tuple[int, tuple[str, int]], ident: bytes, asked: bytes, rdtype: int,
