@@ -56,7 +56,9 @@ class Clock:
 
 def resolver(port: int, clock: Clock | None = None, servers: tuple[str, ...] = ("127.0.0.1",),
              **settings) -> Resolver:
-    options = {"timeout": 0.3, "lifetime": 0.6, "failure_ttl": 10.0, **settings}
+    # Long enough for an answer relayed on a busy machine; the tests that
+    # wait for a timeout set their own.
+    options = {"timeout": 2.0, "lifetime": 4.0, "failure_ttl": 10.0, **settings}
     return Resolver(DnsSection(nameservers=servers, port=port, **options),
                     **({"clock": clock} if clock else {}))
 
