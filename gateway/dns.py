@@ -23,28 +23,36 @@ a temporary failure.
 
 Answers are plain Python values (strings, tuples), easy to hand to pyspf and
 dkimpy. Lookups never apply the resolv.conf search list.
+
+On the wire (:mod:`gateway.dnswire`): each query from a new socket (a random
+source port) with a random ID, without EDNS, asked again after ``timeout``
+while the lookup's ``lifetime`` lasts, and over TCP when the answer comes
+truncated; a datagram from another address or not answering the query is
+ignored. CNAME chains in the answer are followed.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
+import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import dns.exception
-import dns.flags
 import dns.message
-import dns.name
 import dns.query
 import dns.rcode
 import dns.rdatatype
 import dns.resolver
 import idna
 
+from gateway import dnswire
 from gateway.config import Config, DnsSection
 
 log = logging.getLogger("gateway.dns")
@@ -126,23 +134,18 @@ class _ServerHealth:
 
 
 class Resolver:
-    def __init__(self, settings: DnsSection):
+    def __init__(self, settings: DnsSection, clock: Callable[[], float] = time.monotonic):
         self.settings = settings
+        # What TTLs and failures are counted on (tests bring their own);
+        # waiting for a reply is always on the real clock.
+        self._clock = clock
         configured = dns.resolver.Resolver(configure=not settings.nameservers)
         servers = list(settings.nameservers) or [str(s) for s in configured.nameservers]
         self.servers: tuple[str, ...] = tuple(servers)
-        # One dnspython resolver per server, so that a timeout is known to be
+        # Each server is asked on its own, so that a timeout is known to be
         # that server's and a dead server can be skipped.
-        self._resolvers: dict[str, dns.resolver.Resolver] = {}
-        for server in self.servers:
-            resolver = dns.resolver.Resolver(configure=False)
-            resolver.nameservers = [server]
-            resolver.port = settings.port
-            resolver.timeout = settings.timeout
-            resolver.lifetime = settings.lifetime
-            resolver.search = []
-            resolver.use_search_by_default = False
-            self._resolvers[server] = resolver
+        self._addresses = {server: _socket_address(server, settings.port)
+                           for server in self.servers}
         self._health = {server: _ServerHealth() for server in self.servers}
         self._cache: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._lock = threading.Lock()
@@ -156,7 +159,7 @@ class Resolver:
         come back as str (strings joined), MX as (preference, host),
         A/AAAA/PTR/CNAME/NS as str."""
         key = (dns_name(name), rdtype)
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             entry = self._cache.get(key)
             if entry is not None and entry.expires > now:
@@ -193,23 +196,29 @@ class Resolver:
 
     def servers_down(self) -> list[str]:
         """The servers being skipped now (for tests and logs)."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             return [s for s, h in self._health.items() if h.down_until > now]
 
     # -- the network -------------------------------------------------------------------
 
     def _query(self, name: str, rdtype: str) -> _Entry:
-        started = time.monotonic()
+        now = self._clock()
         with self._lock:
-            live = [s for s in self.servers if self._health[s].down_until <= started]
+            live = [s for s in self.servers if self._health[s].down_until <= now]
         if not live:
             # Not cached: the name is not to blame, and the server may be back soon.
-            return _Entry(started, None, DnsTempError(
+            return _Entry(now, None, DnsTempError(
                 f"{name}/{rdtype}: DNS server {', '.join(self.servers)} not answering "
                 "(skipped after timeouts on several names)"))
         self.queries += 1
-        deadline = started + self.settings.lifetime
+        try:
+            type_number = dnswire.FAST_TYPES.get(rdtype) or dns.rdatatype.from_text(rdtype)
+            asked = dnswire.question(name, type_number)
+        except (dns.exception.DNSException, ValueError) as exc:
+            return _Entry(self._clock() + self.settings.failure_ttl, None,
+                          DnsTempError(f"{name}/{rdtype}: {type(exc).__name__}: {exc}"))
+        deadline = time.monotonic() + self.settings.lifetime
         problems: list[str] = []
         for index, server in enumerate(live):
             remaining = deadline - time.monotonic()
@@ -218,37 +227,68 @@ class Resolver:
             # Each server but the last gets one timeout; the last what is left.
             wait = remaining if index == len(live) - 1 else min(self.settings.timeout, remaining)
             try:
-                answer = self._resolvers[server].resolve(
-                    name, rdtype, search=False, raise_on_no_answer=False, lifetime=wait)
-            except dns.resolver.NXDOMAIN as exc:
-                self._answered(server)
-                # dnspython's exception methods carry no annotations.
-                qnames = exc.qnames()  # type: ignore[no-untyped-call]
-                ttl = _negative_ttl(
-                    exc.response(qnames[0]) if qnames else None)  # type: ignore[no-untyped-call]
-                return _Entry(time.monotonic() + ttl, None, NxDomain(f"{name}: no such domain"))
-            except dns.resolver.LifetimeTimeout:
+                reply = self._exchange(server, asked, type_number, wait)
+            except _Timeout:
                 self._timed_out(server, name)
                 problems.append("DNS timeout")
                 continue
-            except dns.resolver.NoNameservers as exc:
-                self._answered(server)  # it answered, with SERVFAIL or REFUSED
-                problems.append(_why(exc))
+            except _Answered as exc:
+                self._answered(server)  # it answered, with SERVFAIL, REFUSED, junk...
+                problems.append(str(exc))
                 continue
-            except (dns.exception.DNSException, OSError) as exc:
+            except (dns.exception.DNSException, OSError, ValueError) as exc:
                 problems.append(f"{type(exc).__name__}: {exc}")
                 continue
             self._answered(server)
-            now = time.monotonic()
-            if answer.rrset is None:
-                ttl = _negative_ttl(answer.response)
-                return _Entry(now + ttl, None, NoRecords(f"{name}: no {rdtype} records"))
-            values = tuple(_value(rdata, rdtype) for rdata in answer.rrset)
-            ttl = min(max(answer.rrset.ttl, 0), MAX_POSITIVE_TTL)
-            return _Entry(now + ttl, values, None)
+            now = self._clock()
+            if reply.rcode == dns.rcode.NXDOMAIN:
+                return _Entry(now + _negative_ttl(reply.soa), None,
+                              NxDomain(f"{name}: no such domain"))
+            if reply.values is None:
+                return _Entry(now + _negative_ttl(reply.soa), None,
+                              NoRecords(f"{name}: no {rdtype} records"))
+            ttl = min(max(reply.ttl, 0), MAX_POSITIVE_TTL)
+            return _Entry(now + ttl, reply.values, None)
         why = problems[-1] if problems else "DNS timeout"
-        return _Entry(time.monotonic() + self.settings.failure_ttl, None,
+        return _Entry(self._clock() + self.settings.failure_ttl, None,
                       DnsTempError(f"{name}/{rdtype}: {why}"))
+
+    def _exchange(self, server: str, asked: bytes, rdtype: int, wait: float) -> dnswire.Reply:
+        """The server's NOERROR or NXDOMAIN reply within ``wait`` seconds: over
+        UDP, asked again after each ``timeout`` (a lost datagram), then over
+        TCP if truncated. Raises _Timeout, _Answered (another rcode, or a
+        reply that is no answer) or OSError."""
+        address = self._addresses[server]
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Timeout
+            try:
+                reply = _udp(address, os.urandom(2), asked, rdtype,
+                             min(self.settings.timeout, remaining))
+            except (dns.exception.DNSException, ValueError) as exc:
+                # A reply that is no answer (a CNAME chain too long, an answer
+                # with NXDOMAIN): the server answered, badly.
+                raise _Answered(f"{type(exc).__name__}: {exc}") from None
+            if reply is not None:
+                break
+        if reply.truncated:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Timeout
+            try:
+                reply = _tcp(address, os.urandom(2), asked, rdtype,
+                             min(self.settings.timeout, remaining))
+            except TimeoutError:
+                raise _Timeout from None
+            except (OSError, EOFError, dns.exception.DNSException, ValueError) as exc:
+                raise _Answered(f"truncated over UDP, and over TCP: {exc}") from None
+            if reply.truncated:
+                raise _Answered("truncated over UDP and TCP")
+        if reply.rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            raise _Answered(dns.rcode.to_text(dns.rcode.Rcode.make(reply.rcode)))
+        return reply
 
     # -- server health -----------------------------------------------------------------
 
@@ -260,7 +300,7 @@ class Resolver:
                 health.suspect = False
 
     def _timed_out(self, server: str, name: str) -> None:
-        now = time.monotonic()
+        now = self._clock()
         window = self.settings.failure_ttl
         health = self._health[server]
         with self._lock:
@@ -281,7 +321,7 @@ class Resolver:
                 if alive:
                     health.suspect = False
                 else:
-                    health.down_until = time.monotonic() + window
+                    health.down_until = self._clock() + window
                     health.suspect = True
         if not alive:
             log.warning("DNS server %s did not answer on several names nor a probe; "
@@ -298,39 +338,80 @@ class Resolver:
         return True
 
 
-def _value(rdata: Any, rdtype: str) -> Any:
-    if rdtype in ("TXT", "SPF"):
-        # RFC 6376 3.6.2.2 / RFC 7208 3.3: the strings of one record are
-        # joined with nothing between them.
-        return b"".join(rdata.strings).decode("utf-8", "replace")
-    if rdtype == "MX":
-        return (rdata.preference, rdata.exchange.to_text(omit_final_dot=True).lower())
-    if rdtype in ("A", "AAAA"):
-        return rdata.address
-    if rdtype in ("PTR", "CNAME", "NS"):
-        return rdata.target.to_text(omit_final_dot=True).lower()
-    return rdata.to_text()
+class _Timeout(Exception):
+    """The server did not answer in time."""
 
 
-def _negative_ttl(response: dns.message.Message | None) -> float:
-    if response is not None:
-        for rrset in response.authority:
-            if rrset.rdtype == dns.rdatatype.SOA:
-                return float(min(rrset.ttl, rrset[0].minimum, MAX_NEGATIVE_TTL))
-    return float(DEFAULT_NEGATIVE_TTL)
+class _Answered(Exception):
+    """The server answered, but not with an answer (SERVFAIL, REFUSED...)."""
 
 
-def _why(exc: dns.resolver.NoNameservers) -> str:
-    errors = exc.kwargs.get("errors") or []
-    for _server, _tcp, _port, error, _response in errors:
-        if isinstance(error, str) and error:
-            return error
-    text = str(exc)
-    if "SERVFAIL" in text:
-        return "SERVFAIL"
-    if "REFUSED" in text:
-        return "REFUSED"
-    return text.split(". ")[0]
+def _socket_address(server: str, port: int) -> tuple[int, tuple[str, int]]:
+    """(family, address) of a server as recvfrom() writes it."""
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    try:
+        return family, (socket.inet_ntop(family, socket.inet_pton(family, server)), port)
+    except OSError:  # an address with a scope (fe80::1%eth0): as written
+        return family, (server, port)
+
+
+def _udp(address: tuple[int, tuple[str, int]], ident: bytes, asked: bytes, rdtype: int,
+         timeout: float) -> dnswire.Reply | None:
+    """One query over UDP from a new socket (a new random port); None when
+    no reply came within ``timeout``. Datagrams from elsewhere, or not a
+    reply to this query, are ignored, as dnspython ignores them."""
+    family, peer = address
+    deadline = time.monotonic() + timeout
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.sendto(dnswire.query(ident, asked), peer)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            sock.settimeout(remaining)
+            try:
+                wire, source = sock.recvfrom(65535)
+            except TimeoutError:
+                return None
+            if source[:2] != peer:
+                continue
+            try:
+                return dnswire.read_reply(wire, ident, asked, rdtype)
+            except dnswire.NotOurReply:
+                continue
+
+
+def _tcp(address: tuple[int, tuple[str, int]], ident: bytes, asked: bytes, rdtype: int,
+         timeout: float) -> dnswire.Reply:
+    family, peer = address
+    query = dnswire.query(ident, asked)
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(peer)
+        sock.sendall(len(query).to_bytes(2, "big") + query)
+        size = int.from_bytes(_receive(sock, 2), "big")
+        wire = _receive(sock, size)
+    try:
+        return dnswire.read_reply(wire, ident, asked, rdtype)
+    except dnswire.NotOurReply:
+        raise EOFError("the reply over TCP is not an answer to the query") from None
+
+
+def _receive(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the server closed the connection")
+        data += chunk
+    return data
+
+
+def _negative_ttl(soa: tuple[int, int] | None) -> float:
+    """The SOA record's TTL or minimum, whichever is less (RFC 2308 5)."""
+    if soa is None:
+        return float(DEFAULT_NEGATIVE_TTL)
+    return float(min(soa[0], soa[1], MAX_NEGATIVE_TTL))
 
 
 # One resolver per process, shared by every check (and every worker's checks).

@@ -19,8 +19,8 @@ from gateway.lab.postfix import free_port
 class _UdpServer:
     """A threaded UDP DNS server on a free loopback port; subclasses answer."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.port = port or free_port()
         self.queries = 0
         server = self
 
@@ -34,7 +34,7 @@ class _UdpServer:
                 if reply is not None:
                     sock.sendto(reply.pack(), self.client_address)
 
-        self._server = socketserver.ThreadingUDPServer(("127.0.0.1", self.port), Handler)
+        self._server = socketserver.ThreadingUDPServer((host, self.port), Handler)
         self._server.daemon_threads = True
 
     def answer(self, request):  # -> dnslib.DNSRecord | None (None: no reply at all)
@@ -64,12 +64,14 @@ class FaultServer(_UdpServer):
     ``upstream`` (a port on 127.0.0.1, e.g. a :class:`KnotServer`'s) and its
     reply is relayed: one slow domain on an otherwise healthy resolver.
     With ``exact``, only those names misbehave, not their subdomains; with
-    ``rdtypes`` ("A", "MX", ...), only queries of those types."""
+    ``rdtypes`` ("A", "MX", ...), only queries of those types. ``host`` and
+    ``port``: another loopback address (a second server on the same port)."""
 
     def __init__(self, mode: str = "drop", delay: float = 2.0,
                  names: tuple[str, ...] = (), upstream: int | None = None,
-                 exact: bool = False, rdtypes: tuple[str, ...] = ()):
-        super().__init__()
+                 exact: bool = False, rdtypes: tuple[str, ...] = (),
+                 host: str = "127.0.0.1", port: int | None = None):
+        super().__init__(host, port)
         self.mode = mode
         self.delay = delay
         self.names = tuple(n.lower().rstrip(".") for n in names)
