@@ -15,7 +15,7 @@ AAAA that does not exist, a DKIM key, an NXDOMAIN, a PTR. CPU is this
 process's (time.process_time: every thread, knotd not included); rounds
 alternate the ways, and each round gives each way's ratio to ``resolve``.
 
-    .venv/bin/python tests/bench/dns.py -n 3000 --rounds 5
+    .venv/bin/python tests/bench/dnslookups.py -n 3000 --rounds 5
 
 With ``--per-message N``: how many lookups the DNS checks (SPF, DKIM, ARC,
 DMARC, sender verification, iprev) make for each of N corpus messages
@@ -35,9 +35,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# This file is named dns.py: its folder must not hide dnspython's package.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
 PROJECT_ROOT = Path.cwd() if (Path.cwd() / "gateway" / "dns.py").exists() \
     else Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT_ROOT))
