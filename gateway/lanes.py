@@ -14,10 +14,15 @@ lane:
 
 The costly lane and the large lane may each hold all of ``[pipeline]
 workers`` but one, and costly mail gets a free worker only when no other
-waiting message can take it. So a client looping crafted messages holds at
-most all workers but one, waits behind everyone else, and mail from every
-other client, of any size, finds a worker (while costly mail holds one, the
-pool keeps a worker idle for other mail: see gateway.workers).
+waiting message can take it. Both limits hold while mail that goes before
+theirs has come in the last ``ALONE_AFTER`` seconds: when no other mail is
+about, costly or large mail has every worker (there is nobody to keep one
+for, and a site's one relay, costly for five minutes after one heavy
+message, would have all its mail checked on one worker). So a client
+looping crafted messages holds at most all workers but one while others
+send mail, waits behind everyone else, and mail from every other client,
+of any size, finds a worker (while costly mail holds one and other mail
+is about, the pool keeps a worker idle for it: see gateway.workers).
 
 Why by what a client's mail cost, and not by size alone: size says little
 about cost. Of the fuzz bench's pathological shapes a 205 KiB message takes
@@ -56,6 +61,10 @@ Lane = Literal["ordinary", "large", "costly"]
 # client looping crafted mail stays there; one that sent a single expensive
 # message (a huge legitimate attachment) is back after five minutes.
 COSTLY_FOR = 300.0
+# The costly and the large lane are held back only while mail that goes
+# before theirs came in this many seconds (lane_limits).
+ALONE_AFTER = 30.0
+UNLIMITED = 1 << 30
 # Clients remembered at most (the least recently costly are forgotten
 # first): an attacker with many addresses cannot grow the table.
 MAX_CLIENTS = 10_000
@@ -126,13 +135,32 @@ class Waiting(Protocol):
 W = TypeVar("W", bound=Waiting)
 
 
-def next_to_go(waiting: Iterable[W], busy: Mapping[Lane, int], limit: int) -> W | None:
+def lane_limits(arrived: Mapping[Lane, float], now: float, limit: int,
+                alone_after: float = ALONE_AFTER) -> dict[Lane, int]:
+    """The workers the costly and the large lane may hold: ``limit`` while
+    mail that goes before theirs came in the last ``alone_after`` seconds
+    (``arrived``: when each lane's last message came); else every worker.
+    A lane is held back for other mail, and when there is none about there
+    is nobody to hold it back for: a site whose mail all comes through one
+    relay would otherwise check it on one worker for COSTLY_FOR seconds
+    after one heavy message."""
+    def about(lanes: tuple[Lane, ...]) -> bool:
+        return any(now - arrived.get(lane, float("-inf")) < alone_after for lane in lanes)
+
+    return {"costly": limit if about(("ordinary", "large")) else UNLIMITED,
+            "large": limit if about(("ordinary",)) else UNLIMITED}
+
+
+def next_to_go(waiting: Iterable[W], busy: Mapping[Lane, int],
+               limit: int | Mapping[Lane, int]) -> W | None:
     """The waiting message that gets a free worker: the first to have come
     whose lane has room (the costly and the large lane hold at most
-    ``limit`` workers each), costly mail only when no other can go."""
+    ``limit`` workers each, or their own of :func:`lane_limits`), costly
+    mail only when no other can go."""
+    limits = limit if isinstance(limit, Mapping) else {"costly": limit, "large": limit}
     costly: W | None = None
     for turn in waiting:
-        if turn.lane != "ordinary" and busy.get(turn.lane, 0) >= limit:
+        if turn.lane != "ordinary" and busy.get(turn.lane, 0) >= limits[turn.lane]:
             continue
         if turn.lane != "costly":
             return turn

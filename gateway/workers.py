@@ -70,7 +70,15 @@ from gateway.checks import BUILTIN
 from gateway.config import Config
 from gateway.cpu import SPARE_CORES, IdleShare
 from gateway.forkshare import share_model
-from gateway.lanes import COSTLY_FOR, CostlyClients, Lane, client_of, lane_of, next_to_go
+from gateway.lanes import (
+    COSTLY_FOR,
+    CostlyClients,
+    Lane,
+    client_of,
+    lane_limits,
+    lane_of,
+    next_to_go,
+)
 from gateway.logs import for_message, setup_logging
 from gateway.message import Envelope, Message, RawContent
 from gateway.pipeline import Pipeline, assemble, check_classes
@@ -263,6 +271,7 @@ class WorkerPool:
         self._clock = clock
         self._costly = CostlyClients(clock)
         self._busy: Counter[Lane] = Counter()  # workers busy, by the lane of their message
+        self._arrived: dict[Lane, float] = {}  # when each lane's last message came
         self._queue: list[_Turn] = []  # messages waiting for a worker, in arrival order
         self._demand: dict[int, float] = {}  # pid -> seconds run or runnable
         self._demand_at = float("-inf")
@@ -418,6 +427,7 @@ class WorkerPool:
             if self._closed:
                 raise WorkerFailed("the worker pool is shut down")
             lane = lane_of(client in self._costly, size, self.heavy_bytes)
+            self._arrived[lane] = arrived
             turn = _Turn(lane, client, threading.Condition(self._mutex))
             self._queue.append(turn)
             self._hand_out()
@@ -452,8 +462,9 @@ class WorkerPool:
         gateway.lanes.next_to_go (under the lock): first come first served,
         but a message whose lane is full lets the ones behind it go first,
         and costly mail goes last."""
+        limits = lane_limits(self._arrived, self._clock(), self.lane_limit)
         while self._idle:
-            turn = next_to_go(self._queue, self._busy, self.lane_limit)
+            turn = next_to_go(self._queue, self._busy, limits)
             if turn is None:
                 return
             self._queue.remove(turn)
@@ -471,7 +482,9 @@ class WorkerPool:
         takes a second or more to start on cores busy with costly mail.
         Costly mail never takes it: its lane is full (under the lock)."""
         if self._busy["costly"] and not self._idle and not self._starting \
-                and len(self._workers) < self.max_size and not self._closed:
+                and len(self._workers) < self.max_size and not self._closed and \
+                lane_limits(self._arrived, self._clock(), self.lane_limit)["costly"] \
+                == self.lane_limit:  # only while other mail is about
             self._grow()
 
     def _wake_all(self) -> None:

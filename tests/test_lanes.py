@@ -13,7 +13,17 @@ from pathlib import Path
 import pytest
 
 from gateway.lab.milter_process import MilterProcess
-from gateway.lanes import COSTLY_FOR, CostlyClients, Lane, client_of, lane_of, next_to_go
+from gateway.lanes import (
+    ALONE_AFTER,
+    COSTLY_FOR,
+    UNLIMITED,
+    CostlyClients,
+    Lane,
+    client_of,
+    lane_limits,
+    lane_of,
+    next_to_go,
+)
 from tests.helpers import PROJECT_ROOT, wait_until
 from tests.milterclient import MilterClient, Outcome
 
@@ -83,6 +93,22 @@ def test_costly_mail_gets_a_worker_only_when_no_other_message_can():
     assert go([ordinary], large=5, costly=5) == "o"  # ordinary mail is never held back
     assert go([costly, Turn("c2", "costly")], limit=3, costly=2) == "c"
     assert go([]) is None
+
+
+def test_a_lane_is_held_back_only_while_mail_that_goes_before_it_is_about():
+    now = 1000.0
+    recent, old = now - ALONE_AFTER / 2, now - ALONE_AFTER - 1
+    assert lane_limits({"ordinary": recent, "costly": now}, now, 1) == {"costly": 1, "large": 1}
+    # Large mail from others keeps the costly lane back, not the large one.
+    assert lane_limits({"large": recent, "costly": now}, now, 1) == {
+        "costly": 1, "large": UNLIMITED}
+    # Only costly mail for a while (a site's one relay after one heavy
+    # message): nobody to keep a worker for.
+    assert lane_limits({"ordinary": old, "costly": now}, now, 1) == {
+        "costly": UNLIMITED, "large": UNLIMITED}
+    assert lane_limits({}, now, 3)["costly"] == UNLIMITED
+    costly = [Turn("c1", "costly"), Turn("c2", "costly")]
+    assert go(costly, limit=lane_limits({"costly": now}, now, 1), costly=1) == "c1"
 
 
 # -- through the real milter --------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 from gateway.config import Config, PipelineSection
 from gateway.decider import Decider
 from gateway.evaluator import LocalEvaluator
+from gateway.lanes import ALONE_AFTER
 from gateway.message import Envelope, RawContent
 from gateway.schema import ConfigError
 from gateway.workers import (
@@ -433,6 +434,30 @@ def test_a_client_is_costly_as_soon_as_its_message_in_a_worker_has_used_too_much
         (attack / "open").touch()
         assert "TEST_HELD" in names(holding.result(timeout=60))
         assert queued.result(timeout=60).failed_checks == ()
+
+
+def test_a_costly_client_alone_gets_every_worker_until_other_mail_comes(
+        pool_of, tmp_path: Path):
+    """Two workers; after a client's mail is costly, no other mail for longer
+    than ALONE_AFTER (a site's one relay after one heavy message): its next
+    two messages run at once. Once another client's message has come, the
+    costly lane is held to all workers but one again."""
+    clock = ManualClock()
+    pool = pool_of(lanes_config(workers=2, max_workers=2), clock=clock)
+    wait_until(lambda: len(pool.worker_pids()) == 2)
+    make_costly(pool)
+    clock.advance(ALONE_AFTER + 1)
+    alone, later = tmp_path / "alone", tmp_path / "later"
+    with ThreadPoolExecutor(4) as threads:
+        both = [threads.submit(pool.evaluate, ATTACKER, held(alone)) for _ in range(2)]
+        wait_until(lambda: running(alone) == 2, what="both costly messages running")
+        (alone / "open").touch()
+        assert all("TEST_HELD" in names(f.result(timeout=60)) for f in both)
+        assert pool.evaluate(OTHER, body("another client")).failed_checks == ()
+        again = [threads.submit(pool.evaluate, ATTACKER, held(later)) for _ in range(2)]
+        wait_until(lambda: running(later) == 1 and len(pool._queue) == 1)
+        (later / "open").touch()
+        assert all("TEST_HELD" in names(f.result(timeout=60)) for f in again)
 
 
 def test_the_pool_keeps_a_worker_ready_for_other_mail_while_costly_mail_holds_one(
