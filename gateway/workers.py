@@ -94,7 +94,8 @@ log = logging.getLogger("gateway.workers")
 # Extra workers beyond [pipeline] workers retire after this long idle.
 IDLE_RETIREMENT = 60.0
 # The pool grows when every worker has been busy with one message for this
-# long: a slow message, not just a busy moment.
+# long (a slow message, not just a busy moment), while the cores have time
+# to spare (SPARE_CORES, below).
 GROW_AFTER = 0.5
 # It also grows when a message has waited this long for a worker while the
 # workers spend most of their time waiting on the network (DNS, clamd), not
@@ -281,6 +282,7 @@ class WorkerPool:
         # Read with each reading of the demand.
         self._cores: IdleReading = cores or IdleShare(window=0.0)
         self._waiting_on_network = False
+        self._idle_share = 1.0  # the cores' idle share at the last reading
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(_preload(config))
         share_model(_model_to_share(config))  # read when the fork server starts
@@ -441,8 +443,9 @@ class WorkerPool:
                                            f"({len(self._workers)} running, "
                                            f"{self._starting} starting, {lane} lane)")
                     self._judge_running(now)
-                    if not self._starting and len(self._workers) < self.max_size and (
-                            self._all_slow()
+                    if not self._starting and len(self._workers) < self.max_size and \
+                            self._has_room(turn.lane) and (
+                            (self._all_slow() and self._cores_to_spare())
                             or (now - arrived > QUEUE_WAIT and self._workers_wait_on_network())):
                         self._grow()  # whichever comes first: this one or a freed one
                     turn.ready.wait(timeout=QUEUE_WAIT)
@@ -499,13 +502,34 @@ class WorkerPool:
         if now - self._demand_at < DEMAND_WINDOW:
             return self._waiting_on_network
         demand = {w.pid: self._read_demand(w.pid) for w in self._workers}
+        # Only the workers with a message say whether messages wait on the
+        # network: an idle one (the spare kept for other mail) waits on nothing.
+        busy = {w.pid for w in self._workers if w.busy_since is not None}
         shares = [max(demand[pid] - self._demand[pid], 0.0) / (now - self._demand_at)
-                  for pid in demand if pid in self._demand and demand[pid] >= 0]
-        idle_share = self._cores.share()
+                  for pid in demand if pid in busy and pid in self._demand and demand[pid] >= 0]
+        idle_share = self._idle_share = self._cores.share()
         self._demand, self._demand_at = demand, now
         self._waiting_on_network = bool(shares) and idle_share >= SPARE_CORES and \
             sum(shares) / len(shares) < IO_WAITING_SHARE
         return self._waiting_on_network
+
+    def _has_room(self, lane: Lane) -> bool:
+        """Whether a message of this lane could take another worker: a new
+        one started for a message whose lane is full would sit idle (under
+        the lock)."""
+        if lane == "ordinary":
+            return True
+        return self._busy[lane] < lane_limits(self._arrived, self._clock(),
+                                              self.lane_limit)[lane]
+
+    def _cores_to_spare(self) -> bool:
+        """Whether the machine's cores were idle at least SPARE_CORES of the
+        time, by the last reading (taken with the workers' demand): slow
+        messages on busy cores are slow for want of CPU, which more
+        processes would not give them (at 50 sessions on 2 cores the pool
+        grew to 8 workers, 1 GB, for no more mail a second)."""
+        self._workers_wait_on_network()  # reads both, at most every DEMAND_WINDOW
+        return self._idle_share >= SPARE_CORES
 
     def _all_slow(self) -> bool:
         now = self._clock()

@@ -117,7 +117,8 @@ def test_a_worker_that_dies_makes_the_message_a_temporary_failure(pool_of):
 
 @pytest.mark.slow
 def test_slow_messages_do_not_hold_up_the_others(pool_of, tmp_path: Path):
-    pool = pool_of(config("tests.plugins:GateCheck", budget=30.0, max_workers=4))
+    pool = pool_of(config("tests.plugins:GateCheck", budget=30.0, max_workers=4),
+                   cores=Idle(1.0))  # the machine's cores have time: more workers help
     gate = tmp_path / "open"
     with ThreadPoolExecutor(4) as threads:
         slow = [threads.submit(pool.evaluate, ENVELOPE, body(f"WAIT-FOR: {gate}"))
@@ -228,6 +229,25 @@ def test_the_pool_does_not_grow_when_more_processes_would_not_check_faster(
         with pool._lock:  # the waiting message decided on its second reading
             assert not pool._starting and len(pool._workers) == 1
         assert not second.done()
+        gate.touch()
+        assert "TEST_GATE_OPENED" in names(first.result(timeout=30))
+        assert second.result(timeout=30).failed_checks == ()
+    assert len(pool.worker_pids()) == 1
+
+
+def test_slow_messages_on_busy_cores_do_not_grow_the_pool(pool_of, tmp_path: Path):
+    """Every worker busy with one message past GROW_AFTER, but the machine's
+    cores are busy too: the messages are slow for want of CPU, and more
+    processes would not give them any. The waiting message waits."""
+    pool, gate, first, second, threads = held_and_waiting(pool_of, tmp_path, running=0.0,
+                                                          idle=0.1)
+    clock = pool._clock  # held_and_waiting's ManualClock
+    with threads:
+        clock.advance(GROW_AFTER + DEMAND_WINDOW)
+        wait_until(lambda: clock.now - pool._demand_at < DEMAND_WINDOW,
+                   what="a reading after the workers turned slow")
+        with pool._lock:
+            assert not pool._starting and len(pool._workers) == 1
         gate.touch()
         assert "TEST_GATE_OPENED" in names(first.result(timeout=30))
         assert second.result(timeout=30).failed_checks == ()
@@ -458,6 +478,34 @@ def test_a_costly_client_alone_gets_every_worker_until_other_mail_comes(
         wait_until(lambda: running(later) == 1 and len(pool._queue) == 1)
         (later / "open").touch()
         assert all("TEST_HELD" in names(f.result(timeout=60)) for f in again)
+
+
+def test_no_worker_is_started_for_a_message_whose_lane_is_full(pool_of, tmp_path: Path):
+    """Costly mail holds its lane's one worker and the spare waits for
+    other mail; the costly client's next message waits, on a machine with
+    idle cores and workers that wait on the network: a new worker would
+    sit idle (its lane is full), and the idle spare does not count as a
+    worker waiting on the network."""
+    clock = ManualClock()
+    demand = Demand(clock, running=0.0)
+    pool = pool_of(lanes_config(workers=1, max_workers=4), clock=clock, cores=Idle(1.0),
+                   demand=demand)
+    make_costly(pool)
+    attack = tmp_path / "attack"
+    with ThreadPoolExecutor(3) as threads:
+        holding = threads.submit(pool.evaluate, ATTACKER, held(attack))
+        wait_until(lambda: running(attack) == 1)
+        wait_until(lambda: len(pool._idle) == 1, what="the spare, idle")
+        waiting = threads.submit(pool.evaluate, ATTACKER, held(attack))
+        wait_until(lambda: len(pool._queue) == 1)
+        for _ in range(3):  # past QUEUE_WAIT, and readings of the demand
+            clock.advance(DEMAND_WINDOW + 0.05)
+            time.sleep(0.2)  # the waiting message's loop looks every QUEUE_WAIT
+        with pool._lock:
+            assert not pool._starting and len(pool._workers) == 2
+        (attack / "open").touch()
+        assert "TEST_HELD" in names(holding.result(timeout=60))
+        assert "TEST_HELD" in names(waiting.result(timeout=60))
 
 
 def test_the_pool_keeps_a_worker_ready_for_other_mail_while_costly_mail_holds_one(
