@@ -16,13 +16,13 @@ The costly lane and the large lane may each hold all of ``[pipeline]
 workers`` but one, and costly mail gets a free worker only when no other
 waiting message can take it. Both limits hold while mail that goes before
 theirs has come in the last ``ALONE_AFTER`` seconds: when no other mail is
-about, costly or large mail has every worker (there is nobody to keep one
-for, and a site's one relay, costly for five minutes after one heavy
-message, would have all its mail checked on one worker). So a client
-looping crafted messages holds at most all workers but one while others
-send mail, waits behind everyone else, and mail from every other client,
-of any size, finds a worker (while costly mail holds one and other mail
-is about, the pool keeps a worker idle for it: see gateway.workers).
+about, costly or large mail may hold all of ``[pipeline] workers`` (a
+site's one relay, costly for five minutes after one heavy message, would
+otherwise have all its mail checked on one worker). So a client looping
+crafted messages holds at most all workers but one while others send
+mail, waits behind everyone else, and mail from every other client, of
+any size, finds a worker (while costly mail holds one, the pool keeps one
+more idle for other mail, beyond ``workers``: see gateway.workers).
 
 Why by what a client's mail cost, and not by size alone: size says little
 about cost. Of the fuzz bench's pathological shapes a 205 KiB message takes
@@ -64,7 +64,6 @@ COSTLY_FOR = 300.0
 # The costly and the large lane are held back only while mail that goes
 # before theirs came in this many seconds (lane_limits).
 ALONE_AFTER = 30.0
-UNLIMITED = 1 << 30
 # Clients remembered at most (the least recently costly are forgotten
 # first): an attacker with many addresses cannot grow the table.
 MAX_CLIENTS = 10_000
@@ -135,20 +134,21 @@ class Waiting(Protocol):
 W = TypeVar("W", bound=Waiting)
 
 
-def lane_limits(arrived: Mapping[Lane, float], now: float, limit: int,
+def lane_limits(arrived: Mapping[Lane, float], now: float, limit: int, alone: int,
                 alone_after: float = ALONE_AFTER) -> dict[Lane, int]:
     """The workers the costly and the large lane may hold: ``limit`` while
     mail that goes before theirs came in the last ``alone_after`` seconds
-    (``arrived``: when each lane's last message came); else every worker.
-    A lane is held back for other mail, and when there is none about there
-    is nobody to hold it back for: a site whose mail all comes through one
-    relay would otherwise check it on one worker for COSTLY_FOR seconds
-    after one heavy message."""
+    (``arrived``: when each lane's last message came); else ``alone`` (all
+    of ``[pipeline] workers``: the pool's spare, started while costly mail
+    runs, stays for other mail). A lane is held back for other mail, and
+    when there is none about there is nobody to hold it back for: a site
+    whose mail all comes through one relay would otherwise check it on one
+    worker for COSTLY_FOR seconds after one heavy message."""
     def about(lanes: tuple[Lane, ...]) -> bool:
         return any(now - arrived.get(lane, float("-inf")) < alone_after for lane in lanes)
 
-    return {"costly": limit if about(("ordinary", "large")) else UNLIMITED,
-            "large": limit if about(("ordinary",)) else UNLIMITED}
+    return {"costly": limit if about(("ordinary", "large")) else alone,
+            "large": limit if about(("ordinary",)) else alone}
 
 
 def next_to_go(waiting: Iterable[W], busy: Mapping[Lane, int],

@@ -465,7 +465,7 @@ class WorkerPool:
         gateway.lanes.next_to_go (under the lock): first come first served,
         but a message whose lane is full lets the ones behind it go first,
         and costly mail goes last."""
-        limits = lane_limits(self._arrived, self._clock(), self.lane_limit)
+        limits = lane_limits(self._arrived, self._clock(), self.lane_limit, self.size)
         while self._idle:
             turn = next_to_go(self._queue, self._busy, limits)
             if turn is None:
@@ -485,9 +485,7 @@ class WorkerPool:
         takes a second or more to start on cores busy with costly mail.
         Costly mail never takes it: its lane is full (under the lock)."""
         if self._busy["costly"] and not self._idle and not self._starting \
-                and len(self._workers) < self.max_size and not self._closed and \
-                lane_limits(self._arrived, self._clock(), self.lane_limit)["costly"] \
-                == self.lane_limit:  # only while other mail is about
+                and len(self._workers) < self.max_size and not self._closed:
             self._grow()
 
     def _wake_all(self) -> None:
@@ -520,7 +518,7 @@ class WorkerPool:
         if lane == "ordinary":
             return True
         return self._busy[lane] < lane_limits(self._arrived, self._clock(),
-                                              self.lane_limit)[lane]
+                                              self.lane_limit, self.size)[lane]
 
     def _cores_to_spare(self) -> bool:
         """Whether the machine's cores were idle at least SPARE_CORES of the

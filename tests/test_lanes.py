@@ -16,7 +16,6 @@ from gateway.lab.milter_process import MilterProcess
 from gateway.lanes import (
     ALONE_AFTER,
     COSTLY_FOR,
-    UNLIMITED,
     CostlyClients,
     Lane,
     client_of,
@@ -98,17 +97,19 @@ def test_costly_mail_gets_a_worker_only_when_no_other_message_can():
 def test_a_lane_is_held_back_only_while_mail_that_goes_before_it_is_about():
     now = 1000.0
     recent, old = now - ALONE_AFTER / 2, now - ALONE_AFTER - 1
-    assert lane_limits({"ordinary": recent, "costly": now}, now, 1) == {"costly": 1, "large": 1}
+    assert lane_limits({"ordinary": recent, "costly": now}, now, 1, 2) == {
+        "costly": 1, "large": 1}
     # Large mail from others keeps the costly lane back, not the large one.
-    assert lane_limits({"large": recent, "costly": now}, now, 1) == {
-        "costly": 1, "large": UNLIMITED}
+    assert lane_limits({"large": recent, "costly": now}, now, 1, 2) == {
+        "costly": 1, "large": 2}
     # Only costly mail for a while (a site's one relay after one heavy
-    # message): nobody to keep a worker for.
-    assert lane_limits({"ordinary": old, "costly": now}, now, 1) == {
-        "costly": UNLIMITED, "large": UNLIMITED}
-    assert lane_limits({}, now, 3)["costly"] == UNLIMITED
+    # message): it may hold every worker the pool keeps.
+    assert lane_limits({"ordinary": old, "costly": now}, now, 1, 2) == {
+        "costly": 2, "large": 2}
+    assert lane_limits({}, now, 3, 4)["costly"] == 4
     costly = [Turn("c1", "costly"), Turn("c2", "costly")]
-    assert go(costly, limit=lane_limits({"costly": now}, now, 1), costly=1) == "c1"
+    assert go(costly, limit=lane_limits({"costly": now}, now, 1, 2), costly=1) == "c1"
+    assert go(costly, limit=lane_limits({"costly": now}, now, 1, 2), costly=2) is None
 
 
 # -- through the real milter --------------------------------------------------------
