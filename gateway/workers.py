@@ -267,8 +267,11 @@ class WorkerPool:
         self.max_messages = settings.worker_max_messages
         self.heavy_bytes = settings.heavy_message_bytes
         self.heavy_cpu = settings.heavy_cpu_seconds
-        # The costly and the large lane each hold at most this many workers.
+        # The costly and the large lane each hold at most this many workers,
+        # and all kept ones while no other mail is about (gateway.lanes), if
+        # the pool may start a spare for other mail beyond them.
         self.lane_limit = max(self.size - 1, 1)
+        self.alone_limit = self.size if self.max_size > self.size else self.lane_limit
         self._clock = clock
         self._costly = CostlyClients(clock)
         self._busy: Counter[Lane] = Counter()  # workers busy, by the lane of their message
@@ -465,7 +468,7 @@ class WorkerPool:
         gateway.lanes.next_to_go (under the lock): first come first served,
         but a message whose lane is full lets the ones behind it go first,
         and costly mail goes last."""
-        limits = lane_limits(self._arrived, self._clock(), self.lane_limit, self.size)
+        limits = lane_limits(self._arrived, self._clock(), self.lane_limit, self.alone_limit)
         while self._idle:
             turn = next_to_go(self._queue, self._busy, limits)
             if turn is None:
@@ -518,7 +521,7 @@ class WorkerPool:
         if lane == "ordinary":
             return True
         return self._busy[lane] < lane_limits(self._arrived, self._clock(),
-                                              self.lane_limit, self.size)[lane]
+                                              self.lane_limit, self.alone_limit)[lane]
 
     def _cores_to_spare(self) -> bool:
         """Whether the machine's cores were idle at least SPARE_CORES of the

@@ -458,12 +458,13 @@ def test_a_client_is_costly_as_soon_as_its_message_in_a_worker_has_used_too_much
 
 def test_a_costly_client_alone_gets_every_worker_until_other_mail_comes(
         pool_of, tmp_path: Path):
-    """Two workers; after a client's mail is costly, no other mail for longer
-    than ALONE_AFTER (a site's one relay after one heavy message): its next
-    two messages run at once. Once another client's message has come, the
-    costly lane is held to all workers but one again."""
+    """Two workers kept (up to three: room for the spare); after a client's
+    mail is costly, no other mail for longer than ALONE_AFTER (a site's one
+    relay after one heavy message): its next two messages run at once. Once
+    another client's message has come, the costly lane is held to all
+    workers but one again."""
     clock = ManualClock()
-    pool = pool_of(lanes_config(workers=2, max_workers=2), clock=clock)
+    pool = pool_of(lanes_config(workers=2, max_workers=3), clock=clock)
     wait_until(lambda: len(pool.worker_pids()) == 2)
     make_costly(pool)
     clock.advance(ALONE_AFTER + 1)
@@ -478,6 +479,24 @@ def test_a_costly_client_alone_gets_every_worker_until_other_mail_comes(
         wait_until(lambda: running(later) == 1 and len(pool._queue) == 1)
         (later / "open").touch()
         assert all("TEST_HELD" in names(f.result(timeout=60)) for f in again)
+
+
+def test_without_room_for_a_spare_costly_mail_alone_keeps_a_worker_free(
+        pool_of, tmp_path: Path):
+    """Two workers and no more: no spare can start for other mail, so the
+    costly lane stays at all workers but one even with no other mail about."""
+    clock = ManualClock()
+    pool = pool_of(lanes_config(workers=2, max_workers=2), clock=clock)
+    wait_until(lambda: len(pool.worker_pids()) == 2)
+    make_costly(pool)
+    clock.advance(ALONE_AFTER + 1)
+    alone = tmp_path / "alone"
+    with ThreadPoolExecutor(3) as threads:
+        both = [threads.submit(pool.evaluate, ATTACKER, held(alone)) for _ in range(2)]
+        wait_until(lambda: running(alone) == 1 and len(pool._queue) == 1)
+        assert pool.evaluate(OTHER, body("finds the free worker")).failed_checks == ()
+        (alone / "open").touch()
+        assert all("TEST_HELD" in names(f.result(timeout=60)) for f in both)
 
 
 def test_no_worker_is_started_for_a_message_whose_lane_is_full(pool_of, tmp_path: Path):
