@@ -456,6 +456,17 @@ def test_a_client_is_costly_as_soon_as_its_message_in_a_worker_has_used_too_much
         assert queued.result(timeout=60).failed_checks == ()
 
 
+def costly_and_alone(pool_of, max_workers: int) -> WorkerPool:
+    """Two workers kept; the attacker's mail costly, and no other mail for
+    longer than ALONE_AFTER since."""
+    clock = ManualClock()
+    pool = pool_of(lanes_config(workers=2, max_workers=max_workers), clock=clock)
+    wait_until(lambda: len(pool.worker_pids()) == 2)
+    make_costly(pool)
+    clock.advance(ALONE_AFTER + 1)
+    return pool
+
+
 def test_a_costly_client_alone_gets_every_worker_until_other_mail_comes(
         pool_of, tmp_path: Path):
     """Two workers kept (up to three: room for the spare); after a client's
@@ -463,11 +474,7 @@ def test_a_costly_client_alone_gets_every_worker_until_other_mail_comes(
     relay after one heavy message): its next two messages run at once. Once
     another client's message has come, the costly lane is held to all
     workers but one again."""
-    clock = ManualClock()
-    pool = pool_of(lanes_config(workers=2, max_workers=3), clock=clock)
-    wait_until(lambda: len(pool.worker_pids()) == 2)
-    make_costly(pool)
-    clock.advance(ALONE_AFTER + 1)
+    pool = costly_and_alone(pool_of, max_workers=3)
     alone, later = tmp_path / "alone", tmp_path / "later"
     with ThreadPoolExecutor(4) as threads:
         both = [threads.submit(pool.evaluate, ATTACKER, held(alone)) for _ in range(2)]
@@ -485,11 +492,7 @@ def test_without_room_for_a_spare_costly_mail_alone_keeps_a_worker_free(
         pool_of, tmp_path: Path):
     """Two workers and no more: no spare can start for other mail, so the
     costly lane stays at all workers but one even with no other mail about."""
-    clock = ManualClock()
-    pool = pool_of(lanes_config(workers=2, max_workers=2), clock=clock)
-    wait_until(lambda: len(pool.worker_pids()) == 2)
-    make_costly(pool)
-    clock.advance(ALONE_AFTER + 1)
+    pool = costly_and_alone(pool_of, max_workers=2)
     alone = tmp_path / "alone"
     with ThreadPoolExecutor(3) as threads:
         both = [threads.submit(pool.evaluate, ATTACKER, held(alone)) for _ in range(2)]

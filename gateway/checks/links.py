@@ -24,8 +24,9 @@ host judged here is the host a click opens.
   identity check's lists and memory).
 - ``URL_LOOKALIKE_CRAFTED``: beside ``URL_LOOKALIKE_DOMAIN``, when the
   imitation has a form made to deceive (:func:`gateway.lookalike.crafted_form`:
-  a confusable letter, one slip of the keyboard, hyphens, a bait word joined
-  with a hyphen, the imitated domain written inside another), not a name
+  a confusable letter, a digit for the letter it resembles, one slip of the
+  keyboard, hyphens, a bait word joined with a hyphen, the imitated domain
+  written inside another), not a name
   of its own that happens to be close (lindows.com) nor the same name
   under another TLD (brands own many: facebook.net, apple.co).
 - ``URL_USERINFO_TRICK``: a host name written as the user name in front of
@@ -190,8 +191,9 @@ class LinksCheck(Check):
         "URL_LOOKALIKE_DOMAIN": "a linked host imitates our domain or a brand's (a confusable "
                                 "spelling, a typo, a word added, another TLD)",
         "URL_LOOKALIKE_CRAFTED": "the linked lookalike is written to deceive (a confusable "
-                                 "letter, a keyboard slip, hyphens, a bait word after a "
-                                 "hyphen, the domain inside another), not a name of its own",
+                                 "letter, a digit for a letter, a keyboard slip, hyphens, a "
+                                 "bait word after a hyphen, the domain inside another), not a "
+                                 "name of its own",
         "URL_BRAND_MISMATCH": "a link's text or picture speaks as a brand, and the link goes "
                               "to none of the brand's domains",
         "QR_CODE_URL": "a picture holds a QR code that leads to a URL",
