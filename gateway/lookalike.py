@@ -309,8 +309,9 @@ class DomainIndex:
         if found is None:
             return None
         imitated, technique, distance = found
-        crafted = crafted_form(technique, split_registrable(reg)[0],
-                               split_registrable(imitated)[0], distance)
+        label, suffix = split_registrable(reg)
+        crafted = crafted_form(technique, label, split_registrable(imitated)[0], distance,
+                               suffix)
         return Lookalike(reg, imitated, technique, self.owners.get(imitated, ""), distance,
                          crafted=crafted)
 
@@ -392,29 +393,54 @@ class DomainIndex:
         return imitated, "typo", distance
 
 
-def crafted_form(technique: str, label: str, imitated: str, distance: int = 0) -> str:
+def crafted_form(technique: str, label: str, imitated: str, distance: int = 0,
+                 suffix: str = "") -> str:
     """How a lookalike's form was made to deceive, or "" when it was not:
     forms where names of their own rarely fall. A confusable spelling,
     hyphens inserted, the imitated domain written inside another (its dots
     as hyphens, or as a subdomain), a bait word joined with a hyphen
     (``paypal-secure``), a letter written as the digit it resembles
-    (:func:`leet_digit`), or one slip of the keyboard
-    (:func:`keyboard_slip`). Not crafted: the very name under another TLD
-    (brands hold many: facebook.net, apple.co, google.org, and not all are
-    listed), a word run into the name (``outlooksecure``, a product's name
-    as often as a phish's) and other near spellings (``lindows``,
-    ``qmail``: a letter far from the one it replaces on the keyboard, a
-    name chosen, not a slip made).
+    (:func:`leet_digit`), one slip of the keyboard (:func:`keyboard_slip`),
+    or a name of 5 letters or more under a generic TLD other than .com,
+    .net and .org (:func:`unkept_tld`: ``paypal.top``). Not crafted: the very name under
+    .com, .net, .org or a country's code (brands keep sites there, and hold
+    many such names: facebook.net, apple.co, google.org, not all listed),
+    a word run into the name (``outlooksecure``, a product's name as often
+    as a phish's) and other near spellings (``lindows``, ``qmail``: a letter
+    far from the one it replaces on the keyboard, a name chosen, not a slip
+    made).
 
     ``label``: the lookalike's registrable label; ``imitated``: the
-    imitated domain's, as written."""
+    imitated domain's, as written; ``suffix``: the lookalike's public
+    suffix."""
     if technique in ("confusable", "hyphen", "dots", "subdomain"):
         return TECHNIQUES[technique]
     if technique == "affix":
         return "a bait word after a hyphen" if "-" in label else ""
     if technique == "typo" and distance == 1:
         return keyboard_slip(label, imitated) or leet_digit(label, imitated)
+    # Shorter names are acronyms and words others hold too (ups.shop: power supplies).
+    if technique == "tld" and len(imitated) >= TYPO_MIN and unkept_tld(suffix):
+        return f"its name under .{suffix}, a generic TLD other than .com, .net and .org"
     return ""
+
+
+# The generic TLDs that organisations have kept their sites under since
+# before 2001, and the ones only institutions can register under.
+KEPT_TLDS = frozenset({"com", "net", "org", "edu", "gov", "mil", "int"})
+
+
+def unkept_tld(suffix: str) -> bool:
+    """Whether ``suffix`` is a generic top-level domain other than the
+    ones brands keep sites under (:data:`KEPT_TLDS`) and the countries'
+    codes (``google.de``, ``apple.co``): .top, .xyz, .shop, .info. A
+    brand's name registered there is a defensive registration, which mail
+    does not link to, or someone else's; the few a brand uses for a site
+    of its own (amazon.jobs, netflix.shop) are listed in brands.toml and
+    imitate nothing. Internationalised TLDs (``xn--``) are left out: some
+    are countries' codes."""
+    return len(suffix) > 2 and suffix.isascii() and suffix.isalpha() \
+        and suffix not in KEPT_TLDS
 
 
 # Digits written for the letters they resemble (leetspeak): paypa4l, n3tflix.

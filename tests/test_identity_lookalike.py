@@ -379,11 +379,25 @@ def test_keyboard_slips_are_the_typosquatters_typos(written, meant, slip):
     ("payp4l.com", True),  # the digit 4 for a
     ("payp9l.com", False),  # a digit like no a
     ("paypol.com", False),  # a near spelling, no slip
-    ("paypal.top", False),  # the same name under another TLD: brands own many
+    ("paypal.top", True),  # its name under a generic TLD brands keep no sites under
+    ("paypal.info", True),
+    ("paypal.org", False),  # under .com, .net, .org and countries' codes brands own many
+    ("paypal.co", False),
+    ("paypal.co.uk", False),
+    ("paypal.xn--p1ai", False),  # an internationalised TLD: some are countries' codes
 ])
 def test_crafted_forms(host, crafted):
     found = compare(host, "paypal.com")
     assert found is not None and bool(found.crafted) is crafted
+
+
+def test_a_brands_site_under_a_generic_tld_is_its_own_a_short_name_there_is_near(brands):
+    index = DomainIndex(brands.domains(), brands=brands)
+    for host in ("www.amazon.jobs", "netflix.shop", "dropbox.tech"):  # listed as theirs
+        assert index.match(host) is None, host
+    assert index.match("netflix.top").crafted
+    ups = index.match("ups.shop")
+    assert ups is not None and ups.technique == "tld" and not ups.crafted
 
 
 def test_brands_own_their_static_and_short_domains(brands):

@@ -267,11 +267,17 @@ def test_a_lookalike_written_to_deceive_is_crafted_a_name_of_its_own_is_not():
         "paypall.com imitates paypal.com: a slip of the keyboard: l doubled; "
         "paypal-verify.com imitates paypal.com: a bait word after a hyphen; "
         "login-check.top imitates paypal.com: written as its subdomain")
+    assert findings(mail(text="https://www.netflix.top/account"))["URL_LOOKALIKE_CRAFTED"] == (
+        "netflix.top imitates netflix.com: its name under .top, a generic TLD other than "
+        ".com, .net and .org")
     # The corpus's ham links to these: a sponsor's product, a company and a
-    # mail server named one letter from a brand's, and the same name under
-    # another TLD: lookalikes, not crafted ones.
+    # mail server named one letter from a brand's. Then the same name under
+    # .org or a country's code, where brands keep sites of their own, and a
+    # short name under a new TLD (ups.shop: power supplies as likely as
+    # parcels): lookalikes, not crafted ones.
     for text in ("https://www.outlooksecure.com/", "http://www.lindows.com/",
-                 "http://www.qmail.org/", "https://paypal.top/"):
+                 "http://www.qmail.org/", "https://paypal.org/", "https://paypal.ch/",
+                 "https://www.ups.shop/"):
         found = findings(mail(text=text))
         assert "URL_LOOKALIKE_DOMAIN" in found and "URL_LOOKALIKE_CRAFTED" not in found, text
 
@@ -511,6 +517,10 @@ def test_a_crafted_lookalike_link_is_held_a_near_one_delivered_through_postfix(
     assert sink.find(f"slip {tag}", timeout=1) is None
     assert {s["name"]: s["evidence"] for s in record.symbols}["URL_LOOKALIKE_CRAFTED"] == (
         "paypall.com imitates paypal.com: a slip of the keyboard: l doubled")
+    send(postfix, dated(mail(html=html.format("https://netflix.top/billing"),
+                             subject=f"generic {tag}")))
+    (record,) = _held(url, f"generic {tag}")
+    assert "URL_LOOKALIKE_CRAFTED" in {s["name"] for s in record.symbols}
     # A company's own name one letter from a brand's is marked, not held.
     send(postfix, dated(mail(html=html.format("http://www.lindows.com/news"),
                              subject=f"near {tag}")))

@@ -26,9 +26,10 @@ host judged here is the host a click opens.
   imitation has a form made to deceive (:func:`gateway.lookalike.crafted_form`:
   a confusable letter, a digit for the letter it resembles, one slip of the
   keyboard, hyphens, a bait word joined with a hyphen, the imitated domain
-  written inside another), not a name
-  of its own that happens to be close (lindows.com) nor the same name
-  under another TLD (brands own many: facebook.net, apple.co).
+  written inside another, its name under a generic TLD other than .com,
+  .net and .org: paypal.top), not a name of its own that happens to be
+  close (lindows.com) nor the same name under .com, .net, .org or a
+  country's code (brands own many: facebook.net, apple.co).
 - ``URL_USERINFO_TRICK``: a host name written as the user name in front of
   the real host (``https://paypal.com@evil.example/`` goes to
   evil.example).
@@ -192,8 +193,9 @@ class LinksCheck(Check):
                                 "spelling, a typo, a word added, another TLD)",
         "URL_LOOKALIKE_CRAFTED": "the linked lookalike is written to deceive (a confusable "
                                  "letter, a digit for a letter, a keyboard slip, hyphens, a "
-                                 "bait word after a hyphen, the domain inside another), not a "
-                                 "name of its own",
+                                 "bait word after a hyphen, the domain inside another, the "
+                                 "name under a generic TLD other than .com, .net, .org), not "
+                                 "a name of its own",
         "URL_BRAND_MISMATCH": "a link's text or picture speaks as a brand, and the link goes "
                               "to none of the brand's domains",
         "QR_CODE_URL": "a picture holds a QR code that leads to a URL",
