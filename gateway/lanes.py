@@ -15,10 +15,11 @@ lane:
 The costly lane and the large lane may each hold all of ``[pipeline]
 workers`` but one, and costly mail gets a free worker only when no other
 waiting message can take it. Both limits hold while mail that goes before
-theirs has come in the last ``ALONE_AFTER`` seconds: when no other mail is
-about, costly or large mail may hold all of ``[pipeline] workers`` (a
-site's one relay, costly for five minutes after one heavy message, would
-otherwise have all its mail checked on one worker). So a client looping
+theirs has come in the last ``ALONE_AFTER`` seconds from a client not
+costly now (:class:`Arrivals`): when no other mail is about, costly or
+large mail may hold all of ``[pipeline] workers`` (a site's one relay,
+costly for five minutes after one heavy message, would otherwise have all
+its mail checked on one worker). So a client looping
 crafted messages holds at most all workers but one while others send
 mail, waits behind everyone else, and mail from every other client, of
 any size, finds a worker (while costly mail holds one, the pool keeps one
@@ -52,7 +53,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import Literal, Protocol, TypeVar
 
 Lane = Literal["ordinary", "large", "costly"]
@@ -105,8 +106,8 @@ class CostlyClients:
         while len(self._last) > self._capacity:
             self._last.popitem(last=False)
 
-    def __contains__(self, client: str | None) -> bool:
-        if client is None:
+    def __contains__(self, client: object) -> bool:
+        if not isinstance(client, str):
             return False
         at = self._last.get(client)
         if at is None:
@@ -132,6 +133,48 @@ class Waiting(Protocol):
 
 
 W = TypeVar("W", bound=Waiting)
+
+
+class Arrivals:
+    """When mail that goes before costly mail last came, by client and lane
+    (ordinary, large), for :func:`lane_limits`.
+
+    Mail is "about" only if it comes from a client that is not costly now:
+    a client's own mail from before it was known costly holds nothing back.
+    A site whose mail all comes through one relay sent ordinary mail until
+    one heavy message made the relay costly; counted as other mail, that
+    mail held the relay's next half minute to all workers but one (at 50
+    sessions the throughput bench ran at half its rate in such a round).
+
+    Kept in order of arrival, at most ``window`` seconds back and
+    ``capacity`` entries, so a lookup reads from the newest and stops at the
+    first entry of each lane from a client not costly."""
+
+    def __init__(self, window: float = ALONE_AFTER, capacity: int = 2 * MAX_CLIENTS):
+        self._window = window
+        self._capacity = capacity
+        self._last: OrderedDict[tuple[str | None, Lane], float] = OrderedDict()
+
+    def record(self, client: str | None, lane: Lane, at: float) -> None:
+        if lane == "costly":
+            return  # costly mail holds nobody back
+        key = (client, lane)
+        self._last[key] = at
+        self._last.move_to_end(key)
+        while self._last and (len(self._last) > self._capacity or
+                              at - next(iter(self._last.values())) >= self._window):
+            self._last.popitem(last=False)
+
+    def latest(self, now: float, costly: Container[str | None]) -> dict[Lane, float]:
+        """When each lane's newest mail from a client not in ``costly``
+        came, over the last ``window`` seconds."""
+        found: dict[Lane, float] = {}
+        for (client, lane), at in reversed(self._last.items()):
+            if now - at >= self._window or len(found) == 2:
+                break
+            if lane not in found and client not in costly:
+                found[lane] = at
+        return found
 
 
 def lane_limits(arrived: Mapping[Lane, float], now: float, limit: int, alone: int,

@@ -72,6 +72,7 @@ from gateway.cpu import SPARE_CORES, IdleShare
 from gateway.forkshare import share_model
 from gateway.lanes import (
     COSTLY_FOR,
+    Arrivals,
     CostlyClients,
     Lane,
     client_of,
@@ -275,7 +276,7 @@ class WorkerPool:
         self._clock = clock
         self._costly = CostlyClients(clock)
         self._busy: Counter[Lane] = Counter()  # workers busy, by the lane of their message
-        self._arrived: dict[Lane, float] = {}  # when each lane's last message came
+        self._arrivals = Arrivals()  # when other mail than costly mail last came
         self._queue: list[_Turn] = []  # messages waiting for a worker, in arrival order
         self._demand: dict[int, float] = {}  # pid -> seconds run or runnable
         self._demand_at = float("-inf")
@@ -432,7 +433,7 @@ class WorkerPool:
             if self._closed:
                 raise WorkerFailed("the worker pool is shut down")
             lane = lane_of(client in self._costly, size, self.heavy_bytes)
-            self._arrived[lane] = arrived
+            self._arrivals.record(client, lane, arrived)
             turn = _Turn(lane, client, threading.Condition(self._mutex))
             self._queue.append(turn)
             self._hand_out()
@@ -468,7 +469,7 @@ class WorkerPool:
         gateway.lanes.next_to_go (under the lock): first come first served,
         but a message whose lane is full lets the ones behind it go first,
         and costly mail goes last."""
-        limits = lane_limits(self._arrived, self._clock(), self.lane_limit, self.alone_limit)
+        limits = self._lane_limits()
         while self._idle:
             turn = next_to_go(self._queue, self._busy, limits)
             if turn is None:
@@ -520,8 +521,15 @@ class WorkerPool:
         the lock)."""
         if lane == "ordinary":
             return True
-        return self._busy[lane] < lane_limits(self._arrived, self._clock(),
-                                              self.lane_limit, self.alone_limit)[lane]
+        return self._busy[lane] < self._lane_limits()[lane]
+
+    def _lane_limits(self) -> dict[Lane, int]:
+        """The workers the costly and the large lane may hold now (under the
+        lock): gateway.lanes.lane_limits, with the mail about from clients
+        not costly now."""
+        now = self._clock()
+        return lane_limits(self._arrivals.latest(now, self._costly), now, self.lane_limit,
+                           self.alone_limit)
 
     def _cores_to_spare(self) -> bool:
         """Whether the machine's cores were idle at least SPARE_CORES of the

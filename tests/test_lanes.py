@@ -16,6 +16,7 @@ from gateway.lab.milter_process import MilterProcess
 from gateway.lanes import (
     ALONE_AFTER,
     COSTLY_FOR,
+    Arrivals,
     CostlyClients,
     Lane,
     client_of,
@@ -110,6 +111,31 @@ def test_a_lane_is_held_back_only_while_mail_that_goes_before_it_is_about():
     costly = [Turn("c1", "costly"), Turn("c2", "costly")]
     assert go(costly, limit=lane_limits({"costly": now}, now, 1, 2), costly=1) == "c1"
     assert go(costly, limit=lane_limits({"costly": now}, now, 1, 2), costly=2) is None
+
+
+def test_mail_is_about_only_from_clients_not_costly_now():
+    arrivals, costly = Arrivals(window=30.0), {"relay"}
+    arrivals.record("relay", "ordinary", 100.0)  # before it was known costly
+    arrivals.record("relay", "costly", 101.0)
+    assert arrivals.latest(102.0, costly) == {}  # its own earlier mail holds nothing back
+    arrivals.record("other", "large", 103.0)
+    arrivals.record("other", "ordinary", 104.0)
+    arrivals.record("relay", "ordinary", 105.0)  # (were it not costly)
+    assert arrivals.latest(106.0, costly) == {"ordinary": 104.0, "large": 103.0}
+    assert arrivals.latest(106.0, set())["ordinary"] == 105.0
+    assert arrivals.latest(133.5, costly) == {"ordinary": 104.0}  # the large one 30.5 s back
+    assert arrivals.latest(200.0, costly) == {}
+    arrivals.record(None, "ordinary", 300.0)  # a message with no client address
+    assert arrivals.latest(301.0, CostlyClients()) == {"ordinary": 300.0}
+
+
+def test_arrivals_keep_only_the_window_and_their_capacity():
+    arrivals = Arrivals(window=30.0, capacity=3)
+    for i in range(10):
+        arrivals.record(f"client{i}", "ordinary", 100.0 + i)
+    assert len(arrivals._last) == 3
+    arrivals.record("late", "ordinary", 500.0)
+    assert list(arrivals._last) == [("late", "ordinary")]
 
 
 # -- through the real milter --------------------------------------------------------

@@ -488,6 +488,23 @@ def test_a_costly_client_alone_gets_every_worker_until_other_mail_comes(
         assert all("TEST_HELD" in names(f.result(timeout=60)) for f in again)
 
 
+def test_a_client_whose_own_mail_made_it_costly_is_alone_at_once(pool_of, tmp_path: Path):
+    """Two workers kept (up to three); a client's mail is made costly, with
+    no mail from any other client: its own mail from before it was costly
+    holds nothing back, and its next two messages run at once, without the
+    ALONE_AFTER wait (the relay of a site whose mail all comes through it)."""
+    clock = ManualClock()
+    pool = pool_of(lanes_config(workers=2, max_workers=3), clock=clock)
+    wait_until(lambda: len(pool.worker_pids()) == 2)
+    make_costly(pool)
+    alone = tmp_path / "alone"
+    with ThreadPoolExecutor(3) as threads:
+        both = [threads.submit(pool.evaluate, ATTACKER, held(alone)) for _ in range(2)]
+        wait_until(lambda: running(alone) == 2, what="both costly messages running")
+        (alone / "open").touch()
+        assert all("TEST_HELD" in names(f.result(timeout=60)) for f in both)
+
+
 def test_without_room_for_a_spare_costly_mail_alone_keeps_a_worker_free(
         pool_of, tmp_path: Path):
     """Two workers and no more: no spare can start for other mail, so the
