@@ -159,6 +159,48 @@ class SpinCheck(Check):
         return [self.symbol("TEST_SPUN")]
 
 
+def spin(seconds: float) -> None:
+    """Compute for that much of this thread's CPU time."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
+class BackgroundSpinCheck(Check):
+    """On a body line ``BACKGROUND-CPU: SECONDS``, waits while a thread of
+    its own (not one that checks messages) computes for that long: the work
+    a check's background reader does while a message runs."""
+
+    name = "background_spin"
+    symbols = {"TEST_BACKGROUND_SPUN": "a background thread computed meanwhile"}
+
+    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
+        found = re.search(rb"BACKGROUND-CPU: ([0-9.]+)", message.raw.bytes())
+        if found is None:
+            return []
+        reader = threading.Thread(target=spin, args=(float(found.group(1)),),
+                                  name="test-background-reader")
+        reader.start()
+        reader.join()
+        return [self.symbol("TEST_BACKGROUND_SPUN")]
+
+
+class NetworkSpinCheck(Check):
+    """SpinCheck for a check that waits on the network, which the pipeline
+    runs on its own threads: on ``NETWORK-SPIN-CPU: SECONDS``."""
+
+    name = "network_spin"
+    io_bound = True
+    symbols = {"TEST_NETWORK_SPUN": "computed on the pipeline's thread"}
+
+    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
+        found = re.search(rb"NETWORK-SPIN-CPU: ([0-9.]+)", message.raw.bytes())
+        if found is None:
+            return []
+        spin(float(found.group(1)))
+        return [self.symbol("TEST_NETWORK_SPUN", threading.current_thread().name)]
+
+
 class HoldCheck(Check):
     """On a body line ``HOLD: /folder``, says that it runs (a file
     ``running.*`` in that folder) and keeps its worker until

@@ -456,6 +456,24 @@ def test_a_client_is_costly_as_soon_as_its_message_in_a_worker_has_used_too_much
         assert queued.result(timeout=60).failed_checks == ()
 
 
+def test_a_message_costs_what_its_own_threads_used_not_the_workers_background_work(
+        pool_of):
+    """heavy_cpu_seconds 0.2: a message during which a background thread of
+    the worker computes for 0.4 s is not costly; one whose network check
+    computes for 0.3 s on the pipeline's thread is (parallel checks)."""
+    pool = pool_of(config("tests.plugins:BackgroundSpinCheck", "tests.plugins:NetworkSpinCheck",
+                          budget=30.0, heavy_cpu_seconds=0.2, parallel="true",
+                          max_workers=1))
+    pool.evaluate(OTHER, body("a worker's first message is not judged"))
+    verdict = pool.evaluate(ATTACKER, body("BACKGROUND-CPU: 0.4"))
+    assert "TEST_BACKGROUND_SPUN" in names(verdict)
+    assert ATTACKER.client_ip not in pool._costly
+    verdict = pool.evaluate(ATTACKER, body("NETWORK-SPIN-CPU: 0.3"))
+    (spun,) = [s for s in verdict.symbols if s.name == "TEST_NETWORK_SPUN"]
+    assert spun.evidence.startswith("check_")  # on the pipeline's thread, not the worker's
+    assert ATTACKER.client_ip in pool._costly
+
+
 def costly_and_alone(pool_of, max_workers: int) -> WorkerPool:
     """Two workers kept; the attacker's mail costly, and no other mail for
     longer than ALONE_AFTER since."""
