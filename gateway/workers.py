@@ -207,7 +207,7 @@ class Worker:
     conn: Connection
     results: ResultLog
     messages: int = 0
-    cpu_at_start: float | None = None  # its CPU seconds as its last message ended
+    cpu_at_start: float | None = None  # its main thread's CPU seconds as its last message ended
     idle_since: float = field(default_factory=time.monotonic)
     busy_since: float | None = None
     lane: Lane | None = None  # of the message in hand (gateway.lanes)
@@ -390,7 +390,8 @@ class WorkerPool:
         more than heavy_cpu_seconds so far is costly now, not only once that
         message ends (which, with the cores busy, takes seconds more), so its
         other mail stops taking workers meanwhile (under the lock; every
-        DEMAND_WINDOW at most, from /proc/PID/stat)."""
+        DEMAND_WINDOW at most, from the main thread's /proc/PID/task/PID/stat:
+        not the background readers', which run between messages too)."""
         if now - self._judged_at < DEMAND_WINDOW:
             return
         self._judged_at = now
@@ -739,7 +740,7 @@ def _worker_main(conn: Connection, config: Config, ruleset: Ruleset,
             message = Message(envelope, raw, config.limits)
             with for_message(envelope.queue_id):
                 answer = _judged(judge, pipeline.run(message, observer=report), message)
-            conn.send_bytes(_CPU_USED.pack(spent.used(), time.process_time()) + answer)
+            conn.send_bytes(_CPU_USED.pack(spent.used(), time.thread_time()) + answer)
     except (BrokenPipeError, ConnectionResetError):
         log.info("the milter went away; worker %d ends", os.getpid())
     except Exception:
@@ -817,11 +818,14 @@ def _model_to_share(config: Config) -> str | None:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """The CPU seconds a process has used, all its threads (-1 if it is
-    gone): utime + stime of /proc/PID/stat, what time.process_time()
-    counts inside it, in clock ticks."""
+    """The CPU seconds a worker's main thread has used (-1 if it is gone):
+    utime + stime of /proc/PID/task/PID/stat, what time.thread_time()
+    counts in that thread, in clock ticks. The main thread runs the checks
+    that compute (the others wait on the network); the worker's background
+    readers, which run between messages too, are not a message's
+    (:class:`MessageCpu`)."""
     try:
-        with open(f"/proc/{pid}/stat") as stat:
+        with open(f"/proc/{pid}/task/{pid}/stat") as stat:
             fields = stat.read().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
     except (OSError, ValueError, IndexError):

@@ -185,6 +185,31 @@ class BackgroundSpinCheck(Check):
         return [self.symbol("TEST_BACKGROUND_SPUN")]
 
 
+class BackgroundAfterCheck(Check):
+    """On ``BACKGROUND-AFTER: SECONDS FILE``, starts a thread of its own
+    that computes for that long after the message is answered, then
+    creates FILE: a background reader's work while the worker is idle."""
+
+    name = "background_after"
+    symbols = {"TEST_BACKGROUND_STARTED": "a background thread computes after this message"}
+
+    def run(self, message: Message, context: CheckContext) -> list[Symbol]:
+        found = re.search(rb"BACKGROUND-AFTER: ([0-9.]+) (\S+)", message.raw.bytes())
+        if found is None:
+            return []
+        seconds, done = float(found.group(1)), found.group(2).decode()
+
+        def read_in_the_background() -> None:
+            time.sleep(0.2)  # after the answer
+            spin(seconds)
+            with open(done, "w"):
+                pass
+
+        threading.Thread(target=read_in_the_background, name="test-background-after",
+                         daemon=True).start()
+        return [self.symbol("TEST_BACKGROUND_STARTED")]
+
+
 class NetworkSpinCheck(Check):
     """SpinCheck for a check that waits on the network, which the pipeline
     runs on its own threads: on ``NETWORK-SPIN-CPU: SECONDS``."""

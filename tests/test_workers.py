@@ -474,6 +474,33 @@ def test_a_message_costs_what_its_own_threads_used_not_the_workers_background_wo
     assert ATTACKER.client_ip in pool._costly
 
 
+def test_a_workers_background_work_between_messages_makes_no_running_message_costly(
+        pool_of, tmp_path: Path):
+    """heavy_cpu_seconds 0.2, the pool's clock the test's: a thread of the
+    worker computes for 0.4 s after a message is answered; the attacker's
+    next message holds the worker while another waits. Read while it runs,
+    the held message has used nothing of its own: its client is not costly."""
+    clock = ManualClock()
+    pool = pool_of(config("tests.plugins:BackgroundAfterCheck", "tests.plugins:HoldCheck",
+                          budget=30.0, heavy_cpu_seconds=0.2, max_workers=1), clock=clock)
+    pool.evaluate(OTHER, body("a worker's first message is not judged"))
+    done, holding = tmp_path / "background-done", tmp_path / "holding"
+    pool.evaluate(OTHER, body(f"BACKGROUND-AFTER: 0.4 {done}"))
+    wait_until(done.exists, what="the background thread's work")
+    with ThreadPoolExecutor(2) as threads:
+        held_message = threads.submit(pool.evaluate, ATTACKER, held(holding))
+        wait_until(lambda: running(holding) == 1)
+        waiting = threads.submit(pool.evaluate, OTHER, body("waits"))
+        wait_until(lambda: len(pool._queue) == 1)
+        judged = pool._judged_at
+        clock.advance(DEMAND_WINDOW)
+        wait_until(lambda: pool._judged_at != judged, what="the running message judged")
+        assert ATTACKER.client_ip not in pool._costly
+        (holding / "open").touch()
+        assert "TEST_HELD" in names(held_message.result(timeout=60))
+        assert waiting.result(timeout=60).failed_checks == ()
+
+
 def costly_and_alone(pool_of, max_workers: int) -> WorkerPool:
     """Two workers kept; the attacker's mail costly, and no other mail for
     longer than ALONE_AFTER since."""
