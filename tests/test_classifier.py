@@ -1133,3 +1133,30 @@ def test_the_check_reuses_the_messages_reading_of_the_from_only_when_the_fields_
     assert obs.authors.mailboxes and same_from_reading(obs) is None
     assert "from:dom:good.test" not in message_tokens(obs.email)
     assert "from:dom:good.test" in message_tokens(obs.email, authors=obs.authors)
+
+
+def test_the_classifier_reads_the_text_the_message_view_decoded_and_stripped(monkeypatch):
+    """The content checks' view (gateway.checks.view) and the classifier
+    read the same parts of one parse: a part's text is decoded, and its
+    HTML stripped, once between them, and the tokens are those of a parse
+    the classifier reads alone; another start of the text is stripped anew."""
+    from gateway.checks.view import view_of
+    from gateway.classifier import features
+    from gateway.classifier.features import message_tokens, strip_html, stripped_text
+
+    raw = (FIXTURES / "corpus" / "spam" / "00001.7848dde101aa985090474a91ec93fcf0.eml").read_bytes()
+    alone = message_tokens(Message.from_bytes(raw).email)
+    message = Message.from_bytes(raw)
+    assert any(t.content_type == "text/html" for t in view_of(message).texts)
+    work: list[str] = []
+    decoded, stripped = features._decoded_text, features.strip_html
+    monkeypatch.setattr(features, "_decoded_text", lambda part: work.append("decode") or
+                        decoded(part))
+    monkeypatch.setattr(features, "strip_html", lambda markup: work.append("strip") or
+                        stripped(markup))
+    assert message_tokens(message.email) == alone
+    assert work == []
+    html_part = next(p for p in message.email.walk() if p.get_content_type() == "text/html")
+    markup = features.part_text(html_part)
+    assert stripped_text(html_part, markup[:40]) == strip_html(markup[:40])
+    assert work == ["strip"]  # stripped_text stripped the other start anew
