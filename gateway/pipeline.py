@@ -138,6 +138,24 @@ class Pipeline:
             else None
         )
         self.concurrency = _Concurrency() if parallel == "auto" and self._pool else None
+        self.inline_order = self._inline_order()
+
+    def _inline_order(self) -> tuple[Check, ...]:
+        """The order :class:`_Schedule` runs the checks in when none goes to
+        the pool: in rounds, each the checks (in configuration order) whose
+        dependencies ran in the rounds before. It depends on nothing but the
+        checks, so it is found once, not again for every message."""
+        order: list[Check] = []
+        done: set[str] = set()
+        pending = list(self.checks)
+        while pending:
+            ready = [c for c in pending if all(r in done for r in self.dependencies[c.name])]
+            if not ready:  # unreachable: requirements are enabled checks, wants too
+                break
+            order.extend(ready)
+            done.update(c.name for c in ready)
+            pending = [c for c in pending if c not in ready]
+        return tuple(order)
 
     def _pooled_for_next(self) -> frozenset[str] | None:
         """The network checks the next message runs in the pool: None for
@@ -195,6 +213,11 @@ class _Schedule:
         self.reports: dict[str, Report] = {}
 
     def run(self) -> None:
+        if self.pooled is not None and not self.pooled and self.pipeline.inline_order:
+            # Nothing for the pool (the usual case): the order is known.
+            for check in self.pipeline.inline_order:
+                self._run_here(check)
+            self.pending.clear()
         while self.pending or self.running:
             if self._start_ready():
                 continue
@@ -217,30 +240,36 @@ class _Schedule:
         ready.sort(key=lambda c: not self._to_pool(c))  # stable: config order kept
         for check in ready:
             self.pending.remove(check)
-            context = self._context(check)
             if pool is not None and self._to_pool(check):
-                future = pool.submit(_timed, check, self.message, context)
+                future = pool.submit(_timed, check, self.message, self._context(check))
                 self.running[future] = (check, time.perf_counter())
-            elif time.monotonic() >= self.deadline:
-                self._finish(check, CheckRun(
-                    check.name, "timeout", 0.0,
-                    f"not run: the {self.pipeline.budget:g}s budget was spent"), None)
             else:
-                # Only a network check's wait is measured (_Concurrency), and
-                # only then is the thread's CPU clock read (a system call).
-                measured = check.io_bound and self.pipeline.concurrency is not None
-                started = time.perf_counter()
-                cpu = time.thread_time() if measured else 0.0
-                try:
-                    report, millis = _timed(check, self.message, context)
-                except Exception as exc:
-                    self._finish(check, _failed(check, exc, started, self.message), None)
-                else:
-                    self._finish(check, CheckRun(check.name, "ok", millis), report)
-                if measured:
-                    self.waits[check.name] = (time.perf_counter() - started
-                                              - (time.thread_time() - cpu))
+                self._run_here(check)
         return bool(ready)
+
+    def _run_here(self, check: Check) -> None:
+        """Run one check in this thread, unless the budget is spent."""
+        if time.monotonic() >= self.deadline:
+            self._finish(check, CheckRun(
+                check.name, "timeout", 0.0,
+                f"not run: the {self.pipeline.budget:g}s budget was spent"), None)
+            return
+        context = self._context(check)
+        # Only a network check's wait is measured (_Concurrency), and only
+        # then is the thread's CPU clock read (a system call).
+        measured = check.io_bound and self.pipeline.concurrency is not None
+        cpu = time.thread_time() if measured else 0.0
+        started = time.perf_counter()
+        try:
+            report = _as_report(check.run(self.message, context))
+        except Exception as exc:
+            self._finish(check, _failed(check, exc, started, self.message), None)
+        else:
+            self._finish(check, CheckRun(check.name, "ok",
+                                         (time.perf_counter() - started) * 1000), report)
+        if measured:
+            self.waits[check.name] = (time.perf_counter() - started
+                                      - (time.thread_time() - cpu))
 
     def _collect(self, timeout: float) -> None:
         done, _ = wait(self.running, timeout=timeout, return_when=FIRST_COMPLETED)

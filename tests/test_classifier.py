@@ -145,6 +145,22 @@ def test_a_pickle_is_never_loaded(trained: Path, tmp_path: Path):
         load_model(target)
 
 
+def test_a_vocabulary_of_other_things_than_tokens_is_refused(trained: Path, tmp_path: Path):
+    """A vocabulary whose checksum matches but that holds a number is one
+    clear line, not a TypeError from sorting it (SpamModel.names)."""
+    from gateway.classifier.model import _sha256
+
+    target = copy_model(trained, tmp_path / "m")
+    tokens = json.loads((target / "vocabulary.json").read_text())
+    tokens[0] = 7
+    (target / "vocabulary.json").write_text(json.dumps(tokens))
+    meta = json.loads((target / "model.json").read_text())
+    meta["sha256"]["vocabulary.json"] = _sha256(target / "vocabulary.json")
+    (target / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"vocabulary\.json holds something other than tokens"):
+        load_model(target)
+
+
 def test_other_feature_version_is_refused(trained: Path, tmp_path: Path):
     target = copy_model(trained, tmp_path / "m")
     meta = json.loads((target / "model.json").read_text())
@@ -868,6 +884,59 @@ def test_blocks_keep_a_long_body_from_drowning_the_headers():
     assert parts.sum() == pytest.approx(log_odds)  # the evidence still adds up
 
 
+def _explained_by_sorting_strings(model, tokens, count: int = 5):
+    """The explanation as it was computed before numpy sorted it: the known
+    tokens each once, sorted as strings, then their contributions."""
+    from gateway.classifier.model import Explanation
+
+    known = sorted({t for t in tokens if t in model.vocabulary})
+    if not known:
+        return Explanation(model.probability_of(model.intercept), model.intercept, (), (), 0)
+    parts = model._parts([model.vocabulary[t] for t in known])
+    log_odds = model.intercept + float(parts.sum())
+    order = np.argsort(parts, kind="stable")
+    spam = tuple((known[i], float(parts[i])) for i in order[::-1][:count] if parts[i] > 0)
+    ham = tuple((known[i], float(parts[i])) for i in order[:count] if parts[i] < 0)
+    return Explanation(model.probability_of(log_odds), log_odds, spam, ham, len(known))
+
+
+_VOCABULARY = ["b", "a", "é", "A", "ab", "url:x", "subject:b", "z", "", "\U0001f600", "aa"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(tokens=st.lists(st.sampled_from([*_VOCABULARY, "unknown", "zz"]), max_size=30),
+       weights=st.lists(st.sampled_from([-1.0, -0.5, 0.0, 0.5, 1.0, 2.0]),
+                        min_size=len(_VOCABULARY), max_size=len(_VOCABULARY)),
+       blocks=st.booleans(), kind=st.sampled_from(["set", "list", "iterator"]))
+def test_explain_names_the_tokens_that_sorting_them_as_strings_named(tokens, weights, blocks,
+                                                                     kind):
+    """Ties between equal contributions, duplicates, unknown tokens, a
+    vocabulary not in name order, by block or not: numpy's ordering by each
+    token's place among the sorted vocabulary gives the explanation, log-odds
+    to the last bit, that sorting the strings gave."""
+    from gateway.classifier.model import SpamModel
+
+    vocabulary = {t: i for i, t in enumerate(_VOCABULARY)}
+    model = SpamModel(np.array(weights, dtype=np.float32),
+                      np.linspace(0.5, 2.0, len(_VOCABULARY)).astype(np.float32), vocabulary,
+                      0.25, (1.0, 0.0), {},
+                      block=np.arange(len(_VOCABULARY)) % 3 if blocks else None)
+    given_tokens = {"set": set, "list": list, "iterator": iter}[kind](tokens)
+    assert model.explain(given_tokens, count=3) == _explained_by_sorting_strings(model, tokens, 3)
+
+
+def test_the_shipped_model_explains_corpus_mail_as_sorting_strings_did():
+    """The fixture corpus through the shipped model's whole vocabulary."""
+    from gateway.classifier.features import message_tokens
+
+    model = load_model(SHIPPED_MODEL)
+    assert model.names is not None and model.name_rank is not None
+    assert [model.names[i] for i in np.argsort(model.name_rank)] == sorted(model.vocabulary)
+    for path in sorted((FIXTURES / "corpus").rglob("*.eml"))[:40]:
+        tokens = message_tokens(Message.from_bytes(path.read_bytes()).email)
+        assert model.explain(tokens) == _explained_by_sorting_strings(model, tokens), path
+
+
 @pytest.mark.slow
 def test_a_blocks_model_scores_as_it_was_trained_and_old_models_still_load(tmp_path: Path):
     from gateway.classifier.train import Settings, TokenMatrix, fit, load_dataset
@@ -1064,3 +1133,30 @@ def test_the_check_reuses_the_messages_reading_of_the_from_only_when_the_fields_
     assert obs.authors.mailboxes and same_from_reading(obs) is None
     assert "from:dom:good.test" not in message_tokens(obs.email)
     assert "from:dom:good.test" in message_tokens(obs.email, authors=obs.authors)
+
+
+def test_the_classifier_reads_the_text_the_message_view_decoded_and_stripped(monkeypatch):
+    """The content checks' view (gateway.checks.view) and the classifier
+    read the same parts of one parse: a part's text is decoded, and its
+    HTML stripped, once between them, and the tokens are those of a parse
+    the classifier reads alone; another start of the text is stripped anew."""
+    from gateway.checks.view import view_of
+    from gateway.classifier import features
+    from gateway.classifier.features import message_tokens, strip_html, stripped_text
+
+    raw = (FIXTURES / "corpus" / "spam" / "00001.7848dde101aa985090474a91ec93fcf0.eml").read_bytes()
+    alone = message_tokens(Message.from_bytes(raw).email)
+    message = Message.from_bytes(raw)
+    assert any(t.content_type == "text/html" for t in view_of(message).texts)
+    work: list[str] = []
+    decoded, stripped = features._decoded_text, features.strip_html
+    monkeypatch.setattr(features, "_decoded_text", lambda part: work.append("decode") or
+                        decoded(part))
+    monkeypatch.setattr(features, "strip_html", lambda markup: work.append("strip") or
+                        stripped(markup))
+    assert message_tokens(message.email) == alone
+    assert work == []
+    html_part = next(p for p in message.email.walk() if p.get_content_type() == "text/html")
+    markup = features.part_text(html_part)
+    assert stripped_text(html_part, markup[:40]) == strip_html(markup[:40])
+    assert work == ["strip"]  # stripped_text stripped the other start anew

@@ -9,7 +9,7 @@ from gateway.message import Message
 from gateway.paths import DEFAULT_RULES
 from gateway.pipeline import Pipeline
 from gateway.ruleset import Ruleset, load_rules
-from gateway.symbols import Symbol
+from gateway.symbols import Report, Symbol
 from tests.plugins import BoomCheck, DependentCheck, FactsCheck, MarkerCheck, SlowCheck
 
 CONFIG = Config()
@@ -398,3 +398,52 @@ def test_only_a_measured_network_check_reads_the_threads_cpu_clock(clocks, monke
             pipeline.close()
         assert [s.name for s in result.symbols] == ["TEST_LOCAL", "TEST_WHERE"]
         assert len(readings) == expected
+
+
+def _recording_copies(ran: list[str]) -> list[Check]:
+    """Checks named, ordered and depending on each other as the built-in
+    ones, each noting that it ran and which facts it was given."""
+    checks = []
+    for name in BUILTIN:
+        real = resolve_check(name)
+
+        class Recording(Check):
+            symbols = {"TEST_RAN": "ran"}
+            requires, wants, io_bound = real.requires, real.wants, real.io_bound
+
+            def run(self, message, context):
+                ran.append(f"{self.name}<{','.join(sorted(context.facts))}")
+                return Report(symbols=(self.symbol("TEST_RAN", self.name),),
+                              facts={"name": self.name})
+
+        Recording.name = name
+        checks.append(Recording.from_config(CONFIG))
+    return checks
+
+
+@pytest.mark.parametrize("budget", [10.0, 0.0])
+def test_checks_run_in_the_order_and_with_the_facts_of_the_per_message_scheduling(budget):
+    """With nothing for the pool, the checks run in the order found once
+    (Pipeline.inline_order): the order, facts and results the scheduling
+    of each message gives (here made to schedule with a pool that gets
+    nothing), a spent budget included."""
+    results, orders = [], []
+    for known_order in (True, False):
+        ran: list[str] = []
+        pipeline = Pipeline(_recording_copies(ran), budget=budget, parallel=False)
+        if not known_order:
+            pipeline.inline_order = ()  # as every message was scheduled before
+        try:
+            result = pipeline.run(Message.from_bytes(b"Subject: x\r\n\r\nbody\r\n"))
+        finally:
+            pipeline.close()
+        results.append(([(s.name, s.evidence) for s in result.symbols],
+                        [(r.name, r.status, r.error) for r in result.runs], result.facts))
+        orders.append(ran)
+    assert orders[0] == orders[1] and results[0] == results[1]
+    if budget:
+        assert orders[0][-4:] == ["dmarc<arc,dkim,spf", "identity<dkim,spf",
+                                  "fuzzy<dmarc,identity", "links<dmarc"]
+        assert len(orders[0]) == len(BUILTIN)
+    else:
+        assert orders[0] == [] and {status for _n, status, _e in results[0][1]} == {"timeout"}

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from email.message import Message as EmailMessage
 
 from gateway import qr
-from gateway.classifier.features import part_text, strip_html
+from gateway.classifier.features import part_text, stripped_text
 from gateway.config import LimitsSection
 from gateway.mail import decode_bytes, decoded_header
 from gateway.message import Message
@@ -149,7 +149,7 @@ class MessageView:
             room -= len(raw)
             urls: list[FoundUrl] = []
             if leaf.content_type == "text/html":
-                text = strip_html(raw)
+                text = stripped_text(leaf._part, raw)
                 extracted = html_urls(raw)
                 urls += extracted.found
                 read.inline_images += extracted.images

@@ -442,7 +442,7 @@ def _body_chunks(message: EmailMessage, limits: LimitsSection,
         if content_type == "text/html":
             yield html_structure_tokens(text)
             urls.extend(_capped(HREF.findall(text), limits.urls - len(urls), stats))
-            text = strip_html(text)
+            text = stripped_text(part, text)
         # One pass for the URLs and the text without them: the pieces
         # between the URLs, then each URL.
         pieces = URL_PIECES.split(text)
@@ -473,7 +473,35 @@ def _capped(found: list[str], room: int, stats: TextStats) -> list[str]:
     return found[:max(room, 0)]
 
 
+# The decoded text of a part and its HTML stripped, kept on the parsed part:
+# the message view (rules, links, DNS blocklists...) and the classifier read
+# the same parts of one parse, and decode and strip each once between them.
+_TEXT = "_gateway_text"
+_STRIPPED = "_gateway_stripped"
+
+
 def part_text(part: EmailMessage) -> str:
+    """The part's text, transfer encoding and charset undone (kept on the
+    part: the same text for every reader of this parse)."""
+    text = part.__dict__.get(_TEXT)
+    if text is None:
+        text = _decoded_text(part)
+        setattr(part, _TEXT, text)
+    return text
+
+
+def stripped_text(part: EmailMessage, markup: str) -> str:
+    """``strip_html(markup)`` for ``markup`` read from ``part`` (all or the
+    start of its text), kept on the part for the next reader of the same."""
+    kept: tuple[str, str] | None = part.__dict__.get(_STRIPPED)
+    if kept is not None and (kept[0] is markup or kept[0] == markup):
+        return kept[1]
+    text = strip_html(markup)
+    setattr(part, _STRIPPED, (markup, text))
+    return text
+
+
+def _decoded_text(part: EmailMessage) -> str:
     try:
         payload = part.get_payload(decode=True)
     except Exception:  # a broken transfer encoding: fall back to the raw text

@@ -1,0 +1,127 @@
+"""The pipeline's own CPU per message: scheduling the checks and building
+their results, with checks that do nothing (each returns one symbol and a
+fact), named, ordered and depending on each other as the built-in checks
+do, under ``[pipeline] parallel = "auto"`` (every check inline, as on a
+machine whose resolver and clamd answer at once) and with an observer, as
+a worker runs them. CPU microseconds a message (time.process_time), the
+least of three passes.
+
+    .venv/bin/python tests/bench/pipeline.py -n 5000 --rounds 5 [--before DIR] [--profile]
+
+``--before DIR``: another checkout (``git worktree add --detach DIR main``)
+measured in turn with this one, A/B interleaved in fresh processes; printed
+as the median and spread of each and of the ratio after/before within a
+round. Only comparable on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def measure(root: Path, count: int) -> dict[str, float]:
+    """CPU microseconds a message of ``root``'s pipeline."""
+    sys.path.insert(0, str(root))
+    from gateway.checks import BUILTIN, Check, resolve_check
+    from gateway.message import Message
+    from gateway.pipeline import Pipeline
+    from gateway.symbols import Report, Symbol
+
+    if not Path(sys.modules["gateway"].__file__ or "").is_relative_to(root):
+        raise SystemExit(f"pipeline.py: gateway imported from {sys.modules['gateway'].__file__}")
+
+    def idle_check(real: type[Check]) -> Check:
+        class Idle(Check):
+            name = real.name
+            symbols = {"IDLE_" + real.name.upper(): "a check that does nothing"}
+            requires, wants, io_bound = real.requires, real.wants, real.io_bound
+
+            def run(self, message, context):
+                return Report(symbols=(Symbol("IDLE_" + self.name.upper(), 0.0, "idle", ""),),
+                              facts={"seen": len(context.facts)})
+
+        check = Idle.__new__(Idle)  # no configuration to read
+        return check
+
+    checks = [idle_check(resolve_check(name)) for name in BUILTIN]
+    pipeline = Pipeline(checks, budget=10.0, threads=8, parallel="auto")
+    message = Message.from_bytes(b"Subject: x\r\n\r\nbody\r\n")
+    observed: list[object] = []
+
+    def observer(run, report) -> None:
+        observed.append(run)
+
+    for _ in range(200):  # warm
+        pipeline.run(message, observer)
+    passes = []
+    for _ in range(3):
+        started = time.process_time()
+        for _ in range(count):
+            observed.clear()
+            pipeline.run(message, observer)
+        passes.append((time.process_time() - started) * 1e6 / count)
+    pipeline.close()
+    return {"pipeline_us": min(passes), "checks": len(checks)}
+
+
+def child(root: Path, count: int) -> dict[str, float]:
+    result = subprocess.run([sys.executable, __file__, "--child", str(root), "-n", str(count)],
+                            capture_output=True, text=True, check=False, cwd=root)
+    if result.returncode != 0:
+        raise SystemExit(f"pipeline.py: measuring {root} failed: "
+                         f"{(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    figures: dict[str, float] = json.loads(result.stdout)
+    return figures
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=5000, help="messages a pass (default 5000)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--before", type=Path, help="another checkout to compare with")
+    parser.add_argument("--profile", action="store_true", help="cProfile this checkout")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(measure(args.child, args.n)))
+        return
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.runcall(measure, PROJECT_ROOT, args.n)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+        return
+    roots = {"after": PROJECT_ROOT}
+    if args.before is not None:
+        roots = {"before": args.before.resolve(), **roots}
+    runs: dict[str, list[float]] = {name: [] for name in roots}
+    for round_ in range(args.rounds):
+        order = list(roots) if round_ % 2 == 0 else list(reversed(roots))  # the machine drifts
+        for name in order:
+            runs[name].append(child(roots[name], args.n)["pipeline_us"])
+            print(f"round {round_ + 1}/{args.rounds} {name}: {runs[name][-1]:.1f} us",
+                  file=sys.stderr, flush=True)
+    line = "pipeline CPU us a message, median (min-max):" + "".join(
+        f"  {name} {spread(values)}" for name, values in runs.items())
+    if "before" in runs:
+        line += "  after/before " + spread(
+            [a / b for a, b in zip(runs["after"], runs["before"], strict=True)])
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
