@@ -228,6 +228,30 @@ def test_autolearn_candidates_come_only_from_evidence_that_is_not_the_classifier
     assert found("quarantine", ("BAYES_FIRST", 6.0), ("MISSING_DATE", 1.0)) is None
 
 
+class CountedFacts(dict):
+    """A verdict's facts that count how often a check's are read."""
+
+    reads = 0
+
+    def get(self, key, default=None):  # Facts.of reads through get
+        CountedFacts.reads += 1
+        return super().get(key, default)
+
+
+def test_accepted_mail_nobody_vouches_for_is_no_candidate_without_reading_its_facts():
+    # Before, the identity check's facts were parsed for every accepted
+    # message, though only allow-listed or known senders can be candidates.
+    from gateway.classifier.autolearn import candidate
+
+    facts = CountedFacts(dmarc=ALIGNED, identity={"direction": "inbound"})
+    verdict = replace(learn_verdict("accept", ("DMARC_PASS", -1.0)), facts=facts)
+    CountedFacts.reads = 0
+    assert candidate(verdict, CLIENT, 6.0) is None
+    assert CountedFacts.reads == 0
+    known = replace(learn_verdict("accept", ("KNOWN_CORRESPONDENT", -1.0)), facts=facts)
+    assert candidate(known, CLIENT, 6.0) is not None and CountedFacts.reads == 2
+
+
 def mail(tag: str) -> bytes:
     """A message of its own: the training set tells messages apart by body."""
     return message(tag).replace(b"\r\n\r\n", f"\r\n\r\nabout {tag}\r\n".encode(), 1)

@@ -92,15 +92,16 @@ def candidate(verdict: Verdict, envelope: Envelope, quarantine_threshold: float,
 
 
 def _ham(verdict: Verdict, envelope: Envelope, names: set[str]) -> Candidate | None:
-    if verdict.failed_checks:
-        return None
+    trusted_client = TRUSTED_CLIENT in names and bool(envelope.client_ip)
+    known = [n for n in KNOWN_SENDER if n in names]
+    if verdict.failed_checks or not (trusted_client or known):
+        return None  # most accepted mail: no facts read
     identity = IdentityFacts.of(verdict.facts)
     if identity is not None and (identity.imitation or identity.direction != "inbound"):
         return None  # someone imitated, or our own user writing out: not the mail to learn
-    if TRUSTED_CLIENT in names and envelope.client_ip:
+    if trusted_client:
         return Candidate("ham", f"accepted from allow-listed client {envelope.client_ip}",
                          f"ip:{envelope.client_ip}")
-    known = [n for n in KNOWN_SENDER if n in names]
     dmarc = DmarcFacts.of(verdict.facts)
     if not known or dmarc is None or dmarc.result != "pass" or not dmarc.from_domain:
         return None
@@ -117,16 +118,17 @@ def _spam(verdict: Verdict, envelope: Envelope, quarantine_threshold: float,
     def classifier(name: str) -> bool:
         return name.startswith("BAYES_") or name in derived
 
-    network = _network(envelope.client_ip)
     if verdict.forced_by and not classifier(verdict.forced_by):
-        return Candidate("spam", f"{verdict.action}: forced by {verdict.forced_by}", network)
+        return Candidate("spam", f"{verdict.action}: forced by {verdict.forced_by}",
+                         _network(envelope.client_ip))
     others = [s for s in verdict.symbols if not classifier(s.name)]
     score = sum(s.score for s in others)
     if verdict.forced_by is None and score >= quarantine_threshold:
         top = sorted((s for s in others if s.score > 0), key=lambda s: -s.score)[:4]
         return Candidate("spam", f"{verdict.action}: {score:g} without the classifier "
                                  f"(>= {quarantine_threshold:g}): "
-                                 + ", ".join(f"{s.name} {s.score:g}" for s in top), network)
+                                 + ", ".join(f"{s.name} {s.score:g}" for s in top),
+                         _network(envelope.client_ip))
     return None
 
 
