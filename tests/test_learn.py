@@ -324,6 +324,39 @@ def test_autolearn_learns_after_the_delay_unless_someone_objects(tmp_path: Path)
     store.close()
 
 
+def test_candidates_offered_together_are_queued_in_one_transaction(tmp_path: Path, caplog):
+    # Before, each candidate had a transaction (and a durable commit) of its
+    # own; one that cannot be queued still costs only itself.
+    from sqlalchemy import event
+
+    from gateway.classifier.autolearn import Autolearner
+    from gateway.config import parse_config
+    from gateway.ruleset import Ruleset
+
+    store = QuarantineStore(f"sqlite:///{tmp_path}/q.db")
+    commits: list[object] = []
+    event.listen(store.engine, "commit", commits.append)
+    settings = parse_config('[classifier]\nautolearn = "review"\n', "test")
+    learner = Autolearner(settings, lambda: store, Ruleset())
+    ham = learn_verdict("accept", ("ALLOWLIST_IP", -20.0))
+    spam = learn_verdict("reject", ("BLOCKLIST_SENDER", 0.0), forced_by="BLOCKLIST_SENDER")
+    try:
+        for tag in ("one", "two", "three"):
+            assert learner.offer(CLIENT, lambda tag=tag: mail(tag), ham, None) is not None
+        learner.flush()
+        assert learner.outcomes == {"queued": 3} and len(commits) == 1
+        # A held message that is not in the store: its event cannot be written.
+        learner.offer(CLIENT, lambda: mail("four"), ham, None)
+        learner.offer(CLIENT, lambda: mail("gone"), spam, "no-such-held-message")
+        learner.offer(CLIENT, lambda: mail("five"), ham, None)
+        learner.flush()
+    finally:
+        learner.close()
+        store.close()
+    assert learner.outcomes == {"queued": 5}
+    assert "autolearn: cannot queue a candidate: FOREIGN KEY constraint failed" in caplog.text
+
+
 @pytest.mark.postfix
 def test_autolearn_candidates_from_mail_through_postfix_wait_for_review(
         postfix, sink, gateway_milter, tmp_path: Path):
