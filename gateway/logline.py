@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from gateway.facts import HeadersFacts
+from gateway.logs import compact_json, write_fields
 from gateway.message import Envelope
-from gateway.terminal import dumps
 from gateway.verdict import Verdict
 
 log = logging.getLogger("gateway.message")
@@ -37,7 +37,11 @@ def message_record(envelope: Envelope, verdict: Verdict, size: int, millis: floa
 
 def log_verdict(envelope: Envelope, verdict: Verdict, size: int, millis: float,
                 notes: dict[str, str] | None = None) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
     record = message_record(envelope, verdict, size, millis, notes)
+    if write_fields(log, record):
+        return
     # As text: the JSON after the logger's prefix; as JSON: these fields, merged
     # (then the text is never made: it is rendered only if a formatter asks).
     log.info("%s", _AsJson(record), extra={"fields": record})
@@ -48,4 +52,4 @@ class _AsJson:
         self.record = record
 
     def __str__(self) -> str:
-        return dumps(self.record, separators=(",", ":"))
+        return compact_json(self.record)

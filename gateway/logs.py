@@ -15,10 +15,14 @@ import contextvars
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
+from types import SimpleNamespace
 from typing import Any
 
-from gateway.terminal import dumps
+import orjson
+
+from gateway.terminal import dumps, escape_json_text
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(queue_prefix)s%(message)s"
 
@@ -61,11 +65,69 @@ class JsonFormatter(logging.Formatter):
             entry["message"] = record.getMessage()
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return dumps(entry, separators=(",", ":"), default=str)
+        return compact_json(entry)
+
+
+def compact_json(value: Any) -> str:
+    """``dumps(value, separators=(",", ":"), default=str)``, by orjson (a
+    fifth of the json module's CPU on a verdict's fields): the same values
+    for a JSON reader; floats may be written another way (``0.00001`` for
+    ``1e-05``)."""
+    try:
+        text = orjson.dumps(value, default=str).decode()
+    except TypeError:  # lone surrogates (an envelope that was not UTF-8), huge ints
+        return dumps(value, separators=(",", ":"), default=str)
+    return escape_json_text(text)
 
 
 def formatter(style: str) -> logging.Formatter:
     return JsonFormatter() if style == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+# The handler setup_logging installed, while it is the root's only one.
+_installed: logging.Handler | None = None
+
+
+def write_fields(logger: logging.Logger, fields: Mapping[str, Any]) -> bool:
+    """Write one INFO record made of ``fields`` (a verdict's log line)
+    straight to the handler :func:`setup_logging` installed, formatted as
+    that handler formats it, without a LogRecord and the logging module's
+    walk over callers, filters and handlers (half the line's CPU). False
+    when anything else could see the record (another handler, a logger's
+    own handler, a test's capture) or the logger is not enabled for INFO:
+    the caller then logs it as usual."""
+    handler = _installed
+    if handler is None or not logger.isEnabledFor(logging.INFO) or len(handler.filters) != 1 \
+            or handler.level > logging.INFO or logging.getLogger().handlers != [handler]:
+        return False
+    node: logging.Logger | None = logger
+    while node is not None and node is not logging.root:
+        if node.handlers or not node.propagate:
+            return False
+        node = node.parent
+    if logger.filters:
+        return False
+    formatter = handler.formatter
+    now = time.time()
+    stamp = SimpleNamespace(created=now, msecs=int((now - int(now)) * 1000) + 0.0)
+    if isinstance(formatter, JsonFormatter):
+        line = compact_json({"time": formatter.formatTime(stamp, "%Y-%m-%dT%H:%M:%S"),  # type: ignore[arg-type]
+                             "level": "info", "logger": logger.name, **fields})
+    elif formatter is not None and formatter._fmt == TEXT_FORMAT:
+        queue_id = _queue_id.get()
+        line = (f"{formatter.formatTime(stamp)} INFO {logger.name}: "  # type: ignore[arg-type]
+                f"{f'{queue_id}: ' if queue_id else ''}{compact_json(fields)}")
+    else:
+        return False
+    assert isinstance(handler, logging.StreamHandler)
+    with contextlib.suppress(Exception):  # as StreamHandler.emit: a log line fails nothing
+        handler.acquire()
+        try:
+            handler.stream.write(line + handler.terminator)
+            handler.stream.flush()
+        finally:
+            handler.release()
+    return True
 
 
 def setup_logging(level: str = "info", style: str = "text") -> None:
@@ -80,6 +142,8 @@ def setup_logging(level: str = "info", style: str = "text") -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
+    global _installed
+    _installed = handler
     root.setLevel(getattr(logging, level.upper()))
     # Alembic narrates every schema check at INFO; only its problems matter here.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))

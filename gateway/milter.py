@@ -45,6 +45,7 @@ MAIL_MACROS = ("{auth_type}", "{auth_authen}", "{auth_author}")
 _OWN_HEADERS_LOWER = {h.lower() for h in OWN_HEADERS}
 _AUTH_RESULTS = authresults.HEADER.lower()
 LISTEN_BACKLOG = 1024
+HEAD_CHUNK = 65536  # header bytes gathered before they go to the spool, at most
 
 
 @dataclass
@@ -121,6 +122,8 @@ class GatewayMilter(Milter.Base):
         self.rcpt_to: list[str] = []
         self.macros: dict[str, str] = dict(self.connect_macros)
         self.spool = self._new_spool()
+        self.head: list[bytes] = []  # header fields not yet in the spool
+        self.head_size = 0
         # Incoming headers to delete before ours are added: (name, occurrence).
         self.header_counts: dict[str, int] = {}
         self.removals: list[tuple[str, int]] = []
@@ -201,8 +204,15 @@ class GatewayMilter(Milter.Base):
         # space and folding intact): DKIM's "simple" canonicalization needs it.
         # An MTA that cannot do that strips one space; put it back.
         separator = b":" if self._protocol & Milter.P_HDR_LEADSPC else b": "
-        value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        self.spool.write(name.encode("ascii", "surrogateescape") + separator + value + b"\r\n")
+        if b"\n" in value:  # folded: every line ends in CRLF
+            value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        line = b"".join((name.encode("ascii", "surrogateescape"), separator, value, b"\r\n"))
+        # Gathered and written to the spool at the end of the header block
+        # (one write, not one a field), or once they pass HEAD_CHUNK bytes.
+        self.head.append(line)
+        self.head_size += len(line)
+        if self.head_size > HEAD_CHUNK:
+            self._write_head()
         lower = name.lower()
         if lower in _OWN_HEADERS_LOWER or lower == _AUTH_RESULTS:
             occurrence = self.header_counts[lower] = self.header_counts.get(lower, 0) + 1
@@ -212,15 +222,23 @@ class GatewayMilter(Milter.Base):
                 self.removals.append((name, occurrence))
         return Milter.CONTINUE
 
+    def _write_head(self) -> None:
+        if self.head:
+            self.spool.write(b"".join(self.head))
+            self.head.clear()
+            self.head_size = 0
+
     @Milter.noreply
     @guarded
     def eoh(self) -> int:
-        self.spool.write(b"\r\n")
+        self.head.append(b"\r\n")
+        self._write_head()
         return Milter.CONTINUE
 
     @Milter.noreply
     @guarded
     def body(self, chunk: bytes) -> int:
+        self._write_head()  # none left after eoh; an MTA that sends no eoh
         self.spool.write(chunk)
         return Milter.CONTINUE
 
@@ -241,6 +259,7 @@ class GatewayMilter(Milter.Base):
             macros=dict(self.macros),
             stage_symbols=tuple(self.visit.symbols),
         )
+        self._write_head()
         raw = self.spool.freeze()
         if self.generation is None:  # end of message without MAIL FROM
             self._take_generation()

@@ -51,7 +51,12 @@ def dumps(value: Any, **options: Any) -> str:
     characters JSON leaves raw (DEL, C1, bidi, separators, lone surrogates)
     written as ``\\uXXXX`` escapes: the same data for a JSON reader, and
     nothing a terminal acts on."""
-    text = json.dumps(value, ensure_ascii=False, **options)
+    return escape_json_text(json.dumps(value, ensure_ascii=False, **options))
+
+
+def escape_json_text(text: str) -> str:
+    """JSON text with the characters :func:`dumps` escapes written as
+    ``\\uXXXX`` (for JSON made by another encoder)."""
     # Outside strings JSON has only ASCII punctuation and digits, so these
     # characters can only be inside strings, where \\uXXXX means the same.
     return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

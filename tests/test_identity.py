@@ -39,6 +39,7 @@ from gateway.ruleset import Ruleset
 from gateway.schema import ConfigError
 from gateway.symbols import Symbol
 from gateway.verdict import Verdict
+from tests.helpers import wait_until
 
 CEO = "ceo@acme.example"
 BOB = "bob@acme.example"
@@ -645,6 +646,63 @@ def test_the_learner_writes_in_batches_and_survives_a_store_away(tmp_path, caplo
     finally:
         away.close()
     assert "correspondents: cannot record 1 observation(s)" in caplog.text
+
+
+class _Counting:
+    """A memory that records each batch it is given."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def add(self, found) -> None:
+        self.batches.append([item.sender for item in found])
+
+    def apply_events(self) -> int:
+        return 0
+
+    def purge(self, retention_days: int) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_learner_writes_a_full_batch_at_once_and_the_rest_when_closed(tmp_path,
+                                                                            monkeypatch):
+    from gateway import correspondents as module
+
+    monkeypatch.setattr(module, "BATCH", 3)
+    monkeypatch.setattr(module, "FLUSH_EVERY", 3600.0)  # the timer never fires here
+    memory = _Counting()
+    learner = Learner("sqlite://", config(tmp_path).identity, memory=memory)  # type: ignore[arg-type]
+    try:
+        for who in ("a", "b", "c"):
+            learner.observe(envelope(BOB), decided(inbound(author=f"{who}@supplier.example")))
+        wait_until(lambda: memory.batches, what="the full batch written")
+        assert memory.batches == [["a@supplier.example", "b@supplier.example",
+                                   "c@supplier.example"]]
+        learner.observe(envelope(BOB), decided(inbound(author="d@supplier.example")))
+        learner.observe(envelope(BOB), decided(inbound(via=None)))  # spoofable: teaches nothing
+    finally:
+        learner.close()
+    assert memory.batches[1:] == [["d@supplier.example"]]
+
+
+def test_the_learner_drops_what_exceeds_its_bound_and_says_so(tmp_path, monkeypatch, caplog):
+    from gateway import correspondents as module
+
+    monkeypatch.setattr(module, "MAX_WAITING", 2)
+    monkeypatch.setattr(module, "FLUSH_EVERY", 3600.0)
+    memory = _Counting()
+    learner = Learner("sqlite://", config(tmp_path).identity, memory=memory)  # type: ignore[arg-type]
+    try:
+        for who in ("a", "b", "c"):
+            learner.observe(envelope(BOB), decided(inbound(author=f"{who}@supplier.example")))
+        learner.flush()
+    finally:
+        learner.close()
+    assert memory.batches == [["a@supplier.example", "b@supplier.example"]]
+    assert "too many observations waiting for the store" in caplog.text
 
 
 class _Hanging:

@@ -228,6 +228,30 @@ def test_autolearn_candidates_come_only_from_evidence_that_is_not_the_classifier
     assert found("quarantine", ("BAYES_FIRST", 6.0), ("MISSING_DATE", 1.0)) is None
 
 
+class CountedFacts(dict):
+    """A verdict's facts that count how often a check's are read."""
+
+    reads = 0
+
+    def get(self, key, default=None):  # Facts.of reads through get
+        CountedFacts.reads += 1
+        return super().get(key, default)
+
+
+def test_accepted_mail_nobody_vouches_for_is_no_candidate_without_reading_its_facts():
+    # Before, the identity check's facts were parsed for every accepted
+    # message, though only allow-listed or known senders can be candidates.
+    from gateway.classifier.autolearn import candidate
+
+    facts = CountedFacts(dmarc=ALIGNED, identity={"direction": "inbound"})
+    verdict = replace(learn_verdict("accept", ("DMARC_PASS", -1.0)), facts=facts)
+    CountedFacts.reads = 0
+    assert candidate(verdict, CLIENT, 6.0) is None
+    assert CountedFacts.reads == 0
+    known = replace(learn_verdict("accept", ("KNOWN_CORRESPONDENT", -1.0)), facts=facts)
+    assert candidate(known, CLIENT, 6.0) is not None and CountedFacts.reads == 2
+
+
 def mail(tag: str) -> bytes:
     """A message of its own: the training set tells messages apart by body."""
     return message(tag).replace(b"\r\n\r\n", f"\r\n\r\nabout {tag}\r\n".encode(), 1)
@@ -298,6 +322,39 @@ def test_autolearn_learns_after_the_delay_unless_someone_objects(tmp_path: Path)
     assert again.learned == 0
     training.close()
     store.close()
+
+
+def test_candidates_offered_together_are_queued_in_one_transaction(tmp_path: Path, caplog):
+    # Before, each candidate had a transaction (and a durable commit) of its
+    # own; one that cannot be queued still costs only itself.
+    from sqlalchemy import event
+
+    from gateway.classifier.autolearn import Autolearner
+    from gateway.config import parse_config
+    from gateway.ruleset import Ruleset
+
+    store = QuarantineStore(f"sqlite:///{tmp_path}/q.db")
+    commits: list[object] = []
+    event.listen(store.engine, "commit", commits.append)
+    settings = parse_config('[classifier]\nautolearn = "review"\n', "test")
+    learner = Autolearner(settings, lambda: store, Ruleset())
+    ham = learn_verdict("accept", ("ALLOWLIST_IP", -20.0))
+    spam = learn_verdict("reject", ("BLOCKLIST_SENDER", 0.0), forced_by="BLOCKLIST_SENDER")
+    try:
+        for tag in ("one", "two", "three"):
+            assert learner.offer(CLIENT, lambda tag=tag: mail(tag), ham, None) is not None
+        learner.flush()
+        assert learner.outcomes == {"queued": 3} and len(commits) == 1
+        # A held message that is not in the store: its event cannot be written.
+        learner.offer(CLIENT, lambda: mail("four"), ham, None)
+        learner.offer(CLIENT, lambda: mail("gone"), spam, "no-such-held-message")
+        learner.offer(CLIENT, lambda: mail("five"), ham, None)
+        learner.flush()
+    finally:
+        learner.close()
+        store.close()
+    assert learner.outcomes == {"queued": 5}
+    assert "autolearn: cannot queue a candidate: FOREIGN KEY constraint failed" in caplog.text
 
 
 @pytest.mark.postfix

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.classifier.corpus import content_key
@@ -66,6 +66,8 @@ TRUSTED_CLIENT = "ALLOWLIST_IP"
 # Candidates waiting in all, at most: past it new ones are dropped (and said).
 MAX_PENDING = 5000
 QUEUE = 64
+BATCH = 32  # candidates written in one transaction, at most
+GATHER = 1.0  # seconds the writer waits for more after a candidate
 
 
 @dataclass(frozen=True)
@@ -92,15 +94,16 @@ def candidate(verdict: Verdict, envelope: Envelope, quarantine_threshold: float,
 
 
 def _ham(verdict: Verdict, envelope: Envelope, names: set[str]) -> Candidate | None:
-    if verdict.failed_checks:
-        return None
+    trusted_client = TRUSTED_CLIENT in names and bool(envelope.client_ip)
+    known = [n for n in KNOWN_SENDER if n in names]
+    if verdict.failed_checks or not (trusted_client or known):
+        return None  # most accepted mail: no facts read
     identity = IdentityFacts.of(verdict.facts)
     if identity is not None and (identity.imitation or identity.direction != "inbound"):
         return None  # someone imitated, or our own user writing out: not the mail to learn
-    if TRUSTED_CLIENT in names and envelope.client_ip:
+    if trusted_client:
         return Candidate("ham", f"accepted from allow-listed client {envelope.client_ip}",
                          f"ip:{envelope.client_ip}")
-    known = [n for n in KNOWN_SENDER if n in names]
     dmarc = DmarcFacts.of(verdict.facts)
     if not known or dmarc is None or dmarc.result != "pass" or not dmarc.from_domain:
         return None
@@ -117,16 +120,17 @@ def _spam(verdict: Verdict, envelope: Envelope, quarantine_threshold: float,
     def classifier(name: str) -> bool:
         return name.startswith("BAYES_") or name in derived
 
-    network = _network(envelope.client_ip)
     if verdict.forced_by and not classifier(verdict.forced_by):
-        return Candidate("spam", f"{verdict.action}: forced by {verdict.forced_by}", network)
+        return Candidate("spam", f"{verdict.action}: forced by {verdict.forced_by}",
+                         _network(envelope.client_ip))
     others = [s for s in verdict.symbols if not classifier(s.name)]
     score = sum(s.score for s in others)
     if verdict.forced_by is None and score >= quarantine_threshold:
         top = sorted((s for s in others if s.score > 0), key=lambda s: -s.score)[:4]
         return Candidate("spam", f"{verdict.action}: {score:g} without the classifier "
                                  f"(>= {quarantine_threshold:g}): "
-                                 + ", ".join(f"{s.name} {s.score:g}" for s in top), network)
+                                 + ", ".join(f"{s.name} {s.score:g}" for s in top),
+                         _network(envelope.client_ip))
     return None
 
 
@@ -149,38 +153,68 @@ def queue_candidate(engine: Any, found: Candidate, raw: bytes, subject: str | No
     """Put one candidate in the feedback queue: 'queued', or why not
     ('known': this message is queued or learned already; 'capped': its
     sender has its share; 'full': MAX_PENDING candidates wait)."""
-    at = at or datetime.now(UTC)
-    key = content_key(raw)
     with engine.begin() as connection:
-        if connection.execute(select(feedback.c.id).where(feedback.c.training_key == key)
-                              .limit(1)).first() is not None or \
-                connection.execute(select(training_messages.c.id).where(
-                    training_messages.c.key == key)).first() is not None:
-            return "known"
-        from_autolearn = and_(feedback.c.source == SOURCE,
-                              feedback.c.state.in_(("pending", "accepted")))
-        if connection.execute(select(func.count()).select_from(feedback).where(
-                and_(from_autolearn, feedback.c.sender_key == found.sender_key))
-                ).scalar_one() >= per_sender:
-            return "capped"
-        if connection.execute(select(func.count()).select_from(feedback).where(and_(
-                feedback.c.source == SOURCE, feedback.c.state == "pending"))
-                ).scalar_one() >= MAX_PENDING:
-            return "full"
-        identifier = connection.execute(insert(feedback).values(
-            message=quarantine_id or "", label=found.label, source=SOURCE, who=WHO,
-            note=found.why[:1000], created=at, state="pending", review_note="",
-            training_key=key, sender_key=found.sender_key[:255],
-            mail_subject=(subject or "")[:500],
-            due=at + timedelta(days=delay_days))).inserted_primary_key[0]
-        if quarantine_id is None:
-            connection.execute(insert(feedback_mail), {"feedback": identifier, "raw": raw})
-        else:
-            connection.execute(insert(events), {
-                "message": quarantine_id, "time": at, "actor": WHO,
-                "action": f"autolearn-{found.label}",
-                "detail": f"feedback #{identifier}: {found.why}"[:1000]})
+        return _queue_one(connection, found, raw, subject, quarantine_id, delay_days,
+                          per_sender, at or datetime.now(UTC))
+
+
+def queue_candidates(engine: Any, offered: list[Offered], delay_days: float,
+                     per_sender: int) -> list[str]:
+    """Several candidates in one transaction (one commit for the lot, not
+    one each), each decided as queue_candidate decides it."""
+    at = datetime.now(UTC)
+    with engine.begin() as connection:
+        return [_queue_one(connection, o.found, o.raw, o.subject, o.quarantine_id,
+                           delay_days, per_sender, at) for o in offered]
+
+
+# The queue's statements, built once (each build costs its construction and
+# its cache key again, per candidate).
+_FROM_AUTOLEARN = and_(feedback.c.source == SOURCE, feedback.c.state.in_(("pending", "accepted")))
+_QUEUED = select(feedback.c.id).where(feedback.c.training_key == bindparam("key")).limit(1)
+_LEARNED = select(training_messages.c.id).where(training_messages.c.key == bindparam("key"))
+_PER_SENDER = select(func.count()).select_from(feedback).where(
+    and_(_FROM_AUTOLEARN, feedback.c.sender_key == bindparam("sender_key")))
+_PENDING = select(func.count()).select_from(feedback).where(
+    and_(feedback.c.source == SOURCE, feedback.c.state == "pending"))
+
+
+def _queue_one(connection: Any, found: Candidate, raw: bytes, subject: str | None,
+               quarantine_id: str | None, delay_days: float, per_sender: int,
+               at: datetime) -> str:
+    key = content_key(raw)
+    if connection.execute(_QUEUED, {"key": key}).first() is not None or \
+            connection.execute(_LEARNED, {"key": key}).first() is not None:
+        return "known"
+    if connection.execute(_PER_SENDER, {"sender_key": found.sender_key}).scalar_one() \
+            >= per_sender:
+        return "capped"
+    if connection.execute(_PENDING).scalar_one() >= MAX_PENDING:
+        return "full"
+    identifier = connection.execute(insert(feedback).values(
+        message=quarantine_id or "", label=found.label, source=SOURCE, who=WHO,
+        note=found.why[:1000], created=at, state="pending", review_note="",
+        training_key=key, sender_key=found.sender_key[:255],
+        mail_subject=(subject or "")[:500],
+        due=at + timedelta(days=delay_days))).inserted_primary_key[0]
+    if quarantine_id is None:
+        connection.execute(insert(feedback_mail), {"feedback": identifier, "raw": raw})
+    else:
+        connection.execute(insert(events), {
+            "message": quarantine_id, "time": at, "actor": WHO,
+            "action": f"autolearn-{found.label}",
+            "detail": f"feedback #{identifier}: {found.why}"[:1000]})
     return "queued"
+
+
+@dataclass(frozen=True)
+class Offered:
+    """A candidate waiting for the writer thread, with what it writes."""
+
+    found: Candidate
+    raw: bytes
+    subject: str | None
+    quarantine_id: str | None
 
 
 class Autolearner:
@@ -226,7 +260,7 @@ class Autolearner:
                                                 name="autolearn", daemon=True)
                 self._thread.start()
         try:
-            self._queue.put_nowait((found, data, _subject(data), quarantine_id))
+            self._queue.put_nowait(Offered(found, data, _subject(data), quarantine_id))
         except queue.Full:
             self.dropped += 1
             self._complain(f"{self.dropped} autolearn candidates dropped so far: the store "
@@ -235,24 +269,61 @@ class Autolearner:
 
     def _write(self, items: queue.Queue) -> None:
         while True:
-            item = items.get()
-            if item is None:
-                return
-            found, raw, subject, quarantine_id = item
+            batch = self._gather(items)
+            offered = [item for item in batch if item is not None]
             try:
-                outcome = queue_candidate(self._store().engine, found, raw, subject,
-                                          quarantine_id, self.settings.autolearn_delay_days,
-                                          self.settings.autolearn_per_sender)
-            except SQLAlchemyError as exc:
-                self._complain(f"cannot queue a candidate: {first_line(exc)}")
-                continue
-            except Exception as exc:  # a candidate is never worth the thread
-                self._complain(f"cannot queue a candidate: {type(exc).__name__}: {exc}")
-                continue
+                if offered:
+                    self._write_batch(offered)
+            finally:
+                for _ in batch:
+                    items.task_done()
+            if len(offered) < len(batch):  # None: closing
+                return
+
+    def _gather(self, items: queue.Queue) -> list[Offered | None]:
+        """The next candidate and those offered within GATHER seconds after
+        it (up to BATCH): written in one transaction. A candidate waits days
+        for its delay anyway."""
+        batch = [items.get()]
+        deadline = time.monotonic() + GATHER
+        while batch[-1] is not None and len(batch) < BATCH:
+            try:
+                batch.append(items.get(timeout=max(deadline - time.monotonic(), 0.0)))
+            except queue.Empty:
+                break
+        return batch
+
+    def _write_batch(self, offered: list[Offered]) -> None:
+        """In one transaction; if it fails, each candidate in one of its own,
+        so that a bad one costs only itself."""
+        settings = self.settings
+        try:
+            outcomes = queue_candidates(self._store().engine, offered,
+                                        settings.autolearn_delay_days,
+                                        settings.autolearn_per_sender)
+        except Exception as exc:
+            if len(offered) == 1:
+                self._failed(exc)
+                return
+            outcomes = []
+            for one in offered:
+                try:
+                    outcomes.append(queue_candidate(
+                        self._store().engine, one.found, one.raw, one.subject,
+                        one.quarantine_id, settings.autolearn_delay_days,
+                        settings.autolearn_per_sender))
+                except Exception as alone:  # a candidate is never worth the thread
+                    self._failed(alone)
+        for outcome in outcomes:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-            if outcome == "full":
-                self._complain(f"{MAX_PENDING} autolearn candidates wait already: accept or "
-                               "reject them (gateway feedback list --autolearn)")
+        if "full" in outcomes:
+            self._complain(f"{MAX_PENDING} autolearn candidates wait already: accept or "
+                           "reject them (gateway feedback list --autolearn)")
+
+    def _failed(self, exc: Exception) -> None:
+        what = first_line(exc) if isinstance(exc, SQLAlchemyError) else \
+            f"{type(exc).__name__}: {exc}"
+        self._complain(f"cannot queue a candidate: {what}")
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until what was offered is written (tests, shutdown)."""

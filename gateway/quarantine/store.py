@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import operator
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,8 +33,9 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.schema import Table
 from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.db import first_line, make_engine, migrate, now, safe_url, utc
@@ -59,12 +61,55 @@ STATES = ("held", "released", "deleted", "expired")
 SORTS = ("created", "score", "sender", "subject", "state", "action", "node", "size")
 
 
-# Built once, not per held message: each build costs the statement's
-# construction and its compiled-cache key again.
-_INSERT_MESSAGE = insert(messages)
-_INSERT_RECIPIENT = insert(recipients)
-_INSERT_SYMBOL = insert(symbols)
 _INSERT_EVENT = insert(events)
+# The columns a held message's rows fill, table by table.
+_HELD_COLUMNS = (
+    (messages, ("id", "node", "queue_id", "created", "updated", "state", "action", "client_ip",
+                "client_name", "helo", "sender", "header_from", "header_to", "subject",
+                "header_date", "message_id", "score", "required", "reason", "failed_checks",
+                "size", "sha256", "raw", "verdict_headers")),
+    (recipients, ("message", "position", "address")),
+    (symbols, ("message", "position", "name", "score", "description", "evidence")),
+    (events, ("message", "time", "actor", "action", "detail", "reason")),
+)
+
+
+@dataclass(frozen=True)
+class _DriverInsert:
+    """An INSERT as the database driver takes it: SQLAlchemy compiles it
+    once per engine, and each row's values pass through the same bind
+    processors (a SQLite date as text, ...) SQLAlchemy would apply. A held
+    message's rows go through the driver's cursor: SQLAlchemy's execution
+    of four statements was half the CPU of keeping a message."""
+
+    sql: str
+    # Positional parameters: a row's values in their order (None: by name).
+    order: Callable[[dict[str, Any]], tuple[Any, ...]] | None
+    processors: tuple[tuple[str, Callable[[Any], Any]], ...]
+
+    @classmethod
+    def of(cls, table: Table, keys: tuple[str, ...], dialect: Dialect) -> _DriverInsert:
+        compiled = insert(table).compile(dialect=dialect, column_keys=list(keys))
+        order = None
+        if compiled.positional:
+            names = tuple(compiled.positiontup or ())
+            assert len(names) > 1 and set(names) == set(keys), (table.name, names)
+            order = operator.itemgetter(*names)
+        processors = tuple(
+            (key, process) for key in keys
+            if (process := table.c[key].type.dialect_impl(dialect).bind_processor(dialect)))
+        return cls(compiled.string, order, processors)
+
+    def parameters(self, row: dict[str, Any]) -> Any:
+        for key, process in self.processors:
+            row[key] = process(row[key])
+        return row if self.order is None else self.order(row)
+
+    def run(self, cursor: Any, rows: list[dict[str, Any]]) -> None:
+        if len(rows) == 1:
+            cursor.execute(self.sql, self.parameters(rows[0]))
+        else:
+            cursor.executemany(self.sql, [self.parameters(row) for row in rows])
 
 
 class QuarantineError(Exception):
@@ -193,6 +238,7 @@ class QuarantineStore:
         process, which must not race the milter's migration)."""
         self.url = url
         self.node = node or socket.gethostname()
+        self._held_inserts: list[_DriverInsert] | None = None
         try:
             self.engine = make_engine(url)
             if migrate:
@@ -236,25 +282,51 @@ class QuarantineStore:
             "raw": data,
             "verdict_headers": json.dumps(_verdict_headers(verdict)),
         }
+        what = "quarantined" if row["action"] == "quarantine" else "kept-rejected"
+        self._write_held([
+            [row],
+            [{"message": identifier, "position": i, "address": _text(address)}
+             for i, address in enumerate(envelope.rcpt_to)]
+            or [{"message": identifier, "position": 0, "address": ""}],
+            [{"message": identifier, "position": i, "name": s.name, "score": s.score,
+              "description": s.description, "evidence": s.evidence}
+             for i, s in enumerate(verdict.symbols)],
+            [{"message": identifier, "time": now(), "actor": "gateway", "action": what,
+              "detail": verdict.reason, "reason": None}],
+        ])
+        return identifier
+
+    def _write_held(self, rows: list[list[dict[str, Any]]]) -> None:
+        """A held message's rows (message, recipients, symbols, event) in one
+        transaction, committed before this returns."""
+        if self._held_inserts is None:
+            dialect = self.engine.dialect
+            self._held_inserts = [_DriverInsert.of(table, keys, dialect)
+                                  for table, keys in _HELD_COLUMNS]
+        driver_error = self.engine.dialect.loaded_dbapi.Error
         try:
-            with self.engine.begin() as connection:
-                connection.execute(_INSERT_MESSAGE, row)
-                connection.execute(_INSERT_RECIPIENT, [
-                    {"message": identifier, "position": i, "address": _text(address)}
-                    for i, address in enumerate(envelope.rcpt_to)
-                ] or [{"message": identifier, "position": 0, "address": ""}])
-                if verdict.symbols:
-                    connection.execute(_INSERT_SYMBOL, [
-                        {"message": identifier, "position": i, "name": s.name,
-                         "score": s.score, "description": s.description,
-                         "evidence": s.evidence}
-                        for i, s in enumerate(verdict.symbols)
-                    ])
-                what = "quarantined" if row["action"] == "quarantine" else "kept-rejected"
-                _event(connection, identifier, "gateway", what, verdict.reason)
+            connection = self.engine.raw_connection()  # from the pool, pinged if it pings
         except SQLAlchemyError as exc:
             raise QuarantineError(f"cannot store message: {first_line(exc)}") from None
-        return identifier
+        cursor = None
+        try:
+            cursor = connection.cursor()
+            for statement, table_rows in zip(self._held_inserts, rows, strict=True):
+                if table_rows:
+                    statement.run(cursor, table_rows)
+            connection.commit()
+        except Exception as exc:  # the driver's, or a value no bind processor takes
+            with contextlib.suppress(Exception):
+                connection.rollback()
+            if isinstance(exc, driver_error) and self.engine.dialect.is_disconnect(
+                    exc, connection.dbapi_connection, cursor):
+                connection.invalidate()  # the pool opens a new one for the next message
+            raise QuarantineError(f"cannot store message: {first_line(exc)}") from None
+        finally:
+            if cursor is not None:
+                with contextlib.suppress(Exception):
+                    cursor.close()
+            connection.close()  # back to the pool
 
     def change_state(self, identifier: str, state: str, who: str, what: str, detail: str = "",
                      drop_body: bool = False, reason: str = "") -> None:
