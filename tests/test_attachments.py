@@ -249,3 +249,29 @@ def test_broken_and_random_archives_never_make_the_check_fail():
 @pytest.mark.parametrize("name", ["notes.txt", "photo.jpeg", "data.csv", "archive.tar.gz"])
 def test_ordinary_attachments_raise_nothing(name):
     assert findings(mail((name, "application/octet-stream", b"ordinary bytes"))) == {}
+
+
+@pytest.mark.parametrize("fields", [
+    "Content-Type: text/plain",
+    "Content-Type: application/pdf; NAME=\"Report.pdf\"",
+    "Content-Type: application/pdf\r\nContent-Disposition: attachment; FileName=a.exe",
+    "Content-Disposition: attachment; filename*0*=utf-8''r%C3%A9sum;\r\n"
+    " filename*1*=%C3%A9.doc",
+    "Content-Type: application/octet-stream; x=\"name\"",
+    "Content-Type: image/png; name==?utf-8?q?caf=C3=A9.png?=",
+    "Content-Disposition: inline\r\nContent-Type: text/html; charset=utf-8; Name=page.htm",
+    "Content-Type: application/zip; name=\"\xc3\xa9t\xc3\xa9.zip\"",
+    "Content-Disposition: attachment",
+])
+def test_a_parts_file_name_is_the_one_the_stdlib_reads(fields, monkeypatch):
+    """file_name skips the stdlib's parameter parse when no field says
+    "name": the same name as with the parse, whatever the case or encoding."""
+    from gateway.checks import view
+
+    raw = (f"From: a@example.org\r\nMIME-Version: 1.0\r\n{fields}\r\n\r\nx\r\n").encode(
+        "utf-8", "surrogateescape")
+    part = Message.from_bytes(raw).email
+    found = view.file_name(part)
+    assert bool(found) == bool(part.get_filename())
+    monkeypatch.setattr(view, "_may_name_a_file", lambda part: True)
+    assert found == view.file_name(part)

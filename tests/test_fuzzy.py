@@ -4,6 +4,7 @@ ham in the store, campaigns across copies, protected senders, limits."""
 from __future__ import annotations
 
 import random
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,8 +18,11 @@ from gateway.checks import CheckContext
 from gateway.checks.fuzzy import FuzzyCheck, learn
 from gateway.config import FuzzySection, parse_config
 from gateway.fuzzyhash import (
+    _DIGITS,
     _EMAIL,
+    _URL,
     MAX_TAGS,
+    MAX_TEXT,
     TlshIndex,
     digests,
     distance,
@@ -26,6 +30,7 @@ from gateway.fuzzyhash import (
     normalise_text,
     tlsh_of,
     without_addresses,
+    without_url_paths,
 )
 from gateway.message import Envelope, Message
 from gateway.quarantine.schema import fuzzy_hashes
@@ -145,6 +150,33 @@ def test_addresses_are_removed_as_the_regex_alone_removes_them(text):
                                   "a.b+c-d@e-f.g.h " * 50, "a@b" + "." * 20 + "c"])
 def test_addresses_are_removed_as_the_regex_alone_removes_them_at_the_edges(text):
     assert without_addresses(text) == _EMAIL.sub(" @ ", text)
+
+
+def _normalised_by_the_regexes(text: str) -> str:
+    """normalise_text as it was written first: one regex after the other."""
+    text = text[:MAX_TEXT].lower()
+    text = _URL.sub(lambda m: f" url:{m.group(1)} ", text)
+    text = _EMAIL.sub(" @ ", text)
+    text = _DIGITS.sub("0", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@given(st.text(alphabet=st.sampled_from("htpsw:/.W\u017fHTx-_ 1\u00e9\n\t\x1c\u3000\u0660@"),
+               max_size=300))
+@settings(derandomize=True, database=None, deadline=None, max_examples=600)
+def test_normalising_gives_what_the_regexes_alone_give(text):
+    assert without_url_paths(text) == _URL.sub(lambda m: f" url:{m.group(1)} ", text)
+    assert normalise_text(text) == _normalised_by_the_regexes(text)
+
+
+@pytest.mark.parametrize("text", [
+    "see https://Example.COM/a?b=1 and www.x.org/y, http://\u0131.example/z",
+    "xhttps://a.b", "https://" * 300, "www." * 300, "w" * 500 + "ww.a", ":" * 500 + "//a",
+    "http\u017f://a.b/c", "café http://x.y/é \u00a0 \u2028 end\x1f", "www.a" + "b" * 3000,
+    "\u0663\u0664 order 12345 to 1@2.3 " * 40, "a" * (MAX_TEXT + 10) + " http://x.y"])
+def test_normalising_gives_what_the_regexes_alone_give_at_the_edges(text):
+    assert without_url_paths(text) == _URL.sub(lambda m: f" url:{m.group(1)} ", text)
+    assert normalise_text(text) == _normalised_by_the_regexes(text)
 
 
 def test_normalising_keeps_what_the_copies_of_a_campaign_share():

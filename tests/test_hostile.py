@@ -336,6 +336,26 @@ def test_the_feed_parser_hooks_of_bounded_parsing_still_exist():
     assert deepest.get_content_type() == mime.OPAQUE_TYPE
 
 
+_HEADER_LINE = st.sampled_from(["From a@b.test\n", "Subject: x\n", " folded; y\n", "\tz\n",
+                                "Content-Type: text/plain; a=1; b=2\n", "X: ;;;\n",
+                                "Received: from x; Tue\n", "content-disposition: a; b\n",
+                                "Long: " + "w" * 40 + "\n"])
+
+
+@given(st.lists(_HEADER_LINE, max_size=12), st.integers(1, 8), st.integers(20, 200),
+       st.integers(0, 6))
+@settings(derandomize=True, database=None, deadline=None, max_examples=500)
+def test_a_header_block_within_every_limit_is_bounded_as_field_by_field(
+        lines, header_count, header_length, mime_parameters):
+    """The parser hands on a block within every limit as it is (no sorting
+    into fields): the same lines, and the same excess, as field by field."""
+    limits = LimitsSection(header_count=header_count, header_length=header_length,
+                           mime_parameters=mime_parameters)
+    quick, by_field = mime.BoundedParser(limits), mime.BoundedParser(limits)
+    assert quick._bounded(list(lines)) == by_field._bounded_by_field(list(lines))
+    assert vars(quick.excess) == vars(by_field.excess)
+
+
 # -- regressions found by the builders -------------------------------------------------
 
 

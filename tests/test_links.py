@@ -13,6 +13,8 @@ import uuid
 from email.message import EmailMessage
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.checks import CheckContext
 from gateway.checks.links import LinksCheck, mixed_script_label, shown_link
@@ -21,7 +23,7 @@ from gateway.config import Config, LimitsSection, LinksSection
 from gateway.facts import DmarcFacts
 from gateway.message import Envelope, Message
 from gateway.ruleset import Ruleset
-from gateway.urls import html_urls, parse_link, srcset, text_urls
+from gateway.urls import TEXT_URL, TRAILING, html_urls, parse_link, srcset, text_urls
 from tests.test_web import web as web  # the fixture
 
 
@@ -131,6 +133,25 @@ def test_srcset_follows_the_html_parsing_rules():
         "data:image/png;base64,AAA=", "https://x.example/a.png"]
     assert list(srcset("  ,, a.png, b.png (max-width: 1px, 2px) 2x, c.png")) == [
         "a.png", "b.png", "c.png"]
+
+
+def _urls_by_the_regex_alone(text: str) -> list[str]:
+    return [url for m in TEXT_URL.finditer(text) if (url := m.group(0).rstrip(TRAILING))]
+
+
+@given(st.text(alphabet=st.sampled_from("htpsw:/.W\u017f\u212aHx-+9_ )\u00e9\n\u3000"),
+               max_size=300))
+@settings(derandomize=True, database=None, deadline=None, max_examples=600)
+def test_text_urls_are_the_matches_of_the_regex_alone(text):
+    assert [f.url for f in text_urls(text)] == _urls_by_the_regex_alone(text)
+
+
+@pytest.mark.parametrize("text", [
+    "a" * 30 + "http://x.y", "ab" * 12 + "://x", "a" * 21 + "://x", "a" * 20 + "://x",
+    "\u00e9http://x.y", "\u212aa://x Www.y.z wWw.q", "https://" * 300, "www." * 300,
+    ":" * 500 + "//a", "w" * 500 + "ww.a", "x1+.-://a), (www.b.c!", "http://a." * 50])
+def test_text_urls_are_the_matches_of_the_regex_alone_at_the_edges(text):
+    assert [f.url for f in text_urls(text)] == _urls_by_the_regex_alone(text)
 
 
 def test_text_urls_leave_the_sentence_its_punctuation():

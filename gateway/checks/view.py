@@ -240,6 +240,8 @@ def view_of(message: Message) -> MessageView:
 def file_name(part: EmailMessage, encoded_words: int = 200) -> str:
     """The part's file name (Content-Disposition filename, else Content-Type
     name), RFC 2231 and RFC 2047 decoded, as a reader's program shows it."""
+    if not _may_name_a_file(part):
+        return ""
     try:
         name = part.get_filename()
         if name and "\ufffd" in name:
@@ -253,6 +255,16 @@ def file_name(part: EmailMessage, encoded_words: int = 200) -> str:
     if len(name) > NAME_LENGTH:
         name = name[:NAME_LENGTH // 2] + "…" + name[-(NAME_LENGTH // 2):]
     return name
+
+
+def _may_name_a_file(part: EmailMessage) -> bool:
+    """Whether a Content-Disposition or Content-Type field says "name"
+    (filename, name, name*0*...): the parameter names get_filename reads
+    are the fields' own text lower-cased, so without it there is none, and
+    most parts are spared the stdlib's parameter parse."""
+    return any(not isinstance(value, str) or "name" in value.lower()
+               for key, value in part.raw_items()
+               if key.lower() in ("content-disposition", "content-type"))
 
 
 def _raw_utf8_filename(part: EmailMessage) -> str | None:

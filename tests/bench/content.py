@@ -1,0 +1,146 @@
+"""The content checks' CPU per message on the public corpus, in the
+pipeline's order: limits, rules (which reads the message view first: the
+parts, their text, their URLs), the near-duplicates' digests (what the
+fuzzy check computes before it asks its store), identity and links; in CPU
+ms per message (time.process_time), the messages parsed before the clock
+starts, each figure the least of three passes.
+
+    .venv/bin/python tests/bench/content.py -n 600 --rounds 3 [--before DIR]
+
+``--before DIR``: another checkout (``git worktree add --detach DIR main``)
+measured in turn with this one, alternated in fresh processes, each round
+both; printed as the median and spread of each and of the ratio
+after/before within a round. Progress on stderr; only comparable on a
+quiet machine. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CHECKS = ("limits", "rules", "identity", "links")  # fuzzy's digests measured after rules
+
+
+def measure(root: Path, corpus: Path, count: int) -> dict[str, float]:
+    """CPU ms per message of each content check, with ``root``'s code."""
+    sys.path.insert(0, str(root))
+    from gateway.checks import CheckContext
+    from gateway.checks.fuzzy import message_digests
+    from gateway.config import Config, PipelineSection
+    from gateway.message import Message
+    from gateway.registry import BUILTIN
+    from gateway.ruleset import load_rules
+
+    if not Path(sys.modules["gateway"].__file__ or "").is_relative_to(root):
+        raise SystemExit(f"content.py: gateway imported from {sys.modules['gateway'].__file__}, "
+                         f"not from {root}")
+    config = Config(pipeline=PipelineSection(checks=list(CHECKS), workers=0))
+    ruleset = load_rules(config.policy.rules)
+    checks = []
+    for name in CHECKS:
+        module, _, cls = BUILTIN[name].partition(":")
+        checks.append((name, getattr(importlib.import_module(module), cls)(config, ruleset)))
+    raws = [path.read_bytes() for path in sample(corpus, count)]
+
+    def parsed() -> list[Message]:
+        messages = [Message.from_bytes(raw) for raw in raws]
+        for message in messages:
+            message.email  # noqa: B018 - parsed as the limits check gets it
+            message.authors  # noqa: B018
+        return messages
+
+    def one_pass(spent: dict[str, float]) -> None:
+        for message in parsed():
+            context = CheckContext(facts={})
+            for name, check in checks:
+                started = time.process_time()
+                check.run(message, context)
+                spent[name] = spent.get(name, 0.0) + time.process_time() - started
+                if name == "rules":
+                    started = time.process_time()
+                    message_digests(message, config.fuzzy)
+                    spent["fuzzy"] = spent.get("fuzzy", 0.0) + time.process_time() - started
+
+    one_pass({})  # untimed: the caches (public suffixes, indexes)
+    least: dict[str, float] = {}
+    for _ in range(3):  # a busy machine only ever adds time
+        spent: dict[str, float] = {}
+        one_pass(spent)
+        for name, seconds in spent.items():
+            least[name] = min(least.get(name, float("inf")), seconds * 1000 / len(raws))
+    return {**least, "messages": len(raws)}
+
+
+def sample(corpus: Path, count: int) -> list[Path]:
+    """``count`` messages spread evenly over the corpus's folders."""
+    paths = sorted(p for p in corpus.rglob("*") if p.is_file() and p.name != "README.md")
+    step = max(1, len(paths) // count)
+    return paths[::step][:count]
+
+
+def child(root: Path, corpus: Path, count: int) -> dict[str, float]:
+    """``measure`` in a fresh process with ``root``'s code."""
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", str(root), "-n", str(count),
+         "--corpus", str(corpus)],
+        capture_output=True, text=True, check=False, cwd=root)
+    if result.returncode != 0:
+        raise SystemExit(f"content.py: measuring {root} failed: "
+                         f"{(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    figures: dict[str, float] = json.loads(result.stdout)
+    return figures
+
+
+def spread(values: list[float]) -> str:
+    return (f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+            if values else "-")
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from tests.bench.corpus import add_corpus_argument, require_corpus
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=600, help="corpus messages (default 600)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--before", type=Path, help="another checkout to compare with")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    add_corpus_argument(parser)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(measure(args.child, args.corpus, args.n)))
+        return
+    corpus = require_corpus(args.corpus, "content.py")
+    roots = {"after": PROJECT_ROOT}
+    if args.before is not None:
+        roots = {"before": args.before.resolve(), **roots}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in roots}
+    for round_ in range(args.rounds):
+        order = list(roots) if round_ % 2 == 0 else list(reversed(roots))  # the machine drifts
+        for name in order:
+            runs[name].append(child(roots[name], corpus, args.n))
+            print(f"round {round_ + 1}/{args.rounds} {name}: {runs[name][-1]}",
+                  file=sys.stderr, flush=True)
+    count = int(runs["after"][0]["messages"])
+    print(f"CPU ms per message, {count} corpus messages, {args.rounds} rounds: "
+          "median (min-max)")
+    for part in ("limits", "rules", "fuzzy", "identity", "links"):
+        line = f"{part:8}" + "".join(f"  {name} {spread([r[part] for r in runs[name]])}"
+                                     for name in roots)
+        if "before" in runs:
+            ratios = [a[part] / b[part] for a, b in zip(runs["after"], runs["before"],
+                                                        strict=True)]
+            line += f"  after/before {spread(ratios)}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
