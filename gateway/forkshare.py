@@ -78,15 +78,15 @@ def _warm_tables() -> None:
     """
     warmers: list[Callable[[], object]] = []
     if "gateway.mail" in sys.modules:
-        from gateway.mail import registrable_domain
+        from gateway.mail import _public_suffix_list
 
-        warmers.append(lambda: registrable_domain("example.co.uk"))
+        warmers.append(_public_suffix_list)  # built once a process, on first use
     if "gateway.lookalike" in sys.modules:
         from gateway.config import IdentitySection
-        from gateway.lookalike import country_site, load_brands, load_freemail
+        from gateway.lookalike import _icann_suffixes, load_brands, load_freemail
 
         defaults = IdentitySection()
-        warmers += [lambda: country_site("www.example.co.uk"),  # and its ICANN list
+        warmers += [_icann_suffixes,
                     lambda: load_brands(defaults.brands),
                     lambda: load_freemail(defaults.freemail)]
     if "gateway.checks.links" in sys.modules:
