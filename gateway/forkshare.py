@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,8 +64,45 @@ def shared_model(wanted: Signature) -> SpamModel | None:
     return _models.get(wanted)
 
 
+def _warm_tables() -> None:
+    """In the fork server: build the static tables the checks otherwise
+    build in every worker on first use, so that the workers share them.
+
+    The public suffix lists (the whole one and its ICANN section) and the
+    registrable domains of the shipped brands and freemail lists, kept in
+    the caches of :func:`gateway.lookalike.registrable` and its helpers:
+    each worker's identity and links checks read them from these caches
+    when they build their indexes. Only for modules the fork server
+    preloaded (a check that is off costs nothing); a table that fails to
+    build is built in each worker as before.
+    """
+    warmers: list[Callable[[], object]] = []
+    if "gateway.mail" in sys.modules:
+        from gateway.mail import _public_suffix_list
+
+        warmers.append(_public_suffix_list)  # built once a process, on first use
+    if "gateway.lookalike" in sys.modules:
+        from gateway.config import IdentitySection
+        from gateway.lookalike import _icann_suffixes, load_brands, load_freemail
+
+        defaults = IdentitySection()
+        warmers += [_icann_suffixes,
+                    lambda: load_brands(defaults.brands),
+                    lambda: load_freemail(defaults.freemail)]
+    if "gateway.checks.links" in sys.modules:
+        from gateway.checks.links import shipped_shorteners
+
+        warmers.append(shipped_shorteners)
+    for warm in warmers:
+        try:
+            warm()
+        except Exception as exc:  # the workers build it themselves, as before
+            log.debug("fork server: a table not prebuilt: %s: %s", type(exc).__name__, exc)
+
+
 def _load_shared() -> None:
-    """In the fork server: load the model the milter named, then freeze."""
+    """In the fork server: load the model the milter named, build the
+    static tables, then freeze."""
     named = os.environ.get(ENVIRONMENT)
     if named:
         try:
@@ -76,6 +114,7 @@ def _load_shared() -> None:
                 _models[wanted] = load_model(real)
         except Exception as exc:  # a worker then loads its own and says why
             log.debug("fork server: model not preloaded: %s: %s", type(exc).__name__, exc)
+    _warm_tables()
     gc.collect()
     gc.freeze()
 

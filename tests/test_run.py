@@ -74,6 +74,27 @@ def started() -> list[Gateway]:
             gateway.process.wait()
 
 
+@pytest.mark.parametrize("admins", [None, "4"])
+def test_the_milter_and_its_workers_run_with_two_malloc_arenas(tmp_path, started, admins,
+                                                               monkeypatch):
+    """Fewer glibc arenas keep the threads' memory down (gateway.supervisor);
+    an admin's MALLOC_ARENA_MAX is kept."""
+    from tests.bench.procs import gateway_processes
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    gateway = Gateway(tmp_path, tmp_path, env={"MALLOC_ARENA_MAX": admins} if admins else {})
+    started.append(gateway)
+    gateway.wait_serving()
+    assert gateway.send().action == "accept"
+    parts = {part for pid, part, _ in gateway_processes(gateway.process.pid)}
+    assert {"milter", "workers"} <= parts
+    for pid, part, _ in gateway_processes(gateway.process.pid):
+        if part == "supervisor":
+            continue
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert f"MALLOC_ARENA_MAX={admins or 2}".encode() in environ, part
+
+
 def test_a_gateway_folder_in_the_working_directory_does_not_replace_the_milter(tmp_path,
                                                                                started):
     shadow = tmp_path / "admin-home"

@@ -703,6 +703,43 @@ def test_workers_take_the_model_the_fork_server_loaded(tmp_path, monkeypatch):
     assert _model_to_share(config("headers")) is None  # no bayes check, nothing loaded
 
 
+def test_the_fork_server_builds_the_static_tables_the_workers_share(monkeypatch):
+    """Before it forks, the fork server builds the public suffix lists and
+    the registrable domains of the shipped brands and freemail lists
+    (gateway.forkshare), which each worker otherwise builds on its own."""
+    from gateway import forkshare, lookalike, mail
+    from gateway.checks import links
+
+    monkeypatch.delenv(forkshare.ENVIRONMENT, raising=False)
+    monkeypatch.setattr(forkshare.gc, "freeze", lambda: None)  # not this test process
+    for cache in (mail._public_suffix_list, lookalike._icann_suffixes, lookalike.registrable,
+                  links.shipped_shorteners):
+        cache.cache_clear()
+    forkshare._load_shared()
+    assert mail._public_suffix_list.cache_info().currsize == 1
+    assert lookalike._icann_suffixes.cache_info().currsize == 1
+    assert links.shipped_shorteners.cache_info().currsize == 1
+    freemail = lookalike.load_freemail(Config().identity.freemail)
+    hits = lookalike.registrable.cache_info().hits
+    lookalike.load_freemail(Config().identity.freemail)  # as a worker's checks do
+    assert lookalike.registrable.cache_info().hits - hits >= len(freemail)
+
+
+def test_a_table_the_fork_server_cannot_build_is_left_to_the_workers(monkeypatch, caplog):
+    from gateway import forkshare, lookalike
+    from gateway.checks import links
+
+    def unreadable(paths):
+        raise OSError("brands.toml: permission denied")
+
+    monkeypatch.setattr(lookalike, "load_brands", unreadable)
+    links.shipped_shorteners.cache_clear()
+    with caplog.at_level("DEBUG", logger="gateway.workers"):
+        forkshare._warm_tables()  # no exception: the fork server starts
+    assert "a table not prebuilt: OSError: brands.toml: permission denied" in caplog.text
+    assert links.shipped_shorteners.cache_info().currsize == 1  # the others still built
+
+
 def test_a_worker_start_cut_short_by_stopping_is_no_error(pool_of, monkeypatch, caplog):
     # `gateway run` failing at its socket stops the pool while a worker
     # starts in the background: its start fails, and that is no traceback

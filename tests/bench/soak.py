@@ -78,7 +78,21 @@ def sample(pid: int, done: int) -> dict:
             "all_mb": round(sum(rss_mb(p) for p in family), 1),
             # What they take together: shared pages counted once.
             "all_pss_mb": round(sum(pss_bytes(p) for p in family) / 2**20, 1),
+            "parts": part_memory(processes),
             "processes": len(family), "fds": open_fds(milter)}
+
+
+def part_memory(processes: list[tuple[int, str, str]]) -> dict[str, dict[str, float]]:
+    """RSS and PSS (MB) of each part of the gateway, with its number of
+    processes: a worker's RSS counts the pages it shares with the fork
+    server whole, its PSS only its share of them."""
+    parts: dict[str, dict[str, float]] = {}
+    for pid, part, _ in processes:
+        row = parts.setdefault(part, {"processes": 0, "rss_mb": 0.0, "pss_mb": 0.0})
+        row["processes"] += 1
+        row["rss_mb"] = round(row["rss_mb"] + rss_bytes(pid) / 2**20, 1)
+        row["pss_mb"] = round(row["pss_mb"] + pss_bytes(pid) / 2**20, 1)
+    return parts
 
 
 def main() -> int:
@@ -218,6 +232,10 @@ def main() -> int:
                   f"{last['all_pss_mb']} MB); milter process "
                   f"{early['milter_mb']} -> {last['milter_mb']} MB; fds {early['fds']} -> "
                   f"{last['fds']}")
+            print("soak: memory by part at the end, RSS (PSS): " + ", ".join(
+                f"{part} {row['rss_mb']} MB ({row['pss_mb']})"
+                + (f" in {row['processes']:.0f}" if row["processes"] > 1 else "")
+                for part, row in last["parts"].items()))
         if args.plot and samples:
             plot(samples, args.plot)
             print(f"soak: plot written to {args.plot}")
