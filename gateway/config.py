@@ -358,7 +358,8 @@ class DnsSection:
     server_down_after: int = setting(
         2, positive, "distinct names a server must time out on, answering nothing in "
         "between, before it is probed and, if silent, skipped for failure_ttl")
-    cache_size: int = setting(50000, positive, "answers kept in the cache")
+    cache_size: int = setting(10000, positive, "answers kept in each worker's cache (about "
+                              "500 bytes each; expired ones leave first)")
 
 
 def _actions_by_domain(value: dict[str, str]) -> str | None:

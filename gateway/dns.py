@@ -172,7 +172,11 @@ class Resolver:
             with self._lock:
                 self._cache[key] = entry
                 self._cache.move_to_end(key)
-                while len(self._cache) > self.settings.cache_size:
+                # The least recently used first: past the size, or expired
+                # (without this an expired answer stayed until the size
+                # pushed it out, and a worker's cache grew to its size).
+                while self._cache and (len(self._cache) > self.settings.cache_size or
+                                       next(iter(self._cache.values())).expires <= now):
                     self._cache.popitem(last=False)
         if entry.error is not None:
             raise entry.fresh_error()

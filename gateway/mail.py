@@ -756,7 +756,7 @@ def ascii_domain(domain: str) -> str:
     return name
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)  # as gateway.lookalike.HOST_CACHE: the hosts mail names again
 def registrable_domain(host: str) -> str:
     """example.co.uk for mail.example.co.uk, via the public suffix list."""
     psl = _public_suffix_list()

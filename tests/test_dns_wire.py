@@ -128,6 +128,25 @@ def test_nxdomain_and_no_records_are_kept_for_the_soa_minimum(server):
     assert lookups.queries == asked + 1
 
 
+def test_expired_answers_leave_the_cache_and_it_keeps_its_size(server):
+    """An answer past its TTL goes when a newer one comes, not only when the
+    cache is full: a worker's cache grew to its size with answers long
+    expired (50,000 of them, 25 MB)."""
+    clock = Clock()
+    lookups = resolver(server.port, clock, cache_size=3)
+    with pytest.raises(NxDomain):
+        lookups.txt("missing.wire.test")  # kept for the SOA minimum, 30 s
+    lookups.txt("split.wire.test")  # 600 s
+    assert len(lookups._cache) == 2
+    clock.now += 31
+    lookups.lookup("mail.wire.test", "A")
+    assert [name for name, _ in lookups._cache] == ["split.wire.test", "mail.wire.test"]
+    for name in ("ptr.wire.test", "www.wire.test"):
+        lookups.lookup(name, "A" if name.startswith("www") else "PTR")
+    assert len(lookups._cache) == 3  # the size holds: the least recently used left
+    assert ("split.wire.test", "TXT") not in lookups._cache
+
+
 def test_servfail_is_remembered_for_its_name_only(server):
     clock = Clock()
     with FaultServer("servfail", names=("mail.wire.test",), upstream=server.port) as broken:
