@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +29,8 @@ CHECKS = ("limits", "rules", "identity", "links")  # fuzzy's digests measured af
 
 def measure(root: Path, corpus: Path, count: int) -> dict[str, float]:
     """CPU ms per message of each content check, with ``root``'s code."""
+    from tests.bench.interleave import sample  # the bench's own checkout's, before root's
+
     sys.path.insert(0, str(root))
     from gateway.checks import CheckContext
     from gateway.checks.fuzzy import message_digests
@@ -79,34 +79,10 @@ def measure(root: Path, corpus: Path, count: int) -> dict[str, float]:
     return {**least, "messages": len(raws)}
 
 
-def sample(corpus: Path, count: int) -> list[Path]:
-    """``count`` messages spread evenly over the corpus's folders."""
-    paths = sorted(p for p in corpus.rglob("*") if p.is_file() and p.name != "README.md")
-    step = max(1, len(paths) // count)
-    return paths[::step][:count]
-
-
-def child(root: Path, corpus: Path, count: int) -> dict[str, float]:
-    """``measure`` in a fresh process with ``root``'s code."""
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", str(root), "-n", str(count),
-         "--corpus", str(corpus)],
-        capture_output=True, text=True, check=False, cwd=root)
-    if result.returncode != 0:
-        raise SystemExit(f"content.py: measuring {root} failed: "
-                         f"{(result.stderr.strip().splitlines() or ['?'])[-1]}")
-    figures: dict[str, float] = json.loads(result.stdout)
-    return figures
-
-
-def spread(values: list[float]) -> str:
-    return (f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
-            if values else "-")
-
-
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(PROJECT_ROOT))
     from tests.bench.corpus import add_corpus_argument, require_corpus
+    from tests.bench.interleave import in_turn, print_parts
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=600, help="corpus messages (default 600)")
@@ -122,24 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     roots = {"after": PROJECT_ROOT}
     if args.before is not None:
         roots = {"before": args.before.resolve(), **roots}
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in roots}
-    for round_ in range(args.rounds):
-        order = list(roots) if round_ % 2 == 0 else list(reversed(roots))  # the machine drifts
-        for name in order:
-            runs[name].append(child(roots[name], corpus, args.n))
-            print(f"round {round_ + 1}/{args.rounds} {name}: {runs[name][-1]}",
-                  file=sys.stderr, flush=True)
+    runs = in_turn(Path(__file__), roots, args.rounds,
+                   ["-n", str(args.n), "--corpus", str(corpus)])
     count = int(runs["after"][0]["messages"])
     print(f"CPU ms per message, {count} corpus messages, {args.rounds} rounds: "
           "median (min-max)")
-    for part in ("limits", "rules", "fuzzy", "identity", "links"):
-        line = f"{part:8}" + "".join(f"  {name} {spread([r[part] for r in runs[name]])}"
-                                     for name in roots)
-        if "before" in runs:
-            ratios = [a[part] / b[part] for a, b in zip(runs["after"], runs["before"],
-                                                        strict=True)]
-            line += f"  after/before {spread(ratios)}"
-        print(line)
+    print_parts(runs, ("limits", "rules", "fuzzy", "identity", "links"), 8)
 
 
 if __name__ == "__main__":

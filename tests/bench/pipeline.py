@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,21 +70,10 @@ def measure(root: Path, count: int) -> dict[str, float]:
     return {"pipeline_us": min(passes), "checks": len(checks)}
 
 
-def child(root: Path, count: int) -> dict[str, float]:
-    result = subprocess.run([sys.executable, __file__, "--child", str(root), "-n", str(count)],
-                            capture_output=True, text=True, check=False, cwd=root)
-    if result.returncode != 0:
-        raise SystemExit(f"pipeline.py: measuring {root} failed: "
-                         f"{(result.stderr.strip().splitlines() or ['?'])[-1]}")
-    figures: dict[str, float] = json.loads(result.stdout)
-    return figures
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
-
-
 def main(argv: list[str] | None = None) -> None:
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from tests.bench.interleave import in_turn, print_parts
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=5000, help="messages a pass (default 5000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
@@ -108,20 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     roots = {"after": PROJECT_ROOT}
     if args.before is not None:
         roots = {"before": args.before.resolve(), **roots}
-    runs: dict[str, list[float]] = {name: [] for name in roots}
-    for round_ in range(args.rounds):
-        order = list(roots) if round_ % 2 == 0 else list(reversed(roots))  # the machine drifts
-        for name in order:
-            runs[name].append(child(roots[name], args.n)["pipeline_us"])
-            print(f"round {round_ + 1}/{args.rounds} {name}: {runs[name][-1]:.1f} us",
-                  file=sys.stderr, flush=True)
-    line = "pipeline CPU us a message, median (min-max):" + "".join(
-        f"  {name} {spread(values)}" for name, values in runs.items())
-    if "before" in runs:
-        line += "  after/before " + spread(
-            [a / b for a, b in zip(runs["after"], runs["before"], strict=True)])
-    print(line)
-
+    runs = in_turn(Path(__file__), roots, args.rounds, ["-n", str(args.n)])
+    print("pipeline CPU us a message, median (min-max):")
+    print_parts(runs, ("pipeline_us",), 11, digits=1)
 
 if __name__ == "__main__":
     main()

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +28,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 def measure(root: Path, corpus: Path, count: int) -> dict[str, float]:
     """CPU ms per message of this process's code (``root`` on sys.path)."""
+    from tests.bench.interleave import sample  # the bench's own checkout's, before root's
+
     sys.path.insert(0, str(root))
     from gateway.checks.bayes import SHIPPED_MODEL
     from gateway.checks.view import view_of
@@ -92,31 +92,6 @@ def measure(root: Path, corpus: Path, count: int) -> dict[str, float]:
     }
 
 
-def sample(corpus: Path, count: int) -> list[Path]:
-    """``count`` messages spread evenly over the corpus's folders."""
-    paths = sorted(p for p in corpus.rglob("*") if p.is_file() and p.name != "README.md")
-    step = max(1, len(paths) // count)
-    return paths[::step][:count]
-
-
-def child(root: Path, corpus: Path, count: int) -> dict[str, float]:
-    """``measure`` in a fresh process with ``root``'s code."""
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", str(root), "-n", str(count),
-         "--corpus", str(corpus)],
-        capture_output=True, text=True, check=False, cwd=root)
-    if result.returncode != 0:
-        raise SystemExit(f"tokens.py: measuring {root} failed: "
-                         f"{(result.stderr.strip().splitlines() or ['?'])[-1]}")
-    figures: dict[str, float] = json.loads(result.stdout)
-    return figures
-
-
-def spread(values: list[float]) -> str:
-    return (f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
-            if values else "-")
-
-
 def profile(corpus: Path, count: int) -> None:
     import cProfile
     import pstats
@@ -130,6 +105,7 @@ def profile(corpus: Path, count: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(PROJECT_ROOT))
     from tests.bench.corpus import add_corpus_argument, require_corpus
+    from tests.bench.interleave import in_turn, print_parts
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=500, help="corpus messages (default 500)")
@@ -149,25 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     roots = {"after": PROJECT_ROOT}
     if args.before is not None:
         roots = {"before": args.before.resolve(), **roots}
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in roots}
-    for round_ in range(args.rounds):
-        # Alternate which goes first: the machine's speed drifts.
-        order = list(roots) if round_ % 2 == 0 else list(reversed(roots))
-        for name in order:
-            runs[name].append(child(roots[name], corpus, args.n))
-            print(f"round {round_ + 1}/{args.rounds} {name}: {runs[name][-1]}",
-                  file=sys.stderr, flush=True)
+    runs = in_turn(Path(__file__), roots, args.rounds,
+                   ["-n", str(args.n), "--corpus", str(corpus)])
     count = int(runs["after"][0]["messages"])
     print(f"CPU ms per message, {count} corpus messages, {args.rounds} rounds: "
           "median (min-max)")
-    for part in ("tokens", "explain", "check", "view+check"):
-        line = f"{part:7}" + "".join(f"  {name} {spread([r[part] for r in runs[name]])}"
-                                     for name in roots)
-        if "before" in runs:
-            ratios = [a[part] / b[part] for a, b in zip(runs["after"], runs["before"],
-                                                        strict=True)]
-            line += f"  after/before {spread(ratios)}"
-        print(line)
+    print_parts(runs, ("tokens", "explain", "check", "view+check"), 7)
 
 
 if __name__ == "__main__":
