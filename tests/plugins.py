@@ -153,9 +153,7 @@ class SpinCheck(Check):
         found = re.search(rb"SPIN-CPU: ([0-9.]+)", message.raw.bytes())
         if found is None:
             return []
-        until = time.thread_time() + float(found.group(1))
-        while time.thread_time() < until:
-            pass
+        spin(float(found.group(1)))
         return [self.symbol("TEST_SPUN")]
 
 

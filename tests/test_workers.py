@@ -501,14 +501,15 @@ def test_a_workers_background_work_between_messages_makes_no_running_message_cos
         assert waiting.result(timeout=60).failed_checks == ()
 
 
-def costly_and_alone(pool_of, max_workers: int) -> WorkerPool:
+def costly_and_alone(pool_of, max_workers: int, quiet_for: float = ALONE_AFTER + 1,
+                     ) -> WorkerPool:
     """Two workers kept; the attacker's mail costly, and no other mail for
-    longer than ALONE_AFTER since."""
+    ``quiet_for`` seconds since (by default longer than ALONE_AFTER)."""
     clock = ManualClock()
     pool = pool_of(lanes_config(workers=2, max_workers=max_workers), clock=clock)
     wait_until(lambda: len(pool.worker_pids()) == 2)
     make_costly(pool)
-    clock.advance(ALONE_AFTER + 1)
+    clock.advance(quiet_for)
     return pool
 
 
@@ -538,10 +539,7 @@ def test_a_client_whose_own_mail_made_it_costly_is_alone_at_once(pool_of, tmp_pa
     no mail from any other client: its own mail from before it was costly
     holds nothing back, and its next two messages run at once, without the
     ALONE_AFTER wait (the relay of a site whose mail all comes through it)."""
-    clock = ManualClock()
-    pool = pool_of(lanes_config(workers=2, max_workers=3), clock=clock)
-    wait_until(lambda: len(pool.worker_pids()) == 2)
-    make_costly(pool)
+    pool = costly_and_alone(pool_of, max_workers=3, quiet_for=0.0)
     alone = tmp_path / "alone"
     with ThreadPoolExecutor(3) as threads:
         both = [threads.submit(pool.evaluate, ATTACKER, held(alone)) for _ in range(2)]
