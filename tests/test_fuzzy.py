@@ -139,6 +139,18 @@ def test_the_index_computes_tlsh_distance_exactly_as_py_tlsh(monkeypatch, bucket
             assert index.near(query, threshold) == expected, threshold
 
 
+def test_the_byte_pair_table_is_tlsh_body_distance_for_every_pair():
+    from gateway.fuzzyhash import _pair_table
+
+    def scalar(a: int, b: int) -> int:  # TLSH's definition, one pair at a time
+        steps = (abs(((a >> s) & 3) - ((b >> s) & 3)) for s in (0, 2, 4, 6))
+        return sum(6 if d == 3 else d for d in steps)
+
+    table = _pair_table()
+    assert table.shape == (256, 256)
+    assert all(table[a, b] == scalar(a, b) for a in range(256) for b in range(256))
+
+
 @given(st.text(alphabet=st.sampled_from("ab.+-_@ \n1\u00e9"), max_size=300))
 @settings(derandomize=True, database=None, deadline=None, max_examples=400)
 def test_addresses_are_removed_as_the_regex_alone_removes_them(text):
