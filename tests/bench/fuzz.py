@@ -487,8 +487,8 @@ def gateway_log(lab: Lab, run: str) -> dict[int, dict]:
         _, marker, payload = line.partition("gateway.message: ")
         if not marker:
             continue
-        try:
-            entry = json.loads(payload)
+        try:  # the JSON follows the message's queue id ("4XyZ1: {...}")
+            entry = json.loads(payload[payload.find("{"):])
         except ValueError:
             continue
         for rcpt in entry.get("rcpt", [])[:1]:
