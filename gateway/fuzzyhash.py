@@ -200,28 +200,49 @@ def _mod_diff(a: npt.NDArray[np.int32], b: int, size: int) -> npt.NDArray[np.int
     return np.minimum(d, size - d)
 
 
+TLSH_BYTES = TLSH_LENGTH // 2 - 1  # what the 70 hex digits hold
+
+
+def tlsh_rows(digests: Sequence[str]) -> tuple[npt.NDArray[np.uint8], list[int]]:
+    """The bytes of each "T1" digest of 70 hex digits, one row each, and
+    the positions in ``digests`` of those rows; the others are left out."""
+    kept = [i for i, digest in enumerate(digests)
+            if len(digest) == TLSH_LENGTH and digest.startswith("T1")]
+    try:  # all at once, when every digest is hex digits alone (fromhex skips spaces)
+        raw = np.frombuffer(bytes.fromhex("".join(digests[i][2:] for i in kept)),
+                            dtype=np.uint8).reshape(len(kept), TLSH_BYTES)
+    except ValueError:
+        kept = [i for i in kept if _HEX.issuperset(digests[i][2:])]
+        raw = np.frombuffer(bytes.fromhex("".join(digests[i][2:] for i in kept)),
+                            dtype=np.uint8).reshape(len(kept), TLSH_BYTES)
+    return raw, kept
+
+
 class TlshIndex:
     """Many TLSH digests, each with a payload; the ones within a distance of
     a digest, nearest first."""
 
     def __init__(self, items: Iterable[tuple[str, object]] = ()):
         # Read all at once (a recent-copies index is rebuilt from up to
-        # 100,000 rows every few seconds): one hex decoding, numpy columns.
-        kept = [(digest, payload) for digest, payload in items
-                if len(digest) == TLSH_LENGTH and digest.startswith("T1")]
-        try:  # 35 bytes from each: only if every digest is hex digits alone
-            raw = np.frombuffer(bytes.fromhex("".join(d[2:] for d, _ in kept)),
-                                dtype=np.uint8).reshape(len(kept), TLSH_LENGTH // 2 - 1)
-        except ValueError:
-            kept = [(digest, payload) for digest, payload in kept if _HEX.issuperset(digest[2:])]
-            raw = np.frombuffer(bytes.fromhex("".join(d[2:] for d, _ in kept)),
-                                dtype=np.uint8).reshape(len(kept), TLSH_LENGTH // 2 - 1)
+        # 100,000 digests): one hex decoding, numpy columns.
+        pairs = list(items)
+        raw, kept = tlsh_rows([digest for digest, _ in pairs])
+        self._set_columns(raw, [pairs[i][1] for i in kept])
+
+    @classmethod
+    def from_rows(cls, raw: npt.NDArray[np.uint8], payloads: list[object]) -> TlshIndex:
+        """An index of digests already decoded by :func:`tlsh_rows`."""
+        index = cls.__new__(cls)
+        index._set_columns(raw, payloads)
+        return index
+
+    def _set_columns(self, raw: npt.NDArray[np.uint8], payloads: list[object]) -> None:
         self.checksum = raw[:, 0].astype(np.int32)
         self.length = _swapped(raw[:, 1])
         q = _swapped(raw[:, 2])
         self.q1, self.q2 = q >> 4, q & 0x0F
         self.body = np.ascontiguousarray(raw[:, 3:])
-        self.payloads: list[object] = [payload for _, payload in kept]
+        self.payloads = payloads
         # The digests by their length field: a query looks only at the
         # lengths its threshold allows (a recent-copies index holds up to
         # 100,000 digests, of 256 lengths).

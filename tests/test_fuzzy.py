@@ -320,3 +320,95 @@ def test_a_known_correspondent_is_spared(store, make_check):
     report = run(check, mail(spam_text(), name="Carol", number=2), facts=facts)
     assert names(report) == set()
     assert report.facts["protected"] == "x@spam.example: KNOWN_CORRESPONDENT"
+
+
+# -- the recent copies, read a little at a time ------------------------------------------------
+
+
+class Clock:
+    def __init__(self, start: datetime):
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def copies(memory, digest) -> int:
+    """Recipients the memory holds for copies near ``digest`` (a text digest)."""
+    index = memory.current.recent["text"]
+    return sum(payload for _, payload in index.near(digest.value, 0))
+
+
+def test_recent_copies_are_read_once_and_held_until_the_window_passes(store):
+    from gateway.checks.fuzzy import FuzzyMemory
+    from gateway.quarantine.schema import fuzzy_seen
+
+    clock = Clock(datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
+    memory = FuzzyMemory(str(store.engine.url), FuzzySection(campaign_window="1h"), "node-a",
+                         clock=clock)
+    digest = next(d for d in digests(spam_text(seed=21), "", 50) if d.kind == "text")
+    for recipients in (2, 3):
+        memory.seen(digest, recipients, "spam.example")
+    memory.refresh_now()
+    assert copies(memory, digest) == 5
+    # Read once: a later reading asks only for newer rows, so copies already
+    # held stay even when their rows are gone (the old reading dropped them).
+    with store.engine.begin() as connection:
+        first = connection.execute(select(func.min(fuzzy_seen.c.id))).scalar_one()
+        connection.execute(fuzzy_seen.delete().where(fuzzy_seen.c.id == first))
+    memory.seen(digest, 4, "spam.example")
+    memory.refresh_now()
+    assert copies(memory, digest) == 9
+    # The window passes the first three copies; the one seen since stays.
+    clock.now += timedelta(minutes=59)
+    memory.seen(digest, 1, "spam.example")
+    clock.now += timedelta(minutes=1, seconds=1)
+    memory.refresh_now()
+    assert copies(memory, digest) == 1
+    memory.close()
+
+
+def test_a_copy_committed_after_newer_ones_were_read_is_still_counted(store):
+    from gateway.checks.fuzzy import FuzzyMemory
+    from gateway.quarantine.schema import fuzzy_seen
+
+    clock = Clock(datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
+    memory = FuzzyMemory(str(store.engine.url), FuzzySection(), "node-a", clock=clock)
+    digest = next(d for d in digests(spam_text(seed=22), "", 50) if d.kind == "text")
+    exact = next(d for d in digests("a short text of a few words", "", 50)
+                 if d.kind == "exact")
+
+    def row(identifier: int, found, recipients: int) -> dict:
+        return {"id": identifier, "kind": found.kind, "digest": found.value,
+                "recipients": recipients, "sender": "spam.example", "seen": clock.now,
+                "node": "node-b"}
+
+    with store.engine.begin() as connection:
+        connection.execute(fuzzy_seen.insert(), [row(50, digest, 1), row(51, exact, 2)])
+    memory.refresh_now()
+    # Another node's transaction took its ids first and committed last (as
+    # PostgreSQL allows): its rows land below the newest id already read.
+    with store.engine.begin() as connection:
+        connection.execute(fuzzy_seen.insert(), [row(40, digest, 10), row(41, exact, 20)])
+    memory.refresh_now()
+    assert copies(memory, digest) == 11
+    assert memory.current.recent_exact[exact.value] == 22
+    memory.refresh_now()  # read again: nothing counted twice
+    assert copies(memory, digest) == 11 and memory.current.recent_exact[exact.value] == 22
+    memory.close()
+
+
+def test_the_newest_recent_copies_are_kept_past_the_bound(store, monkeypatch):
+    from gateway.checks.fuzzy import FuzzyMemory
+
+    monkeypatch.setattr("gateway.checks.fuzzy.MAX_RECENT", 3)
+    memory = FuzzyMemory(str(store.engine.url), FuzzySection(), "node-a")
+    texts = [next(d for d in digests(spam_text(seed=30 + n), "", 50) if d.kind == "text")
+             for n in range(5)]
+    for n, digest in enumerate(texts[:4]):
+        memory.seen(digest, n + 1, "spam.example")
+    memory.refresh_now()
+    memory.seen(texts[4], 5, "spam.example")
+    memory.refresh_now()
+    assert [copies(memory, d) for d in texts] == [0, 0, 3, 4, 5]
+    memory.close()

@@ -37,6 +37,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -45,7 +47,7 @@ from gateway.config import Config, FuzzySection
 from gateway.db import first_line
 from gateway.durations import seconds
 from gateway.facts import DmarcFacts, IdentityFacts
-from gateway.fuzzyhash import Digest, TlshIndex, digests
+from gateway.fuzzyhash import TLSH_BYTES, Digest, TlshIndex, digests, tlsh_rows
 from gateway.message import Message
 from gateway.quarantine.schema import fuzzy_hashes, fuzzy_seen
 from gateway.ruleset import Ruleset
@@ -57,6 +59,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.checks.fuzzy")
 
 MAX_RECENT = 100_000  # recent copies a worker keeps for campaigns
+# Each reading of the recent copies fetches the rows after the newest id a
+# worker holds, and this many ids before it again: PostgreSQL hands out ids
+# before a transaction commits, so another node's batch can land below ids
+# already read.
+RECENT_OVERLAP = 1_000
 WRITE_BATCH = 200
 COMPLAIN_EVERY = 60.0
 
@@ -174,6 +181,137 @@ class _Learned:
     known: set[str] = field(default_factory=set)  # domains with a DKIM-authenticated history
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _epoch(when: datetime) -> float:
+    """Seconds since the epoch of a time read from the store (SQLite's
+    naive times are UTC)."""
+    return when.timestamp() if when.tzinfo else (when - _EPOCH).total_seconds()
+
+
+@dataclass(frozen=True)
+class _Copies:
+    """One kind's recent copies as columns: their ids, when each was seen
+    (epoch seconds), the recipients it reached, and its digest (a row of
+    TLSH bytes, or an exact hash)."""
+
+    ids: npt.NDArray[np.int64]
+    seen: npt.NDArray[np.float64]
+    recipients: npt.NDArray[np.int64]
+    digests: np.ndarray
+
+    @classmethod
+    def empty(cls, kind: str) -> _Copies:
+        digests = (np.empty(0, dtype="S40") if kind == "exact"
+                   else np.empty((0, TLSH_BYTES), dtype=np.uint8))
+        return cls(np.empty(0, dtype=np.int64), np.empty(0), np.empty(0, dtype=np.int64),
+                   digests)
+
+    @classmethod
+    def of(cls, kind: str, rows: list[tuple[int, float, int, str]]) -> _Copies:
+        """From (id, seen, recipients, digest) rows; malformed digests are left out."""
+        if kind == "exact":
+            rows = [r for r in rows if len(r[3]) <= 40 and r[3].isascii()]
+            digests = np.array([r[3].encode() for r in rows], dtype="S40")
+        else:
+            digests, at = tlsh_rows([r[3] for r in rows])
+            rows = [rows[i] for i in at]
+        return cls(np.array([r[0] for r in rows], dtype=np.int64),
+                   np.array([r[1] for r in rows], dtype=np.float64),
+                   np.array([r[2] for r in rows], dtype=np.int64), digests)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __add__(self, other: _Copies) -> _Copies:
+        return _Copies(np.concatenate((self.ids, other.ids)),
+                       np.concatenate((self.seen, other.seen)),
+                       np.concatenate((self.recipients, other.recipients)),
+                       np.concatenate((self.digests, other.digests)))
+
+    def where(self, keep: npt.NDArray[np.bool_]) -> _Copies:
+        return _Copies(self.ids[keep], self.seen[keep], self.recipients[keep],
+                       self.digests[keep])
+
+
+class _RecentCopies:
+    """The copies of the campaign window a process holds, read from the
+    store a little at a time: each reading fetches only the rows after the
+    newest it holds (and RECENT_OVERLAP ids before it), so a busy site's
+    100,000 copies are read once, not again at every refresh; copies leave
+    as the window passes them, the oldest first past MAX_RECENT."""
+
+    KINDS = ("text", "html", "exact")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # the reading thread, and refresh_now's callers
+        self.copies = {kind: _Copies.empty(kind) for kind in self.KINDS}
+        self.indexes: dict[str, TlshIndex] = {"text": TlshIndex(), "html": TlshIndex()}
+        self.exact: dict[str, int] = {}
+
+    def read(self, connection: Connection, since: datetime) -> None:
+        with self._lock:
+            self._read(connection, since)
+
+    def _read(self, connection: Connection, since: datetime) -> None:
+        # What the window has passed leaves first: once every copy has, the
+        # store may have deleted them all, and SQLite then hands out their
+        # ids again from 1; holding none, the reading starts over.
+        expired = self._within(self.copies, since.timestamp())
+        held = [c for c in expired.values() if len(c)]
+        query = select(fuzzy_seen.c.id, fuzzy_seen.c.kind, fuzzy_seen.c.digest,
+                       fuzzy_seen.c.recipients, fuzzy_seen.c.seen).where(
+            fuzzy_seen.c.seen > since)
+        again: set[tuple[int, float]] = set()  # (id, seen) of the held copies read again
+        if held:
+            floor = int(max(c.ids.max() for c in held)) - RECENT_OVERLAP
+            query = query.where(fuzzy_seen.c.id > floor)
+            for c in held:
+                recent = c.ids > floor
+                again.update(zip(c.ids[recent].tolist(), c.seen[recent].tolist(), strict=True))
+        rows = connection.execute(query.order_by(fuzzy_seen.c.id.desc()).limit(
+            MAX_RECENT)).all()
+        fresh: dict[str, list[tuple[int, float, int, str]]] = {}
+        newest = max((identifier for identifier, _ in again), default=None)
+        for row in reversed(rows):
+            seen = _epoch(row.seen)
+            if row.kind in self.copies and (newest is None or row.id > newest or
+                                            (row.id, seen) not in again):
+                fresh.setdefault(row.kind, []).append((row.id, seen, row.recipients,
+                                                       row.digest))
+        copies = {kind: kept + _Copies.of(kind, fresh[kind]) if kind in fresh else kept
+                  for kind, kept in expired.items()}
+        copies = self._within(copies, since.timestamp())
+        changed = [kind for kind in self.KINDS
+                   if len(copies[kind]) != len(self.copies[kind]) or kind in fresh]
+        self.copies = copies
+        for kind in changed:
+            kept = copies[kind]
+            if kind == "exact":
+                counts: dict[str, int] = {}
+                for digest, reached in zip(kept.digests.tolist(), kept.recipients.tolist(),
+                                           strict=True):
+                    key = digest.decode()
+                    counts[key] = counts.get(key, 0) + reached
+                self.exact = counts
+            else:
+                self.indexes[kind] = TlshIndex.from_rows(kept.digests,
+                                                         kept.recipients.tolist())
+
+    @staticmethod
+    def _within(copies: dict[str, _Copies], since: float) -> dict[str, _Copies]:
+        """The copies seen after ``since``, the newest MAX_RECENT of them."""
+        copies = {kind: c.where(c.seen > since) if len(c) and c.seen.min() <= since else c
+                  for kind, c in copies.items()}
+        total = sum(len(c) for c in copies.values())
+        if total > MAX_RECENT:
+            ids = np.concatenate([c.ids for c in copies.values()])
+            lowest_kept = np.partition(ids, total - MAX_RECENT)[total - MAX_RECENT]
+            copies = {kind: c.where(c.ids >= lowest_kept) for kind, c in copies.items()}
+        return copies
+
+
 class FuzzyMemory:
     """The learned hashes, the recent copies and the known senders as this
     process last read them (every ``refresh`` seconds, on a thread of its
@@ -188,6 +326,7 @@ class FuzzyMemory:
         self.first_wait = first_wait
         self.window = timedelta(seconds=seconds(settings.campaign_window))
         self.current = _Learned()
+        self._recent = _RecentCopies()
         self._engine: Engine | None = None
         self._seen: queue.Queue[dict[str, Any]] = queue.Queue(10_000)
         self._hits: dict[int, int] = {}
@@ -298,10 +437,7 @@ class FuzzyMemory:
                 fuzzy_hashes.c.id, fuzzy_hashes.c.kind, fuzzy_hashes.c.digest,
                 fuzzy_hashes.c.label, fuzzy_hashes.c.source).where(
                 fuzzy_hashes.c.retired.is_(None)).limit(self.settings.max_hashes * 2)).all()
-            recent = connection.execute(select(
-                fuzzy_seen.c.kind, fuzzy_seen.c.digest, fuzzy_seen.c.recipients).where(
-                fuzzy_seen.c.seen > since).order_by(fuzzy_seen.c.id.desc()).limit(
-                MAX_RECENT)).all()
+            self._recent.read(connection, since)
         built = _Learned()
         for label, target in (("spam", built.spam), ("ham", built.ham)):
             for kind in ("text", "html"):
@@ -313,13 +449,8 @@ class FuzzyMemory:
                     built.exact_spam[row.digest] = (row.id, row.source)
                 else:
                     built.exact_ham.add(row.digest)
-        for kind in ("text", "html"):
-            built.recent[kind] = TlshIndex((r.digest, r.recipients) for r in recent
-                                           if r.kind == kind)
-        for copy in recent:
-            if copy.kind == "exact":
-                built.recent_exact[copy.digest] = built.recent_exact.get(copy.digest, 0) + \
-                    copy.recipients
+        built.recent = dict(self._recent.indexes)
+        built.recent_exact = self._recent.exact
         from gateway.senders import SenderHistory
 
         built.known = SenderHistory(lambda: engine, self.clock).all_domains()
