@@ -18,12 +18,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
+from gateway.checks import BUILTIN, resolve_check
+from gateway.checks import declared as declared_module
+from gateway.checks.declared import DeclaredCheck, declare, declared_or_resolved
 from gateway.config import load_config
 from gateway.db import make_engine, migrate, schema_head
+from gateway.pipeline import check_classes
+from gateway.policy import Judge
 from gateway.quarantine.keeper import Keeper
 from gateway.quarantine.release import release
 from gateway.quarantine.schema import fuzzy_hashes
 from gateway.quarantine.store import QuarantineError, QuarantineStore
+from gateway.ruleset import Ruleset, load_rules
+from gateway.symbolcheck import known_symbols
 from tests.helpers import PROJECT_ROOT, milter_config
 from tests.test_quarantine import put
 from tests.test_release import listener  # noqa: F401  (a fixture)
@@ -110,3 +117,109 @@ def test_a_release_still_records_the_fuzzy_hashes_of_the_released_mail(
     finally:
         store.close()
     assert rows and set(rows) == {("ham", f"released:{identifier}")}
+
+
+# -- the checks, declared in a child --------------------------------------------------------
+
+
+def settings_that_force(tmp_path: Path):
+    """A config whose settings change the checks' forced actions."""
+    path = tmp_path / "force.toml"
+    path.write_text('[clamav]\non_fail = "tempfail"\non_virus = "quarantine"\n'
+                    '[auth]\nhelo_forged_action = "reject"\nrequire_tls_action = "tempfail"\n'
+                    '[identity]\noutbound = "learn"\n')
+    return load_config(str(path))
+
+
+def test_each_built_in_check_is_declared_as_its_class_says(tmp_path: Path):
+    config = settings_that_force(tmp_path)
+    declared = declare(config)
+    assert set(declared) == set(BUILTIN)
+    for name, found in declared.items():
+        real = resolve_check(name)
+        assert not isinstance(found, str), found
+        assert issubclass(found, DeclaredCheck) and found.__name__ == real.__name__
+        assert (found.name, dict(found.symbols), found.requires, found.wants, found.io_bound,
+                found.section) == (real.name, dict(real.symbols), real.requires, real.wants,
+                                   real.io_bound, real.section)
+        assert found.catalog() == real.catalog()
+        assert found.failure_symbol() == real.failure_symbol()
+        assert found.failure_description() == real.failure_description()
+        assert found.forced_actions(config) == real.forced_actions(config)
+    assert declared["clamav"].forced_actions(config) == {  # type: ignore[union-attr]
+        "CLAMAV_VIRUS": "quarantine", "CLAMAV_ERROR": "tempfail"}
+    with pytest.raises(TypeError, match="only declared"):
+        declared["spf"](config, Ruleset())  # type: ignore[call-arg,operator]
+
+
+def test_the_milter_judges_by_the_declared_checks_as_by_the_checks(tmp_path: Path,
+                                                                     monkeypatch):
+    """The policy's forced actions and the known symbols are the same
+    whether the checks are imported or declared; only the declaring process
+    gets declarations, and building the checks still imports them."""
+    config = settings_that_force(tmp_path)
+    imported = check_classes(config, [])
+    monkeypatch.setattr(declared_module, "_apart", True)
+    monkeypatch.setattr(declared_module, "_latest", None)
+    declared = check_classes(config, [])
+    assert all(issubclass(c, DeclaredCheck) for c in declared)
+    assert [c.name for c in declared] == [c.name for c in imported]
+    ruleset = load_rules(config.policy.rules)
+    assert Judge(config, declared, ruleset).policy.rules.force == \
+        Judge(config, imported, ruleset).policy.rules.force
+    assert known_symbols(declared) == known_symbols(imported)
+    assert not any(issubclass(c, DeclaredCheck)
+                   for c in check_classes(config, [], to_build=True))
+
+
+def test_a_child_that_cannot_declare_leaves_the_milter_importing_the_checks(
+        tmp_path: Path, monkeypatch, caplog):
+    config = settings_that_force(tmp_path)
+    monkeypatch.setattr(declared_module, "_apart", True)
+    monkeypatch.setattr(declared_module, "_latest", None)
+    monkeypatch.setattr(declared_module, "MODULE", "gateway.no_such_module")
+    with caplog.at_level(logging.WARNING, logger="gateway.checks"):
+        found = declared_or_resolved("spf", config)
+    assert found is resolve_check("spf")
+    assert [r.getMessage() for r in caplog.records] == [
+        "checks: could not declare them in a child process (the child declaring the checks "
+        "ended with status 1: /usr/bin/python3: No module named gateway.no_such_module); the "
+        "milter imports them itself".replace("/usr/bin/python3", sys.executable)]
+
+
+# What only the workers, the migration or the labelling paths use; the
+# milter started with worker processes must not hold any of it.
+NOT_IN_THE_MILTER = ("numpy", "alembic", "mako", "pygments", "icu", "rapidfuzz", "dkim", "spf",
+                     "dns", "gateway.lookalike", "gateway.checks.fuzzy", "gateway.checks.spf",
+                     "gateway.checks.identity", "gateway.classifier.model", "gateway.fuzzyhash")
+
+STARTED_MILTER = '''
+import argparse, json, sys
+import gateway.milter
+
+def serve(runtime):  # where libmilter would serve: the milter is up, every part built
+    print(json.dumps(sorted(sys.modules)))
+
+gateway.milter.serve = serve
+from gateway.commands.run import serve_milter
+from gateway.config import load_config
+path = sys.argv[1]
+serve_milter(load_config(path), argparse.Namespace(
+    config=path, socket=None, control_fd=None, ready_fd=None, no_supervisor=True))
+'''
+
+
+@pytest.mark.slow
+def test_a_milter_with_workers_starts_without_what_only_the_workers_use(tmp_path: Path):
+    """gateway run's milter process as it starts (every default check on,
+    a worker, a quarantine it migrates), up to where it would serve."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(milter_config(tmp_path / "m.sock", "[pipeline]\nworkers = 1\n"))
+    done = subprocess.run([sys.executable, "-c", STARTED_MILTER, str(path)], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    modules = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert "gateway.checks.declared" in modules and "gateway.workers" in modules
+    held = sorted(name for name in modules if name in NOT_IN_THE_MILTER
+                  or name.split(".")[0] in NOT_IN_THE_MILTER)
+    assert held == []

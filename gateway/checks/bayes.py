@@ -21,11 +21,11 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.checks import Check, CheckContext
 from gateway.classifier.features import TextStats
-from gateway.classifier.model import BAND_DESCRIPTIONS, BANDS, ModelError, SpamModel, band
-from gateway.classifier.model import load_model as load_model_dir
+from gateway.classifier.names import BAND_DESCRIPTIONS, BANDS, ModelError, band
 from gateway.classifier.store import ModelStore
 from gateway.config import Config
 from gateway.forkshare import shared_model
@@ -35,6 +35,9 @@ from gateway.paths import MODELS_DIR
 from gateway.ruleset import Ruleset
 from gateway.schema import ConfigError
 from gateway.symbols import Report
+
+if TYPE_CHECKING:
+    from gateway.classifier.model import SpamModel
 
 log = logging.getLogger("gateway.classifier")
 
@@ -87,6 +90,10 @@ class ModelHolder:
     def _load(self, location: Path, signature: tuple | None = None) -> SpamModel:
         # The fork server's copy when it is this model (gateway.forkshare).
         shared = shared_model(signature) if signature is not None else None
+        # Imported here: the milter finds the model's folder (model_location)
+        # with this module, and never needs the model's code and numpy.
+        from gateway.classifier.model import load_model as load_model_dir
+
         return (shared or load_model_dir(location)).placed(self.config.classifier.target_fpr)
 
     def start_watching(self) -> None:
