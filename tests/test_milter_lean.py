@@ -191,34 +191,50 @@ def test_a_child_that_cannot_declare_leaves_the_milter_importing_the_checks(
 # milter started with worker processes must not hold any of it.
 NOT_IN_THE_MILTER = ("numpy", "alembic", "mako", "pygments", "icu", "rapidfuzz", "dkim", "spf",
                      "dns", "gateway.lookalike", "gateway.checks.fuzzy", "gateway.checks.spf",
-                     "gateway.checks.identity", "gateway.classifier.model", "gateway.fuzzyhash")
+                     "gateway.checks.identity", "gateway.classifier.model", "gateway.fuzzyhash",
+                     "gateway.commands.classifier", "gateway.commands.web")
 
 STARTED_MILTER = '''
-import argparse, json, sys
+import json, sys
 import gateway.milter
+from gateway.correspondents import observations
+from gateway.decider import Decision
+from gateway.facts import IdentityFacts
+from gateway.message import Envelope
+from gateway.verdict import Verdict
 
-def serve(runtime):  # where libmilter would serve: the milter is up, every part built
-    print(json.dumps(sorted(sys.modules)))
+def serve(runtime):
+    # Where libmilter would serve: every part is built. What the milter does
+    # with each message beside the workers: the correspondent memory learns
+    # an outbound message's recipients by their registrable domains.
+    facts = IdentityFacts(direction="outbound", author="ann@ours.example",
+                          recipients=("bob@mail.partner.example",))
+    verdict = Verdict(action="accept", score=0.0, required=4.0, symbols=(), failed_checks=(),
+                      reason="test", facts={"identity": facts.to_json()})
+    learned = observations(Envelope(mail_from="ann@ours.example",
+                                    rcpt_to=("bob@mail.partner.example",)),
+                           Decision(verdict, "accept", notes={}))
+    print(json.dumps({"domains": [o.via for o in learned], "modules": sorted(sys.modules)}))
 
 gateway.milter.serve = serve
-from gateway.commands.run import serve_milter
-from gateway.config import load_config
-path = sys.argv[1]
-serve_milter(load_config(path), argparse.Namespace(
-    config=path, socket=None, control_fd=None, ready_fd=None, no_supervisor=True))
+from gateway.cli import main
+main(["--config", sys.argv[1], "run", "--no-supervisor"])
 '''
 
 
 @pytest.mark.slow
 def test_a_milter_with_workers_starts_without_what_only_the_workers_use(tmp_path: Path):
-    """gateway run's milter process as it starts (every default check on,
-    a worker, a quarantine it migrates), up to where it would serve."""
+    """``gateway run``'s milter process as it starts (every default check
+    on, a worker, a quarantine it migrates), up to where it would serve, and
+    the correspondent memory's reading of a message it learns from."""
     path = tmp_path / "gateway.toml"
     path.write_text(milter_config(tmp_path / "m.sock", "[pipeline]\nworkers = 1\n"))
     done = subprocess.run([sys.executable, "-c", STARTED_MILTER, str(path)], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    modules = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["domains"] == ["partner.example"]
+    modules = set(found["modules"])
     assert "gateway.checks.declared" in modules and "gateway.workers" in modules
     held = sorted(name for name in modules if name in NOT_IN_THE_MILTER
                   or name.split(".")[0] in NOT_IN_THE_MILTER)

@@ -54,6 +54,15 @@ def model_location(config: Config) -> Path:
     return SHIPPED_MODEL
 
 
+def load_model_dir(location: Path) -> SpamModel:
+    """The model in a folder. The model's code (and numpy) is imported here:
+    the milter finds the model's folder (model_location) with this module
+    and never loads one."""
+    from gateway.classifier.model import load_model
+
+    return load_model(location)
+
+
 def decision_probability(scores: dict[str, float], quarantine: float) -> float:
     """The lowest spam probability whose band alone reaches the quarantine
     threshold under these scores (1.0 if no band does)."""
@@ -90,10 +99,6 @@ class ModelHolder:
     def _load(self, location: Path, signature: tuple | None = None) -> SpamModel:
         # The fork server's copy when it is this model (gateway.forkshare).
         shared = shared_model(signature) if signature is not None else None
-        # Imported here: the milter finds the model's folder (model_location)
-        # with this module, and never needs the model's code and numpy.
-        from gateway.classifier.model import load_model as load_model_dir
-
         return (shared or load_model_dir(location)).placed(self.config.classifier.target_fpr)
 
     def start_watching(self) -> None:
