@@ -13,6 +13,7 @@ import json
 import logging
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,23 @@ def test_the_milters_store_is_migrated_in_a_child_that_keeps_alembic(tmp_path: P
                                       ).scalar() == schema_head()
     finally:
         engine.dispose()
+
+
+def test_two_nodes_migrate_a_shared_postgresql_in_their_children_at_once(postgres):
+    """Each child takes the advisory lock as the milter did: one migrates,
+    the other finds the schema current; both name the same head."""
+    with ThreadPoolExecutor(2) as pool:
+        opened = list(pool.map(lambda node: QuarantineStore(postgres.url, node=node,
+                                                            migrate_apart=True),
+                               ("node-a", "node-b")))
+    try:
+        with opened[0].engine.connect() as connection:
+            assert connection.execute(text("SELECT version_num FROM alembic_version")
+                                      ).scalar() == schema_head()
+        assert put(opened[1], "after the migration")
+    finally:
+        for store in opened:
+            store.close()
 
 
 def test_a_migration_failing_in_the_child_is_one_line(tmp_path: Path):
