@@ -6,7 +6,7 @@ checks it needs, its failure symbol and the actions its settings force (the
 policy's defaults). Importing the checks for that brought their libraries
 into the milter for as long as it runs: numpy (the model, the fuzzy
 hashes), PyICU and rapidfuzz (the lookalike tables), dkimpy, pyspf and
-dnspython, some 40 MB that only the workers use.
+dnspython: 31 MB of the milter's RSS at start that only the workers use.
 
 So the milter asks a short-lived child (``python -m
 gateway.checks.declared``, given the configuration) to import the built-in
@@ -14,7 +14,8 @@ checks and describe them; each becomes a :class:`Check` subclass with the
 same attributes and answers and no ``run``, which cannot be built. The
 fork server imports the checks themselves, as before, for the workers.
 A child that fails leaves the milter importing the checks, with a warning:
-mail is checked either way.
+mail is checked either way. The child takes about 1.2 s of CPU, at start
+and at each reload.
 """
 
 from __future__ import annotations
