@@ -110,9 +110,10 @@ def test_the_childs_warnings_reach_the_milters_log(tmp_path: Path, caplog):
                                f"gateway's {schema_head()}: using it as it is; upgrade this node")]
 
 
-def test_a_memory_store_is_migrated_in_the_process_that_has_it():
+def test_a_memory_store_is_migrated_in_the_process_that_has_it(tmp_path: Path):
     """A child cannot see a database in memory: that one migrates here."""
-    config = load_config(None)
+    (tmp_path / "plain.toml").write_text("")
+    config = load_config(str(tmp_path / "plain.toml"))
     config = dataclasses.replace(config, quarantine=dataclasses.replace(
         config.quarantine, url="sqlite:///:memory:"))
     keeper = Keeper(config)
@@ -188,6 +189,21 @@ def test_the_milter_judges_by_the_declared_checks_as_by_the_checks(tmp_path: Pat
     assert known_symbols(declared) == known_symbols(imported)
     assert not any(issubclass(c, DeclaredCheck)
                    for c in check_classes(config, [], to_build=True))
+
+
+def test_a_reload_declares_the_checks_under_its_own_settings(tmp_path: Path, monkeypatch):
+    """The forced actions follow the configuration a generation is built
+    from, not the first one declared."""
+    monkeypatch.setattr(declared_module, "_apart", True)
+    monkeypatch.setattr(declared_module, "_latest", None)
+    (tmp_path / "plain.toml").write_text("")
+    first, reloaded = load_config(str(tmp_path / "plain.toml")), settings_that_force(tmp_path)
+    clamav = declared_or_resolved("clamav", first)
+    assert clamav.forced_actions(first) == {"CLAMAV_VIRUS": "reject", "CLAMAV_ERROR": "tempfail"}
+    clamav = declared_or_resolved("clamav", reloaded)
+    assert clamav.forced_actions(reloaded) == {"CLAMAV_VIRUS": "quarantine",
+                                               "CLAMAV_ERROR": "tempfail"}
+    assert declared_or_resolved("clamav", reloaded) is clamav  # asked once per configuration
 
 
 def test_a_child_that_cannot_declare_leaves_the_milter_importing_the_checks(
