@@ -18,9 +18,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if supervisor.wants_supervisor(words):
         return supervisor.main(words)
-    if supervisor.serves_milter(words):
+    milter = supervisor.serves_milter(words)
+    if milter:
         supervisor.leave_stop_signals_to_libmilter()
-    parser = build_parser()
+    parser = build_parser(milter_only=milter)
     args = parser.parse_args(words)
     if not hasattr(args, "handler"):
         parser.print_help()
@@ -101,6 +102,7 @@ def missing_extra(module: str | None) -> str | None:
 
 
 SIGPIPE_STATUS = 128 + 13
+RUN_HELP = "run the milter in the foreground until SIGTERM"
 
 
 def _reader_went_away() -> int:
@@ -120,7 +122,9 @@ def _reader_went_away() -> int:
     return SIGPIPE_STATUS
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(milter_only: bool = False) -> argparse.ArgumentParser:
+    """Every command; ``milter_only``: ``run`` alone, for the milter process,
+    which then never imports the other commands (nor numpy with ``train``)."""
     parser = argparse.ArgumentParser(
         prog="gateway", description="Inbound mail filtering gateway (Postfix milter)."
     )
@@ -142,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.set_defaults(handler=handler)
         return sub
+
+    if milter_only:
+        from gateway.commands import run as run_command
+
+        run_command.add_arguments(command("run", run_command.main, RUN_HELP))
+        return parser
 
     from gateway.commands import (
         backup,
@@ -169,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         web,
     )
 
-    run_parser = command("run", run.main, "run the milter in the foreground until SIGTERM")
+    run_parser = command("run", run.main, RUN_HELP)
     run.add_arguments(run_parser)
 
     backup.add_backup_arguments(command(

@@ -171,7 +171,7 @@ def observations(envelope: Envelope, decision: Decision, org_domains: Iterable[s
                  at: datetime | None = None) -> list[Observation]:
     """What one decided message teaches (nothing, most often for spam)."""
     from gateway.facts import IdentityFacts
-    from gateway.lookalike import registrable
+    from gateway.hosts import registrable
 
     verdict = decision.verdict
     facts = IdentityFacts.of(verdict.facts)

@@ -10,7 +10,6 @@ for its engine.
 
 from __future__ import annotations
 
-import functools
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,6 +80,10 @@ def read_only_engine(url: str, connect_timeout: int = 5) -> Engine:
     return create_engine(engine_url(url), connect_args={"connect_timeout": connect_timeout})
 
 
+class MigrationFailed(Exception):
+    """A migration in a child process did not finish (its message is one line)."""
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest migration. Nodes sharing PostgreSQL
     take an advisory lock so that only one migrates at a time."""
@@ -108,13 +111,23 @@ def migrate(engine: Engine) -> None:
         command.upgrade(settings, "head")
 
 
-@functools.cache
 def schema_head() -> str:
     """The newest migration this gateway knows, as the database records it
     (alembic_version): what the node registry and ``gateway nodes`` show."""
-    from alembic.script import ScriptDirectory
+    if not _schema_head:
+        from alembic.script import ScriptDirectory
 
-    return str(ScriptDirectory(str(MIGRATIONS)).get_current_head())
+        _schema_head.append(str(ScriptDirectory(str(MIGRATIONS)).get_current_head()))
+    return _schema_head[0]
+
+
+def know_schema_head(head: str) -> None:
+    """The head as the migrating child process read it (gateway.quarantine.
+    migrator): the milter then never imports alembic to name it."""
+    _schema_head[:] = [head]
+
+
+_schema_head: list[str] = []
 
 
 def insert_ignoring(connection: Connection, table: Table, row: dict[str, Any]) -> bool:

@@ -45,7 +45,6 @@ up to :data:`MAX_SPAN` words.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import tomllib
 from collections.abc import Container, Iterable, Mapping
@@ -54,31 +53,29 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import idna
 from rapidfuzz.distance import OSA
 from rapidfuzz.process import extractOne
 
 from gateway.confusables import fold, name_tokens
-from gateway.mail import is_public_suffix, registrable_domain
+from gateway.hosts import HOST_CACHE as HOST_CACHE  # named here too, as before
+from gateway.hosts import MAX_HOST as MAX_HOST
+from gateway.hosts import MAX_LABELS as MAX_LABELS
+from gateway.hosts import ascii_host as ascii_host
+from gateway.hosts import registrable as registrable
+from gateway.hosts import unicode_host as unicode_host
+from gateway.mail import is_public_suffix
 from gateway.paths import RULES_DIR
 from gateway.schema import ConfigError
 
 DEFAULT_BRANDS = RULES_DIR / "brands.toml"
 DEFAULT_FREEMAIL = RULES_DIR / "freemail.txt"
 
-MAX_HOST = 253
-MAX_LABELS = 16
 MAX_SPAN = 8  # words a brand's name may be spread over ("P a y P a l")
 MAX_FREEMAIL_LINES = 100_000
 TYPO_MIN = 5  # shortest label compared at edit distance 1
 TYPO2_MIN = 9  # shortest label compared at edit distance 2
 AFFIX_MIN = 3  # shortest label recognised with a word added
 MATCH_MEMO = 4096  # hosts a DomainIndex remembers its answer for
-# Hosts whose readings each process keeps (about 630 bytes a host): the
-# hosts mail names again and again (newsletters, trackers, the brands',
-# the freemail list the fork server reads) stay; at 65,536 a worker grew
-# by 40 MB as the stream's new names filled them.
-HOST_CACHE = 8192
 
 TECHNIQUES: dict[str, str] = {
     "confusable": "a confusable spelling",
@@ -121,40 +118,6 @@ ROLE_WORDS = AFFIX_WORDS | frozenset(fold(word) for word in _words("""
 
 
 # -- domains ---------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=HOST_CACHE)
-def unicode_host(host: str) -> str:
-    """The host in U-labels, lower case, no trailing dot, bounded
-    (``xn--pypal-4ve.com`` -> ``p\u0430ypal.com``); a label that is not valid
-    IDNA is kept as written."""
-    labels = host.strip().rstrip(".").lower()[:MAX_HOST].split(".")[-MAX_LABELS:]
-    shown = []
-    for label in labels:
-        if label.startswith("xn--"):
-            with contextlib.suppress(idna.IDNAError, UnicodeError, ValueError):
-                label = idna.decode(label)
-        shown.append(label)
-    return ".".join(shown)
-
-
-def ascii_host(host: str) -> str:
-    """A host in U-labels in A-labels (``p\u0430ypal.com`` -> ``xn--pypal-4ve.com``);
-    as given when it is not IDNA (an underscore, a lone confusable)."""
-    try:
-        return idna.encode(host, uts46=True).decode("ascii")
-    except (idna.IDNAError, UnicodeError, ValueError):
-        return host
-
-
-@lru_cache(maxsize=HOST_CACHE)
-def registrable(host: str) -> str:
-    """The registrable domain (``mail.paypal.co.uk`` -> ``paypal.co.uk``), in
-    U-labels; the host itself when it has none (an IP, a bare suffix)."""
-    shown = unicode_host(host)
-    if not shown:
-        return ""
-    return unicode_host(registrable_domain(ascii_host(shown)))
 
 
 def under(host: str, names: Container[str]) -> str | None:

@@ -42,6 +42,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from gateway.checks import Check, CheckContext, UnknownCheck, check_sections, resolve_check
+from gateway.checks.declared import declared_or_resolved
 from gateway.config import Config
 from gateway.cpu import SPARE_CORES, IdleShare
 from gateway.message import Message
@@ -172,7 +173,7 @@ class Pipeline:
         rules (gateway.service), which they read instead of the files."""
         problems: list[str] = []
         checks: list[Check] = []
-        for check_class in check_classes(config, problems):
+        for check_class in check_classes(config, problems, to_build=True):
             try:
                 checks.append(check_class(config, ruleset))
             except ConfigError as exc:
@@ -309,13 +310,17 @@ class _Schedule:
 _NO_FACTS = CheckContext(facts=MappingProxyType({}))  # immutable: shared
 
 
-def check_classes(config: Config, problems: list[str]) -> list[type[Check]]:
+def check_classes(config: Config, problems: list[str], *,
+                  to_build: bool = False) -> list[type[Check]]:
     """The classes of the enabled checks; unknown ones, and [check.NAME]
-    settings that do not fit, go to ``problems``."""
+    settings that do not fit, go to ``problems``. In the milter with worker
+    processes, a built-in check's declaration (gateway.checks.declared),
+    unless ``to_build``: the checks themselves, to build them from."""
     classes = []
     for spec in config.pipeline.checks:
         try:
-            classes.append(resolve_check(spec))
+            classes.append(resolve_check(spec) if to_build
+                           else declared_or_resolved(spec, config))
         except UnknownCheck as exc:
             problems.append(f"{config.source}: pipeline.checks: {exc}")
     problems.extend(check_sections(config, classes))

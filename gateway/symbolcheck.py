@@ -11,14 +11,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 
-from gateway.checks import BUILTIN, Check, UnknownCheck, catalog, resolve_check
+from gateway.checks import BUILTIN, Check, UnknownCheck, catalog
+from gateway.checks.declared import declared_or_resolved
 
 
 def known_symbols(enabled: Iterable[type[Check]]) -> dict[str, str]:
     """Every symbol a check could emit: the enabled checks and all built-in
-    ones (a rules file may well score the symbols of a check that is off)."""
+    ones (a rules file may well score the symbols of a check that is off).
+    In the milter with worker processes, from the checks' declarations
+    (gateway.checks.declared)."""
     classes = list(enabled)
     for name in BUILTIN:
         with contextlib.suppress(UnknownCheck):  # a built-in always resolves
-            classes.append(resolve_check(name))
+            classes.append(declared_or_resolved(name, None))
     return catalog(classes)

@@ -21,11 +21,11 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.checks import Check, CheckContext
 from gateway.classifier.features import TextStats
-from gateway.classifier.model import BAND_DESCRIPTIONS, BANDS, ModelError, SpamModel, band
-from gateway.classifier.model import load_model as load_model_dir
+from gateway.classifier.names import BAND_DESCRIPTIONS, BANDS, ModelError, band
 from gateway.classifier.store import ModelStore
 from gateway.config import Config
 from gateway.forkshare import shared_model
@@ -35,6 +35,9 @@ from gateway.paths import MODELS_DIR
 from gateway.ruleset import Ruleset
 from gateway.schema import ConfigError
 from gateway.symbols import Report
+
+if TYPE_CHECKING:
+    from gateway.classifier.model import SpamModel
 
 log = logging.getLogger("gateway.classifier")
 
@@ -49,6 +52,15 @@ def model_location(config: Config) -> Path:
     if current is not None and current.exists():
         return current
     return SHIPPED_MODEL
+
+
+def load_model_dir(location: Path) -> SpamModel:
+    """The model in a folder. The model's code (and numpy) is imported here:
+    the milter finds the model's folder (model_location) with this module
+    and never loads one."""
+    from gateway.classifier.model import load_model
+
+    return load_model(location)
 
 
 def decision_probability(scores: dict[str, float], quarantine: float) -> float:

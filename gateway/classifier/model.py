@@ -42,6 +42,13 @@ from gateway.classifier.features import (
     describe_token,
     message_tokens,
 )
+from gateway.classifier.names import (  # noqa: F401 (read without numpy; named here as before)
+    BAND_DESCRIPTIONS,
+    BANDS,
+    META_FILE,
+    ModelError,
+    band,
+)
 from gateway.classifier.thresholds import Placement, place
 from gateway.config import LimitsSection
 from gateway.mail import Authors
@@ -51,46 +58,6 @@ FORMAT = "gateway-naive-bayes/2"
 FORMATS = ("gateway-naive-bayes/1", FORMAT)
 WEIGHTS_FILE = "model.npz"
 VOCABULARY_FILE = "vocabulary.json"
-META_FILE = "model.json"
-
-# Probability bands, named like SpamAssassin's BAYES_* rules: the number is
-# the band's lower edge in percent. Finer than SpamAssassin's between 60 and
-# 95%, where a calibrated model's quarantine threshold usually falls.
-BANDS: tuple[tuple[float, str], ...] = (
-    (0.01, "BAYES_00"),
-    (0.05, "BAYES_05"),
-    (0.20, "BAYES_20"),
-    (0.40, "BAYES_40"),
-    (0.60, "BAYES_50"),
-    (0.70, "BAYES_60"),
-    (0.80, "BAYES_70"),
-    (0.90, "BAYES_80"),
-    (0.95, "BAYES_90"),
-    (0.99, "BAYES_95"),
-    (0.999, "BAYES_99"),
-    (math.inf, "BAYES_999"),
-)
-
-
-def _describe_band(lower: float, upper: float) -> str:
-    if upper == math.inf:
-        return f"spam probability {lower:.1%} or more"
-    if lower == 0:
-        return f"spam probability below {upper:.0%}"
-    return f"spam probability {lower:.0%} to {upper:.{1 if upper > 0.99 else 0}%}"
-
-
-BAND_DESCRIPTIONS: dict[str, str] = {
-    name: _describe_band(lower, upper)
-    for (lower, _), (upper, name) in zip([(0.0, ""), *BANDS[:-1]], BANDS, strict=True)
-}
-
-
-def band(probability: float) -> str:
-    for upper, name in BANDS:
-        if probability < upper:
-            return name
-    return BANDS[-1][1]
 
 
 @dataclass(frozen=True)
@@ -119,10 +86,6 @@ class Explanation:
     def facts(self) -> dict[str, Any]:
         return {"spam": [[t, round(v, 4)] for t, v in self.spam],
                 "ham": [[t, round(v, 4)] for t, v in self.ham], "known": self.known}
-
-
-class ModelError(Exception):
-    """A model folder that cannot be used, as one line naming file and reason."""
 
 
 @dataclass(frozen=True)

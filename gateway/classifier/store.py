@@ -45,15 +45,18 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from gateway.audit import actor
-from gateway.classifier.model import META_FILE, ModelError, load_model
+from gateway.classifier.names import META_FILE, ModelError
 from gateway.db import first_line, insert_ignoring, make_engine, migrate, safe_url, utc
 from gateway.quarantine.schema import model_current, model_history, model_versions
+
+if TYPE_CHECKING:
+    from gateway.classifier.model import SpamModel
 
 log = logging.getLogger("gateway.classifier")
 
@@ -71,6 +74,14 @@ CACHE_KEEP = 5  # models kept in a node's cache
 
 class StoreError(Exception):
     """A store operation that cannot be done, as one line."""
+
+
+def load_model(model_dir: Path) -> SpamModel:
+    """The model in a folder. The model's code (and numpy) is imported here,
+    when a model is added: the milter only asks the store for a folder."""
+    from gateway.classifier.model import load_model as load
+
+    return load(model_dir)
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,18 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.checks.fuzzy import learn_quietly
 from gateway.classifier.corpus import content_key
-from gateway.classifier.train import Labelled
 from gateway.db import first_line, now, utc
 from gateway.quarantine.schema import events, training_messages
 from gateway.quarantine.store import QuarantineError, QuarantineStore
+
+if TYPE_CHECKING:  # training (numpy, scikit-learn) is imported by the paths that train
+    from gateway.classifier.train import Labelled
 
 LABELS = {"ham": 0, "spam": 1}
 
@@ -110,7 +111,11 @@ class TrainingSet:
                         "action": f"learned-{label}", "detail": note or "gateway learn"})
         except SQLAlchemyError as exc:
             raise TrainingSetError(f"cannot store the label: {first_line(exc)}") from None
-        learn_quietly(self.engine, raw, label, source)  # the fuzzy check's hashes too
+        # The fuzzy check's hashes too (imported here: its hashing brings numpy,
+        # which the milter, an autolearner's writer of this set, never needs).
+        from gateway.checks.fuzzy import learn_quietly
+
+        learn_quietly(self.engine, raw, label, source)
         return outcome
 
     def forget(self, key_or_id: str) -> bool:
@@ -146,6 +151,8 @@ class TrainingSet:
 
     def labelled(self) -> Iterator[Labelled]:
         """Every message with its label, for training (oldest first)."""
+        from gateway.classifier.train import Labelled
+
         with self.engine.connect() as connection:
             result = connection.execution_options(yield_per=200).execute(
                 select(training_messages.c.id, training_messages.c.label,

@@ -62,12 +62,15 @@ def _config(args: argparse.Namespace) -> Config:
 def serve_milter(config: Config, args: argparse.Namespace) -> int:
     import milter as libmilter
 
+    from gateway.checks.declared import declare_apart
     from gateway.metrics import Metrics
     from gateway.milter import Runtime, serve
     from gateway.service import Service
 
     setup_logging(config.log.level, config.log.format)
     faulthandler.enable()  # a crash in a C extension leaves a Python traceback in the log
+    if config.pipeline.workers:  # the workers run the checks: the milter only declares them
+        declare_apart()
     metrics = Metrics(config.quarantine.node)
 
     def load(path: str | None) -> Config:

@@ -52,7 +52,9 @@ class Keeper:
     def store(self) -> QuarantineStore:
         with self._lock:
             if self._store is None:
-                self._store = QuarantineStore(self.settings.url, self.settings.node or None)
+                # The milter runs for months: alembic stays in a child.
+                self._store = QuarantineStore(self.settings.url, self.settings.node or None,
+                                              migrate_apart=True)
             return self._store
 
     def hold(self, envelope: Envelope, raw: RawContent, verdict: Verdict) -> str:

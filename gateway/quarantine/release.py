@@ -31,7 +31,6 @@ from typing import Any
 
 from gateway import authresults
 from gateway.checks import BUILTIN, resolve_check
-from gateway.checks.fuzzy import learn_quietly
 from gateway.headers import OWN_HEADERS, verdict_headers
 from gateway.quarantine import requests
 from gateway.quarantine.store import QuarantineError, QuarantineStore, Record
@@ -237,6 +236,9 @@ def release(store: QuarantineStore, identifier: str, smtp: str, who: str,
     except QuarantineError as exc:  # sent, but not recorded: say so loudly
         raise ReleaseError(f"{record.id}: released but not recorded: {exc}") from None
     if accepted:  # released mail is ham to the fuzzy check: its look is retired from spam
+        # Here, not at the top: the fuzzy check's hashing brings numpy, which
+        # the milter (it imports this module) otherwise never needs.
+        from gateway.checks.fuzzy import learn_quietly
 
         learn_quietly(store.engine, raw, "ham", f"released:{record.id}")
 

@@ -38,7 +38,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import Table
 from sqlalchemy.sql.elements import ColumnElement
 
-from gateway.db import first_line, make_engine, migrate, now, safe_url, utc
+from gateway.db import (
+    MigrationFailed,
+    first_line,
+    know_schema_head,
+    make_engine,
+    migrate,
+    now,
+    safe_url,
+    utc,
+)
 from gateway.headers import authentication_results_header, verdict_headers
 from gateway.message import Envelope, RawContent
 from gateway.mime import parse_bytes
@@ -233,17 +242,25 @@ class StoredMail:
 
 
 class QuarantineStore:
-    def __init__(self, url: str, node: str | None = None, migrate: bool = True):
+    def __init__(self, url: str, node: str | None = None, migrate: bool = True,
+                 migrate_apart: bool = False):
         """``migrate=False``: use the schema as it is (a reader in each worker
-        process, which must not race the milter's migration)."""
+        process, which must not race the milter's migration).
+        ``migrate_apart``: migrate in a child process, for a process that
+        runs long and should not keep alembic (gateway.quarantine.migrator);
+        a database in memory, which a child cannot see, migrates here."""
         self.url = url
         self.node = node or socket.gethostname()
         self._held_inserts: list[_DriverInsert] | None = None
         try:
             self.engine = make_engine(url)
-            if migrate:
+            if migrate and migrate_apart and self.engine.url.database not in (None, "", ":memory:"):
+                from gateway.quarantine.migrator import migrate_apart as migrate_in_child
+
+                know_schema_head(migrate_in_child(url))
+            elif migrate:
                 self._migrate()
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, MigrationFailed) as exc:
             raise QuarantineError(f"quarantine.url {safe_url(url)}: {first_line(exc)}") from None
 
     # -- schema ------------------------------------------------------------------------
