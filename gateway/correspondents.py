@@ -304,12 +304,27 @@ class Memory:
         with self.engine.connect() as connection:
             return [_entry(row) for row in connection.execute(query)]
 
-    def index_rows(self) -> list[Entry]:
-        """Rows for the name and domain index: the most recently seen first."""
-        query = (select(correspondents).order_by(correspondents.c.last_seen.desc())
-                 .limit(MAX_INDEX_ROWS))
+    def index_rows(self, settings: IdentitySection | None = None) -> list[Entry]:
+        """Rows for the name and domain index: the most recently seen first.
+        With ``settings``, only the rows that can make a known correspondent
+        (none labelled spam; written to, released, or accepted at least
+        ``known_messages`` times): the long tail of senders seen once, most
+        of a site's rows, is not read again at every refresh."""
+        query = select(correspondents)
+        if settings is not None:
+            query = query.where(correspondents.c.spam == 0, or_(
+                correspondents.c.outbound > 0, correspondents.c.released > 0,
+                correspondents.c.accepted >= math.ceil(settings.known_messages - 1e-9)))
+        query = query.order_by(correspondents.c.last_seen.desc()).limit(MAX_INDEX_ROWS)
         with self.engine.connect() as connection:
             return [_entry(row) for row in connection.execute(query)]
+
+    def recipient_domains(self) -> frozenset[str]:
+        """The domains of our recipients (from the recipients' index alone)."""
+        query = select(correspondents.c.recipient).distinct().limit(MAX_INDEX_ROWS)
+        with self.engine.connect() as connection:
+            return frozenset(recipient.rpartition("@")[2]
+                             for recipient in connection.execute(query).scalars()) - {""}
 
     def show(self, address: str) -> list[Entry]:
         """Every row about one person: as a sender or as our recipient."""
@@ -723,8 +738,9 @@ class MemoryReader:
 
     def _read_snapshot(self) -> None:
         try:
-            rows = self._open().index_rows()
-            self._snapshot = build_snapshot(rows, self.settings, now())
+            memory = self._open()
+            self._snapshot = build_snapshot(memory.index_rows(self.settings), self.settings,
+                                            now(), memory.recipient_domains())
             self._snapshot_at = self.clock()
         except Exception as exc:
             self._broken(f"cannot read the correspondent index: {_line(exc)}")
@@ -773,19 +789,22 @@ class MemoryReader:
         return self._memory
 
 
-def build_snapshot(rows: Iterable[Entry], settings: IdentitySection, at: datetime) -> Snapshot:
+def build_snapshot(rows: Iterable[Entry], settings: IdentitySection, at: datetime,
+                   our_domains: Iterable[str] | None = None) -> Snapshot:
     """The name and domain index from rows. A name counts when a known
     correspondent used it, it has two words or more, and at most two
-    senders' domains use it (more: a role name such as "Customer Service")."""
+    senders' domains use it (more: a role name such as "Customer Service").
+    Our recipients' domains are the rows' unless given."""
     from gateway.confusables import name_keys, name_tokens
     from gateway.lookalike import ROLE_WORDS, registrable
 
     senders: dict[str, set[str]] = {}
     shown: dict[str, str] = {}
     known_domains: set[str] = set()
-    recipient_domains: set[str] = set()
+    recipient_domains: set[str] = set(our_domains or ())
     for entry in rows:
-        recipient_domains.add(entry.recipient.rpartition("@")[2])
+        if our_domains is None:
+            recipient_domains.add(entry.recipient.rpartition("@")[2])
         if not entry.known(settings, at):
             continue
         known_domains.add(registrable(entry.sender.rpartition("@")[2]))

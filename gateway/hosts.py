@@ -42,6 +42,10 @@ def unicode_host(host: str) -> str:
 def ascii_host(host: str) -> str:
     """A host in U-labels in A-labels (``p\u0430ypal.com`` -> ``xn--pypal-4ve.com``);
     as given when it is not IDNA (an underscore, a lone confusable)."""
+    if host.isascii() and host == host.lower():
+        # What IDNA gives such a host, valid or not, is the host itself
+        # (tested): most hosts, without idna's pass over every label.
+        return host
     try:
         return idna.encode(host, uts46=True).decode("ascii")
     except (idna.IDNAError, UnicodeError, ValueError):

@@ -26,6 +26,7 @@ from gateway.correspondents import (
     Memory,
     MemoryReader,
     Observation,
+    build_snapshot,
     observations,
 )
 from gateway.db import utc
@@ -717,9 +718,12 @@ class _Hanging:
         self.release.wait(30)
         return []
 
-    def index_rows(self):
+    def index_rows(self, settings=None):
         self.release.wait(30)
         return []
+
+    def recipient_domains(self):
+        return frozenset()
 
     def close(self) -> None:
         self.release.set()
@@ -969,3 +973,37 @@ def test_our_domains_index_is_built_once_per_set_of_our_domains(monkeypatch):
         check.close()
     assert sorted(built, key=sorted) == [frozenset({"acme.example"}),
                                          frozenset({"widgetco.example"})]
+
+
+def test_the_name_index_reads_only_rows_that_can_be_known(tmp_path, memory):
+    settings = config(tmp_path).identity
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    later = start + timedelta(days=4)
+
+    def row(sender: str, count: str, at: datetime, rcpt: str = BOB, name: str = "") -> Observation:
+        return Observation(sender, sender.partition("@")[2], rcpt, count, at, name=name)
+
+    memory.add([
+        row("ann@supplier.example", "accepted", start, name="Ann Other"),  # known by days
+        row("ann@supplier.example", "accepted", later, name="Ann Other"),
+        row("cy@client.example", "outbound", later),  # written to
+        row("dee@shop.example", "released", later, name="Dee Seller"),  # released
+        row("eve@twice.example", "accepted", later, name="Eve Soon"),  # twice, same day
+        row("eve@twice.example", "accepted", later),
+        row("fay@spam.example", "accepted", start, name="Fay Spammer"),  # labelled spam
+        row("fay@spam.example", "accepted", later),
+        row("fay@spam.example", "spam", later),
+        *(row(f"one{n}@once{n}.example", "accepted", later, rcpt=f"u{n}@other{n % 3}.example")
+          for n in range(30)),  # seen once: the long tail
+    ])
+    every = memory.index_rows()
+    read = memory.index_rows(settings)
+    assert {e.sender for e in read} == {"ann@supplier.example", "cy@client.example",
+                                        "dee@shop.example", "eve@twice.example"}
+    assert memory.recipient_domains() == {"acme.example", "other0.example", "other1.example",
+                                          "other2.example"}
+    # The same index as from every row, at any time.
+    for at in (later, start + timedelta(days=200)):
+        assert build_snapshot(read, settings, at, memory.recipient_domains()) == \
+            build_snapshot(every, settings, at)
+    assert build_snapshot(read, settings, later).names  # not empty: the test means something

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.confusables import (
     MAX_TEXT,
@@ -426,3 +428,23 @@ def test_the_host_caches_stay_within_their_size():
                    mail.registrable_domain):
         assert cached.cache_info().currsize <= HOST_CACHE, cached
     assert lookalike.registrable.cache_info().currsize == HOST_CACHE
+
+
+@given(st.lists(st.one_of(st.text(alphabet="abcxyz019-_", min_size=0, max_size=70),
+                          st.sampled_from(["xn--pypal-4ve", "xn--", "xn--zz-", "xn--80ak6aa92e",
+                                           "-a", "a-", "ab--cd", ""])),
+                min_size=1, max_size=6).map(".".join))
+@settings(derandomize=True, database=None, deadline=None, max_examples=600)
+def test_a_lower_case_ascii_host_reads_as_idna_reads_it(host):
+    import idna
+
+    from gateway.hosts import ascii_host
+
+    def through_idna(written: str) -> str:  # ascii_host before its fast path
+        try:
+            return idna.encode(written, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError, ValueError):
+            return written
+
+    for written in (host, host.upper(), f"{host}.", f"{host}.\u0440"):
+        assert ascii_host(written) == through_idna(written)

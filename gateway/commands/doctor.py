@@ -358,7 +358,7 @@ def identity_lines(config: Config) -> list[Line]:
         try:
             memory = Memory(read_only_engine(url))  # the doctor changes nothing
             try:
-                seen = sorted({e.recipient.rpartition("@")[2] for e in memory.index_rows()})
+                seen = sorted(memory.recipient_domains())
             finally:
                 memory.close()
         except Exception:  # an unreadable store has its own line above
