@@ -347,11 +347,12 @@ def test_full_store_means_4xx_and_nothing_lost(postfix, sink, gateway_milter, tm
     first = uuid.uuid4().hex
     send(postfix, message(first))
     filler = small_disk / "filler"
-    with open(filler, "wb") as handle:  # fill the disk to the last byte
+    # Fill the disk to the last byte; unbuffered, so that closing the file
+    # has nothing left to write (a buffered close raised ENOSPC again).
+    with open(filler, "wb", buffering=0) as handle:
         try:
             while True:
                 handle.write(b"\0" * 65536)
-                handle.flush()
         except OSError:
             pass
     tag = uuid.uuid4().hex
