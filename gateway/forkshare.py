@@ -4,8 +4,9 @@ it forks them.
 Each worker is a fork of the fork server (gateway.workers), so whatever the
 fork server holds when it forks is the workers' too, page for page, until a
 process writes to a page (copy-on-write). The spam model (its vocabulary
-and weights, some 20 MB) is loaded here once, not in every worker: with two
-workers the three processes hold one copy. Then :func:`gc.freeze` moves
+and weights: numpy arrays, some 7 MB, that scoring only reads) is loaded
+here once, not in every worker: with two workers the three processes hold
+one copy. Then :func:`gc.freeze` moves
 everything loaded so far out of the collector's reach: a collection in a
 worker would otherwise write to every object's header, and so copy every
 page it walks.

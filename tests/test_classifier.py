@@ -930,8 +930,8 @@ def test_the_shipped_model_explains_corpus_mail_as_sorting_strings_did():
     from gateway.classifier.features import message_tokens
 
     model = load_model(SHIPPED_MODEL)
-    assert model.names is not None and model.name_rank is not None
-    assert [model.names[i] for i in np.argsort(model.name_rank)] == sorted(model.vocabulary)
+    rank = model.vocabulary.rank
+    assert [model.vocabulary.token(i) for i in np.argsort(rank)] == sorted(model.vocabulary)
     for path in sorted((FIXTURES / "corpus").rglob("*.eml"))[:40]:
         tokens = message_tokens(Message.from_bytes(path.read_bytes()).email)
         assert model.explain(tokens) == _explained_by_sorting_strings(model, tokens), path

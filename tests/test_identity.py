@@ -996,8 +996,8 @@ def test_the_name_index_reads_only_rows_that_can_be_known(tmp_path, memory):
         *(row(f"one{n}@once{n}.example", "accepted", later, rcpt=f"u{n}@other{n % 3}.example")
           for n in range(30)),  # seen once: the long tail
     ])
-    every = memory.index_rows()
-    read = memory.index_rows(settings)
+    every = list(memory.index_rows())
+    read = list(memory.index_rows(settings))
     assert {e.sender for e in read} == {"ann@supplier.example", "cy@client.example",
                                         "dee@shop.example", "eve@twice.example"}
     assert memory.recipient_domains() == {"acme.example", "other0.example", "other1.example",

@@ -4,7 +4,8 @@ A model is a folder of three files, none of which is ever unpickled:
 
 - ``model.npz``: per-token log-odds weights (float32), idf, and (format 2)
   each token's block (int8), loaded with ``allow_pickle=False``;
-- ``vocabulary.json``: the tokens, in weight order;
+- ``vocabulary.json``: the tokens, in weight order (held as hashes in
+  memory: :mod:`vocabulary`);
 - ``model.json``: metadata (version, creation time, data counts, feature
   settings, validation figures, calibration, thresholds) and the SHA-256 of
   the two other files. A file whose checksum or feature version does not
@@ -26,9 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field, replace
-from itertools import repeat
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from gateway.classifier.names import (  # noqa: F401 (read without numpy; named 
     band,
 )
 from gateway.classifier.thresholds import Placement, place
+from gateway.classifier.vocabulary import Vocabulary
 from gateway.config import LimitsSection
 from gateway.mail import Authors
 
@@ -92,28 +93,18 @@ class Explanation:
 class SpamModel:
     weights: np.ndarray
     idf: np.ndarray
-    vocabulary: dict[str, int]
+    vocabulary: Mapping[str, int]  # a Vocabulary once built (a dict is turned into one)
     intercept: float
     calibration: tuple[float, float]  # p = sigmoid(a * log_odds + b)
     meta: dict[str, Any]
     path: Path | None = None
     block: np.ndarray | None = None  # each token's block (features.token_block), or one norm
     placement: Placement | None = None  # where the bands sit at this site (placed())
-    # Each index's token, and each index's place among the tokens sorted
-    # (explain): built with the model, before the fork server shares it.
-    names: list[str] | None = field(default=None, repr=False, compare=False)
-    name_rank: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        names = self.names
-        if names is None:
-            names = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
-            object.__setattr__(self, "names", names)
-        if self.name_rank is None:
-            # Sorting 120,000 tokens: some 75 ms of the model's load.
-            rank = np.empty(len(names), dtype=np.intp)
-            rank[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
-            object.__setattr__(self, "name_rank", rank)
+        # Built with the model, before the fork server shares it (numpy
+        # arrays a look-up never writes to, not a dict of strings).
+        object.__setattr__(self, "vocabulary", Vocabulary.of(self.vocabulary))
 
     def placed(self, target_fpr: float) -> SpamModel:
         """This model scoring with the calibration its ham scores place at
@@ -139,20 +130,27 @@ class SpamModel:
     def version(self) -> str:
         return str(self.meta.get("version", "unknown"))
 
+    @property
+    def _vocabulary(self) -> Vocabulary:
+        vocabulary = self.vocabulary
+        assert isinstance(vocabulary, Vocabulary)  # __post_init__
+        return vocabulary
+
     def log_odds(self, tokens: Iterable[str]) -> float:
         """Known tokens weighted by idf, L2-normalised (by block), dotted with the weights."""
-        vocabulary = self.vocabulary
-        indices = [i for i in map(vocabulary.get, tokens) if i is not None]
-        if not indices:
+        found = self._vocabulary.indices(_collection(tokens))
+        indices = found[found >= 0]
+        if not len(indices):
             return self.intercept
         return self.intercept + float(self._parts(indices).sum())
 
     def contributions(self, tokens: Iterable[str]) -> tuple[float, list[str], np.ndarray]:
         """(log-odds, known tokens, each one's contribution to the log-odds),
         in the order of ``tokens``."""
-        get = self.vocabulary.get
-        found = [(t, i) for t in tokens if (i := get(t)) is not None]  # one lookup a token
-        return self._contributions([t for t, _i in found], [i for _t, i in found])
+        tokens = list(tokens)
+        found = self._vocabulary.indices(tokens)  # one lookup a token
+        known = np.flatnonzero(found >= 0)
+        return self._contributions([tokens[k] for k in known], found[known])
 
     def _contributions(self, known: list[str], indices: list[int] | np.ndarray
                        ) -> tuple[float, list[str], np.ndarray]:
@@ -170,10 +168,9 @@ class SpamModel:
         parts = self._parts(at)
         log_odds = self.intercept + float(parts.sum())
         order = np.argsort(parts, kind="stable")
-        names = self.names
-        assert names is not None  # __post_init__
-        spam = tuple((names[at[i]], float(parts[i])) for i in order[::-1][:count] if parts[i] > 0)
-        ham = tuple((names[at[i]], float(parts[i])) for i in order[:count] if parts[i] < 0)
+        name = self._vocabulary.token
+        spam = tuple((name(at[i]), float(parts[i])) for i in order[::-1][:count] if parts[i] > 0)
+        ham = tuple((name(at[i]), float(parts[i])) for i in order[:count] if parts[i] < 0)
         return Explanation(self.probability_of(log_odds), log_odds, spam, ham, len(at))
 
     def _known_in_name_order(self, tokens: Iterable[str]) -> np.ndarray:
@@ -184,13 +181,9 @@ class SpamModel:
         look-up a token; the sorting is numpy's, over each index's place
         among the sorted vocabulary, not Python's over the strings."""
         unique = isinstance(tokens, (set, frozenset, dict))
-        tokens = tokens if isinstance(tokens, Collection) else list(tokens)
-        found = np.fromiter(map(self.vocabulary.get, tokens, repeat(-1)), dtype=np.intp,
-                            count=len(tokens))
+        found = self._vocabulary.indices(_collection(tokens))
         known = found[found >= 0]
-        rank = self.name_rank
-        assert rank is not None  # __post_init__
-        known = known[np.argsort(rank[known])]
+        known = known[np.argsort(self._vocabulary.rank[known])]
         if not unique and len(known) > 1:  # each once (np.unique costs more than this)
             known = known[np.concatenate(([True], known[1:] != known[:-1]))]
         return known
@@ -221,7 +214,7 @@ class SpamModel:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        tokens = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
+        tokens = list(self.vocabulary)  # in index order
         vocabulary_bytes = json.dumps(tokens, ensure_ascii=False).encode("utf-8")
         (directory / VOCABULARY_FILE).write_bytes(vocabulary_bytes)
         arrays: dict[str, Any] = {
@@ -290,17 +283,24 @@ def load_model(directory: str | Path) -> SpamModel:
     if not (np.isfinite(weights).all() and np.isfinite(idf).all() and math.isfinite(intercept)
             and math.isfinite(a) and math.isfinite(b)):
         raise ModelError(f"{directory}: model holds non-finite numbers")
+    try:
+        vocabulary = Vocabulary(tokens)
+    except ValueError as exc:
+        raise ModelError(f"{directory / VOCABULARY_FILE}: {exc}") from None
     return SpamModel(
         weights=weights,
         idf=idf,
-        vocabulary={token: index for index, token in enumerate(tokens)},
+        vocabulary=vocabulary,
         intercept=intercept,
         calibration=(a, b),
         meta=meta,
         path=directory,
         block=block,
-        names=tokens,
     )
+
+
+def _collection(tokens: Iterable[str]) -> Collection[str]:
+    return tokens if isinstance(tokens, Collection) else list(tokens)
 
 
 def _sha256(path: Path) -> str:
