@@ -443,3 +443,29 @@ def test_known_senders_are_read_in_full_only_every_ten_minutes(store, monkeypatc
     assert memory.current.known == {"bank.example", "shop.example"}
     assert full_reads == [True, False, True]
     memory.close()
+
+
+def test_learned_hashes_are_read_again_only_when_they_changed(store):
+    from sqlalchemy import event
+
+    from gateway.checks.fuzzy import FuzzyMemory
+
+    learn(store.engine, mail(spam_text(seed=40)), "spam", "first")
+    memory = FuzzyMemory(str(store.engine.url), FuzzySection(), "node-a")
+    memory.refresh_now()
+    reads = []
+    event.listen(memory._engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *rest: reads.append(statement)
+                 if "fuzzy_hashes.digest" in statement else None)
+    memory.refresh_now()
+    memory.refresh_now()
+    assert reads == []  # unchanged: the hashes held are kept
+    spam = memory.current.spam["text"]
+    learn(store.engine, mail(spam_text(seed=41)), "spam", "second")
+    memory.refresh_now()
+    assert len(reads) == 1 and len(memory.current.spam["text"]) == len(spam) + 1
+    # Ham near the first retires it: read again, one fewer.
+    learn(store.engine, mail(spam_text(seed=40), name="Ham"), "ham", "released")
+    memory.refresh_now()
+    assert len(reads) == 2 and len(memory.current.spam["text"]) == len(spam)
+    memory.close()

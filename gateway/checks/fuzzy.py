@@ -361,6 +361,7 @@ class FuzzyMemory:
         self.current = _Learned()
         self._recent = _RecentCopies()
         self._known = _KnownSenders()
+        self._learned_signature: tuple[Any, ...] | None = None
         self._engine: Engine | None = None
         self._seen: queue.Queue[dict[str, Any]] = queue.Queue(10_000)
         self._hits: dict[int, int] = {}
@@ -466,27 +467,39 @@ class FuzzyMemory:
         if engine is None:
             return
         since = self.clock() - self.window
+        live = fuzzy_hashes.c.retired.is_(None)
         with engine.connect() as connection:
-            learned = connection.execute(select(
-                fuzzy_hashes.c.id, fuzzy_hashes.c.kind, fuzzy_hashes.c.digest,
-                fuzzy_hashes.c.label, fuzzy_hashes.c.source).where(
-                fuzzy_hashes.c.retired.is_(None)).limit(self.settings.max_hashes * 2)).all()
+            # The learned hashes are read again only when they changed: one
+            # learned (a higher id), retired or expired (fewer, another sum).
+            signature = tuple(connection.execute(select(
+                func.count(), func.max(fuzzy_hashes.c.id), func.sum(fuzzy_hashes.c.id)).where(
+                live)).one())
+            learned = None if signature == self._learned_signature else connection.execute(
+                select(fuzzy_hashes.c.id, fuzzy_hashes.c.kind, fuzzy_hashes.c.digest,
+                       fuzzy_hashes.c.label, fuzzy_hashes.c.source).where(live).limit(
+                    self.settings.max_hashes * 2)).all()
             self._recent.read(connection, since)
         built = _Learned()
-        for label, target in (("spam", built.spam), ("ham", built.ham)):
-            for kind in ("text", "html"):
-                target[kind] = TlshIndex((r.digest, (r.id, r.source)) for r in learned
-                                         if r.label == label and r.kind == kind)
-        for row in learned:
-            if row.kind == "exact":
-                if row.label == "spam":
-                    built.exact_spam[row.digest] = (row.id, row.source)
-                else:
-                    built.exact_ham.add(row.digest)
+        if learned is None:
+            last = self.current
+            built.spam, built.ham = last.spam, last.ham
+            built.exact_spam, built.exact_ham = last.exact_spam, last.exact_ham
+        else:
+            for label, target in (("spam", built.spam), ("ham", built.ham)):
+                for kind in ("text", "html"):
+                    target[kind] = TlshIndex((r.digest, (r.id, r.source)) for r in learned
+                                             if r.label == label and r.kind == kind)
+            for row in learned:
+                if row.kind == "exact":
+                    if row.label == "spam":
+                        built.exact_spam[row.digest] = (row.id, row.source)
+                    else:
+                        built.exact_ham.add(row.digest)
         built.recent = dict(self._recent.indexes)
         built.recent_exact = self._recent.exact
         built.known = self._known.read(engine, self.clock)
         self.current = built
+        self._learned_signature = signature
         if self.clock().second < self.settings.refresh:  # about once a minute
             self._expire(engine, since)
 
