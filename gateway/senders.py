@@ -148,15 +148,18 @@ class SenderHistory:
             self._cache[domain] = (now, nets)
         return nets
 
-    def all_domains(self) -> set[str]:
-        """Every domain with history (the fuzzy check's snapshot)."""
+    def all_domains(self, since: datetime | None = None) -> set[str]:
+        """Every domain with history (the fuzzy check's snapshot); with
+        ``since``, those seen after it."""
         engine = self._engine_of()
         if engine is None:
             return set()
+        oldest = self.clock() - RETENTION
         with engine.connect() as connection:
             return {row.domain for row in connection.execute(
                 select(sender_history.c.domain).distinct().where(
-                    sender_history.c.last_seen > self.clock() - RETENTION).limit(MAX_DOMAINS))}
+                    sender_history.c.last_seen > max(oldest, since or oldest)).limit(
+                    MAX_DOMAINS))}
 
     # -- writing -------------------------------------------------------------------------------
 

@@ -412,3 +412,60 @@ def test_the_newest_recent_copies_are_kept_past_the_bound(store, monkeypatch):
     memory.refresh_now()
     assert [copies(memory, d) for d in texts] == [0, 0, 3, 4, 5]
     memory.close()
+
+
+def test_known_senders_are_read_in_full_only_every_ten_minutes(store, monkeypatch):
+    from gateway.checks.fuzzy import FuzzyMemory
+    from gateway.senders import RETENTION, SenderHistory
+
+    clock = Clock(datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
+    history = SenderHistory(lambda: store.engine, clock)
+    history.write("old.example", "198.51.100.0/24")
+    clock.now += RETENTION - timedelta(minutes=1)  # old.example's last minute
+    history.write("bank.example", "198.51.100.0/24")
+    memory = FuzzyMemory(str(store.engine.url), FuzzySection(), "node-a", clock=clock)
+    full_reads = []
+    every = SenderHistory.all_domains
+    monkeypatch.setattr(SenderHistory, "all_domains", lambda self, since=None: (
+        full_reads.append(since is None), every(self, since))[1])
+    memory.refresh_now()
+    assert memory.current.known == {"old.example", "bank.example"}
+    # A domain seen since, at the next refresh, without reading them all again
+    # (the old reading read every domain every 5 s).
+    clock.now += timedelta(minutes=2)
+    history.write("shop.example", "203.0.113.0/24")
+    memory.refresh_now()
+    assert memory.current.known == {"old.example", "bank.example", "shop.example"}
+    assert full_reads == [True, False]
+    # The full reading, ten minutes on, lets go of old.example, past its retention.
+    clock.now += timedelta(minutes=10)
+    memory.refresh_now()
+    assert memory.current.known == {"bank.example", "shop.example"}
+    assert full_reads == [True, False, True]
+    memory.close()
+
+
+def test_learned_hashes_are_read_again_only_when_they_changed(store):
+    from sqlalchemy import event
+
+    from gateway.checks.fuzzy import FuzzyMemory
+
+    learn(store.engine, mail(spam_text(seed=40)), "spam", "first")
+    memory = FuzzyMemory(str(store.engine.url), FuzzySection(), "node-a")
+    memory.refresh_now()
+    reads = []
+    event.listen(memory._engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *rest: reads.append(statement)
+                 if "fuzzy_hashes.digest" in statement else None)
+    memory.refresh_now()
+    memory.refresh_now()
+    assert reads == []  # unchanged: the hashes held are kept
+    spam = memory.current.spam["text"]
+    learn(store.engine, mail(spam_text(seed=41)), "spam", "second")
+    memory.refresh_now()
+    assert len(reads) == 1 and len(memory.current.spam["text"]) == len(spam) + 1
+    # Ham near the first retires it: read again, one fewer.
+    learn(store.engine, mail(spam_text(seed=40), name="Ham"), "ham", "released")
+    memory.refresh_now()
+    assert len(reads) == 2 and len(memory.current.spam["text"]) == len(spam)
+    memory.close()

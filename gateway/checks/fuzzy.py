@@ -64,6 +64,12 @@ MAX_RECENT = 100_000  # recent copies a worker keeps for campaigns
 # before a transaction commits, so another node's batch can land below ids
 # already read.
 RECENT_OVERLAP = 1_000
+# The domains with a DKIM-authenticated history are read in full this often
+# (a domain past its retention leaves then); in between, only the domains
+# seen since the last reading, and KNOWN_OVERLAP before it (another node's
+# clock, a write still in flight).
+KNOWN_FULL_READ = timedelta(minutes=10)
+KNOWN_OVERLAP = timedelta(minutes=5)
 WRITE_BATCH = 200
 COMPLAIN_EVERY = 60.0
 
@@ -178,7 +184,7 @@ class _Learned:
     exact_ham: set[str] = field(default_factory=set)
     recent: dict[str, TlshIndex] = field(default_factory=dict)  # kind -> (recipients)
     recent_exact: dict[str, int] = field(default_factory=dict)
-    known: set[str] = field(default_factory=set)  # domains with a DKIM-authenticated history
+    known: frozenset[str] = frozenset()  # domains with a DKIM-authenticated history
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -312,6 +318,33 @@ class _RecentCopies:
         return copies
 
 
+class _KnownSenders:
+    """The domains with a DKIM-authenticated history as a worker holds them:
+    read in full every KNOWN_FULL_READ, and at each refresh in between only
+    those seen since the last (a few, not every such domain every 5 s)."""
+
+    def __init__(self) -> None:
+        self.domains: frozenset[str] = frozenset()
+        self._full_at: datetime | None = None
+        self._read_at: datetime | None = None
+
+    def read(self, engine: Engine, clock: Callable[[], datetime]) -> frozenset[str]:
+        from gateway.senders import MAX_DOMAINS, SenderHistory
+
+        history = SenderHistory(lambda: engine, clock)
+        started = clock()
+        if self._full_at is None or self._read_at is None or \
+                started - self._full_at >= KNOWN_FULL_READ:
+            self.domains = frozenset(history.all_domains())
+            self._full_at = started
+        else:
+            fresh = history.all_domains(since=self._read_at - KNOWN_OVERLAP) - self.domains
+            if fresh and len(self.domains) + len(fresh) <= MAX_DOMAINS:
+                self.domains = self.domains | fresh
+        self._read_at = started
+        return self.domains
+
+
 class FuzzyMemory:
     """The learned hashes, the recent copies and the known senders as this
     process last read them (every ``refresh`` seconds, on a thread of its
@@ -327,6 +360,8 @@ class FuzzyMemory:
         self.window = timedelta(seconds=seconds(settings.campaign_window))
         self.current = _Learned()
         self._recent = _RecentCopies()
+        self._known = _KnownSenders()
+        self._learned_signature: tuple[Any, ...] | None = None
         self._engine: Engine | None = None
         self._seen: queue.Queue[dict[str, Any]] = queue.Queue(10_000)
         self._hits: dict[int, int] = {}
@@ -432,29 +467,39 @@ class FuzzyMemory:
         if engine is None:
             return
         since = self.clock() - self.window
+        live = fuzzy_hashes.c.retired.is_(None)
         with engine.connect() as connection:
-            learned = connection.execute(select(
-                fuzzy_hashes.c.id, fuzzy_hashes.c.kind, fuzzy_hashes.c.digest,
-                fuzzy_hashes.c.label, fuzzy_hashes.c.source).where(
-                fuzzy_hashes.c.retired.is_(None)).limit(self.settings.max_hashes * 2)).all()
+            # The learned hashes are read again only when they changed: one
+            # learned (a higher id), retired or expired (fewer, another sum).
+            signature = tuple(connection.execute(select(
+                func.count(), func.max(fuzzy_hashes.c.id), func.sum(fuzzy_hashes.c.id)).where(
+                live)).one())
+            learned = None if signature == self._learned_signature else connection.execute(
+                select(fuzzy_hashes.c.id, fuzzy_hashes.c.kind, fuzzy_hashes.c.digest,
+                       fuzzy_hashes.c.label, fuzzy_hashes.c.source).where(live).limit(
+                    self.settings.max_hashes * 2)).all()
             self._recent.read(connection, since)
         built = _Learned()
-        for label, target in (("spam", built.spam), ("ham", built.ham)):
-            for kind in ("text", "html"):
-                target[kind] = TlshIndex((r.digest, (r.id, r.source)) for r in learned
-                                         if r.label == label and r.kind == kind)
-        for row in learned:
-            if row.kind == "exact":
-                if row.label == "spam":
-                    built.exact_spam[row.digest] = (row.id, row.source)
-                else:
-                    built.exact_ham.add(row.digest)
+        if learned is None:
+            last = self.current
+            built.spam, built.ham = last.spam, last.ham
+            built.exact_spam, built.exact_ham = last.exact_spam, last.exact_ham
+        else:
+            for label, target in (("spam", built.spam), ("ham", built.ham)):
+                for kind in ("text", "html"):
+                    target[kind] = TlshIndex((r.digest, (r.id, r.source)) for r in learned
+                                             if r.label == label and r.kind == kind)
+            for row in learned:
+                if row.kind == "exact":
+                    if row.label == "spam":
+                        built.exact_spam[row.digest] = (row.id, row.source)
+                    else:
+                        built.exact_ham.add(row.digest)
         built.recent = dict(self._recent.indexes)
         built.recent_exact = self._recent.exact
-        from gateway.senders import SenderHistory
-
-        built.known = SenderHistory(lambda: engine, self.clock).all_domains()
+        built.known = self._known.read(engine, self.clock)
         self.current = built
+        self._learned_signature = signature
         if self.clock().second < self.settings.refresh:  # about once a minute
             self._expire(engine, since)
 
