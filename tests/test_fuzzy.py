@@ -469,3 +469,29 @@ def test_learned_hashes_are_read_again_only_when_they_changed(store):
     memory.refresh_now()
     assert len(reads) == 2 and len(memory.current.spam["text"]) == len(spam)
     memory.close()
+
+
+def test_two_nodes_count_each_others_copies_and_known_senders_on_postgresql(postgres):
+    from gateway.checks.fuzzy import FuzzyMemory
+    from gateway.senders import SenderHistory
+
+    QuarantineStore(postgres.url, node="node-a").close()  # the schema
+    nodes = [FuzzyMemory(postgres.url, FuzzySection(), name) for name in ("node-a", "node-b")]
+    first, second = nodes
+    digest = next(d for d in digests(spam_text(seed=50), "", 50) if d.kind == "text")
+    first.seen(digest, 2, "spam.example")
+    second.seen(digest, 3, "spam.example")
+    for node in (first, second, first):  # each writes its copies, then reads both
+        node.refresh_now()
+    assert copies(first, digest) == copies(second, digest) == 5
+    # Read again and again: counted once; a later copy is added, on either node.
+    second.seen(digest, 1, "spam.example")
+    for node in (second, first, first, second):
+        node.refresh_now()
+    assert copies(first, digest) == copies(second, digest) == 6
+    # PostgreSQL's times are aware: the known senders seen since are read too.
+    SenderHistory(lambda: first._engine).write("bank.example", "198.51.100.0/24")
+    first.refresh_now()
+    assert "bank.example" in first.current.known
+    for node in nodes:
+        node.close()
