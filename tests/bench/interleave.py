@@ -15,6 +15,7 @@ need not have it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -32,10 +33,21 @@ def sample(corpus: Path, count: int) -> list[Path]:
     return paths[::step][:count]
 
 
-def in_turn(script: Path, roots: dict[str, Path], rounds: int,
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every such bench takes: rounds, the checkout to compare
+    with, and the child's own (hidden)."""
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--before", type=Path, help="another checkout to compare with")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+
+
+def in_turn(script: Path, after: Path, before: Path | None, rounds: int,
             arguments: Sequence[str]) -> Runs:
-    """Each root's figures, a dict per round, measured by ``script --child
-    ROOT *arguments`` in a fresh process; progress on stderr."""
+    """The figures of ``after`` (and of ``before``, when given), a dict per
+    round, each measured by ``script --child ROOT *arguments`` in a fresh
+    process; progress on stderr."""
+    roots = {"after": after} if before is None else {"before": before.resolve(),
+                                                       "after": after}
     runs: Runs = {name: [] for name in roots}
     for round_ in range(rounds):
         order = list(roots) if round_ % 2 == 0 else list(reversed(roots))  # the machine drifts

@@ -72,14 +72,12 @@ def measure(root: Path, count: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(PROJECT_ROOT))
-    from tests.bench.interleave import in_turn, print_parts
+    from tests.bench.interleave import add_arguments, in_turn, print_parts
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=5000, help="messages a pass (default 5000)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
-    parser.add_argument("--before", type=Path, help="another checkout to compare with")
     parser.add_argument("--profile", action="store_true", help="cProfile this checkout")
-    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    add_arguments(parser)
     args = parser.parse_args(argv)
     if args.child is not None:
         print(json.dumps(measure(args.child, args.n)))
@@ -92,10 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         profiler.runcall(measure, PROJECT_ROOT, args.n)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
         return
-    roots = {"after": PROJECT_ROOT}
-    if args.before is not None:
-        roots = {"before": args.before.resolve(), **roots}
-    runs = in_turn(Path(__file__), roots, args.rounds, ["-n", str(args.n)])
+    runs = in_turn(Path(__file__), PROJECT_ROOT, args.before, args.rounds, ["-n", str(args.n)])
     print("pipeline CPU us a message, median (min-max):")
     print_parts(runs, ("pipeline_us",), 11, digits=1)
 

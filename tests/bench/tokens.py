@@ -105,14 +105,12 @@ def profile(corpus: Path, count: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(PROJECT_ROOT))
     from tests.bench.corpus import add_corpus_argument, require_corpus
-    from tests.bench.interleave import in_turn, print_parts
+    from tests.bench.interleave import add_arguments, in_turn, print_parts
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=500, help="corpus messages (default 500)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
-    parser.add_argument("--before", type=Path, help="another checkout to compare with")
     parser.add_argument("--profile", action="store_true", help="cProfile this checkout")
-    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    add_arguments(parser)
     add_corpus_argument(parser)
     args = parser.parse_args(argv)
     if args.child is not None:
@@ -122,10 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile:
         profile(corpus, args.n)
         return
-    roots = {"after": PROJECT_ROOT}
-    if args.before is not None:
-        roots = {"before": args.before.resolve(), **roots}
-    runs = in_turn(Path(__file__), roots, args.rounds,
+    runs = in_turn(Path(__file__), PROJECT_ROOT, args.before, args.rounds,
                    ["-n", str(args.n), "--corpus", str(corpus)])
     count = int(runs["after"][0]["messages"])
     print(f"CPU ms per message, {count} corpus messages, {args.rounds} rounds: "
