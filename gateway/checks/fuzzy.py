@@ -264,14 +264,16 @@ class _RecentCopies:
         # What the window has passed leaves first: once every copy has, the
         # store may have deleted them all, and SQLite then hands out their
         # ids again from 1; holding none, the reading starts over.
-        expired = self._within(self.copies, since.timestamp())
+        cutoff = since.timestamp()
+        expired = self._within(self.copies, cutoff)
         held = [c for c in expired.values() if len(c)]
         query = select(fuzzy_seen.c.id, fuzzy_seen.c.kind, fuzzy_seen.c.digest,
                        fuzzy_seen.c.recipients, fuzzy_seen.c.seen).where(
             fuzzy_seen.c.seen > since)
+        newest = int(max(c.ids.max() for c in held)) if held else None
         again: set[tuple[int, float]] = set()  # (id, seen) of the held copies read again
-        if held:
-            floor = int(max(c.ids.max() for c in held)) - RECENT_OVERLAP
+        if newest is not None:
+            floor = newest - RECENT_OVERLAP
             query = query.where(fuzzy_seen.c.id > floor)
             for c in held:
                 recent = c.ids > floor
@@ -279,7 +281,6 @@ class _RecentCopies:
         rows = connection.execute(query.order_by(fuzzy_seen.c.id.desc()).limit(
             MAX_RECENT)).all()
         fresh: dict[str, list[tuple[int, float, int, str]]] = {}
-        newest = max((identifier for identifier, _ in again), default=None)
         for row in reversed(rows):
             seen = _epoch(row.seen)
             if row.kind in self.copies and (newest is None or row.id > newest or
@@ -288,7 +289,7 @@ class _RecentCopies:
                                                        row.digest))
         copies = {kind: kept + _Copies.of(kind, fresh[kind]) if kind in fresh else kept
                   for kind, kept in expired.items()}
-        copies = self._within(copies, since.timestamp())
+        copies = self._within(copies, cutoff)
         changed = [kind for kind in self.KINDS
                    if len(copies[kind]) != len(self.copies[kind]) or kind in fresh]
         self.copies = copies
